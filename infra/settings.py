@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     # Relay: JetStream dedup window; hours so a relay restart never publishes twice.
     dedup_window_s: float = 6 * 3600
 
+    def require_urls(self) -> tuple[str, str]:
+        """(database_url, nats_url) for processes that need servers running; `trainyard up` sets both."""
+        if not self.database_url or not self.nats_url:
+            raise RuntimeError("TRAINYARD_DATABASE_URL and TRAINYARD_NATS_URL must be set "
+                               "(`trainyard up` sets them, starting embedded engines where unset)")
+        return self.database_url, self.nats_url
+
     @property
     def chdb_path(self) -> Path:
         return self.data_dir / "chdb"

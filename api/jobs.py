@@ -1,0 +1,97 @@
+"""/api/v1/training/jobs: submit, watch, list, cancel, metrics."""
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from api.problems import Problem
+from api.schemas import JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries, Framework, Status
+from commands.training import JobNotFoundError, SubmitJob
+from infra.bootstrap import Services
+from runners.datasets import DatasetError, validate_dataset
+from runners.trainers import ParamsError, validate_params
+
+router = APIRouter(prefix="/api/v1/training/jobs", tags=["training jobs"])
+READ_YOUR_WRITES_TIMEOUT_S = 5.0
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def _catch_up(s: Services, position: int | None) -> None:
+    """Wait until the jobs read model has applied `position`, so a GET right after a command sees it."""
+    if position is not None:  # on timeout the projector is behind: the command stands, the read model catches up
+        s.jobs.wait_for(s.app.name, position, READ_YOUR_WRITES_TIMEOUT_S)
+
+
+@router.post("", status_code=202, response_model=JobAccepted,
+             responses={400: {}, 409: {}, 422: {"description": "problem+json naming the field at fault"}})
+def submit_job(body: JobIn, s: ServicesDep,
+               idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JSONResponse:
+    try:
+        validate_dataset(body.dataset.uri, body.dataset.target, body.task)
+        validate_params(body.framework, body.task, body.params)
+    except (DatasetError, ParamsError) as e:
+        raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
+    cmd = SubmitJob(name=body.name, framework=body.framework, task=body.task,
+                    dataset=body.dataset.model_dump(exclude_none=True), params=body.params,
+                    priority=body.priority, tags=body.tags)
+    out = s.app.submit_job(cmd, idempotency_key)
+    _catch_up(s, out.position)
+    accepted = JobAccepted(job_id=out.job_id, status=out.status, created_at=out.created_at)  # type: ignore[arg-type]
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202 if out.created else 200,
+                        headers={"Location": f"{router.prefix}/{out.job_id}"})
+
+
+@router.get("", response_model=JobList)
+def list_jobs(s: ServicesDep, status: Status | None = None, framework: Framework | None = None,
+              tag: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              offset: Annotated[int, Query(ge=0)] = 0) -> JobList:
+    rows, total = s.jobs.list(status=status, framework=framework, tag=tag, limit=limit, offset=offset)
+    return JobList(items=[JobPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+def _job(s: Services, job_id: UUID) -> dict:
+    row = s.jobs.get(job_id)
+    if row is None:
+        raise JobNotFoundError(str(job_id))
+    return row
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses={404: {}})
+def get_job(job_id: UUID, s: ServicesDep) -> JobPublic:
+    return JobPublic.model_validate(_job(s, job_id))
+
+
+@router.delete("/{job_id}", status_code=202, response_model=JobPublic, responses={404: {}, 409: {}})
+def cancel_job(job_id: UUID, s: ServicesDep) -> JobPublic:
+    """Cancel: a queued job ends at once; a running one is stopped by its runner within seconds."""
+    _job(s, job_id)
+    _, position = s.app.request_cancel(job_id)
+    _catch_up(s, position)
+    return JobPublic.model_validate(_job(s, job_id))
+
+
+@router.get("/{job_id}/metrics", response_model=MetricNames, responses={404: {}})
+def metric_names(job_id: UUID, s: ServicesDep) -> MetricNames:
+    _job(s, job_id)
+    return MetricNames(job_id=job_id, names=s.metrics.names(str(job_id)))
+
+
+@router.get("/{job_id}/metrics/{name}", response_model=MetricSeries, responses={404: {}, 422: {}})
+def metric_series(job_id: UUID, name: str, s: ServicesDep,
+                  max_points: Annotated[int, Query(ge=4, le=100_000)] = 1000,
+                  attempt: Annotated[int | None, Query(ge=1)] = None) -> MetricSeries:
+    _job(s, job_id)
+    points = s.metrics.series(str(job_id), name, max_points=max_points, attempt=attempt)
+    if not points and name not in s.metrics.names(str(job_id)):
+        raise Problem(404, "Not found", f"job {job_id} has no metric {name!r}", "name")
+    return MetricSeries(name=name, attempt=attempt or s.metrics.latest_attempt(str(job_id)),
+                        points=[{"step": st, "value": v, "ts": ts} for st, v, ts in points])

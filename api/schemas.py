@@ -1,0 +1,93 @@
+"""Request and response bodies of the REST API (`XxxIn` / `XxxPublic`)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Framework = Literal["lightgbm", "pytorch"]
+Task = Literal["binary_classification", "multiclass_classification", "regression"]
+Priority = Literal["low", "medium", "high", "critical"]
+Status = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+class DatasetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    uri: str = Field(min_length=1, max_length=4096,
+                     description="builtin://breast_cancer | builtin://wine | builtin://diabetes | file:///abs/path.csv|.parquet")
+    target: str | None = Field(default=None, min_length=1, max_length=256, description="target column; required for file://")
+
+
+class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    framework: Framework
+    task: Task
+    dataset: DatasetIn
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = "medium"
+    tags: list[str] = Field(default_factory=list, max_length=50)
+
+
+class JobAccepted(BaseModel):
+    job_id: UUID
+    status: Status
+    created_at: datetime
+
+
+class ProgressPublic(BaseModel):
+    current_step: int
+    total_steps: int | None
+    percentage_complete: float
+    elapsed_s: float | None
+    eta_s: float | None
+
+
+class JobPublic(BaseModel):
+    job_id: UUID
+    name: str
+    framework: Framework
+    task: Task
+    dataset: dict[str, Any]
+    params: dict[str, Any]
+    priority: Priority
+    tags: list[str]
+    status: Status
+    progress: ProgressPublic
+    attempt: int
+    runner_id: str | None
+    cancel_requested: bool
+    final_metrics: dict[str, float]
+    artifact: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    version: int
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class MetricNames(BaseModel):
+    job_id: UUID
+    names: list[str]
+
+
+class MetricPointPublic(BaseModel):
+    step: int
+    value: float
+    ts: datetime
+
+
+class MetricSeries(BaseModel):
+    name: str
+    attempt: int | None
+    points: list[MetricPointPublic]

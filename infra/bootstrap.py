@@ -1,0 +1,41 @@
+"""Wiring: build Trainyard's parts from Settings. Tests build the same things with other settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg_pool import ConnectionPool
+
+from commands.training import TrainingApplication
+from infra.clickhouse import ClickHouse, connect as connect_clickhouse
+from infra.postgres import eventsourcing_env, pool as pg_pool
+from infra.settings import Settings
+from projections.job_queries import JobQueries
+from projections.jobs import JOBS_DDL
+from projections.metric_store import MetricStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    app: TrainingApplication
+    pool: ConnectionPool
+    jobs: JobQueries
+    clickhouse: ClickHouse
+    metrics: MetricStore
+
+    def close(self) -> None:
+        self.pool.close()
+        self.clickhouse.close()
+        self.app.close()
+
+
+def build(settings: Settings) -> Services:
+    database_url, _ = settings.require_urls()
+    app = TrainingApplication(env=eventsourcing_env(database_url))
+    pool = pg_pool(database_url)
+    with pool.connection() as conn:
+        conn.execute(JOBS_DDL)  # queries may run before the projection's first event
+    ch = connect_clickhouse(settings.clickhouse_url, settings.chdb_path)
+    metrics = MetricStore(ch)
+    metrics.ensure_schema()
+    return Services(settings, app, pool, JobQueries(pool), ch, metrics)

@@ -1,0 +1,34 @@
+"""PostgreSQL connection settings for the event store (eventsourcing) and the read models (psycopg)."""
+from __future__ import annotations
+
+from urllib.parse import unquote, urlparse
+
+from psycopg_pool import ConnectionPool
+
+
+def eventsourcing_env(database_url: str) -> dict[str, str]:
+    """The eventsourcing library's environment for a postgresql:// URL.
+
+    POSTGRES_ENABLE_DB_FUNCTIONS stays off: with it on, concurrent writers made subscriptions skip
+    events; the default table lock keeps insert order equal to commit order (docs/architecture.md).
+    """
+    u = urlparse(database_url)
+    if u.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"TRAINYARD_DATABASE_URL must be postgresql://..., got {database_url!r}")
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": (u.path or "/postgres").lstrip("/") or "postgres",
+        "POSTGRES_HOST": u.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(u.port or 5432),
+        "POSTGRES_USER": unquote(u.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(u.password or ""),
+        "POSTGRES_POOL_SIZE": "5",
+        "POSTGRES_MAX_OVERFLOW": "10",
+    }
+
+
+
+def pool(database_url: str, max_size: int = 8) -> ConnectionPool:
+    p = ConnectionPool(database_url, min_size=1, max_size=max_size, open=False)
+    p.open(wait=True, timeout=30)
+    return p

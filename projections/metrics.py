@@ -1,0 +1,69 @@
+"""The ClickHouse metrics projector: telemetry batches from JetStream into `metric_points`.
+
+Fetches many batches at once, inserts them in one ClickHouse insert, then acks. A crash between
+insert and ack redelivers the batches; the table's ReplacingMergeTree key makes the repeat
+invisible to queries (projections/metric_store.py). A malformed batch goes to the dead-letter subject.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from domain.telemetry import MetricBatch
+from infra.messaging import METRICS_CONSUMER, TELEMETRY_METRICS, TELEMETRY_STREAM, dlq_subject
+from projections.metric_store import MetricPoint, MetricStore
+
+log = logging.getLogger("trainyard.metrics")
+
+
+def to_points(batch: MetricBatch) -> list[MetricPoint]:
+    job = str(batch.job_id)
+    return [MetricPoint(job, batch.attempt, p.name, p.step, p.value, p.ts) for p in batch.points]
+
+
+class MetricsProjector:
+    def __init__(self, nc: Client, js: JetStreamContext, store: MetricStore, fetch_size: int = 512) -> None:
+        self.nc, self.js, self.store, self.fetch_size = nc, js, store, fetch_size
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub = await self.js.pull_subscribe_bind(METRICS_CONSUMER, stream=TELEMETRY_STREAM)
+        log.info("metrics projector started")
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(self.fetch_size, timeout=0.5)
+            except NatsTimeout:
+                continue
+            except Exception:
+                log.exception("fetch failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                await self.project(msgs)
+            except Exception:  # ClickHouse away: unacked batches are redelivered after ack_wait
+                log.exception("metric insert failed; batches will be redelivered")
+                for msg in msgs:
+                    await msg.nak(delay=1.0)
+
+    async def project(self, msgs: list) -> None:
+        good, points = [], []
+        for msg in msgs:
+            try:
+                batch = MetricBatch.model_validate_json(msg.data)
+            except ValidationError as e:
+                log.warning("malformed metric batch dead-lettered: %s", e.error_count())
+                await self.js.publish(dlq_subject(TELEMETRY_METRICS), msg.data)
+                await msg.ack()
+                continue
+            good.append((msg, batch))
+            points.extend(to_points(batch))
+        if not good:
+            return
+        token = ",".join(b.batch_id for _, b in good)
+        await asyncio.to_thread(self.store.insert, points, token)
+        for msg, _ in good:
+            await msg.ack()

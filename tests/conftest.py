@@ -1,0 +1,109 @@
+"""Real engines for the tests: PostgreSQL and NATS (the ones on 127.0.0.1 when present, else embedded), chDB.
+
+Each test session gets its own PostgreSQL database and a clean set of Trainyard streams.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from infra.clickhouse import ClickHouse, connect as connect_clickhouse
+from infra.messaging import DLQ_STREAM, EVENTS_STREAM, TELEMETRY_STREAM
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="session")
+def engines_dir() -> Iterator[Path]:
+    """Outside pytest's temp folder: embedded PostgreSQL runs as another user that must reach it."""
+    path = Path(tempfile.mkdtemp(prefix="trainyard-engines-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(engines_dir: Path) -> Iterator[str]:
+    """A server URL (database part is chosen per use)."""
+    if url := os.environ.get("TRAINYARD_TEST_POSTGRES_URL"):
+        yield url
+    elif _listening(5432):
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+    else:
+        from infra.embedded import EmbeddedPostgres
+
+        pg = EmbeddedPostgres(engines_dir)
+        yield pg.start()
+        pg.stop()
+
+
+def create_database(server_url: str) -> str:
+    name = f"trainyard_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def drop_database(server_url: str, url: str) -> None:
+    name = url.rpartition("/")[2]
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database for one test."""
+    url = create_database(postgres_server)
+    yield url
+    drop_database(postgres_server, url)
+
+
+@pytest.fixture(scope="session")
+def nats_url(engines_dir: Path) -> Iterator[str]:
+    """A NATS server with JetStream, Trainyard's streams deleted so the session starts clean."""
+    if url := os.environ.get("TRAINYARD_TEST_NATS_URL"):
+        pass
+    elif _listening(4222):
+        url = "nats://127.0.0.1:4222"
+    else:
+        from infra.embedded import EmbeddedNats
+
+        nats_server = EmbeddedNats(engines_dir)
+        url = nats_server.start()
+    asyncio.run(delete_streams(url))
+    yield url
+
+
+async def delete_streams(url: str) -> None:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for name in (EVENTS_STREAM, TELEMETRY_STREAM, DLQ_STREAM):
+        try:
+            await js.delete_stream(name)
+        except NotFoundError:
+            pass
+    await nc.close()
+
+
+@pytest.fixture(scope="session")
+def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouse]:
+    """One chDB per test process (chDB allows one data path per process); tests isolate by job id."""
+    ch = connect_clickhouse(None, tmp_path_factory.mktemp("chdb") / "chdb")
+    yield ch
+    ch.close()

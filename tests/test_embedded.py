@@ -1,0 +1,194 @@
+"""Embedded engines and `trainyard up` supervision, against real PostgreSQL and nats-server processes."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import nats
+import psutil
+import psycopg
+import pytest
+
+from infra.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from infra.settings import Settings
+from infra.supervisor import run_up
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def engine_dir():
+    """A data dir outside pytest's basetemp: as root, postgres runs as another user and needs to traverse the
+    path, and a concurrent pytest session would chmod its basetemp back to 0700."""
+    path = Path(tempfile.mkdtemp(prefix="trainyard-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_free_port_prefers_then_falls_back():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        assert free_port(taken) != taken
+    assert free_port(taken) == taken
+
+
+def test_postgres_free_port_and_data_survive_restart(engine_dir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        pg = EmbeddedPostgres(engine_dir, preferred_port=taken)
+        url = pg.start()
+    try:
+        assert pg.port != taken and url.endswith(f":{pg.port}/trainyard")
+        if _port_busy(5432):
+            assert EmbeddedPostgres(engine_dir).preferred_port == 5432 and pg.port != 5432
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (v int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+    finally:
+        pg.stop()
+    assert not pg.is_running() and _gone(pg.pid)
+
+    again = EmbeddedPostgres(engine_dir)
+    url = again.start()
+    try:
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+    finally:
+        again.stop()
+    assert _gone(again.pid)
+
+
+def test_nats_jetstream_publish_ack(engine_dir):
+    server = EmbeddedNats(engine_dir)
+    url = server.start()
+    try:
+        if _port_busy(4222):
+            assert server.port != 4222
+
+        async def publish() -> int:
+            nc = await nats.connect(url)
+            try:
+                js = nc.jetstream()
+                await js.add_stream(name="T", subjects=["t.>"])
+                ack = await js.publish("t.one", b"hello")
+                assert ack.stream == "T"
+                return ack.seq
+            finally:
+                await nc.close()
+
+        assert asyncio.run(publish()) == 1
+        assert (engine_dir / "nats" / "jetstream").is_dir()
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0
+
+
+CHILD = textwrap.dedent("""
+    import json, os, time
+    from pathlib import Path
+    env = {k: v for k, v in os.environ.items() if k.startswith("TRAINYARD_")}
+    Path(env["TRAINYARD_DATA_DIR"], f"env-{os.getpid()}.json").write_text(json.dumps(env))
+    time.sleep(3600)
+""")
+UP = textwrap.dedent("""
+    import sys
+    from infra.settings import Settings
+    from infra.supervisor import run_up
+    child = [sys.executable, "-c", sys.argv[2]]
+    settings = Settings(data_dir=sys.argv[1], runners=2, database_url=None, nats_url=None, clickhouse_url=None)
+    sys.exit(run_up(settings, serve_cmd=child, runner_cmd=child))
+""")
+
+
+def _wait_for(predicate, timeout_s: float = 20.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _endpoints(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_run_up_writes_endpoints_restarts_children_and_stops_on_sigterm(engine_dir):
+    up = subprocess.Popen([sys.executable, "-c", UP, str(engine_dir), CHILD], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        info = _wait_for(lambda: _endpoints(engine_dir / "endpoints.json"))
+        assert set(info) == {"api", "postgres", "nats", "clickhouse", "data_dir", "pids"}
+        assert info["clickhouse"] == f"chdb://{engine_dir / 'chdb'}"
+        assert info["data_dir"] == str(engine_dir)
+        pids = info["pids"]
+        assert set(pids) == {"serve", "runners", "postgres", "nats"} and len(pids["runners"]) == 2
+        children = [pids["serve"], *pids["runners"]]
+        assert all(psutil.pid_exists(p) for p in [*children, pids["postgres"], pids["nats"]])
+        with psycopg.connect(info["postgres"]) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("trainyard",)
+
+        env = json.loads(_wait_for(lambda: (engine_dir / f"env-{pids['serve']}.json").exists()
+                                   and (engine_dir / f"env-{pids['serve']}.json").read_text()))
+        assert env["TRAINYARD_DATABASE_URL"] == info["postgres"] and env["TRAINYARD_NATS_URL"] == info["nats"]
+        assert "TRAINYARD_CLICKHOUSE_URL" not in env and env["TRAINYARD_DATA_DIR"] == str(engine_dir)
+        assert info["api"] == f"http://127.0.0.1:{env['TRAINYARD_API_PORT']}"
+
+        os.kill(pids["runners"][0], signal.SIGKILL)  # a crashed runner is restarted
+        new = _wait_for(lambda: (e := _endpoints(engine_dir / "endpoints.json"))
+                        and e["pids"]["runners"][0] != pids["runners"][0] and e)
+        assert psutil.pid_exists(new["pids"]["runners"][0])
+        children.append(new["pids"]["runners"][0])
+
+        up.send_signal(signal.SIGTERM)
+        output, _ = up.communicate(timeout=20)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 0, output
+    assert "child.restarted name=runner-0" in output
+    assert all(_gone(p) for p in [*children, pids["postgres"], pids["nats"]]), output
+    assert (engine_dir / "postgres" / "PG_VERSION").exists() and (engine_dir / "nats").is_dir()
+
+
+def test_run_up_gives_up_on_crash_loop(engine_dir):
+    # External URLs: nothing embedded starts; the children exit at once, every time.
+    settings = Settings(data_dir=engine_dir, runners=1, database_url="postgresql://x@127.0.0.1:1/x",
+                        nats_url="nats://127.0.0.1:1", clickhouse_url=None)
+    crash = [sys.executable, "-c", "raise SystemExit(3)"]
+    started = time.monotonic()
+    assert run_up(settings, serve_cmd=crash, runner_cmd=crash, max_restarts=2) == 1
+    assert time.monotonic() - started < 10
+    assert _endpoints(engine_dir / "endpoints.json")["pids"]["postgres"] is None
