@@ -33,7 +33,7 @@ from infra.messaging import (EVENTS_STREAM, JOB_CANCEL_REQUESTED, REPORT_SUBJECT
                              TELEMETRY_METRICS, connect, ensure_streams)
 from infra.settings import Settings
 from runners.artifacts import ArtifactStore, LocalArtifactStore
-from runners.trainers import TrainingCancelled, TrainSpec, trainer_for
+from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
 
 log = logging.getLogger("trainyard.runner")
 
@@ -146,8 +146,8 @@ class Runner:
         except Exception as e:  # the user's data or params broke training: the job fails, the runner lives
             log.exception("job %s attempt %d failed", job_id, attempt)
             return {"type": "failed", "error": f"{type(e).__name__}: {e}"[:2000]}
-        suffix = "txt" if result.model_format == "lightgbm-text" else "pt"
-        art = await asyncio.to_thread(self.artifacts.put, job_id, attempt, result.model_bytes, suffix)
+        art = await asyncio.to_thread(self.artifacts.put, job_id, attempt, result.model_bytes,
+                                      MODEL_SUFFIX[result.model_format])
         artifact = {"uri": art.uri, "sha256": art.sha256, "size_bytes": art.size_bytes, "format": result.model_format}
         return {"type": "completed", "final_metrics": result.final_metrics, "artifact": artifact}
 

@@ -1,0 +1,222 @@
+"""Datasets a job trains on: where they live (URIs), a cheap check at submit time, and loading.
+
+URIs:
+  * `builtin://breast_cancer` (binary), `builtin://wine` (multiclass, 3 classes),
+    `builtin://diabetes` (regression): scikit-learn's bundled copies, no download. Their target is
+    fixed; `target` may be omitted or given as "target".
+  * `file:///absolute/path.csv` or `.parquet`: a table with a header; `target` names the label column.
+
+Errors are `DatasetError`s naming the request field at fault ("dataset.uri", "dataset.target",
+"task") and a reason a user can act on; the API maps them to 422.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from domain.training_job import TASKS
+
+BUILTIN_TASK = {
+    "breast_cancer": "binary_classification",
+    "wine": "multiclass_classification",
+    "diabetes": "regression",
+}
+FILE_SUFFIXES = (".csv", ".parquet")
+MAX_ONE_HOT_LEVELS = 32
+MAX_CLASSES = 256
+MIN_ROWS = 10
+VALID_FRACTION = 0.2
+
+
+class DatasetError(ValueError):
+    """A dataset reference that cannot be used: `field` is the request field, `reason` says why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train/validation split ready for training.
+
+    Features are float32 (NaN where a value is missing). Labels are int64 class indices 0..K-1 for
+    classification (`class_labels[i]` is the original label of class i) and float32 for regression,
+    where `n_classes` and `class_labels` are None.
+    """
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_valid: np.ndarray
+    y_valid: np.ndarray
+    feature_names: list[str]
+    n_classes: int | None
+    class_labels: list[str] | None
+
+
+def validate_dataset(uri: str, target: str | None, task: str) -> None:
+    """Check cheaply that `uri` names a usable dataset for `task`; raise DatasetError if not.
+
+    Reads at most a CSV header or a Parquet schema, never the data. Raises nothing but DatasetError.
+    """
+    if task not in TASKS:
+        raise DatasetError("task", f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if not isinstance(uri, str):
+        raise DatasetError("dataset.uri", "must be a string")
+    if uri.startswith("builtin://"):
+        _check_builtin(uri.removeprefix("builtin://"), target, task)
+    elif uri.startswith("file://"):
+        columns = _header(_file_path(uri))
+        if not target:
+            raise DatasetError("dataset.target", "required for file datasets: name the label column")
+        if target not in columns:
+            raise DatasetError("dataset.target", f"column {target!r} not found; columns are {columns[:20]}")
+        if len(columns) < 2:
+            raise DatasetError("dataset.uri", "the file has no feature columns besides the target")
+    else:
+        raise DatasetError("dataset.uri", "unknown scheme; use builtin://<name> or file:///<absolute path>")
+
+
+def load_dataset(uri: str, target: str | None, task: str, seed: int = 0) -> Split:
+    """Load `uri` and split it 80/20 (stratified for classification), deterministically by `seed`.
+
+    File datasets follow these rules: rows whose target is missing are dropped; numeric and boolean
+    columns are features as they are (missing values stay NaN); text/categorical columns with at most
+    MAX_ONE_HOT_LEVELS distinct values are one-hot encoded as `column=value` (levels sorted); every
+    other column (high-cardinality text, dates, ...) is dropped. Classification labels are encoded
+    by sorted distinct value; a binary task needs exactly 2 of them.
+    """
+    validate_dataset(uri, target, task)
+    if uri.startswith("builtin://"):
+        X, y, names, labels = _load_builtin(uri.removeprefix("builtin://"))
+    else:
+        X, y, names, labels = _load_file(_file_path(uri), target, task)
+    if len(y) < MIN_ROWS:
+        raise DatasetError("dataset.uri", f"needs at least {MIN_ROWS} rows with a target, found {len(y)}")
+    if labels is not None:
+        _check_classes(task, labels)
+    return _split(X, y, names, labels, seed)
+
+
+def _check_builtin(name: str, target: str | None, task: str) -> None:
+    if name not in BUILTIN_TASK:
+        raise DatasetError("dataset.uri", f"unknown builtin dataset {name!r}; known: {', '.join(BUILTIN_TASK)}")
+    if BUILTIN_TASK[name] != task:
+        raise DatasetError("task", f"builtin://{name} is a {BUILTIN_TASK[name]} dataset, not {task}")
+    if target not in (None, "", "target"):
+        raise DatasetError("dataset.target", f"builtin://{name} has a fixed target; omit it or use 'target'")
+
+
+def _file_path(uri: str) -> Path:
+    try:
+        parsed = urlparse(uri)
+    except ValueError as exc:
+        raise DatasetError("dataset.uri", f"not a valid URI: {exc}") from None
+    if parsed.netloc not in ("", "localhost"):
+        raise DatasetError("dataset.uri", "file URIs need an absolute path: file:///abs/path.csv")
+    path = Path(unquote(parsed.path))
+    if not path.is_absolute() or "\x00" in str(path):
+        raise DatasetError("dataset.uri", "file URIs need an absolute path: file:///abs/path.csv")
+    if path.suffix.lower() not in FILE_SUFFIXES:
+        raise DatasetError("dataset.uri", f"unsupported file type {path.suffix!r}; use .csv or .parquet")
+    try:
+        exists = path.is_file()
+    except OSError:
+        exists = False
+    if not exists:
+        raise DatasetError("dataset.uri", f"no such file: {path}")
+    return path
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        if path.suffix.lower() == ".csv":
+            import pandas as pd
+
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    except Exception as exc:  # any parser failure means the file is unusable, which is the user's to fix
+        raise DatasetError("dataset.uri", f"cannot read {path.name}: {exc}") from None
+
+
+def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
+    from sklearn import datasets as sk
+
+    bunch = {"breast_cancer": sk.load_breast_cancer, "wine": sk.load_wine, "diabetes": sk.load_diabetes}[name]()
+    X = bunch.data.astype(np.float32)
+    names = [str(n) for n in bunch.feature_names]
+    if BUILTIN_TASK[name] == "regression":
+        return X, bunch.target.astype(np.float32), names, None
+    return X, bunch.target.astype(np.int64), names, [str(n) for n in bunch.target_names]
+
+
+def _load_file(path: Path, target: str, task: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
+    import pandas as pd
+
+    frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    frame = frame[frame[target].notna()]
+    features = _encode_features(frame.drop(columns=[target]))
+    if features.shape[1] == 0:
+        raise DatasetError("dataset.uri", "no usable feature columns (numeric, or text with few distinct values)")
+    X = features.to_numpy(dtype=np.float32)
+    y_raw = frame[target]
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(y_raw):
+            raise DatasetError("dataset.target", f"regression needs a numeric target; {target!r} is {y_raw.dtype}")
+        return X, y_raw.to_numpy(dtype=np.float32), list(features.columns), None
+    values = y_raw.to_numpy() if pd.api.types.is_numeric_dtype(y_raw) else y_raw.astype(str).to_numpy()
+    classes, codes = np.unique(values, return_inverse=True)
+    return X, codes.astype(np.int64), list(features.columns), [str(c) for c in classes]
+
+
+def _encode_features(frame):  # pandas.DataFrame -> pandas.DataFrame of float columns
+    import pandas as pd
+
+    columns = {}
+    for name in frame.columns:
+        col = frame[name]
+        if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
+            columns[str(name)] = col.astype("float32")
+        elif pd.api.types.is_object_dtype(col) or isinstance(col.dtype, (pd.StringDtype, pd.CategoricalDtype)):
+            present = col.dropna().astype(str)
+            levels = sorted(present.unique())
+            if len(levels) > MAX_ONE_HOT_LEVELS:
+                continue
+            text = col.astype(str).where(col.notna(), None)
+            for level in levels:
+                columns[f"{name}={level}"] = (text == level).astype("float32")
+    return pd.DataFrame(columns, index=frame.index)
+
+
+def _check_classes(task: str, labels: list[str]) -> None:
+    k = len(labels)
+    if k < 2:
+        raise DatasetError("dataset.target", f"classification needs at least 2 classes, found {k}")
+    if task == "binary_classification" and k != 2:
+        raise DatasetError("dataset.target", f"binary_classification needs exactly 2 classes, found {k}")
+    if k > MAX_CLASSES:
+        raise DatasetError("dataset.target", f"{k} distinct values is too many classes (max {MAX_CLASSES}); "
+                           "is this a regression target?")
+
+
+def _split(X, y, names, labels, seed) -> Split:
+    from sklearn.model_selection import train_test_split
+
+    stratify = None
+    if labels is not None:
+        counts = np.bincount(y, minlength=len(labels))
+        n_valid = int(np.ceil(len(y) * VALID_FRACTION))
+        # Stratifying needs 2+ rows per class and room for every class on both sides; otherwise a
+        # plain shuffled split.
+        if counts.min() >= 2 and min(n_valid, len(y) - n_valid) >= len(labels):
+            stratify = y
+    X_train, X_valid, y_train, y_valid = train_test_split(
+        X, y, test_size=VALID_FRACTION, random_state=seed % 2**32, stratify=stratify
+    )
+    return Split(X_train, y_train, X_valid, y_valid, names, len(labels) if labels else None, labels)

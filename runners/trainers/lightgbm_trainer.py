@@ -1,0 +1,94 @@
+"""LightGBM gradient-boosted trees behind the Trainer protocol.
+
+One step is one boosting round (total_steps = n_estimators). Per-step metrics come from LightGBM's
+own evaluation of both splits after each round; the final metrics from `validation_metrics` on the
+finished model's validation predictions. The model is LightGBM's text format ("lightgbm-text"):
+`lightgbm.Booster(model_str=model_bytes.decode())` loads it.
+
+Deterministic given the spec: `deterministic=True`, row-wise histograms, a fixed thread count
+(`num_threads`, default 1, since runners share the machine) and every seed derived from `spec.seed`.
+Cancellation is checked after every round, so it takes effect within one round.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from runners.datasets import Split, load_dataset
+from runners.trainers import (
+    Reporter, TrainingCancelled, TrainResult, TrainSpec, resolve_params, validation_metrics,
+)
+
+# Per task: LightGBM's loss metric, its task metric, and the step metric that one becomes.
+_METRICS = {
+    "binary_classification": ("binary_logloss", "auc", "valid_auc"),
+    "multiclass_classification": ("multi_logloss", "multi_error", "valid_accuracy"),
+    "regression": ("l2", "rmse", "valid_rmse"),
+}
+
+
+class LightGBMTrainer:
+    """Trainer for framework "lightgbm". Stateless: one instance may serve many fits and threads."""
+
+    def fit(self, spec: TrainSpec, report: Reporter) -> TrainResult:
+        params = resolve_params("lightgbm", spec.task, spec.params)
+        rounds = params.pop("n_estimators")
+        split = load_dataset(spec.dataset_uri, spec.target, spec.task, seed=spec.seed)
+        if report.should_stop():
+            raise TrainingCancelled()
+        train = lgb.Dataset(split.X_train, split.y_train, feature_name=_safe_names(split), free_raw_data=False)
+        valid = lgb.Dataset(split.X_valid, split.y_valid, reference=train, free_raw_data=False)
+        booster = lgb.train(
+            {**_task_params(spec.task, split), **_fixed_params(spec.seed), **params},
+            train,
+            num_boost_round=rounds,
+            valid_sets=[train, valid],
+            valid_names=["train", "valid"],
+            callbacks=[_report_each_round(spec.task, rounds, report)],
+        )
+        predicted = np.asarray(booster.predict(split.X_valid))
+        return TrainResult(
+            final_metrics=validation_metrics(spec.task, split.y_valid, predicted),
+            model_bytes=booster.model_to_string().encode(),
+            model_format="lightgbm-text",
+        )
+
+
+def _task_params(task: str, split: Split) -> dict[str, Any]:
+    loss, metric, _ = _METRICS[task]
+    objective = {"binary_classification": "binary", "multiclass_classification": "multiclass",
+                 "regression": "regression"}[task]
+    params: dict[str, Any] = {"objective": objective, "metric": [loss, metric]}
+    if task == "multiclass_classification":
+        params["num_class"] = split.n_classes
+    return params
+
+
+def _fixed_params(seed: int) -> dict[str, Any]:
+    return {"seed": seed % 2**31, "deterministic": True, "force_row_wise": True, "verbosity": -1}
+
+
+def _safe_names(split: Split) -> list[str]:
+    # LightGBM refuses some JSON special characters in feature names; keep the rest readable.
+    table = str.maketrans({c: "_" for c in '[]{}",:'})
+    names = [name.translate(table) for name in split.feature_names]
+    return names if len(set(names)) == len(names) else [f"{n}__{i}" for i, n in enumerate(names)]
+
+
+def _report_each_round(task: str, rounds: int, report: Reporter):
+    loss, metric, step_name = _METRICS[task]
+
+    def callback(env: lgb.callback.CallbackEnv) -> None:
+        if report.should_stop():
+            raise TrainingCancelled()
+        values = {(data, name): value for data, name, value, *_ in env.evaluation_result_list}
+        task_value = values[("valid", metric)]
+        report.step(env.iteration + 1, rounds, {
+            "train_loss": float(values[("train", loss)]),
+            "valid_loss": float(values[("valid", loss)]),
+            step_name: float(1.0 - task_value if metric == "multi_error" else task_value),
+        })
+
+    return callback

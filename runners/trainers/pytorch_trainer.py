@@ -1,0 +1,172 @@
+"""A PyTorch multilayer perceptron behind the Trainer protocol.
+
+One step is one epoch (total_steps = epochs) of Adam over shuffled mini-batches. `train_loss` is the
+mean loss over the epoch's batches (log loss, or mean squared error in target units for regression),
+the validation metrics are computed after each epoch. Cancellation is checked before every batch.
+
+The network standardizes its own input (train-split mean and std, missing values become the mean)
+and, for regression, outputs values in target units: the exported module maps raw features to
+logits or values, which is what serving and ONNX export want. Model bytes ("torch-state-dict") are
+`torch.save` of {"format_version", "task", "architecture", "state_dict", "feature_names",
+"class_labels"}; `load_model` rebuilds the module (safe to load with weights_only=True).
+
+Deterministic given the spec: weights and shuffling draw from a generator seeded by `spec.seed`, not
+torch's global RNG, so concurrent fits in one process do not disturb each other. `num_threads`
+(default 1) sets torch's intra-op threads, which is process-wide.
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from runners.datasets import Split, load_dataset
+from runners.trainers import (
+    Reporter, TrainingCancelled, TrainResult, TrainSpec, resolve_params, step_metrics, validation_metrics,
+)
+
+FORMAT_VERSION = 1
+
+
+class StandardizedMLP(nn.Module):
+    """Raw float32 features (n, n_features) in; (n, n_outputs) logits or target-unit values out."""
+
+    def __init__(self, n_features: int, hidden_sizes: list[int], n_outputs: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = n_features
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        layers.append(nn.Linear(width, n_outputs))
+        self.body = nn.Sequential(*layers)
+        self.register_buffer("x_mean", torch.zeros(n_features))
+        self.register_buffer("x_std", torch.ones(n_features))
+        self.register_buffer("y_mean", torch.zeros(1))
+        self.register_buffer("y_std", torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.x_mean) / self.x_std
+        z = torch.where(torch.isnan(z), torch.zeros_like(z), z)
+        return self.body(z) * self.y_std + self.y_mean
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """nn.Linear's default initialization, drawn from `generator`."""
+        for layer in self.body:
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+                bound = 1 / math.sqrt(layer.in_features)
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+
+
+class PyTorchMLPTrainer:
+    """Trainer for framework "pytorch". Stateless: one instance may serve many fits and threads."""
+
+    def fit(self, spec: TrainSpec, report: Reporter) -> TrainResult:
+        params = resolve_params("pytorch", spec.task, spec.params)
+        split = load_dataset(spec.dataset_uri, spec.target, spec.task, seed=spec.seed)
+        torch.set_num_threads(params["num_threads"])
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        generator = torch.Generator().manual_seed(spec.seed % 2**63)
+        n_outputs = split.n_classes if spec.task == "multiclass_classification" else 1
+        model = StandardizedMLP(split.X_train.shape[1], params["hidden_sizes"], n_outputs)
+        model.reset_parameters(generator)
+        _fit_normalizers(model, split, spec.task)
+        model.to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+        X, y = _tensors(split.X_train, split.y_train, device)
+        X_valid = torch.from_numpy(split.X_valid).to(device)
+        loss_fn = _loss(spec.task, model)
+        n, batch = len(y), params["batch_size"]
+        for epoch in range(1, params["epochs"] + 1):
+            model.train()
+            order = torch.randperm(n, generator=generator).to(device)
+            total = 0.0
+            for start in range(0, n, batch):
+                if report.should_stop():
+                    raise TrainingCancelled()
+                rows = order[start:start + batch]
+                optimizer.zero_grad()
+                loss, reported = loss_fn(model(X[rows]), y[rows])
+                loss.backward()
+                optimizer.step()
+                total += reported * len(rows)
+            scores = validation_metrics(spec.task, split.y_valid, _predict(model, X_valid, spec.task))
+            report.step(epoch, params["epochs"], step_metrics(spec.task, total / n, scores))
+        return TrainResult(final_metrics=scores, model_bytes=_serialize(model, spec, split, params),
+                           model_format="torch-state-dict")
+
+
+def load_model(data: bytes) -> StandardizedMLP:
+    """The module saved in `data` (model bytes of format "torch-state-dict"), on CPU, in eval mode."""
+    saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if saved.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"unsupported torch model format_version {saved.get('format_version')!r}")
+    model = StandardizedMLP(**saved["architecture"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
+def _fit_normalizers(model: StandardizedMLP, split: Split, task: str) -> None:
+    mean = np.nan_to_num(np.nanmean(split.X_train, axis=0))  # an all-missing column: mean 0, std 1
+    std = np.nan_to_num(np.nanstd(split.X_train, axis=0))
+    model.x_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+    model.x_std.copy_(torch.as_tensor(np.where(std > 0, std, 1.0), dtype=torch.float32))
+    if task == "regression":
+        model.y_mean.fill_(float(split.y_train.mean()))
+        model.y_std.fill_(float(split.y_train.std()) or 1.0)
+
+
+def _tensors(X: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+
+
+def _loss(task: str, model: StandardizedMLP):
+    """(output, labels) -> (loss to minimize, its value to report)."""
+    if task == "binary_classification":
+        def binary(out, y):
+            loss = nn.functional.binary_cross_entropy_with_logits(out.squeeze(1), y.float())
+            return loss, loss.item()
+        return binary
+    if task == "multiclass_classification":
+        def multiclass(out, y):
+            loss = nn.functional.cross_entropy(out, y)
+            return loss, loss.item()
+        return multiclass
+
+    def regression(out, y):  # optimize the scale-free standardized error, report target units
+        mse = nn.functional.mse_loss(out.squeeze(1), y)
+        return mse / model.y_std.square().squeeze(), mse.item()
+    return regression
+
+
+@torch.no_grad()
+def _predict(model: StandardizedMLP, X: torch.Tensor, task: str) -> np.ndarray:
+    """Validation predictions in validation_metrics' shape: P(class 1), (n, K) probabilities, values."""
+    model.eval()
+    out = model(X).double()  # float64 so probabilities sum to 1 within sklearn's tolerance
+    if task == "binary_classification":
+        out = torch.sigmoid(out.squeeze(1))
+    elif task == "multiclass_classification":
+        out = torch.softmax(out, dim=1)
+    else:
+        out = out.squeeze(1)
+    return out.cpu().numpy()
+
+
+def _serialize(model: StandardizedMLP, spec: TrainSpec, split: Split, params: dict) -> bytes:
+    first = next(layer for layer in model.body if isinstance(layer, nn.Linear))
+    buffer = io.BytesIO()
+    torch.save({
+        "format_version": FORMAT_VERSION,
+        "task": spec.task,
+        "architecture": {"n_features": first.in_features, "hidden_sizes": list(params["hidden_sizes"]),
+                         "n_outputs": model.body[-1].out_features},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "feature_names": list(split.feature_names),
+        "class_labels": split.class_labels,
+    }, buffer)
+    return buffer.getvalue()

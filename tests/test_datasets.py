@@ -1,0 +1,169 @@
+"""Dataset URIs: the submit-time check names the field at fault; loading splits deterministically."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.datasets import load_breast_cancer
+
+from runners.datasets import TASKS, DatasetError, load_dataset, validate_dataset
+
+
+@pytest.fixture
+def cancer_csv(tmp_path):
+    path = tmp_path / "cancer.csv"
+    load_breast_cancer(as_frame=True).frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("uri, task, n_classes, rows", [
+    ("builtin://breast_cancer", "binary_classification", 2, 569),
+    ("builtin://wine", "multiclass_classification", 3, 178),
+    ("builtin://diabetes", "regression", None, 442),
+])
+def test_builtin_datasets_load_as_typed_80_20_splits(uri, task, n_classes, rows):
+    split = load_dataset(uri, None, task)
+
+    assert len(split.y_train) + len(split.y_valid) == rows
+    assert len(split.y_valid) == pytest.approx(rows * 0.2, abs=1)
+    assert split.X_train.dtype == split.X_valid.dtype == np.float32
+    assert split.X_train.shape[1] == len(split.feature_names)
+    assert split.n_classes == n_classes
+    if n_classes is None:
+        assert split.y_train.dtype == np.float32 and split.class_labels is None
+    else:
+        assert split.y_train.dtype == np.int64
+        assert set(split.y_train) == set(range(n_classes)) == set(split.y_valid)
+        assert len(split.class_labels) == n_classes
+
+
+def test_classification_split_is_stratified():
+    split = load_dataset("builtin://wine", None, "multiclass_classification")
+    train_share = np.bincount(split.y_train) / len(split.y_train)
+    valid_share = np.bincount(split.y_valid) / len(split.y_valid)
+    assert np.abs(train_share - valid_share).max() < 0.03
+
+
+def test_split_is_deterministic_by_seed():
+    a, b = (load_dataset("builtin://diabetes", None, "regression", seed=5) for _ in range(2))
+    c = load_dataset("builtin://diabetes", None, "regression", seed=6)
+    assert np.array_equal(a.X_valid, b.X_valid) and np.array_equal(a.y_train, b.y_train)
+    assert not np.array_equal(a.y_valid, c.y_valid)
+
+
+@pytest.mark.parametrize("uri, target, task, field", [
+    ("builtin://diabetes", None, "binary_classification", "task"),
+    ("builtin://breast_cancer", None, "multiclass_classification", "task"),
+    ("builtin://wine", None, "regression", "task"),
+    ("builtin://iris", None, "multiclass_classification", "dataset.uri"),
+    ("builtin://wine", "quality", "multiclass_classification", "dataset.target"),
+    ("builtin://wine", None, "clustering", "task"),
+    ("s3://bucket/data.csv", "y", "regression", "dataset.uri"),
+    ("/abs/data.csv", "y", "regression", "dataset.uri"),
+    ("file://relative/data.csv", "y", "regression", "dataset.uri"),
+    ("file:data.csv", "y", "regression", "dataset.uri"),
+    ("file:///no/such/file.csv", "y", "regression", "dataset.uri"),
+])
+def test_validate_dataset_names_the_field_at_fault(uri, target, task, field):
+    with pytest.raises(DatasetError) as error:
+        validate_dataset(uri, target, task)
+    assert error.value.field == field
+    assert error.value.reason
+
+
+def test_validate_dataset_accepts_builtins_with_or_without_their_target_name():
+    validate_dataset("builtin://breast_cancer", None, "binary_classification")
+    validate_dataset("builtin://wine", "target", "multiclass_classification")
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_file_dataset_needs_its_target_column(tmp_path, suffix):
+    frame = load_breast_cancer(as_frame=True).frame
+    path = tmp_path / f"cancer.{suffix}"
+    frame.to_csv(path, index=False) if suffix == "csv" else frame.to_parquet(path)
+
+    validate_dataset(path.as_uri(), "target", "binary_classification")
+    for target in ("label", None):
+        with pytest.raises(DatasetError) as error:
+            validate_dataset(path.as_uri(), target, "binary_classification")
+        assert error.value.field == "dataset.target"
+    with pytest.raises(DatasetError) as error:
+        load_dataset(path.as_uri(), "label", "binary_classification")
+    assert error.value.field == "dataset.target"
+
+
+def test_file_dataset_needs_a_csv_or_parquet_file(tmp_path):
+    (tmp_path / "data.json").write_text("{}")
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "empty.csv").write_text("")
+    for name in ("data.json", "folder.csv", "empty.csv"):
+        with pytest.raises(DatasetError) as error:
+            validate_dataset((tmp_path / name).as_uri(), "y", "regression")
+        assert error.value.field == "dataset.uri", name
+
+
+def test_validate_dataset_reads_only_the_header(tmp_path):
+    path = tmp_path / "ragged.csv"
+    path.write_text("a,b,y\n1,2,3\n1,2,3,4,5,6\n")  # a full read would fail on line 3
+    validate_dataset(path.as_uri(), "y", "regression")
+
+
+def test_file_features_one_hot_few_levels_and_drop_the_rest(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 200
+    frame = pd.DataFrame({
+        "size": rng.normal(size=n),
+        "flag": rng.random(n) > 0.5,
+        "colour": rng.choice(["red", "green", None], size=n),
+        "customer_id": [f"c{i}" for i in range(n)],
+        "label": rng.choice(["no", "yes"], size=n),
+    })
+    frame.loc[:4, "label"] = None
+    path = tmp_path / "people.parquet"
+    frame.to_parquet(path)
+
+    split = load_dataset(path.as_uri(), "label", "binary_classification")
+
+    assert split.feature_names == ["size", "flag", "colour=green", "colour=red"]
+    assert len(split.y_train) + len(split.y_valid) == n - 5  # rows without a label are dropped
+    assert split.class_labels == ["no", "yes"]
+    colour = np.concatenate([split.X_train, split.X_valid])[:, 2:]
+    assert set(colour.sum(axis=1)) == {0.0, 1.0}  # a missing colour is all zeros
+
+
+def test_file_target_must_suit_the_task(tmp_path):
+    path = tmp_path / "three.csv"
+    pd.DataFrame({"x": range(30), "y": ["a", "b", "c"] * 10}).to_csv(path, index=False)
+    for task in ("binary_classification", "regression"):
+        with pytest.raises(DatasetError) as error:
+            load_dataset(path.as_uri(), "y", task)
+        assert error.value.field == "dataset.target"
+    assert load_dataset(path.as_uri(), "y", "multiclass_classification").n_classes == 3
+
+
+def test_tiny_files_are_refused(tmp_path):
+    path = tmp_path / "tiny.csv"
+    pd.DataFrame({"x": range(4), "y": [0, 1, 0, 1]}).to_csv(path, index=False)
+    with pytest.raises(DatasetError) as error:
+        load_dataset(path.as_uri(), "y", "binary_classification")
+    assert error.value.field == "dataset.uri"
+
+
+uris = st.one_of(
+    st.text(),
+    st.text().map(lambda s: "file://" + s),
+    st.text().map(lambda s: "file:///" + s),
+    st.text().map(lambda s: "builtin://" + s),
+    st.sampled_from(["file:///", "file://[", "file:///\x00.csv", "file:///tmp", "file:///%00.csv"]),
+)
+
+
+@settings(deadline=None, max_examples=300)
+@given(uri=uris, target=st.one_of(st.none(), st.text()), task=st.one_of(st.sampled_from(TASKS), st.text()))
+def test_validate_dataset_raises_nothing_but_dataset_error(uri, target, task):
+    try:
+        validate_dataset(uri, target, task)
+    except DatasetError as error:
+        assert error.field in ("dataset.uri", "dataset.target", "task")
