@@ -16,7 +16,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infra.clickhouse import ClickHouse, connect as connect_clickhouse
 from infra.messaging import DLQ_STREAM, EVENTS_STREAM, TELEMETRY_STREAM
 
 
@@ -102,8 +101,10 @@ async def delete_streams(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouse]:
+def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """One chDB per test process (chDB allows one data path per process); tests isolate by job id."""
+    from infra.clickhouse import connect as connect_clickhouse
+
     ch = connect_clickhouse(None, tmp_path_factory.mktemp("chdb") / "chdb")
     yield ch
     ch.close()

@@ -1,0 +1,254 @@
+"""End to end on real engines: `trainyard up` (serve + 2 runners) against PostgreSQL, NATS and chDB.
+
+Each test tells one story a user would notice: a job trains and its metrics are queryable, a cancel
+stops it, a killed runner or a killed serve process loses nothing and counts nothing twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from infra.embedded import free_port
+from tests.conftest import create_database, drop_database
+
+pytestmark = pytest.mark.integration
+FINISHED = ("completed", "failed", "cancelled")
+JOBS = "/api/v1/training/jobs"
+
+
+class Stack:
+    def __init__(self, proc: subprocess.Popen, data_dir: Path, api: str, nats_url: str) -> None:
+        self.proc, self.data_dir, self.nats_url = proc, data_dir, nats_url
+        self.http = httpx.Client(base_url=api, timeout=30)
+
+    def endpoints(self) -> dict[str, Any]:
+        return json.loads((self.data_dir / "endpoints.json").read_text())
+
+    def submit(self, **body: Any) -> str:
+        r = self.http.post(JOBS, json={"name": "t", **body})
+        assert r.status_code == 202, r.text
+        return r.json()["job_id"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        r = self.http.get(f"{JOBS}/{job_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait(self, job_id: str, until: Any, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                job = self.job(job_id)
+            except httpx.TransportError:  # serve is being restarted
+                time.sleep(0.2)
+                continue
+            if until(job):
+                return job
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} never reached the expected state: {job}")
+
+    def series(self, job_id: str, name: str, max_points: int = 100_000) -> list[dict[str, Any]]:
+        r = self.http.get(f"{JOBS}/{job_id}/metrics/{name}", params={"max_points": max_points})
+        assert r.status_code == 200, r.text
+        return r.json()["points"]
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "trainyard up exited"
+            try:
+                if self.http.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("the service never became ready")
+
+
+@pytest.fixture(scope="module")
+def stack(postgres_server: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    database_url = create_database(postgres_server)
+    data_dir = tmp_path_factory.mktemp("trainyard")
+    port = free_port(18000)
+    env = {**os.environ, "TRAINYARD_DATABASE_URL": database_url, "TRAINYARD_NATS_URL": nats_url,
+           "TRAINYARD_DATA_DIR": str(data_dir), "TRAINYARD_API_PORT": str(port), "TRAINYARD_RUNNERS": "2",
+           "TRAINYARD_RUNNER_ACK_WAIT_S": "4"}
+    env.pop("TRAINYARD_CLICKHOUSE_URL", None)
+    log = open(data_dir / "up.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    s = Stack(proc, data_dir, f"http://127.0.0.1:{port}", nats_url)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=30) == 0, "trainyard up did not stop cleanly on SIGTERM"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+            print((data_dir / "up.log").read_text()[-5000:])
+            drop_database(postgres_server, database_url)
+
+
+def test_up_reports_where_every_part_listens(stack: Stack) -> None:
+    ep = stack.endpoints()
+    assert {"api", "postgres", "nats", "clickhouse", "data_dir"} <= set(ep)
+    assert ep["clickhouse"].startswith("chdb://")
+    assert len(ep["pids"]["runners"]) == 2
+
+
+def test_a_lightgbm_job_trains_and_its_metrics_are_queryable(stack: Stack) -> None:
+    job_id = stack.submit(framework="lightgbm", task="binary_classification",
+                          dataset={"uri": "builtin://breast_cancer"}, params={"n_estimators": 60}, tags=["e2e"])
+    job = stack.wait(job_id, lambda j: j["status"] in FINISHED)
+    assert job["status"] == "completed", job
+    assert job["final_metrics"]["auc"] > 0.95 and {"accuracy", "logloss"} <= set(job["final_metrics"])
+    assert job["progress"]["percentage_complete"] == 100.0 and job["attempt"] == 1
+    host, _, pid = job["runner_id"].rpartition(":")
+    assert host and int(pid) in stack.endpoints()["pids"]["runners"]
+    path = Path(urlparse(job["artifact"]["uri"]).path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == job["artifact"]["sha256"]
+
+    names = stack.http.get(f"{JOBS}/{job_id}/metrics").json()["names"]
+    assert {"train_loss", "valid_loss", "valid_auc"} <= set(names)
+    deadline = time.monotonic() + 10  # telemetry is eventually consistent with the job's status
+    while len(points := stack.series(job_id, "valid_loss")) < 60 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [p["step"] for p in points] == list(range(1, 61))
+    small = stack.series(job_id, "valid_loss", max_points=8)
+    values = [p["value"] for p in points]
+    assert len(small) <= 8 and small[0]["step"] == 1 and small[-1]["step"] == 60
+    assert min(values) in [p["value"] for p in small] and max(values) in [p["value"] for p in small]
+
+    listed = stack.http.get(JOBS, params={"tag": "e2e", "status": "completed"}).json()
+    assert listed["total"] >= 1 and job_id in [j["job_id"] for j in listed["items"]]
+
+
+def test_a_pytorch_job_trains_and_an_external_subscriber_hears_it_complete(stack: Stack) -> None:
+    import nats
+
+    async def scenario() -> tuple[str, list[dict]]:
+        nc = await nats.connect(stack.nats_url)
+        heard: list[dict] = []
+        sub = await nc.subscribe("trainyard.v1.training_job.completed")
+        job_id = await asyncio.to_thread(stack.submit, framework="pytorch", task="regression",
+                                         dataset={"uri": "builtin://diabetes"}, params={"epochs": 15})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(h["aggregate_id"] == job_id for h in heard):
+            try:
+                heard.append(json.loads((await sub.next_msg(timeout=1)).data))
+            except nats.errors.TimeoutError:
+                pass
+        await nc.close()
+        return job_id, heard
+
+    job_id, heard = asyncio.run(scenario())
+    event = next(h for h in heard if h["aggregate_id"] == job_id)
+    assert event["type"] == "training_job.completed" and {"rmse", "mae", "r2"} <= set(event["payload"]["final_metrics"])
+    assert {"event_id", "aggregate_version", "occurred_at", "trace_id"} <= set(event)
+    job = stack.wait(job_id, lambda j: j["status"] in FINISHED)
+    assert job["status"] == "completed" and job["final_metrics"] == event["payload"]["final_metrics"]
+    assert len(stack.series(job_id, "train_loss")) == 15
+
+
+def test_an_idempotency_key_returns_the_same_job(stack: Stack) -> None:
+    body = {"name": "idem", "framework": "lightgbm", "task": "regression", "dataset": {"uri": "builtin://diabetes"},
+            "params": {"n_estimators": 5}}
+    first = stack.http.post(JOBS, json=body, headers={"Idempotency-Key": "idem-1"})
+    again = stack.http.post(JOBS, json=body, headers={"Idempotency-Key": "idem-1"})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.json()["job_id"] == again.json()["job_id"]
+    other = stack.http.post(JOBS, json={**body, "name": "other"}, headers={"Idempotency-Key": "idem-1"})
+    assert other.status_code == 409 and other.headers["content-type"] == "application/problem+json"
+
+
+def test_cancel_stops_a_running_job_within_five_seconds(stack: Stack) -> None:
+    job_id = stack.submit(framework="pytorch", task="binary_classification",
+                          dataset={"uri": "builtin://breast_cancer"}, params={"epochs": 100_000})
+    stack.wait(job_id, lambda j: j["status"] == "running" and j["progress"]["current_step"] > 0, timeout=60)
+    r = stack.http.delete(f"{JOBS}/{job_id}")
+    assert r.status_code == 202
+    asked = time.monotonic()
+    job = stack.wait(job_id, lambda j: j["status"] in FINISHED, timeout=30)
+    assert job["status"] == "cancelled" and time.monotonic() - asked < 5
+    assert stack.http.delete(f"{JOBS}/{job_id}").status_code == 409
+
+
+def test_a_runner_killed_mid_job_loses_nothing(stack: Stack) -> None:
+    epochs = 400
+    job_id = stack.submit(framework="pytorch", task="multiclass_classification",
+                          dataset={"uri": "builtin://wine"}, params={"epochs": epochs})
+    job = stack.wait(job_id, lambda j: j["status"] == "running" and j["progress"]["current_step"] >= 5, timeout=60)
+    first_runner = job["runner_id"]
+    os.kill(int(first_runner.rpartition(":")[2]), signal.SIGKILL)
+    job = stack.wait(job_id, lambda j: j["status"] in FINISHED, timeout=180)
+    assert job["status"] == "completed" and job["attempt"] == 2 and job["runner_id"] != first_runner
+    deadline = time.monotonic() + 10
+    while len(points := stack.series(job_id, "valid_loss")) < epochs and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [p["step"] for p in points] == list(range(1, epochs + 1))  # the final attempt's series is whole
+
+
+def test_serve_killed_mid_stream_restarts_and_counts_nothing_twice(stack: Stack) -> None:
+    epochs = 300
+    job_id = stack.submit(framework="pytorch", task="binary_classification",
+                          dataset={"uri": "builtin://breast_cancer"}, params={"epochs": epochs})
+    stack.wait(job_id, lambda j: j["status"] == "running" and j["progress"]["current_step"] >= 5, timeout=60)
+    os.kill(stack.endpoints()["pids"]["serve"], signal.SIGKILL)  # relay, projectors and API die together
+    time.sleep(0.5)
+    stack.wait_ready()
+    job = stack.wait(job_id, lambda j: j["status"] in FINISHED, timeout=180)
+    assert job["status"] == "completed"
+    deadline = time.monotonic() + 10
+    while len(points := stack.series(job_id, "train_loss")) < epochs and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [p["step"] for p in points] == list(range(1, epochs + 1))
+    listed = stack.http.get(JOBS, params={"limit": 500}).json()
+    assert [j["job_id"] for j in listed["items"]].count(job_id) == 1
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    ({"framework": "xgboost", "task": "regression", "dataset": {"uri": "builtin://diabetes"}}, 422, "framework"),
+    ({"framework": "lightgbm", "task": "ranking", "dataset": {"uri": "builtin://diabetes"}}, 422, "task"),
+    ({"framework": "lightgbm", "task": "regression", "dataset": {"uri": "builtin://mnist"}}, 422, "dataset.uri"),
+    ({"framework": "lightgbm", "task": "regression", "dataset": {"uri": "file:///nope/x.csv", "target": "y"}}, 422, "dataset.uri"),
+    ({"framework": "pytorch", "task": "regression", "dataset": {"uri": "builtin://diabetes"}, "params": {"epochs": "ten"}}, 422, "params.epochs"),
+    ({"framework": "lightgbm", "task": "regression", "dataset": {"uri": "builtin://diabetes"}, "priority": "urgent"}, 422, "priority"),
+    ({"framework": "lightgbm", "task": "regression"}, 422, "dataset"),
+])
+def test_bad_submissions_get_a_problem_naming_the_field(stack: Stack, body: dict, status: int, field: str) -> None:
+    r = stack.http.post(JOBS, json={"name": "bad", **body})
+    assert r.status_code == status and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["field"] == field
+
+
+def test_a_file_dataset_without_its_target_column_is_refused(stack: Stack, tmp_path: Path) -> None:
+    csv = tmp_path / "d.csv"
+    csv.write_text("a,b,y\n1,2,0\n3,4,1\n")
+    r = stack.http.post(JOBS, json={"name": "f", "framework": "lightgbm", "task": "binary_classification",
+                                    "dataset": {"uri": f"file://{csv}", "target": "label"}})
+    assert r.status_code == 422 and r.json()["field"] == "dataset.target"
+
+
+def test_malformed_requests_and_unknown_jobs_are_4xx(stack: Stack) -> None:
+    r = stack.http.post(JOBS, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
+    assert stack.http.get(f"{JOBS}/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert stack.http.get(f"{JOBS}/not-a-uuid").status_code == 422
+    assert stack.http.get(JOBS, params={"limit": 0}).status_code == 422
+    assert stack.http.delete(f"{JOBS}/00000000-0000-0000-0000-000000000000").status_code == 404
