@@ -7,7 +7,10 @@ ClickHouse each part could run alone; they are independent asyncio tasks and thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 
 import uvicorn
 from eventsourcing.projection import ProjectionRunner
@@ -24,6 +27,14 @@ from projections.metrics import MetricsProjector
 from projections.relay import Relay
 
 log = logging.getLogger("trainyard.serve")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after serving, which would skip our shutdown; we handle signals ourselves."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class JobsProjector:
@@ -76,13 +87,17 @@ async def serve(settings: Settings) -> None:
     await serve_reports(nc, services.app)
     config = uvicorn.Config(create_app(services, nc), host=settings.api_host, port=settings.api_port,
                             log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
     log.info("API listening on http://%s:%d", settings.api_host, settings.api_port)
     try:
         await server.serve()  # returns on SIGINT/SIGTERM
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await nc.drain()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), 5)
         services.close()
         log.info("serve stopped")

@@ -133,6 +133,9 @@ class Runner:
                 await side
             self._current = None
         await self._flush(job_id, attempt, reporter)
+        if reporter.step_seen:  # the last progress, which throttling may have held back
+            await self.report(type="progress", job_id=job_id, attempt=attempt,
+                              current_step=reporter.step_seen, total_steps=reporter.total_steps)
         await self.report(job_id=job_id, attempt=attempt, **outcome)
         await msg.ack()
 
@@ -211,5 +214,5 @@ async def run_runner(settings: Settings) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await main
     with contextlib.suppress(Exception):
-        await nc.drain()
+        await asyncio.wait_for(nc.drain(), 3)
     log.info("runner %s stopped", runner.runner_id)

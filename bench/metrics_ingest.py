@@ -1,0 +1,111 @@
+"""Metric ingestion: points per second from runner publish to queryable in ClickHouse, vs MLflow log_batch.
+
+Trainyard path (what a runner and the serve process do): MetricBatch messages of --batch points published
+on JetStream (`Nats-Msg-Id` per batch) → MetricsProjector (the real one) → chDB `metric_points`; the clock
+stops when a query sees every point. Baseline: MLflow `MlflowClient.log_batch` (1000 metrics per call, its
+documented limit) into its own SQL store (SQLite file) on this machine, in the same run.
+
+    python bench/metrics_ingest.py [--points 500000] [--mlflow-points 100000] [--batch 1000]
+
+Prints both rates and ends with `ratio=<trainyard points/s ÷ mlflow points/s>` (> 1: Trainyard is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from domain.telemetry import MetricBatch, MetricSample  # noqa: E402
+from infra.clickhouse import connect as connect_clickhouse  # noqa: E402
+from infra.embedded import EmbeddedNats  # noqa: E402
+from infra.messaging import TELEMETRY_METRICS, connect, ensure_streams  # noqa: E402
+from infra.settings import Settings  # noqa: E402
+from projections.metric_store import MetricStore  # noqa: E402
+from projections.metrics import MetricsProjector  # noqa: E402
+
+NAMES = ("train_loss", "valid_loss", "valid_auc", "lr")
+
+
+def batches(job_id: str, points: int, size: int) -> list[bytes]:
+    now = datetime.now(timezone.utc)
+    samples = [MetricSample(name=NAMES[i % 4], step=i // 4 + 1, value=1.0 / (i + 1), ts=now) for i in range(points)]
+    return [MetricBatch(batch_id=str(uuid.uuid4()), job_id=job_id, attempt=1, runner_id="bench:1",
+                        points=samples[i:i + size]).model_dump_json().encode() for i in range(0, points, size)]
+
+
+async def trainyard(points: int, size: int, work: Path) -> float:
+    server = EmbeddedNats(work / "nats")
+    url = server.start()
+    store = MetricStore(connect_clickhouse(None, work / "chdb"))
+    store.ensure_schema()
+    try:
+        nc, js = await connect(url, "bench")
+        await ensure_streams(js, Settings())
+        job_id = str(uuid.uuid4())
+        payloads = batches(job_id, points, size)  # encoding is the runner's work, outside the clock
+        stop = asyncio.Event()
+        start = time.perf_counter()
+        projector = asyncio.create_task(MetricsProjector(nc, js, store).run(stop))
+        acks = [js.publish(TELEMETRY_METRICS, p, headers={"Nats-Msg-Id": str(i)}) for i, p in enumerate(payloads)]
+        for i in range(0, len(acks), 64):
+            await asyncio.gather(*acks[i:i + 64])
+        while sum(len(store.series(job_id, n, max_points=4)) > 0 for n in NAMES) < 4 or \
+                store.count(job_id) < points:
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        stop.set()
+        await projector
+        await nc.close()
+        return points / elapsed
+    finally:
+        server.stop()
+
+
+def mlflow_rate(points: int, work: Path) -> float:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.create_experiment("bench", artifact_location=str(work / "mlruns"))
+    run = client.create_run(exp)
+    ts = int(time.time() * 1000)
+    metrics = [Metric(NAMES[i % 4], 1.0 / (i + 1), ts, i // 4 + 1) for i in range(points)]
+    start = time.perf_counter()
+    for i in range(0, points, 1000):
+        client.log_batch(run.info.run_id, metrics=metrics[i:i + 1000])
+    return points / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--points", type=int, default=500_000)
+    ap.add_argument("--mlflow-points", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=1000)
+    args = ap.parse_args()
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        print("mlflow is not installed: pip install -e '.[bench]'", file=sys.stderr)
+        sys.exit(2)
+    work = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
+    try:
+        ours = asyncio.run(trainyard(args.points, args.batch, work))
+        print(f"trainyard: {args.points} points publish→queryable at {ours:,.0f} points/s "
+              f"(batches of {args.batch}, JetStream → MetricsProjector → chDB)")
+        base = mlflow_rate(args.mlflow_points, work)
+        print(f"mlflow:    {args.mlflow_points} points log_batch(1000) into SQLite at {base:,.0f} points/s")
+        print(f"ratio={ours / base:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
