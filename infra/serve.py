@@ -98,6 +98,6 @@ async def serve(settings: Settings) -> None:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.drain(), 5)
+            await nc.close()
         services.close()
         log.info("serve stopped")

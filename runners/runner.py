@@ -214,5 +214,5 @@ async def run_runner(settings: Settings) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await main
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(nc.drain(), 3)
+        await nc.close()
     log.info("runner %s stopped", runner.runner_id)
