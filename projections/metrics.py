@@ -36,7 +36,7 @@ class MetricsProjector:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(self.fetch_size, timeout=0.5)
-            except NatsTimeout:
+            except (NatsTimeout, TimeoutError):
                 continue
             except Exception:
                 log.exception("fetch failed; retrying")

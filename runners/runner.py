@@ -81,7 +81,7 @@ class Runner:
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(1, timeout=1.0)
-                except NatsTimeout:
+                except (NatsTimeout, TimeoutError):
                     continue
                 except Exception:
                     log.exception("fetch failed; retrying")
