@@ -127,8 +127,10 @@ def jobs(status: Optional[str] = None, framework: Optional[str] = None, tag: Opt
          limit: int = 20, offset: int = 0, api: ApiOpt = None) -> None:
     """List jobs, newest first."""
     out = TrainyardClient(api).jobs(status=status, framework=framework, tag=tag, limit=limit, offset=offset)
-    table = Table("job_id", "name", "framework", "task", "status", "progress", "attempt", "created_at",
-                  title=f"{out['total']} jobs")
+    table = Table(title=f"{out['total']} jobs")
+    table.add_column("job_id", no_wrap=True, min_width=36)
+    for col in ("name", "framework", "task", "status", "progress", "attempt", "created_at"):
+        table.add_column(col)
     for j in out["items"]:
         table.add_row(j["job_id"], j["name"], j["framework"], j["task"], j["status"],
                       f"{j['progress']['percentage_complete']:.0f}%", str(j["attempt"]), j["created_at"])

@@ -45,8 +45,9 @@ class JobsProjector:
         self.runner: ProjectionRunner | None = None
 
     def _start(self) -> None:
-        self.runner = ProjectionRunner(application_class=TrainingApplication, projection_class=JobsProjection,
-                                       view_class=JobsView, env=self.env)
+        runner = ProjectionRunner(application_class=TrainingApplication, projection_class=JobsProjection,
+                                  view_class=JobsView, env=self.env)
+        self.runner = runner.__enter__()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from commands.runner_reports import ReportReply, RunnerReport, decode_reply, encode
 from domain.telemetry import MetricBatch, MetricSample
 from infra.messaging import (EVENTS_STREAM, JOB_CANCEL_REQUESTED, REPORT_SUBJECT, RUNNERS_CONSUMER,
-                             TELEMETRY_METRICS, connect, ensure_streams)
+                             TELEMETRY_METRICS, connect, dlq_subject, ensure_streams)
 from infra.settings import Settings
 from runners.artifacts import ArtifactStore, LocalArtifactStore
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
@@ -104,8 +104,10 @@ class Runner:
         try:
             event = json.loads(msg.data)
             job_id, job = event["aggregate_id"], event["payload"]
-        except (ValueError, KeyError):
-            log.error("malformed work item, terminating it")
+        except (ValueError, KeyError, TypeError):
+            log.error("malformed work item dead-lettered")
+            with contextlib.suppress(Exception):
+                await self.js.publish(dlq_subject(msg.subject), msg.data)
             await msg.term()
             return
         attempt = msg.metadata.num_delivered

@@ -252,3 +252,44 @@ def test_malformed_requests_and_unknown_jobs_are_4xx(stack: Stack) -> None:
     assert stack.http.get(f"{JOBS}/not-a-uuid").status_code == 422
     assert stack.http.get(JOBS, params={"limit": 0}).status_code == 422
     assert stack.http.delete(f"{JOBS}/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_malformed_messages_go_to_the_dead_letter_subjects(stack: Stack) -> None:
+    import nats
+
+    async def scenario() -> tuple[dict, list[bytes]]:
+        nc = await nats.connect(stack.nats_url)
+        js = nc.jetstream()
+        marker = f"garbage-{time.time_ns()}".encode()
+        await js.publish("trainyard.v1.telemetry.metrics", b'{"batch_id": "x", "points": "' + marker + b'"}')
+        reply = json.loads((await nc.request("trainyard.rpc.runner.report", marker, timeout=10)).data)
+        dead = await js.subscribe("trainyard.v1.dlq.>", stream="TRAINYARD_DLQ", ordered_consumer=True)
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sum(marker in d for d in seen) < 2:
+            try:
+                seen.append((await dead.next_msg(timeout=1)).data)
+            except nats.errors.TimeoutError:
+                pass
+        await nc.close()
+        return reply, [d for d in seen if marker in d]
+
+    reply, dead = asyncio.run(scenario())
+    assert reply["ok"] is False and reply["code"] == "invalid"
+    assert len(dead) == 2  # the metric batch and the runner report, each kept once
+
+
+def test_the_cli_submits_watches_and_lists(stack: Stack) -> None:
+    env = {**os.environ, "TRAINYARD_API_URL": str(stack.http.base_url)}
+    cli = [sys.executable, "-m", "api.cli"]
+    out = subprocess.run([*cli, "submit", "--framework", "lightgbm", "--task", "regression", "--dataset",
+                          "builtin://diabetes", "-p", "n_estimators=20", "--tag", "cli", "--watch"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.splitlines()[0].strip()
+    assert '"status": "completed"' in out.stdout and '"rmse"' in out.stdout
+    listed = subprocess.run([*cli, "jobs", "--tag", "cli"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and job_id[:8] in listed.stdout
+    bad = subprocess.run([*cli, "submit", "--framework", "sklearn", "--task", "regression", "--dataset",
+                          "builtin://diabetes"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "framework" in bad.stdout
