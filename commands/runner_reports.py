@@ -14,11 +14,12 @@ from uuid import UUID
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from pydantic import BaseModel, Field, ValidationError
 
 from commands.training import JobNotFoundError, TrainingApplication
 from domain.training_job import JobError, JobFinishedError, StaleAttemptError, TrainingJob
-from infra.messaging import REPORT_QUEUE, REPORT_SUBJECT, dlq_subject
+from infra.messaging import EVENTS_STREAM, MAX_DELIVERIES_ADVISORY, REPORT_QUEUE, REPORT_SUBJECT, dlq_subject
 
 log = logging.getLogger("trainyard.reports")
 
@@ -101,3 +102,24 @@ def encode(report: RunnerReport) -> bytes:
 
 def decode_reply(data: bytes) -> ReportReply:
     return ReportReply.model_validate(json.loads(data))
+
+
+async def serve_dead_work(nc: Client, js: JetStreamContext, app: TrainingApplication) -> Any:
+    """Work items past their delivery limit (every runner that took them died): dead-letter, fail the job."""
+
+    async def on_advisory(msg: Msg) -> None:
+        try:
+            await give_up_on(js, app, json.loads(msg.data)["stream_seq"])
+        except Exception:
+            log.exception("could not dead-letter an exhausted work item")
+
+    return await nc.subscribe(MAX_DELIVERIES_ADVISORY, cb=on_advisory)
+
+
+async def give_up_on(js: JetStreamContext, app: TrainingApplication, stream_seq: int) -> UUID:
+    raw = await js.get_msg(EVENTS_STREAM, stream_seq)
+    job_id = UUID(json.loads(raw.data)["aggregate_id"])
+    await js.publish(dlq_subject(raw.subject), raw.data, headers={"Nats-Msg-Id": f"dead-work:{stream_seq}"})
+    await asyncio.to_thread(app.give_up, job_id, "no runner finished it: the work item ran out of deliveries")
+    log.warning("job %s failed: work item %d dead-lettered after max deliveries", job_id, stream_seq)
+    return job_id

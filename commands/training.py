@@ -105,6 +105,9 @@ class TrainingApplication(Application[UUID]):
     def fail(self, job_id: UUID, attempt: int, error: str) -> TrainingJob:
         return self._change(job_id, lambda job: job.fail(attempt, error))
 
+    def give_up(self, job_id: UUID, reason: str) -> TrainingJob:
+        return self._change(job_id, lambda job: job.give_up(reason))
+
     def confirm_cancelled(self, job_id: UUID, attempt: int) -> TrainingJob:
         return self._change(job_id, lambda job: job.confirm_cancelled(attempt))
 

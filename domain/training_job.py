@@ -142,6 +142,12 @@ class TrainingJob(Aggregate):
         self.status = "failed"
         self.error = error
 
+    def give_up(self, reason: str) -> None:
+        """Fail the job whatever attempt holds it: its work item ran out of deliveries (runners kept dying)."""
+        if self.is_finished:
+            return
+        self._failed(attempt=self.attempt, error=reason)
+
     def request_cancel(self) -> None:
         """Cancel: at once when queued; while running, ask the runner (it confirms)."""
         self.check_not_finished()

@@ -16,7 +16,7 @@ import uvicorn
 from eventsourcing.projection import ProjectionRunner
 
 from api.app import create_app
-from commands.runner_reports import serve_reports
+from commands.runner_reports import serve_dead_work, serve_reports
 from commands.training import TrainingApplication
 from infra.bootstrap import build
 from infra.messaging import connect, ensure_streams
@@ -86,6 +86,7 @@ async def serve(settings: Settings) -> None:
         asyncio.create_task(MetricsProjector(nc, js, services.metrics).run(stop), name="metrics-projector"),
     ]
     await serve_reports(nc, services.app)
+    await serve_dead_work(nc, js, services.app)
     config = uvicorn.Config(create_app(services, nc), host=settings.api_host, port=settings.api_port,
                             log_level="warning", lifespan="off")
     server = _Server(config)

@@ -51,6 +51,8 @@ def run_commands(app: TrainingApplication, cmds: list[tuple]) -> UUID:
                 app.fail(job_id, args[0], "boom")
             elif name == "cancel":
                 app.request_cancel(job_id)
+            elif name == "give_up":
+                app.give_up(job_id, "runners kept dying")
             else:
                 app.confirm_cancelled(job_id, args[0])
         except (JobError, ValueError):

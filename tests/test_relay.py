@@ -9,6 +9,7 @@ import nats
 import pytest
 from psycopg_pool import ConnectionPool
 
+from commands.runner_reports import give_up_on
 from commands.training import SubmitJob, TrainingApplication
 from infra.messaging import EVENTS_STREAM, ensure_streams
 from infra.postgres import eventsourcing_env, pool as pg_pool
@@ -86,3 +87,29 @@ def test_a_relay_crash_after_publishing_but_before_saving_its_position_publishes
         mine = [e for e in events if e["aggregate_id"] == job_id]
         assert [e["aggregate_version"] for e in mine] == [1, 2, 3]
         assert [e["type"] for e in mine] == ["training_job.submitted", "training_job.started", "training_job.completed"]
+
+
+def test_a_work_item_out_of_deliveries_is_dead_lettered_and_its_job_fails(store, nats_url: str) -> None:
+    app, pool = store
+    job_id = app.submit_job(SubmitJob(name="doomed", framework="lightgbm", task="regression",
+                                      dataset={"uri": "builtin://diabetes"})).job_id
+    app.start_attempt(job_id, 5, "h:5")
+
+    async def scenario() -> list[dict]:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await ensure_streams(js, Settings())
+        relay = Relay(app, js, pool)
+        while await relay.publish_batch():
+            pass
+        submitted = await js.get_last_msg(EVENTS_STREAM, "trainyard.v1.training_job.submitted")
+        assert json.loads(submitted.data)["aggregate_id"] == str(job_id)
+        await give_up_on(js, app, submitted.seq)
+        dead = await js.get_last_msg("TRAINYARD_DLQ", "trainyard.v1.dlq.training_job.submitted")
+        await nc.close()
+        return [json.loads(dead.data)]
+
+    dead = asyncio.run(scenario())
+    assert dead[0]["aggregate_id"] == str(job_id)
+    job = app.get_job(job_id)
+    assert job.status == "failed" and "deliveries" in job.error

@@ -21,6 +21,7 @@ commands = st.one_of(
     st.tuples(st.just("complete"), attempts),
     st.tuples(st.just("fail"), attempts),
     st.tuples(st.just("cancel")),
+    st.tuples(st.just("give_up")),
     st.tuples(st.just("confirm_cancelled"), attempts),
 )
 
@@ -37,6 +38,8 @@ def apply(job: TrainingJob, cmd: tuple) -> None:
         job.fail(args[0], "boom")
     elif name == "cancel":
         job.request_cancel()
+    elif name == "give_up":
+        job.give_up("runners kept dying")
     else:
         job.confirm_cancelled(args[0])
 
@@ -60,6 +63,8 @@ def test_any_command_sequence_leaves_a_legal_state_and_replays_to_the_same_objec
         assert job.attempt >= before[1]  # attempts only move forward
         if job.status == "queued":
             assert job.attempt == 0 and job.runner_id is None
+        if job.status == "failed":
+            assert job.error
         if job.status == "completed":
             assert job.artifact is not None and job.final_metrics
         if job.total_steps is not None:
