@@ -1,0 +1,180 @@
+"""ClickHouse access: one small interface, two drivers (embedded chDB, a server over HTTP), one set of SQL.
+
+The SQL lives with the code that owns the tables (e.g. projections/metric_store.py) and is the same
+string for both drivers. Parameters use ClickHouse server-side binding, `{name:Type}` in the SQL and
+`params={"name": value}`; values are never pasted into SQL text.
+
+Result values are what the driver makes of the column type (UUID -> uuid.UUID, DateTime64 -> datetime,
+whose tzinfo may differ between drivers): SQL meant for both drivers selects plain scalars
+(`toString(uuid)`, `toUnixTimestamp64Milli(ts)`, numbers, strings), which come back identically.
+
+chDB is in-process and single-owner: one data path per process (a second path raises until every session
+on the first is closed), and only one process may open a path (design decision 6).
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import pyarrow as pa
+
+Rows = Sequence[tuple] | Mapping[str, Sequence[Any]]
+
+
+class ClickHouseError(RuntimeError):
+    """A statement failed (bad SQL, type mismatch, server or engine error); the driver's error is __cause__."""
+
+
+class ClickHouse(Protocol):
+    """A ClickHouse database. Thread-safe (implementations serialize where the driver is not)."""
+
+    def command(self, sql: str) -> None:
+        """Run a statement that returns nothing (DDL, OPTIMIZE, ...)."""
+
+    def query(self, sql: str, params: dict | None = None) -> list[tuple]:
+        """Rows of a SELECT; `params` fill `{name:Type}` placeholders (server-side binding)."""
+
+    def insert(self, table: str, columns: list[str], rows: Rows, dedup_token: str | None = None) -> None:
+        """Insert rows (a list of tuples in `columns` order, or a mapping column -> values, where values may be a
+        list, numpy array or pyarrow Array). With `dedup_token`, a repeat of an insert with the same token is
+        dropped by ClickHouse (the table needs a deduplication window: see metric_store's DDL); tokens are
+        global per table, so make them unique per batch content."""
+
+    def close(self) -> None:
+        """Release the connection / the chDB session."""
+
+
+def connect(url: str | None, chdb_path: Path) -> ClickHouse:
+    """`url` None: embedded chDB at `chdb_path`; "http(s)://user:pass@host:port/db": a ClickHouse server."""
+    if url is None:
+        return ChdbClickHouse(chdb_path)
+    scheme = urlparse(url).scheme
+    if scheme not in ("http", "https"):
+        raise ValueError(f"ClickHouse URL must be http(s)://user:pass@host:port/db, got scheme {scheme!r}")
+    return HttpClickHouse(url)
+
+
+def to_arrow(columns: list[str], rows: Rows) -> pa.Table:
+    """The insert payload as an Arrow table; ClickHouse casts Arrow types to the table's (string -> UUID, ...)."""
+    if isinstance(rows, Mapping):
+        if list(rows) != list(columns):
+            raise ValueError(f"column mapping keys {list(rows)} differ from columns {columns}")
+        arrays = [v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v) for v in rows.values()]
+    else:
+        transposed = list(zip(*rows)) if rows else [[] for _ in columns]
+        if len(transposed) != len(columns):
+            raise ValueError(f"rows have {len(transposed)} values, columns are {columns}")
+        arrays = [pa.array(list(col)) for col in transposed]
+    return pa.Table.from_arrays(arrays, names=columns)
+
+
+def _param_text(value: Any) -> str:
+    """A parameter in ClickHouse's escaped text form, which is how server-side binding parses `{name:Type}`."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, uuid.UUID)):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly; 'nan' and 'inf' parse as Float64
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, str):
+        return (value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+                .replace("\r", "\\r").replace("\0", "\\0"))
+    raise TypeError(f"unsupported ClickHouse parameter type {type(value).__name__}")
+
+
+class ChdbClickHouse:
+    """Embedded chDB at `path` (a chdb Session). Calls are serialized by a lock."""
+
+    def __init__(self, path: Path) -> None:
+        from chdb.session import Session
+
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._session = Session(str(self.path))
+
+    def _run(self, sql: str, params: dict | None, fmt: str) -> Any:
+        bound = {k: _param_text(v) for k, v in (params or {}).items()}
+        with self._lock:
+            if self._session is None:
+                raise ClickHouseError("chDB session is closed")
+            try:
+                return self._session.query(sql, fmt, params=bound)
+            except Exception as e:
+                raise ClickHouseError(str(e)) from e
+
+    def command(self, sql: str) -> None:
+        self._run(sql, None, "CSV")
+
+    def query(self, sql: str, params: dict | None = None) -> list[tuple]:
+        table = self._run(sql, params, "ArrowTable")
+        return list(zip(*(col.to_pylist() for col in table.columns)))
+
+    def insert(self, table: str, columns: list[str], rows: Rows, dedup_token: str | None = None) -> None:
+        # Fastest chDB path (measured: 1M rows in ~0.35 s, vs ~1.1 s for ArrowStream bytes via send_insert):
+        # the Python() table function reads the Arrow table in place, finding it by name in the calling frames.
+        _trainyard_insert_rows = to_arrow(columns, rows)  # noqa: F841 (read by chDB's Python() table function)
+        settings = " SETTINGS insert_deduplication_token = {token:String}" if dedup_token is not None else ""
+        cols = ", ".join(f"`{c}`" for c in columns)
+        self._run(f"INSERT INTO {table} ({cols}){settings} SELECT * FROM Python(_trainyard_insert_rows)",
+                  {"token": dedup_token} if dedup_token is not None else None, "CSV")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+
+class HttpClickHouse:
+    """A ClickHouse server through clickhouse-connect. Calls are serialized (one HTTP session per client)."""
+
+    def __init__(self, url: str) -> None:
+        import clickhouse_connect
+
+        self._lock = threading.Lock()
+        self._client = clickhouse_connect.get_client(dsn=url, interface=urlparse(url).scheme)
+
+    @classmethod
+    def from_client(cls, client: Any) -> HttpClickHouse:
+        """Wrap a ready clickhouse-connect client (tests use its embedded chDB interface: no server here)."""
+        self = cls.__new__(cls)
+        self._lock, self._client = threading.Lock(), client
+        return self
+
+    def command(self, sql: str) -> None:
+        with self._lock:
+            self._wrap(self._client.command, sql)
+
+    def query(self, sql: str, params: dict | None = None) -> list[tuple]:
+        with self._lock:
+            result = self._wrap(self._client.query, sql, parameters=params or {})
+        return [tuple(r) for r in result.result_rows]
+
+    def insert(self, table: str, columns: list[str], rows: Rows, dedup_token: str | None = None) -> None:
+        settings = {"insert_deduplication_token": dedup_token} if dedup_token is not None else None
+        data = to_arrow(columns, rows)  # the same Arrow payload and casts as the chDB driver
+        with self._lock:
+            self._wrap(self._client.insert_arrow, table, data, settings=settings)
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.close()
+
+    @staticmethod
+    def _wrap(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            raise ClickHouseError(str(e)) from e

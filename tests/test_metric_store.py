@@ -1,0 +1,191 @@
+"""MetricStore on real chDB (the session-scoped `clickhouse` fixture of conftest.py); tests isolate by job id."""
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from projections.metric_store import MetricPoint, MetricStore
+
+T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def store(clickhouse) -> MetricStore:
+    s = MetricStore(clickhouse)
+    s.ensure_schema()
+    s.ensure_schema()  # idempotent
+    return s
+
+
+def new_job() -> str:
+    return str(uuid.uuid4())
+
+
+def pt(job: str, name: str, step: int, value: float, attempt: int = 1, ms: int | None = None) -> MetricPoint:
+    return MetricPoint(job, attempt, name, step, value, T0 + timedelta(milliseconds=step if ms is None else ms))
+
+
+def test_insert_names_series(store: MetricStore) -> None:
+    job = new_job()
+    steps = [5, 1, 3, 2, 4]
+    store.insert([pt(job, "loss", s, 1.0 / s) for s in steps], batch_id=f"{job}-a")
+    store.insert([pt(job, "acc", s, s / 10) for s in steps[:3]], batch_id=f"{job}-b")
+
+    assert store.names(job) == ["acc", "loss"]
+    assert store.latest_attempt(job) == 1
+    assert store.count(job) == 8
+    assert store.series(job, "loss") == [(s, 1.0 / s, T0 + timedelta(milliseconds=s)) for s in range(1, 6)]
+    assert [s for s, _, _ in store.series(job, "acc")] == [1, 3, 5]
+    assert store.last_values(job) == {"acc": (5, 0.5), "loss": (5, 0.2)}
+    assert all(ts.tzinfo is not None for _, _, ts in store.series(job, "loss"))
+
+
+def test_unknown_job_and_validation(store: MetricStore) -> None:
+    job = new_job()
+    assert store.names(job) == []
+    assert store.latest_attempt(job) is None
+    assert store.series(job, "loss") == []
+    assert store.last_values(job) == {}
+    assert store.count(job) == 0
+    with pytest.raises(ValueError):
+        store.series(job, "loss", max_points=3)
+    with pytest.raises(ValueError):
+        store.insert([pt(job, "loss", 1, 1.0)], batch_id="")
+    store.insert([], batch_id=f"{job}-empty")  # no-op
+
+
+def test_downsample_keeps_first_last_min_max(store: MetricStore) -> None:
+    job, n, max_points = new_job(), 100_000, 200
+    values = [math.sin(s / 500.0) for s in range(n)]
+    values[37_123], values[61_234] = -5.0, 7.0
+    points = [pt(job, "loss", s, v) for s, v in enumerate(values)]
+    for i in range(0, n, 25_000):
+        store.insert(points[i:i + 25_000], batch_id=f"{job}-{i}")
+
+    got = store.series(job, "loss", max_points=max_points)
+    steps = [s for s, _, _ in got]
+    assert len(got) <= max_points
+    assert steps == sorted(set(steps))
+    assert {0, n - 1, 37_123, 61_234} <= set(steps)
+    assert all(v == values[s] and ts == T0 + timedelta(milliseconds=s) for s, v, ts in got)
+    assert store.series(job, "loss", max_points=max_points) == got  # deterministic
+    assert len(store.series(job, "loss", max_points=4)) <= 4
+
+
+def test_downsample_ties_pick_smallest_step(store: MetricStore) -> None:
+    job = new_job()
+    store.insert([pt(job, "acc", s, 0.5) for s in range(10_000)], batch_id=f"{job}-a")
+    got = store.series(job, "acc", max_points=8)
+    assert [s for s, _, _ in got] == [0, 4999, 5000, 9999]  # two buckets: first/last (= min/max) of each
+
+
+def test_attempts(store: MetricStore) -> None:
+    job = new_job()
+    store.insert([pt(job, "loss", s, 1.0, attempt=1) for s in range(10)], batch_id=f"{job}-1")
+    store.insert([pt(job, "loss", s, 2.0, attempt=2) for s in range(4)], batch_id=f"{job}-2")
+    store.insert([pt(job, "lr", s, 0.1, attempt=1) for s in range(3)], batch_id=f"{job}-3")
+
+    assert store.latest_attempt(job) == 2
+    assert store.series(job, "loss") == [(s, 2.0, T0 + timedelta(milliseconds=s)) for s in range(4)]
+    assert [v for _, v, _ in store.series(job, "loss", attempt=1)] == [1.0] * 10
+    assert store.series(job, "loss", attempt=3) == []
+    assert store.series(job, "lr") == store.series(job, "lr", attempt=1)  # lr's latest attempt is 1
+    assert store.last_values(job) == {"loss": (3, 2.0), "lr": (2, 0.1)}
+    assert store.last_values(job, attempt=1) == {"loss": (9, 1.0), "lr": (2, 0.1)}
+    assert store.count(job, attempt=2) == 4
+
+
+def snapshot(store: MetricStore, job: str, max_points: int) -> dict:
+    """Everything the store answers about a job."""
+    snap: dict = {"names": store.names(job), "latest": store.latest_attempt(job), "count": store.count(job),
+                  "last": store.last_values(job)}
+    for name in snap["names"]:
+        for attempt in (None, 1, 2):
+            snap[name, attempt] = store.series(job, name, max_points=max_points, attempt=attempt)
+            snap[name, attempt, "last"] = store.last_values(job, attempt=attempt)
+    return snap
+
+
+points_st = st.tuples(st.sampled_from(["loss", "acc"]), st.integers(1, 2), st.integers(0, 30),
+                      st.floats(allow_nan=False, allow_infinity=True) | st.sampled_from([0.0, 1.0]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=st.lists(st.lists(points_st, min_size=1, max_size=15), min_size=1, max_size=5),
+       data=st.data(), same_batch_id=st.booleans(), max_points=st.sampled_from([4, 8, 1000]))
+def test_replayed_batches_change_nothing(store: MetricStore, batches, data, same_batch_id: bool,
+                                         max_points: int) -> None:
+    """Insert each batch once, or once and then any subset again (replay, in any order): same answers.
+    With same_batch_id False the replay also misses the insert dedup token (outside its window), so only
+    the table key and FINAL keep it invisible. Keys may repeat across batches: the latest ts wins."""
+    replays = data.draw(st.lists(st.integers(0, len(batches) - 1), max_size=2 * len(batches)))
+    once, replayed = new_job(), new_job()
+
+    def materialize(job: str) -> list[list[MetricPoint]]:
+        out, i = [], 0
+        for batch in batches:
+            out.append([])
+            for name, attempt, step, value in batch:
+                out[-1].append(pt(job, name, step, value, attempt, ms=i))  # unique ts per point
+                i += 1
+        return out
+
+    for i, batch in enumerate(materialize(once)):
+        store.insert(batch, batch_id=f"{once}-{i}")
+    again = materialize(replayed)
+    for i, batch in enumerate(again):
+        store.insert(batch, batch_id=f"{replayed}-{i}")
+    for k, i in enumerate(replays):
+        store.insert(again[i], batch_id=f"{replayed}-{i}" if same_batch_id else f"{replayed}-{i}-replay{k}")
+
+    expected = snapshot(store, once, max_points)
+    assert snapshot(store, replayed, max_points) == expected
+
+    # and the answers are the right ones: per key the latest-ts point, series in step order
+    latest: dict[tuple, MetricPoint] = {}
+    for batch in materialize(once):
+        for p in batch:
+            if (p.name, p.attempt, p.step) not in latest or p.ts > latest[p.name, p.attempt, p.step].ts:
+                latest[p.name, p.attempt, p.step] = p
+    assert expected["count"] == len(latest)
+    for (name, attempt, step), p in latest.items():
+        got = dict((s, (v, ts)) for s, v, ts in expected[name, attempt])
+        if max_points == 1000:
+            assert got[step] == (p.value, p.ts)
+        elif step in got:
+            assert got[step] == (p.value, p.ts)
+    for name in expected["names"]:
+        for attempt in (1, 2):
+            full = sorted((s, p.value) for (n, a, s), p in latest.items() if n == name and a == attempt)
+            series = expected[name, attempt]
+            assert len(series) <= max_points
+            if full:
+                steps = [s for s, _, _ in series]
+                assert steps == sorted(set(steps)) and steps[0] == full[0][0] and steps[-1] == full[-1][0]
+                assert min(v for _, v, _ in series) == min(v for _, v in full)
+                assert max(v for _, v, _ in series) == max(v for _, v in full)
+
+
+def test_clickhouse_connect_driver(clickhouse) -> None:
+    """The server driver's code (server-side binds, insert_arrow with a dedup token) on clickhouse-connect's
+    embedded chDB interface, on the same data path as the fixture (one chDB path per process)."""
+    clickhouse_connect = pytest.importorskip("clickhouse_connect")
+    from infra.clickhouse import HttpClickHouse
+
+    ch = HttpClickHouse.from_client(clickhouse_connect.get_client(interface="chdb", path=str(clickhouse.path)))
+    store, job = MetricStore(ch), new_job()
+    store.ensure_schema()
+    points = [pt(job, "loss", s, math.cos(s / 40), attempt=2) for s in range(5_000)]
+    store.insert(points, batch_id=f"{job}-a")
+    store.insert(points, batch_id=f"{job}-a")  # dropped by the token
+    assert store.count(job) == 5_000
+    assert ch.query("SELECT count() FROM metric_points WHERE job_id = {j:UUID}", {"j": job}) == [(5_000,)]
+    assert store.names(job) == ["loss"] and store.latest_attempt(job) == 2
+    assert store.series(job, "loss", max_points=64) == MetricStore(clickhouse).series(job, "loss", max_points=64)
+    assert ch.query("SELECT {s:String}", {"s": "a\n'b\\"}) == [("a\n'b\\",)]
+    ch.close()
+    assert clickhouse.query("SELECT 1") == [(1,)]  # the fixture's session is unaffected
