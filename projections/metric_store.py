@@ -16,7 +16,7 @@ NaN values order above +inf (-NaN below -inf).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
@@ -93,6 +93,23 @@ class MetricPoint:
     ts: datetime
 
 
+@dataclass
+class MetricColumns:
+    """Points as parallel columns (one entry per point); `ts_ms` is milliseconds since the Unix epoch, UTC."""
+
+    job_id: list[str] = field(default_factory=list)
+    attempt: list[int] = field(default_factory=list)
+    name: list[str] = field(default_factory=list)
+    step: list[int] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+    ts_ms: list[int] = field(default_factory=list)
+    batch_id: list[str] = field(default_factory=list)
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
+
+
 def _ts(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
 
@@ -109,20 +126,30 @@ class MetricStore:
     def insert(self, points: Sequence[MetricPoint], batch_id: str) -> None:
         """Store a batch. Idempotent: repeating a batch (same batch_id, same points) changes no query result.
         `batch_id` must be unique per batch content across all jobs (it is the deduplication token)."""
-        if not batch_id:
+        self.insert_columns(
+            MetricColumns(job_id=[p.job_id for p in points], attempt=[p.attempt for p in points],
+                          name=[p.name for p in points], step=[p.step for p in points],
+                          value=[p.value for p in points],
+                          ts_ms=[round((_utc(p.ts) - _EPOCH).total_seconds() * 1000) for p in points],
+                          batch_id=[batch_id] * len(points)),
+            batch_id)
+
+    def insert_columns(self, cols: MetricColumns, token: str) -> None:
+        """The fast path (the projector's): points as columns; same idempotency as `insert`."""
+        if not token:
             raise ValueError("batch_id must be a non-empty string")
-        if not points:
+        if not cols.step:
             return
         columns = {
-            "job_id": pa.array([p.job_id for p in points], pa.string()),
-            "attempt": pa.array([p.attempt for p in points], pa.uint32()),
-            "name": pa.array([p.name for p in points], pa.string()),
-            "step": pa.array([p.step for p in points], pa.uint64()),
-            "value": pa.array([p.value for p in points], pa.float64()),
-            "ts": pa.array([p.ts for p in points], pa.timestamp("ms", tz="UTC")),
-            "batch_id": pa.array([batch_id] * len(points), pa.string()),
+            "job_id": pa.array(cols.job_id, pa.string()),
+            "attempt": pa.array(cols.attempt, pa.uint32()),
+            "name": pa.array(cols.name, pa.string()),
+            "step": pa.array(cols.step, pa.uint64()),
+            "value": pa.array(cols.value, pa.float64()),
+            "ts": pa.array(cols.ts_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            "batch_id": pa.array(cols.batch_id, pa.string()),
         }
-        self.ch.insert(TABLE, COLUMNS, columns, dedup_token=batch_id)
+        self.ch.insert(TABLE, COLUMNS, columns, dedup_token=token)
 
     def names(self, job_id: str) -> list[str]:
         """Sorted metric names of the job, over all attempts."""

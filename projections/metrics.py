@@ -16,14 +16,20 @@ from pydantic import ValidationError
 
 from domain.telemetry import MetricBatch
 from infra.messaging import METRICS_CONSUMER, TELEMETRY_METRICS, TELEMETRY_STREAM, dlq_subject
-from projections.metric_store import MetricPoint, MetricStore
+from projections.metric_store import MetricColumns, MetricStore
 
 log = logging.getLogger("trainyard.metrics")
 
 
-def to_points(batch: MetricBatch) -> list[MetricPoint]:
-    job = str(batch.job_id)
-    return [MetricPoint(job, batch.attempt, p.name, p.step, p.value, p.ts) for p in batch.points]
+def add_batch(cols: MetricColumns, batch: MetricBatch) -> None:
+    n = len(batch.points)
+    cols.job_id += [str(batch.job_id)] * n
+    cols.attempt += [batch.attempt] * n
+    cols.batch_id += [batch.batch_id] * n
+    cols.name += [p.name for p in batch.points]
+    cols.step += [p.step for p in batch.points]
+    cols.value += [p.value for p in batch.points]
+    cols.ts_ms += [int(p.ts.timestamp() * 1000) for p in batch.points]
 
 
 class MetricsProjector:
@@ -50,7 +56,7 @@ class MetricsProjector:
                     await msg.nak(delay=1.0)
 
     async def project(self, msgs: list) -> None:
-        good, points = [], []
+        good, cols = [], MetricColumns()
         for msg in msgs:
             try:
                 batch = MetricBatch.model_validate_json(msg.data)
@@ -60,10 +66,10 @@ class MetricsProjector:
                 await msg.ack()
                 continue
             good.append((msg, batch))
-            points.extend(to_points(batch))
+            add_batch(cols, batch)
         if not good:
             return
         token = ",".join(b.batch_id for _, b in good)
-        await asyncio.to_thread(self.store.insert, points, token)
+        await asyncio.to_thread(self.store.insert_columns, cols, token)
         for msg, _ in good:
             await msg.ack()
