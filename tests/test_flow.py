@@ -65,6 +65,13 @@ class Stack:
         assert r.status_code == 200, r.text
         return r.json()["points"]
 
+    def full_series(self, job_id: str, name: str, expected: int, timeout: float = 10) -> list[dict[str, Any]]:
+        """The series once it has `expected` points: telemetry is eventually consistent with the job's status."""
+        deadline = time.monotonic() + timeout
+        while len(points := self.series(job_id, name)) < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return points
+
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -126,9 +133,7 @@ def test_a_lightgbm_job_trains_and_its_metrics_are_queryable(stack: Stack) -> No
 
     names = stack.http.get(f"{JOBS}/{job_id}/metrics").json()["names"]
     assert {"train_loss", "valid_loss", "valid_auc"} <= set(names)
-    deadline = time.monotonic() + 10  # telemetry is eventually consistent with the job's status
-    while len(points := stack.series(job_id, "valid_loss")) < 60 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    points = stack.full_series(job_id, "valid_loss", 60)
     assert [p["step"] for p in points] == list(range(1, 61))
     small = stack.series(job_id, "valid_loss", max_points=8)
     values = [p["value"] for p in points]
@@ -163,7 +168,7 @@ def test_a_pytorch_job_trains_and_an_external_subscriber_hears_it_complete(stack
     assert {"event_id", "aggregate_version", "occurred_at", "trace_id"} <= set(event)
     job = stack.wait(job_id, lambda j: j["status"] in FINISHED)
     assert job["status"] == "completed" and job["final_metrics"] == event["payload"]["final_metrics"]
-    assert len(stack.series(job_id, "train_loss")) == 15
+    assert len(stack.full_series(job_id, "train_loss", 15)) == 15
 
 
 def test_an_idempotency_key_returns_the_same_job(stack: Stack) -> None:
@@ -198,9 +203,7 @@ def test_a_runner_killed_mid_job_loses_nothing(stack: Stack) -> None:
     os.kill(int(first_runner.rpartition(":")[2]), signal.SIGKILL)
     job = stack.wait(job_id, lambda j: j["status"] in FINISHED, timeout=180)
     assert job["status"] == "completed" and job["attempt"] == 2 and job["runner_id"] != first_runner
-    deadline = time.monotonic() + 10
-    while len(points := stack.series(job_id, "valid_loss")) < epochs and time.monotonic() < deadline:
-        time.sleep(0.2)
+    points = stack.full_series(job_id, "valid_loss", epochs)
     assert [p["step"] for p in points] == list(range(1, epochs + 1))  # the final attempt's series is whole
 
 
@@ -214,9 +217,7 @@ def test_serve_killed_mid_stream_restarts_and_counts_nothing_twice(stack: Stack)
     stack.wait_ready()
     job = stack.wait(job_id, lambda j: j["status"] in FINISHED, timeout=180)
     assert job["status"] == "completed"
-    deadline = time.monotonic() + 10
-    while len(points := stack.series(job_id, "train_loss")) < epochs and time.monotonic() < deadline:
-        time.sleep(0.2)
+    points = stack.full_series(job_id, "train_loss", epochs)
     assert [p["step"] for p in points] == list(range(1, epochs + 1))
     listed = stack.http.get(JOBS, params={"limit": 500}).json()
     assert [j["job_id"] for j in listed["items"]].count(job_id) == 1
