@@ -90,8 +90,9 @@ def metric_series(job_id: UUID, name: str, s: ServicesDep,
                   max_points: Annotated[int, Query(ge=4, le=100_000)] = 1000,
                   attempt: Annotated[int | None, Query(ge=1)] = None) -> MetricSeries:
     _job(s, job_id)
+    attempt = attempt or s.metrics.attempt_of(str(job_id), name)
+    if attempt is None:
+        raise Problem(404, "Not found", f"job {job_id} has no metric {name!r} (yet)", "name")
     points = s.metrics.series(str(job_id), name, max_points=max_points, attempt=attempt)
-    if not points and name not in s.metrics.names(str(job_id)):
-        raise Problem(404, "Not found", f"job {job_id} has no metric {name!r}", "name")
-    return MetricSeries(name=name, attempt=attempt or s.metrics.latest_attempt(str(job_id)),
+    return MetricSeries(name=name, attempt=attempt,
                         points=[{"step": st, "value": v, "ts": ts} for st, v, ts in points])

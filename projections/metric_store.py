@@ -170,6 +170,11 @@ class MetricStore:
                              {"job_id": job_id, "attempt": -1 if attempt is None else attempt})
         return rows[0][0]
 
+    def attempt_of(self, job_id: str, name: str) -> int | None:
+        """The latest attempt with points for `name` (what `series` shows by default); None if there is none."""
+        rows = self.ch.query(_ATTEMPT_OF_NAME, {"job_id": job_id, "name": name})
+        return rows[0][0] if rows else None
+
     def series(self, job_id: str, name: str, max_points: int = 1000,
                attempt: int | None = None) -> list[tuple[int, float, datetime]]:
         """(step, value, ts) in step order, at most `max_points` of them (see the module doc for which);
@@ -177,10 +182,9 @@ class MetricStore:
         if max_points < MIN_POINTS:
             raise ValueError(f"max_points must be at least {MIN_POINTS}, got {max_points}")
         if attempt is None:
-            rows = self.ch.query(_ATTEMPT_OF_NAME, {"job_id": job_id, "name": name})
-            if not rows:
+            attempt = self.attempt_of(job_id, name)
+            if attempt is None:
                 return []
-            attempt = rows[0][0]
         key = {"job_id": job_id, "name": name, "attempt": attempt}
         head = self.ch.query(_HEAD, {**key, "limit": max_points + 1})
         if len(head) <= max_points:

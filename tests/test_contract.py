@@ -1,0 +1,42 @@
+"""The public event contract: every domain event validates against its documented schema, and the docs are current."""
+from __future__ import annotations
+
+from pathlib import Path
+from uuid import uuid4
+
+from domain.contract import envelope, event_id
+from domain.training_job import TrainingJob
+from api.asyncapi import TRAINING_JOB_EVENTS, Envelope, document
+from domain.contract import snake
+
+
+def lifecycle_events() -> list:
+    events = []
+    for script in (
+        lambda j: (j.start(1, "h:1"), j.report_progress(1, 2, 10), j.start(2, "h:2"), j.complete(2, {"auc": 0.9}, {"uri": "file:///m"})),
+        lambda j: (j.start(1, "h:1"), j.request_cancel(), j.confirm_cancelled(1)),
+        lambda j: (j.start(1, "h:1"), j.fail(1, "boom")),
+    ):
+        job = TrainingJob(id=uuid4(), name="c", framework="pytorch", task="regression",
+                          dataset={"uri": "builtin://diabetes"}, params={"epochs": 3}, priority="high", tags=["x"])
+        script(job)
+        events.extend(job.collect_events())
+    return events
+
+
+def test_every_domain_event_validates_against_its_documented_schema() -> None:
+    seen = set()
+    for e in lifecycle_events():
+        subject, body = envelope(e)
+        name = subject.rsplit(".", 1)[1]
+        Envelope[TRAINING_JOB_EVENTS[name]].model_validate(body)
+        assert body["event_id"] == str(event_id(e.originator_id, e.originator_version))
+        seen.add(name)
+    declared = {snake(n) for n, v in vars(TrainingJob).items()
+                if isinstance(v, type) and v.__qualname__ == f"TrainingJob.{n}" and n not in ("Created", "Event")}
+    assert seen == set(TRAINING_JOB_EVENTS) == declared  # a new event must be documented
+
+
+def test_the_committed_asyncapi_document_is_current() -> None:
+    committed = (Path(__file__).parent.parent / "docs" / "asyncapi.json").read_text()
+    assert committed == document(), "run: python -m api.asyncapi > docs/asyncapi.json"
