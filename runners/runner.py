@@ -112,16 +112,16 @@ class Runner:
             return
         attempt = msg.metadata.num_delivered
         reply = await self.report(type="started", job_id=job_id, attempt=attempt)
-        if not reply.ok:  # finished, cancelled or superseded: nothing to do
+        if not reply.ok:  # finished, unknown or superseded: nothing to do
             log.info("skipping %s attempt %d: %s", job_id, attempt, reply.error)
-            await msg.ack()
+            await self._settle(msg, reply)
             return
         stop_flag = threading.Event()
         if reply.cancel_requested:
             stop_flag.set()
         self._current = (job_id, stop_flag)
         reporter = JobReporter(stop_flag)
-        side = asyncio.create_task(self._alongside(msg, job_id, attempt, reporter))
+        side = asyncio.gather(self._heartbeat(msg), self._alongside(job_id, attempt, reporter))
         try:
             outcome = await self._train(job_id, attempt, job, reporter)
         except asyncio.CancelledError:  # this runner is shutting down: hand the job to another runner
@@ -138,8 +138,16 @@ class Runner:
         if reporter.step_seen:  # the last progress, which throttling may have held back
             await self.report(type="progress", job_id=job_id, attempt=attempt,
                               current_step=reporter.step_seen, total_steps=reporter.total_steps)
-        await self.report(job_id=job_id, attempt=attempt, **outcome)
-        await msg.ack()
+        await self._settle(msg, await self.report(job_id=job_id, attempt=attempt, **outcome))
+
+    @staticmethod
+    async def _settle(msg: Msg, reply: ReportReply) -> None:
+        """Ack the work item, unless a newer attempt holds it: acks go by stream sequence, so ours would ack
+        the other runner's delivery and a later loss of that runner would never be redelivered."""
+        if reply.ok or reply.code in ("finished", "not_found"):
+            await msg.ack()
+        else:
+            log.info("leaving the work item to the job's current attempt %s (%s)", reply.attempt, reply.code)
 
     async def _train(self, job_id: str, attempt: int, job: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
         spec = TrainSpec(framework=job["framework"], task=job["task"], dataset_uri=job["dataset"]["uri"],
@@ -156,16 +164,20 @@ class Runner:
         artifact = {"uri": art.uri, "sha256": art.sha256, "size_bytes": art.size_bytes, "format": result.model_format}
         return {"type": "completed", "final_metrics": result.final_metrics, "artifact": artifact}
 
-    async def _alongside(self, msg: Msg, job_id: str, attempt: int, reporter: JobReporter) -> None:
-        """While training: heartbeat the work item, ship metric batches, report progress (and learn of cancels)."""
-        last_beat = last_progress = time.monotonic()
+    async def _heartbeat(self, msg: Msg) -> None:
+        """Tell JetStream the work item is in progress, on its own clock: slow reports must not delay it."""
+        while True:
+            await asyncio.sleep(self.ack_wait_s / 4)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _alongside(self, job_id: str, attempt: int, reporter: JobReporter) -> None:
+        """While training: ship metric batches, report progress (and learn of cancels and newer attempts)."""
+        last_progress = time.monotonic()
         reported_step = 0
         while True:
             await asyncio.sleep(self.flush_interval_s)
             now = time.monotonic()
-            if now - last_beat >= self.ack_wait_s / 3:
-                await msg.in_progress()
-                last_beat = now
             await self._flush(job_id, attempt, reporter)
             if reporter.step_seen > reported_step and now - last_progress >= self.progress_interval_s:
                 reported_step, last_progress = reporter.step_seen, now
