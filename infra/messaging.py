@@ -9,9 +9,15 @@ retries until the command handler answers, and the aggregate makes repeats harml
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import NoServersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -29,6 +35,9 @@ REPORT_QUEUE = "command-handlers"
 RUNNERS_CONSUMER = "runners"
 METRICS_CONSUMER = "clickhouse-metrics"
 MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{EVENTS_STREAM}.{RUNNERS_CONSUMER}"
+
+
+log = logging.getLogger("trainyard.messaging")
 
 
 def dlq_subject(original: str) -> str:
@@ -69,3 +78,18 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     await js.add_consumer(TELEMETRY_STREAM, ConsumerConfig(
         durable_name=METRICS_CONSUMER, filter_subject=TELEMETRY_METRICS, ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_deliver=-1, max_ack_pending=20000))
+
+
+async def pulled(sub: JetStreamContext.PullSubscription, stop: asyncio.Event, batch: int,
+                 timeout: float) -> AsyncIterator[list[Msg]]:
+    """Batches from a pull subscription until `stop` is set; a quiet or unreachable server means: try again."""
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(batch, timeout=timeout)
+        except (NatsTimeout, TimeoutError):
+            continue
+        except Exception:
+            log.exception("fetch failed; retrying")
+            await asyncio.sleep(1.0)
+            continue
+        yield msgs

@@ -7,15 +7,15 @@ invisible to queries (projections/metric_store.py). A malformed batch goes to th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from nats.aio.client import Client
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from domain.telemetry import MetricBatch
-from infra.messaging import METRICS_CONSUMER, TELEMETRY_METRICS, TELEMETRY_STREAM, dlq_subject
+from infra.messaging import METRICS_CONSUMER, TELEMETRY_METRICS, TELEMETRY_STREAM, dlq_subject, pulled
 from projections.metric_store import MetricColumns, MetricStore
 
 log = logging.getLogger("trainyard.metrics")
@@ -39,21 +39,14 @@ class MetricsProjector:
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.js.pull_subscribe_bind(METRICS_CONSUMER, stream=TELEMETRY_STREAM)
         log.info("metrics projector started")
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(self.fetch_size, timeout=0.5)
-            except (NatsTimeout, TimeoutError):
-                continue
-            except Exception:
-                log.exception("fetch failed; retrying")
-                await asyncio.sleep(1.0)
-                continue
+        async for msgs in pulled(sub, stop, self.fetch_size, timeout=0.5):
             try:
                 await self.project(msgs)
             except Exception:  # ClickHouse away: unacked batches are redelivered after ack_wait
                 log.exception("metric insert failed; batches will be redelivered")
                 for msg in msgs:
-                    await msg.nak(delay=1.0)
+                    with contextlib.suppress(Exception):  # the malformed ones were acked already
+                        await msg.nak(delay=1.0)
 
     async def project(self, msgs: list) -> None:
         good, cols = [], MetricColumns()

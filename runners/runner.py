@@ -24,13 +24,12 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
 from commands.runner_reports import ReportReply, RunnerReport, decode_reply, encode
 from domain.telemetry import MetricBatch, MetricSample
 from infra.messaging import (EVENTS_STREAM, JOB_CANCEL_REQUESTED, REPORT_SUBJECT, RUNNERS_CONSUMER,
-                             TELEMETRY_METRICS, connect, dlq_subject, ensure_streams)
+                             TELEMETRY_METRICS, connect, dlq_subject, ensure_streams, pulled)
 from infra.settings import Settings
 from runners.artifacts import ArtifactStore, LocalArtifactStore
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
@@ -78,15 +77,7 @@ class Runner:
         cancel_sub = await self.nc.subscribe(JOB_CANCEL_REQUESTED, cb=self._on_cancel_requested)
         log.info("runner %s waiting for work", self.runner_id)
         try:
-            while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(1, timeout=1.0)
-                except (NatsTimeout, TimeoutError):
-                    continue
-                except Exception:
-                    log.exception("fetch failed; retrying")
-                    await asyncio.sleep(1.0)
-                    continue
+            async for msgs in pulled(sub, stop, 1, timeout=1.0):
                 for msg in msgs:
                     await self.work(msg)
         finally:
