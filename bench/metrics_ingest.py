@@ -18,12 +18,11 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from domain.telemetry import MetricBatch, MetricSample  # noqa: E402
+from domain.telemetry import MetricBatch, SeriesChunk  # noqa: E402
 from infra.clickhouse import connect as connect_clickhouse  # noqa: E402
 from infra.embedded import EmbeddedNats  # noqa: E402
 from infra.messaging import TELEMETRY_METRICS, connect, ensure_streams  # noqa: E402
@@ -35,10 +34,17 @@ NAMES = ("train_loss", "valid_loss", "valid_auc", "lr")
 
 
 def batches(job_id: str, points: int, size: int) -> list[bytes]:
-    now = datetime.now(timezone.utc)
-    samples = [MetricSample(name=NAMES[i % 4], step=i // 4 + 1, value=1.0 / (i + 1), ts=now) for i in range(points)]
-    return [MetricBatch(batch_id=str(uuid.uuid4()), job_id=job_id, attempt=1, runner_id="bench:1",
-                        points=samples[i:i + size]).model_dump_json().encode() for i in range(0, points, size)]
+    """What runners publish: batches of `size` points, 4 metrics a step (steps run on across batches)."""
+    now_ms = time.time_ns() // 1_000_000
+    per_name = size // len(NAMES)
+    out = []
+    for b in range(points // size):
+        steps = list(range(b * per_name + 1, (b + 1) * per_name + 1))
+        series = {n: SeriesChunk(steps=steps, values=[1.0 / s for s in steps], ts_ms=[now_ms] * per_name)
+                  for n in NAMES}
+        out.append(MetricBatch(batch_id=str(uuid.uuid4()), job_id=job_id, attempt=1, runner_id="bench:1",
+                               series=series).model_dump_json().encode())
+    return out
 
 
 async def trainyard(points: int, size: int, work: Path) -> float:
@@ -89,6 +95,8 @@ def main() -> None:
     ap.add_argument("--mlflow-points", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=1000)
     args = ap.parse_args()
+    if args.batch % len(NAMES) or args.points % args.batch:
+        ap.error(f"--batch must be a multiple of {len(NAMES)} and divide --points")
     try:
         import mlflow  # noqa: F401
     except ImportError:

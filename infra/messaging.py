@@ -77,7 +77,7 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
         max_deliver=settings.runner_max_deliver, max_ack_pending=1000))
     await js.add_consumer(TELEMETRY_STREAM, ConsumerConfig(
         durable_name=METRICS_CONSUMER, filter_subject=TELEMETRY_METRICS, ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_deliver=-1, max_ack_pending=20000))
+        deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))
 
 
 async def pulled(sub: JetStreamContext.PullSubscription, stop: asyncio.Event, batch: int,

@@ -22,14 +22,15 @@ log = logging.getLogger("trainyard.metrics")
 
 
 def add_batch(cols: MetricColumns, batch: MetricBatch) -> None:
-    n = len(batch.points)
+    n = batch.size
     cols.job_id += [str(batch.job_id)] * n
     cols.attempt += [batch.attempt] * n
     cols.batch_id += [batch.batch_id] * n
-    cols.name += [p.name for p in batch.points]
-    cols.step += [p.step for p in batch.points]
-    cols.value += [p.value for p in batch.points]
-    cols.ts_ms += [int(p.ts.timestamp() * 1000) for p in batch.points]
+    for name, chunk in batch.series.items():
+        cols.name += [name] * len(chunk.steps)
+        cols.step += chunk.steps
+        cols.value += chunk.values
+        cols.ts_ms += chunk.ts_ms
 
 
 class MetricsProjector:
@@ -42,7 +43,7 @@ class MetricsProjector:
         async for msgs in pulled(sub, stop, self.fetch_size, timeout=0.5):
             try:
                 await self.project(msgs)
-            except Exception:  # ClickHouse away: unacked batches are redelivered after ack_wait
+            except Exception:  # ClickHouse away: unacked batches are redelivered after the ack wait (10 s)
                 log.exception("metric insert failed; batches will be redelivered")
                 for msg in msgs:
                     with contextlib.suppress(Exception):  # the malformed ones were acked already

@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
 from typing import Any
 
 from nats.aio.client import Client
@@ -27,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from commands.runner_reports import ReportReply, RunnerReport, decode_reply, encode
-from domain.telemetry import MetricBatch, MetricSample
+from domain.telemetry import MetricBatch, SeriesChunk
 from infra.messaging import (EVENTS_STREAM, JOB_CANCEL_REQUESTED, REPORT_SUBJECT, RUNNERS_CONSUMER,
                              TELEMETRY_METRICS, connect, dlq_subject, ensure_streams, pulled)
 from infra.settings import Settings
@@ -43,23 +42,27 @@ class JobReporter:
     def __init__(self, stop_flag: threading.Event) -> None:
         self.stop_flag = stop_flag
         self._lock = threading.Lock()
-        self._points: list[MetricSample] = []
+        self._series: dict[str, SeriesChunk] = {}
         self.step_seen = 0
         self.total_steps = 0
 
     def step(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
-        now = datetime.now(timezone.utc)
+        ts_ms = time.time_ns() // 1_000_000
         with self._lock:
-            self._points.extend(MetricSample(name=k, step=step, value=float(v), ts=now) for k, v in metrics.items())
+            for name, value in metrics.items():
+                chunk = self._series.setdefault(name, SeriesChunk(steps=[], values=[], ts_ms=[]))
+                chunk.steps.append(step)
+                chunk.values.append(float(value))
+                chunk.ts_ms.append(ts_ms)
             self.step_seen, self.total_steps = step, total_steps
 
     def should_stop(self) -> bool:
         return self.stop_flag.is_set()
 
-    def drain(self) -> list[MetricSample]:
+    def drain(self) -> dict[str, SeriesChunk]:
         with self._lock:
-            points, self._points = self._points, []
-        return points
+            series, self._series = self._series, {}
+        return series
 
 
 class Runner:
@@ -178,11 +181,11 @@ class Runner:
                     reporter.stop_flag.set()
 
     async def _flush(self, job_id: str, attempt: int, reporter: JobReporter) -> None:
-        points = reporter.drain()
-        if not points:
+        series = reporter.drain()
+        if not series:
             return
         batch = MetricBatch(batch_id=str(uuid.uuid4()), job_id=job_id, attempt=attempt,
-                            runner_id=self.runner_id, points=points)
+                            runner_id=self.runner_id, series=series)
         data = batch.model_dump_json().encode()
         while True:  # the same batch id on every try: JetStream dedupes a retry that did land
             try:

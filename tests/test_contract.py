@@ -40,3 +40,20 @@ def test_every_domain_event_validates_against_its_documented_schema() -> None:
 def test_the_committed_asyncapi_document_is_current() -> None:
     committed = (Path(__file__).parent.parent / "docs" / "asyncapi.json").read_text()
     assert committed == document(), "run: python -m api.asyncapi > docs/asyncapi.json"
+
+
+def test_a_metric_batch_with_ragged_columns_is_malformed() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from domain.telemetry import MetricBatch
+
+    good = {"batch_id": "b", "job_id": str(uuid4()), "attempt": 1, "runner_id": "h:1",
+            "series": {"loss": {"steps": [1, 2], "values": [0.5, 0.4], "ts_ms": [1, 2]}}}
+    assert MetricBatch.model_validate(good).size == 2
+    for bad_chunk in ({"steps": [1, 2], "values": [0.5], "ts_ms": [1, 2]},
+                      {"steps": [-1], "values": [0.5], "ts_ms": [1]}):
+        with pytest.raises(ValidationError):
+            MetricBatch.model_validate({**good, "series": {"loss": bad_chunk}})
+    with pytest.raises(ValidationError):
+        MetricBatch.model_validate({**good, "series": {"": good["series"]["loss"]}})

@@ -65,8 +65,9 @@ class Stack:
         assert r.status_code == 200, r.text
         return r.json()["points"]
 
-    def full_series(self, job_id: str, name: str, expected: int, timeout: float = 10) -> list[dict[str, Any]]:
-        """The series once it has `expected` points: telemetry is eventually consistent with the job's status."""
+    def full_series(self, job_id: str, name: str, expected: int, timeout: float = 30) -> list[dict[str, Any]]:
+        """The series once it has `expected` points: telemetry is eventually consistent with the job's status
+        (after a serve crash, batches it had fetched come back after the metrics consumer's 10 s ack wait)."""
         deadline = time.monotonic() + timeout
         while len(points := self.series(job_id, name)) < expected and time.monotonic() < deadline:
             time.sleep(0.1)
