@@ -115,24 +115,28 @@ class Runner:
             stop_flag.set()
         self._current = (job_id, stop_flag)
         reporter = JobReporter(stop_flag)
-        side = asyncio.gather(self._heartbeat(msg), self._alongside(job_id, attempt, reporter))
+        heartbeat = asyncio.create_task(self._heartbeat(msg))  # until the work item is settled
         try:
-            outcome = await self._train(job_id, attempt, job, reporter)
-        except asyncio.CancelledError:  # this runner is shutting down: hand the job to another runner
-            stop_flag.set()
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            raise
+            side = asyncio.create_task(self._alongside(job_id, attempt, reporter))
+            try:
+                outcome = await self._train(job_id, attempt, job, reporter)
+            except asyncio.CancelledError:  # this runner is shutting down: hand the job to another runner
+                stop_flag.set()
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+                raise
+            finally:
+                side.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await side
+                self._current = None
+            await self._flush(job_id, attempt, reporter)
+            if reporter.step_seen:  # the last progress, which throttling may have held back
+                await self.report(type="progress", job_id=job_id, attempt=attempt,
+                                  current_step=reporter.step_seen, total_steps=reporter.total_steps)
+            await self._settle(msg, await self.report(job_id=job_id, attempt=attempt, **outcome))
         finally:
-            side.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await side
-            self._current = None
-        await self._flush(job_id, attempt, reporter)
-        if reporter.step_seen:  # the last progress, which throttling may have held back
-            await self.report(type="progress", job_id=job_id, attempt=attempt,
-                              current_step=reporter.step_seen, total_steps=reporter.total_steps)
-        await self._settle(msg, await self.report(job_id=job_id, attempt=attempt, **outcome))
+            heartbeat.cancel()
 
     @staticmethod
     async def _settle(msg: Msg, reply: ReportReply) -> None:
