@@ -51,9 +51,14 @@ class EngineStartError(RuntimeError):
 
 
 def free_port(preferred: int, host: str = HOST) -> int:
-    """`preferred` if it can be bound on `host` now, else a free port chosen by the OS (racy by nature)."""
+    """`preferred` if it can be bound on `host` now, else a free port chosen by the OS (racy by nature).
+
+    SO_REUSEADDR as the servers themselves set it: a port held only by TIME_WAIT connections (an engine that
+    was just killed) is free to them, so an engine restarts on its old port; a listening socket still blocks it.
+    """
     for port in (preferred, 0):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:

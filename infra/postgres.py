@@ -29,6 +29,7 @@ def eventsourcing_env(database_url: str) -> dict[str, str]:
 
 
 def pool(database_url: str, max_size: int = 8) -> ConnectionPool:
-    p = ConnectionPool(database_url, min_size=1, max_size=max_size, open=False)
+    # check: a connection broken by a PostgreSQL restart is replaced, not handed to a request
+    p = ConnectionPool(database_url, min_size=1, max_size=max_size, open=False, check=ConnectionPool.check_connection)
     p.open(wait=True, timeout=30)
     return p

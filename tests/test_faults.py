@@ -1,0 +1,64 @@
+"""Faults on the embedded engines: `trainyard up` with no URLs set, then SIGKILL of NATS and of PostgreSQL mid-job.
+
+The supervisor restarts each engine on its old port; every process reconnects; the job completes with its
+whole metric series and nothing accepted is lost.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.embedded import free_port
+from tests.test_flow import FINISHED, Stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def embedded_stack() -> Iterator[Stack]:
+    data_dir = Path(tempfile.mkdtemp(prefix="trainyard-faults-"))  # embedded PostgreSQL's user must reach it
+    port = free_port(18500)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    env.update({"TRAINYARD_DATA_DIR": str(data_dir), "TRAINYARD_API_PORT": str(port), "TRAINYARD_RUNNERS": "1"})
+    log = open(data_dir / "up.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    s = Stack(proc, data_dir, f"http://127.0.0.1:{port}", "")
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=60) == 0, "trainyard up did not stop cleanly on SIGTERM"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+            print((data_dir / "up.log").read_text()[-5000:])
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("engine", ["nats", "postgres"])
+def test_an_engine_killed_mid_job_is_restarted_and_the_job_loses_nothing(embedded_stack: Stack, engine: str) -> None:
+    s = embedded_stack
+    epochs = 250
+    endpoints = s.endpoints()
+    assert endpoints["nats"] and endpoints["postgres"] and endpoints["pids"][engine]
+    job_id = s.submit(framework="pytorch", task="binary_classification",
+                      dataset={"uri": "builtin://breast_cancer"}, params={"epochs": epochs})
+    s.wait(job_id, lambda j: j["status"] == "running" and j["progress"]["current_step"] >= 3, timeout=60)
+    os.kill(endpoints["pids"][engine], signal.SIGKILL)
+    job = s.wait(job_id, lambda j: j["status"] in FINISHED, timeout=120)
+    assert job["status"] == "completed", job
+    assert [p["step"] for p in s.full_series(job_id, "valid_loss", epochs)] == list(range(1, epochs + 1))
+    after = s.endpoints()
+    assert after[engine] == endpoints[engine] and after["pids"][engine] != endpoints["pids"][engine]
+    s.wait_ready()
