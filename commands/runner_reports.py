@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from commands.training import JobNotFoundError, TrainingApplication
 from domain.training_job import JobError, JobFinishedError, StaleAttemptError, TrainingJob
-from infra.messaging import EVENTS_STREAM, MAX_DELIVERIES_ADVISORY, REPORT_QUEUE, REPORT_SUBJECT, dlq_subject
+from infra.messaging import WORK_STREAM, MAX_DELIVERIES_ADVISORY, REPORT_QUEUE, REPORT_SUBJECT, dlq_subject
 
 log = logging.getLogger("trainyard.reports")
 
@@ -117,9 +117,10 @@ async def serve_dead_work(nc: Client, js: JetStreamContext, app: TrainingApplica
 
 
 async def give_up_on(js: JetStreamContext, app: TrainingApplication, stream_seq: int) -> UUID:
-    raw = await js.get_msg(EVENTS_STREAM, stream_seq)
+    raw = await js.get_msg(WORK_STREAM, stream_seq)
     job_id = UUID(json.loads(raw.data)["aggregate_id"])
     await js.publish(dlq_subject(raw.subject), raw.data, headers={"Nats-Msg-Id": f"dead-work:{stream_seq}"})
+    await js.delete_msg(WORK_STREAM, stream_seq)  # out of the work queue for good
     await asyncio.to_thread(app.give_up, job_id, "no runner finished it: the work item ran out of deliveries")
     log.warning("job %s failed: work item %d dead-lettered after max deliveries", job_id, stream_seq)
     return job_id

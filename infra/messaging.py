@@ -2,6 +2,9 @@
 
 Streams
 - TRAINYARD_EVENTS     `trainyard.v1.training_job.>`  domain events, published by the relay (dedup by event id)
+- TRAINYARD_WORK       `trainyard.work.training.<priority>`  work items (work-queue retention), one per submitted
+                       job, published by the relay beside the event; one durable pull consumer per priority,
+                       shared by all runners, which always take the highest priority first
 - TRAINYARD_TELEMETRY  `trainyard.v1.telemetry.>`     metric batches from runners (dedup by batch id)
 - TRAINYARD_DLQ        `trainyard.v1.dlq.>`           messages that could not be processed, kept for inspection
 Runner reports are NATS request/reply on `trainyard.rpc.runner.report` (not in a stream: the runner
@@ -19,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from infra.settings import Settings
@@ -32,9 +35,25 @@ JOB_CANCEL_REQUESTED = "trainyard.v1.training_job.cancel_requested"
 TELEMETRY_METRICS = "trainyard.v1.telemetry.metrics"
 REPORT_SUBJECT = "trainyard.rpc.runner.report"
 REPORT_QUEUE = "command-handlers"
-RUNNERS_CONSUMER = "runners"
+WORK_STREAM = "TRAINYARD_WORK"
+PRIORITIES = ("critical", "high", "medium", "low")  # the order runners take work in
 METRICS_CONSUMER = "clickhouse-metrics"
-MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{EVENTS_STREAM}.{RUNNERS_CONSUMER}"
+MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{WORK_STREAM}.*"
+
+
+def work_subject(priority: str) -> str:
+    return f"trainyard.work.training.{priority}"
+
+
+def work_consumer(priority: str) -> str:
+    return f"runners-{priority}"
+
+
+def work_item(subject: str, envelope: dict) -> tuple[str, str] | None:
+    """(subject, Nats-Msg-Id) of the work item an event asks for: a submitted job is work at its priority."""
+    if subject != JOB_SUBMITTED:
+        return None
+    return work_subject(envelope["payload"]["priority"]), f"work:{envelope['event_id']}"
 
 
 log = logging.getLogger("trainyard.messaging")
@@ -71,10 +90,14 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
                                           storage=StorageType.FILE, duplicate_window=window, max_age=7 * 86400))
     await _ensure_stream(js, StreamConfig(name=DLQ_STREAM, subjects=["trainyard.v1.dlq.>"],
                                           storage=StorageType.FILE))
-    await js.add_consumer(EVENTS_STREAM, ConsumerConfig(
-        durable_name=RUNNERS_CONSUMER, filter_subject=JOB_SUBMITTED, ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL, ack_wait=settings.runner_ack_wait_s,
-        max_deliver=settings.runner_max_deliver, max_ack_pending=1000))
+    await _ensure_stream(js, StreamConfig(name=WORK_STREAM, subjects=["trainyard.work.training.*"],
+                                          retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                                          duplicate_window=window))
+    for priority in PRIORITIES:
+        await js.add_consumer(WORK_STREAM, ConsumerConfig(
+            durable_name=work_consumer(priority), filter_subject=work_subject(priority),
+            ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=settings.runner_ack_wait_s,
+            max_deliver=settings.runner_max_deliver, max_ack_pending=1000))
     await js.add_consumer(TELEMETRY_STREAM, ConsumerConfig(
         durable_name=METRICS_CONSUMER, filter_subject=TELEMETRY_METRICS, ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))
@@ -93,3 +116,24 @@ async def pulled(sub: JetStreamContext.PullSubscription, stop: asyncio.Event, ba
             await asyncio.sleep(1.0)
             continue
         yield msgs
+
+
+async def by_priority(subs: list[JetStreamContext.PullSubscription], stop: asyncio.Event,
+                      poll_s: float = 0.05) -> AsyncIterator[Msg]:
+    """One message at a time from the first subscription that has one: `subs` in priority order, highest first.
+
+    Each pass asks every subscription in turn (a short server-side pull each), so an idle runner polls its
+    consumers about every len(subs) × poll_s, and a waiting critical item is always taken before a low one.
+    """
+    while not stop.is_set():
+        for sub in subs:
+            try:
+                msgs = await sub.fetch(1, timeout=poll_s)
+            except (NatsTimeout, TimeoutError):
+                continue
+            except Exception:
+                log.exception("fetch failed; retrying")
+                await asyncio.sleep(1.0)
+                break
+            yield msgs[0]
+            break

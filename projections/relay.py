@@ -1,5 +1,6 @@
 """The relay: follows the event store's notification log and publishes every event to JetStream.
 
+A submitted job's event is also published as a work item for the runners (infra/messaging.py).
 At least once, in log order: each event is published with `Nats-Msg-Id` = its event id and the
 relay's position is saved only after the PubAcks of a batch. A crash between the two re-publishes
 that batch, and JetStream's duplicate window (hours, see infra/messaging.py) absorbs the repeats.
@@ -16,6 +17,7 @@ from nats.js import JetStreamContext
 from psycopg_pool import ConnectionPool
 
 from domain.contract import envelope
+from infra.messaging import work_item
 
 log = logging.getLogger("trainyard.relay")
 
@@ -53,7 +55,10 @@ class Relay:
             inclusive_of_start=False)
         for n in notifications:
             subject, body = envelope(self.app.mapper.to_domain_event(n))
-            await self.js.publish(subject, json.dumps(body).encode(), headers={"Nats-Msg-Id": body["event_id"]})
+            data = json.dumps(body).encode()
+            await self.js.publish(subject, data, headers={"Nats-Msg-Id": body["event_id"]})
+            if work := work_item(subject, body):  # the event's work item goes out under the same position
+                await self.js.publish(work[0], data, headers={"Nats-Msg-Id": work[1]})
         if notifications:
             await asyncio.to_thread(self._save_position, notifications[-1].id)
             self._position = notifications[-1].id

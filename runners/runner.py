@@ -1,7 +1,8 @@
 """A runner process: pulls training work from JetStream and runs it, one job at a time.
 
-Work is the `trainyard.v1.training_job.submitted` event, delivered through the shared durable pull
-consumer `runners` (explicit ack, ack wait + in-progress heartbeats). The delivery count is the
+Work items are the `submitted` events the relay also puts on `trainyard.work.training.<priority>`, taken
+highest priority first through the shared durable pull consumers `runners-<priority>` (explicit ack, ack wait
++ in-progress heartbeats). The delivery count is the
 attempt number: a runner that dies mid-job stops heartbeating, JetStream redelivers after the ack
 wait, and the next runner starts attempt N+1. Lifecycle reports go to the command handlers
 (commands/runner_reports.py) and are retried until answered; metric points go out in batches on
@@ -27,8 +28,8 @@ from nats.js import JetStreamContext
 
 from commands.runner_reports import ReportReply, RunnerReport, decode_reply, encode
 from domain.telemetry import MetricBatch, SeriesChunk
-from infra.messaging import (EVENTS_STREAM, JOB_CANCEL_REQUESTED, REPORT_SUBJECT, RUNNERS_CONSUMER,
-                             TELEMETRY_METRICS, connect, dlq_subject, ensure_streams, pulled)
+from infra.messaging import (JOB_CANCEL_REQUESTED, PRIORITIES, REPORT_SUBJECT, TELEMETRY_METRICS, WORK_STREAM,
+                             by_priority, connect, dlq_subject, ensure_streams, work_consumer)
 from infra.settings import Settings
 from runners.artifacts import ArtifactStore, LocalArtifactStore
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
@@ -76,13 +77,12 @@ class Runner:
 
     # ---- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        sub = await self.js.pull_subscribe_bind(RUNNERS_CONSUMER, stream=EVENTS_STREAM)
+        subs = [await self.js.pull_subscribe_bind(work_consumer(p), stream=WORK_STREAM) for p in PRIORITIES]
         cancel_sub = await self.nc.subscribe(JOB_CANCEL_REQUESTED, cb=self._on_cancel_requested)
         log.info("runner %s waiting for work", self.runner_id)
         try:
-            async for msgs in pulled(sub, stop, 1, timeout=1.0):
-                for msg in msgs:
-                    await self.work(msg)
+            async for msg in by_priority(subs, stop):
+                await self.work(msg)
         finally:
             await cancel_sub.unsubscribe()
 

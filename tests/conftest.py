@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infra.messaging import DLQ_STREAM, EVENTS_STREAM, TELEMETRY_STREAM
+from infra.messaging import DLQ_STREAM, EVENTS_STREAM, TELEMETRY_STREAM, WORK_STREAM
 
 
 def _listening(port: int) -> bool:
@@ -92,7 +92,7 @@ async def delete_streams(url: str) -> None:
 
     nc = await nats.connect(url)
     js = nc.jetstream()
-    for name in (EVENTS_STREAM, TELEMETRY_STREAM, DLQ_STREAM):
+    for name in (EVENTS_STREAM, TELEMETRY_STREAM, WORK_STREAM, DLQ_STREAM):
         try:
             await js.delete_stream(name)
         except NotFoundError:

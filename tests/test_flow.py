@@ -295,3 +295,23 @@ def test_the_cli_submits_watches_and_lists(stack: Stack) -> None:
     bad = subprocess.run([*cli, "submit", "--framework", "sklearn", "--task", "regression", "--dataset",
                           "builtin://diabetes"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "framework" in bad.stdout
+
+
+def test_critical_work_is_taken_before_low_work_that_waited_longer(stack: Stack) -> None:
+    forever = {"framework": "pytorch", "task": "binary_classification",
+               "dataset": {"uri": "builtin://breast_cancer"}, "params": {"epochs": 100_000}}
+    quick = {"framework": "lightgbm", "task": "regression", "dataset": {"uri": "builtin://diabetes"},
+             "params": {"n_estimators": 5}}
+    blockers = [stack.submit(**forever) for _ in range(2)]  # both runners busy
+    for b in blockers:
+        stack.wait(b, lambda j: j["status"] == "running", timeout=60)
+    low = stack.submit(**quick, priority="low")
+    critical = stack.submit(**quick, priority="critical")
+    time.sleep(0.5)
+    assert stack.job(low)["status"] == stack.job(critical)["status"] == "queued"
+    assert stack.http.delete(f"{JOBS}/{blockers[0]}").status_code == 202  # one runner frees up
+    first = stack.wait(critical, lambda j: j["status"] == "completed", timeout=60)
+    assert stack.http.delete(f"{JOBS}/{blockers[1]}").status_code == 202
+    last = stack.wait(low, lambda j: j["status"] in FINISHED, timeout=60)
+    assert last["status"] == "completed"
+    assert first["started_at"] < last["started_at"]  # the freed runner took critical although low waited longer

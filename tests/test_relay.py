@@ -11,7 +11,7 @@ from psycopg_pool import ConnectionPool
 
 from commands.runner_reports import give_up_on
 from commands.training import SubmitJob, TrainingApplication
-from infra.messaging import EVENTS_STREAM, ensure_streams
+from infra.messaging import EVENTS_STREAM, WORK_STREAM, ensure_streams
 from infra.postgres import eventsourcing_env, pool as pg_pool
 from infra.settings import Settings
 from projections.relay import Relay
@@ -102,10 +102,12 @@ def test_a_work_item_out_of_deliveries_is_dead_lettered_and_its_job_fails(store,
         relay = Relay(app, js, pool)
         while await relay.publish_batch():
             pass
-        submitted = await js.get_last_msg(EVENTS_STREAM, "trainyard.v1.training_job.submitted")
-        assert json.loads(submitted.data)["aggregate_id"] == str(job_id)
-        await give_up_on(js, app, submitted.seq)
-        dead = await js.get_last_msg("TRAINYARD_DLQ", "trainyard.v1.dlq.training_job.submitted")
+        work = await js.get_last_msg(WORK_STREAM, "trainyard.work.training.medium")
+        assert json.loads(work.data)["aggregate_id"] == str(job_id)
+        await give_up_on(js, app, work.seq)
+        dead = await js.get_last_msg("TRAINYARD_DLQ", "trainyard.v1.dlq.work.training.medium")
+        with pytest.raises(nats.js.errors.NotFoundError):  # gone from the work queue
+            await js.get_msg(WORK_STREAM, work.seq)
         await nc.close()
         return [json.loads(dead.data)]
 
