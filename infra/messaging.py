@@ -103,37 +103,23 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
         deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))
 
 
-async def pulled(sub: JetStreamContext.PullSubscription, stop: asyncio.Event, batch: int,
+async def pulled(subs: list[JetStreamContext.PullSubscription], stop: asyncio.Event, batch: int,
                  timeout: float) -> AsyncIterator[list[Msg]]:
-    """Batches from a pull subscription until `stop` is set; a quiet or unreachable server means: try again."""
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(batch, timeout=timeout)
-        except (NatsTimeout, TimeoutError):
-            continue
-        except Exception:
-            log.exception("fetch failed; retrying")
-            await asyncio.sleep(1.0)
-            continue
-        yield msgs
+    """Batches from the first of `subs` (priority order, highest first) that has messages, until `stop` is set.
 
-
-async def by_priority(subs: list[JetStreamContext.PullSubscription], stop: asyncio.Event,
-                      poll_s: float = 0.05) -> AsyncIterator[Msg]:
-    """One message at a time from the first subscription that has one: `subs` in priority order, highest first.
-
-    Each pass asks every subscription in turn (a short server-side pull each), so an idle runner polls its
-    consumers about every len(subs) × poll_s, and a waiting critical item is always taken before a low one.
+    Each pass asks every subscription in turn (a server-side pull of up to `timeout` each), so an idle reader
+    polls about every len(subs) × timeout, and a waiting high-priority item is always taken before a lower one.
+    A quiet or unreachable server means: try again.
     """
     while not stop.is_set():
         for sub in subs:
             try:
-                msgs = await sub.fetch(1, timeout=poll_s)
+                msgs = await sub.fetch(batch, timeout=timeout)
             except (NatsTimeout, TimeoutError):
                 continue
             except Exception:
                 log.exception("fetch failed; retrying")
                 await asyncio.sleep(1.0)
                 break
-            yield msgs[0]
+            yield msgs
             break

@@ -40,7 +40,7 @@ class MetricsProjector:
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.js.pull_subscribe_bind(METRICS_CONSUMER, stream=TELEMETRY_STREAM)
         log.info("metrics projector started")
-        async for msgs in pulled(sub, stop, self.fetch_size, timeout=0.5):
+        async for msgs in pulled([sub], stop, self.fetch_size, timeout=0.5):
             try:
                 await self.project(msgs)
             except Exception:  # ClickHouse away: unacked batches are redelivered after the ack wait (10 s)

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from commands.runner_reports import ReportReply, RunnerReport, decode_reply, encode
 from domain.telemetry import MetricBatch, SeriesChunk
 from infra.messaging import (JOB_CANCEL_REQUESTED, PRIORITIES, REPORT_SUBJECT, TELEMETRY_METRICS, WORK_STREAM,
-                             by_priority, connect, dlq_subject, ensure_streams, work_consumer)
+                             connect, dlq_subject, ensure_streams, pulled, work_consumer)
 from infra.settings import Settings
 from runners.artifacts import ArtifactStore, LocalArtifactStore
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
@@ -81,8 +81,9 @@ class Runner:
         cancel_sub = await self.nc.subscribe(JOB_CANCEL_REQUESTED, cb=self._on_cancel_requested)
         log.info("runner %s waiting for work", self.runner_id)
         try:
-            async for msg in by_priority(subs, stop):
-                await self.work(msg)
+            async for msgs in pulled(subs, stop, 1, timeout=0.05):
+                for msg in msgs:
+                    await self.work(msg)
         finally:
             await cancel_sub.unsubscribe()
 

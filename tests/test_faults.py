@@ -8,16 +8,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from infra.embedded import free_port
-from tests.test_flow import FINISHED, Stack
+from tests.test_flow import FINISHED, Stack, running_up
 
 pytestmark = pytest.mark.integration
 
@@ -25,25 +22,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def embedded_stack() -> Iterator[Stack]:
     data_dir = Path(tempfile.mkdtemp(prefix="trainyard-faults-"))  # embedded PostgreSQL's user must reach it
-    port = free_port(18500)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
-    env.update({"TRAINYARD_DATA_DIR": str(data_dir), "TRAINYARD_API_PORT": str(port), "TRAINYARD_RUNNERS": "1"})
-    log = open(data_dir / "up.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    s = Stack(proc, data_dir, f"http://127.0.0.1:{port}", "")
     try:
-        s.wait_ready()
-        yield s
+        with running_up(data_dir, {"TRAINYARD_RUNNERS": "1"}) as s:  # no URLs: embedded engines
+            yield s
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(timeout=60) == 0, "trainyard up did not stop cleanly on SIGTERM"
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            log.close()
-            print((data_dir / "up.log").read_text()[-5000:])
-            shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.mark.parametrize("engine", ["nats", "postgres"])

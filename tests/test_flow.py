@@ -6,6 +6,7 @@ stops it, a killed runner or a killed serve process loses nothing and counts not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -86,15 +87,12 @@ class Stack:
         raise AssertionError("the service never became ready")
 
 
-@pytest.fixture(scope="module")
-def stack(postgres_server: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    database_url = create_database(postgres_server)
-    data_dir = tmp_path_factory.mktemp("trainyard")
+@contextlib.contextmanager
+def running_up(data_dir: Path, settings: dict[str, str], nats_url: str = "") -> Iterator[Stack]:
+    """`trainyard up` in a subprocess with these TRAINYARD_* settings (and no others); SIGTERM must stop it with 0."""
     port = free_port(18000)
-    env = {**os.environ, "TRAINYARD_DATABASE_URL": database_url, "TRAINYARD_NATS_URL": nats_url,
-           "TRAINYARD_DATA_DIR": str(data_dir), "TRAINYARD_API_PORT": str(port), "TRAINYARD_RUNNERS": "2",
-           "TRAINYARD_RUNNER_ACK_WAIT_S": "4"}
-    env.pop("TRAINYARD_CLICKHOUSE_URL", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    env.update(settings, TRAINYARD_DATA_DIR=str(data_dir), TRAINYARD_API_PORT=str(port))
     log = open(data_dir / "up.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
     s = Stack(proc, data_dir, f"http://127.0.0.1:{port}", nats_url)
@@ -104,13 +102,24 @@ def stack(postgres_server: str, nats_url: str, tmp_path_factory: pytest.TempPath
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            assert proc.wait(timeout=30) == 0, "trainyard up did not stop cleanly on SIGTERM"
+            assert proc.wait(timeout=60) == 0, "trainyard up did not stop cleanly on SIGTERM"
         finally:
             if proc.poll() is None:
                 proc.kill()
             log.close()
             print((data_dir / "up.log").read_text()[-5000:])
-            drop_database(postgres_server, database_url)
+
+
+@pytest.fixture(scope="module")
+def stack(postgres_server: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    database_url = create_database(postgres_server)
+    settings = {"TRAINYARD_DATABASE_URL": database_url, "TRAINYARD_NATS_URL": nats_url, "TRAINYARD_RUNNERS": "2",
+                "TRAINYARD_RUNNER_ACK_WAIT_S": "4"}
+    try:
+        with running_up(tmp_path_factory.mktemp("trainyard"), settings, nats_url) as s:
+            yield s
+    finally:
+        drop_database(postgres_server, database_url)
 
 
 def test_up_reports_where_every_part_listens(stack: Stack) -> None:
