@@ -127,13 +127,13 @@ def jobs(status: Optional[str] = None, framework: Optional[str] = None, tag: Opt
          limit: int = 20, offset: int = 0, api: ApiOpt = None) -> None:
     """List jobs, newest first."""
     out = TrainyardClient(api).jobs(status=status, framework=framework, tag=tag, limit=limit, offset=offset)
-    table = Table(title=f"{out['total']} jobs")
+    table = Table(title=f"{out['total']} jobs", box=None)
     table.add_column("job_id", no_wrap=True, min_width=36)
-    for col in ("name", "framework", "task", "status", "progress", "attempt", "created_at"):
-        table.add_column(col)
+    for col in ("status", "done", "try", "priority", "model", "name"):
+        table.add_column(col, no_wrap=True)
     for j in out["items"]:
-        table.add_row(j["job_id"], j["name"], j["framework"], j["task"], j["status"],
-                      f"{j['progress']['percentage_complete']:.0f}%", str(j["attempt"]), j["created_at"])
+        table.add_row(j["job_id"], j["status"], f"{j['progress']['percentage_complete']:.0f}%", str(j["attempt"]),
+                      j["priority"], f"{j['framework']}/{j['task']}", j["name"])
     console.print(table)
 
 
