@@ -132,6 +132,7 @@ def test_up_reports_where_every_part_listens(stack: Stack) -> None:
 def test_a_lightgbm_job_trains_and_its_metrics_are_queryable(stack: Stack) -> None:
     job_id = stack.submit(framework="lightgbm", task="binary_classification",
                           dataset={"uri": "builtin://breast_cancer"}, params={"n_estimators": 60}, tags=["e2e"])
+    assert stack.http.get(f"{JOBS}/{job_id}").status_code == 200  # read-your-writes: no 404 right after 202
     job = stack.wait(job_id, lambda j: j["status"] in FINISHED)
     assert job["status"] == "completed", job
     assert job["final_metrics"]["auc"] > 0.95 and {"accuracy", "logloss"} <= set(job["final_metrics"])
