@@ -129,8 +129,10 @@ def jobs(status: Optional[str] = None, framework: Optional[str] = None, tag: Opt
     out = TrainyardClient(api).jobs(status=status, framework=framework, tag=tag, limit=limit, offset=offset)
     table = Table(title=f"{out['total']} jobs", box=None)
     table.add_column("job_id", no_wrap=True, min_width=36)
-    for col in ("status", "done", "try", "priority", "model", "name"):
-        table.add_column(col, no_wrap=True)
+    for col, width in (("status", 9), ("done", 4), ("try", 3), ("priority", 8)):
+        table.add_column(col, no_wrap=True, min_width=width)
+    for col in ("model", "name"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis")
     for j in out["items"]:
         table.add_row(j["job_id"], j["status"], f"{j['progress']['percentage_complete']:.0f}%", str(j["attempt"]),
                       j["priority"], f"{j['framework']}/{j['task']}", j["name"])
