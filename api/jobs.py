@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.problems import Problem
-from api.schemas import JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries, Framework, Status
+from api.schemas import (Framework, JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries, Status,
+                         problems)
 from commands.training import JobNotFoundError, SubmitJob
 from infra.bootstrap import Services
 from runners.datasets import DatasetError, validate_dataset
@@ -31,8 +32,7 @@ def _catch_up(s: Services, position: int | None) -> None:
         s.jobs.wait_for(s.app.name, position, READ_YOUR_WRITES_TIMEOUT_S)
 
 
-@router.post("", status_code=202, response_model=JobAccepted,
-             responses={400: {}, 409: {}, 422: {"description": "problem+json naming the field at fault"}})
+@router.post("", status_code=202, response_model=JobAccepted, responses=problems(400, 409, 422))
 def submit_job(body: JobIn, s: ServicesDep,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JSONResponse:
     try:
@@ -50,7 +50,7 @@ def submit_job(body: JobIn, s: ServicesDep,
                         headers={"Location": f"{router.prefix}/{out.job_id}"})
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, responses=problems(422))
 def list_jobs(s: ServicesDep, status: Status | None = None, framework: Framework | None = None,
               tag: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
               offset: Annotated[int, Query(ge=0)] = 0) -> JobList:
@@ -65,12 +65,12 @@ def _job(s: Services, job_id: UUID) -> dict:
     return row
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses={404: {}})
+@router.get("/{job_id}", response_model=JobPublic, responses=problems(404, 422))
 def get_job(job_id: UUID, s: ServicesDep) -> JobPublic:
     return JobPublic.model_validate(_job(s, job_id))
 
 
-@router.delete("/{job_id}", status_code=202, response_model=JobPublic, responses={404: {}, 409: {}})
+@router.delete("/{job_id}", status_code=202, response_model=JobPublic, responses=problems(404, 409, 422))
 def cancel_job(job_id: UUID, s: ServicesDep) -> JobPublic:
     """Cancel: a queued job ends at once; a running one is stopped by its runner within seconds."""
     _job(s, job_id)
@@ -79,13 +79,13 @@ def cancel_job(job_id: UUID, s: ServicesDep) -> JobPublic:
     return JobPublic.model_validate(_job(s, job_id))
 
 
-@router.get("/{job_id}/metrics", response_model=MetricNames, responses={404: {}})
+@router.get("/{job_id}/metrics", response_model=MetricNames, responses=problems(404, 422))
 def metric_names(job_id: UUID, s: ServicesDep) -> MetricNames:
     _job(s, job_id)
     return MetricNames(job_id=job_id, names=s.metrics.names(str(job_id)))
 
 
-@router.get("/{job_id}/metrics/{name}", response_model=MetricSeries, responses={404: {}, 422: {}})
+@router.get("/{job_id}/metrics/{name}", response_model=MetricSeries, responses=problems(404, 422))
 def metric_series(job_id: UUID, name: str, s: ServicesDep,
                   max_points: Annotated[int, Query(ge=4, le=100_000)] = 1000,
                   attempt: Annotated[int | None, Query(ge=1)] = None) -> MetricSeries:

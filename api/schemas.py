@@ -91,3 +91,25 @@ class MetricSeries(BaseModel):
     name: str
     attempt: int | None
     points: list[MetricPointPublic]
+
+
+class FieldError(BaseModel):
+    field: str
+    reason: str
+
+
+class ProblemPublic(BaseModel):
+    """RFC 9457 problem details, served as application/problem+json."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str
+    field: str | None = Field(default=None, description="the request field at fault, e.g. dataset.target")
+    errors: list[FieldError] | None = None
+
+
+def problems(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` for these error statuses, each a problem+json body."""
+    return {s: {"model": ProblemPublic, "content": {"application/problem+json": {}}} for s in statuses}

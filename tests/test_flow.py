@@ -325,3 +325,12 @@ def test_critical_work_is_taken_before_low_work_that_waited_longer(stack: Stack)
     last = stack.wait(low, lambda j: j["status"] in FINISHED, timeout=60)
     assert last["status"] == "completed"
     assert first["started_at"] < last["started_at"]  # the freed runner took critical although low waited longer
+
+
+def test_the_openapi_document_describes_problem_responses(stack: Stack) -> None:
+    spec = stack.http.get("/openapi.json").json()
+    submit = spec["paths"][JOBS]["post"]["responses"]
+    assert {"202", "400", "409", "422"} <= set(submit)
+    assert "application/problem+json" in submit["422"]["content"]
+    assert "field" in spec["components"]["schemas"]["ProblemPublic"]["properties"]
+    assert stack.http.get("/docs").status_code == 200 and stack.http.get("/healthz").json() == {"status": "ok"}
