@@ -124,7 +124,8 @@ class Runner:
             except asyncio.CancelledError:  # this runner is shutting down: hand the job to another runner
                 stop_flag.set()
                 with contextlib.suppress(Exception):
-                    await msg.nak()
+                    # after a second: when the whole fleet stops, no stopping runner's last pull catches it
+                    await msg.nak(delay=1.0)
                 raise
             finally:
                 side.cancel()
