@@ -45,3 +45,26 @@ def test_an_engine_killed_mid_job_is_restarted_and_the_job_loses_nothing(embedde
     after = s.endpoints()
     assert after[engine] == endpoints[engine] and after["pids"][engine] != endpoints["pids"][engine]
     s.wait_ready()
+
+
+def test_a_full_restart_resumes_a_running_job_at_once_and_keeps_everything() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="trainyard-restart-"))
+    epochs = 300
+    try:
+        with running_up(data_dir, {"TRAINYARD_RUNNERS": "2"}) as s:
+            done = s.submit(framework="lightgbm", task="regression", dataset={"uri": "builtin://diabetes"},
+                            params={"n_estimators": 10})
+            s.wait(done, lambda j: j["status"] == "completed", timeout=60)
+            job_id = s.submit(framework="pytorch", task="binary_classification",
+                              dataset={"uri": "builtin://breast_cancer"}, params={"epochs": epochs})
+            s.wait(job_id, lambda j: j["status"] == "running" and j["progress"]["current_step"] >= 3, timeout=60)
+        # SIGTERM stopped everything (exit 0); the same data dir brings it all back
+        with running_up(data_dir, {"TRAINYARD_RUNNERS": "2"}) as s:
+            assert s.job(done)["status"] == "completed" and len(s.full_series(done, "train_loss", 10)) == 10
+            resumed = s.wait(job_id, lambda j: j["attempt"] == 2, timeout=15)  # not after the 30 s ack wait
+            assert resumed["status"] in ("running", "completed")
+            job = s.wait(job_id, lambda j: j["status"] in FINISHED, timeout=120)
+            assert job["status"] == "completed" and job["attempt"] == 2
+            assert [p["step"] for p in s.full_series(job_id, "valid_loss", epochs)] == list(range(1, epochs + 1))
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
