@@ -101,11 +101,7 @@ def _watch(client: TrainyardClient, job_id: str, interval: float = 0.5) -> dict:
         t = bar.add_task(job_id[:8], total=100, metrics="")
         while True:
             job = client.job(job_id)
-            latest = ""
-            for name in client.metric_names(job_id)[:4]:
-                pts = client.metric(job_id, name, max_points=4)["points"]
-                if pts:
-                    latest += f"{name}={pts[-1]['value']:.4g} "
+            latest = " ".join(f"{n}={p['value']:.4g}" for n, p in client.metrics(job_id)["latest"].items())
             bar.update(t, completed=job["progress"]["percentage_complete"],
                        description=f"{job_id[:8]} {job['status']} a{job['attempt']}", metrics=latest)
             if job["status"] in FINISHED:

@@ -52,8 +52,9 @@ class TrainyardClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/api/v1/training/jobs/{job_id}")
 
-    def metric_names(self, job_id: str) -> list[str]:
-        return self._call("GET", f"/api/v1/training/jobs/{job_id}/metrics")["names"]
+    def metrics(self, job_id: str) -> dict[str, Any]:
+        """{"names": [...], "latest": {name: {"step", "value"}}}"""
+        return self._call("GET", f"/api/v1/training/jobs/{job_id}/metrics")
 
     def metric(self, job_id: str, name: str, max_points: int = 1000) -> dict[str, Any]:
         return self._call("GET", f"/api/v1/training/jobs/{job_id}/metrics/{name}", params={"max_points": max_points})

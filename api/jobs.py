@@ -82,7 +82,8 @@ def cancel_job(job_id: UUID, s: ServicesDep) -> JobPublic:
 @router.get("/{job_id}/metrics", response_model=MetricNames, responses=problems(404, 422))
 def metric_names(job_id: UUID, s: ServicesDep) -> MetricNames:
     _job(s, job_id)
-    return MetricNames(job_id=job_id, names=s.metrics.names(str(job_id)))
+    latest = {n: {"step": st, "value": v} for n, (st, v) in s.metrics.last_values(str(job_id)).items()}
+    return MetricNames(job_id=job_id, names=s.metrics.names(str(job_id)), latest=latest)
 
 
 @router.get("/{job_id}/metrics/{name}", response_model=MetricSeries, responses=problems(404, 422))

@@ -76,9 +76,15 @@ class JobList(BaseModel):
     offset: int
 
 
+class LatestValue(BaseModel):
+    step: int
+    value: float
+
+
 class MetricNames(BaseModel):
     job_id: UUID
     names: list[str]
+    latest: dict[str, LatestValue] = Field(description="each metric's last point (its latest attempt)")
 
 
 class MetricPointPublic(BaseModel):

@@ -145,6 +145,8 @@ def test_a_lightgbm_job_trains_and_its_metrics_are_queryable(stack: Stack) -> No
     names = stack.http.get(f"{JOBS}/{job_id}/metrics").json()["names"]
     assert {"train_loss", "valid_loss", "valid_auc"} <= set(names)
     points = stack.full_series(job_id, "valid_loss", 60)
+    latest = stack.http.get(f"{JOBS}/{job_id}/metrics").json()["latest"]
+    assert latest["valid_loss"] == {"step": 60, "value": points[-1]["value"]}
     assert [p["step"] for p in points] == list(range(1, 61))
     small = stack.series(job_id, "valid_loss", max_points=8)
     values = [p["value"] for p in points]
