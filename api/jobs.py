@@ -73,7 +73,6 @@ def get_job(job_id: UUID, s: ServicesDep) -> JobPublic:
 @router.delete("/{job_id}", status_code=202, response_model=JobPublic, responses=problems(404, 409, 422))
 def cancel_job(job_id: UUID, s: ServicesDep) -> JobPublic:
     """Cancel: a queued job ends at once; a running one is stopped by its runner within seconds."""
-    _job(s, job_id)
     _, position = s.app.request_cancel(job_id)
     _catch_up(s, position)
     return JobPublic.model_validate(_job(s, job_id))

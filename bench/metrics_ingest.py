@@ -63,7 +63,7 @@ async def trainyard(points: int, size: int, work: Path) -> float:
                                            value=[0.0], ts_ms=[0], batch_id=["warmup"]), "warmup")
         stop = asyncio.Event()
         start = time.perf_counter()
-        projector = asyncio.create_task(MetricsProjector(nc, js, store).run(stop))
+        projector = asyncio.create_task(MetricsProjector(js, store).run(stop))
         acks = [js.publish(TELEMETRY_METRICS, p, headers={"Nats-Msg-Id": str(i)}) for i, p in enumerate(payloads)]
         for i in range(0, len(acks), 64):
             await asyncio.gather(*acks[i:i + 64])

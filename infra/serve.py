@@ -83,7 +83,7 @@ async def serve(settings: Settings) -> None:
     tasks = [
         asyncio.create_task(JobsProjector(database_url).run(stop), name="jobs-projection"),
         asyncio.create_task(Relay(services.app, js, services.pool).run(stop), name="relay"),
-        asyncio.create_task(MetricsProjector(nc, js, services.metrics).run(stop), name="metrics-projector"),
+        asyncio.create_task(MetricsProjector(js, services.metrics).run(stop), name="metrics-projector"),
     ]
     await serve_reports(nc, services.app)
     await serve_dead_work(nc, js, services.app)

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
@@ -34,8 +33,8 @@ def add_batch(cols: MetricColumns, batch: MetricBatch) -> None:
 
 
 class MetricsProjector:
-    def __init__(self, nc: Client, js: JetStreamContext, store: MetricStore, fetch_size: int = 512) -> None:
-        self.nc, self.js, self.store, self.fetch_size = nc, js, store, fetch_size
+    def __init__(self, js: JetStreamContext, store: MetricStore, fetch_size: int = 512) -> None:
+        self.js, self.store, self.fetch_size = js, store, fetch_size
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.js.pull_subscribe_bind(METRICS_CONSUMER, stream=TELEMETRY_STREAM)
