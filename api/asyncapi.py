@@ -13,7 +13,7 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict
 
-from domain.telemetry import MetricBatch
+from domain.contract import MetricBatch, WorkItem
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -30,12 +30,33 @@ class Submitted(_Payload):
     params: dict[str, Any]
     priority: Literal["low", "medium", "high", "critical"]
     tags: list[str]
+    timeout_s: int
+    max_attempts: int
 
 
 class Started(_Payload):
+    """A runner claimed the job: attempt N under a new lease (`lease_id` is a digest; the token stays private)."""
     attempt: int
     runner_id: str
     previous_runner_id: str | None
+    lease_id: str | None
+
+
+class Requeued(_Payload):
+    """Back in the queue: handed back by a stopping runner (`lost` false, no attempt spent), its lease expired
+    (`lost` true, one of `max_attempts` spent), or its work item went missing. A work item follows."""
+    attempt: int
+    reason: str
+    lost: bool
+    lost_leases: int
+    priority: Literal["low", "medium", "high", "critical"]
+
+
+class LeaseLost(_Payload):
+    """The last lease the job could lose: a `failed` event follows."""
+    attempt: int
+    reason: str
+    lost_leases: int
 
 
 class ProgressReported(_Payload):
@@ -73,13 +94,17 @@ class Envelope(BaseModel, Generic[P]):
     aggregate_version: int
     occurred_at: datetime
     type: str
+    actor: str
+    correlation_id: str | None
+    causation_id: str | None
     trace_id: str | None
     payload: P
 
 
 TRAINING_JOB_EVENTS: dict[str, type[BaseModel]] = {
     "submitted": Submitted, "started": Started, "progress_reported": ProgressReported, "completed": Completed,
-    "failed": Failed, "cancel_requested": CancelRequested, "cancelled": Cancelled,
+    "failed": Failed, "cancel_requested": CancelRequested, "cancelled": Cancelled, "requeued": Requeued,
+    "lease_lost": LeaseLost,
 }
 
 
@@ -92,6 +117,9 @@ def specification() -> AsyncAPI:
     broker.publisher("trainyard.v1.telemetry.metrics", title="telemetry.metrics",
                      description="Metric points from runners (stream TRAINYARD_TELEMETRY, Nats-Msg-Id = batch_id)",
                      schema=MetricBatch)
+    broker.publisher("trainyard.work.{priority}.{kind}.{aggregate_id}", title="work item",
+                     description="Work for the runners (stream TRAINYARD_WORK, work-queue retention, Nats-Msg-Id = "
+                                 "work:<event_id>); the claim, not the delivery, decides who runs it", schema=WorkItem)
     return AsyncAPI(broker, title="Trainyard events", version="1.0.0",
                     description="Public NATS JetStream subjects of Trainyard. See docs/events.md.")
 

@@ -1,7 +1,8 @@
-"""Training commands: one method per command, each load → decide (aggregate) → save.
+"""Training commands: one method per command, each load → decide (aggregate) → save with who and why.
 
 Runner reports arrive at least once and possibly concurrently; `_change` retries on an optimistic
-concurrency conflict, and the aggregate makes repeats harmless.
+concurrency conflict, and the aggregate makes repeats harmless. Every saved event carries the command's
+`CommandContext` as `metadata` (commands/context.py).
 """
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import RecordConflictError
 
-from domain.training_job import TrainingJob
+from commands.context import CommandContext
+from domain.training_job import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, TrainingJob
 
 _IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/idempotency/training-job")
+ANONYMOUS = CommandContext()
 
 
 class JobNotFoundError(LookupError):
@@ -36,6 +40,8 @@ class SubmitJob:
     params: dict[str, Any] = field(default_factory=dict)
     priority: str = "medium"
     tags: list[str] = field(default_factory=list)
+    timeout_s: int = DEFAULT_TIMEOUT_S
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,25 @@ def job_id_for(idempotency_key: str | None) -> UUID:
     return uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else uuid4()
 
 
-class TrainingApplication(Application[UUID]):
+class TrainyardApplication(Application[UUID]):
+    """Saves with metadata; the base of every Trainyard application (one event store, one notification log)."""
+
     name = "trainyard"
 
-    def submit_job(self, cmd: SubmitJob, idempotency_key: str | None = None) -> Submitted:
+    def save_with(self, ctx: CommandContext, *aggregates: Aggregate) -> list[Any]:
+        meta = ctx.as_metadata()
+        for aggregate in aggregates:
+            for e in aggregate.pending_events:
+                object.__setattr__(e, "metadata", meta)
+        return self.save(*aggregates)
+
+    def head(self) -> int:
+        """The notification id of the newest event (0 for an empty store)."""
+        return self.recorder.max_notification_id() or 0
+
+
+class TrainingApplication(TrainyardApplication):
+    def submit_job(self, cmd: SubmitJob, idempotency_key: str | None = None, ctx: CommandContext = ANONYMOUS) -> Submitted:
         job_id = job_id_for(idempotency_key)
         if idempotency_key:
             existing = self._existing(job_id)
@@ -62,7 +83,7 @@ class TrainingApplication(Application[UUID]):
                 return self._replayed(existing, cmd)
         job = TrainingJob(id=job_id, **asdict(cmd))
         try:
-            recordings = self.save(job)
+            recordings = self.save_with(ctx, job)
         except RecordConflictError:  # the same key submitted concurrently: theirs won
             return self._replayed(self.repository.get(job_id), cmd)
         return Submitted(job.id, job.status, job.created_on, created=True, position=_last_position(recordings))
@@ -75,8 +96,8 @@ class TrainingApplication(Application[UUID]):
 
     @staticmethod
     def _replayed(job: TrainingJob, cmd: SubmitJob) -> Submitted:
-        if (job.name, job.framework, job.task, job.dataset, job.params, job.priority, job.tags) != (
-            cmd.name, cmd.framework, cmd.task, cmd.dataset, cmd.params, cmd.priority, cmd.tags
+        if (job.name, job.framework, job.task, job.dataset, job.params, job.priority, job.tags, job.timeout_s) != (
+            cmd.name, cmd.framework, cmd.task, cmd.dataset, cmd.params, cmd.priority, cmd.tags, cmd.timeout_s
         ):
             raise IdempotencyConflictError("this Idempotency-Key was used for a different job")
         return Submitted(job.id, job.status, job.created_on, created=False)
@@ -88,38 +109,47 @@ class TrainingApplication(Application[UUID]):
             raise JobNotFoundError(str(job_id))
         return job
 
-    def request_cancel(self, job_id: UUID) -> tuple[TrainingJob, int | None]:
+    def request_cancel(self, job_id: UUID, ctx: CommandContext = ANONYMOUS) -> tuple[TrainingJob, int | None]:
         """Returns the job and the notification id of what was recorded (None if nothing was)."""
-        return self._change_at(job_id, lambda job: job.request_cancel())
+        return self._change_at(job_id, lambda job: job.request_cancel(), ctx)
 
-    # ---- runner reports -----------------------------------------------------------------------
-    def start_attempt(self, job_id: UUID, attempt: int, runner_id: str) -> TrainingJob:
-        return self._change(job_id, lambda job: job.start(attempt, runner_id))
+    # ---- leases and runner reports ---------------------------------------------------------------
+    def claim(self, job_id: UUID, lease_id: str, runner_id: str, ctx: CommandContext) -> TrainingJob:
+        return self._change(job_id, lambda job: job.claim(lease_id, runner_id), ctx)
 
-    def report_progress(self, job_id: UUID, attempt: int, current_step: int, total_steps: int) -> TrainingJob:
-        return self._change(job_id, lambda job: job.report_progress(attempt, current_step, total_steps))
+    def record_progress(self, job_id: UUID, lease_id: str, current_step: int, total_steps: int,
+                        ctx: CommandContext) -> TrainingJob:
+        return self._change(job_id, lambda job: job.record_progress(lease_id, current_step, total_steps), ctx)
 
-    def complete(self, job_id: UUID, attempt: int, final_metrics: dict[str, float], artifact: dict[str, Any]) -> TrainingJob:
-        return self._change(job_id, lambda job: job.complete(attempt, final_metrics, artifact))
+    def complete(self, job_id: UUID, lease_id: str, final_metrics: dict[str, float], artifact: dict[str, Any],
+                 ctx: CommandContext) -> TrainingJob:
+        return self._change(job_id, lambda job: job.complete(lease_id, final_metrics, artifact), ctx)
 
-    def fail(self, job_id: UUID, attempt: int, error: str) -> TrainingJob:
-        return self._change(job_id, lambda job: job.fail(attempt, error))
+    def fail(self, job_id: UUID, lease_id: str, error: str, ctx: CommandContext) -> TrainingJob:
+        return self._change(job_id, lambda job: job.fail(lease_id, error), ctx)
 
-    def give_up(self, job_id: UUID, reason: str) -> TrainingJob:
-        return self._change(job_id, lambda job: job.give_up(reason))
+    def confirm_cancelled(self, job_id: UUID, lease_id: str, ctx: CommandContext) -> TrainingJob:
+        return self._change(job_id, lambda job: job.confirm_cancelled(lease_id), ctx)
 
-    def confirm_cancelled(self, job_id: UUID, attempt: int) -> TrainingJob:
-        return self._change(job_id, lambda job: job.confirm_cancelled(attempt))
+    def hand_back(self, job_id: UUID, lease_id: str, reason: str, ctx: CommandContext) -> TrainingJob:
+        return self._change(job_id, lambda job: job.hand_back(lease_id, reason), ctx)
 
-    def _change(self, job_id: UUID, decide: Callable[[TrainingJob], None]) -> TrainingJob:
-        return self._change_at(job_id, decide)[0]
+    def expire_lease(self, job_id: UUID, lease_id: str, reason: str, ctx: CommandContext) -> TrainingJob:
+        return self._change(job_id, lambda job: job.expire_lease(lease_id, reason), ctx)
 
-    def _change_at(self, job_id: UUID, decide: Callable[[TrainingJob], None], tries: int = 5) -> tuple[TrainingJob, int | None]:
+    def requeue(self, job_id: UUID, reason: str, ctx: CommandContext) -> TrainingJob:
+        return self._change(job_id, lambda job: job.requeue(reason), ctx)
+
+    def _change(self, job_id: UUID, decide: Callable[[TrainingJob], None], ctx: CommandContext) -> TrainingJob:
+        return self._change_at(job_id, decide, ctx)[0]
+
+    def _change_at(self, job_id: UUID, decide: Callable[[TrainingJob], None], ctx: CommandContext,
+                   tries: int = 5) -> tuple[TrainingJob, int | None]:
         for n in range(tries):
             job = self.get_job(job_id)
             decide(job)
             try:
-                return job, _last_position(self.save(job))
+                return job, _last_position(self.save_with(ctx, job))
             except RecordConflictError:
                 if n == tries - 1:
                     raise

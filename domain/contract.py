@@ -1,26 +1,83 @@
-"""Domain events as the public contract: subjects and JSON envelopes (docs/events.md).
+"""Trainyard's public contract in one place: subjects, the event envelope, work items, runner reports and
+telemetry batches (docs/events.md, docs/asyncapi.json). Shared by the API, runners and projections; no I/O.
 
-Every event is published on `trainyard.v1.<aggregate>.<event>` (snake case, e.g.
-`trainyard.v1.training_job.completed`) with a stable envelope. `event_id` is derived from
-(aggregate_id, aggregate_version), so re-publishing an event gives it the same id and JetStream's
-duplicate window (keyed on `Nats-Msg-Id` = event_id) absorbs it.
+- Domain events: `trainyard.v1.<aggregate>.<event>` (snake case), JSON envelope below, `Nats-Msg-Id` =
+  `event_id` = uuid5(aggregate_id:version), so a re-publish has the same id and JetStream's dedup absorbs it.
+- Work items: `trainyard.work.<priority>.<kind>.<aggregate_id>`: a small message saying "this aggregate has
+  work of this kind"; what the runner needs comes back in the claim's reply (the aggregate owns it).
+- Runner reports: NATS request/reply on `trainyard.rpc.runner.report`; every report after the claim carries
+  the lease token, and the aggregate refuses any other lease.
+- Telemetry: `trainyard.v1.telemetry.metrics` columnar metric batches, `Nats-Msg-Id` = batch_id.
+- Dead letters: `trainyard.v1.dlq.<original subject without its trainyard(.v1) prefix>`.
+Every field that crosses the bus is bounded: anyone on the bus can publish.
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import re
+import unicodedata
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
 SUBJECT_PREFIX = "trainyard.v1"
-_ENVELOPE_KEYS = ("originator_id", "originator_version", "timestamp", "originator_topic")
+TELEMETRY_METRICS = f"{SUBJECT_PREFIX}.telemetry.metrics"
+DLQ_PREFIX = f"{SUBJECT_PREFIX}.dlq"
+REPORT_SUBJECT = "trainyard.rpc.runner.report"
+WORK_PREFIX = "trainyard.work"
+PRIORITIES = ("critical", "high", "medium", "low")  # the order runners take work in
+MAX_TEXT = 2000
 _EVENT_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/events")
+_ENVELOPE_KEYS = ("originator_id", "originator_version", "timestamp", "originator_topic", "metadata")
+METADATA_KEYS = ("actor", "correlation_id", "causation_id", "trace_id")
 
 
+# ---- text -----------------------------------------------------------------------------------
+def has_control(text: str) -> bool:
+    """True if `text` holds NUL or another control character (PostgreSQL text cannot hold NUL)."""
+    return any(unicodedata.category(c) == "Cc" for c in text)
+
+
+def printable(text: Any, limit: int = MAX_TEXT) -> str:
+    """`text` as a bounded, single-line string without control characters (for errors and reasons)."""
+    out = "".join(c if unicodedata.category(c) != "Cc" else " " for c in str(text))
+    return " ".join(out.split())[:limit]
+
+
+def _no_control(value: str) -> str:
+    if has_control(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_control)]
+
+
+# ---- subjects ---------------------------------------------------------------------------------
 def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+def event_subject(aggregate: str, event: str) -> str:
+    return f"{SUBJECT_PREFIX}.{aggregate}.{event}"
+
+
+def dlq_subject(original: str) -> str:
+    return f"{DLQ_PREFIX}." + original.removeprefix(f"{SUBJECT_PREFIX}.").removeprefix("trainyard.")
+
+
+def work_subject(priority: str, kind: str, aggregate_id: UUID | str) -> str:
+    return f"{WORK_PREFIX}.{priority}.{kind}.{aggregate_id}"
+
+
+def work_filter(priority: str) -> str:
+    return f"{WORK_PREFIX}.{priority}.>"
+
+
+# ---- the event envelope -------------------------------------------------------------------------
 def event_id(aggregate_id: UUID, version: int) -> UUID:
     return uuid5(_EVENT_NAMESPACE, f"{aggregate_id}:{version}")
 
@@ -37,11 +94,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def envelope(domain_event: Any) -> tuple[str, dict[str, Any]]:
-    """(subject, JSON-ready envelope) of an eventsourcing domain event."""
-    aggregate, name = type(domain_event).__qualname__.split(".")[-2:]
-    aggregate, name = snake(aggregate), snake(name)
+def envelope(domain_event: Any, aggregate: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(subject, JSON-ready envelope) of an eventsourcing domain event. `aggregate` defaults to the snake case
+    of the event's aggregate class; the metadata the application attached at save time (who and why) is lifted
+    into the envelope."""
+    owner, name = type(domain_event).__qualname__.split(".")[-2:]
+    aggregate, name = aggregate or snake(owner), snake(name)
     payload = {k: _jsonable(v) for k, v in domain_event.__dict__.items() if k not in _ENVELOPE_KEYS}
+    meta = getattr(domain_event, "metadata", None) or {}
     body = {
         "event_id": str(event_id(domain_event.originator_id, domain_event.originator_version)),
         "aggregate": aggregate,
@@ -49,7 +109,114 @@ def envelope(domain_event: Any) -> tuple[str, dict[str, Any]]:
         "aggregate_version": domain_event.originator_version,
         "occurred_at": domain_event.timestamp.isoformat(),
         "type": f"{aggregate}.{name}",
-        "trace_id": payload.pop("trace_id", None),
+        **{k: meta.get(k) for k in METADATA_KEYS},
         "payload": payload,
     }
-    return f"{SUBJECT_PREFIX}.{aggregate}.{name}", body
+    body["actor"] = body["actor"] or "anonymous"
+    return event_subject(aggregate, name), body
+
+
+# ---- work items ---------------------------------------------------------------------------------
+class WorkItem(BaseModel):
+    """"`aggregate_id` has work of `kind`": published by the relay when an event puts the aggregate in the queue.
+    Duplicates are harmless: the claim is decided by the aggregate, which refuses a second live lease."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["training"]
+    aggregate_id: UUID
+    priority: Literal["critical", "high", "medium", "low"]
+    work_id: str = Field(min_length=1, max_length=100, description="the event id that asked for the work")
+
+
+def lease_id_of(token: str) -> str:
+    """The public id of a lease: a runner proves it holds the lease with the token, which never leaves it and
+    the command handler; events and read models carry only this digest."""
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+# ---- runner reports -----------------------------------------------------------------------------
+Metrics = Annotated[dict[Annotated[Text, Field(min_length=1, max_length=100)], float], Field(max_length=100)]
+
+
+def _finite_metrics(values: dict[str, float]) -> dict[str, float]:
+    for name, v in values.items():
+        if not math.isfinite(v):
+            raise ValueError(f"final metric {name!r} is not a finite number")
+    return values
+
+
+class RunnerReport(BaseModel):
+    """What a runner tells the command handlers about one job.
+
+    `claim` asks for the job with a fresh lease token (retrying a claim with the same token is safe);
+    `heartbeat` keeps the lease and carries progress (no event: a row update); `completed`, `failed`,
+    `cancelled` end the attempt; `release` hands the job back unharmed (a graceful stop spends no attempt);
+    `check` asks the aggregate whether to stop (after a cancel event was seen on the bus).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["claim", "heartbeat", "check", "completed", "failed", "cancelled", "release"]
+    job_id: UUID
+    lease: str = Field(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    runner_id: Text = Field(min_length=1, max_length=200)
+    report_id: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
+    correlation_id: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._:@/+=-]+$")
+    trace_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+    current_step: int | None = Field(default=None, ge=0, le=2**62)
+    total_steps: int | None = Field(default=None, ge=1, le=2**62)
+    final_metrics: Annotated[Metrics, AfterValidator(_finite_metrics)] = Field(default_factory=dict)
+    artifact: dict[Annotated[str, Field(max_length=64)], Annotated[Text, Field(max_length=4096)] | int] | None = Field(
+        default=None, max_length=16)
+    error: str | None = Field(default=None, max_length=20_000)
+
+
+class ReportReply(BaseModel):
+    ok: bool
+    status: str | None = None
+    attempt: int | None = None
+    cancel_requested: bool = False
+    error: str | None = None
+    code: str | None = None  # finished | stale_lease | lease_held | not_found | invalid | error
+    job: dict[str, Any] | None = None  # claim: what the runner needs to run it (spec, attempt, correlation)
+
+
+# ---- telemetry ---------------------------------------------------------------------------------
+MAX_BATCH_POINTS = 50_000
+MetricName = Annotated[Text, Field(min_length=1, max_length=200)]
+Step = Annotated[int, Field(ge=0, le=2**63 - 1)]
+EpochMs = Annotated[int, Field(ge=0, le=2**53)]
+
+
+class SeriesChunk(BaseModel):
+    """Points of one metric: `steps[i]`, `values[i]` and `ts_ms[i]` (Unix epoch milliseconds, UTC) go together.
+    Non-finite values travel as the strings "NaN", "Infinity" and "-Infinity"."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+    steps: list[Step]
+    values: list[float]
+    ts_ms: list[EpochMs]
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> SeriesChunk:
+        if not len(self.steps) == len(self.values) == len(self.ts_ms):
+            raise ValueError("steps, values and ts_ms must have the same length")
+        return self
+
+
+class MetricBatch(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+    batch_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    job_id: UUID
+    attempt: int = Field(ge=1, le=2**31 - 1)
+    runner_id: Text = Field(min_length=1, max_length=200)
+    series: dict[MetricName, SeriesChunk] = Field(max_length=1000)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> MetricBatch:
+        if self.size > MAX_BATCH_POINTS:
+            raise ValueError(f"a batch holds at most {MAX_BATCH_POINTS} points, this one {self.size}")
+        return self
+
+    @property
+    def size(self) -> int:
+        return sum(len(c.steps) for c in self.series.values())

@@ -1,12 +1,14 @@
-"""Wiring: build Trainyard's parts from Settings. Tests build the same things with other settings."""
+"""Wiring: build Trainyard's command and query parts from Settings. Tests build the same things with other settings."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from psycopg_pool import ConnectionPool
 
+from commands.leases import LeaseStore
 from commands.training import TrainingApplication
 from infra.clickhouse import ClickHouse, connect as connect_clickhouse
+from infra.health import Health
 from infra.postgres import eventsourcing_env, pool as pg_pool
 from infra.settings import Settings
 from projections.job_queries import JobQueries
@@ -22,6 +24,8 @@ class Services:
     jobs: JobQueries
     clickhouse: ClickHouse
     metrics: MetricStore
+    leases: LeaseStore
+    health: Health = field(default_factory=Health)
 
     def close(self) -> None:
         self.pool.close()
@@ -33,9 +37,10 @@ def build(settings: Settings) -> Services:
     database_url, _ = settings.require_urls()
     app = TrainingApplication(env=eventsourcing_env(database_url))
     pool = pg_pool(database_url)
+    leases = LeaseStore(pool, settings.lease_ttl_s)  # before the queries: they read live progress from it
     with pool.connection() as conn:
         conn.execute(JOBS_DDL)  # queries may run before the projection's first event
     ch = connect_clickhouse(settings.clickhouse_url, settings.chdb_path)
     metrics = MetricStore(ch)
     metrics.ensure_schema()
-    return Services(settings, app, pool, JobQueries(pool), ch, metrics)
+    return Services(settings, app, pool, JobQueries(pool), ch, metrics, leases)

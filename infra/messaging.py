@@ -1,14 +1,16 @@
-"""NATS JetStream: connections, streams and consumers. The subjects are a public contract (docs/events.md).
+"""NATS JetStream: connections, streams and consumers. Subjects live in domain/contract.py (the public contract).
 
-Streams
-- TRAINYARD_EVENTS     `trainyard.v1.training_job.>`  domain events, published by the relay (dedup by event id)
-- TRAINYARD_WORK       `trainyard.work.training.<priority>`  work items (work-queue retention), one per submitted
-                       job, published by the relay beside the event; one durable pull consumer per priority,
-                       shared by all runners, which always take the highest priority first
-- TRAINYARD_TELEMETRY  `trainyard.v1.telemetry.>`     metric batches from runners (dedup by batch id)
-- TRAINYARD_DLQ        `trainyard.v1.dlq.>`           messages that could not be processed, kept for inspection
-Runner reports are NATS request/reply on `trainyard.rpc.runner.report` (not in a stream: the runner
-retries until the command handler answers, and the aggregate makes repeats harmless).
+Streams (together they capture every subject under `trainyard.v1.>` that Trainyard publishes)
+- TRAINYARD_EVENTS     `trainyard.v1.<aggregate>.>` for each registered aggregate (domain/registry.py), published by
+                       the relay, dedup by event id over `dedup_window_s`
+- TRAINYARD_TELEMETRY  `trainyard.v1.telemetry.>` metric batches from runners (dedup by batch id)
+- TRAINYARD_DLQ        `trainyard.v1.dlq.>` what a stage could not process, kept for inspection
+- TRAINYARD_WORK       `trainyard.work.<priority>.<kind>.<aggregate_id>` work items (work-queue retention); one
+                       durable pull consumer per priority (`work-<priority>`), shared by all runners, which ask the
+                       highest priority first. A runner acks its item as soon as the aggregate answered its claim, so
+                       delivery counts mean nothing: attempts and their budget belong to the aggregate's leases.
+Runner reports are NATS request/reply on `trainyard.rpc.runner.report` (no stream: the runner retries until a
+command handler answers, and the aggregate makes repeats harmless).
 """
 from __future__ import annotations
 
@@ -25,42 +27,23 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from domain.contract import DLQ_PREFIX, PRIORITIES, SUBJECT_PREFIX, TELEMETRY_METRICS, WORK_PREFIX, work_filter
+from domain.registry import event_subjects
 from infra.settings import Settings
 
 EVENTS_STREAM = "TRAINYARD_EVENTS"
 TELEMETRY_STREAM = "TRAINYARD_TELEMETRY"
 DLQ_STREAM = "TRAINYARD_DLQ"
-JOB_SUBMITTED = "trainyard.v1.training_job.submitted"
-JOB_CANCEL_REQUESTED = "trainyard.v1.training_job.cancel_requested"
-TELEMETRY_METRICS = "trainyard.v1.telemetry.metrics"
-REPORT_SUBJECT = "trainyard.rpc.runner.report"
-REPORT_QUEUE = "command-handlers"
 WORK_STREAM = "TRAINYARD_WORK"
-PRIORITIES = ("critical", "high", "medium", "low")  # the order runners take work in
+STREAMS = (EVENTS_STREAM, TELEMETRY_STREAM, DLQ_STREAM, WORK_STREAM)
 METRICS_CONSUMER = "clickhouse-metrics"
-MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{WORK_STREAM}.*"
-
-
-def work_subject(priority: str) -> str:
-    return f"trainyard.work.training.{priority}"
-
-
-def work_consumer(priority: str) -> str:
-    return f"runners-{priority}"
-
-
-def work_item(subject: str, envelope: dict) -> tuple[str, str] | None:
-    """(subject, Nats-Msg-Id) of the work item an event asks for: a submitted job is work at its priority."""
-    if subject != JOB_SUBMITTED:
-        return None
-    return work_subject(envelope["payload"]["priority"]), f"work:{envelope['event_id']}"
-
+WORK_ACK_WAIT_S = 30.0  # a runner holds an item only from fetch to the claim's answer
 
 log = logging.getLogger("trainyard.messaging")
 
 
-def dlq_subject(original: str) -> str:
-    return "trainyard.v1.dlq." + original.removeprefix("trainyard.v1.").removeprefix("trainyard.")
+def work_consumer(priority: str) -> str:
+    return f"work-{priority}"
 
 
 async def connect(url: str, name: str) -> tuple[Client, JetStreamContext]:
@@ -84,20 +67,20 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     """Create or update every stream and durable consumer. Idempotent; every process may call it."""
     window = settings.dedup_window_s
-    await _ensure_stream(js, StreamConfig(name=EVENTS_STREAM, subjects=["trainyard.v1.training_job.>"],
+    await _ensure_stream(js, StreamConfig(name=EVENTS_STREAM, subjects=event_subjects(),
                                           storage=StorageType.FILE, duplicate_window=window))
-    await _ensure_stream(js, StreamConfig(name=TELEMETRY_STREAM, subjects=["trainyard.v1.telemetry.>"],
+    await _ensure_stream(js, StreamConfig(name=TELEMETRY_STREAM, subjects=[f"{SUBJECT_PREFIX}.telemetry.>"],
                                           storage=StorageType.FILE, duplicate_window=window, max_age=7 * 86400))
-    await _ensure_stream(js, StreamConfig(name=DLQ_STREAM, subjects=["trainyard.v1.dlq.>"],
-                                          storage=StorageType.FILE))
-    await _ensure_stream(js, StreamConfig(name=WORK_STREAM, subjects=["trainyard.work.training.*"],
+    await _ensure_stream(js, StreamConfig(name=DLQ_STREAM, subjects=[f"{DLQ_PREFIX}.>"], storage=StorageType.FILE,
+                                          max_age=30 * 86400))
+    await _ensure_stream(js, StreamConfig(name=WORK_STREAM, subjects=[f"{WORK_PREFIX}.>"],
                                           retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                                           duplicate_window=window))
     for priority in PRIORITIES:
         await js.add_consumer(WORK_STREAM, ConsumerConfig(
-            durable_name=work_consumer(priority), filter_subject=work_subject(priority),
-            ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=settings.runner_ack_wait_s,
-            max_deliver=settings.runner_max_deliver, max_ack_pending=1000))
+            durable_name=work_consumer(priority), filter_subject=work_filter(priority),
+            ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=WORK_ACK_WAIT_S,
+            max_deliver=-1, max_ack_pending=10_000))
     await js.add_consumer(TELEMETRY_STREAM, ConsumerConfig(
         durable_name=METRICS_CONSUMER, filter_subject=TELEMETRY_METRICS, ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))

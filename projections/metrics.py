@@ -1,8 +1,12 @@
 """The ClickHouse metrics projector: telemetry batches from JetStream into `metric_points`.
 
-Fetches many batches at once, inserts them in one ClickHouse insert, then acks. A crash between
-insert and ack redelivers the batches; the table's ReplacingMergeTree key makes the repeat
-invisible to queries (projections/metric_store.py). A malformed batch goes to the dead-letter subject.
+Fetches many batches at once, inserts them in one ClickHouse insert, then acks. A crash between insert and ack
+redelivers the batches; the table's ReplacingMergeTree key makes the repeat invisible (projections/metric_store.py).
+
+Poison policy: a batch that does not validate (out-of-range numbers, wrong shapes) is dead-lettered at once. When an
+insert fails, ClickHouse is probed: if it is away, every batch is nak'd and retried for as long as it takes (nothing
+accepted is dropped); if it answers, the batches are inserted one by one and a batch that fails on its own
+`max_tries` deliveries is dead-lettered, so one bad batch never holds up the others.
 """
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ import logging
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from domain.telemetry import MetricBatch
-from infra.messaging import METRICS_CONSUMER, TELEMETRY_METRICS, TELEMETRY_STREAM, dlq_subject, pulled
+from domain.contract import TELEMETRY_METRICS, MetricBatch, dlq_subject, printable
+from infra.health import Stage
+from infra.messaging import METRICS_CONSUMER, TELEMETRY_STREAM, pulled
 from projections.metric_store import MetricColumns, MetricStore
 
 log = logging.getLogger("trainyard.metrics")
@@ -33,36 +38,84 @@ def add_batch(cols: MetricColumns, batch: MetricBatch) -> None:
 
 
 class MetricsProjector:
-    def __init__(self, js: JetStreamContext, store: MetricStore, fetch_size: int = 512) -> None:
-        self.js, self.store, self.fetch_size = js, store, fetch_size
+    def __init__(self, js: JetStreamContext, store: MetricStore, stage: Stage | None = None, fetch_size: int = 512,
+                 max_tries: int = 3) -> None:
+        self.js, self.store, self.fetch_size, self.max_tries = js, store, fetch_size, max_tries
+        self.stage = stage or Stage("metrics-projector", loops=True)
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.js.pull_subscribe_bind(METRICS_CONSUMER, stream=TELEMETRY_STREAM)
         log.info("metrics projector started")
-        async for msgs in pulled([sub], stop, self.fetch_size, timeout=0.5):
-            try:
+        watcher = asyncio.create_task(self._watch(stop))
+        try:
+            async for msgs in pulled([sub], stop, self.fetch_size, timeout=0.5):
                 await self.project(msgs)
-            except Exception:  # ClickHouse away: unacked batches are redelivered after the ack wait (10 s)
-                log.exception("metric insert failed; batches will be redelivered")
-                for msg in msgs:
-                    with contextlib.suppress(Exception):  # the malformed ones were acked already
-                        await msg.nak(delay=1.0)
+        finally:
+            watcher.cancel()
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        """Position and lag of the consumer, once a second, for /readyz."""
+        while not stop.is_set():
+            try:
+                info = await self.js.consumer_info(TELEMETRY_STREAM, METRICS_CONSUMER)
+                position = info.ack_floor.stream_seq if info.ack_floor else 0
+                self.stage.observe(position, position + (info.num_pending or 0) + (info.num_ack_pending or 0))
+            except Exception as e:
+                self.stage.failed(e)
+            await asyncio.sleep(1.0)
 
     async def project(self, msgs: list) -> None:
-        good, cols = [], MetricColumns()
+        good = []
         for msg in msgs:
             try:
-                batch = MetricBatch.model_validate_json(msg.data)
+                good.append((msg, MetricBatch.model_validate_json(msg.data)))
             except ValidationError as e:
-                log.warning("malformed metric batch dead-lettered: %s", e.error_count())
-                await self.js.publish(dlq_subject(TELEMETRY_METRICS), msg.data)
-                await msg.ack()
-                continue
-            good.append((msg, batch))
-            add_batch(cols, batch)
+                await self._dead_letter(msg, f"invalid metric batch: {printable(e, 300)}")
         if not good:
             return
-        token = ",".join(b.batch_id for _, b in good)
+        try:
+            await self._insert(good)
+        except Exception as e:
+            log.warning("metric insert of %d batches failed: %s", len(good), printable(e, 300))
+            self.stage.failed(e)
+            if not await self._store_answers():
+                await self._nak_all(good)
+                return
+            for one in good:
+                try:
+                    await self._insert([one])
+                except Exception as e1:
+                    msg = one[0]
+                    if msg.metadata.num_delivered >= self.max_tries:
+                        await self._dead_letter(msg, f"insert failed {self.max_tries} times: {printable(e1, 300)}")
+                    else:
+                        with contextlib.suppress(Exception):
+                            await msg.nak(delay=1.0)
+
+    async def _insert(self, batches: list) -> None:
+        cols = MetricColumns()
+        for _, batch in batches:
+            add_batch(cols, batch)
+        token = ",".join(b.batch_id for _, b in batches)
         await asyncio.to_thread(self.store.insert_columns, cols, token)
-        for msg, _ in good:
+        for msg, _ in batches:
             await msg.ack()
+        self.stage.progressed()
+
+    async def _store_answers(self) -> bool:
+        try:
+            await asyncio.to_thread(self.store.ch.query, "SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    async def _nak_all(self, batches: list) -> None:
+        for msg, _ in batches:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+
+    async def _dead_letter(self, msg, reason: str) -> None:  # noqa: ANN001
+        log.warning("metric batch dead-lettered: %s", reason)
+        await self.js.publish(dlq_subject(TELEMETRY_METRICS), msg.data, headers={"Trainyard-Error": reason[:500]})
+        await msg.ack()
+        self.stage.poisoned_one(reason)

@@ -1,34 +1,74 @@
 """The relay: follows the event store's notification log and publishes every event to JetStream.
 
-A submitted job's event is also published as a work item for the runners (infra/messaging.py).
-At least once, in log order: each event is published with `Nats-Msg-Id` = its event id and the
-relay's position is saved only after the PubAcks of a batch. A crash between the two re-publishes
-that batch, and JetStream's duplicate window (hours, see infra/messaging.py) absorbs the repeats.
-Consumers still dedupe by (aggregate_id, aggregate_version): the window is not forever.
+Routing is by the aggregate registry (domain/registry.py): each event goes to `trainyard.v1.<aggregate>.<event>`,
+and an event that puts its aggregate in the queue also goes out as a `WorkItem` on
+`trainyard.work.<priority>.<kind>.<id>` under the same log position. At least once, in log order: `Nats-Msg-Id` =
+event id, and the position is saved after the PubAcks. A crash re-publishes from the saved position and JetStream's
+duplicate window (hours) absorbs the repeats; consumers still dedupe by (aggregate_id, aggregate_version).
+
+Poison policy: an event that cannot be published (too big for NATS, not encodable, refused by the server) is tried
+`max_tries` times, then set aside: a small tombstone goes to `trainyard.v1.dlq.<aggregate>.<event>`, a row to
+`relay_poisoned`, and the relay moves on. Transient trouble (NATS or PostgreSQL away) is retried forever from the
+saved position, and the stage's health shows the lag growing.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from typing import Any
 
-from eventsourcing.application import Application
+from nats.errors import BadSubjectError, MaxPayloadError
 from nats.js import JetStreamContext
+from nats.js.errors import APIError, ServiceUnavailableError
 from psycopg_pool import ConnectionPool
 
-from domain.contract import envelope
-from infra.messaging import work_item
+from domain.contract import WorkItem, dlq_subject, envelope, printable, work_subject
+from domain.registry import aggregate_of, queues_work
+from infra.health import Stage
 
 log = logging.getLogger("trainyard.relay")
 
-POSITIONS_DDL = "CREATE TABLE IF NOT EXISTS relay_positions (name text PRIMARY KEY, position bigint NOT NULL)"
+POSITIONS_DDL = """
+CREATE TABLE IF NOT EXISTS relay_positions (name text PRIMARY KEY, position bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS relay_poisoned (
+    name text NOT NULL, position bigint NOT NULL, event_id text, error text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (name, position));
+"""
+
+
+class PoisonEvent(Exception):
+    """This event can never be published as it is."""
+
+
+def _is_poison(exc: BaseException) -> bool:
+    if isinstance(exc, (MaxPayloadError, BadSubjectError, PoisonEvent)):
+        return True
+    return isinstance(exc, APIError) and not isinstance(exc, ServiceUnavailableError) and (exc.code or 0) < 500
+
+
+def encode(event: Any) -> list[tuple[str, bytes, str]]:
+    """The messages (subject, data, Nats-Msg-Id) one domain event becomes; PoisonEvent if it cannot be encoded."""
+    try:
+        subject, body = envelope(event, aggregate_of(event).name)
+        out = [(subject, json.dumps(body, allow_nan=False).encode(), body["event_id"])]
+        if work := queues_work(event):
+            kind, priority = work
+            item = WorkItem(kind=kind, aggregate_id=event.originator_id, priority=priority, work_id=body["event_id"])
+            out.append((work_subject(priority, kind, event.originator_id), item.model_dump_json().encode(),
+                        f"work:{body['event_id']}"))
+        return out
+    except Exception as e:
+        raise PoisonEvent(f"cannot encode {type(event).__qualname__}: {type(e).__name__}: {e}") from e
 
 
 class Relay:
-    def __init__(self, app: Application, js: JetStreamContext, pool: ConnectionPool,
-                 name: str = "events", batch_size: int = 500, idle_sleep_s: float = 0.05) -> None:
+    def __init__(self, app: Any, js: JetStreamContext, pool: ConnectionPool, stage: Stage | None = None,
+                 name: str = "events", batch_size: int = 500, idle_sleep_s: float = 0.02, max_tries: int = 3) -> None:
         self.app, self.js, self.pool, self.name = app, js, pool, name
-        self.batch_size, self.idle_sleep_s = batch_size, idle_sleep_s
+        self.stage = stage or Stage(f"relay:{name}", loops=True)
+        self.batch_size, self.idle_sleep_s, self.max_tries = batch_size, idle_sleep_s, max_tries
         self._position: int | None = None
         with pool.connection() as conn:
             conn.execute(POSITIONS_DDL)
@@ -40,11 +80,40 @@ class Relay:
 
     def _save_position(self, position: int) -> None:
         with self.pool.connection() as conn:
-            conn.execute(
-                "INSERT INTO relay_positions (name, position) VALUES (%s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (self.name, position),
-            )
+            conn.execute("INSERT INTO relay_positions (name, position) VALUES (%s, %s) "
+                         "ON CONFLICT (name) DO UPDATE SET position = excluded.position", (self.name, position))
+
+    def _set_aside(self, position: int, event_id: str | None, error: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("INSERT INTO relay_poisoned (name, position, event_id, error) VALUES (%s, %s, %s, %s) "
+                         "ON CONFLICT DO NOTHING", (self.name, position, event_id, error))
+
+    async def _publish(self, n: Any) -> None:
+        """Publish one notification (with its work item), retrying a poison `max_tries` times, then setting it aside."""
+        event, error = None, ""
+        for attempt in range(self.max_tries):
+            try:
+                event = self.app.mapper.to_domain_event(n)
+                for subject, data, msg_id in encode(event):
+                    await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+                return
+            except Exception as e:
+                if not _is_poison(e):
+                    raise
+                error = printable(f"{type(e).__name__}: {e}", 500)
+                await asyncio.sleep(0.1 * (attempt + 1))
+        subject, eid = "trainyard.v1.undecodable", None  # the stored event could not even be read back
+        if event is not None:
+            with contextlib.suppress(Exception):
+                subject, body = envelope(event, aggregate_of(event).name)
+                eid = body["event_id"]
+        log.error("relay %s: event at position %d set aside after %d tries: %s", self.name, n.id, self.max_tries, error)
+        tombstone = {"position": n.id, "event_id": eid, "aggregate_id": str(n.originator_id),
+                     "aggregate_version": n.originator_version, "topic": n.topic, "error": error}
+        await self.js.publish(dlq_subject(subject), json.dumps(tombstone).encode(),
+                              headers={"Nats-Msg-Id": f"poison:{self.name}:{n.id}", "Trainyard-Error": error[:200]})
+        await asyncio.to_thread(self._set_aside, n.id, eid, error)
+        self.stage.poisoned_one(error)
 
     async def publish_batch(self) -> int:
         """Publish the next batch after the saved position; returns how many events went out."""
@@ -53,15 +122,17 @@ class Relay:
         notifications = await asyncio.to_thread(
             self.app.recorder.select_notifications, start=self._position, limit=self.batch_size,
             inclusive_of_start=False)
-        for n in notifications:
-            subject, body = envelope(self.app.mapper.to_domain_event(n))
-            data = json.dumps(body).encode()
-            await self.js.publish(subject, data, headers={"Nats-Msg-Id": body["event_id"]})
-            if work := work_item(subject, body):  # the event's work item goes out under the same position
-                await self.js.publish(work[0], data, headers={"Nats-Msg-Id": work[1]})
-        if notifications:
-            await asyncio.to_thread(self._save_position, notifications[-1].id)
-            self._position = notifications[-1].id
+        done = None
+        try:
+            for n in notifications:
+                await self._publish(n)
+                done = n.id
+        finally:
+            if done is not None:
+                await asyncio.to_thread(self._save_position, done)
+                self._position = done
+        head = self._position if len(notifications) < self.batch_size else await asyncio.to_thread(self.app.head)
+        self.stage.observe(self._position, head)
         return len(notifications)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -69,10 +140,15 @@ class Relay:
         while not stop.is_set():
             try:
                 sent = await self.publish_batch()
-            except Exception:  # NATS or PostgreSQL away: re-read the saved position, try again
-                log.exception("relay batch failed; retrying")
+            except Exception as e:  # NATS or PostgreSQL away: re-read the saved position, try again
+                log.warning("relay batch failed (%s); retrying", printable(e, 200))
+                self.stage.failed(e)
                 self._position = None
                 sent = 0
+                try:
+                    self.stage.observe(await asyncio.to_thread(self.position), await asyncio.to_thread(self.app.head))
+                except Exception:
+                    self.stage.tick()
                 await asyncio.sleep(1.0)
             if not sent:
                 try:

@@ -1,12 +1,16 @@
-"""A runner process: pulls training work from JetStream and runs it, one job at a time.
+"""A runner: pulls work items from JetStream, claims each from its aggregate, runs it, one at a time.
 
-Work items are the `submitted` events the relay also puts on `trainyard.work.training.<priority>`, taken
-highest priority first through the shared durable pull consumers `runners-<priority>` (explicit ack, ack wait
-+ in-progress heartbeats). The delivery count is the
-attempt number: a runner that dies mid-job stops heartbeating, JetStream redelivers after the ack
-wait, and the next runner starts attempt N+1. Lifecycle reports go to the command handlers
-(commands/runner_reports.py) and are retried until answered; metric points go out in batches on
-the telemetry stream. Training runs in a worker thread; cancel reaches it through `should_stop`.
+Work items (`trainyard.work.<priority>.<kind>.<id>`) are taken highest priority first through the shared durable
+pull consumers `work-<priority>`. For each item the runner makes a fresh lease token and sends a `claim`; the
+aggregate answers with the attempt and what to run, or refuses (finished, or another live lease holds it), and the
+item is acked either way: from then on the lease, not JetStream, owns the work. While training:
+- a heartbeat task renews the lease every `lease_ttl_s / 5` whatever the trainer is doing; its reply is the only
+  thing that can stop the job (cancel requested, or the lease is no longer ours). A `cancel_requested` event seen on
+  the bus only makes the next heartbeat come at once: a forged message cancels nothing;
+- metric points go out in bounded batches on the telemetry stream (`runners/reporting.py`);
+- a watchdog fails the job once it has run past its `timeout_s`.
+A stop (SIGTERM) hands the job back (`release`): no attempt is spent. A runner that dies simply stops renewing; the
+reconciler requeues the job, spending one attempt of its budget.
 """
 from __future__ import annotations
 
@@ -15,218 +19,206 @@ import contextlib
 import json
 import logging
 import os
-import signal
+import secrets
 import socket
 import threading
 import time
-import uuid
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from pydantic import ValidationError
 
-from commands.runner_reports import ReportReply, RunnerReport, decode_reply, encode
-from domain.telemetry import MetricBatch, SeriesChunk
-from infra.messaging import (JOB_CANCEL_REQUESTED, PRIORITIES, REPORT_SUBJECT, TELEMETRY_METRICS, WORK_STREAM,
-                             connect, dlq_subject, ensure_streams, pulled, work_consumer)
-from infra.settings import Settings
-from runners.artifacts import ArtifactStore, LocalArtifactStore
+from domain.contract import (PRIORITIES, REPORT_SUBJECT, ReportReply, RunnerReport, WorkItem, dlq_subject,
+                             event_subject, printable)
+from infra.messaging import WORK_STREAM, pulled, work_consumer
+from runners.artifacts import ArtifactStore
+from runners.reporting import JobReporter, MetricShipper
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
 
 log = logging.getLogger("trainyard.runner")
+CANCEL_EVENTS = event_subject("training_job", "cancel_requested")
+CANCEL_GRACE_S = 3.0  # a trainer deaf to the stop flag this long (a long dataset load): report the cancel anyway
 
 
-class JobReporter:
-    """The trainer's `Reporter`: buffers points from the training thread for the async side to ship."""
+class Lease:
+    """One claimed job: its token, the flags the heartbeat sets, and what reports carry."""
 
-    def __init__(self, stop_flag: threading.Event) -> None:
-        self.stop_flag = stop_flag
-        self._lock = threading.Lock()
-        self._series: dict[str, SeriesChunk] = {}
-        self.step_seen = 0
-        self.total_steps = 0
-
-    def step(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
-        ts_ms = time.time_ns() // 1_000_000
-        with self._lock:
-            for name, value in metrics.items():
-                chunk = self._series.setdefault(name, SeriesChunk(steps=[], values=[], ts_ms=[]))
-                chunk.steps.append(step)
-                chunk.values.append(float(value))
-                chunk.ts_ms.append(ts_ms)
-            self.step_seen, self.total_steps = step, total_steps
-
-    def should_stop(self) -> bool:
-        return self.stop_flag.is_set()
-
-    def drain(self) -> dict[str, SeriesChunk]:
-        with self._lock:
-            series, self._series = self._series, {}
-        return series
+    def __init__(self, job_id: str, token: str, correlation_id: str | None, trace_id: str | None) -> None:
+        self.job_id, self.token = job_id, token
+        self.correlation_id, self.trace_id = correlation_id, trace_id
+        self.stop = threading.Event()  # the trainer polls this
+        self.cancelled = False  # the aggregate asked to cancel
+        self.lost = False  # the lease is no longer ours: stop, report nothing
+        self.beat_now = asyncio.Event()
 
 
 class Runner:
-    def __init__(self, nc: Client, js: JetStreamContext, artifacts: ArtifactStore, ack_wait_s: float,
-                 runner_id: str | None = None, flush_interval_s: float = 0.25, progress_interval_s: float = 1.0) -> None:
-        self.nc, self.js, self.artifacts = nc, js, artifacts
-        self.ack_wait_s = ack_wait_s
+    def __init__(self, nc: Client, js: JetStreamContext, artifacts: ArtifactStore, lease_ttl_s: float,
+                 runner_id: str | None = None, dataset_roots: tuple = (), flush_interval_s: float = 0.25) -> None:
+        self.nc, self.js, self.artifacts, self.lease_ttl_s = nc, js, artifacts, lease_ttl_s
         self.runner_id = runner_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.flush_interval_s, self.progress_interval_s = flush_interval_s, progress_interval_s
-        self._current: tuple[str, threading.Event] | None = None
+        self.dataset_roots, self.flush_interval_s = tuple(dataset_roots), flush_interval_s
+        self.current: Lease | None = None
 
     # ---- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         subs = [await self.js.pull_subscribe_bind(work_consumer(p), stream=WORK_STREAM) for p in PRIORITIES]
-        cancel_sub = await self.nc.subscribe(JOB_CANCEL_REQUESTED, cb=self._on_cancel_requested)
+        hints = await self.nc.subscribe(CANCEL_EVENTS, cb=self._cancel_hint)
         log.info("runner %s waiting for work", self.runner_id)
         try:
             async for msgs in pulled(subs, stop, 1, timeout=0.05):
                 for msg in msgs:
-                    await self.work(msg)
+                    await self.take(msg)
         finally:
-            await cancel_sub.unsubscribe()
-
-    async def _on_cancel_requested(self, msg: Msg) -> None:
-        with contextlib.suppress(Exception):
-            job_id = json.loads(msg.data)["aggregate_id"]
-            if self._current and self._current[0] == job_id:
-                log.info("cancel requested for %s", job_id)
-                self._current[1].set()
-
-    # ---- one job ---------------------------------------------------------------------------------
-    async def work(self, msg: Msg) -> None:
-        try:
-            event = json.loads(msg.data)
-            job_id, job = event["aggregate_id"], event["payload"]
-        except (ValueError, KeyError, TypeError):
-            log.error("malformed work item dead-lettered")
             with contextlib.suppress(Exception):
-                await self.js.publish(dlq_subject(msg.subject), msg.data)
+                await hints.unsubscribe()
+
+    async def _cancel_hint(self, msg: Msg) -> None:
+        """Only a hint: the next heartbeat comes now, and its reply (the aggregate) decides."""
+        with contextlib.suppress(Exception):
+            if self.current and json.loads(msg.data[:4096] if len(msg.data) > 4096 else msg.data).get(
+                    "aggregate_id") == self.current.job_id:
+                self.current.beat_now.set()
+
+    async def take(self, msg: Msg) -> None:
+        try:
+            item = WorkItem.model_validate_json(msg.data)
+        except ValidationError as e:
+            log.error("malformed work item dead-lettered: %s", printable(e, 200))
+            with contextlib.suppress(Exception):
+                await self.js.publish(dlq_subject(msg.subject), msg.data,
+                                      headers={"Trainyard-Error": printable(e, 300)})
             await msg.term()
             return
-        attempt = msg.metadata.num_delivered
-        reply = await self.report(type="started", job_id=job_id, attempt=attempt)
-        if not reply.ok:  # finished, unknown or superseded: nothing to do
-            log.info("skipping %s attempt %d: %s", job_id, attempt, reply.error)
-            await self._settle(msg, reply)
+        token = secrets.token_urlsafe(24)
+        reply = await self.report(type="claim", job_id=str(item.aggregate_id), lease=token, deadline_s=20)
+        if reply is None or reply.code in ("error", "invalid"):
+            with contextlib.suppress(Exception):  # nobody decided: let it come back
+                await msg.nak(delay=1.0)
             return
-        stop_flag = threading.Event()
-        if reply.cancel_requested:
-            stop_flag.set()
-        self._current = (job_id, stop_flag)
-        reporter = JobReporter(stop_flag)
-        heartbeat = asyncio.create_task(self._heartbeat(msg))  # until the work item is settled
+        await msg.ack()  # decided: the lease (or the refusal) owns it now
+        if not reply.ok or not reply.job:
+            log.info("not running %s: %s", item.aggregate_id, reply.error)
+            return
+        job = reply.job
+        lease = Lease(str(item.aggregate_id), token, job.get("correlation_id"), job.get("trace_id"))
+        await self.run_training(lease, job["attempt"], job["spec"])
+
+    # ---- one job ---------------------------------------------------------------------------------
+    async def run_training(self, lease: Lease, attempt: int, spec: dict[str, Any]) -> None:
+        self.current = lease
+        reporter = JobReporter(lease.stop)
+        shipper = MetricShipper(self.js, lease.job_id, attempt, self.runner_id)
+        heartbeat = asyncio.create_task(self._heartbeats(lease, reporter))  # until the last report is answered
+        shipping = asyncio.create_task(shipper.run(reporter, self.flush_interval_s))
         try:
-            side = asyncio.create_task(self._alongside(job_id, attempt, reporter))
             try:
-                outcome = await self._train(job_id, attempt, job, reporter)
-            except asyncio.CancelledError:  # this runner is shutting down: hand the job to another runner
-                stop_flag.set()
+                train = asyncio.create_task(self._train(lease, attempt, spec, reporter))
+                outcome = await self._until_done(train, lease, spec)
+            except asyncio.CancelledError:  # this runner is stopping: hand the job back unharmed
+                lease.stop.set()
                 with contextlib.suppress(Exception):
-                    # after a second: when the whole fleet stops, no stopping runner's last pull catches it
-                    await msg.nak(delay=1.0)
+                    await asyncio.shield(self.report(type="release", job_id=lease.job_id, lease=lease.token,
+                                                     lease_obj=lease, deadline_s=5))
                 raise
             finally:
-                side.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await side
-                self._current = None
-            await self._flush(job_id, attempt, reporter)
-            if reporter.step_seen:  # the last progress, which throttling may have held back
-                await self.report(type="progress", job_id=job_id, attempt=attempt,
-                                  current_step=reporter.step_seen, total_steps=reporter.total_steps)
-            await self._settle(msg, await self.report(job_id=job_id, attempt=attempt, **outcome))
+                shipping.cancel()
+                await asyncio.gather(shipping, return_exceptions=True)
+            if lease.lost:
+                log.info("job %s: lease lost; reporting nothing", lease.job_id)
+                return
+            await shipper.flush_all(reporter)
+            if reporter.step_seen:
+                await self.report(type="heartbeat", job_id=lease.job_id, lease=lease.token, lease_obj=lease,
+                                  current_step=reporter.step_seen, total_steps=reporter.total_steps, deadline_s=30)
+            if lease.cancelled:
+                outcome = {"type": "cancelled"}
+            await self.report(job_id=lease.job_id, lease=lease.token, lease_obj=lease, deadline_s=600, **outcome)
         finally:
             heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            self.current = None
 
-    @staticmethod
-    async def _settle(msg: Msg, reply: ReportReply) -> None:
-        """Ack the work item, unless a newer attempt holds it: acks go by stream sequence, so ours would ack
-        the other runner's delivery and a later loss of that runner would never be redelivered."""
-        if reply.ok or reply.code in ("finished", "not_found"):
-            await msg.ack()
-        else:
-            log.info("leaving the work item to the job's current attempt %s (%s)", reply.attempt, reply.code)
+    async def _until_done(self, train: asyncio.Task, lease: Lease, spec: dict[str, Any]) -> dict[str, Any]:
+        """The trainer's outcome; or a cancel/timeout outcome when the trainer does not stop in time."""
+        timeout_s = float(spec.get("timeout_s") or 3600)
+        deadline = time.monotonic() + timeout_s
+        stopped_at: float | None = None
+        while True:
+            done, _ = await asyncio.wait({train}, timeout=0.2)
+            if done:
+                outcome = train.result()
+                if time.monotonic() > deadline and outcome["type"] != "completed":
+                    return _timed_out(timeout_s)
+                return outcome
+            if lease.lost:
+                return {"type": "cancelled"}
+            if time.monotonic() > deadline and not lease.stop.is_set():
+                log.warning("job %s ran past its timeout_s of %d s", lease.job_id, timeout_s)
+                lease.stop.set()
+            if lease.stop.is_set():
+                stopped_at = stopped_at or time.monotonic()
+                if time.monotonic() - stopped_at > CANCEL_GRACE_S:  # deaf trainer: answer now, let it finish alone
+                    return _timed_out(timeout_s) if time.monotonic() > deadline else {"type": "cancelled"}
 
-    async def _train(self, job_id: str, attempt: int, job: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
-        spec = TrainSpec(framework=job["framework"], task=job["task"], dataset_uri=job["dataset"]["uri"],
-                         target=job["dataset"].get("target"), params=job.get("params") or {})
+    async def _train(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
+        train_spec = TrainSpec(framework=spec["framework"], task=spec["task"], dataset_uri=spec["dataset"]["uri"],
+                               target=spec["dataset"].get("target"), params=spec.get("params") or {},
+                               dataset_roots=self.dataset_roots)
         try:
-            result = await asyncio.to_thread(trainer_for(spec.framework).fit, spec, reporter)
+            result = await asyncio.to_thread(trainer_for(train_spec.framework).fit, train_spec, reporter)
         except TrainingCancelled:
             return {"type": "cancelled"}
         except Exception as e:  # the user's data or params broke training: the job fails, the runner lives
-            log.exception("job %s attempt %d failed", job_id, attempt)
-            return {"type": "failed", "error": f"{type(e).__name__}: {e}"[:2000]}
-        art = await asyncio.to_thread(self.artifacts.put, job_id, attempt, result.model_bytes,
+            log.warning("job %s attempt %d failed: %s", lease.job_id, attempt, printable(e, 300))
+            return {"type": "failed", "error": printable(f"{type(e).__name__}: {e}")}
+        art = await asyncio.to_thread(self.artifacts.put, lease.job_id, attempt, result.model_bytes,
                                       MODEL_SUFFIX[result.model_format])
         artifact = {"uri": art.uri, "sha256": art.sha256, "size_bytes": art.size_bytes, "format": result.model_format}
         return {"type": "completed", "final_metrics": result.final_metrics, "artifact": artifact}
 
-    async def _heartbeat(self, msg: Msg) -> None:
-        """Tell JetStream the work item is in progress, on its own clock: slow reports must not delay it."""
-        while True:
-            await asyncio.sleep(self.ack_wait_s / 4)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+    async def _heartbeats(self, lease: Lease, reporter: JobReporter) -> None:
+        """Renew the lease on its own clock; the reply says whether to go on."""
+        interval = self.lease_ttl_s / 5
+        while not lease.lost:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lease.beat_now.wait(), interval)
+            lease.beat_now.clear()
+            reply = await self.report(type="heartbeat", job_id=lease.job_id, lease=lease.token, lease_obj=lease,
+                                      current_step=reporter.step_seen or None,
+                                      total_steps=reporter.total_steps or None, deadline_s=interval)
+            if reply is None:
+                continue  # unanswered: try again next beat; the lease stays ours until its ttl runs out
+            if reply.ok and reply.cancel_requested:
+                lease.cancelled = True
+                lease.stop.set()
+            elif not reply.ok and reply.code in ("stale_lease", "finished", "not_found"):
+                lease.lost = True
+                lease.stop.set()
 
-    async def _alongside(self, job_id: str, attempt: int, reporter: JobReporter) -> None:
-        """While training: ship metric batches, report progress (and learn of cancels and newer attempts)."""
-        last_progress = time.monotonic()
-        reported_step = 0
+    async def report(self, deadline_s: float, lease_obj: Lease | None = None, **fields: Any) -> ReportReply | None:
+        """Send a report; retry until answered (an `error` answer is retried too) or `deadline_s` passes (None)."""
+        meta = {"correlation_id": lease_obj.correlation_id, "trace_id": lease_obj.trace_id} if lease_obj else {}
+        data = RunnerReport(runner_id=self.runner_id, report_id=secrets.token_hex(8), **meta,
+                            **fields).model_dump_json().encode()
+        deadline, delay = time.monotonic() + deadline_s, 0.1
+        reply = None
         while True:
-            await asyncio.sleep(self.flush_interval_s)
-            now = time.monotonic()
-            await self._flush(job_id, attempt, reporter)
-            if reporter.step_seen > reported_step and now - last_progress >= self.progress_interval_s:
-                reported_step, last_progress = reporter.step_seen, now
-                reply = await self.report(type="progress", job_id=job_id, attempt=attempt,
-                                          current_step=reporter.step_seen, total_steps=reporter.total_steps)
-                if reply.cancel_requested or reply.code in ("finished", "stale_attempt"):
-                    reporter.stop_flag.set()
-
-    async def _flush(self, job_id: str, attempt: int, reporter: JobReporter) -> None:
-        series = reporter.drain()
-        if not series:
-            return
-        batch = MetricBatch(batch_id=str(uuid.uuid4()), job_id=job_id, attempt=attempt,
-                            runner_id=self.runner_id, series=series)
-        data = batch.model_dump_json().encode()
-        while True:  # the same batch id on every try: JetStream dedupes a retry that did land
+            remaining = deadline - time.monotonic()
             try:
-                await self.js.publish(TELEMETRY_METRICS, data, headers={"Nats-Msg-Id": batch.batch_id})
-                return
-            except Exception:
-                log.warning("metric batch publish failed; retrying", exc_info=True)
-                await asyncio.sleep(0.5)
-
-    async def report(self, **fields: Any) -> ReportReply:
-        """Send a lifecycle report; retry until a command handler answers."""
-        data = encode(RunnerReport(runner_id=self.runner_id, **fields))
-        delay = 0.2
-        while True:
-            try:
-                return decode_reply((await self.nc.request(REPORT_SUBJECT, data, timeout=10)).data)
+                msg = await self.nc.request(REPORT_SUBJECT, data, timeout=max(0.2, min(10.0, remaining)))
+                reply = ReportReply.model_validate_json(msg.data)
+                if reply.code != "error":
+                    return reply
             except Exception as e:
-                log.warning("report %s not answered (%s); retrying", fields.get("type"), type(e).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.debug("report %s not answered (%s)", fields.get("type"), type(e).__name__)
+            if time.monotonic() + delay > deadline:
+                return reply
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
-async def run_runner(settings: Settings) -> None:
-    """The `trainyard runner` process: until SIGINT/SIGTERM, then hands its job back."""
-    _, nats_url = settings.require_urls()
-    nc, js = await connect(nats_url, f"trainyard-runner-{os.getpid()}")
-    await ensure_streams(js, settings)
-    runner = Runner(nc, js, LocalArtifactStore(settings.artifacts), settings.runner_ack_wait_s)
-    stop = asyncio.Event()
-    main = asyncio.create_task(runner.run(stop))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: (stop.set(), main.cancel()))
-    with contextlib.suppress(asyncio.CancelledError):
-        await main
-    with contextlib.suppress(Exception):
-        await nc.close()
-    log.info("runner %s stopped", runner.runner_id)
+def _timed_out(timeout_s: float) -> dict[str, Any]:
+    return {"type": "failed", "error": f"ran past its timeout_s of {timeout_s:g} s and was stopped"}

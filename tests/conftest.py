@@ -1,6 +1,6 @@
 """Real engines for the tests: PostgreSQL and NATS (the ones on 127.0.0.1 when present, else embedded), chDB.
 
-Each test session gets its own PostgreSQL database and a clean set of Trainyard streams.
+Each test gets its own PostgreSQL database; the session has its own nats-server (never the one on 4222).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infra.messaging import DLQ_STREAM, EVENTS_STREAM, TELEMETRY_STREAM, WORK_STREAM
+from infra.messaging import STREAMS
 
 
 def _listening(port: int) -> bool:
@@ -72,18 +72,18 @@ def database_url(postgres_server: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def nats_url(engines_dir: Path) -> Iterator[str]:
-    """A NATS server with JetStream, Trainyard's streams deleted so the session starts clean."""
+    """The test session's own nats-server with JetStream, on a free port: tests never touch a running service's
+    NATS (a `./dev up` on 4222 keeps its queue and events). TRAINYARD_TEST_NATS_URL names another server to use
+    (its Trainyard streams are deleted first)."""
     if url := os.environ.get("TRAINYARD_TEST_NATS_URL"):
-        pass
-    elif _listening(4222):
-        url = "nats://127.0.0.1:4222"
-    else:
-        from infra.embedded import EmbeddedNats
+        asyncio.run(delete_streams(url))
+        yield url
+        return
+    from infra.embedded import EmbeddedNats
 
-        nats_server = EmbeddedNats(engines_dir)
-        url = nats_server.start()
-    asyncio.run(delete_streams(url))
-    yield url
+    nats_server = EmbeddedNats(engines_dir / "nats", preferred_port=24222, preferred_monitor_port=28222)
+    yield nats_server.start()
+    nats_server.stop()
 
 
 async def delete_streams(url: str) -> None:
@@ -92,7 +92,7 @@ async def delete_streams(url: str) -> None:
 
     nc = await nats.connect(url)
     js = nc.jetstream()
-    for name in (EVENTS_STREAM, TELEMETRY_STREAM, WORK_STREAM, DLQ_STREAM):
+    for name in STREAMS:
         try:
             await js.delete_stream(name)
         except NotFoundError:

@@ -13,9 +13,11 @@ from domain.contract import snake
 def lifecycle_events() -> list:
     events = []
     for script in (
-        lambda j: (j.start(1, "h:1"), j.report_progress(1, 2, 10), j.start(2, "h:2"), j.complete(2, {"auc": 0.9}, {"uri": "file:///m"})),
-        lambda j: (j.start(1, "h:1"), j.request_cancel(), j.confirm_cancelled(1)),
-        lambda j: (j.start(1, "h:1"), j.fail(1, "boom")),
+        lambda j: (j.claim("l1", "h:1"), j.record_progress("l1", 2, 10), j.expire_lease("l1", "gone"),
+                   j.claim("l2", "h:2"), j.complete("l2", {"auc": 0.9}, {"uri": "file:///m"})),
+        lambda j: (j.claim("l1", "h:1"), j.request_cancel(), j.confirm_cancelled("l1")),
+        lambda j: (j.claim("l1", "h:1"), j.hand_back("l1", "stop"), j.claim("l2", "h:1"), j.fail("l2", "boom")),
+        lambda j: [(j.claim(f"l{n}", "h:1"), j.expire_lease(f"l{n}", "gone")) for n in range(3)],
     ):
         job = TrainingJob(id=uuid4(), name="c", framework="pytorch", task="regression",
                           dataset={"uri": "builtin://diabetes"}, params={"epochs": 3}, priority="high", tags=["x"])
@@ -46,14 +48,42 @@ def test_a_metric_batch_with_ragged_columns_is_malformed() -> None:
     import pytest
     from pydantic import ValidationError
 
-    from domain.telemetry import MetricBatch
+    from domain.contract import MetricBatch
 
     good = {"batch_id": "b", "job_id": str(uuid4()), "attempt": 1, "runner_id": "h:1",
             "series": {"loss": {"steps": [1, 2], "values": [0.5, 0.4], "ts_ms": [1, 2]}}}
     assert MetricBatch.model_validate(good).size == 2
     for bad_chunk in ({"steps": [1, 2], "values": [0.5], "ts_ms": [1, 2]},
-                      {"steps": [-1], "values": [0.5], "ts_ms": [1]}):
+                      {"steps": [-1], "values": [0.5], "ts_ms": [1]},
+                      {"steps": [2**64], "values": [0.5], "ts_ms": [1]},  # past ClickHouse's UInt64
+                      {"steps": [1], "values": [0.5], "ts_ms": [2**63]}):
         with pytest.raises(ValidationError):
             MetricBatch.model_validate({**good, "series": {"loss": bad_chunk}})
     with pytest.raises(ValidationError):
         MetricBatch.model_validate({**good, "series": {"": good["series"]["loss"]}})
+    with pytest.raises(ValidationError):
+        MetricBatch.model_validate({**good, "attempt": 2**32})
+    with pytest.raises(ValidationError):
+        MetricBatch.model_validate({**good, "series": {"a\x00b": good["series"]["loss"]}})
+
+
+def test_non_finite_metric_values_survive_the_wire() -> None:
+    from domain.contract import MetricBatch
+
+    batch = MetricBatch.model_validate({"batch_id": "b", "job_id": str(uuid4()), "attempt": 1, "runner_id": "h:1",
+                                        "series": {"loss": {"steps": [1, 2, 3], "values": [float("nan"), float("inf"),
+                                                   -float("inf")], "ts_ms": [1, 2, 3]}}})
+    again = MetricBatch.model_validate_json(batch.model_dump_json())
+    values = again.series["loss"].values
+    assert values[0] != values[0] and values[1:] == [float("inf"), -float("inf")]
+
+
+def test_the_envelope_carries_who_and_why() -> None:
+    job = TrainingJob(id=uuid4(), name="c", framework="pytorch", task="regression",
+                      dataset={"uri": "builtin://diabetes"}, params={}, priority="high", tags=[])
+    (e,) = job.collect_events()
+    object.__setattr__(e, "metadata", {"actor": "alice", "correlation_id": "req-1", "causation_id": None,
+                                       "trace_id": "ab" * 16})
+    _, body = envelope(e)
+    assert (body["actor"], body["correlation_id"], body["trace_id"]) == ("alice", "req-1", "ab" * 16)
+    assert "metadata" not in body["payload"]

@@ -9,7 +9,7 @@ import nats
 import pytest
 from psycopg_pool import ConnectionPool
 
-from commands.runner_reports import give_up_on
+from commands.context import SYSTEM
 from commands.training import SubmitJob, TrainingApplication
 from infra.messaging import EVENTS_STREAM, WORK_STREAM, ensure_streams
 from infra.postgres import eventsourcing_env, pool as pg_pool
@@ -33,8 +33,8 @@ def make_jobs(app: TrainingApplication, n: int) -> list[str]:
     for i in range(n):
         job_id = app.submit_job(SubmitJob(name=f"r{i}", framework="lightgbm", task="regression",
                                           dataset={"uri": "builtin://diabetes"})).job_id
-        app.start_attempt(job_id, 1, "h:1")
-        app.complete(job_id, 1, {"rmse": 1.0}, {"uri": "file:///m"})
+        app.claim(job_id, "lease-1", "h:1", SYSTEM)
+        app.complete(job_id, "lease-1", {"rmse": 1.0}, {"uri": "file:///m"}, SYSTEM)
         ids.append(str(job_id))
     return ids
 
@@ -89,29 +89,39 @@ def test_a_relay_crash_after_publishing_but_before_saving_its_position_publishes
         assert [e["type"] for e in mine] == ["training_job.submitted", "training_job.started", "training_job.completed"]
 
 
-def test_a_work_item_out_of_deliveries_is_dead_lettered_and_its_job_fails(store, nats_url: str) -> None:
+def test_queueing_events_become_work_items_and_an_unpublishable_event_is_set_aside(store, nats_url: str) -> None:
     app, pool = store
-    job_id = app.submit_job(SubmitJob(name="doomed", framework="lightgbm", task="regression",
-                                      dataset={"uri": "builtin://diabetes"})).job_id
-    app.start_attempt(job_id, 5, "h:5")
+    diabetes = {"uri": "builtin://diabetes"}
+    huge = app.submit_job(SubmitJob(name="huge", framework="lightgbm", task="regression", dataset=diabetes,
+                                    params={"x": "y" * 1_200_000})).job_id  # over NATS's 1 MB max payload
+    job_id = app.submit_job(SubmitJob(name="fine", framework="lightgbm", task="regression", dataset=diabetes,
+                                      priority="high")).job_id
+    app.claim(job_id, "lease-1", "h:1", SYSTEM)
+    app.hand_back(job_id, "lease-1", "runner stopping", SYSTEM)  # Requeued: work again
 
-    async def scenario() -> list[dict]:
+    async def scenario() -> tuple[list, list, dict]:
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
         await ensure_streams(js, Settings())
         relay = Relay(app, js, pool)
         while await relay.publish_batch():
             pass
-        work = await js.get_last_msg(WORK_STREAM, "trainyard.work.training.medium")
-        assert json.loads(work.data)["aggregate_id"] == str(job_id)
-        await give_up_on(js, app, work.seq)
-        dead = await js.get_last_msg("TRAINYARD_DLQ", "trainyard.v1.dlq.work.training.medium")
-        with pytest.raises(nats.js.errors.NotFoundError):  # gone from the work queue
-            await js.get_msg(WORK_STREAM, work.seq)
+        assert relay.position() == app.recorder.max_notification_id()  # the relay moved past the poison
+        subject = f"trainyard.work.high.training.{job_id}"
+        info = await js.stream_info(WORK_STREAM, subjects_filter=subject)
+        work = await js.get_last_msg(WORK_STREAM, subject)
+        tomb = await js.get_last_msg("TRAINYARD_DLQ", "trainyard.v1.dlq.training_job.submitted")
+        events = await published(js, {str(job_id), str(huge)})
         await nc.close()
-        return [json.loads(dead.data)]
+        return [info.state.subjects[subject], json.loads(work.data)], events, json.loads(tomb.data)
 
-    dead = asyncio.run(scenario())
-    assert dead[0]["aggregate_id"] == str(job_id)
-    job = app.get_job(job_id)
-    assert job.status == "failed" and "deliveries" in job.error
+    (count, work), events, tomb = asyncio.run(scenario())
+    assert count == 2 and work["kind"] == "training" and work["aggregate_id"] == str(job_id)  # submitted + requeued
+    assert [e["type"] for e in events] == ["training_job.submitted", "training_job.started", "training_job.requeued"]
+    assert tomb["aggregate_id"] == str(huge) and "MaxPayload" in tomb["error"]
+    assert relay_stage_poisoned(pool) == 1
+
+
+def relay_stage_poisoned(pool: ConnectionPool) -> int:
+    with pool.connection() as conn:
+        return conn.execute("SELECT count(*) FROM relay_poisoned").fetchone()[0]

@@ -1,0 +1,154 @@
+"""Runner reports → commands, over NATS request/reply (`trainyard.rpc.runner.report`, queue `command-handlers`).
+
+A runner retries a report until it gets a `ReportReply`; the aggregate decides what is legal and a repeat of an
+applied report is a no-op. Reports for different jobs are handled concurrently, reports for one job in order
+(one single-thread executor per shard of job ids). Poison policy: a malformed report is answered `invalid` and
+dead-lettered; a report whose handling fails unexpectedly is answered `error` (the runner retries a bounded
+number of times) and counted in the stage's health; neither holds up any other report.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from commands.context import CommandContext
+from commands.leases import LeaseStore, milestone_of
+from commands.training import JobNotFoundError, TrainingApplication
+from domain.contract import REPORT_SUBJECT, ReportReply, RunnerReport, dlq_subject, lease_id_of, printable
+from domain.training_job import (JobError, JobFinishedError, LeaseHeldError, StaleLeaseError, TrainingJob)
+from infra.health import Stage
+
+log = logging.getLogger("trainyard.reports")
+REPORT_QUEUE = "command-handlers"
+
+
+class ReportHandler:
+    def __init__(self, app: TrainingApplication, leases: LeaseStore, stage: Stage | None = None) -> None:
+        self.app, self.leases, self.stage = app, leases, stage or Stage("reports")
+
+    def handle(self, data: bytes) -> ReportReply:
+        """Decide one report; never raises."""
+        try:
+            report = RunnerReport.model_validate_json(data)
+        except ValidationError as e:
+            return ReportReply(ok=False, code="invalid", error=printable(e, 1000))
+        try:
+            reply = self._apply(report)
+        except JobNotFoundError:
+            reply = ReportReply(ok=False, code="not_found", error=f"no job {report.job_id}")
+        except JobError as e:
+            reply = self._refused(report, e)
+        except ValueError as e:
+            reply = ReportReply(ok=False, code="invalid", error=printable(e, 1000))
+        except Exception as e:  # the store is away, or a bug: the runner retries; the stage shows it
+            log.exception("report %s for %s not applied", report.type, report.job_id)
+            self.stage.failed(e)
+            return ReportReply(ok=False, code="error", error=printable(f"{type(e).__name__}: {e}", 500))
+        self.stage.progressed()
+        return reply
+
+    def _apply(self, r: RunnerReport) -> ReportReply:
+        lease_id = lease_id_of(r.lease)
+        ctx = _context(r)
+        if r.type == "heartbeat":
+            return self._beat(r, lease_id, ctx)
+        if r.type == "claim":
+            job = self.app.claim(r.job_id, lease_id, r.runner_id, ctx)
+            self.leases.hold(job.id, lease_id, r.runner_id, job.attempt, job.cancel_requested)
+            return _reply(job, job=_work_for(self.app, job))
+        if r.type == "check":
+            job = self.app.get_job(r.job_id)
+            job.check_lease(lease_id)
+            return _reply(job)
+        if r.type == "completed":
+            job = self.app.complete(r.job_id, lease_id, r.final_metrics, r.artifact or {}, ctx)
+        elif r.type == "failed":
+            job = self.app.fail(r.job_id, lease_id, printable(r.error or "unknown error"), ctx)
+        elif r.type == "cancelled":
+            job = self.app.confirm_cancelled(r.job_id, lease_id, ctx)
+        else:  # release
+            job = self.app.hand_back(r.job_id, lease_id, printable(f"handed back by runner {r.runner_id}", 300), ctx)
+        self.leases.drop(job.id, lease_id)
+        return _reply(job)
+
+    def _beat(self, r: RunnerReport, lease_id: str, ctx: CommandContext) -> ReportReply:
+        beat = self.leases.beat(r.job_id, lease_id, r.current_step, r.total_steps)
+        if beat is None:  # not (or no longer) this lease's job: the aggregate says why
+            job = self.app.get_job(r.job_id)
+            job.check_lease(lease_id)  # raises for a stale lease or a finished job
+            self.leases.hold(job.id, lease_id, r.runner_id, job.attempt, job.cancel_requested)  # row was lost
+            return _reply(job)
+        reached = milestone_of(r.current_step, r.total_steps)
+        if reached > beat.milestone and r.current_step is not None and r.total_steps is not None:
+            self.app.record_progress(r.job_id, lease_id, r.current_step, r.total_steps, ctx)
+            self.leases.set_milestone(r.job_id, lease_id, reached)
+        return ReportReply(ok=True, status="running", cancel_requested=beat.cancel_requested)
+
+    def _refused(self, r: RunnerReport, e: JobError) -> ReportReply:
+        job = self.app.get_job(r.job_id)
+        code = ("finished" if isinstance(e, JobFinishedError) else "lease_held" if isinstance(e, LeaseHeldError)
+                else "stale_lease" if isinstance(e, StaleLeaseError) else "refused")
+        return ReportReply(ok=False, code=code, error=printable(e, 500), status=job.status, attempt=job.attempt,
+                           cancel_requested=job.cancel_requested)
+
+
+def _context(r: RunnerReport) -> CommandContext:
+    return CommandContext(actor=f"runner:{r.runner_id}"[:200], correlation_id=r.correlation_id,
+                          causation_id=r.report_id or None, trace_id=r.trace_id)
+
+
+def _reply(job: TrainingJob, **extra: Any) -> ReportReply:
+    return ReportReply(ok=True, status=job.status, attempt=job.attempt, cancel_requested=job.cancel_requested, **extra)
+
+
+def _work_for(app: TrainingApplication, job: TrainingJob) -> dict[str, Any]:
+    """The claim's answer: what to run, and the submit's correlation and trace ids for the runner's reports."""
+    first = next(iter(app.events.get(job.id, lte=1)), None)
+    meta = getattr(first, "metadata", None) or {}
+    return {"kind": "training", "attempt": job.attempt, "spec": job.spec(),
+            "correlation_id": meta.get("correlation_id"), "trace_id": meta.get("trace_id")}
+
+
+class ReportServer:
+    """Serves reports from NATS: decodes nothing on the event loop, dispatches each report to its job's shard."""
+
+    def __init__(self, handler: ReportHandler, shards: int = 4) -> None:
+        self.handler = handler
+        self.shards = [ThreadPoolExecutor(1, thread_name_prefix=f"reports-{i}") for i in range(shards)]
+
+    def _shard(self, data: bytes) -> ThreadPoolExecutor:
+        # The job id is in the first bytes of any well-formed report; anything else lands on a fixed shard.
+        start = data.find(b'"job_id"')
+        key = data[start:start + 50] if start >= 0 else b""
+        return self.shards[zlib.crc32(key) % len(self.shards)]
+
+    async def start(self, nc: Client) -> Any:
+        loop = asyncio.get_running_loop()
+
+        async def respond(msg: Msg, future: asyncio.Future) -> None:
+            reply: ReportReply = await future
+            if reply.code == "invalid":
+                log.warning("malformed runner report dead-lettered: %s", reply.error)
+                self.handler.stage.poisoned_one(reply.error or "invalid report")
+                await nc.publish(dlq_subject(REPORT_SUBJECT), msg.data,
+                                 headers={"Trainyard-Error": (reply.error or "")[:500]})
+            if msg.reply:
+                await msg.respond(reply.model_dump_json().encode())
+
+        async def on_report(msg: Msg) -> None:
+            future = loop.run_in_executor(self._shard(msg.data), self.handler.handle, msg.data)
+            asyncio.create_task(respond(msg, future))
+
+        return await nc.subscribe(REPORT_SUBJECT, queue=REPORT_QUEUE, cb=on_report)
+
+    def close(self) -> None:
+        for pool in self.shards:
+            pool.shutdown(wait=False, cancel_futures=True)
+

@@ -1,0 +1,49 @@
+"""The aggregate registry: what the one pipeline (relay, streams, work routing) knows of each aggregate type.
+
+A new aggregate plugs in by adding an `AggregateType` here: its public subject name, and which of its events
+put it in a runner's queue (as a work item of its `work_kind`, at the priority the event carries). The relay,
+the NATS streams and the runners' work dispatch read this table; none of them names an aggregate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain.training_job import TrainingJob
+
+
+@dataclass(frozen=True)
+class AggregateType:
+    cls: type
+    name: str  # snake case: the `<aggregate>` of `trainyard.v1.<aggregate>.<event>`
+    work_kind: str | None = None
+    work_events: frozenset[str] = field(default_factory=frozenset)  # event class names that queue work
+
+
+AGGREGATES: tuple[AggregateType, ...] = (
+    AggregateType(TrainingJob, "training_job", work_kind="training", work_events=frozenset({"Submitted", "Requeued"})),
+)
+_BY_CLASS = {a.cls: a for a in AGGREGATES}
+
+
+def aggregate_of(domain_event: Any) -> AggregateType:
+    """The registered type whose event this is; LookupError for an event of an unregistered aggregate."""
+    for klass in type(domain_event).__mro__:
+        owner = getattr(klass, "__qualname__", "").split(".")[0]
+        for cls, registered in _BY_CLASS.items():
+            if cls.__name__ == owner and klass.__module__ == cls.__module__:
+                return registered
+    raise LookupError(f"{type(domain_event).__qualname__} belongs to no registered aggregate")
+
+
+def queues_work(domain_event: Any) -> tuple[str, str] | None:
+    """(work kind, priority) if this event puts its aggregate in the queue, else None."""
+    registered = aggregate_of(domain_event)
+    if registered.work_kind and type(domain_event).__name__ in registered.work_events:
+        return registered.work_kind, domain_event.priority
+    return None
+
+
+def event_subjects() -> list[str]:
+    """The subjects of every registered aggregate's events (the events stream captures these)."""
+    return [f"trainyard.v1.{a.name}.>" for a in AGGREGATES]

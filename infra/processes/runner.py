@@ -1,0 +1,33 @@
+"""`trainyard runner`: one runner process (runners/runner.py) until SIGINT/SIGTERM, then it hands its job back."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from infra.messaging import connect, ensure_streams
+from infra.settings import Settings
+from runners.artifacts import LocalArtifactStore
+from runners.runner import Runner
+
+log = logging.getLogger("trainyard.runner")
+
+
+async def run_runner(settings: Settings) -> None:
+    _, nats_url = settings.require_urls()
+    nc, js = await connect(nats_url, f"trainyard-runner-{os.getpid()}")
+    await ensure_streams(js, settings)
+    roots = getattr(settings, "dataset_root_paths", ())
+    runner = Runner(nc, js, LocalArtifactStore(settings.artifacts), settings.lease_ttl_s, dataset_roots=roots)
+    stop = asyncio.Event()
+    main = asyncio.create_task(runner.run(stop))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: (stop.set(), main.cancel()))
+    with contextlib.suppress(asyncio.CancelledError):
+        await main
+    with contextlib.suppress(Exception):
+        await nc.close()
+    log.info("runner %s stopped", runner.runner_id)

@@ -1,0 +1,77 @@
+"""`trainyard serve`: the API with the relay, the projectors, the report handlers and the reconciler.
+
+They share a process because chDB is in-process and single-owner: the process that owns it runs the ClickHouse
+projections and the queries that read them (design decision 6). With an external ClickHouse each part could run
+alone; they are independent asyncio tasks and threads here, each reporting its health to `/readyz`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from api.app import create_app
+from commands.reconciler import Reconciler
+from commands.reports import ReportHandler, ReportServer
+from commands.training import TrainingApplication
+from infra.bootstrap import build
+from infra.messaging import WORK_STREAM, connect, ensure_streams
+from infra.postgres import eventsourcing_env
+from infra.settings import Settings
+from projections.jobs import JobsProjection, JobsView
+from projections.metrics import MetricsProjector
+from projections.readmodel import ProjectionHost
+from projections.relay import Relay
+
+log = logging.getLogger("trainyard.serve")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after serving, which would skip our shutdown; we handle signals ourselves."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: Settings) -> None:
+    database_url, nats_url = settings.require_urls()
+    services = await asyncio.to_thread(build, settings)
+    health, stuck = services.health, settings.stuck_after_s
+    nc, js = await connect(nats_url, "trainyard-serve")
+    await ensure_streams(js, settings)
+    stop = asyncio.Event()
+    jobs = ProjectionHost(TrainingApplication, JobsProjection, JobsView, eventsourcing_env(database_url),
+                          services.pool, health.stage("projection:jobs", stuck_after_s=stuck, loops=True))
+    relay = Relay(services.app, js, services.pool, health.stage("relay", stuck_after_s=stuck, loops=True))
+    metrics = MetricsProjector(js, services.metrics, health.stage("metrics-projector", stuck_after_s=stuck, loops=True))
+    reconciler = Reconciler(services.app, services.leases, services.pool, js, WORK_STREAM,
+                            health.stage("reconciler", stuck_after_s=max(stuck, 5 * settings.reconcile_interval_s),
+                                         loops=True),
+                            settings.reconcile_interval_s, settings.requeue_after_s)
+    reports = ReportServer(ReportHandler(services.app, services.leases, health.stage("reports", stuck_after_s=stuck)))
+    tasks = [asyncio.create_task(part.run(stop), name=name) for name, part in
+             (("projection:jobs", jobs), ("relay", relay), ("metrics-projector", metrics), ("reconciler", reconciler))]
+    await reports.start(nc)
+    config = uvicorn.Config(create_app(services, nc), host=settings.api_host, port=settings.api_port,
+                            log_level="warning", lifespan="off")
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    log.info("API listening on http://%s:%d", settings.api_host, settings.api_port)
+    try:
+        await server.serve()  # returns on SIGINT/SIGTERM
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await nc.close()
+        reports.close()
+        jobs.close()
+        services.close()
+        log.info("serve stopped")

@@ -1,0 +1,171 @@
+"""The plumbing every PostgreSQL read model shares: one view base, one projection base, one host, one wait.
+
+- `TrackedView`: a view's tables plus its tracking table (`<projection>_tracking`); `write` commits a row change
+  and the event's position in one transaction, and a replay of an applied position is a no-op.
+- `TrackedProjection`: dispatches events to `apply` (a singledispatchmethod in the subclass) under a poison
+  policy: an event that fails `max_tries` times for a reason other than the database being away is set aside
+  (its position recorded with the error in `projection_poisoned`) and the projection moves on.
+- `ProjectionHost`: runs one eventsourcing ProjectionRunner in the serve process, restarts it when it stops,
+  and reports its position, lag and errors to the stage's health.
+- `wait_for`: read-your-writes for the API: block until a projection has applied a position.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Generic, TypeVar
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.postgres import PostgresTrackingRecorder
+from eventsourcing.projection import Projection, ProjectionRunner
+from psycopg import InterfaceError, OperationalError
+from psycopg.errors import UndefinedTable
+from psycopg.sql import SQL
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from domain.contract import printable
+from infra.health import Stage
+
+log = logging.getLogger("trainyard.projections")
+POISONED_DDL = """
+CREATE TABLE IF NOT EXISTS projection_poisoned (
+    projection text NOT NULL, notification_id bigint NOT NULL, topic text, error text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (projection, notification_id));
+"""
+
+
+class TrackedView(PostgresTrackingRecorder):
+    """Subclasses set `DDL` (their tables) and write only through `write`."""
+
+    DDL = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sql_create_statements.append(SQL(self.DDL + POISONED_DDL))  # type: ignore[arg-type]
+
+    def write(self, sql: str, params: dict[str, Any], tracking: Tracking) -> None:
+        params = {k: Jsonb(v) if isinstance(v, dict) else v for k, v in params.items()}
+        try:
+            with self.datastore.transaction(commit=True) as curs:
+                self._insert_tracking(curs, tracking)  # refuses a position already applied
+                curs.execute(sql, params)  # type: ignore[arg-type]
+        except IntegrityError:
+            if not self.has_tracking_id(tracking.application_name, tracking.notification_id):
+                raise
+
+    def set_aside(self, tracking: Tracking, projection: str, topic: str, error: str) -> None:
+        """Record the position as applied without applying it, and why."""
+        with self.datastore.transaction(commit=True) as curs:
+            if not self.has_tracking_id(tracking.application_name, tracking.notification_id):
+                self._insert_tracking(curs, tracking)
+            curs.execute("INSERT INTO projection_poisoned (projection, notification_id, topic, error) "  # type: ignore[arg-type]
+                         "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                         (projection, tracking.notification_id, topic, error))
+
+
+TView = TypeVar("TView", bound=TrackedView)
+TRANSIENT = (OperationalError, InterfaceError)  # the database is away: retry forever (the runner restarts)
+
+
+class TrackedProjection(Projection[TView], Generic[TView]):
+    max_tries = 3
+
+    def process_event(self, domain_event: DomainEventProtocol[Any], tracking: Tracking) -> None:
+        error = ""
+        for attempt in range(self.max_tries):
+            try:
+                self.apply(domain_event, tracking)
+                return
+            except TRANSIENT:
+                raise
+            except Exception as e:
+                error = printable(f"{type(e).__name__}: {e}", 500)
+                log.warning("projection %s: event %d failed (%d/%d): %s", self.name, tracking.notification_id,
+                            attempt + 1, self.max_tries, error)
+                time.sleep(0.05 * (attempt + 1))
+        log.error("projection %s: event %d set aside: %s", self.name, tracking.notification_id, error)
+        self.view.set_aside(tracking, self.name, type(domain_event).__qualname__, error)
+
+    def apply(self, domain_event: DomainEventProtocol[Any], tracking: Tracking) -> None:
+        """Each projection defines its own `singledispatchmethod` named `apply`, falling back to insert_tracking."""
+        raise NotImplementedError
+
+
+class ProjectionHost:
+    """Runs a projection (eventsourcing's ProjectionRunner, threads), restarts it if it dies, reports health."""
+
+    def __init__(self, application_class: type, projection_class: type, view_class: type, env: dict[str, str],
+                 pool: ConnectionPool, stage: Stage) -> None:
+        self.application_class, self.projection_class, self.view_class = application_class, projection_class, view_class
+        self.env, self.pool, self.stage = env, pool, stage
+        self.runner: ProjectionRunner | None = None
+
+    def _start(self) -> None:
+        runner = ProjectionRunner(application_class=self.application_class, projection_class=self.projection_class,
+                                  view_class=self.view_class, env=self.env)
+        self.runner = runner.__enter__()
+
+    def _observe(self) -> None:
+        name, app = self.projection_class.name, self.application_class.name
+        with self.pool.connection() as conn:
+            position = conn.execute(f"SELECT max(notification_id) FROM {name}_tracking WHERE application_name = %s",
+                                    (app,)).fetchone()[0] or 0
+            head = conn.execute(f"SELECT max(id) FROM {app}_events").fetchone()[0] or 0
+            poisoned = conn.execute("SELECT count(*) FROM projection_poisoned WHERE projection = %s", (name,)).fetchone()[0]
+        if poisoned > self.stage.poisoned:
+            self.stage.poisoned = poisoned - 1
+            self.stage.poisoned_one("see table projection_poisoned")
+        self.stage.observe(position, head)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self._start)
+                while not stop.is_set() and not self.runner.is_interrupted.is_set():  # type: ignore[union-attr]
+                    try:
+                        await asyncio.to_thread(self._observe)
+                    except Exception as e:
+                        self.stage.failed(e)
+                        self.stage.tick()
+                    await asyncio.sleep(0.5)
+                if not stop.is_set():
+                    error = self.runner._thread_error  # type: ignore[union-attr]
+                    log.error("projection %s stopped: %r; restarting", self.projection_class.name, error)
+                    self.stage.failed(error or "stopped")
+            except Exception as e:
+                log.exception("projection %s failed to start; retrying", self.projection_class.name)
+                self.stage.failed(e)
+            finally:
+                self.close()
+            if not stop.is_set():
+                await asyncio.sleep(1.0)
+
+    def close(self) -> None:
+        if self.runner is not None:
+            runner, self.runner = self.runner, None
+            runner.stop()
+            try:
+                runner.__exit__(None, None, None)
+            except Exception as e:
+                log.warning("projection %s ended with %r", self.projection_class.name, e)
+
+
+def wait_for(pool: ConnectionPool, projection: str, application_name: str, position: int, timeout_s: float) -> bool:
+    """Block until `projection` has applied `position` (read-your-writes); False on timeout."""
+    deadline, delay = time.monotonic() + timeout_s, 0.001
+    while True:
+        try:
+            with pool.connection() as conn:
+                row = conn.execute(f"SELECT max(notification_id) FROM {projection}_tracking WHERE application_name = %s",
+                                   (application_name,)).fetchone()
+        except UndefinedTable:
+            row = None
+        if row and row[0] is not None and row[0] >= position:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

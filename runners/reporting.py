@@ -1,0 +1,123 @@
+"""From the training thread to the telemetry stream: a bounded point buffer and a batch shipper.
+
+`JobReporter` is the trainer's `Reporter`: it buffers points (at most `max_points`; past that, new points are
+counted as dropped rather than growing without bound) and exposes the stop flag. `MetricShipper` drains it every
+flush interval into `MetricBatch`es of at most `BATCH_POINTS` points (so a batch always fits NATS's max payload),
+publishes each with `Nats-Msg-Id` = batch id (a retried publish that did land is deduplicated), and keeps at most
+`max_pending` unsent batches while NATS is away, dropping the oldest beyond that (counted, logged).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+import uuid
+
+from nats.js import JetStreamContext
+
+from domain.contract import TELEMETRY_METRICS, MetricBatch, SeriesChunk
+
+log = logging.getLogger("trainyard.runner")
+BATCH_POINTS = 5_000  # ~250 KB of JSON: well under NATS's 1 MB default max payload
+
+
+class JobReporter:
+    """The trainer's `Reporter`: buffers points from the training thread for the async side to ship."""
+
+    def __init__(self, stop_flag: threading.Event, max_points: int = 500_000) -> None:
+        self.stop_flag, self.max_points = stop_flag, max_points
+        self._lock = threading.Lock()
+        self._series: dict[str, SeriesChunk] = {}
+        self._buffered = 0
+        self.dropped = 0
+        self.step_seen = 0
+        self.total_steps = 0
+
+    def step(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
+        ts_ms = time.time_ns() // 1_000_000
+        with self._lock:
+            self.step_seen, self.total_steps = step, total_steps
+            if self._buffered + len(metrics) > self.max_points:
+                self.dropped += len(metrics)
+                return
+            for name, value in metrics.items():
+                chunk = self._series.setdefault(name, SeriesChunk(steps=[], values=[], ts_ms=[]))
+                chunk.steps.append(step)
+                chunk.values.append(float(value))
+                chunk.ts_ms.append(ts_ms)
+            self._buffered += len(metrics)
+
+    def should_stop(self) -> bool:
+        return self.stop_flag.is_set()
+
+    def drain(self) -> dict[str, SeriesChunk]:
+        with self._lock:
+            series, self._series, self._buffered = self._series, {}, 0
+        return series
+
+
+def batches(job_id: str, attempt: int, runner_id: str, series: dict[str, SeriesChunk]) -> list[MetricBatch]:
+    """`series` cut into batches of at most BATCH_POINTS points."""
+    out: list[MetricBatch] = []
+    current: dict[str, SeriesChunk] = {}
+    room = BATCH_POINTS
+
+    def close() -> None:
+        nonlocal current, room
+        if current:
+            out.append(MetricBatch(batch_id=str(uuid.uuid4()), job_id=job_id, attempt=attempt, runner_id=runner_id,
+                                   series=current))
+        current, room = {}, BATCH_POINTS
+
+    for name, chunk in series.items():
+        start = 0
+        while start < len(chunk.steps):
+            if room == 0:
+                close()
+            end = min(len(chunk.steps), start + room)
+            current[name] = SeriesChunk(steps=chunk.steps[start:end], values=chunk.values[start:end],
+                                        ts_ms=chunk.ts_ms[start:end])
+            room -= end - start
+            start = end
+    close()
+    return out
+
+
+class MetricShipper:
+    def __init__(self, js: JetStreamContext, job_id: str, attempt: int, runner_id: str, max_pending: int = 200) -> None:
+        self.js, self.job_id, self.attempt, self.runner_id = js, job_id, attempt, runner_id
+        self.pending: collections.deque[MetricBatch] = collections.deque()
+        self.max_pending = max_pending
+        self.dropped_batches = 0
+
+    async def run(self, reporter: JobReporter, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.flush(reporter)
+
+    async def flush(self, reporter: JobReporter) -> bool:
+        """Queue what the reporter holds and publish the queue in order; False if something is left unsent."""
+        self.pending.extend(batches(self.job_id, self.attempt, self.runner_id, reporter.drain()))
+        while len(self.pending) > self.max_pending:
+            self.pending.popleft()
+            self.dropped_batches += 1
+            log.warning("job %s: metric batch dropped (NATS away too long; %d so far)", self.job_id,
+                        self.dropped_batches)
+        while self.pending:
+            batch = self.pending[0]
+            try:
+                await self.js.publish(TELEMETRY_METRICS, batch.model_dump_json().encode(),
+                                      headers={"Nats-Msg-Id": batch.batch_id})
+            except Exception as e:
+                log.warning("metric batch publish failed (%s); will retry", type(e).__name__)
+                return False
+            self.pending.popleft()
+        return True
+
+    async def flush_all(self, reporter: JobReporter, deadline_s: float = 30.0) -> None:
+        """At the end of an attempt: keep trying for up to `deadline_s`."""
+        deadline = time.monotonic() + deadline_s
+        while not await self.flush(reporter) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
