@@ -94,6 +94,12 @@ class LeaseStore:
     def flag_cancel(self, job_id: UUID) -> None:
         self._run("UPDATE job_leases SET cancel_requested = true WHERE job_id = %s", (job_id,))
 
+    def sync_cancel_flags(self) -> int:
+        """Flag the leases of jobs whose cancel the read model shows but the lease row missed (a lost write)."""
+        rows = self._run("UPDATE job_leases l SET cancel_requested = true FROM jobs j WHERE j.id = l.job_id "
+                         "AND j.cancel_requested AND NOT l.cancel_requested RETURNING l.job_id", ())
+        return len(rows)
+
     def expired(self, limit: int = 500) -> list[ExpiredLease]:
         rows = self._run(
             "SELECT job_id, lease_id, runner_id, extract(epoch FROM now() - expires_at) FROM job_leases "

@@ -5,6 +5,7 @@ a dead runner left behind, each repair a command with an event that says why (pa
   its `max_attempts` leases are lost.
 - A running job with no lease row at all (the row was lost between the claim and its write): likewise, after
   twice the lease ttl.
+- A running job whose cancel request did not reach its lease row: the flag is set, the next heartbeat hears it.
 - A queued job with no work item on the work stream for `requeue_after_s` (a lost publish, a purged stream):
   `requeue` → the relay publishes a new work item.
 It reads the read models and the stream only to find candidates; the aggregate decides, so a stale read or a second
@@ -85,6 +86,7 @@ class Reconciler:
         log.info("reconciler started (every %.1fs)", self.interval_s)
         while not stop.is_set():
             try:
+                await asyncio.to_thread(self.leases.sync_cancel_flags)
                 expired = await asyncio.to_thread(self.expire_leases)
                 requeued = await self.requeue_missing_work()
                 if expired or requeued:

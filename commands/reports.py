@@ -63,9 +63,12 @@ class ReportHandler:
             job = self.app.claim(r.job_id, lease_id, r.runner_id, ctx)
             self.leases.hold(job.id, lease_id, r.runner_id, job.attempt, job.cancel_requested)
             return _reply(job, job=_work_for(self.app, job))
-        if r.type == "check":
+        if r.type == "check":  # the aggregate's word (after a cancel event on the bus); also renews the lease
             job = self.app.get_job(r.job_id)
             job.check_lease(lease_id)
+            self.leases.beat(r.job_id, lease_id, r.current_step, r.total_steps)
+            if job.cancel_requested:
+                self.leases.flag_cancel(job.id)
             return _reply(job)
         if r.type == "completed":
             job = self.app.complete(r.job_id, lease_id, r.final_metrics, r.artifact or {}, ctx)
@@ -104,8 +107,8 @@ def _context(r: RunnerReport) -> CommandContext:
                           causation_id=r.report_id or None, trace_id=r.trace_id)
 
 
-def _reply(job: TrainingJob, **extra: Any) -> ReportReply:
-    return ReportReply(ok=True, status=job.status, attempt=job.attempt, cancel_requested=job.cancel_requested, **extra)
+def _reply(agg: TrainingJob, **extra: Any) -> ReportReply:
+    return ReportReply(ok=True, status=agg.status, attempt=agg.attempt, cancel_requested=agg.cancel_requested, **extra)
 
 
 def _work_for(app: TrainingApplication, job: TrainingJob) -> dict[str, Any]:

@@ -51,7 +51,7 @@ class Lease:
         self.stop = threading.Event()  # the trainer polls this
         self.cancelled = False  # the aggregate asked to cancel
         self.lost = False  # the lease is no longer ours: stop, report nothing
-        self.beat_now = asyncio.Event()
+        self.beat_now = asyncio.Event()  # set by a cancel event seen on the bus: ask the aggregate now
 
 
 class Runner:
@@ -185,8 +185,8 @@ class Runner:
         while not lease.lost:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lease.beat_now.wait(), interval)
-            lease.beat_now.clear()
-            reply = await self.report(type="heartbeat", job_id=lease.job_id, lease=lease.token, lease_obj=lease,
+            check, _ = lease.beat_now.is_set(), lease.beat_now.clear()
+            reply = await self.report(type="check" if check else "heartbeat", job_id=lease.job_id, lease=lease.token, lease_obj=lease,
                                       current_step=reporter.step_seen or None,
                                       total_steps=reporter.total_steps or None, deadline_s=interval)
             if reply is None:

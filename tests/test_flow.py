@@ -28,6 +28,8 @@ from tests.conftest import create_database, drop_database
 pytestmark = pytest.mark.integration
 FINISHED = ("completed", "failed", "cancelled")
 JOBS = "/api/v1/training/jobs"
+# Short leases so lost runners are noticed in seconds (the default ttl is 15 s).
+FAST_LEASES = {"TRAINYARD_LEASE_TTL_S": "3", "TRAINYARD_RECONCILE_INTERVAL_S": "0.5", "TRAINYARD_REQUEUE_AFTER_S": "5"}
 
 
 class Stack:
@@ -113,10 +115,11 @@ def running_up(data_dir: Path, settings: dict[str, str], nats_url: str = "") -> 
 @pytest.fixture(scope="module")
 def stack(postgres_server: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     database_url = create_database(postgres_server)
+    data_dir = tmp_path_factory.mktemp("trainyard")
     settings = {"TRAINYARD_DATABASE_URL": database_url, "TRAINYARD_NATS_URL": nats_url, "TRAINYARD_RUNNERS": "2",
-                "TRAINYARD_RUNNER_ACK_WAIT_S": "4"}
+                **FAST_LEASES}
     try:
-        with running_up(tmp_path_factory.mktemp("trainyard"), settings, nats_url) as s:
+        with running_up(data_dir, settings, nats_url) as s:
             yield s
     finally:
         drop_database(postgres_server, database_url)
@@ -197,7 +200,7 @@ def test_an_idempotency_key_returns_the_same_job(stack: Stack) -> None:
 
 def test_cancel_stops_a_running_job_within_five_seconds(stack: Stack) -> None:
     job_id = stack.submit(framework="pytorch", task="binary_classification",
-                          dataset={"uri": "builtin://breast_cancer"}, params={"epochs": 100_000})
+                          dataset={"uri": "builtin://breast_cancer"}, params={"epochs": 10_000})
     stack.wait(job_id, lambda j: j["status"] == "running" and j["progress"]["current_step"] > 0, timeout=60)
     r = stack.http.delete(f"{JOBS}/{job_id}")
     assert r.status_code == 202
@@ -251,8 +254,9 @@ def test_bad_submissions_get_a_problem_naming_the_field(stack: Stack, body: dict
     assert r.json()["field"] == field
 
 
-def test_a_file_dataset_without_its_target_column_is_refused(stack: Stack, tmp_path: Path) -> None:
-    csv = tmp_path / "d.csv"
+def test_a_file_dataset_without_its_target_column_is_refused(stack: Stack) -> None:
+    (stack.data_dir / "datasets").mkdir(exist_ok=True)
+    csv = stack.data_dir / "datasets" / "d.csv"
     csv.write_text("a,b,y\n1,2,0\n3,4,1\n")
     r = stack.http.post(JOBS, json={"name": "f", "framework": "lightgbm", "task": "binary_classification",
                                     "dataset": {"uri": f"file://{csv}", "target": "label"}})
@@ -311,7 +315,7 @@ def test_the_cli_submits_watches_and_lists(stack: Stack) -> None:
 
 def test_critical_work_is_taken_before_low_work_that_waited_longer(stack: Stack) -> None:
     forever = {"framework": "pytorch", "task": "binary_classification",
-               "dataset": {"uri": "builtin://breast_cancer"}, "params": {"epochs": 100_000}}
+               "dataset": {"uri": "builtin://breast_cancer"}, "params": {"epochs": 10_000}}
     quick = {"framework": "lightgbm", "task": "regression", "dataset": {"uri": "builtin://diabetes"},
              "params": {"n_estimators": 5}}
     blockers = [stack.submit(**forever) for _ in range(2)]  # both runners busy

@@ -1,0 +1,199 @@
+"""Issue 5 end to end on real engines (`trainyard up` against PostgreSQL, NATS and chDB): no input stops a stage,
+leases belong to the domain, nothing accepted is left stuck, cancels are authorised by the aggregate, events say
+who and why. Each reproduction from the issue is a regression test here."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import httpx
+import nats
+import pytest
+
+from tests.test_flow import FINISHED, JOBS, Stack, stack  # noqa: F401  (the module's own `trainyard up`)
+
+pytestmark = pytest.mark.integration
+QUICK = {"framework": "lightgbm", "task": "regression", "dataset": {"uri": "builtin://diabetes"},
+         "params": {"n_estimators": 5}}
+FOREVER = {"framework": "pytorch", "task": "binary_classification", "dataset": {"uri": "builtin://breast_cancer"},
+           "params": {"epochs": 10_000}}
+
+
+def runner_pid(job: dict[str, Any]) -> int:
+    return int(job["runner_id"].rpartition(":")[2])
+
+
+def nats_run(stack: Stack, scenario: Any) -> Any:
+    async def main() -> Any:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            return await scenario(nc, nc.jetstream())
+        finally:
+            await nc.close()
+    return asyncio.run(main())
+
+
+def assert_healthy(stack: Stack) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        r = stack.http.get("/readyz")
+        body = r.json()
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert r.status_code == 200, body
+    assert {"relay", "projection:jobs", "metrics-projector", "reconciler", "reports"} <= set(body["stages"])
+    return body
+
+
+def test_hostile_requests_from_the_issue_get_4xx_and_the_pipeline_keeps_flowing(stack: Stack) -> None:
+    base = {"name": "ok", **QUICK}
+    hostile = [
+        {**base, "name": "a\u0000b"},
+        {**base, "params": {"n_estimators": 5, "x": "y" * 1_100_000}},
+        {**base, "tags": ["t" * 1_000_000]},
+        {**base, "params": {"n_estimators": 5, "x": "y" * 10_000_000}},
+    ]
+    for body in hostile:
+        r = stack.http.post(JOBS, json=body)
+        assert 400 <= r.status_code < 500 and r.headers["content-type"] == "application/problem+json", r.text[:300]
+    raw = b'{"name": "x", "framework": "lightgbm", "task": "regression", "dataset": {"uri": "builtin://diabetes"},' \
+          b' "params": {"learning_rate": Infinity}}'
+    r = stack.http.post(JOBS, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422) and r.json()["field"]
+    for params in ({"offset": 2**63}, {"tag": "\x00"}, {"status": ["queued", "running"], "limit": 1}):
+        r = stack.http.get(JOBS, params=params)
+        assert r.status_code in (200, 422) and r.headers["content-type"].startswith("application/")
+    job_id = stack.submit(**QUICK)
+    assert stack.wait(job_id, lambda j: j["status"] in FINISHED, timeout=60)["status"] == "completed"
+    body = assert_healthy(stack)
+    assert all(s["status"] == "ok" for s in body["stages"].values()), body
+
+
+def test_five_graceful_runner_restarts_spend_no_attempt(stack: Stack) -> None:
+    job_id = stack.submit(framework="pytorch", task="binary_classification",
+                          dataset={"uri": "builtin://breast_cancer"}, params={"epochs": 250})
+    attempt = 0
+    for _ in range(5):
+        job = stack.wait(job_id, lambda j, a=attempt: j["status"] == "running" and j["attempt"] > a
+                         and j["progress"]["current_step"] >= 2, timeout=60)
+        attempt = job["attempt"]
+        os.kill(runner_pid(job), signal.SIGTERM)  # a graceful stop: the runner hands the job back
+    job = stack.wait(job_id, lambda j: j["status"] in FINISHED, timeout=120)
+    assert job["status"] == "completed" and job["lost_leases"] == 0 and job["attempt"] >= 6
+
+
+def test_a_duplicate_work_item_cannot_take_over_a_live_lease(stack: Stack) -> None:
+    job_id = stack.submit(framework="pytorch", task="binary_classification",
+                          dataset={"uri": "builtin://breast_cancer"}, params={"epochs": 300})
+    job = stack.wait(job_id, lambda j: j["status"] == "running", timeout=60)
+
+    async def republish(nc: Any, js: Any) -> None:
+        item = {"kind": "training", "aggregate_id": job_id, "priority": "medium", "work_id": str(uuid.uuid4())}
+        await js.publish(f"trainyard.work.medium.training.{job_id}", json.dumps(item).encode(),
+                         headers={"Nats-Msg-Id": f"replayed-{uuid.uuid4()}"})  # past any dedup window
+
+    nats_run(stack, republish)
+    done = stack.wait(job_id, lambda j: j["status"] in FINISHED, timeout=120)
+    assert done["status"] == "completed" and (done["attempt"], done["runner_id"]) == (1, job["runner_id"])
+
+
+def test_a_job_whose_runner_dies_three_times_fails_saying_so(stack: Stack) -> None:
+    job_id = stack.submit(**FOREVER)
+    for n in range(1, 4):
+        job = stack.wait(job_id, lambda j, n=n: j["status"] == "running" and j["attempt"] == n, timeout=60)
+        os.kill(runner_pid(job), signal.SIGKILL)
+    job = stack.wait(job_id, lambda j: j["status"] in FINISHED, timeout=60)
+    assert job["status"] == "failed" and "lost its runner 3 times" in job["error"] and job["lost_leases"] == 3
+
+
+def test_a_queued_job_whose_work_item_vanished_still_runs(stack: Stack) -> None:
+    blockers = [stack.submit(**FOREVER) for _ in range(2)]
+    for b in blockers:
+        stack.wait(b, lambda j: j["status"] == "running", timeout=60)
+    job_id = stack.submit(**QUICK)
+
+    async def purge(nc: Any, js: Any) -> None:
+        await js.purge_stream("TRAINYARD_WORK", subject=f"trainyard.work.medium.training.{job_id}")
+
+    nats_run(stack, purge)
+    for b in blockers:
+        assert stack.http.delete(f"{JOBS}/{b}").status_code == 202
+    job = stack.wait(job_id, lambda j: j["status"] in FINISHED, timeout=90)  # the reconciler requeued it
+    assert job["status"] == "completed"
+
+
+def test_a_forged_cancel_on_nats_cancels_nothing_and_a_real_one_stops_it_mid_epoch(stack: Stack) -> None:
+    # One long epoch (4 layers of 2048 units, batch size 1): the cancel must land inside it.
+    job_id = stack.submit(framework="pytorch", task="binary_classification", dataset={"uri": "builtin://breast_cancer"},
+                          params={"epochs": 3, "batch_size": 1, "hidden_sizes": [2048, 2048, 2048]})
+    stack.wait(job_id, lambda j: j["status"] == "running", timeout=60)
+
+    async def forge(nc: Any, js: Any) -> dict:
+        fake = {"event_id": str(uuid.uuid4()), "aggregate": "training_job", "aggregate_id": job_id,
+                "type": "training_job.cancel_requested", "payload": {}}
+        await nc.publish("trainyard.v1.training_job.cancel_requested", json.dumps(fake).encode())
+        report = {"type": "cancelled", "job_id": job_id, "lease": "forged-lease-token-123456", "runner_id": "evil"}
+        return json.loads((await nc.request("trainyard.rpc.runner.report", json.dumps(report).encode(), 10)).data)
+
+    reply = nats_run(stack, forge)
+    assert reply["ok"] is False and reply["code"] == "stale_lease"
+    time.sleep(2)
+    assert stack.job(job_id)["status"] == "running"
+    assert stack.http.delete(f"{JOBS}/{job_id}").status_code == 202
+    asked = time.monotonic()
+    job = stack.wait(job_id, lambda j: j["status"] in FINISHED, timeout=30)
+    assert job["status"] == "cancelled" and time.monotonic() - asked < 5
+    assert job["progress"]["current_step"] == 0  # stopped inside the first epoch
+
+
+def test_a_telemetry_batch_with_out_of_range_numbers_is_dead_lettered_and_the_next_flows(stack: Stack) -> None:
+    job_id = stack.submit(**QUICK)
+    stack.wait(job_id, lambda j: j["status"] == "completed", timeout=60)
+    before = stack.http.get("/readyz").json()["stages"]["metrics-projector"]["poisoned"]
+
+    async def publish(nc: Any, js: Any) -> None:
+        for step, name in ((2**64, "poison"), (7, "after_poison")):
+            batch = {"batch_id": str(uuid.uuid4()), "job_id": job_id, "attempt": 1, "runner_id": "h:1",
+                     "series": {name: {"steps": [step], "values": [1.5], "ts_ms": [1]}}}
+            await js.publish("trainyard.v1.telemetry.metrics", json.dumps(batch).encode())
+
+    nats_run(stack, publish)
+    points = stack.full_series(job_id, "after_poison", 1)
+    assert [p["step"] for p in points] == [7]
+    stages = stack.http.get("/readyz").json()["stages"]
+    assert stages["metrics-projector"]["poisoned"] == before + 1 and stages["metrics-projector"]["last_error"]
+
+
+def test_events_carry_who_and_why_end_to_end(stack: Stack) -> None:
+    async def scenario(nc: Any, js: Any) -> tuple[httpx.Response, list[dict]]:
+        sub = await nc.subscribe("trainyard.v1.training_job.>")
+        r = await asyncio.to_thread(stack.http.post, JOBS, json={"name": "who", **QUICK}, headers={
+            "X-Trainyard-Actor": "alice", "X-Request-Id": "req-42",
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+        job_id, heard = r.json()["job_id"], []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(h["type"] == "training_job.completed" for h in heard):
+            try:
+                body = json.loads((await sub.next_msg(timeout=1)).data)
+            except nats.errors.TimeoutError:
+                continue
+            if body["aggregate_id"] == job_id:
+                heard.append(body)
+        return r, heard
+
+    r, heard = nats_run(stack, scenario)
+    assert r.status_code == 202 and r.headers["X-Request-Id"] == "req-42"
+    submitted, completed = heard[0], heard[-1]
+    assert (submitted["actor"], submitted["correlation_id"]) == ("alice", "req-42")
+    assert submitted["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert completed["type"] == "training_job.completed" and completed["actor"].startswith("runner:")
+    assert completed["correlation_id"] == "req-42" and completed["trace_id"] == submitted["trace_id"]
+    assert completed["causation_id"]  # the runner report that caused it
+    assert stack.job(r.json()["job_id"])["created_by"] == "alice"
+    assert stack.http.get("/healthz").headers["X-Request-Id"]  # generated when not given
