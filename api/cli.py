@@ -1,4 +1,5 @@
-"""The `trainyard` command: run the service (`up`, `serve`, `runner`) and use it (`submit`, `watch`, `jobs`)."""
+"""The `trainyard` command: run the service (`up`, `serve`, `runner`) and use it (`submit`, `watch`, `jobs`,
+`job`, `cancel`, `status`). An API error or an unreachable API is one `error: ...` line and exit status 1."""
 from __future__ import annotations
 
 import asyncio
@@ -6,19 +7,38 @@ import json
 import logging
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from api.client import TrainyardClient, TrainyardError
+from api.client import FINISHED, TrainyardClient, TrainyardError
 
-cli = typer.Typer(no_args_is_help=True, help="Trainyard: event-sourced ML training service.")
+
+class _OneLineErrors(TyperGroup):
+    """Every command: a TrainyardError (an API error answer, a bad job id, an unreachable API) is printed as one
+    `error: ...` line and exits 1; never a traceback."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TrainyardError as e:
+            console.print(Text(f"error: {e}", style="red"), soft_wrap=True, highlight=False)
+            raise typer.Exit(1) from None
+
+
+cli = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, help="Trainyard: event-sourced ML training service.")
 console = Console()
-FINISHED = ("completed", "failed", "cancelled")
+WATCH_PATIENCE_S = 60.0  # how long `watch` rides out an unreachable or failing (5xx) API before giving up
+STATUS_STYLE = {"ok": "green", "starting": "cyan", "behind": "yellow", "stuck": "red", "error": "red",
+                "completed": "green", "running": "cyan", "queued": "blue", "failed": "red", "cancelled": "yellow"}
 ApiOpt = Annotated[Optional[str], typer.Option("--api", help="API base URL (default: endpoints.json or :8000)")]
 
 
@@ -32,7 +52,7 @@ def up(data_dir: Annotated[Optional[Path], typer.Option(help="data dir (default 
        runners: Annotated[Optional[int], typer.Option(help="runner processes (default 2)")] = None) -> None:
     """Start the whole service on embedded defaults (or the TRAINYARD_*_URL servers) until Ctrl-C."""
     from infra.settings import Settings
-    from infra.supervisor import run_up
+    from infra.processes.up import run_up
 
     _logging()
     overrides = {k: v for k, v in {"data_dir": data_dir, "runners": runners}.items() if v is not None}
@@ -42,7 +62,7 @@ def up(data_dir: Annotated[Optional[Path], typer.Option(help="data dir (default 
 @cli.command()
 def serve() -> None:
     """API + relay + projectors + report handlers (started by `up`)."""
-    from infra.serve import serve as run_serve
+    from infra.processes.serve import serve as run_serve
     from infra.settings import Settings
 
     _logging()
@@ -53,7 +73,7 @@ def serve() -> None:
 def runner() -> None:
     """One runner process (started by `up`)."""
     from infra.settings import Settings
-    from runners.runner import run_runner
+    from infra.processes.runner import run_runner
 
     _logging()
     asyncio.run(run_runner(Settings()))
@@ -73,7 +93,7 @@ def submit(
     watch_it: Annotated[bool, typer.Option("--watch", help="watch it until it ends")] = False,
     api: ApiOpt = None,
 ) -> None:
-    """Submit a training job; prints its id."""
+    """Submit a training job; prints its id (with --watch: exit 0 only when it completes)."""
     params = {}
     for p in param:
         key, _, raw = p.partition("=")
@@ -85,25 +105,45 @@ def submit(
             "dataset": {"uri": dataset, **({"target": target} if target else {})},
             "params": params, "priority": priority, "tags": tag}
     client = TrainyardClient(api)
-    try:
-        out = client.submit(body, idempotency_key)
-    except TrainyardError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(1)
+    out = client.submit(body, idempotency_key)
     console.print(out["job_id"])
     if watch_it:
-        _watch(client, out["job_id"])
+        job = _watch(client, out["job_id"], submitted=True)
+        raise typer.Exit(0 if job["status"] == "completed" else 1)
 
 
-def _watch(client: TrainyardClient, job_id: str, interval: float = 0.5) -> dict:
+def _watch(client: TrainyardClient, job_id: str, interval: float = 0.5, patience: float = WATCH_PATIENCE_S,
+           submitted: bool = False) -> dict:
+    """Poll the job and its latest metrics into a progress bar until it ends. Once the job has been seen, an
+    unreachable API or a 5xx is retried with backoff for up to `patience` seconds of continuous failure (an API
+    restart), the bar staying; then the last error is raised. A job just `submitted` may also 404 for that long
+    (its read model behind)."""
+    down_since: float | None = None
+    delay = interval
+    if not submitted:  # a bad id, an unknown job or an API that is not there: the one-line error, without a bar
+        client.job(job_id)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                   TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"), console=console) as bar:
         t = bar.add_task(job_id[:8], total=100, metrics="")
         while True:
-            job = client.job(job_id)
-            latest = " ".join(f"{n}={p['value']:.4g}" for n, p in client.metrics(job_id)["latest"].items())
+            try:
+                job = client.job(job_id)
+                latest = client.metrics(job_id)["latest"]
+            except TrainyardError as e:
+                now = time.monotonic()
+                down_since = down_since if down_since is not None else now
+                if not (e.retryable or (submitted and e.status == 404)) or now - down_since >= patience:
+                    raise
+                left = patience - (now - down_since)
+                why = f"API {'unreachable' if e.status is None else e.status}: {e.detail or e.title}"
+                bar.update(t, metrics=f"[yellow]{escape(why)}; retrying, giving up in {left:.0f} s[/yellow]")
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 2.0)
+                continue
+            down_since, delay = None, interval
+            shown = " ".join(f"{n}={p['value']:.4g}" for n, p in latest.items())
             bar.update(t, completed=job["progress"]["percentage_complete"],
-                       description=f"{job_id[:8]} {job['status']} a{job['attempt']}", metrics=latest)
+                       description=f"{job_id[:8]} {job['status']} a{job['attempt']}", metrics=escape(shown))
             if job["status"] in FINISHED:
                 break
             time.sleep(interval)
@@ -112,9 +152,13 @@ def _watch(client: TrainyardClient, job_id: str, interval: float = 0.5) -> dict:
 
 
 @cli.command()
-def watch(job_id: str, api: ApiOpt = None) -> None:
-    """A live progress bar with the latest metrics, until the job ends."""
-    job = _watch(TrainyardClient(api), job_id)
+def watch(job_id: str, api: ApiOpt = None,
+          retry_for: Annotated[float, typer.Option(help="seconds to ride out an unreachable or failing API")]
+          = WATCH_PATIENCE_S) -> None:
+    """A live progress bar with the latest metrics until the job ends; exit 0 only when it completes.
+
+    Rides out an API restart (no connection, 5xx) for --retry-for seconds."""
+    job = _watch(TrainyardClient(api), job_id, patience=retry_for)
     raise typer.Exit(0 if job["status"] == "completed" else 1)
 
 
@@ -135,14 +179,146 @@ def jobs(status: Optional[str] = None, framework: Optional[str] = None, tag: Opt
     console.print(table)
 
 
+def _seconds(s: float | None) -> str:
+    return "-" if s is None else f"{s:.1f} s"
+
+
+def _when(ts: str | None, since: str | None = None, what: str = "") -> str:
+    """'2025-05-01 14:00:03' (local time) or, with `since`, '2025-05-01 14:00:03 (ran 2.9 s)'."""
+    if not ts:
+        return "-"
+    at = datetime.fromisoformat(ts)
+    text = at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return f"{text} ({what} {(at - datetime.fromisoformat(since)).total_seconds():.1f} s)" if since else text
+
+
+def _size(n: int) -> str:
+    size, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            break
+        size /= 1024
+    return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+@cli.command()
+def job(job_id: str, as_json: Annotated[bool, typer.Option("--json", help="print the raw data")] = False,
+        api: ApiOpt = None) -> None:
+    """One job: status, params, progress, timings, error, latest metrics, final metrics, artifact.
+
+    With --json: the raw job and its metrics ({"job": ..., "metrics": {"names", "latest"}})."""
+    client = TrainyardClient(api)
+    j = client.job(job_id)
+    try:
+        metrics: dict[str, Any] | None = client.metrics(job_id)
+        metrics_error = None
+    except TrainyardError as e:  # the job is known; its metrics store may be briefly unavailable
+        if not e.retryable:
+            raise
+        metrics, metrics_error = None, str(e)
+    if as_json:
+        print(json.dumps({"job": j, "metrics": metrics}, indent=2))
+        return
+    p = j["progress"]
+    total = f"/{p['total_steps']}" if p.get("total_steps") is not None else ""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    rows: list[tuple[str, Any]] = [
+        ("job_id", j["job_id"]),
+        ("name", escape(j["name"])),
+        ("status", f"[{STATUS_STYLE.get(j['status'], 'white')}]{j['status']}[/]"
+                   + (" (cancel requested)" if j.get("cancel_requested") and j["status"] not in FINISHED else "")),
+        ("attempt", f"{j['attempt']}" + (f" on {escape(j['runner_id'])}" if j.get("runner_id") else "")),
+        ("priority", j["priority"]),
+        ("model", f"{j['framework']}/{j['task']}"),
+        ("dataset", escape(" ".join(f"{k}={v}" for k, v in j["dataset"].items()))),
+        ("params", escape(json.dumps(j["params"]))),
+        ("tags", escape(", ".join(j.get("tags") or [])) or "-"),
+        ("progress", f"{p['percentage_complete']:.0f}% (step {p['current_step']}{total}, "
+                     f"elapsed {_seconds(p.get('elapsed_s'))}, eta {_seconds(p.get('eta_s'))})"),
+        ("created", _when(j["created_at"])),
+        ("started", _when(j.get("started_at"), j["created_at"], "queued")),
+        ("finished", _when(j.get("finished_at"), j.get("started_at") or j["created_at"],
+                           "ran" if j.get("started_at") else "after")),
+    ]
+    if j.get("error"):
+        rows.append(("error", f"[red]{escape(j['error'])}[/red]"))
+    for key, value in rows:
+        grid.add_row(key, value)
+    console.print(grid)
+
+    if metrics_error:
+        console.print(Text(f"metrics unavailable: {metrics_error}", style="yellow"), soft_wrap=True)
+    elif metrics and metrics["latest"]:
+        table = Table(title="latest metrics", title_justify="left", box=None)
+        for col in ("metric", "step", "value"):
+            table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
+        for name, point in sorted(metrics["latest"].items()):
+            table.add_row(escape(name), str(point["step"]), f"{point['value']:.6g}")
+        console.print(table)
+    if j.get("final_metrics"):
+        table = Table(title="final metrics", title_justify="left", box=None)
+        table.add_column("metric", no_wrap=True)
+        table.add_column("value", justify="right", no_wrap=True)
+        for name, value in sorted(j["final_metrics"].items()):
+            table.add_row(escape(name), f"{value:.6g}")
+        console.print(table)
+    if art := j.get("artifact"):
+        console.print("[bold]artifact[/bold]")
+        for key in ("uri", "sha256", "size_bytes", *(k for k in art if k not in ("uri", "sha256", "size_bytes"))):
+            if key in art:
+                value = _size(art[key]) if key == "size_bytes" and isinstance(art[key], int) else str(art[key])
+                console.print(f"  {key:<10} {escape(value)}", soft_wrap=True, highlight=False)
+
+
 @cli.command()
 def cancel(job_id: str, api: ApiOpt = None) -> None:
     """Cancel a queued or running job."""
-    try:
-        console.print_json(data=TrainyardClient(api).cancel(job_id))
-    except TrainyardError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(1)
+    console.print_json(data=TrainyardClient(api).cancel(job_id))
+
+
+def _cut(text: Any, limit: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@cli.command()
+def status(api: ApiOpt = None) -> None:
+    """Readiness: each engine and pipeline stage; exit 0 when ready, 1 otherwise.
+
+    One row per engine check (postgres, nats, clickhouse) and per stage (relay, projectors, reconciler...)."""
+    client = TrainyardClient(api)
+    code, body = client.ready()
+    ready = code == 200 and bool(body.get("ready"))
+    console.print(f"{'[green]ready[/green]' if ready else '[red]NOT READY[/red]'} ({escape(client.base_url)})")
+
+    def show(heads: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+        """Name, colored status, the other columns, and last the error, cut to what the others leave."""
+        if not rows:
+            return
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads[:-1])]
+        room = max(12, console.width - 2 * (len(heads) - 1) - sum(widths))
+        table = Table(box=None, pad_edge=False)
+        for i, head in enumerate(heads):
+            table.add_column(head, no_wrap=True, justify="left" if i < 2 or i == len(heads) - 1 else "right")
+        for name, state, *middle, error in rows:
+            table.add_row(escape(name), f"[{STATUS_STYLE.get(state, 'white')}]{escape(state)}[/]", *middle,
+                          escape(_cut(error, room)))
+        console.print(table)
+
+    checks = [(name, *(x.strip() for x in str(check).partition(":")[::2])) for name, check in
+              (body.get("checks") or {}).items()]
+    show(("check", "status", "detail"), checks)
+    stages = []
+    for name, st in (body.get("stages") or {}).items():
+        since = st.get("last_progress_s")
+        stages.append((name, str(st.get("status")), "-" if st.get("position") is None else str(st["position"]),
+                       "-" if st.get("lag") is None else str(st["lag"]),
+                       "-" if since is None else f"{since:.1f} s ago", str(st.get("poisoned") or 0),
+                       st.get("last_error") or ""))
+    show(("stage", "status", "position", "lag", "progress", "poisoned", "last error"), stages)
+    raise typer.Exit(0 if ready else 1)
 
 
 def main() -> None:
