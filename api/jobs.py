@@ -4,19 +4,22 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from api.limits import SafeText, check_params
+from api.context import CommandContextDep
 from api.problems import Problem
-from api.schemas import (Framework, JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries, Status,
+from api.schemas import (Framework, JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries, Status, Tag,
                          problems)
 from commands.training import JobNotFoundError, SubmitJob
+from domain.frameworks import ParamsError, check_budget, resolve_params
 from infra.bootstrap import Services
-from runners.datasets import DatasetError, validate_dataset
-from runners.trainers import ParamsError, validate_params
+from infra.datasets import DatasetError, validate_dataset
 
 router = APIRouter(prefix="/api/v1/training/jobs", tags=["training jobs"])
 READ_YOUR_WRITES_TIMEOUT_S = 5.0
+ANY_OF, ALL_OF = "repeatable: any of", "repeatable (20 at most): all of"
 
 
 def get_services(request: Request) -> Services:
@@ -32,18 +35,30 @@ def _catch_up(s: Services, position: int | None) -> None:
         s.jobs.wait_for(s.app.name, position, READ_YOUR_WRITES_TIMEOUT_S)
 
 
-@router.post("", status_code=202, response_model=JobAccepted, responses=problems(400, 409, 422))
-def submit_job(body: JobIn, s: ServicesDep,
-               idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> JSONResponse:
+def check_job(body: JobIn, s: Services) -> None:
+    """What pydantic cannot say about a job: the params' shape and values, the dataset, the compute budget.
+    Raises Problem(422) naming the field at fault."""
     try:
-        validate_dataset(body.dataset.uri, body.dataset.target, body.task)
-        validate_params(body.framework, body.task, body.params)
+        check_params(body.params)
+        params = resolve_params(body.framework, body.task, body.params)
+        n_features = validate_dataset(body.dataset.uri, body.dataset.target, body.task,
+                                      s.settings.dataset_root_paths)
+        check_budget(body.framework, params, n_features)
     except (DatasetError, ParamsError) as e:
         raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
+
+
+@router.post("", status_code=202, response_model=JobAccepted, responses=problems(400, 409, 413, 422))
+def submit_job(body: JobIn, s: ServicesDep, ctx: CommandContextDep,
+               idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+                                                             description="printable ASCII, 1 to 255 characters")
+                                          ] = None) -> JSONResponse:
+    """Submit a job (202; 200 when the Idempotency-Key was seen before). Every limit is in the body's schema."""
+    check_job(body, s)
     cmd = SubmitJob(name=body.name, framework=body.framework, task=body.task,
                     dataset=body.dataset.model_dump(exclude_none=True), params=body.params,
-                    priority=body.priority, tags=body.tags)
-    out = s.app.submit_job(cmd, idempotency_key)
+                    priority=body.priority, tags=body.tags, timeout_s=body.timeout_s)
+    out = s.app.submit_job(cmd, idempotency_key, ctx)
     _catch_up(s, out.position)
     accepted = JobAccepted(job_id=out.job_id, status=out.status, created_at=out.created_at)  # type: ignore[arg-type]
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202 if out.created else 200,
@@ -51,9 +66,13 @@ def submit_job(body: JobIn, s: ServicesDep,
 
 
 @router.get("", response_model=JobList, responses=problems(422))
-def list_jobs(s: ServicesDep, status: Status | None = None, framework: Framework | None = None,
-              tag: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-              offset: Annotated[int, Query(ge=0)] = 0) -> JobList:
+def list_jobs(s: ServicesDep,
+              status: Annotated[list[Status] | None, Query(max_length=5, description=ANY_OF)] = None,
+              framework: Annotated[list[Framework] | None, Query(max_length=5, description=ANY_OF)] = None,
+              tag: Annotated[list[Tag] | None, Query(max_length=20, description=ALL_OF)] = None,
+              limit: Annotated[int, Query(ge=1, le=500, description="1 to 500")] = 50,
+              offset: Annotated[int, Query(ge=0, le=1_000_000, description="0 to 1,000,000")] = 0) -> JobList:
+    """Jobs, newest first. `status` and `framework` match any of their values, `tag` needs all of them."""
     rows, total = s.jobs.list(status=status, framework=framework, tag=tag, limit=limit, offset=offset)
     return JobList(items=[JobPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
@@ -71,9 +90,11 @@ def get_job(job_id: UUID, s: ServicesDep) -> JobPublic:
 
 
 @router.delete("/{job_id}", status_code=202, response_model=JobPublic, responses=problems(404, 409, 422))
-def cancel_job(job_id: UUID, s: ServicesDep) -> JobPublic:
+def cancel_job(job_id: UUID, s: ServicesDep, ctx: CommandContextDep) -> JobPublic:
     """Cancel: a queued job ends at once; a running one is stopped by its runner within seconds."""
-    _, position = s.app.request_cancel(job_id)
+    job, position = s.app.request_cancel(job_id, ctx)
+    if job.status == "running":
+        s.leases.flag_cancel(job_id)  # the runner's next heartbeat hears it (the reconciler repairs a lost flag)
     _catch_up(s, position)
     return JobPublic.model_validate(_job(s, job_id))
 
@@ -86,9 +107,9 @@ def metric_names(job_id: UUID, s: ServicesDep) -> MetricNames:
 
 
 @router.get("/{job_id}/metrics/{name}", response_model=MetricSeries, responses=problems(404, 422))
-def metric_series(job_id: UUID, name: str, s: ServicesDep,
+def metric_series(job_id: UUID, name: Annotated[SafeText, Path(min_length=1, max_length=256)], s: ServicesDep,
                   max_points: Annotated[int, Query(ge=4, le=100_000)] = 1000,
-                  attempt: Annotated[int | None, Query(ge=1)] = None) -> MetricSeries:
+                  attempt: Annotated[int | None, Query(ge=1, le=1_000_000)] = None) -> MetricSeries:
     _job(s, job_id)
     attempt = attempt or s.metrics.attempt_of(str(job_id), name)
     if attempt is None:

@@ -1,6 +1,13 @@
-"""Errors as RFC 9457 problem+json, mapped in one place. Every problem names the field at fault when there is one."""
+"""Errors as RFC 9457 problem+json, mapped in one place. Every problem names the field at fault when there is one.
+
+Nothing leaves as plain text: unknown errors become a 500 problem (logged with their traceback here), and
+what a problem echoes (a field path built from request keys, a detail) is truncated and made encodable, so a
+hostile key cannot break the error response itself.
+"""
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +19,8 @@ from commands.training import IdempotencyConflictError, JobNotFoundError
 from domain.training_job import JobError
 
 PROBLEM = "application/problem+json"
+MAX_FIELD_CHARS, MAX_DETAIL_CHARS = 300, 2000
+log = logging.getLogger("trainyard.api")
 
 
 class Problem(Exception):
@@ -21,14 +30,27 @@ class Problem(Exception):
         self.status, self.title, self.detail, self.field, self.errors = status, title, detail, field, errors
 
 
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM
+
+    def render(self, content: Any) -> bytes:  # ASCII-escaped: a lone surrogate in an echoed key still encodes
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def problem_json(status: int, title: str, detail: str, instance: str, field: str | None = None,
+                 errors: list[dict[str, Any]] | None = None) -> ProblemResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
+                            "detail": detail[:MAX_DETAIL_CHARS], "instance": instance[:MAX_DETAIL_CHARS]}
+    if field:
+        body["field"] = field[:MAX_FIELD_CHARS]
+    if errors:
+        body["errors"] = [{"field": str(e["field"])[:MAX_FIELD_CHARS], "reason": str(e["reason"])[:MAX_DETAIL_CHARS]}
+                          for e in errors[:20]]
+    return ProblemResponse(body, status_code=status)
+
+
 def problem_response(request: Request, p: Problem) -> JSONResponse:
-    body: dict[str, Any] = {"type": "about:blank", "title": p.title, "status": p.status, "detail": p.detail,
-                            "instance": request.url.path}
-    if p.field:
-        body["field"] = p.field
-    if p.errors:
-        body["errors"] = p.errors
-    return JSONResponse(body, status_code=p.status, media_type=PROBLEM)
+    return problem_json(p.status, p.title, p.detail, request.url.path, p.field, p.errors)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -44,7 +66,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": _field(tuple(e["loc"])), "reason": e["msg"]} for e in exc.errors()]
-        first = errors[0] if errors else {"field": None, "reason": "invalid request"}
+        first = errors[0] if errors else {"field": "body", "reason": "invalid request"}
         status = 400 if any(e["type"] == "json_invalid" for e in exc.errors()) else 422
         return problem_response(request, Problem(status, "Invalid request", f"{first['field']}: {first['reason']}",
                                                  first["field"], errors))
@@ -63,4 +85,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(request, Problem(exc.status_code, str(exc.detail), str(exc.detail)))
+        field = "body" if exc.status_code == 400 else None  # FastAPI's 400s are bodies that do not parse
+        return problem_response(request, Problem(exc.status_code, str(exc.detail), str(exc.detail), field))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+        return problem_response(request, Problem(500, "Internal server error",
+                                                 "an unexpected error occurred; it was logged"))

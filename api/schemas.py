@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from api.limits import MAX_PARAM_KEY_CHARS, MAX_PARAM_TEXT_CHARS, MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH, SafeText
+from domain.training_job import DEFAULT_TIMEOUT_S
 
 Framework = Literal["lightgbm", "pytorch"]
 Task = Literal["binary_classification", "multiclass_classification", "regression"]
@@ -13,22 +16,41 @@ Priority = Literal["low", "medium", "high", "critical"]
 Status = Literal["queued", "running", "completed", "failed", "cancelled"]
 
 
+NO_CONTROL = "no control characters (NUL included)"
+Tag = Annotated[SafeText, Field(min_length=1, max_length=64, description=f"1 to 64 characters, {NO_CONTROL}")]
+MAX_TAGS = 20
+MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
 class DatasetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    uri: str = Field(min_length=1, max_length=4096,
-                     description="builtin://breast_cancer | builtin://wine | builtin://diabetes | file:///abs/path.csv|.parquet")
-    target: str | None = Field(default=None, min_length=1, max_length=256, description="target column; required for file://")
+    uri: SafeText = Field(min_length=1, max_length=2048,
+                          description="builtin://breast_cancer | builtin://wine | builtin://diabetes | "
+                                      "file:///abs/path.csv|.parquet inside a dataset root (see POST "
+                                      f"/api/v1/datasets); at most 2048 characters, {NO_CONTROL}")
+    target: SafeText | None = Field(default=None, min_length=1, max_length=256,
+                                    description="target column; required for file://; at most 256 characters, "
+                                                f"{NO_CONTROL}")
 
 
 class JobIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
+    name: SafeText = Field(min_length=1, max_length=200, description=f"1 to 200 characters, {NO_CONTROL}")
     framework: Framework
     task: Task
     dataset: DatasetIn
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"the framework's parameters (an allowlist per framework: unknown names are refused). At most "
+                    f"{MAX_PARAMS_BYTES // 1024} KiB as JSON and {MAX_PARAMS_DEPTH} levels deep, keys 1 to "
+                    f"{MAX_PARAM_KEY_CHARS} characters, text values at most {MAX_PARAM_TEXT_CHARS}, {NO_CONTROL}; "
+                    "numbers finite (no NaN/Infinity). Compute is bounded: num_threads 1..16, epochs 1..10000, "
+                    "batch_size 1..65536, hidden_sizes at most 8 layers of 1..2048 and 20M weights, "
+                    "n_estimators 1..20000, num_leaves 2..4096")
     priority: Priority = "medium"
-    tags: list[str] = Field(default_factory=list, max_length=50)
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=f"at most {MAX_TAGS} tags")
+    timeout_s: StrictInt = Field(default=DEFAULT_TIMEOUT_S, ge=1, le=MAX_TIMEOUT_S,
+                                 description="wall-clock limit of the job in seconds, 1 to 604800 (7 days)")
 
 
 class JobAccepted(BaseModel):
@@ -54,11 +76,16 @@ class JobPublic(BaseModel):
     params: dict[str, Any]
     priority: Priority
     tags: list[str]
+    timeout_s: int = Field(default=DEFAULT_TIMEOUT_S, description="wall-clock limit of the job in seconds")
     status: Status
     progress: ProgressPublic
-    attempt: int
+    attempt: int = Field(description="runs started so far (each claim by a runner is a new attempt)")
+    lost_leases: int = Field(default=0, description="attempts whose runner was lost; the job fails at max_attempts")
+    max_attempts: int = Field(default=3, description="how many lost runners the job survives")
     runner_id: str | None
     cancel_requested: bool
+    created_by: str | None = Field(default=None, description="the actor that submitted it (X-Trainyard-Actor)")
+    correlation_id: str | None = Field(default=None, description="the submit's X-Request-Id (or generated)")
     final_metrics: dict[str, float]
     artifact: dict[str, Any] | None
     error: str | None
@@ -91,6 +118,15 @@ class MetricPointPublic(BaseModel):
     step: int
     value: float
     ts: datetime
+
+
+class DatasetUploaded(BaseModel):
+    uri: str = Field(description="file:// URI of the stored file, to use as a job's dataset.uri")
+    sha256: str
+    size_bytes: int
+    rows: int
+    columns: int
+    column_names: list[str]
 
 
 class MetricSeries(BaseModel):

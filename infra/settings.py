@@ -1,6 +1,7 @@
 """Settings from the environment: one place, read once at the edge (bootstrap, CLI)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -20,12 +21,21 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     runners: int = 2
-    # Work distribution (runners/): how long JetStream waits for an ack before redelivering,
-    # and how many deliveries a job gets before it is dead-lettered.
-    runner_ack_wait_s: float = Field(default=30.0, gt=0)
-    runner_max_deliver: int = Field(default=5, ge=1)
+    # Leases (commands/leases.py): a runner heartbeats every lease_ttl_s / 5; a lease silent for lease_ttl_s is
+    # lost and the reconciler (every reconcile_interval_s) requeues its job or fails it per its max_attempts.
+    lease_ttl_s: float = Field(default=15.0, gt=0)
+    reconcile_interval_s: float = Field(default=2.0, gt=0)
+    # A queued job whose work item has not been seen on the work stream for this long gets a new one.
+    requeue_after_s: float = Field(default=30.0, gt=0)
+    # A stage with work waiting and no progress for this long is `stuck` (/readyz answers 503).
+    stuck_after_s: float = Field(default=30.0, gt=0)
     # Relay: JetStream dedup window; hours so a relay restart never publishes twice.
     dedup_window_s: float = 6 * 3600
+    # Input bounds (api/limits.py, infra/dataset_files.py). Dataset roots: os.pathsep-separated absolute paths
+    # that file:// datasets must lie in (default <data_dir>/datasets; uploads go to <first root>/uploads).
+    dataset_roots: str | None = None
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # any request body but an upload
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # POST /api/v1/datasets
 
     def require_urls(self) -> tuple[str, str]:
         """(database_url, nats_url) for processes that need servers running; `trainyard up` sets both."""
@@ -41,3 +51,10 @@ class Settings(BaseSettings):
     @property
     def artifacts(self) -> Path:
         return self.artifact_dir or (self.data_dir / "artifacts")
+
+    @property
+    def dataset_root_paths(self) -> tuple[Path, ...]:
+        """The roots file:// datasets must lie in (not resolved: readers resolve them and the files)."""
+        if not self.dataset_roots:
+            return (self.data_dir / "datasets",)
+        return tuple(Path(p) for p in self.dataset_roots.split(os.pathsep) if p.strip())

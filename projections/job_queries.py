@@ -1,19 +1,25 @@
 """Queries on the `jobs` read model (projections/jobs.py). Reads never touch the event store."""
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
-from psycopg.errors import UndefinedTable
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from projections.readmodel import wait_for
+
+_LIVE = "(SELECT l.{col} FROM job_leases l WHERE l.job_id = jobs.id AND l.lease_id = jobs.lease_id)"
+# Live progress of a running job comes from its lease row (heartbeats); the row's own figures are milestones.
 _COLUMNS = (
-    "id, name, framework, task, dataset, params, priority, tags, status, attempt, runner_id, current_step, "
-    "total_steps, cancel_requested, final_metrics, artifact, error, created_at, updated_at, started_at, "
-    "progress_at, finished_at, version"
+    "id, name, framework, task, dataset, params, priority, tags, timeout_s, max_attempts, status, attempt, "
+    "lost_leases, runner_id, cancel_requested, final_metrics, artifact, error, created_by, correlation_id, "
+    "created_at, updated_at, started_at, finished_at, version, "
+    f"GREATEST(current_step, COALESCE({_LIVE.format(col='current_step')}, 0)) AS current_step, "
+    f"COALESCE({_LIVE.format(col='total_steps')}, total_steps) AS total_steps, "
+    f"GREATEST(progress_at, {_LIVE.format(col='progress_at')}) AS progress_at"
 )
 
 
@@ -37,6 +43,10 @@ def progress(row: dict[str, Any], now: datetime) -> dict[str, Any]:
     }
 
 
+def _values(v: str | Sequence[str] | None) -> list[str]:
+    return [] if v is None else [v] if isinstance(v, str) else list(v)
+
+
 class JobQueries:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
@@ -49,21 +59,24 @@ class JobQueries:
 
     def list(
         self,
-        status: str | None = None,
-        framework: str | None = None,
-        tag: str | None = None,
+        status: str | Sequence[str] | None = None,
+        framework: str | Sequence[str] | None = None,
+        tag: str | Sequence[str] | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
+        """Jobs newest first, and how many match. `status` / `framework`: any of the values; `tag`: all of them.
+        A single string is one value; None or empty means no filter."""
         where, params = ["TRUE"], {"limit": limit, "offset": offset}
+        status, framework, tag = _values(status), _values(framework), _values(tag)
         if status:
-            where.append("status = %(status)s")
+            where.append("status = ANY(%(status)s)")
             params["status"] = status
         if framework:
-            where.append("framework = %(framework)s")
+            where.append("framework = ANY(%(framework)s)")
             params["framework"] = framework
         if tag:
-            where.append("%(tag)s = ANY(tags)")
+            where.append("tags @> %(tag)s::text[]")
             params["tag"] = tag
         cond = " AND ".join(where)
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -78,21 +91,8 @@ class JobQueries:
         return [self._public(r) for r in rows], total
 
     def wait_for(self, application_name: str, position: int, timeout_s: float) -> bool:
-        """Block until the projection has applied `position` (read-your-writes); False on timeout."""
-        deadline, delay = time.monotonic() + timeout_s, 0.002
-        while True:
-            try:
-                with self.pool.connection() as conn:
-                    row = conn.execute("SELECT max(notification_id) FROM jobs_tracking WHERE application_name = %s",
-                                       (application_name,)).fetchone()
-            except UndefinedTable:
-                row = None
-            if row and row[0] is not None and row[0] >= position:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
+        """Block until the jobs projection has applied `position` (read-your-writes); False on timeout."""
+        return wait_for(self.pool, "jobs", application_name, position, timeout_s)
 
     @staticmethod
     def _public(row: dict[str, Any]) -> dict[str, Any]:

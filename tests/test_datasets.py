@@ -1,4 +1,5 @@
-"""Dataset URIs: the submit-time check names the field at fault; loading splits deterministically."""
+"""Dataset URIs: the submit-time check names the field at fault; loading splits deterministically; file
+datasets are read only inside the dataset roots, within a budget, and errors never quote a file."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,14 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_breast_cancer
 
-from runners.datasets import TASKS, DatasetError, load_dataset, validate_dataset
+from infra import dataset_files
+from infra.datasets import TASKS, DatasetError, load_dataset, validate_dataset
 
-
-@pytest.fixture
-def cancer_csv(tmp_path):
-    path = tmp_path / "cancer.csv"
-    load_breast_cancer(as_frame=True).frame.to_csv(path, index=False)
-    return path
+NO_ROOTS = ()
 
 
 @pytest.mark.parametrize("uri, task, n_classes, rows", [
@@ -66,16 +63,16 @@ def test_split_is_deterministic_by_seed():
     ("file:data.csv", "y", "regression", "dataset.uri"),
     ("file:///no/such/file.csv", "y", "regression", "dataset.uri"),
 ])
-def test_validate_dataset_names_the_field_at_fault(uri, target, task, field):
+def test_validate_dataset_names_the_field_at_fault(uri, target, task, field, tmp_path):
     with pytest.raises(DatasetError) as error:
-        validate_dataset(uri, target, task)
+        validate_dataset(uri, target, task, (tmp_path, "/no"))
     assert error.value.field == field
     assert error.value.reason
 
 
 def test_validate_dataset_accepts_builtins_with_or_without_their_target_name():
-    validate_dataset("builtin://breast_cancer", None, "binary_classification")
-    validate_dataset("builtin://wine", "target", "multiclass_classification")
+    assert validate_dataset("builtin://breast_cancer", None, "binary_classification", NO_ROOTS) == 30
+    assert validate_dataset("builtin://wine", "target", "multiclass_classification", NO_ROOTS) == 13
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
@@ -84,13 +81,14 @@ def test_file_dataset_needs_its_target_column(tmp_path, suffix):
     path = tmp_path / f"cancer.{suffix}"
     frame.to_csv(path, index=False) if suffix == "csv" else frame.to_parquet(path)
 
-    validate_dataset(path.as_uri(), "target", "binary_classification")
+    roots = (tmp_path,)
+    assert validate_dataset(path.as_uri(), "target", "binary_classification", roots) == frame.shape[1] - 1
     for target in ("label", None):
         with pytest.raises(DatasetError) as error:
-            validate_dataset(path.as_uri(), target, "binary_classification")
+            validate_dataset(path.as_uri(), target, "binary_classification", roots)
         assert error.value.field == "dataset.target"
     with pytest.raises(DatasetError) as error:
-        load_dataset(path.as_uri(), "label", "binary_classification")
+        load_dataset(path.as_uri(), "label", "binary_classification", roots=roots)
     assert error.value.field == "dataset.target"
 
 
@@ -100,14 +98,14 @@ def test_file_dataset_needs_a_csv_or_parquet_file(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     for name in ("data.json", "folder.csv", "empty.csv"):
         with pytest.raises(DatasetError) as error:
-            validate_dataset((tmp_path / name).as_uri(), "y", "regression")
+            validate_dataset((tmp_path / name).as_uri(), "y", "regression", (tmp_path,))
         assert error.value.field == "dataset.uri", name
 
 
 def test_validate_dataset_reads_only_the_header(tmp_path):
     path = tmp_path / "ragged.csv"
     path.write_text("a,b,y\n1,2,3\n1,2,3,4,5,6\n")  # a full read would fail on line 3
-    validate_dataset(path.as_uri(), "y", "regression")
+    validate_dataset(path.as_uri(), "y", "regression", (tmp_path,))
 
 
 def test_file_features_one_hot_few_levels_and_drop_the_rest(tmp_path):
@@ -124,7 +122,7 @@ def test_file_features_one_hot_few_levels_and_drop_the_rest(tmp_path):
     path = tmp_path / "people.parquet"
     frame.to_parquet(path)
 
-    split = load_dataset(path.as_uri(), "label", "binary_classification")
+    split = load_dataset(path.as_uri(), "label", "binary_classification", roots=(tmp_path,))
 
     assert split.feature_names == ["size", "flag", "colour=green", "colour=red"]
     assert len(split.y_train) + len(split.y_valid) == n - 5  # rows without a label are dropped
@@ -138,16 +136,16 @@ def test_file_target_must_suit_the_task(tmp_path):
     pd.DataFrame({"x": range(30), "y": ["a", "b", "c"] * 10}).to_csv(path, index=False)
     for task in ("binary_classification", "regression"):
         with pytest.raises(DatasetError) as error:
-            load_dataset(path.as_uri(), "y", task)
+            load_dataset(path.as_uri(), "y", task, roots=(tmp_path,))
         assert error.value.field == "dataset.target"
-    assert load_dataset(path.as_uri(), "y", "multiclass_classification").n_classes == 3
+    assert load_dataset(path.as_uri(), "y", "multiclass_classification", roots=(tmp_path,)).n_classes == 3
 
 
 def test_tiny_files_are_refused(tmp_path):
     path = tmp_path / "tiny.csv"
     pd.DataFrame({"x": range(4), "y": [0, 1, 0, 1]}).to_csv(path, index=False)
     with pytest.raises(DatasetError) as error:
-        load_dataset(path.as_uri(), "y", "binary_classification")
+        load_dataset(path.as_uri(), "y", "binary_classification", roots=(tmp_path,))
     assert error.value.field == "dataset.uri"
 
 
@@ -164,6 +162,82 @@ uris = st.one_of(
 @given(uri=uris, target=st.one_of(st.none(), st.text()), task=st.one_of(st.sampled_from(TASKS), st.text()))
 def test_validate_dataset_raises_nothing_but_dataset_error(uri, target, task):
     try:
-        validate_dataset(uri, target, task)
+        validate_dataset(uri, target, task, ("/tmp",))
     except DatasetError as error:
         assert error.field in ("dataset.uri", "dataset.target", "task")
+
+
+def _table(path, rows=20):
+    pd.DataFrame({"x": range(rows), "y": [0, 1] * (rows // 2)}).to_csv(path, index=False)
+    return path
+
+
+def test_files_outside_the_roots_are_refused_whether_they_exist_or_not(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    _table(outside / "data.csv")
+    for uri in ((outside / "data.csv").as_uri(), (outside / "missing.csv").as_uri(),
+                f"file://{root}/../outside/data.csv", f"file://{root}/%2e%2e/outside/data.csv"):
+        with pytest.raises(DatasetError) as error:
+            validate_dataset(uri, "y", "binary_classification", (root,))
+        assert error.value.field == "dataset.uri" and "outside the dataset roots" in error.value.reason, uri
+    with pytest.raises(DatasetError) as error:
+        validate_dataset((root / "missing.csv").as_uri(), "y", "binary_classification", (root,))
+    assert "no such file" in error.value.reason
+    with pytest.raises(DatasetError) as error:  # no roots: no file datasets at all
+        load_dataset((outside / "data.csv").as_uri(), "y", "binary_classification", roots=())
+    assert error.value.field == "dataset.uri"
+
+
+def test_a_symlink_inside_a_root_cannot_reach_outside(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    secret = _table(tmp_path / "secret.csv")
+    (root / "link.csv").symlink_to(secret)
+    (root / "passwd.csv").symlink_to("/etc/passwd")
+    (root / "loop.csv").symlink_to(root / "loop.csv")
+    for name in ("link.csv", "passwd.csv", "loop.csv"):
+        with pytest.raises(DatasetError) as error:
+            load_dataset((root / name).as_uri(), "y", "binary_classification", roots=(root,))
+        assert "outside the dataset roots" in error.value.reason
+        assert "root:" not in str(error.value)
+    inner = _table(root / "inner.csv")  # a symlink to a file inside a root is fine
+    (root / "alias.csv").symlink_to(inner)
+    assert validate_dataset((root / "alias.csv").as_uri(), "y", "binary_classification", (root,)) == 1
+
+
+def test_a_symlinked_root_is_resolved(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "alias").symlink_to(real)
+    _table(real / "data.csv")
+    assert validate_dataset((tmp_path / "alias" / "data.csv").as_uri(), "y", "binary_classification",
+                            (tmp_path / "alias",)) == 1
+
+
+def test_unparsable_files_are_named_but_never_quoted(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"SECRET-LINE-1\nSECRET-LINE-2\n")
+    (tmp_path / "bad.csv").write_bytes(b"a,b\n\xff\xfeSECRET,1\n" * 20)
+    for name in ("bad.parquet", "bad.csv"):
+        uri = (tmp_path / name).as_uri()
+        with pytest.raises(DatasetError) as error:
+            load_dataset(uri, "b", "regression", roots=(tmp_path,))
+        assert error.value.field == "dataset.uri"
+        assert "SECRET" not in str(error.value) and "cannot read" in error.value.reason, str(error.value)
+
+
+def test_tables_over_the_budget_are_refused(tmp_path, monkeypatch):
+    wide = tmp_path / "wide.csv"
+    pd.DataFrame(np.zeros((12, 10_002))).assign(y=[0, 1] * 6).to_csv(wide, index=False)
+    with pytest.raises(DatasetError) as error:
+        validate_dataset(wide.as_uri(), "y", "binary_classification", (tmp_path,))
+    assert "at most 10,000" in error.value.reason
+    tall = _table(tmp_path / "tall.csv", rows=400)
+    monkeypatch.setattr(dataset_files, "MAX_CELLS", 500)  # 400 rows x 2 columns
+    with pytest.raises(DatasetError) as error:
+        load_dataset(tall.as_uri(), "y", "binary_classification", roots=(tmp_path,))
+    assert "too large" in error.value.reason
+    pd.read_csv(tall).to_parquet(tmp_path / "tall.parquet")
+    with pytest.raises(DatasetError) as error:
+        load_dataset((tmp_path / "tall.parquet").as_uri(), "y", "binary_classification", roots=(tmp_path,))
+    assert "too large" in error.value.reason

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
+from infra.datasets import DatasetError, load_dataset
 from runners.artifacts import LocalArtifactStore
-from runners.datasets import DatasetError, load_dataset
 from runners.trainers import (
-    MODEL_SUFFIX, ParamsError, TrainingCancelled, TrainSpec, trainer_for, validate_params, validation_metrics,
+    MODEL_SUFFIX, ParamsError, TrainingCancelled, TrainSpec, check_budget, resolve_params, trainer_for,
+    validate_params, validation_metrics,
 )
 
 FRAMEWORKS = ["lightgbm", "pytorch"]
@@ -90,7 +91,8 @@ def test_trains_on_file_datasets(framework, suffix, tmp_path):
     frame["target"] = frame["target"].map({0: "malignant", 1: "benign"})
     path = tmp_path / f"cancer.{suffix}"
     frame.to_csv(path, index=False) if suffix == "csv" else frame.to_parquet(path)
-    spec = TrainSpec(framework, "binary_classification", path.as_uri(), "target", FAST[framework])
+    spec = TrainSpec(framework, "binary_classification", path.as_uri(), "target", FAST[framework],
+                     dataset_roots=(tmp_path,))
 
     result = trainer_for(framework).fit(spec, RecordingReporter())
 
@@ -98,10 +100,23 @@ def test_trains_on_file_datasets(framework, suffix, tmp_path):
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_fit_reads_files_only_inside_its_dataset_roots(framework, tmp_path):
+    path = tmp_path / "cancer.csv"
+    load_breast_cancer(as_frame=True).frame.to_csv(path, index=False)
+    for roots in ((), (tmp_path / "elsewhere",)):
+        spec = TrainSpec(framework, "binary_classification", path.as_uri(), "target", FAST[framework],
+                         dataset_roots=roots)
+        with pytest.raises(DatasetError) as error:
+            trainer_for(framework).fit(spec, RecordingReporter())
+        assert error.value.field == "dataset.uri"
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_fit_refuses_a_missing_target_column(framework, tmp_path):
     path = tmp_path / "cancer.csv"
     load_breast_cancer(as_frame=True).frame.to_csv(path, index=False)
-    spec = TrainSpec(framework, "binary_classification", path.as_uri(), "label", FAST[framework])
+    spec = TrainSpec(framework, "binary_classification", path.as_uri(), "label", FAST[framework],
+                     dataset_roots=(tmp_path,))
     with pytest.raises(DatasetError) as error:
         trainer_for(framework).fit(spec, RecordingReporter())
     assert error.value.field == "dataset.target"
@@ -130,14 +145,38 @@ def test_saved_models_reproduce_the_final_metrics():
 @pytest.mark.parametrize("framework, params, field", [
     ("pytorch", {"epochs": "ten"}, "params.epochs"),
     ("pytorch", {"epochs": True}, "params.epochs"),
+    ("pytorch", {"epochs": 10_001}, "params.epochs"),
+    ("pytorch", {"epochs": 5.0}, "params.epochs"),
     ("pytorch", {"lr": 0}, "params.lr"),
+    ("pytorch", {"lr": float("nan")}, "params.lr"),
     ("pytorch", {"hidden_sizes": [64, "wide"]}, "params.hidden_sizes"),
+    ("pytorch", {"hidden_sizes": [8] * 9}, "params.hidden_sizes"),
+    ("pytorch", {"hidden_sizes": [2049]}, "params.hidden_sizes"),
+    ("pytorch", {"batch_size": 65_537}, "params.batch_size"),
+    ("pytorch", {"num_threads": 17}, "params.num_threads"),
     ("pytorch", {"dropout": 0.1}, "params.dropout"),
     ("lightgbm", {"n_estimators": 0}, "params.n_estimators"),
+    ("lightgbm", {"n_estimators": 20_001}, "params.n_estimators"),
+    ("lightgbm", {"num_leaves": 4097}, "params.num_leaves"),
+    ("lightgbm", {"num_threads": 64}, "params.num_threads"),
     ("lightgbm", {"learning_rate": "fast"}, "params.learning_rate"),
     ("lightgbm", {"subsample": 1.5}, "params.subsample"),
+    ("lightgbm", {"subsample": 0.5, "bagging_fraction": 0.5}, "params.bagging_fraction"),
+    ("lightgbm", {"extra_trees": "true"}, "params.extra_trees"),
+    ("lightgbm", {"extra_trees": 1}, "params.extra_trees"),
+    ("lightgbm", {"boosting": "gbdt objective=huber"}, "params.boosting"),
+    ("lightgbm", {"boosting_type": "rf"}, "params.boosting_type"),
+    ("lightgbm", {"tree_learner": "serial"}, "params.tree_learner"),
+    ("lightgbm", {"forcedsplits_filename": "/etc/passwd"}, "params.forcedsplits_filename"),
+    ("lightgbm", {"machines": "10.0.0.1:12400"}, "params.machines"),
+    ("lightgbm", {"num_machines": 2}, "params.num_machines"),
     ("lightgbm", {"objective": "huber"}, "params.objective"),
+    ("lightgbm", {"metric": "l1"}, "params.metric"),
+    ("lightgbm", {"seed": 1}, "params.seed"),
+    ("lightgbm", {"bagging_seed": 1}, "params.bagging_seed"),
+    ("lightgbm", {"verbosity": 1}, "params.verbosity"),
     ("lightgbm", {"num_iterations": 10}, "params.num_iterations"),
+    ("lightgbm", {"some_new_param": 1}, "params.some_new_param"),
     ("lightgbm", "n_estimators=5", "params"),
     ("sklearn", {}, "framework"),
 ])
@@ -148,10 +187,58 @@ def test_validate_params_names_the_field_at_fault(framework, params, field):
     assert error.value.reason
 
 
-def test_validate_params_accepts_defaults_sound_values_and_unknown_lightgbm_params():
+def test_unknown_params_get_a_did_you_mean_hint():
+    with pytest.raises(ParamsError) as error:
+        validate_params("lightgbm", "regression", {"n_estimator": 10})
+    assert "did you mean 'n_estimators'?" in error.value.reason
+    with pytest.raises(ParamsError) as error:
+        validate_params("pytorch", "regression", {"epoch": 10})
+    assert "did you mean 'epochs'?" in error.value.reason
+
+
+def test_validate_params_accepts_defaults_sound_values_and_aliases():
     validate_params("pytorch", "binary_classification", {})
     validate_params("pytorch", "regression", {"epochs": 3, "hidden_sizes": [], "lr": 1, "weight_decay": 1e-4})
-    validate_params("lightgbm", "multiclass_classification", {"n_estimators": 10, "extra_trees": True})
+    validate_params("lightgbm", "multiclass_classification", {"n_estimators": 10, "extra_trees": True,
+                                                              "boosting": "dart", "num_leaves": 4096})
+    resolved = resolve_params("lightgbm", "regression", {"colsample_bytree": 0.5, "boosting_type": "gbdt"})
+    assert resolved == {"n_estimators": 100, "num_threads": 1, "feature_fraction": 0.5, "boosting": "gbdt"}
+
+
+def test_budget_names_the_parameter_that_is_too_big():
+    check_budget("pytorch", {"hidden_sizes": [2048] * 4}, 30)
+    with pytest.raises(ParamsError) as error:
+        check_budget("pytorch", {"hidden_sizes": [2048] * 6}, 30)
+    assert error.value.field == "params.hidden_sizes" and "20,000,000" in error.value.reason
+    with pytest.raises(ParamsError) as error:  # a wide dataset makes the first layer big
+        check_budget("pytorch", {"hidden_sizes": [2048]}, 10_000)
+    assert error.value.field == "params.hidden_sizes"
+    check_budget("lightgbm", {"n_estimators": 20_000}, 10_000)
+    with pytest.raises(ParamsError) as error:
+        check_budget("lightgbm", {"n_estimators": 1000, "num_leaves": 4096}, 30)
+    assert error.value.field == "params.num_leaves"
+    with pytest.raises(ParamsError) as error:  # multiclass: one tree per class per round
+        check_budget("lightgbm", {"n_estimators": 20_000}, 30, n_outputs=10)
+    assert error.value.field == "params.n_estimators"
+
+
+@pytest.mark.parametrize("framework, params", [
+    ("pytorch", {"hidden_sizes": [2048] * 6, "epochs": 1}),
+    ("lightgbm", {"n_estimators": 1000, "num_leaves": 4096}),
+])
+def test_fit_checks_the_budget_before_training(framework, params):
+    reporter = RecordingReporter()
+    with pytest.raises(ParamsError):
+        trainer_for(framework).fit(TrainSpec(framework, "binary_classification", "builtin://breast_cancer", None,
+                                             params), reporter)
+    assert reporter.steps == []
+
+
+def test_lightgbm_keeps_trainyards_fixed_params():
+    spec = TrainSpec("lightgbm", "binary_classification", "builtin://breast_cancer", None, {"n_estimators": 3}, seed=11)
+    model = trainer_for("lightgbm").fit(spec, RecordingReporter()).model_bytes.decode()
+    for line in ("[objective: binary]", "[seed: 11]", "[deterministic: 1]", "[num_threads: 1]"):
+        assert line in model
 
 
 def test_validate_params_names_an_unknown_task():

@@ -8,6 +8,9 @@ finished model's validation predictions. The model is LightGBM's text format ("l
 Deterministic given the spec: `deterministic=True`, row-wise histograms, a fixed thread count
 (`num_threads`, default 1, since runners share the machine) and every seed derived from `spec.seed`.
 Cancellation is checked after every round, so it takes effect within one round.
+
+LightGBM's parameters are built as {**user params, **task params, **fixed params}: the user's (allowlisted by
+domain/frameworks.py) can never override the objective, metrics, seed, determinism or verbosity.
 """
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from runners.datasets import Split, load_dataset
+from domain.frameworks import LIGHTGBM
+from infra.datasets import Split, load_dataset
 from runners.trainers import (
-    Reporter, TrainingCancelled, TrainResult, TrainSpec, resolve_params, validation_metrics,
+    Reporter, TrainingCancelled, TrainResult, TrainSpec, check_budget, resolve_params, validation_metrics,
 )
 
 # Per task: LightGBM's loss metric, its task metric, and the step metric that one becomes.
@@ -34,14 +38,15 @@ class LightGBMTrainer:
 
     def fit(self, spec: TrainSpec, report: Reporter) -> TrainResult:
         params = resolve_params("lightgbm", spec.task, spec.params)
+        split = load_dataset(spec.dataset_uri, spec.target, spec.task, seed=spec.seed, roots=spec.dataset_roots)
+        check_budget("lightgbm", params, len(split.feature_names), split.n_classes or 1)
         rounds = params.pop("n_estimators")
-        split = load_dataset(spec.dataset_uri, spec.target, spec.task, seed=spec.seed)
         if report.should_stop():
             raise TrainingCancelled()
         train = lgb.Dataset(split.X_train, split.y_train, feature_name=_safe_names(split), free_raw_data=False)
         valid = lgb.Dataset(split.X_valid, split.y_valid, reference=train, free_raw_data=False)
         booster = lgb.train(
-            {**_task_params(spec.task, split), **_fixed_params(spec.seed), **params},
+            {**params, **_task_params(spec.task, split), **_fixed_params(spec.seed)},
             train,
             num_boost_round=rounds,
             valid_sets=[train, valid],
@@ -52,7 +57,7 @@ class LightGBMTrainer:
         return TrainResult(
             final_metrics=validation_metrics(spec.task, split.y_valid, predicted),
             model_bytes=booster.model_to_string().encode(),
-            model_format="lightgbm-text",
+            model_format=LIGHTGBM.model_format,
         )
 
 

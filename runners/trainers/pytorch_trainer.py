@@ -23,9 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from runners.datasets import Split, load_dataset
+from domain.frameworks import PYTORCH
+from infra.datasets import Split, load_dataset
 from runners.trainers import (
-    Reporter, TrainingCancelled, TrainResult, TrainSpec, resolve_params, step_metrics, validation_metrics,
+    Reporter, TrainingCancelled, TrainResult, TrainSpec, check_budget, resolve_params, step_metrics,
+    validation_metrics,
 )
 
 FORMAT_VERSION = 1
@@ -67,11 +69,12 @@ class PyTorchMLPTrainer:
 
     def fit(self, spec: TrainSpec, report: Reporter) -> TrainResult:
         params = resolve_params("pytorch", spec.task, spec.params)
-        split = load_dataset(spec.dataset_uri, spec.target, spec.task, seed=spec.seed)
+        split = load_dataset(spec.dataset_uri, spec.target, spec.task, seed=spec.seed, roots=spec.dataset_roots)
+        n_outputs = split.n_classes if spec.task == "multiclass_classification" else 1
+        check_budget("pytorch", params, split.X_train.shape[1], n_outputs)
         torch.set_num_threads(params["num_threads"])
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         generator = torch.Generator().manual_seed(spec.seed % 2**63)
-        n_outputs = split.n_classes if spec.task == "multiclass_classification" else 1
         model = StandardizedMLP(split.X_train.shape[1], params["hidden_sizes"], n_outputs)
         model.reset_parameters(generator)
         _fit_normalizers(model, split, spec.task)
@@ -97,7 +100,7 @@ class PyTorchMLPTrainer:
             scores = validation_metrics(spec.task, split.y_valid, _predict(model, X_valid, spec.task))
             report.step(epoch, params["epochs"], step_metrics(spec.task, total / n, scores))
         return TrainResult(final_metrics=scores, model_bytes=_serialize(model, spec, split, params),
-                           model_format="torch-state-dict")
+                           model_format=PYTORCH.model_format)
 
 
 def load_model(data: bytes) -> StandardizedMLP:

@@ -5,39 +5,40 @@ URIs:
     `builtin://diabetes` (regression): scikit-learn's bundled copies, no download. Their target is
     fixed; `target` may be omitted or given as "target".
   * `file:///absolute/path.csv` or `.parquet`: a table with a header; `target` names the label column.
+    Only files inside the dataset roots are read (`roots`, from Settings.dataset_root_paths; see
+    infra/dataset_files.py); with no roots, file datasets are refused.
 
 Errors are `DatasetError`s naming the request field at fault ("dataset.uri", "dataset.target",
-"task") and a reason a user can act on; the API maps them to 422.
+"task") and a reason a user can act on; the API maps them to 422. Budget: at most MAX_FEATURE_COLUMNS
+feature columns (after one-hot encoding too) and MAX_CELLS cells per table.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 
 from domain.training_job import TASKS
+from infra.dataset_files import (
+    MAX_CELLS, MAX_FEATURE_COLUMNS, DatasetError, read_columns, read_table, resolve_file_uri,
+)
+
+__all__ = ["BUILTIN_TASK", "MAX_CELLS", "MAX_FEATURE_COLUMNS", "MIN_ROWS", "TASKS", "DatasetError", "Split",
+           "load_dataset", "validate_dataset"]
 
 BUILTIN_TASK = {
     "breast_cancer": "binary_classification",
     "wine": "multiclass_classification",
     "diabetes": "regression",
 }
-FILE_SUFFIXES = (".csv", ".parquet")
+BUILTIN_FEATURES = {"breast_cancer": 30, "wine": 13, "diabetes": 10}
 MAX_ONE_HOT_LEVELS = 32
 MAX_CLASSES = 256
 MIN_ROWS = 10
 VALID_FRACTION = 0.2
-
-
-class DatasetError(ValueError):
-    """A dataset reference that cannot be used: `field` is the request field, `reason` says why."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -58,48 +59,62 @@ class Split:
     class_labels: list[str] | None
 
 
-def validate_dataset(uri: str, target: str | None, task: str) -> None:
+def validate_dataset(uri: str, target: str | None, task: str, roots: Sequence[Path]) -> int:
     """Check cheaply that `uri` names a usable dataset for `task`; raise DatasetError if not.
 
-    Reads at most a CSV header or a Parquet schema, never the data. Raises nothing but DatasetError.
+    Returns the number of feature columns it sees: exact for builtins, the header's columns less the
+    target for files (one-hot encoding may add some at load time). Reads at most a CSV header or a
+    Parquet schema, never the data. Raises nothing but DatasetError.
     """
     if task not in TASKS:
-        raise DatasetError("task", f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        raise DatasetError("task", f"unknown task {str(task)[:40]!r}; expected one of {', '.join(TASKS)}")
     if not isinstance(uri, str):
         raise DatasetError("dataset.uri", "must be a string")
     if uri.startswith("builtin://"):
-        _check_builtin(uri.removeprefix("builtin://"), target, task)
-    elif uri.startswith("file://"):
-        columns = _header(_file_path(uri))
-        if not target:
-            raise DatasetError("dataset.target", "required for file datasets: name the label column")
-        if target not in columns:
-            raise DatasetError("dataset.target", f"column {target!r} not found; columns are {columns[:20]}")
-        if len(columns) < 2:
-            raise DatasetError("dataset.uri", "the file has no feature columns besides the target")
-    else:
+        name = uri.removeprefix("builtin://")
+        _check_builtin(name, target, task)
+        return BUILTIN_FEATURES[name]
+    if not uri.startswith("file://"):
         raise DatasetError("dataset.uri", "unknown scheme; use builtin://<name> or file:///<absolute path>")
+    path = resolve_file_uri(uri, roots)
+    columns = read_columns(path, _display_name(uri))
+    if not target:
+        raise DatasetError("dataset.target", "required for file datasets: name the label column")
+    if target not in columns:
+        shown = [c[:64] for c in columns[:20]]
+        raise DatasetError("dataset.target", f"column {target[:64]!r} not found; columns are {shown}"
+                           f"{' ...' if len(columns) > 20 else ''}")
+    if len(columns) < 2:
+        raise DatasetError("dataset.uri", "the file has no feature columns besides the target")
+    if len(columns) - 1 > MAX_FEATURE_COLUMNS:
+        raise DatasetError("dataset.uri", f"{len(columns) - 1:,} feature columns; at most {MAX_FEATURE_COLUMNS:,}")
+    return len(columns) - 1
 
 
-def load_dataset(uri: str, target: str | None, task: str, seed: int = 0) -> Split:
+def load_dataset(uri: str, target: str | None, task: str, seed: int = 0, roots: Sequence[Path] = ()) -> Split:
     """Load `uri` and split it 80/20 (stratified for classification), deterministically by `seed`.
 
-    File datasets follow these rules: rows whose target is missing are dropped; numeric and boolean
-    columns are features as they are (missing values stay NaN); text/categorical columns with at most
-    MAX_ONE_HOT_LEVELS distinct values are one-hot encoded as `column=value` (levels sorted); every
-    other column (high-cardinality text, dates, ...) is dropped. Classification labels are encoded
-    by sorted distinct value; a binary task needs exactly 2 of them.
+    File datasets (only inside `roots`) follow these rules: rows whose target is missing are dropped;
+    numeric and boolean columns are features as they are (missing values stay NaN); text/categorical
+    columns with at most MAX_ONE_HOT_LEVELS distinct values are one-hot encoded as `column=value`
+    (levels sorted); every other column (high-cardinality text, dates, ...) is dropped. Classification
+    labels are encoded by sorted distinct value; a binary task needs exactly 2 of them. Tables over the
+    budget (MAX_CELLS, MAX_FEATURE_COLUMNS) are refused.
     """
-    validate_dataset(uri, target, task)
+    validate_dataset(uri, target, task, roots)
     if uri.startswith("builtin://"):
         X, y, names, labels = _load_builtin(uri.removeprefix("builtin://"))
     else:
-        X, y, names, labels = _load_file(_file_path(uri), target, task)
+        X, y, names, labels = _load_file(resolve_file_uri(uri, roots), _display_name(uri), target, task)
     if len(y) < MIN_ROWS:
         raise DatasetError("dataset.uri", f"needs at least {MIN_ROWS} rows with a target, found {len(y)}")
     if labels is not None:
         _check_classes(task, labels)
     return _split(X, y, names, labels, seed)
+
+
+def _display_name(uri: str) -> str:
+    return PurePosixPath(unquote(urlparse(uri).path)).name[:100]
 
 
 def _check_builtin(name: str, target: str | None, task: str) -> None:
@@ -109,40 +124,6 @@ def _check_builtin(name: str, target: str | None, task: str) -> None:
         raise DatasetError("task", f"builtin://{name} is a {BUILTIN_TASK[name]} dataset, not {task}")
     if target not in (None, "", "target"):
         raise DatasetError("dataset.target", f"builtin://{name} has a fixed target; omit it or use 'target'")
-
-
-def _file_path(uri: str) -> Path:
-    try:
-        parsed = urlparse(uri)
-    except ValueError as exc:
-        raise DatasetError("dataset.uri", f"not a valid URI: {exc}") from None
-    if parsed.netloc not in ("", "localhost"):
-        raise DatasetError("dataset.uri", "file URIs need an absolute path: file:///abs/path.csv")
-    path = Path(unquote(parsed.path))
-    if not path.is_absolute() or "\x00" in str(path):
-        raise DatasetError("dataset.uri", "file URIs need an absolute path: file:///abs/path.csv")
-    if path.suffix.lower() not in FILE_SUFFIXES:
-        raise DatasetError("dataset.uri", f"unsupported file type {path.suffix!r}; use .csv or .parquet")
-    try:
-        exists = path.is_file()
-    except OSError:
-        exists = False
-    if not exists:
-        raise DatasetError("dataset.uri", f"no such file: {path}")
-    return path
-
-
-def _header(path: Path) -> list[str]:
-    try:
-        if path.suffix.lower() == ".csv":
-            import pandas as pd
-
-            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
-    except Exception as exc:  # any parser failure means the file is unusable, which is the user's to fix
-        raise DatasetError("dataset.uri", f"cannot read {path.name}: {exc}") from None
 
 
 def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
@@ -156,19 +137,23 @@ def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[st
     return X, bunch.target.astype(np.int64), names, [str(n) for n in bunch.target_names]
 
 
-def _load_file(path: Path, target: str, task: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
+def _load_file(path: Path, name: str, target: str, task: str):
+    """(X, y, feature names, class labels or None) of the table at `path`."""
     import pandas as pd
 
-    frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    frame = read_table(path, name)
     frame = frame[frame[target].notna()]
     features = _encode_features(frame.drop(columns=[target]))
     if features.shape[1] == 0:
         raise DatasetError("dataset.uri", "no usable feature columns (numeric, or text with few distinct values)")
+    if features.shape[1] > MAX_FEATURE_COLUMNS or features.size > MAX_CELLS:
+        raise DatasetError("dataset.uri", f"{features.shape[1]:,} feature columns after one-hot encoding; at most "
+                           f"{MAX_FEATURE_COLUMNS:,} and {MAX_CELLS:,} cells")
     X = features.to_numpy(dtype=np.float32)
     y_raw = frame[target]
     if task == "regression":
         if not pd.api.types.is_numeric_dtype(y_raw):
-            raise DatasetError("dataset.target", f"regression needs a numeric target; {target!r} is {y_raw.dtype}")
+            raise DatasetError("dataset.target", f"regression needs a numeric target; {target[:64]!r} is {y_raw.dtype}")
         return X, y_raw.to_numpy(dtype=np.float32), list(features.columns), None
     values = y_raw.to_numpy() if pd.api.types.is_numeric_dtype(y_raw) else y_raw.astype(str).to_numpy()
     classes, codes = np.unique(values, return_inverse=True)

@@ -1,0 +1,46 @@
+"""/api/v1/datasets: upload a CSV or Parquet file to train on.
+
+The multipart body is parsed by Starlette (files spool to disk past 1 MiB, never whole in memory) and the
+whole request is capped by api/limits.py's BodyLimit (`max_upload_bytes` plus the multipart framing); the file
+is then stored by infra/dataset_uploads.py under the first dataset root, with its own cap of `max_upload_bytes`.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import JSONResponse
+
+from api.jobs import ServicesDep
+from api.limits import SafeText
+from api.problems import Problem
+from api.schemas import DatasetUploaded, problems
+from infra.dataset_files import DatasetError
+from infra.dataset_uploads import UploadTooLarge, store_upload
+
+PATH = "/api/v1/datasets"
+router = APIRouter(prefix=PATH, tags=["datasets"])
+
+
+@router.post("", status_code=201, response_model=DatasetUploaded, responses=problems(400, 413, 422))
+def upload_dataset(
+    s: ServicesDep,
+    file: Annotated[UploadFile, File(description="a .csv (with a header) or .parquet table: at least 10 rows and "
+                                                 "2 columns, at most 256 MiB (Settings.max_upload_bytes), "
+                                                 "10,000 feature columns and 200,000,000 cells")],
+    name: Annotated[SafeText | None, Form(min_length=1, max_length=100,
+                                          description="name to store it under (default: the file's name); "
+                                                      "reduced to letters, digits, '.', '_' and '-'")] = None,
+) -> JSONResponse:
+    """Store the file under the first dataset root as `<sha256[:16]>-<name>` and return its `file://` URI,
+    to use as a job's `dataset.uri`. Uploading the same bytes under the same name again returns the same URI."""
+    try:
+        stored = store_upload(file.file, file.filename or "", name, s.settings.dataset_root_paths[0],
+                              s.settings.max_upload_bytes)
+    except UploadTooLarge as e:
+        raise Problem(413, "Payload too large", str(e), "file") from None
+    except DatasetError as e:
+        raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from None
+    out = DatasetUploaded(uri=stored.uri, sha256=stored.sha256, size_bytes=stored.size_bytes, rows=stored.rows,
+                          columns=len(stored.column_names), column_names=stored.column_names)
+    return JSONResponse(out.model_dump(), status_code=201)

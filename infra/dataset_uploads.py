@@ -1,0 +1,93 @@
+"""Storing an uploaded dataset file under the first dataset root, content-addressed and checked.
+
+`store_upload(source, filename, name, root, max_bytes)` copies `source` (a binary file object, read in chunks,
+never whole) to a temporary file in `<root>/uploads/`, hashing and counting as it goes, reads it back as a
+table (it must parse, have at least MIN_ROWS rows and 2 columns, and be within the table budget), then renames
+it atomically to `<root>/uploads/<sha256[:16]>-<sanitized name>`. On any failure the temporary file is
+removed. Errors: `UploadTooLarge` (over `max_bytes`), `DatasetError("file", reason)` for a file that is not a
+usable .csv/.parquet table.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from infra.dataset_files import FILE_SUFFIXES, DatasetError, read_table
+from infra.datasets import MIN_ROWS
+
+CHUNK_BYTES = 1024 * 1024
+MAX_NAME_CHARS = 100
+
+
+class UploadTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the file is over the upload limit of {limit:,} bytes")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class StoredDataset:
+    path: Path
+    sha256: str
+    size_bytes: int
+    rows: int
+    column_names: list[str]
+
+    @property
+    def uri(self) -> str:
+        return self.path.as_uri()
+
+
+def store_upload(source: BinaryIO, filename: str, name: str | None, root: Path, max_bytes: int) -> StoredDataset:
+    """Store `source` (uploaded as `filename`; `name` overrides the stored name) under `root`; see the module."""
+    suffix = PurePosixPath(filename.replace("\\", "/")).suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise DatasetError("file", "the file name must end with .csv or .parquet")
+    folder = Path(root).resolve() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=suffix)
+    tmp = Path(tmp_name)
+    try:
+        digest, size = _copy(source, fd, max_bytes)
+        try:
+            frame = read_table(tmp, _safe_name(name or filename, suffix), field="file")
+        except DatasetError as e:
+            raise DatasetError("file", e.reason) from None
+        if len(frame) < MIN_ROWS or frame.shape[1] < 2:
+            raise DatasetError("file", f"needs at least {MIN_ROWS} rows and 2 columns, found {len(frame)} rows "
+                               f"and {frame.shape[1]} columns")
+        final = folder / f"{digest[:16]}-{_safe_name(name or filename, suffix)}"
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return StoredDataset(final, digest, size, len(frame), [str(c) for c in frame.columns])
+
+
+def _copy(source: BinaryIO, fd: int, max_bytes: int) -> tuple[str, int]:
+    """Copy `source` into the open file `fd` (closed after), returning (sha256 hex, size); UploadTooLarge."""
+    digest, size = hashlib.sha256(), 0
+    with os.fdopen(fd, "wb") as out:
+        while chunk := source.read(CHUNK_BYTES):
+            size += len(chunk)
+            if size > max_bytes:
+                raise UploadTooLarge(max_bytes)
+            digest.update(chunk)
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest(), size
+
+
+def _safe_name(name: str, suffix: str) -> str:
+    """`name`'s last path segment reduced to [A-Za-z0-9._-], without a leading dot, ending with `suffix`."""
+    stem = PurePosixPath(name.replace("\\", "/")).name
+    if stem.lower().endswith(FILE_SUFFIXES):
+        stem = stem.rsplit(".", 1)[0]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:MAX_NAME_CHARS] or "dataset"
+    return f"{stem}{suffix}"
