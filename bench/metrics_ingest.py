@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from domain.telemetry import MetricBatch, SeriesChunk  # noqa: E402
+from domain.contract import TELEMETRY_METRICS, MetricBatch, SeriesChunk  # noqa: E402
 from infra.clickhouse import connect as connect_clickhouse  # noqa: E402
 from infra.embedded import EmbeddedNats  # noqa: E402
-from infra.messaging import TELEMETRY_METRICS, connect, ensure_streams  # noqa: E402
+from infra.messaging import connect, ensure_streams  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from projections.metric_store import MetricColumns, MetricStore  # noqa: E402
 from projections.metrics import MetricsProjector  # noqa: E402

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 FINISHED = ("completed", "failed", "cancelled")
 JOBS = "/api/v1/training/jobs"
 # Short leases so lost runners are noticed in seconds (the default ttl is 15 s).
-FAST_LEASES = {"TRAINYARD_LEASE_TTL_S": "3", "TRAINYARD_RECONCILE_INTERVAL_S": "0.5", "TRAINYARD_REQUEUE_AFTER_S": "5"}
+FAST_LEASES = {"TRAINYARD_LEASE_TTL_S": "5", "TRAINYARD_RECONCILE_INTERVAL_S": "0.5", "TRAINYARD_REQUEUE_AFTER_S": "5"}
 
 
 class Stack:
