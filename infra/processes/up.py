@@ -12,7 +12,7 @@ Contract of `run_up(settings)` (call it from the main thread; it installs SIGINT
 3. Prints a summary and writes `<data_dir>/endpoints.json`: {"api", "postgres", "nats", "clickhouse",
    "data_dir", "pids": {"serve", "runners": [...], "postgres", "nats"}}; rewritten when a pid changes.
 4. A child that exits is restarted; an embedded engine that dies is restarted on the same port. More than
-   `max_restarts` restarts of one part within `restart_window_s` shuts everything down with exit code 1.
+   `max_restarts` crash restarts (non-zero exit) of one part within `restart_window_s` shuts everything down with exit code 1.
 5. On SIGINT/SIGTERM: SIGTERM to the children, SIGKILL to their process groups after `stop_timeout_s`,
    then the embedded engines are stopped; nothing in data_dir is removed; returns 0.
 """
@@ -161,7 +161,7 @@ def _watch(data_dir: Path, endpoints: dict, children: list[_Child], engines: dic
                 continue
             log.warning("child.exited name=%s pid=%d rc=%s", child.name, child.proc.pid, rc)
             child.kill_group()
-            if not child.restarts.allow():
+            if rc != 0 and not child.restarts.allow():  # a clean exit (rc 0, e.g. a runner told to stop) is no crash
                 log.error("child.restart_budget_exhausted name=%s limit=%d window_s=%.0f", child.name,
                           child.restarts.limit, child.restarts.window_s)
                 return 1
