@@ -1,0 +1,373 @@
+"""Submit latency through the real HTTP API at fixed arrival rates (open loop, coordinated-omission-safe).
+
+The service side is what `trainyard serve` runs for a submit, in this process: the app from
+`infra.bootstrap.build(Settings(...))` + `api.app.create_app(services)` under uvicorn (a background thread, a free
+port on 127.0.0.1), and the `jobs` projection (`ProjectionHost`, its own asyncio loop in a thread) so that a POST
+returns only once the read model shows the job (read-your-writes, `api/jobs.py` `_catch_up`). A fresh PostgreSQL
+database (dropped at the end), an embedded nats-server (temp dir, a free port, never 4222), chDB in a temp dir.
+
+The load generator is a separate OS process (httpx.AsyncClient, keep-alive pool): for each rate, request i is
+due at t0 + i/rate, fired as its own task at that time, and its latency is measured from that due time (not from
+when it was actually sent), so a stall shows up as queueing in every request it delays. Each rate runs
+--seconds (10) after a --warmup (2 s at 50/s, not counted). Errors: anything but a 202 (timeouts included).
+
+    python bench/commands.py [--rates 50,100,200] [--seconds 10]
+
+Prints per rate: sent, errors, p50, p99, max (ms); the service's CPU per submit; ends with `p99_at_200_ms=`
+(goal ≤ 20 ms).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing as mp
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg  # noqa: E402
+
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+PATH = "/api/v1/training/jobs"
+
+
+def body(i: int) -> dict[str, Any]:
+    return {"name": f"bench-{i}", "framework": "lightgbm", "task": "binary_classification",
+            "dataset": {"uri": "builtin://breast_cancer"}, "params": {"n_estimators": 50, "num_leaves": 15}}
+
+
+# ---- the load generator (a separate process) ------------------------------------------------------
+async def _load(base: str, rate: float, seconds: float, probe: str | None = None) -> dict[str, Any]:
+    import httpx
+
+    n = int(rate * seconds)
+    lat: list[float] = []  # from the due time: what a caller arriving on schedule waits
+    service: list[float] = []  # from the actual send: what the server alone took (hides queueing)
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10.0) as client:
+        loop = asyncio.get_running_loop()
+
+        async def one(i: int, due: float) -> None:
+            sent = loop.time()
+            try:
+                r = await (client.get(probe) if probe else client.post(PATH, json=body(i)))
+                code = "202" if probe and r.status_code == 200 else str(r.status_code)
+            except Exception as e:
+                code = type(e).__name__
+            done = loop.time()
+            if code == "202":
+                lat.append((done - due) * 1000)
+                service.append((done - sent) * 1000)
+            else:
+                errors[code] = errors.get(code, 0) + 1
+
+        t0 = loop.time() + 0.05
+        tasks = []
+        for i in range(n):
+            due = t0 + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, due)))
+        await asyncio.gather(*tasks)
+        elapsed = loop.time() - t0
+    return {"sent": n, "lat": lat, "service": service, "errors": errors, "elapsed": elapsed}
+
+
+def _load_process(base: str, rate: float, seconds: float, probe: str | None, out: Any) -> None:
+    out.put(asyncio.run(_load(base, rate, seconds, probe)))
+
+
+def load(base: str, rate: float, seconds: float, probe: str | None = None) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_load_process, args=(base, rate, seconds, probe, q), daemon=True)
+    proc.start()
+    result = q.get()
+    proc.join()
+    return result
+
+
+# ---- the service (this process) ---------------------------------------------------------------------
+def create_database(server: str) -> str:
+    name = f"trainyard_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{server.rpartition('/')[0]}/{name}"
+
+
+def drop_database(server: str, url: str) -> None:
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+
+
+class Projection(threading.Thread):
+    """The jobs projection as serve runs it: ProjectionHost.run in its own asyncio loop."""
+
+    def __init__(self, host: Any) -> None:
+        super().__init__(name="projection-host", daemon=True)
+        self.host, self.loop, self.stop_event = host, None, None
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        async def main() -> None:
+            self.loop, self.stop_event = asyncio.get_running_loop(), asyncio.Event()
+            self.ready.set()
+            await self.host.run(self.stop_event)
+
+        asyncio.run(main())
+
+    def stop(self) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.join(15)
+
+
+def cpu_snapshot(db_name: str) -> dict[str, float]:
+    """CPU seconds so far: this process (API, projection, all threads) and the PostgreSQL backends of the db."""
+    import psutil
+
+    pg = 0.0
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if p.info["name"] == "postgres" and db_name in " ".join(p.info["cmdline"] or ()):
+                t = p.cpu_times()
+                pg += t.user + t.system
+        except psutil.Error:
+            pass
+    return {"service process": time.process_time(), "postgres backends": pg}
+
+
+class Breakdown:
+    """--breakdown: wraps (in this process only, for measurement) the steps of a submit to time them:
+    check_job, the event-store insert (TrainingApplication.submit_job), the read-your-writes wait, and when the
+    projection applied each position, so the wait splits into projection lag (commit → applied) and the wait's
+    overshoot (applied → the poll that saw it)."""
+
+    def __init__(self) -> None:
+        import api.jobs as jobs
+        import projections.job_queries as job_queries
+        from commands.training import TrainingApplication
+        from projections.readmodel import TrackedView
+
+        self.t: dict[str, list[float]] = {}
+        self.committed: dict[int, float] = {}
+        self.applied: dict[int, float] = {}
+        self.waited: dict[int, float] = {}
+        self.polls: list[int] = []
+        timed = self._timed
+        jobs.check_job = timed("check_job", jobs.check_job)
+        submit = TrainingApplication.submit_job
+
+        def submit_job(app: Any, *a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            out = submit(app, *a, **kw)
+            now = time.perf_counter()
+            self.t.setdefault("insert (submit_job)", []).append((now - t) * 1000)
+            if out.position is not None:
+                self.committed[out.position] = now
+            return out
+
+        TrainingApplication.submit_job = submit_job
+        write = TrackedView.write
+
+        def tracked_write(view: Any, sql: str, params: Any, tracking: Any) -> None:
+            write(view, sql, params, tracking)
+            self.applied[tracking.notification_id] = time.perf_counter()
+
+        TrackedView.write = tracked_write
+        wait = job_queries.wait_for
+
+        def wait_for(pool: Any, projection: str, app_name: str, position: int, timeout_s: float) -> bool:
+            t = time.perf_counter()
+            ok = wait(pool, projection, app_name, position, timeout_s)
+            now = time.perf_counter()
+            self.t.setdefault("read-your-writes wait", []).append((now - t) * 1000)
+            self.waited[position] = now
+            return ok
+
+        job_queries.wait_for = wait_for
+
+    def _timed(self, name: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.t.setdefault(name, []).append((time.perf_counter() - t) * 1000)
+        return wrapper
+
+    def reset(self) -> None:
+        self.t.clear()
+        self.committed.clear()
+        self.waited.clear()
+
+    def report(self) -> str:
+        lag = [(self.applied[p] - c) * 1000 for p, c in self.committed.items() if p in self.applied]
+        over = [(self.waited[p] - self.applied[p]) * 1000 for p in self.waited if p in self.applied]
+        rows = {**self.t, "  of which projection lag (commit → applied)": lag,
+                "  of which wait overshoot (applied → seen)": over}
+        return "\n".join(f"    {k:<45} p50 {pct(v, 50):6.1f} ms  p99 {pct(v, 99):6.1f} ms  mean "
+                         f"{statistics.fmean(v):6.1f} ms  (n={len(v)})" for k, v in rows.items() if v)
+
+
+def experiment(name: str) -> None:
+    """--experiment: measured variants of the service, patched in this process only (nothing outside bench/ is
+    changed). `no-wait`: POST returns right after the insert (what the read-your-writes wait costs).
+    `notify-wait`: PROTOTYPE of the proposed change: the jobs view signals each applied position on an in-process
+    condition and wait_for waits on it (no polling queries, no backoff). `healthz`: the load generator GETs
+    /healthz instead (a sync route through the same middleware and threadpool: the HTTP stack's floor)."""
+    import projections.job_queries as job_queries
+    from projections.readmodel import TrackedView
+
+    if name == "no-wait":
+        job_queries.wait_for = lambda *a, **kw: True
+    elif name == "notify-wait":
+        cond, applied = threading.Condition(), [0]  # a fresh database: nothing applied yet
+
+        def signalled(fn: Any) -> Any:
+            def wrapper(view: Any, *a: Any) -> Any:
+                out = fn(view, *a)
+                with cond:
+                    applied[0] = max(applied[0], a[-1].notification_id)
+                    cond.notify_all()
+                return out
+            return wrapper
+
+        TrackedView.write = signalled(TrackedView.write)
+        TrackedView.insert_tracking = signalled(TrackedView.insert_tracking)
+
+        def wait_for(pool: Any, projection: str, app_name: str, position: int, timeout_s: float) -> bool:
+            with cond:
+                return cond.wait_for(lambda: applied[0] >= position, timeout_s)
+
+        job_queries.wait_for = wait_for
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process's threads, grouped by (Python) thread name."""
+    import psutil
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for t in psutil.Process().threads():
+        name = names.get(t.id, "other (non-Python)")
+        for group in ("AnyIO worker thread", "pool-"):
+            if name.startswith(group):
+                name = group + ("*" if group == "pool-" else "s")
+        if "(" in name and name.startswith("Thread-"):
+            name = "projection runner " + name[name.index("("):]
+        out[name] = out.get(name, 0.0) + t.user_time + t.system_time
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q / 100 * len(xs)) - 1))]
+
+
+def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
+    import uvicorn
+
+    from api.app import create_app
+    from commands.training import TrainingApplication
+    from infra.bootstrap import build
+    from infra.embedded import EmbeddedNats, free_port
+    from infra.postgres import eventsourcing_env
+    from infra.settings import Settings
+    from projections.jobs import JobsProjection, JobsView
+    from projections.readmodel import ProjectionHost
+
+    if args.experiment != "none":
+        experiment(args.experiment)
+    breakdown = Breakdown() if args.breakdown else None
+    nats = EmbeddedNats(work, preferred_port=free_port(0), preferred_monitor_port=free_port(0))
+    nats_url = nats.start()
+    services = build(Settings(database_url=db_url, nats_url=nats_url, clickhouse_url=None, data_dir=work / "data"))
+    projection = Projection(ProjectionHost(TrainingApplication, JobsProjection, JobsView, eventsourcing_env(db_url),
+                                           services.pool, services.health.stage("projection:jobs")))
+    port = free_port(0)
+    server = uvicorn.Server(uvicorn.Config(create_app(services, nats_client=None), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="off"))
+    api = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    try:
+        projection.start()
+        api.start()
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port}"
+        print(f"setup: PostgreSQL {db_url.rpartition('/')[2]}, nats-server {nats_url}, API {base} (uvicorn thread, "
+              f"sync routes in its threadpool), jobs projection thread; load generator = a separate process; "
+              f"experiment: {args.experiment}")
+        probe = "/healthz" if args.experiment == "healthz" else None
+        if args.warmup:
+            w = load(base, 50, args.warmup)
+            print(f"warm-up: {w['sent']} submits at 50/s, errors {sum(w['errors'].values())} (not counted)")
+        results = {}
+        for rate in [float(r) for r in args.rates.split(",")]:
+            if breakdown:
+                breakdown.reset()
+            before, threads_before = cpu_snapshot(db_url.rpartition("/")[2]), thread_cpu()
+            res = load(base, rate, args.seconds, probe)
+            after, threads_after = cpu_snapshot(db_url.rpartition("/")[2]), thread_cpu()
+            lat, svc, nerr = res["lat"], res["service"], sum(res["errors"].values())
+            ok = max(1, len(lat))
+            cpu = ", ".join(f"{k} {(after[k] - before[k]) / ok * 1000:.2f} ms" for k in after)
+            print(f"rate {rate:g}/s for {args.seconds:g} s: sent {res['sent']}, errors {nerr}"
+                  f"{' ' + str(res['errors']) if nerr else ''}, latency from due time: p50 {pct(lat, 50):.1f} ms, "
+                  f"p99 {pct(lat, 99):.1f} ms, max {max(lat, default=float('nan')):.1f} ms "
+                  f"(mean {statistics.fmean(lat) if lat else float('nan'):.1f}); from actual send: "
+                  f"p50 {pct(svc, 50):.1f}, p99 {pct(svc, 99):.1f}; CPU per submit: {cpu}")
+            if args.breakdown:
+                per = {k: (v - threads_before.get(k, 0.0)) / ok * 1000 for k, v in threads_after.items()}
+                print("  service CPU per submit by thread: " + ", ".join(
+                    f"{k} {v:.2f} ms" for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.01))
+                print(breakdown.report())
+            results[rate] = res
+        if 200.0 in results:
+            print(f"p99_at_200_ms={pct(results[200.0]['lat'], 99):.1f}")
+    finally:
+        server.should_exit = True
+        api.join(15)
+        projection.stop()
+        projection.host.close()
+        services.close()
+        nats.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="50,100,200", help="submits per second, comma-separated")
+    ap.add_argument("--seconds", type=float, default=10.0, help="per rate")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds at 50/s before the first rate (0: none)")
+    ap.add_argument("--experiment", choices=("none", "no-wait", "notify-wait", "healthz"), default="none",
+                    help="a measured variant (see experiment()); none: the service as it is")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="time the steps of each submit and the service's CPU by thread (wraps functions in-process)")
+    ap.add_argument("--pg", default=PG_SERVER, help="a PostgreSQL server URL (its database part is ignored)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
+    db_url = create_database(args.pg)
+    try:
+        run(args, work, db_url)
+    finally:
+        drop_database(args.pg, db_url)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
