@@ -221,16 +221,49 @@ class Breakdown:
                          f"{statistics.fmean(v):6.1f} ms  (n={len(v)})" for k, v in rows.items() if v)
 
 
+EXPERIMENTS = ("no-wait", "notify-wait", "asgi-mw", "switch-1ms", "healthz")
+
+
 def experiment(name: str) -> None:
     """--experiment: measured variants of the service, patched in this process only (nothing outside bench/ is
-    changed). `no-wait`: POST returns right after the insert (what the read-your-writes wait costs).
-    `notify-wait`: PROTOTYPE of the proposed change: the jobs view signals each applied position on an in-process
-    condition and wait_for waits on it (no polling queries, no backoff). `healthz`: the load generator GETs
-    /healthz instead (a sync route through the same middleware and threadpool: the HTTP stack's floor)."""
+    changed); several may be combined with commas. `no-wait`: POST returns right after the insert (what the
+    read-your-writes wait costs). `notify-wait`: PROTOTYPE of a proposed change: the jobs view signals each
+    applied position on an in-process condition and wait_for waits on it (no polling queries, no backoff).
+    `switch-1ms`: sys.setswitchinterval(0.001) instead of 5 ms (a test of the GIL convoy hypothesis: a thread
+    that returns from a PostgreSQL round trip waits up to the interval for the GIL while request threads hold
+    it, and the projection makes several round trips per event).
+    `asgi-mw`: PROTOTYPE of a proposed change: the X-Request-Id middleware (api/context.py, a Starlette
+    BaseHTTPMiddleware via @app.middleware("http")) as a plain ASGI middleware doing the same. `healthz`: the
+    load generator GETs /healthz instead (a sync route through the same middleware and threadpool: the HTTP
+    stack's floor)."""
+    import api.context as context
     import projections.job_queries as job_queries
+    from commands.context import new_correlation_id, safe_token
     from projections.readmodel import TrackedView
 
-    if name == "no-wait":
+    if name == "switch-1ms":
+        sys.setswitchinterval(0.001)
+    elif name == "asgi-mw":
+        class RequestId:
+            def __init__(self, app: Any) -> None:
+                self.app = app
+
+            async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+                if scope["type"] != "http":
+                    return await self.app(scope, receive, send)
+                given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+                rid = safe_token(given.decode("latin-1") if given else None) or new_correlation_id()
+                scope.setdefault("state", {})["request_id"] = rid
+
+                async def send_with_id(message: Any) -> None:
+                    if message["type"] == "http.response.start":
+                        message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                    await send(message)
+
+                await self.app(scope, receive, send_with_id)
+
+        context.install = lambda app: app.add_middleware(RequestId)
+    elif name == "no-wait":
         job_queries.wait_for = lambda *a, **kw: True
     elif name == "notify-wait":
         cond, applied = threading.Condition(), [0]  # a fresh database: nothing applied yet
@@ -254,12 +287,12 @@ def experiment(name: str) -> None:
         job_queries.wait_for = wait_for
 
 
-def thread_cpu() -> dict[str, float]:
-    """CPU seconds so far of this process's threads, grouped by (Python) thread name."""
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of each live thread of this process: {native id: (group name, seconds)}."""
     import psutil
 
     names = {t.native_id: t.name for t in threading.enumerate()}
-    out: dict[str, float] = {}
+    out: dict[int, tuple[str, float]] = {}
     for t in psutil.Process().threads():
         name = names.get(t.id, "other (non-Python)")
         for group in ("AnyIO worker thread", "pool-"):
@@ -267,7 +300,18 @@ def thread_cpu() -> dict[str, float]:
                 name = group + ("*" if group == "pool-" else "s")
         if "(" in name and name.startswith("Thread-"):
             name = "projection runner " + name[name.index("("):]
-        out[name] = out.get(name, 0.0) + t.user_time + t.system_time
+        out[t.id] = (name, t.user_time + t.system_time)
+    return out
+
+
+def thread_cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                     process_s: float) -> dict[str, float]:
+    """CPU seconds per thread group between two snapshots; what threads that exited in between used is the
+    process's delta less the rest ("exited threads")."""
+    out: dict[str, float] = {}
+    for tid, (name, s) in after.items():
+        out[name] = out.get(name, 0.0) + s - before.get(tid, (name, 0.0))[1]
+    out["exited threads"] = process_s - sum(out.values())
     return out
 
 
@@ -290,8 +334,9 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
     from projections.jobs import JobsProjection, JobsView
     from projections.readmodel import ProjectionHost
 
-    if args.experiment != "none":
-        experiment(args.experiment)
+    for name in args.experiment.split(","):
+        if name != "none":
+            experiment(name)
     breakdown = Breakdown() if args.breakdown else None
     nats = EmbeddedNats(work, preferred_port=free_port(0), preferred_monitor_port=free_port(0))
     nats_url = nats.start()
@@ -312,7 +357,7 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
         print(f"setup: PostgreSQL {db_url.rpartition('/')[2]}, nats-server {nats_url}, API {base} (uvicorn thread, "
               f"sync routes in its threadpool), jobs projection thread; load generator = a separate process; "
               f"experiment: {args.experiment}")
-        probe = "/healthz" if args.experiment == "healthz" else None
+        probe = "/healthz" if "healthz" in args.experiment.split(",") else None
         if args.warmup:
             w = load(base, 50, args.warmup)
             print(f"warm-up: {w['sent']} submits at 50/s, errors {sum(w['errors'].values())} (not counted)")
@@ -332,7 +377,9 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
                   f"(mean {statistics.fmean(lat) if lat else float('nan'):.1f}); from actual send: "
                   f"p50 {pct(svc, 50):.1f}, p99 {pct(svc, 99):.1f}; CPU per submit: {cpu}")
             if args.breakdown:
-                per = {k: (v - threads_before.get(k, 0.0)) / ok * 1000 for k, v in threads_after.items()}
+                delta = thread_cpu_delta(threads_before, threads_after,
+                                         after["service process"] - before["service process"])
+                per = {k: v / ok * 1000 for k, v in delta.items()}
                 print("  service CPU per submit by thread: " + ", ".join(
                     f"{k} {v:.2f} ms" for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.01))
                 print(breakdown.report())
@@ -353,12 +400,15 @@ def main() -> None:
     ap.add_argument("--rates", default="50,100,200", help="submits per second, comma-separated")
     ap.add_argument("--seconds", type=float, default=10.0, help="per rate")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds at 50/s before the first rate (0: none)")
-    ap.add_argument("--experiment", choices=("none", "no-wait", "notify-wait", "healthz"), default="none",
-                    help="a measured variant (see experiment()); none: the service as it is")
+    ap.add_argument("--experiment", default="none",
+                    help=f"measured variants, comma-separated, of {', '.join(EXPERIMENTS)} (see experiment()); "
+                         "none: the service as it is")
     ap.add_argument("--breakdown", action="store_true",
                     help="time the steps of each submit and the service's CPU by thread (wraps functions in-process)")
     ap.add_argument("--pg", default=PG_SERVER, help="a PostgreSQL server URL (its database part is ignored)")
     args = ap.parse_args()
+    if any(e not in ("none", *EXPERIMENTS) for e in args.experiment.split(",")):
+        ap.error(f"--experiment: one or more of {', '.join(EXPERIMENTS)}, or none")
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
     db_url = create_database(args.pg)
