@@ -28,13 +28,13 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg  # noqa: E402
+
+from infra.postgres import create_database, drop_database  # noqa: E402
 
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 PATH = "/api/v1/training/jobs"
@@ -99,18 +99,6 @@ def load(base: str, rate: float, seconds: float, probe: str | None = None) -> di
 
 
 # ---- the service (this process) ---------------------------------------------------------------------
-def create_database(server: str) -> str:
-    name = f"trainyard_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{server.rpartition('/')[0]}/{name}"
-
-
-def drop_database(server: str, url: str) -> None:
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
-
-
 class Projection(threading.Thread):
     """The jobs projection as serve runs it: ProjectionHost.run in its own asyncio loop."""
 
@@ -411,7 +399,7 @@ def main() -> None:
         ap.error(f"--experiment: one or more of {', '.join(EXPERIMENTS)}, or none")
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
-    db_url = create_database(args.pg)
+    db_url = create_database(args.pg, "trainyard_bench")
     try:
         run(args, work, db_url)
     finally:

@@ -49,7 +49,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg  # noqa: E402
+
+from infra.postgres import create_database, drop_database  # noqa: E402
 
 from domain.contract import REPORT_SUBJECT, RunnerReport  # noqa: E402
 
@@ -176,18 +177,6 @@ def cpu_line(res: dict[str, Any], reports: int) -> str:
 
 
 # ---- the command side (this process) ---------------------------------------------------------------
-def create_database(server: str) -> str:
-    name = f"trainyard_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{server.rpartition('/')[0]}/{name}"
-
-
-def drop_database(server: str, url: str) -> None:
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
-
-
 def submit(app: Any, n: int) -> list[tuple[str, str]]:
     from commands.training import SubmitJob
 
@@ -349,7 +338,7 @@ def main() -> None:
         ap.error("--steps must be at least 1000 and twice --window")
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
-    db_url = create_database(args.pg)
+    db_url = create_database(args.pg, "trainyard_bench")
     try:
         asyncio.run(bench(args, work, db_url))
     finally:

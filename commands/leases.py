@@ -106,8 +106,6 @@ class LeaseStore:
             "WHERE expires_at < now() ORDER BY expires_at LIMIT %s", (limit,))
         return [ExpiredLease(r[0], r[1], r[2], float(r[3])) for r in rows]
 
-    def held(self) -> set[UUID]:
-        return {r[0] for r in self._run("SELECT job_id FROM job_leases", ())}
 
 
 def milestone_of(current_step: int | None, total_steps: int | None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from uuid import UUID
 
 from nats.js import JetStreamContext
@@ -41,8 +42,8 @@ class Reconciler:
         n = 0
         for lease in self.leases.expired():
             reason = f"runner {lease.runner_id} stopped renewing its lease"
-            self._repair(lease.job_id, lambda job_id, lease_id=lease.lease_id, reason=reason:
-                         self.app.expire_lease(job_id, lease_id, reason, SYSTEM.caused_by(f"lease:{lease_id}")))
+            self._repair(lambda: self.app.expire_lease(lease.job_id, lease.lease_id, reason,
+                                                       SYSTEM.caused_by(f"lease:{lease.lease_id}")))
             self.leases.drop(lease.job_id, lease.lease_id)
             n += 1
         with self.pool.connection() as conn:
@@ -52,8 +53,8 @@ class Reconciler:
                 "AND NOT EXISTS (SELECT 1 FROM job_leases l WHERE l.job_id = jobs.id) LIMIT 500",
                 (2 * self.leases.ttl_s,)).fetchall()
         for job_id, lease_id in orphans:
-            self._repair(job_id, lambda job_id, lease_id=lease_id: self.app.expire_lease(
-                job_id, lease_id, "its lease was never renewed", SYSTEM.caused_by(f"lease:{lease_id}")))
+            self._repair(lambda: self.app.expire_lease(job_id, lease_id, "its lease was never renewed",
+                                                       SYSTEM.caused_by(f"lease:{lease_id}")))
             n += 1
         return n
 
@@ -71,13 +72,14 @@ class Reconciler:
         present = {s.rsplit(".", 1)[-1] for s in (info.state.subjects or {})}
         missing = [job_id for job_id in candidates if str(job_id) not in present]
         for job_id in missing:
-            await asyncio.to_thread(self._repair, job_id, lambda job_id: self.app.requeue(
+            await asyncio.to_thread(self._repair, lambda: self.app.requeue(
                 job_id, "its work item was missing from the work stream", SYSTEM))
         return len(missing)
 
-    def _repair(self, job_id: UUID, command) -> None:  # noqa: ANN001
+    def _repair(self, command: Callable[[], object]) -> None:
+        """Run one repair command; a job that moved on since the read refuses it, which is fine."""
         try:
-            command(job_id)
+            command()
             self.repairs += 1
         except JobError:
             pass  # the job moved on since the read: nothing to repair

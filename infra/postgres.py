@@ -28,6 +28,26 @@ def eventsourcing_env(database_url: str) -> dict[str, str]:
 
 
 
+def create_database(server_url: str, prefix: str) -> str:
+    """A new, empty database `<prefix>_<random>` on the server of `server_url`; returns its URL (tests, benches)."""
+    import uuid
+
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{server_url.rpartition('/')[0]}/{name}"
+
+
+def drop_database(server_url: str, url: str) -> None:
+    """Drop the database of `url` (made by create_database), closing its sessions."""
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+
+
 def pool(database_url: str, max_size: int = 8) -> ConnectionPool:
     # check: a connection broken by a PostgreSQL restart is replaced, not handed to a request
     p = ConnectionPool(database_url, min_size=1, max_size=max_size, open=False, check=ConnectionPool.check_connection)

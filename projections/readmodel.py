@@ -115,9 +115,9 @@ class ProjectionHost:
                                     (app,)).fetchone()[0] or 0
             head = conn.execute(f"SELECT max(id) FROM {app}_events").fetchone()[0] or 0
             poisoned = conn.execute("SELECT count(*) FROM projection_poisoned WHERE projection = %s", (name,)).fetchone()[0]
-        if poisoned > self.stage.poisoned:
-            self.stage.poisoned = poisoned - 1
+        if poisoned > self.stage.poisoned:  # set aside by the runner's thread: counted here, in the stage
             self.stage.poisoned_one("see table projection_poisoned")
+            self.stage.poisoned = poisoned
         self.stage.observe(position, head)
 
     async def run(self, stop: asyncio.Event) -> None:

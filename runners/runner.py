@@ -78,7 +78,7 @@ class Runner:
     async def _cancel_hint(self, msg: Msg) -> None:
         """Only a hint: the next heartbeat comes now, and its reply (the aggregate) decides."""
         with contextlib.suppress(Exception):
-            if self.current and json.loads(msg.data[:4096] if len(msg.data) > 4096 else msg.data).get(
+            if self.current and len(msg.data) <= 65536 and json.loads(msg.data).get(
                     "aggregate_id") == self.current.job_id:
                 self.current.beat_now.set()
 

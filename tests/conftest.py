@@ -9,13 +9,12 @@ import os
 import shutil
 import socket
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
+from infra import postgres as pg
 from infra.messaging import STREAMS
 
 
@@ -49,17 +48,10 @@ def postgres_server(engines_dir: Path) -> Iterator[str]:
 
 
 def create_database(server_url: str) -> str:
-    name = f"trainyard_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = server_url.rpartition("/")
-    return f"{base}/{name}"
+    return pg.create_database(server_url, "trainyard_test")
 
 
-def drop_database(server_url: str, url: str) -> None:
-    name = url.rpartition("/")[2]
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+drop_database = pg.drop_database
 
 
 @pytest.fixture

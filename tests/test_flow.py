@@ -72,9 +72,14 @@ class Stack:
         """The series once it has `expected` points: telemetry is eventually consistent with the job's status
         (after a serve crash, batches it had fetched come back after the metrics consumer's 10 s ack wait)."""
         deadline = time.monotonic() + timeout
-        while len(points := self.series(job_id, name)) < expected and time.monotonic() < deadline:
+        while True:
+            r = self.http.get(f"{JOBS}/{job_id}/metrics/{name}", params={"max_points": 100_000})
+            if r.status_code != 404:  # 404 until the metric's first batch lands
+                assert r.status_code == 200, r.text
+                if len(points := r.json()["points"]) >= expected or time.monotonic() >= deadline:
+                    return points
+            assert time.monotonic() < deadline, f"metric {name} of job {job_id} never appeared"
             time.sleep(0.1)
-        return points
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

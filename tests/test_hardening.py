@@ -197,3 +197,55 @@ def test_events_carry_who_and_why_end_to_end(stack: Stack) -> None:
     assert completed["causation_id"]  # the runner report that caused it
     assert stack.job(r.json()["job_id"])["created_by"] == "alice"
     assert stack.http.get("/healthz").headers["X-Request-Id"]  # generated when not given
+
+
+def test_hostile_reports_and_work_items_are_refused_or_dead_lettered_and_work_still_flows(stack: Stack) -> None:
+    unknown = str(uuid.uuid4())
+    base = {"type": "heartbeat", "job_id": unknown, "lease": "a-lease-token-of-24-chars", "runner_id": "h:1"}
+    hostile = [
+        {**base, "runner_id": "h\u0000x"},                                      # NUL
+        {**base, "type": "completed", "final_metrics": {"auc": float("nan")}},   # NaN (sent as a JSON token)
+        {**base, "type": "completed", "artifact": {"uri": {"deep": {"er": [1]}}}},  # deep JSON
+        {**base, "current_step": "ten"},                                        # wrong type
+        {**base, "error": "e" * 900_000},                                       # huge field
+    ]
+
+    async def scenario(nc: Any, js: Any) -> tuple[list[dict], dict, bytes]:
+        replies = []
+        for report in hostile:
+            data = json.dumps(report).encode()
+            replies.append(json.loads((await nc.request("trainyard.rpc.runner.report", data, timeout=10)).data))
+        missing = json.loads((await nc.request("trainyard.rpc.runner.report", json.dumps(base).encode(), 10)).data)
+        marker = f"bad-work-{uuid.uuid4()}"
+        await js.publish(f"trainyard.work.high.training.{marker}", b'{"kind": "training", "aggregate_id": "\x00"}')
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                dead = await js.get_last_msg("TRAINYARD_DLQ", f"trainyard.v1.dlq.work.high.training.{marker}")
+                break
+            except nats.js.errors.NotFoundError:
+                assert time.monotonic() < deadline, "the malformed work item was never dead-lettered"
+                await asyncio.sleep(0.2)
+        return replies, missing, dead.data
+
+    replies, missing, dead = nats_run(stack, scenario)
+    assert [r["code"] for r in replies] == ["invalid"] * len(hostile)
+    assert missing["code"] == "not_found"
+    assert b"aggregate_id" in dead
+    job_id = stack.submit(**QUICK)
+    assert stack.wait(job_id, lambda j: j["status"] in FINISHED, timeout=60)["status"] == "completed"
+
+
+def test_the_readme_python_example_runs_as_written(stack: Stack) -> None:
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)```", readme, re.S)
+    env = {**os.environ, "TRAINYARD_API_URL": str(stack.http.base_url)}
+    out = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("completed {") and "'auc'" in out.stdout
