@@ -3,7 +3,7 @@
 take `CommandContextDep`, so every event they record says who asked, within which request and trace."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 
@@ -13,14 +13,31 @@ from commands.context import CommandContext, new_correlation_id, safe_token, tra
 REQUEST_ID = "X-Request-Id"
 
 
+class RequestId:
+    """Plain ASGI middleware (no per-request task or stream wrapping, unlike `@app.middleware("http")`): a safe
+    `X-Request-Id` is kept, anything else replaced by a new id; it is put in `request.state.request_id` and echoed
+    on the response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        rid = safe_token(given.decode("latin-1")) or new_correlation_id()
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 def install(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):  # noqa: ANN001, ANN202
-        given = request.headers.get(REQUEST_ID)
-        request.state.request_id = safe_token(given) or new_correlation_id()
-        response = await call_next(request)
-        response.headers[REQUEST_ID] = request.state.request_id
-        return response
+    app.add_middleware(RequestId)
 
 
 def command_context(

@@ -32,7 +32,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 def _catch_up(s: Services, position: int | None) -> None:
     """Wait until the jobs read model has applied `position`, so a GET right after a command sees it."""
     if position is not None:  # on timeout the projector is behind: the command stands, the read model catches up
-        s.jobs.wait_for(s.app.name, position, READ_YOUR_WRITES_TIMEOUT_S)
+        s.applied.wait_for("jobs", s.app.name, position, READ_YOUR_WRITES_TIMEOUT_S)
 
 
 def check_job(body: JobIn, s: Services) -> None:

@@ -144,9 +144,8 @@ class Breakdown:
 
     def __init__(self) -> None:
         import api.jobs as jobs
-        import projections.job_queries as job_queries
         from commands.training import TrainingApplication
-        from projections.readmodel import TrackedView
+        from projections.readmodel import AppliedPositions, TrackedView
 
         self.t: dict[str, list[float]] = {}
         self.committed: dict[int, float] = {}
@@ -174,17 +173,17 @@ class Breakdown:
             self.applied[tracking.notification_id] = time.perf_counter()
 
         TrackedView.write = tracked_write
-        wait = job_queries.wait_for
+        wait = AppliedPositions.wait_for
 
-        def wait_for(pool: Any, projection: str, app_name: str, position: int, timeout_s: float) -> bool:
+        def wait_for(applied: Any, projection: str, app_name: str, position: int, timeout_s: float) -> bool:
             t = time.perf_counter()
-            ok = wait(pool, projection, app_name, position, timeout_s)
+            ok = wait(applied, projection, app_name, position, timeout_s)
             now = time.perf_counter()
             self.t.setdefault("read-your-writes wait", []).append((now - t) * 1000)
             self.waited[position] = now
             return ok
 
-        job_queries.wait_for = wait_for
+        AppliedPositions.wait_for = wait_for
 
     def _timed(self, name: str, fn: Any) -> Any:
         def wrapper(*a: Any, **kw: Any) -> Any:
@@ -209,70 +208,21 @@ class Breakdown:
                          f"{statistics.fmean(v):6.1f} ms  (n={len(v)})" for k, v in rows.items() if v)
 
 
-EXPERIMENTS = ("no-wait", "notify-wait", "asgi-mw", "switch-1ms", "healthz")
+EXPERIMENTS = ("no-wait", "switch-1ms", "healthz")
 
 
 def experiment(name: str) -> None:
     """--experiment: measured variants of the service, patched in this process only (nothing outside bench/ is
     changed); several may be combined with commas. `no-wait`: POST returns right after the insert (what the
-    read-your-writes wait costs). `notify-wait`: PROTOTYPE of a proposed change: the jobs view signals each
-    applied position on an in-process condition and wait_for waits on it (no polling queries, no backoff).
-    `switch-1ms`: sys.setswitchinterval(0.001) instead of 5 ms (a test of the GIL convoy hypothesis: a thread
-    that returns from a PostgreSQL round trip waits up to the interval for the GIL while request threads hold
-    it, and the projection makes several round trips per event).
-    `asgi-mw`: PROTOTYPE of a proposed change: the X-Request-Id middleware (api/context.py, a Starlette
-    BaseHTTPMiddleware via @app.middleware("http")) as a plain ASGI middleware doing the same. `healthz`: the
-    load generator GETs /healthz instead (a sync route through the same middleware and threadpool: the HTTP
-    stack's floor)."""
-    import api.context as context
-    import projections.job_queries as job_queries
-    from commands.context import new_correlation_id, safe_token
-    from projections.readmodel import TrackedView
+    read-your-writes wait costs). `switch-1ms`: sys.setswitchinterval(0.001) instead of 5 ms (a test of the GIL
+    convoy hypothesis). `healthz`: the load generator GETs /healthz instead (a sync route through the same
+    middleware and threadpool: the HTTP stack's floor)."""
+    from projections.readmodel import AppliedPositions
 
     if name == "switch-1ms":
         sys.setswitchinterval(0.001)
-    elif name == "asgi-mw":
-        class RequestId:
-            def __init__(self, app: Any) -> None:
-                self.app = app
-
-            async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-                if scope["type"] != "http":
-                    return await self.app(scope, receive, send)
-                given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-                rid = safe_token(given.decode("latin-1") if given else None) or new_correlation_id()
-                scope.setdefault("state", {})["request_id"] = rid
-
-                async def send_with_id(message: Any) -> None:
-                    if message["type"] == "http.response.start":
-                        message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-                    await send(message)
-
-                await self.app(scope, receive, send_with_id)
-
-        context.install = lambda app: app.add_middleware(RequestId)
     elif name == "no-wait":
-        job_queries.wait_for = lambda *a, **kw: True
-    elif name == "notify-wait":
-        cond, applied = threading.Condition(), [0]  # a fresh database: nothing applied yet
-
-        def signalled(fn: Any) -> Any:
-            def wrapper(view: Any, *a: Any) -> Any:
-                out = fn(view, *a)
-                with cond:
-                    applied[0] = max(applied[0], a[-1].notification_id)
-                    cond.notify_all()
-                return out
-            return wrapper
-
-        TrackedView.write = signalled(TrackedView.write)
-        TrackedView.insert_tracking = signalled(TrackedView.insert_tracking)
-
-        def wait_for(pool: Any, projection: str, app_name: str, position: int, timeout_s: float) -> bool:
-            with cond:
-                return cond.wait_for(lambda: applied[0] >= position, timeout_s)
-
-        job_queries.wait_for = wait_for
+        AppliedPositions.wait_for = lambda *a, **kw: True
 
 
 def thread_cpu() -> dict[int, tuple[str, float]]:

@@ -21,8 +21,6 @@ as runners are) sends a `heartbeat` RunnerReport with current_step=i, total_step
    `app.record_progress` called directly (no NATS, no lease row: the old per-report path without transport) on a
    job that already has n progress events, for n in --baseline-at; the history is written in bulk (the same
    events record_progress writes) so that building it is not O(n²).
-4. --leases one-trip: a prototype of a proposed change to commands/leases.py (see one_trip_leases), measured
-   here without changing the service; the default, `service`, is the code as it is.
 
 Also prints CPU per report of each part (this process, the database's PostgreSQL backends, nats-server, the
 runner process). Ends with the cost at both steps, `reports_per_s=` (goal ≥ 2,000), `ratio_median=` and
@@ -130,31 +128,6 @@ async def run_runner(nats_url: str, plan: dict[str, Any], cpu: Any) -> dict[str,
     return result
 
 
-def one_trip_leases(db_url: str, ttl_s: float) -> Any:
-    """--leases one-trip: a PROTOTYPE of a proposed change to commands/leases.py, kept in the bench so it can be
-    measured without touching the service: the lease table's own pool, autocommit connections configured once
-    with `synchronous_commit = off` and no check query on checkout, so a heartbeat is ONE round trip (the
-    UPDATE) instead of five (pool check, BEGIN, SET LOCAL, UPDATE, COMMIT). A broken connection then surfaces
-    as an error reply (the runner retries) rather than being caught at checkout."""
-    from psycopg_pool import ConnectionPool
-
-    from commands.leases import LeaseStore
-
-    def configure(conn: Any) -> None:
-        conn.execute("SET synchronous_commit = off")
-
-    class OneTripLeases(LeaseStore):
-        def _run(self, sql: str, params: tuple) -> list[tuple]:
-            with self.pool.connection() as conn:
-                cur = conn.execute(sql, params)
-                return cur.fetchall() if cur.description else []
-
-    pool = ConnectionPool(db_url, min_size=4, max_size=8, open=False, kwargs={"autocommit": True},
-                          configure=configure)
-    pool.open(wait=True, timeout=30)
-    return OneTripLeases(pool, ttl_s)
-
-
 def cpu_snapshot(db_name: str, nats_pid: int) -> dict[str, float]:
     """CPU seconds so far: this process (all its threads), the PostgreSQL backends of the bench database,
     nats-server. (Includes the runner's set-up, claims and encoding for the postgres/nats/server parts.)"""
@@ -236,12 +209,12 @@ async def bench(args: argparse.Namespace, work: Path, db_url: str) -> None:
     pool = pg_pool(db_url)
     reports = leases = None
     try:
-        leases = LeaseStore(pool, ttl_s=15.0) if args.leases == "service" else one_trip_leases(db_url, 15.0)
+        leases = LeaseStore(db_url, ttl_s=15.0)
         reports = ReportServer(ReportHandler(app, leases))
         nc, _ = await connect(nats_url, "bench-reports")
         await reports.start(nc)
         print(f"setup: PostgreSQL {db_url.rpartition('/')[2]}, nats-server {nats_url}, ReportServer with "
-              f"{len(reports.shards)} shards; runner = a separate process; leases: {args.leases}")
+              f"{len(reports.shards)} shards; runner = a separate process")
 
         # 1. one job, every step reported, sequentially
         def cpu() -> dict[str, float]:
@@ -312,8 +285,8 @@ async def bench(args: argparse.Namespace, work: Path, db_url: str) -> None:
     finally:
         if reports is not None:
             reports.close()
-        if leases is not None and leases.pool is not pool:
-            leases.pool.close()
+        if leases is not None:
+            leases.close()
         pool.close()
         app.close()
         server.stop()
@@ -330,8 +303,6 @@ def main() -> None:
                     help="their total_steps (0: = --multi-steps, so every job crosses all 10 milestones)")
     ap.add_argument("--baseline-at", default="100,1000,10000", help="comma-separated event counts; '' to skip")
     ap.add_argument("--baseline-samples", type=int, default=5)
-    ap.add_argument("--leases", choices=("service", "one-trip"), default="service",
-                    help="service: commands/leases.py as it is; one-trip: the prototype of the proposed change")
     ap.add_argument("--pg", default=PG_SERVER, help="a PostgreSQL server URL (its database part is ignored)")
     args = ap.parse_args()
     if args.steps < max(1000, 2 * args.window):

@@ -2,8 +2,11 @@
 
 The aggregate decides who holds a job (its `Started` event names the lease); this table only says how alive
 that lease is and how far its runner got. A heartbeat is one UPDATE with no event and no aggregate load, so
-handling it costs the same at step 10 and step 100,000. Written with `synchronous_commit = off`: a PostgreSQL
-crash can at worst lose the last heartbeats, which makes a lease look older, never newer.
+handling it costs the same at step 10 and step 100,000, and it is ONE round trip: the store has its own pool of
+autocommit connections configured once with `synchronous_commit = off` and no check query on checkout (a broken
+connection surfaces as an `error` reply, which the runner retries; the pool replaces it). A PostgreSQL crash can
+at worst lose the last heartbeats, which makes a lease look older, never newer. `expires_at` has no index, so a
+heartbeat is a HOT update (no index churn); the reconciler's scan reads one row per running job.
 
 Writers: the report handler (claim → `hold`, heartbeat → `beat`, the end of an attempt → `drop`) and the cancel
 command (`flag_cancel`). Readers: the reconciler (`expired`), the job queries (live progress).
@@ -11,6 +14,7 @@ command (`flag_cancel`). Readers: the reconciler (`expired`), the job queries (l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from psycopg_pool import ConnectionPool
@@ -28,7 +32,7 @@ CREATE TABLE IF NOT EXISTS job_leases (
     milestone int NOT NULL DEFAULT 0,
     cancel_requested boolean NOT NULL DEFAULT false
 );
-CREATE INDEX IF NOT EXISTS job_leases_expires ON job_leases (expires_at);
+DROP INDEX IF EXISTS job_leases_expires;
 """
 
 
@@ -46,15 +50,23 @@ class ExpiredLease:
     seconds_over: float
 
 
+def _configure(conn: Any) -> None:
+    conn.execute("SET synchronous_commit = off")
+
+
 class LeaseStore:
-    def __init__(self, pool: ConnectionPool, ttl_s: float) -> None:
-        self.pool, self.ttl_s = pool, ttl_s
-        with pool.connection() as conn:
-            conn.execute(LEASES_DDL)
+    def __init__(self, database_url: str, ttl_s: float, max_size: int = 8) -> None:
+        self.ttl_s = ttl_s
+        self.pool = ConnectionPool(database_url, min_size=2, max_size=max_size, open=False,
+                                   kwargs={"autocommit": True}, configure=_configure)
+        self.pool.open(wait=True, timeout=30)
+        self._run(LEASES_DDL, ())
+
+    def close(self) -> None:
+        self.pool.close()
 
     def _run(self, sql: str, params: tuple) -> list[tuple]:
         with self.pool.connection() as conn:
-            conn.execute("SET LOCAL synchronous_commit = off")
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description else []
 

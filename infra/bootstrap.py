@@ -14,6 +14,7 @@ from infra.settings import Settings
 from projections.job_queries import JobQueries
 from projections.jobs import JOBS_DDL
 from projections.metric_store import MetricStore
+from projections.readmodel import AppliedPositions
 
 
 @dataclass
@@ -25,10 +26,13 @@ class Services:
     clickhouse: ClickHouse
     metrics: MetricStore
     leases: LeaseStore
+    applied: AppliedPositions  # read-your-writes: how far each read model has got
     health: Health = field(default_factory=Health)
 
     def close(self) -> None:
+        self.applied.close()
         self.pool.close()
+        self.leases.close()
         self.clickhouse.close()
         self.app.close()
 
@@ -37,10 +41,10 @@ def build(settings: Settings) -> Services:
     database_url, _ = settings.require_urls()
     app = TrainingApplication(env=eventsourcing_env(database_url))
     pool = pg_pool(database_url)
-    leases = LeaseStore(pool, settings.lease_ttl_s)  # before the queries: they read live progress from it
+    leases = LeaseStore(database_url, settings.lease_ttl_s)  # before the queries: they read live progress from it
     with pool.connection() as conn:
         conn.execute(JOBS_DDL)  # queries may run before the projection's first event
     ch = connect_clickhouse(settings.clickhouse_url, settings.chdb_path)
     metrics = MetricStore(ch)
     metrics.ensure_schema()
-    return Services(settings, app, pool, JobQueries(pool), ch, metrics, leases)
+    return Services(settings, app, pool, JobQueries(pool), ch, metrics, leases, AppliedPositions(database_url))

@@ -9,7 +9,6 @@ from uuid import UUID
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from projections.readmodel import wait_for
 
 _LIVE = "(SELECT l.{col} FROM job_leases l WHERE l.job_id = jobs.id AND l.lease_id = jobs.lease_id)"
 # Live progress of a running job comes from its lease row (heartbeats); the row's own figures are milestones.
@@ -89,10 +88,6 @@ class JobQueries:
             )
             rows = cur.fetchall()
         return [self._public(r) for r in rows], total
-
-    def wait_for(self, application_name: str, position: int, timeout_s: float) -> bool:
-        """Block until the jobs projection has applied `position` (read-your-writes); False on timeout."""
-        return wait_for(self.pool, "jobs", application_name, position, timeout_s)
 
     @staticmethod
     def _public(row: dict[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,14 @@
   (its position recorded with the error in `projection_poisoned`) and the projection moves on.
 - `ProjectionHost`: runs one eventsourcing ProjectionRunner in the serve process, restarts it when it stops,
   and reports its position, lag and errors to the stage's health.
-- `wait_for`: read-your-writes for the API: block until a projection has applied a position.
+- `AppliedPositions`: read-your-writes for the API without polling: every view's transaction NOTIFYs the position
+  it commits; one LISTEN connection per process wakes the requests waiting for it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any, Generic, TypeVar
 
@@ -20,6 +22,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.projection import Projection, ProjectionRunner
+import psycopg
 from psycopg import InterfaceError, OperationalError
 from psycopg.errors import UndefinedTable
 from psycopg.sql import SQL
@@ -30,6 +33,7 @@ from domain.contract import printable
 from infra.health import Stage
 
 log = logging.getLogger("trainyard.projections")
+APPLIED_CHANNEL = "trainyard_applied"  # payload "<tracking table>|<application>|<position>"
 POISONED_DDL = """
 CREATE TABLE IF NOT EXISTS projection_poisoned (
     projection text NOT NULL, notification_id bigint NOT NULL, topic text, error text NOT NULL,
@@ -45,6 +49,14 @@ class TrackedView(PostgresTrackingRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sql_create_statements.append(SQL(self.DDL + POISONED_DDL))  # type: ignore[arg-type]
+
+    def _insert_tracking(self, curs: Any, tracking: Tracking) -> None:
+        """Every path that records a position (a row change, an event this view skips, a set-aside) comes here: the
+        position is announced on APPLIED_CHANNEL, which PostgreSQL delivers when (and only if) the transaction
+        commits."""
+        super()._insert_tracking(curs, tracking)
+        curs.execute("SELECT pg_notify(%s, %s)", (APPLIED_CHANNEL, f"{self.tracking_table_name}|"
+                                                  f"{tracking.application_name}|{tracking.notification_id}"))
 
     def write(self, sql: str, params: dict[str, Any], tracking: Tracking) -> None:
         params = {k: Jsonb(v) if isinstance(v, dict) else v for k, v in params.items()}
@@ -153,19 +165,76 @@ class ProjectionHost:
                 log.warning("projection %s ended with %r", self.projection_class.name, e)
 
 
-def wait_for(pool: ConnectionPool, projection: str, application_name: str, position: int, timeout_s: float) -> bool:
-    """Block until `projection` has applied `position` (read-your-writes); False on timeout."""
-    deadline, delay = time.monotonic() + timeout_s, 0.001
-    while True:
+class AppliedPositions:
+    """How far each projection has got, as announced by the views' NOTIFYs; `wait_for` blocks until a projection
+    has applied a position (read-your-writes after a command), with no polling query.
+
+    One LISTEN connection (a daemon thread) per process. A projection's position is read once from its tracking
+    table, after LISTEN is in place, so no announcement can fall in between; after a lost connection every known
+    position is read again. A wait that times out reads the table once more before answering False.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._applied: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self._listening = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def wait_for(self, projection: str, application_name: str, position: int, timeout_s: float) -> bool:
+        key = f"{projection}_tracking|{application_name}"
+        if self._applied.get(key, -1) >= position:
+            return True
+        self._ensure_listening(timeout_s)
+        if key not in self._applied:
+            self._seed(key)
+        with self._cond:
+            if self._cond.wait_for(lambda: self._applied.get(key, -1) >= position, timeout_s):
+                return True
+        self._seed(key)  # a lost announcement (a reconnect gap) must not turn into a false "not yet"
+        return self._applied.get(key, -1) >= position
+
+    def _seed(self, key: str) -> None:
+        table, app = key.split("|", 1)
         try:
-            with pool.connection() as conn:
-                row = conn.execute(f"SELECT max(notification_id) FROM {projection}_tracking WHERE application_name = %s",
-                                   (application_name,)).fetchone()
+            with psycopg.connect(self.database_url, autocommit=True) as conn:
+                row = conn.execute(f"SELECT max(notification_id) FROM {table} WHERE application_name = %s",
+                                   (app,)).fetchone()
         except UndefinedTable:
             row = None
-        if row and row[0] is not None and row[0] >= position:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+        self._announce(key, (row[0] if row else None) or 0)
+
+    def _announce(self, key: str, position: int) -> None:
+        with self._cond:
+            if position > self._applied.get(key, -1):
+                self._applied[key] = position
+                self._cond.notify_all()
+
+    def _ensure_listening(self, timeout_s: float) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._listen, name="applied-positions", daemon=True)
+                self._thread.start()
+        self._listening.wait(timeout_s)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.database_url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {APPLIED_CHANNEL}")
+                    for key in list(self._applied):  # announcements missed while away
+                        self._seed(key)
+                    self._listening.set()
+                    while not self._stop.is_set():
+                        for n in conn.notifies(timeout=1.0):
+                            table, app, position = n.payload.rsplit("|", 2)
+                            self._announce(f"{table}|{app}", int(position))
+            except Exception as e:
+                log.warning("applied positions: listener lost (%s); reconnecting", printable(e, 200))
+                self._listening.clear()
+                self._stop.wait(0.5)
+
+    def close(self) -> None:
+        self._stop.set()

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 def embedded_stack() -> Iterator[Stack]:
     data_dir = Path(tempfile.mkdtemp(prefix="trainyard-faults-"))  # embedded PostgreSQL's user must reach it
     try:
-        with running_up(data_dir, {"TRAINYARD_RUNNERS": "1"}) as s:  # no URLs: embedded engines
+        with running_up(data_dir, {"TRAINYARD_RUNNERS": "1", "TRAINYARD_LEASE_TTL_S": "5"}) as s:  # no URLs: embedded engines
             yield s
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -32,7 +32,7 @@ def embedded_stack() -> Iterator[Stack]:
 @pytest.mark.parametrize("engine", ["nats", "postgres"])
 def test_an_engine_killed_mid_job_is_restarted_and_the_job_loses_nothing(embedded_stack: Stack, engine: str) -> None:
     s = embedded_stack
-    epochs = 250
+    epochs = 1000  # ~10 s: live progress (a heartbeat a second with ttl 5 s) shows it running before the kill
     endpoints = s.endpoints()
     assert endpoints["nats"] and endpoints["postgres"] and endpoints["pids"][engine]
     job_id = s.submit(framework="pytorch", task="binary_classification",
@@ -49,9 +49,9 @@ def test_an_engine_killed_mid_job_is_restarted_and_the_job_loses_nothing(embedde
 
 def test_a_full_restart_resumes_a_running_job_at_once_and_keeps_everything() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="trainyard-restart-"))
-    epochs = 300
+    epochs = 1000
     try:
-        with running_up(data_dir, {"TRAINYARD_RUNNERS": "2"}) as s:
+        with running_up(data_dir, {"TRAINYARD_RUNNERS": "2", "TRAINYARD_LEASE_TTL_S": "5"}) as s:
             done = s.submit(framework="lightgbm", task="regression", dataset={"uri": "builtin://diabetes"},
                             params={"n_estimators": 10})
             s.wait(done, lambda j: j["status"] == "completed", timeout=60)
@@ -59,7 +59,7 @@ def test_a_full_restart_resumes_a_running_job_at_once_and_keeps_everything() -> 
                               dataset={"uri": "builtin://breast_cancer"}, params={"epochs": epochs})
             s.wait(job_id, lambda j: j["status"] == "running" and j["progress"]["current_step"] >= 3, timeout=60)
         # SIGTERM stopped everything (exit 0); the same data dir brings it all back
-        with running_up(data_dir, {"TRAINYARD_RUNNERS": "2"}) as s:
+        with running_up(data_dir, {"TRAINYARD_RUNNERS": "2", "TRAINYARD_LEASE_TTL_S": "5"}) as s:
             assert s.job(done)["status"] == "completed" and len(s.full_series(done, "train_loss", 10)) == 10
             resumed = s.wait(job_id, lambda j: j["attempt"] == 2, timeout=15)  # not after the 30 s ack wait
             assert resumed["status"] in ("running", "completed")
