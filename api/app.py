@@ -5,20 +5,22 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import context, datasets, docs, jobs, ops, problems
+from api import context, datasets, docs, jobs, ops, problems, studies
 from api.limits import MULTIPART_SLACK_BYTES, BodyLimit
 from infra.bootstrap import Services
 
 
 def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     app = FastAPI(title="Trainyard", version="0.1.0",
-                  description="Event-sourced ML training service: submit, watch and query training jobs.",
+                  description="Event-sourced ML training service: training jobs, hyperparameter studies, live metrics.",
                   docs_url=None, redoc_url=None)  # /docs is served offline by api/docs.py
     app.state.services = services
     app.state.nats = nats_client
     problems.install(app)
     context.install(app)
     app.include_router(jobs.router)
+    app.include_router(studies.router)
+    app.include_router(studies.experiments)
     app.include_router(datasets.router)
     docs.install(app)
     settings = services.settings

@@ -32,6 +32,9 @@ class Submitted(_Payload):
     tags: list[str]
     timeout_s: int
     max_attempts: int
+    study_id: str | None = None
+    trial_number: int | None = None
+    report_metric: str | None = None
 
 
 class Started(_Payload):
@@ -86,10 +89,80 @@ class Cancelled(_Payload):
     reason: str
 
 
+# ---- study ------------------------------------------------------------------------------------------
+class StudyCreated(_Payload):
+    """A study was created: its trials will run as training jobs carrying `study_id` and `trial_number`."""
+    name: str
+    framework: Literal["lightgbm", "pytorch"]
+    task: Literal["binary_classification", "multiclass_classification", "regression"]
+    dataset: dict[str, Any]
+    objective: dict[str, Any]
+    search_space: dict[str, Any]
+    fixed_params: dict[str, Any]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    n_trials: int
+    max_parallel: int
+    timeout_s: int | None
+    priority: Literal["low", "medium", "high", "critical"]
+    tags: list[str]
+
+
+class TrialAsked(_Payload):
+    """The sampler proposed trial `number` (recorded before its job `job_id` is submitted)."""
+    number: int
+    params: dict[str, Any]
+    job_id: str
+
+
+class TrialStarted(_Payload):
+    number: int
+
+
+class TrialPruneRequested(_Payload):
+    """The pruner stopped trial `number` at `step` (its job is cancelled; the trial ends `pruned`)."""
+    number: int
+    step: int
+    value: float | None
+
+
+class TrialFinished(_Payload):
+    number: int
+    state: Literal["completed", "pruned", "failed"]
+    value: float | None
+    pruned_at_step: int | None
+    error: str | None
+
+
+class BestTrialImproved(_Payload):
+    number: int
+    value: float
+    params: dict[str, Any]
+    job_id: str
+
+
+class StudyCancelRequested(_Payload):
+    reason: str
+    running: list[int]
+
+
+class StudyCancelled(_Payload):
+    reason: str
+    unfinished: list[int]
+
+
+class StudyCompleted(_Payload):
+    reason: str
+
+
+class StudyFailed(_Payload):
+    reason: str
+
+
 class Envelope(BaseModel, Generic[P]):
     model_config = ConfigDict(extra="forbid")
     event_id: str
-    aggregate: Literal["training_job"]
+    aggregate: Literal["training_job", "study"]
     aggregate_id: str
     aggregate_version: int
     occurred_at: datetime
@@ -106,14 +179,23 @@ TRAINING_JOB_EVENTS: dict[str, type[BaseModel]] = {
     "failed": Failed, "cancel_requested": CancelRequested, "cancelled": Cancelled, "requeued": Requeued,
     "lease_lost": LeaseLost,
 }
+STUDY_EVENTS: dict[str, type[BaseModel]] = {
+    "created": StudyCreated, "trial_asked": TrialAsked, "trial_started": TrialStarted,
+    "trial_prune_requested": TrialPruneRequested, "trial_finished": TrialFinished,
+    "best_trial_improved": BestTrialImproved, "cancel_requested": StudyCancelRequested, "cancelled": StudyCancelled,
+    "completed": StudyCompleted, "failed": StudyFailed,
+}
+EVENTS: dict[str, dict[str, type[BaseModel]]] = {"training_job": TRAINING_JOB_EVENTS, "study": STUDY_EVENTS}
 
 
 def specification() -> AsyncAPI:
     broker = NatsBroker("nats://127.0.0.1:4222")
-    for name, model in TRAINING_JOB_EVENTS.items():
-        broker.publisher(f"trainyard.v1.training_job.{name}", title=f"training_job.{name}",
-                         description=f"TrainingJob {name.replace('_', ' ')} (stream TRAINYARD_EVENTS, "
-                                     "Nats-Msg-Id = event_id)", schema=Envelope[model])  # type: ignore[valid-type]
+    for aggregate, events in EVENTS.items():
+        for name, model in events.items():
+            broker.publisher(f"trainyard.v1.{aggregate}.{name}", title=f"{aggregate}.{name}",
+                             description=f"{aggregate.replace('_', ' ')} {name.replace('_', ' ')} (stream "
+                                         "TRAINYARD_EVENTS, Nats-Msg-Id = event_id)",
+                             schema=Envelope[model])  # type: ignore[valid-type]
     broker.publisher("trainyard.v1.telemetry.metrics", title="telemetry.metrics",
                      description="Metric points from runners (stream TRAINYARD_TELEMETRY, Nats-Msg-Id = batch_id)",
                      schema=MetricBatch)

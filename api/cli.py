@@ -1,5 +1,5 @@
 """The `trainyard` command: run the service (`up`, `serve`, `runner`) and use it (`submit`, `watch`, `jobs`,
-`job`, `cancel`, `status`). An API error or an unreachable API is one `error: ...` line and exit status 1."""
+`job`, `cancel`, `status`, `study create|watch|cancel`, `studies`). An API error or an unreachable API is one `error: ...` line and exit status 1."""
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from api.client import FINISHED, TrainyardClient, TrainyardError
+from api.client import FINISHED, STUDY_ENDED, TrainyardClient, TrainyardError
 
 
 class _OneLineErrors(TyperGroup):
@@ -38,7 +38,8 @@ cli = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, help="Trainyard: eve
 console = Console()
 WATCH_PATIENCE_S = 60.0  # how long `watch` rides out an unreachable or failing (5xx) API before giving up
 STATUS_STYLE = {"ok": "green", "starting": "cyan", "behind": "yellow", "stuck": "red", "error": "red",
-                "completed": "green", "running": "cyan", "queued": "blue", "failed": "red", "cancelled": "yellow"}
+                "completed": "green", "running": "cyan", "queued": "blue", "failed": "red", "cancelled": "yellow",
+                "cancelling": "yellow", "pruned": "magenta"}
 ApiOpt = Annotated[Optional[str], typer.Option("--api", help="API base URL (default: endpoints.json or :8000)")]
 
 
@@ -319,6 +320,100 @@ def status(api: ApiOpt = None) -> None:
                        st.get("last_error") or ""))
     show(("stage", "status", "position", "lag", "progress", "poisoned", "last error"), stages)
     raise typer.Exit(0 if ready else 1)
+
+
+# ---- studies -------------------------------------------------------------------------------------------
+study_cli = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, help="Hyperparameter studies.")
+cli.add_typer(study_cli, name="study")
+
+
+def _trials_table(client: TrainyardClient, study_id: str) -> Table:
+    st = client.study(study_id)
+    rows = client.trials(study_id, limit=1000)["items"]
+    best = st.get("best_trial") or {}
+    counts = " ".join(f"{k} {v}" for k, v in st["counts"].items() if v)
+    best_text = f"{best['value']:.6g} (trial {best['number']})" if best else "-"
+    title = (f"{escape(st['name'])} [{STATUS_STYLE.get(st['status'], 'white')}]{st['status']}[/] "
+             f"{len(rows)}/{st['n_trials']} trials ({counts or 'none yet'}); best {st['objective']['metric']} "
+             f"{best_text}")
+    table = Table(title=title, title_justify="left", box=None)
+    for col in ("#", "state", "value", "params", "job_id"):
+        table.add_column(col, no_wrap=col != "params", overflow="fold")
+    for t in rows[-30:]:
+        value = "-" if t["value"] is None else f"{t['value']:.6g}"
+        if t["state"] == "pruned" and t.get("pruned_at_step") is not None:
+            value = f"pruned@{t['pruned_at_step']}"
+        table.add_row(str(t["number"]), f"[{STATUS_STYLE.get(t['state'], 'white')}]{t['state']}[/]", value,
+                      escape(json.dumps(t["params"])), t["job_id"])
+    table.extra = st  # type: ignore[attr-defined]
+    return table
+
+
+def _watch_study(client: TrainyardClient, study_id: str, interval: float = 1.0) -> dict:
+    from rich.live import Live
+
+    table = _trials_table(client, study_id)
+    with Live(table, console=console, refresh_per_second=4) as live:
+        while table.extra["status"] not in STUDY_ENDED:  # type: ignore[attr-defined]
+            time.sleep(interval)
+            try:
+                table = _trials_table(client, study_id)
+            except TrainyardError as e:
+                if not e.retryable:
+                    raise
+                continue
+            live.update(table)
+    return table.extra  # type: ignore[attr-defined]
+
+
+@study_cli.command("create")
+def study_create(file: Annotated[str, typer.Argument(help="a JSON study spec, or - for standard input")],
+                 idempotency_key: Annotated[Optional[str], typer.Option()] = None,
+                 watch_it: Annotated[bool, typer.Option("--watch", help="a live table of trials until it ends")] = False,
+                 api: ApiOpt = None) -> None:
+    """Create a study from a JSON spec (see POST /api/v1/studies); prints its id."""
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+        body = json.loads(text)
+    except (OSError, ValueError) as e:
+        raise TrainyardError(None, {"title": "Invalid input", "detail": f"{file}: {e}"}) from None
+    client = TrainyardClient(api)
+    out = client.create_study(body, idempotency_key)
+    console.print(out["study_id"])
+    if watch_it:
+        st = _watch_study(client, out["study_id"])
+        raise typer.Exit(0 if st["status"] == "completed" else 1)
+
+
+@study_cli.command("watch")
+def study_watch(study_id: str, api: ApiOpt = None) -> None:
+    """A live table of the study's trials and its best value until it ends; exit 0 when it completed."""
+    client = TrainyardClient(api)
+    st = _watch_study(client, study_id)
+    raise typer.Exit(0 if st["status"] == "completed" else 1)
+
+
+@study_cli.command("cancel")
+def study_cancel(study_id: str, api: ApiOpt = None) -> None:
+    """Cancel a study: no new trials, running ones are cancelled; completed trials and the best are kept."""
+    st = TrainyardClient(api).cancel_study(study_id)
+    console.print(f"{st['study_id']} {st['status']}")
+
+
+@cli.command()
+def studies(status: Optional[str] = None, limit: int = 20, offset: int = 0, api: ApiOpt = None) -> None:
+    """List studies, newest first."""
+    out = TrainyardClient(api).studies(status=status, limit=limit, offset=offset)
+    table = Table(title=f"{out['total']} studies", box=None)
+    for col in ("study_id", "status", "trials", "best", "objective", "name"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=36 if col == "study_id" else None)
+    for st in out["items"]:
+        done = sum(v for k, v in st["counts"].items() if k in ("completed", "pruned", "failed"))
+        best = st.get("best_trial")
+        table.add_row(st["study_id"], f"[{STATUS_STYLE.get(st['status'], 'white')}]{st['status']}[/]",
+                      f"{done}/{st['n_trials']}", "-" if not best else f"{best['value']:.6g}",
+                      f"{st['objective']['direction'][:3]} {st['objective']['metric']}", escape(st["name"]))
+    console.print(table)
 
 
 def main() -> None:

@@ -82,6 +82,17 @@ def _job_path(job_id: Any) -> str:
                                    "detail": f"{str(job_id)!r} is not a job id (a UUID)"}) from None
 
 
+def _study_path(study_id: Any) -> str:
+    try:
+        return f"/api/v1/studies/{uuid.UUID(str(study_id))}"
+    except ValueError:
+        raise TrainyardError(422, {"title": "Invalid request", "field": "study_id",
+                                   "detail": f"{str(study_id)!r} is not a study id (a UUID)"}) from None
+
+
+STUDY_ENDED = ("completed", "cancelled", "failed")
+
+
 class TrainyardClient:
     def __init__(self, base_url: str | None = None, timeout: float = 30.0) -> None:
         self.base_url = base_url or default_api_url()
@@ -155,6 +166,51 @@ class TrainyardClient:
                 state = "unknown (API unavailable)"
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} is still {state} after {timeout:g} s")
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+    # ---- studies -------------------------------------------------------------------------------------
+    def create_study(self, study: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        """{"study_id", "status", "created_at"}"""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/api/v1/studies", json=study, headers=headers)
+
+    def study(self, study_id: str) -> dict[str, Any]:
+        """status, counts per trial state, best_trial, the spec."""
+        return self._call("GET", _study_path(study_id))
+
+    def studies(self, **filters: Any) -> dict[str, Any]:
+        return self._call("GET", "/api/v1/studies", params={k: v for k, v in filters.items() if v is not None})
+
+    def trials(self, study_id: str, **filters: Any) -> dict[str, Any]:
+        return self._call("GET", f"{_study_path(study_id)}/trials",
+                          params={k: v for k, v in filters.items() if v is not None})
+
+    def study_history(self, study_id: str) -> dict[str, Any]:
+        return self._call("GET", f"{_study_path(study_id)}/history")
+
+    def importances(self, study_id: str) -> dict[str, Any]:
+        return self._call("GET", f"{_study_path(study_id)}/importances")
+
+    def cancel_study(self, study_id: str) -> dict[str, Any]:
+        return self._call("DELETE", _study_path(study_id))
+
+    def compare(self, job_ids: list[str], metric: str = "valid_loss", max_points: int = 1000) -> dict[str, Any]:
+        return self._call("GET", "/api/v1/experiments/compare",
+                          params={"job_ids": ",".join(job_ids), "metric": metric, "max_points": max_points})
+
+    def wait_study(self, study_id: str, timeout: float = 3600.0, interval: float = 1.0) -> dict[str, Any]:
+        """Poll until the study is completed, cancelled or failed; rides out an API restart until `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                study = self.study(study_id)
+                if study["status"] in STUDY_ENDED:
+                    return study
+            except TrainyardError as e:
+                if not e.retryable or time.monotonic() >= deadline:
+                    raise
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"study {study_id} is still going after {timeout:g} s")
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
     def ready(self) -> tuple[int, dict[str, Any]]:

@@ -40,12 +40,22 @@ def check_job(body: JobIn, s: Services) -> None:
     Raises Problem(422) naming the field at fault."""
     try:
         check_params(body.params)
-        params = resolve_params(body.framework, body.task, body.params)
-        n_features = validate_dataset(body.dataset.uri, body.dataset.target, body.task,
-                                      s.settings.dataset_root_paths)
-        check_budget(body.framework, params, n_features)
-    except (DatasetError, ParamsError) as e:
+    except ParamsError as e:
         raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
+    check_job_dataset(body.framework, body.task, body.dataset.uri, body.dataset.target, body.params, s)
+
+
+def check_job_dataset(framework: str, task: str, uri: str, target: str | None, params: dict, s: Services,
+                      params_field: str = "params") -> None:
+    """`params` resolve for the framework, the dataset is readable and fits the task, and the job is within the
+    compute budget on it. Raises Problem(422) naming the field at fault."""
+    try:
+        resolved = resolve_params(framework, task, params)
+        n_features = validate_dataset(uri, target, task, s.settings.dataset_root_paths)
+        check_budget(framework, resolved, n_features)
+    except (DatasetError, ParamsError) as e:
+        field = e.field.replace("params", params_field, 1) if e.field.startswith("params") else e.field
+        raise Problem(422, "Invalid request", f"{field}: {e.reason}", field) from e
 
 
 @router.post("", status_code=202, response_model=JobAccepted, responses=problems(400, 409, 413, 422))
@@ -71,9 +81,11 @@ def list_jobs(s: ServicesDep,
               framework: Annotated[list[Framework] | None, Query(max_length=5, description=ANY_OF)] = None,
               tag: Annotated[list[Tag] | None, Query(max_length=20, description=ALL_OF)] = None,
               limit: Annotated[int, Query(ge=1, le=500, description="1 to 500")] = 50,
-              offset: Annotated[int, Query(ge=0, le=1_000_000, description="0 to 1,000,000")] = 0) -> JobList:
+              offset: Annotated[int, Query(ge=0, le=1_000_000, description="0 to 1,000,000")] = 0,
+              study_id: Annotated[UUID | None, Query(description="only this study's trials")] = None) -> JobList:
     """Jobs, newest first. `status` and `framework` match any of their values, `tag` needs all of them."""
-    rows, total = s.jobs.list(status=status, framework=framework, tag=tag, limit=limit, offset=offset)
+    rows, total = s.jobs.list(status=status, framework=framework, tag=tag, limit=limit, offset=offset,
+                              study_id=study_id)
     return JobList(items=[JobPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 

@@ -48,14 +48,15 @@ def _safe(text: str) -> str:
 SafeText = Annotated[str, AfterValidator(_safe)]
 
 
-def check_params(params: dict[str, Any]) -> None:
-    """Raise ParamsError (field "params" or "params.<path>") unless `params` is at most MAX_PARAMS_DEPTH deep,
-    its keys are 1..MAX_PARAM_KEY_CHARS characters, its strings at most MAX_PARAM_TEXT_CHARS, all text free of
-    control characters, every number finite (ints within 64 bits), and it serializes to MAX_PARAMS_BYTES."""
-    _check_value(params, "params", 1)
+def check_params(params: dict[str, Any], where: str = "params") -> None:
+    """Raise ParamsError (field `where` or "<where>.<path>") unless `params` (or any free-form JSON object of a
+    request: a study's search space, fixed params, sampler, pruner) is at most MAX_PARAMS_DEPTH deep, its keys
+    are 1..MAX_PARAM_KEY_CHARS characters, its strings at most MAX_PARAM_TEXT_CHARS, all text free of control
+    characters, every number finite (ints within 64 bits), and it serializes to MAX_PARAMS_BYTES."""
+    _check_value(params, where, 1)
     size = len(json.dumps(params, separators=(",", ":")).encode())
     if size > MAX_PARAMS_BYTES:
-        raise ParamsError("params", f"{size:,} bytes as JSON; at most {MAX_PARAMS_BYTES:,}")
+        raise ParamsError(where, f"{size:,} bytes as JSON; at most {MAX_PARAMS_BYTES:,}")
 
 
 def _check_value(value: Any, where: str, depth: int) -> None:

@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from commands.training import IdempotencyConflictError, JobNotFoundError
+from commands.studies import StudyNotFoundError
+from domain.study import StudyError
 from domain.training_job import JobError
 
 PROBLEM = "application/problem+json"
@@ -74,6 +76,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(JobNotFoundError)
     async def _not_found(request: Request, exc: JobNotFoundError) -> JSONResponse:
         return problem_response(request, Problem(404, "Not found", f"no training job {exc}", "job_id"))
+
+    @app.exception_handler(StudyNotFoundError)
+    async def _no_study(request: Request, exc: StudyNotFoundError) -> JSONResponse:
+        return problem_response(request, Problem(404, "Not found", f"no study {exc}", "study_id"))
+
+    @app.exception_handler(StudyError)
+    async def _study_conflict(request: Request, exc: StudyError) -> JSONResponse:
+        return problem_response(request, Problem(409, "Conflict", str(exc)))
 
     @app.exception_handler(JobError)
     async def _conflict(request: Request, exc: JobError) -> JSONResponse:

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
+from uuid import UUID
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -29,9 +30,15 @@ log = logging.getLogger("trainyard.reports")
 REPORT_QUEUE = "command-handlers"
 
 
+class Pruner(Protocol):
+    def should_prune(self, job_id: UUID, step: int, value: float) -> bool:
+        """Whether the job (a study's trial) should stop now; a yes has already requested its cancel."""
+
+
 class ReportHandler:
-    def __init__(self, app: TrainingApplication, leases: LeaseStore, stage: Stage | None = None) -> None:
-        self.app, self.leases, self.stage = app, leases, stage or Stage("reports")
+    def __init__(self, app: TrainingApplication, leases: LeaseStore, stage: Stage | None = None,
+                 pruner: Pruner | None = None) -> None:
+        self.app, self.leases, self.stage, self.pruner = app, leases, stage or Stage("reports"), pruner
 
     def handle(self, data: bytes) -> ReportReply:
         """Decide one report; never raises."""
@@ -59,6 +66,13 @@ class ReportHandler:
         ctx = _context(r)
         if r.type == "heartbeat":
             return self._beat(r, lease_id, ctx)
+        if r.type == "intermediate":
+            reply = self._beat(r, lease_id, ctx)
+            if (reply.ok and not reply.cancel_requested and self.pruner is not None and r.value is not None
+                    and r.current_step is not None and self.pruner.should_prune(r.job_id, r.current_step, r.value)):
+                self.leases.flag_cancel(r.job_id)
+                reply.cancel_requested = True
+            return reply
         if r.type == "claim":
             job = self.app.claim(r.job_id, lease_id, r.runner_id, ctx)
             self.leases.hold(job.id, lease_id, r.runner_id, job.attempt, job.cancel_requested)

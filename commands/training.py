@@ -42,6 +42,9 @@ class SubmitJob:
     tags: list[str] = field(default_factory=list)
     timeout_s: int = DEFAULT_TIMEOUT_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    study_id: UUID | None = None  # set for a study's trials (commands/studies.py)
+    trial_number: int | None = None
+    report_metric: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,26 @@ class TrainyardApplication(Application[UUID]):
     """Saves with metadata; the base of every Trainyard application (one event store, one notification log)."""
 
     name = "trainyard"
+
+    def load(self, aggregate_id: UUID, not_found: type[LookupError]) -> Any:
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            raise not_found(str(aggregate_id)) from None
+
+    def change(self, aggregate_id: UUID, decide: Callable[[Any], None], ctx: CommandContext,
+               not_found: type[LookupError], tries: int = 5) -> tuple[Any, int | None]:
+        """Load → decide → save, retried on an optimistic-concurrency conflict. Returns the aggregate and the
+        notification id of the last event recorded (None if the decision recorded nothing)."""
+        for n in range(tries):
+            aggregate = self.load(aggregate_id, not_found)
+            decide(aggregate)
+            try:
+                return aggregate, _last_position(self.save_with(ctx, aggregate))
+            except RecordConflictError:
+                if n == tries - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def save_with(self, ctx: CommandContext, *aggregates: Aggregate) -> list[Any]:
         meta = ctx.as_metadata()
@@ -96,18 +119,17 @@ class TrainingApplication(TrainyardApplication):
 
     @staticmethod
     def _replayed(job: TrainingJob, cmd: SubmitJob) -> Submitted:
-        if (job.name, job.framework, job.task, job.dataset, job.params, job.priority, job.tags, job.timeout_s) != (
-            cmd.name, cmd.framework, cmd.task, cmd.dataset, cmd.params, cmd.priority, cmd.tags, cmd.timeout_s
+        if (job.name, job.framework, job.task, job.dataset, job.params, job.priority, job.tags, job.timeout_s,
+                getattr(job, "study_id", None), getattr(job, "trial_number", None)) != (
+            cmd.name, cmd.framework, cmd.task, cmd.dataset, cmd.params, cmd.priority, cmd.tags, cmd.timeout_s,
+            cmd.study_id, cmd.trial_number
         ):
             raise IdempotencyConflictError("this Idempotency-Key was used for a different job")
         return Submitted(job.id, job.status, job.created_on, created=False)
 
     def get_job(self, job_id: UUID) -> TrainingJob:
         """For command paths and audit only: queries read the projections."""
-        job = self._existing(job_id)
-        if job is None:
-            raise JobNotFoundError(str(job_id))
-        return job
+        return self.load(job_id, JobNotFoundError)
 
     def request_cancel(self, job_id: UUID, ctx: CommandContext = ANONYMOUS) -> tuple[TrainingJob, int | None]:
         """Returns the job and the notification id of what was recorded (None if nothing was)."""
@@ -143,17 +165,9 @@ class TrainingApplication(TrainyardApplication):
     def _change(self, job_id: UUID, decide: Callable[[TrainingJob], None], ctx: CommandContext) -> TrainingJob:
         return self._change_at(job_id, decide, ctx)[0]
 
-    def _change_at(self, job_id: UUID, decide: Callable[[TrainingJob], None], ctx: CommandContext,
-                   tries: int = 5) -> tuple[TrainingJob, int | None]:
-        for n in range(tries):
-            job = self.get_job(job_id)
-            decide(job)
-            try:
-                return job, _last_position(self.save_with(ctx, job))
-            except RecordConflictError:
-                if n == tries - 1:
-                    raise
-        raise AssertionError("unreachable")
+    def _change_at(self, job_id: UUID, decide: Callable[[TrainingJob], None],
+                   ctx: CommandContext) -> tuple[TrainingJob, int | None]:
+        return self.change(job_id, decide, ctx, JobNotFoundError)
 
 
 def _last_position(recordings: list[Any]) -> int | None:

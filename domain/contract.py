@@ -151,11 +151,12 @@ class RunnerReport(BaseModel):
     `claim` asks for the job with a fresh lease token (retrying a claim with the same token is safe);
     `heartbeat` keeps the lease and carries progress (no event: a row update); `completed`, `failed`,
     `cancelled` end the attempt; `release` hands the job back unharmed (a graceful stop spends no attempt);
-    `check` asks the aggregate whether to stop (after a cancel event was seen on the bus).
+    `check` asks the aggregate whether to stop (after a cancel event was seen on the bus); `intermediate` reports
+    a study trial's objective at `current_step` (`value`) and the reply says whether to stop (pruned).
     """
 
     model_config = ConfigDict(extra="forbid")
-    type: Literal["claim", "heartbeat", "check", "completed", "failed", "cancelled", "release"]
+    type: Literal["claim", "heartbeat", "check", "intermediate", "completed", "failed", "cancelled", "release"]
     job_id: UUID
     lease: str = Field(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     runner_id: Text = Field(min_length=1, max_length=200)
@@ -164,6 +165,7 @@ class RunnerReport(BaseModel):
     trace_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     current_step: int | None = Field(default=None, ge=0, le=2**62)
     total_steps: int | None = Field(default=None, ge=1, le=2**62)
+    value: float | None = Field(default=None, allow_inf_nan=False, description="intermediate: the objective's value")
     final_metrics: Annotated[Metrics, AfterValidator(_finite_metrics)] = Field(default_factory=dict)
     artifact: dict[Annotated[str, Field(max_length=64)], Annotated[Text, Field(max_length=4096)] | int] | None = Field(
         default=None, max_length=16)

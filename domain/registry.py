@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from domain.study import Study
 from domain.training_job import TrainingJob
 
 
@@ -22,6 +23,7 @@ class AggregateType:
 
 AGGREGATES: tuple[AggregateType, ...] = (
     AggregateType(TrainingJob, "training_job", work_kind="training", work_events=frozenset({"Submitted", "Requeued"})),
+    AggregateType(Study, "study"),  # its trials are training jobs: no work kind of its own
 )
 _BY_CLASS = {a.cls: a for a in AGGREGATES}
 

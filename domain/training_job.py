@@ -63,6 +63,9 @@ class TrainingJob(Aggregate):
         tags: list[str],
         timeout_s: int = DEFAULT_TIMEOUT_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        study_id: UUID | None = None,
+        trial_number: int | None = None,
+        report_metric: str | None = None,
     ) -> None:
         self.name = name
         self.framework = framework
@@ -73,6 +76,9 @@ class TrainingJob(Aggregate):
         self.tags = tags
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
+        self.study_id = study_id  # a study's trial: its study and number (None for a plain job)
+        self.trial_number = trial_number
+        self.report_metric = report_metric  # a per-step metric the runner reports as it goes (for pruning)
         self.status = "queued"
         self.attempt = 0
         self.lost_leases = 0
@@ -103,7 +109,7 @@ class TrainingJob(Aggregate):
     def spec(self) -> dict[str, Any]:
         """What a runner needs to train this job."""
         return {"framework": self.framework, "task": self.task, "dataset": self.dataset, "params": self.params,
-                "timeout_s": self.timeout_s}
+                "timeout_s": self.timeout_s, "report_metric": getattr(self, "report_metric", None)}
 
     # ---- leases -----------------------------------------------------------------------------
     def claim(self, lease_id: str, runner_id: str) -> None:

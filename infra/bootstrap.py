@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from psycopg_pool import ConnectionPool
 
 from commands.leases import LeaseStore
+from commands.studies import StudyCommands
 from commands.training import TrainingApplication
 from infra.clickhouse import ClickHouse, connect as connect_clickhouse
 from infra.health import Health
@@ -14,7 +15,8 @@ from infra.settings import Settings
 from projections.job_queries import JobQueries
 from projections.jobs import JOBS_DDL
 from projections.metric_store import MetricStore
-from projections.readmodel import AppliedPositions
+from projections.readmodel import POISONED_DDL, AppliedPositions
+from projections.studies import STUDIES_DDL, StudyQueries
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Services:
     clickhouse: ClickHouse
     metrics: MetricStore
     leases: LeaseStore
+    studies: StudyQueries
+    study_commands: StudyCommands
     applied: AppliedPositions  # read-your-writes: how far each read model has got
     health: Health = field(default_factory=Health)
 
@@ -43,8 +47,11 @@ def build(settings: Settings) -> Services:
     pool = pg_pool(database_url)
     leases = LeaseStore(database_url, settings.lease_ttl_s)  # before the queries: they read live progress from it
     with pool.connection() as conn:
-        conn.execute(JOBS_DDL)  # queries may run before the projection's first event
+        conn.execute(JOBS_DDL)  # queries may run before the projections' first events
+        conn.execute(STUDIES_DDL)
+        conn.execute(POISONED_DDL)  # shared by every view: made here, not by concurrently starting projections
     ch = connect_clickhouse(settings.clickhouse_url, settings.chdb_path)
     metrics = MetricStore(ch)
     metrics.ensure_schema()
-    return Services(settings, app, pool, JobQueries(pool), ch, metrics, leases, AppliedPositions(database_url))
+    return Services(settings, app, pool, JobQueries(pool), ch, metrics, leases, StudyQueries(pool), StudyCommands(app),
+                    AppliedPositions(database_url))

@@ -37,6 +37,7 @@ DLQ_STREAM = "TRAINYARD_DLQ"
 WORK_STREAM = "TRAINYARD_WORK"
 STREAMS = (EVENTS_STREAM, TELEMETRY_STREAM, DLQ_STREAM, WORK_STREAM)
 METRICS_CONSUMER = "clickhouse-metrics"
+STUDY_DRIVER_CONSUMER = "study-driver"  # every domain event; the driver acts on studies' and their trials' events
 WORK_ACK_WAIT_S = 30.0  # a runner holds an item only from fetch to the claim's answer
 
 log = logging.getLogger("trainyard.messaging")
@@ -81,6 +82,9 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
             durable_name=work_consumer(priority), filter_subject=work_filter(priority),
             ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=WORK_ACK_WAIT_S,
             max_deliver=-1, max_ack_pending=10_000))
+    await js.add_consumer(EVENTS_STREAM, ConsumerConfig(
+        durable_name=STUDY_DRIVER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30, max_deliver=-1, max_ack_pending=10_000))
     await js.add_consumer(TELEMETRY_STREAM, ConsumerConfig(
         durable_name=METRICS_CONSUMER, filter_subject=TELEMETRY_METRICS, ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))

@@ -15,6 +15,7 @@ _LIVE = "(SELECT l.{col} FROM job_leases l WHERE l.job_id = jobs.id AND l.lease_
 _COLUMNS = (
     "id, name, framework, task, dataset, params, priority, tags, timeout_s, max_attempts, status, attempt, "
     "lost_leases, runner_id, cancel_requested, final_metrics, artifact, error, created_by, correlation_id, "
+    "study_id, trial_number, "
     "created_at, updated_at, started_at, finished_at, version, "
     f"GREATEST(current_step, COALESCE({_LIVE.format(col='current_step')}, 0)) AS current_step, "
     f"COALESCE({_LIVE.format(col='total_steps')}, total_steps) AS total_steps, "
@@ -63,9 +64,10 @@ class JobQueries:
         tag: str | Sequence[str] | None = None,
         limit: int = 50,
         offset: int = 0,
+        study_id: UUID | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Jobs newest first, and how many match. `status` / `framework`: any of the values; `tag`: all of them.
-        A single string is one value; None or empty means no filter."""
+        """Jobs newest first, and how many match. `status` / `framework`: any of the values; `tag`: all of them;
+        `study_id`: that study's trials. A single string is one value; None or empty means no filter."""
         where, params = ["TRUE"], {"limit": limit, "offset": offset}
         status, framework, tag = _values(status), _values(framework), _values(tag)
         if status:
@@ -77,6 +79,9 @@ class JobQueries:
         if tag:
             where.append("tags @> %(tag)s::text[]")
             params["tag"] = tag
+        if study_id is not None:
+            where.append("study_id = %(study_id)s")
+            params["study_id"] = study_id
         cond = " AND ".join(where)
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(f"SELECT count(*) AS n FROM jobs WHERE {cond}", params)

@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error text,
     created_by text,
     correlation_id text,
+    study_id uuid,
+    trial_number int,
     created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL,
     started_at timestamptz,
@@ -51,7 +53,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS timeout_s int NOT NULL DEFAULT 3600,
     ADD COLUMN IF NOT EXISTS max_attempts int NOT NULL DEFAULT 3, ADD COLUMN IF NOT EXISTS lost_leases int NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS lease_id text, ADD COLUMN IF NOT EXISTS created_by text,
-    ADD COLUMN IF NOT EXISTS correlation_id text, ALTER COLUMN current_step TYPE bigint, ALTER COLUMN total_steps TYPE bigint;
+    ADD COLUMN IF NOT EXISTS correlation_id text, ALTER COLUMN current_step TYPE bigint, ALTER COLUMN total_steps TYPE bigint,
+    ADD COLUMN IF NOT EXISTS study_id uuid, ADD COLUMN IF NOT EXISTS trial_number int;
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_id, trial_number) WHERE study_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at DESC);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at DESC);
 CREATE INDEX IF NOT EXISTS jobs_tags ON jobs USING gin (tags);
@@ -99,7 +103,8 @@ class JobsProjection(TrackedProjection[JobsView]):
             "dataset": e.dataset, "params": e.params, "priority": e.priority, "tags": list(e.tags),
             "timeout_s": getattr(e, "timeout_s", 3600), "max_attempts": getattr(e, "max_attempts", 3),
             "status": "queued", "created_by": meta.get("actor") or "anonymous",
-            "correlation_id": meta.get("correlation_id"), "created_at": e.timestamp, "updated_at": e.timestamp,
+            "correlation_id": meta.get("correlation_id"), "study_id": getattr(e, "study_id", None),
+            "trial_number": getattr(e, "trial_number", None), "created_at": e.timestamp, "updated_at": e.timestamp,
             "version": e.originator_version,
         }
         self.view.insert_job(row, tracking)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from nats.js import JetStreamContext
 
@@ -26,8 +28,13 @@ BATCH_POINTS = 5_000  # ~250 KB of JSON: well under NATS's 1 MB default max payl
 class JobReporter:
     """The trainer's `Reporter`: buffers points from the training thread for the async side to ship."""
 
-    def __init__(self, stop_flag: threading.Event, max_points: int = 500_000) -> None:
+    def __init__(self, stop_flag: threading.Event, max_points: int = 500_000, watch: str | None = None,
+                 on_watch: Callable[[], None] | None = None) -> None:
+        """`watch`: a metric whose latest (step, value) is kept in `watched` and announced by calling `on_watch`
+        (a study trial's objective, reported for pruning decisions)."""
         self.stop_flag, self.max_points = stop_flag, max_points
+        self.watch, self.on_watch = watch, on_watch
+        self.watched: tuple[int, float] | None = None
         self._lock = threading.Lock()
         self._series: dict[str, SeriesChunk] = {}
         self._buffered = 0
@@ -37,6 +44,11 @@ class JobReporter:
 
     def step(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
         ts_ms = time.time_ns() // 1_000_000
+        value = metrics.get(self.watch) if self.watch else None
+        if value is not None and math.isfinite(value):
+            self.watched = (step, float(value))
+            if self.on_watch is not None:
+                self.on_watch()
         with self._lock:
             self.step_seen, self.total_steps = step, total_steps
             if self._buffered + len(metrics) > self.max_points:

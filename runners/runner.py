@@ -109,10 +109,13 @@ class Runner:
     # ---- one job ---------------------------------------------------------------------------------
     async def run_training(self, lease: Lease, attempt: int, spec: dict[str, Any]) -> None:
         self.current = lease
-        reporter = JobReporter(lease.stop)
+        loop, watched = asyncio.get_running_loop(), asyncio.Event()
+        reporter = JobReporter(lease.stop, watch=spec.get("report_metric"),
+                               on_watch=lambda: loop.call_soon_threadsafe(watched.set))
         shipper = MetricShipper(self.js, lease.job_id, attempt, self.runner_id)
         heartbeat = asyncio.create_task(self._heartbeats(lease, reporter))  # until the last report is answered
         shipping = asyncio.create_task(shipper.run(reporter, self.flush_interval_s))
+        intermediates = asyncio.create_task(self._intermediates(lease, reporter, watched))
         try:
             try:
                 train = asyncio.create_task(self._train(lease, attempt, spec, reporter))
@@ -125,7 +128,8 @@ class Runner:
                 raise
             finally:
                 shipping.cancel()
-                await asyncio.gather(shipping, return_exceptions=True)
+                intermediates.cancel()
+                await asyncio.gather(shipping, intermediates, return_exceptions=True)
             if lease.lost:
                 log.info("job %s: lease lost; reporting nothing", lease.job_id)
                 return
@@ -196,6 +200,24 @@ class Runner:
                 lease.stop.set()
             elif not reply.ok and reply.code in ("stale_lease", "finished", "not_found"):
                 lease.lost = True
+                lease.stop.set()
+
+    async def _intermediates(self, lease: Lease, reporter: JobReporter, watched: asyncio.Event) -> None:
+        """A study trial's objective after each step (the latest one, if steps outrun the replies); the reply
+        says whether the study pruned the trial, which stops it like a cancel."""
+        last = 0
+        while not lease.stop.is_set():
+            await watched.wait()
+            watched.clear()
+            step, value = reporter.watched or (0, 0.0)
+            if step <= last:
+                continue
+            last = step
+            reply = await self.report(type="intermediate", job_id=lease.job_id, lease=lease.token, lease_obj=lease,
+                                      current_step=step, total_steps=reporter.total_steps or None, value=value,
+                                      deadline_s=5)
+            if reply is not None and reply.ok and reply.cancel_requested:
+                lease.cancelled = True
                 lease.stop.set()
 
     async def report(self, deadline_s: float, lease_obj: Lease | None = None, **fields: Any) -> ReportReply | None:

@@ -6,7 +6,8 @@ from uuid import uuid4
 
 from domain.contract import envelope, event_id
 from domain.training_job import TrainingJob
-from api.asyncapi import TRAINING_JOB_EVENTS, Envelope, document
+from api.asyncapi import STUDY_EVENTS, TRAINING_JOB_EVENTS, Envelope, document
+from domain.study import Study
 from domain.contract import snake
 
 
@@ -37,6 +38,39 @@ def test_every_domain_event_validates_against_its_documented_schema() -> None:
     declared = {snake(n) for n, v in vars(TrainingJob).items()
                 if isinstance(v, type) and v.__qualname__ == f"TrainingJob.{n}" and n not in ("Created", "Event")}
     assert seen == set(TRAINING_JOB_EVENTS) == declared  # a new event must be documented
+
+
+def study_events() -> list:
+    events = []
+    for script in (
+        lambda s: (s.ask_trial(0, {"num_leaves": 8}, uuid4()), s.trial_started(0), s.prune_trial(0, 3, 0.5),
+                   s.finish_trial(0, "pruned"), s.ask_trial(1, {"num_leaves": 9}, uuid4()),
+                   s.finish_trial(1, "completed", 0.9), s.ask_trial(2, {"num_leaves": 4}, uuid4()),
+                   s.finish_trial(2, "failed", error="boom")),
+        lambda s: (s.ask_trial(0, {"num_leaves": 8}, uuid4()), s.request_cancel(), s.confirm_cancelled()),
+        lambda s: (s.fail("every trial failed"),),
+    ):
+        study = Study(id=uuid4(), name="s", framework="lightgbm", task="binary_classification",
+                      dataset={"uri": "builtin://breast_cancer"}, objective={"metric": "auc", "direction": "maximize"},
+                      search_space={"num_leaves": {"type": "int", "low": 4, "high": 9}}, fixed_params={},
+                      sampler={"type": "tpe", "seed": 1}, pruner={"type": "none"}, n_trials=3, max_parallel=2,
+                      timeout_s=None, priority="medium", tags=[])
+        script(study)
+        events.extend(study.collect_events())
+    return events
+
+
+def test_every_study_event_validates_against_its_documented_schema() -> None:
+    seen = set()
+    for e in study_events():
+        subject, body = envelope(e)
+        assert subject.startswith("trainyard.v1.study.") and body["aggregate"] == "study"
+        name = subject.rsplit(".", 1)[1]
+        Envelope[STUDY_EVENTS[name]].model_validate(body)
+        seen.add(name)
+    declared = {snake(n) for n, v in vars(Study).items()
+                if isinstance(v, type) and v.__qualname__ == f"Study.{n}" and n != "Event"}
+    assert seen == set(STUDY_EVENTS) == declared  # a new event must be documented
 
 
 def test_the_committed_asyncapi_document_is_current() -> None:

@@ -1,4 +1,5 @@
-"""`trainyard serve`: the API with the relay, the projectors, the report handlers and the reconciler.
+"""`trainyard serve`: the API with the relay, the projectors, the report handlers, the reconciler and the study
+driver.
 
 They share a process because chDB is in-process and single-owner: the process that owns it runs the ClickHouse
 projections and the queries that read them (design decision 6). With an external ClickHouse each part could run
@@ -17,14 +18,16 @@ import uvicorn
 from api.app import create_app
 from commands.reconciler import Reconciler
 from commands.reports import ReportHandler, ReportServer
+from commands.study_driver import StudyDriver
 from commands.training import TrainingApplication
 from infra.bootstrap import build
-from infra.messaging import WORK_STREAM, connect, ensure_streams
+from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, WORK_STREAM, connect, ensure_streams
 from infra.postgres import eventsourcing_env
 from infra.settings import Settings
 from projections.jobs import JobsProjection, JobsView
 from projections.metrics import MetricsProjector
 from projections.readmodel import ProjectionHost
+from projections.studies import StudiesProjection, StudiesView
 from projections.relay import Relay
 
 log = logging.getLogger("trainyard.serve")
@@ -47,15 +50,22 @@ async def serve(settings: Settings) -> None:
     stop = asyncio.Event()
     jobs = ProjectionHost(TrainingApplication, JobsProjection, JobsView, eventsourcing_env(database_url),
                           services.pool, health.stage("projection:jobs", stuck_after_s=stuck, loops=True))
+    studies = ProjectionHost(TrainingApplication, StudiesProjection, StudiesView, eventsourcing_env(database_url),
+                             services.pool, health.stage("projection:studies", stuck_after_s=stuck, loops=True))
+    driver = StudyDriver(services.app, services.pool, health.stage("study-driver", stuck_after_s=stuck, loops=True),
+                         metrics=services.metrics)
     relay = Relay(services.app, js, services.pool, health.stage("relay", stuck_after_s=stuck, loops=True))
     metrics = MetricsProjector(js, services.metrics, health.stage("metrics-projector", stuck_after_s=stuck, loops=True))
     reconciler = Reconciler(services.app, services.leases, services.pool, js, WORK_STREAM,
                             health.stage("reconciler", stuck_after_s=max(stuck, 5 * settings.reconcile_interval_s),
                                          loops=True),
                             settings.reconcile_interval_s, settings.requeue_after_s)
-    reports = ReportServer(ReportHandler(services.app, services.leases, health.stage("reports", stuck_after_s=stuck)))
+    reports = ReportServer(ReportHandler(services.app, services.leases, health.stage("reports", stuck_after_s=stuck),
+                                         pruner=driver))
     tasks = [asyncio.create_task(part.run(stop), name=name) for name, part in
-             (("projection:jobs", jobs), ("relay", relay), ("metrics-projector", metrics), ("reconciler", reconciler))]
+             (("projection:jobs", jobs), ("projection:studies", studies), ("relay", relay),
+              ("metrics-projector", metrics), ("reconciler", reconciler))]
+    tasks.append(asyncio.create_task(driver.run(js, STUDY_DRIVER_CONSUMER, EVENTS_STREAM, stop), name="study-driver"))
     await reports.start(nc)
     config = uvicorn.Config(create_app(services, nc), host=settings.api_host, port=settings.api_port,
                             log_level="warning", lifespan="off")
@@ -73,5 +83,6 @@ async def serve(settings: Settings) -> None:
             await nc.close()
         reports.close()
         jobs.close()
+        studies.close()
         services.close()
         log.info("serve stopped")

@@ -1,0 +1,149 @@
+"""/api/v1/studies: create, watch, list, trials, history, importances, cancel; /api/v1/experiments/compare."""
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+
+from api.context import CommandContextDep
+from api.jobs import READ_YOUR_WRITES_TIMEOUT_S, ServicesDep, check_job_dataset
+from api.limits import SafeText, check_params
+from api.problems import Problem
+from api.schemas import (Comparison, Importances, StudyAccepted, StudyHistory, StudyIn, StudyList, StudyPublic,
+                         StudyStatus, Tag, TrialList, TrialPublic, TrialState, problems)
+from commands.studies import CreateStudy, StudyNotFoundError
+from commands.study_optimizer import StudyOptimizer, TrialRecord
+from domain.frameworks import ParamsError
+from domain.search_space import StudySpecError, check_study, default_direction
+from infra.bootstrap import Services
+
+router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
+experiments = APIRouter(prefix="/api/v1/experiments", tags=["studies"])
+IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+                                              description="printable ASCII, 1 to 255 characters")]
+
+
+def _study(s: Services, study_id: UUID) -> dict:
+    row = s.studies.get(study_id)
+    if row is None:
+        raise StudyNotFoundError(str(study_id))
+    return row
+
+
+def _catch_up(s: Services, position: int | None) -> None:
+    if position is not None:
+        s.applied.wait_for("studies", s.app.name, position, READ_YOUR_WRITES_TIMEOUT_S)
+
+
+def check_study_in(body: StudyIn, s: Services) -> dict:
+    """The study's objective with its direction filled in, once every rule holds; Problem(422) naming the field."""
+    direction = body.objective.direction or default_direction(body.objective.metric)
+    objective = {"metric": body.objective.metric, "direction": direction}
+    try:
+        for where in ("search_space", "fixed_params", "sampler", "pruner"):
+            check_params(getattr(body, where), where)
+        check_study(body.framework, body.task, objective, body.search_space, body.fixed_params, body.sampler,
+                    body.pruner, body.n_trials, body.max_parallel)
+    except (StudySpecError, ParamsError) as e:
+        raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
+    check_job_dataset(body.framework, body.task, body.dataset.uri, body.dataset.target, body.fixed_params, s,
+                      params_field="fixed_params")
+    return objective
+
+
+@router.post("", status_code=202, response_model=StudyAccepted, responses=problems(400, 409, 413, 422))
+def create_study(body: StudyIn, s: ServicesDep, ctx: CommandContextDep,
+                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Create a study (202; 200 when the Idempotency-Key was seen before). Its trials start at once."""
+    objective = check_study_in(body, s)
+    cmd = CreateStudy(name=body.name, framework=body.framework, task=body.task,
+                      dataset=body.dataset.model_dump(exclude_none=True), objective=objective,
+                      search_space=body.search_space, fixed_params=body.fixed_params, sampler=body.sampler,
+                      pruner=body.pruner, n_trials=body.n_trials, max_parallel=body.max_parallel,
+                      timeout_s=body.timeout_s, priority=body.priority, tags=body.tags)
+    out = s.study_commands.create(cmd, idempotency_key, ctx)
+    _catch_up(s, out.position)
+    accepted = StudyAccepted(study_id=out.study_id, status=out.status, created_at=out.created_at)  # type: ignore[arg-type]
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202 if out.created else 200,
+                        headers={"Location": f"{router.prefix}/{out.study_id}"})
+
+
+@router.get("", response_model=StudyList, responses=problems(422))
+def list_studies(s: ServicesDep,
+                 status: Annotated[list[StudyStatus] | None, Query(max_length=5, description="any of")] = None,
+                 tag: Annotated[list[Tag] | None, Query(max_length=20, description="all of")] = None,
+                 limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                 offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> StudyList:
+    rows, total = s.studies.list(status=status, tag=tag, limit=limit, offset=offset)
+    return StudyList(items=[StudyPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{study_id}", response_model=StudyPublic, responses=problems(404, 422))
+def get_study(study_id: UUID, s: ServicesDep) -> StudyPublic:
+    return StudyPublic.model_validate(_study(s, study_id))
+
+
+@router.get("/{study_id}/trials", response_model=TrialList, responses=problems(404, 422))
+def list_trials(study_id: UUID, s: ServicesDep,
+                state: Annotated[list[TrialState] | None, Query(max_length=5, description="any of")] = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> TrialList:
+    _study(s, study_id)
+    rows, total = s.studies.trials(study_id, state=state, limit=limit, offset=offset)
+    return TrialList(items=[TrialPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{study_id}/history", response_model=StudyHistory, responses=problems(404, 422))
+def history(study_id: UUID, s: ServicesDep) -> StudyHistory:
+    """Completed trials in order with the best value so far: the data of an optimisation-history plot."""
+    study = _study(s, study_id)
+    return StudyHistory(study_id=study_id, direction=study["objective"]["direction"],
+                        points=s.studies.history(study_id))  # type: ignore[arg-type]
+
+
+@router.get("/{study_id}/importances", response_model=Importances, responses=problems(404, 422))
+def importances(study_id: UUID, s: ServicesDep) -> Importances:
+    """Optuna's parameter importances over the completed trials (computed from the read model)."""
+    study = _study(s, study_id)
+    done = s.studies.completed_trials(study_id)
+    opt = StudyOptimizer(study_id, study["objective"]["direction"], study["search_space"], study["sampler"],
+                         {"type": "none"})
+    opt.restore([TrialRecord(number=i, params=p, state="completed", value=v) for i, (p, v) in enumerate(done)])
+    return Importances(study_id=study_id, completed_trials=len(done), importances=opt.importances())
+
+
+@router.delete("/{study_id}", status_code=202, response_model=StudyPublic, responses=problems(404, 409, 422))
+def cancel_study(study_id: UUID, s: ServicesDep, ctx: CommandContextDep) -> StudyPublic:
+    """Cancel: no new trials start, running trials are cancelled; completed trials and the best are kept."""
+    _, position = s.study_commands.request_cancel(study_id, ctx)
+    _catch_up(s, position)
+    return StudyPublic.model_validate(_study(s, study_id))
+
+
+@experiments.get("/compare", response_model=Comparison, responses=problems(404, 422))
+def compare(s: ServicesDep,
+            job_ids: Annotated[SafeText, Query(min_length=36, max_length=10 * 37,
+                                               description="2 to 10 comma-separated job ids")],
+            metric: Annotated[SafeText, Query(min_length=1, max_length=200)] = "valid_loss",
+            max_points: Annotated[int, Query(ge=4, le=10_000)] = 1000) -> Comparison:
+    """One metric's series of up to 10 jobs side by side (each downsampled keeping first, last, min and max, its
+    latest attempt) with their final metrics: the comparison of training runs (e.g. a study's trials)."""
+    try:
+        ids = list(dict.fromkeys(UUID(x.strip()) for x in job_ids.split(",")))
+    except ValueError:
+        raise Problem(422, "Invalid request", "job_ids: comma-separated UUIDs", "job_ids") from None
+    if not 1 <= len(ids) <= 10:
+        raise Problem(422, "Invalid request", "job_ids: 1 to 10 distinct job ids", "job_ids")
+    runs = []
+    for job_id in ids:
+        row = s.jobs.get(job_id)
+        if row is None:
+            raise Problem(404, "Not found", f"no training job {job_id}", "job_ids")
+        attempt = s.metrics.attempt_of(str(job_id), metric)
+        points = s.metrics.series(str(job_id), metric, max_points=max_points, attempt=attempt) if attempt else []
+        runs.append({"job_id": job_id, "name": row["name"], "status": row["status"], "attempt": attempt,
+                     "final_metrics": row["final_metrics"],
+                     "points": [{"step": st, "value": v, "ts": ts} for st, v, ts in points]})
+    return Comparison(metric=metric, runs=runs)  # type: ignore[arg-type]

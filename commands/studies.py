@@ -1,0 +1,140 @@
+"""Study commands: one method per command on the one Trainyard application (one event store, one log).
+
+A study's trials are ordinary training jobs (design decision 5): `submit_trial` submits one through
+`TrainingApplication.submit_job` with a deterministic Idempotency-Key (`study:<id>:trial:<n>`), so the trial's job
+id is known before the job exists. The driver records the ask on the `Study` first and submits the job second: a
+crash in between leaves a recorded trial whose job is submitted again (same key, same job) on restart, never a
+job without a trial or two trials with one number.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+
+from eventsourcing.persistence import RecordConflictError
+
+from commands.context import CommandContext
+from commands.training import ANONYMOUS, IdempotencyConflictError, SubmitJob, TrainingApplication, job_id_for
+from domain.search_space import step_metric_for
+from domain.study import Study
+
+_IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/idempotency/study")
+
+
+class StudyNotFoundError(LookupError):
+    """No study has this id; maps to HTTP 404."""
+
+
+@dataclass(frozen=True)
+class CreateStudy:
+    name: str
+    framework: str
+    task: str
+    dataset: dict[str, Any]
+    objective: dict[str, Any]
+    search_space: dict[str, Any]
+    fixed_params: dict[str, Any] = field(default_factory=dict)
+    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
+    n_trials: int = 20
+    max_parallel: int = 2
+    timeout_s: int | None = None
+    priority: str = "medium"
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StudyCreated:
+    study_id: UUID
+    status: str
+    created_at: datetime
+    created: bool  # False when an Idempotency-Key replay returned the existing study
+    position: int | None = None
+
+
+def trial_key(study_id: UUID, number: int) -> str:
+    return f"study:{study_id}:trial:{number}"
+
+
+def trial_job_id(study_id: UUID, number: int) -> UUID:
+    """The job id of trial `number`: known before the job is submitted."""
+    return job_id_for(trial_key(study_id, number))
+
+
+class StudyCommands:
+    def __init__(self, app: TrainingApplication) -> None:
+        self.app = app
+
+    def create(self, cmd: CreateStudy, idempotency_key: str | None = None,
+               ctx: CommandContext = ANONYMOUS) -> StudyCreated:
+        study_id = uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else uuid4()
+        if idempotency_key:
+            try:
+                return self._replayed(self.get(study_id), cmd)
+            except StudyNotFoundError:
+                pass
+        fields = asdict(cmd)
+        if fields["sampler"].get("seed") is None:  # recorded, so a rebuilt sampler proposes the same trials
+            fields["sampler"] = {**fields["sampler"], "seed": secrets.randbelow(2**31)}
+        study = Study(id=study_id, **fields)
+        try:
+            recordings = self.app.save_with(ctx, study)
+        except RecordConflictError:
+            return self._replayed(self.get(study_id), cmd)
+        return StudyCreated(study.id, study.status, study.created_on, True, recordings[-1].notification.id)
+
+    @staticmethod
+    def _replayed(study: Study, cmd: CreateStudy) -> StudyCreated:
+        mine = {k: v for k, v in asdict(cmd).items() if k != "sampler"}
+        theirs = {k: getattr(study, k) for k in mine}
+        sampler = {k: v for k, v in study.sampler.items() if k != "seed" or cmd.sampler.get("seed") is not None}
+        if mine != theirs or sampler != cmd.sampler:
+            raise IdempotencyConflictError("this Idempotency-Key was used for a different study")
+        return StudyCreated(study.id, study.status, study.created_on, False)
+
+    def get(self, study_id: UUID) -> Study:
+        """For command paths (the driver) and audit only: queries read the projections."""
+        return self.app.load(study_id, StudyNotFoundError)
+
+    def _change(self, study_id: UUID, decide: Any, ctx: CommandContext) -> tuple[Study, int | None]:
+        return self.app.change(study_id, decide, ctx, StudyNotFoundError)
+
+    def ask_trial(self, study_id: UUID, number: int, params: dict[str, Any], ctx: CommandContext) -> Study:
+        return self._change(study_id, lambda s: s.ask_trial(number, params, trial_job_id(study_id, number)), ctx)[0]
+
+    def submit_trial(self, study: Study, number: int, ctx: CommandContext) -> UUID:
+        """Submit trial `number`'s training job (idempotent: the same trial always gives the same job)."""
+        trial = study.trial(number)
+        pruned = study.pruner.get("type", "none") != "none"
+        report_metric = step_metric_for(study.task, study.objective["metric"]) if pruned else None
+        cmd = SubmitJob(name=f"{study.name}#{number}"[:200], framework=study.framework, task=study.task,
+                        dataset=study.dataset, params={**study.fixed_params, **trial["params"]},
+                        priority=study.priority, tags=list(study.tags),
+                        timeout_s=study.timeout_s or SubmitJob.timeout_s, study_id=study.id, trial_number=number,
+                        report_metric=report_metric)
+        try:
+            return self.app.submit_job(cmd, trial_key(study.id, number), ctx).job_id
+        except IdempotencyConflictError:  # already submitted (an older driver's body): the same job stands
+            return trial_job_id(study.id, number)
+
+    def trial_started(self, study_id: UUID, number: int, ctx: CommandContext) -> Study:
+        return self._change(study_id, lambda s: s.trial_started(number), ctx)[0]
+
+    def prune_trial(self, study_id: UUID, number: int, step: int, value: float | None, ctx: CommandContext) -> Study:
+        return self._change(study_id, lambda s: s.prune_trial(number, step, value), ctx)[0]
+
+    def finish_trial(self, study_id: UUID, number: int, state: str, value: float | None, error: str | None,
+                     ctx: CommandContext) -> Study:
+        return self._change(study_id, lambda s: s.finish_trial(number, state, value, error), ctx)[0]
+
+    def request_cancel(self, study_id: UUID, ctx: CommandContext = ANONYMOUS) -> tuple[Study, int | None]:
+        return self._change(study_id, lambda s: s.request_cancel(), ctx)
+
+    def complete(self, study_id: UUID, reason: str, ctx: CommandContext) -> Study:
+        return self._change(study_id, lambda s: s.complete(reason), ctx)[0]
+
+    def fail(self, study_id: UUID, reason: str, ctx: CommandContext) -> Study:
+        return self._change(study_id, lambda s: s.fail(reason), ctx)[0]

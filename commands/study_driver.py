@@ -1,0 +1,265 @@
+"""The study driver: owns Optuna for every running study; asks for trials, submits them as jobs, tells outcomes.
+
+It keeps no Optuna database. For each running study it builds a `StudyOptimizer` from the `Study` aggregate (the
+trials it recorded, and their intermediate values from the metric store), then keeps the study moving with one
+idempotent step, `sync(study_id)`:
+1. each unfinished trial is compared with its training job (the job aggregate: command side): a job that
+   started marks the trial running; a job that ended records the trial's outcome (completed with the objective's
+   final metric; a cancelled job whose trial was pruned → pruned; anything else → failed) and tells Optuna;
+   a recorded trial whose job does not exist yet (a crash between the two) has its job submitted again;
+2. a cancelling study cancels its trials' jobs; a study past its `timeout_s` asks for nothing more and
+   completes when its last trial ends;
+3. while fewer than `max_parallel` trials are unfinished and fewer than `n_trials` were asked, it asks Optuna,
+   records the ask on the Study **before** it submits the job (commands/studies.py).
+`sync` runs on every study or training-job event of that study (a durable JetStream consumer on the events
+stream, acked after the sync; a message that fails 5 times is dead-lettered) and every `refresh_s` for every
+running study, so a lost event delays a step, never loses it.
+
+Pruning: a runner training a trial with a pruner reports the objective's step metric after each step
+(`intermediate` reports); the report handler asks `should_prune`; a yes is recorded on the Study
+(`TrialPruneRequested`), the job's cancel is requested, and the report's reply tells the runner to stop.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+from uuid import UUID
+
+from nats.js import JetStreamContext
+from psycopg_pool import ConnectionPool
+
+from commands.context import CommandContext
+from commands.studies import StudyCommands, StudyNotFoundError
+from commands.study_optimizer import StudyOptimizer, TrialRecord
+from commands.training import JobNotFoundError, TrainingApplication
+from domain.contract import dlq_subject, printable
+from domain.search_space import step_metric_for
+from domain.study import Study, StudyError
+from domain.training_job import JobError
+from infra.health import Stage
+
+log = logging.getLogger("trainyard.studies")
+DRIVER = CommandContext(actor="system:study-driver")
+MAX_DELIVERIES = 5
+MAX_EVENT_BYTES = 1024 * 1024
+
+
+class StudyDriver:
+    def __init__(self, app: TrainingApplication, pool: ConnectionPool, stage: Stage | None = None,
+                 metrics: Any = None, refresh_s: float = 2.0) -> None:
+        self.app, self.studies, self.pool, self.metrics = app, StudyCommands(app), pool, metrics
+        self.stage = stage or Stage("study-driver", loops=True)
+        self.refresh_s = refresh_s
+        self._optimizers: dict[UUID, StudyOptimizer] = {}
+        self._job_trials: dict[UUID, tuple[UUID, int]] = {}  # job id -> (study id, trial number)
+        self._lock = threading.RLock()
+
+    # ---- one study -------------------------------------------------------------------------------
+    def sync(self, study_id: UUID, ctx: CommandContext = DRIVER) -> Study | None:
+        """Bring one study up to date (see the module docstring). Idempotent; safe to call any time."""
+        with self._lock:
+            try:
+                study = self.studies.get(study_id)
+            except StudyNotFoundError:
+                return None
+            if study.is_finished:
+                self._forget(study)
+                return study
+            opt = self._optimizer(study)
+            for number in study.unfinished:
+                study = self._follow(study, opt, number, ctx)
+            if study.status == "cancelling":
+                self._cancel_jobs(study, ctx)
+            elif study.status == "running":
+                study = self._fill(study, opt, ctx)
+            if study.is_finished:
+                self._forget(study)
+            return study
+
+    def _follow(self, study: Study, opt: StudyOptimizer, number: int, ctx: CommandContext) -> Study:
+        trial = study.trial(number)
+        job_id = UUID(str(trial["job_id"]))
+        self._job_trials[job_id] = (study.id, number)
+        try:
+            job = self.app.get_job(job_id)
+        except JobNotFoundError:  # the driver stopped between recording the ask and submitting the job
+            self.studies.submit_trial(study, number, ctx)
+            return study
+        if job.status == "running" and trial["state"] == "queued":
+            study = self.studies.trial_started(study.id, number, ctx)
+        if not job.is_finished:
+            return study
+        state, value, error = _outcome(job, trial, study.objective["metric"], study.status)
+        study = self.studies.finish_trial(study.id, number, state, value, error, ctx)
+        opt.tell(number, state, value)
+        return study
+
+    def _fill(self, study: Study, opt: StudyOptimizer, ctx: CommandContext) -> Study:
+        timed_out = study.timeout_s is not None and _age_s(study) > study.timeout_s
+        while study.can_ask and not timed_out and not opt.exhausted:
+            number, params = opt.ask()
+            if number != study.next_number:  # out of step with the record: rebuild from it
+                log.warning("study %s: optimizer at %d, study at %d; rebuilding", study.id, number, study.next_number)
+                self._optimizers.pop(study.id, None)
+                opt = self._optimizer(study)
+                continue
+            study = self.studies.ask_trial(study.id, number, params, ctx)  # recorded first ...
+            self._job_trials[UUID(str(study.trial(number)["job_id"]))] = (study.id, number)
+            self.studies.submit_trial(study, number, ctx)  # ... then submitted (same job if repeated)
+        if not study.unfinished and (timed_out or opt.exhausted) and study.status == "running":
+            reason = f"timeout_s of {study.timeout_s} s reached" if timed_out else "the search space is exhausted"
+            study = self.studies.complete(study.id, f"{reason} after {study.next_number} trials", ctx)
+        return study
+
+    def _cancel_jobs(self, study: Study, ctx: CommandContext) -> None:
+        for number in study.unfinished:
+            try:
+                self.app.request_cancel(UUID(str(study.trial(number)["job_id"])), ctx)
+            except (JobError, JobNotFoundError):
+                pass  # finished meanwhile (its outcome is recorded on the next sync) or never submitted
+
+    def _optimizer(self, study: Study) -> StudyOptimizer:
+        opt = self._optimizers.get(study.id)
+        if opt is None:
+            opt = StudyOptimizer(study.id, study.objective["direction"], study.search_space, study.sampler,
+                                 study.pruner)
+            opt.restore([self._record(study, n, t) for n, t in sorted(study.trials.items())])
+            self._optimizers[study.id] = opt
+        return opt
+
+    def _record(self, study: Study, number: int, trial: dict[str, Any]) -> TrialRecord:
+        intermediate: dict[int, float] = {}
+        metric = step_metric_for(study.task, study.objective["metric"])
+        if self.metrics is not None and metric and study.pruner.get("type", "none") != "none":
+            try:
+                job = str(trial["job_id"])
+                intermediate = {s: v for s, v, _ in self.metrics.series(job, metric, max_points=100_000,
+                                                                        attempt=self.metrics.attempt_of(job, metric))
+                                if math.isfinite(v)}
+            except Exception as e:  # the metric store is away: prune decisions start from no history
+                log.warning("study %s: no intermediate values for trial %d (%s)", study.id, number, printable(e, 200))
+        return TrialRecord(number=number, params=trial["params"], state=trial["state"], value=trial["value"],
+                           intermediate=intermediate)
+
+    def _forget(self, study: Study) -> None:
+        self._optimizers.pop(study.id, None)
+        for trial in study.trials.values():
+            self._job_trials.pop(UUID(str(trial["job_id"])), None)
+
+    # ---- pruning (called by the report handler, on its threads) ------------------------------------
+    def should_prune(self, job_id: UUID, step: int, value: float) -> bool:
+        """Whether a trial's job should stop now, given its objective's value at `step`. A yes is recorded on the
+        Study and the job's cancel is requested, so the runner's next reply says stop."""
+        with self._lock:
+            ref = self._job_trials.get(job_id)
+            if ref is None:
+                try:
+                    job = self.app.get_job(job_id)
+                except JobNotFoundError:
+                    return False
+                if job.study_id is None or self.sync(job.study_id) is None:
+                    return False
+                ref = self._job_trials.get(job_id)
+            if ref is None or ref[0] not in self._optimizers or not math.isfinite(value):
+                return False
+            study_id, number = ref
+            if not self._optimizers[study_id].report(number, step, value):
+                return False
+            ctx = DRIVER.caused_by(f"prune:{job_id}:{step}")
+            try:
+                self.studies.prune_trial(study_id, number, step, value, ctx)
+                self.app.request_cancel(job_id, ctx)
+            except (StudyError, JobError):
+                return False
+            return True
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def running_studies(self) -> list[UUID]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT id FROM studies WHERE status IN ('running', 'cancelling')").fetchall()
+        return [r[0] for r in rows] + [s for s in list(self._optimizers) if s not in {r[0] for r in rows}]
+
+    def study_of(self, event: dict[str, Any]) -> UUID | None:
+        """The study an event concerns: a study's own event, or one of its trials' job events."""
+        if event.get("aggregate") == "study":
+            return UUID(event["aggregate_id"])
+        if event.get("aggregate") == "training_job":
+            job_id = UUID(event["aggregate_id"])
+            with self._lock:
+                ref = self._job_trials.get(job_id)
+            if ref:
+                return ref[0]
+            study_id = (event.get("payload") or {}).get("study_id")
+            return UUID(study_id) if study_id else None
+        return None
+
+    async def run(self, js: JetStreamContext, consumer: str, stream: str, stop: asyncio.Event) -> None:
+        sub = await js.pull_subscribe_bind(consumer, stream=stream)
+        last_refresh = 0.0
+        while not stop.is_set():
+            self.stage.tick()
+            if time.monotonic() - last_refresh > self.refresh_s:
+                last_refresh = time.monotonic()
+                try:
+                    for study_id in await asyncio.to_thread(self.running_studies):
+                        await asyncio.to_thread(self.sync, study_id)
+                    self.stage.progressed()
+                except Exception as e:
+                    log.exception("study driver: refresh failed")
+                    self.stage.failed(e)
+            try:
+                msgs = await sub.fetch(64, timeout=0.2)
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+            except Exception as e:
+                self.stage.failed(e)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                await self._handle(js, msg)
+
+    async def _handle(self, js: JetStreamContext, msg: Any) -> None:
+        try:
+            event = json.loads(msg.data) if len(msg.data) <= MAX_EVENT_BYTES else None
+            study_id = self.study_of(event) if isinstance(event, dict) else None
+            if study_id is not None:
+                await asyncio.to_thread(self.sync, study_id, DRIVER.caused_by(str(event.get("event_id"))[:64]))
+            await msg.ack()
+            self.stage.progressed()
+        except Exception as e:
+            deliveries = msg.metadata.num_delivered if msg.metadata else MAX_DELIVERIES
+            self.stage.failed(e)
+            if deliveries < MAX_DELIVERIES:
+                log.warning("study driver: event on %s failed (%d/%d): %s", msg.subject, deliveries, MAX_DELIVERIES,
+                            printable(e, 200))
+                await msg.nak(delay=0.5 * deliveries)
+                return
+            error = printable(f"{type(e).__name__}: {e}", 300)
+            log.error("study driver: event on %s dead-lettered: %s", msg.subject, error)
+            await js.publish(dlq_subject(msg.subject), msg.data, headers={"Trainyard-Error": error})
+            self.stage.poisoned_one(error)
+            await msg.ack()
+
+
+def _outcome(job: Any, trial: dict[str, Any], metric: str, study_status: str) -> tuple[str, float | None, str | None]:
+    """(trial state, objective value, error) of a finished trial job."""
+    if job.status == "completed":
+        value = (job.final_metrics or {}).get(metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return "completed", float(value), None
+        return "failed", None, f"the job completed without a finite {metric!r} final metric"
+    if job.status == "cancelled":
+        if trial.get("prune_requested_at_step") is not None:
+            return "pruned", None, None
+        return "failed", None, "cancelled with the study" if study_status == "cancelling" else "its job was cancelled"
+    return "failed", None, printable(job.error or "the job failed", 500)
+
+
+def _age_s(study: Study) -> float:
+    return (datetime.now(timezone.utc) - study.created_on).total_seconds()
