@@ -2,7 +2,7 @@
 
 The service side is what `trainyard serve` runs for a submit, in this process: the app from
 `infra.bootstrap.build(Settings(...))` + `api.app.create_app(services)` under uvicorn (a background thread, a free
-port on 127.0.0.1), and the `jobs` projection (`ProjectionHost`, its own asyncio loop in a thread) so that a POST
+port on 127.0.0.1), and the `jobs` projection (`ProjectionProcess`: a child process, as serve runs it) so that a POST
 returns only once the read model shows the job (read-your-writes, `api/jobs.py` `_catch_up`). A fresh PostgreSQL
 database (dropped at the end), an embedded nats-server (temp dir, a free port, never 4222), chDB in a temp dir.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
 import shutil
@@ -121,8 +122,9 @@ class Projection(threading.Thread):
         self.join(15)
 
 
-def cpu_snapshot(db_name: str) -> dict[str, float]:
-    """CPU seconds so far: this process (API, projection, all threads) and the PostgreSQL backends of the db."""
+def cpu_snapshot(db_name: str, projection_pid: int | None) -> dict[str, float]:
+    """CPU seconds so far: this process (the API, all threads), the projection process (a child, not the load
+    generator) and the PostgreSQL backends of the db."""
     import psutil
 
     pg = 0.0
@@ -133,7 +135,12 @@ def cpu_snapshot(db_name: str) -> dict[str, float]:
                 pg += t.user + t.system
         except psutil.Error:
             pass
-    return {"service process": time.process_time(), "postgres backends": pg}
+    proj = 0.0
+    if projection_pid is not None:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(projection_pid).cpu_times()
+            proj = t.user + t.system
+    return {"service process": time.process_time(), "projection process": proj, "postgres backends": pg}
 
 
 class Breakdown:
@@ -145,7 +152,7 @@ class Breakdown:
     def __init__(self) -> None:
         import api.jobs as jobs
         from commands.training import TrainingApplication
-        from projections.readmodel import AppliedPositions, TrackedView
+        from projections.readmodel import AppliedPositions
 
         self.t: dict[str, list[float]] = {}
         self.committed: dict[int, float] = {}
@@ -166,13 +173,13 @@ class Breakdown:
             return out
 
         TrainingApplication.submit_job = submit_job
-        write = TrackedView.write
+        announce = AppliedPositions._announce
 
-        def tracked_write(view: Any, sql: str, params: Any, tracking: Any) -> None:
-            write(view, sql, params, tracking)
-            self.applied[tracking.notification_id] = time.perf_counter()
+        def announced(positions: Any, key: str, position: int) -> None:  # the NOTIFY of an applied position
+            self.applied.setdefault(position, time.perf_counter())
+            announce(positions, key, position)
 
-        TrackedView.write = tracked_write
+        AppliedPositions._announce = announced
         wait = AppliedPositions.wait_for
 
         def wait_for(applied: Any, projection: str, app_name: str, position: int, timeout_s: float) -> bool:
@@ -202,8 +209,8 @@ class Breakdown:
     def report(self) -> str:
         lag = [(self.applied[p] - c) * 1000 for p, c in self.committed.items() if p in self.applied]
         over = [(self.waited[p] - self.applied[p]) * 1000 for p in self.waited if p in self.applied]
-        rows = {**self.t, "  of which projection lag (commit → applied)": lag,
-                "  of which wait overshoot (applied → seen)": over}
+        rows = {**self.t, "  of which projection lag (commit → announced)": lag,
+                "  of which wait overshoot (announced → seen)": over}
         return "\n".join(f"    {k:<45} p50 {pct(v, 50):6.1f} ms  p99 {pct(v, 99):6.1f} ms  mean "
                          f"{statistics.fmean(v):6.1f} ms  (n={len(v)})" for k, v in rows.items() if v)
 
@@ -264,13 +271,12 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
     import uvicorn
 
     from api.app import create_app
-    from commands.training import TrainingApplication
     from infra.bootstrap import build
     from infra.embedded import EmbeddedNats, free_port
     from infra.postgres import eventsourcing_env
+    from infra.processes.serve import READ_MODELS
     from infra.settings import Settings
-    from projections.jobs import JobsProjection, JobsView
-    from projections.readmodel import ProjectionHost
+    from projections.readmodel import ProjectionProcess
 
     for name in args.experiment.split(","):
         if name != "none":
@@ -279,8 +285,14 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
     nats = EmbeddedNats(work, preferred_port=free_port(0), preferred_monitor_port=free_port(0))
     nats_url = nats.start()
     services = build(Settings(database_url=db_url, nats_url=nats_url, clickhouse_url=None, data_dir=work / "data"))
-    projection = Projection(ProjectionHost(TrainingApplication, JobsProjection, JobsView, eventsourcing_env(db_url),
-                                           services.pool, services.health.stage("projection:jobs")))
+    name, app, proj, view = READ_MODELS[0]  # the jobs read model, in its own process as serve runs it
+    if args.projection == "process":
+        projection = Projection(ProjectionProcess(READ_MODELS[:1], db_url, {name: services.health.stage(name)}))
+    else:  # --projection thread: in this process, as serve ran it before (for comparison)
+        from projections.readmodel import ProjectionHost, _load
+
+        projection = Projection(ProjectionHost(_load(app), _load(proj), _load(view), eventsourcing_env(db_url),
+                                               services.pool, services.health.stage(name)))
     port = free_port(0)
     server = uvicorn.Server(uvicorn.Config(create_app(services, nats_client=None), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="off"))
@@ -293,7 +305,7 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
             time.sleep(0.05)
         base = f"http://127.0.0.1:{port}"
         print(f"setup: PostgreSQL {db_url.rpartition('/')[2]}, nats-server {nats_url}, API {base} (uvicorn thread, "
-              f"sync routes in its threadpool), jobs projection thread; load generator = a separate process; "
+              f"sync routes in its threadpool), jobs projection: {args.projection}; load generator = a separate process; "
               f"experiment: {args.experiment}")
         probe = "/healthz" if "healthz" in args.experiment.split(",") else None
         if args.warmup:
@@ -303,9 +315,9 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
         for rate in [float(r) for r in args.rates.split(",")]:
             if breakdown:
                 breakdown.reset()
-            before, threads_before = cpu_snapshot(db_url.rpartition("/")[2]), thread_cpu()
+            before, threads_before = cpu_snapshot(db_url.rpartition("/")[2], getattr(projection.host, "pid", None)), thread_cpu()
             res = load(base, rate, args.seconds, probe)
-            after, threads_after = cpu_snapshot(db_url.rpartition("/")[2]), thread_cpu()
+            after, threads_after = cpu_snapshot(db_url.rpartition("/")[2], getattr(projection.host, "pid", None)), thread_cpu()
             lat, svc, nerr = res["lat"], res["service"], sum(res["errors"].values())
             ok = max(1, len(lat))
             cpu = ", ".join(f"{k} {(after[k] - before[k]) / ok * 1000:.2f} ms" for k in after)
@@ -328,7 +340,8 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
         server.should_exit = True
         api.join(15)
         projection.stop()
-        projection.host.close()
+        if hasattr(projection.host, "close"):
+            projection.host.close()
         services.close()
         nats.stop()
 
@@ -343,6 +356,8 @@ def main() -> None:
                          "none: the service as it is")
     ap.add_argument("--breakdown", action="store_true",
                     help="time the steps of each submit and the service's CPU by thread (wraps functions in-process)")
+    ap.add_argument("--projection", choices=("process", "thread"), default="process",
+                    help="where the jobs projection runs: its own process (as serve runs it) or a thread of the API's")
     ap.add_argument("--pg", default=PG_SERVER, help="a PostgreSQL server URL (its database part is ignored)")
     args = ap.parse_args()
     if any(e not in ("none", *EXPERIMENTS) for e in args.experiment.split(",")):

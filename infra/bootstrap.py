@@ -10,7 +10,7 @@ from commands.studies import StudyCommands
 from commands.training import TrainingApplication
 from infra.clickhouse import ClickHouse, connect as connect_clickhouse
 from infra.health import Health
-from infra.postgres import eventsourcing_env, pool as pg_pool
+from infra.postgres import DDL_LOCK, eventsourcing_env, pool as pg_pool
 from infra.settings import Settings
 from projections.job_queries import JobQueries
 from projections.jobs import JOBS_DDL
@@ -47,6 +47,7 @@ def build(settings: Settings) -> Services:
     pool = pg_pool(database_url)
     leases = LeaseStore(database_url, settings.lease_ttl_s)  # before the queries: they read live progress from it
     with pool.connection() as conn:
+        conn.execute(DDL_LOCK)
         conn.execute(JOBS_DDL)  # queries may run before the projections' first events
         conn.execute(STUDIES_DDL)
         conn.execute(POISONED_DDL)  # shared by every view: made here, not by concurrently starting projections

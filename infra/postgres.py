@@ -28,6 +28,11 @@ def eventsourcing_env(database_url: str) -> dict[str, str]:
 
 
 
+# Schema changes take this transaction-scoped lock first: concurrent CREATE ... IF NOT EXISTS / ALTER from several
+# processes starting at once otherwise race in the catalog ("tuple concurrently updated", duplicate pg_type).
+DDL_LOCK = "SELECT pg_advisory_xact_lock(7274727274)"
+
+
 def create_database(server_url: str, prefix: str) -> str:
     """A new, empty database `<prefix>_<random>` on the server of `server_url`; returns its URL (tests, benches)."""
     import uuid

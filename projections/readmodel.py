@@ -5,14 +5,16 @@
 - `TrackedProjection`: dispatches events to `apply` (a singledispatchmethod in the subclass) under a poison
   policy: an event that fails `max_tries` times for a reason other than the database being away is set aside
   (its position recorded with the error in `projection_poisoned`) and the projection moves on.
-- `ProjectionHost`: runs one eventsourcing ProjectionRunner in the serve process, restarts it when it stops,
-  and reports its position, lag and errors to the stage's health.
+- `ProjectionHost`: runs one eventsourcing ProjectionRunner, restarts it when it stops, and reports its position,
+  lag and errors to the stage's health. `ProjectionProcess` runs the hosts in a child process of `serve` (off the
+  API's GIL) and mirrors their stages into serve's health.
 - `AppliedPositions`: read-your-writes for the API without polling: every view's transaction NOTIFYs the position
   it commits; one LISTEN connection per process wakes the requests waiting for it.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -31,6 +33,7 @@ from psycopg_pool import ConnectionPool
 
 from domain.contract import printable
 from infra.health import Stage
+from infra.postgres import DDL_LOCK
 
 log = logging.getLogger("trainyard.projections")
 APPLIED_CHANNEL = "trainyard_applied"  # payload "<tracking table>|<application>|<position>"
@@ -49,6 +52,10 @@ class TrackedView(PostgresTrackingRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sql_create_statements.append(SQL(self.DDL + POISONED_DDL))  # type: ignore[arg-type]
+
+    def _create_table(self, curs: Any) -> None:
+        curs.execute(DDL_LOCK)
+        super()._create_table(curs)
 
     def _insert_tracking(self, curs: Any, tracking: Tracking) -> None:
         """Every path that records a position (a row change, an event this view skips, a set-aside) comes here: the
@@ -238,3 +245,100 @@ class AppliedPositions:
 
     def close(self) -> None:
         self._stop.set()
+
+
+def _load(path: str) -> Any:
+    """The object at "package.module.Name"."""
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _project(projections: list[tuple[str, str, str, str]], database_url: str, conn: Any, stuck_after_s: float) -> None:
+    """The child of `ProjectionProcess`: runs each projection's host, sends the stages' snapshots every 0.5 s, and
+    exits when its parent is gone or sends anything."""
+    import ctypes
+    import os
+    import signal
+
+    from infra.postgres import eventsourcing_env, pool as pg_pool
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with serve, at once
+    if os.getppid() != parent:
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def main() -> None:
+        pool, stop = pg_pool(database_url, max_size=4), asyncio.Event()
+        hosts = {name: ProjectionHost(_load(app), _load(projection), _load(view), eventsourcing_env(database_url), pool,
+                                      Stage(name, stuck_after_s=stuck_after_s, loops=True))
+                 for name, app, projection, view in projections}
+        tasks = [asyncio.create_task(host.run(stop)) for host in hosts.values()]
+        try:
+            while os.getppid() == parent and not conn.poll():
+                conn.send({name: host.stage.snapshot() for name, host in hosts.items()})
+                await asyncio.sleep(0.5)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for host in hosts.values():
+                host.close()
+            pool.close()
+
+    asyncio.run(main())
+
+
+class ProjectionProcess:
+    """Runs PostgreSQL projections in a child process of `serve` (so their CPU is off the API's GIL), restarts it
+    when it dies, and mirrors each projection's health into this process's `stages` (what /readyz shows).
+
+    `projections`: (stage name, "module.Application", "module.Projection", "module.View") per projection."""
+
+    def __init__(self, projections: list[tuple[str, str, str, str]], database_url: str, stages: dict[str, Stage],
+                 stuck_after_s: float = 30.0) -> None:
+        self.projections, self.database_url, self.stages = projections, database_url, stages
+        self.stuck_after_s = stuck_after_s
+        self.pid: int | None = None  # the child's, while it runs
+
+    def _mirror(self, snapshots: dict[str, dict[str, Any]]) -> None:
+        for name, snap in snapshots.items():
+            stage = self.stages[name]
+            if snap["last_error"] and snap["last_error"] != stage.last_error:
+                stage.failed(snap["last_error"])
+            stage.poisoned = max(stage.poisoned, snap["poisoned"] or 0)
+            if snap["status"] != "starting":
+                stage.observe(snap["position"], snap["head"])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        while not stop.is_set():
+            parent_end, child_end = ctx.Pipe()
+            proc = ctx.Process(target=_project, name="trainyard-projections", daemon=True,
+                               args=(self.projections, self.database_url, child_end, self.stuck_after_s))
+            proc.start()
+            self.pid = proc.pid
+            try:
+                while not stop.is_set() and proc.is_alive():
+                    if await asyncio.to_thread(parent_end.poll, 0.5):
+                        try:
+                            self._mirror(parent_end.recv())
+                        except (EOFError, OSError):
+                            break
+                if not stop.is_set():
+                    log.error("projection process exited (%s); restarting", proc.exitcode)
+                    for stage in self.stages.values():
+                        stage.failed(f"projection process exited ({proc.exitcode}); restarting")
+            finally:
+                if proc.is_alive():
+                    with contextlib.suppress(Exception):
+                        parent_end.send("stop")
+                    await asyncio.to_thread(proc.join, 15)
+                    if proc.is_alive():
+                        proc.kill()
+                parent_end.close()
+            if not stop.is_set():
+                await asyncio.sleep(1.0)

@@ -19,18 +19,21 @@ from api.app import create_app
 from commands.reconciler import Reconciler
 from commands.reports import ReportHandler, ReportServer
 from commands.study_driver import StudyDriver
-from commands.training import TrainingApplication
 from infra.bootstrap import build
 from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, WORK_STREAM, connect, ensure_streams
-from infra.postgres import eventsourcing_env
 from infra.settings import Settings
-from projections.jobs import JobsProjection, JobsView
 from projections.metrics import MetricsProjector
-from projections.readmodel import ProjectionHost
-from projections.studies import StudiesProjection, StudiesView
+from projections.readmodel import ProjectionProcess
 from projections.relay import Relay
 
 log = logging.getLogger("trainyard.serve")
+# The PostgreSQL read models, run in serve's projection process: (stage, application, projection, view).
+READ_MODELS = [
+    ("projection:jobs", "commands.training.TrainingApplication", "projections.jobs.JobsProjection",
+     "projections.jobs.JobsView"),
+    ("projection:studies", "commands.training.TrainingApplication", "projections.studies.StudiesProjection",
+     "projections.studies.StudiesView"),
+]
 
 
 class _Server(uvicorn.Server):
@@ -48,10 +51,9 @@ async def serve(settings: Settings) -> None:
     nc, js = await connect(nats_url, "trainyard-serve")
     await ensure_streams(js, settings)
     stop = asyncio.Event()
-    jobs = ProjectionHost(TrainingApplication, JobsProjection, JobsView, eventsourcing_env(database_url),
-                          services.pool, health.stage("projection:jobs", stuck_after_s=stuck, loops=True))
-    studies = ProjectionHost(TrainingApplication, StudiesProjection, StudiesView, eventsourcing_env(database_url),
-                             services.pool, health.stage("projection:studies", stuck_after_s=stuck, loops=True))
+    projections = ProjectionProcess(READ_MODELS, database_url,
+                                    {name: health.stage(name, stuck_after_s=stuck, loops=True)
+                                     for name, *_ in READ_MODELS}, stuck)
     driver = StudyDriver(services.app, services.pool, health.stage("study-driver", stuck_after_s=stuck, loops=True),
                          metrics=services.metrics)
     relay = Relay(services.app, js, services.pool, health.stage("relay", stuck_after_s=stuck, loops=True))
@@ -63,7 +65,7 @@ async def serve(settings: Settings) -> None:
     reports = ReportServer(ReportHandler(services.app, services.leases, health.stage("reports", stuck_after_s=stuck),
                                          pruner=driver))
     tasks = [asyncio.create_task(part.run(stop), name=name) for name, part in
-             (("projection:jobs", jobs), ("projection:studies", studies), ("relay", relay),
+             (("projections", projections), ("relay", relay),
               ("metrics-projector", metrics), ("reconciler", reconciler))]
     tasks.append(asyncio.create_task(driver.run(js, STUDY_DRIVER_CONSUMER, EVENTS_STREAM, stop), name="study-driver"))
     await reports.start(nc)
@@ -82,7 +84,5 @@ async def serve(settings: Settings) -> None:
         with contextlib.suppress(Exception):
             await nc.close()
         reports.close()
-        jobs.close()
-        studies.close()
         services.close()
         log.info("serve stopped")
