@@ -72,6 +72,7 @@ class Completed(_Payload):
     attempt: int
     final_metrics: dict[str, float]
     artifact: dict[str, Any]
+    total_steps: int | None = None
 
 
 class Failed(_Payload):

@@ -48,6 +48,10 @@ log = logging.getLogger("trainyard.studies")
 DRIVER = CommandContext(actor="system:study-driver")
 MAX_DELIVERIES = 5
 MAX_EVENT_BYTES = 1024 * 1024
+STUDY_TRIGGERS = frozenset({"study.created", "study.cancel_requested", "study.completed", "study.cancelled",
+                            "study.failed"})
+JOB_TRIGGERS = frozenset({"training_job.submitted", "training_job.started", "training_job.completed",
+                          "training_job.failed", "training_job.cancelled"})
 
 
 class StudyDriver:
@@ -186,10 +190,12 @@ class StudyDriver:
         return [r[0] for r in rows] + [s for s in list(self._optimizers) if s not in {r[0] for r in rows}]
 
     def study_of(self, event: dict[str, Any]) -> UUID | None:
-        """The study an event concerns: a study's own event, or one of its trials' job events."""
-        if event.get("aggregate") == "study":
+        """The study an event moves: a study's own event from outside the driver (created, cancel), or a trial's
+        job starting or ending. The driver's own study events and a job's progress milestones move nothing."""
+        kind = str(event.get("type", ""))
+        if event.get("aggregate") == "study" and kind in STUDY_TRIGGERS:
             return UUID(event["aggregate_id"])
-        if event.get("aggregate") == "training_job":
+        if event.get("aggregate") == "training_job" and kind in JOB_TRIGGERS:
             job_id = UUID(event["aggregate_id"])
             with self._lock:
                 ref = self._job_trials.get(job_id)
@@ -214,7 +220,7 @@ class StudyDriver:
                     log.exception("study driver: refresh failed")
                     self.stage.failed(e)
             try:
-                msgs = await sub.fetch(64, timeout=0.2)
+                msgs = await sub.fetch(1, timeout=0.2)  # batch 1: a lingering fetch of more waits for them all
             except (TimeoutError, asyncio.TimeoutError):
                 continue
             except Exception as e:
@@ -225,9 +231,17 @@ class StudyDriver:
                 await self._handle(js, msg)
 
     async def _handle(self, js: JetStreamContext, msg: Any) -> None:
+        """One event: sync its study, then ack. An event that does not parse (anyone can publish on the bus) is
+        dead-lettered at once; one whose sync keeps failing, after MAX_DELIVERIES tries."""
         try:
             event = json.loads(msg.data) if len(msg.data) <= MAX_EVENT_BYTES else None
-            study_id = self.study_of(event) if isinstance(event, dict) else None
+            if not isinstance(event, dict):
+                raise ValueError("not a JSON object of at most 1 MiB")
+            study_id = self.study_of(event)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            await self._dead_letter(js, msg, f"malformed event: {type(e).__name__}: {e}")
+            return
+        try:
             if study_id is not None:
                 await asyncio.to_thread(self.sync, study_id, DRIVER.caused_by(str(event.get("event_id"))[:64]))
             await msg.ack()
@@ -240,11 +254,14 @@ class StudyDriver:
                             printable(e, 200))
                 await msg.nak(delay=0.5 * deliveries)
                 return
-            error = printable(f"{type(e).__name__}: {e}", 300)
-            log.error("study driver: event on %s dead-lettered: %s", msg.subject, error)
-            await js.publish(dlq_subject(msg.subject), msg.data, headers={"Trainyard-Error": error})
-            self.stage.poisoned_one(error)
-            await msg.ack()
+            await self._dead_letter(js, msg, f"{type(e).__name__}: {e}")
+
+    async def _dead_letter(self, js: JetStreamContext, msg: Any, reason: str) -> None:
+        error = printable(reason, 300)
+        log.error("study driver: event on %s dead-lettered: %s", msg.subject, error)
+        await js.publish(dlq_subject(msg.subject), msg.data[:MAX_EVENT_BYTES], headers={"Trainyard-Error": error})
+        self.stage.poisoned_one(error)
+        await msg.ack()
 
 
 def _outcome(job: Any, trial: dict[str, Any], metric: str, study_status: str) -> tuple[str, float | None, str | None]:

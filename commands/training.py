@@ -144,8 +144,8 @@ class TrainingApplication(TrainyardApplication):
         return self._change(job_id, lambda job: job.record_progress(lease_id, current_step, total_steps), ctx)
 
     def complete(self, job_id: UUID, lease_id: str, final_metrics: dict[str, float], artifact: dict[str, Any],
-                 ctx: CommandContext) -> TrainingJob:
-        return self._change(job_id, lambda job: job.complete(lease_id, final_metrics, artifact), ctx)
+                 ctx: CommandContext, total_steps: int | None = None) -> TrainingJob:
+        return self._change(job_id, lambda job: job.complete(lease_id, final_metrics, artifact, total_steps), ctx)
 
     def fail(self, job_id: UUID, lease_id: str, error: str, ctx: CommandContext) -> TrainingJob:
         return self._change(job_id, lambda job: job.fail(lease_id, error), ctx)

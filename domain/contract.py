@@ -7,6 +7,8 @@ telemetry batches (docs/events.md, docs/asyncapi.json). Shared by the API, runne
   work of this kind"; what the runner needs comes back in the claim's reply (the aggregate owns it).
 - Runner reports: NATS request/reply on `trainyard.rpc.runner.report`; every report after the claim carries
   the lease token, and the aggregate refuses any other lease.
+- `trainyard.signal.work_ready` (core NATS, empty): the relay rings it after queueing work items; idle runners
+  then look for work at once instead of polling. Only a hint: a forged one costs a look.
 - Telemetry: `trainyard.v1.telemetry.metrics` columnar metric batches, `Nats-Msg-Id` = batch_id.
 - Dead letters: `trainyard.v1.dlq.<original subject without its trainyard(.v1) prefix>`.
 Every field that crosses the bus is bounded: anyone on the bus can publish.
@@ -28,6 +30,7 @@ TELEMETRY_METRICS = f"{SUBJECT_PREFIX}.telemetry.metrics"
 DLQ_PREFIX = f"{SUBJECT_PREFIX}.dlq"
 REPORT_SUBJECT = "trainyard.rpc.runner.report"
 WORK_PREFIX = "trainyard.work"
+WORK_READY = "trainyard.signal.work_ready"  # core NATS, no payload: "new work items were queued" (idle runners look)
 PRIORITIES = ("critical", "high", "medium", "low")  # the order runners take work in
 MAX_TEXT = 2000
 _EVENT_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/events")

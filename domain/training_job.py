@@ -190,17 +190,21 @@ class TrainingJob(Aggregate):
         self.current_step = current_step
         self.total_steps = total_steps
 
-    def complete(self, lease_id: str, final_metrics: dict[str, float], artifact: dict[str, Any]) -> None:
+    def complete(self, lease_id: str, final_metrics: dict[str, float], artifact: dict[str, Any],
+                 total_steps: int | None = None) -> None:
+        """The attempt finished; `total_steps` (what the runner counted) completes the progress."""
         if self.status == "completed" and lease_id == self.lease_id:
             return
         self.check_lease(lease_id)
-        self._completed(attempt=self.attempt, final_metrics=final_metrics, artifact=artifact)
+        self._completed(attempt=self.attempt, final_metrics=final_metrics, artifact=artifact, total_steps=total_steps)
 
     @event("Completed")
-    def _completed(self, attempt: int, final_metrics: dict[str, float], artifact: dict[str, Any]) -> None:
+    def _completed(self, attempt: int, final_metrics: dict[str, float], artifact: dict[str, Any],
+                   total_steps: int | None = None) -> None:
         self.status = "completed"
         self.final_metrics = final_metrics
         self.artifact = artifact
+        self.total_steps = total_steps or self.total_steps
         if self.total_steps is not None:
             self.current_step = self.total_steps
 

@@ -1,9 +1,14 @@
 """PostgreSQL connection settings for the event store (eventsourcing) and the read models (psycopg)."""
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from urllib.parse import unquote, urlparse
 
 from psycopg_pool import ConnectionPool
+
+log = logging.getLogger("trainyard.postgres")
 
 
 def eventsourcing_env(database_url: str) -> dict[str, str]:
@@ -23,6 +28,9 @@ def eventsourcing_env(database_url: str) -> dict[str, str]:
         "POSTGRES_USER": unquote(u.username or "postgres"),
         "POSTGRES_PASSWORD": unquote(u.password or ""),
         "POSTGRES_POOL_SIZE": "5",
+        # Aggregates are cached and fast-forwarded (one query for newer events) instead of replayed on every load:
+        # a study with many trials, or a job's later reports, cost the same as the first.
+        "AGGREGATE_CACHE_MAXSIZE": "5000",
         "POSTGRES_MAX_OVERFLOW": "10",
     }
 
@@ -51,6 +59,31 @@ def drop_database(server_url: str, url: str) -> None:
 
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+
+
+def listen(conninfo: str, channel: str, on_notify: Callable[[str], None], stop: threading.Event,
+           on_connect: Callable[[], None] = lambda: None, name: str = "pg-listen") -> threading.Thread:
+    """A daemon thread that LISTENs on `channel` and calls `on_notify(payload)` for each notification until `stop`
+    is set. After every (re)connection, once LISTEN is in place, it calls `on_connect()` (the caller reads what it
+    may have missed meanwhile). A lost connection is retried every 0.5 s."""
+    import psycopg
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as conn:
+                    conn.execute(f'LISTEN "{channel}"')
+                    on_connect()
+                    while not stop.is_set():
+                        for n in conn.notifies(timeout=1.0):
+                            on_notify(n.payload)
+            except Exception as e:
+                log.warning("LISTEN %s lost (%s); reconnecting", channel, str(e)[:200])
+                stop.wait(0.5)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def pool(database_url: str, max_size: int = 8) -> ConnectionPool:

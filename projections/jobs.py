@@ -130,7 +130,9 @@ class JobsProjection(TrackedProjection[JobsView]):
 
     @apply.register
     def _(self, e: TrainingJob.Completed, tracking: Tracking) -> None:
-        self._update(e, tracking, final_metrics=e.final_metrics, artifact=e.artifact,
+        steps = getattr(e, "total_steps", None)
+        progress = {"current_step": steps, "total_steps": steps} if steps else {}
+        self._update(e, tracking, final_metrics=e.final_metrics, artifact=e.artifact, **progress,
                      **_finished("completed", e.timestamp))
 
     @apply.register

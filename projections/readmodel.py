@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool
 
 from domain.contract import printable
 from infra.health import Stage
-from infra.postgres import DDL_LOCK
+from infra.postgres import DDL_LOCK, listen
 
 log = logging.getLogger("trainyard.projections")
 APPLIED_CHANNEL = "trainyard_applied"  # payload "<tracking table>|<application>|<position>"
@@ -86,7 +86,8 @@ class TrackedView(PostgresTrackingRecorder):
 
 
 TView = TypeVar("TView", bound=TrackedView)
-TRANSIENT = (OperationalError, InterfaceError)  # the database is away: retry forever (the runner restarts)
+TRANSIENT = (OperationalError, InterfaceError)
+_STARTING = threading.Lock()  # the database is away: retry forever (the runner restarts)
 
 
 class TrackedProjection(Projection[TView], Generic[TView]):
@@ -123,16 +124,21 @@ class ProjectionHost:
         self.runner: ProjectionRunner | None = None
 
     def _start(self) -> None:
+        with _STARTING:  # one at a time: each runner creates its application's and view's tables
+            self._start_runner()
+
+    def _start_runner(self) -> None:
         runner = ProjectionRunner(application_class=self.application_class, projection_class=self.projection_class,
                                   view_class=self.view_class, env=self.env)
         self.runner = runner.__enter__()
 
     def _observe(self) -> None:
-        name, app = self.projection_class.name, self.application_class.name
+        runner = self.runner
+        assert runner is not None
+        name = self.projection_class.name
+        position = runner.view.max_tracking_id(runner.app.name) or 0
+        head = runner.app.recorder.max_notification_id() or 0
         with self.pool.connection() as conn:
-            position = conn.execute(f"SELECT max(notification_id) FROM {name}_tracking WHERE application_name = %s",
-                                    (app,)).fetchone()[0] or 0
-            head = conn.execute(f"SELECT max(id) FROM {app}_events").fetchone()[0] or 0
             poisoned = conn.execute("SELECT count(*) FROM projection_poisoned WHERE projection = %s", (name,)).fetchone()[0]
         if poisoned > self.stage.poisoned:  # set aside by the runner's thread: counted here, in the stage
             self.stage.poisoned_one("see table projection_poisoned")
@@ -222,26 +228,18 @@ class AppliedPositions:
     def _ensure_listening(self, timeout_s: float) -> None:
         with self._start_lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._listen, name="applied-positions", daemon=True)
-                self._thread.start()
+                self._thread = listen(self.database_url, APPLIED_CHANNEL, self._notified, self._stop,
+                                      self._connected, name="applied-positions")
         self._listening.wait(timeout_s)
 
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self.database_url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {APPLIED_CHANNEL}")
-                    for key in list(self._applied):  # announcements missed while away
-                        self._seed(key)
-                    self._listening.set()
-                    while not self._stop.is_set():
-                        for n in conn.notifies(timeout=1.0):
-                            table, app, position = n.payload.rsplit("|", 2)
-                            self._announce(f"{table}|{app}", int(position))
-            except Exception as e:
-                log.warning("applied positions: listener lost (%s); reconnecting", printable(e, 200))
-                self._listening.clear()
-                self._stop.wait(0.5)
+    def _notified(self, payload: str) -> None:
+        table, app, position = payload.rsplit("|", 2)
+        self._announce(f"{table}|{app}", int(position))
+
+    def _connected(self) -> None:
+        for key in list(self._applied):  # announcements missed while away
+            self._seed(key)
+        self._listening.set()
 
     def close(self) -> None:
         self._stop.set()

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from typing import Any
 
 from nats.errors import BadSubjectError, MaxPayloadError
@@ -24,9 +25,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, ServiceUnavailableError
 from psycopg_pool import ConnectionPool
 
-from domain.contract import WorkItem, dlq_subject, envelope, printable, work_subject
+from domain.contract import WORK_READY, WorkItem, dlq_subject, envelope, printable, work_subject
 from domain.registry import aggregate_of, queues_work
 from infra.health import Stage
+from infra.postgres import listen
 
 log = logging.getLogger("trainyard.relay")
 
@@ -64,8 +66,11 @@ def encode(event: Any) -> list[tuple[str, bytes, str]]:
 
 
 class Relay:
+    """`run` wakes up on the event store's own NOTIFY (one LISTEN connection), so an event goes out within a few
+    milliseconds of its commit; `idle_sleep_s` is only the fallback poll."""
+
     def __init__(self, app: Any, js: JetStreamContext, pool: ConnectionPool, stage: Stage | None = None,
-                 name: str = "events", batch_size: int = 500, idle_sleep_s: float = 0.02, max_tries: int = 3) -> None:
+                 name: str = "events", batch_size: int = 500, idle_sleep_s: float = 0.5, max_tries: int = 3) -> None:
         self.app, self.js, self.pool, self.name = app, js, pool, name
         self.stage = stage or Stage(f"relay:{name}", loops=True)
         self.batch_size, self.idle_sleep_s, self.max_tries = batch_size, idle_sleep_s, max_tries
@@ -88,15 +93,17 @@ class Relay:
             conn.execute("INSERT INTO relay_poisoned (name, position, event_id, error) VALUES (%s, %s, %s, %s) "
                          "ON CONFLICT DO NOTHING", (self.name, position, event_id, error))
 
-    async def _publish(self, n: Any) -> None:
-        """Publish one notification (with its work item), retrying a poison `max_tries` times, then setting it aside."""
+    async def _publish(self, n: Any) -> bool:
+        """Publish one notification (with its work item), retrying a poison `max_tries` times, then setting it aside.
+        True if a work item went out."""
         event, error = None, ""
         for attempt in range(self.max_tries):
             try:
                 event = self.app.mapper.to_domain_event(n)
-                for subject, data, msg_id in encode(event):
+                messages = encode(event)
+                for subject, data, msg_id in messages:
                     await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-                return
+                return len(messages) > 1
             except Exception as e:
                 if not _is_poison(e):
                     raise
@@ -114,6 +121,7 @@ class Relay:
                               headers={"Nats-Msg-Id": f"poison:{self.name}:{n.id}", "Trainyard-Error": error[:200]})
         await asyncio.to_thread(self._set_aside, n.id, eid, error)
         self.stage.poisoned_one(error)
+        return False
 
     async def publish_batch(self) -> int:
         """Publish the next batch after the saved position; returns how many events went out."""
@@ -122,22 +130,35 @@ class Relay:
         notifications = await asyncio.to_thread(
             self.app.recorder.select_notifications, start=self._position, limit=self.batch_size,
             inclusive_of_start=False)
-        done = None
+        done, work = None, False
         try:
             for n in notifications:
-                await self._publish(n)
+                work = await self._publish(n) or work
                 done = n.id
         finally:
             if done is not None:
                 await asyncio.to_thread(self._save_position, done)
                 self._position = done
+            if work:  # ring the idle runners' doorbell (a hint; they look at the work stream themselves)
+                with contextlib.suppress(Exception):
+                    await self.js._nc.publish(WORK_READY, b"")
         head = self._position if len(notifications) < self.batch_size else await asyncio.to_thread(self.app.head)
         self.stage.observe(self._position, head)
         return len(notifications)
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("relay %s started at position %d", self.name, await asyncio.to_thread(self.position))
+        loop, wake, stop_listening = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
+        listen(self.pool.conninfo, self.app.recorder.channel_name, lambda _: loop.call_soon_threadsafe(wake.set),
+               stop_listening, lambda: loop.call_soon_threadsafe(wake.set), name="relay-listen")
+        try:
+            await self._loop(stop, wake)
+        finally:
+            stop_listening.set()
+
+    async def _loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         while not stop.is_set():
+            wake.clear()
             try:
                 sent = await self.publish_batch()
             except Exception as e:  # NATS or PostgreSQL away: re-read the saved position, try again
@@ -151,7 +172,5 @@ class Relay:
                     self.stage.tick()
                 await asyncio.sleep(1.0)
             if not sent:
-                try:
-                    await asyncio.wait_for(stop.wait(), self.idle_sleep_s)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.idle_sleep_s)

@@ -25,6 +25,14 @@ log = logging.getLogger("trainyard.runner")
 BATCH_POINTS = 5_000  # ~250 KB of JSON: well under NATS's 1 MB default max payload
 
 
+def raise_if_cancelled() -> None:
+    """Re-raise a cancel that an awaited library call swallowed: nats-py can turn the CancelledError of a task
+    cancelled during a request into a timeout error, and a loop that catches errors would then run forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class JobReporter:
     """The trainer's `Reporter`: buffers points from the training thread for the async side to ship."""
 
@@ -108,6 +116,7 @@ class MetricShipper:
         while True:
             await asyncio.sleep(interval_s)
             await self.flush(reporter)
+            raise_if_cancelled()
 
     async def flush(self, reporter: JobReporter) -> bool:
         """Queue what the reporter holds and publish the queue in order; False if something is left unsent."""

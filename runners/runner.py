@@ -1,7 +1,8 @@
 """A runner: pulls work items from JetStream, claims each from its aggregate, runs it, one at a time.
 
 Work items (`trainyard.work.<priority>.<kind>.<id>`) are taken highest priority first through the shared durable
-pull consumers `work-<priority>`. For each item the runner makes a fresh lease token and sends a `claim`; the
+pull consumers `work-<priority>`: an idle runner looks at the four consumers' pending counts when the relay rings
+`trainyard.signal.work_ready` (or every second), and fetches from the highest priority that has work. For each item the runner makes a fresh lease token and sends a `claim`; the
 aggregate answers with the attempt and what to run, or refuses (finished, or another live lease holds it), and the
 item is acked either way: from then on the lease, not JetStream, owns the work. While training:
 - a heartbeat task renews the lease every `lease_ttl_s / 5` whatever the trainer is doing; its reply is the only
@@ -27,19 +28,21 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from domain.contract import (PRIORITIES, REPORT_SUBJECT, ReportReply, RunnerReport, WorkItem, dlq_subject,
+from domain.contract import (PRIORITIES, REPORT_SUBJECT, WORK_READY, ReportReply, RunnerReport, WorkItem, dlq_subject,
                              event_subject, printable)
-from infra.messaging import WORK_STREAM, pulled, work_consumer
+from infra.messaging import WORK_STREAM, work_consumer
 from runners.artifacts import ArtifactStore
-from runners.reporting import JobReporter, MetricShipper
+from runners.reporting import JobReporter, MetricShipper, raise_if_cancelled
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
 
 log = logging.getLogger("trainyard.runner")
 CANCEL_EVENTS = event_subject("training_job", "cancel_requested")
-CANCEL_GRACE_S = 3.0  # a trainer deaf to the stop flag this long (a long dataset load): report the cancel anyway
+CANCEL_GRACE_S = 3.0
+IDLE_LOOK_S = 1.0  # an idle runner looks for work this often even when no doorbell rings (a lost signal)  # a trainer deaf to the stop flag this long (a long dataset load): report the cancel anyway
 
 
 class Lease:
@@ -64,16 +67,47 @@ class Runner:
 
     # ---- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        subs = [await self.js.pull_subscribe_bind(work_consumer(p), stream=WORK_STREAM) for p in PRIORITIES]
+        subs = {p: await self.js.pull_subscribe_bind(work_consumer(p), stream=WORK_STREAM) for p in PRIORITIES}
+        ready = asyncio.Event()
+
+        async def ring(_: Msg) -> None:
+            ready.set()
+
+        doorbell = await self.nc.subscribe(WORK_READY, cb=ring)
         hints = await self.nc.subscribe(CANCEL_EVENTS, cb=self._cancel_hint)
         log.info("runner %s waiting for work", self.runner_id)
         try:
-            async for msgs in pulled(subs, stop, 1, timeout=0.05):
+            while not stop.is_set():
+                ready.clear()
+                priority = await self._waiting_priority()
+                if priority is None:  # nothing queued: sleep until the relay rings (or a while passes)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ready.wait(), IDLE_LOOK_S)
+                    continue
+                try:
+                    msgs = await subs[priority].fetch(1, timeout=0.1)
+                except (NatsTimeout, TimeoutError):
+                    continue  # another runner took it
+                except Exception:
+                    log.exception("fetch failed; retrying")
+                    await asyncio.sleep(1.0)
+                    continue
                 for msg in msgs:
                     await self.take(msg)
         finally:
-            with contextlib.suppress(Exception):
-                await hints.unsubscribe()
+            for sub in (doorbell, hints):
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _waiting_priority(self) -> str | None:
+        """The highest priority with work items not yet delivered (one look at the 4 consumers, concurrently)."""
+        try:
+            infos = await asyncio.gather(*(self.js.consumer_info(WORK_STREAM, work_consumer(p)) for p in PRIORITIES))
+        except Exception as e:
+            log.debug("work look failed (%s)", type(e).__name__)
+            await asyncio.sleep(0.5)
+            return None
+        return next((p for p, info in zip(PRIORITIES, infos) if info.num_pending), None)
 
     async def _cancel_hint(self, msg: Msg) -> None:
         """Only a hint: the next heartbeat comes now, and its reply (the aggregate) decides."""
@@ -127,22 +161,21 @@ class Runner:
                                                      lease_obj=lease, deadline_s=5))
                 raise
             finally:
-                shipping.cancel()
-                intermediates.cancel()
-                await asyncio.gather(shipping, intermediates, return_exceptions=True)
+                await _stop(shipping, intermediates)
             if lease.lost:
                 log.info("job %s: lease lost; reporting nothing", lease.job_id)
                 return
             await shipper.flush_all(reporter)
-            if reporter.step_seen:
-                await self.report(type="heartbeat", job_id=lease.job_id, lease=lease.token, lease_obj=lease,
-                                  current_step=reporter.step_seen, total_steps=reporter.total_steps, deadline_s=30)
             if lease.cancelled:
                 outcome = {"type": "cancelled"}
+            if reporter.step_seen and outcome["type"] == "completed":  # its progress comes with it
+                outcome = {**outcome, "total_steps": reporter.total_steps or None}
+            elif reporter.step_seen:
+                await self.report(type="heartbeat", job_id=lease.job_id, lease=lease.token, lease_obj=lease,
+                                  current_step=reporter.step_seen, total_steps=reporter.total_steps, deadline_s=30)
             await self.report(job_id=lease.job_id, lease=lease.token, lease_obj=lease, deadline_s=600, **outcome)
         finally:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            await _stop(heartbeat)
             self.current = None
 
     async def _until_done(self, train: asyncio.Task, lease: Lease, spec: dict[str, Any]) -> dict[str, Any]:
@@ -236,10 +269,21 @@ class Runner:
                     return reply
             except Exception as e:
                 log.debug("report %s not answered (%s)", fields.get("type"), type(e).__name__)
+            raise_if_cancelled()
             if time.monotonic() + delay > deadline:
                 return reply
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def _stop(*tasks: asyncio.Task, timeout_s: float = 5.0) -> None:
+    """Cancel `tasks` and wait for them, at most `timeout_s`: a task that will not end (a swallowed cancel) is
+    logged and left behind rather than holding up the job's outcome."""
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        log.error("task %s did not stop within %.0f s after its cancel", task.get_name(), timeout_s)
 
 
 def _timed_out(timeout_s: float) -> dict[str, Any]:

@@ -189,3 +189,68 @@ def test_the_cli_creates_watches_and_lists_a_study(stack: Stack, tmp_path: Any) 
     assert listed.exit_code == 0 and study_id in listed.output
     bad = CliRunner().invoke(cli, ["study", "watch", "not-a-uuid", "--api", api])
     assert bad.exit_code == 1 and bad.output.startswith("error:") and "Traceback" not in bad.output
+
+
+def test_a_killed_runner_costs_its_trial_an_attempt_and_the_study_still_completes(stack: Stack) -> None:
+    study_id = create(stack, study_body(name="runner-killed", n_trials=3, max_parallel=1,
+                                        fixed_params={"n_estimators": 20000},
+                                        search_space={"num_leaves": {"type": "int", "low": 4, "high": 6}}))
+    first = wait_study(stack, study_id, lambda st: st["counts"]["running"] == 1, timeout=60)
+    assert first["status"] == "running"
+    job_id = trials(stack, study_id)[0]["job_id"]
+    job = stack.wait(job_id, lambda j: j["status"] == "running" and j["progress"]["current_step"] > 0, timeout=60)
+    os.kill(int(job["runner_id"].rsplit(":", 1)[1]), signal.SIGKILL)
+    done = wait_study(stack, study_id, lambda st: st["status"] in ENDED, timeout=300)
+    assert done["status"] == "completed" and done["counts"]["completed"] == 3, done
+    assert stack.job(job_id)["attempt"] == 2  # the lost lease spent one attempt; the trial is still trial 0
+    assert [t["number"] for t in trials(stack, study_id)] == [0, 1, 2]
+
+
+def test_hostile_study_requests_get_4xx_and_a_normal_one_still_runs(stack: Stack) -> None:
+    deep: Any = 1
+    for _ in range(10):
+        deep = [deep]
+    cases = [
+        (422, study_body(search_space={"num_leaves": {"type": "categorical", "choices": deep}})),
+        (422, study_body(fixed_params={"learning_rate": "NaN"})),
+        (422, study_body(search_space={"num_leaves": {"type": "int", "low": 4, "high": "x" * 100}})),
+        (422, study_body(tags=["a\u0000"])),
+        (413, study_body(name="x" * 2_000_000)),
+        (422, study_body(n_trials=2**70)),
+        (422, study_body(max_parallel="2")),
+    ]
+    for status, body in cases:
+        r = stack.http.post(STUDIES, json=body)
+        assert r.status_code == status, (status, r.text[:300])
+        assert r.headers["content-type"].startswith("application/problem+json")
+    r = stack.http.post(STUDIES, content=b'{"name": "n", "search_space": {"x": {"low": NaN}}}',
+                        headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422), r.text
+    for query in ("?limit=0", "?offset=99999999999999999999", "?status=%00", "?tag=%00"):
+        assert stack.http.get(f"{STUDIES}{query}").status_code == 422, query
+    assert stack.http.get(f"{STUDIES}/not-a-uuid/trials").status_code == 422
+    study_id = create(stack, study_body(name="after-hostile", n_trials=2))
+    assert wait_study(stack, study_id, lambda st: st["status"] in ENDED)["status"] == "completed"
+
+
+def test_a_forged_study_event_is_dead_lettered_and_studies_still_run(stack: Stack) -> None:
+    import asyncio
+    import json
+
+    import nats
+
+    async def forge() -> None:
+        nc = await nats.connect(stack.nats_url)
+        js = nc.jetstream()
+        await js.publish("trainyard.v1.study.created", b"\x00not json")
+        await js.publish("trainyard.v1.study.created", json.dumps({"aggregate": "study", "type": "study.created",
+                                                                    "aggregate_id": "nope"}).encode())
+        await nc.close()
+
+    asyncio.run(forge())
+    deadline = time.monotonic() + 30
+    while stack.http.get("/readyz").json()["stages"]["study-driver"]["poisoned"] < 2:
+        assert time.monotonic() < deadline, stack.http.get("/readyz").json()["stages"]["study-driver"]
+        time.sleep(0.2)
+    study_id = create(stack, study_body(name="after-forgery", n_trials=2))
+    assert wait_study(stack, study_id, lambda st: st["status"] in ENDED)["status"] == "completed"

@@ -15,6 +15,15 @@ from runners.runner import Runner
 log = logging.getLogger("trainyard.runner")
 
 
+def _dump_tasks() -> None:
+    import io
+
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(file=out)
+        log.warning("task %s:\n%s", task.get_name(), out.getvalue())
+
+
 async def run_runner(settings: Settings) -> None:
     _, nats_url = settings.require_urls()
     nc, js = await connect(nats_url, f"trainyard-runner-{os.getpid()}")
@@ -26,6 +35,7 @@ async def run_runner(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: (stop.set(), main.cancel()))
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # `kill -USR1 <pid>`: where each task is waiting
     with contextlib.suppress(asyncio.CancelledError):
         await main
     with contextlib.suppress(Exception):
