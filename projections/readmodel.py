@@ -131,14 +131,31 @@ class ProjectionHost:
         runner = ProjectionRunner(application_class=self.application_class, projection_class=self.projection_class,
                                   view_class=self.view_class, env=self.env)
         self.runner = runner.__enter__()
+        table = runner.app.recorder.events_table_name
+        with self.pool.connection() as conn:  # the last event of given topics in O(log n): see _head
+            conn.execute(DDL_LOCK)
+            conn.execute(f'CREATE INDEX IF NOT EXISTS "{table}_topic" ON "{table}" (topic, notification_id)')
+
+    def _head(self, conn: Any) -> int:
+        """The position of the newest event this projection takes: the lag is measured against its own topics,
+        or a read model that sees no events of other aggregates would look ever further behind."""
+        runner = self.runner
+        assert runner is not None
+        topics = list(self.projection_class.topics)
+        if not topics:
+            return runner.app.recorder.max_notification_id() or 0
+        table = runner.app.recorder.events_table_name
+        row = conn.execute(f'SELECT max((SELECT max(notification_id) FROM "{table}" WHERE topic = t)) '
+                           "FROM unnest(%s::text[]) AS t", (topics,)).fetchone()
+        return row[0] or 0
 
     def _observe(self) -> None:
         runner = self.runner
         assert runner is not None
         name = self.projection_class.name
         position = runner.view.max_tracking_id(runner.app.name) or 0
-        head = runner.app.recorder.max_notification_id() or 0
         with self.pool.connection() as conn:
+            head = self._head(conn)
             poisoned = conn.execute("SELECT count(*) FROM projection_poisoned WHERE projection = %s", (name,)).fetchone()[0]
         if poisoned > self.stage.poisoned:  # set aside by the runner's thread: counted here, in the stage
             self.stage.poisoned_one("see table projection_poisoned")

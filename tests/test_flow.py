@@ -82,16 +82,18 @@ class Stack:
             time.sleep(0.1)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
+        deadline, last = time.monotonic() + timeout, ""
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, "trainyard up exited"
             try:
-                if self.http.get("/readyz").status_code == 200:
+                r = self.http.get("/readyz")
+                if r.status_code == 200:
                     return
-            except httpx.TransportError:
-                pass
+                last = r.text
+            except httpx.TransportError as e:
+                last = repr(e)
             time.sleep(0.2)
-        raise AssertionError("the service never became ready")
+        raise AssertionError(f"the service never became ready: {last[:3000]}")
 
 
 @contextlib.contextmanager
