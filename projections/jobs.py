@@ -68,15 +68,10 @@ class JobsView(TrackedView):
     DDL = JOBS_DDL
 
     def insert_job(self, row: dict[str, Any], tracking: Tracking) -> None:
-        cols = list(row)
-        sql = (f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('%(' + c + ')s' for c in cols)}) "
-               "ON CONFLICT (id) DO NOTHING")
-        self.write(sql, row, tracking)
+        self.insert_row("jobs", row, tracking)
 
     def update_job(self, job_id: UUID, version: int, changes: dict[str, Any], tracking: Tracking) -> None:
-        sets = ", ".join(f"{c} = %({c})s" for c in changes)
-        sql = f"UPDATE jobs SET {sets}, version = %(_version)s WHERE id = %(_id)s AND version < %(_version)s"
-        self.write(sql, {**changes, "_id": job_id, "_version": version}, tracking)
+        self.update_row("jobs", job_id, version, changes, tracking)
 
 
 def _finished(status: str, at: datetime) -> dict[str, Any]:

@@ -75,6 +75,19 @@ class TrackedView(PostgresTrackingRecorder):
             if not self.has_tracking_id(tracking.application_name, tracking.notification_id):
                 raise
 
+    def insert_row(self, table: str, row: dict[str, Any], tracking: Tracking) -> None:
+        """Insert `row` (column: value) into `table`, keyed by `id`; a row that exists already is left alone."""
+        cols = list(row)
+        sql = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('%(' + c + ')s' for c in cols)}) "
+               "ON CONFLICT (id) DO NOTHING")
+        self.write(sql, row, tracking)
+
+    def update_row(self, table: str, row_id: Any, version: int, changes: dict[str, Any], tracking: Tracking) -> None:
+        """Apply `changes` to the row `row_id` of `table` written by an older aggregate version than `version`."""
+        sets = ", ".join(f"{c} = %({c})s" for c in changes)
+        sql = f"UPDATE {table} SET {sets}, version = %(_version)s WHERE id = %(_id)s AND version < %(_version)s"
+        self.write(sql, {**changes, "_id": row_id, "_version": version}, tracking)
+
     def set_aside(self, tracking: Tracking, projection: str, topic: str, error: str) -> None:
         """Record the position as applied without applying it, and why."""
         with self.datastore.transaction(commit=True) as curs:

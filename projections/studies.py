@@ -60,15 +60,10 @@ class StudiesView(TrackedView):
     DDL = STUDIES_DDL
 
     def insert_study(self, row: dict[str, Any], tracking: Tracking) -> None:
-        cols = list(row)
-        sql = (f"INSERT INTO studies ({', '.join(cols)}) VALUES ({', '.join('%(' + c + ')s' for c in cols)}) "
-               "ON CONFLICT (id) DO NOTHING")
-        self.write(sql, row, tracking)
+        self.insert_row("studies", row, tracking)
 
     def update_study(self, study_id: UUID, version: int, changes: dict[str, Any], tracking: Tracking) -> None:
-        sets = ", ".join(f"{c} = %({c})s" for c in changes)
-        sql = f"UPDATE studies SET {sets}, version = %(_version)s WHERE id = %(_id)s AND version < %(_version)s"
-        self.write(sql, {**changes, "_id": study_id, "_version": version}, tracking)
+        self.update_row("studies", study_id, version, changes, tracking)
 
     def insert_trial(self, row: dict[str, Any], tracking: Tracking) -> None:
         """`row` has study_id, number, job_id, state, params, asked_at and version (the study's)."""

@@ -119,10 +119,10 @@ def running_up(data_dir: Path, settings: dict[str, str], nats_url: str = "") -> 
             print((data_dir / "up.log").read_text()[-5000:])
 
 
-@pytest.fixture(scope="module")
-def stack(postgres_server: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextlib.contextmanager
+def up_on_a_fresh_database(postgres_server: str, nats_url: str, data_dir: Path) -> Iterator[Stack]:
+    """`trainyard up` with 2 runners and short leases on its own new database and the session's NATS."""
     database_url = create_database(postgres_server)
-    data_dir = tmp_path_factory.mktemp("trainyard")
     settings = {"TRAINYARD_DATABASE_URL": database_url, "TRAINYARD_NATS_URL": nats_url, "TRAINYARD_RUNNERS": "2",
                 **FAST_LEASES}
     try:
@@ -130,6 +130,12 @@ def stack(postgres_server: str, nats_url: str, tmp_path_factory: pytest.TempPath
             yield s
     finally:
         drop_database(postgres_server, database_url)
+
+
+@pytest.fixture(scope="module")
+def stack(postgres_server: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with up_on_a_fresh_database(postgres_server, nats_url, tmp_path_factory.mktemp("trainyard")) as s:
+        yield s
 
 
 def test_up_reports_where_every_part_listens(stack: Stack) -> None:

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import create_database, drop_database
-from tests.test_flow import FAST_LEASES, JOBS, Stack, running_up
+from tests.test_flow import JOBS, Stack, up_on_a_fresh_database
 
 pytestmark = pytest.mark.integration
 STUDIES = "/api/v1/studies"
@@ -34,15 +33,8 @@ def study_body(**over: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(postgres_server: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    database_url = create_database(postgres_server)
-    data_dir = tmp_path_factory.mktemp("trainyard-studies")
-    settings = {"TRAINYARD_DATABASE_URL": database_url, "TRAINYARD_NATS_URL": nats_url, "TRAINYARD_RUNNERS": "2",
-                **FAST_LEASES}
-    try:
-        with running_up(data_dir, settings, nats_url) as s:
-            yield s
-    finally:
-        drop_database(postgres_server, database_url)
+    with up_on_a_fresh_database(postgres_server, nats_url, tmp_path_factory.mktemp("trainyard-studies")) as s:
+        yield s
 
 
 def create(s: Stack, body: dict[str, Any], **headers: str) -> str:
