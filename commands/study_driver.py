@@ -38,11 +38,12 @@ from commands.context import CommandContext
 from commands.studies import StudyCommands, StudyNotFoundError
 from commands.study_optimizer import StudyOptimizer, TrialRecord
 from commands.training import JobNotFoundError, TrainingApplication
-from domain.contract import dlq_subject, printable
+from domain.contract import printable
 from domain.search_space import step_metric_for
 from domain.study import Study, StudyError
 from domain.training_job import JobError
 from infra.health import Stage
+from infra.messaging import dead_letter
 
 log = logging.getLogger("trainyard.studies")
 DRIVER = CommandContext(actor="system:study-driver")
@@ -259,7 +260,7 @@ class StudyDriver:
     async def _dead_letter(self, js: JetStreamContext, msg: Any, reason: str) -> None:
         error = printable(reason, 300)
         log.error("study driver: event on %s dead-lettered: %s", msg.subject, error)
-        await js.publish(dlq_subject(msg.subject), msg.data[:MAX_EVENT_BYTES], headers={"Trainyard-Error": error})
+        await dead_letter(js, msg.subject, msg.data[:MAX_EVENT_BYTES], error)
         self.stage.poisoned_one(error)
         await msg.ack()
 

@@ -27,7 +27,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from domain.contract import DLQ_PREFIX, PRIORITIES, SUBJECT_PREFIX, TELEMETRY_METRICS, WORK_PREFIX, work_filter
+from domain.contract import (DLQ_PREFIX, PRIORITIES, SUBJECT_PREFIX, TELEMETRY_METRICS, WORK_PREFIX, dlq_subject,
+                             printable, work_filter)
 from domain.registry import event_subjects
 from infra.settings import Settings
 
@@ -90,23 +91,23 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
         deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))
 
 
-async def pulled(subs: list[JetStreamContext.PullSubscription], stop: asyncio.Event, batch: int,
+async def pulled(sub: JetStreamContext.PullSubscription, stop: asyncio.Event, batch: int,
                  timeout: float) -> AsyncIterator[list[Msg]]:
-    """Batches from the first of `subs` (priority order, highest first) that has messages, until `stop` is set.
-
-    Each pass asks every subscription in turn (a server-side pull of up to `timeout` each), so an idle reader
-    polls about every len(subs) × timeout, and a waiting high-priority item is always taken before a lower one.
-    A quiet or unreachable server means: try again.
-    """
+    """Batches of up to `batch` messages (a server-side pull of up to `timeout` each) until `stop` is set.
+    A quiet or unreachable server means: try again. (Runners pick their priority themselves: runners/runner.py.)"""
     while not stop.is_set():
-        for sub in subs:
-            try:
-                msgs = await sub.fetch(batch, timeout=timeout)
-            except (NatsTimeout, TimeoutError):
-                continue
-            except Exception:
-                log.exception("fetch failed; retrying")
-                await asyncio.sleep(1.0)
-                break
-            yield msgs
-            break
+        try:
+            msgs = await sub.fetch(batch, timeout=timeout)
+        except (NatsTimeout, TimeoutError):
+            continue
+        except Exception:
+            log.exception("fetch failed; retrying")
+            await asyncio.sleep(1.0)
+            continue
+        yield msgs
+
+
+async def dead_letter(js: JetStreamContext, original_subject: str, data: bytes, reason: str) -> None:
+    """Keep what a stage could not process on `trainyard.v1.dlq.<original>` (stream TRAINYARD_DLQ), with the reason
+    in the `Trainyard-Error` header."""
+    await js.publish(dlq_subject(original_subject), data, headers={"Trainyard-Error": printable(reason, 500)})

@@ -17,9 +17,9 @@ import logging
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from domain.contract import TELEMETRY_METRICS, MetricBatch, dlq_subject, printable
+from domain.contract import TELEMETRY_METRICS, MetricBatch, printable
 from infra.health import Stage
-from infra.messaging import METRICS_CONSUMER, TELEMETRY_STREAM, pulled
+from infra.messaging import METRICS_CONSUMER, TELEMETRY_STREAM, dead_letter, pulled
 from projections.metric_store import MetricColumns, MetricStore
 
 log = logging.getLogger("trainyard.metrics")
@@ -48,7 +48,7 @@ class MetricsProjector:
         log.info("metrics projector started")
         watcher = asyncio.create_task(self._watch(stop))
         try:
-            async for msgs in pulled([sub], stop, self.fetch_size, timeout=0.5):
+            async for msgs in pulled(sub, stop, self.fetch_size, timeout=0.5):
                 await self.project(msgs)
         finally:
             watcher.cancel()
@@ -116,6 +116,6 @@ class MetricsProjector:
 
     async def _dead_letter(self, msg, reason: str) -> None:  # noqa: ANN001
         log.warning("metric batch dead-lettered: %s", reason)
-        await self.js.publish(dlq_subject(TELEMETRY_METRICS), msg.data, headers={"Trainyard-Error": reason[:500]})
+        await dead_letter(self.js, TELEMETRY_METRICS, msg.data, reason)
         await msg.ack()
         self.stage.poisoned_one(reason)

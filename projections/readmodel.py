@@ -99,8 +99,8 @@ class TrackedView(PostgresTrackingRecorder):
 
 
 TView = TypeVar("TView", bound=TrackedView)
-TRANSIENT = (OperationalError, InterfaceError)
-_STARTING = threading.Lock()  # the database is away: retry forever (the runner restarts)
+TRANSIENT = (OperationalError, InterfaceError)  # the database is away: retry forever (the runner restarts)
+_STARTING = threading.Lock()  # projection runners start one at a time (each creates its tables)
 
 
 class TrackedProjection(Projection[TView], Generic[TView]):

@@ -2,8 +2,8 @@
 
 Work items (`trainyard.work.<priority>.<kind>.<id>`) are taken highest priority first through the shared durable
 pull consumers `work-<priority>`: an idle runner looks at the four consumers' pending counts when the relay rings
-`trainyard.signal.work_ready` (or every second), and fetches from the highest priority that has work. For each item the runner makes a fresh lease token and sends a `claim`; the
-aggregate answers with the attempt and what to run, or refuses (finished, or another live lease holds it), and the
+`trainyard.signal.work_ready` (or every second), and fetches from the highest priority that has work. For each item
+the runner makes a fresh lease token and sends a `claim`; the aggregate answers with the attempt and what to run, or refuses (finished, or another live lease holds it), and the
 item is acked either way: from then on the lease, not JetStream, owns the work. While training:
 - a heartbeat task renews the lease every `lease_ttl_s / 5` whatever the trainer is doing; its reply is the only
   thing that can stop the job (cancel requested, or the lease is no longer ours). A `cancel_requested` event seen on
@@ -32,17 +32,17 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from domain.contract import (PRIORITIES, REPORT_SUBJECT, WORK_READY, ReportReply, RunnerReport, WorkItem, dlq_subject,
+from domain.contract import (PRIORITIES, REPORT_SUBJECT, WORK_READY, ReportReply, RunnerReport, WorkItem,
                              event_subject, printable)
-from infra.messaging import WORK_STREAM, work_consumer
+from infra.messaging import WORK_STREAM, dead_letter, work_consumer
 from runners.artifacts import ArtifactStore
 from runners.reporting import JobReporter, MetricShipper, raise_if_cancelled
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
 
 log = logging.getLogger("trainyard.runner")
 CANCEL_EVENTS = event_subject("training_job", "cancel_requested")
-CANCEL_GRACE_S = 3.0
-IDLE_LOOK_S = 1.0  # an idle runner looks for work this often even when no doorbell rings (a lost signal)  # a trainer deaf to the stop flag this long (a long dataset load): report the cancel anyway
+CANCEL_GRACE_S = 3.0  # a trainer deaf to the stop flag this long (a long dataset load): report the cancel anyway
+IDLE_LOOK_S = 1.0  # an idle runner looks for work this often even when no doorbell rings (a lost signal)
 
 
 class Lease:
@@ -122,8 +122,7 @@ class Runner:
         except ValidationError as e:
             log.error("malformed work item dead-lettered: %s", printable(e, 200))
             with contextlib.suppress(Exception):
-                await self.js.publish(dlq_subject(msg.subject), msg.data,
-                                      headers={"Trainyard-Error": printable(e, 300)})
+                await dead_letter(self.js, msg.subject, msg.data, printable(e, 300))
             await msg.term()
             return
         token = secrets.token_urlsafe(24)
