@@ -186,9 +186,10 @@ class StudyDriver:
 
     # ---- the loop --------------------------------------------------------------------------------
     def running_studies(self) -> list[UUID]:
+        """The studies the read model shows going, and those this driver holds (the read model may lag)."""
         with self.pool.connection() as conn:
             rows = conn.execute("SELECT id FROM studies WHERE status IN ('running', 'cancelling')").fetchall()
-        return [r[0] for r in rows] + [s for s in list(self._optimizers) if s not in {r[0] for r in rows}]
+        return list(dict.fromkeys([*(r[0] for r in rows), *self._optimizers]))
 
     def study_of(self, event: dict[str, Any]) -> UUID | None:
         """The study an event moves: a study's own event from outside the driver (created, cancel), or a trial's
