@@ -5,14 +5,15 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import context, datasets, docs, jobs, ops, problems, studies
+from api import context, datasets, docs, jobs, models, ops, problems, studies
 from api.limits import MULTIPART_SLACK_BYTES, BodyLimit
 from infra.bootstrap import Services
 
 
 def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     app = FastAPI(title="Trainyard", version="0.1.0",
-                  description="Event-sourced ML training service: training jobs, hyperparameter studies, live metrics.",
+                  description="Event-sourced ML training service: training jobs, hyperparameter studies, live metrics, "
+                              "a model registry with ONNX exports, deployments with traffic splits.",
                   docs_url=None, redoc_url=None)  # /docs is served offline by api/docs.py
     app.state.services = services
     app.state.nats = nats_client
@@ -22,6 +23,7 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     app.include_router(studies.router)
     app.include_router(studies.experiments)
     app.include_router(datasets.router)
+    app.include_router(models.router)
     docs.install(app)
     settings = services.settings
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,

@@ -15,8 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from commands.training import IdempotencyConflictError, JobNotFoundError
+from commands.models import ExportNotFoundError, ModelNotFoundError
 from commands.studies import StudyNotFoundError
+from commands.training import IdempotencyConflictError, JobNotFoundError
+from domain.models import ModelError, ModelSpecError, VersionNotFoundError
 from domain.study import StudyError
 from domain.training_job import JobError
 
@@ -92,6 +94,26 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(IdempotencyConflictError)
     async def _idem(request: Request, exc: IdempotencyConflictError) -> JSONResponse:
         return problem_response(request, Problem(409, "Conflict", str(exc), "Idempotency-Key"))
+
+    @app.exception_handler(ModelNotFoundError)
+    async def _no_model(request: Request, exc: ModelNotFoundError) -> JSONResponse:
+        return problem_response(request, Problem(404, "Not found", f"no model {exc}", "name"))
+
+    @app.exception_handler(VersionNotFoundError)
+    async def _no_version(request: Request, exc: VersionNotFoundError) -> JSONResponse:
+        return problem_response(request, Problem(404, "Not found", str(exc), "version"))
+
+    @app.exception_handler(ExportNotFoundError)
+    async def _no_export(request: Request, exc: ExportNotFoundError) -> JSONResponse:
+        return problem_response(request, Problem(404, "Not found", f"no export {exc}", "export_id"))
+
+    @app.exception_handler(ModelError)
+    async def _model_conflict(request: Request, exc: ModelError) -> JSONResponse:
+        return problem_response(request, Problem(409, "Conflict", str(exc)))
+
+    @app.exception_handler(ModelSpecError)
+    async def _model_spec(request: Request, exc: ModelSpecError) -> JSONResponse:
+        return problem_response(request, Problem(422, "Invalid request", str(exc), exc.field))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

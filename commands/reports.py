@@ -23,7 +23,7 @@ from commands.context import CommandContext
 from commands.leases import LeaseStore, milestone_of
 from commands.training import JobNotFoundError, TrainingApplication
 from domain.contract import REPORT_SUBJECT, ReportReply, RunnerReport, dlq_subject, lease_id_of, printable
-from domain.training_job import (JobError, JobFinishedError, LeaseHeldError, StaleLeaseError, TrainingJob)
+from domain.work import JobError, JobFinishedError, LeasedWork, LeaseHeldError, StaleLeaseError
 from infra.health import Stage
 
 log = logging.getLogger("trainyard.reports")
@@ -121,15 +121,15 @@ def _context(r: RunnerReport) -> CommandContext:
                           causation_id=r.report_id or None, trace_id=r.trace_id)
 
 
-def _reply(agg: TrainingJob, **extra: Any) -> ReportReply:
+def _reply(agg: LeasedWork, **extra: Any) -> ReportReply:
     return ReportReply(ok=True, status=agg.status, attempt=agg.attempt, cancel_requested=agg.cancel_requested, **extra)
 
 
-def _work_for(app: TrainingApplication, job: TrainingJob) -> dict[str, Any]:
+def _work_for(app: TrainingApplication, job: LeasedWork) -> dict[str, Any]:
     """The claim's answer: what to run, and the submit's correlation and trace ids for the runner's reports."""
     first = next(iter(app.events.get(job.id, lte=1)), None)
     meta = getattr(first, "metadata", None) or {}
-    return {"kind": "training", "attempt": job.attempt, "spec": job.spec(),
+    return {"kind": job.work_kind, "attempt": job.attempt, "spec": job.spec(),
             "correlation_id": meta.get("correlation_id"), "trace_id": meta.get("trace_id")}
 
 

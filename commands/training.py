@@ -72,14 +72,17 @@ class TrainyardApplication(Application[UUID]):
             raise not_found(str(aggregate_id)) from None
 
     def change(self, aggregate_id: UUID, decide: Callable[[Any], None], ctx: CommandContext,
-               not_found: type[LookupError], tries: int = 5) -> tuple[Any, int | None]:
+               not_found: type[LookupError], tries: int = 5,
+               also: Callable[[Any], list[Aggregate]] | None = None) -> tuple[Any, int | None]:
         """Load → decide → save, retried on an optimistic-concurrency conflict. Returns the aggregate and the
-        notification id of the last event recorded (None if the decision recorded nothing)."""
+        notification id of the last event recorded (None if the decision recorded nothing). `also(aggregate)`
+        (after the decision) returns other aggregates it changed in consequence: all are saved in one transaction."""
         for n in range(tries):
             aggregate = self.load(aggregate_id, not_found)
             decide(aggregate)
+            companions = also(aggregate) if also else []
             try:
-                return aggregate, _last_position(self.save_with(ctx, aggregate))
+                return aggregate, _last_position(self.save_with(ctx, aggregate, *companions))
             except RecordConflictError:
                 if n == tries - 1:
                     raise
@@ -145,7 +148,12 @@ class TrainingApplication(TrainyardApplication):
 
     def complete(self, job_id: UUID, lease_id: str, final_metrics: dict[str, float], artifact: dict[str, Any],
                  ctx: CommandContext, total_steps: int | None = None) -> TrainingJob:
-        return self._change(job_id, lambda job: job.complete(lease_id, final_metrics, artifact, total_steps), ctx)
+        """Ends the attempt; a model export's completion also attaches its ONNX artifact to the model version, in
+        the same transaction (commands/models.py)."""
+        from commands.models import completion_effects
+
+        return self.change(job_id, lambda job: job.complete(lease_id, final_metrics, artifact, total_steps), ctx,
+                           JobNotFoundError, also=lambda work: completion_effects(self, work))[0]
 
     def fail(self, job_id: UUID, lease_id: str, error: str, ctx: CommandContext) -> TrainingJob:
         return self._change(job_id, lambda job: job.fail(lease_id, error), ctx)

@@ -125,7 +125,7 @@ class WorkItem(BaseModel):
     Duplicates are harmless: the claim is decided by the aggregate, which refuses a second live lease."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["training"]
+    kind: Literal["training", "export"]
     aggregate_id: UUID
     priority: Literal["critical", "high", "medium", "low"]
     work_id: str = Field(min_length=1, max_length=100, description="the event id that asked for the work")
@@ -146,6 +146,9 @@ def _finite_metrics(values: dict[str, float]) -> dict[str, float]:
         if not math.isfinite(v):
             raise ValueError(f"final metric {name!r} is not a finite number")
     return values
+
+
+NameList = Annotated[list[Annotated[Text, Field(max_length=200)]], Field(max_length=5000)]
 
 
 class RunnerReport(BaseModel):
@@ -170,8 +173,9 @@ class RunnerReport(BaseModel):
     total_steps: int | None = Field(default=None, ge=1, le=2**62)
     value: float | None = Field(default=None, allow_inf_nan=False, description="intermediate: the objective's value")
     final_metrics: Annotated[Metrics, AfterValidator(_finite_metrics)] = Field(default_factory=dict)
-    artifact: dict[Annotated[str, Field(max_length=64)], Annotated[Text, Field(max_length=4096)] | int] | None = Field(
-        default=None, max_length=16)
+    artifact: dict[Annotated[str, Field(max_length=64)], Annotated[Text, Field(max_length=4096)] | int | NameList] | None = (
+        Field(default=None, max_length=16, description="where the result is, and what a reader of it needs "
+                                                       "(feature names and class labels of a model)"))
     error: str | None = Field(default=None, max_length=20_000)
 
 
@@ -225,3 +229,45 @@ class MetricBatch(BaseModel):
     @property
     def size(self) -> int:
         return sum(len(c.steps) for c in self.series.values())
+
+
+# ---- prediction telemetry (the inference server) ---------------------------------------------------
+TELEMETRY_PREDICTIONS = f"{SUBJECT_PREFIX}.telemetry.predictions"
+MAX_BATCH_PREDICTIONS = 20_000
+ShortText = Annotated[Text, Field(max_length=200)]
+
+
+class PredictionBatch(BaseModel):
+    """Prediction records of one inference server as columns (index i of every list is record i): what was asked
+    of which deployment revision and variant, how it went (HTTP status) and how long it took (microseconds, in
+    the server). `shadow` records are the shadow variant's copies (never returned to the caller)."""
+
+    model_config = ConfigDict(extra="forbid")
+    batch_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    server_id: ShortText
+    ts_ms: list[EpochMs]
+    request_id: list[Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9._:-]*$")]]
+    deployment: list[ShortText]
+    revision: list[Annotated[int, Field(ge=0, le=2**31 - 1)]]
+    variant: list[ShortText]
+    model: list[ShortText]
+    version: list[Annotated[int, Field(ge=0, le=2**31 - 1)]]
+    status: list[Annotated[int, Field(ge=100, le=599)]]
+    latency_us: list[Annotated[int, Field(ge=0, le=2**32 - 1)]]
+    n_rows: list[Annotated[int, Field(ge=0, le=2**31 - 1)]]
+    shadow: list[bool]
+
+    @model_validator(mode="after")
+    def _columns(self) -> PredictionBatch:
+        n = len(self.ts_ms)
+        if n > MAX_BATCH_PREDICTIONS:
+            raise ValueError(f"a batch holds at most {MAX_BATCH_PREDICTIONS} records, this one {n}")
+        columns = ("request_id", "deployment", "revision", "variant", "model", "version", "status", "latency_us",
+                   "n_rows", "shadow")
+        if any(len(getattr(self, c)) != n for c in columns):
+            raise ValueError("every column must have as many entries as ts_ms")
+        return self
+
+    @property
+    def size(self) -> int:
+        return len(self.ts_ms)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from domain.models import ModelExport, RegisteredModel
 from domain.study import Study
 from domain.training_job import TrainingJob
 
@@ -24,6 +25,8 @@ class AggregateType:
 AGGREGATES: tuple[AggregateType, ...] = (
     AggregateType(TrainingJob, "training_job", work_kind="training", work_events=frozenset({"Submitted", "Requeued"})),
     AggregateType(Study, "study"),  # its trials are training jobs: no work kind of its own
+    AggregateType(RegisteredModel, "model"),
+    AggregateType(ModelExport, "model_export", work_kind="export", work_events=frozenset({"Requested", "Requeued"})),
 )
 _BY_CLASS = {a.cls: a for a in AGGREGATES}
 

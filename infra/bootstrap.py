@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from psycopg_pool import ConnectionPool
 
 from commands.leases import LeaseStore
+from commands.models import ModelCommands
 from commands.studies import StudyCommands
 from commands.training import TrainingApplication
 from infra.clickhouse import ClickHouse, connect as connect_clickhouse
@@ -15,6 +16,8 @@ from infra.settings import Settings
 from projections.job_queries import JobQueries
 from projections.jobs import JOBS_DDL
 from projections.metric_store import MetricStore
+from projections.models import MODELS_DDL, ModelQueries
+from projections.prediction_store import PredictionStore
 from projections.readmodel import POISONED_DDL, AppliedPositions
 from projections.studies import STUDIES_DDL, StudyQueries
 
@@ -30,6 +33,9 @@ class Services:
     leases: LeaseStore
     studies: StudyQueries
     study_commands: StudyCommands
+    models: ModelQueries
+    model_commands: ModelCommands
+    predictions: PredictionStore
     applied: AppliedPositions  # read-your-writes: how far each read model has got
     health: Health = field(default_factory=Health)
 
@@ -50,9 +56,12 @@ def build(settings: Settings) -> Services:
         conn.execute(DDL_LOCK)
         conn.execute(JOBS_DDL)  # queries may run before the projections' first events
         conn.execute(STUDIES_DDL)
+        conn.execute(MODELS_DDL)
         conn.execute(POISONED_DDL)  # shared by every view: made here, not by concurrently starting projections
     ch = connect_clickhouse(settings.clickhouse_url, settings.chdb_path)
     metrics = MetricStore(ch)
     metrics.ensure_schema()
+    predictions = PredictionStore(ch)
+    predictions.ensure_schema()
     return Services(settings, app, pool, JobQueries(pool), ch, metrics, leases, StudyQueries(pool), StudyCommands(app),
-                    AppliedPositions(database_url))
+                    ModelQueries(pool), ModelCommands(app), predictions, AppliedPositions(database_url))

@@ -27,7 +27,7 @@ from infra.dataset_files import (
 )
 
 __all__ = ["BUILTIN_TASK", "MAX_CELLS", "MAX_FEATURE_COLUMNS", "MIN_ROWS", "TASKS", "DatasetError", "Split",
-           "load_dataset", "validate_dataset"]
+           "dataset_digest", "load_dataset", "validate_dataset"]
 
 BUILTIN_TASK = {
     "breast_cancer": "binary_classification",
@@ -111,6 +111,26 @@ def load_dataset(uri: str, target: str | None, task: str, seed: int = 0, roots: 
     if labels is not None:
         _check_classes(task, labels)
     return _split(X, y, names, labels, seed)
+
+
+def dataset_digest(uri: str, roots: Sequence[Path] = ()) -> str:
+    """sha256 of what `uri` names: the file's bytes, or for a builtin the bytes of its feature and target arrays
+    (lineage: which data a model was trained on)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if uri.startswith("builtin://"):
+        name = uri.removeprefix("builtin://")
+        if name not in BUILTIN_TASK:
+            raise DatasetError("dataset.uri", f"unknown builtin dataset {name!r}")
+        X, y, _, _ = _load_builtin(name)
+        digest.update(np.ascontiguousarray(X).tobytes())
+        digest.update(np.ascontiguousarray(y).tobytes())
+        return digest.hexdigest()
+    with resolve_file_uri(uri, roots).open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _display_name(uri: str) -> str:

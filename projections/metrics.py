@@ -1,4 +1,6 @@
-"""The ClickHouse metrics projector: telemetry batches from JetStream into `metric_points`.
+"""The ClickHouse telemetry projectors: batches from JetStream into ClickHouse tables — metric points from runners
+into `metric_points` (`MetricsProjector`), prediction records from inference servers into `predictions`
+(`PredictionsProjector`). One `TelemetryProjector` does both; a kind only says how to parse and insert a batch.
 
 Fetches many batches at once, inserts them in one ClickHouse insert, then acks. A crash between insert and ack
 redelivers the batches; the table's ReplacingMergeTree key makes the repeat invisible (projections/metric_store.py).
@@ -17,10 +19,13 @@ import logging
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from domain.contract import TELEMETRY_METRICS, MetricBatch, printable
+from typing import Any
+
+from domain.contract import TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, MetricBatch, PredictionBatch, printable
 from infra.health import Stage
-from infra.messaging import METRICS_CONSUMER, TELEMETRY_STREAM, dead_letter, pulled
+from infra.messaging import METRICS_CONSUMER, PREDICTIONS_CONSUMER, TELEMETRY_STREAM, dead_letter, pulled
 from projections.metric_store import MetricColumns, MetricStore
+from projections.prediction_store import PredictionStore
 
 log = logging.getLogger("trainyard.metrics")
 
@@ -37,15 +42,24 @@ def add_batch(cols: MetricColumns, batch: MetricBatch) -> None:
         cols.ts_ms += chunk.ts_ms
 
 
-class MetricsProjector:
-    def __init__(self, js: JetStreamContext, store: MetricStore, stage: Stage | None = None, fetch_size: int = 512,
+class TelemetryProjector:
+    """Subclasses set `consumer`, `subject`, `batch_class` and `insert_batches(batches, token)` (blocking)."""
+
+    consumer = ""
+    subject = ""
+    batch_class: Any = None
+
+    def __init__(self, js: JetStreamContext, store: Any, stage: Stage | None = None, fetch_size: int = 512,
                  max_tries: int = 3) -> None:
         self.js, self.store, self.fetch_size, self.max_tries = js, store, fetch_size, max_tries
-        self.stage = stage or Stage("metrics-projector", loops=True)
+        self.stage = stage or Stage(f"{self.consumer}-projector", loops=True)
+
+    def insert_batches(self, batches: list, token: str) -> None:
+        raise NotImplementedError
 
     async def run(self, stop: asyncio.Event) -> None:
-        sub = await self.js.pull_subscribe_bind(METRICS_CONSUMER, stream=TELEMETRY_STREAM)
-        log.info("metrics projector started")
+        sub = await self.js.pull_subscribe_bind(self.consumer, stream=TELEMETRY_STREAM)
+        log.info("%s projector started", self.consumer)
         watcher = asyncio.create_task(self._watch(stop))
         try:
             async for msgs in pulled(sub, stop, self.fetch_size, timeout=0.5):
@@ -57,7 +71,7 @@ class MetricsProjector:
         """Position and lag of the consumer, once a second, for /readyz."""
         while not stop.is_set():
             try:
-                info = await self.js.consumer_info(TELEMETRY_STREAM, METRICS_CONSUMER)
+                info = await self.js.consumer_info(TELEMETRY_STREAM, self.consumer)
                 position = info.ack_floor.stream_seq if info.ack_floor else 0
                 self.stage.observe(position, position + (info.num_pending or 0) + (info.num_ack_pending or 0))
             except Exception as e:
@@ -68,15 +82,15 @@ class MetricsProjector:
         good = []
         for msg in msgs:
             try:
-                good.append((msg, MetricBatch.model_validate_json(msg.data)))
+                good.append((msg, self.batch_class.model_validate_json(msg.data)))
             except ValidationError as e:
-                await self._dead_letter(msg, f"invalid metric batch: {printable(e, 300)}")
+                await self._dead_letter(msg, f"invalid batch: {printable(e, 300)}")
         if not good:
             return
         try:
             await self._insert(good)
         except Exception as e:
-            log.warning("metric insert of %d batches failed: %s", len(good), printable(e, 300))
+            log.warning("%s insert of %d batches failed: %s", self.consumer, len(good), printable(e, 300))
             self.stage.failed(e)
             if not await self._store_answers():
                 await self._nak_all(good)
@@ -93,11 +107,8 @@ class MetricsProjector:
                             await msg.nak(delay=1.0)
 
     async def _insert(self, batches: list) -> None:
-        cols = MetricColumns()
-        for _, batch in batches:
-            add_batch(cols, batch)
         token = ",".join(b.batch_id for _, b in batches)
-        await asyncio.to_thread(self.store.insert_columns, cols, token)
+        await asyncio.to_thread(self.insert_batches, [b for _, b in batches], token)
         for msg, _ in batches:
             await msg.ack()
         self.stage.progressed()
@@ -115,7 +126,26 @@ class MetricsProjector:
                 await msg.nak(delay=1.0)
 
     async def _dead_letter(self, msg, reason: str) -> None:  # noqa: ANN001
-        log.warning("metric batch dead-lettered: %s", reason)
-        await dead_letter(self.js, TELEMETRY_METRICS, msg.data, reason)
+        log.warning("%s batch dead-lettered: %s", self.consumer, reason)
+        await dead_letter(self.js, self.subject, msg.data, reason)
         await msg.ack()
         self.stage.poisoned_one(reason)
+
+
+class MetricsProjector(TelemetryProjector):
+    consumer, subject, batch_class = METRICS_CONSUMER, TELEMETRY_METRICS, MetricBatch
+    store: MetricStore
+
+    def insert_batches(self, batches: list[MetricBatch], token: str) -> None:
+        cols = MetricColumns()
+        for batch in batches:
+            add_batch(cols, batch)
+        self.store.insert_columns(cols, token)
+
+
+class PredictionsProjector(TelemetryProjector):
+    consumer, subject, batch_class = PREDICTIONS_CONSUMER, TELEMETRY_PREDICTIONS, PredictionBatch
+    store: PredictionStore
+
+    def insert_batches(self, batches: list[PredictionBatch], token: str) -> None:
+        self.store.insert_batches(batches, token)

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from domain.contract import (PRIORITIES, REPORT_SUBJECT, WORK_READY, ReportReply, RunnerReport, WorkItem,
                              event_subject, printable)
+from infra.datasets import dataset_digest
 from infra.messaging import WORK_STREAM, dead_letter, work_consumer
 from runners.artifacts import ArtifactStore
 from runners.reporting import JobReporter, MetricShipper, raise_if_cancelled
@@ -137,10 +138,11 @@ class Runner:
             return
         job = reply.job
         lease = Lease(str(item.aggregate_id), token, job.get("correlation_id"), job.get("trace_id"))
-        await self.run_training(lease, job["attempt"], job["spec"])
+        await self.run_training(lease, job["attempt"], job["spec"], kind=job.get("kind", "training"))
 
     # ---- one job ---------------------------------------------------------------------------------
-    async def run_training(self, lease: Lease, attempt: int, spec: dict[str, Any]) -> None:
+    async def run_training(self, lease: Lease, attempt: int, spec: dict[str, Any], kind: str = "training") -> None:
+        """Run one claimed piece of work (`kind` "training", or "export": runners/exporting.py) under its lease."""
         self.current = lease
         loop, watched = asyncio.get_running_loop(), asyncio.Event()
         reporter = JobReporter(lease.stop, watch=spec.get("report_metric"),
@@ -151,7 +153,8 @@ class Runner:
         intermediates = asyncio.create_task(self._intermediates(lease, reporter, watched))
         try:
             try:
-                train = asyncio.create_task(self._train(lease, attempt, spec, reporter))
+                work = self._export if kind == "export" else self._train
+                train = asyncio.create_task(work(lease, attempt, spec, reporter))
                 outcome = await self._until_done(train, lease, spec)
             except asyncio.CancelledError:  # this runner is stopping: hand the job back unharmed
                 lease.stop.set()
@@ -212,8 +215,20 @@ class Runner:
             return {"type": "failed", "error": printable(f"{type(e).__name__}: {e}")}
         art = await asyncio.to_thread(self.artifacts.put, lease.job_id, attempt, result.model_bytes,
                                       MODEL_SUFFIX[result.model_format])
-        artifact = {"uri": art.uri, "sha256": art.sha256, "size_bytes": art.size_bytes, "format": result.model_format}
+        artifact: dict[str, Any] = {"uri": art.uri, "sha256": art.sha256, "size_bytes": art.size_bytes,
+                                    "format": result.model_format, "feature_names": list(result.feature_names)}
+        if result.class_labels is not None:
+            artifact["class_labels"] = list(result.class_labels)
+        with contextlib.suppress(Exception):  # lineage: which data it learned from (best effort)
+            artifact["dataset_sha256"] = await asyncio.to_thread(dataset_digest, train_spec.dataset_uri,
+                                                                 self.dataset_roots)
         return {"type": "completed", "final_metrics": result.final_metrics, "artifact": artifact}
+
+    async def _export(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
+        from runners.exporting import run_export
+
+        return await asyncio.to_thread(run_export, lease.job_id, attempt, spec, self.artifacts, self.dataset_roots,
+                                       reporter)
 
     async def _heartbeats(self, lease: Lease, reporter: JobReporter) -> None:
         """Renew the lease on its own clock; the reply says whether to go on."""

@@ -61,6 +61,8 @@ class TrainResult:
     final_metrics: dict[str, float]  # on the validation split, see validation_metrics
     model_bytes: bytes
     model_format: str  # FrameworkSpec.model_format: "lightgbm-text" | "torch-state-dict" (keys of MODEL_SUFFIX)
+    feature_names: tuple[str, ...] = ()  # the model's input columns, in order
+    class_labels: tuple[str, ...] | None = None  # classification: the original label of class index i
 
 
 class Trainer(Protocol):

@@ -58,6 +58,8 @@ class LightGBMTrainer:
             final_metrics=validation_metrics(spec.task, split.y_valid, predicted),
             model_bytes=booster.model_to_string().encode(),
             model_format=LIGHTGBM.model_format,
+            feature_names=tuple(split.feature_names),
+            class_labels=tuple(split.class_labels) if split.class_labels is not None else None,
         )
 
 

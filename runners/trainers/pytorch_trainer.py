@@ -100,7 +100,8 @@ class PyTorchMLPTrainer:
             scores = validation_metrics(spec.task, split.y_valid, _predict(model, X_valid, spec.task))
             report.step(epoch, params["epochs"], step_metrics(spec.task, total / n, scores))
         return TrainResult(final_metrics=scores, model_bytes=_serialize(model, spec, split, params),
-                           model_format=PYTORCH.model_format)
+                           model_format=PYTORCH.model_format, feature_names=tuple(split.feature_names),
+                           class_labels=tuple(split.class_labels) if split.class_labels is not None else None)
 
 
 def load_model(data: bytes) -> StandardizedMLP:

@@ -1,0 +1,124 @@
+"""/api/v1/models: the model registry (models, versions from completed jobs, aliases) and ONNX exports."""
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+
+from api.context import CommandContextDep
+from api.jobs import READ_YOUR_WRITES_TIMEOUT_S, ServicesDep
+from api.problems import Problem
+from api.schemas import (AliasIn, AliasName, ExportIn, ExportPublic, ModelIn, ModelList, ModelName, ModelPublic,
+                         VersionIn, VersionList, VersionPublic, problems)
+from commands.models import ExportNotFoundError, ModelNotFoundError
+from domain.models import VersionNotFoundError
+from infra.bootstrap import Services
+
+router = APIRouter(prefix="/api/v1/models", tags=["models"])
+NamePath = Annotated[ModelName, Path()]
+VersionPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+def catch_up(s: Services, position: int | None, read_model: str = "models") -> None:
+    if position is not None:
+        s.applied.wait_for(read_model, s.app.name, position, READ_YOUR_WRITES_TIMEOUT_S)
+
+
+def _model(s: Services, name: str) -> dict:
+    row = s.models.get(name)
+    if row is None:
+        raise ModelNotFoundError(name)
+    return row
+
+
+def _version(s: Services, name: str, version: int) -> dict:
+    row = s.models.version(name, version)
+    if row is None:
+        _model(s, name)
+        raise VersionNotFoundError(f"model {name!r} has no version {version}")
+    return row
+
+
+@router.post("", status_code=201, response_model=ModelPublic, responses=problems(400, 409, 422))
+def create_model(body: ModelIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
+    """Create a registered model (names are unique: 409 on a second create)."""
+    _, position = s.model_commands.create(body.name, body.description, body.tags, ctx)
+    catch_up(s, position)
+    return JSONResponse(ModelPublic.model_validate(_model(s, body.name)).model_dump(mode="json"), status_code=201,
+                        headers={"Location": f"{router.prefix}/{body.name}"})
+
+
+@router.get("", response_model=ModelList, responses=problems(422))
+def list_models(s: ServicesDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> ModelList:
+    rows, total = s.models.list(limit, offset)
+    return ModelList(items=[ModelPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{name}", response_model=ModelPublic, responses=problems(404, 422))
+def get_model(name: NamePath, s: ServicesDep) -> ModelPublic:
+    return ModelPublic.model_validate(_model(s, name))
+
+
+@router.post("/{name}/versions", status_code=201, response_model=VersionPublic, responses=problems(404, 409, 422))
+def register_version(name: NamePath, body: VersionIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
+    """Register a completed job's artifact as the model's next version, with its lineage."""
+    _, number, position = s.model_commands.register_version(name, body.job_id, ctx)
+    catch_up(s, position)
+    out = VersionPublic.model_validate(_version(s, name, number))
+    return JSONResponse(out.model_dump(mode="json"), status_code=201,
+                        headers={"Location": f"{router.prefix}/{name}/versions/{number}"})
+
+
+@router.get("/{name}/versions", response_model=VersionList, responses=problems(404, 422))
+def list_versions(name: NamePath, s: ServicesDep) -> VersionList:
+    _model(s, name)
+    return VersionList(items=[VersionPublic.model_validate(r) for r in s.models.versions(name)])
+
+
+@router.get("/{name}/versions/{version}", response_model=VersionPublic, responses=problems(404, 422))
+def get_version(name: NamePath, version: VersionPath, s: ServicesDep) -> VersionPublic:
+    return VersionPublic.model_validate(_version(s, name, version))
+
+
+@router.put("/{name}/aliases/{alias}", response_model=ModelPublic, responses=problems(404, 422))
+def set_alias(name: NamePath, alias: Annotated[AliasName, Path()], body: AliasIn, s: ServicesDep,
+              ctx: CommandContextDep) -> ModelPublic:
+    """Point `alias` (production, staging, any name) at a version; moves it if it pointed elsewhere."""
+    _, position = s.model_commands.set_alias(name, alias, body.version, ctx)
+    catch_up(s, position)
+    return ModelPublic.model_validate(_model(s, name))
+
+
+@router.delete("/{name}/aliases/{alias}", response_model=ModelPublic, responses=problems(404, 422))
+def remove_alias(name: NamePath, alias: Annotated[AliasName, Path()], s: ServicesDep,
+                 ctx: CommandContextDep) -> ModelPublic:
+    _, position = s.model_commands.remove_alias(name, alias, ctx)
+    catch_up(s, position)
+    return ModelPublic.model_validate(_model(s, name))
+
+
+@router.post("/{name}/versions/{version}/exports", status_code=202, response_model=ExportPublic,
+             responses=problems(404, 409, 422))
+def request_export(name: NamePath, version: VersionPath, body: ExportIn, s: ServicesDep,
+                   ctx: CommandContextDep) -> JSONResponse:
+    """Convert the version to ONNX on a runner and check parity with the native model on its validation split
+    (202: watch `GET …/exports/{export_id}`)."""
+    export, position = s.model_commands.request_export(name, version, body.format, body.tolerance, ctx)
+    catch_up(s, position)
+    row = s.models.export(export.id)
+    if row is None:
+        raise Problem(503, "Not yet visible", "the export was accepted but is not readable yet; retry the GET")
+    return JSONResponse(ExportPublic.model_validate(row).model_dump(mode="json"), status_code=202,
+                        headers={"Location": f"{router.prefix}/{name}/versions/{version}/exports/{export.id}"})
+
+
+@router.get("/{name}/versions/{version}/exports/{export_id}", response_model=ExportPublic,
+            responses=problems(404, 422))
+def get_export(name: NamePath, version: VersionPath, export_id: UUID, s: ServicesDep) -> ExportPublic:
+    row = s.models.export(export_id)
+    if row is None or row["model_name"] != name or row["model_version"] != version:
+        raise ExportNotFoundError(str(export_id))
+    return ExportPublic.model_validate(row)

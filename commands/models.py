@@ -1,0 +1,121 @@
+"""Model registry commands: models, versions (from completed jobs), aliases and ONNX exports.
+
+A version's lineage is read from its job's aggregate at registration and frozen into the `VersionRegistered` event.
+An export is leased work (domain/work.py): the relay queues it, a runner claims, converts and checks it, and its
+completion attaches the ONNX artifact to the model version in the same transaction (`completion_effects`).
+"""
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import RecordConflictError
+
+from commands.context import CommandContext
+from commands.training import ANONYMOUS, JobNotFoundError, TrainingApplication, _last_position
+from domain.models import (DEFAULT_TOLERANCE, ModelError, ModelExport, ModelSpecError, RegisteredModel,
+                           check_model_name, model_id)
+from domain.training_job import TrainingJob
+
+
+class ModelNotFoundError(LookupError):
+    """No model has this name; HTTP 404."""
+
+
+class ExportNotFoundError(LookupError):
+    """No export has this id; HTTP 404."""
+
+
+class ModelExistsError(ModelError):
+    """A model of this name exists; HTTP 409."""
+
+
+class JobNotCompletedError(ModelError):
+    """Only a completed job's artifact can become a version; HTTP 409."""
+
+
+LINEAGE_ARTIFACT_KEYS = ("uri", "sha256", "size_bytes", "format")
+
+
+def lineage_of(job: TrainingJob) -> dict[str, Any]:
+    """What a version records of the job that made it."""
+    artifact = job.artifact or {}
+    return {
+        "job_id": str(job.id), "framework": job.framework, "task": job.task, "dataset": job.dataset,
+        "dataset_sha256": artifact.get("dataset_sha256"), "params": job.params, "final_metrics": job.final_metrics,
+        "artifact": {k: artifact.get(k) for k in LINEAGE_ARTIFACT_KEYS},
+        "feature_names": artifact.get("feature_names"), "class_labels": artifact.get("class_labels"),
+        "study_id": str(job.study_id) if getattr(job, "study_id", None) else None,
+    }
+
+
+def completion_effects(app: TrainingApplication, work: Any) -> list[Aggregate]:
+    """What else changes when `work` completes: a completed export's ONNX artifact and parity report go to its
+    model version (a repeat of the completion changes nothing)."""
+    if not isinstance(work, ModelExport) or work.status != "completed" or not work.pending_events:
+        return []
+    model: RegisteredModel = app.load(model_id(work.model_name), ModelNotFoundError)
+    parity = {**work.final_metrics, "metric": (work.artifact or {}).get("parity_metric"), "passed": True}
+    model.attach_onnx(work.model_version, work.id, dict(work.artifact or {}), parity)
+    return [model]
+
+
+class ModelCommands:
+    def __init__(self, app: TrainingApplication) -> None:
+        self.app = app
+
+    def get(self, name: str) -> RegisteredModel:
+        return self.app.load(model_id(check_model_name(name)), ModelNotFoundError)
+
+    def create(self, name: str, description: str = "", tags: list[str] | None = None,
+               ctx: CommandContext = ANONYMOUS) -> tuple[RegisteredModel, int | None]:
+        model = RegisteredModel(id=model_id(check_model_name(name)), name=name, description=description,
+                                tags=list(tags or []))
+        try:
+            return model, _last_position(self.app.save_with(ctx, model))
+        except RecordConflictError:
+            raise ModelExistsError(f"a model named {name!r} exists") from None
+
+    def register_version(self, name: str, job_id: UUID,
+                         ctx: CommandContext = ANONYMOUS) -> tuple[RegisteredModel, int, int | None]:
+        """Register a completed job's artifact as `name`'s next version: (model, version number, position)."""
+        try:
+            job = self.app.get_job(job_id)
+        except JobNotFoundError:
+            raise ModelSpecError("job_id", f"no job {job_id}") from None
+        if not isinstance(job, TrainingJob):
+            raise ModelSpecError("job_id", f"{job_id} is not a training job")
+        if job.status != "completed" or not job.artifact:
+            raise JobNotCompletedError(f"job {job_id} is {job.status}; only a completed job can be registered")
+        lineage = lineage_of(job)
+        number: list[int] = []
+        model, position = self.app.change(model_id(check_model_name(name)),
+                                          lambda m: number.append(m.register_version(job.id, lineage)), ctx,
+                                          ModelNotFoundError)
+        return model, number[-1], position
+
+    def set_alias(self, name: str, alias: str, version: int, ctx: CommandContext = ANONYMOUS):
+        return self.app.change(model_id(check_model_name(name)), lambda m: m.set_alias(alias, version), ctx,
+                               ModelNotFoundError)
+
+    def remove_alias(self, name: str, alias: str, ctx: CommandContext = ANONYMOUS):
+        return self.app.change(model_id(check_model_name(name)), lambda m: m.remove_alias(alias), ctx,
+                               ModelNotFoundError)
+
+    def request_export(self, name: str, version: int, format: str = "onnx", tolerance: float = DEFAULT_TOLERANCE,
+                       ctx: CommandContext = ANONYMOUS) -> tuple[ModelExport, int | None]:
+        model = self.get(name)
+        number = model.version(version)
+        lineage = model.versions[number]["lineage"]
+        source = {"framework": lineage["framework"], "task": lineage["task"], "dataset": lineage["dataset"],
+                  "artifact": lineage["artifact"]}
+        export = ModelExport(id=uuid4(), model_name=model.name, model_version=number, format=format,
+                             tolerance=tolerance, source=source)
+        return export, _last_position(self.app.save_with(ctx, export))
+
+    def get_export(self, export_id: UUID) -> ModelExport:
+        export = self.app.load(export_id, ExportNotFoundError)
+        if not isinstance(export, ModelExport):
+            raise ExportNotFoundError(str(export_id))
+        return export

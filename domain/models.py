@@ -1,0 +1,168 @@
+"""The model registry's aggregates: `RegisteredModel` (versions with lineage, aliases, ONNX artifacts) and
+`ModelExport` (one conversion of a version to ONNX, run on a runner as leased work: domain/work.py).
+
+    RegisteredModel: created ──register_version──► version 1, 2, … (lineage frozen at registration)
+                     set_alias / remove_alias move names (`production`, `staging`, any) between versions
+                     attach_onnx(version, …) when an export of that version completed with parity
+    ModelExport:     queued ──claim──► running ──complete──► completed (its artifact and parity report)
+                                                ├─fail────► failed (parity above tolerance: the figures)
+                                                └─…the rest of the leased-work lifecycle
+
+The model's id is derived from its unique name, so a second create of a name is a conflict in the event store
+itself (no read model consulted). An export's completion and the model's `OnnxAttached` are saved in one
+transaction by the command layer (commands/models.py). No I/O here.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.contract import has_control
+from domain.work import DEFAULT_MAX_ATTEMPTS, LeasedWork
+
+_MODEL_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/models")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+EXPORT_FORMATS = ("onnx",)
+DEFAULT_TOLERANCE = 1e-4
+MAX_TAGS = 50
+EXPORT_TIMEOUT_S = 900
+
+
+class ModelError(Exception):
+    """A command the model's state does not allow; maps to HTTP 409."""
+
+
+class ModelSpecError(ValueError):
+    """Invalid input; `field` names it (HTTP 422)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+class VersionNotFoundError(LookupError):
+    """No such version (or alias) of this model; HTTP 404."""
+
+
+def model_id(name: str) -> UUID:
+    return uuid5(_MODEL_NAMESPACE, name)
+
+
+def check_model_name(name: Any, field: str = "name") -> str:
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise ModelSpecError(field, "1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return name
+
+
+def check_alias(alias: Any, field: str = "alias") -> str:
+    if not isinstance(alias, str) or not ALIAS_NAME.fullmatch(alias):
+        raise ModelSpecError(field, "1 to 64 lowercase letters, digits, '_' or '-', starting with a letter")
+    return alias
+
+
+def check_tolerance(value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not 0 < value <= 1:
+        raise ModelSpecError("tolerance", "a finite number in (0, 1]")
+    return float(value)
+
+
+class RegisteredModel(Aggregate):
+    @event("Created")
+    def __init__(self, id: UUID, name: str, description: str, tags: list[str]) -> None:
+        check_model_name(name)
+        if has_control(description) or len(description) > 5000:
+            raise ModelSpecError("description", "at most 5000 characters, no control characters")
+        self.name, self.description, self.tags = name, description, list(tags)
+        self.versions: dict[int, dict[str, Any]] = {}  # number → {lineage, onnx, parity, export_id}
+        self.aliases: dict[str, int] = {}
+
+    @property
+    def latest_version(self) -> int:
+        return max(self.versions, default=0)
+
+    def version(self, ref: int | str) -> int:
+        """The version number `ref` names: a number or an alias. VersionNotFoundError otherwise."""
+        if isinstance(ref, str):
+            if ref not in self.aliases:
+                raise VersionNotFoundError(f"model {self.name!r} has no alias {ref!r}")
+            return self.aliases[ref]
+        if ref not in self.versions:
+            raise VersionNotFoundError(f"model {self.name!r} has no version {ref}")
+        return ref
+
+    # ---- versions ------------------------------------------------------------------------------
+    def register_version(self, job_id: UUID, lineage: dict[str, Any]) -> int:
+        """Register a completed job's artifact as the next version; returns its number."""
+        number = self.latest_version + 1
+        self._version_registered(version=number, job_id=job_id, lineage=lineage)
+        return number
+
+    @event("VersionRegistered")
+    def _version_registered(self, version: int, job_id: UUID, lineage: dict[str, Any]) -> None:
+        self.versions[version] = {"job_id": job_id, "lineage": lineage, "onnx": None, "parity": None,
+                                  "export_id": None}
+
+    def attach_onnx(self, version: int, export_id: UUID, onnx: dict[str, Any], parity: dict[str, Any]) -> None:
+        """A completed export's ONNX artifact becomes the version's serving artifact (the latest export wins).
+        The same export again is a no-op."""
+        self.version(version)
+        if self.versions[version]["export_id"] == export_id:
+            return
+        self._onnx_attached(version=version, export_id=export_id, onnx=onnx, parity=parity)
+
+    @event("OnnxAttached")
+    def _onnx_attached(self, version: int, export_id: UUID, onnx: dict[str, Any], parity: dict[str, Any]) -> None:
+        self.versions[version].update(onnx=onnx, parity=parity, export_id=export_id)
+
+    # ---- aliases -------------------------------------------------------------------------------
+    def set_alias(self, alias: str, version: int) -> None:
+        check_alias(alias)
+        self.version(version)
+        if self.aliases.get(alias) == version:
+            return
+        self._alias_set(alias=alias, version=version, previous=self.aliases.get(alias))
+
+    @event("AliasSet")
+    def _alias_set(self, alias: str, version: int, previous: int | None) -> None:
+        self.aliases[alias] = version
+
+    def remove_alias(self, alias: str) -> None:
+        if alias not in self.aliases:
+            raise VersionNotFoundError(f"model {self.name!r} has no alias {alias!r}")
+        self._alias_removed(alias=alias, version=self.aliases[alias])
+
+    @event("AliasRemoved")
+    def _alias_removed(self, alias: str, version: int) -> None:
+        del self.aliases[alias]
+
+    def aliases_of(self, version: int) -> list[str]:
+        return sorted(a for a, v in self.aliases.items() if v == version)
+
+
+class ModelExport(LeasedWork):
+    """One conversion of a model version to a serving format, with its parity check, run by a runner."""
+
+    work_kind = "export"
+    noun = "export"
+
+    @event("Requested")
+    def __init__(self, id: UUID, model_name: str, model_version: int, format: str, tolerance: float,
+                 source: dict[str, Any], priority: str = "high", timeout_s: int = EXPORT_TIMEOUT_S,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+        if format not in EXPORT_FORMATS:
+            raise ModelSpecError("format", f"one of {', '.join(EXPORT_FORMATS)}")
+        self.model_name, self.model_version, self.format = model_name, model_version, format
+        self.tolerance = check_tolerance(tolerance)
+        self.source = source  # framework, task, dataset, artifact (uri, sha256): what the runner converts
+        self.priority, self.timeout_s, self.max_attempts = priority, timeout_s, max_attempts
+        self._init_work()
+
+    def spec(self) -> dict[str, Any]:
+        return {"model": self.model_name, "version": self.model_version, "format": self.format,
+                "tolerance": self.tolerance, "timeout_s": self.timeout_s, **self.source}

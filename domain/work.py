@@ -1,0 +1,248 @@
+"""Leased work: the lifecycle every aggregate a runner works on shares (training jobs, model exports).
+
+    queued ──claim──► running ──complete──► completed
+      ▲                 │  ├──fail──────► failed
+      │                 │  └─request_cancel─► (cancel requested) ──confirm_cancelled──► cancelled
+      └─ hand_back / ───┤
+         expire_lease   └─ expire_lease with the budget spent ─► failed ("lost its runner N times")
+    queued ──request_cancel──► cancelled
+
+Work is leased by the domain: a runner claims the aggregate with a lease (the digest of a token only it knows);
+every later report must name the current lease, and reports of any other lease are refused. Each claim starts
+a new attempt. A graceful hand-back spends nothing; only a lost lease (runner died, lease expired) spends one of
+`max_attempts`. Runner reports arrive at least once, so a repeat of what was already recorded is a no-op.
+Progress is recorded as milestones only (decided by the caller), so the aggregate has a bounded number of events
+however long it runs. No I/O here.
+
+A subclass supplies its created event (which sets `priority`, `timeout_s`, `max_attempts` and calls
+`_init_work()`), `work_kind` (the runner's dispatch key) and `spec()` (what the runner needs). The event classes
+below are declared once here; eventsourcing gives each subclass its own copy (`TrainingJob.Started`,
+`ModelExport.Started`), so their topics and public subjects name the subclass.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from eventsourcing.domain import Aggregate
+
+FINISHED = ("completed", "failed", "cancelled")
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_TIMEOUT_S = 3600
+
+
+class JobError(Exception):
+    """A command the work's state does not allow; maps to HTTP 409."""
+
+
+class JobFinishedError(JobError):
+    """The work already ended (completed, failed or cancelled)."""
+
+
+class StaleLeaseError(JobError):
+    """A report from a lease that is not the current one (or work nobody holds)."""
+
+
+class LeaseHeldError(JobError):
+    """A claim while another runner holds a live lease."""
+
+
+class CancelNotRequestedError(JobError):
+    """A runner confirmed a cancel nobody asked for."""
+
+
+class LeasedWork(Aggregate):
+    work_kind = ""  # the runner's dispatch key (domain/registry.py routes work items by it)
+    noun = "work"  # how errors name it
+
+    def _init_work(self) -> None:
+        self.status = "queued"
+        self.attempt = 0
+        self.lost_leases = 0
+        self.lease_id: str | None = None
+        self.runner_id: str | None = None
+        self.current_step = 0
+        self.total_steps: int | None = None
+        self.cancel_requested = False
+        self.final_metrics: dict[str, float] = {}
+        self.artifact: dict[str, Any] | None = None
+        self.error: str | None = None
+
+    def spec(self) -> dict[str, Any]:
+        """What a runner needs to do this work (the claim's answer)."""
+        raise NotImplementedError
+
+    # ---- events -------------------------------------------------------------------------------
+    class Started(Aggregate.Event):
+        attempt: int
+        runner_id: str
+        previous_runner_id: str | None
+        lease_id: str | None = None
+
+        def apply(self, work: Any) -> None:
+            work.status, work.attempt, work.runner_id, work.lease_id = "running", self.attempt, self.runner_id, self.lease_id
+            work.current_step, work.total_steps = 0, None
+
+    class LeaseLost(Aggregate.Event):
+        attempt: int
+        reason: str
+        lost_leases: int
+
+        def apply(self, work: Any) -> None:
+            work.lost_leases, work.lease_id = self.lost_leases, None
+
+    class Requeued(Aggregate.Event):
+        attempt: int
+        reason: str
+        lost: bool
+        lost_leases: int
+        priority: str
+
+        def apply(self, work: Any) -> None:
+            work.status, work.lease_id, work.lost_leases = "queued", None, self.lost_leases
+
+    class ProgressReported(Aggregate.Event):
+        attempt: int
+        current_step: int
+        total_steps: int
+
+        def apply(self, work: Any) -> None:
+            work.current_step, work.total_steps = self.current_step, self.total_steps
+
+    class Completed(Aggregate.Event):
+        attempt: int
+        final_metrics: dict
+        artifact: dict
+        total_steps: int | None = None
+
+        def apply(self, work: Any) -> None:
+            work.status, work.final_metrics, work.artifact = "completed", self.final_metrics, self.artifact
+            work.total_steps = self.total_steps or work.total_steps
+            if work.total_steps is not None:
+                work.current_step = work.total_steps
+
+    class Failed(Aggregate.Event):
+        attempt: int
+        error: str
+
+        def apply(self, work: Any) -> None:
+            work.status, work.error = "failed", self.error
+
+    class CancelRequested(Aggregate.Event):
+        attempt: int
+        runner_id: str | None
+
+        def apply(self, work: Any) -> None:
+            work.cancel_requested = True
+
+    class Cancelled(Aggregate.Event):
+        attempt: int
+        reason: str
+
+        def apply(self, work: Any) -> None:
+            work.status, work.cancel_requested = "cancelled", True
+
+    def _record(self, event_class: type, **fields: Any) -> None:
+        self.trigger_event(getattr(type(self), event_class.__name__), **fields)
+
+    # ---- guards -----------------------------------------------------------------------------
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED
+
+    def check_not_finished(self) -> None:
+        if self.is_finished:
+            raise JobFinishedError(f"{self.noun} {self.id} is already {self.status}")
+
+    def check_lease(self, lease_id: str) -> None:
+        """The report comes from the runner that holds the work now."""
+        self.check_not_finished()
+        if self.status != "running" or lease_id != self.lease_id:
+            raise StaleLeaseError(f"lease {lease_id[:8]} does not hold {self.noun} {self.id} ({self.status})")
+
+    # ---- leases -----------------------------------------------------------------------------
+    def claim(self, lease_id: str, runner_id: str) -> None:
+        """Start a new attempt under `lease_id`. Repeating the claim of the current lease is a no-op."""
+        self.check_not_finished()
+        if self.status == "running":
+            if lease_id == self.lease_id:
+                return
+            raise LeaseHeldError(f"{self.noun} {self.id} is held by runner {self.runner_id}")
+        self._record(LeasedWork.Started, attempt=self.attempt + 1, runner_id=runner_id,
+                     previous_runner_id=self.runner_id, lease_id=lease_id)
+
+    def hand_back(self, lease_id: str, reason: str) -> None:
+        """A runner stops gracefully: back to the queue, no attempt spent (or cancelled, if that was asked)."""
+        if self.is_finished or (self.status == "queued" and lease_id != self.lease_id):
+            return  # already handed back or ended: a repeat
+        self.check_lease(lease_id)
+        if self.cancel_requested:
+            self._record(LeasedWork.Cancelled, attempt=self.attempt, reason="its runner stopped after a cancel request")
+        else:
+            self._requeue(reason, lost=False, lost_leases=self.lost_leases)
+
+    def expire_lease(self, lease_id: str, reason: str) -> None:
+        """The lease's runner is gone: spend an attempt; requeue, or fail once `max_attempts` are spent.
+        A lease that is no longer current is a no-op (the reconciler may ask twice)."""
+        if self.is_finished or self.status != "running" or lease_id != self.lease_id:
+            return
+        lost = self.lost_leases + 1
+        if self.cancel_requested:
+            self._record(LeasedWork.Cancelled, attempt=self.attempt, reason="its runner was lost after a cancel request")
+        elif lost >= self.max_attempts:
+            self._record(LeasedWork.LeaseLost, attempt=self.attempt, reason=reason, lost_leases=lost)
+            self._record(LeasedWork.Failed, attempt=self.attempt, error=f"lost its runner {lost} times (last: {reason})")
+        else:
+            self._requeue(reason, lost=True, lost_leases=lost)
+
+    def requeue(self, reason: str) -> None:
+        """Put queued work on the queue again (the reconciler found no work item)."""
+        self.check_not_finished()
+        if self.status != "queued":
+            raise JobError(f"{self.noun} {self.id} is {self.status}, not queued")
+        self._requeue(reason, lost=False, lost_leases=self.lost_leases)
+
+    def _requeue(self, reason: str, lost: bool, lost_leases: int) -> None:
+        self._record(LeasedWork.Requeued, attempt=self.attempt, reason=reason, lost=lost, lost_leases=lost_leases,
+                     priority=self.priority)
+
+    # ---- reports under the lease --------------------------------------------------------------
+    def record_progress(self, lease_id: str, current_step: int, total_steps: int) -> None:
+        """A progress milestone (the caller decides which steps are milestones)."""
+        self.check_lease(lease_id)
+        if current_step < 0 or total_steps < 1 or current_step > total_steps:
+            raise ValueError(f"progress {current_step}/{total_steps} is out of range")
+        if current_step <= self.current_step and total_steps == self.total_steps:
+            return  # a repeated or reordered report adds nothing
+        self._record(LeasedWork.ProgressReported, attempt=self.attempt, current_step=current_step,
+                     total_steps=total_steps)
+
+    def complete(self, lease_id: str, final_metrics: dict[str, float], artifact: dict[str, Any],
+                 total_steps: int | None = None) -> None:
+        """The attempt finished; `total_steps` (what the runner counted) completes the progress."""
+        if self.status == "completed" and lease_id == self.lease_id:
+            return
+        self.check_lease(lease_id)
+        self._record(LeasedWork.Completed, attempt=self.attempt, final_metrics=final_metrics, artifact=artifact,
+                     total_steps=total_steps)
+
+    def fail(self, lease_id: str, error: str) -> None:
+        if self.status == "failed" and lease_id == self.lease_id:
+            return
+        self.check_lease(lease_id)
+        self._record(LeasedWork.Failed, attempt=self.attempt, error=error)
+
+    def request_cancel(self) -> None:
+        """Cancel: at once when queued; while running, ask the runner (it confirms)."""
+        self.check_not_finished()
+        if self.status == "queued":
+            self._record(LeasedWork.Cancelled, attempt=self.attempt, reason="cancelled before it started")
+        elif not self.cancel_requested:
+            self._record(LeasedWork.CancelRequested, attempt=self.attempt, runner_id=self.runner_id)
+
+    def confirm_cancelled(self, lease_id: str) -> None:
+        if self.status == "cancelled" and lease_id == self.lease_id:
+            return
+        self.check_lease(lease_id)
+        if not self.cancel_requested:
+            raise CancelNotRequestedError(f"nobody asked to cancel {self.noun} {self.id}")
+        self._record(LeasedWork.Cancelled, attempt=self.attempt, reason="stopped by its runner")
