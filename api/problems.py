@@ -15,9 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from commands.deployments import ApiKeyNotFoundError, DeploymentNotFoundError
 from commands.models import ExportNotFoundError, ModelNotFoundError
 from commands.studies import StudyNotFoundError
 from commands.training import IdempotencyConflictError, JobNotFoundError
+from domain.api_key import ApiKeyError, ApiKeySpecError
+from domain.deployment import DeploymentError, DeploymentSpecError
 from domain.models import ModelError, ModelSpecError, VersionNotFoundError
 from domain.study import StudyError
 from domain.training_job import JobError
@@ -113,6 +116,30 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ModelSpecError)
     async def _model_spec(request: Request, exc: ModelSpecError) -> JSONResponse:
+        return problem_response(request, Problem(422, "Invalid request", str(exc), exc.field))
+
+    @app.exception_handler(DeploymentNotFoundError)
+    async def _no_deployment(request: Request, exc: DeploymentNotFoundError) -> JSONResponse:
+        return problem_response(request, Problem(404, "Not found", f"no deployment {exc}", "name"))
+
+    @app.exception_handler(ApiKeyNotFoundError)
+    async def _no_key(request: Request, exc: ApiKeyNotFoundError) -> JSONResponse:
+        return problem_response(request, Problem(404, "Not found", f"no API key {exc}", "key_id"))
+
+    @app.exception_handler(DeploymentError)
+    async def _deployment_conflict(request: Request, exc: DeploymentError) -> JSONResponse:
+        return problem_response(request, Problem(409, "Conflict", str(exc), getattr(exc, "field", None)))
+
+    @app.exception_handler(ApiKeyError)
+    async def _key_conflict(request: Request, exc: ApiKeyError) -> JSONResponse:
+        return problem_response(request, Problem(409, "Conflict", str(exc)))
+
+    @app.exception_handler(DeploymentSpecError)
+    async def _deployment_spec(request: Request, exc: DeploymentSpecError) -> JSONResponse:
+        return problem_response(request, Problem(422, "Invalid request", str(exc), exc.field))
+
+    @app.exception_handler(ApiKeySpecError)
+    async def _key_spec(request: Request, exc: ApiKeySpecError) -> JSONResponse:
         return problem_response(request, Problem(422, "Invalid request", str(exc), exc.field))
 
     @app.exception_handler(StarletteHTTPException)

@@ -106,7 +106,7 @@ class ModelCommands:
     def request_export(self, name: str, version: int, format: str = "onnx", tolerance: float = DEFAULT_TOLERANCE,
                        ctx: CommandContext = ANONYMOUS) -> tuple[ModelExport, int | None]:
         model = self.get(name)
-        number = model.version(version)
+        number = model.number_of(version)
         lineage = model.versions[number]["lineage"]
         source = {"framework": lineage["framework"], "task": lineage["task"], "dataset": lineage["dataset"],
                   "artifact": lineage["artifact"]}

@@ -86,7 +86,7 @@ class RegisteredModel(Aggregate):
     def latest_version(self) -> int:
         return max(self.versions, default=0)
 
-    def version(self, ref: int | str) -> int:
+    def number_of(self, ref: int | str) -> int:
         """The version number `ref` names: a number or an alias. VersionNotFoundError otherwise."""
         if isinstance(ref, str):
             if ref not in self.aliases:
@@ -111,7 +111,7 @@ class RegisteredModel(Aggregate):
     def attach_onnx(self, version: int, export_id: UUID, onnx: dict[str, Any], parity: dict[str, Any]) -> None:
         """A completed export's ONNX artifact becomes the version's serving artifact (the latest export wins).
         The same export again is a no-op."""
-        self.version(version)
+        self.number_of(version)
         if self.versions[version]["export_id"] == export_id:
             return
         self._onnx_attached(version=version, export_id=export_id, onnx=onnx, parity=parity)
@@ -123,7 +123,7 @@ class RegisteredModel(Aggregate):
     # ---- aliases -------------------------------------------------------------------------------
     def set_alias(self, alias: str, version: int) -> None:
         check_alias(alias)
-        self.version(version)
+        self.number_of(version)
         if self.aliases.get(alias) == version:
             return
         self._alias_set(alias=alias, version=version, previous=self.aliases.get(alias))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from domain.api_key import ApiKey
+from domain.deployment import Deployment
 from domain.models import ModelExport, RegisteredModel
 from domain.study import Study
 from domain.training_job import TrainingJob
@@ -27,6 +29,8 @@ AGGREGATES: tuple[AggregateType, ...] = (
     AggregateType(Study, "study"),  # its trials are training jobs: no work kind of its own
     AggregateType(RegisteredModel, "model"),
     AggregateType(ModelExport, "model_export", work_kind="export", work_events=frozenset({"Requested", "Requeued"})),
+    AggregateType(Deployment, "deployment"),
+    AggregateType(ApiKey, "api_key"),
 )
 _BY_CLASS = {a.cls: a for a in AGGREGATES}
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from psycopg_pool import ConnectionPool
 
+from commands.deployments import DeploymentCommands
 from commands.leases import LeaseStore
 from commands.models import ModelCommands
 from commands.studies import StudyCommands
@@ -13,6 +14,7 @@ from infra.clickhouse import ClickHouse, connect as connect_clickhouse
 from infra.health import Health
 from infra.postgres import DDL_LOCK, eventsourcing_env, pool as pg_pool
 from infra.settings import Settings
+from projections.deployments import DEPLOYMENTS_DDL, DeploymentQueries
 from projections.job_queries import JobQueries
 from projections.jobs import JOBS_DDL
 from projections.metric_store import MetricStore
@@ -36,6 +38,8 @@ class Services:
     models: ModelQueries
     model_commands: ModelCommands
     predictions: PredictionStore
+    deployments: DeploymentQueries
+    deployment_commands: DeploymentCommands
     applied: AppliedPositions  # read-your-writes: how far each read model has got
     health: Health = field(default_factory=Health)
 
@@ -57,6 +61,7 @@ def build(settings: Settings) -> Services:
         conn.execute(JOBS_DDL)  # queries may run before the projections' first events
         conn.execute(STUDIES_DDL)
         conn.execute(MODELS_DDL)
+        conn.execute(DEPLOYMENTS_DDL)
         conn.execute(POISONED_DDL)  # shared by every view: made here, not by concurrently starting projections
     ch = connect_clickhouse(settings.clickhouse_url, settings.chdb_path)
     metrics = MetricStore(ch)
@@ -64,4 +69,5 @@ def build(settings: Settings) -> Services:
     predictions = PredictionStore(ch)
     predictions.ensure_schema()
     return Services(settings, app, pool, JobQueries(pool), ch, metrics, leases, StudyQueries(pool), StudyCommands(app),
-                    ModelQueries(pool), ModelCommands(app), predictions, AppliedPositions(database_url))
+                    ModelQueries(pool), ModelCommands(app), predictions, DeploymentQueries(pool),
+                    DeploymentCommands(app), AppliedPositions(database_url))

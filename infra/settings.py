@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = None  # default <data_dir>/artifacts
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    inference_port: int = 8001  # `trainyard serve-inference` (the host is api_host)
     runners: int = 2
     # Leases (commands/leases.py): a runner heartbeats every lease_ttl_s / 5; a lease silent for lease_ttl_s is
     # lost and the reconciler (every reconcile_interval_s) requeues its job or fails it per its max_attempts.

@@ -52,9 +52,9 @@ class ModelsView(TrackedView):
     def insert_version(self, row: dict[str, Any], tracking: Tracking) -> None:
         cols = list(row)
         sql = (f"WITH v AS (INSERT INTO model_versions ({', '.join(cols)}) VALUES "
-               f"({', '.join('%(' + c + ')s' for c in cols)}) ON CONFLICT (model_id, number) DO NOTHING), "
-               "m AS (UPDATE models SET latest_version = GREATEST(latest_version, %(number)s) "
-               "WHERE id = %(_id)s AND version < %(_version)s) " + _TOUCH)
+               f"({', '.join('%(' + c + ')s' for c in cols)}) ON CONFLICT (model_id, number) DO NOTHING) "
+               "UPDATE models SET latest_version = GREATEST(latest_version, %(number)s), updated_at = %(_at)s, "
+               "version = %(_version)s WHERE id = %(_id)s AND version < %(_version)s")
         self.write(sql, {**row, "_id": row["model_id"], "_version": row["version"], "_at": row["created_at"]},
                    tracking)
 

@@ -124,7 +124,7 @@ UP = textwrap.dedent("""
     from infra.processes.up import run_up
     child = [sys.executable, "-c", sys.argv[2]]
     settings = Settings(data_dir=sys.argv[1], runners=2, database_url=None, nats_url=None, clickhouse_url=None)
-    sys.exit(run_up(settings, serve_cmd=child, runner_cmd=child))
+    sys.exit(run_up(settings, serve_cmd=child, runner_cmd=child, inference_cmd=child))
 """)
 
 
@@ -150,12 +150,12 @@ def test_run_up_writes_endpoints_restarts_children_and_stops_on_sigterm(engine_d
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         info = _wait_for(lambda: _endpoints(engine_dir / "endpoints.json"))
-        assert set(info) == {"api", "postgres", "nats", "clickhouse", "data_dir", "pids"}
+        assert set(info) == {"api", "inference", "postgres", "nats", "clickhouse", "data_dir", "pids"}
         assert info["clickhouse"] == f"chdb://{engine_dir / 'chdb'}"
         assert info["data_dir"] == str(engine_dir)
         pids = info["pids"]
-        assert set(pids) == {"serve", "runners", "postgres", "nats"} and len(pids["runners"]) == 2
-        children = [pids["serve"], *pids["runners"]]
+        assert set(pids) == {"serve", "runners", "inference", "postgres", "nats"} and len(pids["runners"]) == 2
+        children = [pids["serve"], *pids["runners"], pids["inference"]]
         assert all(psutil.pid_exists(p) for p in [*children, pids["postgres"], pids["nats"]])
         with psycopg.connect(info["postgres"]) as conn:
             assert conn.execute("SELECT current_database()").fetchone() == ("trainyard",)
@@ -165,6 +165,7 @@ def test_run_up_writes_endpoints_restarts_children_and_stops_on_sigterm(engine_d
         assert env["TRAINYARD_DATABASE_URL"] == info["postgres"] and env["TRAINYARD_NATS_URL"] == info["nats"]
         assert "TRAINYARD_CLICKHOUSE_URL" not in env and env["TRAINYARD_DATA_DIR"] == str(engine_dir)
         assert info["api"] == f"http://127.0.0.1:{env['TRAINYARD_API_PORT']}"
+        assert info["inference"] == f"http://127.0.0.1:{env['TRAINYARD_INFERENCE_PORT']}" != info["api"]
 
         os.kill(pids["runners"][0], signal.SIGKILL)  # a crashed runner is restarted
         new = _wait_for(lambda: (e := _endpoints(engine_dir / "endpoints.json"))
@@ -189,6 +190,6 @@ def test_run_up_gives_up_on_crash_loop(engine_dir):
                         nats_url="nats://127.0.0.1:1", clickhouse_url=None)
     crash = [sys.executable, "-c", "raise SystemExit(3)"]
     started = time.monotonic()
-    assert run_up(settings, serve_cmd=crash, runner_cmd=crash, max_restarts=2) == 1
+    assert run_up(settings, serve_cmd=crash, runner_cmd=crash, inference_cmd=crash, max_restarts=2) == 1
     assert time.monotonic() - started < 10
     assert _endpoints(engine_dir / "endpoints.json")["pids"]["postgres"] is None

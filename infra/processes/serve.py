@@ -35,6 +35,8 @@ READ_MODELS = [
      "projections.studies.StudiesView"),
     ("projection:models", "commands.training.TrainingApplication", "projections.models.ModelsProjection",
      "projections.models.ModelsView"),
+    ("projection:deployments", "commands.training.TrainingApplication",
+     "projections.deployments.DeploymentsProjection", "projections.deployments.DeploymentsView"),
 ]
 
 

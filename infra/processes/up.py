@@ -4,13 +4,15 @@ Contract of `run_up(settings)` (call it from the main thread; it installs SIGINT
 1. Starts EmbeddedPostgres / EmbeddedNats in `settings.data_dir` for whichever of database_url / nats_url is
    unset. ClickHouse needs nothing started: without clickhouse_url the `serve` process opens chDB at
    `settings.chdb_path`.
-2. Spawns one `serve` process and `settings.runners` runner processes. Each gets os.environ plus every
+2. Spawns one `serve` process, `settings.runners` runner processes and one `serve-inference` process
+   (`inference_cmd=[]` leaves it out). Each gets os.environ plus every
    Settings field as `TRAINYARD_<FIELD>` with the resolved values (URLs, absolute data_dir, the API port
    actually free), so `Settings()` in a child describes the same deployment. Unset fields are removed from the
    child's environment. Each child leads its own process group (a terminal Ctrl-C reaches only the
    supervisor) and receives SIGTERM if the supervisor dies.
-3. Prints a summary and writes `<data_dir>/endpoints.json`: {"api", "postgres", "nats", "clickhouse",
-   "data_dir", "pids": {"serve", "runners": [...], "postgres", "nats"}}; rewritten when a pid changes.
+3. Prints a summary and writes `<data_dir>/endpoints.json`: {"api", "inference", "postgres", "nats",
+   "clickhouse", "data_dir", "pids": {"serve", "runners": [...], "inference", "postgres", "nats"}}; rewritten
+   when a pid changes.
 4. A child that exits is restarted; an embedded engine that dies is restarted on the same port. More than
    `max_restarts` crash restarts (non-zero exit) of one part within `restart_window_s` shuts everything down with exit code 1.
 5. On SIGINT/SIGTERM: SIGTERM to the children, SIGKILL to their process groups after `stop_timeout_s`,
@@ -35,6 +37,7 @@ log = logging.getLogger("trainyard.supervisor")
 
 SERVE_CMD = [sys.executable, "-m", "api.cli", "serve"]
 RUNNER_CMD = [sys.executable, "-m", "api.cli", "runner"]
+INFERENCE_CMD = [sys.executable, "-m", "api.cli", "serve-inference"]
 POLL_S = 0.2
 
 
@@ -88,7 +91,7 @@ def child_env(settings: Settings, **resolved: object) -> dict[str, str]:
 
 
 def run_up(settings: Settings, *, serve_cmd: list[str] | None = None, runner_cmd: list[str] | None = None,
-           max_restarts: int = 5, restart_window_s: float = 60.0, stop_timeout_s: float = 10.0) -> int:
+           inference_cmd: list[str] | None = None, max_restarts: int = 5, restart_window_s: float = 60.0, stop_timeout_s: float = 10.0) -> int:
     """Run Trainyard until SIGINT/SIGTERM (exit 0) or a part exhausts its restart budget / fails to start (1)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -111,15 +114,21 @@ def run_up(settings: Settings, *, serve_cmd: list[str] | None = None, runner_cmd
         if stop_signal:
             return 0
         api_port = free_port(settings.api_port, settings.api_host)
+        inference_port = free_port(settings.inference_port, settings.api_host)
+        if inference_port == api_port:
+            inference_port = free_port(api_port + 1, settings.api_host)
         clickhouse = settings.clickhouse_url or f"chdb://{settings.chdb_path.absolute()}"
         env = child_env(settings, database_url=urls["postgres"], nats_url=urls["nats"], data_dir=data_dir,
-                        api_port=api_port, artifact_dir=settings.artifacts.absolute())
+                        api_port=api_port, inference_port=inference_port, artifact_dir=settings.artifacts.absolute())
         budget = lambda: _Restarts(max_restarts, restart_window_s)  # noqa: E731
         children = [_Child("serve", serve_cmd or SERVE_CMD, env, budget())]
         children += [_Child(f"runner-{i}", runner_cmd or RUNNER_CMD, env, budget()) for i in range(settings.runners)]
+        if inference_cmd != []:
+            children.append(_Child("inference", inference_cmd or INFERENCE_CMD, env, budget()))
         for child in children:
             child.spawn()
-        endpoints = {"api": f"http://{settings.api_host}:{api_port}", "postgres": urls["postgres"],
+        endpoints = {"api": f"http://{settings.api_host}:{api_port}",
+                     "inference": f"http://{settings.api_host}:{inference_port}", "postgres": urls["postgres"],
                      "nats": urls["nats"], "clickhouse": clickhouse, "data_dir": str(data_dir)}
         _write_endpoints(data_dir, endpoints, children, engines)
         _print_summary(endpoints, children, engines)
@@ -192,7 +201,8 @@ def _terminate(children: list[_Child], timeout_s: float) -> None:
 
 
 def _write_endpoints(data_dir: Path, endpoints: dict, children: list[_Child], engines: dict) -> None:
-    pids = {"serve": children[0].proc.pid, "runners": [c.proc.pid for c in children[1:]],
+    pids = {"serve": children[0].proc.pid, "runners": [c.proc.pid for c in children if c.name.startswith("runner")],
+            "inference": next((c.proc.pid for c in children if c.name == "inference"), None),
             "postgres": engines["postgres"].pid if "postgres" in engines else None,
             "nats": engines["nats"].pid if "nats" in engines else None}
     tmp = data_dir / "endpoints.json.tmp"
@@ -204,10 +214,14 @@ def _print_summary(endpoints: dict, children: list[_Child], engines: dict) -> No
     def origin(name: str) -> str:
         return f"embedded, pid {engines[name].pid}" if name in engines else "external"
 
+    runners = [c for c in children if c.name.startswith("runner")]
+
     print(f"Trainyard is up (data in {endpoints['data_dir']}; Ctrl-C stops it)\n"
           f"  API         {endpoints['api']}  (serve pid {children[0].proc.pid})\n"
+          f"  Inference   {endpoints['inference']}  (serve-inference pid "
+          f"{next((str(c.proc.pid) for c in children if c.name == 'inference'), 'not started')})\n"
           f"  PostgreSQL  {endpoints['postgres']}  ({origin('postgres')})\n"
           f"  NATS        {endpoints['nats']}  ({origin('nats')})\n"
           f"  ClickHouse  {endpoints['clickhouse']}\n"
-          f"  Runners     {len(children) - 1}: pids {', '.join(str(c.proc.pid) for c in children[1:])}",
+          f"  Runners     {len(runners)}: pids {', '.join(str(c.proc.pid) for c in runners)}",
           flush=True)

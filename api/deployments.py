@@ -1,0 +1,144 @@
+"""/api/v1/deployments (traffic splits, promote, rollback, history, prediction stats) and /api/v1/api-keys."""
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+
+from api.context import CommandContextDep
+from api.jobs import ServicesDep
+from api.models import catch_up
+from api.schemas import (ApiKeyCreated, ApiKeyIn, ApiKeyList, ApiKeyPublic, DeploymentHistory, DeploymentIn,
+                         DeploymentList, DeploymentName, DeploymentPublic, DeploymentUpdateIn, PredictionStats,
+                         PromoteIn, ReasonIn, TrafficIn, problems)
+from commands.deployments import ApiKeyNotFoundError, DeploymentNotFoundError
+from infra.bootstrap import Services
+
+router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
+keys = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"])
+NamePath = Annotated[DeploymentName, Path()]
+READ_MODEL = "deployments"
+
+
+def _deployment(s: Services, name: str) -> DeploymentPublic:
+    row = s.deployments.get(name)
+    if row is None:
+        raise DeploymentNotFoundError(name)
+    return DeploymentPublic.model_validate(row)
+
+
+def _ref(ref: Any) -> dict[str, Any] | None:
+    return None if ref is None else ref.model_dump(exclude_none=True)
+
+
+def _answer(s: Services, name: str, position: int | None, status: int = 200) -> JSONResponse:
+    catch_up(s, position, READ_MODEL)
+    return JSONResponse(_deployment(s, name).model_dump(mode="json"), status_code=status)
+
+
+@router.post("", status_code=201, response_model=DeploymentPublic, responses=problems(400, 409, 422))
+def create_deployment(body: DeploymentIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
+    """Deploy model versions (by number or alias) as weighted variants; each needs a completed ONNX export (409
+    naming the variant otherwise). Revision 1."""
+    _, position = s.deployment_commands.create(body.name, [v.model_dump(exclude_none=True) for v in body.variants],
+                                               _ref(body.shadow), body.reason, ctx)
+    out = _answer(s, body.name, position, 201)
+    out.headers["Location"] = f"{router.prefix}/{body.name}"
+    return out
+
+
+@router.get("", response_model=DeploymentList, responses=problems(422))
+def list_deployments(s: ServicesDep, active: bool | None = None) -> DeploymentList:
+    return DeploymentList(items=[DeploymentPublic.model_validate(r) for r in s.deployments.list(active)])
+
+
+@router.get("/{name}", response_model=DeploymentPublic, responses=problems(404, 422))
+def get_deployment(name: NamePath, s: ServicesDep) -> DeploymentPublic:
+    """The current revision."""
+    return _deployment(s, name)
+
+
+@router.get("/{name}/history", response_model=DeploymentHistory, responses=problems(404, 422))
+def history(name: NamePath, s: ServicesDep) -> DeploymentHistory:
+    """Every revision, oldest first: its number, time, what changed, who and why."""
+    _deployment(s, name)
+    return DeploymentHistory(name=name, revisions=s.deployments.history(name))  # type: ignore[arg-type]
+
+
+@router.patch("/{name}/traffic", response_model=DeploymentPublic, responses=problems(404, 409, 422))
+def change_traffic(name: NamePath, body: TrafficIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
+    """New weights for every variant (integers summing to 100): a new revision."""
+    _, position = s.deployment_commands.change_traffic(name, body.weights, body.reason, ctx)
+    return _answer(s, name, position)
+
+
+@router.put("/{name}", response_model=DeploymentPublic, responses=problems(404, 409, 422))
+def update_deployment(name: NamePath, body: DeploymentUpdateIn, s: ServicesDep,
+                      ctx: CommandContextDep) -> JSONResponse:
+    """Replace the variants and shadow (e.g. a canary of a new version): a new revision."""
+    _, position = s.deployment_commands.update(name, [v.model_dump(exclude_none=True) for v in body.variants],
+                                               _ref(body.shadow), body.reason, ctx)
+    return _answer(s, name, position)
+
+
+@router.post("/{name}/promote", response_model=DeploymentPublic, responses=problems(404, 409, 422))
+def promote(name: NamePath, body: PromoteIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
+    """The variant takes 100% of the traffic: a new revision."""
+    _, position = s.deployment_commands.promote(name, body.variant, body.reason, ctx)
+    return _answer(s, name, position)
+
+
+@router.post("/{name}/rollback", response_model=DeploymentPublic, responses=problems(404, 409, 422))
+def rollback(name: NamePath, s: ServicesDep, ctx: CommandContextDep, body: ReasonIn | None = None) -> JSONResponse:
+    """A new revision equal to the one before the current (409 at revision 1)."""
+    _, position = s.deployment_commands.rollback(name, body.reason if body else None, ctx)
+    return _answer(s, name, position)
+
+
+@router.delete("/{name}", response_model=DeploymentPublic, responses=problems(404, 409, 422))
+def deactivate(name: NamePath, s: ServicesDep, ctx: CommandContextDep,
+               reason: Annotated[str | None, Query(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")] = None
+               ) -> JSONResponse:
+    """Stop serving it; a deactivated deployment takes no further change (409)."""
+    _, position = s.deployment_commands.deactivate(name, reason, ctx)
+    return _answer(s, name, position)
+
+
+@router.get("/{name}/predictions", response_model=PredictionStats, responses=problems(404, 422))
+def prediction_stats(name: NamePath, s: ServicesDep,
+                     since_s: Annotated[int, Query(ge=1, le=90 * 86400, description="look back this far")] = 3600
+                     ) -> PredictionStats:
+    """Requests, errors and server-side latency per revision and variant (from ClickHouse `predictions`)."""
+    _deployment(s, name)
+    since_ms = int((time.time() - since_s) * 1000)
+    return PredictionStats(deployment=name, items=s.predictions.summary(name, since_ms))  # type: ignore[arg-type]
+
+
+@keys.post("", status_code=201, response_model=ApiKeyCreated, responses=problems(400, 422))
+def create_key(body: ApiKeyIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
+    """A new inference API key. The key is in this answer only; the service keeps its sha256."""
+    key, api_key, position = s.deployment_commands.create_key(body.name, body.deployments, body.rate_limit_per_s, ctx)
+    catch_up(s, position, READ_MODEL)
+    row = s.deployments.key(api_key.id)
+    if row is None:
+        raise ApiKeyNotFoundError(str(api_key.id))
+    return JSONResponse(ApiKeyCreated.model_validate({**row, "key": key}).model_dump(mode="json"), status_code=201)
+
+
+@keys.get("", response_model=ApiKeyList)
+def list_keys(s: ServicesDep) -> ApiKeyList:
+    return ApiKeyList(items=[ApiKeyPublic.model_validate(r) for r in s.deployments.keys()])
+
+
+@keys.delete("/{key_id}", response_model=ApiKeyPublic, responses=problems(404, 409, 422))
+def revoke_key(key_id: UUID, s: ServicesDep, ctx: CommandContextDep) -> ApiKeyPublic:
+    """Revoke: inference servers refuse it within a second."""
+    _, position = s.deployment_commands.revoke_key(key_id, None, ctx)
+    catch_up(s, position, READ_MODEL)
+    row = s.deployments.key(key_id)
+    if row is None:
+        raise ApiKeyNotFoundError(str(key_id))
+    return ApiKeyPublic.model_validate(row)

@@ -1,0 +1,210 @@
+"""The inference server's HTTP interface (`trainyard serve-inference`), a plain ASGI app: the request path is short
+enough that a framework's routing and validation would be most of its cost.
+
+    POST /v1/deployments/{name}/predict   {"instances": [[f1, f2, …], …] | [{"feature": value, …}, …], "key"?: str}
+         → {"predictions", "probabilities"?, "classes"?, "deployment", "revision", "variant", "model", "version",
+            "request_id"}
+    GET  /v1/deployments                  what this server serves now (revision, variants, weights)
+    GET  /healthz, /readyz                liveness; readiness with the deployment feed, telemetry buffer and drops
+
+Auth: `Authorization: Bearer <key>` or `X-API-Key`; 401 missing/unknown, 403 not allowed here, 429 over the key's
+rate (with Retry-After). Errors are problem+json naming the field. The shadow variant (if any) gets a copy of each
+request after the answer is sent, on a bounded queue: it never delays or fails the caller's request.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from domain.contract import printable
+from runners.serving import LiveDeployment, PredictError, ServingState, Telemetry, answer, rows_of
+
+log = logging.getLogger("trainyard.inference")
+MAX_BODY_BYTES = 1024 * 1024
+_PREDICT = re.compile(r"^/v1/deployments/([a-z0-9][a-z0-9-]{0,62})/predict$")
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
+JSON = [(b"content-type", b"application/json")]
+PROBLEM = [(b"content-type", b"application/problem+json")]
+
+
+class InferenceApp:
+    def __init__(self, state: ServingState, telemetry: Telemetry, health: Any, shadow_queue_size: int = 1000) -> None:
+        self.state, self.telemetry, self.health = state, telemetry, health
+        self.shadow_queue: asyncio.Queue | None = None
+        self.shadow_queue_size = shadow_queue_size
+        self.shadow_dropped = 0
+
+    # ---- ASGI ------------------------------------------------------------------------------------------
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await self._lifespan(receive, send)
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        m = _PREDICT.match(path)
+        if m and method == "POST":
+            return await self._predict(m.group(1), scope, receive, send)
+        if method == "GET" and path == "/v1/deployments":
+            return await _send(send, 200, JSON, {"items": self.describe()})
+        if method == "GET" and path in ("/healthz", "/livez"):
+            return await _send(send, 200, JSON, {"status": "ok"})
+        if method == "GET" and path == "/readyz":
+            report = self.readiness()
+            return await _send(send, 200 if report["ready"] else 503, JSON, report)
+        if path.startswith("/v1/deployments/") and path.endswith("/predict"):
+            status, detail = (405, "use POST") if m else (404, "no such deployment name")
+        else:
+            status, detail = 404, f"no route {printable(path, 100)}"
+        await _send(send, status, PROBLEM, _problem(status, detail, None, path))
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ---- predict -----------------------------------------------------------------------------------------
+    async def _predict(self, name: str, scope: dict, receive: Any, send: Any) -> None:
+        started = time.perf_counter_ns()
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"")
+        request_id = given.decode() if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        deployment: LiveDeployment | None = None
+        variant = model = ""
+        version = 0
+        rows = 0
+        try:
+            self.state.authorize(_api_key(headers), name)
+            deployment = self.state.deployments.get(name)
+            if deployment is None:
+                raise PredictError(404, f"no active deployment {name!r}", "name")
+            body = await _body(receive, headers)
+            try:
+                doc = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise PredictError(400, "the body is not valid JSON", "body") from None
+            if not isinstance(doc, dict) or set(doc) - {"instances", "key"}:
+                raise PredictError(422, "body: an object with `instances` and an optional `key`", "body")
+            key = doc.get("key")
+            if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 256):
+                raise PredictError(422, "key: a string of 1 to 256 characters", "key")
+            variant = deployment.router.choose(key)
+            loaded = deployment.variants[variant]
+            model, version = loaded.model, loaded.version
+            X = rows_of(doc.get("instances"), loaded)
+            rows = len(X)
+            result = answer(loaded, loaded.run(X))
+        except PredictError as e:
+            status = e.status
+            extra = [(k.lower().encode(), v.encode()) for k, v in e.headers.items()]
+            await _send(send, status, PROBLEM + extra, _problem(status, e.detail, e.field, scope["path"], request_id))
+        except Exception as e:  # the model failed on this input: a 500 problem, counted; the server lives on
+            status = 500
+            log.exception("predict %s failed", name)
+            await _send(send, 500, PROBLEM, _problem(500, f"prediction failed: {type(e).__name__}", None,
+                                                     scope["path"], request_id))
+        else:
+            status = 200
+            result.update(deployment=name, revision=deployment.revision, variant=variant, model=model,
+                          version=version, request_id=request_id)
+            await _send(send, 200, JSON, result)
+            if deployment.shadow is not None:
+                self._shadow(deployment, X, request_id)
+        if deployment is not None:
+            self.telemetry.record(request_id, name, deployment.revision, variant, model, version, status,
+                                  (time.perf_counter_ns() - started) // 1000, rows)
+
+    def _shadow(self, deployment: LiveDeployment, X: Any, request_id: str) -> None:
+        if self.shadow_queue is None:
+            self.shadow_queue = asyncio.Queue(self.shadow_queue_size)
+        try:
+            self.shadow_queue.put_nowait((deployment, X, request_id))
+        except asyncio.QueueFull:
+            self.shadow_dropped += 1
+
+    async def run_shadows(self, stop: asyncio.Event) -> None:
+        """Answers the shadow copies on a worker thread, one at a time, and records them (`shadow` true)."""
+        if self.shadow_queue is None:
+            self.shadow_queue = asyncio.Queue(self.shadow_queue_size)
+        while not stop.is_set():
+            try:
+                deployment, X, request_id = await asyncio.wait_for(self.shadow_queue.get(), 0.5)
+            except TimeoutError:
+                continue
+            shadow = deployment.shadow
+            started, status = time.perf_counter_ns(), 200
+            try:
+                await asyncio.to_thread(shadow.run, X)
+            except Exception:
+                status = 500
+            self.telemetry.record(request_id, deployment.name, deployment.revision, "shadow", shadow.model,
+                                  shadow.version, status, (time.perf_counter_ns() - started) // 1000, len(X), True)
+
+    # ---- what it serves ----------------------------------------------------------------------------------
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"name": d.name, "revision": d.revision, "weights": d.router.weights,
+                 "variants": {n: {"model": m.model, "version": m.version} for n, m in d.variants.items()},
+                 "shadow": {"model": d.shadow.model, "version": d.shadow.version} if d.shadow else None}
+                for d in sorted(self.state.deployments.values(), key=lambda d: d.name)]
+
+    def readiness(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"ready": True, "stages": {}}
+        if self.health is not None:
+            report = {"ready": self.health.healthy(), "stages": self.health.snapshot()}
+        report["deployments"] = {d.name: d.revision for d in self.state.deployments.values()}
+        report["deployment_errors"] = dict(self.state.errors)
+        report["telemetry"] = {"buffered": len(self.telemetry), "published": self.telemetry.published,
+                               "dropped": self.telemetry.dropped, "shadow_dropped": self.shadow_dropped}
+        return report
+
+
+def _api_key(headers: dict[bytes, bytes]) -> str | None:
+    auth = headers.get(b"authorization")
+    if auth is not None:
+        scheme, _, token = auth.decode("latin-1").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    key = headers.get(b"x-api-key")
+    return key.decode("latin-1").strip() or None if key is not None else None
+
+
+async def _body(receive: Any, headers: dict[bytes, bytes]) -> bytes:
+    length = headers.get(b"content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        raise PredictError(413, f"the body is over {MAX_BODY_BYTES:,} bytes", "body")
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PredictError(413, f"the body is over {MAX_BODY_BYTES:,} bytes", "body")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _problem(status: int, detail: str, field: str | None, instance: str, request_id: str | None = None) -> dict:
+    titles = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+              413: "Content too large", 422: "Invalid request", 429: "Too many requests", 500: "Internal error"}
+    out: dict[str, Any] = {"type": "about:blank", "title": titles.get(status, "Error"), "status": status,
+                           "detail": printable(detail, 1000), "instance": printable(instance, 300)}
+    if field:
+        out["field"] = printable(field, 300)
+    if request_id:
+        out["request_id"] = request_id
+    return out
+
+
+async def _send(send: Any, status: int, headers: list, body: dict) -> None:
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + [(b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})

@@ -1,0 +1,263 @@
+"""The Deployment aggregate: a named inference endpoint that splits traffic over model variants, revision by revision.
+
+    create ──► revision 1 (active)
+      │  change_traffic / promote / update / rollback ──► revision n+1 (active)
+      └─ deactivate ──► revision n+1 (inactive): no change is taken after it
+
+A variant is `{"name", "model", "version", "weight", "artifact"}`: integer weights 0..100 summing to 100 over
+1-10 uniquely named variants (a variant may hold 0 and then gets no traffic). A shadow is
+`{"model", "version", "artifact"}` (it sees a copy of the traffic, its answers are never returned) or None.
+`artifact` is opaque here: the command layer fills it with what the inference server needs.
+
+Every change makes a new revision, and every event carries the deployment's full new state (variants, shadow),
+so a consumer can take the latest revision without the history. `revisions` keeps each revision's state, what
+changed, why, and when (the event's timestamp). A rollback makes a new revision with the state of the revision
+before the current one. Invalid input raises `DeploymentSpecError` naming the field (HTTP 422); a command the
+deployment's state does not allow raises a `DeploymentError` (HTTP 409). No I/O here.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from datetime import datetime
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.contract import has_control
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+MAX_VARIANTS = 10
+MAX_REASON = 500
+MAX_MODEL_NAME = 200
+CHANGES = ("created", "traffic", "promote", "rollback", "update", "deactivate")
+VARIANT_KEYS = ("name", "model", "version", "weight", "artifact")
+SHADOW_KEYS = ("model", "version", "artifact")
+OPTIONAL_KEYS = ("alias",)  # the alias the version was resolved from, kept for the record
+_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/deployments")
+_NAME = re.compile(NAME_PATTERN)
+_VARIANT_NAME = re.compile(VARIANT_NAME_PATTERN)
+
+
+def deployment_id(name: str) -> UUID:
+    """The id of the deployment called `name` (names are unique, so the id is derived from it)."""
+    return uuid5(_NAMESPACE, name)
+
+
+class DeploymentError(Exception):
+    """A command the deployment's state does not allow; maps to HTTP 409."""
+
+
+class DeploymentInactiveError(DeploymentError):
+    """The deployment was deactivated: it takes no changes."""
+
+
+class NoPreviousRevisionError(DeploymentError):
+    """A rollback of a deployment that has only its first revision."""
+
+
+class DeploymentSpecError(ValueError):
+    """Invalid input; maps to HTTP 422. `field` names what is wrong, e.g. "variants[1].weight", "weights.b"."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+# ---- validation (pure; also usable by the command layer before it builds artifacts) -------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DeploymentSpecError("name", f"must match {NAME_PATTERN}")
+    return name
+
+
+def check_reason(reason: Any) -> str | None:
+    if reason is None:
+        return None
+    if not isinstance(reason, str):
+        raise DeploymentSpecError("reason", "must be a string or null")
+    if len(reason) > MAX_REASON:
+        raise DeploymentSpecError("reason", f"must be at most {MAX_REASON} characters")
+    if has_control(reason):
+        raise DeploymentSpecError("reason", "must not contain control characters")
+    return reason
+
+
+def _check_model(where: str, value: dict[str, Any], keys: tuple[str, ...]) -> None:
+    for key in value:
+        if key not in keys and key not in OPTIONAL_KEYS:
+            raise DeploymentSpecError(f"{where}.{key}" if isinstance(key, str) else where,
+                                      f"unknown field (allowed: {', '.join(keys + OPTIONAL_KEYS)})")
+    alias = value.get("alias")
+    if alias is not None and (not isinstance(alias, str) or not alias or len(alias) > 64 or has_control(alias)):
+        raise DeploymentSpecError(f"{where}.alias", "must be a non-empty string of at most 64 characters")
+    for key in keys:
+        if key not in value:
+            raise DeploymentSpecError(f"{where}.{key}", "is required")
+    model = value["model"]
+    if not isinstance(model, str) or not model or len(model) > MAX_MODEL_NAME or has_control(model):
+        raise DeploymentSpecError(f"{where}.model",
+                                  f"must be a non-empty string of at most {MAX_MODEL_NAME} characters")
+    if not _is_int(value["version"]) or value["version"] < 1:
+        raise DeploymentSpecError(f"{where}.version", "must be an integer >= 1")
+    if not isinstance(value["artifact"], dict):
+        raise DeploymentSpecError(f"{where}.artifact", "must be an object")
+
+
+def check_weight(field: str, weight: Any) -> int:
+    if not _is_int(weight) or not 0 <= weight <= 100:
+        raise DeploymentSpecError(field, "must be an integer from 0 to 100")
+    return weight
+
+
+def check_variants(variants: Any) -> list[dict[str, Any]]:
+    """1-10 variants with unique names and weights summing to 100; a deep copy of them."""
+    if not isinstance(variants, (list, tuple)) or not 1 <= len(variants) <= MAX_VARIANTS:
+        raise DeploymentSpecError("variants", f"must be a list of 1 to {MAX_VARIANTS} variants")
+    seen: set[str] = set()
+    for i, v in enumerate(variants):
+        where = f"variants[{i}]"
+        if not isinstance(v, dict):
+            raise DeploymentSpecError(where, "must be an object")
+        _check_model(where, v, VARIANT_KEYS)
+        if not isinstance(v["name"], str) or not _VARIANT_NAME.match(v["name"]):
+            raise DeploymentSpecError(f"{where}.name", f"must match {VARIANT_NAME_PATTERN}")
+        if v["name"] in seen:
+            raise DeploymentSpecError(f"{where}.name", f"variant {v['name']!r} is named twice")
+        seen.add(v["name"])
+        check_weight(f"{where}.weight", v["weight"])
+    total = sum(v["weight"] for v in variants)
+    if total != 100:
+        raise DeploymentSpecError("variants", f"weights must sum to 100, not {total}")
+    return copy.deepcopy(list(variants))
+
+
+def check_shadow(shadow: Any) -> dict[str, Any] | None:
+    if shadow is None:
+        return None
+    if not isinstance(shadow, dict):
+        raise DeploymentSpecError("shadow", "must be an object or null")
+    _check_model("shadow", shadow, SHADOW_KEYS)
+    return copy.deepcopy(shadow)
+
+
+class Deployment(Aggregate):
+    @classmethod
+    def create(cls, name: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
+               reason: str | None = None) -> Deployment:
+        """A new deployment with the id derived from its name; its event holds copies of the inputs."""
+        check_name(name)
+        return cls(id=deployment_id(name), name=name, variants=check_variants(variants), shadow=check_shadow(shadow),
+                   reason=check_reason(reason))
+
+    @event("Created")
+    def __init__(self, id: UUID, name: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
+                 reason: str | None = None, revision: int = 1) -> None:
+        check_name(name)
+        if revision != 1:
+            raise DeploymentSpecError("revision", "a deployment starts at revision 1")
+        self.name = name
+        self.variants = check_variants(variants)
+        self.shadow = check_shadow(shadow)
+        self.active = True
+        self.revision = 1
+        self.revisions: list[dict[str, Any]] = []
+        self._record("created", check_reason(reason), None, self.created_on)
+
+    # ---- read-only views ----------------------------------------------------------------------
+    @property
+    def weights(self) -> dict[str, int]:
+        return {v["name"]: v["weight"] for v in self.variants}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The current revision: what the inference server serves."""
+        return {"name": self.name, "revision": self.revision, "active": self.active,
+                "variants": copy.deepcopy(self.variants), "shadow": copy.deepcopy(self.shadow)}
+
+    def check_active(self) -> None:
+        if not self.active:
+            raise DeploymentInactiveError(f"deployment {self.name} was deactivated")
+
+    def _record(self, change: str, reason: str | None, rolled_back_to: int | None, at: datetime) -> None:
+        self.revisions.append({"revision": self.revision, "change": change, "reason": reason,
+                               "variants": copy.deepcopy(self.variants), "shadow": copy.deepcopy(self.shadow),
+                               "active": self.active, "at": at.isoformat(), "rolled_back_to": rolled_back_to})
+
+    # ---- commands ---------------------------------------------------------------------------------
+    def change_traffic(self, weights: dict[str, int], reason: str | None = None) -> None:
+        """New weights for all the existing variants (each named, none unknown, summing to 100)."""
+        self.check_active()
+        if not isinstance(weights, dict):
+            raise DeploymentSpecError("weights", "must be an object of variant name to weight")
+        current = self.weights
+        for name in weights:
+            if name not in current:
+                raise DeploymentSpecError(f"weights.{name}", f"deployment {self.name} has no variant {name!r}")
+        for name in current:
+            if name not in weights:
+                raise DeploymentSpecError(f"weights.{name}", "every variant needs a weight")
+            check_weight(f"weights.{name}", weights[name])
+        total = sum(weights.values())
+        if total != 100:
+            raise DeploymentSpecError("weights", f"weights must sum to 100, not {total}")
+        reason = check_reason(reason)
+        variants = [{**copy.deepcopy(v), "weight": weights[v["name"]]} for v in self.variants]
+        self._revised(revision=self.revision + 1, change="traffic", variants=variants,
+                      shadow=copy.deepcopy(self.shadow), reason=reason, rolled_back_to=None)
+
+    def promote(self, variant: str, reason: str | None = None) -> None:
+        """All traffic to `variant`, none to the others."""
+        self.check_active()
+        if not isinstance(variant, str) or variant not in self.weights:
+            raise DeploymentSpecError("variant", f"deployment {self.name} has no variant {variant!r}")
+        reason = check_reason(reason)
+        variants = [{**copy.deepcopy(v), "weight": 100 if v["name"] == variant else 0} for v in self.variants]
+        self._revised(revision=self.revision + 1, change="promote", variants=variants,
+                      shadow=copy.deepcopy(self.shadow), reason=reason, rolled_back_to=None)
+
+    def update(self, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
+               reason: str | None = None) -> None:
+        """Replace the variants and the shadow (None: no shadow), e.g. to serve a new model version."""
+        self.check_active()
+        variants = check_variants(variants)
+        shadow = check_shadow(shadow)
+        reason = check_reason(reason)
+        self._revised(revision=self.revision + 1, change="update", variants=variants, shadow=shadow, reason=reason,
+                      rolled_back_to=None)
+
+    def rollback(self, reason: str | None = None) -> None:
+        """A new revision with the variants and shadow of the revision before the current one."""
+        self.check_active()
+        if self.revision < 2:
+            raise NoPreviousRevisionError(f"deployment {self.name} has no revision before {self.revision}")
+        reason = check_reason(reason)
+        target = self.revisions[self.revision - 2]
+        self._revised(revision=self.revision + 1, change="rollback", variants=copy.deepcopy(target["variants"]),
+                      shadow=copy.deepcopy(target["shadow"]), reason=reason, rolled_back_to=target["revision"])
+
+    @event("Revised")
+    def _revised(self, revision: int, change: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None,
+                 reason: str | None, rolled_back_to: int | None, timestamp: datetime | None = None) -> None:
+        # `timestamp` is not an event field of its own: the library passes the event's timestamp
+        self.revision = revision
+        self.variants = copy.deepcopy(variants)
+        self.shadow = copy.deepcopy(shadow)
+        self._record(change, reason, rolled_back_to, timestamp or self.modified_on)
+
+    def deactivate(self, reason: str | None = None) -> None:
+        """Stop serving; the deployment takes no change after this (a repeat is refused)."""
+        self.check_active()
+        self._deactivated(revision=self.revision + 1, reason=check_reason(reason))
+
+    @event("Deactivated")
+    def _deactivated(self, revision: int, reason: str | None, timestamp: datetime | None = None) -> None:
+        self.revision = revision
+        self.active = False
+        self._record("deactivate", reason, None, timestamp or self.modified_on)

@@ -1,0 +1,156 @@
+"""The `deployments` (current revision), `deployment_revisions` (history) and `api_keys` read models, written with
+their tracking position (projections/readmodel.py), and their queries. The inference server reloads from these on
+start; the API answers from them. Rows are guarded by the aggregate version, so a replay rebuilds the same tables.
+"""
+from __future__ import annotations
+
+from functools import singledispatchmethod
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from domain.api_key import ApiKey
+from domain.deployment import Deployment
+from projections.readmodel import TrackedProjection, TrackedView
+
+DEPLOYMENTS_DDL = """
+CREATE TABLE IF NOT EXISTS deployments (
+    id uuid PRIMARY KEY, name text NOT NULL UNIQUE, revision int NOT NULL, active boolean NOT NULL,
+    variants jsonb NOT NULL, shadow jsonb,
+    created_by text, created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL, version int NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deployment_revisions (
+    deployment_id uuid NOT NULL, revision int NOT NULL, PRIMARY KEY (deployment_id, revision),
+    change text NOT NULL, reason text, variants jsonb NOT NULL, shadow jsonb, active boolean NOT NULL,
+    rolled_back_to int, actor text, at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id uuid PRIMARY KEY, name text NOT NULL, prefix text NOT NULL, key_hash text NOT NULL UNIQUE,
+    deployments text[] NOT NULL, rate_limit_per_s double precision,
+    revoked_at timestamptz, revoked_reason text,
+    created_by text, created_at timestamptz NOT NULL, version int NOT NULL
+);
+"""
+
+
+def _actor(e: Any) -> str:
+    return (getattr(e, "metadata", None) or {}).get("actor") or "anonymous"
+
+
+class DeploymentsView(TrackedView):
+    DDL = DEPLOYMENTS_DDL
+
+    def revise(self, e: Any, tracking: Tracking, change: str, active: bool, variants: Any, shadow: Any,
+               rolled_back_to: int | None = None) -> None:
+        """The deployment's current revision and one history row, in one statement."""
+        params = {"_id": e.originator_id, "_version": e.originator_version, "revision": e.revision,
+                  "active": active, "variants": variants, "shadow": shadow, "updated_at": e.timestamp,
+                  "change": change, "reason": e.reason, "rolled_back_to": rolled_back_to, "actor": _actor(e)}
+        sql = ("WITH h AS (INSERT INTO deployment_revisions (deployment_id, revision, change, reason, variants, shadow, "
+               "active, rolled_back_to, actor, at) VALUES (%(_id)s, %(revision)s, %(change)s, %(reason)s, "
+               "%(variants)s, %(shadow)s, %(active)s, %(rolled_back_to)s, %(actor)s, %(updated_at)s) "
+               "ON CONFLICT DO NOTHING) "
+               "UPDATE deployments SET revision = %(revision)s, active = %(active)s, variants = %(variants)s, "
+               "shadow = %(shadow)s, updated_at = %(updated_at)s, version = %(_version)s "
+               "WHERE id = %(_id)s AND version < %(_version)s")
+        self.write(sql, _json(params, "variants", "shadow"), tracking)
+
+    def create(self, e: Any, tracking: Tracking) -> None:
+        params = {"id": e.originator_id, "name": e.name, "revision": 1, "active": True, "variants": e.variants,
+                  "shadow": e.shadow, "created_by": _actor(e), "at": e.timestamp, "version": e.originator_version,
+                  "reason": e.reason}
+        sql = ("WITH h AS (INSERT INTO deployment_revisions (deployment_id, revision, change, reason, variants, shadow, "
+               "active, actor, at) VALUES (%(id)s, 1, 'created', %(reason)s, %(variants)s, %(shadow)s, true, "
+               "%(created_by)s, %(at)s) ON CONFLICT DO NOTHING) "
+               "INSERT INTO deployments (id, name, revision, active, variants, shadow, created_by, created_at, "
+               "updated_at, version) VALUES (%(id)s, %(name)s, 1, true, %(variants)s, %(shadow)s, %(created_by)s, "
+               "%(at)s, %(at)s, %(version)s) ON CONFLICT (id) DO NOTHING")
+        self.write(sql, _json(params, "variants", "shadow"), tracking)
+
+
+def _json(params: dict[str, Any], *keys: str) -> dict[str, Any]:
+    from psycopg.types.json import Jsonb
+
+    return {k: (Jsonb(v) if k in keys and v is not None else v) for k, v in params.items()}
+
+
+class DeploymentsProjection(TrackedProjection[DeploymentsView]):
+    name = "deployments"
+    topics = tuple(f"domain.deployment:Deployment.{n}" for n in ("Created", "Revised", "Deactivated")) + tuple(
+        f"domain.api_key:ApiKey.{n}" for n in ("Created", "Revoked"))
+
+    @singledispatchmethod
+    def apply(self, domain_event: Any, tracking: Tracking) -> None:
+        self.view.insert_tracking(tracking)
+
+    @apply.register
+    def _(self, e: Deployment.Created, tracking: Tracking) -> None:
+        self.view.create(e, tracking)
+
+    @apply.register
+    def _(self, e: Deployment.Revised, tracking: Tracking) -> None:
+        self.view.revise(e, tracking, e.change, True, e.variants, e.shadow, e.rolled_back_to)
+
+    @apply.register
+    def _(self, e: Deployment.Deactivated, tracking: Tracking) -> None:
+        with self.view.datastore.transaction(commit=False) as curs:  # the last revision's variants, for history
+            curs.execute("SELECT variants, shadow FROM deployments WHERE id = %s", (e.originator_id,))
+            row = curs.fetchone()
+        variants, shadow = (row["variants"], row["shadow"]) if row else ([], None)
+        self.view.revise(e, tracking, "deactivate", False, variants, shadow)
+
+    @apply.register
+    def _(self, e: ApiKey.Created, tracking: Tracking) -> None:
+        self.view.insert_row("api_keys", {
+            "id": e.originator_id, "name": e.name, "prefix": e.prefix, "key_hash": e.key_hash,
+            "deployments": list(e.deployments) if not isinstance(e.deployments, str) else [e.deployments],
+            "rate_limit_per_s": e.rate_limit_per_s, "created_by": _actor(e), "created_at": e.timestamp,
+            "version": e.originator_version}, tracking)
+
+    @apply.register
+    def _(self, e: ApiKey.Revoked, tracking: Tracking) -> None:
+        self.view.update_row("api_keys", e.originator_id, e.originator_version,
+                             {"revoked_at": e.timestamp, "revoked_reason": e.reason}, tracking)
+
+
+_DEPLOYMENT = "id, name, revision, active, variants, shadow, created_by, created_at, updated_at, version"
+_KEY = "id, name, prefix, deployments, rate_limit_per_s, revoked_at, revoked_reason, created_by, created_at"
+
+
+class DeploymentQueries:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def _all(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+
+    def list(self, active: bool | None = None) -> list[dict[str, Any]]:
+        where = "" if active is None else "WHERE active = %s"
+        return self._all(f"SELECT {_DEPLOYMENT} FROM deployments {where} ORDER BY name",
+                         () if active is None else (active,))
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        rows = self._all(f"SELECT {_DEPLOYMENT} FROM deployments WHERE name = %s", (name,))
+        return rows[0] if rows else None
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        return self._all("SELECT r.revision, r.change, r.reason, r.variants, r.shadow, r.active, r.rolled_back_to, "
+                         "r.actor, r.at FROM deployment_revisions r JOIN deployments d ON d.id = r.deployment_id "
+                         "WHERE d.name = %s ORDER BY r.revision", (name,))
+
+    def keys(self) -> list[dict[str, Any]]:
+        return self._all(f"SELECT {_KEY} FROM api_keys ORDER BY created_at")
+
+    def key(self, key_id: UUID) -> dict[str, Any] | None:
+        rows = self._all(f"SELECT {_KEY} FROM api_keys WHERE id = %s", (key_id,))
+        return rows[0] if rows else None
+
+    def live_keys(self) -> list[dict[str, Any]]:
+        """What the inference server needs: every unrevoked key's hash, scope, rate and version."""
+        return self._all("SELECT id, name, key_hash, deployments, rate_limit_per_s, version FROM api_keys "
+                         "WHERE revoked_at IS NULL")

@@ -1,0 +1,314 @@
+"""What the inference server knows and does per request, in memory: loaded deployments (one onnxruntime session per
+model version, a Router per revision), API keys (hashes only) with their rate limits, and the prediction records
+waiting to be published. No database, event store or network access on the request path.
+
+State changes arrive as deployment and API-key events (their payloads carry the whole new state: a deployment
+revision names each variant's ONNX artifact); `apply_deployment` loads what a new revision needs *before* swapping
+it in, so requests never see a half-loaded deployment and a request in flight keeps the revision it started with.
+A revision whose artifacts cannot be loaded (missing file, sha256 mismatch, not inside the artifact root) is not
+applied: the deployment keeps serving its previous revision and `/readyz` shows the error.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from domain.api_key import allows
+from domain.contract import PredictionBatch
+from domain.routing import Router
+
+log = logging.getLogger("trainyard.inference")
+MAX_INSTANCES = 1000  # rows per request
+MAX_BUFFERED_RECORDS = 200_000  # prediction records waiting for NATS; beyond it new ones are dropped (and counted)
+
+
+class PredictError(Exception):
+    """A request the server refuses: HTTP `status`, problem `detail`, `field` at fault, extra headers."""
+
+    def __init__(self, status: int, detail: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.field, self.headers = status, detail, field, headers or {}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One model version's ONNX session and what turning rows into answers needs."""
+
+    model: str
+    version: int
+    sha256: str
+    session: Any
+    input_name: str
+    output_name: str
+    n_features: int
+    feature_index: dict[str, int]
+    class_labels: tuple[str, ...] | None
+    task: str
+
+    def run(self, X: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: X})[0]
+
+
+@dataclass(frozen=True)
+class LiveDeployment:
+    name: str
+    revision: int
+    version: int  # the aggregate version it was built from (older events are ignored)
+    router: Router
+    variants: dict[str, LoadedModel]
+    shadow: LoadedModel | None
+
+
+@dataclass
+class KeyState:
+    key_id: str
+    name: str
+    deployments: list[str]
+    rate: float | None
+    version: int
+    tokens: float = 0.0
+    stamp: float = field(default_factory=time.monotonic)
+
+    def take(self, now: float) -> float:
+        """0 if the request may go now, else the seconds until it may (token bucket of `rate` per second with a
+        burst of max(1, rate))."""
+        if self.rate is None:
+            return 0.0
+        burst = max(1.0, self.rate)
+        self.tokens = min(burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class ModelLoader:
+    """Sessions by artifact sha256, shared by every deployment and revision that serves the same file."""
+
+    def __init__(self, read_artifact: Any) -> None:
+        self.read_artifact = read_artifact
+        self.cache: dict[str, Any] = {}
+
+    def load(self, model: str, version: int, artifact: dict[str, Any]) -> LoadedModel:
+        from runners.exporter import session_for
+
+        sha = str(artifact["sha256"])
+        session = self.cache.get(sha)
+        if session is None:
+            data = self.read_artifact(str(artifact["uri"]))
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise ValueError(f"{model} v{version}: the ONNX file does not match its sha256")
+            session = self.cache[sha] = session_for(data)
+        names = [str(n) for n in (artifact.get("feature_names") or [])]
+        labels = artifact.get("class_labels")
+        return LoadedModel(model=model, version=int(version), sha256=sha, session=session,
+                           input_name=str(artifact.get("input_name") or "input"),
+                           output_name=str(artifact.get("output_name") or "probabilities"),
+                           n_features=int(artifact["n_features"]), feature_index={n: i for i, n in enumerate(names)},
+                           class_labels=tuple(str(x) for x in labels) if labels else None,
+                           task=str(artifact.get("task") or ""))
+
+    def retain(self, live: list[LiveDeployment]) -> None:
+        """Forget sessions no live deployment uses."""
+        used = {m.sha256 for d in live for m in [*d.variants.values(), *([d.shadow] if d.shadow else [])]}
+        for sha in list(self.cache):
+            if sha not in used:
+                del self.cache[sha]
+
+
+class Telemetry:
+    """Prediction records as columns, bounded; `take` hands a batch to the publisher."""
+
+    COLUMNS = ("ts_ms", "request_id", "deployment", "revision", "variant", "model", "version", "status", "latency_us",
+               "n_rows", "shadow")
+
+    def __init__(self, server_id: str, limit: int = MAX_BUFFERED_RECORDS) -> None:
+        self.server_id, self.limit = server_id, limit
+        self.cols: dict[str, list] = {c: [] for c in self.COLUMNS}
+        self.dropped = 0
+        self.published = 0
+        self.pending: deque[PredictionBatch] = deque()  # taken but not yet acknowledged by JetStream
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self.cols["ts_ms"]) + sum(b.size for b in self.pending)
+
+    def record(self, request_id: str, deployment: str, revision: int, variant: str, model: str, version: int,
+               status: int, latency_us: int, n_rows: int, shadow: bool = False) -> None:
+        if len(self) >= self.limit:
+            self.dropped += 1
+            return
+        c = self.cols
+        c["ts_ms"].append(int(time.time() * 1000))
+        c["request_id"].append(request_id)
+        c["deployment"].append(deployment)
+        c["revision"].append(revision)
+        c["variant"].append(variant)
+        c["model"].append(model)
+        c["version"].append(version)
+        c["status"].append(status)
+        c["latency_us"].append(min(latency_us, 2**32 - 1))
+        c["n_rows"].append(n_rows)
+        c["shadow"].append(shadow)
+
+    def take(self, max_records: int = 20_000) -> PredictionBatch | None:
+        """The oldest unpublished batch (a batch that failed to publish comes back first, with the same id)."""
+        if self.pending:
+            return self.pending[0]
+        n = min(len(self.cols["ts_ms"]), max_records)
+        if not n:
+            return None
+        self._seq += 1
+        data = {c: v[:n] for c, v in self.cols.items()}
+        for v in self.cols.values():
+            del v[:n]
+        batch = PredictionBatch.model_construct(batch_id=f"{self.server_id}:{time.time_ns()}:{self._seq}",
+                                                server_id=self.server_id, **data)
+        self.pending.append(batch)
+        return batch
+
+    def published_one(self) -> None:
+        batch = self.pending.popleft()
+        self.published += batch.size
+
+
+class ServingState:
+    """Deployments and keys as the server sees them now; swapped whole, read without locks."""
+
+    def __init__(self, loader: ModelLoader) -> None:
+        self.loader = loader
+        self.deployments: dict[str, LiveDeployment] = {}
+        self.keys: dict[str, KeyState] = {}  # by key hash
+        self.key_versions: dict[str, int] = {}  # key id → last applied aggregate version (revoked ones too)
+        self.deployment_versions: dict[str, int] = {}  # name → last applied aggregate version
+        self.errors: dict[str, str] = {}  # deployment name → why its latest revision is not served
+
+    # ---- deployment and key changes (events or a reload) --------------------------------------------------
+    def apply_deployment(self, snapshot: dict[str, Any], version: int) -> bool:
+        """Serve `snapshot` ({name, revision, active, variants, shadow}) unless a newer one is served. Returns
+        whether it changed anything; raises nothing (a load failure is kept in `errors`)."""
+        name = str(snapshot["name"])
+        if version <= self.deployment_versions.get(name, 0):
+            return False
+        if not snapshot.get("active", True):
+            self.deployments.pop(name, None)
+            self.deployment_versions[name] = version
+            self.errors.pop(name, None)
+            self.loader.retain(list(self.deployments.values()))
+            return True
+        try:
+            variants = {str(v["name"]): self.loader.load(v["model"], v["version"], v["artifact"])
+                        for v in snapshot["variants"]}
+            shadow = snapshot.get("shadow")
+            shadow_model = self.loader.load(shadow["model"], shadow["version"], shadow["artifact"]) if shadow else None
+            router = Router(name, int(snapshot["revision"]), [(str(v["name"]), int(v["weight"]))
+                                                              for v in snapshot["variants"]])
+        except Exception as e:
+            self.errors[name] = f"revision {snapshot.get('revision')} not loaded: {type(e).__name__}: {e}"[:500]
+            log.error("deployment %s: %s", name, self.errors[name])
+            return False
+        self.deployments[name] = LiveDeployment(name, int(snapshot["revision"]), version, router, variants,
+                                                shadow_model)
+        self.deployment_versions[name] = version
+        self.errors.pop(name, None)
+        self.loader.retain(list(self.deployments.values()))
+        log.info("deployment %s: serving revision %s", name, snapshot["revision"])
+        return True
+
+    def apply_key(self, key_id: str, version: int, key: dict[str, Any] | None) -> None:
+        """`key` ({name, key_hash, deployments, rate_limit_per_s}) or None when revoked."""
+        if version <= self.key_versions.get(key_id, 0):
+            return
+        self.key_versions[key_id] = version
+        for h, state in list(self.keys.items()):
+            if state.key_id == key_id:
+                del self.keys[h]
+        if key is not None:
+            rate = key.get("rate_limit_per_s")
+            self.keys[str(key["key_hash"])] = KeyState(key_id, str(key["name"]), list(key["deployments"]),
+                                                       float(rate) if rate else None, version,
+                                                       tokens=max(1.0, float(rate or 1)))
+
+    # ---- the request path --------------------------------------------------------------------------------
+    def authorize(self, api_key: str | None, deployment: str) -> KeyState:
+        if not api_key:
+            raise PredictError(401, "an API key is required (Authorization: Bearer <key> or X-API-Key)",
+                               "Authorization", {"WWW-Authenticate": "Bearer"})
+        state = self.keys.get(hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest())
+        if state is None:
+            raise PredictError(401, "unknown or revoked API key", "Authorization", {"WWW-Authenticate": "Bearer"})
+        if not allows(state.deployments, deployment):
+            raise PredictError(403, f"this API key may not call deployment {deployment!r}", "Authorization")
+        wait = state.take(time.monotonic())
+        if wait > 0:
+            raise PredictError(429, f"rate limit of {state.rate:g} requests/s exceeded", None,
+                               {"Retry-After": str(max(1, math.ceil(wait)))})
+        return state
+
+
+def rows_of(instances: Any, model: LoadedModel) -> np.ndarray:
+    """The request's instances as a float32 matrix for `model`: rows of numbers (null = missing) in the model's
+    feature order, or objects naming every feature (any order). PredictError(422) naming the field otherwise."""
+    if not isinstance(instances, list) or not instances:
+        raise PredictError(422, "instances: a non-empty list of rows", "instances")
+    if len(instances) > MAX_INSTANCES:
+        raise PredictError(422, f"instances: at most {MAX_INSTANCES} rows per request", "instances")
+    n = model.n_features
+    X = np.empty((len(instances), n), dtype=np.float32)
+    for i, row in enumerate(instances):
+        if isinstance(row, dict):
+            if len(row) != n or not model.feature_index:
+                _named_row_error(row, model, i)
+            values: list[Any] = [None] * n
+            for name, v in row.items():
+                j = model.feature_index.get(name)
+                if j is None:
+                    _named_row_error(row, model, i)
+                values[j] = v
+            row = values
+        elif not isinstance(row, list) or len(row) != n:
+            raise PredictError(422, f"instances.{i}: a list of {n} numbers or an object of {n} named features",
+                               f"instances.{i}")
+        for j, v in enumerate(row):
+            t = type(v)
+            if t is float or t is int:
+                if t is int and not -2**63 <= v < 2**63:
+                    raise PredictError(422, f"instances.{i}.{j}: out of range", f"instances.{i}.{j}")
+                X[i, j] = v
+            elif v is None:
+                X[i, j] = np.nan
+            else:
+                raise PredictError(422, f"instances.{i}.{j}: a number or null", f"instances.{i}.{j}")
+    if not np.isfinite(X[~np.isnan(X)]).all():
+        raise PredictError(422, "instances: values must be finite (null for a missing value)", "instances")
+    return X
+
+
+def _named_row_error(row: dict, model: LoadedModel, i: int) -> None:
+    if not model.feature_index:
+        raise PredictError(422, f"instances.{i}: this model has no feature names; send rows as lists",
+                           f"instances.{i}")
+    missing = [f for f in model.feature_index if f not in row]
+    unknown = [str(k)[:64] for k in row if k not in model.feature_index]
+    if missing:
+        raise PredictError(422, f"instances.{i}: missing features {missing[:10]}", f"instances.{i}.{missing[0]}")
+    raise PredictError(422, f"instances.{i}: unknown features {unknown[:10]}", f"instances.{i}")
+
+
+def answer(model: LoadedModel, out: np.ndarray) -> dict[str, Any]:
+    """`predictions` (class labels or values) and, for classification, `probabilities` per row with `classes`."""
+    if model.output_name == "probabilities":
+        labels = model.class_labels or tuple(str(k) for k in range(out.shape[1]))
+        best = out.argmax(axis=1)
+        return {"predictions": [labels[k] for k in best.tolist()],
+                "probabilities": np.round(out.astype(np.float64), 7).tolist(), "classes": list(labels)}
+    return {"predictions": out.reshape(len(out)).astype(np.float64).tolist()}
