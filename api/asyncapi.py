@@ -13,7 +13,7 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict
 
-from domain.contract import MetricBatch, WorkItem
+from domain.contract import MetricBatch, PredictionBatch, WorkItem
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -160,10 +160,96 @@ class StudyFailed(_Payload):
     reason: str
 
 
+# ---- model registry ------------------------------------------------------------------------------------
+class ModelCreated(_Payload):
+    name: str
+    description: str
+    tags: list[str]
+
+
+class VersionRegistered(_Payload):
+    """A completed training job's artifact became version `version`, with its lineage (job, framework, task,
+    dataset and its sha256, params, final metrics, artifact uri and sha256, feature names, class labels)."""
+    version: int
+    job_id: str
+    lineage: dict[str, Any]
+
+
+class OnnxAttached(_Payload):
+    """An export of `version` completed: its ONNX artifact is what deployments of the version serve."""
+    version: int
+    export_id: str
+    onnx: dict[str, Any]
+    parity: dict[str, Any]
+
+
+class AliasSet(_Payload):
+    alias: str
+    version: int
+    previous: int | None
+
+
+class AliasRemoved(_Payload):
+    alias: str
+    version: int
+
+
+class ExportRequested(_Payload):
+    """An ONNX export of a model version was asked for; a work item follows (runners run it like a job: the
+    export's other events are the training job's lifecycle events, on `trainyard.v1.model_export.*`)."""
+    model_name: str
+    model_version: int
+    format: Literal["onnx"]
+    tolerance: float
+    source: dict[str, Any]
+    priority: Literal["low", "medium", "high", "critical"]
+    timeout_s: int
+    max_attempts: int
+
+
+# ---- deployments and API keys ------------------------------------------------------------------------------
+class DeploymentCreated(_Payload):
+    """Revision 1. Each variant: name, model, version (alias if it was named by one), weight and the ONNX artifact
+    it serves (uri, sha256, input/output names, feature names, class labels)."""
+    name: str
+    variants: list[dict[str, Any]]
+    shadow: dict[str, Any] | None
+    reason: str | None
+    revision: int
+
+
+class DeploymentRevised(_Payload):
+    """A new revision with the whole new state (traffic, promote, update, rollback)."""
+    revision: int
+    change: Literal["traffic", "promote", "update", "rollback"]
+    variants: list[dict[str, Any]]
+    shadow: dict[str, Any] | None
+    reason: str | None
+    rolled_back_to: int | None
+
+
+class DeploymentDeactivated(_Payload):
+    revision: int
+    reason: str | None
+
+
+class ApiKeyCreated(_Payload):
+    """An inference API key: its sha256 (never the key), scope and rate limit."""
+    name: str
+    key_hash: str
+    prefix: str
+    deployments: list[str]
+    rate_limit_per_s: float | None
+
+
+class ApiKeyRevoked(_Payload):
+    reason: str | None
+
+
 class Envelope(BaseModel, Generic[P]):
     model_config = ConfigDict(extra="forbid")
     event_id: str
-    aggregate: Literal["training_job", "study"]
+    aggregate: Literal["training_job", "study", "model", "model_export", "deployment", "api_key"]
     aggregate_id: str
     aggregate_version: int
     occurred_at: datetime
@@ -186,7 +272,18 @@ STUDY_EVENTS: dict[str, type[BaseModel]] = {
     "best_trial_improved": BestTrialImproved, "cancel_requested": StudyCancelRequested, "cancelled": StudyCancelled,
     "completed": StudyCompleted, "failed": StudyFailed,
 }
-EVENTS: dict[str, dict[str, type[BaseModel]]] = {"training_job": TRAINING_JOB_EVENTS, "study": STUDY_EVENTS}
+MODEL_EVENTS: dict[str, type[BaseModel]] = {
+    "created": ModelCreated, "version_registered": VersionRegistered, "onnx_attached": OnnxAttached,
+    "alias_set": AliasSet, "alias_removed": AliasRemoved,
+}
+MODEL_EXPORT_EVENTS: dict[str, type[BaseModel]] = {
+    "requested": ExportRequested, **{k: v for k, v in TRAINING_JOB_EVENTS.items() if k != "submitted"}}
+DEPLOYMENT_EVENTS: dict[str, type[BaseModel]] = {
+    "created": DeploymentCreated, "revised": DeploymentRevised, "deactivated": DeploymentDeactivated}
+API_KEY_EVENTS: dict[str, type[BaseModel]] = {"created": ApiKeyCreated, "revoked": ApiKeyRevoked}
+EVENTS: dict[str, dict[str, type[BaseModel]]] = {
+    "training_job": TRAINING_JOB_EVENTS, "study": STUDY_EVENTS, "model": MODEL_EVENTS,
+    "model_export": MODEL_EXPORT_EVENTS, "deployment": DEPLOYMENT_EVENTS, "api_key": API_KEY_EVENTS}
 
 
 def specification() -> AsyncAPI:
@@ -200,6 +297,9 @@ def specification() -> AsyncAPI:
     broker.publisher("trainyard.v1.telemetry.metrics", title="telemetry.metrics",
                      description="Metric points from runners (stream TRAINYARD_TELEMETRY, Nats-Msg-Id = batch_id)",
                      schema=MetricBatch)
+    broker.publisher("trainyard.v1.telemetry.predictions", title="telemetry.predictions",
+                     description="Prediction records from inference servers, as columns (stream TRAINYARD_TELEMETRY, "
+                                 "Nats-Msg-Id = batch_id)", schema=PredictionBatch)
     broker.publisher("trainyard.work.{priority}.{kind}.{aggregate_id}", title="work item",
                      description="Work for the runners (stream TRAINYARD_WORK, work-queue retention, Nats-Msg-Id = "
                                  "work:<event_id>); the claim, not the delivery, decides who runs it", schema=WorkItem)

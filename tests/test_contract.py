@@ -121,3 +121,44 @@ def test_the_envelope_carries_who_and_why() -> None:
     _, body = envelope(e)
     assert (body["actor"], body["correlation_id"], body["trace_id"]) == ("alice", "req-1", "ab" * 16)
     assert "metadata" not in body["payload"]
+
+
+def registry_events() -> list:
+    from domain.api_key import ApiKey, hash_key, key_prefix, new_key
+    from domain.deployment import Deployment
+    from domain.models import ModelExport, RegisteredModel, model_id
+
+    model = RegisteredModel(id=model_id("m"), name="m", description="d", tags=["t"])
+    model.register_version(uuid4(), {"job_id": "j", "framework": "lightgbm"})
+    model.set_alias("production", 1)
+    model.attach_onnx(1, uuid4(), {"uri": "file:///m.onnx", "sha256": "0" * 64}, {"max_abs_diff": 0.0})
+    model.remove_alias("production")
+    export = ModelExport(id=uuid4(), model_name="m", model_version=1, format="onnx", tolerance=1e-4,
+                         source={"framework": "lightgbm"})
+    export.claim("l1", "h:1")
+    export.complete("l1", {"max_abs_diff": 0.0}, {"uri": "file:///m.onnx"})
+    variant = {"model": "m", "version": 1, "artifact": {"uri": "file:///m.onnx"}}
+    deployment = Deployment.create("d", [{"name": "a", "weight": 100, **variant}, {"name": "b", "weight": 0, **variant}])
+    deployment.change_traffic({"a": 50, "b": 50}, "ramp")
+    deployment.rollback()
+    deployment.deactivate("done")
+    key = new_key()
+    api_key = ApiKey.create(name="k", key_hash=hash_key(key), prefix=key_prefix(key), deployments="*")
+    api_key.revoke("leaked")
+    return [e for agg in (model, export, deployment, api_key) for e in agg.collect_events()]
+
+
+def test_every_registry_and_deployment_event_validates_against_its_documented_schema() -> None:
+    from api.asyncapi import EVENTS
+    from domain.registry import aggregate_of
+
+    seen: dict[str, set[str]] = {}
+    for e in registry_events():
+        subject, body = envelope(e, aggregate_of(e).name)  # as the relay names them
+        _, _, aggregate, name = subject.split(".")
+        assert body["aggregate"] == aggregate and aggregate in ("model", "model_export", "deployment", "api_key")
+        Envelope[EVENTS[aggregate][name]].model_validate(body)
+        assert "key" not in body["payload"]  # an API key's events carry its hash only
+        seen.setdefault(aggregate, set()).add(name)
+    assert seen["model"] == set(EVENTS["model"]) and seen["deployment"] == set(EVENTS["deployment"])
+    assert seen["api_key"] == set(EVENTS["api_key"])

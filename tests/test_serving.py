@@ -1,0 +1,284 @@
+"""Model registry, ONNX exports, deployments and the inference server end to end on real engines: `trainyard up`
+(serve + 2 runners + serve-inference) against PostgreSQL, NATS and chDB.
+
+train → register → export (parity) → deploy 90/10 → predict → change traffic → rollback → history → predictions
+in ClickHouse; API keys (401/403/429, revocation); a SIGKILLed inference server comes back serving the current
+revision.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from tests.test_flow import FINISHED, Stack, up_on_a_fresh_database
+
+pytestmark = pytest.mark.integration
+MODELS, DEPLOYMENTS, KEYS = "/api/v1/models", "/api/v1/deployments", "/api/v1/api-keys"
+ROWS = load_breast_cancer().data.tolist()
+FEATURES = [str(n) for n in load_breast_cancer().feature_names]
+
+
+class Serving:
+    """The stack with two registered, exported versions of a breast-cancer model and a key for every deployment."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack, self.http = stack, stack.http
+        self.inference = httpx.Client(base_url=stack.endpoints()["inference"], timeout=30)
+        self.jobs = [stack.submit(framework="lightgbm", task="binary_classification",
+                                  dataset={"uri": "builtin://breast_cancer"}, params={"n_estimators": n})
+                     for n in (15, 30)]
+        for job_id in self.jobs:
+            assert stack.wait(job_id, lambda j: j["status"] in FINISHED)["status"] == "completed"
+        assert self.http.post(MODELS, json={"name": "bc", "description": "breast cancer"}).status_code == 201
+        for n, job_id in enumerate(self.jobs, 1):
+            r = self.http.post(f"{MODELS}/bc/versions", json={"job_id": job_id})
+            assert r.status_code == 201 and r.json()["version"] == n, r.text
+        self.exports = [self.export(v) for v in (1, 2)]
+        r = self.http.post(KEYS, json={"name": "everything", "deployments": "*"})
+        assert r.status_code == 201, r.text
+        self.key = r.json()["key"]
+
+    def export(self, version: int, **body: Any) -> dict[str, Any]:
+        r = self.http.post(f"{MODELS}/bc/versions/{version}/exports", json={"format": "onnx", **body})
+        assert r.status_code == 202, r.text
+        export_id = r.json()["export_id"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            out = self.http.get(f"{MODELS}/bc/versions/{version}/exports/{export_id}").json()
+            if out["status"] in FINISHED:
+                return out
+            time.sleep(0.2)
+        raise AssertionError(f"export {export_id} never finished")
+
+    def predict(self, name: str, instances: list, key: str | None = None, api_key: str | None = None,
+                **headers: str) -> httpx.Response:
+        api_key = self.key if api_key is None else api_key
+        auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        body: dict[str, Any] = {"instances": instances}
+        if key is not None:
+            body["key"] = key
+        return self.inference.post(f"/v1/deployments/{name}/predict", json=body, headers={**auth, **headers})
+
+    def wait_revision(self, name: str, revision: int, timeout: float = 20) -> None:
+        """Until the inference server serves `revision` of `name`."""
+        deadline = time.monotonic() + timeout
+        served = None
+        while time.monotonic() < deadline:
+            try:
+                served = {d["name"]: d["revision"] for d in self.inference.get("/v1/deployments").json()["items"]}
+                if served.get(name) == revision:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"inference never served {name} revision {revision}: {served}")
+
+
+@pytest.fixture(scope="module")
+def serving(postgres_server: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
+    with up_on_a_fresh_database(postgres_server, nats_url, tmp_path_factory.mktemp("trainyard-serving")) as s:
+        yield Serving(s)
+
+
+def test_a_registered_version_keeps_its_lineage_and_its_onnx_export_passes_parity(serving: Serving) -> None:
+    http = serving.http
+    assert http.post(MODELS, json={"name": "bc"}).status_code == 409  # names are unique
+    v1 = http.get(f"{MODELS}/bc/versions/1").json()
+    lineage = v1["lineage"]
+    job = serving.stack.job(serving.jobs[0])
+    assert lineage["job_id"] == serving.jobs[0] and lineage["framework"] == "lightgbm"
+    assert lineage["params"] == {"n_estimators": 15} and lineage["final_metrics"] == job["final_metrics"]
+    assert lineage["artifact"]["sha256"] == job["artifact"]["sha256"] and len(lineage["dataset_sha256"]) == 64
+    assert lineage["feature_names"] == FEATURES and lineage["class_labels"] == ["malignant", "benign"]
+    export = serving.exports[0]
+    assert export["status"] == "completed", export
+    parity = export["parity"]
+    assert parity["max_abs_diff"] <= 1e-4 and parity["n_rows"] == 114 and parity["metric"] == "auc"
+    assert math.isclose(parity["metric_native"], parity["metric_onnx"], abs_tol=1e-6)
+    assert math.isclose(parity["metric_native"], job["final_metrics"]["auc"], abs_tol=1e-9)
+    assert v1["onnx"]["sha256"] == export["artifact"]["sha256"] and v1["onnx"]["input_shape"] == [None, 30]
+    assert v1["onnx"]["opset"] and v1["onnx"]["input_name"] == "input" and v1["parity"]["passed"] is True
+    assert [e["export_id"] for e in v1["exports"]] == [export["export_id"]]
+
+
+def test_registry_refusals_name_the_field(serving: Serving) -> None:
+    http = serving.http
+    r = http.post(f"{MODELS}/bc/versions", json={"job_id": "00000000-0000-0000-0000-000000000001"})
+    assert r.status_code == 422 and r.json()["field"] == "job_id"
+    running = serving.stack.submit(framework="pytorch", task="regression", dataset={"uri": "builtin://diabetes"},
+                                   params={"epochs": 2000})
+    r = http.post(f"{MODELS}/bc/versions", json={"job_id": running})
+    assert r.status_code == 409, r.text  # not completed
+    assert http.delete(f"/api/v1/training/jobs/{running}").status_code in (200, 202)
+    assert http.get(f"{MODELS}/nope").status_code == 404
+    assert http.get(f"{MODELS}/bc/versions/9").status_code == 404
+    assert http.post(MODELS, json={"name": "a\u0000b"}).status_code == 422
+    r = http.post(f"{MODELS}/bc/versions/1/exports", json={"format": "onnx", "tolerance": 0})
+    assert r.status_code == 422 and r.json()["field"] == "tolerance"
+
+
+def test_aliases_move_between_versions(serving: Serving) -> None:
+    http = serving.http
+    assert http.put(f"{MODELS}/bc/aliases/staging", json={"version": 1}).json()["aliases"]["staging"] == 1
+    assert http.put(f"{MODELS}/bc/aliases/staging", json={"version": 2}).json()["aliases"]["staging"] == 2
+    assert http.get(f"{MODELS}/bc/versions/2").json()["aliases"] == ["staging"]
+    assert http.get(f"{MODELS}/bc/versions/1").json()["aliases"] == []
+    assert http.put(f"{MODELS}/bc/aliases/staging", json={"version": 7}).status_code == 404
+    assert "staging" not in http.delete(f"{MODELS}/bc/aliases/staging").json()["aliases"]
+
+
+def test_an_export_over_its_tolerance_fails_with_the_figures(serving: Serving) -> None:
+    out = serving.export(1, tolerance=1e-12)
+    assert out["status"] == "failed", out
+    assert "max_abs_diff" in out["error"] and "tolerance" in out["error"]
+
+
+def test_deploy_split_traffic_rollback_and_history(serving: Serving) -> None:
+    http = serving.http
+    r = http.post(DEPLOYMENTS, json={"name": "nothing-exported", "variants": [
+        {"name": "a", "model": "bc", "version": 1, "weight": 100}, {"name": "b", "model": "missing", "version": 1,
+                                                                     "weight": 0}]})
+    assert r.status_code == 422 and r.json()["field"] == "variants[1].model"
+    r = http.post(DEPLOYMENTS, json={"name": "bc", "reason": "first", "variants": [
+        {"name": "a", "model": "bc", "version": 1, "weight": 90}, {"name": "b", "model": "bc", "version": 2,
+                                                                    "weight": 10}]})
+    assert r.status_code == 201, r.text
+    assert r.json()["revision"] == 1 and [v["weight"] for v in r.json()["variants"]] == [90, 10]
+    serving.wait_revision("bc", 1)
+
+    seen: Counter[str] = Counter()
+    for i in range(1000):
+        r = serving.predict("bc", [ROWS[i % len(ROWS)]])
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["deployment"] == "bc" and out["revision"] == 1 and out["model"] == "bc"
+        assert out["version"] == {"a": 1, "b": 2}[out["variant"]]
+        assert out["predictions"][0] in ("malignant", "benign") and len(out["probabilities"][0]) == 2
+        seen[out["variant"]] += 1
+    assert 850 <= seen["a"] <= 950 and seen["a"] + seen["b"] == 1000, seen  # 90/10 (±5 sd)
+
+    named = [dict(zip(FEATURES, ROWS[0]))]  # named features in any order
+    named = [dict(reversed(list(named[0].items())))]
+    assert serving.predict("bc", named).json()["predictions"] == serving.predict("bc", [ROWS[0]]).json()["predictions"]
+    missing = serving.predict("bc", [{k: v for k, v in named[0].items() if k != "mean radius"}])
+    assert missing.status_code == 422 and "mean radius" in missing.json()["field"]
+    assert serving.predict("bc", [[1.0, 2.0]]).status_code == 422
+    sticky = {serving.predict("bc", [ROWS[1]], key="user-42").json()["variant"] for _ in range(20)}
+    assert len(sticky) == 1  # a key keeps its variant within a revision
+
+    r = http.patch(f"{DEPLOYMENTS}/bc/traffic", json={"weights": {"a": 50, "b": 50}, "reason": "ramp up b"})
+    assert r.status_code == 200 and r.json()["revision"] == 2
+    assert http.patch(f"{DEPLOYMENTS}/bc/traffic", json={"weights": {"a": 60, "b": 30}}).status_code == 422
+    serving.wait_revision("bc", 2)
+    assert serving.predict("bc", [ROWS[0]]).json()["revision"] == 2
+    r = http.post(f"{DEPLOYMENTS}/bc/rollback", json={"reason": "b looks worse"})
+    assert r.status_code == 200 and r.json()["revision"] == 3 and [v["weight"] for v in r.json()["variants"]] == [90, 10]
+    serving.wait_revision("bc", 3)
+    history = http.get(f"{DEPLOYMENTS}/bc/history").json()["revisions"]
+    assert [(h["revision"], h["change"], h["reason"]) for h in history] == [
+        (1, "created", "first"), (2, "traffic", "ramp up b"), (3, "rollback", "b looks worse")]
+    assert history[2]["rolled_back_to"] == 1 and all(h["at"] for h in history)
+
+    deadline = time.monotonic() + 30  # prediction records reach ClickHouse off the request path
+    while time.monotonic() < deadline:
+        stats = http.get(f"{DEPLOYMENTS}/bc/predictions").json()["items"]
+        counted = {s["variant"]: s["requests"] for s in stats if s["revision"] == 1 and not s["shadow"]}
+        if sum(counted.values()) >= 1000:
+            break
+        time.sleep(0.3)
+    assert counted.get("a", 0) >= seen["a"] and counted.get("b", 0) >= seen["b"], stats
+    assert all(s["p99_us"] > 0 for s in stats)
+
+
+def test_a_shadow_gets_copies_but_never_answers(serving: Serving) -> None:
+    r = serving.http.post(DEPLOYMENTS, json={"name": "shadowed", "shadow": {"model": "bc", "version": 2},
+                                             "variants": [{"name": "main", "model": "bc", "version": 1,
+                                                           "weight": 100}]})
+    assert r.status_code == 201, r.text
+    serving.wait_revision("shadowed", 1)
+    for i in range(20):
+        out = serving.predict("shadowed", [ROWS[i]]).json()
+        assert out["variant"] == "main" and out["version"] == 1
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        stats = serving.http.get(f"{DEPLOYMENTS}/shadowed/predictions").json()["items"]
+        if sum(s["requests"] for s in stats if s["shadow"]) >= 20:
+            break
+        time.sleep(0.3)
+    assert {s["version"] for s in stats if s["shadow"]} == {2}, stats
+
+
+def test_keys_401_403_429_and_revocation_within_a_second(serving: Serving) -> None:
+    http = serving.http
+    body = {"name": "limited", "variants": [{"name": "a", "model": "bc", "version": 1, "weight": 100}]}
+    assert http.post(DEPLOYMENTS, json=body).status_code == 201
+    serving.wait_revision("limited", 1)
+    assert serving.predict("limited", [ROWS[0]], api_key="").status_code == 401
+    assert serving.predict("limited", [ROWS[0]], api_key="ty_not-a-key").status_code == 401
+    other = http.post(KEYS, json={"name": "other", "deployments": ["bc"]}).json()
+    assert "key" in other and other["prefix"] == other["key"][:10]
+    assert "key" not in http.get(KEYS).json()["items"][0]  # the key is shown once, only its hash is kept
+    denied = serving.predict("limited", [ROWS[0]], api_key=other["key"])
+    assert denied.status_code == 403 and denied.headers["content-type"] == "application/problem+json"
+    slow = http.post(KEYS, json={"name": "slow", "deployments": ["limited"], "rate_limit_per_s": 2}).json()
+    time.sleep(0.5)  # the key reaches the inference server through its event feed
+    codes = [serving.predict("limited", [ROWS[0]], api_key=slow["key"]) for _ in range(6)]
+    assert codes[0].status_code == 200 and codes[-1].status_code == 429
+    assert int(codes[-1].headers["Retry-After"]) >= 1
+    x_api_key = serving.predict("limited", [ROWS[0]], api_key="", **{"X-API-Key": serving.key})
+    assert x_api_key.status_code == 200
+    ok = http.post(KEYS, json={"name": "soon revoked", "deployments": "*"}).json()
+    time.sleep(0.5)
+    assert serving.predict("limited", [ROWS[0]], api_key=ok["key"]).status_code == 200
+    assert http.delete(f"{KEYS}/{ok['id']}").status_code == 200
+    time.sleep(1.0)
+    assert serving.predict("limited", [ROWS[0]], api_key=ok["key"]).status_code == 401
+
+
+def test_a_killed_inference_server_restarts_serving_the_current_revision(serving: Serving) -> None:
+    http = serving.http
+    body = {"name": "survivor", "variants": [{"name": "a", "model": "bc", "version": 1, "weight": 100},
+                                             {"name": "b", "model": "bc", "version": 2, "weight": 0}]}
+    assert http.post(DEPLOYMENTS, json=body).status_code == 201
+    assert http.post(f"{DEPLOYMENTS}/survivor/promote", json={"variant": "b"}).json()["revision"] == 2
+    serving.wait_revision("survivor", 2)
+    pid = serving.stack.endpoints()["pids"]["inference"]
+    os.kill(pid, signal.SIGKILL)  # mid-load: requests are in flight from this test
+    errors = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            r = serving.predict("survivor", [ROWS[3]])
+            if r.status_code == 200:
+                break
+        except httpx.TransportError:
+            errors += 1
+        time.sleep(0.1)
+    assert r.status_code == 200, r.text
+    assert r.json()["revision"] == 2 and r.json()["variant"] == "b" and r.json()["version"] == 2
+    assert serving.stack.endpoints()["pids"]["inference"] != pid
+
+
+def test_a_deactivated_deployment_stops_serving_and_takes_no_change(serving: Serving) -> None:
+    http = serving.http
+    body = {"name": "retired", "variants": [{"name": "a", "model": "bc", "version": 1, "weight": 100}]}
+    assert http.post(DEPLOYMENTS, json=body).status_code == 201
+    serving.wait_revision("retired", 1)
+    assert http.post(f"{DEPLOYMENTS}/retired/rollback").status_code == 409  # no previous revision
+    r = http.delete(f"{DEPLOYMENTS}/retired", params={"reason": "replaced"})
+    assert r.status_code == 200 and r.json()["active"] is False
+    deadline = time.monotonic() + 10
+    while serving.predict("retired", [ROWS[0]]).status_code != 404 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert serving.predict("retired", [ROWS[0]]).status_code == 404
+    assert http.patch(f"{DEPLOYMENTS}/retired/traffic", json={"weights": {"a": 100}}).status_code == 409
+    assert http.get(f"{DEPLOYMENTS}/retired/history").json()["revisions"][-1]["change"] == "deactivate"
