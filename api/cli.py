@@ -1,5 +1,8 @@
-"""The `trainyard` command: run the service (`up`, `serve`, `runner`) and use it (`submit`, `watch`, `jobs`,
-`job`, `cancel`, `status`, `study create|watch|cancel`, `studies`). An API error or an unreachable API is one `error: ...` line and exit status 1."""
+"""The `trainyard` command: run the service (`up`, `serve`, `serve-inference`, `runner`) and use it (`submit`,
+`watch`, `jobs`, `job`, `cancel`, `status`, `study create|watch|cancel`, `studies`; the model registry: `models`,
+`model register|show|alias`, `export`; serving: `deploy`, `deployments`, `deployment`, `traffic`, `promote`,
+`rollback`, `undeploy`, `api-key create|list|revoke`, `predict`). An API error or an unreachable API is one
+`error: ...` line and exit status 1; a malformed argument is a usage error, exit status 2."""
 from __future__ import annotations
 
 import asyncio
@@ -68,6 +71,18 @@ def serve() -> None:
 
     _logging()
     asyncio.run(run_serve(Settings()))
+
+
+@cli.command("serve-inference")
+def serve_inference() -> None:
+    """The inference server: deployed ONNX models behind /v1/deployments/{name}/predict (started by `up`)."""
+    from infra.processes.inference import serve_inference as run_inference
+    from infra.settings import Settings
+
+    _logging()
+    import uvloop
+
+    uvloop.run(run_inference(Settings()))
 
 
 @cli.command()
@@ -414,6 +429,434 @@ def studies(status: Optional[str] = None, limit: int = 20, offset: int = 0, api:
                       f"{done}/{st['n_trials']}", "-" if not best else f"{best['value']:.6g}",
                       f"{st['objective']['direction'][:3]} {st['objective']['metric']}", escape(st["name"]))
     console.print(table)
+
+
+# ---- model registry and ONNX exports ----------------------------------------------------------------------
+model_cli = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, help="Registered models and their versions.")
+cli.add_typer(model_cli, name="model")
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the raw JSON answer")]
+EXPORT_POLL_S = 1.0  # how often `export --watch` reads the export
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _line(text: str, style: str | None = None) -> None:
+    """One plain line (no markup, no highlighting, never wrapped)."""
+    console.print(Text(text, style=style or ""), soft_wrap=True, highlight=False)
+
+
+def _num(x: Any) -> str:
+    return "-" if x is None else f"{x:.6g}" if isinstance(x, float) else str(x)
+
+
+def _aliases(aliases: dict[str, int] | None) -> str:
+    return ", ".join(f"{a}→v{v}" for a, v in sorted((aliases or {}).items())) or "-"
+
+
+@cli.command()
+def models(limit: int = 50, offset: int = 0, as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """List registered models: latest version, aliases, tags."""
+    out = TrainyardClient(api).models(limit=limit, offset=offset)
+    if as_json:
+        return _print_json(out)
+    table = Table(title=f"{out['total']} models", box=None)
+    for col in ("name", "latest", "aliases", "tags", "description"):
+        table.add_column(col, no_wrap=col != "description", overflow="ellipsis")
+    for m in out["items"]:
+        table.add_row(escape(m["name"]), f"v{m['latest_version']}" if m["latest_version"] else "-",
+                      escape(_aliases(m.get("aliases"))), escape(", ".join(m.get("tags") or [])) or "-",
+                      escape(_cut(m.get("description") or "", 50)))
+    console.print(table)
+
+
+@model_cli.command("register")
+def model_register(job_id: Annotated[str, typer.Argument(help="a completed training job")],
+                   name: Annotated[str, typer.Option("--name", help="the model (created if it does not exist)")],
+                   description: Annotated[str, typer.Option(help="for a model created here")] = "",
+                   as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """Register a completed job's artifact as the model's next version (creating the model first if needed)."""
+    client = TrainyardClient(api)
+    try:
+        client.model(name)
+    except TrainyardError as e:
+        if e.status != 404:
+            raise
+        try:
+            client.create_model(name, description)
+        except TrainyardError as created:
+            if created.status != 409:  # 409: created meanwhile by someone else; register on it all the same
+                raise
+    v = client.register_version(name, job_id)
+    if as_json:
+        return _print_json(v)
+    _line(f"{v['model']} v{v['version']} registered from job {v['job_id']}")
+
+
+def _parity_rows(parity: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not parity:
+        return []
+    verdict = "passed" if parity.get("passed") else "FAILED"
+    rows = [("parity", f"{verdict}: max_abs_diff {_num(parity.get('max_abs_diff'))} "
+                       f"(tolerance {_num(parity.get('tolerance'))}) on {parity.get('n_rows')} rows")]
+    if parity.get("metric"):
+        rows.append(("metric", f"{parity['metric']}: native {_num(parity.get('metric_native'))}, "
+                               f"onnx {_num(parity.get('metric_onnx'))}"))
+    return rows
+
+
+def _grid(rows: list[tuple[str, str]]) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for key, value in rows:
+        grid.add_row(key, escape(value))
+    console.print(grid)
+
+
+@model_cli.command("show")
+def model_show(name: str, version: Annotated[Optional[int], typer.Option("--version", "-v", help="one version")]
+               = None, as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """A model and its versions; with --version: that version's lineage, ONNX artifact, parity and exports."""
+    client = TrainyardClient(api)
+    if version is None:
+        m, vs = client.model(name), client.versions(name)
+        if as_json:
+            return _print_json({"model": m, "versions": vs["items"]})
+        _grid([("model", m["name"]), ("description", m.get("description") or "-"),
+               ("tags", ", ".join(m.get("tags") or []) or "-"), ("aliases", _aliases(m.get("aliases"))),
+               ("latest", f"v{m['latest_version']}" if m.get("latest_version") else "-"),
+               ("created", _when(m.get("created_at")))])
+        table = Table(title=f"{len(vs['items'])} versions", title_justify="left", box=None)
+        for col in ("version", "aliases", "onnx", "job_id", "final metrics"):
+            table.add_column(col, no_wrap=col != "final metrics", overflow="fold")
+        for v in vs["items"]:
+            final = (v.get("lineage") or {}).get("final_metrics") or {}
+            table.add_row(f"v{v['version']}", escape(", ".join(v.get("aliases") or [])) or "-",
+                          "yes" if v.get("onnx") else "-", str(v["job_id"]),
+                          escape(" ".join(f"{k}={_num(x)}" for k, x in sorted(final.items()))) or "-")
+        console.print(table)
+        return
+    v = client.version(name, version)
+    if as_json:
+        return _print_json(v)
+    lineage = v.get("lineage") or {}
+    rows = [("version", f"{v['model']} v{v['version']}"), ("aliases", ", ".join(v.get("aliases") or []) or "-"),
+            ("job_id", str(v["job_id"]))]
+    if lineage.get("framework"):
+        rows.append(("model", f"{lineage.get('framework')}/{lineage.get('task')}"))
+    if lineage.get("final_metrics"):
+        rows.append(("metrics", " ".join(f"{k}={_num(x)}" for k, x in sorted(lineage["final_metrics"].items()))))
+    if onnx := v.get("onnx"):
+        rows.append(("onnx", f"{onnx.get('uri')} (sha256 {str(onnx.get('sha256'))[:12]}…)"))
+    else:
+        rows.append(("onnx", "- (no passing export yet: trainyard export)"))
+    rows += _parity_rows(v.get("parity"))
+    rows.append(("created", _when(v.get("created_at"))))
+    _grid(rows)
+    if v.get("exports"):
+        table = Table(title="exports", title_justify="left", box=None)
+        for col in ("export_id", "status", "max_abs_diff", "error"):
+            table.add_column(col, no_wrap=col != "error", overflow="fold")
+        for e in v["exports"]:
+            table.add_row(str(e["export_id"]), f"[{STATUS_STYLE.get(e['status'], 'white')}]{e['status']}[/]",
+                          _num((e.get("parity") or {}).get("max_abs_diff")), escape(_cut(e.get("error") or "", 60)))
+        console.print(table)
+
+
+@model_cli.command("alias")
+def model_alias(name: str, alias: str, version: int, as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """Point ALIAS (production, staging ...) at VERSION; moves it if it pointed elsewhere."""
+    m = TrainyardClient(api).set_alias(name, alias, version)
+    if as_json:
+        return _print_json(m)
+    _line(f"{m['name']}: {alias} → v{(m.get('aliases') or {}).get(alias, version)}")
+
+
+@cli.command()
+def export(name: str, version: int,
+           tolerance: Annotated[Optional[float], typer.Option(help="largest allowed |onnx - native| "
+                                                                   "(default 1e-4)")] = None,
+           watch_it: Annotated[bool, typer.Option("--watch", help="follow it until it ends")] = False,
+           as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """Export a model version to ONNX, checking parity with the native model; prints the export id.
+
+    With --watch: its status until it ends, then the parity figures (max_abs_diff, rows, metric native vs onnx).
+
+    Exit 0 only when it completes; a failed export prints its error and exits 1."""
+    client = TrainyardClient(api)
+    out = client.export(name, version, tolerance)
+    if not watch_it:
+        return _print_json(out) if as_json else _line(str(out["export_id"]))
+    if not as_json:
+        _line(f"{out['export_id']} {out['status']}")
+    done = _watch_export(client, name, version, str(out["export_id"]), out["status"], quiet=as_json)
+    if as_json:
+        _print_json(done)
+    else:
+        rows = [("status", done["status"])]
+        if done.get("started_at") and done.get("finished_at"):
+            rows[0] = ("status", f"{done['status']} {_when(done['finished_at'], done['started_at'], 'ran')}")
+        rows += _parity_rows(done.get("parity"))
+        if art := done.get("artifact"):
+            rows.append(("onnx", str(art.get("uri"))))
+        _grid(rows)
+        if done["status"] != "completed":
+            _line(f"export {done['status']}: {done.get('error') or 'no error given'}", "red")
+    raise typer.Exit(0 if done["status"] == "completed" else 1)
+
+
+def _watch_export(client: TrainyardClient, name: str, version: int, export_id: str, seen: str,
+                  patience: float = WATCH_PATIENCE_S, quiet: bool = False) -> dict[str, Any]:
+    """Poll the export until it ends, a line per status change; rides out an unreachable API or a 5xx for up to
+    `patience` seconds of continuous failure."""
+    down_since: float | None = None
+    while True:
+        time.sleep(EXPORT_POLL_S)
+        try:
+            e = client.get_export(name, version, export_id)
+        except TrainyardError as err:
+            now = time.monotonic()
+            down_since = down_since if down_since is not None else now
+            if not err.retryable or now - down_since >= patience:
+                raise
+            continue
+        down_since = None
+        if e["status"] != seen and not quiet and e["status"] not in FINISHED:
+            _line(f"{export_id} {e['status']}" + (f" on {e['runner_id']}" if e.get("runner_id") else ""))
+        seen = e["status"]
+        if seen in FINISHED:
+            return e
+
+
+# ---- deployments --------------------------------------------------------------------------------------
+def _variants(d: dict[str, Any]) -> str:
+    """'a=churn v3 90%, b=churn v4 (staging) 10%'"""
+    parts = [f"{v['name']}={v['model']} v{v['version']}" + (f" ({v['alias']})" if v.get("alias") else "")
+             + f" {v['weight']}%" for v in d.get("variants") or []]
+    return ", ".join(parts) or "-"
+
+
+def _shadow(d: dict[str, Any]) -> str:
+    s = d.get("shadow")
+    return "-" if not s else f"{s['model']} v{s['version']}" + (f" ({s['alias']})" if s.get("alias") else "")
+
+
+def _deployment_line(d: dict[str, Any]) -> None:
+    state = "" if d.get("active", True) else " (inactive)"
+    shadow = f"; shadow {_shadow(d)}" if d.get("shadow") else ""
+    _line(f"{d['name']} revision {d['revision']}{state}: {_variants(d)}{shadow}")
+
+
+def _read_json(source: str, inline: bool = False) -> Any:
+    """A JSON document from a file, '-' (standard input) or, when `inline`, '@file' or the text itself; a missing
+    file or bad JSON is the one-line error naming the file."""
+    label = source
+    try:
+        if source == "-":
+            label, text = "standard input", sys.stdin.read()
+        elif inline and not source.startswith("@"):
+            label, text = "the JSON given", source
+        else:
+            label = source[1:] if inline else source
+            text = Path(label).read_text()
+        return json.loads(text)
+    except (OSError, ValueError) as e:
+        detail = str(e) if isinstance(e, OSError) and label in str(e) else f"{label}: {e}"
+        raise TrainyardError(None, {"title": "Invalid input", "detail": detail}) from None
+
+
+@cli.command()
+def deploy(file: Annotated[str, typer.Argument(help="a JSON deployment spec (POST /api/v1/deployments), "
+                                                   "or - for standard input")],
+           as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """Deploy model versions as weighted variants, from a JSON spec.
+
+    The spec: {"name", "variants": [{"name", "model", "version" | "alias", "weight"}], "shadow"?, "reason"?}."""
+    d = TrainyardClient(api).deploy(_read_json(file))
+    if as_json:
+        return _print_json(d)
+    _deployment_line(d)
+
+
+@cli.command()
+def deployments(active: Annotated[Optional[bool], typer.Option("--active/--inactive", help="only those")] = None,
+                as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """List deployments: revision, variants and weights, shadow."""
+    out = TrainyardClient(api).deployments(active)
+    if as_json:
+        return _print_json(out)
+    table = Table(title=f"{len(out['items'])} deployments", box=None)
+    for col in ("name", "rev", "active", "variants", "shadow"):
+        table.add_column(col, no_wrap=col in ("name", "rev", "active"), overflow="fold")
+    for d in out["items"]:
+        table.add_row(escape(d["name"]), str(d["revision"]), "yes" if d["active"] else "[yellow]no[/yellow]",
+                      escape(_variants(d)), escape(_shadow(d)))
+    console.print(table)
+
+
+@cli.command()
+def deployment(name: str, show_history: Annotated[bool, typer.Option("--history", help="every revision")] = False,
+               as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """One deployment's current revision; with --history every revision, oldest first (what changed, who, why)."""
+    client = TrainyardClient(api)
+    if show_history:
+        h = client.history(name)
+        if as_json:
+            return _print_json(h)
+        table = Table(title=f"{h['name']}: {len(h['revisions'])} revisions", title_justify="left", box=None)
+        for col in ("rev", "change", "at", "by", "variants", "reason"):
+            table.add_column(col, no_wrap=col in ("rev", "change", "at"), overflow="fold")
+        for r in h["revisions"]:
+            change = r["change"] + (f" to {r['rolled_back_to']}" if r.get("rolled_back_to") else "")
+            table.add_row(str(r["revision"]), change, _when(r.get("at")), escape(r.get("actor") or "-"),
+                          escape(_variants(r)), escape(r.get("reason") or "-"))
+        console.print(table)
+        return
+    d = client.deployment(name)
+    if as_json:
+        return _print_json(d)
+    _grid([("deployment", d["name"]), ("revision", str(d["revision"])),
+           ("active", "yes" if d["active"] else "no"), ("shadow", _shadow(d)),
+           ("updated", _when(d.get("updated_at")))])
+    table = Table(box=None)
+    for col in ("variant", "weight", "model", "version", "onnx"):
+        table.add_column(col, no_wrap=col != "onnx", overflow="fold")
+    for v in d["variants"]:
+        table.add_row(escape(v["name"]), f"{v['weight']}%", escape(v["model"]),
+                      f"v{v['version']}" + (f" ({escape(v['alias'])})" if v.get("alias") else ""),
+                      escape(str((v.get("artifact") or {}).get("uri", "-"))))
+    console.print(table)
+
+
+def _weights(pairs: list[str]) -> dict[str, int]:
+    """['a=90', 'b=10'] -> {'a': 90, 'b': 10}; anything else is a usage error (exit 2)."""
+    weights: dict[str, int] = {}
+    for pair in pairs:
+        variant, eq, raw = pair.partition("=")
+        variant, raw = variant.strip(), raw.strip()
+        if not eq or not variant or not (raw.isascii() and raw.isdigit()) or int(raw) > 100:
+            raise typer.BadParameter(f"{pair!r}: each is VARIANT=WEIGHT, an integer weight 0 to 100 (a=90 b=10)",
+                                     param_hint="'WEIGHTS...'")
+        if variant in weights:
+            raise typer.BadParameter(f"{pair!r}: variant {variant!r} is given twice", param_hint="'WEIGHTS...'")
+        weights[variant] = int(raw)
+    return weights
+
+
+ReasonOpt = Annotated[Optional[str], typer.Option(help="why (kept in the deployment's history)")]
+
+
+@cli.command()
+def traffic(name: str, pairs: Annotated[list[str], typer.Argument(metavar="WEIGHTS...",
+                                                                  help="VARIANT=WEIGHT for every variant, "
+                                                                       "summing to 100: a=90 b=10")],
+            reason: ReasonOpt = None, as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """New traffic weights for the deployment's variants (a new revision)."""
+    weights = _weights(pairs)
+    d = TrainyardClient(api).set_traffic(name, weights, reason)
+    if as_json:
+        return _print_json(d)
+    _deployment_line(d)
+
+
+@cli.command()
+def promote(name: str, variant: str, reason: ReasonOpt = None, as_json: JsonOpt = False,
+            api: ApiOpt = None) -> None:
+    """The variant takes 100% of the traffic (a new revision)."""
+    d = TrainyardClient(api).promote(name, variant, reason)
+    if as_json:
+        return _print_json(d)
+    _deployment_line(d)
+
+
+@cli.command()
+def rollback(name: str, reason: ReasonOpt = None, as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """Back to the revision before the current one (as a new revision)."""
+    d = TrainyardClient(api).rollback(name, reason)
+    if as_json:
+        return _print_json(d)
+    _deployment_line(d)
+
+
+@cli.command()
+def undeploy(name: str, reason: ReasonOpt = None, as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """Stop serving the deployment (it takes no further change)."""
+    d = TrainyardClient(api).undeploy(name, reason)
+    if as_json:
+        return _print_json(d)
+    _deployment_line(d)
+
+
+# ---- inference API keys and predictions ---------------------------------------------------------------
+key_cli = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, help="Inference API keys.")
+cli.add_typer(key_cli, name="api-key")
+
+
+@key_cli.command("create")
+def key_create(name: str,
+               deployment: Annotated[list[str], typer.Option("--deployment", "-d",
+                                                             help="a deployment it may call (repeat; default all)")]
+               = [],
+               rate: Annotated[Optional[float], typer.Option("--rate", help="requests per second it may make")]
+               = None,
+               as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """A new inference API key; the key is shown this once (only its hash is kept)."""
+    k = TrainyardClient(api).create_api_key(name, deployment or "*", rate)
+    if as_json:
+        return _print_json(k)
+    _line(k["key"])
+    scope = ", ".join(k.get("deployments") or []) or "-"
+    rate_text = f", {_num(k['rate_limit_per_s'])}/s" if k.get("rate_limit_per_s") else ""
+    console.print(Text(f"key {k['id']} ({k['name']}: {scope}{rate_text}). Keep it now: it is shown only this "
+                       "once, the service keeps only its hash.", style="yellow"), soft_wrap=True, highlight=False)
+
+
+@key_cli.command("list")
+def key_list(as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """Inference API keys (their prefix, never the key)."""
+    out = TrainyardClient(api).api_keys()
+    if as_json:
+        return _print_json(out)
+    table = Table(title=f"{len(out['items'])} API keys", box=None)
+    for col in ("id", "name", "prefix", "deployments", "rate", "state"):
+        table.add_column(col, no_wrap=col in ("id", "prefix", "rate", "state"), overflow="fold",
+                         min_width=36 if col == "id" else None)
+    for k in out["items"]:
+        state = "[red]revoked[/red]" if k.get("revoked_at") else "[green]active[/green]"
+        table.add_row(str(k["id"]), escape(k["name"]), escape(k["prefix"]), escape(", ".join(k["deployments"])),
+                      "-" if k.get("rate_limit_per_s") is None else f"{_num(k['rate_limit_per_s'])}/s", state)
+    console.print(table)
+
+
+@key_cli.command("revoke")
+def key_revoke(key_id: str, as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """Revoke a key: inference servers refuse it within a second."""
+    k = TrainyardClient(api).revoke_api_key(key_id)
+    if as_json:
+        return _print_json(k)
+    _line(f"{k['id']} ({k['name']}) revoked")
+
+
+@cli.command()
+def predict(name: str,
+            body: Annotated[str, typer.Option("--json", help='the request: \'{"instances": [[...]]}\' '
+                                                             "(or just the instances list), @file.json or -")],
+            key: Annotated[Optional[str], typer.Option(help="a routing key: the same key, the same variant")] = None,
+            api_key: Annotated[Optional[str], typer.Option("--api-key", help="inference API key "
+                                                                            "(default: $TRAINYARD_API_KEY)")] = None,
+            inference: Annotated[Optional[str], typer.Option("--inference", help="inference server URL (default: "
+                                                             "$TRAINYARD_INFERENCE_URL or :8001)")] = None) -> None:
+    """Predict with a deployment on the inference server; prints the answer's JSON."""
+    doc = _read_json(body, inline=True)
+    if isinstance(doc, list):
+        doc = {"instances": doc}
+    if not isinstance(doc, dict) or "instances" not in doc:
+        raise TrainyardError(None, {"title": "Invalid input",
+                                    "detail": 'the request is {"instances": [...], "key"?: ...} or a list'})
+    client = TrainyardClient(inference_url=inference, api_key=api_key)
+    _print_json(client.predict(name, doc["instances"], key if key is not None else doc.get("key")))
 
 
 def main() -> None:

@@ -6,6 +6,12 @@
 
 Every failure is a `TrainyardError` whose str() is one line: an error answer (`status`, the problem+json
 `problem`), or `TrainyardUnavailable` when the API cannot be reached at all.
+
+The model registry, ONNX exports, deployments and inference API keys are here too; `predict` calls the
+inference server (a separate base URL, `inference_url`) with an inference API key:
+
+    with TrainyardClient(api_key="ty_...") as ty:
+        ty.predict("churn", [[0.1, 2.0, 3.5]])["predictions"]
 """
 from __future__ import annotations
 
@@ -51,10 +57,10 @@ class TrainyardError(Exception):
 class TrainyardUnavailable(TrainyardError):
     """The API could not be reached (connection refused, timeout, reset, bad address): no answer at all."""
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, what: str = "the Trainyard API") -> None:
         self.url, self.reason = url, reason
         super().__init__(None, {"title": "Unavailable", "detail": reason},
-                         f"cannot reach the Trainyard API at {url} ({reason}); is 'trainyard up' running?")
+                         f"cannot reach {what} at {url} ({reason}); is 'trainyard up' running?")
 
 
 def _reason(e: Exception) -> str:
@@ -71,6 +77,44 @@ def default_api_url(data_dir: Path | None = None) -> str:
     if endpoints.exists():
         return json.loads(endpoints.read_text())["api"]
     return "http://127.0.0.1:8000"
+
+
+def default_inference_url(data_dir: Path | None = None) -> str:
+    """TRAINYARD_INFERENCE_URL, else the "inference" entry of <data dir>/endpoints.json, else :8001."""
+    if url := os.environ.get("TRAINYARD_INFERENCE_URL"):
+        return url
+    endpoints = (data_dir or Path(os.environ.get("TRAINYARD_DATA_DIR", ".trainyard"))) / "endpoints.json"
+    try:
+        url = json.loads(endpoints.read_text()).get("inference") if endpoints.exists() else None
+    except (OSError, ValueError, AttributeError):
+        url = None
+    return url if isinstance(url, str) and url else "http://127.0.0.1:8001"
+
+
+def _uuid(value: Any, field: str, what: str) -> str:
+    """The UUID's text; anything else fails here, as the API would (422 naming the field)."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise TrainyardError(422, {"title": "Invalid request", "field": field,
+                                   "detail": f"{str(value)!r} is not {what} (a UUID)"}) from None
+
+
+def _seg(text: Any) -> str:
+    """One URL path segment (a model, alias, deployment or variant name), quoted."""
+    return quote(str(text), safe="")
+
+
+def _model_path(name: str) -> str:
+    return f"/api/v1/models/{_seg(name)}"
+
+
+def _version_path(name: str, version: int) -> str:
+    return f"{_model_path(name)}/versions/{_seg(version)}"
+
+
+def _deployment_path(name: str) -> str:
+    return f"/api/v1/deployments/{_seg(name)}"
 
 
 def _job_path(job_id: Any) -> str:
@@ -94,10 +138,16 @@ STUDY_ENDED = ("completed", "cancelled", "failed")
 
 
 class TrainyardClient:
-    def __init__(self, base_url: str | None = None, timeout: float = 30.0) -> None:
+    """`base_url`: the REST API; `inference_url` and `api_key`: the inference server and its key, for `predict`
+    (defaults: TRAINYARD_INFERENCE_URL or :8001, TRAINYARD_API_KEY). `transport`: an httpx transport (tests)."""
+
+    def __init__(self, base_url: str | None = None, timeout: float = 30.0, *, inference_url: str | None = None,
+                 api_key: str | None = None, transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url or default_api_url()
+        self.inference_url = inference_url or default_inference_url()
+        self.api_key = api_key if api_key is not None else os.environ.get("TRAINYARD_API_KEY")
         try:
-            self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+            self.http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
         except httpx.InvalidURL as e:
             raise TrainyardUnavailable(self.base_url, f"invalid URL: {e}") from None
 
@@ -107,11 +157,15 @@ class TrainyardClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, *, server: tuple[str, str] | None = None,
+                 **kw: Any) -> httpx.Response:
+        """`server`: (its base URL, what it is) for the unreachable error, when `path` is an absolute URL
+        of another server than the API (the inference server)."""
         try:
             return self.http.request(method, path, **kw)
         except (httpx.TransportError, httpx.InvalidURL) as e:
-            raise TrainyardUnavailable(self.base_url, _reason(e)) from None
+            url, what = server or (self.base_url, "the Trainyard API")
+            raise TrainyardUnavailable(url, _reason(e), what) from None
 
     @staticmethod
     def _body(r: httpx.Response) -> Any:
@@ -212,6 +266,157 @@ class TrainyardClient:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"study {study_id} is still going after {timeout:g} s")
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+    # ---- model registry and ONNX exports ---------------------------------------------------------------
+    def create_model(self, name: str, description: str = "", tags: list[str] | None = None) -> dict[str, Any]:
+        """A registered model (409 when the name is taken)."""
+        return self._call("POST", "/api/v1/models", json={"name": name, "description": description,
+                                                           "tags": list(tags or [])})
+
+    def models(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """{"items", "total", "limit", "offset"}"""
+        return self._call("GET", "/api/v1/models", params={"limit": limit, "offset": offset})
+
+    def model(self, name: str) -> dict[str, Any]:
+        """name, description, tags, aliases (alias → version), latest_version ..."""
+        return self._call("GET", _model_path(name))
+
+    def register_version(self, name: str, job_id: str) -> dict[str, Any]:
+        """Register a completed job's artifact as the model's next version; the version (its "version" number)."""
+        return self._call("POST", f"{_model_path(name)}/versions", json={"job_id": _uuid(job_id, "job_id", "a job id")})
+
+    def versions(self, name: str) -> dict[str, Any]:
+        """{"items": [version, ...]}"""
+        return self._call("GET", f"{_model_path(name)}/versions")
+
+    def version(self, name: str, version: int) -> dict[str, Any]:
+        """job_id, aliases, lineage, onnx (the serving artifact), parity, exports."""
+        return self._call("GET", _version_path(name, version))
+
+    def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
+        """Point the alias at the version; the model."""
+        return self._call("PUT", f"{_model_path(name)}/aliases/{_seg(alias)}", json={"version": version})
+
+    def remove_alias(self, name: str, alias: str) -> dict[str, Any]:
+        return self._call("DELETE", f"{_model_path(name)}/aliases/{_seg(alias)}")
+
+    def export(self, name: str, version: int, tolerance: float | None = None) -> dict[str, Any]:
+        """Ask for an ONNX export with a parity check (status "queued"); follow it with `wait_export`."""
+        body: dict[str, Any] = {"format": "onnx"}
+        if tolerance is not None:
+            body["tolerance"] = tolerance
+        return self._call("POST", f"{_version_path(name, version)}/exports", json=body)
+
+    def get_export(self, name: str, version: int, export_id: str) -> dict[str, Any]:
+        """status, attempt, artifact, parity (max_abs_diff, n_rows, metric_native, metric_onnx ...), error."""
+        return self._call("GET", f"{_version_path(name, version)}/exports/"
+                                 f"{_uuid(export_id, 'export_id', 'an export id')}")
+
+    def wait_export(self, name: str, version: int, export_id: str, timeout: float = 600.0,
+                    interval: float = 1.0) -> dict[str, Any]:
+        """Poll until the export is completed, failed or cancelled; return it. Rides out an API restart until
+        `timeout`; raises TimeoutError when it is still going then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                export = self.get_export(name, version, export_id)
+                if export["status"] in FINISHED:
+                    return export
+                state = export["status"]
+            except TrainyardError as e:
+                if not e.retryable or time.monotonic() >= deadline:
+                    raise
+                state = "unknown (API unavailable)"
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"export {export_id} is still {state} after {timeout:g} s")
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+    # ---- deployments ---------------------------------------------------------------------------------
+    def deploy(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Create a deployment from {"name", "variants": [{"name", "model", "version" | "alias", "weight"}],
+        "shadow"?, "reason"?}; the deployment at revision 1."""
+        return self._call("POST", "/api/v1/deployments", json=spec)
+
+    def deployments(self, active: bool | None = None) -> dict[str, Any]:
+        """{"items": [deployment, ...]}"""
+        params = {} if active is None else {"active": "true" if active else "false"}
+        return self._call("GET", "/api/v1/deployments", params=params)
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        """The current revision: variants (with weights), shadow, active."""
+        return self._call("GET", _deployment_path(name))
+
+    def history(self, name: str) -> dict[str, Any]:
+        """{"name", "revisions": [...]}, oldest first."""
+        return self._call("GET", f"{_deployment_path(name)}/history")
+
+    def set_traffic(self, name: str, weights: dict[str, int], reason: str | None = None) -> dict[str, Any]:
+        """New integer weights (summing to 100) for every variant: a new revision."""
+        body: dict[str, Any] = {"weights": dict(weights)}
+        if reason is not None:
+            body["reason"] = reason
+        return self._call("PATCH", f"{_deployment_path(name)}/traffic", json=body)
+
+    def promote(self, name: str, variant: str, reason: str | None = None) -> dict[str, Any]:
+        """The variant takes all the traffic: a new revision."""
+        body: dict[str, Any] = {"variant": variant}
+        if reason is not None:
+            body["reason"] = reason
+        return self._call("POST", f"{_deployment_path(name)}/promote", json=body)
+
+    def rollback(self, name: str, reason: str | None = None) -> dict[str, Any]:
+        """A new revision equal to the one before the current."""
+        return self._call("POST", f"{_deployment_path(name)}/rollback",
+                          json={} if reason is None else {"reason": reason})
+
+    def update_deployment(self, name: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
+                          reason: str | None = None) -> dict[str, Any]:
+        """Replace the variants and the shadow (none when not given): a new revision."""
+        body: dict[str, Any] = {"variants": variants}
+        if shadow is not None:
+            body["shadow"] = shadow
+        if reason is not None:
+            body["reason"] = reason
+        return self._call("PUT", _deployment_path(name), json=body)
+
+    def undeploy(self, name: str, reason: str | None = None) -> dict[str, Any]:
+        """Stop serving it (deactivated: it takes no further change)."""
+        return self._call("DELETE", _deployment_path(name), params={} if reason is None else {"reason": reason})
+
+    def prediction_stats(self, name: str, since_s: int = 3600) -> dict[str, Any]:
+        """{"deployment", "items": [{revision, variant, model, version, shadow, requests, errors, p50_us ...}]}"""
+        return self._call("GET", f"{_deployment_path(name)}/predictions", params={"since_s": since_s})
+
+    # ---- inference API keys --------------------------------------------------------------------------
+    def create_api_key(self, name: str, deployments: str | list[str] = "*",
+                       rate_limit_per_s: float | None = None) -> dict[str, Any]:
+        """A new inference key: the answer's "key" is the key itself, given this once (only its hash is kept)."""
+        body: dict[str, Any] = {"name": name, "deployments": deployments if deployments == "*" else list(deployments)}
+        if rate_limit_per_s is not None:
+            body["rate_limit_per_s"] = rate_limit_per_s
+        return self._call("POST", "/api/v1/api-keys", json=body)
+
+    def api_keys(self) -> dict[str, Any]:
+        """{"items": [{"id", "name", "prefix", "deployments", "rate_limit_per_s", "revoked_at" ...}]}"""
+        return self._call("GET", "/api/v1/api-keys")
+
+    def revoke_api_key(self, key_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/api/v1/api-keys/{_uuid(key_id, 'key_id', 'an API key id')}")
+
+    # ---- inference -----------------------------------------------------------------------------------
+    def predict(self, name: str, instances: list[Any], key: str | None = None, api_key: str | None = None,
+                inference_url: str | None = None) -> dict[str, Any]:
+        """POST {inference_url}/v1/deployments/{name}/predict with `Authorization: Bearer <api_key>`:
+        {"predictions", "probabilities"?, "classes"?, "deployment", "revision", "variant", "model", "version",
+        "request_id"}. `key` pins the variant choice (the same key, the same variant)."""
+        base = (inference_url or self.inference_url).rstrip("/")
+        api_key = api_key if api_key is not None else self.api_key
+        body: dict[str, Any] = {"instances": instances}
+        if key is not None:
+            body["key"] = key
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        return self._call("POST", f"{base}/v1/deployments/{_seg(name)}/predict", json=body, headers=headers,
+                          server=(base, "the inference server"))
 
     def ready(self) -> tuple[int, dict[str, Any]]:
         """GET /readyz: (200 or 503, {"ready", "checks", "stages"}). A 503 is an answer, not an error."""
