@@ -6,8 +6,8 @@ a dead runner left behind, each repair a command with an event that says why (pa
 - A running job with no lease row at all (the row was lost between the claim and its write): likewise, after
   twice the lease ttl.
 - A running job whose cancel request did not reach its lease row: the flag is set, the next heartbeat hears it.
-- A queued job with no work item on the work stream for `requeue_after_s` (a lost publish, a purged stream):
-  `requeue` → the relay publishes a new work item.
+- A queued job or model export with no work item on the work stream for `requeue_after_s` (a lost publish, a
+  purged stream): `requeue` → the relay publishes a new work item.
 It reads the read models and the stream only to find candidates; the aggregate decides, so a stale read or a second
 reconciler is harmless (a repeat is a no-op or refused).
 """
@@ -62,8 +62,11 @@ class Reconciler:
         def queued() -> list[UUID]:
             with self.pool.connection() as conn:
                 return [r[0] for r in conn.execute(
-                    "SELECT id FROM jobs WHERE status = 'queued' AND updated_at < now() - make_interval(secs => %s) "
-                    "ORDER BY updated_at LIMIT 1000", (self.requeue_after_s,)).fetchall()]
+                    "(SELECT id, updated_at FROM jobs WHERE status = 'queued' "
+                    "AND updated_at < now() - make_interval(secs => %(s)s) ORDER BY updated_at LIMIT 1000) UNION ALL "
+                    "(SELECT id, updated_at FROM model_exports WHERE status = 'queued' "
+                    "AND updated_at < now() - make_interval(secs => %(s)s) ORDER BY updated_at LIMIT 1000)",
+                    {"s": self.requeue_after_s}).fetchall()]
 
         candidates = await asyncio.to_thread(queued)
         if not candidates:

@@ -282,3 +282,40 @@ def test_a_deactivated_deployment_stops_serving_and_takes_no_change(serving: Ser
     assert serving.predict("retired", [ROWS[0]]).status_code == 404
     assert http.patch(f"{DEPLOYMENTS}/retired/traffic", json={"weights": {"a": 100}}).status_code == 409
     assert http.get(f"{DEPLOYMENTS}/retired/history").json()["revisions"][-1]["change"] == "deactivate"
+
+
+def test_revisions_swap_in_without_dropping_or_failing_a_request(serving: Serving) -> None:
+    import threading
+
+    http = serving.http
+    body = {"name": "swapping", "variants": [{"name": "a", "model": "bc", "version": 1, "weight": 50},
+                                             {"name": "b", "model": "bc", "version": 2, "weight": 50}]}
+    assert http.post(DEPLOYMENTS, json=body).status_code == 201
+    serving.wait_revision("swapping", 1)
+    results: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def load() -> None:
+        client = httpx.Client(base_url=str(serving.inference.base_url), timeout=30,
+                              headers={"Authorization": f"Bearer {serving.key}"})
+        while not done.is_set():
+            r = client.post("/v1/deployments/swapping/predict", json={"instances": [ROWS[7]]})
+            results.append((r.status_code, r.json().get("revision", -1)))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        for revision, weights in enumerate(((90, 10), (10, 90), (100, 0), (0, 100), (50, 50)), 2):
+            r = http.patch(f"{DEPLOYMENTS}/swapping/traffic", json={"weights": dict(zip("ab", weights))})
+            assert r.json()["revision"] == revision
+            serving.wait_revision("swapping", revision)
+        update = {"variants": [{"name": "c", "model": "bc", "version": 2, "weight": 100}], "reason": "v2 only"}
+        assert http.put(f"{DEPLOYMENTS}/swapping", json=update).json()["revision"] == 7
+        serving.wait_revision("swapping", 7)
+        time.sleep(0.2)
+    finally:
+        done.set()
+        worker.join()
+    assert len(results) > 50 and all(code == 200 for code, _ in results), Counter(c for c, _ in results)
+    revisions = [rev for _, rev in results]
+    assert revisions == sorted(revisions) and revisions[-1] == 7  # each request saw a whole revision, in order
