@@ -13,7 +13,7 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict
 
-from domain.contract import MetricBatch, PredictionBatch, WorkItem
+from domain.contract import FeedbackBatch, MetricBatch, PredictionBatch, WorkItem
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -300,6 +300,9 @@ def specification() -> AsyncAPI:
     broker.publisher("trainyard.v1.telemetry.predictions", title="telemetry.predictions",
                      description="Prediction records from inference servers, as columns (stream TRAINYARD_TELEMETRY, "
                                  "Nats-Msg-Id = batch_id)", schema=PredictionBatch)
+    broker.publisher("trainyard.v1.telemetry.feedback", title="telemetry.feedback",
+                     description="Ground truth for earlier predictions, posted to the API (stream TRAINYARD_TELEMETRY, "
+                                 "Nats-Msg-Id = batch_id)", schema=FeedbackBatch)
     broker.publisher("trainyard.work.{priority}.{kind}.{aggregate_id}", title="work item",
                      description="Work for the runners (stream TRAINYARD_WORK, work-queue retention, Nats-Msg-Id = "
                                  "work:<event_id>); the claim, not the delivery, decides who runs it", schema=WorkItem)

@@ -1,20 +1,24 @@
 """/api/v1/deployments (traffic splits, promote, rollback, history, prediction stats) and /api/v1/api-keys."""
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.context import CommandContextDep
 from api.jobs import ServicesDep
 from api.models import catch_up
+from api.problems import Problem
 from api.schemas import (ApiKeyCreated, ApiKeyIn, ApiKeyList, ApiKeyPublic, DeploymentHistory, DeploymentIn,
-                         DeploymentList, DeploymentName, DeploymentPublic, DeploymentUpdateIn, PredictionStats,
-                         PromoteIn, ReasonIn, TrafficIn, problems)
+                         DeploymentList, DeploymentName, DeploymentPublic, DeploymentUpdateIn, FeedbackAccepted,
+                         FeedbackItem, PredictionStats, PromoteIn, ReasonIn, TrafficIn, problems)
 from commands.deployments import ApiKeyNotFoundError, DeploymentNotFoundError
+from domain.contract import MAX_FEEDBACK, TELEMETRY_FEEDBACK, FeedbackBatch
 from infra.bootstrap import Services
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
@@ -115,6 +119,50 @@ def prediction_stats(name: NamePath, s: ServicesDep,
     _deployment(s, name)
     since_ms = int((time.time() - since_s) * 1000)
     return PredictionStats(deployment=name, items=s.predictions.summary(name, since_ms))  # type: ignore[arg-type]
+
+
+@router.post("/{name}/feedback", status_code=202, response_model=FeedbackAccepted,
+             responses=problems(400, 404, 413, 422, 503))
+async def feedback(name: NamePath, items: Annotated[list[FeedbackItem], Body(max_length=MAX_FEEDBACK)],
+                   request: Request) -> FeedbackAccepted:
+    """Ground truth for earlier predictions (up to 10,000 per call): `label` (classification) or `value`
+    (regression) per `request_id`. A repeated request id replaces its earlier feedback. Goes through JetStream to
+    ClickHouse `feedback`, like predictions."""
+    s: Services = request.app.state.services
+    await asyncio.to_thread(_deployment, s, name)
+    for i, item in enumerate(items):
+        if (item.label is None) == (item.value is None):
+            raise Problem(422, "Invalid request", f"{i}: give exactly one of label and value", f"{i}.label")
+    ids = [item.request_id for item in items]
+    known = await asyncio.to_thread(s.predictions.known_requests, name, ids)
+    batch = FeedbackBatch(batch_id=hashlib.sha256(f"{name}|{ids}|"
+                                                  f"{[(i.label, i.value) for i in items]}".encode()).hexdigest()[:40],
+                          deployment=name, request_id=ids, label=[i.label or "" for i in items],
+                          value=[i.value for i in items], ts_ms=[int(time.time() * 1000)] * len(items))
+    nc = request.app.state.nats
+    if nc is None:
+        raise Problem(503, "Unavailable", "feedback needs NATS, which this API process has no connection to")
+    data = batch.model_dump_json().encode()
+    try:
+        for start in range(0, len(items), FEEDBACK_CHUNK):  # each part under NATS' max payload
+            part = data if len(items) <= FEEDBACK_CHUNK else _part(batch, start).model_dump_json().encode()
+            await nc.jetstream().publish(TELEMETRY_FEEDBACK, part, timeout=5,
+                                         headers={"Nats-Msg-Id": f"{batch.batch_id}:{start}"})
+    except Exception as e:
+        raise Problem(503, "Unavailable", f"feedback could not be queued: {type(e).__name__}; retry") from None
+    unknown = [r for r in ids if r not in known]
+    return FeedbackAccepted(received=len(items), known=len(items) - len(unknown), unknown=len(unknown),
+                            unknown_request_ids=unknown[:100])
+
+
+FEEDBACK_CHUNK = 2000
+
+
+def _part(batch: FeedbackBatch, start: int) -> FeedbackBatch:
+    end = start + FEEDBACK_CHUNK
+    return FeedbackBatch(batch_id=f"{batch.batch_id}-{start}", deployment=batch.deployment,
+                         request_id=batch.request_id[start:end], label=batch.label[start:end],
+                         value=batch.value[start:end], ts_ms=batch.ts_ms[start:end])
 
 
 @keys.post("", status_code=201, response_model=ApiKeyCreated, responses=problems(400, 422))

@@ -22,7 +22,7 @@ import uuid
 from typing import Any
 
 from domain.contract import printable
-from runners.serving import LiveDeployment, PredictError, ServingState, Telemetry, answer, rows_of
+from runners.serving import LiveDeployment, PredictError, ServingState, Telemetry, answer, first_row, rows_of
 
 log = logging.getLogger("trainyard.inference")
 MAX_BODY_BYTES = 1024 * 1024
@@ -30,6 +30,7 @@ _PREDICT = re.compile(r"^/v1/deployments/([a-z0-9][a-z0-9-]{0,62})/predict$")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 JSON = [(b"content-type", b"application/json")]
 PROBLEM = [(b"content-type", b"application/problem+json")]
+NOTHING: tuple = ("", None, [], [])  # no answer to record (an error)
 
 
 class InferenceApp:
@@ -81,6 +82,7 @@ class InferenceApp:
         variant = model = ""
         version = 0
         rows = 0
+        first = NOTHING
         try:
             self.state.authorize(_api_key(headers), name)
             deployment = self.state.deployments.get(name)
@@ -113,6 +115,7 @@ class InferenceApp:
                                                      scope["path"], request_id))
         else:
             status = 200
+            first = first_row(result)
             result.update(deployment=name, revision=deployment.revision, variant=variant, model=model,
                           version=version, request_id=request_id)
             await _send(send, 200, JSON, result)
@@ -120,7 +123,7 @@ class InferenceApp:
                 self._shadow(deployment, X, request_id)
         if deployment is not None:
             self.telemetry.record(request_id, name, deployment.revision, variant, model, version, status,
-                                  (time.perf_counter_ns() - started) // 1000, rows)
+                                  (time.perf_counter_ns() - started) // 1000, rows, False, first)
 
     def _shadow(self, deployment: LiveDeployment, X: Any, request_id: str) -> None:
         if self.shadow_queue is None:
@@ -140,13 +143,14 @@ class InferenceApp:
             except TimeoutError:
                 continue
             shadow = deployment.shadow
-            started, status = time.perf_counter_ns(), 200
+            started, status, first = time.perf_counter_ns(), 200, NOTHING
             try:
-                await asyncio.to_thread(shadow.run, X)
+                first = first_row(answer(shadow, (await asyncio.to_thread(shadow.run, X))[:1]))
             except Exception:
                 status = 500
             self.telemetry.record(request_id, deployment.name, deployment.revision, "shadow", shadow.model,
-                                  shadow.version, status, (time.perf_counter_ns() - started) // 1000, len(X), True)
+                                  shadow.version, status, (time.perf_counter_ns() - started) // 1000, len(X), True,
+                                  first)
 
     # ---- what it serves ----------------------------------------------------------------------------------
     def describe(self) -> list[dict[str, Any]]:

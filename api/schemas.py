@@ -548,3 +548,20 @@ class ApiKeyCreated(ApiKeyPublic):
 
 class ApiKeyList(BaseModel):
     items: list[ApiKeyPublic]
+
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+                            description="the `request_id` a prediction answered with")
+    label: SafeText | None = Field(default=None, min_length=1, max_length=200,
+                                   description="classification: the true class, as predictions return it")
+    value: float | None = Field(default=None, allow_inf_nan=False, description="regression: the true value")
+
+
+class FeedbackAccepted(BaseModel):
+    received: int
+    known: int = Field(description="items whose prediction is already in ClickHouse")
+    unknown: int = Field(description="items whose request id this deployment has not answered (yet): they are kept "
+                                     "and count once their prediction lands")
+    unknown_request_ids: list[str] = Field(description="the first 100 unknown ones")

@@ -233,6 +233,8 @@ class MetricBatch(BaseModel):
 
 # ---- prediction telemetry (the inference server) ---------------------------------------------------
 TELEMETRY_PREDICTIONS = f"{SUBJECT_PREFIX}.telemetry.predictions"
+TELEMETRY_FEEDBACK = f"{SUBJECT_PREFIX}.telemetry.feedback"
+PREDICTION_OUTPUTS = ("prediction", "value", "probabilities", "classes")
 MAX_BATCH_PREDICTIONS = 20_000
 ShortText = Annotated[Text, Field(max_length=200)]
 
@@ -256,6 +258,13 @@ class PredictionBatch(BaseModel):
     latency_us: list[Annotated[int, Field(ge=0, le=2**32 - 1)]]
     n_rows: list[Annotated[int, Field(ge=0, le=2**31 - 1)]]
     shadow: list[bool]
+    # What the first row of each request was answered (the row feedback refers to): the predicted class label
+    # ("" for regression or an error), the value (regression; null otherwise), the class probabilities and labels.
+    prediction: list[ShortText] = Field(default_factory=list)
+    value: list[Annotated[float, Field(allow_inf_nan=False)] | None] = Field(default_factory=list)
+    probabilities: list[Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(max_length=256)]] = Field(
+        default_factory=list)
+    classes: list[Annotated[list[ShortText], Field(max_length=256)]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _columns(self) -> PredictionBatch:
@@ -266,8 +275,41 @@ class PredictionBatch(BaseModel):
                    "n_rows", "shadow")
         if any(len(getattr(self, c)) != n for c in columns):
             raise ValueError("every column must have as many entries as ts_ms")
+        if any(len(getattr(self, c)) not in (0, n) for c in PREDICTION_OUTPUTS):
+            raise ValueError("prediction, value, probabilities and classes: none, or one entry per record")
         return self
 
     @property
     def size(self) -> int:
         return len(self.ts_ms)
+
+
+MAX_FEEDBACK = 10_000
+RequestId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class FeedbackBatch(BaseModel):
+    """Ground truth for earlier predictions of one deployment, as columns: `label` (classification, as the
+    predictions return it; "" when a value is given) or `value` (regression; null when a label is given). A repeated
+    request id replaces the earlier feedback (the latest `ts_ms` wins)."""
+
+    model_config = ConfigDict(extra="forbid")
+    batch_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    deployment: ShortText
+    request_id: list[RequestId]
+    label: list[ShortText]
+    value: list[Annotated[float, Field(allow_inf_nan=False)] | None]
+    ts_ms: list[EpochMs]
+
+    @model_validator(mode="after")
+    def _columns(self) -> FeedbackBatch:
+        n = len(self.request_id)
+        if n > MAX_FEEDBACK:
+            raise ValueError(f"a batch holds at most {MAX_FEEDBACK} items, this one {n}")
+        if not len(self.label) == len(self.value) == len(self.ts_ms) == n:
+            raise ValueError("every column must have as many entries as request_id")
+        return self
+
+    @property
+    def size(self) -> int:
+        return len(self.request_id)

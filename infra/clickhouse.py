@@ -90,6 +90,12 @@ def _param_text(value: Any) -> str:
     if isinstance(value, str):
         return (value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
                 .replace("\r", "\\r").replace("\0", "\\0"))
+    if isinstance(value, (list, tuple)):  # Array(T): elements quoted as in ClickHouse's text format
+        def element(v: Any) -> str:
+            if isinstance(v, str):
+                return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            return _param_text(v)
+        return "[" + ",".join(element(v) for v in value) + "]"
     raise TypeError(f"unsupported ClickHouse parameter type {type(value).__name__}")
 
 

@@ -27,8 +27,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from domain.contract import (DLQ_PREFIX, PRIORITIES, SUBJECT_PREFIX, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS,
-                             WORK_PREFIX, dlq_subject, printable, work_filter)
+from domain.contract import (DLQ_PREFIX, PRIORITIES, SUBJECT_PREFIX, TELEMETRY_FEEDBACK, TELEMETRY_METRICS,
+                             TELEMETRY_PREDICTIONS, WORK_PREFIX, dlq_subject, printable, work_filter)
 from domain.registry import event_subjects
 from infra.settings import Settings
 
@@ -39,6 +39,7 @@ WORK_STREAM = "TRAINYARD_WORK"
 STREAMS = (EVENTS_STREAM, TELEMETRY_STREAM, DLQ_STREAM, WORK_STREAM)
 METRICS_CONSUMER = "clickhouse-metrics"
 PREDICTIONS_CONSUMER = "clickhouse-predictions"
+FEEDBACK_CONSUMER = "clickhouse-feedback"
 STUDY_DRIVER_CONSUMER = "study-driver"  # every domain event; the driver acts on studies' and their trials' events
 WORK_ACK_WAIT_S = 30.0  # a runner holds an item only from fetch to the claim's answer
 
@@ -90,9 +91,10 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     await js.add_consumer(TELEMETRY_STREAM, ConsumerConfig(
         durable_name=METRICS_CONSUMER, filter_subject=TELEMETRY_METRICS, ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))
-    await js.add_consumer(TELEMETRY_STREAM, ConsumerConfig(
-        durable_name=PREDICTIONS_CONSUMER, filter_subject=TELEMETRY_PREDICTIONS, ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))
+    for durable, subject in ((PREDICTIONS_CONSUMER, TELEMETRY_PREDICTIONS), (FEEDBACK_CONSUMER, TELEMETRY_FEEDBACK)):
+        await js.add_consumer(TELEMETRY_STREAM, ConsumerConfig(
+            durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))
 
 
 async def pulled(sub: JetStreamContext.PullSubscription, stop: asyncio.Event, batch: int,

@@ -1,6 +1,6 @@
 """The ClickHouse telemetry projectors: batches from JetStream into ClickHouse tables — metric points from runners
 into `metric_points` (`MetricsProjector`), prediction records from inference servers into `predictions`
-(`PredictionsProjector`). One `TelemetryProjector` does both; a kind only says how to parse and insert a batch.
+(`PredictionsProjector`), ground truth posted to the API into `feedback` (`FeedbackProjector`). One `TelemetryProjector` does both; a kind only says how to parse and insert a batch.
 
 Fetches many batches at once, inserts them in one ClickHouse insert, then acks. A crash between insert and ack
 redelivers the batches; the table's ReplacingMergeTree key makes the repeat invisible (projections/metric_store.py).
@@ -21,9 +21,11 @@ from pydantic import ValidationError
 
 from typing import Any
 
-from domain.contract import TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, MetricBatch, PredictionBatch, printable
+from domain.contract import (TELEMETRY_FEEDBACK, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, FeedbackBatch,
+                             MetricBatch, PredictionBatch, printable)
 from infra.health import Stage
-from infra.messaging import METRICS_CONSUMER, PREDICTIONS_CONSUMER, TELEMETRY_STREAM, dead_letter, pulled
+from infra.messaging import (FEEDBACK_CONSUMER, METRICS_CONSUMER, PREDICTIONS_CONSUMER, TELEMETRY_STREAM,
+                             dead_letter, pulled)
 from projections.metric_store import MetricColumns, MetricStore
 from projections.prediction_store import PredictionStore
 
@@ -149,3 +151,11 @@ class PredictionsProjector(TelemetryProjector):
 
     def insert_batches(self, batches: list[PredictionBatch], token: str) -> None:
         self.store.insert_batches(batches, token)
+
+
+class FeedbackProjector(TelemetryProjector):
+    consumer, subject, batch_class = FEEDBACK_CONSUMER, TELEMETRY_FEEDBACK, FeedbackBatch
+    store: PredictionStore
+
+    def insert_batches(self, batches: list[FeedbackBatch], token: str) -> None:
+        self.store.insert_feedback(batches, token)

@@ -129,7 +129,7 @@ class Telemetry:
     """Prediction records as columns, bounded; `take` hands a batch to the publisher."""
 
     COLUMNS = ("ts_ms", "request_id", "deployment", "revision", "variant", "model", "version", "status", "latency_us",
-               "n_rows", "shadow")
+               "n_rows", "shadow", "prediction", "value", "probabilities", "classes")
 
     def __init__(self, server_id: str, limit: int = MAX_BUFFERED_RECORDS) -> None:
         self.server_id, self.limit = server_id, limit
@@ -143,7 +143,9 @@ class Telemetry:
         return len(self.cols["ts_ms"]) + sum(b.size for b in self.pending)
 
     def record(self, request_id: str, deployment: str, revision: int, variant: str, model: str, version: int,
-               status: int, latency_us: int, n_rows: int, shadow: bool = False) -> None:
+               status: int, latency_us: int, n_rows: int, shadow: bool = False,
+               first: tuple[str, float | None, list[float], list[str]] = ("", None, [], [])) -> None:
+        """One request; `first`: what its first row was answered (prediction, value, probabilities, classes)."""
         if len(self) >= self.limit:
             self.dropped += 1
             return
@@ -159,8 +161,21 @@ class Telemetry:
         c["latency_us"].append(min(latency_us, 2**32 - 1))
         c["n_rows"].append(n_rows)
         c["shadow"].append(shadow)
+        c["prediction"].append(first[0])
+        c["value"].append(first[1])
+        c["probabilities"].append(first[2])
+        c["classes"].append(first[3])
 
-    def take(self, max_records: int = 20_000) -> PredictionBatch | None:
+    def split_oldest(self) -> None:
+        """The oldest pending batch in two halves (it was over NATS' max payload); each keeps a derived id."""
+        batch = self.pending.popleft()
+        half = batch.size // 2
+        parts = [{c: getattr(batch, c)[a:b] for c in self.COLUMNS} for a, b in ((0, half), (half, batch.size))]
+        for suffix, data in reversed(list(zip("ab", parts))):
+            self.pending.appendleft(PredictionBatch.model_construct(
+                batch_id=f"{batch.batch_id}{suffix}", server_id=self.server_id, **data))
+
+    def take(self, max_records: int = 2_000) -> PredictionBatch | None:
         """The oldest unpublished batch (a batch that failed to publish comes back first, with the same id)."""
         if self.pending:
             return self.pending[0]
@@ -302,6 +317,15 @@ def _named_row_error(row: dict, model: LoadedModel, i: int) -> None:
     if missing:
         raise PredictError(422, f"instances.{i}: missing features {missing[:10]}", f"instances.{i}.{missing[0]}")
     raise PredictError(422, f"instances.{i}: unknown features {unknown[:10]}", f"instances.{i}")
+
+
+def first_row(result: dict[str, Any]) -> tuple[str, float | None, list[float], list[str]]:
+    """What the first row was answered, for the prediction record (feedback refers to it)."""
+    if "probabilities" in result:
+        return (str(result["predictions"][0]), None, [min(1.0, max(0.0, p)) for p in result["probabilities"][0]],
+                result["classes"])
+    value = result["predictions"][0]
+    return "", value if isinstance(value, float) and math.isfinite(value) else None, [], []
 
 
 def answer(model: LoadedModel, out: np.ndarray) -> dict[str, Any]:

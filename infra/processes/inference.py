@@ -40,6 +40,7 @@ RELOAD_S = 10.0
 FLUSH_S = 0.2
 FEED_SUBJECTS = ["trainyard.v1.deployment.>", "trainyard.v1.api_key.>"]
 MAX_EVENT_BYTES = 4 * 1024 * 1024
+MAX_PAYLOAD = 900_000  # under NATS' default max_payload (1 MB): a bigger batch is split
 
 
 class _Server(uvicorn.Server):
@@ -141,6 +142,9 @@ async def publish_telemetry(js: JetStreamContext, telemetry: Telemetry, stage: S
         try:
             while (batch := telemetry.take()) is not None:
                 data = batch.model_dump_json().encode()
+                if len(data) > MAX_PAYLOAD and batch.size > 1:
+                    telemetry.split_oldest()
+                    continue
                 await js.publish(TELEMETRY_PREDICTIONS, data, headers={"Nats-Msg-Id": batch.batch_id}, timeout=2)
                 telemetry.published_one()
                 stage.progressed()

@@ -22,7 +22,7 @@ from commands.study_driver import StudyDriver
 from infra.bootstrap import build
 from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, WORK_STREAM, connect, ensure_streams
 from infra.settings import Settings
-from projections.metrics import MetricsProjector, PredictionsProjector
+from projections.metrics import FeedbackProjector, MetricsProjector, PredictionsProjector
 from projections.readmodel import ProjectionProcess
 from projections.relay import Relay
 
@@ -64,6 +64,8 @@ async def serve(settings: Settings) -> None:
     metrics = MetricsProjector(js, services.metrics, health.stage("metrics-projector", stuck_after_s=stuck, loops=True))
     predictions = PredictionsProjector(js, services.predictions,
                                        health.stage("predictions-projector", stuck_after_s=stuck, loops=True))
+    feedback = FeedbackProjector(js, services.predictions,
+                                 health.stage("feedback-projector", stuck_after_s=stuck, loops=True))
     reconciler = Reconciler(services.app, services.leases, services.pool, js, WORK_STREAM,
                             health.stage("reconciler", stuck_after_s=max(stuck, 5 * settings.reconcile_interval_s),
                                          loops=True),
@@ -72,7 +74,8 @@ async def serve(settings: Settings) -> None:
                                          pruner=driver))
     tasks = [asyncio.create_task(part.run(stop), name=name) for name, part in
              (("projections", projections), ("relay", relay),
-              ("metrics-projector", metrics), ("predictions-projector", predictions), ("reconciler", reconciler))]
+              ("metrics-projector", metrics), ("predictions-projector", predictions), ("feedback-projector", feedback),
+              ("reconciler", reconciler))]
     tasks.append(asyncio.create_task(driver.run(js, STUDY_DRIVER_CONSUMER, EVENTS_STREAM, stop), name="study-driver"))
     await reports.start(nc)
     config = uvicorn.Config(create_app(services, nc), host=settings.api_host, port=settings.api_port,
