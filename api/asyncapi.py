@@ -216,16 +216,27 @@ class DeploymentCreated(_Payload):
     shadow: dict[str, Any] | None
     reason: str | None
     revision: int
+    policy: dict[str, Any] | None = None
 
 
 class DeploymentRevised(_Payload):
-    """A new revision with the whole new state (traffic, promote, update, rollback)."""
+    """A new revision with the whole new state (traffic, promote, update, rollback, or an action of the automatic
+    policy: `policy_step`, `policy_promote`, `policy_halt` with the challenger `variant` and the `figures` the
+    decision was based on)."""
     revision: int
-    change: Literal["traffic", "promote", "update", "rollback"]
+    change: Literal["traffic", "promote", "update", "rollback", "policy_step", "policy_promote", "policy_halt"]
     variants: list[dict[str, Any]]
     shadow: dict[str, Any] | None
     reason: str | None
     rolled_back_to: int | None
+    variant: str | None = None
+    figures: dict[str, Any] | None = None
+
+
+class DeploymentPolicySet(_Payload):
+    """The automatic ramp/promote/rollback policy was set (or removed: null)."""
+    policy: dict[str, Any] | None
+    reason: str | None
 
 
 class DeploymentDeactivated(_Payload):
@@ -279,7 +290,8 @@ MODEL_EVENTS: dict[str, type[BaseModel]] = {
 MODEL_EXPORT_EVENTS: dict[str, type[BaseModel]] = {
     "requested": ExportRequested, **{k: v for k, v in TRAINING_JOB_EVENTS.items() if k != "submitted"}}
 DEPLOYMENT_EVENTS: dict[str, type[BaseModel]] = {
-    "created": DeploymentCreated, "revised": DeploymentRevised, "deactivated": DeploymentDeactivated}
+    "created": DeploymentCreated, "revised": DeploymentRevised, "deactivated": DeploymentDeactivated,
+    "policy_set": DeploymentPolicySet}
 API_KEY_EVENTS: dict[str, type[BaseModel]] = {"created": ApiKeyCreated, "revoked": ApiKeyRevoked}
 EVENTS: dict[str, dict[str, type[BaseModel]]] = {
     "training_job": TRAINING_JOB_EVENTS, "study": STUDY_EVENTS, "model": MODEL_EVENTS,

@@ -16,7 +16,7 @@ from api.models import catch_up
 from api.problems import Problem
 from api.schemas import (ApiKeyCreated, ApiKeyIn, ApiKeyList, ApiKeyPublic, DeploymentHistory, DeploymentIn,
                          DeploymentList, DeploymentName, DeploymentPublic, DeploymentUpdateIn, FeedbackAccepted,
-                         FeedbackItem, PredictionStats, PromoteIn, ReasonIn, TrafficIn, problems)
+                         FeedbackItem, PolicySetIn, PredictionStats, PromoteIn, ReasonIn, TrafficIn, problems)
 from commands.deployments import ApiKeyNotFoundError, DeploymentNotFoundError
 from domain.contract import MAX_FEEDBACK, TELEMETRY_FEEDBACK, FeedbackBatch
 from infra.bootstrap import Services
@@ -48,7 +48,8 @@ def create_deployment(body: DeploymentIn, s: ServicesDep, ctx: CommandContextDep
     """Deploy model versions (by number or alias) as weighted variants; each needs a completed ONNX export (409
     naming the variant otherwise). Revision 1."""
     _, position = s.deployment_commands.create(body.name, [v.model_dump(exclude_none=True) for v in body.variants],
-                                               _ref(body.shadow), body.reason, ctx)
+                                               _ref(body.shadow), body.reason, ctx,
+                                               policy=body.policy.model_dump() if body.policy else None)
     out = _answer(s, body.name, position, 201)
     out.headers["Location"] = f"{router.prefix}/{body.name}"
     return out
@@ -85,6 +86,14 @@ def update_deployment(name: NamePath, body: DeploymentUpdateIn, s: ServicesDep,
     """Replace the variants and shadow (e.g. a canary of a new version): a new revision."""
     _, position = s.deployment_commands.update(name, [v.model_dump(exclude_none=True) for v in body.variants],
                                                _ref(body.shadow), body.reason, ctx)
+    return _answer(s, name, position)
+
+
+@router.put("/{name}/policy", response_model=DeploymentPublic, responses=problems(404, 409, 422))
+def set_policy(name: NamePath, body: PolicySetIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
+    """Attach, change or (null) remove the automatic ramp/promote/rollback policy."""
+    _, position = s.deployment_commands.set_policy(name, body.policy.model_dump() if body.policy else None,
+                                                   body.reason, ctx)
     return _answer(s, name, position)
 
 

@@ -424,12 +424,37 @@ class VariantIn(ModelRef):
     weight: StrictInt = Field(ge=0, le=100, description="integer share of traffic; the weights sum to 100")
 
 
+class PolicyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: Literal["accuracy", "logloss", "rmse", "mae"] = "accuracy"
+    min_samples: StrictInt = Field(default=500, ge=10, le=10**8,
+                                   description="labelled predictions each side needs at the current step")
+    min_lift: float = Field(default=0.0, ge=0, le=1e6, allow_inf_nan=False,
+                            description="the improvement (metric units) a promotion needs")
+    max_p_value: float = Field(default=0.05, ge=1e-6, le=0.2, allow_inf_nan=False,
+                               description="the always-valid p-value a promotion or a 'worse' verdict needs")
+    max_p99_latency_ms: float | None = Field(default=None, gt=0, le=600_000, allow_inf_nan=False)
+    max_error_rate: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    ramp: list[StrictInt] = Field(default_factory=lambda: [10, 25, 50, 100], min_length=1, max_length=20,
+                                  description="the challenger's weights, increasing, ending at 100")
+    step_every_s: StrictInt = Field(default=300, ge=1, le=7 * 86400,
+                                    description="at least this long at each step")
+
+
+class PolicySetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: PolicyIn | None
+    reason: Reason | None = None
+
+
 class DeploymentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: DeploymentName
     variants: list[VariantIn] = Field(min_length=1, max_length=10)
     shadow: ModelRef | None = Field(default=None, description="gets a copy of every request; never answers")
     reason: Reason | None = None
+    policy: PolicyIn | None = Field(default=None, description="ramp the challenger, promote or roll it back "
+                                                              "automatically on the online comparison")
 
 
 class DeploymentUpdateIn(BaseModel):
@@ -478,6 +503,7 @@ class DeploymentPublic(BaseModel):
     active: bool
     variants: list[VariantPublic]
     shadow: ShadowPublic | None
+    policy: dict[str, Any] | None = None
     created_by: str | None
     created_at: datetime
     updated_at: datetime
@@ -489,8 +515,10 @@ class DeploymentList(BaseModel):
 
 class RevisionPublic(BaseModel):
     revision: int
-    change: Literal["created", "traffic", "promote", "update", "rollback", "deactivate"]
+    change: Literal["created", "traffic", "promote", "update", "rollback", "deactivate", "policy_step",
+                    "policy_promote", "policy_halt"]
     reason: str | None
+    figures: dict[str, Any] | None = Field(default=None, description="a policy action: what it was based on")
     variants: list[VariantPublic]
     shadow: ShadowPublic | None
     active: bool

@@ -93,8 +93,10 @@ class DeploymentCommands:
         return self.app.load(deployment_id(check_name(name)), DeploymentNotFoundError)
 
     def create(self, name: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
-               reason: str | None = None, ctx: CommandContext = ANONYMOUS) -> tuple[Deployment, int | None]:
-        deployment = Deployment.create(check_name(name), self._variants(variants), self._shadow(shadow), reason)
+               reason: str | None = None, ctx: CommandContext = ANONYMOUS,
+               policy: dict[str, Any] | None = None) -> tuple[Deployment, int | None]:
+        deployment = Deployment.create(check_name(name), self._variants(variants), self._shadow(shadow), reason,
+                                       policy)
         try:
             return deployment, _last_position(self.app.save_with(ctx, deployment))
         except RecordConflictError:
@@ -114,6 +116,15 @@ class DeploymentCommands:
                reason: str | None = None, ctx: CommandContext = ANONYMOUS):
         resolved, resolved_shadow = self._variants(variants), self._shadow(shadow)
         return self._change(name, lambda d: d.update(resolved, resolved_shadow, reason), ctx)
+
+    def set_policy(self, name: str, policy: dict[str, Any] | None, reason: str | None = None,
+                   ctx: CommandContext = ANONYMOUS):
+        return self._change(name, lambda d: d.set_policy(policy, reason), ctx)
+
+    def policy_action(self, name: str, action: str, variant: str, weight: int, based_on_revision: int, reason: str,
+                      figures: dict[str, Any], ctx: CommandContext = ANONYMOUS):
+        return self._change(name, lambda d: d.policy_action(action, variant, weight, based_on_revision, reason,
+                                                            figures), ctx)
 
     def rollback(self, name: str, reason: str | None = None, ctx: CommandContext = ANONYMOUS):
         return self._change(name, lambda d: d.rollback(reason), ctx)

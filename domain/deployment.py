@@ -32,7 +32,10 @@ VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 MAX_VARIANTS = 10
 MAX_REASON = 500
 MAX_MODEL_NAME = 200
-CHANGES = ("created", "traffic", "promote", "rollback", "update", "deactivate")
+CHANGES = ("created", "traffic", "promote", "rollback", "update", "deactivate", "policy_step", "policy_promote",
+           "policy_halt")
+POLICY_METRICS = ("accuracy", "logloss", "rmse", "mae")
+POLICY_ACTIONS = ("step", "promote", "halt")
 VARIANT_KEYS = ("name", "model", "version", "weight", "artifact")
 SHADOW_KEYS = ("model", "version", "artifact")
 OPTIONAL_KEYS = ("alias",)  # the alias the version was resolved from, kept for the record
@@ -148,24 +151,75 @@ def check_shadow(shadow: Any) -> dict[str, Any] | None:
     return copy.deepcopy(shadow)
 
 
+class StaleEvaluationError(DeploymentError):
+    """A policy action based on a revision that is no longer current (another evaluation acted first)."""
+
+
+def _number(field: str, value: Any, low: float, high: float, integer: bool = False) -> float:
+    ok = _is_int(value) if integer else (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if not ok or value != value or not low <= value <= high:
+        raise DeploymentSpecError(field, f"must be {'an integer' if integer else 'a number'} from {low:g} to {high:g}")
+    return value
+
+
+def check_policy(policy: Any) -> dict[str, Any] | None:
+    """An automatic ramp/promote/rollback policy (commands/ab_policy.py acts on it), or None."""
+    if policy is None:
+        return None
+    if not isinstance(policy, dict):
+        raise DeploymentSpecError("policy", "must be an object or null")
+    known = ("metric", "min_samples", "min_lift", "max_p_value", "max_p99_latency_ms", "max_error_rate", "ramp",
+             "step_every_s")
+    for key in policy:
+        if key not in known:
+            raise DeploymentSpecError(f"policy.{key}", f"unknown field (allowed: {', '.join(known)})")
+    out = {"metric": policy.get("metric", "accuracy"), "min_samples": policy.get("min_samples", 500),
+           "min_lift": policy.get("min_lift", 0.0), "max_p_value": policy.get("max_p_value", 0.05),
+           "max_p99_latency_ms": policy.get("max_p99_latency_ms"), "max_error_rate": policy.get("max_error_rate"),
+           "ramp": policy.get("ramp", [10, 25, 50, 100]), "step_every_s": policy.get("step_every_s", 300)}
+    if out["metric"] not in POLICY_METRICS:
+        raise DeploymentSpecError("policy.metric", f"one of {', '.join(POLICY_METRICS)}")
+    _number("policy.min_samples", out["min_samples"], 10, 10**8, integer=True)
+    _number("policy.min_lift", out["min_lift"], 0, 1e6)
+    _number("policy.max_p_value", out["max_p_value"], 1e-6, 0.2)
+    if out["max_p99_latency_ms"] is not None:
+        _number("policy.max_p99_latency_ms", out["max_p99_latency_ms"], 0.01, 600_000)
+    if out["max_error_rate"] is not None:
+        _number("policy.max_error_rate", out["max_error_rate"], 0, 1)
+    ramp = out["ramp"]
+    if (not isinstance(ramp, list) or not 1 <= len(ramp) <= 20 or not all(_is_int(w) and 1 <= w <= 100 for w in ramp)
+            or ramp != sorted(set(ramp)) or ramp[-1] != 100):
+        raise DeploymentSpecError("policy.ramp", "1 to 20 increasing integer weights from 1 to 100, ending at 100")
+    _number("policy.step_every_s", out["step_every_s"], 1, 7 * 86400, integer=True)
+    return copy.deepcopy(out)
+
+
+def control_of(variants: list[dict[str, Any]]) -> str:
+    """The control: the variant named `control`, else the first."""
+    names = [v["name"] for v in variants]
+    return "control" if "control" in names else names[0]
+
+
 class Deployment(Aggregate):
     @classmethod
     def create(cls, name: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
-               reason: str | None = None) -> Deployment:
+               reason: str | None = None, policy: dict[str, Any] | None = None) -> Deployment:
         """A new deployment with the id derived from its name; its event holds copies of the inputs."""
         check_name(name)
         return cls(id=deployment_id(name), name=name, variants=check_variants(variants), shadow=check_shadow(shadow),
-                   reason=check_reason(reason))
+                   reason=check_reason(reason), policy=check_policy(policy))
 
     @event("Created")
     def __init__(self, id: UUID, name: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
-                 reason: str | None = None, revision: int = 1) -> None:
+                 reason: str | None = None, revision: int = 1, policy: dict[str, Any] | None = None) -> None:
         check_name(name)
         if revision != 1:
             raise DeploymentSpecError("revision", "a deployment starts at revision 1")
         self.name = name
         self.variants = check_variants(variants)
         self.shadow = check_shadow(shadow)
+        self.policy = check_policy(policy)
+        self.halted: list[str] = []  # challengers the policy rolled back: never ramped again
         self.active = True
         self.revision = 1
         self.revisions: list[dict[str, Any]] = []
@@ -185,7 +239,14 @@ class Deployment(Aggregate):
         if not self.active:
             raise DeploymentInactiveError(f"deployment {self.name} was deactivated")
 
-    def _record(self, change: str, reason: str | None, rolled_back_to: int | None, at: datetime) -> None:
+    def _record(self, change: str, reason: str | None, rolled_back_to: int | None, at: datetime,
+                figures: dict[str, Any] | None = None) -> None:
+        if figures is not None:
+            self.revisions.append({"revision": self.revision, "change": change, "reason": reason,
+                                   "variants": copy.deepcopy(self.variants), "shadow": copy.deepcopy(self.shadow),
+                                   "active": self.active, "at": at.isoformat(), "rolled_back_to": rolled_back_to,
+                                   "figures": copy.deepcopy(figures)})
+            return
         self.revisions.append({"revision": self.revision, "change": change, "reason": reason,
                                "variants": copy.deepcopy(self.variants), "shadow": copy.deepcopy(self.shadow),
                                "active": self.active, "at": at.isoformat(), "rolled_back_to": rolled_back_to})
@@ -242,14 +303,59 @@ class Deployment(Aggregate):
         self._revised(revision=self.revision + 1, change="rollback", variants=copy.deepcopy(target["variants"]),
                       shadow=copy.deepcopy(target["shadow"]), reason=reason, rolled_back_to=target["revision"])
 
+    # ---- the policy (commands/ab_policy.py decides; these record) -----------------------------------------
+    def set_policy(self, policy: dict[str, Any] | None, reason: str | None = None) -> None:
+        """Attach (or, with None, remove) the automatic ramp/promote/rollback policy; not a revision."""
+        self.check_active()
+        self._policy_set(policy=check_policy(policy), reason=check_reason(reason))
+
+    @event("PolicySet")
+    def _policy_set(self, policy: dict[str, Any] | None, reason: str | None) -> None:
+        self.policy = copy.deepcopy(policy)
+
+    def policy_action(self, action: str, variant: str, weight: int, based_on_revision: int, reason: str,
+                      figures: dict[str, Any]) -> None:
+        """What the policy decided for challenger `variant` from the data of revision `based_on_revision`:
+        `step` it to `weight`, `promote` it (100%), or `halt` it (weight 0, never ramped again). The control
+        absorbs the difference. An evaluation of an older revision is refused (StaleEvaluationError), so two
+        policy processes, or one that restarts, never act twice on the same evaluation window."""
+        self.check_active()
+        if based_on_revision != self.revision:
+            raise StaleEvaluationError(f"deployment {self.name} is at revision {self.revision}, "
+                                       f"the evaluation was of revision {based_on_revision}")
+        if action not in POLICY_ACTIONS:
+            raise DeploymentSpecError("action", f"one of {', '.join(POLICY_ACTIONS)}")
+        control = control_of(self.variants)
+        if variant not in self.weights or variant == control:
+            raise DeploymentSpecError("variant", f"{variant!r} is not a challenger of deployment {self.name}")
+        if action == "step" and variant in self.halted:
+            raise DeploymentError(f"challenger {variant} was halted by the policy and is not ramped again")
+        target = {"step": weight, "promote": 100, "halt": 0}[action]
+        check_weight("weight", target)
+        weights = dict(self.weights)
+        if action == "promote":
+            weights = {n: 100 if n == variant else 0 for n in weights}
+        else:
+            weights[control] += weights[variant] - target
+            weights[variant] = target
+            if weights[control] < 0:
+                raise DeploymentSpecError("weight", f"the control cannot give {variant} a weight of {target}")
+        variants = [{**copy.deepcopy(v), "weight": weights[v["name"]]} for v in self.variants]
+        self._revised(revision=self.revision + 1, change=f"policy_{action}", variants=variants,
+                      shadow=copy.deepcopy(self.shadow), reason=check_reason(reason[:MAX_REASON]), rolled_back_to=None,
+                      variant=variant, figures=copy.deepcopy(figures))
+
     @event("Revised")
     def _revised(self, revision: int, change: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None,
-                 reason: str | None, rolled_back_to: int | None, timestamp: datetime | None = None) -> None:
+                 reason: str | None, rolled_back_to: int | None, variant: str | None = None,
+                 figures: dict[str, Any] | None = None, timestamp: datetime | None = None) -> None:
         # `timestamp` is not an event field of its own: the library passes the event's timestamp
         self.revision = revision
         self.variants = copy.deepcopy(variants)
         self.shadow = copy.deepcopy(shadow)
-        self._record(change, reason, rolled_back_to, timestamp or self.modified_on)
+        if change == "policy_halt" and variant is not None:
+            self.halted = [*getattr(self, "halted", []), variant]
+        self._record(change, reason, rolled_back_to, timestamp or self.modified_on, figures)
 
     def deactivate(self, reason: str | None = None) -> None:
         """Stop serving; the deployment takes no change after this (a repeat is refused)."""

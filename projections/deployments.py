@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS deployment_revisions (
     change text NOT NULL, reason text, variants jsonb NOT NULL, shadow jsonb, active boolean NOT NULL,
     rolled_back_to int, actor text, at timestamptz NOT NULL
 );
+ALTER TABLE deployments ADD COLUMN IF NOT EXISTS policy jsonb;
+ALTER TABLE deployment_revisions ADD COLUMN IF NOT EXISTS figures jsonb;
 CREATE TABLE IF NOT EXISTS api_keys (
     id uuid PRIMARY KEY, name text NOT NULL, prefix text NOT NULL, key_hash text NOT NULL UNIQUE,
     deployments text[] NOT NULL, rate_limit_per_s double precision,
@@ -48,27 +50,28 @@ class DeploymentsView(TrackedView):
         """The deployment's current revision and one history row, in one statement."""
         params = {"_id": e.originator_id, "_version": e.originator_version, "revision": e.revision,
                   "active": active, "variants": variants, "shadow": shadow, "updated_at": e.timestamp,
-                  "change": change, "reason": e.reason, "rolled_back_to": rolled_back_to, "actor": _actor(e)}
+                  "change": change, "reason": e.reason, "rolled_back_to": rolled_back_to, "actor": _actor(e),
+                  "figures": getattr(e, "figures", None)}
         sql = ("WITH h AS (INSERT INTO deployment_revisions (deployment_id, revision, change, reason, variants, shadow, "
-               "active, rolled_back_to, actor, at) VALUES (%(_id)s, %(revision)s, %(change)s, %(reason)s, "
-               "%(variants)s, %(shadow)s, %(active)s, %(rolled_back_to)s, %(actor)s, %(updated_at)s) "
+               "active, rolled_back_to, actor, at, figures) VALUES (%(_id)s, %(revision)s, %(change)s, %(reason)s, "
+               "%(variants)s, %(shadow)s, %(active)s, %(rolled_back_to)s, %(actor)s, %(updated_at)s, %(figures)s) "
                "ON CONFLICT DO NOTHING) "
                "UPDATE deployments SET revision = %(revision)s, active = %(active)s, variants = %(variants)s, "
                "shadow = %(shadow)s, updated_at = %(updated_at)s, version = %(_version)s "
                "WHERE id = %(_id)s AND version < %(_version)s")
-        self.write(sql, _json(params, "variants", "shadow"), tracking)
+        self.write(sql, _json(params, "variants", "shadow", "figures"), tracking)
 
     def create(self, e: Any, tracking: Tracking) -> None:
         params = {"id": e.originator_id, "name": e.name, "revision": 1, "active": True, "variants": e.variants,
                   "shadow": e.shadow, "created_by": _actor(e), "at": e.timestamp, "version": e.originator_version,
-                  "reason": e.reason}
+                  "reason": e.reason, "policy": getattr(e, "policy", None)}
         sql = ("WITH h AS (INSERT INTO deployment_revisions (deployment_id, revision, change, reason, variants, shadow, "
                "active, actor, at) VALUES (%(id)s, 1, 'created', %(reason)s, %(variants)s, %(shadow)s, true, "
                "%(created_by)s, %(at)s) ON CONFLICT DO NOTHING) "
                "INSERT INTO deployments (id, name, revision, active, variants, shadow, created_by, created_at, "
-               "updated_at, version) VALUES (%(id)s, %(name)s, 1, true, %(variants)s, %(shadow)s, %(created_by)s, "
-               "%(at)s, %(at)s, %(version)s) ON CONFLICT (id) DO NOTHING")
-        self.write(sql, _json(params, "variants", "shadow"), tracking)
+               "updated_at, version, policy) VALUES (%(id)s, %(name)s, 1, true, %(variants)s, %(shadow)s, "
+               "%(created_by)s, %(at)s, %(at)s, %(version)s, %(policy)s) ON CONFLICT (id) DO NOTHING")
+        self.write(sql, _json(params, "variants", "shadow", "policy"), tracking)
 
 
 def _json(params: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -79,7 +82,7 @@ def _json(params: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 class DeploymentsProjection(TrackedProjection[DeploymentsView]):
     name = "deployments"
-    topics = tuple(f"domain.deployment:Deployment.{n}" for n in ("Created", "Revised", "Deactivated")) + tuple(
+    topics = tuple(f"domain.deployment:Deployment.{n}" for n in ("Created", "Revised", "Deactivated", "PolicySet")) + tuple(
         f"domain.api_key:ApiKey.{n}" for n in ("Created", "Revoked"))
 
     @singledispatchmethod
@@ -103,6 +106,13 @@ class DeploymentsProjection(TrackedProjection[DeploymentsView]):
         self.view.revise(e, tracking, "deactivate", False, variants, shadow)
 
     @apply.register
+    def _(self, e: Deployment.PolicySet, tracking: Tracking) -> None:
+        self.view.write("UPDATE deployments SET policy = %(policy)s, updated_at = %(at)s, version = %(_version)s "
+                        "WHERE id = %(_id)s AND version < %(_version)s",
+                        _json({"policy": e.policy, "at": e.timestamp, "_id": e.originator_id,
+                               "_version": e.originator_version}, "policy"), tracking)
+
+    @apply.register
     def _(self, e: ApiKey.Created, tracking: Tracking) -> None:
         self.view.insert_row("api_keys", {
             "id": e.originator_id, "name": e.name, "prefix": e.prefix, "key_hash": e.key_hash,
@@ -116,7 +126,7 @@ class DeploymentsProjection(TrackedProjection[DeploymentsView]):
                              {"revoked_at": e.timestamp, "revoked_reason": e.reason}, tracking)
 
 
-_DEPLOYMENT = "id, name, revision, active, variants, shadow, created_by, created_at, updated_at, version"
+_DEPLOYMENT = "id, name, revision, active, variants, shadow, policy, created_by, created_at, updated_at, version"
 _KEY = "id, name, prefix, deployments, rate_limit_per_s, revoked_at, revoked_reason, created_by, created_at"
 
 
@@ -140,7 +150,7 @@ class DeploymentQueries:
 
     def history(self, name: str) -> list[dict[str, Any]]:
         return self._all("SELECT r.revision, r.change, r.reason, r.variants, r.shadow, r.active, r.rolled_back_to, "
-                         "r.actor, r.at FROM deployment_revisions r JOIN deployments d ON d.id = r.deployment_id "
+                         "r.actor, r.at, r.figures FROM deployment_revisions r JOIN deployments d ON d.id = r.deployment_id "
                          "WHERE d.name = %s ORDER BY r.revision", (name,))
 
     def keys(self) -> list[dict[str, Any]]:

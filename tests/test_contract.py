@@ -140,6 +140,8 @@ def registry_events() -> list:
     variant = {"model": "m", "version": 1, "artifact": {"uri": "file:///m.onnx"}}
     deployment = Deployment.create("d", [{"name": "a", "weight": 100, **variant}, {"name": "b", "weight": 0, **variant}])
     deployment.change_traffic({"a": 50, "b": 50}, "ramp")
+    deployment.set_policy({"metric": "accuracy", "ramp": [50, 100]})
+    deployment.policy_action("step", "b", 100, deployment.revision, "ramped", {"p_value": 0.01})
     deployment.rollback()
     deployment.deactivate("done")
     key = new_key()
