@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from typing import Any
 
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from pydantic import ValidationError
-
-from typing import Any
 
 from domain.contract import (TELEMETRY_FEEDBACK, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, FeedbackBatch,
                              MetricBatch, PredictionBatch, printable)
@@ -50,6 +51,7 @@ class TelemetryProjector:
     consumer = ""
     subject = ""
     batch_class: Any = None
+    gather_s = 0.0  # > 0: hold fetched batches up to this long and insert them together
 
     def __init__(self, js: JetStreamContext, store: Any, stage: Stage | None = None, fetch_size: int = 512,
                  max_tries: int = 3) -> None:
@@ -64,8 +66,29 @@ class TelemetryProjector:
         log.info("%s projector started", self.consumer)
         watcher = asyncio.create_task(self._watch(stop))
         try:
-            async for msgs in pulled(sub, stop, self.fetch_size, timeout=0.5):
-                await self.project(msgs)
+            if not self.gather_s:
+                async for msgs in pulled(sub, stop, self.fetch_size, timeout=0.5):
+                    await self.project(msgs)
+                return
+            # Gather for up to `gather_s` (or `fetch_size` batches) per insert: a ClickHouse insert has a fixed
+            # cost that many small batches would pay over and over (measured: most of serve's CPU per prediction).
+            held: list = []
+            first = 0.0
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(self.fetch_size - len(held), timeout=0.25)
+                except (NatsTimeout, TimeoutError):
+                    msgs = []
+                except Exception:
+                    log.exception("%s fetch failed; retrying", self.consumer)
+                    await asyncio.sleep(1.0)
+                    continue
+                if msgs and not held:
+                    first = time.monotonic()
+                held += msgs
+                if held and (len(held) >= self.fetch_size or time.monotonic() - first >= self.gather_s):
+                    await self.project(held)
+                    held = []
         finally:
             watcher.cancel()
 
@@ -147,6 +170,7 @@ class MetricsProjector(TelemetryProjector):
 
 class PredictionsProjector(TelemetryProjector):
     consumer, subject, batch_class = PREDICTIONS_CONSUMER, TELEMETRY_PREDICTIONS, PredictionBatch
+    gather_s = 1.0
     store: PredictionStore
 
     def insert_batches(self, batches: list[PredictionBatch], token: str) -> None:

@@ -37,7 +37,7 @@ from runners.serving import ModelLoader, ServingState, Telemetry
 
 log = logging.getLogger("trainyard.inference")
 RELOAD_S = 10.0
-FLUSH_S = 0.2
+FLUSH_S = 1.0  # prediction records go out once a second (fewer, larger ClickHouse inserts downstream)
 FEED_SUBJECTS = ["trainyard.v1.deployment.>", "trainyard.v1.api_key.>"]
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 MAX_PAYLOAD = 900_000  # under NATS' default max_payload (1 MB): a bigger batch is split
