@@ -10,6 +10,8 @@ import json
 import logging
 from typing import Any
 
+import psycopg
+import psycopg_pool
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -146,6 +148,15 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         field = "body" if exc.status_code == 400 else None  # FastAPI's 400s are bodies that do not parse
         return problem_response(request, Problem(exc.status_code, str(exc.detail), str(exc.detail), field))
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(psycopg_pool.PoolTimeout)
+    async def _store_away(request: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL is restarting or unreachable: a retryable 503, not a 500
+        response = problem_response(request, Problem(503, "Service unavailable",
+                                                     f"the database is not reachable ({type(exc).__name__}); retry"))
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -54,7 +54,12 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                job = self.job(job_id)
+                r = self.http.get(f"{JOBS}/{job_id}")
+                if r.status_code == 503:  # PostgreSQL is being restarted: the API says retry
+                    time.sleep(0.2)
+                    continue
+                assert r.status_code == 200, r.text
+                job = r.json()
             except httpx.TransportError:  # serve is being restarted
                 time.sleep(0.2)
                 continue
