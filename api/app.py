@@ -5,7 +5,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import context, datasets, deployments, docs, jobs, models, ops, problems, studies
+from api import ab, context, datasets, deployments, docs, jobs, models, ops, problems, studies
 from api.limits import MULTIPART_SLACK_BYTES, BodyLimit
 from infra.bootstrap import Services
 
@@ -26,6 +26,7 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(deployments.router)
     app.include_router(deployments.keys)
+    app.include_router(ab.router)
     docs.install(app)
     settings = services.settings
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,

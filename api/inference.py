@@ -34,8 +34,10 @@ NOTHING: tuple = ("", None, [], [])  # no answer to record (an error)
 
 
 class InferenceApp:
-    def __init__(self, state: ServingState, telemetry: Telemetry, health: Any, shadow_queue_size: int = 1000) -> None:
+    def __init__(self, state: ServingState, telemetry: Telemetry, health: Any, shadow_queue_size: int = 1000,
+                 test_delays: dict[tuple[str, str], float] | None = None) -> None:
         self.state, self.telemetry, self.health = state, telemetry, health
+        self.test_delays = test_delays or {}  # (deployment, variant) → seconds; tests only (latency guardrails)
         self.shadow_queue: asyncio.Queue | None = None
         self.shadow_queue_size = shadow_queue_size
         self.shadow_dropped = 0
@@ -104,6 +106,8 @@ class InferenceApp:
             X = rows_of(doc.get("instances"), loaded)
             rows = len(X)
             result = answer(loaded, loaded.run(X))
+            if self.test_delays and (delay := self.test_delays.get((name, variant))):
+                await asyncio.sleep(delay)
         except PredictError as e:
             status = e.status
             extra = [(k.lower().encode(), v.encode()) for k, v in e.headers.items()]
@@ -212,3 +216,14 @@ async def _send(send: Any, status: int, headers: list, body: dict) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": headers + [(b"content-length", str(len(data)).encode())]})
     await send({"type": "http.response.body", "body": data})
+
+
+def parse_test_delays(text: str | None) -> dict[tuple[str, str], float]:
+    """"deployment/variant=ms,…" → {(deployment, variant): seconds} (Settings.inference_test_delay)."""
+    out: dict[tuple[str, str], float] = {}
+    for part in (text or "").split(","):
+        if part.strip():
+            target, _, ms = part.partition("=")
+            deployment, _, variant = target.strip().partition("/")
+            out[(deployment, variant)] = float(ms) / 1000
+    return out

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     inference_port: int = 8001  # `trainyard serve-inference` (the host is api_host)
+    policy_interval_s: float = Field(default=5.0, gt=0)  # how often deployment policies are evaluated
+    # Tests only: "deployment/variant=ms,…" makes the inference server answer those variants that much later.
+    inference_test_delay: str | None = None
     runners: int = 2
     # Leases (commands/leases.py): a runner heartbeats every lease_ttl_s / 5; a lease silent for lease_ttl_s is
     # lost and the reconciler (every reconcile_interval_s) requeues its job or fails it per its max_attempts.

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.inference import InferenceApp
+from api.inference import InferenceApp, parse_test_delays
 from domain.contract import TELEMETRY_PREDICTIONS, printable
 from infra.health import Health, Stage
 from infra.messaging import EVENTS_STREAM, connect, dead_letter, ensure_streams, pulled
@@ -176,7 +176,7 @@ async def serve_inference(settings: Settings) -> None:
     nc, js = await connect(nats_url, server_id)
     await ensure_streams(js, settings)
     stop = asyncio.Event()
-    app = InferenceApp(state, telemetry, health)
+    app = InferenceApp(state, telemetry, health, test_delays=parse_test_delays(settings.inference_test_delay))
     tasks = [asyncio.create_task(feed.follow(js, server_id, stop), name="feed"),
              asyncio.create_task(feed.reload_every(RELOAD_S, stop), name="reload"),
              asyncio.create_task(publish_telemetry(js, telemetry, telemetry_stage, stop), name="telemetry"),

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from api.app import create_app
+from commands.ab_policy import PolicyEngine
 from commands.reconciler import Reconciler
 from commands.reports import ReportHandler, ReportServer
 from commands.study_driver import StudyDriver
@@ -66,6 +67,9 @@ async def serve(settings: Settings) -> None:
                                        health.stage("predictions-projector", stuck_after_s=stuck, loops=True))
     feedback = FeedbackProjector(js, services.predictions,
                                  health.stage("feedback-projector", stuck_after_s=stuck, loops=True))
+    policy = PolicyEngine(services.deployment_commands, services.deployments, services.clickhouse,
+                          health.stage("policy", stuck_after_s=max(stuck, 5 * settings.policy_interval_s), loops=True),
+                          settings.policy_interval_s)
     reconciler = Reconciler(services.app, services.leases, services.pool, js, WORK_STREAM,
                             health.stage("reconciler", stuck_after_s=max(stuck, 5 * settings.reconcile_interval_s),
                                          loops=True),
@@ -75,7 +79,7 @@ async def serve(settings: Settings) -> None:
     tasks = [asyncio.create_task(part.run(stop), name=name) for name, part in
              (("projections", projections), ("relay", relay),
               ("metrics-projector", metrics), ("predictions-projector", predictions), ("feedback-projector", feedback),
-              ("reconciler", reconciler))]
+              ("reconciler", reconciler), ("policy", policy))]
     tasks.append(asyncio.create_task(driver.run(js, STUDY_DRIVER_CONSUMER, EVENTS_STREAM, stop), name="study-driver"))
     await reports.start(nc)
     config = uvicorn.Config(create_app(services, nc), host=settings.api_host, port=settings.api_port,

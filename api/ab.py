@@ -1,0 +1,123 @@
+"""/api/v1/deployments/{name}/ab: the online comparison of a deployment's variants (and its shadow), from ClickHouse
+sufficient statistics (projections/ab_queries.py) and the always-valid statistics of domain/ab_stats.py."""
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+
+from api.jobs import ServicesDep
+from api.problems import Problem
+from api.schemas import DeploymentName, problems
+from commands.ab_policy import stats_of
+from commands.deployments import DeploymentNotFoundError
+from domain.ab_stats import compare, srm, summarize
+from domain.deployment import control_of
+from infra.bootstrap import Services
+from projections.ab_queries import shadow_agreement, timeseries, variant_stats
+
+router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
+Metric = Literal["accuracy", "logloss", "rmse", "mae"]
+EpochMs = Annotated[int | None, Query(ge=0, le=2**53, description="Unix epoch milliseconds")]
+
+
+def _window(since: int | None, until: int | None) -> tuple[int, int]:
+    until = until if until is not None else int(time.time() * 1000) + 1
+    since = since if since is not None else 0
+    if since >= until:
+        raise Problem(422, "Invalid request", "since: must be before until", "since")
+    return since, until
+
+
+def _deployment(s: Services, name: str) -> dict[str, Any]:
+    row = s.deployments.get(name)
+    if row is None:
+        raise DeploymentNotFoundError(name)
+    return row
+
+
+def _weights_by_revision(s: Services, name: str) -> dict[int, dict[str, int]]:
+    return {h["revision"]: {v["name"]: v["weight"] for v in h["variants"]} for h in s.deployments.history(name)}
+
+
+def report(s: Services, name: str, metric: str, since: int | None = None, until: int | None = None,
+           revision: int | None = None, alpha: float = 0.05) -> dict[str, Any]:
+    """The A/B report of `name` as data (the API's answer; the CLI and the policy read the same)."""
+    row = _deployment(s, name)
+    since_ms, until_ms = _window(since, until)
+    rows, per_revision = variant_stats(s.clickhouse, name, metric, since_ms, until_ms,
+                                       -1 if revision is None else revision)
+    weights_at = _weights_by_revision(s, name)
+    current = {v["name"]: v["weight"] for v in row["variants"]}
+    names = [v["name"] for v in row["variants"]]
+    served = {r["variant"]: r for r in rows if not r["shadow"]}
+    for extra in sorted(set(served) - set(names)):  # variants of earlier revisions
+        names.append(extra)
+    control = control_of(row["variants"])
+    stats = {n: stats_of(served.get(n), n, current.get(n, 0)) for n in names}
+    variants = [{"name": n, "weight": current.get(n, 0), **summarize(stats[n], metric, alpha=alpha)} for n in names]
+    comparisons = [{"challenger": n, **compare(stats[control], stats[n], metric, alpha=alpha)}
+                   for n in names if n != control]
+    checks = []
+    for rev in sorted({r["revision"] for r in per_revision}):
+        observed = {r["variant"]: r["requests"] for r in per_revision if r["revision"] == rev and not r["shadow"]}
+        weights = weights_at.get(rev)
+        if weights and sum(observed.values()):
+            checks.append({"revision": rev, "observed": observed, "weights": weights, **srm(observed, weights)})
+    shadow_row = next((r for r in rows if r["shadow"]), None)
+    shadow = None
+    if shadow_row is not None:
+        agreement = shadow_agreement(s.clickhouse, name, since_ms, until_ms, -1 if revision is None else revision)
+        compared = sum(a["compared"] for a in agreement)
+        shadow_stats = stats_of(shadow_row, "shadow", 0)
+        shadow = {**summarize(shadow_stats, metric, alpha=alpha), "compared": compared,
+                  "agreement": (sum(a["agreed"] for a in agreement) / compared) if compared else None,
+                  "versus_control": compare(stats[control], shadow_stats, metric, alpha=alpha),
+                  "by_variant": agreement}
+    return {"deployment": name, "metric": metric, "revision": row["revision"], "control": control,
+            "window": {"since_ms": since_ms, "until_ms": until_ms, "revision": revision},
+            "variants": variants, "comparisons": comparisons, "shadow": shadow,
+            "srm": {"mismatch": any(c["mismatch"] for c in checks), "revisions": checks},
+            "method": comparisons[0].get("method") if comparisons else None}
+
+
+@router.get("/{name}/ab", responses=problems(404, 422))
+def ab_report(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: Metric = "accuracy",
+              since: EpochMs = None, until: EpochMs = None,
+              revision: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> dict[str, Any]:
+    """Per variant: requests, labelled requests, error rate, latency p50/p95/p99, the metric with its always-valid 95%
+    confidence interval; per challenger against the control (the variant named `control`, else the first): the
+    difference, its interval, an always-valid p-value (valid however often you look) and a decision; a
+    sample-ratio-mismatch check per revision; the shadow's agreement with what was served."""
+    return report(s, name, metric, since, until, revision)
+
+
+@router.get("/{name}/ab/timeseries", responses=problems(404, 422))
+def ab_timeseries(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: Metric = "accuracy",
+                  bucket: Annotated[int, Query(ge=1, le=86400, description="seconds per bucket")] = 60,
+                  since: EpochMs = None, until: EpochMs = None,
+                  revision: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> dict[str, Any]:
+    """Per time bucket: each variant's figures in the bucket, and the comparison of each challenger with the control
+    on everything up to the end of the bucket (the difference over time, as the report would have shown it)."""
+    row = _deployment(s, name)
+    since_ms, until_ms = _window(since, until)
+    rows = timeseries(s.clickhouse, name, metric, bucket, since_ms, until_ms, -1 if revision is None else revision)
+    control = control_of(row["variants"])
+    totals: dict[str, dict[str, float]] = {}
+    points = []
+    for t in sorted({r["t_ms"] for r in rows}):
+        in_bucket = {r["variant"]: r for r in rows if r["t_ms"] == t}
+        for v, r in in_bucket.items():
+            acc = totals.setdefault(v, {"requests": 0, "errors": 0, "labelled": 0, "metric_sum": 0.0,
+                                        "metric_sum_sq": 0.0})
+            for k in acc:
+                acc[k] += r[k]
+        cumulative = {v: stats_of(dict(acc), v, 0) for v, acc in totals.items()}
+        points.append({
+            "t_ms": t,
+            "variants": {v: summarize(stats_of(r, v, 0), metric) for v, r in in_bucket.items()},
+            "comparisons": {v: compare(cumulative.get(control, stats_of(None, control, 0)), st, metric)
+                            for v, st in cumulative.items() if v != control},
+        })
+    return {"deployment": name, "metric": metric, "bucket_s": bucket, "control": control, "points": points}
