@@ -125,11 +125,12 @@ def running_up(data_dir: Path, settings: dict[str, str], nats_url: str = "") -> 
 
 
 @contextlib.contextmanager
-def up_on_a_fresh_database(postgres_server: str, nats_url: str, data_dir: Path) -> Iterator[Stack]:
-    """`trainyard up` with 2 runners and short leases on its own new database and the session's NATS."""
+def up_on_a_fresh_database(postgres_server: str, nats_url: str, data_dir: Path, **extra: str) -> Iterator[Stack]:
+    """`trainyard up` with 2 runners and short leases on its own new database and the session's NATS (`extra`:
+    more TRAINYARD_* settings)."""
     database_url = create_database(postgres_server)
     settings = {"TRAINYARD_DATABASE_URL": database_url, "TRAINYARD_NATS_URL": nats_url, "TRAINYARD_RUNNERS": "2",
-                **FAST_LEASES}
+                **FAST_LEASES, **extra}
     try:
         with running_up(data_dir, settings, nats_url) as s:
             yield s
