@@ -55,7 +55,8 @@ and consistent with the MSE test's decision. The MSE figures are also given (`ms
 Degenerate cases (no NaN/inf ever returned; None where undefined): n = 0 → no value; n < 2 → no interval and no
 p-value; zero variance: for accuracy (all right or all wrong) the Laplace estimate p̃ = (x+1)/(n+2) gives the variance
 p̃(1−p̃); for the other metrics the arm contributes 0 to V, and when V = 0 on both sides the interval is the point and
-p = 1 if δ̂ = 0 else 0. Intervals are clipped to the metric's range ([0, 1] for accuracy, ≥ 0 for the others).
+p = 1 if δ̂ = 0 else 0. Intervals are clipped to the metric's range (a variant's value: [0, 1] for accuracy, ≥ 0 for
+the others; an accuracy difference: [−1, 1]).
 
 What the figures mean, and what is not covered:
 - `decision`: "inconclusive_underpowered" when either side has fewer than `min_samples` labelled (or fewer than 2);
