@@ -223,6 +223,8 @@ def test_a_shadow_gets_copies_but_never_answers(serving: Serving) -> None:
             break
         time.sleep(0.3)
     assert {s["version"] for s in stats if s["shadow"]} == {2}, stats
+    shadow = serving.http.get(f"{DEPLOYMENTS}/shadowed/ab").json()["shadow"]  # the A/B report compares the shadow
+    assert shadow["compared"] >= 20 and 0.5 <= shadow["agreement"] <= 1 and shadow["latency_p99_ms"] > 0
 
 
 def test_keys_401_403_429_and_revocation_within_a_second(serving: Serving) -> None:
