@@ -1,8 +1,9 @@
 """The `trainyard` command: run the service (`up`, `serve`, `serve-inference`, `runner`) and use it (`submit`,
 `watch`, `jobs`, `job`, `cancel`, `status`, `study create|watch|cancel`, `studies`; the model registry: `models`,
 `model register|show|alias`, `export`; serving: `deploy`, `deployments`, `deployment`, `traffic`, `promote`,
-`rollback`, `undeploy`, `api-key create|list|revoke`, `predict`). An API error or an unreachable API is one
-`error: ...` line and exit status 1; a malformed argument is a usage error, exit status 2."""
+`rollback`, `undeploy`, `api-key create|list|revoke`, `predict`; the online comparison: `ab`, `feedback`,
+`policy`). An API error or an unreachable API is one `error: ...` line and exit status 1; a malformed argument is a
+usage error, exit status 2."""
 from __future__ import annotations
 
 import asyncio
@@ -11,11 +12,12 @@ import logging
 import sys
 import time
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -787,6 +789,330 @@ def undeploy(name: str, reason: ReasonOpt = None, as_json: JsonOpt = False, api:
     if as_json:
         return _print_json(d)
     _deployment_line(d)
+
+
+# ---- online A/B comparison, feedback and policy ---------------------------------------------------------------
+class AbMetric(str, Enum):
+    accuracy = "accuracy"
+    logloss = "logloss"
+    rmse = "rmse"
+    mae = "mae"
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 60  # the most points a sparkline draws (and the bucket choice aims for)
+AB_BUCKETS_S = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 2 * 3600, 6 * 3600, 12 * 3600, 86400)
+DECISION_STYLE = {"challenger_better": "green", "control_better": "red"}  # any other decision: yellow
+FEEDBACK_BATCH = 10_000  # feedback items per POST (the API's limit)
+
+
+def _f3(x: Any, signed: bool = False) -> str:
+    return "-" if x is None else f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def _with_ci(x: Any, ci: list[float] | None, signed: bool = False) -> str:
+    """'0.871 [0.842, 0.897]'; signed: '+0.021 [+0.004, +0.038]'."""
+    text = _f3(x, signed)
+    return f"{text} [{_f3(ci[0], signed)}, {_f3(ci[1], signed)}]" if x is not None and ci else text
+
+
+def _pvalue(p: Any) -> str:
+    return "-" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _ms(x: Any) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def _pct(x: Any, digits: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _duration(s: int) -> str:
+    """60 -> '1 min', 7200 -> '2 h', 30 -> '30 s'."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size and s % size == 0:
+            return f"{s // size} {unit}"
+    return f"{s} s"
+
+
+def _ab_bucket(span_s: float) -> int:
+    """The smallest bucket that draws `span_s` seconds in at most SPARK_WIDTH points (60 s for an hour)."""
+    return next((b for b in AB_BUCKETS_S if span_s / b <= SPARK_WIDTH), AB_BUCKETS_S[-1])
+
+
+def _sparkline(values: list[float], width: int = SPARK_WIDTH) -> str:
+    """One block character per value, ▁ at the minimum, █ at the maximum (at most `width`: evenly picked values,
+    the last always among them)."""
+    if len(values) > width:
+        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        return SPARK[3] * len(values)
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / (hi - lo) * len(SPARK)))] for v in values)
+
+
+def _pairs(d: dict[str, Any], suffix: str = "") -> str:
+    return ", ".join(f"{k}={v}{suffix}" for k, v in d.items()) or "-"
+
+
+def _srm_lines(srm: dict[str, Any]) -> list[Text]:
+    checks = srm.get("revisions") or []
+    bad = [c for c in checks if c.get("mismatch")]
+    if not bad and not srm.get("mismatch"):
+        return [Text("sample ratio: ok" if checks else "sample ratio: - (no traffic yet)",
+                     style="green" if checks else "")]
+    if not bad:
+        return [Text("sample ratio: MISMATCH", style="red")]
+    lines = []
+    for c in bad:
+        text = (f"sample ratio: MISMATCH in revision {c.get('revision')}: observed {_pairs(c.get('observed') or {})} "
+                f"vs weights {_pairs(c.get('weights') or {}, '%')}")
+        if c.get("p_value") is not None:
+            text += f" (chi-square p={c['p_value']:.2g})"
+        if c.get("unexpected"):
+            text += f"; traffic to weight-0 {', '.join(c['unexpected'])}"
+        lines.append(Text(text, style="red"))
+    return lines
+
+
+def _shadow_line(sh: dict[str, Any], metric: str, control: str) -> Text:
+    text = (f"shadow: agreement {_pct(sh.get('agreement'))} of {sh.get('compared', 0)} compared, "
+            f"p99 {_ms(sh.get('latency_p99_ms'))} ms, {metric} {_with_ci(sh.get('value'), sh.get('ci'))}")
+    vc = sh.get("versus_control") or {}
+    if vc.get("difference") is not None:
+        text += f", vs {control} {_f3(vc['difference'], True)} ({vc.get('decision')})"
+    return Text(text)
+
+
+def _spark_lines(report: dict[str, Any], series: dict[str, Any] | None) -> list[Text]:
+    """Per challenger: its cumulative difference from the control over time, as a sparkline with min/max/now."""
+    points = (series or {}).get("points") or []
+    control = report.get("control")
+    names = [c["challenger"] for c in report.get("comparisons") or []]
+    for p in points:
+        names += [n for n in p.get("comparisons") or {} if n not in names]
+    bucket = _duration(int((series or {}).get("bucket_s") or 0))
+    lines = []
+    for name in names:
+        values = [d for p in points if (d := ((p.get("comparisons") or {}).get(name) or {}).get("difference"))
+                  is not None]
+        if not values:
+            continue
+        lines.append(Text(f"{name} − {control}, cumulative ({bucket} buckets): min {_f3(min(values), True)}, "
+                          f"max {_f3(max(values), True)}, now {_f3(values[-1], True)}"))
+        lines.append(Text("  " + _sparkline(values), style="cyan"))
+    return lines
+
+
+def _ab_view(report: dict[str, Any], series: dict[str, Any] | None, note: Text | None = None) -> Group:
+    """The report as rich renderables: a header, the variants, the comparisons, SRM, shadow, sparklines, method."""
+    metric, control = report.get("metric", "accuracy"), report.get("control")
+    variants = report.get("variants") or []
+    first = variants[0] if variants else {}
+    better = "higher" if first.get("higher_is_better", metric == "accuracy") else "lower"
+    confidence = f"{100 * (first.get('confidence') or 0.95):.0f}%"
+    window = report.get("window") or {}
+    scope = f"revision {window['revision']} only" if window.get("revision") else "all revisions"
+    parts: list[Any] = [Text(f"{report.get('deployment')} revision {report.get('revision')}: {metric} ({better} is "
+                             f"better), control {control}, {scope}", style="bold")]
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("variant", "weight", "requests", "labelled", "errors", "p50/95/99 ms", f"{metric} [{confidence} CI]"):
+        table.add_column(col, justify="left" if col == "variant" else "right",
+                         no_wrap=col.startswith(("p50", metric)), overflow="fold")
+    for v in variants:
+        latency = "/".join(_ms(v.get(f"latency_{q}_ms")) for q in ("p50", "p95", "p99"))
+        table.add_row(Text(str(v.get("name")), style="bold" if v.get("name") == control else ""),
+                      f"{v.get('weight', 0)}%", str(v.get("requests", 0)), str(v.get("labelled", 0)),
+                      _pct(v.get("error_rate"), 2), latency, _with_ci(v.get("value"), v.get("ci")))
+    parts.append(table)
+
+    comparisons = report.get("comparisons") or []
+    if comparisons:
+        table = Table(box=None, pad_edge=False)
+        for col in (f"vs {control}", f"difference [{confidence} CI]", "lift", "p-value", "decision"):
+            table.add_column(col, justify="left" if col.startswith(("vs", "decision")) else "right",
+                             no_wrap=col != "lift" and not col.startswith("vs"), overflow="fold")
+        for c in comparisons:
+            decision = str(c.get("decision"))
+            table.add_row(str(c.get("challenger")), _with_ci(c.get("difference"), c.get("ci"), signed=True),
+                          "-" if c.get("relative_difference") is None else f"{100 * c['relative_difference']:+.1f}%",
+                          _pvalue(c.get("p_value")), Text(decision, style=DECISION_STYLE.get(decision, "yellow")))
+        parts.append(table)
+
+    parts += _srm_lines(report.get("srm") or {})
+    if report.get("shadow"):
+        parts.append(_shadow_line(report["shadow"], metric, str(control)))
+    parts += _spark_lines(report, series)
+    method = report.get("method") or first.get("method")
+    if method:
+        parts.append(Text(f"method: {method}; intervals and p-values valid at every look", style="dim"))
+    if note is not None:
+        parts.append(note)
+    return Group(*parts)
+
+
+def _epoch_s(ts: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(ts)).timestamp()
+    except ValueError:
+        return None
+
+
+@cli.command()
+def ab(name: str,
+       metric: Annotated[AbMetric, typer.Option(help="the per-prediction metric compared")] = AbMetric.accuracy,
+       revision: Annotated[Optional[int], typer.Option(min=1, help="only this revision's traffic")] = None,
+       watch_it: Annotated[bool, typer.Option("--watch", help="redraw every --interval seconds until Ctrl-C")]
+       = False,
+       interval: Annotated[float, typer.Option(min=0.1, help="seconds between redraws with --watch")] = 5.0,
+       as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """The online A/B comparison of a deployment's variants (and its shadow).
+
+    Per variant: weight, requests, labelled predictions, error rate, latency p50/p95/p99 and the metric with its
+    always-valid confidence interval; per challenger against the control: the difference with its interval, the
+    always-valid p-value and the decision; the sample-ratio check; the shadow's agreement; a sparkline of each
+    challenger's cumulative difference over time.
+
+    With --json: the raw report (with --watch, one line of it per look)."""
+    client = TrainyardClient(api)
+    m = metric.value
+    if as_json:
+        try:
+            if not watch_it:
+                return _print_json(client.ab_report(name, m, revision=revision))
+            while True:
+                try:
+                    print(json.dumps(client.ab_report(name, m, revision=revision)), flush=True)
+                except TrainyardError as e:
+                    if not e.retryable:
+                        raise
+                    print(f"error: {e}; retrying", file=sys.stderr, flush=True)
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+    started = _epoch_s(client.deployment(name).get("created_at"))
+
+    def look() -> tuple[dict[str, Any], dict[str, Any]]:
+        report = client.ab_report(name, m, revision=revision)
+        span = time.time() - started if started is not None else 3600.0
+        return report, client.ab_timeseries(name, m, bucket=_ab_bucket(max(span, 1.0)), revision=revision)
+
+    report, series = look()
+    if not watch_it:
+        console.print(_ab_view(report, series))
+        return
+    from rich.live import Live
+
+    def footer(error: TrainyardError | None = None) -> Text:
+        if error is None:
+            return Text(f"updated {datetime.now():%H:%M:%S}; every {interval:g} s, Ctrl-C to stop", style="dim")
+        why = "unreachable" if error.status is None else str(error.status)
+        return Text(f"API {why} at {datetime.now():%H:%M:%S}: {error.detail or error.title}; showing the last "
+                    f"look, retrying every {interval:g} s", style="yellow")
+
+    try:
+        with Live(_ab_view(report, series, footer()), console=console, refresh_per_second=4) as live:
+            while True:
+                time.sleep(interval)
+                try:
+                    report, series = look()
+                    note = footer()
+                except TrainyardError as e:
+                    if not e.retryable:
+                        raise
+                    note = footer(e)
+                live.update(_ab_view(report, series, note))
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+def feedback(name: str,
+             file: Annotated[str, typer.Argument(help='a JSON list of {"request_id", "label" | "value"}, '
+                                                      "or - for standard input")],
+             as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """Ground truth for earlier predictions: the true `label` (classification) or `value` (regression) per
+    `request_id` (the id a prediction answered with). Prints how many were received, and how many name a prediction
+    the deployment is known to have made (unknown ones are kept and count once their prediction lands)."""
+    items = _read_json(file)
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        label = "standard input" if file == "-" else file
+        raise TrainyardError(None, {"title": "Invalid input", "detail": f'{label}: not a JSON list of '
+                                                                        '{"request_id", "label" | "value"} objects'})
+    client = TrainyardClient(api)
+    total: dict[str, Any] = {"received": 0, "known": 0, "unknown": 0, "unknown_request_ids": []}
+    for start in range(0, max(len(items), 1), FEEDBACK_BATCH):
+        try:
+            out = client.feedback(name, items[start:start + FEEDBACK_BATCH])
+        except TrainyardError as e:
+            if start == 0:
+                raise
+            raise TrainyardError(e.status, e.problem, f"{e} (the first {start} items were sent)") from None
+        for key in ("received", "known", "unknown"):
+            total[key] += int(out.get(key) or 0)
+        total["unknown_request_ids"] += list(out.get("unknown_request_ids") or [])
+    total["unknown_request_ids"] = total["unknown_request_ids"][:100]
+    if as_json:
+        return _print_json(total)
+    _line(f"{name}: received {total['received']}, known {total['known']}, unknown {total['unknown']}")
+    if total["unknown"]:
+        shown = ", ".join(total["unknown_request_ids"][:10])
+        more = f" and {total['unknown'] - min(10, len(total['unknown_request_ids']))} more" \
+            if total["unknown"] > 10 else ""
+        _line(f"unknown request ids (no prediction of {name} with them seen yet; they count once it lands): "
+              f"{shown}{more}", "yellow")
+
+
+def _policy_text(p: dict[str, Any] | None) -> str:
+    """'accuracy; ramp 10%→25%→50%→100% every 300 s; min 500 labelled; p ≤ 0.05; p99 ≤ 50 ms' or 'none'."""
+    if not p:
+        return "none"
+    parts = [str(p.get("metric", "accuracy"))]
+    if p.get("ramp"):
+        parts.append("ramp " + "→".join(f"{w}%" for w in p["ramp"])
+                     + (f" every {p['step_every_s']} s" if p.get("step_every_s") is not None else ""))
+    if p.get("min_samples") is not None:
+        parts.append(f"min {p['min_samples']} labelled")
+    if p.get("max_p_value") is not None:
+        parts.append(f"p ≤ {p['max_p_value']:g}")
+    if p.get("min_lift"):
+        parts.append(f"lift ≥ {p['min_lift']:g}")
+    if p.get("max_p99_latency_ms") is not None:
+        parts.append(f"p99 ≤ {p['max_p99_latency_ms']:g} ms")
+    if p.get("max_error_rate") is not None:
+        parts.append(f"errors ≤ {100 * p['max_error_rate']:g}%")
+    return "; ".join(parts)
+
+
+@cli.command()
+def policy(name: str,
+           file: Annotated[Optional[str], typer.Argument(help="a JSON policy (metric, min_samples, min_lift, "
+                                                              "max_p_value, max_p99_latency_ms, max_error_rate, "
+                                                              "ramp, step_every_s), or - for standard input")]
+           = None,
+           clear: Annotated[bool, typer.Option("--clear", help="remove the deployment's policy")] = False,
+           reason: ReasonOpt = None, as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """Attach or change the deployment's automatic policy (ramp the challenger up, promote it or roll it back on
+    the online comparison), or remove it with --clear."""
+    if clear == (file is not None):
+        raise typer.BadParameter("give a policy file (or - for standard input) or --clear, one of them",
+                                 param_hint="'FILE' / '--clear'")
+    doc: Any = None
+    if file is not None:
+        doc = _read_json(file)
+        if isinstance(doc, dict) and "policy" in doc and set(doc) <= {"policy", "reason"}:  # the PUT body itself
+            reason = reason if reason is not None else doc.get("reason")
+            doc = doc["policy"]
+        if doc is not None and not isinstance(doc, dict):
+            label = "standard input" if file == "-" else file
+            raise TrainyardError(None, {"title": "Invalid input", "detail": f"{label}: not a JSON object (a policy)"})
+    d = TrainyardClient(api).set_policy(name, doc, reason)
+    if as_json:
+        return _print_json(d)
+    _deployment_line(d)
+    _line(f"policy: {_policy_text(d.get('policy'))}")
 
 
 # ---- inference API keys and predictions ---------------------------------------------------------------

@@ -7,8 +7,9 @@
 Every failure is a `TrainyardError` whose str() is one line: an error answer (`status`, the problem+json
 `problem`), or `TrainyardUnavailable` when the API cannot be reached at all.
 
-The model registry, ONNX exports, deployments and inference API keys are here too; `predict` calls the
-inference server (a separate base URL, `inference_url`) with an inference API key:
+The model registry, ONNX exports, deployments (with their online A/B report, feedback and policy) and inference
+API keys are here too; `predict` calls the inference server (a separate base URL, `inference_url`) with an
+inference API key:
 
     with TrainyardClient(api_key="ty_...") as ty:
         ty.predict("churn", [[0.1, 2.0, 3.5]])["predictions"]
@@ -20,6 +21,7 @@ import os
 import re
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -132,6 +134,21 @@ def _study_path(study_id: Any) -> str:
     except ValueError:
         raise TrainyardError(422, {"title": "Invalid request", "field": "study_id",
                                    "detail": f"{str(study_id)!r} is not a study id (a UUID)"}) from None
+
+
+def _epoch_ms(value: int | datetime) -> int:
+    """Epoch milliseconds from an int (already ms) or a datetime (naive: local time)."""
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+def _ab_params(metric: str, **given: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"metric": metric}
+    for key, value in given.items():
+        if value is not None:
+            params[key] = _epoch_ms(value) if key in ("since", "until") else value
+    return params
 
 
 STUDY_ENDED = ("completed", "cancelled", "failed")
@@ -386,6 +403,38 @@ class TrainyardClient:
     def prediction_stats(self, name: str, since_s: int = 3600) -> dict[str, Any]:
         """{"deployment", "items": [{revision, variant, model, version, shadow, requests, errors, p50_us ...}]}"""
         return self._call("GET", f"{_deployment_path(name)}/predictions", params={"since_s": since_s})
+
+    # ---- online A/B comparison, feedback, policy -----------------------------------------------------
+    def ab_report(self, name: str, metric: str = "accuracy", since: int | datetime | None = None,
+                  until: int | datetime | None = None, revision: int | None = None) -> dict[str, Any]:
+        """The A/B report (GET …/ab): {"deployment", "metric", "revision", "control", "window", "variants": [{name,
+        weight, requests, errors, error_rate, labelled, latency_p50_ms/p95/p99, value, ci, ...}], "comparisons":
+        [{challenger, difference, ci, p_value, decision, ...}], "shadow", "srm": {"mismatch", "revisions"},
+        "method"}. `since`/`until`: epoch milliseconds or datetimes; `revision`: that revision's traffic only."""
+        return self._call("GET", f"{_deployment_path(name)}/ab",
+                          params=_ab_params(metric, since=since, until=until, revision=revision))
+
+    def ab_timeseries(self, name: str, metric: str = "accuracy", bucket: int = 60,
+                      since: int | datetime | None = None, until: int | datetime | None = None,
+                      revision: int | None = None) -> dict[str, Any]:
+        """Per `bucket`-second bucket (GET …/ab/timeseries): {"deployment", "metric", "bucket_s", "control", "points":
+        [{"t_ms", "variants": {name: figures in the bucket}, "comparisons": {challenger: the comparison on
+        everything up to the end of the bucket}}]}."""
+        return self._call("GET", f"{_deployment_path(name)}/ab/timeseries",
+                          params=_ab_params(metric, bucket=bucket, since=since, until=until, revision=revision))
+
+    def feedback(self, name: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Ground truth for earlier predictions: [{"request_id", "label" | "value"}] (up to 10,000 a call);
+        {"received", "known", "unknown", "unknown_request_ids"}."""
+        return self._call("POST", f"{_deployment_path(name)}/feedback", json=list(items))
+
+    def set_policy(self, name: str, policy: dict[str, Any] | None, reason: str | None = None) -> dict[str, Any]:
+        """Attach or change (a dict: metric, min_samples, min_lift, max_p_value, max_p99_latency_ms, max_error_rate,
+        ramp, step_every_s) or remove (None) the automatic ramp/promote/rollback policy; the deployment."""
+        body: dict[str, Any] = {"policy": None if policy is None else dict(policy)}
+        if reason is not None:
+            body["reason"] = reason
+        return self._call("PUT", f"{_deployment_path(name)}/policy", json=body)
 
     # ---- inference API keys --------------------------------------------------------------------------
     def create_api_key(self, name: str, deployments: str | list[str] = "*",
