@@ -155,10 +155,10 @@ class PolicyEngine:
         halted = [h["figures"]["variant"] for h in history if h["change"] == "policy_halt" and h.get("figures")]
         since = history[-1]["at"] if history else row["updated_at"]
         now_ms = int(self.clock() * 1000) + 1
-        overall_rows, _ = variant_stats(self.ch, name, policy["metric"], 0, now_ms)
-        current_rows, _ = variant_stats(self.ch, name, policy["metric"], 0, now_ms, revision)
+        overall_rows, by_revision = variant_stats(self.ch, name, policy["metric"], 0, now_ms)  # one pass
         overall = {r["variant"]: _plain(stats_of(r, r["variant"], 0)) for r in overall_rows if not r["shadow"]}
-        current = {r["variant"]: _plain(stats_of(r, r["variant"], 0)) for r in current_rows if not r["shadow"]}
+        current = {r["variant"]: _plain(stats_of(r, r["variant"], 0)) for r in by_revision
+                   if not r["shadow"] and r["revision"] == revision}
         seconds = self.clock() - (since.timestamp() if isinstance(since, datetime) else float(since))
         action, figures = decide(policy, weights, control, halted, overall, current, seconds)
         if action is None:

@@ -323,7 +323,7 @@ def compare(control: VariantStats, challenger: VariantStats, metric: str, alpha:
     return {"metric": metric, "higher_is_better": hib, "control": control.name, "challenger": challenger.name,
             "n_control": n_c, "n_challenger": n_t, "control_value": m_c, "challenger_value": m_t,
             "difference": diff,
-            "relative_difference": (diff / m_c) if diff is not None and m_c else None,
+            "relative_difference": _num(diff / m_c) if diff is not None and m_c else None,
             "ci": ci, "p_value": p, "decision": decision, "fixed_ci": fixed, "fixed_p_value": fixed_p,
             "alpha": alpha, "confidence": 1.0 - alpha, "min_samples": min_samples,
             "tau": _num(r["tau"]) if p is not None else None, "method": METHOD, **extra}

@@ -21,8 +21,12 @@ METRIC_SQL = {
     "rmse": ("pow(p.value - f.value, 2)", "f.value IS NOT NULL AND p.value IS NOT NULL"),
     "mae": ("abs(p.value - f.value)", "f.value IS NOT NULL AND p.value IS NOT NULL"),
 }
-_FEEDBACK = ("(SELECT request_id, argMax(label, ts) AS label, argMax(value, ts) AS value FROM feedback "
-             "WHERE deployment = {d:String} GROUP BY request_id)")
+# The latest feedback per request: the table's ReplacingMergeTree(ts) keeps one row per (deployment, request_id), and
+# FINAL gives it sorted by request_id, which the partial-merge join uses (measured at 10M predictions / 1M feedback:
+# 0.9 s against 1.45 s for argMax … GROUP BY with a hash join; bench/ab_report.py).
+_FEEDBACK = "(SELECT request_id, label, value FROM feedback FINAL WHERE deployment = {d:String})"
+_JOIN = f"LEFT ANY JOIN {_FEEDBACK} AS f ON p.request_id = f.request_id"
+_SETTINGS = " SETTINGS join_algorithm = 'partial_merge'"
 _WINDOW = ("p.deployment = {d:String} AND p.ts >= fromUnixTimestamp64Milli({since:Int64}) "
            "AND p.ts < fromUnixTimestamp64Milli({until:Int64}) AND ({revision:Int64} < 0 OR p.revision = {revision:Int64})")
 
@@ -37,11 +41,13 @@ def _stats(metric: str) -> str:
 
 def variant_stats(ch: ClickHouse, deployment: str, metric: str, since_ms: int, until_ms: int,
                   revision: int = -1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(per (variant, shadow): the sufficient statistics; per (revision, variant): requests for the SRM check)."""
+    """(per (variant, shadow) over the window: the sufficient statistics; per (revision, variant, shadow): the same,
+    for the sample-ratio check and the policy's current-revision figures), in one pass."""
     sql = (f"SELECT p.revision, p.variant, p.shadow, {_stats(metric)}, "
            "grouping(p.revision) AS all_revisions "
-           f"FROM predictions AS p LEFT JOIN {_FEEDBACK} AS f ON p.request_id = f.request_id "
-           f"WHERE {_WINDOW} GROUP BY GROUPING SETS ((p.variant, p.shadow), (p.revision, p.variant, p.shadow))")
+           f"FROM predictions AS p {_JOIN} "
+           f"WHERE {_WINDOW} GROUP BY GROUPING SETS ((p.variant, p.shadow), (p.revision, p.variant, p.shadow))"
+           + _SETTINGS)
     rows = ch.query(sql, {"d": deployment, "since": since_ms, "until": until_ms, "revision": revision})
     keys = ("revision", "variant", "shadow", "requests", "errors", "latency", "labelled", "metric_sum",
             "metric_sum_sq", "grouped")
@@ -52,7 +58,7 @@ def variant_stats(ch: ClickHouse, deployment: str, metric: str, since_ms: int, u
             r.pop("revision")
             variants.append(r)
         else:
-            revisions.append({k: r[k] for k in ("revision", "variant", "shadow", "requests")})
+            revisions.append(r)
     return variants, revisions
 
 
@@ -76,8 +82,8 @@ def timeseries(ch: ClickHouse, deployment: str, metric: str, bucket_s: int, sinc
     """Per time bucket and variant (no shadow): the same sufficient statistics."""
     sql = (f"SELECT toInt64(toUnixTimestamp(toStartOfInterval(p.ts, toIntervalSecond({{bucket:UInt32}})))) * 1000 AS t, "
            f"p.variant, {_stats(metric)} "
-           f"FROM predictions AS p LEFT JOIN {_FEEDBACK} AS f ON p.request_id = f.request_id "
-           f"WHERE {_WINDOW} AND NOT p.shadow GROUP BY t, p.variant ORDER BY t, p.variant")
+           f"FROM predictions AS p {_JOIN} "
+           f"WHERE {_WINDOW} AND NOT p.shadow GROUP BY t, p.variant ORDER BY t, p.variant" + _SETTINGS)
     rows = ch.query(sql, {"d": deployment, "since": since_ms, "until": until_ms, "revision": revision,
                           "bucket": bucket_s})
     keys = ("t_ms", "variant", "requests", "errors", "latency", "labelled", "metric_sum", "metric_sum_sq")
