@@ -1,7 +1,9 @@
 """Prediction records in ClickHouse (`predictions`), inserted by the telemetry projector, read by the API.
 
 Idempotent like `metric_points`: each insert carries the batch ids as its deduplication token, and the
-ReplacingMergeTree key (deployment, request_id, shadow) collapses a repeat the token missed; queries read FINAL.
+ReplacingMergeTree key (deployment, request_id, shadow) collapses a repeat the token missed once parts merge. The
+summary here reads FINAL; the A/B report (projections/ab_queries.py) does not, for speed (FINAL cost 1.7x at 1M
+rows), so a repeat the token missed counts there until the merge.
 """
 from __future__ import annotations
 
