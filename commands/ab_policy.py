@@ -107,7 +107,7 @@ def decide(policy: dict[str, Any], weights: dict[str, int], control: str, halted
             return Action("halt", name, 0, f"policy: {name} rolled back: significantly worse ({said})"), figures
         at_last_step = not steps or weight >= steps[-1]
         lift = None if diff is None else (diff if result.get("higher_is_better", True) else -diff)
-        if (result.get("decision") == "challenger_better" and at_last_step and lift is not None
+        if (result.get("decision") == "challenger_better" and at_last_step and weight < 100 and lift is not None
                 and lift >= policy.get("min_lift", 0.0)):
             return Action("promote", name, 100, f"policy: {name} promoted: significantly better ({said})"), figures
         if weight >= (steps[-1] if steps else 100) or seconds_at_revision < policy["step_every_s"]:

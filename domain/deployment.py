@@ -330,6 +330,8 @@ class Deployment(Aggregate):
             raise DeploymentSpecError("variant", f"{variant!r} is not a challenger of deployment {self.name}")
         if action == "step" and variant in self.halted:
             raise DeploymentError(f"challenger {variant} was halted by the policy and is not ramped again")
+        if action == "promote" and self.weights[variant] == 100:
+            raise DeploymentError(f"challenger {variant} already takes all the traffic")
         target = {"step": weight, "promote": 100, "halt": 0}[action]
         check_weight("weight", target)
         weights = dict(self.weights)

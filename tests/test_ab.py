@@ -110,6 +110,9 @@ def test_a_better_challenger_is_ramped_up_and_promoted_and_the_history_says_why(
     low, high = comparison["ci"]
     assert 0 < low <= comparison["difference"] <= high  # the interval covers the estimate and excludes 0
     assert all(h["actor"] == "policy" for h in steps)
+    ab.traffic("promote-me", 100)
+    time.sleep(2)  # more evaluations after the promotion: nothing more happens
+    assert changes(ab.history("promote-me")) == changes(history)
 
     report = ab.http.get(f"{DEPLOYMENTS}/promote-me/ab", params={"metric": "accuracy"}).json()
     by_name = {v["name"]: v for v in report["variants"]}

@@ -46,6 +46,7 @@ def test_significantly_better_at_the_last_step_is_promoted_but_not_before() -> N
     assert figures["comparison"]["decision"] == "challenger_better"
     action, _ = act({"control": 90, "challenger": 10}, overall)
     assert action.action == "step"  # better, but the ramp is not done: step first
+    assert act({"control": 0, "challenger": 100}, overall)[0] is None  # promoted already: nothing more to do
     assert act({"control": 50, "challenger": 50}, overall, min_lift=0.1)[0] is None  # better, not by enough
 
 
