@@ -51,6 +51,10 @@ class AB:
             {"name": "challenger", "model": "bc", "version": challenger, "weight": weight}]}
         r = self.http.post(DEPLOYMENTS, json=body)
         assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 20  # until the inference server serves it (its feed follows the events)
+        while name not in {d["name"] for d in self.inference.get("/v1/deployments").json()["items"]}:
+            assert time.monotonic() < deadline, f"{name} never served"
+            time.sleep(0.05)
 
     def traffic(self, name: str, n: int, key: str | None = None) -> int:
         """`n` predictions of random rows, then feedback with their true labels; returns how many were answered."""
