@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,11 @@ import api.cli
 from api.cli import _ab_bucket, _ab_view, _sparkline, cli
 from api.client import TrainyardClient
 from api.schemas import DeploymentPublic
+from tests.test_cli_models import API, INTERRUPT, Script, Step, _clean_env, serve  # noqa: F401 (fixtures)
 
-API = "http://api.test:8000"
 DEP = "/api/v1/deployments/churn-api"
 METHOD = "mSPRT, normal mixture N(0, tau^2) (Johari et al., always valid inference)"
 SHA = "ab" * 32
-INTERRUPT = object()  # a Step answer: the "user" presses Ctrl-C during this request
 
 
 # ---- canned answers ------------------------------------------------------------------------------------------
@@ -106,57 +104,7 @@ def timeseries(differences: list[float], bucket: int = 60) -> dict[str, Any]:
     return {"deployment": "churn-api", "metric": "accuracy", "bucket_s": bucket, "control": "a", "points": points}
 
 
-# ---- scripted exchanges --------------------------------------------------------------------------------------
-@dataclass
-class Step:
-    method: str
-    path: str
-    body: Any = None  # the JSON body it must send (None: none)
-    status: int = 200
-    answer: Any = None
-    params: dict[str, str] = field(default_factory=dict)
-
-
-class Script:
-    """An httpx transport that expects exactly these requests, in this order, and answers each."""
-
-    def __init__(self, *steps: Step) -> None:
-        self.steps = list(steps)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        assert self.steps, f"unexpected request {request.method} {request.url}"
-        step = self.steps.pop(0)
-        assert (request.method, str(request.url.copy_with(query=None))) == (step.method, API + step.path)
-        assert dict(request.url.params) == step.params
-        assert (json.loads(request.content) if request.content else None) == step.body
-        if step.answer is INTERRUPT:
-            raise KeyboardInterrupt
-        content_type = "application/problem+json" if step.status >= 400 else "application/json"
-        return httpx.Response(step.status, json=step.answer, headers={"content-type": content_type})
-
-    def done(self) -> None:
-        assert not self.steps, f"requests not made: {[(s.method, s.path) for s in self.steps]}"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("TRAINYARD_API_URL", "TRAINYARD_INFERENCE_URL", "TRAINYARD_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("TRAINYARD_DATA_DIR", str(tmp_path / "no-data-dir"))
-
-
-@pytest.fixture
-def serve(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """serve(*steps): the CLI's clients talk to this script from now on; returns it."""
-
-    def install(*steps: Step) -> Script:
-        script = Script(*steps)
-        transport = httpx.MockTransport(script)
-        monkeypatch.setattr(api.cli, "TrainyardClient",
-                            lambda *a, **kw: TrainyardClient(*a, transport=transport, **kw))
-        return script
-
-    return install
+# ---- scripted exchanges: tests/test_cli_models.py's Step, Script and serve (imported above) ----------------
 
 
 def trainyard(*args: str, input: str | None = None) -> tuple[int, str]:

@@ -29,6 +29,7 @@ EXPORT = str(uuid.uuid4())
 KEY_ID = str(uuid.uuid4())
 SHA = "ab" * 32
 ANY = object()
+INTERRUPT = object()  # a Step answer: the "user" presses Ctrl-C during this request
 
 
 # ---- the API's answers, through its response models ---------------------------------------------------------
@@ -109,6 +110,8 @@ class Script:
             assert (json.loads(request.content) if request.content else None) == step.body
         for name, value in step.headers.items():
             assert request.headers.get(name) == value, f"header {name}: {request.headers.get(name)!r}"
+        if step.answer is INTERRUPT:
+            raise KeyboardInterrupt
         content_type = "application/problem+json" if step.status >= 400 else "application/json"
         return httpx.Response(step.status, json=step.answer, headers={"content-type": content_type})
 
