@@ -224,20 +224,7 @@ class TrainyardClient:
     def wait(self, job_id: str, timeout: float = 600.0, interval: float = 1.0) -> dict[str, Any]:
         """Poll until the job is completed, failed or cancelled; return it. Rides out an API restart
         (no connection, 5xx) until `timeout`; raises TimeoutError when the job is still going then."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                job = self.job(job_id)
-                if job["status"] in FINISHED:
-                    return job
-                state = job["status"]
-            except TrainyardError as e:
-                if not e.retryable or time.monotonic() >= deadline:
-                    raise
-                state = "unknown (API unavailable)"
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} is still {state} after {timeout:g} s")
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        return _until_finished(lambda: self.job(job_id), f"job {job_id}", timeout, interval)
 
     # ---- studies -------------------------------------------------------------------------------------
     def create_study(self, study: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
@@ -333,20 +320,8 @@ class TrainyardClient:
                     interval: float = 1.0) -> dict[str, Any]:
         """Poll until the export is completed, failed or cancelled; return it. Rides out an API restart until
         `timeout`; raises TimeoutError when it is still going then."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                export = self.get_export(name, version, export_id)
-                if export["status"] in FINISHED:
-                    return export
-                state = export["status"]
-            except TrainyardError as e:
-                if not e.retryable or time.monotonic() >= deadline:
-                    raise
-                state = "unknown (API unavailable)"
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"export {export_id} is still {state} after {timeout:g} s")
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        return _until_finished(lambda: self.get_export(name, version, export_id), f"export {export_id}", timeout,
+                               interval)
 
     # ---- deployments ---------------------------------------------------------------------------------
     def deploy(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -477,3 +452,22 @@ class TrainyardClient:
 
     def close(self) -> None:
         self.http.close()
+
+
+def _until_finished(fetch: Any, what: str, timeout: float, interval: float) -> dict[str, Any]:
+    """`fetch()` until its status is completed, failed or cancelled; rides out a retryable error (the API restarting)
+    until `timeout`, then raises TimeoutError naming `what` and its last state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            item = fetch()
+            if item["status"] in FINISHED:
+                return item
+            state = item["status"]
+        except TrainyardError as e:
+            if not e.retryable or time.monotonic() >= deadline:
+                raise
+            state = "unknown (API unavailable)"
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} is still {state} after {timeout:g} s")
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
