@@ -292,17 +292,9 @@ def native_predict(framework: str, task: str, model_bytes: bytes, X: np.ndarray)
     if framework == "pytorch":
         import torch
 
-        from runners.trainers.pytorch_trainer import load_model
+        from runners.trainers.pytorch_trainer import load_model, predict
 
-        with torch.no_grad():
-            out = load_model(model_bytes)(torch.from_numpy(X)).double()  # as the trainer measured it
-        if task == "binary_classification":
-            out = torch.sigmoid(out.squeeze(1))
-        elif task == "multiclass_classification":
-            out = torch.softmax(out, dim=1)
-        else:
-            out = out.squeeze(1)
-        return out.numpy()
+        return predict(load_model(model_bytes), torch.from_numpy(X), task)  # as the trainer measured it
     raise ExportError(f"cannot predict with framework {str(framework)[:40]!r}")
 
 

@@ -97,7 +97,7 @@ class PyTorchMLPTrainer:
                 loss.backward()
                 optimizer.step()
                 total += reported * len(rows)
-            scores = validation_metrics(spec.task, split.y_valid, _predict(model, X_valid, spec.task))
+            scores = validation_metrics(spec.task, split.y_valid, predict(model, X_valid, spec.task))
             report.step(epoch, params["epochs"], step_metrics(spec.task, total / n, scores))
         return TrainResult(final_metrics=scores, model_bytes=_serialize(model, spec, split, params),
                            model_format=PYTORCH.model_format, feature_names=tuple(split.feature_names),
@@ -148,7 +148,7 @@ def _loss(task: str, model: StandardizedMLP):
 
 
 @torch.no_grad()
-def _predict(model: StandardizedMLP, X: torch.Tensor, task: str) -> np.ndarray:
+def predict(model: StandardizedMLP, X: torch.Tensor, task: str) -> np.ndarray:
     """Validation predictions in validation_metrics' shape: P(class 1), (n, K) probabilities, values."""
     model.eval()
     out = model(X).double()  # float64 so probabilities sum to 1 within sklearn's tolerance
