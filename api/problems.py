@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -67,6 +68,36 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or str(loc[0] if loc else "body")
 
 
+def _conflict(e: Exception) -> Problem:
+    return Problem(409, "Conflict", str(e), getattr(e, "field", None))
+
+
+def _invalid_field(e: Any) -> Problem:
+    return Problem(422, "Invalid request", str(e), e.field)
+
+
+# The domain's and the commands' errors, each as the problem it answers (the handler is found by the error's MRO).
+DOMAIN_ERRORS: tuple[tuple[type[Exception], Callable[[Any], Problem]], ...] = (
+    (JobNotFoundError, lambda e: Problem(404, "Not found", f"no training job {e}", "job_id")),
+    (StudyNotFoundError, lambda e: Problem(404, "Not found", f"no study {e}", "study_id")),
+    (ModelNotFoundError, lambda e: Problem(404, "Not found", f"no model {e}", "name")),
+    (VersionNotFoundError, lambda e: Problem(404, "Not found", str(e), "version")),
+    (ExportNotFoundError, lambda e: Problem(404, "Not found", f"no export {e}", "export_id")),
+    (DeploymentNotFoundError, lambda e: Problem(404, "Not found", f"no deployment {e}", "name")),
+    (ApiKeyNotFoundError, lambda e: Problem(404, "Not found", f"no API key {e}", "key_id")),
+    (IdempotencyConflictError, lambda e: Problem(409, "Conflict", str(e), "Idempotency-Key")),
+    (JobError, _conflict), (StudyError, _conflict), (ModelError, _conflict), (DeploymentError, _conflict),
+    (ApiKeyError, _conflict),
+    (ModelSpecError, _invalid_field), (DeploymentSpecError, _invalid_field), (ApiKeySpecError, _invalid_field),
+)
+
+
+def _handler(to_problem: Callable[[Any], Problem]) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return problem_response(request, to_problem(exc))
+    return handle
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -80,69 +111,8 @@ def install(app: FastAPI) -> None:
         return problem_response(request, Problem(status, "Invalid request", f"{first['field']}: {first['reason']}",
                                                  first["field"], errors))
 
-    @app.exception_handler(JobNotFoundError)
-    async def _not_found(request: Request, exc: JobNotFoundError) -> JSONResponse:
-        return problem_response(request, Problem(404, "Not found", f"no training job {exc}", "job_id"))
-
-    @app.exception_handler(StudyNotFoundError)
-    async def _no_study(request: Request, exc: StudyNotFoundError) -> JSONResponse:
-        return problem_response(request, Problem(404, "Not found", f"no study {exc}", "study_id"))
-
-    @app.exception_handler(StudyError)
-    async def _study_conflict(request: Request, exc: StudyError) -> JSONResponse:
-        return problem_response(request, Problem(409, "Conflict", str(exc)))
-
-    @app.exception_handler(JobError)
-    async def _conflict(request: Request, exc: JobError) -> JSONResponse:
-        return problem_response(request, Problem(409, "Conflict", str(exc)))
-
-    @app.exception_handler(IdempotencyConflictError)
-    async def _idem(request: Request, exc: IdempotencyConflictError) -> JSONResponse:
-        return problem_response(request, Problem(409, "Conflict", str(exc), "Idempotency-Key"))
-
-    @app.exception_handler(ModelNotFoundError)
-    async def _no_model(request: Request, exc: ModelNotFoundError) -> JSONResponse:
-        return problem_response(request, Problem(404, "Not found", f"no model {exc}", "name"))
-
-    @app.exception_handler(VersionNotFoundError)
-    async def _no_version(request: Request, exc: VersionNotFoundError) -> JSONResponse:
-        return problem_response(request, Problem(404, "Not found", str(exc), "version"))
-
-    @app.exception_handler(ExportNotFoundError)
-    async def _no_export(request: Request, exc: ExportNotFoundError) -> JSONResponse:
-        return problem_response(request, Problem(404, "Not found", f"no export {exc}", "export_id"))
-
-    @app.exception_handler(ModelError)
-    async def _model_conflict(request: Request, exc: ModelError) -> JSONResponse:
-        return problem_response(request, Problem(409, "Conflict", str(exc)))
-
-    @app.exception_handler(ModelSpecError)
-    async def _model_spec(request: Request, exc: ModelSpecError) -> JSONResponse:
-        return problem_response(request, Problem(422, "Invalid request", str(exc), exc.field))
-
-    @app.exception_handler(DeploymentNotFoundError)
-    async def _no_deployment(request: Request, exc: DeploymentNotFoundError) -> JSONResponse:
-        return problem_response(request, Problem(404, "Not found", f"no deployment {exc}", "name"))
-
-    @app.exception_handler(ApiKeyNotFoundError)
-    async def _no_key(request: Request, exc: ApiKeyNotFoundError) -> JSONResponse:
-        return problem_response(request, Problem(404, "Not found", f"no API key {exc}", "key_id"))
-
-    @app.exception_handler(DeploymentError)
-    async def _deployment_conflict(request: Request, exc: DeploymentError) -> JSONResponse:
-        return problem_response(request, Problem(409, "Conflict", str(exc), getattr(exc, "field", None)))
-
-    @app.exception_handler(ApiKeyError)
-    async def _key_conflict(request: Request, exc: ApiKeyError) -> JSONResponse:
-        return problem_response(request, Problem(409, "Conflict", str(exc)))
-
-    @app.exception_handler(DeploymentSpecError)
-    async def _deployment_spec(request: Request, exc: DeploymentSpecError) -> JSONResponse:
-        return problem_response(request, Problem(422, "Invalid request", str(exc), exc.field))
-
-    @app.exception_handler(ApiKeySpecError)
-    async def _key_spec(request: Request, exc: ApiKeySpecError) -> JSONResponse:
-        return problem_response(request, Problem(422, "Invalid request", str(exc), exc.field))
+    for error, to_problem in DOMAIN_ERRORS:
+        app.add_exception_handler(error, _handler(to_problem))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
