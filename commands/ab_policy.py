@@ -34,7 +34,7 @@ from domain.ab_stats import VariantStats, compare
 from domain.contract import printable
 from domain.deployment import DeploymentError, control_of
 from infra.clickhouse import ClickHouse
-from infra.health import Stage
+from infra.health import Stage, stopped_within
 from projections.ab_queries import variant_stats
 from projections.deployments import DeploymentQueries
 
@@ -194,7 +194,4 @@ class PolicyEngine:
             except Exception as e:
                 self.stage.failed(e)
             self.stage.tick()
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
+            await stopped_within(stop, self.interval_s)

@@ -26,7 +26,7 @@ from commands.leases import LeaseStore
 from commands.training import TrainingApplication
 from domain.contract import WORK_PREFIX, printable
 from domain.training_job import JobError
-from infra.health import Stage
+from infra.health import Stage, stopped_within
 
 log = logging.getLogger("trainyard.reconciler")
 
@@ -102,7 +102,4 @@ class Reconciler:
                 log.warning("reconciler pass failed: %s", printable(e, 300))
                 self.stage.failed(e)
                 self.stage.tick()
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
+            await stopped_within(stop, self.interval_s)

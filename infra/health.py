@@ -11,6 +11,8 @@ Thread-safe enough for its use: plain attribute writes from one owner, reads fro
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,3 +106,10 @@ class Health:
 
     def healthy(self) -> bool:
         return all(s.status() not in UNHEALTHY for s in self.stages.values())
+
+
+async def stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds`, or less if `stop` is set meanwhile; whether it is set (a periodic stage's pause)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()

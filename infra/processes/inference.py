@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.inference import InferenceApp, parse_test_delays
 from domain.contract import TELEMETRY_PREDICTIONS, printable
-from infra.health import Health, Stage
+from infra.health import Health, Stage, stopped_within
 from infra.messaging import EVENTS_STREAM, connect, dead_letter, ensure_streams, pulled
 from infra.postgres import DDL_LOCK, pool as pg_pool
 from infra.settings import Settings
@@ -124,11 +124,7 @@ class Feed:
                 self.stage.progressed()
 
     async def reload_every(self, seconds: float, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), seconds)
-            if stop.is_set():
-                return
+        while not await stopped_within(stop, seconds):
             try:
                 await asyncio.to_thread(self.reload)
             except Exception as e:  # the database is away: the feed still runs
@@ -152,8 +148,7 @@ async def publish_telemetry(js: JetStreamContext, telemetry: Telemetry, stage: S
             stage.failed(e)
         if stopping:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), FLUSH_S)
+        await stopped_within(stop, FLUSH_S)
         stage.tick()
 
 
