@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.contract import has_control
+from domain.contract import FieldError, has_control
 from domain.deployment import NAME_PATTERN
 
 ALL = "*"
@@ -40,13 +40,8 @@ class ApiKeyRevokedError(ApiKeyError):
     """The key was already revoked."""
 
 
-class ApiKeySpecError(ValueError):
+class ApiKeySpecError(FieldError):
     """Invalid input; maps to HTTP 422. `field` names what is wrong, e.g. "deployments[2]"."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 # ---- keys -------------------------------------------------------------------------------------

@@ -59,6 +59,16 @@ def _no_control(value: str) -> str:
 Text = Annotated[str, AfterValidator(_no_control)]
 
 
+class FieldError(ValueError):
+    """Input that cannot be used: `field` names where (a request path such as "params.num_leaves" or
+    "variants[1].weight"), `reason` says why in words a user can act on. The API answers 422 naming the field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 # ---- subjects ---------------------------------------------------------------------------------
 def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

@@ -25,7 +25,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.contract import has_control
+from domain.contract import FieldError, has_control
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
@@ -61,13 +61,8 @@ class NoPreviousRevisionError(DeploymentError):
     """A rollback of a deployment that has only its first revision."""
 
 
-class DeploymentSpecError(ValueError):
+class DeploymentSpecError(FieldError):
     """Invalid input; maps to HTTP 422. `field` names what is wrong, e.g. "variants[1].weight", "weights.b"."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 # ---- validation (pure; also usable by the command layer before it builds artifacts) -------------------

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from domain.contract import FieldError
 from domain.framework_params import Param, choice, flag, int_list, integer, number
 from domain.training_job import TASKS
 
@@ -28,13 +29,8 @@ MAX_TORCH_PARAMETERS = 20_000_000  # weights and biases of the whole network
 MAX_LIGHTGBM_LEAVES = 2_000_000  # n_estimators * num_leaves: bounds model size and training time
 
 
-class ParamsError(ValueError):
+class ParamsError(FieldError):
     """A training parameter that cannot be used: `field` ("params.<name>", "params", "framework", "task")."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 Budget = Callable[[dict[str, Any], int, int], None]  # (resolved params, n_features, n_outputs); raises ParamsError

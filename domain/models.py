@@ -21,7 +21,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.contract import has_control
+from domain.contract import FieldError, has_control
 from domain.work import DEFAULT_MAX_ATTEMPTS, LeasedWork
 
 _MODEL_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/models")
@@ -37,12 +37,8 @@ class ModelError(Exception):
     """A command the model's state does not allow; maps to HTTP 409."""
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(FieldError):
     """Invalid input; `field` names it (HTTP 422)."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
 
 
 class VersionNotFoundError(LookupError):

@@ -36,6 +36,7 @@ import math
 from decimal import Decimal
 from typing import Any
 
+from domain.contract import FieldError
 from domain.framework_params import Param
 from domain.frameworks import FrameworkSpec, ParamsError, _unknown, check_budget, framework_spec, resolve_params
 from domain.training_job import TASKS
@@ -73,13 +74,8 @@ _KIND_WORDS = {"float": "a number", "int": "an integer", "bool": "a true/false",
                "int_list": "a list"}
 
 
-class StudySpecError(ValueError):
+class StudySpecError(FieldError):
     """A study request that cannot run: `field` names where ("search_space.num_leaves.low", "pruner.type")."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 def default_direction(metric: str) -> str:

@@ -13,19 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from domain.contract import FieldError
+
 FILE_SUFFIXES = (".csv", ".parquet")
 MAX_FEATURE_COLUMNS = 10_000
 MAX_CELLS = 200_000_000  # rows x columns of one table
 
 
-class DatasetError(ValueError):
+class DatasetError(FieldError):
     """A dataset that cannot be used: `field` is the request field ("dataset.uri", "dataset.target", "task",
     or "file" for an upload), `reason` says why in words a user can act on."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 def resolve_file_uri(uri: str, roots: Sequence[Path]) -> Path:
