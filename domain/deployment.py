@@ -236,15 +236,12 @@ class Deployment(Aggregate):
 
     def _record(self, change: str, reason: str | None, rolled_back_to: int | None, at: datetime,
                 figures: dict[str, Any] | None = None) -> None:
-        if figures is not None:
-            self.revisions.append({"revision": self.revision, "change": change, "reason": reason,
-                                   "variants": copy.deepcopy(self.variants), "shadow": copy.deepcopy(self.shadow),
-                                   "active": self.active, "at": at.isoformat(), "rolled_back_to": rolled_back_to,
-                                   "figures": copy.deepcopy(figures)})
-            return
-        self.revisions.append({"revision": self.revision, "change": change, "reason": reason,
-                               "variants": copy.deepcopy(self.variants), "shadow": copy.deepcopy(self.shadow),
-                               "active": self.active, "at": at.isoformat(), "rolled_back_to": rolled_back_to})
+        entry = {"revision": self.revision, "change": change, "reason": reason,
+                 "variants": copy.deepcopy(self.variants), "shadow": copy.deepcopy(self.shadow),
+                 "active": self.active, "at": at.isoformat(), "rolled_back_to": rolled_back_to}
+        if figures is not None:  # a policy action: what it was based on
+            entry["figures"] = copy.deepcopy(figures)
+        self.revisions.append(entry)
 
     # ---- commands ---------------------------------------------------------------------------------
     def change_traffic(self, weights: dict[str, int], reason: str | None = None) -> None:
