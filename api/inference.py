@@ -91,9 +91,9 @@ class InferenceApp:
             if deployment is None:
                 raise PredictError(404, f"no active deployment {name!r}", "name")
             body = await _body(receive, headers)
-            try:
-                doc = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            try:  # strict JSON: NaN/Infinity tokens refused; nesting too deep for the parser is a bad body too
+                doc = json.loads(body, parse_constant=_not_json)
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 raise PredictError(400, "the body is not valid JSON", "body") from None
             if not isinstance(doc, dict) or set(doc) - {"instances", "key"}:
                 raise PredictError(422, "body: an object with `instances` and an optional `key`", "body")
@@ -172,6 +172,10 @@ class InferenceApp:
         report["telemetry"] = {"buffered": len(self.telemetry), "published": self.telemetry.published,
                                "dropped": self.telemetry.dropped, "shadow_dropped": self.shadow_dropped}
         return report
+
+
+def _not_json(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
 
 
 def _api_key(headers: dict[bytes, bytes]) -> str | None:

@@ -333,3 +333,77 @@ def test_revisions_swap_in_without_dropping_or_failing_a_request(serving: Servin
     assert len(results) > 50 and all(code == 200 for code, _ in results), Counter(c for c, _ in results)
     revisions = [rev for _, rev in results]
     assert revisions == sorted(revisions) and revisions[-1] == 7  # each request saw a whole revision, in order
+
+
+def test_hostile_requests_get_a_4xx_and_the_next_request_still_works(serving: Serving) -> None:
+    http = serving.http
+    body = {"name": "hostile", "variants": [{"name": "a", "model": "bc", "version": 1, "weight": 100}]}
+    assert http.post(DEPLOYMENTS, json=body).status_code == 201
+    serving.wait_revision("hostile", 1)
+    auth = {"Authorization": f"Bearer {serving.key}", "content-type": "application/json"}
+    url = "/v1/deployments/hostile/predict"
+    nan_row = "[" + ", ".join(["NaN"] + ["1.0"] * 29) + "]"
+    for content, status in [("[" * 200_000, 400),  # deeper than the parser goes
+                            ('{"instances": [' + nan_row + "]}", 400),  # NaN is not JSON
+                            ('{"instances": [[' + "1.0, " * 400_000 + "1.0]]}", 413),  # 2 MB
+                            ('{"instances": [[[[[[1]]]]]]}', 422), ('{"instances": "x"}', 422),
+                            ('{"instances": [["a\\u0000b"] ]}', 422), ('{"instances": [[1]], "extra": 1}', 422)]:
+        r = serving.inference.post(url, content=content.encode(), headers=auth)
+        assert r.status_code == status and r.headers["content-type"] == "application/problem+json", (content[:40], r.text)
+    assert serving.predict("hostile", [ROWS[0]], key="user\u0000with a NUL").status_code == 200  # only hashed
+    assert serving.predict("no-such-deployment", [ROWS[0]]).status_code == 404
+
+    fb = f"{DEPLOYMENTS}/hostile/feedback"
+    for content, status in [('[{"request_id": "r1", "label": "a\\u0000b"}]', 422),
+                            ('[{"request_id": "r1", "value": NaN}]', 422),
+                            ('[{"request_id": "r1", "label": "' + "x" * 2_000_000 + '"}]', 413),
+                            ("[" * 5000 + "]" * 5000, 400), ('[{"request_id": 7, "label": "a"}]', 422),
+                            ('[{"request_id": "r1", "label": "a", "value": 1.0}]', 422),
+                            ('[{"request_id": "r1"}]', 422)]:
+        r = http.post(fb, content=content.encode(), headers={"content-type": "application/json"})
+        assert r.status_code == status and r.json().get("field"), (content[:40], r.status_code, r.text[:200])
+    many = [{"request_id": f"r{i}", "label": "benign"} for i in range(10_001)]
+    assert http.post(fb, json=many).status_code in (413, 422)
+    assert http.post(f"{DEPLOYMENTS}/nope/feedback", json=[{"request_id": "r", "label": "a"}]).status_code == 404
+    r = http.post(DEPLOYMENTS, json={**body, "name": "h2", "reason": "a\u0000b"})
+    assert r.status_code == 422 and r.json()["field"] == "reason"
+    assert http.patch(f"{DEPLOYMENTS}/hostile/traffic", content=b'{"weights": {"a": NaN}}',
+                      headers={"content-type": "application/json"}).status_code == 422
+
+    answered = serving.predict("hostile", [ROWS[0]])  # and a normal request right after
+    assert answered.status_code == 200
+    r = http.post(fb, json=[{"request_id": answered.json()["request_id"], "label": "benign"},
+                            {"request_id": "never-answered", "label": "benign"}])
+    assert r.status_code == 202 and r.json()["received"] == 2 and "never-answered" in r.json()["unknown_request_ids"]
+
+
+def test_malformed_serving_messages_are_dead_lettered_and_serving_goes_on(serving: Serving) -> None:
+    import asyncio
+    import json
+
+    import nats
+
+    async def scenario() -> list[bytes]:
+        nc = await nats.connect(serving.stack.nats_url)
+        js = nc.jetstream()
+        marker = f"garbage-{time.time_ns()}"
+        await js.publish("trainyard.v1.telemetry.predictions", json.dumps({"batch_id": marker}).encode())
+        await js.publish("trainyard.v1.telemetry.feedback", json.dumps({"batch_id": marker, "x": [1]}).encode())
+        forged = {"aggregate": "deployment", "aggregate_id": marker, "type": "deployment.created", "payload": {}}
+        await js.publish("trainyard.v1.deployment.created", json.dumps(forged).encode())
+        dead = await js.subscribe("trainyard.v1.dlq.>", stream="TRAINYARD_DLQ", ordered_consumer=True)
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sum(marker.encode() in d for d in seen) < 3:
+            try:
+                seen.append((await dead.next_msg(timeout=1)).data)
+            except nats.errors.TimeoutError:
+                pass
+        await nc.close()
+        return [d for d in seen if marker.encode() in d]
+
+    assert len(asyncio.run(scenario())) == 3  # the prediction batch, the feedback batch, the forged event
+    body = {"name": "after-garbage", "variants": [{"name": "a", "model": "bc", "version": 1, "weight": 100}]}
+    assert serving.http.post(DEPLOYMENTS, json=body).status_code == 201
+    serving.wait_revision("after-garbage", 1)  # the feed still follows the events
+    assert serving.predict("after-garbage", [ROWS[0]]).status_code == 200
