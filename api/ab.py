@@ -89,13 +89,15 @@ def ab_report(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: M
     """Per variant: requests, labelled requests, error rate, latency p50/p95/p99, the metric with its always-valid 95%
     confidence interval; per challenger against the control (the variant named `control`, else the first): the
     difference, its interval, an always-valid p-value (valid however often you look) and a decision; a
-    sample-ratio-mismatch check per revision; the shadow's agreement with what was served."""
+    sample-ratio-mismatch check per revision; the shadow's agreement with what was served. The window is whole
+    minutes (`since` rounded down, `until` up), by the time of the prediction."""
     return report(s, name, metric, since, until, revision)
 
 
 @router.get("/{name}/ab/timeseries", responses=problems(404, 422))
 def ab_timeseries(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: Metric = "accuracy",
-                  bucket: Annotated[int, Query(ge=1, le=86400, description="seconds per bucket")] = 60,
+                  bucket: Annotated[int, Query(ge=60, le=86400, multiple_of=60,
+                                               description="seconds per bucket, whole minutes")] = 60,
                   since: EpochMs = None, until: EpochMs = None,
                   revision: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> dict[str, Any]:
     """Per time bucket: each variant's figures in the bucket, and the comparison of each challenger with the control

@@ -801,7 +801,7 @@ class AbMetric(str, Enum):
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 60  # the most points a sparkline draws (and the bucket choice aims for)
-AB_BUCKETS_S = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 2 * 3600, 6 * 3600, 12 * 3600, 86400)
+AB_BUCKETS_S = (60, 120, 300, 600, 900, 1800, 3600, 2 * 3600, 6 * 3600, 12 * 3600, 86400)
 DECISION_STYLE = {"challenger_better": "green", "control_better": "red"}  # any other decision: yellow
 FEEDBACK_BATCH = 10_000  # feedback items per POST (the API's limit)
 

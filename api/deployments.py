@@ -144,10 +144,13 @@ async def feedback(name: NamePath, items: Annotated[list[FeedbackItem], Body(max
             raise Problem(422, "Invalid request", f"{i}: give exactly one of label and value", f"{i}.label")
     ids = [item.request_id for item in items]
     known = await asyncio.to_thread(s.predictions.known_requests, name, ids)
-    batch = FeedbackBatch(batch_id=hashlib.sha256(f"{name}|{ids}|"
+    # The batch id names this post (the time included): posting a label again after a correction is a new
+    # replacement, not a repeat to drop.
+    now_ms = int(time.time() * 1000)
+    batch = FeedbackBatch(batch_id=hashlib.sha256(f"{name}|{now_ms}|{ids}|"
                                                   f"{[(i.label, i.value) for i in items]}".encode()).hexdigest()[:40],
                           deployment=name, request_id=ids, label=[i.label or "" for i in items],
-                          value=[i.value for i in items], ts_ms=[int(time.time() * 1000)] * len(items))
+                          value=[i.value for i in items], ts_ms=[now_ms] * len(items))
     nc = request.app.state.nats
     if nc is None:
         raise Problem(503, "Unavailable", "feedback needs NATS, which this API process has no connection to")

@@ -1,4 +1,4 @@
-"""The A/B report over 10,000,000 predictions: Trainyard's one ClickHouse pass vs exporting to pandas.
+"""The A/B report over 10,000,000 predictions: Trainyard's per-minute aggregates vs exporting to pandas.
 
 Data (numpy, seeded): --rows prediction records of one deployment, one request each, spread over one day in time
 order; 3 revisions (a third of the day each); 2 variants, `control` 90% and `challenger` 10% of the traffic in every
@@ -6,16 +6,20 @@ revision; binary classification (classes ["malignant", "benign"], probabilities 
 control right 90% of the time, challenger 91%); latency log-normal (median 0.9 ms control, 1.0 ms challenger);
 status 200, 0.1% 500s (no prediction, no probabilities); request ids 32 hex digits as the inference server makes
 them; batch ids per server and second. --feedback rows of feedback: labels for a random 10% of the requests (errors
-included, as a client would send them), 1% of them corrected later (a first, wrong label, then the right one in an
-insert of its own), so "the latest per request" matters. Inserted as Arrow columns — the columns
-PredictionStore.insert_batches / insert_feedback build — through the store's `ch.insert`, --chunk rows per insert,
-one deduplication token each.
+included, as a client would send them), 1% of them corrected later (a first, wrong label, then the right one an hour
+later), so "the latest per request" matters.
 
-Trainyard: `api.ab.report(...)` itself — `variant_stats` (one ClickHouse pass: predictions LEFT JOIN the latest
-feedback per request, GROUP BY GROUPING SETS) and the statistics (`summarize` per variant, `compare`, `srm` per
-revision) — with an in-memory stub for the two PostgreSQL read-model calls it makes (the deployment row and its
-history). Per metric (accuracy, logloss): one untimed run, then the median of --repeats. The window is the report's
-default (since 0, until now: every row).
+Loading goes the service's way: predictions as the Arrow columns PredictionStore.insert_batches builds, through
+the store's `ch.insert` (--chunk rows per insert, one deduplication token each), so the materialized view keeps
+`prediction_minutes`; feedback through `PredictionStore.insert_feedback` itself, in the API's 2,000-row batches,
+--gather per call as the projector fetches them, so each insert computes its effects on `label_minutes` (a look-up
+of its request ids in the 10M predictions). Both rates are printed: they are the projectors' costs at this size.
+
+Trainyard: `api.ab.report(...)` itself — `variant_stats` (one query over the per-minute aggregates) and the
+statistics (`summarize` per variant, `compare`, `srm` per revision) — with an in-memory stub for the two PostgreSQL
+read-model calls it makes (the deployment row and its history). Per metric (accuracy, logloss): one untimed run,
+then the median of --repeats. The window is the report's default (since 0, until now: every row). For reference,
+the same figures by one join pass over the raw tables (how the report read before the aggregates).
 
 Baseline, as a user of MLflow/SageMaker-style prediction logging would do it: export the rows from the log store
 (here chDB, straight into DataFrames with chDB's DataFrame output, only the columns needed) and compute in pandas:
@@ -25,26 +29,16 @@ per revision and variant the requests; the accuracy difference with a fixed-hori
 (unpooled). Export and compute are timed separately, one run each by default (--baseline-repeats), and
 `ratio=` is (export + compute) ÷ Trainyard's accuracy report median.
 
-Checks ("same figures"): per variant requests, errors, labelled and Σ correct equal pandas' exactly (and the
-generator's), requests per revision too, the difference and its fixed-horizon interval to 1e-12; logloss's Σ
-equals the generator's (float32 probabilities, rel 1e-9). Latency quantiles differ by design (ClickHouse
-`quantiles` samples 8,192 values) and are printed, not compared.
-
-Also (each on by default; --no-… to skip):
-- the report with the proposed SQL (`proposed_sql`: the latest feedback by FINAL, LEFT ANY JOIN, the partial merge
-  join), checked to give the same figures;
-- query variants (--variants): the pass's pieces (the aggregation without the join, the feedback side, reading
-  request_id, the join alone) and SQL variants of it — join algorithms, ANY strictness, FINAL, a two-level
-  aggregation — each checked against the report's figures (--all-variants adds the slow ones);
-- a prototype (--prototype) of what would meet the goal: per-minute aggregates (AggregatingMergeTree with a
-  t-digest of the latency, SummingMergeTree of the labelled Σx, Σx²), built here once from the loaded rows;
-- the report again after OPTIMIZE TABLE … FINAL on both tables (--optimize).
+Checks ("same figures"): per variant requests, errors, labelled and Σ correct equal the raw pass's, pandas' and
+the generator's exactly, requests per revision too, the difference and its fixed-horizon interval to 1e-12;
+logloss's Σ equals the generator's (float32 probabilities, rel 1e-9). Latency quantiles differ by design (the
+aggregates merge t-digests, the raw pass samples 8,192 values, pandas is exact) and are printed, not compared.
+Then (--no-rebuild to skip) the aggregates are rebuilt from the raw tables and must give the same figures.
 
     .venv/bin/python bench/ab_report.py [--rows 10000000] [--feedback 1000000] [--repeats 5] [--db DIR]
 
-Ends with `ratio=` and `goal: report <= 100 ms: MET/MISSED (x ms)` (the accuracy report as the code stands, on the
-rows as loaded, before the merge). About 5 minutes and 5 GB of memory (peak: the baseline's DataFrames and merge)
-at the defaults on 2 cores.
+Ends with `ratio=` and `goal: report <= 100 ms: MET/MISSED (x ms)` (the accuracy report). About 5 GB of memory at
+the defaults (peak: the baseline's DataFrames and merge).
 """
 from __future__ import annotations
 
@@ -66,11 +60,12 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import api.ab as api_ab  # noqa: E402
 from api.ab import report  # noqa: E402
+from api.deployments import FEEDBACK_CHUNK  # noqa: E402
+from domain.contract import FeedbackBatch  # noqa: E402
 from infra.clickhouse import connect as connect_clickhouse  # noqa: E402
-from projections import ab_queries  # noqa: E402
-from projections.prediction_store import COLUMNS, FEEDBACK_COLUMNS, PredictionStore  # noqa: E402
+from projections import ab_queries, prediction_store  # noqa: E402
+from projections.prediction_store import COLUMNS, PredictionStore  # noqa: E402
 
 DEPLOYMENT = "tumor-classifier"
 CLASSES = ["malignant", "benign"]
@@ -110,7 +105,7 @@ def pick(values: list[str], idx: np.ndarray) -> pa.Array:
     return pa.array(values, pa.string()).take(pa.array(idx))
 
 
-def load(ch: Any, rows: int, feedback: int, chunk: int, seed: int) -> tuple[float, float, dict[str, Any]]:
+def load(ch: Any, rows: int, feedback: int, chunk: int, gather: int, seed: int) -> tuple[float, float, dict[str, Any]]:
     """Insert the predictions and the feedback; returns (prediction load s, feedback load s, generator truth)."""
     rng = np.random.default_rng(seed)
     store = PredictionStore(ch)
@@ -178,33 +173,29 @@ def load(ch: Any, rows: int, feedback: int, chunk: int, seed: int) -> tuple[floa
     ts = np.concatenate(fb_ts)
     truth = np.concatenate(fb_truth)
     meta = {k: np.concatenate([m[k] for m in fb_meta]) for k in fb_meta[0]}
-    # corrections: the first label wrong, the right one an hour later, in inserts of its own (a ReplacingMergeTree
-    # collapses duplicates within one insert)
+    # corrections: the first label wrong, the right one an hour later
     fix = np.sort(rng.choice(len(chars), size=max(feedback - len(chars), 0), replace=False))
     first_label = truth.copy()
     first_label[fix] = ~truth[fix]
+    # through the feedback projector's path: FEEDBACK_CHUNK-row batches (as the API publishes them), `gather` of them
+    # per PredictionStore.insert_feedback call (as the projector fetches them)
     fb_s = 0.0
     rows_fb = 0
     for what, (c, t_ms, lab) in {"labels": (chars, ts, first_label),
                                  "corrections": (chars[fix], ts[fix] + 3_600_000, truth[fix])}.items():
         order = np.argsort(t_ms, kind="stable")  # feedback arrives in time order
-        m = len(order)
-        fb_columns = {
-            "ts": pa.array(t_ms[order], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-            "deployment": pick([DEPLOYMENT], np.zeros(m, dtype=np.int8)),
-            "request_id": ids_from_chars(c[order]),
-            "label": pick(CLASSES, np.where(lab[order], 0, 1).astype(np.int8)),
-            "value": pa.nulls(m, pa.float64()),
-            "batch_id": pa.array([f"feedback-{what}:{i}" for i in range(0, m // 1000 + 1)], pa.string()).take(
-                pa.array(np.arange(m) // 1000)),
-        }
-        assert list(fb_columns) == FEEDBACK_COLUMNS
-        for start in range(0, m, chunk):
-            part = {col: a.slice(start, chunk) for col, a in fb_columns.items()}
+        ids = ids_from_chars(c[order]).to_pylist()
+        ts_list = t_ms[order].tolist()
+        labels = [CLASSES[0] if x else CLASSES[1] for x in lab[order]]
+        batches = [FeedbackBatch.model_construct(
+            batch_id=f"feedback-{what}-{start}", deployment=DEPLOYMENT, request_id=ids[start:start + FEEDBACK_CHUNK],
+            label=labels[start:start + FEEDBACK_CHUNK], value=[None] * len(ids[start:start + FEEDBACK_CHUNK]),
+            ts_ms=ts_list[start:start + FEEDBACK_CHUNK]) for start in range(0, len(ids), FEEDBACK_CHUNK)]
+        for start in range(0, len(batches), gather):
             t = time.perf_counter()
-            ch.insert("feedback", FEEDBACK_COLUMNS, part, dedup_token=f"bench-feedback-{what}-{start}")
+            store.insert_feedback(batches[start:start + gather])
             fb_s += time.perf_counter() - t
-        rows_fb += m
+        rows_fb += len(ids)
     # what the report must say, from the generator (final label = the truth for every labelled request)
     expected: dict[str, Any] = {}
     for i, v in enumerate(VARIANTS):
@@ -253,19 +244,6 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, list[float]]:
         fn()
         times.append(time.perf_counter() - start)
     return result, times
-
-
-def alternate(fns: list[Callable[[], Any]], repeats: int) -> tuple[list[Any], list[list[float]]]:
-    """Like `timed` for several functions, their runs interleaved (a, b, a, b, …) so that a change in the
-    machine's load hits them alike."""
-    results = [fn() for fn in fns]
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - start)
-    return results, times
 
 
 def settle(ch: Any, limit_s: float = 180.0) -> float:
@@ -335,163 +313,18 @@ def baseline_compute(preds: Any, fb: Any, control: str = "control") -> dict[str,
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Query variants (diagnosis): the same figures, other SQL
+# The figures from the raw tables, as the report computed them before the per-minute aggregates: one pass joining
+# every prediction with the latest feedback per request (the rebuild's SQL is the same computation)
 
-FEEDBACK_FINAL = "(SELECT request_id, label, value FROM feedback FINAL WHERE deployment = {d:String})"
-
-
-def proposed_sql(metric: str) -> str:
-    """The fastest full pass found on the current schema (proposed for projections/ab_queries.py): the latest
-    feedback by FINAL (feedback is a ReplacingMergeTree(ts): FINAL keeps the row argMax(…, ts) picks, without a
-    GROUP BY over 1M strings), LEFT ANY JOIN (one feedback row per request after FINAL: ANY changes only the work)
-    and the partial merge join (FINAL hands the right side over sorted by request_id)."""
-    return (f"SELECT p.revision, p.variant, p.shadow, {ab_queries._stats(metric)}, "
-            "grouping(p.revision) AS all_revisions "
-            f"FROM predictions AS p LEFT ANY JOIN {FEEDBACK_FINAL} AS f ON p.request_id = f.request_id "
-            f"WHERE {ab_queries._WINDOW} "
-            "GROUP BY GROUPING SETS ((p.variant, p.shadow), (p.revision, p.variant, p.shadow)) "
-            "SETTINGS join_algorithm = 'partial_merge'")
-
-
-def proposed_variant_stats(ch: Any, deployment: str, metric: str, since_ms: int, until_ms: int,
-                           revision: int = -1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """ab_queries.variant_stats with proposed_sql (the same rows)."""
-    rows = ch.query(proposed_sql(metric), {"d": deployment, "since": since_ms, "until": until_ms, "revision": revision})
-    keys = ("revision", "variant", "shadow", "requests", "errors", "latency", "labelled", "metric_sum",
-            "metric_sum_sq", "grouped")
-    variants, revisions = [], []
-    for row in rows:
-        r = dict(zip(keys, row))
-        if r.pop("grouped"):
-            r.pop("revision")
-            variants.append(r)
-        else:
-            revisions.append({k: r[k] for k in ("revision", "variant", "shadow", "requests")})
-    return variants, revisions
-
-
-def variant_queries(metric: str, everything: bool) -> dict[str, str]:
-    """name -> SQL with the {d}, {since}, {until}, {revision} parameters of variant_stats. Names starting with
-    "part:" time a piece of the pass (other figures); the rest must give the report's figures."""
-    value, labelled = ab_queries.METRIC_SQL[metric]
-    window = ab_queries._WINDOW
-    stats = ab_queries._stats(metric)
-    fb_agg = ab_queries._FEEDBACK
-    gsets = "GROUP BY GROUPING SETS ((p.variant, p.shadow), (p.revision, p.variant, p.shadow))"
-    head = "SELECT p.revision, p.variant, p.shadow, "
-    tail = ", grouping(p.revision) AS all_revisions "
-    current = f"{head}{stats}{tail}FROM predictions AS p LEFT JOIN {fb_agg} AS f ON p.request_id = f.request_id " \
-              f"WHERE {window} {gsets}"
-    proposed = proposed_sql(metric)
-    best = proposed.removesuffix(" SETTINGS join_algorithm = 'partial_merge'")
-    q: dict[str, str] = {"as is (variant_stats)": current}
-    for algo in ("parallel_hash", "partial_merge") + (("grace_hash", "full_sorting_merge") if everything else ()):
-        q[f"as is + join_algorithm='{algo}'"] = current + f" SETTINGS join_algorithm = '{algo}'"
-    q["LEFT ANY JOIN"] = current.replace("LEFT JOIN", "LEFT ANY JOIN")
-    q["feedback FINAL instead of argMax GROUP BY"] = current.replace(fb_agg, FEEDBACK_FINAL)
-    q["feedback FINAL + partial_merge"] = current.replace(fb_agg, FEEDBACK_FINAL) + \
-        " SETTINGS join_algorithm = 'partial_merge'"
-    q["LEFT ANY JOIN + feedback FINAL"] = best
-    q["LEFT ANY JOIN + feedback FINAL + parallel_hash"] = best + " SETTINGS join_algorithm = 'parallel_hash'"
-    if everything:
-        q["LEFT ANY JOIN + feedback FINAL + full_sorting_merge"] = best + \
-            " SETTINGS join_algorithm = 'full_sorting_merge'"
-    q["PROPOSED: LEFT ANY JOIN + feedback FINAL + partial_merge"] = proposed
-    # aggregate per (revision, variant, shadow) once, then the grouping sets over those few rows
-    inner = (f"SELECT p.revision AS revision, p.variant AS variant, p.shadow AS shadow, count() AS requests, "
-             f"countIf(p.status >= 500) AS errors, quantilesState(0.5, 0.95, 0.99)(p.latency_us) AS lat, "
-             f"countIf(f.request_id != '' AND p.status < 400 AND {labelled}) AS labelled, "
-             f"sumIf({value}, f.request_id != '' AND p.status < 400 AND {labelled}) AS s, "
-             f"sumIf(pow({value}, 2), f.request_id != '' AND p.status < 400 AND {labelled}) AS ss "
-             f"FROM predictions AS p LEFT ANY JOIN {FEEDBACK_FINAL} AS f ON p.request_id = f.request_id "
-             f"WHERE {window} GROUP BY revision, variant, shadow")
-    q["PROPOSED, two-level (GROUP BY 3 keys, then GROUPING SETS over 6 rows)"] = (
-        "SELECT revision, variant, shadow, sum(requests), sum(errors), quantilesMerge(0.5, 0.95, 0.99)(lat), "
-        f"sum(labelled), sum(s), sum(ss), grouping(revision) FROM ({inner}) "
-        "GROUP BY GROUPING SETS ((variant, shadow), (revision, variant, shadow)) "
-        "SETTINGS join_algorithm = 'partial_merge'")
-    if everything:
-        q["as is + predictions FINAL (what the store's docstring promises)"] = current.replace(
-            "FROM predictions AS p", "FROM predictions AS p FINAL")
-        q["split: labelled-only INNER ANY JOIN (metric part only)"] = (
-            f"{head}0, 0, [], count(), sum({value}), sum(pow({value}, 2)){tail}FROM predictions AS p "
-            f"ANY INNER JOIN {FEEDBACK_FINAL} AS f ON p.request_id = f.request_id WHERE {window} AND p.status < 400 "
-            f"AND {labelled} {gsets} SETTINGS query_plan_join_swap_table = 0")
-    # the pieces
-    q["part: predictions only, no join"] = (
-        f"{head}count() AS requests, countIf(p.status >= 500) AS errors, "
-        f"quantiles(0.5, 0.95, 0.99)(p.latency_us) AS latency{tail}FROM predictions AS p WHERE {window} {gsets}")
-    q["part: predictions only, no join, no quantiles"] = (
-        f"{head}count() AS requests, countIf(p.status >= 500) AS errors{tail}"
-        f"FROM predictions AS p WHERE {window} {gsets}")
-    q["part: latest feedback alone (argMax GROUP BY)"] = f"SELECT count(), sum(length(label)) FROM {fb_agg}"
-    q["part: latest feedback alone (FINAL)"] = f"SELECT count(), sum(length(label)) FROM {FEEDBACK_FINAL}"
-    q["part: read predictions.request_id only"] = (
-        "SELECT count(), sum(length(p.request_id)) FROM predictions AS p WHERE " + window)
-    q["part: the join alone (LEFT ANY JOIN, FINAL; count)"] = (
-        f"SELECT count(), countIf(f.request_id != '') FROM predictions AS p LEFT ANY JOIN {FEEDBACK_FINAL} AS f "
-        f"ON p.request_id = f.request_id WHERE {window}")
-    return q
-
-
-# Prototype (not the schema): per-minute aggregates kept at insert time, so the report reads ~3,000 rows.
-PROTO_DDL = [
-    """CREATE TABLE prediction_minutes (deployment LowCardinality(String), revision UInt32,
-    variant LowCardinality(String), shadow Bool, minute DateTime('UTC'), requests SimpleAggregateFunction(sum, UInt64),
-    errors SimpleAggregateFunction(sum, UInt64), latency AggregateFunction(quantilesTDigest(0.5, 0.95, 0.99), UInt32))
-    ENGINE = AggregatingMergeTree ORDER BY (deployment, revision, variant, shadow, minute)""",
-    """CREATE TABLE label_minutes (deployment LowCardinality(String), revision UInt32, variant LowCardinality(String),
-    shadow Bool, minute DateTime('UTC'), labelled Int64, metric_sum Float64, metric_sum_sq Float64)
-    ENGINE = SummingMergeTree ORDER BY (deployment, revision, variant, shadow, minute)"""]
-PROTO_FILL = [
-    "INSERT INTO prediction_minutes SELECT deployment, revision, variant, shadow, toStartOfMinute(ts), count(), "
-    "countIf(status >= 500), quantilesTDigestState(0.5, 0.95, 0.99)(latency_us) FROM predictions GROUP BY ALL",
-    "INSERT INTO label_minutes SELECT p.deployment, p.revision, p.variant, p.shadow, toStartOfMinute(p.ts), count(), "
-    "sum({value}), sum(pow({value}, 2)) FROM predictions AS p ANY INNER JOIN (SELECT request_id, label, value "
-    "FROM feedback FINAL) AS f ON p.request_id = f.request_id WHERE p.status < 400 AND {labelled} GROUP BY ALL "
-    "SETTINGS query_plan_join_swap_table = 0"]
-_MINUTES = ("deployment = {d:String} AND minute >= toDateTime(intDiv({since:Int64}, 1000)) "
-            "AND minute < toDateTime(intDiv({until:Int64} + 59999, 1000)) "
-            "AND ({revision:Int64} < 0 OR revision = {revision:Int64})")
-PROTO_READ = (
-    "SELECT a.revision, a.variant, a.shadow, a.requests, a.errors, a.latency, b.labelled, b.s, b.ss, a.grouped FROM ("
-    f"SELECT 0 AS revision, variant, shadow, sum(requests) AS requests, sum(errors) AS errors, "
-    f"quantilesTDigestMerge(0.5, 0.95, 0.99)(latency) AS latency, 1 AS grouped FROM prediction_minutes "
-    f"WHERE {_MINUTES} GROUP BY variant, shadow UNION ALL "
-    f"SELECT revision, variant, shadow, sum(requests), sum(errors), [], 0 FROM prediction_minutes "
-    f"WHERE {_MINUTES} GROUP BY revision, variant, shadow) AS a LEFT JOIN ("
-    f"SELECT variant, shadow, sum(labelled) AS labelled, sum(metric_sum) AS s, sum(metric_sum_sq) AS ss "
-    f"FROM label_minutes WHERE {_MINUTES} GROUP BY variant, shadow) AS b "
-    "ON a.variant = b.variant AND a.shadow = b.shadow AND a.grouped = 1")
-
-
-def prototype(ch: Any, rows: list[dict], until: int, repeats: int) -> float:
-    """Build the per-minute aggregates once from the loaded rows (in the service: materialized views and the feedback
-    projector would keep them), then time the read that answers the report from them."""
-    value, labelled = ab_queries.METRIC_SQL["accuracy"]
-    start = time.perf_counter()
-    for table in ("prediction_minutes", "label_minutes"):
-        ch.command(f"DROP TABLE IF EXISTS {table}")
-    for sql in PROTO_DDL:
-        ch.command(sql)
-    for sql in PROTO_FILL:
-        ch.command(sql.format(value=value, labelled=labelled))
-    ch.command("OPTIMIZE TABLE prediction_minutes FINAL")
-    ch.command("OPTIMIZE TABLE label_minutes FINAL")
-    built = time.perf_counter() - start
-    n = ch.query("SELECT (SELECT count() FROM prediction_minutes), (SELECT count() FROM label_minutes)")[0]
-    params = {"d": DEPLOYMENT, "since": 0, "until": until, "revision": -1}
-    result, times = timed(lambda: ch.query(PROTO_READ, params), repeats)
-    for r in rows:
-        g = next(x for x in result if x[-1] and x[1] == r["variant"] and x[2] == r["shadow"])
-        assert (g[3], g[4], g[6], round(g[7])) == (r["requests"], r["errors"], r["labelled"], round(r["metric_sum"]))
-    print(f"prototype, per-minute aggregates (built in {built:.1f} s from the loaded rows; {n[0]:,} + {n[1]:,} rows): "
-          f"the report's query (accuracy) {fmt_times(times)} (same figures; latency by t-digest)")
-    return statistics.median(times)
-
-
-def row_key(r: tuple) -> tuple:
-    return (r[0], r[1], r[2], r[-1])
+def raw_pass(ch: Any, metric: str, until: int) -> list[tuple]:
+    counted, value = prediction_store.counted(metric, "f"), prediction_store.metric_value(metric, "f")
+    sql = ("SELECT p.variant, p.shadow, count(), countIf(p.status >= 500), quantiles(0.5, 0.95, 0.99)(p.latency_us), "
+           f"countIf(f.request_id != '' AND {counted}), sumIf({value}, f.request_id != '' AND {counted}) "
+           "FROM predictions AS p LEFT ANY JOIN (SELECT request_id, label, value FROM feedback FINAL "
+           "WHERE deployment = {d:String}) AS f ON p.request_id = f.request_id "
+           "WHERE p.deployment = {d:String} AND p.ts < fromUnixTimestamp64Milli({until:Int64}) "
+           "GROUP BY p.variant, p.shadow SETTINGS join_algorithm = 'partial_merge'")
+    return ch.query(sql, {"d": DEPLOYMENT, "until": until})
 
 
 def main() -> None:
@@ -500,16 +333,11 @@ def main() -> None:
     ap.add_argument("--feedback", type=int, default=1_000_000, help="feedback rows (labels for ~10%% of requests)")
     ap.add_argument("--chunk", type=int, default=1_000_000, help="rows per insert")
     ap.add_argument("--repeats", type=int, default=5, help="timed reports per metric (after one untimed)")
-    ap.add_argument("--variant-repeats", type=int, default=3, help="timed runs per query variant")
+    ap.add_argument("--gather", type=int, default=10, help="feedback batches per insert_feedback call")
     ap.add_argument("--baseline-repeats", type=int, default=1, help="timed baseline exports and computations")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--no-variants", dest="variants", action="store_false", help="skip the query variants")
-    ap.add_argument("--all-variants", action="store_true",
-                    help="also the slow ones: grace_hash, full_sorting_merge, predictions FINAL, a split pass")
-    ap.add_argument("--no-prototype", dest="prototype", action="store_false",
-                    help="skip the per-minute pre-aggregation prototype")
-    ap.add_argument("--no-optimize", dest="optimize", action="store_false",
-                    help="skip the run after OPTIMIZE TABLE ... FINAL")
+    ap.add_argument("--no-rebuild", dest="rebuild", action="store_false",
+                    help="skip rebuilding the aggregates from the raw tables (and checking they come out the same)")
     ap.add_argument("--db", help="keep the chDB data in this folder (and reuse what a run with the same --db, "
                     "--rows, --feedback and --seed loaded there; --optimize merges it for good)")
     args = ap.parse_args()
@@ -532,7 +360,7 @@ def run(ch: Any, args: argparse.Namespace) -> None:
         insert_s = fb_s = float("nan")
         print(f"reusing the data in {args.db}")
     else:
-        insert_s, fb_s, expected = load(ch, args.rows, args.feedback, args.chunk, args.seed)
+        insert_s, fb_s, expected = load(ch, args.rows, args.feedback, args.chunk, args.gather, args.seed)
         if saved:
             saved.write_text(json.dumps(expected))
     took = time.perf_counter() - start
@@ -541,43 +369,32 @@ def run(ch: Any, args: argparse.Namespace) -> None:
     parts = ch.query("SELECT table, count() FROM system.parts WHERE active AND table IN ('predictions', 'feedback') "
                      "GROUP BY table ORDER BY table")
     if insert_s == insert_s:  # loaded now (NaN: reused)
-        print(f"loaded {n_pred:,} predictions and {n_fb:,} feedback rows in {took:.1f} s (generation included; "
-              f"ch.insert: predictions {insert_s:.1f} s = {n_pred / insert_s:,.0f} rows/s, feedback {fb_s:.1f} s; "
-              f"--chunk {args.chunk:,}); active parts: {', '.join(f'{t} {n}' for t, n in parts)}")
+        print(f"loaded {n_pred:,} predictions and {n_fb:,} feedback rows in {took:.1f} s (generation included)")
+        print(f"  predictions: ch.insert {insert_s:.1f} s = {n_pred / insert_s:,.0f} rows/s (--chunk {args.chunk:,}; "
+              "the per-minute view included)")
+        print(f"  feedback through PredictionStore.insert_feedback ({FEEDBACK_CHUNK:,}-row batches, {args.gather} "
+              f"per call): {fb_s:.1f} s = {expected['feedback_rows'] / fb_s:,.0f} rows/s at {n_pred:,} predictions")
     assert n_pred == args.rows and expected["feedback_requests"] <= n_fb <= expected["feedback_rows"], (n_pred, n_fb)
+    minutes = ch.query("SELECT (SELECT count() FROM prediction_minutes), (SELECT count() FROM label_minutes)")[0]
+    print(f"  per-minute rows: prediction_minutes {minutes[0]:,}, label_minutes {minutes[1]:,} (before merges)")
 
     waited = settle(ch)
-    parts = ch.query("SELECT table, count() FROM system.parts WHERE active AND table IN ('predictions', 'feedback') "
-                     "GROUP BY table ORDER BY table")
-    print(f"waited {waited:.1f} s for chDB's background merges; active parts now: "
+    parts = ch.query("SELECT table, count() FROM system.parts WHERE active AND table IN ('predictions', 'feedback', "
+                     "'prediction_minutes', 'label_minutes') GROUP BY table ORDER BY table")
+    print(f"waited {waited:.1f} s for chDB's background merges; active parts: "
           f"{', '.join(f'{t} {n}' for t, n in parts)}")
     until = int(time.time() * 1000) + 1
     s = SimpleNamespace(clickhouse=ch, deployments=_Deployments())
 
-    def as_is(metric: str) -> dict[str, Any]:
-        return report(s, DEPLOYMENT, metric, 0, until)
-
-    def with_proposed(metric: str) -> dict[str, Any]:
-        api_ab.variant_stats = proposed_variant_stats
-        try:
-            return report(s, DEPLOYMENT, metric, 0, until)
-        finally:
-            api_ab.variant_stats = ab_queries.variant_stats
-
-    reports, ours, proposed = {}, {}, {}
+    reports, ours = {}, {}
     for metric in ("accuracy", "logloss"):
-        (reports[metric], got), (ours[metric], proposed[metric]) = alternate(
-            [lambda m=metric: as_is(m), lambda m=metric: with_proposed(m)], args.repeats)
-        print(f"trainyard: report({metric}) = variant_stats + summarize/compare/srm over {n_pred:,} predictions: "
-              f"{fmt_times(ours[metric])}")
-        for a, b in zip(got["variants"], reports[metric]["variants"]):
-            assert (a["requests"], a["errors"], a["labelled"]) == (b["requests"], b["errors"], b["labelled"])
-            assert abs(a["value"] - b["value"]) <= 1e-12 * max(abs(b["value"]), 1), (a, b)
-        assert [c["observed"] for c in got["srm"]["revisions"]] == \
-            [c["observed"] for c in reports[metric]["srm"]["revisions"]]
-        print(f"           the same with the proposed SQL (see --help): {fmt_times(proposed[metric])} "
-              "(same figures; runs alternated with the above)")
+        reports[metric], ours[metric] = timed(lambda m=metric: report(s, DEPLOYMENT, m, 0, until), args.repeats)
+        print(f"trainyard: report({metric}) = variant_stats (per-minute aggregates) + summarize/compare/srm over "
+              f"{n_pred:,} predictions: {fmt_times(ours[metric])}")
     rows, _ = ab_queries.variant_stats(ch, DEPLOYMENT, "accuracy", 0, until)
+    raw, raw_times = timed(lambda: raw_pass(ch, "accuracy", until), 1)
+    print(f"           the same figures from the raw tables (one join pass, how the report read before): "
+          f"{fmt_times(raw_times)}")
 
     # baseline
     exports, computes = [], []
@@ -601,16 +418,19 @@ def run(ch: Any, args: argparse.Namespace) -> None:
     for v in acc["variants"]:
         row = next(r for r in rows if r["variant"] == v["name"] and not r["shadow"])
         b, e = theirs["variants"][v["name"]], expected[v["name"]]
+        r = next(x for x in raw if x[0] == v["name"] and not x[1])
         assert (v["requests"], v["errors"], v["labelled"]) == (b["requests"], b["errors"], b["labelled"]), (v, b)
+        assert (r[2], r[3], r[5], round(r[6])) == (v["requests"], v["errors"], v["labelled"], b["right"]), (r, v, b)
         assert round(row["metric_sum"]) == b["right"] == e["right"] and b["labelled"] == e["labelled"], (row, b, e)
         assert abs(v["value"] - b["accuracy"]) < 1e-12, (v["value"], b["accuracy"])
         ll = next(x for x in reports["logloss"]["variants"] if x["name"] == v["name"])
         assert ll["labelled"] == e["labelled"] and abs(ll["value"] * ll["labelled"] - e["logloss_sum"]) <= \
             1e-9 * e["logloss_sum"], (ll, e)
         print(f"  {v['name']:<10} requests {v['requests']:>9,} errors {v['errors']:>6,} labelled {v['labelled']:>7,} "
-              f"accuracy {v['value']:.5f} logloss {ll['value']:.5f}  latency p50/p95/p99 ms: trainyard "
+              f"accuracy {v['value']:.5f} logloss {ll['value']:.5f}  latency p50/p95/p99 ms: trainyard (t-digest) "
               f"{'/'.join(f'{x:.3f}' for x in (v['latency_p50_ms'], v['latency_p95_ms'], v['latency_p99_ms']))}"
-              f", pandas {'/'.join(f'{x:.3f}' for x in b['latency_ms'])}")
+              f", raw quantiles {'/'.join(f'{x / 1000:.3f}' for x in r[4])}"
+              f", pandas (exact) {'/'.join(f'{x:.3f}' for x in b['latency_ms'])}")
     for check in acc["srm"]["revisions"]:
         for name, n in check["observed"].items():
             assert theirs["revisions"][(check["revision"], name)] == n
@@ -622,60 +442,23 @@ def run(ch: Any, args: argparse.Namespace) -> None:
           f"[{comp['ci'][0]:+.5f}, {comp['ci'][1]:+.5f}] p {comp['p_value']:.3g} → {comp['decision']}; fixed z CI "
           f"[{bc['fixed_ci'][0]:+.5f}, {bc['fixed_ci'][1]:+.5f}] p {bc['fixed_p_value']:.3g} (pandas); "
           "SRM p per revision: " + ", ".join(f"{c['revision']}: {c['p_value']:.2f}" for c in acc["srm"]["revisions"]))
-    print("same figures (requests, errors, labelled, Σ correct per variant; requests per revision; the difference "
-          "and its fixed-horizon interval; logloss Σ equals the generator's)")
+    print("same figures (requests, errors, labelled, Σ correct per variant from the aggregates, the raw tables, "
+          "pandas and the generator; requests per revision; the difference and its fixed-horizon interval; "
+          "logloss Σ equals the generator's)")
 
-    if args.variants:
-        run_variants(ch, rows, until, args.variant_repeats, args.all_variants)
-    proto_s = prototype(ch, rows, until, args.repeats) if args.prototype else None
+    if args.rebuild:
+        t = time.perf_counter()
+        PredictionStore(ch).rebuild_minutes()
+        rebuilt_s = time.perf_counter() - t
+        again, _ = ab_queries.variant_stats(ch, DEPLOYMENT, "accuracy", 0, until)
+        key = lambda r: (r["variant"], r["shadow"], r["requests"], r["errors"], r["labelled"], round(r["metric_sum"]))  # noqa: E731
+        assert sorted(map(key, again)) == sorted(map(key, rows)), (again, rows)
+        print(f"rebuild_minutes() from the raw tables: {rebuilt_s:.1f} s; the same figures as the live aggregates")
 
     ours_s = statistics.median(ours["accuracy"])
-    if args.optimize:
-        t = time.perf_counter()
-        ch.command("OPTIMIZE TABLE predictions FINAL")
-        ch.command("OPTIMIZE TABLE feedback FINAL")
-        print(f"OPTIMIZE TABLE predictions FINAL, feedback FINAL: {time.perf_counter() - t:.1f} s")
-        for metric in ("accuracy", "logloss"):
-            _, (again, again_proposed) = alternate(
-                [lambda m=metric: as_is(m), lambda m=metric: with_proposed(m)], args.repeats)
-            print(f"trainyard after the merge: report({metric}) {fmt_times(again)}; with the proposed SQL "
-                  f"{fmt_times(again_proposed)}")
-        if args.variants:
-            run_variants(ch, rows, until, args.variant_repeats, False, only=AFTER_MERGE)
-
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"ratio={(export_s + compute_s) / ours_s:.1f}")
     print(f"goal: report <= 100 ms: {'MET' if ours_s <= 0.1 else 'MISSED'} ({ours_s * 1000:.1f} ms)")
-    print(f"  (accuracy report with the proposed SQL: {statistics.median(proposed['accuracy']) * 1000:.1f} ms"
-          + (f"; the prototype's per-minute aggregates: {proto_s * 1000:.1f} ms" if proto_s is not None else "")
-          + ")")
-
-
-AFTER_MERGE = ("as is (variant_stats)", "PROPOSED: LEFT ANY JOIN + feedback FINAL + partial_merge")
-
-
-def run_variants(ch: Any, rows: list[dict], until: int, repeats: int, everything: bool,
-                 only: tuple[str, ...] | None = None) -> None:
-    params = {"d": DEPLOYMENT, "since": 0, "until": until, "revision": -1}
-    want = {(None, r["variant"], r["shadow"], 1): r for r in rows}
-    print(f"query variants (accuracy; median of {repeats} after one untimed run):")
-    for name, sql in variant_queries("accuracy", everything).items():
-        if only and name not in only:
-            continue
-        result, times = timed(lambda q=sql: ch.query(q, params), repeats)
-        note = ""
-        if not name.startswith("part:"):  # same figures as the report's query
-            got = {row_key(r): r for r in result if r[-1]}
-            for k, r in want.items():
-                g = next(x for kk, x in got.items() if kk[1:] == k[1:])
-                full = not name.startswith("split:")  # the split query has the metric part only
-                if full:
-                    assert (g[3], g[4], g[6], round(g[7])) == (r["requests"], r["errors"], r["labelled"],
-                                                                round(r["metric_sum"])), (name, g, r)
-                else:
-                    assert (g[6], round(g[7])) == (r["labelled"], round(r["metric_sum"])), (name, g, r)
-            note = " (same figures)"
-        print(f"  {name:<68} {fmt_times(times)}{note}")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,8 @@ def _param_text(value: Any) -> str:
                 .replace("\r", "\\r").replace("\0", "\\0"))
     if isinstance(value, (list, tuple)):  # Array(T): elements quoted as in ClickHouse's text format
         def element(v: Any) -> str:
+            if v is None:
+                return "NULL"
             if isinstance(v, str):
                 return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
             return _param_text(v)

@@ -1,60 +1,58 @@
-"""The A/B report's sufficient statistics, computed by ClickHouse in one pass over `predictions` joined with the
-latest `feedback` per request: per variant (and per revision, for the sample-ratio check) the requests, errors,
-latency quantiles, labelled requests and the sum and sum of squares of the per-prediction metric. The statistics
-(domain/ab_stats.py) need nothing more.
+"""The A/B report's sufficient statistics, read from the per-minute aggregates (projections/prediction_store.py):
+per variant (and per revision, for the sample-ratio check and the policy's current-revision figures) the requests,
+errors, latency quantiles (merged t-digests), labelled requests and the sum and sum of squares of the per-prediction
+metric (METRIC_SQL). The statistics (domain/ab_stats.py) need nothing more.
 
-Per-prediction metric values (first row of each request, which feedback refers to):
-- accuracy: 1 if the feedback label equals the predicted label, else 0;
-- logloss: −log p(true label), p clipped at 1e-15 (a label the model does not know counts as p = 1e-15);
-- rmse: the squared error (the report takes the root of the mean); mae: the absolute error.
+Windows are whole minutes: `since` is rounded down and `until` up to the minute, by the minute of the prediction
+(feedback counts at the minute of the prediction it labels).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from infra.clickhouse import ClickHouse
+from projections.prediction_store import METRICS
 
-METRIC_SQL = {
-    "accuracy": ("toFloat64(f.label = p.prediction)", "f.label != '' AND p.prediction != ''"),
-    "logloss": ("-log(greatest(toFloat64(arrayElement(p.probabilities, indexOf(p.classes, f.label))), 1e-15))",
-                "f.label != '' AND length(p.probabilities) > 0"),
-    "rmse": ("pow(p.value - f.value, 2)", "f.value IS NOT NULL AND p.value IS NOT NULL"),
-    "mae": ("abs(p.value - f.value)", "f.value IS NOT NULL AND p.value IS NOT NULL"),
-}
-# The latest feedback per request: the table's ReplacingMergeTree(ts) keeps one row per (deployment, request_id), and
-# FINAL gives it sorted by request_id, which the partial-merge join uses (measured at 10M predictions / 1M feedback:
-# 0.9 s against 1.45 s for argMax … GROUP BY with a hash join; bench/ab_report.py).
-_FEEDBACK = "(SELECT request_id, label, value FROM feedback FINAL WHERE deployment = {d:String})"
-_JOIN = f"LEFT ANY JOIN {_FEEDBACK} AS f ON p.request_id = f.request_id"
-_SETTINGS = " SETTINGS join_algorithm = 'partial_merge'"
-_WINDOW = ("p.deployment = {d:String} AND p.ts >= fromUnixTimestamp64Milli({since:Int64}) "
-           "AND p.ts < fromUnixTimestamp64Milli({until:Int64}) AND ({revision:Int64} < 0 OR p.revision = {revision:Int64})")
+_WINDOW = ("deployment = {d:String} AND toUnixTimestamp(minute) >= intDiv({since:Int64}, 60000) * 60 "
+           "AND toUnixTimestamp(minute) < intDiv({until:Int64} + 59999, 60000) * 60 "
+           "AND ({revision:Int64} < 0 OR revision = {revision:Int64})")
+_RAW_WINDOW = ("p.deployment = {d:String} AND p.ts >= fromUnixTimestamp64Milli({since:Int64}) "
+               "AND p.ts < fromUnixTimestamp64Milli({until:Int64}) "
+               "AND ({revision:Int64} < 0 OR p.revision = {revision:Int64})")
 
 
-def _stats(metric: str) -> str:
-    value, labelled = METRIC_SQL[metric]
-    ok = f"f.request_id != '' AND p.status < 400 AND {labelled}"
-    return (f"count() AS requests, countIf(p.status >= 500) AS errors, "
-            f"quantiles(0.5, 0.95, 0.99)(p.latency_us) AS latency, countIf({ok}) AS labelled, "
-            f"sumIf({value}, {ok}) AS metric_sum, sumIf(pow({value}, 2), {ok}) AS metric_sum_sq")
+def _pass(metric: str, keys: dict[str, str], group: str, where: str = "") -> str:
+    """Requests, errors and latency from prediction_minutes LEFT JOIN the metric's sums from label_minutes, both
+    selecting `keys` (alias: expression), grouped by `group`, joined on the aliases."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    select = ", ".join(f"{expr} AS {alias}" for alias, expr in keys.items())
+    on = " AND ".join(f"a.{alias} = b.{alias}" for alias in keys)
+    where = f"{_WINDOW}{where}"
+    return (f"SELECT a.*, b.labelled, b.metric_sum, b.metric_sum_sq FROM ("
+            f"SELECT {select}, sum(requests) AS requests, sum(errors) AS errors, "
+            f"quantilesTDigestMerge(0.5, 0.95, 0.99)(latency) AS latency FROM prediction_minutes "
+            f"WHERE {where} GROUP BY {group}) AS a LEFT JOIN ("
+            f"SELECT {select}, sum({metric}_n) AS labelled, sum({metric}_s) AS metric_sum, "
+            f"sum({metric}_ss) AS metric_sum_sq FROM label_minutes WHERE {where} GROUP BY {group}) AS b ON {on} "
+            f"ORDER BY {', '.join(f'a.{alias}' for alias in keys)} SETTINGS join_use_nulls = 0")
+
+
+_KEYS = ("requests", "errors", "latency", "labelled", "metric_sum", "metric_sum_sq")
 
 
 def variant_stats(ch: ClickHouse, deployment: str, metric: str, since_ms: int, until_ms: int,
                   revision: int = -1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(per (variant, shadow) over the window: the sufficient statistics; per (revision, variant, shadow): the same,
-    for the sample-ratio check and the policy's current-revision figures), in one pass."""
-    sql = (f"SELECT p.revision, p.variant, p.shadow, {_stats(metric)}, "
-           "grouping(p.revision) AS all_revisions "
-           f"FROM predictions AS p {_JOIN} "
-           f"WHERE {_WINDOW} GROUP BY GROUPING SETS ((p.variant, p.shadow), (p.revision, p.variant, p.shadow))"
-           + _SETTINGS)
+    for the sample-ratio check and the policy's current-revision figures), in one query."""
+    sql = _pass(metric, {"rev": "revision", "v": "variant", "sh": "shadow", "whole": "grouping(revision)"},
+                "GROUPING SETS ((variant, shadow), (revision, variant, shadow))")
     rows = ch.query(sql, {"d": deployment, "since": since_ms, "until": until_ms, "revision": revision})
-    keys = ("revision", "variant", "shadow", "requests", "errors", "latency", "labelled", "metric_sum",
-            "metric_sum_sq", "grouped")
     variants, revisions = [], []
     for row in rows:
-        r = dict(zip(keys, row))
-        if r.pop("grouped"):  # revision aggregated away: the whole window per variant
+        revision_, variant, shadow, whole, *figures = row
+        r = {"revision": revision_, "variant": variant, "shadow": shadow, **dict(zip(_KEYS, figures))}
+        if whole:  # revision aggregated away: the whole window per variant
             r.pop("revision")
             variants.append(r)
         else:
@@ -65,26 +63,24 @@ def variant_stats(ch: ClickHouse, deployment: str, metric: str, since_ms: int, u
 def shadow_agreement(ch: ClickHouse, deployment: str, since_ms: int, until_ms: int,
                      revision: int = -1) -> list[dict[str, Any]]:
     """Per served variant: how many of its requests the shadow also answered, and how often identically (the same
-    label; regression: within 1e-6 relative)."""
+    label; regression: within 1e-6 relative). From the raw table (a self-join by request), to the millisecond."""
     sql = ("SELECT p.variant, count() AS compared, "
            "countIf(if(p.prediction != '', p.prediction = s.prediction, "
            "abs(p.value - s.value) <= 1e-6 * greatest(abs(p.value), 1))) AS agreed, "
            "quantiles(0.5, 0.95, 0.99)(s.latency_us) AS shadow_latency "
            "FROM predictions AS p INNER JOIN (SELECT request_id, prediction, value, latency_us FROM predictions "
            "WHERE deployment = {d:String} AND shadow AND status < 400) AS s ON p.request_id = s.request_id "
-           f"WHERE {_WINDOW} AND NOT p.shadow AND p.status < 400 GROUP BY p.variant ORDER BY p.variant")
+           f"WHERE {_RAW_WINDOW} AND NOT p.shadow AND p.status < 400 GROUP BY p.variant ORDER BY p.variant")
     rows = ch.query(sql, {"d": deployment, "since": since_ms, "until": until_ms, "revision": revision})
     return [dict(zip(("variant", "compared", "agreed", "shadow_latency"), r)) for r in rows]
 
 
 def timeseries(ch: ClickHouse, deployment: str, metric: str, bucket_s: int, since_ms: int, until_ms: int,
                revision: int = -1) -> list[dict[str, Any]]:
-    """Per time bucket and variant (no shadow): the same sufficient statistics."""
-    sql = (f"SELECT toInt64(toUnixTimestamp(toStartOfInterval(p.ts, toIntervalSecond({{bucket:UInt32}})))) * 1000 AS t, "
-           f"p.variant, {_stats(metric)} "
-           f"FROM predictions AS p {_JOIN} "
-           f"WHERE {_WINDOW} AND NOT p.shadow GROUP BY t, p.variant ORDER BY t, p.variant" + _SETTINGS)
-    rows = ch.query(sql, {"d": deployment, "since": since_ms, "until": until_ms, "revision": revision,
-                          "bucket": bucket_s})
-    keys = ("t_ms", "variant", "requests", "errors", "latency", "labelled", "metric_sum", "metric_sum_sq")
-    return [dict(zip(keys, r)) for r in rows]
+    """Per time bucket (a whole number of minutes) and variant (no shadow): the same sufficient statistics."""
+    if bucket_s % 60:
+        raise ValueError("the bucket must be a whole number of minutes")
+    sql = _pass(metric, {"t": f"toInt64(toUnixTimestamp(toStartOfInterval(minute, toIntervalSecond({bucket_s})))) "
+                              "* 1000", "v": "variant"}, "t, v", " AND NOT shadow")
+    rows = ch.query(sql, {"d": deployment, "since": since_ms, "until": until_ms, "revision": revision})
+    return [dict(zip(("t_ms", "variant", *_KEYS), r)) for r in rows]

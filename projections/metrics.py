@@ -1,9 +1,12 @@
 """The ClickHouse telemetry projectors: batches from JetStream into ClickHouse tables — metric points from runners
 into `metric_points` (`MetricsProjector`), prediction records from inference servers into `predictions`
-(`PredictionsProjector`), ground truth posted to the API into `feedback` (`FeedbackProjector`). One `TelemetryProjector` does both; a kind only says how to parse and insert a batch.
+(`PredictionsProjector`), ground truth posted to the API into `feedback` (`FeedbackProjector`). One
+`TelemetryProjector` does all three; a kind only says how to parse and insert a batch.
 
-Fetches many batches at once, inserts them in one ClickHouse insert, then acks. A crash between insert and ack
-redelivers the batches; the table's ReplacingMergeTree key makes the repeat invisible (projections/metric_store.py).
+Fetches many batches at once, inserts them in one ClickHouse insert (feedback: one per deployment and 10,000
+rows), then acks. A crash between insert and ack
+redelivers the batches; the insert's deduplication token, the landed-batch check and the tables' ReplacingMergeTree
+keys make the repeat invisible (projections/metric_store.py, projections/prediction_store.py).
 
 Poison policy: a batch that does not validate (out-of-range numbers, wrong shapes) is dead-lettered at once. When an
 insert fails, ClickHouse is probed: if it is away, every batch is nak'd and retried for as long as it takes (nothing
@@ -182,4 +185,4 @@ class FeedbackProjector(TelemetryProjector):
     store: PredictionStore
 
     def insert_batches(self, batches: list[FeedbackBatch], token: str) -> None:
-        self.store.insert_feedback(batches, token)
+        self.store.insert_feedback(batches)

@@ -125,7 +125,7 @@ def test_a_better_challenger_is_ramped_up_and_promoted_and_the_history_says_why(
     assert report["comparisons"][0]["decision"] == "challenger_better" and "mSPRT" in report["method"]
     assert by_name["challenger"]["latency_p99_ms"] > 0 and by_name["challenger"]["error_rate"] == 0
     assert report["srm"]["mismatch"] is False
-    series = ab.http.get(f"{DEPLOYMENTS}/promote-me/ab/timeseries", params={"bucket": 5}).json()["points"]
+    series = ab.http.get(f"{DEPLOYMENTS}/promote-me/ab/timeseries", params={"bucket": 60}).json()["points"]
     assert series and "challenger" in series[-1]["comparisons"]
 
 

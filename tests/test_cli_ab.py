@@ -210,7 +210,7 @@ def test_sparkline_and_bucket_choice() -> None:
     assert _sparkline([0.5, 0.5, 0.5]) == "▄▄▄"
     long = _sparkline([float(i) for i in range(1000)], width=60)
     assert len(long) == 60 and long[0] == "▁" and long[-1] == "█"
-    assert [_ab_bucket(s) for s in (100, 3000, 3600, 4000, 86400, 90 * 86400)] == [10, 60, 60, 120, 1800, 86400]
+    assert [_ab_bucket(s) for s in (100, 3000, 3600, 4000, 86400, 90 * 86400)] == [60, 60, 60, 120, 1800, 86400]
 
 
 # ---- trainyard feedback ----------------------------------------------------------------------------------------
