@@ -32,7 +32,7 @@ per revision and variant the requests; the accuracy difference with a fixed-hori
 Checks ("same figures"): per variant requests, errors, labelled and Σ correct equal the raw pass's, pandas' and
 the generator's exactly, requests per revision too, the difference and its fixed-horizon interval to 1e-12;
 logloss's Σ equals the generator's (float32 probabilities, rel 1e-9). Latency quantiles differ by design (the
-aggregates merge t-digests, the raw pass samples 8,192 values, pandas is exact) and are printed, not compared.
+aggregates merge DDSketches (1% relative), the raw pass samples 8,192 values, pandas is exact) and are printed, not compared.
 Then (--no-rebuild to skip) the aggregates are rebuilt from the raw tables and must give the same figures.
 
     .venv/bin/python bench/ab_report.py [--rows 10000000] [--feedback 1000000] [--repeats 5] [--db DIR]
@@ -427,7 +427,7 @@ def run(ch: Any, args: argparse.Namespace) -> None:
         assert ll["labelled"] == e["labelled"] and abs(ll["value"] * ll["labelled"] - e["logloss_sum"]) <= \
             1e-9 * e["logloss_sum"], (ll, e)
         print(f"  {v['name']:<10} requests {v['requests']:>9,} errors {v['errors']:>6,} labelled {v['labelled']:>7,} "
-              f"accuracy {v['value']:.5f} logloss {ll['value']:.5f}  latency p50/p95/p99 ms: trainyard (t-digest) "
+              f"accuracy {v['value']:.5f} logloss {ll['value']:.5f}  latency p50/p95/p99 ms: trainyard (DDSketch) "
               f"{'/'.join(f'{x:.3f}' for x in (v['latency_p50_ms'], v['latency_p95_ms'], v['latency_p99_ms']))}"
               f", raw quantiles {'/'.join(f'{x / 1000:.3f}' for x in r[4])}"
               f", pandas (exact) {'/'.join(f'{x:.3f}' for x in b['latency_ms'])}")

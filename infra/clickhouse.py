@@ -33,8 +33,8 @@ class ClickHouseError(RuntimeError):
 class ClickHouse(Protocol):
     """A ClickHouse database. Thread-safe (implementations serialize where the driver is not)."""
 
-    def command(self, sql: str) -> None:
-        """Run a statement that returns nothing (DDL, OPTIMIZE, ...)."""
+    def command(self, sql: str, params: dict | None = None) -> None:
+        """Run a statement that returns nothing (DDL, OPTIMIZE, INSERT … SELECT, ...); `params` as for query."""
 
     def query(self, sql: str, params: dict | None = None) -> list[tuple]:
         """Rows of a SELECT; `params` fill `{name:Type}` placeholders (server-side binding)."""
@@ -122,8 +122,8 @@ class ChdbClickHouse:
             except Exception as e:
                 raise ClickHouseError(str(e)) from e
 
-    def command(self, sql: str) -> None:
-        self._run(sql, None, "CSV")
+    def command(self, sql: str, params: dict | None = None) -> None:
+        self._run(sql, params, "CSV")
 
     def query(self, sql: str, params: dict | None = None) -> list[tuple]:
         table = self._run(sql, params, "ArrowTable")
@@ -161,9 +161,9 @@ class HttpClickHouse:
         self._lock, self._client = threading.Lock(), client
         return self
 
-    def command(self, sql: str) -> None:
+    def command(self, sql: str, params: dict | None = None) -> None:
         with self._lock:
-            self._wrap(self._client.command, sql)
+            self._wrap(self._client.command, sql, parameters=params or None)
 
     def query(self, sql: str, params: dict | None = None) -> list[tuple]:
         with self._lock:

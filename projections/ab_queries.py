@@ -1,6 +1,6 @@
 """The A/B report's sufficient statistics, read from the per-minute aggregates (projections/prediction_store.py):
 per variant (and per revision, for the sample-ratio check and the policy's current-revision figures) the requests,
-errors, latency quantiles (merged t-digests), labelled requests and the sum and sum of squares of the per-prediction
+errors, latency quantiles (merged DDSketches: within 1%), labelled requests and the sum and sum of squares of the per-prediction
 metric (METRIC_SQL). The statistics (domain/ab_stats.py) need nothing more.
 
 Windows are whole minutes: `since` is rounded down and `until` up to the minute, by the minute of the prediction
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from infra.clickhouse import ClickHouse
-from projections.prediction_store import METRICS
+from projections.prediction_store import LATENCY_SKETCH, METRICS
 
 _WINDOW = ("deployment = {d:String} AND toUnixTimestamp(minute) >= intDiv({since:Int64}, 60000) * 60 "
            "AND toUnixTimestamp(minute) < intDiv({until:Int64} + 59999, 60000) * 60 "
@@ -21,23 +21,27 @@ _RAW_WINDOW = ("p.deployment = {d:String} AND p.ts >= fromUnixTimestamp64Milli({
                "AND ({revision:Int64} < 0 OR p.revision = {revision:Int64})")
 
 
-def _pass(metric: str, keys: dict[str, str], group: str, where: str = "") -> str:
-    """Requests, errors and latency from prediction_minutes LEFT JOIN the metric's sums from label_minutes, both
-    selecting `keys` (alias: expression), grouped by `group`, joined on the aliases."""
+_QUANTILES = LATENCY_SKETCH.replace("(", "Merge(", 1)
+
+
+def _joined(metric: str, keys: dict[str, str], where: str = "") -> str:
+    """Per `keys` (alias: expression over the aggregates' columns): requests, errors and the latency digest (a
+    state, to merge further) from prediction_minutes, LEFT JOIN the metric's labelled count and sums from
+    label_minutes."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
     select = ", ".join(f"{expr} AS {alias}" for alias, expr in keys.items())
-    on = " AND ".join(f"a.{alias} = b.{alias}" for alias in keys)
+    group = ", ".join(keys)
     where = f"{_WINDOW}{where}"
-    return (f"SELECT a.*, b.labelled, b.metric_sum, b.metric_sum_sq FROM ("
-            f"SELECT {select}, sum(requests) AS requests, sum(errors) AS errors, "
-            f"quantilesTDigestMerge(0.5, 0.95, 0.99)(latency) AS latency FROM prediction_minutes "
-            f"WHERE {where} GROUP BY {group}) AS a LEFT JOIN ("
-            f"SELECT {select}, sum({metric}_n) AS labelled, sum({metric}_s) AS metric_sum, "
-            f"sum({metric}_ss) AS metric_sum_sq FROM label_minutes WHERE {where} GROUP BY {group}) AS b ON {on} "
-            f"ORDER BY {', '.join(f'a.{alias}' for alias in keys)} SETTINGS join_use_nulls = 0")
+    return (f"SELECT * FROM (SELECT {select}, sum(requests) AS requests, sum(errors) AS errors, "
+            f"{_QUANTILES.replace('Merge', 'MergeState', 1)}(latency) AS latency_state FROM prediction_minutes "
+            f"WHERE {where} GROUP BY {group}) AS a LEFT JOIN (SELECT {select}, sum({metric}_n) AS labelled, "
+            f"sum({metric}_s) AS metric_sum, sum({metric}_ss) AS metric_sum_sq FROM label_minutes "
+            f"WHERE {where} GROUP BY {group}) AS b USING ({group})")
 
 
+_FIGURES = (f"sum(requests), sum(errors), {_QUANTILES}(latency_state), sum(labelled), sum(metric_sum), "
+            "sum(metric_sum_sq)")
 _KEYS = ("requests", "errors", "latency", "labelled", "metric_sum", "metric_sum_sq")
 
 
@@ -45,8 +49,11 @@ def variant_stats(ch: ClickHouse, deployment: str, metric: str, since_ms: int, u
                   revision: int = -1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(per (variant, shadow) over the window: the sufficient statistics; per (revision, variant, shadow): the same,
     for the sample-ratio check and the policy's current-revision figures), in one query."""
-    sql = _pass(metric, {"rev": "revision", "v": "variant", "sh": "shadow", "whole": "grouping(revision)"},
-                "GROUPING SETS ((variant, shadow), (revision, variant, shadow))")
+    # merge the minutes per (revision, variant, shadow) first, then the few rows per grouping set (grouping sets
+    # over the minutes would merge every latency sketch twice)
+    sql = (f"SELECT rev, v, sh, grouping(rev), {_FIGURES} FROM ("
+           + _joined(metric, {"rev": "revision", "v": "variant", "sh": "shadow"})
+           + ") GROUP BY GROUPING SETS ((v, sh), (rev, v, sh)) SETTINGS join_use_nulls = 0")
     rows = ch.query(sql, {"d": deployment, "since": since_ms, "until": until_ms, "revision": revision})
     variants, revisions = [], []
     for row in rows:
@@ -80,7 +87,8 @@ def timeseries(ch: ClickHouse, deployment: str, metric: str, bucket_s: int, sinc
     """Per time bucket (a whole number of minutes) and variant (no shadow): the same sufficient statistics."""
     if bucket_s % 60:
         raise ValueError("the bucket must be a whole number of minutes")
-    sql = _pass(metric, {"t": f"toInt64(toUnixTimestamp(toStartOfInterval(minute, toIntervalSecond({bucket_s})))) "
-                              "* 1000", "v": "variant"}, "t, v", " AND NOT shadow")
+    t = f"toInt64(toUnixTimestamp(toStartOfInterval(minute, toIntervalSecond({bucket_s})))) * 1000"
+    sql = (f"SELECT t, v, {_FIGURES} FROM (" + _joined(metric, {"t": t, "v": "variant"}, " AND NOT shadow")
+           + ") GROUP BY t, v ORDER BY t, v SETTINGS join_use_nulls = 0")
     rows = ch.query(sql, {"d": deployment, "since": since_ms, "until": until_ms, "revision": revision})
     return [dict(zip(("t_ms", "variant", *_KEYS), r)) for r in rows]

@@ -175,3 +175,25 @@ def test_live_aggregates_equal_a_rebuild_from_the_raw_tables(store: PredictionSt
     live = snapshot(store, d)
     store.rebuild_minutes()
     assert snapshot(store, d) == live
+
+
+def test_the_clickhouse_connect_driver_keeps_the_same_aggregates(clickhouse: Any, store: PredictionStore) -> None:
+    """The server driver (clickhouse-connect, here on its embedded chDB interface and the fixture's data path): the
+    feedback INSERT … SELECT with its array parameters and token, and the report's query."""
+    clickhouse_connect = pytest.importorskip("clickhouse_connect")
+    from infra.clickhouse import HttpClickHouse
+
+    ch = HttpClickHouse.from_client(clickhouse_connect.get_client(interface="chdb", path=str(clickhouse.path)))
+    try:
+        over_http = PredictionStore(ch)
+        over_http.ensure_schema()
+        d = f"minutes-{uuid.uuid4().hex[:8]}"
+        over_http.insert_batches([predictions(d, [{"request_id": f"r{i}", "ts_ms": T0 + i, "variant": "a",
+                                                   "p_yes": 0.9} for i in range(4)])], "t-" + d)
+        fb = feedback(d, [("r0", "yes"), ("r1", "no"), ("r2", "it's \\ odd")], T0 + 5000)
+        over_http.insert_feedback([fb])
+        over_http.insert_feedback([fb])
+        assert report_figures(over_http, d) == report_figures(store, d) == {("a", False): (4, 0, 3, 1.0)}
+    finally:
+        ch.close()
+    assert clickhouse.query("SELECT 1") == [(1,)]
