@@ -197,3 +197,42 @@ def test_the_clickhouse_connect_driver_keeps_the_same_aggregates(clickhouse: Any
     finally:
         ch.close()
     assert clickhouse.query("SELECT 1") == [(1,)]
+
+
+UPGRADE = r'''
+import sys, json
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from infra.clickhouse import connect
+from projections.ab_queries import variant_stats
+from projections.prediction_store import DDL, FEEDBACK_COLUMNS, FEEDBACK_DDL, PredictionStore
+from tests.test_ab_minutes import T0, predictions
+
+ch = connect(None, Path(sys.argv[1]))
+ch.command(DDL)
+ch.command(FEEDBACK_DDL)  # the schema before the aggregates: raw tables only, feedback without effects
+store = PredictionStore(ch)
+batch = predictions("old", [{"request_id": f"r{i}", "ts_ms": T0 + i, "variant": "a", "p_yes": 0.9} for i in range(3)])
+store.insert_batches([batch], batch.batch_id)
+ch.insert("feedback", FEEDBACK_COLUMNS, [(T0 + 9, "old", "r0", "no", None, "f1"), (T0 + 10, "old", "r0", "yes", None, "f2"),
+                                         (T0 + 10, "old", "r1", "no", None, "f2")], dedup_token="f")
+assert not ch.query("EXISTS TABLE prediction_minutes")[0][0]
+store.ensure_schema()  # what a process does at start after the upgrade
+rows, _ = variant_stats(ch, "old", "accuracy", 0, 2**50)
+print(json.dumps([(r["requests"], r["labelled"], r["metric_sum"]) for r in rows]))
+'''
+
+
+def test_tables_from_before_the_aggregates_are_backfilled_at_start(tmp_path: Any) -> None:
+    """An existing chDB with raw tables only (a data dir from before): the start's ensure_schema adds the
+    aggregates and fills them from what is there (in a child process: one chDB path per process)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", UPGRADE, str(tmp_path / "chdb"), str(root)], capture_output=True,
+                         text=True, timeout=120, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [[3, 2, 1.0]]  # r0 yes (latest) right, r1 no wrong
