@@ -40,7 +40,7 @@ def install(app: FastAPI) -> None:
     app.add_middleware(RequestId)
 
 
-def command_context(
+async def command_context(  # async: no I/O, so FastAPI calls it on the loop (no hop to the threadpool)
     request: Request,
     x_trainyard_actor: Annotated[str | None, Header(max_length=128, description="who acts (until authentication)")] = None,
     x_request_id: Annotated[str | None, Header(max_length=128, description="correlation id; echoed back")] = None,

@@ -22,7 +22,7 @@ READ_YOUR_WRITES_TIMEOUT_S = 5.0
 ANY_OF, ALL_OF = "repeatable: any of", "repeatable (20 at most): all of"
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:  # async: no I/O, so no hop to the threadpool
     return request.app.state.services
 
 

@@ -6,7 +6,8 @@ port on 127.0.0.1), and the `jobs` projection (`ProjectionProcess`: a child proc
 returns only once the read model shows the job (read-your-writes, `api/jobs.py` `_catch_up`). A fresh PostgreSQL
 database (dropped at the end), an embedded nats-server (temp dir, a free port, never 4222), chDB in a temp dir.
 
-The load generator is a separate OS process (httpx.AsyncClient, keep-alive pool): for each rate, request i is
+The load generator is a separate OS process (raw HTTP/1.1 on 64 keep-alive connections, bench/serving.py's
+pieces; its CPU per request is printed): for each rate, request i is
 due at t0 + i/rate, fired as its own task at that time, and its latency is measured from that due time (not from
 when it was actually sent), so a stall shows up as queueing in every request it delays. Each rate runs
 --seconds (10) after a --warmup (2 s at 50/s, not counted). Errors: anything but a 202 (timeouts included).
@@ -47,42 +48,69 @@ def body(i: int) -> dict[str, Any]:
 
 
 # ---- the load generator (a separate process) ------------------------------------------------------
-async def _load(base: str, rate: float, seconds: float, probe: str | None = None) -> dict[str, Any]:
-    import httpx
+async def _load(base: str, rate: float, seconds: float, probe: str | None = None,
+                connections: int = 64) -> dict[str, Any]:
+    """Raw HTTP/1.1 over a pool of keep-alive connections (bench/serving.py's generator pieces: a few hundred µs
+    of CPU per request, where httpx took about a millisecond on the same cores as the service)."""
+    from bench.serving import Conn, read_response, request_bytes
 
+    port = int(base.rpartition(":")[2])
     n = int(rate * seconds)
+    if probe:
+        requests = [f"GET {probe} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()] * n
+    else:
+        requests = [request_bytes(port, PATH, body(i), {}) for i in range(n)]
     lat: list[float] = []  # from the due time: what a caller arriving on schedule waits
     service: list[float] = []  # from the actual send: what the server alone took (hides queueing)
     errors: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10.0) as client:
-        loop = asyncio.get_running_loop()
+    pool: asyncio.Queue = asyncio.Queue()
+    conns = [Conn(port) for _ in range(connections)]
+    await asyncio.gather(*(c.ensure() for c in conns))
+    for c in conns:
+        pool.put_nowait(c)
+    loop = asyncio.get_running_loop()
 
-        async def one(i: int, due: float) -> None:
-            sent = loop.time()
-            try:
-                r = await (client.get(probe) if probe else client.post(PATH, json=body(i)))
-                code = "202" if probe and r.status_code == 200 else str(r.status_code)
-            except Exception as e:
-                code = type(e).__name__
-            done = loop.time()
-            if code == "202":
-                lat.append((done - due) * 1000)
-                service.append((done - sent) * 1000)
-            else:
-                errors[code] = errors.get(code, 0) + 1
+    async def one(i: int, due: float) -> None:
+        conn = None
+        try:
+            async with asyncio.timeout(10.0):
+                conn = await pool.get()
+                sent = loop.time()
+                await conn.ensure()
+                conn.writer.write(requests[i])
+                status, _, close = await read_response(conn.reader)
+                if close:
+                    conn.drop()
+            code = "202" if probe and status == 200 else str(status)
+        except Exception as e:  # noqa: BLE001 (a timeout or a dropped connection counts as an error)
+            code = type(e).__name__
+            if conn is not None:
+                conn.drop()
+        finally:
+            if conn is not None:
+                pool.put_nowait(conn)
+        done = loop.time()
+        if code == "202":
+            lat.append((done - due) * 1000)
+            service.append((done - sent) * 1000)
+        else:
+            errors[code] = errors.get(code, 0) + 1
 
-        t0 = loop.time() + 0.05
-        tasks = []
-        for i in range(n):
-            due = t0 + i / rate
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, due)))
-        await asyncio.gather(*tasks)
-        elapsed = loop.time() - t0
-    return {"sent": n, "lat": lat, "service": service, "errors": errors, "elapsed": elapsed}
+    cpu0 = time.process_time()
+    t0 = loop.time() + 0.05
+    tasks = []
+    for i in range(n):
+        due = t0 + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - t0
+    for c in conns:
+        c.drop()
+    return {"sent": n, "lat": lat, "service": service, "errors": errors, "elapsed": elapsed,
+            "generator_cpu_ms": (time.process_time() - cpu0) / n * 1000}
 
 
 def _load_process(base: str, rate: float, seconds: float, probe: str | None, out: Any) -> None:
@@ -325,7 +353,8 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
                   f"{' ' + str(res['errors']) if nerr else ''}, latency from due time: p50 {pct(lat, 50):.1f} ms, "
                   f"p99 {pct(lat, 99):.1f} ms, max {max(lat, default=float('nan')):.1f} ms "
                   f"(mean {statistics.fmean(lat) if lat else float('nan'):.1f}); from actual send: "
-                  f"p50 {pct(svc, 50):.1f}, p99 {pct(svc, 99):.1f}; CPU per submit: {cpu}")
+                  f"p50 {pct(svc, 50):.1f}, p99 {pct(svc, 99):.1f}; CPU per submit: {cpu}, "
+                  f"load generator {res['generator_cpu_ms']:.2f} ms")
             if args.breakdown:
                 delta = thread_cpu_delta(threads_before, threads_after,
                                          after["service process"] - before["service process"])

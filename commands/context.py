@@ -7,7 +7,7 @@ event it saves (`metadata`), the relay lifts it into the public envelope, audit 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from uuid import uuid4
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -22,7 +22,7 @@ class CommandContext:
     trace_id: str | None = None
 
     def as_metadata(self) -> dict[str, str | None]:
-        return asdict(self)
+        return dict(vars(self))  # its fields (dataclasses.asdict deep-copies: a tenth of a submit's CPU)
 
     def caused_by(self, causation_id: str | None) -> CommandContext:
         return replace(self, causation_id=causation_id)
