@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing as mp
+import re
 import shutil
 import statistics
 import sys
@@ -250,12 +251,24 @@ def experiment(name: str) -> None:
     """--experiment: measured variants of the service, patched in this process only (nothing outside bench/ is
     changed); several may be combined with commas. `no-wait`: POST returns right after the insert (what the
     read-your-writes wait costs). `switch-1ms`: sys.setswitchinterval(0.001) instead of 5 ms (a test of the GIL
-    convoy hypothesis). `healthz`: the load generator GETs /healthz instead (a sync route through the same
+    convoy hypothesis). `threads-N`: sync routes on at most N worker threads (anyio's default 40). `healthz`: the load generator GETs /healthz instead (a sync route through the same
     middleware and threadpool: the HTTP stack's floor)."""
     from projections.readmodel import AppliedPositions
 
     if name == "switch-1ms":
         sys.setswitchinterval(0.001)
+    elif name.startswith("threads-"):  # sync routes on at most N threads (anyio's default: 40)
+        import anyio.to_thread
+
+        limiters: dict[int, Any] = {}
+
+        def limiter() -> Any:
+            loop = id(asyncio.get_running_loop())
+            if loop not in limiters:
+                limiters[loop] = anyio.CapacityLimiter(int(name.partition("-")[2]))
+            return limiters[loop]
+
+        anyio.to_thread.current_default_thread_limiter = limiter
     elif name == "no-wait":
         AppliedPositions.wait_for = lambda *a, **kw: True
 
@@ -389,8 +402,9 @@ def main() -> None:
                     help="where the jobs projection runs: its own process (as serve runs it) or a thread of the API's")
     ap.add_argument("--pg", default=PG_SERVER, help="a PostgreSQL server URL (its database part is ignored)")
     args = ap.parse_args()
-    if any(e not in ("none", *EXPERIMENTS) for e in args.experiment.split(",")):
-        ap.error(f"--experiment: one or more of {', '.join(EXPERIMENTS)}, or none")
+    if any(e not in ("none", *EXPERIMENTS) and not re.fullmatch(r"threads-[1-9][0-9]*", e)
+           for e in args.experiment.split(",")):
+        ap.error(f"--experiment: one or more of {', '.join(EXPERIMENTS)}, threads-N, or none")
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
     db_url = create_database(args.pg, "trainyard_bench")
