@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlparse
 from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
+from psycopg.sql import SQL, Identifier
 from psycopg_pool import ConnectionPool
 
 log = logging.getLogger("trainyard.postgres")
@@ -50,8 +51,6 @@ class OneTripRecorder(PostgresApplicationRecorder):
 
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
         super().__init__(datastore, events_table_name=events_table_name)
-        from psycopg.sql import SQL, Identifier
-
         self._one_trip_name = f"{events_table_name}_insert"
         self.check_identifier_length(self._one_trip_name)
         schema, table = Identifier(self.datastore.schema), Identifier(self.events_table_name)
@@ -82,7 +81,6 @@ class OneTripRecorder(PostgresApplicationRecorder):
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._one_trip_call, (rows,), prepare=True)
             return [r[self._one_trip_name] for r in curs.fetchall()]
-
 
 
 # Schema changes take this transaction-scoped lock first: concurrent CREATE ... IF NOT EXISTS / ALTER from several

@@ -1,7 +1,7 @@
 """The A/B report's sufficient statistics, read from the per-minute aggregates (projections/prediction_store.py):
 per variant (and per revision, for the sample-ratio check and the policy's current-revision figures) the requests,
-errors, latency quantiles (merged DDSketches: within 1%), labelled requests and the sum and sum of squares of the per-prediction
-metric (METRIC_SQL). The statistics (domain/ab_stats.py) need nothing more.
+errors, latency quantiles (merged DDSketches: within 1%), labelled requests and the sum and sum of squares of the
+per-prediction metric (METRIC_SQL). The statistics (domain/ab_stats.py) need nothing more.
 
 Windows are whole minutes: `since` is rounded down and `until` up to the minute, by the minute of the prediction
 (feedback counts at the minute of the prediction it labels).
@@ -19,9 +19,8 @@ _WINDOW = ("deployment = {d:String} AND toUnixTimestamp(minute) >= intDiv({since
 _RAW_WINDOW = ("p.deployment = {d:String} AND p.ts >= fromUnixTimestamp64Milli({since:Int64}) "
                "AND p.ts < fromUnixTimestamp64Milli({until:Int64}) "
                "AND ({revision:Int64} < 0 OR p.revision = {revision:Int64})")
-
-
-_QUANTILES = LATENCY_SKETCH.replace("(", "Merge(", 1)
+_MERGE = LATENCY_SKETCH.replace("(", "Merge(", 1)  # latency states -> quantiles
+_MERGE_STATE = LATENCY_SKETCH.replace("(", "MergeState(", 1)  # latency states -> one state
 
 
 def _joined(metric: str, keys: dict[str, str], where: str = "") -> str:
@@ -34,13 +33,13 @@ def _joined(metric: str, keys: dict[str, str], where: str = "") -> str:
     group = ", ".join(keys)
     where = f"{_WINDOW}{where}"
     return (f"SELECT * FROM (SELECT {select}, sum(requests) AS requests, sum(errors) AS errors, "
-            f"{_QUANTILES.replace('Merge', 'MergeState', 1)}(latency) AS latency_state FROM prediction_minutes "
+            f"{_MERGE_STATE}(latency) AS latency_state FROM prediction_minutes "
             f"WHERE {where} GROUP BY {group}) AS a LEFT JOIN (SELECT {select}, sum({metric}_n) AS labelled, "
             f"sum({metric}_s) AS metric_sum, sum({metric}_ss) AS metric_sum_sq FROM label_minutes "
             f"WHERE {where} GROUP BY {group}) AS b USING ({group})")
 
 
-_FIGURES = (f"sum(requests), sum(errors), {_QUANTILES}(latency_state), sum(labelled), sum(metric_sum), "
+_FIGURES = (f"sum(requests), sum(errors), {_MERGE}(latency_state), sum(labelled), sum(metric_sum), "
             "sum(metric_sum_sq)")
 _KEYS = ("requests", "errors", "latency", "labelled", "metric_sum", "metric_sum_sq")
 
@@ -87,8 +86,9 @@ def timeseries(ch: ClickHouse, deployment: str, metric: str, bucket_s: int, sinc
     """Per time bucket (a whole number of minutes) and variant (no shadow): the same sufficient statistics."""
     if bucket_s % 60:
         raise ValueError("the bucket must be a whole number of minutes")
-    t = f"toInt64(toUnixTimestamp(toStartOfInterval(minute, toIntervalSecond({bucket_s})))) * 1000"
+    t = "toInt64(toUnixTimestamp(toStartOfInterval(minute, toIntervalSecond({bucket:UInt32})))) * 1000"
     sql = (f"SELECT t, v, {_FIGURES} FROM (" + _joined(metric, {"t": t, "v": "variant"}, " AND NOT shadow")
            + ") GROUP BY t, v ORDER BY t, v SETTINGS join_use_nulls = 0")
-    rows = ch.query(sql, {"d": deployment, "since": since_ms, "until": until_ms, "revision": revision})
+    rows = ch.query(sql, {"d": deployment, "since": since_ms, "until": until_ms, "revision": revision,
+                          "bucket": bucket_s})
     return [dict(zip(("t_ms", "variant", *_KEYS), r)) for r in rows]

@@ -4,9 +4,9 @@ into `metric_points` (`MetricsProjector`), prediction records from inference ser
 `TelemetryProjector` does all three; a kind only says how to parse and insert a batch.
 
 Fetches many batches at once, inserts them in one ClickHouse insert (feedback: one per deployment and 10,000
-rows), then acks. A crash between insert and ack
-redelivers the batches; the insert's deduplication token, the landed-batch check and the tables' ReplacingMergeTree
-keys make the repeat invisible (projections/metric_store.py, projections/prediction_store.py).
+rows), then acks. A crash between insert and ack redelivers the batches; the insert's deduplication token, the
+landed-batch check and the tables' ReplacingMergeTree keys make the repeat invisible (projections/metric_store.py,
+projections/prediction_store.py).
 
 Poison policy: a batch that does not validate (out-of-range numbers, wrong shapes) is dead-lettered at once. When an
 insert fails, ClickHouse is probed: if it is away, every batch is nak'd and retried for as long as it takes (nothing

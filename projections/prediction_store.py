@@ -190,7 +190,7 @@ class PredictionStore:
         if not token:
             raise ValueError("a non-empty deduplication token is needed")
         batches = [b for b in batches if b.size]
-        landed = self._landed(TABLE, batches)
+        landed = self._landed(TABLE, [(b.deployment[0], b.request_id[0], b.batch_id) for b in batches])
         batches = [b for b in batches if b.batch_id not in landed]
         if not batches:
             return
@@ -224,16 +224,16 @@ class PredictionStore:
         }
         self.ch.insert(TABLE, COLUMNS, columns, dedup_token=token)
 
-    def _landed(self, table: str, batches: list[Any]) -> set[str]:
-        """Which of these batches are in `table` already. A batch lands whole (one insert), so its first row
-        tells; the lookup is by primary key."""
+    def _landed(self, table: str, batches: list[tuple[str, str, str]]) -> set[str]:
+        """Which of these batches, given as (deployment, first request id, batch id), are in `table` already. A
+        batch lands whole (one insert), so its first row tells; the lookup is by primary key."""
         if not batches:
             return set()
-        deployments = {b.deployment if isinstance(b.deployment, str) else b.deployment[0] for b in batches}
+        deployments, first_ids, batch_ids = (sorted(set(x)) for x in zip(*batches))
         rows = self.ch.query(
             f"SELECT DISTINCT batch_id FROM {table} WHERE deployment IN {{d:Array(String)}} "
             "AND request_id IN {r:Array(String)} AND batch_id IN {b:Array(String)}",
-            {"d": sorted(deployments), "r": [b.request_id[0] for b in batches], "b": [b.batch_id for b in batches]})
+            {"d": deployments, "r": first_ids, "b": batch_ids})
         return {r[0] for r in rows}
 
     def summary(self, deployment: str, since_ms: int = 0) -> list[dict[str, Any]]:
@@ -253,16 +253,19 @@ class PredictionStore:
         MAX_FEEDBACK rows per INSERT … SELECT (one pass over `predictions` per insert, whatever its size), each
         with the ids of its batches as deduplication token, after leaving out batches that landed already."""
         groups: dict[str, list[list[FeedbackBatch]]] = {}
+        rows_in_last: dict[str, int] = {}  # rows in each deployment's last chunk
         for b in batches:
             if not b.size:
                 continue
             chunks = groups.setdefault(b.deployment, [[]])
-            if sum(x.size for x in chunks[-1]) + b.size > MAX_FEEDBACK:
+            if rows_in_last.get(b.deployment, 0) + b.size > MAX_FEEDBACK:
                 chunks.append([])
+                rows_in_last[b.deployment] = 0
             chunks[-1].append(b)
+            rows_in_last[b.deployment] = rows_in_last.get(b.deployment, 0) + b.size
         for deployment, chunks in groups.items():
             for chunk in chunks:
-                landed = self._landed(FEEDBACK_TABLE, chunk)
+                landed = self._landed(FEEDBACK_TABLE, [(b.deployment, b.request_id[0], b.batch_id) for b in chunk])
                 chunk = [b for b in chunk if b.batch_id not in landed]
                 if not chunk:
                     continue

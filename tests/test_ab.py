@@ -127,6 +127,8 @@ def test_a_better_challenger_is_ramped_up_and_promoted_and_the_history_says_why(
     assert report["srm"]["mismatch"] is False
     series = ab.http.get(f"{DEPLOYMENTS}/promote-me/ab/timeseries", params={"bucket": 60}).json()["points"]
     assert series and "challenger" in series[-1]["comparisons"]
+    odd = ab.http.get(f"{DEPLOYMENTS}/promote-me/ab/timeseries", params={"bucket": 90})  # buckets are whole minutes
+    assert odd.status_code == 422 and odd.headers["content-type"].startswith("application/problem+json")
 
 
 def test_a_worse_challenger_is_rolled_back_and_never_ramped_again(ab: AB) -> None:
