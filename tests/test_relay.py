@@ -125,3 +125,21 @@ def test_queueing_events_become_work_items_and_an_unpublishable_event_is_set_asi
 def relay_stage_poisoned(pool: ConnectionPool) -> int:
     with pool.connection() as conn:
         return conn.execute("SELECT count(*) FROM relay_poisoned").fetchone()[0]
+
+
+def test_a_save_is_one_round_trip_through_the_event_stores_insert_function(store, database_url: str) -> None:
+    """infra/postgres.OneTripRecorder: a plain save calls the `<events table>_insert` function (one statement, the
+    table lock and the NOTIFY inside it) rather than eventsourcing's five pipelined statements. eventsourcing 9.5.6
+    passes `tracking=None` to every insert, which once sent every save down the library's path unnoticed."""
+    import psycopg
+
+    app, _ = store
+    recorder = app.recorder
+    first = app.submit_job(SubmitJob(name="a", framework="lightgbm", task="regression",
+                                     dataset={"uri": "builtin://diabetes"}))
+    assert first.position is not None
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"DROP FUNCTION {recorder._one_trip_name}")
+    with pytest.raises(Exception, match=recorder._one_trip_name):
+        app.submit_job(SubmitJob(name="b", framework="lightgbm", task="regression",
+                                 dataset={"uri": "builtin://diabetes"}))
