@@ -19,14 +19,10 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     app.state.nats = nats_client
     problems.install(app)
     context.install(app)
-    app.include_router(jobs.router)
-    app.include_router(studies.router)
-    app.include_router(studies.experiments)
-    app.include_router(datasets.router)
-    app.include_router(models.router)
-    app.include_router(deployments.router)
-    app.include_router(deployments.keys)
-    app.include_router(ab.router)
+    for router in (jobs.router, studies.router, studies.experiments, datasets.router, models.router,
+                   deployments.router, deployments.keys, ab.router):
+        context.document_commands(router)
+        app.include_router(router)
     docs.install(app)
     settings = services.settings
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,

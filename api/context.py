@@ -3,9 +3,11 @@
 take `CommandContextDep`, so every event they record says who asked, within which request and trace."""
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.routing import APIRoute
 
 from api.problems import Problem
 from commands.context import CommandContext, new_correlation_id, safe_token, trace_id_of
@@ -36,25 +38,73 @@ class RequestId:
         await self.app(scope, receive, send_with_id)
 
 
+_TOKEN = "1-128 characters of letters, digits and ._:@/+=-"
+_TOKEN_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
+# The headers every command route reads, as documented in the OpenAPI description. They are read from the request
+# in `command_context` rather than declared as FastAPI `Header` parameters: FastAPI resolves declared parameters on
+# every request with machinery that cost a fifth of a submit's CPU in the API (bench/RESULTS.md).
+COMMAND_HEADERS = [
+    {"name": "X-Trainyard-Actor", "in": "header", "required": False,
+     "description": f"who acts (until authentication exists; else `anonymous`): {_TOKEN}",
+     "schema": {"type": "string", "maxLength": 128, "pattern": _TOKEN_PATTERN}},
+    {"name": REQUEST_ID, "in": "header", "required": False,
+     "description": f"correlation id (else a new one); echoed back on every response: {_TOKEN}",
+     "schema": {"type": "string", "maxLength": 128, "pattern": _TOKEN_PATTERN}},
+    {"name": "traceparent", "in": "header", "required": False,
+     "description": "W3C trace context; its trace id is recorded with the events (a malformed one is ignored)",
+     "schema": {"type": "string", "maxLength": 256}},
+]
+IDEMPOTENCY_KEY = "Idempotency-Key"
+_IDEMPOTENCY = re.compile(r"^[\x20-\x7e]{1,255}$")
+# For routes that take an Idempotency-Key: `openapi_extra=IDEMPOTENT` documents it, `idempotency_key` reads it.
+IDEMPOTENT = {"parameters": [
+    {"name": IDEMPOTENCY_KEY, "in": "header", "required": False,
+     "description": "printable ASCII, 1 to 255 characters: a repeat of the same request answers 200 with the same "
+                    "object; a different request under a used key is a 409",
+     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[\x20-\x7e]+$"}}]}
+
+
 def install(app: FastAPI) -> None:
     app.add_middleware(RequestId)
 
 
-async def command_context(  # async: no I/O, so FastAPI calls it on the loop (no hop to the threadpool)
-    request: Request,
-    x_trainyard_actor: Annotated[str | None, Header(max_length=128, description="who acts (until authentication)")] = None,
-    x_request_id: Annotated[str | None, Header(max_length=128, description="correlation id; echoed back")] = None,
-    traceparent: Annotated[str | None, Header(max_length=256, description="W3C trace context")] = None,
-) -> CommandContext:
-    if x_trainyard_actor is not None and not safe_token(x_trainyard_actor):
-        raise Problem(422, "Invalid request", "X-Trainyard-Actor: 1-128 characters of letters, digits and ._:@/+=-",
-                      "X-Trainyard-Actor")
-    if x_request_id is not None and not safe_token(x_request_id):
-        raise Problem(422, "Invalid request", "X-Request-Id: 1-128 characters of letters, digits and ._:@/+=-",
-                      "X-Request-Id")
-    correlation = getattr(request.state, "request_id", None) or x_request_id or new_correlation_id()
-    return CommandContext(actor=x_trainyard_actor or "anonymous", correlation_id=correlation,
-                          trace_id=trace_id_of(traceparent))
+def document_commands(router: APIRouter) -> None:
+    """Add COMMAND_HEADERS to the OpenAPI description of every route of `router` that takes `CommandContextDep`.
+    Call before the router is included; calling it again changes nothing."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and _depends_on(route.dependant, command_context):
+            extra = dict(route.openapi_extra or {})
+            given = list(extra.get("parameters", []))
+            extra["parameters"] = given + [h for h in COMMAND_HEADERS if h not in given]
+            route.openapi_extra = extra
+
+
+def _depends_on(dependant: Any, call: Any) -> bool:
+    return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
+
+
+async def command_context(request: Request) -> CommandContext:
+    """Who and why, from the request's headers (COMMAND_HEADERS). async: no I/O, so FastAPI calls it on the loop
+    (no hop to the threadpool)."""
+    headers = request.headers
+    actor, request_id = headers.get("x-trainyard-actor"), headers.get("x-request-id")
+    if actor is not None and not safe_token(actor):
+        raise Problem(422, "Invalid request", f"X-Trainyard-Actor: {_TOKEN}", "X-Trainyard-Actor")
+    if request_id is not None and not safe_token(request_id):
+        raise Problem(422, "Invalid request", f"{REQUEST_ID}: {_TOKEN}", REQUEST_ID)
+    correlation = getattr(request.state, "request_id", None) or request_id or new_correlation_id()
+    return CommandContext(actor=actor or "anonymous", correlation_id=correlation,
+                          trace_id=trace_id_of(headers.get("traceparent", "")[:256]))
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's Idempotency-Key (see IDEMPOTENT), None if absent; Problem(422) if it is not 1 to 255
+    printable ASCII characters."""
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is not None and not _IDEMPOTENCY.match(key):
+        raise Problem(422, "Invalid request", f"{IDEMPOTENCY_KEY}: printable ASCII, 1 to 255 characters",
+                      IDEMPOTENCY_KEY)
+    return key
 
 
 CommandContextDep = Annotated[CommandContext, Depends(command_context)]

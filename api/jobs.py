@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.limits import SafeText, check_params
-from api.context import CommandContextDep
+from api.context import IDEMPOTENT, CommandContextDep, idempotency_key
 from api.problems import Problem
 from api.schemas import (Framework, JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries, Status, Tag,
                          problems)
@@ -22,8 +22,12 @@ READ_YOUR_WRITES_TIMEOUT_S = 5.0
 ANY_OF, ALL_OF = "repeatable: any of", "repeatable (20 at most): all of"
 
 
-async def get_services(request: Request) -> Services:  # async: no I/O, so no hop to the threadpool
+def services(request: Request) -> Services:
     return request.app.state.services
+
+
+async def get_services(request: Request) -> Services:  # async: no I/O, so no hop to the threadpool
+    return services(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -58,17 +62,17 @@ def check_job_dataset(framework: str, task: str, uri: str, target: str | None, p
         raise Problem(422, "Invalid request", f"{field}: {e.reason}", field) from e
 
 
-@router.post("", status_code=202, response_model=JobAccepted, responses=problems(400, 409, 413, 422))
-def submit_job(body: JobIn, s: ServicesDep, ctx: CommandContextDep,
-               idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
-                                                             description="printable ASCII, 1 to 255 characters")
-                                          ] = None) -> JSONResponse:
+@router.post("", status_code=202, response_model=JobAccepted, responses=problems(400, 409, 413, 422),
+             openapi_extra=IDEMPOTENT)
+def submit_job(body: JobIn, request: Request, ctx: CommandContextDep) -> JSONResponse:
     """Submit a job (202; 200 when the Idempotency-Key was seen before). Every limit is in the body's schema."""
+    s = services(request)  # the hot path: no dependency to resolve (see api/context.py)
+    key = idempotency_key(request)
     check_job(body, s)
     cmd = SubmitJob(name=body.name, framework=body.framework, task=body.task,
                     dataset=body.dataset.model_dump(exclude_none=True), params=body.params,
                     priority=body.priority, tags=body.tags, timeout_s=body.timeout_s)
-    out = s.app.submit_job(cmd, idempotency_key, ctx)
+    out = s.app.submit_job(cmd, key, ctx)
     _catch_up(s, out.position)
     accepted = JobAccepted(job_id=out.job_id, status=out.status, created_at=out.created_at)  # type: ignore[arg-type]
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202 if out.created else 200,

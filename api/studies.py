@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from api.context import CommandContextDep
+from api.context import IDEMPOTENT, CommandContextDep, idempotency_key
 from api.jobs import READ_YOUR_WRITES_TIMEOUT_S, ServicesDep, check_job_dataset
 from api.limits import SafeText, check_params
 from api.problems import Problem
@@ -21,8 +21,6 @@ from infra.bootstrap import Services
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 experiments = APIRouter(prefix="/api/v1/experiments", tags=["studies"])
-IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
-                                              description="printable ASCII, 1 to 255 characters")]
 
 
 def _study(s: Services, study_id: UUID) -> dict:
@@ -53,9 +51,9 @@ def check_study_in(body: StudyIn, s: Services) -> dict:
     return objective
 
 
-@router.post("", status_code=202, response_model=StudyAccepted, responses=problems(400, 409, 413, 422))
-def create_study(body: StudyIn, s: ServicesDep, ctx: CommandContextDep,
-                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
+@router.post("", status_code=202, response_model=StudyAccepted, responses=problems(400, 409, 413, 422),
+             openapi_extra=IDEMPOTENT)
+def create_study(body: StudyIn, request: Request, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """Create a study (202; 200 when the Idempotency-Key was seen before). Its trials start at once."""
     objective = check_study_in(body, s)
     cmd = CreateStudy(name=body.name, framework=body.framework, task=body.task,
@@ -63,7 +61,7 @@ def create_study(body: StudyIn, s: ServicesDep, ctx: CommandContextDep,
                       search_space=body.search_space, fixed_params=body.fixed_params, sampler=body.sampler,
                       pruner=body.pruner, n_trials=body.n_trials, max_parallel=body.max_parallel,
                       timeout_s=body.timeout_s, priority=body.priority, tags=body.tags)
-    out = s.study_commands.create(cmd, idempotency_key, ctx)
+    out = s.study_commands.create(cmd, idempotency_key(request), ctx)
     _catch_up(s, out.position)
     accepted = StudyAccepted(study_id=out.study_id, status=out.status, created_at=out.created_at)  # type: ignore[arg-type]
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202 if out.created else 200,

@@ -299,6 +299,28 @@ def test_docs_work_offline(client):
     assert "604800" in schema["JobIn"]["properties"]["timeout_s"]["description"]
 
 
+
+def test_the_command_headers_are_documented_on_every_command_route_and_checked(client):
+    """X-Trainyard-Actor, X-Request-Id and traceparent are read by the command context (not declared per route):
+    the OpenAPI document still lists them on every route that records events, and Idempotency-Key where it works."""
+    spec = client.get("/openapi.json").json()["paths"]
+
+    def headers(path: str, method: str) -> set[str]:
+        return {p["name"] for p in spec[path][method].get("parameters", []) if p["in"] == "header"}
+
+    command = {"X-Trainyard-Actor", "X-Request-Id", "traceparent"}
+    assert headers(JOBS, "post") == command | {"Idempotency-Key"}
+    assert headers("/api/v1/studies", "post") == command | {"Idempotency-Key"}
+    assert headers(JOBS + "/{job_id}", "delete") == command
+    assert headers(JOBS + "/{job_id}", "get") == set()  # a query records nothing
+    for bad, field in ((("X-Trainyard-Actor", "a b"), "X-Trainyard-Actor"), (("X-Trainyard-Actor", "x" * 129),
+                       "X-Trainyard-Actor"), (("Idempotency-Key", "k" * 256), "Idempotency-Key"),
+                       (("Idempotency-Key", b"caf\xe9"), "Idempotency-Key")):
+        r = client.post(JOBS, json=job(), headers=dict([bad]))
+        assert r.status_code == 422 and r.json()["field"] == field, (bad, r.text)
+    r = client.post(JOBS, json=job(), headers={"traceparent": "not-a-traceparent" * 40})  # ignored, as W3C says
+    assert r.status_code == 202, r.text
+
 # ---- an accepted submit (waits up to 5 s for the read model: there is no projector here) --------
 def test_a_sound_job_is_accepted(client):
     r = client.post(JOBS, json=job(tags=["a", "b"], timeout_s=120, params={"n_estimators": 50, "boosting": "dart"}))
