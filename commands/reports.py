@@ -30,15 +30,21 @@ log = logging.getLogger("trainyard.reports")
 REPORT_QUEUE = "command-handlers"
 
 
-class Pruner(Protocol):
+class Studies(Protocol):
+    """What the report handler tells the study driver (commands/study_driver.py), on the handler's threads."""
+
     def should_prune(self, job_id: UUID, step: int, value: float) -> bool:
         """Whether the job (a study's trial) should stop now; a yes has already requested its cancel."""
+
+    def job_moved(self, study_id: UUID, causation_id: str) -> None:
+        """A trial's job just started or ended (its event is saved): move the study now rather than when the event
+        comes back through the relay and JetStream (it still does, and that sync is a no-op)."""
 
 
 class ReportHandler:
     def __init__(self, app: TrainingApplication, leases: LeaseStore, stage: Stage | None = None,
-                 pruner: Pruner | None = None) -> None:
-        self.app, self.leases, self.stage, self.pruner = app, leases, stage or Stage("reports"), pruner
+                 studies: Studies | None = None) -> None:
+        self.app, self.leases, self.stage, self.studies = app, leases, stage or Stage("reports"), studies
 
     def handle(self, data: bytes) -> ReportReply:
         """Decide one report; never raises."""
@@ -68,14 +74,15 @@ class ReportHandler:
             return self._beat(r, lease_id, ctx)
         if r.type == "intermediate":
             reply = self._beat(r, lease_id, ctx)
-            if (reply.ok and not reply.cancel_requested and self.pruner is not None and r.value is not None
-                    and r.current_step is not None and self.pruner.should_prune(r.job_id, r.current_step, r.value)):
+            if (reply.ok and not reply.cancel_requested and self.studies is not None and r.value is not None
+                    and r.current_step is not None and self.studies.should_prune(r.job_id, r.current_step, r.value)):
                 self.leases.flag_cancel(r.job_id)
                 reply.cancel_requested = True
             return reply
         if r.type == "claim":
             job = self.app.claim(r.job_id, lease_id, r.runner_id, ctx)
             self.leases.hold(job.id, lease_id, r.runner_id, job.attempt, job.cancel_requested)
+            self._moved(job, r)
             return _reply(job, job=_work_for(self.app, job))
         if r.type == "check":  # the aggregate's word (after a cancel event on the bus); also renews the lease
             job = self.app.get_job(r.job_id)
@@ -93,7 +100,14 @@ class ReportHandler:
         else:  # release
             job = self.app.hand_back(r.job_id, lease_id, printable(f"handed back by runner {r.runner_id}", 300), ctx)
         self.leases.drop(job.id, lease_id)
+        if r.type != "release":
+            self._moved(job, r)
         return _reply(job)
+
+    def _moved(self, job: LeasedWork, r: RunnerReport) -> None:
+        study_id = getattr(job, "study_id", None)
+        if study_id is not None and self.studies is not None:
+            self.studies.job_moved(study_id, f"report:{r.report_id}")
 
     def _beat(self, r: RunnerReport, lease_id: str, ctx: CommandContext) -> ReportReply:
         beat = self.leases.beat(r.job_id, lease_id, r.current_step, r.total_steps)

@@ -13,7 +13,9 @@ idempotent step, `sync(study_id)`:
    records the ask on the Study **before** it submits the job (commands/studies.py).
 `sync` runs on every study or training-job event of that study (a durable JetStream consumer on the events
 stream, acked after the sync; a message that fails 5 times is dead-lettered) and every `refresh_s` for every
-running study, so a lost event delays a step, never loses it.
+running study, so a lost event delays a step, never loses it. In the serve process the report handler also nudges
+the driver (`job_moved`) the moment a trial's job starts or ends, so the next trial is asked without waiting for
+the event's trip through the relay and JetStream.
 
 Pruning: a runner training a trial with a pruner reports the objective's step metric after each step
 (`intermediate` reports); the report handler asks `should_prune`; a yes is recorded on the Study
@@ -22,6 +24,7 @@ Pruning: a runner training a trial with a pruner reports the objective's step me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -64,6 +67,8 @@ class StudyDriver:
         self._optimizers: dict[UUID, StudyOptimizer] = {}
         self._job_trials: dict[UUID, tuple[UUID, int]] = {}  # job id -> (study id, trial number)
         self._lock = threading.RLock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._moved: asyncio.Queue[tuple[UUID, str]] | None = None
 
     # ---- one study -------------------------------------------------------------------------------
     def sync(self, study_id: UUID, ctx: CommandContext = DRIVER) -> Study | None:
@@ -184,6 +189,24 @@ class StudyDriver:
                 return False
             return True
 
+    def job_moved(self, study_id: UUID, causation_id: str) -> None:
+        """The report handler (on its threads) saw a trial's job start or end: sync its study on the driver's loop
+        now, ahead of the job's event on JetStream (which comes anyway; its sync is then a no-op). Never raises: a
+        lost nudge costs only the time the event takes."""
+        loop, queue = self._loop, self._moved
+        if loop is not None and queue is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the driver is stopping
+                loop.call_soon_threadsafe(queue.put_nowait, (study_id, causation_id))
+
+    async def _follow_moves(self) -> None:
+        assert self._moved is not None
+        while True:
+            study_id, causation = await self._moved.get()
+            try:
+                await asyncio.to_thread(self.sync, study_id, DRIVER.caused_by(causation[:64]))
+            except Exception as e:  # the job's event on JetStream syncs it again, with the poison policy
+                log.warning("study driver: sync of %s after %s failed: %s", study_id, causation, printable(e, 200))
+
     # ---- the loop --------------------------------------------------------------------------------
     def running_studies(self) -> list[UUID]:
         """The studies the read model shows going, and those this driver holds (the read model may lag)."""
@@ -208,6 +231,17 @@ class StudyDriver:
         return None
 
     async def run(self, js: JetStreamContext, consumer: str, stream: str, stop: asyncio.Event) -> None:
+        self._loop, self._moved = asyncio.get_running_loop(), asyncio.Queue()
+        moves = asyncio.create_task(self._follow_moves(), name="study-driver-moves")
+        try:
+            await self._run(js, consumer, stream, stop)
+        finally:
+            self._loop = None
+            moves.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await moves
+
+    async def _run(self, js: JetStreamContext, consumer: str, stream: str, stop: asyncio.Event) -> None:
         sub = await js.pull_subscribe_bind(consumer, stream=stream)
         last_refresh = 0.0
         while not stop.is_set():

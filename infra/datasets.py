@@ -14,6 +14,8 @@ feature columns (after one-hot encoding too) and MAX_CELLS cells per table.
 """
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -104,6 +106,7 @@ def load_dataset(uri: str, target: str | None, task: str, seed: int = 0, roots: 
     validate_dataset(uri, target, task, roots)
     if uri.startswith("builtin://"):
         X, y, names, labels = _load_builtin(uri.removeprefix("builtin://"))
+        names, labels = list(names), None if labels is None else list(labels)  # the cached lists stay as they are
     else:
         X, y, names, labels = _load_file(resolve_file_uri(uri, roots), _display_name(uri), target, task)
     if len(y) < MIN_ROWS:
@@ -123,10 +126,7 @@ def dataset_digest(uri: str, roots: Sequence[Path] = ()) -> str:
         name = uri.removeprefix("builtin://")
         if name not in BUILTIN_TASK:
             raise DatasetError("dataset.uri", f"unknown builtin dataset {name!r}")
-        X, y, _, _ = _load_builtin(name)
-        digest.update(np.ascontiguousarray(X).tobytes())
-        digest.update(np.ascontiguousarray(y).tobytes())
-        return digest.hexdigest()
+        return _builtin_digest(name)
     with resolve_file_uri(uri, roots).open("rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
@@ -146,15 +146,31 @@ def _check_builtin(name: str, target: str | None, task: str) -> None:
         raise DatasetError("dataset.target", f"builtin://{name} has a fixed target; omit it or use 'target'")
 
 
+@functools.cache
+def _builtin_digest(name: str) -> str:
+    import hashlib
+
+    X, y, _, _ = _load_builtin(name)
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(X).tobytes())
+    digest.update(np.ascontiguousarray(y).tobytes())
+    return digest.hexdigest()
+
+
+@functools.cache  # a few small fixed tables: parsed once per process (it was 5 ms a job, twice: data and digest)
 def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
+    """(X, y, feature names, class labels or None); the arrays are shared and read-only (splits copy them)."""
     from sklearn import datasets as sk
 
     bunch = {"breast_cancer": sk.load_breast_cancer, "wine": sk.load_wine, "diabetes": sk.load_diabetes}[name]()
     X = bunch.data.astype(np.float32)
     names = [str(n) for n in bunch.feature_names]
     if BUILTIN_TASK[name] == "regression":
-        return X, bunch.target.astype(np.float32), names, None
-    return X, bunch.target.astype(np.int64), names, [str(n) for n in bunch.target_names]
+        y, labels = bunch.target.astype(np.float32), None
+    else:
+        y, labels = bunch.target.astype(np.int64), [str(n) for n in bunch.target_names]
+    X.flags.writeable = y.flags.writeable = False
+    return X, y, names, labels
 
 
 def _load_file(path: Path, name: str, target: str, task: str):

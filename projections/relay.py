@@ -130,18 +130,17 @@ class Relay:
         notifications = await asyncio.to_thread(
             self.app.recorder.select_notifications, start=self._position, limit=self.batch_size,
             inclusive_of_start=False)
-        done, work = None, False
+        done = None
         try:
             for n in notifications:
-                work = await self._publish(n) or work
+                if await self._publish(n):  # ring the idle runners' doorbell at once, not after the batch is saved
+                    with contextlib.suppress(Exception):  # (a hint: they look at the work stream themselves)
+                        await self.js._nc.publish(WORK_READY, b"")
                 done = n.id
         finally:
             if done is not None:
                 await asyncio.to_thread(self._save_position, done)
                 self._position = done
-            if work:  # ring the idle runners' doorbell (a hint; they look at the work stream themselves)
-                with contextlib.suppress(Exception):
-                    await self.js._nc.publish(WORK_READY, b"")
         head = self._position if len(notifications) < self.batch_size else await asyncio.to_thread(self.app.head)
         self.stage.observe(self._position, head)
         return len(notifications)

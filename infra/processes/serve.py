@@ -75,7 +75,7 @@ async def serve(settings: Settings) -> None:
                                          loops=True),
                             settings.reconcile_interval_s, settings.requeue_after_s)
     reports = ReportServer(ReportHandler(services.app, services.leases, health.stage("reports", stuck_after_s=stuck),
-                                         pruner=driver))
+                                         studies=driver))
     tasks = [asyncio.create_task(part.run(stop), name=name) for name, part in
              (("projections", projections), ("relay", relay),
               ("metrics-projector", metrics), ("predictions-projector", predictions), ("feedback-projector", feedback),

@@ -1,0 +1,76 @@
+"""The study driver hears about a trial's job from the report handler, not only from JetStream (real PostgreSQL
+and NATS; no relay runs here, so no job event ever reaches the driver's consumer)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from uuid import UUID
+
+import nats
+import pytest
+
+from commands.leases import LeaseStore
+from commands.reports import ReportHandler
+from commands.studies import CreateStudy
+from commands.study_driver import StudyDriver
+from commands.training import TrainingApplication
+from domain.contract import RunnerReport
+from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, ensure_streams
+from infra.postgres import eventsourcing_env, pool as pg_pool
+from infra.settings import Settings
+from projections.studies import STUDIES_DDL
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_trials_reports_move_its_study_without_waiting_for_the_events_trip(database_url: str, nats_url: str) -> None:
+    app = TrainingApplication(env=eventsourcing_env(database_url))
+    pool, leases = pg_pool(database_url), LeaseStore(database_url, 30.0)
+    with pool.connection() as conn:
+        conn.execute(STUDIES_DDL)
+    driver = StudyDriver(app, pool, refresh_s=3600.0)  # no periodic refresh after the first
+    handler = ReportHandler(app, leases, studies=driver)
+    study_id = driver.studies.create(CreateStudy(
+        name="nudged", framework="lightgbm", task="binary_classification",
+        dataset={"uri": "builtin://breast_cancer"}, objective={"metric": "auc", "direction": "maximize"},
+        search_space={"num_leaves": {"type": "int", "low": 4, "high": 64}}, n_trials=2, max_parallel=1)).study_id
+
+    def report(kind: str, job_id: UUID, **fields) -> None:
+        body = RunnerReport(type=kind, job_id=job_id, lease="a-lease-token-of-24-chars", runner_id="h:1",
+                            report_id=f"{kind}-{job_id.hex[:8]}", **fields)
+        assert handler.handle(body.model_dump_json().encode()).ok
+
+    def wait_for(predicate, what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not predicate(driver.studies.get(study_id)):
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+
+    async def scenario() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await ensure_streams(js, Settings())
+        await js.purge_stream(EVENTS_STREAM)  # nothing of earlier tests for the driver's consumer
+        stop = asyncio.Event()
+        running = asyncio.create_task(driver.run(js, STUDY_DRIVER_CONSUMER, EVENTS_STREAM, stop))
+        try:
+            await asyncio.to_thread(driver.sync, study_id)  # what the study's `created` event does: ask trial 0
+            assert driver.studies.get(study_id).next_number == 1
+            job_id = UUID(str(driver.studies.get(study_id).trial(0)["job_id"]))
+            await asyncio.to_thread(report, "claim", job_id)
+            await asyncio.to_thread(wait_for, lambda s: s.trial(0)["state"] == "running", "trial 0 started")
+            await asyncio.to_thread(report, "completed", job_id, final_metrics={"auc": 0.97},
+                                    artifact={"uri": "file:///m.txt"})
+            await asyncio.to_thread(wait_for, lambda s: s.next_number == 2 and s.trial(0)["value"] == 0.97,
+                                    "trial 0 recorded and trial 1 asked right after the completed report")
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 10)
+            await nc.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        leases.close()
+        pool.close()
+        app.close()
