@@ -17,6 +17,7 @@ Goals (issue 6): ratio ≥ 1.5 with 2 runners; overhead under 30 ms a trial with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -68,10 +69,11 @@ def optuna_baseline(trials: int, n_estimators: int, seed: int) -> tuple[float, f
 
     objective_warm = optuna.create_study(direction="maximize")  # import and data-loading costs outside the clock
     objective_warm.optimize(objective, n_trials=1)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True))
     study.optimize(objective, n_trials=trials)
+    print(f"  optuna in-process CPU per trial: {(time.process_time() - cpu) / trials * 1000:.1f} ms")
     return time.perf_counter() - t, study.best_value
 
 
@@ -108,6 +110,7 @@ def trainyard(args: argparse.Namespace, work: Path, runners: int, parallel: int)
                                                      "dataset": {"uri": "builtin://breast_cancer"},
                                                      "params": {"n_estimators": 5}})
         time.sleep(3.0)
+        cpu0 = cpu_by_part(proc.pid, nats.proc.pid if nats.proc else None, db_url)
         t = time.perf_counter()
         r = http.post("/api/v1/studies", json=study_body(args.trials, args.n_estimators, parallel, args.seed))
         assert r.status_code == 202, r.text
@@ -118,8 +121,13 @@ def trainyard(args: argparse.Namespace, work: Path, runners: int, parallel: int)
                 break
             time.sleep(0.02)
         elapsed = time.perf_counter() - t
+        cpu1 = cpu_by_part(proc.pid, nats.proc.pid if nats.proc else None, db_url)
         assert st["status"] == "completed" and st["counts"]["completed"] == args.trials, st
         print(breakdown(db_url, study_id))
+        per = {k: (cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / args.trials * 1000 for k in cpu1}
+        total = sum(per.values())
+        print("  CPU per trial: " + ", ".join(f"{k} {v:.1f} ms" for k, v in per.items()) +
+              f"; all {total:.1f} ms, of which outside the runners {total - per.get('runners', 0.0):.1f} ms")
         return elapsed, st["best_trial"]["value"], st
     finally:
         http.close()
@@ -131,6 +139,33 @@ def trainyard(args: argparse.Namespace, work: Path, runners: int, parallel: int)
         log.close()
         nats.stop()
         drop_database(args.pg, db_url)
+
+
+def cpu_by_part(up_pid: int, nats_pid: int | None, db_url: str) -> dict[str, float]:
+    """CPU seconds so far of each part of the service: the runner processes, the serve process (API, relay,
+    driver, report handlers, metric projectors), the read-model projection process, nats-server and the PostgreSQL
+    backends of the bench's database."""
+    import psutil
+
+    out = {"runners": 0.0, "serve": 0.0, "projections": 0.0, "nats-server": 0.0, "postgres": 0.0}
+
+    def add(part: str, p: psutil.Process) -> None:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            out[part] += t.user + t.system
+
+    up = psutil.Process(up_pid)
+    for p in up.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cmd = " ".join(p.cmdline())
+            add("runners" if " runner" in cmd else "projections" if "multiprocessing" in cmd else "serve", p)
+    if nats_pid:
+        add("nats-server", psutil.Process(nats_pid))
+    db = db_url.rpartition("/")[2]
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.info["name"] == "postgres" and db in " ".join(p.info["cmdline"] or ()):
+            add("postgres", p)
+    return out
 
 
 def breakdown(db_url: str, study_id: str) -> str:

@@ -95,9 +95,10 @@ class StudyCommands:
             raise IdempotencyConflictError("this Idempotency-Key was used for a different study")
         return StudyCreated(study.id, study.status, study.created_on, False)
 
-    def get(self, study_id: UUID) -> Study:
-        """For command paths (the driver) and audit only: queries read the projections."""
-        return self.app.load(study_id, StudyNotFoundError)
+    def get(self, study_id: UUID, copy: bool = True) -> Study:
+        """For command paths (the driver) and audit only: queries read the projections. `copy=False`: a shared
+        object that the caller must not change (TrainyardApplication.load)."""
+        return self.app.load(study_id, StudyNotFoundError, copy)
 
     def _change(self, study_id: UUID, decide: Any, ctx: CommandContext) -> tuple[Study, int | None]:
         return self.app.change(study_id, decide, ctx, StudyNotFoundError)

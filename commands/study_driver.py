@@ -66,6 +66,7 @@ class StudyDriver:
         self.refresh_s = refresh_s
         self._optimizers: dict[UUID, StudyOptimizer] = {}
         self._job_trials: dict[UUID, tuple[UUID, int]] = {}  # job id -> (study id, trial number)
+        self._seen: dict[UUID, int] = {}  # job id -> the job's version this driver has acted on
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._moved: asyncio.Queue[tuple[UUID, str]] | None = None
@@ -75,7 +76,7 @@ class StudyDriver:
         """Bring one study up to date (see the module docstring). Idempotent; safe to call any time."""
         with self._lock:
             try:
-                study = self.studies.get(study_id)
+                study = self.studies.get(study_id, copy=False)  # read only: every change goes through a command
             except StudyNotFoundError:
                 return None
             if study.is_finished:
@@ -97,17 +98,17 @@ class StudyDriver:
         job_id = UUID(str(trial["job_id"]))
         self._job_trials[job_id] = (study.id, number)
         try:
-            job = self.app.get_job(job_id)
+            job = self.app.get_job(job_id, copy=False)
         except JobNotFoundError:  # the driver stopped between recording the ask and submitting the job
             self.studies.submit_trial(study, number, ctx)
             return study
         if job.status == "running" and trial["state"] == "queued":
             study = self.studies.trial_started(study.id, number, ctx)
-        if not job.is_finished:
-            return study
-        state, value, error = _outcome(job, trial, study.objective["metric"], study.status)
-        study = self.studies.finish_trial(study.id, number, state, value, error, ctx)
-        opt.tell(number, state, value)
+        if job.is_finished:
+            state, value, error = _outcome(job, trial, study.objective["metric"], study.status)
+            study = self.studies.finish_trial(study.id, number, state, value, error, ctx)
+            opt.tell(number, state, value)
+        self._seen[job_id] = job.version  # acted on: its events up to here need no other sync
         return study
 
     def _fill(self, study: Study, opt: StudyOptimizer, ctx: CommandContext) -> Study:
@@ -154,13 +155,14 @@ class StudyDriver:
                                 if math.isfinite(v)}
             except Exception as e:  # the metric store is away: prune decisions start from no history
                 log.warning("study %s: no intermediate values for trial %d (%s)", study.id, number, printable(e, 200))
-        return TrialRecord(number=number, params=trial["params"], state=trial["state"], value=trial["value"],
+        return TrialRecord(number=number, params=dict(trial["params"]), state=trial["state"], value=trial["value"],
                            intermediate=intermediate)
 
     def _forget(self, study: Study) -> None:
         self._optimizers.pop(study.id, None)
         for trial in study.trials.values():
             self._job_trials.pop(UUID(str(trial["job_id"])), None)
+            self._seen.pop(UUID(str(trial["job_id"])), None)
 
     # ---- pruning (called by the report handler, on its threads) ------------------------------------
     def should_prune(self, job_id: UUID, step: int, value: float) -> bool:
@@ -170,7 +172,7 @@ class StudyDriver:
             ref = self._job_trials.get(job_id)
             if ref is None:
                 try:
-                    job = self.app.get_job(job_id)
+                    job = self.app.get_job(job_id, copy=False)
                 except JobNotFoundError:
                     return False
                 if job.study_id is None or self.sync(job.study_id) is None:
@@ -216,14 +218,18 @@ class StudyDriver:
 
     def study_of(self, event: dict[str, Any]) -> UUID | None:
         """The study an event moves: a study's own event from outside the driver (created, cancel), or a trial's
-        job starting or ending. The driver's own study events and a job's progress milestones move nothing."""
+        job starting or ending. The driver's own study events, a job's progress milestones and a job event the
+        driver has already acted on (the report handler's nudge came first) move nothing."""
         kind = str(event.get("type", ""))
         if event.get("aggregate") == "study" and kind in STUDY_TRIGGERS:
             return UUID(event["aggregate_id"])
         if event.get("aggregate") == "training_job" and kind in JOB_TRIGGERS:
             job_id = UUID(event["aggregate_id"])
             with self._lock:
-                ref = self._job_trials.get(job_id)
+                ref, seen = self._job_trials.get(job_id), self._seen.get(job_id, 0)
+            version = event.get("aggregate_version")
+            if ref and isinstance(version, int) and version <= seen:
+                return None
             if ref:
                 return ref[0]
             study_id = (event.get("payload") or {}).get("study_id")

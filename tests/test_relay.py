@@ -143,3 +143,48 @@ def test_a_save_is_one_round_trip_through_the_event_stores_insert_function(store
     with pytest.raises(Exception, match=recorder._one_trip_name):
         app.submit_job(SubmitJob(name="b", framework="lightgbm", task="regression",
                                  dataset={"uri": "builtin://diabetes"}))
+
+
+def test_work_goes_out_at_once_from_the_saving_process_and_the_relay_adds_no_second_copy(store, nats_url: str) -> None:
+    """projections/relay.EagerWork: a committed save's work items reach the work stream without the relay's round,
+    and the relay's own publish of them later is dropped by JetStream's duplicate window (same Nats-Msg-Id)."""
+    from projections.relay import EagerWork
+
+    app, pool = store
+    diabetes = {"uri": "builtin://diabetes"}
+
+    async def scenario() -> tuple[int, int, dict]:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await ensure_streams(js, Settings())
+        relay = Relay(app, js, pool)
+        while await relay.publish_batch():  # what earlier tests left: out of the way first
+            pass
+        app.on_saved = EagerWork(js, asyncio.get_running_loop())
+        try:
+            job_id = (await asyncio.to_thread(app.submit_job, SubmitJob(
+                name="eager", framework="lightgbm", task="regression", dataset=diabetes, priority="critical"))).job_id
+        finally:
+            app.on_saved = None
+        subject = f"trainyard.work.critical.training.{job_id}"
+
+        async def count() -> int:
+            info = await js.stream_info(WORK_STREAM, subjects_filter=subject)
+            return (info.state.subjects or {}).get(subject, 0)
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await count():
+            assert asyncio.get_running_loop().time() < deadline, "the work item never went out"
+            await asyncio.sleep(0.01)
+        before_relay = await count()
+        assert relay.position() < app.recorder.max_notification_id()  # the relay has not published it
+        while await relay.publish_batch():
+            pass
+        after_relay = await count()
+        work = json.loads((await js.get_last_msg(WORK_STREAM, subject)).data)
+        await nc.close()
+        return before_relay, after_relay, work | {"job_id": str(job_id)}
+
+    before_relay, after_relay, work = asyncio.run(scenario())
+    assert (before_relay, after_relay) == (1, 1)
+    assert work["kind"] == "training" and work["aggregate_id"] == work["job_id"] and work["priority"] == "critical"

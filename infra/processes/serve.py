@@ -25,7 +25,7 @@ from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, WORK_STREAM, c
 from infra.settings import Settings
 from projections.metrics import FeedbackProjector, MetricsProjector, PredictionsProjector
 from projections.readmodel import ProjectionProcess
-from projections.relay import Relay
+from projections.relay import EagerWork, Relay
 
 log = logging.getLogger("trainyard.serve")
 # The PostgreSQL read models, run in serve's projection process: (stage, application, projection, view).
@@ -62,6 +62,7 @@ async def serve(settings: Settings) -> None:
     driver = StudyDriver(services.app, services.pool, health.stage("study-driver", stuck_after_s=stuck, loops=True),
                          metrics=services.metrics)
     relay = Relay(services.app, js, services.pool, health.stage("relay", stuck_after_s=stuck, loops=True))
+    services.app.on_saved = EagerWork(js, asyncio.get_running_loop())  # work items out before the relay's round
     metrics = MetricsProjector(js, services.metrics, health.stage("metrics-projector", stuck_after_s=stuck, loops=True))
     predictions = PredictionsProjector(js, services.predictions,
                                        health.stage("predictions-projector", stuck_after_s=stuck, loops=True))
