@@ -2,7 +2,8 @@
 
 The service side is what `trainyard serve` runs for a submit, in this process: the app from
 `infra.bootstrap.build(Settings(...))` + `api.app.create_app(services)` under uvicorn (a background thread, a free
-port on 127.0.0.1), and the `jobs` projection (`ProjectionProcess`: a child process, as serve runs it) so that a POST
+port on 127.0.0.1), with the eager publish of each submit's work item to JetStream (`EagerWork`, as serve sets it),
+and the `jobs` projection (`ProjectionProcess`: a child process, as serve runs it) so that a POST
 returns only once the read model shows the job (read-your-writes, `api/jobs.py` `_catch_up`). A fresh PostgreSQL
 database (dropped at the end), an embedded nats-server (temp dir, a free port, never 4222), chDB in a temp dir.
 
@@ -149,6 +150,32 @@ class Projection(threading.Thread):
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.stop_event.set)
         self.join(15)
+
+
+class EagerPublisher:
+    """What serve adds to a submit: `projections.relay.EagerWork` as the application's `on_saved`, publishing each
+    submit's work item to JetStream from a NATS connection on its own loop (serve uses its main loop's)."""
+
+    def __init__(self, services: Any, nats_url: str) -> None:
+        from infra.messaging import connect, ensure_streams
+        from projections.relay import EagerWork
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="eager-publisher", daemon=True)
+        self.thread.start()
+
+        async def start() -> Any:
+            nc, js = await connect(nats_url, "bench-eager")
+            await ensure_streams(js, services.settings)
+            return nc, js
+
+        self.nc, js = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
+        services.app.on_saved = EagerWork(js, self.loop)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.nc.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
 
 
 def cpu_snapshot(db_name: str, projection_pid: int | None) -> dict[str, float]:
@@ -326,6 +353,7 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
     nats = EmbeddedNats(work, preferred_port=free_port(0), preferred_monitor_port=free_port(0))
     nats_url = nats.start()
     services = build(Settings(database_url=db_url, nats_url=nats_url, clickhouse_url=None, data_dir=work / "data"))
+    eager = EagerPublisher(services, nats_url)  # as serve: each submit's work item goes out at once
     name, app, proj, view = READ_MODELS[0]  # the jobs read model, in its own process as serve runs it
     if args.projection == "process":
         projection = Projection(ProjectionProcess(READ_MODELS[:1], db_url, {name: services.health.stage(name)}))
@@ -384,6 +412,7 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
         projection.stop()
         if hasattr(projection.host, "close"):
             projection.host.close()
+        eager.close()
         services.close()
         nats.stop()
 
