@@ -1,10 +1,10 @@
 """Study commands: one method per command on the one Trainyard application (one event store, one log).
 
-A study's trials are ordinary training jobs (design decision 5): `submit_trial` submits one through
-`TrainingApplication.submit_job` with a deterministic Idempotency-Key (`study:<id>:trial:<n>`), so the trial's job
-id is known before the job exists. The driver records the ask on the `Study` first and submits the job second: a
-crash in between leaves a recorded trial whose job is submitted again (same key, same job) on restart, never a
-job without a trial or two trials with one number.
+A study's trials are ordinary training jobs (design decision 5) whose ids derive from a deterministic
+Idempotency-Key (`study:<id>:trial:<n>`), so the trial's job id is known before the job exists. `ask_trial` records
+the ask on the `Study` and saves the trial's new job in the same transaction: a crash leaves both or neither, never
+a job without a trial or two trials with one number. (Studies driven by an older version recorded the ask first and
+submitted the job second; a recorded trial without its job is still submitted on the next sync, `submit_trial`.)
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from commands.context import CommandContext
 from commands.training import ANONYMOUS, IdempotencyConflictError, SubmitJob, TrainingApplication, job_id_for
 from domain.search_space import step_metric_for
 from domain.study import Study
+from domain.training_job import TrainingJob
 
 _IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/idempotency/study")
 
@@ -104,22 +105,35 @@ class StudyCommands:
         return self.app.change(study_id, decide, ctx, StudyNotFoundError)
 
     def ask_trial(self, study_id: UUID, number: int, params: dict[str, Any], ctx: CommandContext) -> Study:
-        return self._change(study_id, lambda s: s.ask_trial(number, params, trial_job_id(study_id, number)), ctx)[0]
+        """Record the ask and submit the trial's job in one transaction: a crash leaves both or neither, never a
+        job without its trial or two trials with one number. (A repeated ask records nothing and submits
+        nothing.)"""
+        def job(study: Study) -> list[TrainingJob]:
+            if not study.pending_events:
+                return []
+            return [TrainingJob(id=trial_job_id(study_id, number), **self._trial_job(study, number).fields())]
+
+        return self.app.change(study_id, lambda s: s.ask_trial(number, params, trial_job_id(study_id, number)), ctx,
+                               StudyNotFoundError, also=job)[0]
 
     def submit_trial(self, study: Study, number: int, ctx: CommandContext) -> UUID:
-        """Submit trial `number`'s training job (idempotent: the same trial always gives the same job)."""
+        """Submit trial `number`'s training job (idempotent: the same trial always gives the same job). For a
+        trial recorded without its job (a study driven by an older version, which saved the two apart)."""
+        try:
+            return self.app.submit_job(self._trial_job(study, number), trial_key(study.id, number), ctx).job_id
+        except IdempotencyConflictError:  # already submitted (an older driver's body): the same job stands
+            return trial_job_id(study.id, number)
+
+    @staticmethod
+    def _trial_job(study: Study, number: int) -> SubmitJob:
         trial = study.trial(number)
         pruned = study.pruner.get("type", "none") != "none"
         report_metric = step_metric_for(study.task, study.objective["metric"]) if pruned else None
-        cmd = SubmitJob(name=f"{study.name}#{number}"[:200], framework=study.framework, task=study.task,
-                        dataset=study.dataset, params={**study.fixed_params, **trial["params"]},
-                        priority=study.priority, tags=list(study.tags),
-                        timeout_s=study.timeout_s or SubmitJob.timeout_s, study_id=study.id, trial_number=number,
-                        report_metric=report_metric)
-        try:
-            return self.app.submit_job(cmd, trial_key(study.id, number), ctx).job_id
-        except IdempotencyConflictError:  # already submitted (an older driver's body): the same job stands
-            return trial_job_id(study.id, number)
+        return SubmitJob(name=f"{study.name}#{number}"[:200], framework=study.framework, task=study.task,
+                         dataset=study.dataset, params={**study.fixed_params, **trial["params"]},
+                         priority=study.priority, tags=list(study.tags),
+                         timeout_s=study.timeout_s or SubmitJob.timeout_s, study_id=study.id, trial_number=number,
+                         report_metric=report_metric)
 
     def trial_started(self, study_id: UUID, number: int, ctx: CommandContext) -> Study:
         return self._change(study_id, lambda s: s.trial_started(number), ctx)[0]

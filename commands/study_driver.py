@@ -6,11 +6,12 @@ idempotent step, `sync(study_id)`:
 1. each unfinished trial is compared with its training job (the job aggregate: command side): a job that
    started marks the trial running; a job that ended records the trial's outcome (completed with the objective's
    final metric; a cancelled job whose trial was pruned → pruned; anything else → failed) and tells Optuna;
-   a recorded trial whose job does not exist yet (a crash between the two) has its job submitted again;
+   a recorded trial whose job does not exist (recorded by an older version that saved the two apart) has its
+   job submitted;
 2. a cancelling study cancels its trials' jobs; a study past its `timeout_s` asks for nothing more and
    completes when its last trial ends;
-3. while fewer than `max_parallel` trials are unfinished and fewer than `n_trials` were asked, it asks Optuna,
-   records the ask on the Study **before** it submits the job (commands/studies.py).
+3. while fewer than `max_parallel` trials are unfinished and fewer than `n_trials` were asked, it asks Optuna and
+   records the ask on the Study together with the trial's job, in one transaction (commands/studies.py).
 `sync` runs on every study or training-job event of that study (a durable JetStream consumer on the events
 stream, acked after the sync; a message that fails 5 times is dead-lettered) and every `refresh_s` for every
 running study, so a lost event delays a step, never loses it. In the serve process the report handler also nudges
@@ -99,7 +100,7 @@ class StudyDriver:
         self._job_trials[job_id] = (study.id, number)
         try:
             job = self.app.get_job(job_id, copy=False)
-        except JobNotFoundError:  # the driver stopped between recording the ask and submitting the job
+        except JobNotFoundError:  # recorded without its job by an older version that saved the two apart
             self.studies.submit_trial(study, number, ctx)
             return study
         if job.status == "running" and trial["state"] == "queued":
@@ -120,9 +121,10 @@ class StudyDriver:
                 self._optimizers.pop(study.id, None)
                 opt = self._optimizer(study)
                 continue
-            study = self.studies.ask_trial(study.id, number, params, ctx)  # recorded first ...
-            self._job_trials[UUID(str(study.trial(number)["job_id"]))] = (study.id, number)
-            self.studies.submit_trial(study, number, ctx)  # ... then submitted (same job if repeated)
+            study = self.studies.ask_trial(study.id, number, params, ctx)  # the ask and its job, one transaction
+            job_id = UUID(str(study.trial(number)["job_id"]))
+            self._job_trials[job_id] = (study.id, number)
+            self._seen.setdefault(job_id, 1)  # its `submitted` event moves nothing
         if not study.unfinished and (timed_out or opt.exhausted) and study.status == "running":
             reason = f"timeout_s of {study.timeout_s} s reached" if timed_out else "the search space is exhausted"
             study = self.studies.complete(study.id, f"{reason} after {study.next_number} trials", ctx)
