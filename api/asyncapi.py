@@ -110,7 +110,7 @@ class StudyCreated(_Payload):
 
 
 class TrialAsked(_Payload):
-    """The sampler proposed trial `number` (recorded before its job `job_id` is submitted)."""
+    """The sampler proposed trial `number` (recorded in the same transaction as its job `job_id`'s `submitted`)."""
     number: int
     params: dict[str, Any]
     job_id: str
