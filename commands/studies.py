@@ -1,9 +1,9 @@
 """Study commands: one method per command on the one Trainyard application (one event store, one log).
 
 A study's trials are ordinary training jobs (design decision 5) whose ids derive from a deterministic
-Idempotency-Key (`study:<id>:trial:<n>`), so the trial's job id is known before the job exists. `ask_trial` records
-the ask on the `Study` and saves the trial's new job in the same transaction: a crash leaves both or neither, never
-a job without a trial or two trials with one number. (Studies driven by an older version recorded the ask first and
+Idempotency-Key (`study:<id>:trial:<n>`), so the trial's job id is known before the job exists. The driver records
+the ask on the `Study` and saves the trial's new job (`trial_job`) in the same transaction: a crash leaves both or
+neither, never a job without a trial or two trials with one number. (Studies driven by an older version recorded the ask first and
 submitted the job second; a recorded trial without its job is still submitted on the next sync, `submit_trial`.)
 """
 from __future__ import annotations
@@ -104,18 +104,6 @@ class StudyCommands:
     def _change(self, study_id: UUID, decide: Any, ctx: CommandContext) -> tuple[Study, int | None]:
         return self.app.change(study_id, decide, ctx, StudyNotFoundError)
 
-    def ask_trial(self, study_id: UUID, number: int, params: dict[str, Any], ctx: CommandContext) -> Study:
-        """Record the ask and submit the trial's job in one transaction: a crash leaves both or neither, never a
-        job without its trial or two trials with one number. (A repeated ask records nothing and submits
-        nothing.)"""
-        def job(study: Study) -> list[TrainingJob]:
-            if not study.pending_events:
-                return []
-            return [TrainingJob(id=trial_job_id(study_id, number), **self._trial_job(study, number).fields())]
-
-        return self.app.change(study_id, lambda s: s.ask_trial(number, params, trial_job_id(study_id, number)), ctx,
-                               StudyNotFoundError, also=job)[0]
-
     def submit_trial(self, study: Study, number: int, ctx: CommandContext) -> UUID:
         """Submit trial `number`'s training job (idempotent: the same trial always gives the same job). For a
         trial recorded without its job (a study driven by an older version, which saved the two apart)."""
@@ -123,6 +111,11 @@ class StudyCommands:
             return self.app.submit_job(self._trial_job(study, number), trial_key(study.id, number), ctx).job_id
         except IdempotencyConflictError:  # already submitted (an older driver's body): the same job stands
             return trial_job_id(study.id, number)
+
+    @classmethod
+    def trial_job(cls, study: Study, number: int) -> TrainingJob:
+        """Trial `number`'s job, new and unsaved: the driver saves it with the ask (commands/study_driver.py)."""
+        return TrainingJob(id=trial_job_id(study.id, number), **cls._trial_job(study, number).fields())
 
     @staticmethod
     def _trial_job(study: Study, number: int) -> SubmitJob:
@@ -135,21 +128,8 @@ class StudyCommands:
                          timeout_s=study.timeout_s or SubmitJob.timeout_s, study_id=study.id, trial_number=number,
                          report_metric=report_metric)
 
-    def trial_started(self, study_id: UUID, number: int, ctx: CommandContext) -> Study:
-        return self._change(study_id, lambda s: s.trial_started(number), ctx)[0]
-
     def prune_trial(self, study_id: UUID, number: int, step: int, value: float | None, ctx: CommandContext) -> Study:
         return self._change(study_id, lambda s: s.prune_trial(number, step, value), ctx)[0]
 
-    def finish_trial(self, study_id: UUID, number: int, state: str, value: float | None, error: str | None,
-                     ctx: CommandContext) -> Study:
-        return self._change(study_id, lambda s: s.finish_trial(number, state, value, error), ctx)[0]
-
     def request_cancel(self, study_id: UUID, ctx: CommandContext = ANONYMOUS) -> tuple[Study, int | None]:
         return self._change(study_id, lambda s: s.request_cancel(), ctx)
-
-    def complete(self, study_id: UUID, reason: str, ctx: CommandContext) -> Study:
-        return self._change(study_id, lambda s: s.complete(reason), ctx)[0]
-
-    def fail(self, study_id: UUID, reason: str, ctx: CommandContext) -> Study:
-        return self._change(study_id, lambda s: s.fail(reason), ctx)[0]

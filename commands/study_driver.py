@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -39,7 +40,7 @@ from nats.js import JetStreamContext
 from psycopg_pool import ConnectionPool
 
 from commands.context import CommandContext
-from commands.studies import StudyCommands, StudyNotFoundError
+from commands.studies import StudyCommands, StudyNotFoundError, trial_job_id
 from commands.study_optimizer import StudyOptimizer, TrialRecord
 from commands.training import JobNotFoundError, TrainingApplication
 from domain.contract import printable
@@ -74,61 +75,72 @@ class StudyDriver:
 
     # ---- one study -------------------------------------------------------------------------------
     def sync(self, study_id: UUID, ctx: CommandContext = DRIVER) -> Study | None:
-        """Bring one study up to date (see the module docstring). Idempotent; safe to call any time."""
+        """Bring one study up to date (see the module docstring). Idempotent; safe to call any time. Everything
+        it decides about the study (trials started and finished, trials asked with their jobs, the end) is saved in
+        one transaction at the end (`_Draft`)."""
         with self._lock:
             try:
-                study = self.studies.get(study_id, copy=False)  # read only: every change goes through a command
+                study = self.studies.get(study_id, copy=False)  # read only: changes go to the draft's copy
             except StudyNotFoundError:
                 return None
             if study.is_finished:
                 self._forget(study)
                 return study
             opt = self._optimizer(study)
+            draft = _Draft(study)
             for number in study.unfinished:
-                study = self._follow(study, opt, number, ctx)
-            if study.status == "cancelling":
-                self._cancel_jobs(study, ctx)
-            elif study.status == "running":
-                study = self._fill(study, opt, ctx)
+                self._follow(draft, opt, number, ctx)
+            if draft.study.status == "cancelling":
+                self._cancel_jobs(draft.study, ctx)
+            elif draft.study.status == "running":
+                opt = self._fill(draft, opt)
+            try:
+                study = draft.save(self.app, ctx)
+            except Exception:  # Optuna was told or asked what is not recorded: rebuild it from the record next time
+                self._optimizers.pop(study_id, None)
+                raise
+            self._seen.update(draft.seen)  # only once recorded: else the job's event must still sync
             if study.is_finished:
                 self._forget(study)
             return study
 
-    def _follow(self, study: Study, opt: StudyOptimizer, number: int, ctx: CommandContext) -> Study:
-        trial = study.trial(number)
+    def _follow(self, draft: _Draft, opt: StudyOptimizer, number: int, ctx: CommandContext) -> None:
+        trial = draft.study.trial(number)
         job_id = UUID(str(trial["job_id"]))
-        self._job_trials[job_id] = (study.id, number)
+        self._job_trials[job_id] = (draft.study.id, number)
         try:
             job = self.app.get_job(job_id, copy=False)
         except JobNotFoundError:  # recorded without its job by an older version that saved the two apart
-            self.studies.submit_trial(study, number, ctx)
-            return study
+            self.studies.submit_trial(draft.study, number, ctx)
+            return
         if job.status == "running" and trial["state"] == "queued":
-            study = self.studies.trial_started(study.id, number, ctx)
+            draft.edit().trial_started(number)
         if job.is_finished:
-            state, value, error = _outcome(job, trial, study.objective["metric"], study.status)
-            study = self.studies.finish_trial(study.id, number, state, value, error, ctx)
+            state, value, error = _outcome(job, trial, draft.study.objective["metric"], draft.study.status)
+            draft.edit().finish_trial(number, state, value, error)
             opt.tell(number, state, value)
-        self._seen[job_id] = job.version  # acted on: its events up to here need no other sync
-        return study
+        draft.seen[job_id] = job.version  # acted on: its events up to here need no other sync
 
-    def _fill(self, study: Study, opt: StudyOptimizer, ctx: CommandContext) -> Study:
+    def _fill(self, draft: _Draft, opt: StudyOptimizer) -> StudyOptimizer:
+        study = draft.study
         timed_out = study.timeout_s is not None and _age_s(study) > study.timeout_s
-        while study.can_ask and not timed_out and not opt.exhausted:
+        while draft.study.can_ask and not timed_out and not opt.exhausted:
             number, params = opt.ask()
-            if number != study.next_number:  # out of step with the record: rebuild from it
-                log.warning("study %s: optimizer at %d, study at %d; rebuilding", study.id, number, study.next_number)
+            if number != draft.study.next_number:  # out of step with the record: rebuild from it
+                log.warning("study %s: optimizer at %d, study at %d; rebuilding", study.id, number,
+                            draft.study.next_number)
                 self._optimizers.pop(study.id, None)
-                opt = self._optimizer(study)
+                opt = self._optimizer(draft.study)
                 continue
-            study = self.studies.ask_trial(study.id, number, params, ctx)  # the ask and its job, one transaction
-            job_id = UUID(str(study.trial(number)["job_id"]))
+            job_id = trial_job_id(study.id, number)
+            draft.edit().ask_trial(number, params, job_id)
+            draft.jobs.append(self.studies.trial_job(draft.study, number))  # saved with the ask
             self._job_trials[job_id] = (study.id, number)
-            self._seen.setdefault(job_id, 1)  # its `submitted` event moves nothing
-        if not study.unfinished and (timed_out or opt.exhausted) and study.status == "running":
+            draft.seen.setdefault(job_id, 1)  # its `submitted` event moves nothing
+        if not draft.study.unfinished and (timed_out or opt.exhausted) and draft.study.status == "running":
             reason = f"timeout_s of {study.timeout_s} s reached" if timed_out else "the search space is exhausted"
-            study = self.studies.complete(study.id, f"{reason} after {study.next_number} trials", ctx)
-        return study
+            draft.edit().complete(f"{reason} after {draft.study.next_number} trials")
+        return opt
 
     def _cancel_jobs(self, study: Study, ctx: CommandContext) -> None:
         for number in study.unfinished:
@@ -306,6 +318,27 @@ class StudyDriver:
         await dead_letter(js, msg.subject, msg.data[:MAX_EVENT_BYTES], error)
         self.stage.poisoned_one(error)
         await msg.ack()
+
+
+class _Draft:
+    """One sync's decisions about a study: applied to one copy of it (made at the first decision; none if nothing
+    changes) and saved once, with the jobs of the trials it asked, in one transaction. So an ask and its job are
+    recorded together or not at all, and a trial's end and the next ask cost one save."""
+
+    def __init__(self, study: Study) -> None:
+        self.study, self._copied = study, False
+        self.jobs: list[Any] = []
+        self.seen: dict[UUID, int] = {}
+
+    def edit(self) -> Study:
+        if not self._copied:
+            self.study, self._copied = copy.deepcopy(self.study), True
+        return self.study
+
+    def save(self, app: TrainingApplication, ctx: CommandContext) -> Study:
+        if self._copied and (self.study.pending_events or self.jobs):
+            app.save_with(ctx, self.study, *self.jobs)
+        return self.study
 
 
 def _outcome(job: Any, trial: dict[str, Any], metric: str, study_status: str) -> tuple[str, float | None, str | None]:

@@ -12,7 +12,7 @@ import pytest
 from commands.leases import LeaseStore
 from commands.reports import ReportHandler
 from commands.studies import CreateStudy
-from commands.study_driver import DRIVER, StudyDriver
+from commands.study_driver import StudyDriver
 from commands.training import TrainingApplication
 from domain.contract import RunnerReport
 from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, ensure_streams
@@ -82,30 +82,33 @@ def test_a_trials_reports_move_its_study_without_waiting_for_the_events_trip(dat
 
 
 def test_an_ask_and_its_job_are_saved_together_or_not_at_all(database_url: str) -> None:
-    """The ask is recorded with the trial's job in one transaction: when the job cannot be saved (here a job with
-    the trial's id is already in the store) the ask is not recorded either; when it can, both are there."""
+    """The driver records an ask with the trial's job in one transaction: when the job cannot be saved (here a job
+    with the trial's id is already in the store) the ask is not recorded either; when it can, both are there."""
     from eventsourcing.persistence import RecordConflictError
 
-    from commands.studies import StudyCommands, trial_job_id
+    from commands.studies import trial_job_id
     from commands.training import SubmitJob
 
     app = TrainingApplication(env=eventsourcing_env(database_url))
+    pool = pg_pool(database_url)
     try:
-        studies = StudyCommands(app)
+        with pool.connection() as conn:
+            conn.execute(STUDIES_DDL)
+        driver = StudyDriver(app, pool, refresh_s=3600.0)
         spec = dict(framework="lightgbm", task="binary_classification", dataset={"uri": "builtin://breast_cancer"},
                     objective={"metric": "auc", "direction": "maximize"},
                     search_space={"num_leaves": {"type": "int", "low": 4, "high": 64}}, n_trials=3, max_parallel=1)
-        blocked = studies.create(CreateStudy(name="blocked", **spec)).study_id
+        blocked = driver.studies.create(CreateStudy(name="blocked", **spec)).study_id
         app.submit_job(SubmitJob(name="squatter", framework="lightgbm", task="regression",
                                  dataset={"uri": "builtin://diabetes"}), f"study:{blocked}:trial:0")
         with pytest.raises(RecordConflictError):
-            studies.ask_trial(blocked, 0, {"num_leaves": 8}, DRIVER)
-        assert studies.get(blocked).next_number == 0  # no ask without its job
-        fine = studies.create(CreateStudy(name="fine", **spec)).study_id
-        study = studies.ask_trial(fine, 0, {"num_leaves": 8}, DRIVER)
+            driver.sync(blocked)
+        assert driver.studies.get(blocked).next_number == 0  # no ask without its job
+        fine = driver.studies.create(CreateStudy(name="fine", **spec)).study_id
+        study = driver.sync(fine)
         job = app.get_job(trial_job_id(fine, 0))
         assert study.next_number == 1 and job.study_id == fine and job.trial_number == 0
-        assert job.params["num_leaves"] == 8 and job.status == "queued"
+        assert job.params["num_leaves"] == study.trial(0)["params"]["num_leaves"] and job.status == "queued"
     finally:
+        pool.close()
         app.close()
-
