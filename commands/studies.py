@@ -3,8 +3,9 @@
 A study's trials are ordinary training jobs (design decision 5) whose ids derive from a deterministic
 Idempotency-Key (`study:<id>:trial:<n>`), so the trial's job id is known before the job exists. The driver records
 the ask on the `Study` and saves the trial's new job (`trial_job`) in the same transaction: a crash leaves both or
-neither, never a job without a trial or two trials with one number. (Studies driven by an older version recorded the ask first and
-submitted the job second; a recorded trial without its job is still submitted on the next sync, `submit_trial`.)
+neither, never a job without a trial or two trials with one number. (Studies driven by an older version recorded
+the ask first and submitted the job second; a recorded trial without its job is still submitted on the next sync,
+`submit_trial`.)
 """
 from __future__ import annotations
 
@@ -108,17 +109,17 @@ class StudyCommands:
         """Submit trial `number`'s training job (idempotent: the same trial always gives the same job). For a
         trial recorded without its job (a study driven by an older version, which saved the two apart)."""
         try:
-            return self.app.submit_job(self._trial_job(study, number), trial_key(study.id, number), ctx).job_id
+            return self.app.submit_job(self._trial_command(study, number), trial_key(study.id, number), ctx).job_id
         except IdempotencyConflictError:  # already submitted (an older driver's body): the same job stands
             return trial_job_id(study.id, number)
 
     @classmethod
     def trial_job(cls, study: Study, number: int) -> TrainingJob:
         """Trial `number`'s job, new and unsaved: the driver saves it with the ask (commands/study_driver.py)."""
-        return TrainingJob(id=trial_job_id(study.id, number), **cls._trial_job(study, number).fields())
+        return TrainingJob(id=trial_job_id(study.id, number), **cls._trial_command(study, number).fields())
 
     @staticmethod
-    def _trial_job(study: Study, number: int) -> SubmitJob:
+    def _trial_command(study: Study, number: int) -> SubmitJob:
         trial = study.trial(number)
         pruned = study.pruner.get("type", "none") != "none"
         report_metric = step_metric_for(study.task, study.objective["metric"]) if pruned else None

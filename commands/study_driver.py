@@ -11,7 +11,7 @@ idempotent step, `sync(study_id)`:
 2. a cancelling study cancels its trials' jobs; a study past its `timeout_s` asks for nothing more and
    completes when its last trial ends;
 3. while fewer than `max_parallel` trials are unfinished and fewer than `n_trials` were asked, it asks Optuna and
-   records the ask on the Study together with the trial's job, in one transaction (commands/studies.py).
+   records the ask on the Study together with the trial's job, in one transaction (`_Draft`).
 `sync` runs on every study or training-job event of that study (a durable JetStream consumer on the events
 stream, acked after the sync; a message that fails 5 times is dead-lettered) and every `refresh_s` for every
 running study, so a lost event delays a step, never loses it. In the serve process the report handler also nudges
@@ -122,23 +122,25 @@ class StudyDriver:
         draft.seen[job_id] = job.version  # acted on: its events up to here need no other sync
 
     def _fill(self, draft: _Draft, opt: StudyOptimizer) -> StudyOptimizer:
-        study = draft.study
-        timed_out = study.timeout_s is not None and _age_s(study) > study.timeout_s
+        """Ask while the study can (on the draft: the trials this sync finished count); returns the optimizer, a
+        rebuilt one if it was out of step with the record."""
+        study_id, timeout_s = draft.study.id, draft.study.timeout_s
+        timed_out = timeout_s is not None and _age_s(draft.study) > timeout_s
         while draft.study.can_ask and not timed_out and not opt.exhausted:
             number, params = opt.ask()
             if number != draft.study.next_number:  # out of step with the record: rebuild from it
-                log.warning("study %s: optimizer at %d, study at %d; rebuilding", study.id, number,
+                log.warning("study %s: optimizer at %d, study at %d; rebuilding", study_id, number,
                             draft.study.next_number)
-                self._optimizers.pop(study.id, None)
+                self._optimizers.pop(study_id, None)
                 opt = self._optimizer(draft.study)
                 continue
-            job_id = trial_job_id(study.id, number)
+            job_id = trial_job_id(study_id, number)
             draft.edit().ask_trial(number, params, job_id)
             draft.jobs.append(self.studies.trial_job(draft.study, number))  # saved with the ask
-            self._job_trials[job_id] = (study.id, number)
+            self._job_trials[job_id] = (study_id, number)
             draft.seen.setdefault(job_id, 1)  # its `submitted` event moves nothing
         if not draft.study.unfinished and (timed_out or opt.exhausted) and draft.study.status == "running":
-            reason = f"timeout_s of {study.timeout_s} s reached" if timed_out else "the search space is exhausted"
+            reason = f"timeout_s of {timeout_s} s reached" if timed_out else "the search space is exhausted"
             draft.edit().complete(f"{reason} after {draft.study.next_number} trials")
         return opt
 

@@ -15,7 +15,6 @@ feature columns (after one-hot encoding too) and MAX_CELLS cells per table.
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -121,12 +120,12 @@ def dataset_digest(uri: str, roots: Sequence[Path] = ()) -> str:
     (lineage: which data a model was trained on)."""
     import hashlib
 
-    digest = hashlib.sha256()
     if uri.startswith("builtin://"):
         name = uri.removeprefix("builtin://")
         if name not in BUILTIN_TASK:
             raise DatasetError("dataset.uri", f"unknown builtin dataset {name!r}")
         return _builtin_digest(name)
+    digest = hashlib.sha256()
     with resolve_file_uri(uri, roots).open("rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
