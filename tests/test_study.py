@@ -87,11 +87,14 @@ def test_any_command_sequence_leaves_a_legal_state_and_replays_to_the_same_objec
     outcomes: dict[int, str] = {}
     for cmd in cmds:
         before = copy.deepcopy({k: v for k, v in study.__dict__.items() if k != "_pending_events"})
+        snapshot = copy.deepcopy(study)  # shares the trials' records with `study` (Study.__deepcopy__)
         try:
             apply(study, cmd)
             refused = False
         except (StudyError, ValueError):
             refused = True
+        # what the command changed did not reach the copy (the repository's cache and the driver's draft rely on it)
+        assert {k: v for k, v in snapshot.__dict__.items() if k != "_pending_events"} == before
         new = study.collect_events()
         events.extend(new)
         if refused:  # refused: nothing changed
