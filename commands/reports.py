@@ -2,17 +2,22 @@
 
 A runner retries a report until it gets a `ReportReply`; the aggregate decides what is legal and a repeat of an
 applied report is a no-op. Reports for different jobs are handled concurrently, reports for one job in order
-(one single-thread executor per shard of job ids). Poison policy: a malformed report is answered `invalid` and
+(one single-thread executor per shard of job ids). A report is answered as soon as the aggregate has decided
+and saved; the live-lease bookkeeping that the answer does not depend on (`hold` after a claim, `drop` after an
+attempt's end: commands/leases.py, a cache of what the aggregate says, repaired by the reconciler) follows on the
+same shard, so the job's next report still finds it done. Poison policy: a malformed report is answered `invalid` and
 dead-lettered; a report whose handling fails unexpectedly is answered `error` (the runner retries a bounded
 number of times) and counted in the stage's health; neither holds up any other report.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 from uuid import UUID
 
 from nats.aio.client import Client
@@ -46,14 +51,26 @@ class ReportHandler:
                  studies: Studies | None = None) -> None:
         self.app, self.leases, self.stage, self.studies = app, leases, stage or Stage("reports"), studies
 
-    def handle(self, data: bytes) -> ReportReply:
-        """Decide one report; never raises."""
+    def handle(self, data: bytes, answer: Callable[[ReportReply], None] | None = None) -> ReportReply:
+        """Decide one report; never raises. With `answer`, the reply goes to it before the lease bookkeeping."""
+        later: list[Callable[[], None]] = []
+        reply = self._decide(data, later)
+        if answer is not None:
+            answer(reply)
+        for step in later:
+            try:
+                step()
+            except Exception:  # a cache: a lost hold is re-made by the next beat, a lost drop by the reconciler
+                log.exception("lease bookkeeping after a %s report failed", reply.status)
+        return reply
+
+    def _decide(self, data: bytes, later: list[Callable[[], None]]) -> ReportReply:
         try:
             report = RunnerReport.model_validate_json(data)
         except ValidationError as e:
             return ReportReply(ok=False, code="invalid", error=printable(e, 1000))
         try:
-            reply = self._apply(report)
+            reply = self._apply(report, later)
         except JobNotFoundError:
             reply = ReportReply(ok=False, code="not_found", error=f"no job {report.job_id}")
         except JobError as e:
@@ -67,7 +84,7 @@ class ReportHandler:
         self.stage.progressed()
         return reply
 
-    def _apply(self, r: RunnerReport) -> ReportReply:
+    def _apply(self, r: RunnerReport, later: list[Callable[[], None]]) -> ReportReply:
         lease_id = lease_id_of(r.lease)
         ctx = _context(r)
         if r.type == "heartbeat":
@@ -81,7 +98,7 @@ class ReportHandler:
             return reply
         if r.type == "claim":
             job = self.app.claim(r.job_id, lease_id, r.runner_id, ctx)
-            self.leases.hold(job.id, lease_id, r.runner_id, job.attempt, job.cancel_requested)
+            later.append(lambda: self.leases.hold(job.id, lease_id, r.runner_id, job.attempt, job.cancel_requested))
             self._moved(job, r)
             return _reply(job, job=_work_for(self.app, job))
         if r.type == "check":  # the aggregate's word (after a cancel event on the bus); also renews the lease
@@ -99,7 +116,7 @@ class ReportHandler:
             job = self.app.confirm_cancelled(r.job_id, lease_id, ctx)
         else:  # release
             job = self.app.hand_back(r.job_id, lease_id, printable(f"handed back by runner {r.runner_id}", 300), ctx)
-        self.leases.drop(job.id, lease_id)
+        later.append(lambda: self.leases.drop(job.id, lease_id))
         if r.type != "release":
             self._moved(job, r)
         return _reply(job)
@@ -163,8 +180,7 @@ class ReportServer:
     async def start(self, nc: Client) -> Any:
         loop = asyncio.get_running_loop()
 
-        async def respond(msg: Msg, future: asyncio.Future) -> None:
-            reply: ReportReply = await future
+        async def respond(msg: Msg, reply: ReportReply) -> None:
             if reply.code == "invalid":
                 log.warning("malformed runner report dead-lettered: %s", reply.error)
                 self.handler.stage.poisoned_one(reply.error or "invalid report")
@@ -173,9 +189,12 @@ class ReportServer:
             if msg.reply:
                 await msg.respond(reply.model_dump_json().encode())
 
+        def answer(msg: Msg, reply: ReportReply) -> None:  # on the shard's thread, before the bookkeeping
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the runner asks again elsewhere
+                asyncio.run_coroutine_threadsafe(respond(msg, reply), loop)
+
         async def on_report(msg: Msg) -> None:
-            future = loop.run_in_executor(self._shard(msg.data), self.handler.handle, msg.data)
-            asyncio.create_task(respond(msg, future))
+            loop.run_in_executor(self._shard(msg.data), self.handler.handle, msg.data, functools.partial(answer, msg))
 
         return await nc.subscribe(REPORT_SUBJECT, queue=REPORT_QUEUE, cb=on_report)
 

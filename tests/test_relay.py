@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from uuid import UUID
 
 import nats
 import pytest
@@ -143,6 +144,31 @@ def test_a_save_is_one_round_trip_through_the_event_stores_insert_function(store
     with pytest.raises(Exception, match=recorder._one_trip_name):
         app.submit_job(SubmitJob(name="b", framework="lightgbm", task="regression",
                                  dataset={"uri": "builtin://diabetes"}))
+
+
+def test_the_recorders_reads_answer_what_the_librarys_reads_answer(store) -> None:
+    """OneTripRecorder's select_events / select_notifications (statements made once per shape) return exactly what
+    eventsourcing's own methods return, for every combination of bounds, order, limit and topics the library has."""
+    import itertools
+
+    from eventsourcing.postgres import PostgresApplicationRecorder as Library
+
+    app, _ = store
+    jobs = [UUID(j) for j in make_jobs(app, 2)]
+    recorder, head = app.recorder, app.head()
+    topics = sorted({n.topic for n in Library.select_notifications(recorder, 1, 1000)})
+    for start, stop, inclusive, chosen, limit in itertools.product(
+            (None, 1, head - 2), (None, head - 1), (True, False), ((), (topics[0],), topics[1:], ["no-such"]), (1, 100)):
+        if start is None and not inclusive:
+            continue
+        args = dict(start=start, limit=limit, stop=stop, topics=chosen, inclusive_of_start=inclusive)
+        mine = recorder.select_notifications(**args)
+        assert mine == Library.select_notifications(recorder, **args), args
+    for gt, lte, desc, limit in itertools.product((None, 1), (None, 2), (False, True), (None, 1)):
+        for job in jobs:
+            args = dict(gt=gt, lte=lte, desc=desc, limit=limit)
+            assert recorder.select_events(job, **args) == Library.select_events(recorder, job, **args), args
+    assert len(recorder.select_notifications(1, 1000)) == head > 4
 
 
 def test_work_goes_out_at_once_from_the_saving_process_and_the_relay_adds_no_second_copy(store, nats_url: str) -> None:
