@@ -158,8 +158,7 @@ def _reply(agg: LeasedWork, **extra: Any) -> ReportReply:
 
 def _work_for(app: TrainingApplication, job: LeasedWork) -> dict[str, Any]:
     """The claim's answer: what to run, and the submit's correlation and trace ids for the runner's reports."""
-    first = next(iter(app.events.get(job.id, lte=1)), None)
-    meta = getattr(first, "metadata", None) or {}
+    meta = app.origin(job.id)
     return {"kind": job.work_kind, "attempt": job.attempt, "spec": job.spec(),
             "correlation_id": meta.get("correlation_id"), "trace_id": meta.get("trace_id")}
 

@@ -7,6 +7,7 @@ concurrency conflict, and the aggregate makes repeats harmless. Every saved even
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,12 +69,19 @@ class Submitted:
 def job_id_for(idempotency_key: str | None) -> UUID:
     return uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else uuid4()
 
+ORIGINS_KEPT = 10_000  # first-event metadata remembered per process (`TrainyardApplication.origin`)
+
 
 class TrainyardApplication(Application[UUID]):
     """Saves with metadata; the base of every Trainyard application (one event store, one notification log)."""
 
     name = "trainyard"
     on_saved: Callable[[list[Any]], None] | None = None  # told each committed save's recordings (serve: EagerWork)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._origins: dict[UUID, dict[str, Any]] = {}
+        self._origins_lock = threading.Lock()
 
     def load(self, aggregate_id: UUID, not_found: type[LookupError], copy: bool = True) -> Any:
         """The aggregate, from the cache (fast-forwarded) or the store. `copy=False` skips the cache's deep copy
@@ -103,16 +111,39 @@ class TrainyardApplication(Application[UUID]):
 
     def save_with(self, ctx: CommandContext, *aggregates: Aggregate) -> list[Any]:
         meta = ctx.as_metadata()
+        created = []
         for aggregate in aggregates:
             for e in aggregate.pending_events:
                 object.__setattr__(e, "metadata", meta)
+                if e.originator_version == 1:
+                    created.append(aggregate.id)
         recordings = self.save(*aggregates)
+        for aggregate_id in created:
+            self._remember_origin(aggregate_id, meta)
         if self.on_saved is not None:
             try:
                 self.on_saved(recordings)
             except Exception:  # a shortcut only (projections/relay.EagerWork): never fails a command that committed
                 log.exception("on_saved hook failed")
         return recordings
+
+    def origin(self, aggregate_id: UUID) -> dict[str, Any]:
+        """The metadata of the aggregate's first event (the creating command's actor, correlation and trace ids).
+        It never changes: remembered for the aggregates this process created or looked up (a claim's answer carries
+        it; reading the first event was a query on every claim)."""
+        meta = self._origins.get(aggregate_id)
+        if meta is None:
+            first = next(iter(self.events.get(aggregate_id, lte=1)), None)
+            meta = dict(getattr(first, "metadata", None) or {})
+            if first is not None:
+                self._remember_origin(aggregate_id, meta)
+        return meta
+
+    def _remember_origin(self, aggregate_id: UUID, meta: dict[str, Any]) -> None:
+        with self._origins_lock:
+            if len(self._origins) >= ORIGINS_KEPT:
+                del self._origins[next(iter(self._origins))]  # the oldest
+            self._origins[aggregate_id] = meta
 
     def head(self) -> int:
         """The notification id of the newest event (0 for an empty store)."""

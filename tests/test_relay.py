@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import nats
 import pytest
@@ -169,6 +169,27 @@ def test_the_recorders_reads_answer_what_the_librarys_reads_answer(store) -> Non
             args = dict(gt=gt, lte=lte, desc=desc, limit=limit)
             assert recorder.select_events(job, **args) == Library.select_events(recorder, job, **args), args
     assert len(recorder.select_notifications(1, 1000)) == head > 4
+
+
+def test_an_aggregates_origin_is_its_first_events_metadata_remembered_or_read(store, database_url: str) -> None:
+    """TrainyardApplication.origin (what a claim's answer carries): the creating command's metadata, the same from the
+    process that saved the job (remembered) and from one that did not (read from the first event), whatever came
+    after."""
+    from commands.context import CommandContext
+
+    app, _ = store
+    ctx = CommandContext(actor="alice", correlation_id="req-7", trace_id="ab" * 16)
+    job_id = app.submit_job(SubmitJob(name="o", framework="lightgbm", task="regression",
+                                      dataset={"uri": "builtin://diabetes"}), ctx=ctx).job_id
+    app.claim(job_id, "lease-1", "h:1", SYSTEM)  # a later event, other metadata
+    other = TrainingApplication(env=eventsourcing_env(database_url))
+    try:
+        for reader in (app, other, other):
+            meta = reader.origin(job_id)
+            assert (meta["actor"], meta["correlation_id"], meta["trace_id"]) == ("alice", "req-7", "ab" * 16)
+        assert other.origin(uuid4()) == {}  # no such aggregate: nothing, and nothing remembered
+    finally:
+        other.close()
 
 
 def test_work_goes_out_at_once_from_the_saving_process_and_the_relay_adds_no_second_copy(store, nats_url: str) -> None:
