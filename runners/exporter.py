@@ -288,7 +288,7 @@ def native_predict(framework: str, task: str, model_bytes: bytes, X: np.ndarray)
     if framework == "lightgbm":
         import lightgbm as lgb
 
-        return np.asarray(lgb.Booster(model_str=model_bytes.decode()).predict(X), dtype=np.float64)
+        return np.asarray(lgb.Booster(model_str=model_bytes.decode()).predict(X, num_threads=1), dtype=np.float64)  # runners share cores
     if framework == "pytorch":
         import torch
 

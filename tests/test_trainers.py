@@ -241,6 +241,25 @@ def test_lightgbm_keeps_trainyards_fixed_params():
         assert line in model
 
 
+def test_a_lightgbm_fit_with_num_threads_1_starts_no_other_thread() -> None:
+    """Runners share the machine: `num_threads` 1 (the default) must hold for the whole fit. The final prediction
+    once ran on OpenMP's default (all cores), whose idle workers then spin: ~11 ms of a second core per 45 ms fit,
+    taken from the service and the other runners. Counted in a fresh process (OpenMP's pool outlives a fit)."""
+    import subprocess
+    import sys
+
+    code = ("import os, threading; from runners.reporting import JobReporter; "
+            "from runners.trainers import TrainSpec, trainer_for; "
+            "spec = TrainSpec(framework='lightgbm', task='binary_classification', "
+            "dataset_uri='builtin://breast_cancer', target=None, params={'n_estimators': 5}); "
+            "trainer = trainer_for('lightgbm'); before = len(os.listdir('/proc/self/task')); "
+            "trainer.fit(spec, JobReporter(threading.Event())); "
+            "print(before, len(os.listdir('/proc/self/task')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent, check=True).stdout.split()
+    assert out[0] == out[1], f"threads before and after the fit: {out}"
+
+
 def test_validate_params_names_an_unknown_task():
     with pytest.raises(ParamsError) as error:
         validate_params("lightgbm", "ranking", {})
