@@ -25,11 +25,11 @@ Pruning: a runner training a trial with a pruner reports the objective's step me
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import logging
 import math
+import queue
 import threading
 import time
 from datetime import datetime, timezone
@@ -70,8 +70,8 @@ class StudyDriver:
         self._job_trials: dict[UUID, tuple[UUID, int]] = {}  # job id -> (study id, trial number)
         self._seen: dict[UUID, int] = {}  # job id -> the job's version this driver has acted on
         self._lock = threading.RLock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._moved: asyncio.Queue[tuple[UUID, str]] | None = None
+        self._moves: queue.SimpleQueue[tuple[UUID, str] | None] = queue.SimpleQueue()
+        self._mover: threading.Thread | None = None  # follows the nudges while `run` runs
 
     # ---- one study -------------------------------------------------------------------------------
     def sync(self, study_id: UUID, ctx: CommandContext = DRIVER) -> Study | None:
@@ -208,20 +208,18 @@ class StudyDriver:
             return True
 
     def job_moved(self, study_id: UUID, causation_id: str) -> None:
-        """The report handler (on its threads) saw a trial's job start or end: sync its study on the driver's loop
-        now, ahead of the job's event on JetStream (which comes anyway; its sync is then a no-op). Never raises: a
-        lost nudge costs only the time the event takes."""
-        loop, queue = self._loop, self._moved
-        if loop is not None and queue is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: the driver is stopping
-                loop.call_soon_threadsafe(queue.put_nowait, (study_id, causation_id))
+        """The report handler (on its threads) saw a trial's job start or end: sync its study now, on the driver's
+        nudge thread, ahead of the job's event on JetStream (which comes anyway; its sync is then a no-op). Never
+        raises: a lost nudge costs only the time the event takes."""
+        if self._mover is not None:
+            self._moves.put((study_id, causation_id))
 
-    async def _follow_moves(self) -> None:
-        assert self._moved is not None
-        while True:
-            study_id, causation = await self._moved.get()
+    def _follow_moves(self) -> None:
+        """The nudges' own thread: a nudge is synced the moment it is put (no hop through the event loop)."""
+        while (move := self._moves.get()) is not None:
+            study_id, causation = move
             try:
-                await asyncio.to_thread(self.sync, study_id, DRIVER.caused_by(causation[:64]))
+                self.sync(study_id, DRIVER.caused_by(causation[:64]))
             except Exception as e:  # the job's event on JetStream syncs it again, with the poison policy
                 log.warning("study driver: sync of %s after %s failed: %s", study_id, causation, printable(e, 200))
 
@@ -253,15 +251,14 @@ class StudyDriver:
         return None
 
     async def run(self, js: JetStreamContext, consumer: str, stream: str, stop: asyncio.Event) -> None:
-        self._loop, self._moved = asyncio.get_running_loop(), asyncio.Queue()
-        moves = asyncio.create_task(self._follow_moves(), name="study-driver-moves")
+        mover = self._mover = threading.Thread(target=self._follow_moves, name="study-driver-moves", daemon=True)
+        mover.start()
         try:
             await self._run(js, consumer, stream, stop)
         finally:
-            self._loop = None
-            moves.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await moves
+            self._mover = None
+            self._moves.put(None)  # after the nudges already put
+            await asyncio.to_thread(mover.join, 30)
 
     async def _run(self, js: JetStreamContext, consumer: str, stream: str, stop: asyncio.Event) -> None:
         sub = await js.pull_subscribe_bind(consumer, stream=stream)

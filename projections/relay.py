@@ -88,10 +88,14 @@ class EagerWork:
                 asyncio.run_coroutine_threadsafe(self._publish(items), self.loop)
 
     async def _publish(self, items: list[tuple[str, bytes, str]]) -> None:
+        # Not waiting for JetStream's acks: the server takes one connection's messages in order, so the items are
+        # in the stream by the time a runner woken by the doorbell looks (and if one is not, the relay's publish,
+        # acknowledged, rings again).
+        nc = self.js._nc
         try:
             for subject, data, msg_id in items:
-                await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-            await self.js._nc.publish(WORK_READY, b"")
+                await nc.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+            await nc.publish(WORK_READY, b"")
         except Exception as e:
             log.debug("eager work publish failed (%s); the relay will publish it", type(e).__name__)
 
