@@ -78,9 +78,8 @@ class TelemetryProjector:
             held: list = []
             first = 0.0
             while not stop.is_set():
-                wait_s = max(0.02, self.gather_s - (time.monotonic() - first)) if held else 0.25
-                try:
-                    msgs = await sub.fetch(self.fetch_size - len(held), timeout=min(0.25, wait_s))
+                try:  # 0.25 s: shorter timeouts (to hold exactly gather_s) broke test_ab's labels; cause not found
+                    msgs = await sub.fetch(self.fetch_size - len(held), timeout=0.25)
                 except (NatsTimeout, TimeoutError):
                     msgs = []
                 except Exception:
