@@ -24,7 +24,7 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -151,17 +151,10 @@ class Runner:
         heartbeat = asyncio.create_task(self._heartbeats(lease, reporter))  # until the last report is answered
         shipping = asyncio.create_task(shipper.run(reporter, self.flush_interval_s))
         intermediates = asyncio.create_task(self._intermediates(lease, reporter, watched))
-
-        async def fitted() -> None:  # the trainer is done: its last metric points go out while the model is stored
-            await _stop(shipping)
-            await shipper.flush_all(reporter)
-
         try:
             try:
-                if kind == "export":
-                    train = asyncio.create_task(self._export(lease, attempt, spec, reporter))
-                else:
-                    train = asyncio.create_task(self._train(lease, attempt, spec, reporter, fitted))
+                work = self._export if kind == "export" else self._train
+                train = asyncio.create_task(work(lease, attempt, spec, reporter))
                 outcome = await self._until_done(train, lease, spec)
             except asyncio.CancelledError:  # this runner is stopping: hand the job back unharmed
                 lease.stop.set()
@@ -209,8 +202,7 @@ class Runner:
                 if time.monotonic() - stopped_at > CANCEL_GRACE_S:  # deaf trainer: answer now, let it finish alone
                     return _timed_out(timeout_s) if time.monotonic() > deadline else {"type": "cancelled"}
 
-    async def _train(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter,
-                     fitted: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+    async def _train(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
         train_spec = TrainSpec(framework=spec["framework"], task=spec["task"], dataset_uri=spec["dataset"]["uri"],
                                target=spec["dataset"].get("target"), params=spec.get("params") or {},
                                dataset_roots=self.dataset_roots)
@@ -221,8 +213,8 @@ class Runner:
         except Exception as e:  # the user's data or params broke training: the job fails, the runner lives
             log.warning("job %s attempt %d failed: %s", lease.job_id, attempt, printable(e, 300))
             return {"type": "failed", "error": printable(f"{type(e).__name__}: {e}")}
-        art, _ = await asyncio.gather(asyncio.to_thread(self.artifacts.put, lease.job_id, attempt, result.model_bytes,
-                                                        MODEL_SUFFIX[result.model_format]), fitted())
+        art = await asyncio.to_thread(self.artifacts.put, lease.job_id, attempt, result.model_bytes,
+                                      MODEL_SUFFIX[result.model_format])
         artifact: dict[str, Any] = {"uri": art.uri, "sha256": art.sha256, "size_bytes": art.size_bytes,
                                     "format": result.model_format, "feature_names": list(result.feature_names)}
         if result.class_labels is not None:
