@@ -17,9 +17,11 @@ least once and out of order: a repeat of what was recorded is a no-op, and a lat
 or an ended study is recorded (an outcome) or ignored (a start or prune), never refused. An ended study never
 changes status again. No I/O here.
 
-A trial's record is replaced, never changed in place (the `_trial_*` mutators), so a copy of a study shares its
-trials' records (`__deepcopy__`): the driver copies a study at each decision, the repository's cache at each load,
-and a deep copy of every trial's params was most of what a sync of a 50-trial study cost.
+A trial's record is replaced, never changed in place (the `_trial_*` mutators), and so is every other attribute
+a mutator sets (`best`, `status`, the reasons); what the study was created with never changes. So a copy of a study
+(`__deepcopy__`) shares all of it but its own `trials` mapping: the driver copies a study at each decision, the
+repository's cache at each load, and a deep copy of every trial's params was most of what a sync of a 50-trial
+study cost.
 """
 from __future__ import annotations
 
@@ -107,8 +109,9 @@ class Study(Aggregate):
     def __deepcopy__(self, memo: dict[int, Any]) -> Study:
         new = object.__new__(type(self))
         memo[id(self)] = new
-        for name, value in self.__dict__.items():
-            new.__dict__[name] = dict(value) if name == "trials" else copy.deepcopy(value, memo)
+        new.__dict__.update(self.__dict__)  # what is set at creation, and values the mutators replace whole
+        new.__dict__["trials"] = dict(self.trials)  # the one container they change (by replacing its records)
+        new.__dict__["_pending_events"] = copy.deepcopy(self.__dict__.get("_pending_events", []), memo)
         return new
 
     # ---- read-only views ----------------------------------------------------------------------
