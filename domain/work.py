@@ -17,10 +17,13 @@ however long it runs. No I/O here.
 A subclass supplies its created event (which sets `priority`, `timeout_s`, `max_attempts` and calls
 `_init_work()`), `work_kind` (the runner's dispatch key) and `spec()` (what the runner needs). The event classes
 below are declared once here; eventsourcing gives each subclass its own copy (`TrainingJob.Started`,
-`ModelExport.Started`), so their topics and public subjects name the subclass.
+`ModelExport.Started`), so their topics and public subjects name the subclass. Every event replaces the attributes it
+sets (never changes a dict or list in place), and subclasses keep to that: so a copy of a piece of work (the
+repository's cache copies it for every command) shares its attributes' values (`__deepcopy__`).
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from eventsourcing.domain import Aggregate
@@ -51,6 +54,13 @@ class CancelNotRequestedError(JobError):
 
 
 class LeasedWork(Aggregate):
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(self.__dict__)  # values the events replace whole, never change in place
+        new.__dict__["_pending_events"] = copy.deepcopy(self.__dict__.get("_pending_events", []), memo)
+        return new
+
     work_kind = ""  # the runner's dispatch key (domain/registry.py routes work items by it)
     noun = "work"  # how errors name it
 

@@ -1,6 +1,7 @@
 """The TrainingJob aggregate: any sequence of commands leaves a legal state, and its events rebuild it."""
 from __future__ import annotations
 
+import copy
 from uuid import uuid4
 
 import pytest
@@ -59,12 +60,15 @@ def test_any_command_sequence_leaves_a_legal_state_and_replays_to_the_same_objec
     events = list(job.collect_events())
     for cmd in cmds:
         before = (job.status, job.attempt, job.lease_id, job.lost_leases)
+        state = copy.deepcopy({k: v for k, v in job.__dict__.items() if k != "_pending_events"})
+        snapshot = copy.deepcopy(job)  # shares its attributes' values with `job` (LeasedWork.__deepcopy__)
         try:
             apply(job, cmd)
         except (JobError, ValueError):
             assert (job.status, job.attempt, job.lease_id, job.lost_leases) == before  # refused: nothing changed
         new = job.collect_events()
         events.extend(new)
+        assert {k: v for k, v in snapshot.__dict__.items() if k != "_pending_events"} == state  # the copy kept
         if before[0] in FINISHED:
             assert not new and job.status == before[0]  # finished is final
         assert job.status in ("queued", "running", *FINISHED)
