@@ -42,8 +42,9 @@ class Studies(Protocol):
         """Whether the job (a study's trial) should stop now; a yes has already requested its cancel."""
 
     def job_moved(self, study_id: UUID, causation_id: str) -> None:
-        """A trial's job just started or ended (its event is saved): move the study now rather than when the event
-        comes back through the relay and JetStream (it still does, and that sync is a no-op)."""
+        """A trial's job just ended (its event is saved): move the study now rather than when the event comes back
+        through the relay and JetStream (it still does, and that sync is a no-op). A start is left to its event: it
+        asks nothing new, and a sync then would compete with the claim's answer."""
 
 
 class ReportHandler:
@@ -99,7 +100,6 @@ class ReportHandler:
         if r.type == "claim":
             job = self.app.claim(r.job_id, lease_id, r.runner_id, ctx)
             later.append(lambda: self.leases.hold(job.id, lease_id, r.runner_id, job.attempt, job.cancel_requested))
-            self._moved(job, r)
             return _reply(job, job=_work_for(self.app, job))
         if r.type == "check":  # the aggregate's word (after a cancel event on the bus); also renews the lease
             job = self.app.get_job(r.job_id)

@@ -15,7 +15,7 @@ idempotent step, `sync(study_id)`:
 `sync` runs on every study or training-job event of that study (a durable JetStream consumer on the events
 stream, acked after the sync; a message that fails 5 times is dead-lettered) and every `refresh_s` for every
 running study, so a lost event delays a step, never loses it. In the serve process the report handler also nudges
-the driver (`job_moved`) the moment a trial's job starts or ends, so the next trial is asked without waiting for
+the driver (`job_moved`) the moment a trial's job ends, so the next trial is asked without waiting for
 the event's trip through the relay and JetStream.
 
 Pruning: a runner training a trial with a pruner reports the objective's step metric after each step
@@ -208,7 +208,7 @@ class StudyDriver:
             return True
 
     def job_moved(self, study_id: UUID, causation_id: str) -> None:
-        """The report handler (on its threads) saw a trial's job start or end: sync its study now, on the driver's
+        """The report handler (on its threads) saw a trial's job end: sync its study now, on the driver's
         nudge thread, ahead of the job's event on JetStream (which comes anyway; its sync is then a no-op). Never
         raises: a lost nudge costs only the time the event takes."""
         if self._mover is not None:
