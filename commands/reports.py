@@ -61,8 +61,9 @@ class ReportHandler:
         for step in later:
             try:
                 step()
-            except Exception:  # a cache: a lost hold is re-made by the next beat, a lost drop by the reconciler
-                log.exception("lease bookkeeping after a %s report failed", reply.status)
+            except Exception as e:  # a cache: a lost hold is re-made by the next beat, a lost drop by the reconciler
+                log.exception("lease bookkeeping after a report failed")
+                self.stage.failed(e)  # shown in /readyz like any failure of this stage
         return reply
 
     def _decide(self, data: bytes, later: list[Callable[[], None]]) -> ReportReply:
