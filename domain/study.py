@@ -32,6 +32,8 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.copies import copy_sharing_values
+
 FINISHED = ("completed", "cancelled", "failed")
 DIRECTIONS = ("maximize", "minimize")
 TRIAL_OUTCOMES = ("completed", "pruned", "failed")
@@ -107,12 +109,7 @@ class Study(Aggregate):
         self.finished_reason: str | None = None
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Study:
-        new = object.__new__(type(self))
-        memo[id(self)] = new
-        new.__dict__.update(self.__dict__)  # what is set at creation, and values the mutators replace whole
-        new.__dict__["trials"] = dict(self.trials)  # the one container they change (by replacing its records)
-        new.__dict__["_pending_events"] = copy.deepcopy(self.__dict__.get("_pending_events", []), memo)
-        return new
+        return copy_sharing_values(self, memo, own=("trials",))  # the one container mutators change (its records)
 
     # ---- read-only views ----------------------------------------------------------------------
     @property

@@ -23,10 +23,11 @@ repository's cache copies it for every command) shares its attributes' values (`
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from eventsourcing.domain import Aggregate
+
+from domain.copies import copy_sharing_values
 
 FINISHED = ("completed", "failed", "cancelled")
 DEFAULT_MAX_ATTEMPTS = 3
@@ -55,11 +56,7 @@ class CancelNotRequestedError(JobError):
 
 class LeasedWork(Aggregate):
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        new = object.__new__(type(self))
-        memo[id(self)] = new
-        new.__dict__.update(self.__dict__)  # values the events replace whole, never change in place
-        new.__dict__["_pending_events"] = copy.deepcopy(self.__dict__.get("_pending_events", []), memo)
-        return new
+        return copy_sharing_values(self, memo)  # every event replaces what it sets
 
     work_kind = ""  # the runner's dispatch key (domain/registry.py routes work items by it)
     noun = "work"  # how errors name it
