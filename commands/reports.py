@@ -5,8 +5,8 @@ applied report is a no-op. Reports for different jobs are handled concurrently, 
 (one single-thread executor per shard of job ids). A report is answered as soon as the aggregate has decided
 and saved; the live-lease bookkeeping that the answer does not depend on (`hold` after a claim, `drop` after an
 attempt's end: commands/leases.py, a cache of what the aggregate says, repaired by the reconciler) follows on the
-same shard, so the job's next report still finds it done. Poison policy: a malformed report is answered `invalid` and
-dead-lettered; a report whose handling fails unexpectedly is answered `error` (the runner retries a bounded
+same shard, so the job's next report still finds it done. Poison policy: a malformed report is answered `invalid`
+and dead-lettered; a report whose handling fails unexpectedly is answered `error` (the runner retries a bounded
 number of times) and counted in the stage's health; neither holds up any other report.
 """
 from __future__ import annotations

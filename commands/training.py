@@ -7,14 +7,13 @@ concurrency conflict, and the aggregate makes repeats harmless. Every saved even
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, LRUCache
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import RecordConflictError
 
@@ -69,6 +68,7 @@ class Submitted:
 def job_id_for(idempotency_key: str | None) -> UUID:
     return uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else uuid4()
 
+
 ORIGINS_KEPT = 10_000  # first-event metadata remembered per process (`TrainyardApplication.origin`)
 
 
@@ -80,8 +80,7 @@ class TrainyardApplication(Application[UUID]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._origins: dict[UUID, dict[str, Any]] = {}
-        self._origins_lock = threading.Lock()
+        self._origins: LRUCache[UUID, dict[str, Any]] = LRUCache(maxsize=ORIGINS_KEPT)
 
     def load(self, aggregate_id: UUID, not_found: type[LookupError], copy: bool = True) -> Any:
         """The aggregate, from the cache (fast-forwarded) or the store. `copy=False` skips the cache's deep copy
@@ -119,7 +118,7 @@ class TrainyardApplication(Application[UUID]):
                     created.append(aggregate.id)
         recordings = self.save(*aggregates)
         for aggregate_id in created:
-            self._remember_origin(aggregate_id, meta)
+            self._origins.put(aggregate_id, meta)
         if self.on_saved is not None:
             try:
                 self.on_saved(recordings)
@@ -131,19 +130,14 @@ class TrainyardApplication(Application[UUID]):
         """The metadata of the aggregate's first event (the creating command's actor, correlation and trace ids).
         It never changes: remembered for the aggregates this process created or looked up (a claim's answer carries
         it; reading the first event was a query on every claim)."""
-        meta = self._origins.get(aggregate_id)
-        if meta is None:
+        try:
+            return self._origins.get(aggregate_id)
+        except KeyError:
             first = next(iter(self.events.get(aggregate_id, lte=1)), None)
-            meta = dict(getattr(first, "metadata", None) or {})
-            if first is not None:
-                self._remember_origin(aggregate_id, meta)
+        meta = dict(getattr(first, "metadata", None) or {})
+        if first is not None:
+            self._origins.put(aggregate_id, meta)
         return meta
-
-    def _remember_origin(self, aggregate_id: UUID, meta: dict[str, Any]) -> None:
-        with self._origins_lock:
-            if len(self._origins) >= ORIGINS_KEPT:
-                del self._origins[next(iter(self._origins))]  # the oldest
-            self._origins[aggregate_id] = meta
 
     def head(self) -> int:
         """The notification id of the newest event (0 for an empty store)."""

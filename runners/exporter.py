@@ -288,7 +288,8 @@ def native_predict(framework: str, task: str, model_bytes: bytes, X: np.ndarray)
     if framework == "lightgbm":
         import lightgbm as lgb
 
-        return np.asarray(lgb.Booster(model_str=model_bytes.decode()).predict(X, num_threads=1), dtype=np.float64)  # runners share cores
+        model = lgb.Booster(model_str=model_bytes.decode())
+        return np.asarray(model.predict(X, num_threads=1), dtype=np.float64)  # one thread: runners share cores
     if framework == "pytorch":
         import torch
 

@@ -53,7 +53,7 @@ class LightGBMTrainer:
             valid_names=["train", "valid"],
             callbacks=[_report_each_round(spec.task, rounds, report)],
         )
-        predicted = np.asarray(booster.predict(split.X_valid, num_threads=params.get("num_threads", 1)))
+        predicted = np.asarray(booster.predict(split.X_valid, num_threads=params["num_threads"]))
         return TrainResult(
             final_metrics=validation_metrics(spec.task, split.y_valid, predicted),
             model_bytes=booster.model_to_string().encode(),
