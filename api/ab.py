@@ -7,14 +7,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 
-from api.jobs import ServicesDep
+from api.deps import Services, ServicesDep
 from api.problems import Problem
 from api.schemas import DeploymentName, problems
 from commands.ab_policy import stats_of
 from commands.deployments import DeploymentNotFoundError
 from domain.ab_stats import compare, srm, summarize
 from domain.deployment import control_of
-from infra.bootstrap import Services
 from projections.ab_queries import shadow_agreement, timeseries, variant_stats
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])

@@ -6,8 +6,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import ab, context, datasets, deployments, docs, jobs, models, ops, problems, studies
+from api.deps import Services
 from api.limits import MULTIPART_SLACK_BYTES, BodyLimit
-from infra.bootstrap import Services
 
 
 def create_app(services: Services, nats_client: Any = None) -> FastAPI:

@@ -1,4 +1,4 @@
-"""The `trainyard` command: run the service (`up`, `serve`, `serve-inference`, `runner`) and use it (`submit`,
+"""The `trainyard` command's client side: use the service (`submit`,
 `watch`, `jobs`, `job`, `cancel`, `status`, `study create|watch|cancel`, `studies`; the model registry: `models`,
 `model register|show|alias`, `export`; serving: `deploy`, `deployments`, `deployment`, `traffic`, `promote`,
 `rollback`, `undeploy`, `api-key create|list|revoke`, `predict`; the online comparison: `ab`, `feedback`,
@@ -46,55 +46,6 @@ STATUS_STYLE = {"ok": "green", "starting": "cyan", "behind": "yellow", "stuck": 
                 "completed": "green", "running": "cyan", "queued": "blue", "failed": "red", "cancelled": "yellow",
                 "cancelling": "yellow", "pruned": "magenta"}
 ApiOpt = Annotated[Optional[str], typer.Option("--api", help="API base URL (default: endpoints.json or :8000)")]
-
-
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-
-
-@cli.command()
-def up(data_dir: Annotated[Optional[Path], typer.Option(help="data dir (default ./.trainyard)")] = None,
-       runners: Annotated[Optional[int], typer.Option(help="runner processes (default 2)")] = None) -> None:
-    """Start the whole service on embedded defaults (or the TRAINYARD_*_URL servers) until Ctrl-C."""
-    from infra.settings import Settings
-    from infra.processes.up import run_up
-
-    _logging()
-    overrides = {k: v for k, v in {"data_dir": data_dir, "runners": runners}.items() if v is not None}
-    raise typer.Exit(run_up(Settings(**overrides)))
-
-
-@cli.command()
-def serve() -> None:
-    """API + relay + projectors + report handlers (started by `up`)."""
-    from infra.processes.serve import serve as run_serve
-    from infra.settings import Settings
-
-    _logging()
-    asyncio.run(run_serve(Settings()))
-
-
-@cli.command("serve-inference")
-def serve_inference() -> None:
-    """The inference server: deployed ONNX models behind /v1/deployments/{name}/predict (started by `up`)."""
-    from infra.processes.inference import serve_inference as run_inference
-    from infra.settings import Settings
-
-    _logging()
-    import uvloop
-
-    uvloop.run(run_inference(Settings()))
-
-
-@cli.command()
-def runner() -> None:
-    """One runner process (started by `up`)."""
-    from infra.settings import Settings
-    from infra.processes.runner import run_runner
-
-    _logging()
-    asyncio.run(run_runner(Settings()))
 
 
 @cli.command()
@@ -1183,11 +1134,3 @@ def predict(name: str,
                                     "detail": 'the request is {"instances": [...], "key"?: ...} or a list'})
     client = TrainyardClient(inference_url=inference, api_key=api_key)
     _print_json(client.predict(name, doc["instances"], key if key is not None else doc.get("key")))
-
-
-def main() -> None:
-    cli()
-
-
-if __name__ == "__main__":
-    main()

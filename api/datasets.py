@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse
 
-from api.jobs import ServicesDep
+from api.deps import Services, ServicesDep
 from api.limits import SafeText
 from api.problems import Problem
 from api.schemas import DatasetUploaded, problems

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.context import CommandContextDep
-from api.jobs import ServicesDep
+from api.deps import Services, ServicesDep
 from api.models import catch_up
 from api.problems import Problem
 from api.schemas import (ApiKeyCreated, ApiKeyIn, ApiKeyList, ApiKeyPublic, DeploymentHistory, DeploymentIn,
@@ -19,7 +19,6 @@ from api.schemas import (ApiKeyCreated, ApiKeyIn, ApiKeyList, ApiKeyPublic, Depl
                          FeedbackItem, PolicySetIn, PredictionStats, PromoteIn, ReasonIn, TrafficIn, problems)
 from commands.deployments import ApiKeyNotFoundError, DeploymentNotFoundError
 from domain.contract import MAX_FEEDBACK, TELEMETRY_FEEDBACK, FeedbackBatch
-from infra.bootstrap import Services
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
 keys = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"])

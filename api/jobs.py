@@ -7,6 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep, services
 from api.limits import SafeText, check_params
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key
 from api.problems import Problem
@@ -14,23 +15,10 @@ from api.schemas import (Framework, JobAccepted, JobIn, JobList, JobPublic, Metr
                          problems)
 from commands.training import JobNotFoundError, SubmitJob
 from domain.frameworks import ParamsError, check_budget, resolve_params
-from infra.bootstrap import Services
 from infra.datasets import DatasetError, validate_dataset
 
 router = APIRouter(prefix="/api/v1/training/jobs", tags=["training jobs"])
-READ_YOUR_WRITES_TIMEOUT_S = 5.0
 ANY_OF, ALL_OF = "repeatable: any of", "repeatable (20 at most): all of"
-
-
-def services(request: Request) -> Services:
-    return request.app.state.services
-
-
-async def get_services(request: Request) -> Services:  # async: no I/O, so no hop to the threadpool
-    return services(request)
-
-
-ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def _catch_up(s: Services, position: int | None) -> None:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import problem_json
+from domain.contract import Text, unsafe_char
 from domain.frameworks import ParamsError
 
 MAX_PARAMS_BYTES = 16 * 1024  # params serialized as JSON
@@ -30,22 +29,7 @@ MAX_PARAMS_DEPTH = 4  # params itself is depth 1
 MAX_PARAM_KEY_CHARS = 64
 MAX_PARAM_TEXT_CHARS = 256
 MULTIPART_SLACK_BYTES = 64 * 1024  # framing and form fields around an uploaded file
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def unsafe_char(text: str) -> str | None:
-    """Why `text` is refused (its first control character or surrogate), or None."""
-    m = _UNSAFE.search(text)
-    return None if m is None else f"control character U+{ord(m.group()):04X} at position {m.start()} is not allowed"
-
-
-def _safe(text: str) -> str:
-    if reason := unsafe_char(text):
-        raise ValueError(reason)
-    return text
-
-
-SafeText = Annotated[str, AfterValidator(_safe)]
+SafeText = Text  # domain/contract.py holds the one text rule
 
 
 def check_params(params: dict[str, Any], where: str = "params") -> None:

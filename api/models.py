@@ -8,13 +8,12 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
 from api.context import CommandContextDep
-from api.jobs import READ_YOUR_WRITES_TIMEOUT_S, ServicesDep
+from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.problems import Problem
 from api.schemas import (AliasIn, AliasName, ExportIn, ExportPublic, ModelIn, ModelList, ModelName, ModelPublic,
                          VersionIn, VersionList, VersionPublic, problems)
 from commands.models import ExportNotFoundError, ModelNotFoundError
 from domain.models import VersionNotFoundError
-from infra.bootstrap import Services
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 NamePath = Annotated[ModelName, Path()]

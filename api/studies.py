@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key
-from api.jobs import READ_YOUR_WRITES_TIMEOUT_S, ServicesDep, check_job_dataset
+from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
+from api.jobs import check_job_dataset
 from api.limits import SafeText, check_params
 from api.problems import Problem
 from api.schemas import (Comparison, Importances, StudyAccepted, StudyHistory, StudyIn, StudyList, StudyPublic,
@@ -17,7 +18,6 @@ from commands.studies import CreateStudy, StudyNotFoundError
 from commands.study_optimizer import StudyOptimizer, TrialRecord
 from domain.frameworks import ParamsError
 from domain.search_space import StudySpecError, check_study, default_direction
-from infra.bootstrap import Services
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 experiments = APIRouter(prefix="/api/v1/experiments", tags=["studies"])

@@ -196,7 +196,7 @@ def baseline(app: Any, at: list[int], samples: int) -> list[tuple[int, float]]:
 
 
 async def bench(args: argparse.Namespace, work: Path, db_url: str) -> None:
-    from commands.leases import LeaseStore
+    from infra.leases import LeaseStore
     from commands.reports import ReportHandler, ReportServer
     from commands.training import TrainingApplication
     from infra.embedded import EmbeddedNats, free_port

@@ -152,7 +152,7 @@ class Trainyard:
             env["TRAINYARD_NATS_URL"] = self.args.nats_url
         t = time.perf_counter()
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", "up"], env=env, cwd=ROOT, stdout=self.log,
+        self.proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "up"], env=env, cwd=ROOT, stdout=self.log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         endpoints = self.data_dir / "endpoints.json"
         deadline = time.monotonic() + 120

@@ -93,7 +93,7 @@ def trainyard(args: argparse.Namespace, work: Path, runners: int, parallel: int)
     env.update(TRAINYARD_DATABASE_URL=db_url, TRAINYARD_NATS_URL=nats_url, TRAINYARD_DATA_DIR=str(data_dir),
                TRAINYARD_API_PORT=str(port), TRAINYARD_RUNNERS=str(runners))
     log = open(data_dir / "up.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "up"], env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "up"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             cwd=Path(__file__).resolve().parent.parent)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:

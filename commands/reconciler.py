@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from psycopg_pool import ConnectionPool
 
 from commands.context import SYSTEM
-from commands.leases import LeaseStore
+from infra.leases import LeaseStore
 from commands.training import TrainingApplication
 from domain.contract import WORK_PREFIX, printable
 from domain.training_job import JobError

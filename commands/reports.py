@@ -4,7 +4,7 @@ A runner retries a report until it gets a `ReportReply`; the aggregate decides w
 applied report is a no-op. Reports for different jobs are handled concurrently, reports for one job in order
 (one single-thread executor per shard of job ids). A report is answered as soon as the aggregate has decided
 and saved; the live-lease bookkeeping that the answer does not depend on (`hold` after a claim, `drop` after an
-attempt's end: commands/leases.py, a cache of what the aggregate says, repaired by the reconciler) follows on the
+attempt's end: infra/leases.py, a cache of what the aggregate says, repaired by the reconciler) follows on the
 same shard, so the job's next report still finds it done. Poison policy: a malformed report is answered `invalid`
 and dead-lettered; a report whose handling fails unexpectedly is answered `error` (the runner retries a bounded
 number of times) and counted in the stage's health; neither holds up any other report.
@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from commands.context import CommandContext
-from commands.leases import LeaseStore, milestone_of
+from infra.leases import LeaseStore, milestone_of
 from commands.training import JobNotFoundError, TrainingApplication
 from domain.contract import REPORT_SUBJECT, ReportReply, RunnerReport, dlq_subject, lease_id_of, printable
 from domain.work import JobError, JobFinishedError, LeasedWork, LeaseHeldError, StaleLeaseError

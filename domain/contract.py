@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -39,20 +38,32 @@ METADATA_KEYS = ("actor", "correlation_id", "causation_id", "trace_id")
 
 
 # ---- text -----------------------------------------------------------------------------------
+# The one rule for text that crosses our edge: no control character (Unicode Cc, NUL included) and no lone
+# surrogate (Cs). PostgreSQL text/jsonb cannot hold a NUL and UTF-8 cannot encode a surrogate, so either would
+# poison every read model that copies it.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def unsafe_char(text: str) -> str | None:
+    """Why `text` is refused (its first control character or surrogate), or None."""
+    m = _UNSAFE.search(text)
+    return None if m is None else f"control character U+{ord(m.group()):04X} at position {m.start()} is not allowed"
+
+
 def has_control(text: str) -> bool:
-    """True if `text` holds NUL or another control character (PostgreSQL text cannot hold NUL)."""
-    return any(unicodedata.category(c) == "Cc" for c in text)
+    """True if `text` breaks the text rule (see `unsafe_char`)."""
+    return _UNSAFE.search(text) is not None
 
 
 def printable(text: Any, limit: int = MAX_TEXT) -> str:
     """`text` as a bounded, single-line string without control characters (for errors and reasons)."""
-    out = "".join(c if unicodedata.category(c) != "Cc" else " " for c in str(text))
+    out = _UNSAFE.sub(" ", str(text))
     return " ".join(out.split())[:limit]
 
 
 def _no_control(value: str) -> str:
-    if has_control(value):
-        raise ValueError("must not contain control characters")
+    if reason := unsafe_char(value):
+        raise ValueError(reason)
     return value
 
 

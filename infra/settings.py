@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     # Tests only: "deployment/variant=ms,…" makes the inference server answer those variants that much later.
     inference_test_delay: str | None = None
     runners: int = 2
-    # Leases (commands/leases.py): a runner heartbeats every lease_ttl_s / 5; a lease silent for lease_ttl_s is
+    # Leases (infra/leases.py): a runner heartbeats every lease_ttl_s / 5; a lease silent for lease_ttl_s is
     # lost and the reconciler (every reconcile_interval_s) requeues its job or fails it per its max_attempts.
     lease_ttl_s: float = Field(default=15.0, gt=0)
     reconcile_interval_s: float = Field(default=2.0, gt=0)

@@ -2,7 +2,7 @@
 
 Every update is guarded by the aggregate version, so processing an event twice is a no-op and a replay from zero
 rebuilds the same table. Progress here is the aggregate's milestones; live step-level progress of a running job
-comes from its lease (commands/leases.py), which the queries join.
+comes from its lease (infra/leases.py), which the queries join.
 """
 from __future__ import annotations
 

@@ -142,7 +142,7 @@ class Runner:
 
     # ---- one job ---------------------------------------------------------------------------------
     async def run_training(self, lease: Lease, attempt: int, spec: dict[str, Any], kind: str = "training") -> None:
-        """Run one claimed piece of work (`kind` "training", or "export": runners/exporting.py) under its lease."""
+        """Run one claimed piece of work (`kind` "training", or "export": runners/export_task.py) under its lease."""
         self.current = lease
         loop, watched = asyncio.get_running_loop(), asyncio.Event()
         reporter = JobReporter(lease.stop, watch=spec.get("report_metric"),
@@ -225,7 +225,7 @@ class Runner:
         return {"type": "completed", "final_metrics": result.final_metrics, "artifact": artifact}
 
     async def _export(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
-        from runners.exporting import run_export
+        from runners.export_task import run_export
 
         return await asyncio.to_thread(run_export, lease.job_id, attempt, spec, self.artifacts, self.dataset_roots,
                                        reporter)

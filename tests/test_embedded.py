@@ -21,7 +21,7 @@ import pytest
 
 from infra.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from infra.settings import Settings
-from infra.processes.up import run_up
+from entrypoints.up import run_up
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ CHILD = textwrap.dedent("""
 UP = textwrap.dedent("""
     import sys
     from infra.settings import Settings
-    from infra.processes.up import run_up
+    from entrypoints.up import run_up
     child = [sys.executable, "-c", sys.argv[2]]
     settings = Settings(data_dir=sys.argv[1], runners=2, database_url=None, nats_url=None, clickhouse_url=None)
     sys.exit(run_up(settings, serve_cmd=child, runner_cmd=child, inference_cmd=child))

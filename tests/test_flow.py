@@ -108,7 +108,7 @@ def running_up(data_dir: Path, settings: dict[str, str], nats_url: str = "") -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
     env.update(settings, TRAINYARD_DATA_DIR=str(data_dir), TRAINYARD_API_PORT=str(port))
     log = open(data_dir / "up.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
     s = Stack(proc, data_dir, f"http://127.0.0.1:{port}", nats_url)
     try:
         s.wait_ready()
@@ -318,7 +318,7 @@ def test_malformed_messages_go_to_the_dead_letter_subjects(stack: Stack) -> None
 
 def test_the_cli_submits_watches_and_lists(stack: Stack) -> None:
     env = {**os.environ, "TRAINYARD_API_URL": str(stack.http.base_url)}
-    cli = [sys.executable, "-m", "api.cli"]
+    cli = [sys.executable, "-m", "entrypoints.cli"]
     out = subprocess.run([*cli, "submit", "--framework", "lightgbm", "--task", "regression", "--dataset",
                           "builtin://diabetes", "-p", "n_estimators=20", "--tag", "cli", "--watch"],
                          env=env, capture_output=True, text=True, timeout=120)

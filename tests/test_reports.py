@@ -7,7 +7,7 @@ from uuid import UUID
 
 import pytest
 
-from commands.leases import LeaseStore
+from infra.leases import LeaseStore
 from commands.reports import ReportHandler
 from commands.training import SubmitJob, TrainingApplication
 from domain.contract import ReportReply, RunnerReport

@@ -1,4 +1,4 @@
-"""The inference server's in-memory state (runners/serving.py): deployments swap in only once loaded, stale events
+"""The inference server's in-memory state (serving/state.py): deployments swap in only once loaded, stale events
 change nothing, keys and rate limits, request rows, and the bounded prediction buffer."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from domain.api_key import hash_key, new_key
-from runners.exporter import convert
-from runners.serving import (KeyState, ModelLoader, PredictError, ServingState, Telemetry, answer, rows_of)
+from runners.onnx_converter import convert
+from serving.state import (KeyState, ModelLoader, PredictError, ServingState, Telemetry, answer, rows_of)
 from runners.trainers import TrainSpec, trainer_for
-from tests.test_exporter import QuietReporter
+from tests.test_onnx_converter import QuietReporter
 
 
 @pytest.fixture(scope="module")

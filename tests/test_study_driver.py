@@ -9,7 +9,7 @@ from uuid import UUID
 import nats
 import pytest
 
-from commands.leases import LeaseStore
+from infra.leases import LeaseStore
 from commands.reports import ReportHandler
 from commands.studies import CreateStudy
 from commands.study_driver import StudyDriver

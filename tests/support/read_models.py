@@ -10,5 +10,5 @@ def _load(path: str) -> type:
 
 
 def read_models() -> list[tuple[type, type, type]]:
-    from infra.processes.serve import READ_MODELS
+    from entrypoints.serve import READ_MODELS
     return [(_load(app), _load(projection), _load(view)) for _, app, projection, view in READ_MODELS]

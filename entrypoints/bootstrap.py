@@ -1,12 +1,11 @@
 """Wiring: build Trainyard's command and query parts from Settings. Tests build the same things with other settings."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from psycopg_pool import ConnectionPool
 
+from api.deps import Services
 from commands.deployments import DeploymentCommands
-from commands.leases import LeaseStore
+from infra.leases import LeaseStore
 from commands.models import ModelCommands
 from commands.studies import StudyCommands
 from commands.training import TrainingApplication
@@ -22,33 +21,6 @@ from projections.models import MODELS_DDL, ModelQueries
 from projections.prediction_store import PredictionStore
 from projections.readmodel import POISONED_DDL, AppliedPositions
 from projections.studies import STUDIES_DDL, StudyQueries
-
-
-@dataclass
-class Services:
-    settings: Settings
-    app: TrainingApplication
-    pool: ConnectionPool
-    jobs: JobQueries
-    clickhouse: ClickHouse
-    metrics: MetricStore
-    leases: LeaseStore
-    studies: StudyQueries
-    study_commands: StudyCommands
-    models: ModelQueries
-    model_commands: ModelCommands
-    predictions: PredictionStore
-    deployments: DeploymentQueries
-    deployment_commands: DeploymentCommands
-    applied: AppliedPositions  # read-your-writes: how far each read model has got
-    health: Health = field(default_factory=Health)
-
-    def close(self) -> None:
-        self.applied.close()
-        self.pool.close()
-        self.leases.close()
-        self.clickhouse.close()
-        self.app.close()
 
 
 def build(settings: Settings) -> Services:

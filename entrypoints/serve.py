@@ -20,7 +20,7 @@ from commands.ab_policy import PolicyEngine
 from commands.reconciler import Reconciler
 from commands.reports import ReportHandler, ReportServer
 from commands.study_driver import StudyDriver
-from infra.bootstrap import build
+from entrypoints.bootstrap import build
 from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, WORK_STREAM, connect, ensure_streams
 from infra.settings import Settings
 from projections.metrics import FeedbackProjector, MetricsProjector, PredictionsProjector

@@ -22,7 +22,7 @@ import uuid
 from typing import Any
 
 from domain.contract import printable
-from runners.serving import LiveDeployment, PredictError, ServingState, Telemetry, answer, first_row, rows_of
+from serving.state import LiveDeployment, PredictError, ServingState, Telemetry, answer, first_row, rows_of
 
 log = logging.getLogger("trainyard.inference")
 MAX_BODY_BYTES = 1024 * 1024

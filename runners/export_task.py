@@ -1,5 +1,5 @@
 """An export as a runner runs it: fetch the version's model (checked against its sha256), load the validation split
-it was trained with, convert and check parity (runners/exporter.py), store the ONNX file, and say how it went.
+it was trained with, convert and check parity (runners/onnx_converter.py), store the ONNX file, and say how it went.
 
 The outcome is a runner report: `completed` with the ONNX artifact (uri, sha256, opset, input/output names,
 n_features, the parity metric's name) and the parity figures as its final metrics, or `failed` with the figures
@@ -20,7 +20,7 @@ from runners.trainers import Reporter, TrainingCancelled
 
 def run_export(export_id: str, attempt: int, spec: dict[str, Any], artifacts: ArtifactStore,
                dataset_roots: Sequence[Path], reporter: Reporter) -> dict[str, Any]:
-    from runners.exporter import ExportError, export_onnx
+    from runners.onnx_converter import ExportError, export_onnx
 
     try:
         source = spec["artifact"]

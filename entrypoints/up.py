@@ -35,9 +35,9 @@ from infra.settings import Settings
 
 log = logging.getLogger("trainyard.supervisor")
 
-SERVE_CMD = [sys.executable, "-m", "api.cli", "serve"]
-RUNNER_CMD = [sys.executable, "-m", "api.cli", "runner"]
-INFERENCE_CMD = [sys.executable, "-m", "api.cli", "serve-inference"]
+SERVE_CMD = [sys.executable, "-m", "entrypoints.cli", "serve"]
+RUNNER_CMD = [sys.executable, "-m", "entrypoints.cli", "runner"]
+INFERENCE_CMD = [sys.executable, "-m", "entrypoints.cli", "serve-inference"]
 POLL_S = 0.2
 
 

@@ -5,8 +5,7 @@ PyTorch trainer's torch.save dict) to ONNX, runs both on the job's validation sp
 `ExportResult` whose `parity` report says how close they are; it raises `ParityError` (an `ExportError`,
 carrying the report) when they are not close enough, and `ExportError` when conversion is impossible.
 Plain functions: no I/O beyond what is passed in; torch, lightgbm and onnxmltools are imported only when a
-model of theirs is converted or predicted, so the inference server can import this module for `session_for`
-and `onnx_predict` alone.
+model of theirs is converted or predicted, so importing it stays cheap.
 
 The ONNX graph contract (what serving relies on), for both frameworks:
   * opset: ai.onnx `opset` (DEFAULT_OPSET = 15, the highest onnxmltools 1.16 converts LightGBM to; the
@@ -44,6 +43,7 @@ import onnx
 import onnxruntime as ort
 
 from infra.datasets import Split
+from infra.onnx_runtime import session_for
 from runners.trainers import validation_metrics
 
 __all__ = [
@@ -269,18 +269,6 @@ def _at_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 
 # ---- prediction -----------------------------------------------------------------------------
-def session_for(onnx_bytes: bytes) -> ort.InferenceSession:
-    """An onnxruntime session on the CPU: one intra-op and one inter-op thread, all graph optimizations,
-    warnings and below not logged."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def native_predict(framework: str, task: str, model_bytes: bytes, X: np.ndarray) -> np.ndarray:
     """The native model's predictions in `validation_metrics`' shape: P(class 1) (n,), (n, K)
     probabilities or (n,) values; float64."""

@@ -12,7 +12,7 @@ from onnx import helper
 from sklearn.datasets import load_breast_cancer
 
 from infra.datasets import Split, load_dataset
-from runners.exporter import (
+from runners.onnx_converter import (
     DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, OnnxModel, ParityError, check_parity, convert, export_onnx,
     native_predict, onnx_predict, session_for,
 )

@@ -1,4 +1,4 @@
-"""`trainyard serve-inference`: the inference server process (api/inference.py over runners/serving.py).
+"""`trainyard serve-inference`: the inference server process (serving/app.py over serving/state.py).
 
 On start it loads every active deployment and live API key from the read models (PostgreSQL), then follows
 `trainyard.v1.deployment.*` and `trainyard.v1.api_key.*` on its own durable JetStream consumer
@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.inference import InferenceApp, parse_test_delays
+from serving.app import InferenceApp, parse_test_delays
 from domain.contract import TELEMETRY_PREDICTIONS, printable
 from infra.health import Health, Stage, stopped_within
 from infra.messaging import EVENTS_STREAM, connect, dead_letter, ensure_streams, pulled
@@ -33,7 +33,7 @@ from infra.postgres import DDL_LOCK, pool as pg_pool
 from infra.settings import Settings
 from projections.deployments import DEPLOYMENTS_DDL, DeploymentQueries
 from runners.artifacts import LocalArtifactStore
-from runners.serving import ModelLoader, ServingState, Telemetry
+from serving.state import ModelLoader, ServingState, Telemetry
 
 log = logging.getLogger("trainyard.inference")
 RELOAD_S = 10.0

@@ -99,7 +99,7 @@ class ModelLoader:
         self.cache: dict[str, Any] = {}
 
     def load(self, model: str, version: int, artifact: dict[str, Any]) -> LoadedModel:
-        from runners.exporter import session_for
+        from infra.onnx_runtime import session_for
 
         sha = str(artifact["sha256"])
         session = self.cache.get(sha)
