@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query
 from api.deps import Services, ServicesDep
 from api.problems import Problem
 from api.schemas import DeploymentName, problems
-from commands.ab_policy import stats_of
+from domain.ab_policy import stats_of
 from commands.deployments import DeploymentNotFoundError
 from domain.ab_stats import compare, srm, summarize
 from domain.deployment import control_of

@@ -1,7 +1,7 @@
 """Submit latency through the real HTTP API at fixed arrival rates (open loop, coordinated-omission-safe).
 
 The service side is what `trainyard serve` runs for a submit, in this process: the app from
-`entrypoints.bootstrap.build(Settings(...))` + `api.app.create_app(services)` under uvicorn (a background thread, a free
+`entrypoints.bootstrap.build_services(Settings(...))` + `api.app.create_app(services)` under uvicorn (a background thread, a free
 port on 127.0.0.1), with the eager publish of each submit's work item to JetStream (`EagerWork`, as serve sets it),
 and the `jobs` projection (`ProjectionProcess`: a child process, as serve runs it) so that a POST
 returns only once the read model shows the job (read-your-writes, `api/jobs.py` `_catch_up`). A fresh PostgreSQL
@@ -339,7 +339,7 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
     import uvicorn
 
     from api.app import create_app
-    from entrypoints.bootstrap import build
+    from entrypoints.bootstrap import build_services as build
     from infra.embedded import EmbeddedNats, free_port
     from infra.postgres import eventsourcing_env
     from entrypoints.serve import READ_MODELS

@@ -197,7 +197,8 @@ def baseline(app: Any, at: list[int], samples: int) -> list[tuple[int, float]]:
 
 async def bench(args: argparse.Namespace, work: Path, db_url: str) -> None:
     from infra.leases import LeaseStore
-    from commands.reports import ReportHandler, ReportServer
+    from commands.reports import ReportHandler
+    from infra.report_server import ReportServer
     from commands.training import TrainingApplication
     from infra.embedded import EmbeddedNats, free_port
     from infra.messaging import connect

@@ -1,148 +1,47 @@
-"""The policy process: ramps a deployment's challenger up, promotes it or rolls it back, on the online comparison.
+"""The policy engine: ramps a deployment's challenger up, promotes it or rolls it back, on the online comparison.
 
 Every `interval_s` (part of `trainyard serve`: it reads ClickHouse, which serve owns) each active deployment with a
-policy is evaluated. It reads only the read models and ClickHouse, and writes only commands on the Deployment
-aggregate (`policy_action`), each carrying the revision it evaluated: when two policy processes (or one that
-restarted) evaluate the same revision, the second action is refused (StaleEvaluationError), so a ramp is never
-stepped twice for one evaluation window.
-
-`decide` is pure: from the policy, the current weights, the challengers halted before and the figures (sufficient
-statistics per variant: the whole experiment for the comparison, the current revision for the step gate and the
-guardrails) it returns at most one action. The figures go into the action's event, so `GET …/history` explains
-every change and re-running `decide` on the recorded figures gives the same action (tests check it).
-
-For each challenger (every variant but the control; halted ones are left at 0):
-1. guardrails, on the current revision with at least `GUARD_MIN_REQUESTS` requests: p99 latency over
-   `max_p99_latency_ms` or error rate over `max_error_rate` → **halt** (weight 0, never ramped again);
-2. significantly worse than the control (always-valid p ≤ `max_p_value`) → **halt**;
-3. significantly better by at least `min_lift`, at the last ramp step below 100 → **promote** (100%);
-4. below the last ramp step, at least `step_every_s` at the current revision and `min_samples` labelled predictions
-   on each side in it (a challenger at 0 steps to the first ramp weight at once) → **step** to the next ramp weight.
+policy is evaluated by the rules of domain/ab_policy.py. It reads only the read models and the A/B aggregates (the
+query objects it is given), and writes only commands on the Deployment aggregate (`policy_action`), each carrying
+the revision it evaluated: when two policy processes (or one that restarted) evaluate the same revision, the second
+action is refused (StaleEvaluationError), so a ramp is never stepped twice for one evaluation window.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from commands.context import CommandContext
 from commands.deployments import DeploymentCommands
-from domain.ab_stats import VariantStats, compare
+from domain.ab_policy import Action, jsonable, plain_stats, decide, stats_of
 from domain.contract import printable
 from domain.deployment import DeploymentError, control_of
-from infra.clickhouse import ClickHouse
 from infra.health import Stage, stopped_within
-from projections.ab_queries import variant_stats
-from projections.deployments import DeploymentQueries
 
 log = logging.getLogger("trainyard.policy")
 POLICY_ACTOR = CommandContext(actor="policy")
-GUARD_MIN_REQUESTS = 20
 
 
-@dataclass(frozen=True)
-class Action:
-    action: str  # step | promote | halt
-    variant: str
-    weight: int
-    reason: str
+class Deployments(Protocol):
+    """The deployments read model (projections/deployments.py DeploymentQueries)."""
+
+    def list(self, active: bool | None = None) -> list[dict[str, Any]]: ...
+
+    def history(self, name: str) -> list[dict[str, Any]]: ...
 
 
-def stats_of(row: dict[str, Any] | None, name: str, weight: int) -> VariantStats:
-    """A ClickHouse row of projections/ab_queries.py as the statistics module's input (zeros when absent)."""
-    row = row or {}
-    latency = row.get("latency") or [None, None, None]
-    ms = [None if v is None or v != v else v / 1000 for v in latency]
-    return VariantStats(name=name, weight=weight, requests=int(row.get("requests", 0)),
-                        errors=int(row.get("errors", 0)), labelled=int(row.get("labelled", 0)),
-                        metric_sum=float(row.get("metric_sum", 0.0)), metric_sum_sq=float(row.get("metric_sum_sq", 0.0)),
-                        latency_p50_ms=ms[0], latency_p95_ms=ms[1], latency_p99_ms=ms[2])
-
-
-def _plain(s: VariantStats) -> dict[str, Any]:
-    return {"requests": s.requests, "errors": s.errors, "labelled": s.labelled, "metric_sum": s.metric_sum,
-            "metric_sum_sq": s.metric_sum_sq, "latency_p99_ms": s.latency_p99_ms}
-
-
-def decide(policy: dict[str, Any], weights: dict[str, int], control: str, halted: list[str],
-           overall: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]],
-           seconds_at_revision: float) -> tuple[Action | None, dict[str, Any]]:
-    """(the action, the figures it is based on). `overall`/`current`: per variant the sufficient statistics of the
-    whole experiment / of the current revision (`_plain` form)."""
-    metric, ramp = policy["metric"], policy["ramp"]
-    alpha, min_samples = policy["max_p_value"], policy["min_samples"]
-    steps = [w for w in ramp if w < 100]
-
-    def vs(table: dict[str, dict[str, Any]], name: str) -> VariantStats:
-        d = table.get(name) or {}
-        return VariantStats(name=name, weight=weights.get(name, 0), requests=d.get("requests", 0),
-                            errors=d.get("errors", 0), labelled=d.get("labelled", 0),
-                            metric_sum=d.get("metric_sum", 0.0), metric_sum_sq=d.get("metric_sum_sq", 0.0),
-                            latency_p50_ms=None, latency_p95_ms=None, latency_p99_ms=d.get("latency_p99_ms"))
-
-    figures: dict[str, Any] = {"metric": metric, "control": control, "weights": dict(weights),
-                               "seconds_at_revision": round(seconds_at_revision, 3), "overall": overall,
-                               "current": current, "halted": list(halted)}
-    for name in weights:
-        if name == control or name in halted:
-            continue
-        now = vs(current, name)
-        result = compare(vs(overall, control), vs(overall, name), metric, alpha=alpha, min_samples=min_samples)
-        figures.update(variant=name, comparison=_jsonable(result))
-        diff, p = result.get("difference"), result.get("p_value")
-        said = (f"{metric} diff {_fmt(diff)} (95% CI {_fmt(_at(result.get('ci'), 0))}..{_fmt(_at(result.get('ci'), 1))}), "
-                f"always-valid p {'n/a' if p is None else f'{p:.3g}'}, labelled {vs(overall, control).labelled}/{vs(overall, name).labelled}")
-        weight = weights[name]
-        if now.requests >= GUARD_MIN_REQUESTS and weight > 0:
-            p99, cap = now.latency_p99_ms, policy.get("max_p99_latency_ms")
-            if cap is not None and p99 is not None and p99 > cap:
-                return Action("halt", name, 0, f"policy: {name} rolled back: p99 latency {p99:.1f} ms > {cap:g} ms"), figures
-            rate, cap = now.errors / now.requests, policy.get("max_error_rate")
-            if cap is not None and rate > cap:
-                return Action("halt", name, 0, f"policy: {name} rolled back: error rate {rate:.3f} > {cap:g}"), figures
-        if result.get("decision") == "control_better":
-            return Action("halt", name, 0, f"policy: {name} rolled back: significantly worse ({said})"), figures
-        at_last_step = not steps or weight >= steps[-1]
-        lift = None if diff is None else (diff if result.get("higher_is_better", True) else -diff)
-        if (result.get("decision") == "challenger_better" and at_last_step and weight < 100 and lift is not None
-                and lift >= policy.get("min_lift", 0.0)):
-            return Action("promote", name, 100, f"policy: {name} promoted: significantly better ({said})"), figures
-        if weight >= (steps[-1] if steps else 100) or seconds_at_revision < policy["step_every_s"]:
-            continue
-        next_weight = next(w for w in steps if w > weight)
-        ready = weight == 0 or (now.labelled >= min_samples and (
-            weights[control] == 0 or vs(current, control).labelled >= min_samples))
-        if ready:
-            return Action("step", name, next_weight,
-                          f"policy: {name} stepped {weight}% → {next_weight}%: not worse ({said})"), figures
-    return None, figures
-
-
-def _at(seq: Any, i: int) -> Any:
-    return seq[i] if isinstance(seq, (list, tuple)) and len(seq) > i else None
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:+.4g}" if isinstance(value, float) else str(value)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and value != value:
-        return None
-    return value
+# (deployment, metric, since ms, until ms) -> (rows per variant over the whole window, rows per revision and variant):
+# projections/ab_queries.py variant_stats bound to the ClickHouse that holds the A/B aggregates.
+VariantFigures = Callable[[str, str, int, int], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
 
 
 class PolicyEngine:
-    def __init__(self, commands: DeploymentCommands, queries: DeploymentQueries, ch: ClickHouse, stage: Stage,
+    def __init__(self, commands: DeploymentCommands, queries: Deployments, stats: VariantFigures, stage: Stage,
                  interval_s: float = 5.0, clock: Callable[[], float] = time.time) -> None:
-        self.commands, self.queries, self.ch, self.stage = commands, queries, ch, stage
+        self.commands, self.queries, self.stats, self.stage = commands, queries, stats, stage
         self.interval_s, self.clock = interval_s, clock
         self.actions = 0
 
@@ -155,9 +54,9 @@ class PolicyEngine:
         halted = [h["figures"]["variant"] for h in history if h["change"] == "policy_halt" and h.get("figures")]
         since = history[-1]["at"] if history else row["updated_at"]
         now_ms = int(self.clock() * 1000) + 1
-        overall_rows, by_revision = variant_stats(self.ch, name, policy["metric"], 0, now_ms)  # one pass
-        overall = {r["variant"]: _plain(stats_of(r, r["variant"], 0)) for r in overall_rows if not r["shadow"]}
-        current = {r["variant"]: _plain(stats_of(r, r["variant"], 0)) for r in by_revision
+        overall_rows, by_revision = self.stats(name, policy["metric"], 0, now_ms)  # one pass
+        overall = {r["variant"]: plain_stats(stats_of(r, r["variant"], 0)) for r in overall_rows if not r["shadow"]}
+        current = {r["variant"]: plain_stats(stats_of(r, r["variant"], 0)) for r in by_revision
                    if not r["shadow"] and r["revision"] == revision}
         seconds = self.clock() - (since.timestamp() if isinstance(since, datetime) else float(since))
         action, figures = decide(policy, weights, control, halted, overall, current, seconds)
@@ -166,7 +65,7 @@ class PolicyEngine:
         figures["revision"] = revision
         try:
             self.commands.policy_action(name, action.action, action.variant, action.weight, revision, action.reason,
-                                        _jsonable(figures), POLICY_ACTOR)
+                                        jsonable(figures), POLICY_ACTOR)
         except DeploymentError as e:  # another evaluation acted first, or the deployment changed meanwhile
             log.info("policy %s: %s not applied: %s", name, action.action, printable(e, 200))
             return None

@@ -16,7 +16,8 @@ from eventsourcing.persistence import RecordConflictError
 
 from commands.context import CommandContext
 from commands.models import ModelNotFoundError
-from commands.training import ANONYMOUS, TrainingApplication, _last_position
+from commands.application import ANONYMOUS, last_position
+from commands.training import TrainingApplication
 from domain.api_key import ApiKey, hash_key, key_prefix, new_key
 from domain.deployment import Deployment, DeploymentError, DeploymentSpecError, check_name, deployment_id
 from domain.models import RegisteredModel, VersionNotFoundError, check_model_name, model_id
@@ -98,7 +99,7 @@ class DeploymentCommands:
         deployment = Deployment.create(check_name(name), self._variants(variants), self._shadow(shadow), reason,
                                        policy)
         try:
-            return deployment, _last_position(self.app.save_with(ctx, deployment))
+            return deployment, last_position(self.app.save_with(ctx, deployment))
         except RecordConflictError:
             raise DeploymentExistsError(f"a deployment named {name!r} exists") from None
 
@@ -139,7 +140,7 @@ class DeploymentCommands:
         key = new_key()
         api_key = ApiKey.create(name=name, key_hash=hash_key(key), prefix=key_prefix(key), deployments=deployments,
                                 rate_limit_per_s=rate_limit_per_s)
-        return key, api_key, _last_position(self.app.save_with(ctx, api_key))
+        return key, api_key, last_position(self.app.save_with(ctx, api_key))
 
     def revoke_key(self, key_id: UUID, reason: str | None = None, ctx: CommandContext = ANONYMOUS):
         def decide(k: Any) -> None:

@@ -2,7 +2,7 @@
 
 A version's lineage is read from its job's aggregate at registration and frozen into the `VersionRegistered` event.
 An export is leased work (domain/work.py): the relay queues it, a runner claims, converts and checks it, and its
-completion attaches the ONNX artifact to the model version in the same transaction (`completion_effects`).
+completion attaches the ONNX artifact to the model version in the same transaction (`ModelCommands.attach_onnx`, registered for the export work kind).
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import RecordConflictError
 
 from commands.context import CommandContext
-from commands.training import ANONYMOUS, JobNotFoundError, TrainingApplication, _last_position
+from commands.application import ANONYMOUS, last_position
+from commands.training import JobNotFoundError, TrainingApplication
 from domain.models import (DEFAULT_TOLERANCE, ModelError, ModelExport, ModelSpecError, RegisteredModel,
                            check_model_name, model_id)
 from domain.training_job import TrainingJob
@@ -50,20 +51,20 @@ def lineage_of(job: TrainingJob) -> dict[str, Any]:
     }
 
 
-def completion_effects(app: TrainingApplication, work: Any) -> list[Aggregate]:
-    """What else changes when `work` completes: a completed export's ONNX artifact and parity report go to its
-    model version (a repeat of the completion changes nothing)."""
-    if not isinstance(work, ModelExport) or work.status != "completed" or not work.pending_events:
-        return []
-    model: RegisteredModel = app.load(model_id(work.model_name), ModelNotFoundError)
-    parity = {**work.final_metrics, "metric": (work.artifact or {}).get("parity_metric"), "passed": True}
-    model.attach_onnx(work.model_version, work.id, dict(work.artifact or {}), parity)
-    return [model]
-
-
 class ModelCommands:
     def __init__(self, app: TrainingApplication) -> None:
         self.app = app
+        app.on_completion(ModelExport.work_kind, self.attach_onnx)
+
+    def attach_onnx(self, work: Any) -> list[Aggregate]:
+        """What else changes when an export completes: its ONNX artifact and parity report go to its model
+        version (a repeat of the completion changes nothing)."""
+        if not isinstance(work, ModelExport) or work.status != "completed" or not work.pending_events:
+            return []
+        model: RegisteredModel = self.app.load(model_id(work.model_name), ModelNotFoundError)
+        parity = {**work.final_metrics, "metric": (work.artifact or {}).get("parity_metric"), "passed": True}
+        model.attach_onnx(work.model_version, work.id, dict(work.artifact or {}), parity)
+        return [model]
 
     def get(self, name: str) -> RegisteredModel:
         return self.app.load(model_id(check_model_name(name)), ModelNotFoundError)
@@ -73,7 +74,7 @@ class ModelCommands:
         model = RegisteredModel(id=model_id(check_model_name(name)), name=name, description=description,
                                 tags=list(tags or []))
         try:
-            return model, _last_position(self.app.save_with(ctx, model))
+            return model, last_position(self.app.save_with(ctx, model))
         except RecordConflictError:
             raise ModelExistsError(f"a model named {name!r} exists") from None
 
@@ -112,7 +113,7 @@ class ModelCommands:
                   "artifact": lineage["artifact"]}
         export = ModelExport(id=uuid4(), model_name=model.name, model_version=number, format=format,
                              tolerance=tolerance, source=source)
-        return export, _last_position(self.app.save_with(ctx, export))
+        return export, last_position(self.app.save_with(ctx, export))
 
     def get_export(self, export_id: UUID) -> ModelExport:
         export = self.app.load(export_id, ExportNotFoundError)

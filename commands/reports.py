@@ -1,4 +1,5 @@
-"""Runner reports → commands, over NATS request/reply (`trainyard.rpc.runner.report`, queue `command-handlers`).
+"""Runner reports → commands. The transport (NATS request/reply on `trainyard.rpc.runner.report`, sharded by job)
+is infra/report_server.py; this is what a report means.
 
 A runner retries a report until it gets a `ReportReply`; the aggregate decides what is legal and a repeat of an
 applied report is a no-op. Reports for different jobs are handled concurrently, reports for one job in order
@@ -11,28 +12,20 @@ number of times) and counted in the stage's health; neither holds up any other r
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import logging
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Protocol
 from uuid import UUID
 
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from commands.context import CommandContext
 from infra.leases import LeaseStore, milestone_of
 from commands.training import JobNotFoundError, TrainingApplication
-from domain.contract import REPORT_SUBJECT, ReportReply, RunnerReport, dlq_subject, lease_id_of, printable
+from domain.contract import ReportReply, RunnerReport, lease_id_of, printable
 from domain.work import JobError, JobFinishedError, LeasedWork, LeaseHeldError, StaleLeaseError
 from infra.health import Stage
 
 log = logging.getLogger("trainyard.reports")
-REPORT_QUEUE = "command-handlers"
 
 
 class Studies(Protocol):
@@ -162,43 +155,3 @@ def _work_for(app: TrainingApplication, job: LeasedWork) -> dict[str, Any]:
     meta = app.origin(job.id)
     return {"kind": job.work_kind, "attempt": job.attempt, "spec": job.spec(),
             "correlation_id": meta.get("correlation_id"), "trace_id": meta.get("trace_id")}
-
-
-class ReportServer:
-    """Serves reports from NATS: decodes nothing on the event loop, dispatches each report to its job's shard."""
-
-    def __init__(self, handler: ReportHandler, shards: int = 4) -> None:
-        self.handler = handler
-        self.shards = [ThreadPoolExecutor(1, thread_name_prefix=f"reports-{i}") for i in range(shards)]
-
-    def _shard(self, data: bytes) -> ThreadPoolExecutor:
-        # The job id is in the first bytes of any well-formed report; anything else lands on a fixed shard.
-        start = data.find(b'"job_id"')
-        key = data[start:start + 50] if start >= 0 else b""
-        return self.shards[zlib.crc32(key) % len(self.shards)]
-
-    async def start(self, nc: Client) -> Any:
-        loop = asyncio.get_running_loop()
-
-        async def respond(msg: Msg, reply: ReportReply) -> None:
-            if reply.code == "invalid":
-                log.warning("malformed runner report dead-lettered: %s", reply.error)
-                self.handler.stage.poisoned_one(reply.error or "invalid report")
-                await nc.publish(dlq_subject(REPORT_SUBJECT), msg.data,
-                                 headers={"Trainyard-Error": (reply.error or "")[:500]})
-            if msg.reply:
-                await msg.respond(reply.model_dump_json().encode())
-
-        def answer(msg: Msg, reply: ReportReply) -> None:  # on the shard's thread, before the bookkeeping
-            with contextlib.suppress(RuntimeError):  # the loop has closed: the runner asks again elsewhere
-                asyncio.run_coroutine_threadsafe(respond(msg, reply), loop)
-
-        async def on_report(msg: Msg) -> None:
-            loop.run_in_executor(self._shard(msg.data), self.handler.handle, msg.data, functools.partial(answer, msg))
-
-        return await nc.subscribe(REPORT_SUBJECT, queue=REPORT_QUEUE, cb=on_report)
-
-    def close(self) -> None:
-        for pool in self.shards:
-            pool.shutdown(wait=False, cancel_futures=True)
-

@@ -18,7 +18,8 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from eventsourcing.persistence import RecordConflictError
 
 from commands.context import CommandContext
-from commands.training import ANONYMOUS, IdempotencyConflictError, SubmitJob, TrainingApplication, job_id_for
+from commands.application import ANONYMOUS
+from commands.training import IdempotencyConflictError, SubmitJob, TrainingApplication, job_id_for
 from domain.search_space import step_metric_for
 from domain.study import Study
 from domain.training_job import TrainingJob

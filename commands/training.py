@@ -6,23 +6,20 @@ concurrency conflict, and the aggregate makes repeats harmless. Every saved even
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
-from eventsourcing.application import AggregateNotFoundError, Application, LRUCache
-from eventsourcing.domain import Aggregate
+from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import RecordConflictError
 
+from commands.application import ANONYMOUS, Saved, TrainyardApplication, last_position
 from commands.context import CommandContext
 from domain.training_job import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, TrainingJob
 
-log = logging.getLogger("trainyard.commands")
 _IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/idempotency/training-job")
-ANONYMOUS = CommandContext()
 
 
 class JobNotFoundError(LookupError):
@@ -69,82 +66,10 @@ def job_id_for(idempotency_key: str | None) -> UUID:
     return uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else uuid4()
 
 
-ORIGINS_KEPT = 10_000  # first-event metadata remembered per process (`TrainyardApplication.origin`)
-
-
-class TrainyardApplication(Application[UUID]):
-    """Saves with metadata; the base of every Trainyard application (one event store, one notification log)."""
-
-    name = "trainyard"
-    on_saved: Callable[[list[Any]], None] | None = None  # told each committed save's recordings (serve: EagerWork)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._origins: LRUCache[UUID, dict[str, Any]] = LRUCache(maxsize=ORIGINS_KEPT)
-
-    def load(self, aggregate_id: UUID, not_found: type[LookupError], copy: bool = True) -> Any:
-        """The aggregate, from the cache (fast-forwarded) or the store. `copy=False` skips the cache's deep copy
-        (a study's with its trials was a quarter of serve's CPU in a study): only for readers that never change
-        the object they get."""
-        try:
-            return self.repository.get(aggregate_id, deepcopy_from_cache=copy)
-        except AggregateNotFoundError:
-            raise not_found(str(aggregate_id)) from None
-
-    def change(self, aggregate_id: UUID, decide: Callable[[Any], None], ctx: CommandContext,
-               not_found: type[LookupError], tries: int = 5,
-               also: Callable[[Any], list[Aggregate]] | None = None) -> tuple[Any, int | None]:
-        """Load → decide → save, retried on an optimistic-concurrency conflict. Returns the aggregate and the
-        notification id of the last event recorded (None if the decision recorded nothing). `also(aggregate)`
-        (after the decision) returns other aggregates it changed in consequence: all are saved in one transaction."""
-        for n in range(tries):
-            aggregate = self.load(aggregate_id, not_found)
-            decide(aggregate)
-            companions = also(aggregate) if also else []
-            try:
-                return aggregate, _last_position(self.save_with(ctx, aggregate, *companions))
-            except RecordConflictError:
-                if n == tries - 1:
-                    raise
-        raise AssertionError("unreachable")
-
-    def save_with(self, ctx: CommandContext, *aggregates: Aggregate) -> list[Any]:
-        meta = ctx.as_metadata()
-        created = []
-        for aggregate in aggregates:
-            for e in aggregate.pending_events:
-                object.__setattr__(e, "metadata", meta)
-                if e.originator_version == 1:
-                    created.append(aggregate.id)
-        recordings = self.save(*aggregates)
-        for aggregate_id in created:
-            self._origins.put(aggregate_id, meta)
-        if self.on_saved is not None:
-            try:
-                self.on_saved(recordings)
-            except Exception:  # a shortcut only (projections/relay.EagerWork): never fails a command that committed
-                log.exception("on_saved hook failed")
-        return recordings
-
-    def origin(self, aggregate_id: UUID) -> dict[str, Any]:
-        """The metadata of the aggregate's first event (the creating command's actor, correlation and trace ids).
-        It never changes: remembered for the aggregates this process created or looked up (a claim's answer carries
-        it; reading the first event was a query on every claim)."""
-        try:
-            return self._origins.get(aggregate_id)
-        except KeyError:
-            first = next(iter(self.events.get(aggregate_id, lte=1)), None)
-        meta = dict(getattr(first, "metadata", None) or {})
-        if first is not None:
-            self._origins.put(aggregate_id, meta)
-        return meta
-
-    def head(self) -> int:
-        """The notification id of the newest event (0 for an empty store)."""
-        return self.recorder.max_notification_id() or 0
-
-
 class TrainingApplication(TrainyardApplication):
+    """The concrete application every process runs. Its class name names the event store's tables
+    (`trainingapplication_events`) and the read models' tracking rows: keep it."""
+
     def submit_job(self, cmd: SubmitJob, idempotency_key: str | None = None, ctx: CommandContext = ANONYMOUS) -> Submitted:
         job_id = job_id_for(idempotency_key)
         if idempotency_key:
@@ -156,7 +81,7 @@ class TrainingApplication(TrainyardApplication):
             recordings = self.save_with(ctx, job)
         except RecordConflictError:  # the same key submitted concurrently: theirs won
             return self._replayed(self.repository.get(job_id), cmd)
-        return Submitted(job.id, job.status, job.created_on, created=True, position=_last_position(recordings))
+        return Submitted(job.id, job.status, job.created_on, created=True, position=last_position(recordings))
 
     def _existing(self, job_id: UUID) -> TrainingJob | None:
         try:
@@ -178,7 +103,7 @@ class TrainingApplication(TrainyardApplication):
         """For command paths and audit only: queries read the projections. `copy=False`: see `load`."""
         return self.load(job_id, JobNotFoundError, copy)
 
-    def request_cancel(self, job_id: UUID, ctx: CommandContext = ANONYMOUS) -> tuple[TrainingJob, int | None]:
+    def request_cancel(self, job_id: UUID, ctx: CommandContext = ANONYMOUS) -> Saved:
         """Returns the job and the notification id of what was recorded (None if nothing was)."""
         return self._change_at(job_id, lambda job: job.request_cancel(), ctx)
 
@@ -192,12 +117,10 @@ class TrainingApplication(TrainyardApplication):
 
     def complete(self, job_id: UUID, lease_id: str, final_metrics: dict[str, float], artifact: dict[str, Any],
                  ctx: CommandContext, total_steps: int | None = None) -> TrainingJob:
-        """Ends the attempt; a model export's completion also attaches its ONNX artifact to the model version, in
-        the same transaction (commands/models.py)."""
-        from commands.models import completion_effects
-
+        """Ends the attempt, with the completion effects registered for its work kind saved in the same transaction
+        (a model export's attaches its ONNX artifact to the model version: commands/models.py)."""
         return self.change(job_id, lambda job: job.complete(lease_id, final_metrics, artifact, total_steps), ctx,
-                           JobNotFoundError, also=lambda work: completion_effects(self, work))[0]
+                           JobNotFoundError, also=self.completion_effects)[0]
 
     def fail(self, job_id: UUID, lease_id: str, error: str, ctx: CommandContext) -> TrainingJob:
         return self._change(job_id, lambda job: job.fail(lease_id, error), ctx)
@@ -218,9 +141,5 @@ class TrainingApplication(TrainyardApplication):
         return self._change_at(job_id, decide, ctx)[0]
 
     def _change_at(self, job_id: UUID, decide: Callable[[TrainingJob], None],
-                   ctx: CommandContext) -> tuple[TrainingJob, int | None]:
+                   ctx: CommandContext) -> Saved:
         return self.change(job_id, decide, ctx, JobNotFoundError)
-
-
-def _last_position(recordings: list[Any]) -> int | None:
-    return recordings[-1].notification.id if recordings else None

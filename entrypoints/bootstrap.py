@@ -1,39 +1,54 @@
-"""Wiring: build Trainyard's command and query parts from Settings. Tests build the same things with other settings."""
+"""The composition root: every process kind's parts, built from Settings. Tests build the same things with other
+settings.
+
+- `build_services(settings)`: the application, its command services and the query objects the API reads.
+- `build_serve(settings, services, js)`: what `trainyard serve` runs beside the API (relay, projectors, report
+  handling, reconciler, study driver, policy), each with its health stage.
+- `build_runner(settings, nc, js)`: one runner.
+- `build_inference(settings, ...)`: the inference server's state, feed and ASGI app.
+"""
 from __future__ import annotations
 
-from psycopg_pool import ConnectionPool
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from api.deps import Services
-from commands.deployments import DeploymentCommands
-from infra.leases import LeaseStore
-from commands.models import ModelCommands
-from commands.studies import StudyCommands
-from commands.training import TrainingApplication
-from infra.clickhouse import ClickHouse, connect as connect_clickhouse
-from infra.health import Health
-from infra.postgres import DDL_LOCK, eventsourcing_env, pool as pg_pool
 from infra.settings import Settings
-from projections.deployments import DEPLOYMENTS_DDL, DeploymentQueries
-from projections.job_queries import JobQueries
-from projections.jobs import JOBS_DDL
-from projections.metric_store import MetricStore
-from projections.models import MODELS_DDL, ModelQueries
-from projections.prediction_store import PredictionStore
-from projections.readmodel import POISONED_DDL, AppliedPositions
-from projections.studies import STUDIES_DDL, StudyQueries
+
+# Each build_* imports its own parts: a runner or inference process must not load the API and the read models.
+if TYPE_CHECKING:
+    from api.deps import Services
+    from commands.study_driver import StudyDriver
+    from infra.report_server import ReportServer
+    from runners.runner import Runner
 
 
-def build(settings: Settings) -> Services:
+def build_services(settings: Settings) -> Services:
+    from api.deps import Services
+    from commands.deployments import DeploymentCommands
+    from commands.models import ModelCommands
+    from commands.studies import StudyCommands
+    from commands.training import TrainingApplication
+    from infra.clickhouse import connect as connect_clickhouse
+    from infra.leases import LeaseStore
+    from infra.postgres import DDL_LOCK, eventsourcing_env, pool as pg_pool
+    from projections.deployments import DeploymentQueries
+    from projections.job_queries import JobQueries
+    from projections.metric_store import MetricStore
+    from projections.models import ModelQueries
+    from projections.prediction_store import PredictionStore
+    from projections.read_models import READ_MODELS
+    from projections.readmodel import POISONED_DDL, AppliedPositions
+    from projections.studies import StudyQueries
+
     database_url, _ = settings.require_urls()
     app = TrainingApplication(env=eventsourcing_env(database_url))
     pool = pg_pool(database_url)
     leases = LeaseStore(database_url, settings.lease_ttl_s)  # before the queries: they read live progress from it
     with pool.connection() as conn:
         conn.execute(DDL_LOCK)
-        conn.execute(JOBS_DDL)  # queries may run before the projections' first events
-        conn.execute(STUDIES_DDL)
-        conn.execute(MODELS_DDL)
-        conn.execute(DEPLOYMENTS_DDL)
+        for read_model in READ_MODELS:
+            conn.execute(read_model.ddl)
         conn.execute(POISONED_DDL)  # shared by every view: made here, not by concurrently starting projections
     ch = connect_clickhouse(settings.clickhouse_url, settings.chdb_path)
     metrics = MetricStore(ch)
@@ -43,3 +58,63 @@ def build(settings: Settings) -> Services:
     return Services(settings, app, pool, JobQueries(pool), ch, metrics, leases, StudyQueries(pool), StudyCommands(app),
                     ModelQueries(pool), ModelCommands(app), predictions, DeploymentQueries(pool),
                     DeploymentCommands(app), AppliedPositions(database_url))
+
+
+@dataclass
+class ServeParts:
+    """What serve runs beside the API: `tasks` (name → an object with `run(stop)`), the study driver (it follows
+    the events stream on a consumer of its own) and the report server (started on the NATS connection)."""
+    tasks: dict[str, Any]
+    driver: StudyDriver
+    reports: ReportServer
+
+
+def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
+    from commands.ab_policy import PolicyEngine
+    from commands.reconciler import Reconciler
+    from commands.reports import ReportHandler
+    from commands.study_driver import StudyDriver
+    from commands.training import TrainingApplication
+    from infra.messaging import WORK_STREAM
+    from infra.report_server import ReportServer
+    from projections.ab_queries import variant_stats
+    from projections.metrics import FeedbackProjector, MetricsProjector, PredictionsProjector
+    from projections.read_models import process_specs
+    from projections.readmodel import ProjectionProcess
+    from projections.relay import EagerWork, Relay
+
+    database_url, _ = settings.require_urls()
+    health, stuck = services.health, settings.stuck_after_s
+
+    def stage(name: str, after: float = stuck, loops: bool = True) -> Any:
+        return health.stage(name, stuck_after_s=after, loops=loops)
+
+    specs = process_specs(TrainingApplication)
+    projections = ProjectionProcess(specs, database_url, {name: stage(name) for name, *_ in specs}, stuck)
+    driver = StudyDriver(services.app, services.pool, stage("study-driver"), metrics=services.metrics)
+    services.app.on_saved = EagerWork(js, asyncio.get_running_loop())  # work items out before the relay's round
+    tasks = {
+        "projections": projections,
+        "relay": Relay(services.app, js, services.pool, stage("relay")),
+        "metrics-projector": MetricsProjector(js, services.metrics, stage("metrics-projector")),
+        "predictions-projector": PredictionsProjector(js, services.predictions, stage("predictions-projector")),
+        "feedback-projector": FeedbackProjector(js, services.predictions, stage("feedback-projector")),
+        "policy": PolicyEngine(services.deployment_commands, services.deployments,
+                               lambda name, metric, since, until: variant_stats(services.clickhouse, name, metric,
+                                                                                since, until),
+                               stage("policy", max(stuck, 5 * settings.policy_interval_s)),
+                               settings.policy_interval_s),
+        "reconciler": Reconciler(services.app, services.leases, services.pool, js, WORK_STREAM,
+                                 stage("reconciler", max(stuck, 5 * settings.reconcile_interval_s)),
+                                 settings.reconcile_interval_s, settings.requeue_after_s),
+    }
+    reports = ReportServer(ReportHandler(services.app, services.leases, stage("reports", loops=False), studies=driver))
+    return ServeParts(tasks, driver, reports)
+
+
+def build_runner(settings: Settings, nc: Any, js: Any) -> Runner:
+    from runners.artifacts import LocalArtifactStore
+    from runners.runner import Runner
+
+    roots = getattr(settings, "dataset_root_paths", ())
+    return Runner(nc, js, LocalArtifactStore(settings.artifacts), settings.lease_ttl_s, dataset_roots=roots)

@@ -7,10 +7,9 @@ import logging
 import os
 import signal
 
+from entrypoints.bootstrap import build_runner
 from infra.messaging import connect, ensure_streams
 from infra.settings import Settings
-from runners.artifacts import LocalArtifactStore
-from runners.runner import Runner
 
 log = logging.getLogger("trainyard.runner")
 
@@ -28,8 +27,7 @@ async def run_runner(settings: Settings) -> None:
     _, nats_url = settings.require_urls()
     nc, js = await connect(nats_url, f"trainyard-runner-{os.getpid()}")
     await ensure_streams(js, settings)
-    roots = getattr(settings, "dataset_root_paths", ())
-    runner = Runner(nc, js, LocalArtifactStore(settings.artifacts), settings.lease_ttl_s, dataset_roots=roots)
+    runner = build_runner(settings, nc, js)
     stop = asyncio.Event()
     main = asyncio.create_task(runner.run(stop))
     loop = asyncio.get_running_loop()

@@ -16,29 +16,11 @@ from collections.abc import Iterator
 import uvicorn
 
 from api.app import create_app
-from commands.ab_policy import PolicyEngine
-from commands.reconciler import Reconciler
-from commands.reports import ReportHandler, ReportServer
-from commands.study_driver import StudyDriver
-from entrypoints.bootstrap import build
-from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, WORK_STREAM, connect, ensure_streams
+from entrypoints.bootstrap import build_serve, build_services
+from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, connect, ensure_streams
 from infra.settings import Settings
-from projections.metrics import FeedbackProjector, MetricsProjector, PredictionsProjector
-from projections.readmodel import ProjectionProcess
-from projections.relay import EagerWork, Relay
 
 log = logging.getLogger("trainyard.serve")
-# The PostgreSQL read models, run in serve's projection process: (stage, application, projection, view).
-READ_MODELS = [
-    ("projection:jobs", "commands.training.TrainingApplication", "projections.jobs.JobsProjection",
-     "projections.jobs.JobsView"),
-    ("projection:studies", "commands.training.TrainingApplication", "projections.studies.StudiesProjection",
-     "projections.studies.StudiesView"),
-    ("projection:models", "commands.training.TrainingApplication", "projections.models.ModelsProjection",
-     "projections.models.ModelsView"),
-    ("projection:deployments", "commands.training.TrainingApplication",
-     "projections.deployments.DeploymentsProjection", "projections.deployments.DeploymentsView"),
-]
 
 
 class _Server(uvicorn.Server):
@@ -51,37 +33,15 @@ class _Server(uvicorn.Server):
 
 async def serve(settings: Settings) -> None:
     database_url, nats_url = settings.require_urls()
-    services = await asyncio.to_thread(build, settings)
-    health, stuck = services.health, settings.stuck_after_s
+    services = await asyncio.to_thread(build_services, settings)
     nc, js = await connect(nats_url, "trainyard-serve")
     await ensure_streams(js, settings)
     stop = asyncio.Event()
-    projections = ProjectionProcess(READ_MODELS, database_url,
-                                    {name: health.stage(name, stuck_after_s=stuck, loops=True)
-                                     for name, *_ in READ_MODELS}, stuck)
-    driver = StudyDriver(services.app, services.pool, health.stage("study-driver", stuck_after_s=stuck, loops=True),
-                         metrics=services.metrics)
-    relay = Relay(services.app, js, services.pool, health.stage("relay", stuck_after_s=stuck, loops=True))
-    services.app.on_saved = EagerWork(js, asyncio.get_running_loop())  # work items out before the relay's round
-    metrics = MetricsProjector(js, services.metrics, health.stage("metrics-projector", stuck_after_s=stuck, loops=True))
-    predictions = PredictionsProjector(js, services.predictions,
-                                       health.stage("predictions-projector", stuck_after_s=stuck, loops=True))
-    feedback = FeedbackProjector(js, services.predictions,
-                                 health.stage("feedback-projector", stuck_after_s=stuck, loops=True))
-    policy = PolicyEngine(services.deployment_commands, services.deployments, services.clickhouse,
-                          health.stage("policy", stuck_after_s=max(stuck, 5 * settings.policy_interval_s), loops=True),
-                          settings.policy_interval_s)
-    reconciler = Reconciler(services.app, services.leases, services.pool, js, WORK_STREAM,
-                            health.stage("reconciler", stuck_after_s=max(stuck, 5 * settings.reconcile_interval_s),
-                                         loops=True),
-                            settings.reconcile_interval_s, settings.requeue_after_s)
-    reports = ReportServer(ReportHandler(services.app, services.leases, health.stage("reports", stuck_after_s=stuck),
-                                         studies=driver))
-    tasks = [asyncio.create_task(part.run(stop), name=name) for name, part in
-             (("projections", projections), ("relay", relay),
-              ("metrics-projector", metrics), ("predictions-projector", predictions), ("feedback-projector", feedback),
-              ("reconciler", reconciler), ("policy", policy))]
-    tasks.append(asyncio.create_task(driver.run(js, STUDY_DRIVER_CONSUMER, EVENTS_STREAM, stop), name="study-driver"))
+    parts = build_serve(settings, services, js)
+    tasks = [asyncio.create_task(part.run(stop), name=name) for name, part in parts.tasks.items()]
+    tasks.append(asyncio.create_task(parts.driver.run(js, STUDY_DRIVER_CONSUMER, EVENTS_STREAM, stop),
+                                     name="study-driver"))
+    reports = parts.reports
     await reports.start(nc)
     config = uvicorn.Config(create_app(services, nc), host=settings.api_host, port=settings.api_port,
                             log_level="warning", lifespan="off")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from commands.ab_policy import decide
+from domain.ab_policy import decide
 from domain.deployment import Deployment, DeploymentError, StaleEvaluationError
 
 POLICY = {"metric": "accuracy", "min_samples": 100, "min_lift": 0.0, "max_p_value": 0.05, "max_p99_latency_ms": 50,

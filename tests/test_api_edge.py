@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.app import create_app
-from entrypoints.bootstrap import build
+from entrypoints.bootstrap import build_services as build
 from infra.settings import Settings
 
 JOBS = "/api/v1/training/jobs"

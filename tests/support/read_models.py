@@ -1,14 +1,9 @@
-"""The read models serve runs, as classes."""
+"""The read models serve runs, as (application, projection, view) classes."""
 from __future__ import annotations
 
-import importlib
-
-
-def _load(path: str) -> type:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+from commands.training import TrainingApplication
+from projections.read_models import READ_MODELS
 
 
 def read_models() -> list[tuple[type, type, type]]:
-    from entrypoints.serve import READ_MODELS
-    return [(_load(app), _load(projection), _load(view)) for _, app, projection, view in READ_MODELS]
+    return [(TrainingApplication, rm.projection, rm.view) for rm in READ_MODELS]
