@@ -70,8 +70,7 @@ class ModelCommands:
 
     def create(self, name: str, description: str = "", tags: list[str] | None = None,
                ctx: CommandContext = ANONYMOUS) -> tuple[RegisteredModel, int | None]:
-        model = RegisteredModel(id=model_id(check_model_name(name)), name=name, description=description,
-                                tags=list(tags or []))
+        model = RegisteredModel.create(name, description, tags)
         try:
             return model, _last_position(self.app.save_with(ctx, model))
         except RecordConflictError:
@@ -110,8 +109,8 @@ class ModelCommands:
         lineage = model.versions[number]["lineage"]
         source = {"framework": lineage["framework"], "task": lineage["task"], "dataset": lineage["dataset"],
                   "artifact": lineage["artifact"]}
-        export = ModelExport(id=uuid4(), model_name=model.name, model_version=number, format=format,
-                             tolerance=tolerance, source=source)
+        export = ModelExport.request(id=uuid4(), model_name=model.name, model_version=number, format=format,
+                                     tolerance=tolerance, source=source)
         return export, _last_position(self.app.save_with(ctx, export))
 
     def get_export(self, export_id: UUID) -> ModelExport:

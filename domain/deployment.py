@@ -207,18 +207,16 @@ class Deployment(Aggregate):
     @event("Created")
     def __init__(self, id: UUID, name: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
                  reason: str | None = None, revision: int = 1, policy: dict[str, Any] | None = None) -> None:
-        check_name(name)
-        if revision != 1:
-            raise DeploymentSpecError("revision", "a deployment starts at revision 1")
+        # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
         self.name = name
-        self.variants = check_variants(variants)
-        self.shadow = check_shadow(shadow)
-        self.policy = check_policy(policy)
+        self.variants = copy.deepcopy(variants)
+        self.shadow = copy.deepcopy(shadow)
+        self.policy = copy.deepcopy(policy)
         self.halted: list[str] = []  # challengers the policy rolled back: never ramped again
         self.active = True
-        self.revision = 1
+        self.revision = revision
         self.revisions: list[dict[str, Any]] = []
-        self._record("created", check_reason(reason), None, self.created_on)
+        self._record("created", reason, None, self.created_on)
 
     # ---- read-only views ----------------------------------------------------------------------
     @property

@@ -65,6 +65,16 @@ def _finite(value: Any) -> bool:
 
 
 class Study(Aggregate):
+    @classmethod
+    def create(cls, id: UUID, **fields: Any) -> Study:
+        """A new study: the objective needs a metric and a direction, at least one trial and one in parallel."""
+        objective, n_trials, max_parallel = fields["objective"], fields["n_trials"], fields["max_parallel"]
+        if objective.get("direction") not in DIRECTIONS or not objective.get("metric"):
+            raise ValueError(f"objective needs a metric and a direction in {DIRECTIONS}: {objective!r}")
+        if n_trials < 1 or max_parallel < 1:
+            raise ValueError(f"n_trials ({n_trials}) and max_parallel ({max_parallel}) must be at least 1")
+        return cls(id=id, **fields)
+
     @event("Created")
     def __init__(
         self,
@@ -84,10 +94,7 @@ class Study(Aggregate):
         priority: str,
         tags: list[str],
     ) -> None:
-        if objective.get("direction") not in DIRECTIONS or not objective.get("metric"):
-            raise ValueError(f"objective needs a metric and a direction in {DIRECTIONS}: {objective!r}")
-        if n_trials < 1 or max_parallel < 1:
-            raise ValueError(f"n_trials ({n_trials}) and max_parallel ({max_parallel}) must be at least 1")
+        # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
         self.name = name
         self.framework = framework
         self.task = task
