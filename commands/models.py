@@ -46,7 +46,7 @@ def lineage_of(job: TrainingJob) -> dict[str, Any]:
         "dataset_sha256": artifact.get("dataset_sha256"), "params": job.params, "final_metrics": job.final_metrics,
         "artifact": {k: artifact.get(k) for k in LINEAGE_ARTIFACT_KEYS},
         "feature_names": artifact.get("feature_names"), "class_labels": artifact.get("class_labels"),
-        "study_id": str(job.study_id) if getattr(job, "study_id", None) else None,
+        "study_id": str(job.study_id) if job.study_id else None,
     }
 
 

@@ -80,10 +80,17 @@ class LeasedWork(Aggregate):
 
     # ---- events -------------------------------------------------------------------------------
     class Started(Aggregate.Event):
+        """v2 added `lease_id` (leases owned by the domain)."""
+
+        class_version = 2
         attempt: int
         runner_id: str
         previous_runner_id: str | None
         lease_id: str | None = None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("lease_id", None)
 
         def apply(self, work: Any) -> None:
             work.status, work.attempt, work.runner_id, work.lease_id = "running", self.attempt, self.runner_id, self.lease_id
@@ -116,10 +123,17 @@ class LeasedWork(Aggregate):
             work.current_step, work.total_steps = self.current_step, self.total_steps
 
     class Completed(Aggregate.Event):
+        """v2 added `total_steps` (the steps the runner counted)."""
+
+        class_version = 2
         attempt: int
         final_metrics: dict
         artifact: dict
         total_steps: int | None = None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("total_steps", None)
 
         def apply(self, work: Any) -> None:
             work.status, work.final_metrics, work.artifact = "completed", self.final_metrics, self.artifact

@@ -16,6 +16,16 @@ def store_and_load(aggregate: Aggregate, edit: Edit | None = None, topic: Callab
                    ) -> Aggregate:
     """`aggregate`'s pending events stored as the mapper would (each state first passed to `edit`, each topic
     through `topic`), then the aggregate loaded from them by a fresh application."""
+    return store(aggregate, edit, topic).repository.get(aggregate.id)
+
+
+def store_and_read(aggregate: Aggregate, edit: Edit | None = None, topic: Callable[[str], str] | None = None
+                   ) -> list[Any]:
+    """The same, but the events as a projection reads them back."""
+    return list(store(aggregate, edit, topic).repository.event_store.get(aggregate.id))
+
+
+def store(aggregate: Aggregate, edit: Edit | None, topic: Callable[[str], str] | None) -> Application:
     app = Application()
     mapper = app.mapper
     stored = []
@@ -27,7 +37,7 @@ def store_and_load(aggregate: Aggregate, edit: Edit | None = None, topic: Callab
         stored.append(StoredEvent(s.originator_id, s.originator_version, topic(s.topic) if topic else s.topic,
                                   mapper.transcoder.encode(state)))
     app.recorder.insert_events(stored)
-    return app.repository.get(aggregate.id)
+    return app
 
 
 def as_v1(event: str, *fields: str) -> Edit:
