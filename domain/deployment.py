@@ -26,6 +26,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from domain.contract import FieldError, has_control
+from domain.vocabulary import PolicyAction
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
@@ -35,7 +36,6 @@ MAX_MODEL_NAME = 200
 CHANGES = ("created", "traffic", "promote", "rollback", "update", "deactivate", "policy_step", "policy_promote",
            "policy_halt")
 POLICY_METRICS = ("accuracy", "logloss", "rmse", "mae")
-POLICY_ACTIONS = ("step", "promote", "halt")
 VARIANT_KEYS = ("name", "model", "version", "weight", "artifact")
 SHADOW_KEYS = ("model", "version", "artifact")
 OPTIONAL_KEYS = ("alias",)  # the alias the version was resolved from, kept for the record
@@ -327,8 +327,8 @@ class Deployment(Aggregate):
         if based_on_revision != self.revision:
             raise StaleEvaluationError(f"deployment {self.name} is at revision {self.revision}, "
                                        f"the evaluation was of revision {based_on_revision}")
-        if action not in POLICY_ACTIONS:
-            raise DeploymentSpecError("action", f"one of {', '.join(POLICY_ACTIONS)}")
+        if action not in tuple(PolicyAction):
+            raise DeploymentSpecError("action", f"one of {', '.join(PolicyAction)}")
         control = control_of(self.variants)
         if variant not in self.weights or variant == control:
             raise DeploymentSpecError("variant", f"{variant!r} is not a challenger of deployment {self.name}")
@@ -348,8 +348,8 @@ class Deployment(Aggregate):
                 raise DeploymentSpecError("weight", f"the control cannot give {variant} a weight of {target}")
         variants = [{**copy.deepcopy(v), "weight": weights[v["name"]]} for v in self.variants]
         event_class = {"step": self.PolicyStepped, "promote": self.PolicyPromoted, "halt": self.PolicyHalted}[action]
-        self.trigger_event(event_class, revision=self.revision + 1, variants=variants, shadow=copy.deepcopy(self.shadow),
-                           reason=check_reason(reason[:MAX_REASON]), variant=variant, figures=copy.deepcopy(figures))
+        self.trigger_event(event_class, revision=self.revision + 1, variants=variants,
+                           shadow=copy.deepcopy(self.shadow), reason=check_reason(reason[:MAX_REASON]), variant=variant, figures=copy.deepcopy(figures))
 
     # ---- the events that make a new revision ------------------------------------------------------------
     class Revision(Aggregate.Event):

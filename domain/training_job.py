@@ -12,13 +12,8 @@ from eventsourcing.domain import Aggregate, event
 from domain.work import (DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, FINISHED, CancelNotRequestedError, JobError,
                          JobFinishedError, LeasedWork, LeaseHeldError, StaleLeaseError)
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "DEFAULT_TIMEOUT_S", "FINISHED", "FRAMEWORKS", "PRIORITIES", "TASKS",
-           "CancelNotRequestedError", "JobError", "JobFinishedError", "LeaseHeldError", "StaleLeaseError",
-           "TrainingJob"]
-
-FRAMEWORKS = ("lightgbm", "pytorch")
-TASKS = ("binary_classification", "multiclass_classification", "regression")
-PRIORITIES = ("low", "medium", "high", "critical")
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "DEFAULT_TIMEOUT_S", "FINISHED", "CancelNotRequestedError", "JobError",
+           "JobFinishedError", "LeaseHeldError", "StaleLeaseError", "TrainingJob"]
 
 
 class TrainingJob(LeasedWork):

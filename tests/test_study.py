@@ -8,8 +8,8 @@ from uuid import UUID, uuid4
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from domain.study import (FINISHED, Study, StudyError, StudyFinishedError, TrialLimitError, TrialNumberError,
-                          TrialOutcomeError)
+from domain.study import Study, StudyError, StudyFinishedError, TrialLimitError, TrialNumberError, TrialOutcomeError
+from domain.vocabulary import STUDY_ENDED as FINISHED
 
 JOBS = [UUID(int=i) for i in range(1, 7)]
 
