@@ -222,7 +222,8 @@ class DeploymentCreated(_Payload):
 class DeploymentRevised(_Payload):
     """A new revision with the whole new state (traffic, promote, update, rollback, or an action of the automatic
     policy: `policy_step`, `policy_promote`, `policy_halt` with the challenger `variant` and the `figures` the
-    decision was based on)."""
+    decision was based on). Every revision event of the domain (TrafficChanged, Promoted, Updated, RolledBack,
+    PolicyStepped, PolicyPromoted, PolicyHalted, and Revised as stored before them) publishes as this one."""
     revision: int
     change: Literal["traffic", "promote", "update", "rollback", "policy_step", "policy_promote", "policy_halt"]
     variants: list[dict[str, Any]]

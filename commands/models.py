@@ -47,7 +47,7 @@ def lineage_of(job: TrainingJob) -> dict[str, Any]:
         "dataset_sha256": artifact.get("dataset_sha256"), "params": job.params, "final_metrics": job.final_metrics,
         "artifact": {k: artifact.get(k) for k in LINEAGE_ARTIFACT_KEYS},
         "feature_names": artifact.get("feature_names"), "class_labels": artifact.get("class_labels"),
-        "study_id": str(job.study_id) if getattr(job, "study_id", None) else None,
+        "study_id": str(job.study_id) if job.study_id else None,
     }
 
 
@@ -71,8 +71,7 @@ class ModelCommands:
 
     def create(self, name: str, description: str = "", tags: list[str] | None = None,
                ctx: CommandContext = ANONYMOUS) -> tuple[RegisteredModel, int | None]:
-        model = RegisteredModel(id=model_id(check_model_name(name)), name=name, description=description,
-                                tags=list(tags or []))
+        model = RegisteredModel.create(name, description, tags)
         try:
             return model, last_position(self.app.save_with(ctx, model))
         except RecordConflictError:
@@ -111,8 +110,8 @@ class ModelCommands:
         lineage = model.versions[number]["lineage"]
         source = {"framework": lineage["framework"], "task": lineage["task"], "dataset": lineage["dataset"],
                   "artifact": lineage["artifact"]}
-        export = ModelExport(id=uuid4(), model_name=model.name, model_version=number, format=format,
-                             tolerance=tolerance, source=source)
+        export = ModelExport.request(id=uuid4(), model_name=model.name, model_version=number, format=format,
+                                     tolerance=tolerance, source=source)
         return export, last_position(self.app.save_with(ctx, export))
 
     def get_export(self, export_id: UUID) -> ModelExport:

@@ -82,7 +82,7 @@ class StudyCommands:
         fields = asdict(cmd)
         if fields["sampler"].get("seed") is None:  # recorded, so a rebuilt sampler proposes the same trials
             fields["sampler"] = {**fields["sampler"], "seed": secrets.randbelow(2**31)}
-        study = Study(id=study_id, **fields)
+        study = Study.create(id=study_id, **fields)
         try:
             recordings = self.app.save_with(ctx, study)
         except RecordConflictError:

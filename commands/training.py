@@ -92,7 +92,7 @@ class TrainingApplication(TrainyardApplication):
     @staticmethod
     def _replayed(job: TrainingJob, cmd: SubmitJob) -> Submitted:
         if (job.name, job.framework, job.task, job.dataset, job.params, job.priority, job.tags, job.timeout_s,
-                getattr(job, "study_id", None), getattr(job, "trial_number", None)) != (
+                job.study_id, job.trial_number) != (
             cmd.name, cmd.framework, cmd.task, cmd.dataset, cmd.params, cmd.priority, cmd.tags, cmd.timeout_s,
             cmd.study_id, cmd.trial_number
         ):

@@ -80,8 +80,8 @@ from typing import Any
 import numpy as np
 from scipy.special import chdtrc, erfc, ndtri
 
-HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "logloss": False, "rmse": False, "mae": False}
-METRICS = tuple(HIGHER_IS_BETTER)
+from domain.vocabulary import HIGHER_IS_BETTER, AbMetric
+
 TAU_SCALE = 0.1  # default τ = TAU_SCALE × pooled standard deviation of the per-prediction values
 METHOD = "mSPRT, normal mixture N(0, tau^2) (Johari et al., always valid inference)"
 _NOISE = 1e-13  # a variance below _NOISE × mean² is floating-point cancellation in Σx²/n − m², taken as 0
@@ -105,10 +105,9 @@ class VariantStats:
 
 def higher_is_better(metric: str) -> bool:
     """True for accuracy, False for logloss, rmse, mae; ValueError for anything else (auc included)."""
-    try:
-        return HIGHER_IS_BETTER[metric]
-    except KeyError:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}") from None
+    if metric not in tuple(AbMetric):
+        raise ValueError(f"metric must be one of {', '.join(AbMetric)}, not {metric!r}")
+    return HIGHER_IS_BETTER[metric]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -134,12 +134,12 @@ class ApiKey(Aggregate):
     @event("Created")
     def __init__(self, id: UUID, name: str, key_hash: str, prefix: str, deployments: list[str] | str,
                  rate_limit_per_s: float | None = None) -> None:
-        _check_hash(key_hash, prefix)
-        self.name = check_name(name)
+        # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
+        self.name = name
         self.key_hash = key_hash
         self.prefix = prefix
-        self.deployments = check_deployments(deployments)
-        self.rate_limit_per_s = check_rate_limit(rate_limit_per_s)
+        self.deployments = [deployments] if isinstance(deployments, str) else list(deployments)
+        self.rate_limit_per_s = rate_limit_per_s
         self.revoked = False
         self.revoked_reason: str | None = None
 

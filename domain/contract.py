@@ -121,10 +121,15 @@ def _jsonable(value: Any) -> Any:
 def envelope(domain_event: Any, aggregate: str | None = None) -> tuple[str, dict[str, Any]]:
     """(subject, JSON-ready envelope) of an eventsourcing domain event. `aggregate` defaults to the snake case
     of the event's aggregate class; the metadata the application attached at save time (who and why) is lifted
-    into the envelope."""
+    into the envelope. An event with `published_as()` names its own public event and payload (a deployment's
+    revisions all publish as `revised`)."""
     owner, name = type(domain_event).__qualname__.split(".")[-2:]
     aggregate, name = aggregate or snake(owner), snake(name)
-    payload = {k: _jsonable(v) for k, v in domain_event.__dict__.items() if k not in _ENVELOPE_KEYS}
+    if hasattr(domain_event, "published_as"):  # an event that keeps an older public name and fields
+        name, fields = domain_event.published_as()
+    else:
+        fields = {k: v for k, v in domain_event.__dict__.items() if k not in _ENVELOPE_KEYS}
+    payload = {k: _jsonable(v) for k, v in fields.items()}
     meta = getattr(domain_event, "metadata", None) or {}
     body = {
         "event_id": str(event_id(domain_event.originator_id, domain_event.originator_version)),

@@ -20,12 +20,13 @@ from __future__ import annotations
 import copy
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 from domain.contract import FieldError, has_control
+from domain.vocabulary import PolicyAction
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
@@ -35,7 +36,6 @@ MAX_MODEL_NAME = 200
 CHANGES = ("created", "traffic", "promote", "rollback", "update", "deactivate", "policy_step", "policy_promote",
            "policy_halt")
 POLICY_METRICS = ("accuracy", "logloss", "rmse", "mae")
-POLICY_ACTIONS = ("step", "promote", "halt")
 VARIANT_KEYS = ("name", "model", "version", "weight", "artifact")
 SHADOW_KEYS = ("model", "version", "artifact")
 OPTIONAL_KEYS = ("alias",)  # the alias the version was resolved from, kept for the record
@@ -204,21 +204,34 @@ class Deployment(Aggregate):
         return cls(id=deployment_id(name), name=name, variants=check_variants(variants), shadow=check_shadow(shadow),
                    reason=check_reason(reason), policy=check_policy(policy))
 
-    @event("Created")
+    class Created(Aggregate.Created):
+        """Revision 1. v2 added `policy`."""
+
+        class_version = 2
+        name: str
+        variants: list[dict[str, Any]]
+        shadow: dict[str, Any] | None = None
+        reason: str | None = None
+        revision: int = 1
+        policy: dict[str, Any] | None = None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("policy", None)
+
+    @event(Created)
     def __init__(self, id: UUID, name: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
                  reason: str | None = None, revision: int = 1, policy: dict[str, Any] | None = None) -> None:
-        check_name(name)
-        if revision != 1:
-            raise DeploymentSpecError("revision", "a deployment starts at revision 1")
+        # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
         self.name = name
-        self.variants = check_variants(variants)
-        self.shadow = check_shadow(shadow)
-        self.policy = check_policy(policy)
+        self.variants = copy.deepcopy(variants)
+        self.shadow = copy.deepcopy(shadow)
+        self.policy = copy.deepcopy(policy)
         self.halted: list[str] = []  # challengers the policy rolled back: never ramped again
         self.active = True
-        self.revision = 1
+        self.revision = revision
         self.revisions: list[dict[str, Any]] = []
-        self._record("created", check_reason(reason), None, self.created_on)
+        self._record("created", reason, None, self.created_on)
 
     # ---- read-only views ----------------------------------------------------------------------
     @property
@@ -262,8 +275,8 @@ class Deployment(Aggregate):
             raise DeploymentSpecError("weights", f"weights must sum to 100, not {total}")
         reason = check_reason(reason)
         variants = [{**copy.deepcopy(v), "weight": weights[v["name"]]} for v in self.variants]
-        self._revised(revision=self.revision + 1, change="traffic", variants=variants,
-                      shadow=copy.deepcopy(self.shadow), reason=reason, rolled_back_to=None)
+        self.trigger_event(self.TrafficChanged, revision=self.revision + 1, variants=variants,
+                           shadow=copy.deepcopy(self.shadow), reason=reason)
 
     def promote(self, variant: str, reason: str | None = None) -> None:
         """All traffic to `variant`, none to the others."""
@@ -272,8 +285,8 @@ class Deployment(Aggregate):
             raise DeploymentSpecError("variant", f"deployment {self.name} has no variant {variant!r}")
         reason = check_reason(reason)
         variants = [{**copy.deepcopy(v), "weight": 100 if v["name"] == variant else 0} for v in self.variants]
-        self._revised(revision=self.revision + 1, change="promote", variants=variants,
-                      shadow=copy.deepcopy(self.shadow), reason=reason, rolled_back_to=None)
+        self.trigger_event(self.Promoted, revision=self.revision + 1, variants=variants,
+                           shadow=copy.deepcopy(self.shadow), reason=reason)
 
     def update(self, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
                reason: str | None = None) -> None:
@@ -282,8 +295,7 @@ class Deployment(Aggregate):
         variants = check_variants(variants)
         shadow = check_shadow(shadow)
         reason = check_reason(reason)
-        self._revised(revision=self.revision + 1, change="update", variants=variants, shadow=shadow, reason=reason,
-                      rolled_back_to=None)
+        self.trigger_event(self.Updated, revision=self.revision + 1, variants=variants, shadow=shadow, reason=reason)
 
     def rollback(self, reason: str | None = None) -> None:
         """A new revision with the variants and shadow of the revision before the current one."""
@@ -292,8 +304,8 @@ class Deployment(Aggregate):
             raise NoPreviousRevisionError(f"deployment {self.name} has no revision before {self.revision}")
         reason = check_reason(reason)
         target = self.revisions[self.revision - 2]
-        self._revised(revision=self.revision + 1, change="rollback", variants=copy.deepcopy(target["variants"]),
-                      shadow=copy.deepcopy(target["shadow"]), reason=reason, rolled_back_to=target["revision"])
+        self.trigger_event(self.RolledBack, revision=self.revision + 1, variants=copy.deepcopy(target["variants"]),
+                           shadow=copy.deepcopy(target["shadow"]), reason=reason, rolled_back_to=target["revision"])
 
     # ---- the policy (commands/ab_policy.py decides; these record) -----------------------------------------
     def set_policy(self, policy: dict[str, Any] | None, reason: str | None = None) -> None:
@@ -315,8 +327,8 @@ class Deployment(Aggregate):
         if based_on_revision != self.revision:
             raise StaleEvaluationError(f"deployment {self.name} is at revision {self.revision}, "
                                        f"the evaluation was of revision {based_on_revision}")
-        if action not in POLICY_ACTIONS:
-            raise DeploymentSpecError("action", f"one of {', '.join(POLICY_ACTIONS)}")
+        if action not in tuple(PolicyAction):
+            raise DeploymentSpecError("action", f"one of {', '.join(PolicyAction)}")
         control = control_of(self.variants)
         if variant not in self.weights or variant == control:
             raise DeploymentSpecError("variant", f"{variant!r} is not a challenger of deployment {self.name}")
@@ -335,21 +347,107 @@ class Deployment(Aggregate):
             if weights[control] < 0:
                 raise DeploymentSpecError("weight", f"the control cannot give {variant} a weight of {target}")
         variants = [{**copy.deepcopy(v), "weight": weights[v["name"]]} for v in self.variants]
-        self._revised(revision=self.revision + 1, change=f"policy_{action}", variants=variants,
-                      shadow=copy.deepcopy(self.shadow), reason=check_reason(reason[:MAX_REASON]), rolled_back_to=None,
-                      variant=variant, figures=copy.deepcopy(figures))
+        event_class = {"step": self.PolicyStepped, "promote": self.PolicyPromoted, "halt": self.PolicyHalted}[action]
+        self.trigger_event(event_class, revision=self.revision + 1, variants=variants,
+                           shadow=copy.deepcopy(self.shadow), reason=check_reason(reason[:MAX_REASON]), variant=variant, figures=copy.deepcopy(figures))
 
-    @event("Revised")
-    def _revised(self, revision: int, change: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None,
-                 reason: str | None, rolled_back_to: int | None, variant: str | None = None,
-                 figures: dict[str, Any] | None = None, timestamp: datetime | None = None) -> None:
-        # `timestamp` is not an event field of its own: the library passes the event's timestamp
-        self.revision = revision
-        self.variants = copy.deepcopy(variants)
-        self.shadow = copy.deepcopy(shadow)
-        if change == "policy_halt" and variant is not None:
-            self.halted = [*getattr(self, "halted", []), variant]
-        self._record(change, reason, rolled_back_to, timestamp or self.modified_on, figures)
+    # ---- the events that make a new revision ------------------------------------------------------------
+    class Revision(Aggregate.Event):
+        """The base of every event that makes a new revision: each carries the deployment's whole new state.
+        All of them are published as `deployment.revised` with the action as `change` (docs/events.md), so the
+        public contract is the one consumers had before each action had an event of its own."""
+
+        CHANGE: ClassVar[str] = ""  # the action's name in the history and in the public payload
+        revision: int
+        variants: list[dict[str, Any]]
+        shadow: dict[str, Any] | None
+        reason: str | None
+
+        @property
+        def change_name(self) -> str:
+            return self.CHANGE
+
+        def details(self) -> dict[str, Any]:
+            """What some actions add: the revision a rollback restored, the policy's challenger and figures."""
+            return {"rolled_back_to": None, "variant": None, "figures": None}
+
+        def apply(self, deployment: Any) -> None:
+            deployment.revision = self.revision
+            deployment.variants = copy.deepcopy(self.variants)
+            deployment.shadow = copy.deepcopy(self.shadow)
+            details = self.details()
+            deployment._record(self.change_name, self.reason, details["rolled_back_to"], self.timestamp,
+                               details["figures"])
+
+        def published_as(self) -> tuple[str, dict[str, Any]]:
+            """(public event name, payload): every revision keeps the subject and fields of `revised`."""
+            return "revised", {"revision": self.revision, "change": self.change_name, "variants": self.variants,
+                               "shadow": self.shadow, "reason": self.reason, **self.details()}
+
+    class TrafficChanged(Revision):
+        CHANGE = "traffic"
+
+    class Promoted(Revision):
+        CHANGE = "promote"
+
+    class Updated(Revision):
+        CHANGE = "update"
+
+    class RolledBack(Revision):
+        CHANGE = "rollback"
+        rolled_back_to: int
+
+        def details(self) -> dict[str, Any]:
+            return {**super().details(), "rolled_back_to": self.rolled_back_to}
+
+    class PolicyActed(Revision):
+        """The base of the policy's actions on challenger `variant`, with the `figures` it decided on."""
+
+        variant: str
+        figures: dict[str, Any]
+
+        def details(self) -> dict[str, Any]:
+            return {**super().details(), "variant": self.variant, "figures": self.figures}
+
+    class PolicyStepped(PolicyActed):
+        CHANGE = "policy_step"
+
+    class PolicyPromoted(PolicyActed):
+        CHANGE = "policy_promote"
+
+    class PolicyHalted(PolicyActed):
+        CHANGE = "policy_halt"
+
+        def apply(self, deployment: Any) -> None:
+            super().apply(deployment)
+            deployment.halted = [*deployment.halted, self.variant]
+
+    class Revised(Revision):
+        """Every revision was stored as this one event, its action in `change`, before each action had an event
+        of its own: stored ones load and publish as they did. v2 added the policy's `variant` and `figures`."""
+
+        class_version = 2
+        change: str
+        rolled_back_to: int | None
+        variant: str | None = None
+        figures: dict[str, Any] | None = None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("variant", None)
+            state.setdefault("figures", None)
+
+        @property
+        def change_name(self) -> str:
+            return self.change
+
+        def details(self) -> dict[str, Any]:
+            return {"rolled_back_to": self.rolled_back_to, "variant": self.variant, "figures": self.figures}
+
+        def apply(self, deployment: Any) -> None:
+            super().apply(deployment)
+            if self.change == "policy_halt" and self.variant is not None:
+                deployment.halted = [*deployment.halted, self.variant]
 
     def deactivate(self, reason: str | None = None) -> None:
         """Stop serving; the deployment takes no change after this (a repeat is refused)."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from domain.contract import FieldError
 from domain.framework_params import Param, choice, flag, int_list, integer, number
-from domain.training_job import TASKS
+from domain.vocabulary import Task
 
 MAX_TORCH_PARAMETERS = 20_000_000  # weights and biases of the whole network
 MAX_LIGHTGBM_LEAVES = 2_000_000  # n_estimators * num_leaves: bounds model size and training time
@@ -145,8 +145,8 @@ def framework_spec(framework: str) -> FrameworkSpec:
 def resolve_params(framework: str, task: str, params: dict[str, Any]) -> dict[str, Any]:
     """`params` checked, aliases mapped to canonical names, defaults filled in. Raises ParamsError."""
     spec = framework_spec(framework)
-    if task not in TASKS:
-        raise ParamsError("task", f"unknown task {str(task)[:40]!r}; expected one of {', '.join(TASKS)}")
+    if task not in tuple(Task):
+        raise ParamsError("task", f"unknown task {str(task)[:40]!r}; expected one of {', '.join(Task)}")
     if not isinstance(params, dict):
         raise ParamsError("params", "must be an object of name: value")
     out = spec.defaults()

@@ -68,12 +68,22 @@ def check_tolerance(value: Any) -> float:
     return float(value)
 
 
+def check_description(description: Any) -> str:
+    if not isinstance(description, str) or has_control(description) or len(description) > 5000:
+        raise ModelSpecError("description", "at most 5000 characters, no control characters")
+    return description
+
+
 class RegisteredModel(Aggregate):
+    @classmethod
+    def create(cls, name: str, description: str = "", tags: list[str] | None = None) -> RegisteredModel:
+        """A new model with the id derived from its unique name."""
+        check_model_name(name)
+        return cls(id=model_id(name), name=name, description=check_description(description), tags=list(tags or []))
+
     @event("Created")
     def __init__(self, id: UUID, name: str, description: str, tags: list[str]) -> None:
-        check_model_name(name)
-        if has_control(description) or len(description) > 5000:
-            raise ModelSpecError("description", "at most 5000 characters, no control characters")
+        # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
         self.name, self.description, self.tags = name, description, list(tags)
         self.versions: dict[int, dict[str, Any]] = {}  # number → {lineage, onnx, parity, export_id}
         self.aliases: dict[str, int] = {}
@@ -147,14 +157,22 @@ class ModelExport(LeasedWork):
     work_kind = "export"
     noun = "export"
 
+    @classmethod
+    def request(cls, id: UUID, model_name: str, model_version: int, format: str, tolerance: float,
+                source: dict[str, Any]) -> ModelExport:
+        """A new export of `model_name` version `model_version` to `format`, within `tolerance` of the native model."""
+        if format not in EXPORT_FORMATS:
+            raise ModelSpecError("format", f"one of {', '.join(EXPORT_FORMATS)}")
+        return cls(id=id, model_name=model_name, model_version=model_version, format=format,
+                   tolerance=check_tolerance(tolerance), source=source)
+
     @event("Requested")
     def __init__(self, id: UUID, model_name: str, model_version: int, format: str, tolerance: float,
                  source: dict[str, Any], priority: str = "high", timeout_s: int = EXPORT_TIMEOUT_S,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
-        if format not in EXPORT_FORMATS:
-            raise ModelSpecError("format", f"one of {', '.join(EXPORT_FORMATS)}")
+        # Only assigns: the rules ran in `request`, and a stored event must load under any later rule.
         self.model_name, self.model_version, self.format = model_name, model_version, format
-        self.tolerance = check_tolerance(tolerance)
+        self.tolerance = float(tolerance)
         self.source = source  # framework, task, dataset, artifact (uri, sha256): what the runner converts
         self.priority, self.timeout_s, self.max_attempts = priority, timeout_s, max_attempts
         self._init_work()

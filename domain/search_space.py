@@ -22,7 +22,8 @@ Contracts:
     A space that cannot train is refused up front: every corner of it, merged with `fixed_params`, must be valid
     params within the framework's compute budget, taken at its most lenient (one feature, one output; more
     features or classes can still put a trial over it, which the trial's job then reports).
-  * `OBJECTIVE_METRICS[task]`: the final metrics of the task's trainers (runners.trainers.validation_metrics);
+  * `TASK_METRICS[task]` (domain/vocabulary.py): the final metrics of the task's trainers
+    (runners.trainers.validation_metrics);
     `default_direction(metric)`; `step_metric_for(task, metric)`: the per-step metric
     (runners.trainers.step_metrics) that tracks the objective during training, None when none does (a study
     of such an objective cannot prune).
@@ -39,14 +40,8 @@ from typing import Any
 from domain.contract import FieldError
 from domain.framework_params import Param
 from domain.frameworks import FrameworkSpec, ParamsError, _unknown, check_budget, framework_spec, resolve_params
-from domain.training_job import TASKS
+from domain.vocabulary import TASK_METRICS, Direction, Task, direction_of
 
-OBJECTIVE_METRICS: dict[str, tuple[str, ...]] = {
-    "binary_classification": ("auc", "accuracy", "logloss"),
-    "multiclass_classification": ("accuracy", "logloss", "f1_macro"),
-    "regression": ("rmse", "mae", "r2"),
-}
-_MAXIMIZED = frozenset({"auc", "accuracy", "f1_macro", "r2"})
 _STEP_METRICS = {  # (task, objective metric) -> the per-step metric that tracks it (see step_metrics)
     ("binary_classification", "auc"): "valid_auc",
     ("binary_classification", "logloss"): "valid_loss",
@@ -54,7 +49,6 @@ _STEP_METRICS = {  # (task, objective metric) -> the per-step metric that tracks
     ("multiclass_classification", "logloss"): "valid_loss",
     ("regression", "rmse"): "valid_rmse",
 }
-DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband")
 SPACE_TYPES = ("float", "int", "categorical")
@@ -80,7 +74,7 @@ class StudySpecError(FieldError):
 
 def default_direction(metric: str) -> str:
     """"maximize" for auc, accuracy, f1_macro and r2; "minimize" for the others (losses and errors)."""
-    return "maximize" if metric in _MAXIMIZED else "minimize"
+    return direction_of(metric)
 
 
 def step_metric_for(task: str, metric: str) -> str | None:
@@ -218,8 +212,8 @@ def check_study(framework: str, task: str, objective: dict[str, Any], search_spa
         spec = framework_spec(framework)
     except ParamsError as e:
         raise StudySpecError("framework", e.reason) from None
-    if task not in TASKS:
-        raise StudySpecError("task", f"unknown task {_show(task)}; expected one of {', '.join(TASKS)}")
+    if task not in tuple(Task):
+        raise StudySpecError("task", f"unknown task {_show(task)}; expected one of {', '.join(Task)}")
     metric = _check_objective(task, objective)
     fixed = {} if fixed_params is None else fixed_params
     if not isinstance(fixed, dict):
@@ -230,7 +224,7 @@ def check_study(framework: str, task: str, objective: dict[str, Any], search_spa
         _check_grid(dims)
     pruner_type, _ = pruner_settings(pruner)
     if pruner_type != "none" and step_metric_for(task, metric) is None:
-        prunable = [m for m in OBJECTIVE_METRICS[task] if step_metric_for(task, m)]
+        prunable = [m for m in TASK_METRICS[task] if step_metric_for(task, m)]
         raise StudySpecError("pruner.type", f"{metric} is not reported during training, so a {task} study of it "
                              f"cannot prune; use pruner none, or an objective metric that supports pruning: "
                              f"{', '.join(prunable)}")
@@ -245,13 +239,13 @@ def _check_objective(task: str, objective: Any) -> str:
     for key in objective:
         if key not in ("metric", "direction"):
             raise StudySpecError(_sub("objective", key), "unknown key; expected metric and direction")
-    metric, known = objective.get("metric"), OBJECTIVE_METRICS[task]
+    metric, known = objective.get("metric"), TASK_METRICS[task]
     if metric not in known:
         raise StudySpecError("objective.metric", f"must be one of the {task} metrics {', '.join(known)}, got "
                              f"{_show(metric)}")
     direction = objective.get("direction")
     if direction is not None:
-        if direction not in DIRECTIONS:
+        if direction not in tuple(Direction):
             raise StudySpecError("objective.direction", f"must be maximize or minimize, got {_show(direction)}")
         if direction != default_direction(metric):
             raise StudySpecError("objective.direction", f"{metric} is to {default_direction(metric)}; "

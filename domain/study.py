@@ -33,11 +33,9 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from domain.copies import copy_sharing_values
+from domain.vocabulary import STUDY_ENDED, TRIAL_UNFINISHED, Direction, StudyStatus, TrialState
 
-FINISHED = ("completed", "cancelled", "failed")
-DIRECTIONS = ("maximize", "minimize")
-TRIAL_OUTCOMES = ("completed", "pruned", "failed")
-TRIAL_UNFINISHED = ("queued", "running")
+TRIAL_OUTCOMES: tuple[TrialState, ...] = tuple(s for s in TrialState if s not in TRIAL_UNFINISHED)
 
 
 class StudyError(Exception):
@@ -65,6 +63,16 @@ def _finite(value: Any) -> bool:
 
 
 class Study(Aggregate):
+    @classmethod
+    def create(cls, id: UUID, **fields: Any) -> Study:
+        """A new study: the objective needs a metric and a direction, at least one trial and one in parallel."""
+        objective, n_trials, max_parallel = fields["objective"], fields["n_trials"], fields["max_parallel"]
+        if objective.get("direction") not in tuple(Direction) or not objective.get("metric"):
+            raise ValueError(f"objective needs a metric and a direction ({', '.join(Direction)}): {objective!r}")
+        if n_trials < 1 or max_parallel < 1:
+            raise ValueError(f"n_trials ({n_trials}) and max_parallel ({max_parallel}) must be at least 1")
+        return cls(id=id, **fields)
+
     @event("Created")
     def __init__(
         self,
@@ -84,10 +92,7 @@ class Study(Aggregate):
         priority: str,
         tags: list[str],
     ) -> None:
-        if objective.get("direction") not in DIRECTIONS or not objective.get("metric"):
-            raise ValueError(f"objective needs a metric and a direction in {DIRECTIONS}: {objective!r}")
-        if n_trials < 1 or max_parallel < 1:
-            raise ValueError(f"n_trials ({n_trials}) and max_parallel ({max_parallel}) must be at least 1")
+        # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
         self.name = name
         self.framework = framework
         self.task = task
@@ -102,7 +107,7 @@ class Study(Aggregate):
         self.timeout_s = timeout_s
         self.priority = priority
         self.tags = tags
-        self.status = "running"
+        self.status = StudyStatus.RUNNING
         self.trials: dict[int, dict[str, Any]] = {}
         self.best: dict[str, Any] | None = None
         self.cancel_reason: str | None = None
@@ -114,11 +119,11 @@ class Study(Aggregate):
     # ---- read-only views ----------------------------------------------------------------------
     @property
     def is_finished(self) -> bool:
-        return self.status in FINISHED
+        return self.status in STUDY_ENDED
 
     @property
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys((*TRIAL_UNFINISHED, *TRIAL_OUTCOMES), 0)
+        counts = dict.fromkeys(TrialState, 0)
         for trial in self.trials.values():
             counts[trial["state"]] += 1
         return counts
@@ -135,7 +140,7 @@ class Study(Aggregate):
     @property
     def can_ask(self) -> bool:
         """Whether the driver may ask the sampler for another trial now."""
-        return (self.status == "running" and self.next_number < self.n_trials
+        return (self.status == StudyStatus.RUNNING and self.next_number < self.n_trials
                 and len(self.unfinished) < self.max_parallel)
 
     def better(self, value: float, than: float) -> bool:
@@ -147,7 +152,7 @@ class Study(Aggregate):
         out: list[tuple[int, float, float]] = []
         best: float | None = None
         for n, t in sorted(self.trials.items()):
-            if t["state"] == "completed":
+            if t["state"] == TrialState.COMPLETED:
                 best = t["value"] if best is None or self.better(t["value"], best) else best
                 out.append((n, t["value"], best))
         return out
@@ -165,7 +170,7 @@ class Study(Aggregate):
             if t["params"] == params and t["job_id"] == job_id:
                 return
             raise TrialNumberError(f"trial {number} of study {self.id} was asked with other params or job")
-        if self.status != "running":
+        if self.status != StudyStatus.RUNNING:
             raise StudyFinishedError(f"study {self.id} is {self.status}: no new trials")
         if number != self.next_number:
             raise TrialNumberError(f"the next trial of study {self.id} is {self.next_number}, not {number}")
@@ -177,18 +182,18 @@ class Study(Aggregate):
 
     @event("TrialAsked")
     def _trial_asked(self, number: int, params: dict[str, Any], job_id: UUID) -> None:
-        self.trials[number] = {"number": number, "params": params, "job_id": job_id, "state": "queued",
+        self.trials[number] = {"number": number, "params": params, "job_id": job_id, "state": TrialState.QUEUED,
                                "value": None, "prune_requested_at_step": None, "pruned_at_step": None,
                                "error": None}
 
     def trial_started(self, number: int) -> None:
         """The trial's job started; a repeat or a late report (trial already running or ended) is a no-op."""
-        if self.trial(number)["state"] == "queued":
+        if self.trial(number)["state"] == TrialState.QUEUED:
             self._trial_started(number=number)
 
     @event("TrialStarted")
     def _trial_started(self, number: int) -> None:
-        self.trials[number] = {**self.trials[number], "state": "running"}
+        self.trials[number] = {**self.trials[number], "state": TrialState.RUNNING}
 
     def prune_trial(self, number: int, step: int, value: float | None) -> None:
         """The driver decided the trial should stop at `step` (its job will end cancelled, then the driver
@@ -215,20 +220,20 @@ class Study(Aggregate):
             if t["state"] == state:
                 return
             raise TrialOutcomeError(f"trial {number} of study {self.id} already ended {t['state']}")
-        if state == "completed" and not _finite(value):
+        if state == TrialState.COMPLETED and not _finite(value):
             raise ValueError(f"a completed trial needs a finite objective value, not {value!r}")
-        pruned_at_step = t["prune_requested_at_step"] if state == "pruned" else None
+        pruned_at_step = t["prune_requested_at_step"] if state == TrialState.PRUNED else None
         self._trial_finished(number=number, state=state, value=float(value) if _finite(value) else None,
                              pruned_at_step=pruned_at_step, error=error)
-        if state == "completed":
+        if state == TrialState.COMPLETED:
             v = self.trials[number]["value"]
             if (self.best is None or self.better(v, self.best["value"])
                     or (v == self.best["value"] and number < self.best["number"])):
                 self._best_trial_improved(number=number, value=v, params=t["params"], job_id=t["job_id"])
         finished = sum(1 for t in self.trials.values() if t["state"] in TRIAL_OUTCOMES)
-        if self.status == "running" and finished >= self.n_trials:
+        if self.status == StudyStatus.RUNNING and finished >= self.n_trials:
             self._completed(reason=f"all {self.n_trials} trials finished")
-        elif self.status == "cancelling" and not self.unfinished:
+        elif self.status == StudyStatus.CANCELLING and not self.unfinished:
             self._cancelled(reason=self.cancel_reason or "cancelled by request", unfinished=[])
 
     @event("TrialFinished")
@@ -246,7 +251,7 @@ class Study(Aggregate):
         """Cancel at once when no trial is queued or running; otherwise wait for them ("cancelling")."""
         if self.is_finished:
             raise StudyFinishedError(f"study {self.id} is already {self.status}")
-        if self.status == "cancelling":
+        if self.status == StudyStatus.CANCELLING:
             return
         if self.unfinished:
             self._cancel_requested(reason=reason, running=self.unfinished)
@@ -255,31 +260,31 @@ class Study(Aggregate):
 
     @event("CancelRequested")
     def _cancel_requested(self, reason: str, running: list[int]) -> None:
-        self.status = "cancelling"
+        self.status = StudyStatus.CANCELLING
         self.cancel_reason = reason
 
     def confirm_cancelled(self) -> None:
         """The driver stopped the remaining trials' jobs: end the cancelling study now."""
-        if self.status == "cancelled":
+        if self.status == StudyStatus.CANCELLED:
             return
         if self.is_finished:
             raise StudyFinishedError(f"study {self.id} is already {self.status}")
-        if self.status != "cancelling":
+        if self.status != StudyStatus.CANCELLING:
             raise StudyError(f"nobody asked to cancel study {self.id}")
         self._cancelled(reason=self.cancel_reason or "cancelled by request", unfinished=self.unfinished)
 
     @event("Cancelled")
     def _cancelled(self, reason: str, unfinished: list[int]) -> None:
-        self.status = "cancelled"
+        self.status = StudyStatus.CANCELLED
         self.finished_reason = reason
 
     def complete(self, reason: str) -> None:
         """The driver ends a running study early (timeout, sampler exhausted); no trial may be unfinished."""
-        if self.status == "completed":
+        if self.status == StudyStatus.COMPLETED:
             return
         if self.is_finished:
             raise StudyFinishedError(f"study {self.id} is already {self.status}")
-        if self.status != "running":
+        if self.status != StudyStatus.RUNNING:
             raise StudyError(f"study {self.id} is {self.status}")
         if self.unfinished:
             raise StudyError(f"study {self.id} still has trials {self.unfinished} queued or running")
@@ -287,12 +292,12 @@ class Study(Aggregate):
 
     @event("Completed")
     def _completed(self, reason: str) -> None:
-        self.status = "completed"
+        self.status = StudyStatus.COMPLETED
         self.finished_reason = reason
 
     def fail(self, reason: str) -> None:
         """The study cannot go on (e.g. every trial failed). A repeat is a no-op."""
-        if self.status == "failed":
+        if self.status == StudyStatus.FAILED:
             return
         if self.is_finished:
             raise StudyFinishedError(f"study {self.id} is already {self.status}")
@@ -300,5 +305,5 @@ class Study(Aggregate):
 
     @event("Failed")
     def _failed(self, reason: str) -> None:
-        self.status = "failed"
+        self.status = StudyStatus.FAILED
         self.finished_reason = reason

@@ -7,25 +7,49 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.domain import event
+from eventsourcing.domain import Aggregate, event
 
 from domain.work import (DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, FINISHED, CancelNotRequestedError, JobError,
                          JobFinishedError, LeasedWork, LeaseHeldError, StaleLeaseError)
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "DEFAULT_TIMEOUT_S", "FINISHED", "FRAMEWORKS", "PRIORITIES", "TASKS",
-           "CancelNotRequestedError", "JobError", "JobFinishedError", "LeaseHeldError", "StaleLeaseError",
-           "TrainingJob"]
-
-FRAMEWORKS = ("lightgbm", "pytorch")
-TASKS = ("binary_classification", "multiclass_classification", "regression")
-PRIORITIES = ("low", "medium", "high", "critical")
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "DEFAULT_TIMEOUT_S", "FINISHED", "CancelNotRequestedError", "JobError",
+           "JobFinishedError", "LeaseHeldError", "StaleLeaseError", "TrainingJob"]
 
 
 class TrainingJob(LeasedWork):
     work_kind = "training"
     noun = "job"
 
-    @event("Submitted")
+    class Submitted(Aggregate.Created):
+        """v2 added `timeout_s` and `max_attempts` (leases owned by the domain); v3 added a study trial's
+        `study_id`, `trial_number` and `report_metric`. Each upcaster gives an older stored form the defaults."""
+
+        class_version = 3
+        name: str
+        framework: str
+        task: str
+        dataset: dict[str, Any]
+        params: dict[str, Any]
+        priority: str
+        tags: list[str]
+        timeout_s: int = DEFAULT_TIMEOUT_S
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS
+        study_id: UUID | None = None
+        trial_number: int | None = None
+        report_metric: str | None = None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("timeout_s", DEFAULT_TIMEOUT_S)
+            state.setdefault("max_attempts", DEFAULT_MAX_ATTEMPTS)
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state.setdefault("study_id", None)
+            state.setdefault("trial_number", None)
+            state.setdefault("report_metric", None)
+
+    @event(Submitted)
     def __init__(
         self,
         id: UUID,
@@ -59,4 +83,4 @@ class TrainingJob(LeasedWork):
     def spec(self) -> dict[str, Any]:
         """What a runner needs to train this job."""
         return {"framework": self.framework, "task": self.task, "dataset": self.dataset, "params": self.params,
-                "timeout_s": self.timeout_s, "report_metric": getattr(self, "report_metric", None)}
+                "timeout_s": self.timeout_s, "report_metric": self.report_metric}

@@ -28,8 +28,10 @@ from typing import Any
 from eventsourcing.domain import Aggregate
 
 from domain.copies import copy_sharing_values
+from domain.vocabulary import FINISHED, JobStatus
 
-FINISHED = ("completed", "failed", "cancelled")
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "DEFAULT_TIMEOUT_S", "FINISHED", "CancelNotRequestedError", "JobError",
+           "JobFinishedError", "LeaseHeldError", "LeasedWork", "StaleLeaseError"]
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_TIMEOUT_S = 3600
 
@@ -62,7 +64,7 @@ class LeasedWork(Aggregate):
     noun = "work"  # how errors name it
 
     def _init_work(self) -> None:
-        self.status = "queued"
+        self.status = JobStatus.QUEUED
         self.attempt = 0
         self.lost_leases = 0
         self.lease_id: str | None = None
@@ -80,13 +82,21 @@ class LeasedWork(Aggregate):
 
     # ---- events -------------------------------------------------------------------------------
     class Started(Aggregate.Event):
+        """v2 added `lease_id` (leases owned by the domain)."""
+
+        class_version = 2
         attempt: int
         runner_id: str
         previous_runner_id: str | None
         lease_id: str | None = None
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("lease_id", None)
+
         def apply(self, work: Any) -> None:
-            work.status, work.attempt, work.runner_id, work.lease_id = "running", self.attempt, self.runner_id, self.lease_id
+            work.status, work.attempt, work.runner_id = JobStatus.RUNNING, self.attempt, self.runner_id
+            work.lease_id = self.lease_id
             work.current_step, work.total_steps = 0, None
 
     class LeaseLost(Aggregate.Event):
@@ -105,7 +115,7 @@ class LeasedWork(Aggregate):
         priority: str
 
         def apply(self, work: Any) -> None:
-            work.status, work.lease_id, work.lost_leases = "queued", None, self.lost_leases
+            work.status, work.lease_id, work.lost_leases = JobStatus.QUEUED, None, self.lost_leases
 
     class ProgressReported(Aggregate.Event):
         attempt: int
@@ -116,13 +126,20 @@ class LeasedWork(Aggregate):
             work.current_step, work.total_steps = self.current_step, self.total_steps
 
     class Completed(Aggregate.Event):
+        """v2 added `total_steps` (the steps the runner counted)."""
+
+        class_version = 2
         attempt: int
         final_metrics: dict
         artifact: dict
         total_steps: int | None = None
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("total_steps", None)
+
         def apply(self, work: Any) -> None:
-            work.status, work.final_metrics, work.artifact = "completed", self.final_metrics, self.artifact
+            work.status, work.final_metrics, work.artifact = JobStatus.COMPLETED, self.final_metrics, self.artifact
             work.total_steps = self.total_steps or work.total_steps
             if work.total_steps is not None:
                 work.current_step = work.total_steps
@@ -132,7 +149,7 @@ class LeasedWork(Aggregate):
         error: str
 
         def apply(self, work: Any) -> None:
-            work.status, work.error = "failed", self.error
+            work.status, work.error = JobStatus.FAILED, self.error
 
     class CancelRequested(Aggregate.Event):
         attempt: int
@@ -146,7 +163,7 @@ class LeasedWork(Aggregate):
         reason: str
 
         def apply(self, work: Any) -> None:
-            work.status, work.cancel_requested = "cancelled", True
+            work.status, work.cancel_requested = JobStatus.CANCELLED, True
 
     def _record(self, event_class: type, **fields: Any) -> None:
         self.trigger_event(getattr(type(self), event_class.__name__), **fields)
@@ -163,14 +180,14 @@ class LeasedWork(Aggregate):
     def check_lease(self, lease_id: str) -> None:
         """The report comes from the runner that holds the work now."""
         self.check_not_finished()
-        if self.status != "running" or lease_id != self.lease_id:
+        if self.status != JobStatus.RUNNING or lease_id != self.lease_id:
             raise StaleLeaseError(f"lease {lease_id[:8]} does not hold {self.noun} {self.id} ({self.status})")
 
     # ---- leases -----------------------------------------------------------------------------
     def claim(self, lease_id: str, runner_id: str) -> None:
         """Start a new attempt under `lease_id`. Repeating the claim of the current lease is a no-op."""
         self.check_not_finished()
-        if self.status == "running":
+        if self.status == JobStatus.RUNNING:
             if lease_id == self.lease_id:
                 return
             raise LeaseHeldError(f"{self.noun} {self.id} is held by runner {self.runner_id}")
@@ -179,7 +196,7 @@ class LeasedWork(Aggregate):
 
     def hand_back(self, lease_id: str, reason: str) -> None:
         """A runner stops gracefully: back to the queue, no attempt spent (or cancelled, if that was asked)."""
-        if self.is_finished or (self.status == "queued" and lease_id != self.lease_id):
+        if self.is_finished or (self.status == JobStatus.QUEUED and lease_id != self.lease_id):
             return  # already handed back or ended: a repeat
         self.check_lease(lease_id)
         if self.cancel_requested:
@@ -190,7 +207,7 @@ class LeasedWork(Aggregate):
     def expire_lease(self, lease_id: str, reason: str) -> None:
         """The lease's runner is gone: spend an attempt; requeue, or fail once `max_attempts` are spent.
         A lease that is no longer current is a no-op (the reconciler may ask twice)."""
-        if self.is_finished or self.status != "running" or lease_id != self.lease_id:
+        if self.is_finished or self.status != JobStatus.RUNNING or lease_id != self.lease_id:
             return
         lost = self.lost_leases + 1
         if self.cancel_requested:
@@ -204,7 +221,7 @@ class LeasedWork(Aggregate):
     def requeue(self, reason: str) -> None:
         """Put queued work on the queue again (the reconciler found no work item)."""
         self.check_not_finished()
-        if self.status != "queued":
+        if self.status != JobStatus.QUEUED:
             raise JobError(f"{self.noun} {self.id} is {self.status}, not queued")
         self._requeue(reason, lost=False, lost_leases=self.lost_leases)
 
@@ -226,14 +243,14 @@ class LeasedWork(Aggregate):
     def complete(self, lease_id: str, final_metrics: dict[str, float], artifact: dict[str, Any],
                  total_steps: int | None = None) -> None:
         """The attempt finished; `total_steps` (what the runner counted) completes the progress."""
-        if self.status == "completed" and lease_id == self.lease_id:
+        if self.status == JobStatus.COMPLETED and lease_id == self.lease_id:
             return
         self.check_lease(lease_id)
         self._record(LeasedWork.Completed, attempt=self.attempt, final_metrics=final_metrics, artifact=artifact,
                      total_steps=total_steps)
 
     def fail(self, lease_id: str, error: str) -> None:
-        if self.status == "failed" and lease_id == self.lease_id:
+        if self.status == JobStatus.FAILED and lease_id == self.lease_id:
             return
         self.check_lease(lease_id)
         self._record(LeasedWork.Failed, attempt=self.attempt, error=error)
@@ -241,13 +258,13 @@ class LeasedWork(Aggregate):
     def request_cancel(self) -> None:
         """Cancel: at once when queued; while running, ask the runner (it confirms)."""
         self.check_not_finished()
-        if self.status == "queued":
+        if self.status == JobStatus.QUEUED:
             self._record(LeasedWork.Cancelled, attempt=self.attempt, reason="cancelled before it started")
         elif not self.cancel_requested:
             self._record(LeasedWork.CancelRequested, attempt=self.attempt, runner_id=self.runner_id)
 
     def confirm_cancelled(self, lease_id: str) -> None:
-        if self.status == "cancelled" and lease_id == self.lease_id:
+        if self.status == JobStatus.CANCELLED and lease_id == self.lease_id:
             return
         self.check_lease(lease_id)
         if not self.cancel_requested:

@@ -22,10 +22,12 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from domain.training_job import TASKS
+from domain.vocabulary import Task
 from infra.dataset_files import (
     MAX_CELLS, MAX_FEATURE_COLUMNS, DatasetError, read_columns, read_table, resolve_file_uri,
 )
+
+TASKS: tuple[Task, ...] = tuple(Task)  # the vocabulary's, as a sequence for checks and test strategies
 
 __all__ = ["BUILTIN_TASK", "MAX_CELLS", "MAX_FEATURE_COLUMNS", "MIN_ROWS", "TASKS", "DatasetError", "Split",
            "dataset_digest", "load_dataset", "validate_dataset"]

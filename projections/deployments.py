@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
+from eventsourcing.utils import get_topic
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -46,12 +47,12 @@ class DeploymentsView(TrackedView):
     DDL = DEPLOYMENTS_DDL
 
     def revise(self, e: Any, tracking: Tracking, change: str, active: bool, variants: Any, shadow: Any,
-               rolled_back_to: int | None = None) -> None:
+               rolled_back_to: int | None = None, figures: dict[str, Any] | None = None) -> None:
         """The deployment's current revision and one history row, in one statement."""
         params = {"_id": e.originator_id, "_version": e.originator_version, "revision": e.revision,
                   "active": active, "variants": variants, "shadow": shadow, "updated_at": e.timestamp,
                   "change": change, "reason": e.reason, "rolled_back_to": rolled_back_to, "actor": _actor(e),
-                  "figures": getattr(e, "figures", None)}
+                  "figures": figures}
         sql = ("WITH h AS (INSERT INTO deployment_revisions (deployment_id, revision, change, reason, variants, shadow, "
                "active, rolled_back_to, actor, at, figures) VALUES (%(_id)s, %(revision)s, %(change)s, %(reason)s, "
                "%(variants)s, %(shadow)s, %(active)s, %(rolled_back_to)s, %(actor)s, %(updated_at)s, %(figures)s) "
@@ -64,7 +65,7 @@ class DeploymentsView(TrackedView):
     def create(self, e: Any, tracking: Tracking) -> None:
         params = {"id": e.originator_id, "name": e.name, "revision": 1, "active": True, "variants": e.variants,
                   "shadow": e.shadow, "created_by": _actor(e), "at": e.timestamp, "version": e.originator_version,
-                  "reason": e.reason, "policy": getattr(e, "policy", None)}
+                  "reason": e.reason, "policy": e.policy}
         sql = ("WITH h AS (INSERT INTO deployment_revisions (deployment_id, revision, change, reason, variants, shadow, "
                "active, actor, at) VALUES (%(id)s, 1, 'created', %(reason)s, %(variants)s, %(shadow)s, true, "
                "%(created_by)s, %(at)s) ON CONFLICT DO NOTHING) "
@@ -82,8 +83,10 @@ def _json(params: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 class DeploymentsProjection(TrackedProjection[DeploymentsView]):
     name = "deployments"
-    topics = tuple(f"domain.deployment:Deployment.{n}" for n in ("Created", "Revised", "Deactivated", "PolicySet")) + tuple(
-        f"domain.api_key:ApiKey.{n}" for n in ("Created", "Revoked"))
+    topics = tuple(get_topic(c) for c in (
+        Deployment.Created, Deployment.Revised, Deployment.TrafficChanged, Deployment.Promoted, Deployment.Updated,
+        Deployment.RolledBack, Deployment.PolicyStepped, Deployment.PolicyPromoted, Deployment.PolicyHalted,
+        Deployment.Deactivated, Deployment.PolicySet, ApiKey.Created, ApiKey.Revoked))
 
     @singledispatchmethod
     def apply(self, domain_event: Any, tracking: Tracking) -> None:
@@ -94,8 +97,10 @@ class DeploymentsProjection(TrackedProjection[DeploymentsView]):
         self.view.create(e, tracking)
 
     @apply.register
-    def _(self, e: Deployment.Revised, tracking: Tracking) -> None:
-        self.view.revise(e, tracking, e.change, True, e.variants, e.shadow, e.rolled_back_to)
+    def _(self, e: Deployment.Revision, tracking: Tracking) -> None:
+        details = e.details()
+        self.view.revise(e, tracking, e.change_name, True, e.variants, e.shadow, details["rolled_back_to"],
+                         details["figures"])
 
     @apply.register
     def _(self, e: Deployment.Deactivated, tracking: Tracking) -> None:

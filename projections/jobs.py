@@ -96,10 +96,10 @@ class JobsProjection(TrackedProjection[JobsView]):
         row = {
             "id": e.originator_id, "name": e.name, "framework": e.framework, "task": e.task,
             "dataset": e.dataset, "params": e.params, "priority": e.priority, "tags": list(e.tags),
-            "timeout_s": getattr(e, "timeout_s", 3600), "max_attempts": getattr(e, "max_attempts", 3),
+            "timeout_s": e.timeout_s, "max_attempts": e.max_attempts,
             "status": "queued", "created_by": meta.get("actor") or "anonymous",
-            "correlation_id": meta.get("correlation_id"), "study_id": getattr(e, "study_id", None),
-            "trial_number": getattr(e, "trial_number", None), "created_at": e.timestamp, "updated_at": e.timestamp,
+            "correlation_id": meta.get("correlation_id"), "study_id": e.study_id,
+            "trial_number": e.trial_number, "created_at": e.timestamp, "updated_at": e.timestamp,
             "version": e.originator_version,
         }
         self.view.insert_job(row, tracking)
@@ -107,7 +107,7 @@ class JobsProjection(TrackedProjection[JobsView]):
     @apply.register
     def _(self, e: TrainingJob.Started, tracking: Tracking) -> None:
         self._update(e, tracking, status="running", attempt=e.attempt, runner_id=e.runner_id,
-                     lease_id=getattr(e, "lease_id", None), current_step=0, total_steps=None,
+                     lease_id=e.lease_id, current_step=0, total_steps=None,
                      started_at=e.timestamp, progress_at=e.timestamp)
 
     @apply.register
@@ -125,7 +125,7 @@ class JobsProjection(TrackedProjection[JobsView]):
 
     @apply.register
     def _(self, e: TrainingJob.Completed, tracking: Tracking) -> None:
-        steps = getattr(e, "total_steps", None)
+        steps = e.total_steps
         progress = {"current_step": steps, "total_steps": steps} if steps else {}
         self._update(e, tracking, final_metrics=e.final_metrics, artifact=e.artifact, **progress,
                      **_finished("completed", e.timestamp))

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from domain.search_space import (
-    OBJECTIVE_METRICS, StudySpecError, check_study, default_direction, pruner_settings, sampler_settings,
+    StudySpecError, check_study, default_direction, pruner_settings, sampler_settings,
     step_metric_for,
 )
+from domain.vocabulary import TASK_METRICS
 from runners.trainers import step_metrics, validation_metrics
 
 LIGHTGBM = dict(
@@ -265,7 +266,7 @@ def test_messages_never_echo_long_user_text() -> None:
         assert long[:100] not in str(error)
 
 
-@pytest.mark.parametrize("task", OBJECTIVE_METRICS)
+@pytest.mark.parametrize("task", TASK_METRICS)
 def test_objective_metrics_are_the_trainers_final_metrics_and_step_metrics_track_them(task: str) -> None:
     y = np.array([0, 1, 1, 0, 1, 0])
     if task == "multiclass_classification":
@@ -276,9 +277,9 @@ def test_objective_metrics_are_the_trainers_final_metrics_and_step_metrics_track
     else:
         predicted = y + 0.1
     scores = validation_metrics(task, y, predicted)
-    assert tuple(scores) == OBJECTIVE_METRICS[task]
+    assert tuple(scores) == TASK_METRICS[task]
     steps = step_metrics(task, 0.5, scores)
-    tracked = {m: step_metric_for(task, m) for m in OBJECTIVE_METRICS[task]}
+    tracked = {m: step_metric_for(task, m) for m in TASK_METRICS[task]}
     assert {m for m, s in tracked.items() if s} == {
         "binary_classification": {"auc", "logloss"}, "multiclass_classification": {"accuracy", "logloss"},
         "regression": {"rmse"}}[task]

@@ -8,18 +8,18 @@ from uuid import UUID, uuid4
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from domain.study import (FINISHED, Study, StudyError, StudyFinishedError, TrialLimitError, TrialNumberError,
-                          TrialOutcomeError)
+from domain.study import Study, StudyError, StudyFinishedError, TrialLimitError, TrialNumberError, TrialOutcomeError
+from domain.vocabulary import STUDY_ENDED as FINISHED
 
 JOBS = [UUID(int=i) for i in range(1, 7)]
 
 
 def new_study(direction: str = "maximize", n_trials: int = 3, max_parallel: int = 2) -> Study:
-    return Study(id=uuid4(), name="s", framework="lightgbm", task="regression",
-                 dataset={"uri": "builtin://diabetes"}, objective={"metric": "r2", "direction": direction},
-                 search_space={"lr": {"type": "float", "low": 0.01, "high": 0.3}}, fixed_params={},
-                 sampler={"type": "tpe", "seed": 1}, pruner={"type": "median"}, n_trials=n_trials,
-                 max_parallel=max_parallel, timeout_s=None, priority="medium", tags=["t"])
+    return Study.create(id=uuid4(), name="s", framework="lightgbm", task="regression",
+                        dataset={"uri": "builtin://diabetes"}, objective={"metric": "r2", "direction": direction},
+                        search_space={"lr": {"type": "float", "low": 0.01, "high": 0.3}}, fixed_params={},
+                        sampler={"type": "tpe", "seed": 1}, pruner={"type": "median"}, n_trials=n_trials,
+                        max_parallel=max_parallel, timeout_s=None, priority="medium", tags=["t"])
 
 
 numbers = st.sampled_from([0, 0, 1, 1, 2, 2, 3, -1, 5])  # for ask: the right number, a repeat or a gap
@@ -257,3 +257,9 @@ def test_complete_early_needs_no_unfinished_trials_and_fail_ends_the_study() -> 
     with pytest.raises(StudyFinishedError):
         failing.complete("x")
     assert failing.status == "failed"
+
+
+def test_creation_needs_an_objective_with_a_direction_and_at_least_one_trial() -> None:
+    for direction, n_trials, max_parallel in (("sideways", 3, 1), ("maximize", 0, 1), ("minimize", 3, 0)):
+        with pytest.raises(ValueError):
+            new_study(direction, n_trials, max_parallel)
