@@ -9,7 +9,8 @@ from fastapi import APIRouter, Path, Query
 
 from api.deps import Services, ServicesDep
 from api.problems import Problem
-from api.schemas import DeploymentName, problems
+from api.schemas.common import problems
+from api.schemas.deployments import DeploymentName
 from commands.ab_policy import stats_of
 from commands.deployments import DeploymentNotFoundError
 from domain.ab_stats import compare, srm, summarize

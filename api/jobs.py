@@ -11,8 +11,8 @@ from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep, services
 from api.limits import SafeText, check_params
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key
 from api.problems import Problem
-from api.schemas import (Framework, JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries, Status, Tag,
-                         problems)
+from api.schemas.common import Tag, problems
+from api.schemas.jobs import Framework, JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries, Status
 from commands.training import JobNotFoundError, SubmitJob
 from domain.frameworks import ParamsError, check_budget, resolve_params
 from infra.datasets import DatasetError, validate_dataset

@@ -12,8 +12,10 @@ from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.jobs import check_job_dataset
 from api.limits import SafeText, check_params
 from api.problems import Problem
-from api.schemas import (Comparison, Importances, StudyAccepted, StudyHistory, StudyIn, StudyList, StudyPublic,
-                         StudyStatus, Tag, TrialList, TrialPublic, TrialState, problems)
+from api.schemas.common import Tag, problems
+from api.schemas.jobs import Comparison
+from api.schemas.studies import (Importances, StudyAccepted, StudyHistory, StudyIn, StudyList, StudyPublic, StudyStatus,
+                                 TrialList, TrialPublic, TrialState)
 from commands.studies import CreateStudy, StudyNotFoundError
 from commands.study_optimizer import StudyOptimizer, TrialRecord
 from domain.frameworks import ParamsError

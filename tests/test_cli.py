@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from api.cli import cli
 from api.client import TrainyardClient, TrainyardError, TrainyardUnavailable
-from api.schemas import JobIn, JobPublic, MetricNames, Status
+from api.schemas.jobs import JobIn, JobPublic, MetricNames, Status
 
 JOBS = "/api/v1/training/jobs"
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import api.cli
 from api.cli import _ab_bucket, _ab_view, _sparkline, cli
 from api.client import TrainyardClient
-from api.schemas import DeploymentPublic
+from api.schemas.deployments import DeploymentPublic
 from tests.test_cli_models import API, INTERRUPT, Script, Step, _clean_env, serve  # noqa: F401 (fixtures)
 
 DEP = "/api/v1/deployments/churn-api"

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 import api.cli
 from api.cli import cli
 from api.client import TrainyardClient, TrainyardError
-from api.schemas import (ApiKeyCreated, ApiKeyPublic, DeploymentPublic, ExportPublic, ModelPublic, PredictionStats,
-                         VersionPublic)
+from api.schemas.deployments import DeploymentPublic, PredictionStats
+from api.schemas.keys import ApiKeyCreated, ApiKeyPublic
+from api.schemas.models import ExportPublic, ModelPublic, VersionPublic
 
 API = "http://api.test:8000"
 INFERENCE = "http://inference.test:9001"
