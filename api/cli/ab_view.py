@@ -8,6 +8,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from domain.vocabulary import HIGHER_IS_BETTER
+
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 60  # the most points a sparkline draws (and the bucket choice aims for)
 AB_BUCKETS_S = (60, 120, 300, 600, 900, 1800, 3600, 2 * 3600, 6 * 3600, 12 * 3600, 86400)
@@ -118,7 +120,7 @@ def ab_view(report: dict[str, Any], series: dict[str, Any] | None, note: Text | 
     metric, control = report.get("metric", "accuracy"), report.get("control")
     variants = report.get("variants") or []
     first = variants[0] if variants else {}
-    better = "higher" if first.get("higher_is_better", metric == "accuracy") else "lower"
+    better = "higher" if first.get("higher_is_better", HIGHER_IS_BETTER.get(metric, False)) else "lower"
     confidence = f"{100 * (first.get('confidence') or 0.95):.0f}%"
     window = report.get("window") or {}
     scope = f"revision {window['revision']} only" if window.get("revision") else "all revisions"

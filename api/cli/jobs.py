@@ -13,18 +13,19 @@ from rich.text import Text
 from api.cli.app import ApiOpt, cli, connect
 from api.cli.output import console, seconds, size, styled, when
 from api.cli.watching import WATCH_PATIENCE_S, poll
-from api.client import FINISHED, TrainyardClient, TrainyardError
+from api.client import TrainyardClient, TrainyardError
+from domain.vocabulary import FINISHED, Framework, JobStatus, Priority, Task, choices
 
 
 @cli.command()
 def submit(
-    framework: Annotated[str, typer.Option(help="lightgbm | pytorch")],
-    task: Annotated[str, typer.Option(help="binary_classification | multiclass_classification | regression")],
+    framework: Annotated[str, typer.Option(help=choices(Framework))],
+    task: Annotated[str, typer.Option(help=choices(Task))],
     dataset: Annotated[str, typer.Option(help="builtin://breast_cancer | file:///abs/data.csv ...")],
     name: Annotated[Optional[str], typer.Option()] = None,
     target: Annotated[Optional[str], typer.Option(help="target column (file:// datasets)")] = None,
     param: Annotated[list[str], typer.Option("--param", "-p", help="KEY=VALUE (VALUE parsed as JSON)")] = [],
-    priority: Annotated[str, typer.Option()] = "medium",
+    priority: Annotated[str, typer.Option(help=choices(Priority))] = Priority.MEDIUM.value,
     tag: Annotated[list[str], typer.Option("--tag")] = [],
     idempotency_key: Annotated[Optional[str], typer.Option()] = None,
     watch_it: Annotated[bool, typer.Option("--watch", help="watch it until it ends")] = False,
@@ -91,7 +92,8 @@ def watch(job_id: str, api: ApiOpt = None,
 
 
 @cli.command()
-def jobs(status: Optional[str] = None, framework: Optional[str] = None, tag: Optional[str] = None,
+def jobs(status: Annotated[Optional[str], typer.Option(help=choices(JobStatus))] = None,
+         framework: Annotated[Optional[str], typer.Option(help=choices(Framework))] = None, tag: Optional[str] = None,
          limit: int = 20, offset: int = 0, api: ApiOpt = None) -> None:
     """List jobs, newest first."""
     out = connect(api).jobs(status=status, framework=framework, tag=tag, limit=limit, offset=offset)

@@ -10,7 +10,8 @@ from rich.table import Table
 from api.cli.app import ApiOpt, JsonOpt, cli, connect, group
 from api.cli.output import console, cut, grid, line, num, print_json, styled, when
 from api.cli.watching import WATCH_PATIENCE_S, poll
-from api.client import FINISHED, TrainyardClient, TrainyardError
+from api.client import TrainyardClient, TrainyardError
+from domain.vocabulary import FINISHED
 
 model_cli = group("Registered models and their versions.")
 cli.add_typer(model_cli, name="model")

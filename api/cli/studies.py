@@ -13,7 +13,8 @@ from rich.table import Table
 from api.cli.app import ApiOpt, cli, connect, group
 from api.cli.output import console, styled
 from api.cli.watching import poll
-from api.client import STUDY_ENDED, TrainyardClient, TrainyardError
+from api.client import TrainyardClient, TrainyardError
+from domain.vocabulary import STUDY_ENDED, StudyStatus, choices
 
 study_cli = group("Hyperparameter studies.")
 
@@ -93,7 +94,8 @@ def study_cancel(study_id: str, api: ApiOpt = None) -> None:
 
 
 @cli.command()
-def studies(status: Optional[str] = None, limit: int = 20, offset: int = 0, api: ApiOpt = None) -> None:
+def studies(status: Annotated[Optional[str], typer.Option(help=choices(StudyStatus))] = None, limit: int = 20,
+            offset: int = 0, api: ApiOpt = None) -> None:
     """List studies, newest first."""
     out = connect(api).studies(status=status, limit=limit, offset=offset)
     table = Table(title=f"{out['total']} studies", box=None)

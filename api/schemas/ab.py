@@ -1,33 +1,39 @@
 """The online A/B comparison's inputs: a deployment's automatic policy and the feedback (ground truth)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from api.limits import SafeText
+from domain.deployment import POLICY_BOUNDS, POLICY_DEFAULTS, POLICY_RAMP_STEPS, POLICY_RAMP_WEIGHTS
+from domain.vocabulary import AbMetric
+
+RampWeight = Annotated[StrictInt, Field(ge=POLICY_RAMP_WEIGHTS[0], le=POLICY_RAMP_WEIGHTS[1])]
+
+
+def _bounded(name: str) -> dict[str, Any]:
+    """PolicyIn's default and bounds for `name`, from the domain's one table."""
+    low, high = POLICY_BOUNDS[name]
+    return {"default": POLICY_DEFAULTS[name], "ge": low, "le": high}
+
 
 class PolicyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    metric: Literal["accuracy", "logloss", "rmse", "mae"] = "accuracy"
-    min_samples: StrictInt = Field(default=500, ge=10, le=10**8,
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)  # commands get the plain strings
+    metric: AbMetric = POLICY_DEFAULTS["metric"]
+    min_samples: StrictInt = Field(**_bounded("min_samples"),
                                    description="labelled predictions each side needs at the current step")
-    min_lift: float = Field(default=0.0, ge=0, le=1e6, allow_inf_nan=False,
+    min_lift: float = Field(**_bounded("min_lift"), allow_inf_nan=False,
                             description="the improvement (metric units) a promotion needs")
-    max_p_value: float = Field(default=0.05, ge=1e-6, le=0.2, allow_inf_nan=False,
+    max_p_value: float = Field(**_bounded("max_p_value"), allow_inf_nan=False,
                                description="the always-valid p-value a promotion or a 'worse' verdict needs")
-    max_p99_latency_ms: float | None = Field(default=None, gt=0, le=600_000, allow_inf_nan=False)
-    max_error_rate: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
-    ramp: list[StrictInt] = Field(default_factory=lambda: [10, 25, 50, 100], min_length=1, max_length=20,
-                                  description="the challenger's weights, increasing, ending at 100")
-    step_every_s: StrictInt = Field(default=300, ge=1, le=7 * 86400,
-                                    description="at least this long at each step")
-
-
-class PolicySetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    policy: PolicyIn | None
-    reason: Reason | None = None
+    max_p99_latency_ms: float | None = Field(**_bounded("max_p99_latency_ms"), allow_inf_nan=False)
+    max_error_rate: float | None = Field(**_bounded("max_error_rate"), allow_inf_nan=False)
+    ramp: list[RampWeight] = Field(default_factory=lambda: list(POLICY_DEFAULTS["ramp"]),
+                                   min_length=POLICY_RAMP_STEPS[0], max_length=POLICY_RAMP_STEPS[1],
+                                   description="the challenger's weights, increasing, ending at "
+                                               f"{POLICY_RAMP_WEIGHTS[1]}")
+    step_every_s: StrictInt = Field(**_bounded("step_every_s"), description="at least this long at each step")
 
 
 class FeedbackItem(BaseModel):

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.limits import SafeText
 from api.schemas.common import NO_CONTROL
 
+
 class DatasetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     uri: SafeText = Field(min_length=1, max_length=2048,

@@ -32,6 +32,12 @@ class VariantIn(ModelRef):
     weight: StrictInt = Field(ge=0, le=100, description="integer share of traffic; the weights sum to 100")
 
 
+class PolicySetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: PolicyIn | None
+    reason: Reason | None = None
+
+
 class DeploymentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: DeploymentName

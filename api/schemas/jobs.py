@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -11,21 +11,11 @@ from api.limits import MAX_PARAM_KEY_CHARS, MAX_PARAM_TEXT_CHARS, MAX_PARAMS_BYT
 from api.schemas.common import MAX_TAGS, MAX_TIMEOUT_S, NO_CONTROL, Tag
 from api.schemas.datasets import DatasetIn
 from domain.training_job import DEFAULT_TIMEOUT_S
-
-Framework = Literal["lightgbm", "pytorch"]
-
-
-Task = Literal["binary_classification", "multiclass_classification", "regression"]
-
-
-Priority = Literal["low", "medium", "high", "critical"]
-
-
-Status = Literal["queued", "running", "completed", "failed", "cancelled"]
+from domain.vocabulary import Framework, JobStatus, Priority, Task
 
 
 class JobIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)  # commands get the plain strings
     name: SafeText = Field(min_length=1, max_length=200, description=f"1 to 200 characters, {NO_CONTROL}")
     framework: Framework
     task: Task
@@ -38,7 +28,7 @@ class JobIn(BaseModel):
                     "numbers finite (no NaN/Infinity). Compute is bounded: num_threads 1..16, epochs 1..10000, "
                     "batch_size 1..65536, hidden_sizes at most 8 layers of 1..2048 and 20M weights, "
                     "n_estimators 1..20000, num_leaves 2..4096")
-    priority: Priority = "medium"
+    priority: Priority = Priority.MEDIUM.value
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=f"at most {MAX_TAGS} tags")
     timeout_s: StrictInt = Field(default=DEFAULT_TIMEOUT_S, ge=1, le=MAX_TIMEOUT_S,
                                  description="wall-clock limit of the job in seconds, 1 to 604800 (7 days)")
@@ -46,7 +36,7 @@ class JobIn(BaseModel):
 
 class JobAccepted(BaseModel):
     job_id: UUID
-    status: Status
+    status: JobStatus
     created_at: datetime
 
 
@@ -68,7 +58,7 @@ class JobPublic(BaseModel):
     priority: Priority
     tags: list[str]
     timeout_s: int = Field(default=DEFAULT_TIMEOUT_S, description="wall-clock limit of the job in seconds")
-    status: Status
+    status: JobStatus
     progress: ProgressPublic
     attempt: int = Field(description="runs started so far (each claim by a runner is a new attempt)")
     lost_leases: int = Field(default=0, description="attempts whose runner was lost; the job fails at max_attempts")
@@ -122,7 +112,7 @@ class MetricSeries(BaseModel):
 class ComparedRun(BaseModel):
     job_id: UUID
     name: str
-    status: Status
+    status: JobStatus
     attempt: int | None
     final_metrics: dict[str, float]
     points: list[MetricPointPublic]

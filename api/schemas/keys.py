@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.limits import SafeText
 from api.schemas.deployments import DeploymentName
 
+
 class ApiKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: SafeText = Field(min_length=1, max_length=100)

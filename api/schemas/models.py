@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from api.limits import SafeText
 from api.schemas.common import MAX_TAGS, Tag
+from domain.vocabulary import ExportStatus
 
 ModelName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
                                  description="1 to 100 letters, digits, '.', '_' or '-'")]
@@ -16,9 +17,6 @@ ModelName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-
 
 AliasName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]{0,63}$",
                                  description="1 to 64 lowercase letters, digits, '_' or '-', starting with a letter")]
-
-
-ExportStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 
 
 class ModelIn(BaseModel):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -10,24 +10,19 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from api.limits import SafeText
 from api.schemas.common import FREE_JSON, MAX_TAGS, MAX_TIMEOUT_S, NO_CONTROL, Tag
 from api.schemas.datasets import DatasetIn
-from api.schemas.jobs import Framework, Priority, Task
-
-StudyStatus = Literal["running", "cancelling", "completed", "cancelled", "failed"]
-
-
-TrialState = Literal["queued", "running", "completed", "pruned", "failed"]
+from domain.vocabulary import Direction, Framework, Priority, StudyStatus, Task, TrialState
 
 
 class ObjectiveIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)  # commands get the plain strings
     metric: SafeText = Field(min_length=1, max_length=64, description="a final metric of the task: binary auc, "
                              "accuracy, logloss; multiclass accuracy, logloss, f1_macro; regression rmse, mae, r2")
-    direction: Literal["maximize", "minimize"] | None = Field(
+    direction: Direction | None = Field(
         default=None, description="default: maximize for auc, accuracy, f1_macro, r2; minimize otherwise")
 
 
 class StudyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)  # commands get the plain strings
     name: SafeText = Field(min_length=1, max_length=200, description=f"1 to 200 characters, {NO_CONTROL}")
     framework: Framework
     task: Task
@@ -49,7 +44,7 @@ class StudyIn(BaseModel):
     timeout_s: StrictInt | None = Field(default=None, ge=1, le=MAX_TIMEOUT_S,
                                         description="no new trials after this many seconds (each trial's own "
                                                     "job timeout too)")
-    priority: Priority = "medium"
+    priority: Priority = Priority.MEDIUM.value
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=f"at most {MAX_TAGS} tags")
 
 
@@ -125,7 +120,7 @@ class HistoryPoint(BaseModel):
 
 class StudyHistory(BaseModel):
     study_id: UUID
-    direction: Literal["maximize", "minimize"]
+    direction: Direction
     points: list[HistoryPoint]
 
 
