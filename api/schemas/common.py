@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from api.limits import MAX_PARAM_KEY_CHARS, MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH, SafeText
@@ -44,3 +46,11 @@ class ProblemPublic(BaseModel):
 def problems(*statuses: int) -> dict[int | str, dict]:
     """OpenAPI `responses` for these error statuses, each a problem+json body."""
     return {s: {"model": ProblemPublic, "content": {"application/problem+json": {}}} for s in statuses}
+
+
+def document_unparsable_bodies(router: APIRouter) -> None:
+    """Add the 400 problem+json that a body which does not parse gets (api/problems.py) to every route of `router`
+    that takes a body. Call before the router is included; calling it again changes nothing."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.body_field is not None and 400 not in route.responses:
+            route.responses[400] = {**problems(400)[400], "description": "the body does not parse"}
