@@ -3,21 +3,22 @@ sufficient statistics (projections/ab_queries.py) and the always-valid statistic
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
 from api.deps import Services, ServicesDep
 from api.problems import Problem
-from api.schemas import DeploymentName, problems
-from domain.ab_policy import stats_of
+from api.schemas.common import problems
+from api.schemas.deployments import DeploymentName
 from commands.deployments import DeploymentNotFoundError
+from domain.ab_policy import stats_of
 from domain.ab_stats import compare, srm, summarize
 from domain.deployment import control_of
+from domain.vocabulary import AbMetric
 from projections.ab_queries import shadow_agreement, timeseries, variant_stats
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
-Metric = Literal["accuracy", "logloss", "rmse", "mae"]
 EpochMs = Annotated[int | None, Query(ge=0, le=2**53, description="Unix epoch milliseconds")]
 
 
@@ -82,7 +83,7 @@ def report(s: Services, name: str, metric: str, since: int | None = None, until:
 
 
 @router.get("/{name}/ab", responses=problems(404, 422))
-def ab_report(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: Metric = "accuracy",
+def ab_report(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: AbMetric = AbMetric.ACCURACY,
               since: EpochMs = None, until: EpochMs = None,
               revision: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> dict[str, Any]:
     """Per variant: requests, labelled requests, error rate, latency p50/p95/p99, the metric with its always-valid 95%
@@ -94,7 +95,7 @@ def ab_report(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: M
 
 
 @router.get("/{name}/ab/timeseries", responses=problems(404, 422))
-def ab_timeseries(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: Metric = "accuracy",
+def ab_timeseries(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: AbMetric = AbMetric.ACCURACY,
                   bucket: Annotated[int, Query(ge=60, le=86400, multiple_of=60,
                                                description="seconds per bucket, whole minutes")] = 60,
                   since: EpochMs = None, until: EpochMs = None,

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from api import ab, context, datasets, deployments, docs, jobs, models, ops, problems, studies
 from api.deps import Services
 from api.limits import MULTIPART_SLACK_BYTES, BodyLimit
+from api.schemas.common import document_unparsable_bodies
 
 
 def create_app(services: Services, nats_client: Any = None) -> FastAPI:
@@ -22,6 +23,7 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     for router in (jobs.router, studies.router, studies.experiments, datasets.router, models.router,
                    deployments.router, deployments.keys, ab.router):
         context.document_commands(router)
+        document_unparsable_bodies(router)
         app.include_router(router)
     docs.install(app)
     settings = services.settings

@@ -14,6 +14,7 @@ from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict
 
 from domain.contract import FeedbackBatch, MetricBatch, PredictionBatch, WorkItem
+from domain.vocabulary import Framework, Priority, Task, TrialState
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -24,11 +25,11 @@ class _Payload(BaseModel):
 
 class Submitted(_Payload):
     name: str
-    framework: Literal["lightgbm", "pytorch"]
-    task: Literal["binary_classification", "multiclass_classification", "regression"]
+    framework: Framework
+    task: Task
     dataset: dict[str, Any]
     params: dict[str, Any]
-    priority: Literal["low", "medium", "high", "critical"]
+    priority: Priority
     tags: list[str]
     timeout_s: int
     max_attempts: int
@@ -52,7 +53,7 @@ class Requeued(_Payload):
     reason: str
     lost: bool
     lost_leases: int
-    priority: Literal["low", "medium", "high", "critical"]
+    priority: Priority
 
 
 class LeaseLost(_Payload):
@@ -94,8 +95,8 @@ class Cancelled(_Payload):
 class StudyCreated(_Payload):
     """A study was created: its trials will run as training jobs carrying `study_id` and `trial_number`."""
     name: str
-    framework: Literal["lightgbm", "pytorch"]
-    task: Literal["binary_classification", "multiclass_classification", "regression"]
+    framework: Framework
+    task: Task
     dataset: dict[str, Any]
     objective: dict[str, Any]
     search_space: dict[str, Any]
@@ -105,7 +106,7 @@ class StudyCreated(_Payload):
     n_trials: int
     max_parallel: int
     timeout_s: int | None
-    priority: Literal["low", "medium", "high", "critical"]
+    priority: Priority
     tags: list[str]
 
 
@@ -129,7 +130,7 @@ class TrialPruneRequested(_Payload):
 
 class TrialFinished(_Payload):
     number: int
-    state: Literal["completed", "pruned", "failed"]
+    state: Literal[TrialState.COMPLETED, TrialState.PRUNED, TrialState.FAILED]
     value: float | None
     pruned_at_step: int | None
     error: str | None
@@ -202,7 +203,7 @@ class ExportRequested(_Payload):
     format: Literal["onnx"]
     tolerance: float
     source: dict[str, Any]
-    priority: Literal["low", "medium", "high", "critical"]
+    priority: Priority
     timeout_s: int
     max_attempts: int
 

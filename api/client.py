@@ -28,7 +28,8 @@ from urllib.parse import quote
 
 import httpx
 
-FINISHED = ("completed", "failed", "cancelled")
+from domain.vocabulary import FINISHED, STUDY_ENDED
+
 
 
 def _one_line(text: Any, limit: int = 300) -> str:
@@ -151,7 +152,6 @@ def _ab_params(metric: str, **given: Any) -> dict[str, Any]:
     return params
 
 
-STUDY_ENDED = ("completed", "cancelled", "failed")
 
 
 class TrainyardClient:

@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse
 from api.deps import Services, ServicesDep
 from api.limits import SafeText
 from api.problems import Problem
-from api.schemas import DatasetUploaded, problems
+from api.schemas.common import problems
+from api.schemas.datasets import DatasetUploaded
 from infra.dataset_files import DatasetError
 from infra.dataset_uploads import UploadTooLarge, store_upload
 

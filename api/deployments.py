@@ -14,9 +14,11 @@ from api.context import CommandContextDep
 from api.deps import Services, ServicesDep
 from api.models import catch_up
 from api.problems import Problem
-from api.schemas import (ApiKeyCreated, ApiKeyIn, ApiKeyList, ApiKeyPublic, DeploymentHistory, DeploymentIn,
-                         DeploymentList, DeploymentName, DeploymentPublic, DeploymentUpdateIn, FeedbackAccepted,
-                         FeedbackItem, PolicySetIn, PredictionStats, PromoteIn, ReasonIn, TrafficIn, problems)
+from api.schemas.ab import FeedbackAccepted, FeedbackItem
+from api.schemas.common import problems
+from api.schemas.deployments import (DeploymentHistory, DeploymentIn, DeploymentList, DeploymentName, DeploymentPublic,
+                                     DeploymentUpdateIn, PolicySetIn, PredictionStats, PromoteIn, ReasonIn, TrafficIn)
+from api.schemas.keys import ApiKeyCreated, ApiKeyIn, ApiKeyList, ApiKeyPublic
 from commands.deployments import ApiKeyNotFoundError, DeploymentNotFoundError
 from domain.contract import MAX_FEEDBACK, TELEMETRY_FEEDBACK, FeedbackBatch
 

@@ -11,10 +11,11 @@ from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep, services
 from api.limits import SafeText, check_params
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key
 from api.problems import Problem
-from api.schemas import (Framework, JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries, Status, Tag,
-                         problems)
+from api.schemas.common import Tag, problems
+from api.schemas.jobs import JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries
 from commands.training import JobNotFoundError, SubmitJob
 from domain.frameworks import ParamsError, check_budget, resolve_params
+from domain.vocabulary import Framework, JobStatus
 from infra.datasets import DatasetError, validate_dataset
 
 router = APIRouter(prefix="/api/v1/training/jobs", tags=["training jobs"])
@@ -69,7 +70,7 @@ def submit_job(body: JobIn, request: Request, ctx: CommandContextDep) -> JSONRes
 
 @router.get("", response_model=JobList, responses=problems(422))
 def list_jobs(s: ServicesDep,
-              status: Annotated[list[Status] | None, Query(max_length=5, description=ANY_OF)] = None,
+              status: Annotated[list[JobStatus] | None, Query(max_length=5, description=ANY_OF)] = None,
               framework: Annotated[list[Framework] | None, Query(max_length=5, description=ANY_OF)] = None,
               tag: Annotated[list[Tag] | None, Query(max_length=20, description=ALL_OF)] = None,
               limit: Annotated[int, Query(ge=1, le=500, description="1 to 500")] = 50,

@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse
 from api.context import CommandContextDep
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.problems import Problem
-from api.schemas import (AliasIn, AliasName, ExportIn, ExportPublic, ModelIn, ModelList, ModelName, ModelPublic,
-                         VersionIn, VersionList, VersionPublic, problems)
+from api.schemas.common import problems
+from api.schemas.models import (AliasIn, AliasName, ExportIn, ExportPublic, ModelIn, ModelList, ModelName, ModelPublic,
+                                VersionIn, VersionList, VersionPublic)
 from commands.models import ExportNotFoundError, ModelNotFoundError
 from domain.models import VersionNotFoundError
 

@@ -12,12 +12,15 @@ from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.jobs import check_job_dataset
 from api.limits import SafeText, check_params
 from api.problems import Problem
-from api.schemas import (Comparison, Importances, StudyAccepted, StudyHistory, StudyIn, StudyList, StudyPublic,
-                         StudyStatus, Tag, TrialList, TrialPublic, TrialState, problems)
+from api.schemas.common import Tag, problems
+from api.schemas.jobs import Comparison
+from api.schemas.studies import (Importances, StudyAccepted, StudyHistory, StudyIn, StudyList, StudyPublic, TrialList,
+                                 TrialPublic)
 from commands.studies import CreateStudy, StudyNotFoundError
 from commands.study_optimizer import StudyOptimizer, TrialRecord
 from domain.frameworks import ParamsError
 from domain.search_space import StudySpecError, check_study, default_direction
+from domain.vocabulary import StudyStatus, TrialState
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 experiments = APIRouter(prefix="/api/v1/experiments", tags=["studies"])

@@ -157,35 +157,46 @@ def _number(field: str, value: Any, low: float, high: float, integer: bool = Fal
     return value
 
 
+# The A/B policy's defaults and bounds, declared once: check_policy enforces them, the API's PolicyIn documents
+# them. Bounds are inclusive; the integers are whole numbers of labelled predictions and seconds.
+POLICY_DEFAULTS: dict[str, Any] = {
+    "metric": "accuracy", "min_samples": 500, "min_lift": 0.0, "max_p_value": 0.05, "max_p99_latency_ms": None,
+    "max_error_rate": None, "ramp": [10, 25, 50, 100], "step_every_s": 300}
+POLICY_BOUNDS: dict[str, tuple[float, float]] = {
+    "min_samples": (10, 10**8), "min_lift": (0, 1e6), "max_p_value": (1e-6, 0.2), "max_p99_latency_ms": (0.01, 600_000),
+    "max_error_rate": (0, 1), "step_every_s": (1, 7 * 86400)}
+POLICY_INTEGERS = frozenset({"min_samples", "step_every_s"})
+POLICY_RAMP_STEPS = (1, 20)  # how many weights a ramp may have
+POLICY_RAMP_WEIGHTS = (1, 100)  # each weight, increasing and ending at 100
+
+
+def _check_ramp(ramp: Any) -> None:
+    (fewest, most), (lightest, heaviest) = POLICY_RAMP_STEPS, POLICY_RAMP_WEIGHTS
+    if (not isinstance(ramp, list) or not fewest <= len(ramp) <= most
+            or not all(_is_int(w) and lightest <= w <= heaviest for w in ramp)
+            or ramp != sorted(set(ramp)) or ramp[-1] != heaviest):
+        raise DeploymentSpecError("policy.ramp", f"{fewest} to {most} increasing integer weights from {lightest} to "
+                                                 f"{heaviest}, ending at {heaviest}")
+
+
 def check_policy(policy: Any) -> dict[str, Any] | None:
     """An automatic ramp/promote/rollback policy (commands/ab_policy.py acts on it), or None."""
     if policy is None:
         return None
     if not isinstance(policy, dict):
         raise DeploymentSpecError("policy", "must be an object or null")
-    known = ("metric", "min_samples", "min_lift", "max_p_value", "max_p99_latency_ms", "max_error_rate", "ramp",
-             "step_every_s")
     for key in policy:
-        if key not in known:
-            raise DeploymentSpecError(f"policy.{key}", f"unknown field (allowed: {', '.join(known)})")
-    out = {"metric": policy.get("metric", "accuracy"), "min_samples": policy.get("min_samples", 500),
-           "min_lift": policy.get("min_lift", 0.0), "max_p_value": policy.get("max_p_value", 0.05),
-           "max_p99_latency_ms": policy.get("max_p99_latency_ms"), "max_error_rate": policy.get("max_error_rate"),
-           "ramp": policy.get("ramp", [10, 25, 50, 100]), "step_every_s": policy.get("step_every_s", 300)}
+        if key not in POLICY_DEFAULTS:
+            raise DeploymentSpecError(f"policy.{key}", f"unknown field (allowed: {', '.join(POLICY_DEFAULTS)})")
+    out = {key: policy.get(key, default) for key, default in POLICY_DEFAULTS.items()}
     if out["metric"] not in POLICY_METRICS:
         raise DeploymentSpecError("policy.metric", f"one of {', '.join(POLICY_METRICS)}")
-    _number("policy.min_samples", out["min_samples"], 10, 10**8, integer=True)
-    _number("policy.min_lift", out["min_lift"], 0, 1e6)
-    _number("policy.max_p_value", out["max_p_value"], 1e-6, 0.2)
-    if out["max_p99_latency_ms"] is not None:
-        _number("policy.max_p99_latency_ms", out["max_p99_latency_ms"], 0.01, 600_000)
-    if out["max_error_rate"] is not None:
-        _number("policy.max_error_rate", out["max_error_rate"], 0, 1)
-    ramp = out["ramp"]
-    if (not isinstance(ramp, list) or not 1 <= len(ramp) <= 20 or not all(_is_int(w) and 1 <= w <= 100 for w in ramp)
-            or ramp != sorted(set(ramp)) or ramp[-1] != 100):
-        raise DeploymentSpecError("policy.ramp", "1 to 20 increasing integer weights from 1 to 100, ending at 100")
-    _number("policy.step_every_s", out["step_every_s"], 1, 7 * 86400, integer=True)
+    for key in POLICY_DEFAULTS:  # in declaration order: the first bad field is the one reported
+        if key == "ramp":
+            _check_ramp(out[key])
+        elif key in POLICY_BOUNDS and (out[key] is not None or POLICY_DEFAULTS[key] is not None):
+            low, high = POLICY_BOUNDS[key]
+            _number(f"policy.{key}", out[key], low, high, integer=key in POLICY_INTEGERS)
     return copy.deepcopy(out)
 
 

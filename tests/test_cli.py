@@ -27,7 +27,8 @@ from typer.testing import CliRunner
 
 from api.cli import cli
 from api.client import TrainyardClient, TrainyardError, TrainyardUnavailable
-from api.schemas import JobIn, JobPublic, MetricNames, Status
+from api.schemas.jobs import JobIn, JobPublic, MetricNames
+from domain.vocabulary import JobStatus
 
 JOBS = "/api/v1/training/jobs"
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -97,7 +98,7 @@ class FakeApi:
             return {"job_id": job["job_id"], "status": job["status"], "created_at": job["created_at"]}
 
         @app.get(JOBS)
-        def listing(status: Status | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        def listing(status: JobStatus | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
             items = [j for j in self.jobs.values() if status in (None, j["status"])]
             return {"items": items[offset:offset + limit], "total": len(items), "limit": limit, "offset": offset}
 

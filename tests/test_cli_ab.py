@@ -15,10 +15,11 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-import api.cli
-from api.cli import _ab_bucket, _ab_view, _sparkline, cli
+import api.cli.ab
+from api.cli import cli
+from api.cli.ab_view import ab_bucket, ab_view, sparkline
 from api.client import TrainyardClient
-from api.schemas import DeploymentPublic
+from api.schemas.deployments import DeploymentPublic
 from tests.test_cli_models import API, INTERRUPT, Script, Step, _clean_env, serve  # noqa: F401 (fixtures)
 
 DEP = "/api/v1/deployments/churn-api"
@@ -171,11 +172,11 @@ def test_ab_decision_colours_and_a_sample_ratio_mismatch(serve) -> None:  # type
     assert "cumulative" not in out and not any(c in out for c in "▁▂▃▄▅▆▇█")  # no points: no sparkline
 
     # the colours: the decision green / red / yellow, the mismatch red, ok green
-    assert f"{GREEN}challenger_better" in coloured(_ab_view(report(), None))
-    shown = coloured(_ab_view(bad, None))
+    assert f"{GREEN}challenger_better" in coloured(ab_view(report(), None))
+    shown = coloured(ab_view(bad, None))
     assert f"{RED}control_better" in shown and f"{RED}sample ratio: MISMATCH" in shown
-    assert f"{YELLOW}no_difference_yet" in coloured(_ab_view(report(decision="no_difference_yet"), None))
-    assert f"{GREEN}sample ratio: ok" in coloured(_ab_view(report(), None))
+    assert f"{YELLOW}no_difference_yet" in coloured(ab_view(report(decision="no_difference_yet"), None))
+    assert f"{GREEN}sample ratio: ok" in coloured(ab_view(report(), None))
 
 
 def test_ab_json_prints_the_raw_report(serve) -> None:  # type: ignore[no-untyped-def]
@@ -206,11 +207,11 @@ def test_ab_watch_redraws_rides_out_a_503_and_stops_on_ctrl_c(serve) -> None:  #
 
 
 def test_sparkline_and_bucket_choice() -> None:
-    assert _sparkline([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█"
-    assert _sparkline([0.5, 0.5, 0.5]) == "▄▄▄"
-    long = _sparkline([float(i) for i in range(1000)], width=60)
+    assert sparkline([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█"
+    assert sparkline([0.5, 0.5, 0.5]) == "▄▄▄"
+    long = sparkline([float(i) for i in range(1000)], width=60)
     assert len(long) == 60 and long[0] == "▁" and long[-1] == "█"
-    assert [_ab_bucket(s) for s in (100, 3000, 3600, 4000, 86400, 90 * 86400)] == [60, 60, 60, 120, 1800, 86400]
+    assert [ab_bucket(s) for s in (100, 3000, 3600, 4000, 86400, 90 * 86400)] == [60, 60, 60, 120, 1800, 86400]
 
 
 # ---- trainyard feedback ----------------------------------------------------------------------------------------
@@ -243,7 +244,7 @@ def test_feedback_posts_the_file_and_prints_the_counts(serve, tmp_path: Path) ->
 
 def test_feedback_over_the_api_limit_is_sent_in_parts(serve, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api.cli, "FEEDBACK_BATCH", 2)
+    monkeypatch.setattr(api.cli.ab, "FEEDBACK_BATCH", 2)
     path = tmp_path / "labels.json"
     path.write_text(json.dumps(ITEMS))
     script = serve(Step("POST", f"{DEP}/feedback", ITEMS[:2], 202,

@@ -14,11 +14,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-import api.cli
+import api.cli.app
+import api.cli.models
 from api.cli import cli
 from api.client import TrainyardClient, TrainyardError
-from api.schemas import (ApiKeyCreated, ApiKeyPublic, DeploymentPublic, ExportPublic, ModelPublic, PredictionStats,
-                         VersionPublic)
+from api.schemas.deployments import DeploymentPublic, PredictionStats
+from api.schemas.keys import ApiKeyCreated, ApiKeyPublic
+from api.schemas.models import ExportPublic, ModelPublic, VersionPublic
 
 API = "http://api.test:8000"
 INFERENCE = "http://inference.test:9001"
@@ -124,7 +126,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for var in ("TRAINYARD_API_URL", "TRAINYARD_INFERENCE_URL", "TRAINYARD_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TRAINYARD_DATA_DIR", str(tmp_path / "no-data-dir"))
-    monkeypatch.setattr(api.cli, "EXPORT_POLL_S", 0.0)
+    monkeypatch.setattr(api.cli.models, "EXPORT_POLL_S", 0.0)
 
 
 @pytest.fixture
@@ -134,7 +136,7 @@ def serve(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     def install(*steps: Step) -> Script:
         script = Script(*steps)
         transport = httpx.MockTransport(script)
-        monkeypatch.setattr(api.cli, "TrainyardClient",
+        monkeypatch.setattr(api.cli.app, "TrainyardClient",
                             lambda *a, **kw: TrainyardClient(*a, transport=transport, **kw))
         return script
 
@@ -382,7 +384,7 @@ def test_an_unreachable_server_is_one_line(monkeypatch: pytest.MonkeyPatch) -> N
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
     transport = httpx.MockTransport(refuse)
-    monkeypatch.setattr(api.cli, "TrainyardClient", lambda *a, **kw: TrainyardClient(*a, transport=transport, **kw))
+    monkeypatch.setattr(api.cli.app, "TrainyardClient", lambda *a, **kw: TrainyardClient(*a, transport=transport, **kw))
     for args in (["models"], ["deployments"], ["traffic", "churn-api", "a=100"], ["api-key", "list"]):
         line = one_error_line(*trainyard(*args, "--api", API))
         assert line == f"error: cannot reach the Trainyard API at {API} (connection refused); " \

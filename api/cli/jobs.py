@@ -1,0 +1,186 @@
+"""Training jobs: `submit`, `watch`, `jobs`, `job`, `cancel`."""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from api.cli.app import ApiOpt, cli, connect
+from api.cli.output import console, seconds, size, styled, when
+from api.cli.watching import WATCH_PATIENCE_S, poll
+from api.client import TrainyardClient, TrainyardError
+from domain.vocabulary import FINISHED, Framework, JobStatus, Priority, Task, choices
+
+
+@cli.command()
+def submit(
+    framework: Annotated[str, typer.Option(help=choices(Framework))],
+    task: Annotated[str, typer.Option(help=choices(Task))],
+    dataset: Annotated[str, typer.Option(help="builtin://breast_cancer | file:///abs/data.csv ...")],
+    name: Annotated[Optional[str], typer.Option()] = None,
+    target: Annotated[Optional[str], typer.Option(help="target column (file:// datasets)")] = None,
+    param: Annotated[list[str], typer.Option("--param", "-p", help="KEY=VALUE (VALUE parsed as JSON)")] = [],
+    priority: Annotated[str, typer.Option(help=choices(Priority))] = Priority.MEDIUM.value,
+    tag: Annotated[list[str], typer.Option("--tag")] = [],
+    idempotency_key: Annotated[Optional[str], typer.Option()] = None,
+    watch_it: Annotated[bool, typer.Option("--watch", help="watch it until it ends")] = False,
+    api: ApiOpt = None,
+) -> None:
+    """Submit a training job; prints its id (with --watch: exit 0 only when it completes)."""
+    params = {}
+    for p in param:
+        key, _, raw = p.partition("=")
+        try:
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw
+    body = {"name": name or f"{framework}-{task}", "framework": framework, "task": task,
+            "dataset": {"uri": dataset, **({"target": target} if target else {})},
+            "params": params, "priority": priority, "tags": tag}
+    client = connect(api)
+    out = client.submit(body, idempotency_key)
+    console.print(out["job_id"])
+    if watch_it:
+        job = _watch(client, out["job_id"], submitted=True)
+        raise typer.Exit(0 if job["status"] == "completed" else 1)
+
+
+def _watch(client: TrainyardClient, job_id: str, interval: float = 0.5, patience: float = WATCH_PATIENCE_S,
+           submitted: bool = False) -> dict:
+    """Poll the job and its latest metrics into a progress bar until it ends. Once the job has been seen, an
+    unreachable API or a 5xx is retried with backoff for up to `patience` seconds of continuous failure (an API
+    restart), the bar staying; then the last error is raised. A job just `submitted` may also 404 for that long
+    (its read model behind)."""
+    if not submitted:  # a bad id, an unknown job or an API that is not there: the one-line error, without a bar
+        client.job(job_id)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                  TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"), console=console) as bar:
+        t = bar.add_task(job_id[:8], total=100, metrics="")
+
+        def waiting(e: TrainyardError, left: float | None) -> None:
+            why = f"API {'unreachable' if e.status is None else e.status}: {e.detail or e.title}"
+            bar.update(t, metrics=f"[yellow]{escape(why)}; retrying, giving up in {left:.0f} s[/yellow]")
+
+        def look() -> tuple[dict, dict]:
+            return client.job(job_id), client.metrics(job_id)["latest"]
+
+        for job, latest in poll(look, interval, patience=patience, max_delay=2.0, on_error=waiting,
+                                tolerate=lambda e: e.retryable or (submitted and e.status == 404)):
+            shown = " ".join(f"{n}={p['value']:.4g}" for n, p in latest.items())
+            bar.update(t, completed=job["progress"]["percentage_complete"],
+                       description=f"{job_id[:8]} {job['status']} a{job['attempt']}", metrics=escape(shown))
+            if job["status"] in FINISHED:
+                break
+    console.print_json(data={k: job[k] for k in ("status", "final_metrics", "artifact", "error")})
+    return job
+
+
+@cli.command()
+def watch(job_id: str, api: ApiOpt = None,
+          retry_for: Annotated[float, typer.Option(help="seconds to ride out an unreachable or failing API")]
+          = WATCH_PATIENCE_S) -> None:
+    """A live progress bar with the latest metrics until the job ends; exit 0 only when it completes.
+
+    Rides out an API restart (no connection, 5xx) for --retry-for seconds."""
+    job = _watch(connect(api), job_id, patience=retry_for)
+    raise typer.Exit(0 if job["status"] == "completed" else 1)
+
+
+@cli.command()
+def jobs(status: Annotated[Optional[str], typer.Option(help=choices(JobStatus))] = None,
+         framework: Annotated[Optional[str], typer.Option(help=choices(Framework))] = None, tag: Optional[str] = None,
+         limit: int = 20, offset: int = 0, api: ApiOpt = None) -> None:
+    """List jobs, newest first."""
+    out = connect(api).jobs(status=status, framework=framework, tag=tag, limit=limit, offset=offset)
+    table = Table(title=f"{out['total']} jobs", box=None)
+    table.add_column("job_id", no_wrap=True, min_width=36)
+    for col, width in (("status", 9), ("done", 4), ("try", 3), ("priority", 8)):
+        table.add_column(col, no_wrap=True, min_width=width)
+    for col in ("model", "name"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis")
+    for j in out["items"]:
+        table.add_row(j["job_id"], j["status"], f"{j['progress']['percentage_complete']:.0f}%", str(j["attempt"]),
+                      j["priority"], f"{j['framework']}/{j['task']}", j["name"])
+    console.print(table)
+
+
+@cli.command()
+def job(job_id: str, as_json: Annotated[bool, typer.Option("--json", help="print the raw data")] = False,
+        api: ApiOpt = None) -> None:
+    """One job: status, params, progress, timings, error, latest metrics, final metrics, artifact.
+
+    With --json: the raw job and its metrics ({"job": ..., "metrics": {"names", "latest"}})."""
+    client = connect(api)
+    j = client.job(job_id)
+    try:
+        metrics: dict[str, Any] | None = client.metrics(job_id)
+        metrics_error = None
+    except TrainyardError as e:  # the job is known; its metrics store may be briefly unavailable
+        if not e.retryable:
+            raise
+        metrics, metrics_error = None, str(e)
+    if as_json:
+        print(json.dumps({"job": j, "metrics": metrics}, indent=2))
+        return
+    p = j["progress"]
+    total = f"/{p['total_steps']}" if p.get("total_steps") is not None else ""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    rows: list[tuple[str, Any]] = [
+        ("job_id", j["job_id"]),
+        ("name", escape(j["name"])),
+        ("status", styled(j["status"])
+                   + (" (cancel requested)" if j.get("cancel_requested") and j["status"] not in FINISHED else "")),
+        ("attempt", f"{j['attempt']}" + (f" on {escape(j['runner_id'])}" if j.get("runner_id") else "")),
+        ("priority", j["priority"]),
+        ("model", f"{j['framework']}/{j['task']}"),
+        ("dataset", escape(" ".join(f"{k}={v}" for k, v in j["dataset"].items()))),
+        ("params", escape(json.dumps(j["params"]))),
+        ("tags", escape(", ".join(j.get("tags") or [])) or "-"),
+        ("progress", f"{p['percentage_complete']:.0f}% (step {p['current_step']}{total}, "
+                     f"elapsed {seconds(p.get('elapsed_s'))}, eta {seconds(p.get('eta_s'))})"),
+        ("created", when(j["created_at"])),
+        ("started", when(j.get("started_at"), j["created_at"], "queued")),
+        ("finished", when(j.get("finished_at"), j.get("started_at") or j["created_at"],
+                           "ran" if j.get("started_at") else "after")),
+    ]
+    if j.get("error"):
+        rows.append(("error", f"[red]{escape(j['error'])}[/red]"))
+    for key, value in rows:
+        grid.add_row(key, value)
+    console.print(grid)
+
+    if metrics_error:
+        console.print(Text(f"metrics unavailable: {metrics_error}", style="yellow"), soft_wrap=True)
+    elif metrics and metrics["latest"]:
+        table = Table(title="latest metrics", title_justify="left", box=None)
+        for col in ("metric", "step", "value"):
+            table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
+        for name, point in sorted(metrics["latest"].items()):
+            table.add_row(escape(name), str(point["step"]), f"{point['value']:.6g}")
+        console.print(table)
+    if j.get("final_metrics"):
+        table = Table(title="final metrics", title_justify="left", box=None)
+        table.add_column("metric", no_wrap=True)
+        table.add_column("value", justify="right", no_wrap=True)
+        for name, value in sorted(j["final_metrics"].items()):
+            table.add_row(escape(name), f"{value:.6g}")
+        console.print(table)
+    if art := j.get("artifact"):
+        console.print("[bold]artifact[/bold]")
+        for key in ("uri", "sha256", "size_bytes", *(k for k in art if k not in ("uri", "sha256", "size_bytes"))):
+            if key in art:
+                value = size(art[key]) if key == "size_bytes" and isinstance(art[key], int) else str(art[key])
+                console.print(f"  {key:<10} {escape(value)}", soft_wrap=True, highlight=False)
+
+
+@cli.command()
+def cancel(job_id: str, api: ApiOpt = None) -> None:
+    """Cancel a queued or running job."""
+    console.print_json(data=connect(api).cancel(job_id))

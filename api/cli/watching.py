@@ -1,0 +1,48 @@
+"""The one polling loop behind every live view (`watch`, `study watch`, `export --watch`, `ab --watch`)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from api.client import TrainyardError
+
+T = TypeVar("T")
+WATCH_PATIENCE_S = 60.0  # how long a watch rides out an unreachable or failing (5xx) API before giving up
+
+
+def retryable(error: TrainyardError) -> bool:
+    """No connection, a timeout or a 5xx: an API restart, worth waiting for."""
+    return error.retryable
+
+
+def poll(look: Callable[[], T], interval: float, *, patience: float | None = WATCH_PATIENCE_S,
+         wait_first: bool = False, max_delay: float | None = None,
+         tolerate: Callable[[TrainyardError], bool] = retryable,
+         on_error: Callable[[TrainyardError, float | None], None] | None = None) -> Iterator[T]:
+    """Yield `look()` every `interval` seconds until the caller stops iterating (`wait_first`: wait before the
+    first look too).
+
+    A TrainyardError that `tolerate` accepts is handed to `on_error(error, seconds_left)` and the look retried:
+    after `interval` seconds, doubling up to `max_delay` while the failures go on (when given). Once the failures
+    have lasted `patience` seconds (None: never), or for an error `tolerate` refuses, the error is raised. The
+    first success resets both the delay and the patience."""
+    delay, pause, down_since = interval, (interval if wait_first else 0.0), None
+    while True:
+        if pause > 0:
+            time.sleep(pause)
+        try:
+            value = look()
+        except TrainyardError as e:
+            now = time.monotonic()
+            down_since = now if down_since is None else down_since
+            left = None if patience is None else patience - (now - down_since)
+            if not tolerate(e) or (left is not None and left <= 0):
+                raise
+            if on_error is not None:
+                on_error(e, left)
+            pause = delay if left is None else min(delay, left)
+            delay = delay if max_delay is None else min(delay * 2, max_delay)
+            continue
+        delay, pause, down_since = interval, interval, None
+        yield value

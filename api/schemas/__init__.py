@@ -1,0 +1,1 @@
+"""Request and response bodies of the REST API (`XxxIn` / `XxxPublic`), one module per resource."""

@@ -1,0 +1,56 @@
+"""What every resource's bodies share: tags, the no-control-characters text rule in words, and the problem+json
+error body with the OpenAPI `responses` helper."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
+
+from api.limits import MAX_PARAM_KEY_CHARS, MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH, SafeText
+
+NO_CONTROL = "no control characters (NUL included)"
+
+
+Tag = Annotated[SafeText, Field(min_length=1, max_length=64, description=f"1 to 64 characters, {NO_CONTROL}")]
+
+
+MAX_TAGS = 20
+
+
+MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
+FREE_JSON = (f"at most {MAX_PARAMS_BYTES // 1024} KiB as JSON, {MAX_PARAMS_DEPTH} levels deep, keys 1 to "
+             f"{MAX_PARAM_KEY_CHARS} characters, {NO_CONTROL}, finite numbers")
+
+
+class FieldError(BaseModel):
+    field: str
+    reason: str
+
+
+class ProblemPublic(BaseModel):
+    """RFC 9457 problem details, served as application/problem+json."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str
+    field: str | None = Field(default=None, description="the request field at fault, e.g. dataset.target")
+    errors: list[FieldError] | None = None
+
+
+def problems(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` for these error statuses, each a problem+json body."""
+    return {s: {"model": ProblemPublic, "content": {"application/problem+json": {}}} for s in statuses}
+
+
+def document_unparsable_bodies(router: APIRouter) -> None:
+    """Add the 400 problem+json that a body which does not parse gets (api/problems.py) to every route of `router`
+    that takes a body. Call before the router is included; calling it again changes nothing."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.body_field is not None and 400 not in route.responses:
+            route.responses[400] = {**problems(400)[400], "description": "the body does not parse"}

@@ -1,0 +1,141 @@
+"""Deployments: variants and their traffic, shadow, revisions, prediction statistics."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from api.limits import SafeText
+from api.schemas.ab import PolicyIn
+from api.schemas.models import AliasName, ModelName
+
+DeploymentName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+                                      description="1 to 63 lowercase letters, digits or '-'")]
+
+
+VariantName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+
+
+Reason = Annotated[SafeText, Field(max_length=500, description="why (kept in the deployment's history)")]
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: ModelName
+    version: StrictInt | None = Field(default=None, ge=1, le=2**31 - 1)
+    alias: AliasName | None = None
+
+
+class VariantIn(ModelRef):
+    name: VariantName
+    weight: StrictInt = Field(ge=0, le=100, description="integer share of traffic; the weights sum to 100")
+
+
+class PolicySetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: PolicyIn | None
+    reason: Reason | None = None
+
+
+class DeploymentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: DeploymentName
+    variants: list[VariantIn] = Field(min_length=1, max_length=10)
+    shadow: ModelRef | None = Field(default=None, description="gets a copy of every request; never answers")
+    reason: Reason | None = None
+    policy: PolicyIn | None = Field(default=None, description="ramp the challenger, promote or roll it back "
+                                                              "automatically on the online comparison")
+
+
+class DeploymentUpdateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    variants: list[VariantIn] = Field(min_length=1, max_length=10)
+    shadow: ModelRef | None = None
+    reason: Reason | None = None
+
+
+class TrafficIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weights: dict[VariantName, StrictInt] = Field(min_length=1, max_length=10)
+    reason: Reason | None = None
+
+
+class PromoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    variant: VariantName
+    reason: Reason | None = None
+
+
+class ReasonIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Reason | None = None
+
+
+class VariantPublic(BaseModel):
+    name: str
+    model: str
+    version: int
+    alias: str | None = None
+    weight: int
+    artifact: dict[str, Any] = Field(description="the ONNX artifact it serves (uri, sha256, input name, features)")
+
+
+class ShadowPublic(BaseModel):
+    model: str
+    version: int
+    alias: str | None = None
+    artifact: dict[str, Any]
+
+
+class DeploymentPublic(BaseModel):
+    name: str
+    revision: int
+    active: bool
+    variants: list[VariantPublic]
+    shadow: ShadowPublic | None
+    policy: dict[str, Any] | None = None
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeploymentList(BaseModel):
+    items: list[DeploymentPublic]
+
+
+class RevisionPublic(BaseModel):
+    revision: int
+    change: Literal["created", "traffic", "promote", "update", "rollback", "deactivate", "policy_step",
+                    "policy_promote", "policy_halt"]
+    reason: str | None
+    figures: dict[str, Any] | None = Field(default=None, description="a policy action: what it was based on")
+    variants: list[VariantPublic]
+    shadow: ShadowPublic | None
+    active: bool
+    rolled_back_to: int | None
+    actor: str | None
+    at: datetime
+
+
+class DeploymentHistory(BaseModel):
+    name: str
+    revisions: list[RevisionPublic] = Field(description="every revision, oldest first")
+
+
+class PredictionSummary(BaseModel):
+    revision: int
+    variant: str
+    model: str
+    version: int
+    shadow: bool
+    requests: int
+    errors: int
+    p50_us: float
+    p95_us: float
+    p99_us: float
+
+
+class PredictionStats(BaseModel):
+    deployment: str
+    items: list[PredictionSummary]

@@ -1,0 +1,123 @@
+"""Training jobs: submit, read, list; their metrics; the comparison of runs."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from api.limits import MAX_PARAM_KEY_CHARS, MAX_PARAM_TEXT_CHARS, MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH, SafeText
+from api.schemas.common import MAX_TAGS, MAX_TIMEOUT_S, NO_CONTROL, Tag
+from api.schemas.datasets import DatasetIn
+from domain.training_job import DEFAULT_TIMEOUT_S
+from domain.vocabulary import Framework, JobStatus, Priority, Task
+
+
+class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)  # commands get the plain strings
+    name: SafeText = Field(min_length=1, max_length=200, description=f"1 to 200 characters, {NO_CONTROL}")
+    framework: Framework
+    task: Task
+    dataset: DatasetIn
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"the framework's parameters (an allowlist per framework: unknown names are refused). At most "
+                    f"{MAX_PARAMS_BYTES // 1024} KiB as JSON and {MAX_PARAMS_DEPTH} levels deep, keys 1 to "
+                    f"{MAX_PARAM_KEY_CHARS} characters, text values at most {MAX_PARAM_TEXT_CHARS}, {NO_CONTROL}; "
+                    "numbers finite (no NaN/Infinity). Compute is bounded: num_threads 1..16, epochs 1..10000, "
+                    "batch_size 1..65536, hidden_sizes at most 8 layers of 1..2048 and 20M weights, "
+                    "n_estimators 1..20000, num_leaves 2..4096")
+    priority: Priority = Priority.MEDIUM.value
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=f"at most {MAX_TAGS} tags")
+    timeout_s: StrictInt = Field(default=DEFAULT_TIMEOUT_S, ge=1, le=MAX_TIMEOUT_S,
+                                 description="wall-clock limit of the job in seconds, 1 to 604800 (7 days)")
+
+
+class JobAccepted(BaseModel):
+    job_id: UUID
+    status: JobStatus
+    created_at: datetime
+
+
+class ProgressPublic(BaseModel):
+    current_step: int
+    total_steps: int | None
+    percentage_complete: float
+    elapsed_s: float | None
+    eta_s: float | None
+
+
+class JobPublic(BaseModel):
+    job_id: UUID
+    name: str
+    framework: Framework
+    task: Task
+    dataset: dict[str, Any]
+    params: dict[str, Any]
+    priority: Priority
+    tags: list[str]
+    timeout_s: int = Field(default=DEFAULT_TIMEOUT_S, description="wall-clock limit of the job in seconds")
+    status: JobStatus
+    progress: ProgressPublic
+    attempt: int = Field(description="runs started so far (each claim by a runner is a new attempt)")
+    lost_leases: int = Field(default=0, description="attempts whose runner was lost; the job fails at max_attempts")
+    max_attempts: int = Field(default=3, description="how many lost runners the job survives")
+    runner_id: str | None
+    cancel_requested: bool
+    created_by: str | None = Field(default=None, description="the actor that submitted it (X-Trainyard-Actor)")
+    correlation_id: str | None = Field(default=None, description="the submit's X-Request-Id (or generated)")
+    study_id: UUID | None = Field(default=None, description="the study this job is a trial of (null: a plain job)")
+    trial_number: int | None = Field(default=None, description="its trial number in that study")
+    final_metrics: dict[str, float]
+    artifact: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    version: int
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class LatestValue(BaseModel):
+    step: int
+    value: float
+
+
+class MetricNames(BaseModel):
+    job_id: UUID
+    names: list[str]
+    latest: dict[str, LatestValue] = Field(description="each metric's last point (its latest attempt)")
+
+
+class MetricPointPublic(BaseModel):
+    step: int
+    value: float
+    ts: datetime
+
+
+class MetricSeries(BaseModel):
+    name: str
+    attempt: int | None
+    points: list[MetricPointPublic]
+
+
+class ComparedRun(BaseModel):
+    job_id: UUID
+    name: str
+    status: JobStatus
+    attempt: int | None
+    final_metrics: dict[str, float]
+    points: list[MetricPointPublic]
+
+
+class Comparison(BaseModel):
+    metric: str
+    runs: list[ComparedRun]

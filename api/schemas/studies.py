@@ -1,0 +1,131 @@
+"""Hyperparameter studies and their trials."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from api.limits import SafeText
+from api.schemas.common import FREE_JSON, MAX_TAGS, MAX_TIMEOUT_S, NO_CONTROL, Tag
+from api.schemas.datasets import DatasetIn
+from domain.vocabulary import Direction, Framework, Priority, StudyStatus, Task, TrialState
+
+
+class ObjectiveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)  # commands get the plain strings
+    metric: SafeText = Field(min_length=1, max_length=64, description="a final metric of the task: binary auc, "
+                             "accuracy, logloss; multiclass accuracy, logloss, f1_macro; regression rmse, mae, r2")
+    direction: Direction | None = Field(
+        default=None, description="default: maximize for auc, accuracy, f1_macro, r2; minimize otherwise")
+
+
+class StudyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)  # commands get the plain strings
+    name: SafeText = Field(min_length=1, max_length=200, description=f"1 to 200 characters, {NO_CONTROL}")
+    framework: Framework
+    task: Task
+    dataset: DatasetIn
+    objective: ObjectiveIn
+    search_space: dict[str, Any] = Field(description='{"<param>": {"type": "float", "low", "high", "log"?, '
+                                         '"step"?} | {"type": "int", "low", "high", "step"?, "log"?} | '
+                                         '{"type": "categorical", "choices": [...]}}; at most 32 params; '
+                                         + FREE_JSON)
+    fixed_params: dict[str, Any] = Field(default_factory=dict, description="merged into every trial's params; "
+                                         + FREE_JSON)
+    sampler: dict[str, Any] = Field(default_factory=lambda: {"type": "tpe"},
+                                    description='{"type": "tpe"|"random"|"grid"|"cmaes"|"qmc", "seed"?: int}')
+    pruner: dict[str, Any] = Field(default_factory=lambda: {"type": "none"},
+                                   description='{"type": "none"|"median"|"percentile"|"successive_halving"|'
+                                               '"hyperband", ...its options}')
+    n_trials: StrictInt = Field(ge=1, le=10_000, description="1 to 10,000")
+    max_parallel: StrictInt = Field(default=2, ge=1, le=64, description="trials running at once, 1 to 64")
+    timeout_s: StrictInt | None = Field(default=None, ge=1, le=MAX_TIMEOUT_S,
+                                        description="no new trials after this many seconds (each trial's own "
+                                                    "job timeout too)")
+    priority: Priority = Priority.MEDIUM.value
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=f"at most {MAX_TAGS} tags")
+
+
+class StudyAccepted(BaseModel):
+    study_id: UUID
+    status: StudyStatus
+    created_at: datetime
+
+
+class BestTrial(BaseModel):
+    number: int
+    params: dict[str, Any]
+    value: float
+    job_id: UUID
+
+
+class StudyPublic(BaseModel):
+    study_id: UUID
+    name: str
+    framework: Framework
+    task: Task
+    dataset: dict[str, Any]
+    objective: dict[str, Any]
+    search_space: dict[str, Any]
+    fixed_params: dict[str, Any]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    n_trials: int
+    max_parallel: int
+    timeout_s: int | None
+    priority: Priority
+    tags: list[str]
+    status: StudyStatus
+    reason: str | None = Field(default=None, description="why it ended (or is being cancelled)")
+    counts: dict[str, int] = Field(description="trials per state: queued, running, completed, pruned, failed")
+    best_trial: BestTrial | None
+    created_by: str | None = None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class StudyList(BaseModel):
+    items: list[StudyPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class TrialPublic(BaseModel):
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    value: float | None
+    job_id: UUID
+    asked_at: datetime | None = None
+    started_at: datetime | None
+    finished_at: datetime | None
+    pruned_at_step: int | None
+
+
+class TrialList(BaseModel):
+    items: list[TrialPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class HistoryPoint(BaseModel):
+    number: int
+    value: float
+    best_so_far: float
+
+
+class StudyHistory(BaseModel):
+    study_id: UUID
+    direction: Direction
+    points: list[HistoryPoint]
+
+
+class Importances(BaseModel):
+    study_id: UUID
+    completed_trials: int
+    importances: dict[str, float] = Field(description="Optuna's parameter importances (fANOVA), summing to 1; "
+                                                      "empty with fewer than 2 completed trials")

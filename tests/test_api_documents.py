@@ -1,0 +1,165 @@
+"""The OpenAPI and AsyncAPI documents keep their meaning: against the documents recorded before the house-in-order
+work, every path, method, parameter, request and response property, type and enum value is the same. Order,
+descriptions, titles and examples do not count, nor where a schema is written (inline or under components: both
+are compared resolved). What may change: a constraint added or made stricter (lengths, patterns, ranges, item
+counts) and a 400 problem+json answer added to an operation; nothing else."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import unquote
+
+from api.app import create_app
+from api.asyncapi import document
+from infra.settings import Settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+WORDS = {"description", "title", "summary", "examples", "example"}
+LOWER = {"minLength", "minItems", "minProperties", "minimum", "exclusiveMinimum"}  # may only rise
+UPPER = {"maxLength", "maxItems", "maxProperties", "maximum", "exclusiveMaximum"}  # may only fall
+CONSTRAINTS = LOWER | UPPER | {"pattern", "multipleOf"}
+UNORDERED = {"enum", "required", "tags"}
+
+
+def resolve(node: Any, root: dict[str, Any], seen: tuple[str, ...] = ()) -> Any:
+    """`node` with every local $ref replaced by what it points at (siblings of the $ref kept) and one-element
+    allOf wrappers merged in."""
+    if isinstance(node, list):
+        return [resolve(item, root, seen) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    ref = node.pop("$ref", None)
+    if isinstance(ref, str) and ref.startswith("#/") and ref not in seen:
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target[unquote(part).replace("~1", "/").replace("~0", "~")]
+        node = {**resolve(target, root, seen + (ref,)), **node}
+    if isinstance(node.get("allOf"), list) and len(node["allOf"]) == 1:
+        node = {**resolve(node.pop("allOf")[0], root, seen), **node}
+    return {key: resolve(value, root, seen) for key, value in node.items()}
+
+
+def meaning(node: Any, parent: str = "") -> Any:
+    """What the comparison sees: no words, no constraints, lists that are sets sorted, parameters by name."""
+    if isinstance(node, list):
+        items = [meaning(item) for item in node]
+        if parent == "parameters":
+            return {f"{p.get('in')}:{p.get('name')}": p for p in items}
+        return sorted(items, key=json.dumps) if parent in UNORDERED else items
+    if not isinstance(node, dict):
+        return node
+    return {key: meaning(value, key) for key, value in node.items()
+            if key not in WORDS and key not in CONSTRAINTS}
+
+
+def constraints(node: Any, path: str = "") -> dict[str, Any]:
+    """Every constraint keyword in the document, by where it is."""
+    found: dict[str, Any] = {}
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            found.update(constraints(item, f"{path}/{i}"))
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key in CONSTRAINTS and not isinstance(value, dict):
+                found[f"{path}/{key}"] = value
+            elif key not in WORDS:
+                found.update(constraints(value, f"{path}/{key}"))
+    return found
+
+
+def loosened(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The constraints of `before` that `after` dropped or relaxed. A bound may move inwards; an inclusive one may
+    become an exclusive one at least as far in, and an exclusive one an inclusive one strictly further in."""
+    out = []
+    for where, old in before.items():
+        base, key = where.rsplit("/", 1)
+        if key in LOWER | UPPER:
+            lower = key in LOWER
+            pair = {"minimum", "exclusiveMinimum"} if lower else {"maximum", "exclusiveMaximum"}
+            kinds = pair if key in pair else {key}
+            news = [(k, after[f"{base}/{k}"]) for k in kinds if f"{base}/{k}" in after]
+            kept = any((n > old if lower else n < old) or (n == old and (k == key or k.startswith("exclusive")))
+                       for k, n in news)
+        else:
+            kept = after.get(where) == old
+        if not kept:
+            out.append(f"{where}: {old} -> {after.get(where, 'gone')}")
+    return out
+
+
+def without_added_400s(after: dict[str, Any], before: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`after` less the 400 answers `before` lacked, and any of those that is not a problem+json body."""
+    after = json.loads(json.dumps(after))
+    wrong = []
+    for path, methods in after.get("paths", {}).items():
+        for method, operation in methods.items():
+            old = before.get("paths", {}).get(path, {}).get(method, {}).get("responses", {})
+            responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+            if "400" in responses and "400" not in old:
+                if "application/problem+json" not in responses.pop("400").get("content", {}):
+                    wrong.append(f"{method.upper()} {path}")
+    return after, wrong
+
+
+def compare(before: dict[str, Any], after: dict[str, Any]) -> None:
+    before, after = resolve(before, before), resolve(after, after)
+    after, wrong = without_added_400s(after, before)
+    assert not wrong, f"added 400 answers that are not problem+json: {wrong}"
+    old_components = (before.get("components") or {}).pop("schemas", {})
+    new_components = (after.get("components") or {}).pop("schemas", {})
+    assert set(old_components) <= set(new_components), set(old_components) - set(new_components)
+    assert meaning(after) == meaning(before)
+    relaxed = loosened(constraints(before), constraints(after))
+    assert not relaxed, f"constraints dropped or relaxed: {relaxed}"
+
+
+def openapi() -> dict[str, Any]:
+    return create_app(SimpleNamespace(settings=Settings())).openapi()  # type: ignore[arg-type]
+
+
+def test_the_openapi_document_keeps_its_meaning() -> None:
+    compare(json.loads((FIXTURES / "openapi-before-house-in-order.json").read_text()), openapi())
+
+
+def test_the_asyncapi_document_keeps_its_meaning() -> None:
+    compare(json.loads((FIXTURES / "asyncapi-before-house-in-order.json").read_text()), json.loads(document()))
+
+
+def test_the_comparison_sees_a_changed_meaning() -> None:
+    """The check can fail: a renamed property, a lost enum value, a relaxed bound or an undocumented answer."""
+    before = {"paths": {"/x": {"post": {"responses": {"200": {}}, "requestBody": {"content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/In"}}}}}}},
+        "components": {"schemas": {"In": {"type": "object", "properties": {
+            "a": {"type": "string", "maxLength": 10}, "b": {"enum": ["p", "q"], "type": "string"},
+            "c": {"type": "number", "exclusiveMinimum": 0}}}}}}
+
+    def changed(edit: Any) -> dict[str, Any]:
+        after = json.loads(json.dumps(before))
+        edit(after)
+        return after
+
+    schema = ("components", "schemas", "In", "properties")
+
+    def props(doc: dict[str, Any]) -> dict[str, Any]:
+        node: Any = doc
+        for key in schema:
+            node = node[key]
+        return node
+
+    compare(before, changed(lambda d: props(d)["a"].update(maxLength=5, pattern="^[a-z]*$")))
+    compare(before, changed(lambda d: props(d)["c"].update(minimum=0.01)))
+    compare(before, changed(lambda d: d["paths"]["/x"]["post"]["responses"].update(
+        {"400": {"content": {"application/problem+json": {}}}})))
+    for edit in (lambda d: props(d).update(z=props(d).pop("a")),
+                 lambda d: props(d)["b"].update(enum=["p"]),
+                 lambda d: props(d)["a"].update(maxLength=11),
+                 lambda d: props(d)["c"].pop("exclusiveMinimum"),
+                 lambda d: d["paths"]["/x"]["post"]["responses"].update({"409": {}})):
+        try:
+            compare(before, changed(edit))
+        except AssertionError:
+            continue
+        raise AssertionError("a change of meaning passed the comparison")
