@@ -14,7 +14,7 @@ from commands.ab_policy import stats_of
 from commands.deployments import DeploymentNotFoundError
 from domain.ab_stats import compare, srm, summarize
 from domain.deployment import control_of
-from projections.ab_queries import shadow_agreement, timeseries, variant_stats
+from projections.telemetry.ab_queries import shadow_agreement, timeseries, variant_stats
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
 Metric = Literal["accuracy", "logloss", "rmse", "mae"]

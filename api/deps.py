@@ -18,9 +18,9 @@ from infra.leases import LeaseStore
 from infra.settings import Settings
 from projections.deployments import DeploymentQueries
 from projections.job_queries import JobQueries
-from projections.metric_store import MetricStore
+from projections.telemetry.metric_store import MetricStore
 from projections.models import ModelQueries
-from projections.prediction_store import PredictionStore
+from projections.telemetry.prediction_store import PredictionStore
 from projections.readmodel import AppliedPositions
 from projections.studies import StudyQueries
 

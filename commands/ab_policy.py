@@ -35,7 +35,7 @@ from domain.contract import printable
 from domain.deployment import DeploymentError, control_of
 from infra.clickhouse import ClickHouse
 from infra.health import Stage, stopped_within
-from projections.ab_queries import variant_stats
+from projections.telemetry.ab_queries import variant_stats
 from projections.deployments import DeploymentQueries
 
 log = logging.getLogger("trainyard.policy")

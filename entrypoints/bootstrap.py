@@ -16,9 +16,9 @@ from infra.settings import Settings
 from projections.deployments import DEPLOYMENTS_DDL, DeploymentQueries
 from projections.job_queries import JobQueries
 from projections.jobs import JOBS_DDL
-from projections.metric_store import MetricStore
+from projections.telemetry.metric_store import MetricStore
 from projections.models import MODELS_DDL, ModelQueries
-from projections.prediction_store import PredictionStore
+from projections.telemetry.prediction_store import PredictionStore
 from projections.readmodel import POISONED_DDL, AppliedPositions
 from projections.studies import STUDIES_DDL, StudyQueries
 

@@ -11,21 +11,26 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
+from typing import Any
 
 import uvicorn
+from nats.js import JetStreamContext
+from pydantic import TypeAdapter
 
 from api.app import create_app
 from commands.ab_policy import PolicyEngine
 from commands.reconciler import Reconciler
 from commands.reports import ReportHandler, ReportServer
-from commands.study_driver import StudyDriver
+from commands.study_driver import MalformedEvent, StudyDriver
 from entrypoints.bootstrap import build
-from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, WORK_STREAM, connect, ensure_streams
+from infra.consumer import Consumer
+from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, WorkStream, connect, ensure_streams
 from infra.settings import Settings
-from projections.metrics import FeedbackProjector, MetricsProjector, PredictionsProjector
 from projections.readmodel import ProjectionProcess
 from projections.relay import EagerWork, Relay
+from projections.telemetry.projectors import FeedbackProjector, MetricsProjector, PredictionsProjector
+from projections.work_queries import WorkQueries
 
 log = logging.getLogger("trainyard.serve")
 # The PostgreSQL read models, run in serve's projection process: (stage, application, projection, view).
@@ -39,6 +44,17 @@ READ_MODELS = [
     ("projection:deployments", "commands.training.TrainingApplication",
      "projections.deployments.DeploymentsProjection", "projections.deployments.DeploymentsView"),
 ]
+
+
+def follow_events(js: JetStreamContext, driver: StudyDriver, stop: asyncio.Event) -> Awaitable[None]:
+    """The study driver's events: every domain event, one at a time (a lingering fetch of more waits for them all),
+    each synced then acked; a malformed one dead-lettered at once, one whose sync keeps failing after 5 tries. The
+    periodic refresh runs between fetches."""
+    events: Consumer[dict[str, Any]] = Consumer(
+        js, EVENTS_STREAM, STUDY_DRIVER_CONSUMER, TypeAdapter(dict[str, Any]), driver.stage, name="study driver",
+        max_deliveries=5, retry_delay=lambda deliveries: 0.5 * deliveries, in_progress_s=10.0,
+        poison=(MalformedEvent,))
+    return events.run(driver.handle, stop, batch=1, timeout=0.2, between=driver.refresh)
 
 
 class _Server(uvicorn.Server):
@@ -59,8 +75,8 @@ async def serve(settings: Settings) -> None:
     projections = ProjectionProcess(READ_MODELS, database_url,
                                     {name: health.stage(name, stuck_after_s=stuck, loops=True)
                                      for name, *_ in READ_MODELS}, stuck)
-    driver = StudyDriver(services.app, services.pool, health.stage("study-driver", stuck_after_s=stuck, loops=True),
-                         metrics=services.metrics)
+    driver = StudyDriver(services.app, services.studies,
+                         health.stage("study-driver", stuck_after_s=stuck, loops=True), metrics=services.metrics)
     relay = Relay(services.app, js, services.pool, health.stage("relay", stuck_after_s=stuck, loops=True))
     services.app.on_saved = EagerWork(js, asyncio.get_running_loop())  # work items out before the relay's round
     metrics = MetricsProjector(js, services.metrics, health.stage("metrics-projector", stuck_after_s=stuck, loops=True))
@@ -71,7 +87,7 @@ async def serve(settings: Settings) -> None:
     policy = PolicyEngine(services.deployment_commands, services.deployments, services.clickhouse,
                           health.stage("policy", stuck_after_s=max(stuck, 5 * settings.policy_interval_s), loops=True),
                           settings.policy_interval_s)
-    reconciler = Reconciler(services.app, services.leases, services.pool, js, WORK_STREAM,
+    reconciler = Reconciler(services.app, services.leases, WorkQueries(services.pool), WorkStream(js),
                             health.stage("reconciler", stuck_after_s=max(stuck, 5 * settings.reconcile_interval_s),
                                          loops=True),
                             settings.reconcile_interval_s, settings.requeue_after_s)
@@ -81,7 +97,7 @@ async def serve(settings: Settings) -> None:
              (("projections", projections), ("relay", relay),
               ("metrics-projector", metrics), ("predictions-projector", predictions), ("feedback-projector", feedback),
               ("reconciler", reconciler), ("policy", policy))]
-    tasks.append(asyncio.create_task(driver.run(js, STUDY_DRIVER_CONSUMER, EVENTS_STREAM, stop), name="study-driver"))
+    tasks.append(asyncio.create_task(driver.run(follow_events(js, driver, stop)), name="study-driver"))
     await reports.start(nc)
     config = uvicorn.Config(create_app(services, nc), host=settings.api_host, port=settings.api_port,
                             log_level="warning", lifespan="off")

@@ -19,9 +19,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from domain.study import Study
+from domain.vocabulary import StudyStatus, TrialState
 from projections.readmodel import TrackedProjection, TrackedView
 
-TRIAL_STATES = ("queued", "running", "completed", "pruned", "failed")
 STUDIES_DDL = """
 CREATE TABLE IF NOT EXISTS studies (
     id uuid PRIMARY KEY,
@@ -167,7 +167,7 @@ _STUDY = ("s.id AS study_id, s.name, s.framework, s.task, s.dataset, s.objective
           "s.sampler, s.pruner, s.n_trials, s.max_parallel, s.timeout_s, s.priority, s.tags, s.status, s.reason, "
           "s.best_trial, c.counts, s.created_by, s.created_at, s.finished_at")
 _COUNTS = ("CROSS JOIN LATERAL (SELECT jsonb_build_object("
-           + ", ".join(f"'{k}', count(*) FILTER (WHERE t.state = '{k}')" for k in TRIAL_STATES)
+           + ", ".join(f"'{k}', count(*) FILTER (WHERE t.state = '{k}')" for k in TrialState)
            + ") AS counts FROM trials t WHERE t.study_id = s.id) c")
 _TRIAL = "number, state, params, value, job_id, started_at, finished_at, pruned_at_step, asked_at"
 
@@ -185,6 +185,13 @@ class StudyQueries:
             cur.execute(f"SELECT {_STUDY} FROM studies s {_COUNTS} WHERE s.id = %s", (study_id,))
             row = cur.fetchone()
         return self._public(row) if row else None
+
+    def running_ids(self) -> list[UUID]:
+        """The studies going on (running, or cancelling their trials): the study driver's round."""
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT id FROM studies WHERE status = ANY(%s)",
+                                ([StudyStatus.RUNNING.value, StudyStatus.CANCELLING.value],)).fetchall()
+        return [r[0] for r in rows]
 
     def list(self, status: str | Sequence[str] | None = None, tag: str | Sequence[str] | None = None,
              limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
