@@ -42,6 +42,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from domain.vocabulary import Task
 from infra.datasets import Split
 from infra.onnx_runtime import session_for
 from runners.trainers import validation_metrics
@@ -54,7 +55,6 @@ __all__ = [
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_OPSET = 15  # onnxmltools 1.16 converts LightGBM up to 15; torch's exporter supports it too
 INPUT_NAME = "input"
-_TASKS = ("binary_classification", "multiclass_classification", "regression")
 _EXPORT_LOCK = threading.Lock()  # torch's TorchScript exporter keeps global state: one export at a time
 
 
@@ -103,8 +103,8 @@ def convert(framework: str, task: str, model_bytes: bytes, n_features: int, opse
     """The ONNX graph of a trainer's model (see the module docstring for its contract). Raises ExportError.
 
     Deterministic: the same model bytes give the same ONNX bytes."""
-    if task not in _TASKS:
-        raise ExportError(f"unknown task {str(task)[:40]!r}; expected one of {', '.join(_TASKS)}")
+    if task not in set(Task):
+        raise ExportError(f"unknown task {str(task)[:40]!r}; expected one of {', '.join(Task)}")
     if framework == "lightgbm":
         model = _convert_lightgbm(task, model_bytes, n_features, opset)
     elif framework == "pytorch":
