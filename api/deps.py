@@ -21,7 +21,7 @@ from projections.job_queries import JobQueries
 from projections.telemetry.metric_store import MetricStore
 from projections.models import ModelQueries
 from projections.telemetry.prediction_store import PredictionStore
-from projections.readmodel import AppliedPositions
+from projections.read_your_writes import AppliedPositions
 from projections.studies import StudyQueries
 
 READ_YOUR_WRITES_TIMEOUT_S = 5.0

@@ -208,7 +208,7 @@ class Breakdown:
     def __init__(self) -> None:
         import api.jobs as jobs
         from commands.training import TrainingApplication
-        from projections.readmodel import AppliedPositions
+        from projections.read_your_writes import AppliedPositions
 
         self.t: dict[str, list[float]] = {}
         self.committed: dict[int, float] = {}
@@ -280,7 +280,7 @@ def experiment(name: str) -> None:
     read-your-writes wait costs). `switch-1ms`: sys.setswitchinterval(0.001) instead of 5 ms (a test of the GIL
     convoy hypothesis). `threads-N`: sync routes on at most N worker threads (anyio's default 40). `healthz`: the load generator GETs /healthz instead (a sync route through the same
     middleware and threadpool: the HTTP stack's floor)."""
-    from projections.readmodel import AppliedPositions
+    from projections.read_your_writes import AppliedPositions
 
     if name == "switch-1ms":
         sys.setswitchinterval(0.001)
@@ -344,7 +344,7 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
     from infra.postgres import eventsourcing_env
     from entrypoints.serve import READ_MODELS
     from infra.settings import Settings
-    from projections.readmodel import ProjectionProcess
+    from projections.hosting import ProjectionProcess
 
     for name in args.experiment.split(","):
         if name != "none":
@@ -358,7 +358,7 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
     if args.projection == "process":
         projection = Projection(ProjectionProcess(READ_MODELS[:1], db_url, {name: services.health.stage(name)}))
     else:  # --projection thread: in this process, as serve ran it before (for comparison)
-        from projections.readmodel import ProjectionHost, _load
+        from projections.hosting import ProjectionHost, _load
 
         projection = Projection(ProjectionHost(_load(app), _load(proj), _load(view), eventsourcing_env(db_url),
                                                services.pool, services.health.stage(name)))

@@ -19,8 +19,9 @@ from projections.jobs import JOBS_DDL
 from projections.telemetry.metric_store import MetricStore
 from projections.models import MODELS_DDL, ModelQueries
 from projections.telemetry.prediction_store import PredictionStore
-from projections.readmodel import POISONED_DDL, AppliedPositions
+from projections.read_your_writes import AppliedPositions
 from projections.studies import STUDIES_DDL, StudyQueries
+from projections.tracking import POISONED_DDL
 
 
 def build(settings: Settings) -> Services:

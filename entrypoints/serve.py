@@ -27,7 +27,7 @@ from entrypoints.bootstrap import build
 from infra.consumer import Consumer
 from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, WorkStream, connect, ensure_streams
 from infra.settings import Settings
-from projections.readmodel import ProjectionProcess
+from projections.hosting import ProjectionProcess
 from projections.relay import EagerWork, Relay
 from projections.telemetry.projectors import FeedbackProjector, MetricsProjector, PredictionsProjector
 from projections.work_queries import WorkQueries

@@ -1,5 +1,5 @@
 """The `studies` and `trials` read models: one row per hyperparameter study and one per trial, written with their
-tracking position (projections/readmodel.py), and the queries the API reads them with (never the event store).
+tracking position (projections/tracking.py), and the queries the API reads them with (never the event store).
 
 Every update is guarded by the study's version (a trial row keeps the version that last wrote it), so processing
 an event twice is a no-op and a replay from zero rebuilds the same tables. A trial event also moves the study's
@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from domain.study import Study
 from domain.vocabulary import StudyStatus, TrialState
-from projections.readmodel import TrackedProjection, TrackedView
+from projections.tracking import TrackedProjection, TrackedView, topics_of
 
 STUDIES_DDL = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -91,11 +91,9 @@ def _finite(value: Any) -> float | None:
 
 class StudiesProjection(TrackedProjection[StudiesView]):
     name = "studies"
-    topics = tuple(
-        f"domain.study:Study.{n}"
-        for n in ("Created", "TrialAsked", "TrialStarted", "TrialPruneRequested", "TrialFinished",
-                  "BestTrialImproved", "CancelRequested", "Cancelled", "Completed", "Failed")
-    )
+    topics = topics_of(Study.Created, Study.TrialAsked, Study.TrialStarted, Study.TrialPruneRequested,
+                       Study.TrialFinished, Study.BestTrialImproved, Study.CancelRequested, Study.Cancelled,
+                       Study.Completed, Study.Failed)
 
     @singledispatchmethod
     def apply(self, domain_event: Any, tracking: Tracking) -> None:
