@@ -1,4 +1,4 @@
-"""The A/B report's sufficient statistics, read from the per-minute aggregates (projections/telemetry/prediction_store.py):
+"""The A/B report's sufficient statistics, read from the per-minute aggregates (prediction_store.py):
 per variant (and per revision, for the sample-ratio check and the policy's current-revision figures) the requests,
 errors, latency quantiles (merged DDSketches: within 1%), labelled requests and the sum and sum of squares of the
 per-prediction metric (METRIC_SQL). The statistics (domain/ab_stats.py) need nothing more.

@@ -45,7 +45,8 @@ def add_batch(cols: MetricColumns, batch: MetricBatch) -> None:
 
 
 class TelemetryProjector:
-    """Subclasses set `consumer` (its durable on TRAINYARD_TELEMETRY), `batch_class` and `insert_batches(batches, token)` (blocking)."""
+    """Subclasses set `consumer` (its durable on TRAINYARD_TELEMETRY), `batch_class` and
+    `insert_batches(batches, token)` (blocking)."""
 
     consumer = ""
     batch_class: Any = None
@@ -120,8 +121,8 @@ class TelemetryProjector:
 
 class MetricsProjector(TelemetryProjector):
     consumer, batch_class = METRICS_CONSUMER, MetricBatch
-    # Not gathered (gather_s 0), though a chDB insert costs about 3.6 ms of CPU whatever its size: a job's last
-    # points, flushed just before it reports its end, must be queryable when the job shows completed.
+    # Not gathered (gather_s 0), though every insert has a fixed cost: a job's last points, flushed just before it
+    # reports its end, must be queryable when the job shows completed.
     store: MetricStore
 
     def insert_batches(self, batches: list[MetricBatch], token: str) -> None:
