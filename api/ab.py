@@ -1,5 +1,5 @@
 """/api/v1/deployments/{name}/ab: the online comparison of a deployment's variants (and its shadow), from ClickHouse
-sufficient statistics (projections/ab_queries.py) and the always-valid statistics of domain/ab_stats.py."""
+sufficient statistics (projections/telemetry/ab_queries.py) and the always-valid statistics of domain/ab_stats.py."""
 from __future__ import annotations
 
 import time
@@ -16,7 +16,7 @@ from domain.ab_policy import stats_of
 from domain.ab_stats import compare, srm, summarize
 from domain.deployment import control_of
 from domain.vocabulary import AbMetric
-from projections.ab_queries import shadow_agreement, timeseries, variant_stats
+from projections.telemetry.ab_queries import shadow_agreement, timeseries, variant_stats
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
 EpochMs = Annotated[int | None, Query(ge=0, le=2**53, description="Unix epoch milliseconds")]

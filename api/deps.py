@@ -18,10 +18,10 @@ from infra.leases import LeaseStore
 from infra.settings import Settings
 from projections.deployments import DeploymentQueries
 from projections.job_queries import JobQueries
-from projections.metric_store import MetricStore
+from projections.telemetry.metric_store import MetricStore
 from projections.models import ModelQueries
-from projections.prediction_store import PredictionStore
-from projections.readmodel import AppliedPositions
+from projections.telemetry.prediction_store import PredictionStore
+from projections.read_your_writes import AppliedPositions
 from projections.studies import StudyQueries
 
 READ_YOUR_WRITES_TIMEOUT_S = 5.0

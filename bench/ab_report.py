@@ -64,8 +64,8 @@ from api.ab import report  # noqa: E402
 from api.deployments import FEEDBACK_CHUNK  # noqa: E402
 from domain.contract import FeedbackBatch  # noqa: E402
 from infra.clickhouse import connect as connect_clickhouse  # noqa: E402
-from projections import ab_queries, prediction_store  # noqa: E402
-from projections.prediction_store import COLUMNS, PredictionStore  # noqa: E402
+from projections.telemetry import ab_queries, prediction_store  # noqa: E402
+from projections.telemetry.prediction_store import COLUMNS, PredictionStore  # noqa: E402
 
 DEPLOYMENT = "tumor-classifier"
 CLASSES = ["malignant", "benign"]

@@ -208,7 +208,7 @@ class Breakdown:
     def __init__(self) -> None:
         import api.jobs as jobs
         from commands.training import TrainingApplication
-        from projections.readmodel import AppliedPositions
+        from projections.read_your_writes import AppliedPositions
 
         self.t: dict[str, list[float]] = {}
         self.committed: dict[int, float] = {}
@@ -280,7 +280,7 @@ def experiment(name: str) -> None:
     read-your-writes wait costs). `switch-1ms`: sys.setswitchinterval(0.001) instead of 5 ms (a test of the GIL
     convoy hypothesis). `threads-N`: sync routes on at most N worker threads (anyio's default 40). `healthz`: the load generator GETs /healthz instead (a sync route through the same
     middleware and threadpool: the HTTP stack's floor)."""
-    from projections.readmodel import AppliedPositions
+    from projections.read_your_writes import AppliedPositions
 
     if name == "switch-1ms":
         sys.setswitchinterval(0.001)
@@ -342,9 +342,10 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
     from entrypoints.bootstrap import build_services as build
     from infra.embedded import EmbeddedNats, free_port
     from infra.postgres import eventsourcing_env
-    from entrypoints.serve import READ_MODELS
+    from commands.training import TrainingApplication
     from infra.settings import Settings
-    from projections.readmodel import ProjectionProcess
+    from projections.hosting import ProjectionProcess
+    from projections.read_models import process_specs
 
     for name in args.experiment.split(","):
         if name != "none":
@@ -354,11 +355,12 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
     nats_url = nats.start()
     services = build(Settings(database_url=db_url, nats_url=nats_url, clickhouse_url=None, data_dir=work / "data"))
     eager = EagerPublisher(services, nats_url)  # as serve: each submit's work item goes out at once
-    name, app, proj, view = READ_MODELS[0]  # the jobs read model, in its own process as serve runs it
+    jobs_read_model = process_specs(TrainingApplication)[:1]  # in its own process, as serve runs it
+    name, app, proj, view = jobs_read_model[0]
     if args.projection == "process":
-        projection = Projection(ProjectionProcess(READ_MODELS[:1], db_url, {name: services.health.stage(name)}))
+        projection = Projection(ProjectionProcess(jobs_read_model, db_url, {name: services.health.stage(name)}))
     else:  # --projection thread: in this process, as serve ran it before (for comparison)
-        from projections.readmodel import ProjectionHost, _load
+        from projections.hosting import ProjectionHost, _load
 
         projection = Projection(ProjectionHost(_load(app), _load(proj), _load(view), eventsourcing_env(db_url),
                                                services.pool, services.health.stage(name)))

@@ -28,8 +28,8 @@ from infra.clickhouse import connect as connect_clickhouse  # noqa: E402
 from infra.embedded import EmbeddedNats  # noqa: E402
 from infra.messaging import connect, ensure_streams  # noqa: E402
 from infra.settings import Settings  # noqa: E402
-from projections.metric_store import MetricColumns, MetricStore  # noqa: E402
-from projections.metrics import MetricsProjector  # noqa: E402
+from projections.telemetry.metric_store import MetricColumns, MetricStore  # noqa: E402
+from projections.telemetry.projectors import MetricsProjector  # noqa: E402
 
 NAMES = ("train_loss", "valid_loss", "valid_auc", "lr")
 

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from infra.clickhouse import connect as connect_clickhouse  # noqa: E402
-from projections.metric_store import MetricPoint, MetricStore  # noqa: E402
+from projections.telemetry.metric_store import MetricPoint, MetricStore  # noqa: E402
 
 KEY = "train_loss"
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)

@@ -34,7 +34,7 @@ class Deployments(Protocol):
 
 
 # (deployment, metric, since ms, until ms) -> (rows per variant over the whole window, rows per revision and variant):
-# projections/ab_queries.py variant_stats bound to the ClickHouse that holds the A/B aggregates.
+# projections/telemetry/ab_queries.py variant_stats bound to the ClickHouse that holds the A/B aggregates.
 VariantFigures = Callable[[str, str, int, int], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
 
 

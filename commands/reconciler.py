@@ -16,25 +16,43 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Protocol
 from uuid import UUID
 
-from nats.js import JetStreamContext
-from psycopg_pool import ConnectionPool
-
 from commands.context import SYSTEM
-from infra.leases import LeaseStore
 from commands.training import TrainingApplication
-from domain.contract import WORK_PREFIX, printable
+from domain.contract import printable
 from domain.training_job import JobError
 from infra.health import Stage, stopped_within
+from infra.leases import LeaseStore
 
 log = logging.getLogger("trainyard.reconciler")
 
 
+class RepairCandidates(Protocol):
+    """The read models, as the reconciler reads them (projections/work_queries.py WorkQueries)."""
+
+    def orphaned_leases(self, older_than_s: float) -> list[tuple[UUID, str]]:
+        """(job id, lease id) of running jobs with no lease row, unchanged for `older_than_s`."""
+        ...
+
+    def queued_since(self, older_than_s: float) -> list[UUID]:
+        """Ids of queued jobs and model exports unchanged for `older_than_s`."""
+        ...
+
+
+class WorkQueue(Protocol):
+    """The work stream, as the reconciler asks it (infra/messaging.py WorkStream)."""
+
+    async def queued_ids(self) -> set[str]:
+        """The aggregate ids that have a work item on the stream now."""
+        ...
+
+
 class Reconciler:
-    def __init__(self, app: TrainingApplication, leases: LeaseStore, pool: ConnectionPool, js: JetStreamContext,
-                 work_stream: str, stage: Stage, interval_s: float = 2.0, requeue_after_s: float = 30.0) -> None:
-        self.app, self.leases, self.pool, self.js, self.work_stream = app, leases, pool, js, work_stream
+    def __init__(self, app: TrainingApplication, leases: LeaseStore, candidates: RepairCandidates, work: WorkQueue,
+                 stage: Stage, interval_s: float = 2.0, requeue_after_s: float = 30.0) -> None:
+        self.app, self.leases, self.candidates, self.work = app, leases, candidates, work
         self.stage, self.interval_s, self.requeue_after_s = stage, interval_s, requeue_after_s
         self.repairs = 0
 
@@ -46,33 +64,17 @@ class Reconciler:
                                                        SYSTEM.caused_by(f"lease:{lease.lease_id}")))
             self.leases.drop(lease.job_id, lease.lease_id)
             n += 1
-        with self.pool.connection() as conn:
-            orphans = conn.execute(
-                "SELECT id, lease_id FROM jobs WHERE status = 'running' AND lease_id IS NOT NULL "
-                "AND updated_at < now() - make_interval(secs => %s) "
-                "AND NOT EXISTS (SELECT 1 FROM job_leases l WHERE l.job_id = jobs.id) LIMIT 500",
-                (2 * self.leases.ttl_s,)).fetchall()
-        for job_id, lease_id in orphans:
+        for job_id, lease_id in self.candidates.orphaned_leases(2 * self.leases.ttl_s):
             self._repair(lambda: self.app.expire_lease(job_id, lease_id, "its lease was never renewed",
                                                        SYSTEM.caused_by(f"lease:{lease_id}")))
             n += 1
         return n
 
     async def requeue_missing_work(self) -> int:
-        def queued() -> list[UUID]:
-            with self.pool.connection() as conn:
-                return [r[0] for r in conn.execute(
-                    "(SELECT id, updated_at FROM jobs WHERE status = 'queued' "
-                    "AND updated_at < now() - make_interval(secs => %(s)s) ORDER BY updated_at LIMIT 1000) UNION ALL "
-                    "(SELECT id, updated_at FROM model_exports WHERE status = 'queued' "
-                    "AND updated_at < now() - make_interval(secs => %(s)s) ORDER BY updated_at LIMIT 1000)",
-                    {"s": self.requeue_after_s}).fetchall()]
-
-        candidates = await asyncio.to_thread(queued)
+        candidates = await asyncio.to_thread(self.candidates.queued_since, self.requeue_after_s)
         if not candidates:
             return 0
-        info = await self.js.stream_info(self.work_stream, subjects_filter=f"{WORK_PREFIX}.>")
-        present = {s.rsplit(".", 1)[-1] for s in (info.state.subjects or {})}
+        present = await self.work.queued_ids()
         missing = [job_id for job_id in candidates if str(job_id) not in present]
         for job_id in missing:
             await asyncio.to_thread(self._repair, lambda: self.app.requeue(

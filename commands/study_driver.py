@@ -12,11 +12,11 @@ idempotent step, `sync(study_id)`:
    completes when its last trial ends;
 3. while fewer than `max_parallel` trials are unfinished and fewer than `n_trials` were asked, it asks Optuna and
    records the ask on the Study together with the trial's job, in one transaction (`_Draft`).
-`sync` runs on every study or training-job event of that study (a durable JetStream consumer on the events
-stream, acked after the sync; a message that fails 5 times is dead-lettered) and every `refresh_s` for every
-running study, so a lost event delays a step, never loses it. In the serve process the report handler also nudges
-the driver (`job_moved`) the moment a trial's job ends, so the next trial is asked without waiting for
-the event's trip through the relay and JetStream.
+`sync` runs on every study or training-job event of that study (`handle`: the entry point feeds it from a durable
+JetStream consumer on the events stream, acked after the sync; a message that fails 5 times is dead-lettered) and
+every `refresh_s` for every running study (`refresh`), so a lost event delays a step, never loses it. In the serve
+process the report handler also nudges the driver (`job_moved`) the moment a trial's job ends, so the next trial is
+asked without waiting for the event's trip through the relay and JetStream.
 
 Pruning: a runner training a trial with a pruner reports the objective's step metric after each step
 (`intermediate` reports); the report handler asks `should_prune`; a yes is recorded on the Study
@@ -26,18 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 import math
 import queue
 import threading
 import time
+from collections.abc import Awaitable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
-
-from nats.js import JetStreamContext
-from psycopg_pool import ConnectionPool
 
 from commands.context import CommandContext
 from commands.studies import StudyCommands, StudyNotFoundError, trial_job_id
@@ -47,25 +44,35 @@ from domain.contract import printable
 from domain.search_space import step_metric_for
 from domain.study import Study, StudyError
 from domain.training_job import JobError
+from domain.vocabulary import JobStatus, StudyStatus, TrialState
 from infra.health import Stage
-from infra.messaging import dead_letter
 
 log = logging.getLogger("trainyard.studies")
 DRIVER = CommandContext(actor="system:study-driver")
-MAX_DELIVERIES = 5
-MAX_EVENT_BYTES = 1024 * 1024
 STUDY_TRIGGERS = frozenset({"study.created", "study.cancel_requested", "study.completed", "study.cancelled",
                             "study.failed"})
 JOB_TRIGGERS = frozenset({"training_job.submitted", "training_job.started", "training_job.completed",
                           "training_job.failed", "training_job.cancelled"})
 
 
+class RunningStudies(Protocol):
+    """The studies read model, as the driver reads it (projections/studies.py StudyQueries)."""
+
+    def running_ids(self) -> list[UUID]:
+        """The ids of the studies that are running or cancelling."""
+        ...
+
+
+class MalformedEvent(ValueError):
+    """An event on the bus that no sync can make sense of: the entry point's consumer dead-letters it at once."""
+
+
 class StudyDriver:
-    def __init__(self, app: TrainingApplication, pool: ConnectionPool, stage: Stage | None = None,
+    def __init__(self, app: TrainingApplication, reads: RunningStudies, stage: Stage | None = None,
                  metrics: Any = None, refresh_s: float = 2.0) -> None:
-        self.app, self.studies, self.pool, self.metrics = app, StudyCommands(app), pool, metrics
+        self.app, self.studies, self.reads, self.metrics = app, StudyCommands(app), reads, metrics
         self.stage = stage or Stage("study-driver", loops=True)
-        self.refresh_s = refresh_s
+        self.refresh_s, self._refreshed = refresh_s, 0.0
         self._optimizers: dict[UUID, StudyOptimizer] = {}
         self._job_trials: dict[UUID, tuple[UUID, int]] = {}  # job id -> (study id, trial number)
         self._seen: dict[UUID, int] = {}  # job id -> the job's version this driver has acted on
@@ -90,9 +97,9 @@ class StudyDriver:
             draft = _Draft(study)
             for number in study.unfinished:
                 self._follow(draft, opt, number, ctx)
-            if draft.study.status == "cancelling":
+            if draft.study.status == StudyStatus.CANCELLING:
                 self._cancel_jobs(draft.study, ctx)
-            elif draft.study.status == "running":
+            elif draft.study.status == StudyStatus.RUNNING:
                 opt = self._fill(draft, opt)
             try:
                 study = draft.save(self.app, ctx)
@@ -113,7 +120,7 @@ class StudyDriver:
         except JobNotFoundError:  # recorded without its job by an older version that saved the two apart
             self.studies.submit_trial(draft.study, number, ctx)
             return
-        if job.status == "running" and trial["state"] == "queued":
+        if job.status == JobStatus.RUNNING and trial["state"] == TrialState.QUEUED:
             draft.edit().trial_started(number)
         if job.is_finished:
             state, value, error = _outcome(job, trial, draft.study.objective["metric"], draft.study.status)
@@ -139,7 +146,7 @@ class StudyDriver:
             draft.jobs.append(self.studies.trial_job(draft.study, number))  # saved with the ask
             self._job_trials[job_id] = (study_id, number)
             draft.seen.setdefault(job_id, 1)  # its `submitted` event moves nothing
-        if not draft.study.unfinished and (timed_out or opt.exhausted) and draft.study.status == "running":
+        if not draft.study.unfinished and (timed_out or opt.exhausted) and draft.study.status == StudyStatus.RUNNING:
             reason = f"timeout_s of {timeout_s} s reached" if timed_out else "the search space is exhausted"
             draft.edit().complete(f"{reason} after {draft.study.next_number} trials")
         return opt
@@ -223,12 +230,45 @@ class StudyDriver:
             except Exception as e:  # the job's event on JetStream syncs it again, with the poison policy
                 log.warning("study driver: sync of %s after %s failed: %s", study_id, causation, printable(e, 200))
 
-    # ---- the loop --------------------------------------------------------------------------------
+    # ---- the events (the entry point wires the JetStream consumer: infra/consumer.py) ---------------
+    async def run(self, events: Awaitable[None]) -> None:
+        """Follow the report handler's nudges on a thread of their own while `events` (the loop that feeds
+        `handle` and `refresh`) runs."""
+        mover = self._mover = threading.Thread(target=self._follow_moves, name="study-driver-moves", daemon=True)
+        mover.start()
+        try:
+            await events
+        finally:
+            self._mover = None
+            self._moves.put(None)  # after the nudges already put
+            await asyncio.to_thread(mover.join, 30)
+
+    async def handle(self, event: dict[str, Any]) -> None:
+        """One event of the events stream: sync the study it moves (`study_of`). MalformedEvent for one that does
+        not make sense (anyone can publish on the bus); any other error is worth another try."""
+        try:
+            study_id = self.study_of(event)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise MalformedEvent(f"{type(e).__name__}: {e}") from e
+        if study_id is not None:
+            await asyncio.to_thread(self.sync, study_id, DRIVER.caused_by(str(event.get("event_id"))[:64]))
+
+    async def refresh(self) -> None:
+        """Sync every running study, once every `refresh_s` (a lost event delays a step, never loses it)."""
+        if time.monotonic() - self._refreshed <= self.refresh_s:
+            return
+        self._refreshed = time.monotonic()
+        try:
+            for study_id in await asyncio.to_thread(self.running_studies):
+                await asyncio.to_thread(self.sync, study_id)
+            self.stage.progressed()
+        except Exception as e:
+            log.exception("study driver: refresh failed")
+            self.stage.failed(e)
+
     def running_studies(self) -> list[UUID]:
         """The studies the read model shows going, and those this driver holds (the read model may lag)."""
-        with self.pool.connection() as conn:
-            rows = conn.execute("SELECT id FROM studies WHERE status IN ('running', 'cancelling')").fetchall()
-        return list(dict.fromkeys([*(r[0] for r in rows), *self._optimizers]))
+        return list(dict.fromkeys([*self.reads.running_ids(), *self._optimizers]))
 
     def study_of(self, event: dict[str, Any]) -> UUID | None:
         """The study an event moves: a study's own event from outside the driver (created, cancel), or a trial's
@@ -249,74 +289,6 @@ class StudyDriver:
             study_id = (event.get("payload") or {}).get("study_id")
             return UUID(study_id) if study_id else None
         return None
-
-    async def run(self, js: JetStreamContext, consumer: str, stream: str, stop: asyncio.Event) -> None:
-        mover = self._mover = threading.Thread(target=self._follow_moves, name="study-driver-moves", daemon=True)
-        mover.start()
-        try:
-            await self._run(js, consumer, stream, stop)
-        finally:
-            self._mover = None
-            self._moves.put(None)  # after the nudges already put
-            await asyncio.to_thread(mover.join, 30)
-
-    async def _run(self, js: JetStreamContext, consumer: str, stream: str, stop: asyncio.Event) -> None:
-        sub = await js.pull_subscribe_bind(consumer, stream=stream)
-        last_refresh = 0.0
-        while not stop.is_set():
-            self.stage.tick()
-            if time.monotonic() - last_refresh > self.refresh_s:
-                last_refresh = time.monotonic()
-                try:
-                    for study_id in await asyncio.to_thread(self.running_studies):
-                        await asyncio.to_thread(self.sync, study_id)
-                    self.stage.progressed()
-                except Exception as e:
-                    log.exception("study driver: refresh failed")
-                    self.stage.failed(e)
-            try:
-                msgs = await sub.fetch(1, timeout=0.2)  # batch 1: a lingering fetch of more waits for them all
-            except (TimeoutError, asyncio.TimeoutError):
-                continue
-            except Exception as e:
-                self.stage.failed(e)
-                await asyncio.sleep(1.0)
-                continue
-            for msg in msgs:
-                await self._handle(js, msg)
-
-    async def _handle(self, js: JetStreamContext, msg: Any) -> None:
-        """One event: sync its study, then ack. An event that does not parse (anyone can publish on the bus) is
-        dead-lettered at once; one whose sync keeps failing, after MAX_DELIVERIES tries."""
-        try:
-            event = json.loads(msg.data) if len(msg.data) <= MAX_EVENT_BYTES else None
-            if not isinstance(event, dict):
-                raise ValueError("not a JSON object of at most 1 MiB")
-            study_id = self.study_of(event)
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            await self._dead_letter(js, msg, f"malformed event: {type(e).__name__}: {e}")
-            return
-        try:
-            if study_id is not None:
-                await asyncio.to_thread(self.sync, study_id, DRIVER.caused_by(str(event.get("event_id"))[:64]))
-            await msg.ack()
-            self.stage.progressed()
-        except Exception as e:
-            deliveries = msg.metadata.num_delivered if msg.metadata else MAX_DELIVERIES
-            self.stage.failed(e)
-            if deliveries < MAX_DELIVERIES:
-                log.warning("study driver: event on %s failed (%d/%d): %s", msg.subject, deliveries, MAX_DELIVERIES,
-                            printable(e, 200))
-                await msg.nak(delay=0.5 * deliveries)
-                return
-            await self._dead_letter(js, msg, f"{type(e).__name__}: {e}")
-
-    async def _dead_letter(self, js: JetStreamContext, msg: Any, reason: str) -> None:
-        error = printable(reason, 300)
-        log.error("study driver: event on %s dead-lettered: %s", msg.subject, error)
-        await dead_letter(js, msg.subject, msg.data[:MAX_EVENT_BYTES], error)
-        self.stage.poisoned_one(error)
-        await msg.ack()
 
 
 class _Draft:
@@ -342,16 +314,17 @@ class _Draft:
 
 def _outcome(job: Any, trial: dict[str, Any], metric: str, study_status: str) -> tuple[str, float | None, str | None]:
     """(trial state, objective value, error) of a finished trial job."""
-    if job.status == "completed":
+    if job.status == JobStatus.COMPLETED:
         value = (job.final_metrics or {}).get(metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
-            return "completed", float(value), None
-        return "failed", None, f"the job completed without a finite {metric!r} final metric"
-    if job.status == "cancelled":
+            return TrialState.COMPLETED, float(value), None
+        return TrialState.FAILED, None, f"the job completed without a finite {metric!r} final metric"
+    if job.status == JobStatus.CANCELLED:
         if trial.get("prune_requested_at_step") is not None:
-            return "pruned", None, None
-        return "failed", None, "cancelled with the study" if study_status == "cancelling" else "its job was cancelled"
-    return "failed", None, printable(job.error or "the job failed", 500)
+            return TrialState.PRUNED, None, None
+        cancelled = "cancelled with the study" if study_status == StudyStatus.CANCELLING else "its job was cancelled"
+        return TrialState.FAILED, None, cancelled
+    return TrialState.FAILED, None, printable(job.error or "the job failed", 500)
 
 
 def _age_s(study: Study) -> float:

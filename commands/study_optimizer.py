@@ -41,13 +41,14 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from domain import vocabulary
 from domain.search_space import pruner_settings, sampler_settings
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-TRIAL_STATES = ("queued", "running", "completed", "pruned", "failed")
-_FINISHED = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+_FINISHED = {vocabulary.TrialState.COMPLETED: TrialState.COMPLETE, vocabulary.TrialState.PRUNED: TrialState.PRUNED,
+             vocabulary.TrialState.FAILED: TrialState.FAIL}
 _SEED_SPACE = 2**32
 
 
@@ -58,7 +59,7 @@ class TrialRecord:
 
     number: int
     params: dict[str, Any]
-    state: str  # "queued" | "running" | "completed" | "pruned" | "failed"
+    state: str  # a domain.vocabulary.TrialState
     value: float | None = None
     intermediate: dict[int, float] = field(default_factory=dict)
 
@@ -298,7 +299,7 @@ class StudyOptimizer:
             if record.number != expected:
                 raise ValueError(f"trial numbers must be 0..{len(records) - 1} without gaps; trial {expected} "
                                  "is missing")
-            if record.state not in TRIAL_STATES:
+            if record.state not in set(vocabulary.TrialState):
                 raise ValueError(f"trial {record.number}: unknown state {record.state!r}")
             held = self._encode(record.params, record.number)
             attrs: dict[str, Any] = {"fixed_params": held}

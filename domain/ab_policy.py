@@ -33,7 +33,7 @@ class Action:
 
 
 def stats_of(row: dict[str, Any] | None, name: str, weight: int) -> VariantStats:
-    """A ClickHouse row of projections/ab_queries.py as the statistics module's input (zeros when absent)."""
+    """A ClickHouse row of projections/telemetry/ab_queries.py as the statistics module's input (zeros when absent)."""
     row = row or {}
     latency = row.get("latency") or [None, None, None]
     ms = [None if v is None or v != v else v / 1000 for v in latency]

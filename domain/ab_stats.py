@@ -1,7 +1,7 @@
 """Online A/B statistics from per-variant sufficient statistics: always-valid (sequential) inference and an SRM check.
 
 Pure (no I/O). Input: one `VariantStats` per variant, as one ClickHouse GROUP BY returns it
-(projections/ab_queries.py): requests, errors, latency quantiles, and for the labelled predictions n, Σx and Σx²
+(projections/telemetry/ab_queries.py): requests, errors, latency quantiles, and for the labelled predictions n, Σx and Σx²
 of the per-prediction metric value x:
 - accuracy: x = 1 if correct else 0 (higher is better);
 - logloss:  x = −log p(true label), clipped (lower is better);

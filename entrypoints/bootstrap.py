@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from infra.settings import Settings
@@ -34,12 +35,13 @@ def build_services(settings: Settings) -> Services:
     from infra.postgres import DDL_LOCK, eventsourcing_env, pool as pg_pool
     from projections.deployments import DeploymentQueries
     from projections.job_queries import JobQueries
-    from projections.metric_store import MetricStore
     from projections.models import ModelQueries
-    from projections.prediction_store import PredictionStore
     from projections.read_models import READ_MODELS
-    from projections.readmodel import POISONED_DDL, AppliedPositions
+    from projections.read_your_writes import AppliedPositions
     from projections.studies import StudyQueries
+    from projections.telemetry.metric_store import MetricStore
+    from projections.telemetry.prediction_store import PredictionStore
+    from projections.tracking import POISONED_DDL
 
     database_url, _ = settings.require_urls()
     app = TrainingApplication(env=eventsourcing_env(database_url))
@@ -62,11 +64,27 @@ def build_services(settings: Settings) -> Services:
 
 @dataclass
 class ServeParts:
-    """What serve runs beside the API: `tasks` (name → an object with `run(stop)`), the study driver (it follows
-    the events stream on a consumer of its own) and the report server (started on the NATS connection)."""
-    tasks: dict[str, Any]
-    driver: StudyDriver
+    """What serve runs beside the API: `tasks` (name → `run(stop)`, each an asyncio task until `stop` is set) and
+    the report server (started on the NATS connection)."""
+    tasks: dict[str, Callable[[asyncio.Event], Awaitable[None]]]
     reports: ReportServer
+
+
+def follow_events(js: Any, driver: StudyDriver, stop: asyncio.Event) -> Awaitable[None]:
+    """The study driver's events: every domain event, one at a time (a lingering fetch of more waits for them all),
+    each synced then acked; a malformed one dead-lettered at once, one whose sync keeps failing after 5 tries. The
+    periodic refresh runs between fetches."""
+    from pydantic import TypeAdapter
+
+    from commands.study_driver import MalformedEvent
+    from infra.consumer import Consumer
+    from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER
+
+    events: Consumer[dict[str, Any]] = Consumer(
+        js, EVENTS_STREAM, STUDY_DRIVER_CONSUMER, TypeAdapter(dict[str, Any]), driver.stage, name="study driver",
+        max_deliveries=5, retry_delay=lambda deliveries: 0.5 * deliveries, in_progress_s=10.0,
+        poison=(MalformedEvent,))
+    return events.run(driver.handle, stop, batch=1, timeout=0.2, between=driver.refresh)
 
 
 def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
@@ -75,13 +93,14 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
     from commands.reports import ReportHandler
     from commands.study_driver import StudyDriver
     from commands.training import TrainingApplication
-    from infra.messaging import WORK_STREAM
+    from infra.messaging import WorkStream
     from infra.report_server import ReportServer
-    from projections.ab_queries import variant_stats
-    from projections.metrics import FeedbackProjector, MetricsProjector, PredictionsProjector
+    from projections.hosting import ProjectionProcess
     from projections.read_models import process_specs
-    from projections.readmodel import ProjectionProcess
     from projections.relay import EagerWork, Relay
+    from projections.telemetry.ab_queries import variant_stats
+    from projections.telemetry.projectors import FeedbackProjector, MetricsProjector, PredictionsProjector
+    from projections.work_queries import WorkQueries
 
     database_url, _ = settings.require_urls()
     health, stuck = services.health, settings.stuck_after_s
@@ -91,7 +110,7 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
 
     specs = process_specs(TrainingApplication)
     projections = ProjectionProcess(specs, database_url, {name: stage(name) for name, *_ in specs}, stuck)
-    driver = StudyDriver(services.app, services.pool, stage("study-driver"), metrics=services.metrics)
+    driver = StudyDriver(services.app, services.studies, stage("study-driver"), metrics=services.metrics)
     services.app.on_saved = EagerWork(js, asyncio.get_running_loop())  # work items out before the relay's round
     tasks = {
         "projections": projections,
@@ -104,12 +123,14 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
                                                                                 since, until),
                                stage("policy", max(stuck, 5 * settings.policy_interval_s)),
                                settings.policy_interval_s),
-        "reconciler": Reconciler(services.app, services.leases, services.pool, js, WORK_STREAM,
+        "reconciler": Reconciler(services.app, services.leases, WorkQueries(services.pool), WorkStream(js),
                                  stage("reconciler", max(stuck, 5 * settings.reconcile_interval_s)),
                                  settings.reconcile_interval_s, settings.requeue_after_s),
     }
     reports = ReportServer(ReportHandler(services.app, services.leases, stage("reports", loops=False), studies=driver))
-    return ServeParts(tasks, driver, reports)
+    runs = {name: part.run for name, part in tasks.items()}
+    runs["study-driver"] = lambda stop: driver.run(follow_events(js, driver, stop))
+    return ServeParts(runs, reports)
 
 
 def build_runner(settings: Settings, nc: Any, js: Any) -> Runner:

@@ -17,7 +17,7 @@ import uvicorn
 
 from api.app import create_app
 from entrypoints.bootstrap import build_serve, build_services
-from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, connect, ensure_streams
+from infra.messaging import connect, ensure_streams
 from infra.settings import Settings
 
 log = logging.getLogger("trainyard.serve")
@@ -38,9 +38,7 @@ async def serve(settings: Settings) -> None:
     await ensure_streams(js, settings)
     stop = asyncio.Event()
     parts = build_serve(settings, services, js)
-    tasks = [asyncio.create_task(part.run(stop), name=name) for name, part in parts.tasks.items()]
-    tasks.append(asyncio.create_task(parts.driver.run(js, STUDY_DRIVER_CONSUMER, EVENTS_STREAM, stop),
-                                     name="study-driver"))
+    tasks = [asyncio.create_task(run(stop), name=name) for name, run in parts.tasks.items()]
     reports = parts.reports
     await reports.start(nc)
     config = uvicorn.Config(create_app(services, nc), host=settings.api_host, port=settings.api_port,

@@ -1,6 +1,6 @@
 """ClickHouse access: one small interface, two drivers (embedded chDB, a server over HTTP), one set of SQL.
 
-The SQL lives with the code that owns the tables (e.g. projections/metric_store.py) and is the same
+The SQL lives with the code that owns the tables (e.g. projections/telemetry/metric_store.py) and is the same
 string for both drivers. Parameters use ClickHouse server-side binding, `{name:Type}` in the SQL and
 `params={"name": value}`; values are never pasted into SQL text.
 

@@ -14,15 +14,9 @@ command handler answers, and the aggregate makes repeats harmless).
 """
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator
-
 import nats
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.errors import NoServersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -42,8 +36,6 @@ PREDICTIONS_CONSUMER = "clickhouse-predictions"
 FEEDBACK_CONSUMER = "clickhouse-feedback"
 STUDY_DRIVER_CONSUMER = "study-driver"  # every domain event; the driver acts on studies' and their trials' events
 WORK_ACK_WAIT_S = 30.0  # a runner holds an item only from fetch to the claim's answer
-
-log = logging.getLogger("trainyard.messaging")
 
 
 def work_consumer(priority: str) -> str:
@@ -97,20 +89,16 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
             deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))
 
 
-async def pulled(sub: JetStreamContext.PullSubscription, stop: asyncio.Event, batch: int,
-                 timeout: float) -> AsyncIterator[list[Msg]]:
-    """Batches of up to `batch` messages (a server-side pull of up to `timeout` each) until `stop` is set.
-    A quiet or unreachable server means: try again. (Runners pick their priority themselves: runners/runner.py.)"""
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(batch, timeout=timeout)
-        except (NatsTimeout, TimeoutError):
-            continue
-        except Exception:
-            log.exception("fetch failed; retrying")
-            await asyncio.sleep(1.0)
-            continue
-        yield msgs
+class WorkStream:
+    """The work stream as the reconciler asks it (commands/reconciler.py `WorkQueue`)."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+
+    async def queued_ids(self) -> set[str]:
+        """The aggregate ids with a work item on TRAINYARD_WORK now (the last token of each subject)."""
+        info = await self.js.stream_info(WORK_STREAM, subjects_filter=f"{WORK_PREFIX}.>")
+        return {s.rsplit(".", 1)[-1] for s in (info.state.subjects or {})}
 
 
 async def dead_letter(js: JetStreamContext, original_subject: str, data: bytes, reason: str) -> None:

@@ -1,5 +1,5 @@
 """The `deployments` (current revision), `deployment_revisions` (history) and `api_keys` read models, written with
-their tracking position (projections/readmodel.py), and their queries. The inference server reloads from these on
+their tracking position (projections/tracking.py), and their queries. The inference server reloads from these on
 start; the API answers from them. Rows are guarded by the aggregate version, so a replay rebuilds the same tables.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from domain.api_key import ApiKey
 from domain.deployment import Deployment
-from projections.readmodel import TrackedProjection, TrackedView
+from projections.tracking import TrackedProjection, TrackedView, topics_of
 
 DEPLOYMENTS_DDL = """
 CREATE TABLE IF NOT EXISTS deployments (
@@ -83,10 +83,10 @@ def _json(params: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 class DeploymentsProjection(TrackedProjection[DeploymentsView]):
     name = "deployments"
-    topics = tuple(get_topic(c) for c in (
+    topics = topics_of(
         Deployment.Created, Deployment.Revised, Deployment.TrafficChanged, Deployment.Promoted, Deployment.Updated,
         Deployment.RolledBack, Deployment.PolicyStepped, Deployment.PolicyPromoted, Deployment.PolicyHalted,
-        Deployment.Deactivated, Deployment.PolicySet, ApiKey.Created, ApiKey.Revoked))
+        Deployment.Deactivated, Deployment.PolicySet, ApiKey.Created, ApiKey.Revoked)
 
     @singledispatchmethod
     def apply(self, domain_event: Any, tracking: Tracking) -> None:

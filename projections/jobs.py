@@ -1,4 +1,4 @@
-"""The `jobs` read model: one row per training job, written with its tracking position (projections/readmodel.py).
+"""The `jobs` read model: one row per training job, written with its tracking position (projections/tracking.py).
 
 Every update is guarded by the aggregate version, so processing an event twice is a no-op and a replay from zero
 rebuilds the same table. Progress here is the aggregate's milestones; live step-level progress of a running job
@@ -14,7 +14,7 @@ from uuid import UUID
 from eventsourcing.persistence import Tracking
 
 from domain.training_job import TrainingJob
-from projections.readmodel import TrackedProjection, TrackedView
+from projections.tracking import TrackedProjection, TrackedView, topics_of
 
 JOBS_DDL = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -80,11 +80,9 @@ def _finished(status: str, at: datetime) -> dict[str, Any]:
 
 class JobsProjection(TrackedProjection[JobsView]):
     name = "jobs"
-    topics = tuple(
-        f"domain.training_job:TrainingJob.{n}"
-        for n in ("Submitted", "Started", "ProgressReported", "Completed", "Failed", "CancelRequested", "Cancelled",
-                  "Requeued", "LeaseLost")
-    )
+    topics = topics_of(TrainingJob.Submitted, TrainingJob.Started, TrainingJob.ProgressReported,
+                       TrainingJob.Completed, TrainingJob.Failed, TrainingJob.CancelRequested, TrainingJob.Cancelled,
+                       TrainingJob.Requeued, TrainingJob.LeaseLost)
 
     @singledispatchmethod
     def apply(self, domain_event: Any, tracking: Tracking) -> None:

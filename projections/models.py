@@ -1,6 +1,6 @@
 """The model registry's read models: `models` (with their aliases), `model_versions` (lineage, ONNX artifact,
 parity) and `model_exports` (each export's lifecycle), written with their tracking position
-(projections/readmodel.py), and the queries the API reads them with.
+(projections/tracking.py), and the queries the API reads them with.
 
 Rows are guarded by the aggregate version that last wrote them (a version row keeps its model's version), so
 processing an event twice is a no-op and a replay from zero rebuilds the same tables.
@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from domain.models import ModelExport, RegisteredModel
-from projections.readmodel import TrackedProjection, TrackedView
+from projections.tracking import TrackedProjection, TrackedView, topics_of
 
 MODELS_DDL = """
 CREATE TABLE IF NOT EXISTS models (
@@ -81,11 +81,13 @@ def _actor(e: Any) -> str:
 
 class ModelsProjection(TrackedProjection[ModelsView]):
     name = "models"
-    topics = tuple(f"domain.models:RegisteredModel.{n}" for n in
-                   ("Created", "VersionRegistered", "OnnxAttached", "AliasSet", "AliasRemoved")) + tuple(
-        f"domain.models:ModelExport.{n}" for n in
-        ("Requested", "Started", "Requeued", "LeaseLost", "ProgressReported", "Completed", "Failed",
-         "CancelRequested", "Cancelled"))
+    topics = topics_of(
+        RegisteredModel.Created, RegisteredModel.VersionRegistered, RegisteredModel.OnnxAttached,
+        RegisteredModel.AliasSet, RegisteredModel.AliasRemoved,
+        # an export's progress, cancel request and lost lease reach only the fallback `apply`: a tracking position
+        ModelExport.Requested, ModelExport.Started, ModelExport.Requeued, ModelExport.LeaseLost,
+        ModelExport.ProgressReported, ModelExport.Completed, ModelExport.Failed, ModelExport.CancelRequested,
+        ModelExport.Cancelled)
 
     @singledispatchmethod
     def apply(self, domain_event: Any, tracking: Tracking) -> None:

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, ServiceUnavailableError
 from psycopg_pool import ConnectionPool
 
-from domain.contract import WORK_READY, WorkItem, dlq_subject, envelope, printable, work_subject
+from domain.contract import SUBJECT_PREFIX, WORK_READY, WorkItem, dlq_subject, envelope, printable, work_subject
 from domain.registry import aggregate_of, queues_work
 from infra.health import Stage
 from infra.postgres import listen
@@ -144,7 +144,7 @@ class Relay:
                     raise
                 error = printable(f"{type(e).__name__}: {e}", 500)
                 await asyncio.sleep(0.1 * (attempt + 1))
-        subject, eid = "trainyard.v1.undecodable", None  # the stored event could not even be read back
+        subject, eid = f"{SUBJECT_PREFIX}.undecodable", None  # the stored event could not even be read back
         if event is not None:
             with contextlib.suppress(Exception):
                 subject, body = envelope(event, aggregate_of(event).name)

@@ -1,5 +1,5 @@
 """The `studies` and `trials` read models: one row per hyperparameter study and one per trial, written with their
-tracking position (projections/readmodel.py), and the queries the API reads them with (never the event store).
+tracking position (projections/tracking.py), and the queries the API reads them with (never the event store).
 
 Every update is guarded by the study's version (a trial row keeps the version that last wrote it), so processing
 an event twice is a no-op and a replay from zero rebuilds the same tables. A trial event also moves the study's
@@ -19,9 +19,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from domain.study import Study
-from projections.readmodel import TrackedProjection, TrackedView
+from domain.vocabulary import StudyStatus, TrialState
+from projections.tracking import TrackedProjection, TrackedView, topics_of
 
-TRIAL_STATES = ("queued", "running", "completed", "pruned", "failed")
 STUDIES_DDL = """
 CREATE TABLE IF NOT EXISTS studies (
     id uuid PRIMARY KEY,
@@ -91,11 +91,9 @@ def _finite(value: Any) -> float | None:
 
 class StudiesProjection(TrackedProjection[StudiesView]):
     name = "studies"
-    topics = tuple(
-        f"domain.study:Study.{n}"
-        for n in ("Created", "TrialAsked", "TrialStarted", "TrialPruneRequested", "TrialFinished",
-                  "BestTrialImproved", "CancelRequested", "Cancelled", "Completed", "Failed")
-    )
+    topics = topics_of(Study.Created, Study.TrialAsked, Study.TrialStarted, Study.TrialPruneRequested,
+                       Study.TrialFinished, Study.BestTrialImproved, Study.CancelRequested, Study.Cancelled,
+                       Study.Completed, Study.Failed)
 
     @singledispatchmethod
     def apply(self, domain_event: Any, tracking: Tracking) -> None:
@@ -167,7 +165,7 @@ _STUDY = ("s.id AS study_id, s.name, s.framework, s.task, s.dataset, s.objective
           "s.sampler, s.pruner, s.n_trials, s.max_parallel, s.timeout_s, s.priority, s.tags, s.status, s.reason, "
           "s.best_trial, c.counts, s.created_by, s.created_at, s.finished_at")
 _COUNTS = ("CROSS JOIN LATERAL (SELECT jsonb_build_object("
-           + ", ".join(f"'{k}', count(*) FILTER (WHERE t.state = '{k}')" for k in TRIAL_STATES)
+           + ", ".join(f"'{k}', count(*) FILTER (WHERE t.state = '{k}')" for k in TrialState)
            + ") AS counts FROM trials t WHERE t.study_id = s.id) c")
 _TRIAL = "number, state, params, value, job_id, started_at, finished_at, pruned_at_step, asked_at"
 
@@ -185,6 +183,13 @@ class StudyQueries:
             cur.execute(f"SELECT {_STUDY} FROM studies s {_COUNTS} WHERE s.id = %s", (study_id,))
             row = cur.fetchone()
         return self._public(row) if row else None
+
+    def running_ids(self) -> list[UUID]:
+        """The studies going on (running, or cancelling their trials): the study driver's round."""
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT id FROM studies WHERE status = ANY(%s)",
+                                ([StudyStatus.RUNNING.value, StudyStatus.CANCELLING.value],)).fetchall()
+        return [r[0] for r in rows]
 
     def list(self, status: str | Sequence[str] | None = None, tag: str | Sequence[str] | None = None,
              limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:

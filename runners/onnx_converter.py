@@ -42,6 +42,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from domain.vocabulary import Framework, Task
 from infra.datasets import Split
 from infra.onnx_runtime import session_for
 from runners.trainers import validation_metrics
@@ -54,7 +55,6 @@ __all__ = [
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_OPSET = 15  # onnxmltools 1.16 converts LightGBM up to 15; torch's exporter supports it too
 INPUT_NAME = "input"
-_TASKS = ("binary_classification", "multiclass_classification", "regression")
 _EXPORT_LOCK = threading.Lock()  # torch's TorchScript exporter keeps global state: one export at a time
 
 
@@ -95,7 +95,7 @@ class ExportResult:
 
 def output_name(task: str) -> str:
     """The graph output serving reads for `task`."""
-    return "values" if task == "regression" else "probabilities"
+    return "values" if task == Task.REGRESSION else "probabilities"
 
 
 # ---- conversion -----------------------------------------------------------------------------
@@ -103,11 +103,11 @@ def convert(framework: str, task: str, model_bytes: bytes, n_features: int, opse
     """The ONNX graph of a trainer's model (see the module docstring for its contract). Raises ExportError.
 
     Deterministic: the same model bytes give the same ONNX bytes."""
-    if task not in _TASKS:
-        raise ExportError(f"unknown task {str(task)[:40]!r}; expected one of {', '.join(_TASKS)}")
-    if framework == "lightgbm":
+    if task not in set(Task):
+        raise ExportError(f"unknown task {str(task)[:40]!r}; expected one of {', '.join(Task)}")
+    if framework == Framework.LIGHTGBM:
         model = _convert_lightgbm(task, model_bytes, n_features, opset)
-    elif framework == "pytorch":
+    elif framework == Framework.PYTORCH:
         model = _convert_pytorch(task, model_bytes, n_features, opset)
     else:
         raise ExportError(f"cannot export framework {str(framework)[:40]!r}; expected 'lightgbm' or 'pytorch'")
@@ -132,8 +132,8 @@ def _convert_lightgbm(task: str, model_bytes: bytes, n_features: int, opset: int
     except Exception as exc:  # noqa: BLE001 - LightGBM raises its own error types for bad text
         raise ExportError(f"not a LightGBM text model: {_short(exc)}") from exc
     objective = _lightgbm_header(text).get("objective", "").split(" ")[0]
-    expected = {"binary_classification": "binary", "multiclass_classification": "multiclass",
-                "regression": "regression"}[task]
+    expected = {Task.BINARY_CLASSIFICATION: "binary", Task.MULTICLASS_CLASSIFICATION: "multiclass",
+                Task.REGRESSION: "regression"}[task]
     if objective != expected:
         raise ExportError(f"the LightGBM model's objective {objective[:40]!r} does not match task {task}")
     if booster.num_feature() != n_features:
@@ -143,9 +143,9 @@ def _convert_lightgbm(task: str, model_bytes: bytes, n_features: int, opset: int
                                  initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))])
     except Exception as exc:  # noqa: BLE001 - the converter raises anything from RuntimeError to TypeError
         raise ExportError(f"onnxmltools could not convert the LightGBM model: {_short(exc)}") from exc
-    produced = "variable" if task == "regression" else "probabilities"
-    width = {"binary_classification": 2, "multiclass_classification": booster.num_model_per_iteration(),
-             "regression": 1}[task]
+    produced = "variable" if task == Task.REGRESSION else "probabilities"
+    width = {Task.BINARY_CLASSIFICATION: 2, Task.MULTICLASS_CLASSIFICATION: booster.num_model_per_iteration(),
+             Task.REGRESSION: 1}[task]
     _keep_only_output(model, produced, output_name(task), width)
     return _at_opset(model, opset)
 
@@ -179,9 +179,9 @@ def _convert_pytorch(task: str, model_bytes: bytes, n_features: int, opset: int)
         raise ExportError(f"the PyTorch model takes {architecture['n_features']} features, "
                           f"the dataset has {n_features}")
     n_outputs = architecture["n_outputs"]
-    if (n_outputs < 2) if task == "multiclass_classification" else (n_outputs != 1):
+    if (n_outputs < 2) if task == Task.MULTICLASS_CLASSIFICATION else (n_outputs != 1):
         raise ExportError(f"a {task} model cannot have {n_outputs} outputs")
-    width = 2 if task == "binary_classification" else n_outputs
+    width = 2 if task == Task.BINARY_CLASSIFICATION else n_outputs
     name = output_name(task)
     buffer = io.BytesIO()
     try:
@@ -209,10 +209,10 @@ def _serving_head(network, task: str):
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             out = self.network(x)
-            if task == "binary_classification":
+            if task == Task.BINARY_CLASSIFICATION:
                 p = torch.sigmoid(out)
                 return torch.cat([1 - p, p], dim=1)
-            if task == "multiclass_classification":
+            if task == Task.MULTICLASS_CLASSIFICATION:
                 return torch.softmax(out, dim=1)
             return out
 
@@ -273,12 +273,12 @@ def native_predict(framework: str, task: str, model_bytes: bytes, X: np.ndarray)
     """The native model's predictions in `validation_metrics`' shape: P(class 1) (n,), (n, K)
     probabilities or (n,) values; float64."""
     X = np.ascontiguousarray(X, dtype=np.float32)
-    if framework == "lightgbm":
+    if framework == Framework.LIGHTGBM:
         import lightgbm as lgb
 
         model = lgb.Booster(model_str=model_bytes.decode())
         return np.asarray(model.predict(X, num_threads=1), dtype=np.float64)  # one thread: runners share cores
-    if framework == "pytorch":
+    if framework == Framework.PYTORCH:
         import torch
 
         from runners.trainers.pytorch_trainer import load_model, predict
@@ -292,9 +292,9 @@ def onnx_predict(onnx_bytes_or_session: bytes | ort.InferenceSession, task: str,
     session = (onnx_bytes_or_session if isinstance(onnx_bytes_or_session, ort.InferenceSession)
                else session_for(onnx_bytes_or_session))
     (out,) = session.run([output_name(task)], {INPUT_NAME: np.ascontiguousarray(X, dtype=np.float32)})
-    if task == "binary_classification":
+    if task == Task.BINARY_CLASSIFICATION:
         return out[:, 1]
-    if task == "multiclass_classification":
+    if task == Task.MULTICLASS_CLASSIFICATION:
         return out
     return out.reshape(-1)
 
@@ -320,8 +320,8 @@ def check_parity(framework: str, task: str, model_bytes: bytes, onnx_model: Onnx
     finite = np.isfinite(got)
     diff = np.abs(got.astype(np.float64) - native)
     max_abs_diff = float(diff[finite].max()) if finite.any() else 0.0
-    scale = max(1.0, float(np.abs(native[np.isfinite(native)]).max(initial=0.0))) if task == "regression" else 1.0
-    metric = {"regression": "rmse", "multiclass_classification": "accuracy"}.get(
+    scale = max(1.0, float(np.abs(native[np.isfinite(native)]).max(initial=0.0))) if task == Task.REGRESSION else 1.0
+    metric = {Task.REGRESSION: "rmse", Task.MULTICLASS_CLASSIFICATION: "accuracy"}.get(
         task, "auc" if len(np.unique(y)) == 2 else "accuracy")
     non_finite = int((~finite).sum())
     allowed = tolerance * scale

@@ -28,14 +28,13 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from pydantic import ValidationError
 
 from domain.contract import (PRIORITIES, REPORT_SUBJECT, WORK_READY, ReportReply, RunnerReport, WorkItem,
                              event_subject, printable)
 from infra.datasets import dataset_digest
-from infra.messaging import WORK_STREAM, dead_letter, work_consumer
+from infra.consumer import Consumer, Poison
+from infra.messaging import WORK_STREAM, work_consumer
 from runners.artifacts import ArtifactStore
 from runners.reporting import JobReporter, MetricShipper, raise_if_cancelled
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
@@ -68,7 +67,12 @@ class Runner:
 
     # ---- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        subs = {p: await self.js.pull_subscribe_bind(work_consumer(p), stream=WORK_STREAM) for p in PRIORITIES}
+        # One consumer per priority, fetched in the order `_waiting_priority` picks; a work item that does not
+        # parse is dead-lettered and terminated (it never comes back), anything else is the claim's business.
+        queues = {p: Consumer(self.js, WORK_STREAM, work_consumer(p), WorkItem, name=f"runner {work_consumer(p)}",
+                              terminate_poison=True) for p in PRIORITIES}
+        for queue in queues.values():
+            await queue.bind()
         ready = asyncio.Event()
 
         async def ring(_: Msg) -> None:
@@ -85,16 +89,14 @@ class Runner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(ready.wait(), IDLE_LOOK_S)
                     continue
-                try:
-                    msgs = await subs[priority].fetch(1, timeout=0.1)
-                except (NatsTimeout, TimeoutError):
-                    continue  # another runner took it
-                except Exception:
-                    log.exception("fetch failed; retrying")
-                    await asyncio.sleep(1.0)
-                    continue
-                for msg in msgs:
-                    await self.take(msg)
+                queue = queues[priority]
+                for msg in await queue.fetch(1, timeout=0.1):  # none: another runner took it
+                    try:
+                        item = queue.decode(msg)
+                    except Poison as p:
+                        await queue.dead_letter(msg, str(p))
+                        continue
+                    await self.take(msg, item)
         finally:
             for sub in (doorbell, hints):
                 with contextlib.suppress(Exception):
@@ -117,15 +119,7 @@ class Runner:
                     "aggregate_id") == self.current.job_id:
                 self.current.beat_now.set()
 
-    async def take(self, msg: Msg) -> None:
-        try:
-            item = WorkItem.model_validate_json(msg.data)
-        except ValidationError as e:
-            log.error("malformed work item dead-lettered: %s", printable(e, 200))
-            with contextlib.suppress(Exception):
-                await dead_letter(self.js, msg.subject, msg.data, printable(e, 300))
-            await msg.term()
-            return
+    async def take(self, msg: Msg, item: WorkItem) -> None:
         token = secrets.token_urlsafe(24)
         reply = await self.report(type="claim", job_id=str(item.aggregate_id), lease=token, deadline_s=20)
         if reply is None or reply.code in ("error", "invalid"):

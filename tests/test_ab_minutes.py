@@ -1,4 +1,4 @@
-"""The A/B report's per-minute aggregates (projections/prediction_store.py) on real chDB: what the report reads stays
+"""The A/B report's per-minute aggregates (projections/telemetry/prediction_store.py) on real chDB: what the report reads stays
 equal to what the raw tables say — through corrections, repeats, stale labels, shadows, redeliveries and regrouped
 batches — and a rebuild from the raw tables gives the same aggregates as the live inserts (property test)."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from domain.contract import FeedbackBatch, PredictionBatch
-from projections.ab_queries import timeseries, variant_stats
-from projections.prediction_store import METRICS, PredictionStore
+from projections.telemetry.ab_queries import timeseries, variant_stats
+from projections.telemetry.prediction_store import METRICS, PredictionStore
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 CLASSES = ["no", "yes"]
@@ -204,8 +204,8 @@ import sys, json
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from infra.clickhouse import connect
-from projections.ab_queries import variant_stats
-from projections.prediction_store import DDL, FEEDBACK_COLUMNS, FEEDBACK_DDL, PredictionStore
+from projections.telemetry.ab_queries import variant_stats
+from projections.telemetry.prediction_store import DDL, FEEDBACK_COLUMNS, FEEDBACK_DDL, PredictionStore
 from tests.test_ab_minutes import T0, predictions
 
 ch = connect(None, Path(sys.argv[1]))

@@ -24,7 +24,7 @@ from commands.training import TrainingApplication
 from entrypoints.bootstrap import build_services
 from infra.settings import Settings
 from projections.read_models import process_specs
-from projections.readmodel import ProjectionProcess
+from projections.hosting import ProjectionProcess
 
 pytestmark = pytest.mark.integration
 EXAMPLES = 40  # per operation: the whole run stays well under a minute

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from projections.metric_store import MetricPoint, MetricStore
+from projections.telemetry.metric_store import MetricPoint, MetricStore
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 

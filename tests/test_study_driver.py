@@ -15,10 +15,11 @@ from commands.studies import CreateStudy
 from commands.study_driver import StudyDriver
 from commands.training import TrainingApplication
 from domain.contract import RunnerReport
-from infra.messaging import EVENTS_STREAM, STUDY_DRIVER_CONSUMER, ensure_streams
+from entrypoints.serve import follow_events
+from infra.messaging import EVENTS_STREAM, ensure_streams
 from infra.postgres import eventsourcing_env, pool as pg_pool
 from infra.settings import Settings
-from projections.studies import STUDIES_DDL
+from projections.studies import STUDIES_DDL, StudyQueries
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ def test_a_trials_reports_move_its_study_without_waiting_for_the_events_trip(dat
     pool, leases = pg_pool(database_url), LeaseStore(database_url, 30.0)
     with pool.connection() as conn:
         conn.execute(STUDIES_DDL)
-    driver = StudyDriver(app, pool, refresh_s=3600.0)  # no periodic refresh after the first
+    driver = StudyDriver(app, StudyQueries(pool), refresh_s=3600.0)  # no periodic refresh after the first
     handler = ReportHandler(app, leases, studies=driver)
     study_id = driver.studies.create(CreateStudy(
         name="nudged", framework="lightgbm", task="binary_classification",
@@ -52,7 +53,7 @@ def test_a_trials_reports_move_its_study_without_waiting_for_the_events_trip(dat
         await ensure_streams(js, Settings())
         await js.purge_stream(EVENTS_STREAM)  # nothing of earlier tests for the driver's consumer
         stop = asyncio.Event()
-        running = asyncio.create_task(driver.run(js, STUDY_DRIVER_CONSUMER, EVENTS_STREAM, stop))
+        running = asyncio.create_task(driver.run(follow_events(js, driver, stop)))
         try:
             await asyncio.to_thread(driver.sync, study_id)  # what the study's `created` event does: ask trial 0
             assert driver.studies.get(study_id).next_number == 1
@@ -93,7 +94,7 @@ def test_an_ask_and_its_job_are_saved_together_or_not_at_all(database_url: str) 
     try:
         with pool.connection() as conn:
             conn.execute(STUDIES_DDL)
-        driver = StudyDriver(app, pool, refresh_s=3600.0)
+        driver = StudyDriver(app, StudyQueries(pool), refresh_s=3600.0)
         spec = dict(framework="lightgbm", task="binary_classification", dataset={"uri": "builtin://breast_cancer"},
                     objective={"metric": "auc", "direction": "maximize"},
                     search_space={"num_leaves": {"type": "int", "low": 4, "high": 64}}, n_trials=3, max_parallel=1)

@@ -5,8 +5,8 @@ into `metric_points` (`MetricsProjector`), prediction records from inference ser
 
 Fetches many batches at once, inserts them in one ClickHouse insert (feedback: one per deployment and 10,000
 rows), then acks. A crash between insert and ack redelivers the batches; the insert's deduplication token, the
-landed-batch check and the tables' ReplacingMergeTree keys make the repeat invisible (projections/metric_store.py,
-projections/prediction_store.py).
+landed-batch check and the tables' ReplacingMergeTree keys make the repeat invisible (metric_store.py,
+prediction_store.py).
 
 Poison policy: a batch that does not validate (out-of-range numbers, wrong shapes) is dead-lettered at once. When an
 insert fails, ClickHouse is probed: if it is away, every batch is nak'd and retried for as long as it takes (nothing
@@ -16,22 +16,18 @@ accepted is dropped); if it answers, the batches are inserted one by one and a b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from pydantic import ValidationError
 
-from domain.contract import (TELEMETRY_FEEDBACK, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, FeedbackBatch,
-                             MetricBatch, PredictionBatch, printable)
+from domain.contract import FeedbackBatch, MetricBatch, PredictionBatch, printable
+from infra.consumer import Consumer, Poison
 from infra.health import Stage
-from infra.messaging import (FEEDBACK_CONSUMER, METRICS_CONSUMER, PREDICTIONS_CONSUMER, TELEMETRY_STREAM,
-                             dead_letter, pulled)
-from projections.metric_store import MetricColumns, MetricStore
-from projections.prediction_store import PredictionStore
+from infra.messaging import FEEDBACK_CONSUMER, METRICS_CONSUMER, PREDICTIONS_CONSUMER, TELEMETRY_STREAM
+from projections.telemetry.metric_store import MetricColumns, MetricStore
+from projections.telemetry.prediction_store import PredictionStore
 
 log = logging.getLogger("trainyard.metrics")
 
@@ -49,43 +45,32 @@ def add_batch(cols: MetricColumns, batch: MetricBatch) -> None:
 
 
 class TelemetryProjector:
-    """Subclasses set `consumer`, `subject`, `batch_class` and `insert_batches(batches, token)` (blocking)."""
+    """Subclasses set `consumer` (its durable on TRAINYARD_TELEMETRY), `batch_class` and
+    `insert_batches(batches, token)` (blocking)."""
 
     consumer = ""
-    subject = ""
     batch_class: Any = None
     gather_s = 0.0  # > 0: hold fetched batches up to this long and insert them together
 
     def __init__(self, js: JetStreamContext, store: Any, stage: Stage | None = None, fetch_size: int = 512,
                  max_tries: int = 3) -> None:
-        self.js, self.store, self.fetch_size, self.max_tries = js, store, fetch_size, max_tries
+        self.store, self.fetch_size = store, fetch_size
         self.stage = stage or Stage(f"{self.consumer}-projector", loops=True)
+        self.source: Consumer[Any] = Consumer(js, TELEMETRY_STREAM, self.consumer, self.batch_class, self.stage,
+                                              name=f"{self.consumer} projector", max_deliveries=max_tries)
 
     def insert_batches(self, batches: list, token: str) -> None:
         raise NotImplementedError
 
     async def run(self, stop: asyncio.Event) -> None:
-        sub = await self.js.pull_subscribe_bind(self.consumer, stream=TELEMETRY_STREAM)
-        log.info("%s projector started", self.consumer)
-        watcher = asyncio.create_task(self._watch(stop))
+        watcher = asyncio.create_task(self.source.watch(stop))
         try:
-            if not self.gather_s:
-                async for msgs in pulled(sub, stop, self.fetch_size, timeout=0.5):
-                    await self.project(msgs)
-                return
             # Gather for up to `gather_s` (or `fetch_size` batches) per insert: a ClickHouse insert has a fixed
-            # cost that many small batches would pay over and over (measured: most of serve's CPU per prediction).
+            # cost that many small batches would pay over and over. Without gathering, what a fetch brings goes in.
             held: list = []
             first = 0.0
             while not stop.is_set():
-                try:  # 0.25 s: shorter timeouts (to hold exactly gather_s) broke test_ab's labels; cause not found
-                    msgs = await sub.fetch(self.fetch_size - len(held), timeout=0.25)
-                except (NatsTimeout, TimeoutError):
-                    msgs = []
-                except Exception:
-                    log.exception("%s fetch failed; retrying", self.consumer)
-                    await asyncio.sleep(1.0)
-                    continue
+                msgs = await self.source.fetch(self.fetch_size - len(held), timeout=0.25 if self.gather_s else 0.5)
                 if msgs and not held:
                     first = time.monotonic()
                 held += msgs
@@ -95,24 +80,13 @@ class TelemetryProjector:
         finally:
             watcher.cancel()
 
-    async def _watch(self, stop: asyncio.Event) -> None:
-        """Position and lag of the consumer, once a second, for /readyz."""
-        while not stop.is_set():
-            try:
-                info = await self.js.consumer_info(TELEMETRY_STREAM, self.consumer)
-                position = info.ack_floor.stream_seq if info.ack_floor else 0
-                self.stage.observe(position, position + (info.num_pending or 0) + (info.num_ack_pending or 0))
-            except Exception as e:
-                self.stage.failed(e)
-            await asyncio.sleep(1.0)
-
     async def project(self, msgs: list) -> None:
         good = []
         for msg in msgs:
             try:
-                good.append((msg, self.batch_class.model_validate_json(msg.data)))
-            except ValidationError as e:
-                await self._dead_letter(msg, f"invalid batch: {printable(e, 300)}")
+                good.append((msg, self.source.decode(msg)))
+            except Poison as p:
+                await self.source.dead_letter(msg, str(p))
         if not good:
             return
         try:
@@ -120,19 +94,15 @@ class TelemetryProjector:
         except Exception as e:
             log.warning("%s insert of %d batches failed: %s", self.consumer, len(good), printable(e, 300))
             self.stage.failed(e)
-            if not await self._store_answers():
-                await self._nak_all(good)
+            if not await self._store_answers():  # ClickHouse away: every batch waits for it, none is spent
+                for msg, _ in good:
+                    await self.source.nak(msg)
                 return
-            for one in good:
+            for one in good:  # ClickHouse answers: find the batch it refuses, and only that one is spent
                 try:
                     await self._insert([one])
                 except Exception as e1:
-                    msg = one[0]
-                    if msg.metadata.num_delivered >= self.max_tries:
-                        await self._dead_letter(msg, f"insert failed {self.max_tries} times: {printable(e1, 300)}")
-                    else:
-                        with contextlib.suppress(Exception):
-                            await msg.nak(delay=1.0)
+                    await self.source.retry(one[0], e1)
 
     async def _insert(self, batches: list) -> None:
         token = ",".join(b.batch_id for _, b in batches)
@@ -148,22 +118,11 @@ class TelemetryProjector:
         except Exception:
             return False
 
-    async def _nak_all(self, batches: list) -> None:
-        for msg, _ in batches:
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
-
-    async def _dead_letter(self, msg, reason: str) -> None:  # noqa: ANN001
-        log.warning("%s batch dead-lettered: %s", self.consumer, reason)
-        await dead_letter(self.js, self.subject, msg.data, reason)
-        await msg.ack()
-        self.stage.poisoned_one(reason)
-
 
 class MetricsProjector(TelemetryProjector):
-    consumer, subject, batch_class = METRICS_CONSUMER, TELEMETRY_METRICS, MetricBatch
-    # Not gathered (gather_s 0), though a chDB insert costs about 3.6 ms of CPU whatever its size: a job's last
-    # points, flushed just before it reports its end, must be queryable when the job shows completed.
+    consumer, batch_class = METRICS_CONSUMER, MetricBatch
+    # Not gathered (gather_s 0), though every insert has a fixed cost: a job's last points, flushed just before it
+    # reports its end, must be queryable when the job shows completed.
     store: MetricStore
 
     def insert_batches(self, batches: list[MetricBatch], token: str) -> None:
@@ -174,7 +133,7 @@ class MetricsProjector(TelemetryProjector):
 
 
 class PredictionsProjector(TelemetryProjector):
-    consumer, subject, batch_class = PREDICTIONS_CONSUMER, TELEMETRY_PREDICTIONS, PredictionBatch
+    consumer, batch_class = PREDICTIONS_CONSUMER, PredictionBatch
     gather_s = 1.0
     store: PredictionStore
 
@@ -183,7 +142,7 @@ class PredictionsProjector(TelemetryProjector):
 
 
 class FeedbackProjector(TelemetryProjector):
-    consumer, subject, batch_class = FEEDBACK_CONSUMER, TELEMETRY_FEEDBACK, FeedbackBatch
+    consumer, batch_class = FEEDBACK_CONSUMER, FeedbackBatch
     store: PredictionStore
 
     def insert_batches(self, batches: list[FeedbackBatch], token: str) -> None:

@@ -1,6 +1,6 @@
 """Prediction records and feedback in ClickHouse, and the per-minute aggregates the A/B report reads.
 
-Raw tables, inserted by the telemetry projectors (projections/metrics.py):
+Raw tables, inserted by the telemetry projectors (projections/telemetry/projectors.py):
 - `predictions`: one row per answered request (and its shadow copy). Idempotent like `metric_points`: each insert
   carries the batch ids as its deduplication token, and the ReplacingMergeTree key (deployment, request_id, shadow)
   collapses a repeat once parts merge. A redelivery that regroups batches (so the token differs) is caught before
@@ -32,6 +32,7 @@ from typing import Any
 import pyarrow as pa
 
 from domain.contract import MAX_FEEDBACK, FeedbackBatch, PredictionBatch
+from domain.vocabulary import AbMetric
 from infra.clickhouse import ClickHouse
 
 TABLE = "predictions"
@@ -62,7 +63,7 @@ SETTINGS non_replicated_deduplication_window = 10000"""
 # - accuracy: 1 if the feedback label equals the predicted label, else 0;
 # - logloss: −log p(true label), p clipped at 1e-15 (a label the model does not know counts as p = 1e-15);
 # - rmse: the squared error; mae: the absolute error.
-METRICS = ("accuracy", "logloss", "rmse", "mae")
+METRICS: tuple[AbMetric, ...] = tuple(AbMetric)  # their order is the order of the aggregates' arrays
 METRIC_SQL = {
     "accuracy": ("toFloat64({f}.label = p.prediction)", "{f}.label != '' AND p.prediction != ''"),
     "logloss": ("-log(greatest(toFloat64(arrayElement(p.probabilities, indexOf(p.classes, {f}.label))), 1e-15))",

@@ -1,4 +1,4 @@
-"""The A/B report's sufficient statistics, read from the per-minute aggregates (projections/prediction_store.py):
+"""The A/B report's sufficient statistics, read from the per-minute aggregates (prediction_store.py):
 per variant (and per revision, for the sample-ratio check and the policy's current-revision figures) the requests,
 errors, latency quantiles (merged DDSketches: within 1%), labelled requests and the sum and sum of squares of the
 per-prediction metric (METRIC_SQL). The statistics (domain/ab_stats.py) need nothing more.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from infra.clickhouse import ClickHouse
-from projections.prediction_store import LATENCY_SKETCH, METRICS
+from projections.telemetry.prediction_store import LATENCY_SKETCH, METRICS
 
 _WINDOW = ("deployment = {d:String} AND toUnixTimestamp(minute) >= intDiv({since:Int64}, 60000) * 60 "
            "AND toUnixTimestamp(minute) < intDiv({until:Int64} + 59999, 60000) * 60 "
