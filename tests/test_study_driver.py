@@ -15,7 +15,7 @@ from commands.studies import CreateStudy
 from commands.study_driver import StudyDriver
 from commands.training import TrainingApplication
 from domain.contract import RunnerReport
-from entrypoints.serve import follow_events
+from entrypoints.bootstrap import follow_events
 from infra.messaging import EVENTS_STREAM, ensure_streams
 from infra.postgres import eventsourcing_env, pool as pg_pool
 from infra.settings import Settings
