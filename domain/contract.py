@@ -47,7 +47,8 @@ _SURROGATE = r"\ud800-\udfff"  # Unicode Cs
 _UNSAFE = re.compile(f"[{_CONTROL}{_SURROGATE}]")
 # The rule as a JSON Schema pattern (ECMA-262 and Python alike). It names the control characters only: JSON
 # Schema regex engines match Unicode scalar values, which a lone surrogate is not, so none can be named there.
-TEXT_PATTERN = f"^[^{_CONTROL}]*$"
+TEXT_CHAR = f"[^{_CONTROL}]"
+TEXT_PATTERN = f"^{TEXT_CHAR}*$"
 
 
 def unsafe_char(text: str) -> str | None:
