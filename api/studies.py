@@ -7,7 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from api.context import IDEMPOTENT, CommandContextDep, idempotency_key
+from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.jobs import check_job_dataset
 from api.limits import SafeText, check_params
@@ -54,8 +54,8 @@ def check_study_in(body: StudyIn, s: Services) -> dict:
     return objective
 
 
-@router.post("", status_code=202, response_model=StudyAccepted, responses=problems(400, 409, 413, 422),
-             openapi_extra=IDEMPOTENT)
+@router.post("", status_code=202, response_model=StudyAccepted,
+             responses={**problems(400, 409, 413, 422), **repeated(StudyAccepted)}, openapi_extra=IDEMPOTENT)
 def create_study(body: StudyIn, request: Request, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """Create a study (202; 200 when the Idempotency-Key was seen before). Its trials start at once."""
     objective = check_study_in(body, s)
