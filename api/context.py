@@ -64,6 +64,11 @@ IDEMPOTENT = {"parameters": [
      "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[\x20-\x7e]+$"}}]}
 
 
+def repeated(model: type) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for an IDEMPOTENT route's repeat: 200 with what the first request created."""
+    return {200: {"model": model, "description": f"a repeat under a used {IDEMPOTENCY_KEY}: the same object"}}
+
+
 def install(app: FastAPI) -> None:
     app.add_middleware(RequestId)
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep, services
 from api.limits import SafeText, check_params
-from api.context import IDEMPOTENT, CommandContextDep, idempotency_key
+from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.problems import Problem
 from api.schemas.common import Tag, problems
 from api.schemas.jobs import JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries
@@ -51,8 +51,8 @@ def check_job_dataset(framework: str, task: str, uri: str, target: str | None, p
         raise Problem(422, "Invalid request", f"{field}: {e.reason}", field) from e
 
 
-@router.post("", status_code=202, response_model=JobAccepted, responses=problems(400, 409, 413, 422),
-             openapi_extra=IDEMPOTENT)
+@router.post("", status_code=202, response_model=JobAccepted,
+             responses={**problems(400, 409, 413, 422), **repeated(JobAccepted)}, openapi_extra=IDEMPOTENT)
 def submit_job(body: JobIn, request: Request, ctx: CommandContextDep) -> JSONResponse:
     """Submit a job (202; 200 when the Idempotency-Key was seen before). Every limit is in the body's schema."""
     s = services(request)  # the hot path: no dependency to resolve (see api/context.py)

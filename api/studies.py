@@ -7,7 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from api.context import IDEMPOTENT, CommandContextDep, idempotency_key
+from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.jobs import check_job_dataset
 from api.limits import SafeText, check_params
@@ -54,8 +54,8 @@ def check_study_in(body: StudyIn, s: Services) -> dict:
     return objective
 
 
-@router.post("", status_code=202, response_model=StudyAccepted, responses=problems(400, 409, 413, 422),
-             openapi_extra=IDEMPOTENT)
+@router.post("", status_code=202, response_model=StudyAccepted,
+             responses={**problems(400, 409, 413, 422), **repeated(StudyAccepted)}, openapi_extra=IDEMPOTENT)
 def create_study(body: StudyIn, request: Request, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """Create a study (202; 200 when the Idempotency-Key was seen before). Its trials start at once."""
     objective = check_study_in(body, s)
@@ -123,10 +123,15 @@ def cancel_study(study_id: UUID, s: ServicesDep, ctx: CommandContextDep) -> Stud
     return StudyPublic.model_validate(_study(s, study_id))
 
 
+_UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+JOB_IDS = f"^{_UUID}(,{_UUID}){{0,9}}$"
+
+
 @experiments.get("/compare", response_model=Comparison, responses=problems(404, 422))
 def compare(s: ServicesDep,
             job_ids: Annotated[SafeText, Query(min_length=36, max_length=10 * 37,
-                                               description="2 to 10 comma-separated job ids")],
+                                               json_schema_extra={"pattern": JOB_IDS},
+                                               description="1 to 10 comma-separated job ids")],
             metric: Annotated[SafeText, Query(min_length=1, max_length=200)] = "valid_loss",
             max_points: Annotated[int, Query(ge=4, le=10_000)] = 1000) -> Comparison:
     """One metric's series of up to 10 jobs side by side (each downsampled keeping first, last, min and max, its

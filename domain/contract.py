@@ -22,7 +22,8 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic.json_schema import JsonSchemaValue
 
 SUBJECT_PREFIX = "trainyard.v1"
 TELEMETRY_METRICS = f"{SUBJECT_PREFIX}.telemetry.metrics"
@@ -41,7 +42,13 @@ METADATA_KEYS = ("actor", "correlation_id", "causation_id", "trace_id")
 # The one rule for text that crosses our edge: no control character (Unicode Cc, NUL included) and no lone
 # surrogate (Cs). PostgreSQL text/jsonb cannot hold a NUL and UTF-8 cannot encode a surrogate, so either would
 # poison every read model that copies it.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL = r"\u0000-\u001f\u007f-\u009f"  # Unicode Cc
+_SURROGATE = r"\ud800-\udfff"  # Unicode Cs
+_UNSAFE = re.compile(f"[{_CONTROL}{_SURROGATE}]")
+# The rule as a JSON Schema pattern (ECMA-262 and Python alike). It names the control characters only: JSON
+# Schema regex engines match Unicode scalar values, which a lone surrogate is not, so none can be named there.
+TEXT_CHAR = f"[^{_CONTROL}]"
+TEXT_PATTERN = f"^{TEXT_CHAR}*$"
 
 
 def unsafe_char(text: str) -> str | None:
@@ -67,7 +74,20 @@ def _no_control(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_control)]
+class _DocumentedTextRule:
+    """Puts TEXT_PATTERN in the JSON Schema of a `Text` (validation stays `unsafe_char`'s, which also refuses
+    surrogates and says where)."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        schema.setdefault("pattern", TEXT_PATTERN)
+        return schema
+
+
+Text = Annotated[str, AfterValidator(_no_control), _DocumentedTextRule()]
+# The same rule for an object's keys: pydantic would turn a key's pattern into `patternProperties`, which admits
+# other keys instead of refusing them, so a key's schema keeps its lengths only.
+TextKey = Annotated[str, AfterValidator(_no_control)]
 
 
 class FieldError(ValueError):
@@ -164,7 +184,7 @@ def lease_id_of(token: str) -> str:
 
 
 # ---- runner reports -----------------------------------------------------------------------------
-Metrics = Annotated[dict[Annotated[Text, Field(min_length=1, max_length=100)], float], Field(max_length=100)]
+Metrics = Annotated[dict[Annotated[TextKey, Field(min_length=1, max_length=100)], float], Field(max_length=100)]
 
 
 def _finite_metrics(values: dict[str, float]) -> dict[str, float]:
@@ -217,7 +237,7 @@ class ReportReply(BaseModel):
 
 # ---- telemetry ---------------------------------------------------------------------------------
 MAX_BATCH_POINTS = 50_000
-MetricName = Annotated[Text, Field(min_length=1, max_length=200)]
+MetricName = Annotated[TextKey, Field(min_length=1, max_length=200)]  # a key of `series`
 Step = Annotated[int, Field(ge=0, le=2**63 - 1)]
 EpochMs = Annotated[int, Field(ge=0, le=2**53)]
 

@@ -53,6 +53,18 @@ class Param:
         return f"must be {'>' if self.low_open else '>='} {_num(self.low)} and <= {_num(self.high)}, got {shown}"
 
 
+def describe(param: Param) -> str:
+    """`param` in words for documents: "integer 1..20000, default 100"."""
+    low = "any" if param.low is None else f"{'>' if param.low_open else ''}{_num(param.low)}"
+    bounds = f"{low}..{_num(param.high)}"
+    what = {"int": f"integer {bounds}", "float": f"number {bounds}", "bool": "boolean",
+            "choice": " | ".join(param.choices),
+            "int_list": f"list of at most {param.max_items} integers {bounds}"}[param.kind]
+    if param.default is None:
+        return what
+    return f"{what}, default {list(param.default) if isinstance(param.default, tuple) else param.default}"
+
+
 def integer(low: int, high: int, default: int | None = None) -> Param:
     return Param("int", default, low, high)
 

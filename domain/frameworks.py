@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domain.contract import FieldError
-from domain.framework_params import Param, choice, flag, int_list, integer, number
+from domain.framework_params import Param, choice, describe, flag, int_list, integer, number
 from domain.vocabulary import Task
 
 MAX_TORCH_PARAMETERS = 20_000_000  # weights and biases of the whole network
@@ -132,6 +132,19 @@ PYTORCH = FrameworkSpec(
 )
 FRAMEWORKS: dict[str, FrameworkSpec] = {spec.name: spec for spec in (LIGHTGBM, PYTORCH)}
 MODEL_SUFFIX = {spec.model_format: spec.model_suffix for spec in FRAMEWORKS.values()}
+
+
+MAX_PARAMS = max(len(spec.params) for spec in FRAMEWORKS.values())  # each canonical name at most once
+
+
+def describe_params() -> str:
+    """Every framework's allowlist in words, for documents: names, types, bounds, defaults, aliases."""
+    parts = []
+    for spec in FRAMEWORKS.values():
+        names = "; ".join(f"{name} ({describe(param)})" for name, param in spec.params.items())
+        aliases = ", ".join(f"{alias} = {name}" for alias, name in spec.aliases.items())
+        parts.append(f"{spec.name}: {names}" + (f"; aliases: {aliases}" if aliases else ""))
+    return ". ".join(parts)
 
 
 def framework_spec(framework: str) -> FrameworkSpec:

@@ -2,7 +2,8 @@
 work, every path, method, parameter, request and response property, type and enum value is the same. Order,
 descriptions, titles and examples do not count, nor where a schema is written (inline or under components: both
 are compared resolved). What may change: a constraint added or made stricter (lengths, patterns, ranges, item
-counts) and a 400 problem+json answer added to an operation; nothing else."""
+counts), a 400 problem+json answer added to an operation, and a 200 added to an operation that takes an
+Idempotency-Key (the repeat's answer, which it always gave); nothing else."""
 from __future__ import annotations
 
 import json
@@ -91,7 +92,8 @@ def loosened(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 
 def without_added_400s(after: dict[str, Any], before: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """`after` less the 400 answers `before` lacked, and any of those that is not a problem+json body."""
+    """`after` less the 400 answers `before` lacked, and any of those that is not a problem+json body; less the 200
+    answers `before` lacked on operations with an Idempotency-Key, and any of those that is not JSON."""
     after = json.loads(json.dumps(after))
     wrong = []
     for path, methods in after.get("paths", {}).items():
@@ -100,6 +102,10 @@ def without_added_400s(after: dict[str, Any], before: dict[str, Any]) -> tuple[d
             responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
             if "400" in responses and "400" not in old:
                 if "application/problem+json" not in responses.pop("400").get("content", {}):
+                    wrong.append(f"{method.upper()} {path}")
+            idempotent = any(p.get("name") == "Idempotency-Key" for p in operation.get("parameters", []))
+            if idempotent and "200" in responses and "200" not in old:
+                if "application/json" not in responses.pop("200").get("content", {}):
                     wrong.append(f"{method.upper()} {path}")
     return after, wrong
 
@@ -163,3 +169,19 @@ def test_the_comparison_sees_a_changed_meaning() -> None:
         except AssertionError:
             continue
         raise AssertionError("a change of meaning passed the comparison")
+
+
+def test_only_an_idempotent_operation_may_add_its_200() -> None:
+    def document(parameters: list[dict[str, Any]], responses: dict[str, Any]) -> dict[str, Any]:
+        return {"paths": {"/x": {"post": {"parameters": parameters, "responses": responses}}}}
+
+    key = [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}]
+    repeat = {"202": {}, "200": {"content": {"application/json": {}}}}
+    compare(document(key, {"202": {}}), document(key, repeat))
+    for before, after in ((document([], {"202": {}}), document([], repeat)),
+                          (document(key, {"202": {}}), document(key, {"202": {}, "200": {}}))):
+        try:
+            compare(before, after)
+        except AssertionError:
+            continue
+        raise AssertionError("an added 200 passed the comparison")

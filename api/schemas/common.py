@@ -2,7 +2,8 @@
 error body with the OpenAPI `responses` helper."""
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
@@ -41,6 +42,14 @@ class ProblemPublic(BaseModel):
     instance: str
     field: str | None = Field(default=None, description="the request field at fault, e.g. dataset.target")
     errors: list[FieldError] | None = None
+
+
+def keys_match(pattern: str) -> Callable[[dict[str, Any]], None]:
+    """`json_schema_extra` for an object whose keys must match `pattern` (the key type's own pattern would land in
+    `patternProperties`, which admits other keys instead of refusing them)."""
+    def add(schema: dict[str, Any]) -> None:
+        schema.setdefault("propertyNames", {})["pattern"] = pattern
+    return add
 
 
 def problems(*statuses: int) -> dict[int | str, dict]:

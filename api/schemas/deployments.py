@@ -8,16 +8,18 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from api.limits import SafeText
 from api.schemas.ab import PolicyIn
+from api.schemas.common import keys_match
 from api.schemas.models import AliasName, ModelName
+from domain.deployment import MAX_REASON, MAX_VARIANTS, NAME_PATTERN, VARIANT_NAME_PATTERN
 
-DeploymentName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+DeploymentName = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN,
                                       description="1 to 63 lowercase letters, digits or '-'")]
 
 
-VariantName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+VariantName = Annotated[str, Field(min_length=1, max_length=32, pattern=VARIANT_NAME_PATTERN)]
 
 
-Reason = Annotated[SafeText, Field(max_length=500, description="why (kept in the deployment's history)")]
+Reason = Annotated[SafeText, Field(max_length=MAX_REASON, description="why (kept in the deployment's history)")]
 
 
 class ModelRef(BaseModel):
@@ -41,7 +43,7 @@ class PolicySetIn(BaseModel):
 class DeploymentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: DeploymentName
-    variants: list[VariantIn] = Field(min_length=1, max_length=10)
+    variants: list[VariantIn] = Field(min_length=1, max_length=MAX_VARIANTS)
     shadow: ModelRef | None = Field(default=None, description="gets a copy of every request; never answers")
     reason: Reason | None = None
     policy: PolicyIn | None = Field(default=None, description="ramp the challenger, promote or roll it back "
@@ -50,14 +52,15 @@ class DeploymentIn(BaseModel):
 
 class DeploymentUpdateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    variants: list[VariantIn] = Field(min_length=1, max_length=10)
+    variants: list[VariantIn] = Field(min_length=1, max_length=MAX_VARIANTS)
     shadow: ModelRef | None = None
     reason: Reason | None = None
 
 
 class TrafficIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    weights: dict[VariantName, StrictInt] = Field(min_length=1, max_length=10)
+    weights: dict[VariantName, StrictInt] = Field(min_length=1, max_length=MAX_VARIANTS,
+                                                json_schema_extra=keys_match(VARIANT_NAME_PATTERN))
     reason: Reason | None = None
 
 

@@ -7,9 +7,10 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from api.limits import MAX_PARAM_KEY_CHARS, MAX_PARAM_TEXT_CHARS, MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH, SafeText
+from api.limits import SafeText
 from api.schemas.common import MAX_TAGS, MAX_TIMEOUT_S, NO_CONTROL, Tag
 from api.schemas.datasets import DatasetIn
+from domain.frameworks import MAX_LIGHTGBM_LEAVES, MAX_PARAMS, MAX_TORCH_PARAMETERS, describe_params
 from domain.training_job import DEFAULT_TIMEOUT_S
 from domain.vocabulary import Framework, JobStatus, Priority, Task
 
@@ -21,13 +22,11 @@ class JobIn(BaseModel):
     task: Task
     dataset: DatasetIn
     params: dict[str, Any] = Field(
-        default_factory=dict,
-        description=f"the framework's parameters (an allowlist per framework: unknown names are refused). At most "
-                    f"{MAX_PARAMS_BYTES // 1024} KiB as JSON and {MAX_PARAMS_DEPTH} levels deep, keys 1 to "
-                    f"{MAX_PARAM_KEY_CHARS} characters, text values at most {MAX_PARAM_TEXT_CHARS}, {NO_CONTROL}; "
-                    "numbers finite (no NaN/Infinity). Compute is bounded: num_threads 1..16, epochs 1..10000, "
-                    "batch_size 1..65536, hidden_sizes at most 8 layers of 1..2048 and 20M weights, "
-                    "n_estimators 1..20000, num_leaves 2..4096")
+        default_factory=dict, json_schema_extra={"maxProperties": MAX_PARAMS},
+        description=f"the framework's parameters, an allowlist per framework (unknown names are refused; a name "
+                    f"and its alias are one parameter): {describe_params()}. The compute budget: n_estimators x "
+                    f"num_leaves (x classes) at most {MAX_LIGHTGBM_LEAVES:,} leaves; a PyTorch network at most "
+                    f"{MAX_TORCH_PARAMETERS:,} weights on the dataset's features")
     priority: Priority = Priority.MEDIUM.value
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=f"at most {MAX_TAGS} tags")
     timeout_s: StrictInt = Field(default=DEFAULT_TIMEOUT_S, ge=1, le=MAX_TIMEOUT_S,

@@ -9,13 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from api.limits import SafeText
 from api.schemas.common import MAX_TAGS, Tag
+from domain.models import ALIAS_NAME, MODEL_NAME
 from domain.vocabulary import ExportStatus
 
-ModelName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+ModelName = Annotated[str, Field(min_length=1, max_length=100, pattern=MODEL_NAME.pattern,
                                  description="1 to 100 letters, digits, '.', '_' or '-'")]
 
 
-AliasName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]{0,63}$",
+AliasName = Annotated[str, Field(min_length=1, max_length=64, pattern=ALIAS_NAME.pattern,
                                  description="1 to 64 lowercase letters, digits, '_' or '-', starting with a letter")]
 
 

@@ -10,15 +10,25 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from api.limits import SafeText
 from api.schemas.common import FREE_JSON, MAX_TAGS, MAX_TIMEOUT_S, NO_CONTROL, Tag
 from api.schemas.datasets import DatasetIn
-from domain.vocabulary import Direction, Framework, Priority, StudyStatus, Task, TrialState
+from domain.frameworks import MAX_PARAMS
+from domain.search_space import (MAX_PARALLEL, MAX_SPACE_PARAMS, MAX_TRIALS, PRUNER_OPTIONS, PRUNERS,
+                                 SAMPLERS)
+from domain.vocabulary import (HIGHER_IS_BETTER, TASK_METRICS, Direction, Framework, Priority, StudyStatus, Task,
+                               TrialState)
+
+
+METRIC_PATTERN = f"^({'|'.join(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))})$"
 
 
 class ObjectiveIn(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=True)  # commands get the plain strings
-    metric: SafeText = Field(min_length=1, max_length=64, description="a final metric of the task: binary auc, "
-                             "accuracy, logloss; multiclass accuracy, logloss, f1_macro; regression rmse, mae, r2")
+    metric: SafeText = Field(min_length=1, max_length=64, json_schema_extra={"pattern": METRIC_PATTERN},
+                             description="a final metric of the task: " + "; ".join(
+                                 f"{task} {', '.join(metrics)}" for task, metrics in TASK_METRICS.items()))
     direction: Direction | None = Field(
-        default=None, description="default: maximize for auc, accuracy, f1_macro, r2; minimize otherwise")
+        default=None, description="the metric's own, which is the default: maximize for "
+                                  + ", ".join(m for m, higher in HIGHER_IS_BETTER.items() if higher)
+                                  + "; minimize otherwise")
 
 
 class StudyIn(BaseModel):
@@ -28,19 +38,25 @@ class StudyIn(BaseModel):
     task: Task
     dataset: DatasetIn
     objective: ObjectiveIn
-    search_space: dict[str, Any] = Field(description='{"<param>": {"type": "float", "low", "high", "log"?, '
+    search_space: dict[str, Any] = Field(json_schema_extra={"minProperties": 1, "maxProperties": MAX_SPACE_PARAMS},
+                                         description='{"<param>": {"type": "float", "low", "high", "log"?, '
                                          '"step"?} | {"type": "int", "low", "high", "step"?, "log"?} | '
-                                         '{"type": "categorical", "choices": [...]}}; at most 32 params; '
+                                         '{"type": "categorical", "choices": [...]}}, names and bounds from the '
+                                         f'framework\'s params (see a job\'s); at most {MAX_SPACE_PARAMS} params; '
                                          + FREE_JSON)
-    fixed_params: dict[str, Any] = Field(default_factory=dict, description="merged into every trial's params; "
+    fixed_params: dict[str, Any] = Field(default_factory=dict, json_schema_extra={"maxProperties": MAX_PARAMS},
+                                         description="merged into every trial's params; "
                                          + FREE_JSON)
     sampler: dict[str, Any] = Field(default_factory=lambda: {"type": "tpe"},
-                                    description='{"type": "tpe"|"random"|"grid"|"cmaes"|"qmc", "seed"?: int}')
+                                    description=f'{{"type": {"|".join(SAMPLERS)}, "seed"?: int}}')
     pruner: dict[str, Any] = Field(default_factory=lambda: {"type": "none"},
-                                   description='{"type": "none"|"median"|"percentile"|"successive_halving"|'
-                                               '"hyperband", ...its options}')
-    n_trials: StrictInt = Field(ge=1, le=10_000, description="1 to 10,000")
-    max_parallel: StrictInt = Field(default=2, ge=1, le=64, description="trials running at once, 1 to 64")
+                                   json_schema_extra={"maxProperties": 1 + max(map(len, PRUNER_OPTIONS.values()))},
+                                   description=f'{{"type": {"|".join(PRUNERS)}, ...its options}}: '
+                                               + "; ".join(f"{kind} {', '.join(options) or 'no options'}"
+                                                           for kind, options in PRUNER_OPTIONS.items()))
+    n_trials: StrictInt = Field(ge=1, le=MAX_TRIALS, description=f"1 to {MAX_TRIALS:,}")
+    max_parallel: StrictInt = Field(default=2, ge=1, le=MAX_PARALLEL,
+                                    description=f"trials running at once, 1 to {MAX_PARALLEL}")
     timeout_s: StrictInt | None = Field(default=None, ge=1, le=MAX_TIMEOUT_S,
                                         description="no new trials after this many seconds (each trial's own "
                                                     "job timeout too)")
