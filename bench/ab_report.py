@@ -35,7 +35,7 @@ logloss's Σ equals the generator's (float32 probabilities, rel 1e-9). Latency q
 aggregates merge DDSketches (1% relative), the raw pass samples 8,192 values, pandas is exact) and are printed, not compared.
 Then (--no-rebuild to skip) the aggregates are rebuilt from the raw tables and must give the same figures.
 
-    .venv/bin/python bench/ab_report.py [--rows 10000000] [--feedback 1000000] [--repeats 5] [--db DIR]
+    .venv/bin/python -m bench.ab_report [--rows 10000000] [--feedback 1000000] [--repeats 5] [--db DIR]
 
 Ends with `ratio=` and `goal: report <= 100 ms: MET/MISSED (x ms)` (the accuracy report). About 5 GB of memory at
 the defaults (peak: the baseline's DataFrames and merge).
@@ -48,7 +48,6 @@ import math
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,14 +57,14 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api.ab import report  # noqa: E402
-from api.deployments import FEEDBACK_CHUNK  # noqa: E402
-from domain.contract import FeedbackBatch  # noqa: E402
-from infra.clickhouse import connect as connect_clickhouse  # noqa: E402
-from projections.telemetry import ab_queries, prediction_store  # noqa: E402
-from projections.telemetry.prediction_store import COLUMNS, PredictionStore  # noqa: E402
+from api.ab import report
+from bench.harness import parser, print_ratio
+from api.deployments import FEEDBACK_CHUNK
+from domain.contract import FeedbackBatch
+from infra.clickhouse import connect as connect_clickhouse
+from projections.telemetry import ab_queries, prediction_store
+from projections.telemetry.prediction_store import COLUMNS, PredictionStore
 
 DEPLOYMENT = "tumor-classifier"
 CLASSES = ["malignant", "benign"]
@@ -328,7 +327,7 @@ def raw_pass(ch: Any, metric: str, until: int) -> list[tuple]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--rows", type=int, default=10_000_000, help="prediction records")
     ap.add_argument("--feedback", type=int, default=1_000_000, help="feedback rows (labels for ~10%% of requests)")
     ap.add_argument("--chunk", type=int, default=1_000_000, help="rows per insert")
@@ -457,7 +456,7 @@ def run(ch: Any, args: argparse.Namespace) -> None:
 
     ours_s = statistics.median(ours["accuracy"])
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"ratio={(export_s + compute_s) / ours_s:.1f}")
+    print_ratio((export_s + compute_s) / ours_s, 1)
     print(f"goal: report <= 100 ms: {'MET' if ours_s <= 0.1 else 'MISSED'} ({ours_s * 1000:.1f} ms)")
 
 

@@ -1,7 +1,7 @@
 """Peeking simulation for domain/ab_stats.py: the always-valid test (mSPRT, normal mixture) against the naive
 fixed-horizon z-test looked at just as often.
 
-    python bench/ab_sim.py [--sims 10000] [--step 100] [--max-n 10000] [--p0 0.80] [--p1 0.85] [--alpha 0.05]
+    python -m bench.ab_sim [--sims 10000] [--step 100] [--max-n 10000] [--p0 0.80] [--p1 0.85] [--alpha 0.05]
                            [--tau TAU] [--seed 1]
 
 Bernoulli arms (accuracy), equal allocation, a look after every `step` labelled predictions per arm up to `max-n`
@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy.special import ndtri
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from domain.ab_stats import sequential_test  # noqa: E402
+from domain.ab_stats import sequential_test
 
 
 def simulate(rng: np.random.Generator, sims: int, looks: int, step: int, p_c: float, p_t: float, alpha: float,
@@ -71,7 +68,7 @@ def main() -> None:
     a = ap.parse_args()
     looks = a.max_n // a.step
     rng = np.random.default_rng(a.seed)
-    print(f"command: .venv/bin/python bench/ab_sim.py --sims {a.sims} --step {a.step} --max-n {a.max_n} --p0 {a.p0} "
+    print(f"command: .venv/bin/python -m bench.ab_sim --sims {a.sims} --step {a.step} --max-n {a.max_n} --p0 {a.p0} "
           f"--p1 {a.p1} --alpha {a.alpha}{'' if a.tau is None else f' --tau {a.tau}'} --seed {a.seed}")
     print(f"{a.sims} experiments per scenario, looks every {a.step} per arm up to {looks * a.step} ({looks} looks), "
           f"alpha {a.alpha}, tau {'default (0.1 x pooled sd)' if a.tau is None else a.tau}, seed {a.seed}")

@@ -13,7 +13,7 @@ due at t0 + i/rate, fired as its own task at that time, and its latency is measu
 when it was actually sent), so a stall shows up as queueing in every request it delays. Each rate runs
 --seconds (10) after a --warmup (2 s at 50/s, not counted). Errors: anything but a 202 (timeouts included).
 
-    python bench/commands.py [--rates 50,100,200] [--seconds 10]
+    python -m bench.commands [--rates 50,100,200] [--seconds 10]
 
 Prints per rate: sent, errors, p50, p99, max (ms); the service's CPU per submit; ends with `p99_at_200_ms=`
 (goal ≤ 20 ms).
@@ -26,21 +26,15 @@ import contextlib
 import logging
 import multiprocessing as mp
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import PG_SERVER, fresh_database, parser, percentile, work_dir
 
-
-from infra.postgres import create_database, drop_database  # noqa: E402
-
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 PATH = "/api/v1/training/jobs"
 
 
@@ -267,7 +261,7 @@ class Breakdown:
         over = [(self.waited[p] - self.applied[p]) * 1000 for p in self.waited if p in self.applied]
         rows = {**self.t, "  of which projection lag (commit → announced)": lag,
                 "  of which wait overshoot (announced → seen)": over}
-        return "\n".join(f"    {k:<45} p50 {pct(v, 50):6.1f} ms  p99 {pct(v, 99):6.1f} ms  mean "
+        return "\n".join(f"    {k:<45} p50 {percentile(v, 50):6.1f} ms  p99 {percentile(v, 99):6.1f} ms  mean "
                          f"{statistics.fmean(v):6.1f} ms  (n={len(v)})" for k, v in rows.items() if v)
 
 
@@ -328,13 +322,6 @@ def thread_cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tupl
     return out
 
 
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q / 100 * len(xs)) - 1))]
-
-
 def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
     import uvicorn
 
@@ -393,10 +380,10 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
             ok = max(1, len(lat))
             cpu = ", ".join(f"{k} {(after[k] - before[k]) / ok * 1000:.2f} ms" for k in after)
             print(f"rate {rate:g}/s for {args.seconds:g} s: sent {res['sent']}, errors {nerr}"
-                  f"{' ' + str(res['errors']) if nerr else ''}, latency from due time: p50 {pct(lat, 50):.1f} ms, "
-                  f"p99 {pct(lat, 99):.1f} ms, max {max(lat, default=float('nan')):.1f} ms "
+                  f"{' ' + str(res['errors']) if nerr else ''}, latency from due time: p50 {percentile(lat, 50):.1f} ms, "
+                  f"p99 {percentile(lat, 99):.1f} ms, max {max(lat, default=float('nan')):.1f} ms "
                   f"(mean {statistics.fmean(lat) if lat else float('nan'):.1f}); from actual send: "
-                  f"p50 {pct(svc, 50):.1f}, p99 {pct(svc, 99):.1f}; CPU per submit: {cpu}, "
+                  f"p50 {percentile(svc, 50):.1f}, p99 {percentile(svc, 99):.1f}; CPU per submit: {cpu}, "
                   f"load generator {res['generator_cpu_ms']:.2f} ms")
             if args.breakdown:
                 delta = thread_cpu_delta(threads_before, threads_after,
@@ -407,7 +394,7 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
                 print(breakdown.report())
             results[rate] = res
         if 200.0 in results:
-            print(f"p99_at_200_ms={pct(results[200.0]['lat'], 99):.1f}")
+            print(f"p99_at_200_ms={percentile(results[200.0]['lat'], 99):.1f}")
     finally:
         server.should_exit = True
         api.join(15)
@@ -420,7 +407,7 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--rates", default="50,100,200", help="submits per second, comma-separated")
     ap.add_argument("--seconds", type=float, default=10.0, help="per rate")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds at 50/s before the first rate (0: none)")
@@ -437,13 +424,8 @@ def main() -> None:
            for e in args.experiment.split(",")):
         ap.error(f"--experiment: one or more of {', '.join(EXPERIMENTS)}, threads-N, or none")
     logging.basicConfig(level=logging.WARNING)
-    work = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
-    db_url = create_database(args.pg, "trainyard_bench")
-    try:
+    with work_dir() as work, fresh_database(args.pg) as db_url:
         run(args, work, db_url)
-    finally:
-        drop_database(args.pg, db_url)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

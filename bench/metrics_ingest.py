@@ -5,31 +5,28 @@ on JetStream (`Nats-Msg-Id` per batch) → MetricsProjector (the real one) → c
 stops when a query sees every point. Baseline: MLflow `MlflowClient.log_batch` (1000 metrics per call, its
 documented limit) into its own SQL store (SQLite file) on this machine, in the same run.
 
-    python bench/metrics_ingest.py [--points 500000] [--mlflow-points 100000] [--batch 1000]
+    python -m bench.metrics_ingest [--points 500000] [--mlflow-points 100000] [--batch 1000]
 
 The chDB store gets one warm-up insert before the clock starts (a running service has paid that once).
 Prints both rates and ends with `ratio=<trainyard points/s ÷ mlflow points/s>` (> 1: Trainyard is faster).
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from domain.contract import TELEMETRY_METRICS, MetricBatch, SeriesChunk  # noqa: E402
-from infra.clickhouse import connect as connect_clickhouse  # noqa: E402
-from infra.embedded import EmbeddedNats  # noqa: E402
-from infra.messaging import connect, ensure_streams  # noqa: E402
-from infra.settings import Settings  # noqa: E402
-from projections.telemetry.metric_store import MetricColumns, MetricStore  # noqa: E402
-from projections.telemetry.projectors import MetricsProjector  # noqa: E402
+from bench.harness import parser, print_ratio, work_dir
+from domain.contract import TELEMETRY_METRICS, MetricBatch, SeriesChunk
+from infra.clickhouse import connect as connect_clickhouse
+from infra.embedded import EmbeddedNats
+from infra.messaging import connect, ensure_streams
+from infra.settings import Settings
+from projections.telemetry.metric_store import MetricColumns, MetricStore
+from projections.telemetry.projectors import MetricsProjector
 
 NAMES = ("train_loss", "valid_loss", "valid_auc", "lr")
 
@@ -94,7 +91,7 @@ def mlflow_rate(points: int, work: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--points", type=int, default=500_000)
     ap.add_argument("--mlflow-points", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=1000)
@@ -106,16 +103,13 @@ def main() -> None:
     except ImportError:
         print("mlflow is not installed: pip install -e '.[bench]'", file=sys.stderr)
         sys.exit(2)
-    work = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
-    try:
+    with work_dir() as work:
         ours = asyncio.run(trainyard(args.points, args.batch, work))
         print(f"trainyard: {args.points} points publish→queryable at {ours:,.0f} points/s "
               f"(batches of {args.batch}, JetStream → MetricsProjector → chDB)")
         base = mlflow_rate(args.mlflow_points, work)
         print(f"mlflow:    {args.mlflow_points} points log_batch(1000) into SQLite at {base:,.0f} points/s")
-        print(f"ratio={ours / base:.2f}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        print_ratio(ours / base)
 
 
 if __name__ == "__main__":

@@ -11,31 +11,28 @@ points go through log_batch and the rest are bulk-inserted into MLflow's `metric
 log_batch writes (the query sees an identical table). `--mlflow-load log_batch` logs every point through
 log_batch instead (slow). Both stores get equal point counts.
 
-    .venv/bin/python bench/metrics_query.py [--points 1000000] [--max-points 1000]
+    .venv/bin/python -m bench.metrics_query [--points 1000000] [--max-points 1000]
 
 Prints both timings and ends with `ratio=<mlflow time / trainyard time>` (> 1: Trainyard is faster).
 Exits 2 when mlflow is not installed (pip install -e '.[bench]').
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infra.clickhouse import connect as connect_clickhouse  # noqa: E402
-from projections.telemetry.metric_store import MetricPoint, MetricStore  # noqa: E402
+from bench.harness import parser, print_ratio, work_dir
+from infra.clickhouse import connect as connect_clickhouse
+from projections.telemetry.metric_store import MetricPoint, MetricStore
 
 KEY = "train_loss"
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -113,7 +110,7 @@ def mlflow_baseline(points: int, logged: int, repeats: int, work: Path) -> float
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--points", type=int, default=1_000_000)
     ap.add_argument("--max-points", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=100_000, help="points per MetricStore.insert")
@@ -131,14 +128,11 @@ def main() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
-    work = Path(tempfile.mkdtemp(prefix="trainyard-bench-query-"))
-    try:
+    with work_dir("trainyard-bench-query-") as work:
         ours = trainyard(args.points, args.max_points, args.batch, args.repeats, work)
         logged = args.points if args.mlflow_load == "log_batch" else args.mlflow_logged
         theirs = mlflow_baseline(args.points, logged, args.mlflow_repeats, work)
-        print(f"ratio={theirs / ours:.1f}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        print_ratio(theirs / ours, 1)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ runner process). Ends with the cost at both steps, `reports_per_s=` (goal ≥ 2,
 `ratio_unpaired=`, `ratio_median=` and `ratio=<mean cost at step 100 ÷ mean cost at step 100,000>`, both
 paired (≥ 1/1.2 = 0.83: "within 1.2×" holds).
 
-    python bench/reports.py [--steps 100000] [--jobs 200] [--multi-steps 100] [--baseline-at 100,1000,10000]
+    python -m bench.reports [--steps 100000] [--jobs 200] [--multi-steps 100] [--baseline-at 100,1000,10000]
 """
 from __future__ import annotations
 
@@ -36,23 +36,16 @@ import asyncio
 import logging
 import multiprocessing as mp
 import secrets
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import PG_SERVER, fresh_database, parser, print_ratio, work_dir
 
+from domain.contract import REPORT_SUBJECT, RunnerReport
 
-from infra.postgres import create_database, drop_database  # noqa: E402
-
-from domain.contract import REPORT_SUBJECT, RunnerReport  # noqa: E402
-
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 BODY = dict(name="bench", framework="lightgbm", task="binary_classification",
             dataset={"uri": "builtin://breast_cancer"}, params={"n_estimators": 50})
 
@@ -281,7 +274,7 @@ async def bench(args: argparse.Namespace, work: Path, db_url: str) -> None:
         print(f"ratio_unpaired={unpaired:.2f} (the first job's own steps 1..{args.window}, measured "
               f"{single_s:.0f} s earlier: exposed to the shared machine's drift)")
         print(f"ratio_median={statistics.median(fresh) / statistics.median(late):.2f}")
-        print(f"ratio={cost_early / cost_late:.2f}")
+        print_ratio(cost_early / cost_late)
         await nc.close()
     finally:
         if reports is not None:
@@ -294,7 +287,7 @@ async def bench(args: argparse.Namespace, work: Path, db_url: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--window", type=int, default=200, help="reports per cost window")
     ap.add_argument("--warmup", type=int, default=1000)
@@ -309,13 +302,8 @@ def main() -> None:
     if args.steps < max(1000, 2 * args.window):
         ap.error("--steps must be at least 1000 and twice --window")
     logging.basicConfig(level=logging.WARNING)
-    work = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
-    db_url = create_database(args.pg, "trainyard_bench")
-    try:
+    with work_dir() as work, fresh_database(args.pg) as db_url:
         asyncio.run(bench(args, work, db_url))
-    finally:
-        drop_database(args.pg, db_url)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ overhead, timer granularity, and waiting for a core); it is part of every latenc
 share the server's cores: the figures here are an upper bound, noisy when other work runs on the machine (the
 load average at the start is printed).
 
-    python bench/serving.py [--rates 250,500,1000] [--duration 10] [--connections 64] [--skip-mlflow]
+    python -m bench.serving [--rates 250,500,1000] [--duration 10] [--connections 64] [--skip-mlflow]
                             [--database-url postgresql://postgres@127.0.0.1:5432/postgres] [--nats-url ...]
 
 Prints the table, the highest rate with p99 < 10 ms per server, `ratio=<mlflow p99 / trainyard p99 at 500/s>`
@@ -58,7 +58,6 @@ import argparse
 import asyncio
 import gc
 import json
-import math
 import os
 import shutil
 import signal
@@ -73,10 +72,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from infra.embedded import free_port  # noqa: E402
+from bench.harness import ROOT, parser, percentile, print_ratio
+from infra.embedded import free_port
 
 JOB = {"name": "bc", "framework": "lightgbm", "task": "binary_classification",
        "dataset": {"uri": "builtin://breast_cancer"}, "params": {"n_estimators": 100}}
@@ -346,10 +343,7 @@ class RunResult:
     others: list[tuple[str, float]] | None = None  # other processes busy during the run (% of one core)
 
     def pct(self, q: float) -> float:
-        xs = self.latencies_ms
-        if not xs:
-            return float("nan")
-        return xs[min(len(xs) - 1, max(0, math.ceil(q / 100 * len(xs)) - 1))]  # nearest rank
+        return percentile(self.latencies_ms, q)
 
 
 def request_bytes(port: int, path: str, body: dict, headers: dict[str, str]) -> bytes:
@@ -645,7 +639,7 @@ def check_parity(ty: Trainyard, ml: Mlflow | None, rows: list[list[float]]) -> s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--rates", default="250,500,1000", help="requests/s, comma-separated")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
     ap.add_argument("--connections", type=int, default=64)
@@ -788,7 +782,7 @@ def report(results: list[RunResult], rates: list[float], have_baseline: bool, mi
         ratio = ml500.pct(99) / ty500.pct(99)
         note = "" if not (ty500.errors or ml500.errors) else \
             f"  (errors at 500/s: trainyard {sum(ty500.errors.values())}, mlflow {sum(ml500.errors.values())})"
-        print(f"ratio={ratio:.2f}{note}")
+        print_ratio(ratio, 2, note)
     ty1000 = by.get(("trainyard", 1000.0))
     if ty1000 is None:
         print("goal: trainyard p99 <= 5 ms at 1000 rps: NOT MEASURED (1000/s not among --rates)")

@@ -10,7 +10,7 @@ Baseline, in the same run: `optuna.create_study(sampler=TPESampler(seed)).optimi
 in-memory storage, where `objective` trains with the same trainer code (runners/trainers, LightGBM) on the same
 data and params and returns the same final metric.
 
-    python bench/study_overhead.py [--trials 50] [--n-estimators 100]
+    python -m bench.study_overhead [--trials 50] [--n-estimators 100]
 
 Runs twice: 2 runners with max_parallel 2 (`ratio=` optuna seconds ÷ trainyard seconds; > 1: Trainyard is
 faster), then 1 runner with max_parallel 1 (`overhead_ms_per_trial=`: (trainyard − optuna) seconds ÷ trials).
@@ -21,21 +21,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infra.embedded import EmbeddedNats, free_port  # noqa: E402
-from infra.postgres import create_database, drop_database  # noqa: E402
+from infra.embedded import EmbeddedNats, free_port
+from infra.postgres import create_database, drop_database
 
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+from bench.harness import PG_SERVER, ROOT, parser, print_ratio, work_dir
 SPACE = {"num_leaves": {"type": "int", "low": 4, "high": 64},
          "learning_rate": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
          "min_data_in_leaf": {"type": "int", "low": 5, "high": 50},
@@ -94,7 +91,7 @@ def trainyard(args: argparse.Namespace, work: Path, runners: int, parallel: int)
                TRAINYARD_API_PORT=str(port), TRAINYARD_RUNNERS=str(runners))
     log = open(data_dir / "up.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "up"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parent.parent)
+                            cwd=ROOT)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
         deadline = time.monotonic() + 120
@@ -261,15 +258,14 @@ def breakdown(db_url: str, study_id: str, sequential: bool) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--trials", type=int, default=50)
     ap.add_argument("--n-estimators", type=int, default=100)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--pg", default=PG_SERVER, help="a PostgreSQL server URL (its database part is ignored)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="trainyard-bench-study-"))
-    os.chmod(work, 0o755)
-    try:
+    with work_dir("trainyard-bench-study-") as work:
+        os.chmod(work, 0o755)
         for runners in (2, 1):
             o_s, o_best = optuna_baseline(args.trials, args.n_estimators, args.seed)
             t_s, t_best, _ = trainyard(args, work, runners, runners)
@@ -279,12 +275,10 @@ def main() -> None:
             print(f"trainyard: {args.trials} trials, {runners} runner(s), max_parallel {runners}: {t_s:.2f} s "
                   f"({t_s / args.trials * 1000:.0f} ms a trial), best auc {t_best:.4f}")
             if runners == 2:
-                print(f"ratio={o_s / t_s:.2f}")
+                print_ratio(o_s / t_s)
             else:
-                print(f"ratio_1_runner={o_s / t_s:.2f}")
+                print_ratio(o_s / t_s, name="ratio_1_runner")
                 print(f"overhead_ms_per_trial={(t_s - o_s) / args.trials * 1000:.1f}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Real engines for the tests: PostgreSQL and NATS (the ones on 127.0.0.1 when present, else embedded), chDB.
+"""The tests' fixtures: real engines (PostgreSQL and NATS: the ones on 127.0.0.1 when present, else embedded;
+chDB), a module's own `trainyard up`, and the CLI against a scripted API.
 
-Each test gets its own PostgreSQL database; the session has its own nats-server (never the one on 4222).
+Each test gets its own PostgreSQL database; the session has its own nats-server (never the one on 4222). What the
+fixtures are built from lives in tests/support/.
 """
 from __future__ import annotations
 
@@ -9,13 +11,18 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from infra import postgres as pg
 from infra.messaging import STREAMS
+from tests.support.database import create_database, drop_database
+from tests.support.stack import Stack, up_on_a_fresh_database
+
+if TYPE_CHECKING:
+    from tests.support.fakes import Script, Step
 
 
 def _listening(port: int) -> bool:
@@ -42,16 +49,9 @@ def postgres_server(engines_dir: Path) -> Iterator[str]:
     else:
         from infra.embedded import EmbeddedPostgres
 
-        pg = EmbeddedPostgres(engines_dir)
-        yield pg.start()
-        pg.stop()
-
-
-def create_database(server_url: str) -> str:
-    return pg.create_database(server_url, "trainyard_test")
-
-
-drop_database = pg.drop_database
+        server = EmbeddedPostgres(engines_dir)
+        yield server.start()
+        server.stop()
 
 
 @pytest.fixture
@@ -100,3 +100,41 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     ch = connect_clickhouse(None, tmp_path_factory.mktemp("chdb") / "chdb")
     yield ch
     ch.close()
+
+
+@pytest.fixture(scope="module")
+def stack(postgres_server: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The module's own `trainyard up` (2 runners, short leases) on a fresh database and the session's NATS."""
+    with up_on_a_fresh_database(postgres_server, nats_url, tmp_path_factory.mktemp("trainyard")) as s:
+        yield s
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The CLI with no Trainyard settings of the developer's shell and no wait between export polls."""
+    import api.cli.app
+    import api.cli.models
+
+    for var in ("TRAINYARD_API_URL", "TRAINYARD_INFERENCE_URL", "TRAINYARD_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TRAINYARD_DATA_DIR", str(tmp_path / "no-data-dir"))
+    monkeypatch.setattr(api.cli.models, "EXPORT_POLL_S", 0.0)
+
+
+@pytest.fixture
+def scripted_api(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Script]:
+    """scripted_api(*steps): the CLI's clients talk to this `Script` from now on; returns it."""
+    import httpx
+
+    import api.cli.app
+    from api.client import TrainyardClient
+    from tests.support.fakes import Script
+
+    def install(*steps: Step) -> Script:
+        script = Script(*steps)
+        transport = httpx.MockTransport(script)
+        monkeypatch.setattr(api.cli.app, "TrainyardClient",
+                            lambda *a, **kw: TrainyardClient(*a, transport=transport, **kw))
+        return script
+
+    return install

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from tests.test_flow import FINISHED, Stack, up_on_a_fresh_database
+from tests.support.stack import FINISHED, Stack, up_on_a_fresh_database
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 MODELS, DEPLOYMENTS, KEYS = "/api/v1/models", "/api/v1/deployments", "/api/v1/api-keys"
@@ -37,11 +38,10 @@ class AB:
         for job_id in jobs:
             assert self.http.post(f"{MODELS}/bc/versions", json={"job_id": job_id}).status_code == 201
         for version in (1, 2):
-            export_id = self.http.post(f"{MODELS}/bc/versions/{version}/exports", json={}).json()["export_id"]
-            deadline = time.monotonic() + 120
-            while self.http.get(f"{MODELS}/bc/versions/{version}/exports/{export_id}").json()["status"] != "completed":
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            export = f"{MODELS}/bc/versions/{version}/exports/" + self.http.post(
+                f"{MODELS}/bc/versions/{version}/exports", json={}).json()["export_id"]
+            eventually(lambda: self.http.get(export).json()["status"] == "completed", timeout=120, interval=0.2,
+                       message=f"the ONNX export of bc v{version} never completed")
         self.key = self.http.post(KEYS, json={"name": "ab", "deployments": "*"}).json()["key"]
         self.rng = random.Random(7)
 
@@ -51,10 +51,9 @@ class AB:
             {"name": "challenger", "model": "bc", "version": challenger, "weight": weight}]}
         r = self.http.post(DEPLOYMENTS, json=body)
         assert r.status_code == 201, r.text
-        deadline = time.monotonic() + 20  # until the inference server serves it (its feed follows the events)
-        while name not in {d["name"] for d in self.inference.get("/v1/deployments").json()["items"]}:
-            assert time.monotonic() < deadline, f"{name} never served"
-            time.sleep(0.05)
+        eventually(lambda: name in {d["name"] for d in self.inference.get("/v1/deployments").json()["items"]},
+                   timeout=20, interval=0.05,  # the inference server's feed follows the events
+                   message=f"{name} never served")
 
     def traffic(self, name: str, n: int, key: str | None = None) -> int:
         """`n` predictions of random rows, then feedback with their true labels; returns how many were answered."""
@@ -79,14 +78,15 @@ class AB:
 
     def drive(self, name: str, until: Any, per_round: int = 150, timeout: float = 150) -> list[dict[str, Any]]:
         """Traffic and feedback in rounds until `until(history)` holds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def there() -> list[dict[str, Any]] | None:
             history = self.history(name)
             if until(history):
                 return history
             self.traffic(name, per_round)
-            time.sleep(0.5)
-        raise AssertionError(f"{name}: never got there: {[(h['change'], h['reason']) for h in self.history(name)]}")
+            return None
+
+        return eventually(there, timeout=timeout, interval=0.5, message=lambda: f"{name}: never got there: "
+                          f"{[(h['change'], h['reason']) for h in self.history(name)]}")
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +152,10 @@ def test_a_slow_challenger_is_rolled_back_for_latency(ab: AB) -> None:
 def test_routing_forced_off_the_weights_is_flagged(ab: AB) -> None:
     ab.deploy("srm", control=2, challenger=2, weight=50, ramp=[100], min_samples=10**6)
     assert ab.traffic("srm", 120, key="always-the-same-user") == 120  # one sticky key: every request, one variant
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def counted() -> dict[str, Any] | None:
         report = ab.http.get(f"{DEPLOYMENTS}/srm/ab").json()
-        if sum(v["requests"] for v in report["variants"]) >= 120:
-            break
-        time.sleep(0.3)
+        return report if sum(v["requests"] for v in report["variants"]) >= 120 else None
+
+    report = eventually(counted, timeout=30, interval=0.3, message="the A/B report never counted the 120 requests")
     assert report["srm"]["mismatch"] is True and report["srm"]["revisions"][0]["p_value"] < 0.001

@@ -1,37 +1,27 @@
 """The `trainyard` CLI end to end over HTTP: clear one-line errors, `job`, `status`, and a `watch` that rides out
 an API restart.
 
-The CLI talks to a real HTTP server: a small stand-in for the Trainyard API (`FakeApi`, at the CLI's edge) that
-answers the same routes with the same bodies (validated by the API's own response models) and the same
+The CLI talks to a real HTTP server: a small stand-in for the Trainyard API (`FakeApi`, tests/support/fakes.py)
+that answers the same routes with the same bodies (validated by the API's own response models) and the same
 problem+json errors, so the tests can make it answer 404, 422 and 503 and stop and restart it at will.
 """
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from typer.testing import CliRunner
 
-from api.cli import cli
 from api.client import TrainyardClient, TrainyardError, TrainyardUnavailable
-from api.schemas.jobs import JobIn, JobPublic, MetricNames
-from domain.vocabulary import JobStatus
+from tests.support.cli import one_error_line, trainyard
+from tests.support.fakes import SHA, FakeApi, free_port
+from tests.support.waiting import eventually
 
-JOBS = "/api/v1/training/jobs"
-SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 COMMANDS = {  # every command that talks to the API, with valid arguments
     "submit": ["submit", "--framework", "lightgbm", "--task", "binary_classification",
                "--dataset", "builtin://breast_cancer", "--watch"],
@@ -43,139 +33,6 @@ COMMANDS = {  # every command that talks to the API, with valid arguments
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def problem(request: Request, status: int, title: str, detail: str, field: str | None = None) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": request.url.path}
-    if field:
-        body["field"] = field
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
-
-
-class FakeApi:
-    """The Trainyard API's routes and answers, with jobs held in memory; `unavailable` makes the next job reads
-    answer 503 (as during a start), `ready` is what /readyz answers. Serves on a fixed port so it can restart."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.jobs: dict[UUID, dict[str, Any]] = {}
-        self.latest: dict[UUID, dict[str, Any]] = {}
-        self.reads = 0  # job reads answered 200
-        self.unavailable = 0
-        self.behind = 0  # the next reads of a known job answer 404, as while the jobs read model catches up
-        self.ready: tuple[int, dict[str, Any]] = (200, {"ready": True, "checks": {}, "stages": {}})
-        self.server: uvicorn.Server | None = None
-        self.thread: threading.Thread | None = None
-        self.app = self._app()
-
-    def _app(self) -> FastAPI:
-        app = FastAPI()
-
-        @app.exception_handler(RequestValidationError)
-        async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-            e = exc.errors()[0]
-            field = ".".join(str(x) for x in e["loc"] if x not in ("body", "query", "path", "header"))
-            return problem(request, 422, "Invalid request", f"{field}: {e['msg']}", field)
-
-        def known(request: Request, job_id: UUID) -> dict[str, Any] | JSONResponse:
-            if self.unavailable:
-                self.unavailable -= 1
-                return problem(request, 503, "Service Unavailable", "the API is starting")
-            if job_id not in self.jobs or self.behind:
-                self.behind = max(0, self.behind - 1)
-                return problem(request, 404, "Not found", f"no training job {job_id}", "job_id")
-            return self.jobs[job_id]
-
-        @app.post(JOBS, status_code=202)
-        def submit(body: JobIn) -> dict[str, Any]:
-            job = self.add(name=body.name, framework=body.framework, task=body.task, params=body.params,
-                           dataset=body.dataset.model_dump(exclude_none=True))
-            return {"job_id": job["job_id"], "status": job["status"], "created_at": job["created_at"]}
-
-        @app.get(JOBS)
-        def listing(status: JobStatus | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-            items = [j for j in self.jobs.values() if status in (None, j["status"])]
-            return {"items": items[offset:offset + limit], "total": len(items), "limit": limit, "offset": offset}
-
-        @app.get(JOBS + "/{job_id}", response_model=JobPublic)
-        def get(request: Request, job_id: UUID) -> Any:
-            found = known(request, job_id)
-            self.reads += not isinstance(found, JSONResponse)
-            return found
-
-        @app.delete(JOBS + "/{job_id}", status_code=202, response_model=JobPublic)
-        def cancel(request: Request, job_id: UUID) -> Any:
-            found = known(request, job_id)
-            if isinstance(found, dict) and found["status"] in ("completed", "failed", "cancelled"):
-                return problem(request, 409, "Conflict", f"job {job_id} is already {found['status']}")
-            return found
-
-        @app.get(JOBS + "/{job_id}/metrics", response_model=MetricNames)
-        def metrics(request: Request, job_id: UUID) -> Any:
-            found = known(request, job_id)
-            if isinstance(found, JSONResponse):
-                return found
-            latest = self.latest.get(job_id, {})
-            return {"job_id": job_id, "names": sorted(latest), "latest": latest}
-
-        @app.get("/readyz")
-        def readyz() -> JSONResponse:
-            return JSONResponse(self.ready[1], status_code=self.ready[0])
-
-        return app
-
-    def add(self, status: str = "queued", **fields: Any) -> dict[str, Any]:
-        now = datetime.now(timezone.utc)
-        job = {"job_id": str(uuid.uuid4()), "name": "bc", "framework": "lightgbm", "task": "binary_classification",
-               "dataset": {"uri": "builtin://breast_cancer"}, "params": {"n_estimators": 20}, "priority": "medium",
-               "tags": [], "status": status, "attempt": 1 if status != "queued" else 0, "runner_id": None,
-               "progress": {"current_step": 0, "total_steps": 20, "percentage_complete": 0.0, "elapsed_s": None,
-                            "eta_s": None},
-               "cancel_requested": False, "final_metrics": {}, "artifact": None, "error": None,
-               "created_at": now.isoformat(), "updated_at": now.isoformat(), "started_at": None,
-               "finished_at": None, "version": 1, **fields}
-        JobPublic.model_validate(job)  # the real API's shape
-        self.jobs[UUID(job["job_id"])] = job
-        return job
-
-    def run(self, job: dict[str, Any], steps: int) -> None:
-        start = datetime.fromisoformat(job["created_at"]) + timedelta(seconds=0.4)
-        job.update(status="running", attempt=1, runner_id="runner-1", started_at=start.isoformat(),
-                   progress={"current_step": steps, "total_steps": 20, "percentage_complete": steps * 5.0,
-                             "elapsed_s": 1.0, "eta_s": 1.0})
-        self.latest[UUID(job["job_id"])] = {"valid_logloss": {"step": steps, "value": 0.25},
-                                            "valid_auc": {"step": steps, "value": 0.97}}
-
-    def complete(self, job: dict[str, Any]) -> None:
-        self.run(job, 20)
-        end = datetime.fromisoformat(job["started_at"]) + timedelta(seconds=2.5)
-        job.update(status="completed", finished_at=end.isoformat(), final_metrics={"auc": 0.991, "logloss": 0.09},
-                   artifact={"uri": "file:///data/artifacts/model.txt", "sha256": SHA, "size_bytes": 48_213},
-                   progress={**job["progress"], "eta_s": 0.0})
-
-    def start(self) -> None:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, log_level="warning",
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=1)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "the fake API did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        assert self.server is not None and self.thread is not None
-        self.server.should_exit = True
-        self.thread.join(10)
-        assert not self.thread.is_alive()
-
-
 @pytest.fixture
 def api() -> Iterator[FakeApi]:
     fake = FakeApi()
@@ -185,25 +42,10 @@ def api() -> Iterator[FakeApi]:
         fake.stop()
 
 
-def trainyard(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
-        f"{result.exception!r}\n{result.output}"
-    return result.exit_code, result.output
-
-
-def assert_one_error_line(code: int, output: str) -> str:
-    lines = output.strip().splitlines()
-    assert code == 1, output
-    assert len(lines) == 1 and lines[0].startswith("error: "), output
-    assert "Traceback" not in output
-    return lines[0]
-
-
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_an_unreachable_api_is_one_line_and_exit_1_for_every_command(command: str) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
-    line = assert_one_error_line(*trainyard(*COMMANDS[command], "--api", closed))
+    line = one_error_line(*trainyard(*COMMANDS[command], "--api", closed))
     assert line == (f"error: cannot reach the Trainyard API at {closed} (connection refused); "
                     "is 'trainyard up' running?")
 
@@ -211,34 +53,32 @@ def test_an_unreachable_api_is_one_line_and_exit_1_for_every_command(command: st
 @pytest.mark.parametrize("command", ["watch", "cancel", "job"])
 def test_an_unknown_job_is_one_line_with_the_404_and_its_field(api: FakeApi, command: str) -> None:
     unknown = str(uuid.uuid4())
-    line = assert_one_error_line(*trainyard(command, unknown, "--api", api.url))
+    line = one_error_line(*trainyard(command, unknown, "--api", api.url))
     assert line == f"error: 404 Not found: no training job {unknown} (field job_id)"
 
 
 @pytest.mark.parametrize("command", ["watch", "cancel", "job"])
 def test_a_job_id_that_is_not_a_uuid_is_one_line_naming_the_field(api: FakeApi, command: str) -> None:
-    line = assert_one_error_line(*trainyard(command, "12ab", "--api", api.url))
+    line = one_error_line(*trainyard(command, "12ab", "--api", api.url))
     assert "'12ab' is not a job id" in line and line.endswith("(field job_id)")
     assert api.reads == 0
 
 
 def test_invalid_requests_are_one_line_with_the_status_and_field(api: FakeApi) -> None:
-    line = assert_one_error_line(*trainyard("submit", "--framework", "sklearn", "--task", "regression",
+    line = one_error_line(*trainyard("submit", "--framework", "sklearn", "--task", "regression",
                                             "--dataset", "builtin://diabetes", "--api", api.url))
     assert line.startswith("error: 422 Invalid request: framework:") and line.endswith("(field framework)")
     done = api.add()
     api.complete(done)
-    line = assert_one_error_line(*trainyard("cancel", done["job_id"], "--api", api.url))
+    line = one_error_line(*trainyard("cancel", done["job_id"], "--api", api.url))
     assert line == f"error: 409 Conflict: job {done['job_id']} is already completed"
-    line = assert_one_error_line(*trainyard("jobs", "--status", "bogus", "--api", api.url))
+    line = one_error_line(*trainyard("jobs", "--status", "bogus", "--api", api.url))
     assert line.startswith("error: 422 Invalid request: status:") and line.endswith("(field status)")
 
 
 def test_submit_watch_follows_the_job_to_its_end(api: FakeApi) -> None:
     def runner() -> None:  # what the service's runners would do with the job
-        deadline = time.monotonic() + 10
-        while not api.jobs and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: api.jobs, timeout=10, interval=0.05, message="the job was never submitted")
         job = next(iter(api.jobs.values()))
         api.run(job, 10)
         time.sleep(1)
@@ -258,9 +98,7 @@ def test_watch_rides_out_an_api_restart(api: FakeApi) -> None:
     api.run(job, 5)
 
     def restart() -> None:
-        deadline = time.monotonic() + 10
-        while api.reads < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: api.reads >= 2, timeout=10, interval=0.05, message="the watch never read the job twice")
         api.stop()  # the API goes away for ~2 s (connection refused) ...
         time.sleep(2)
         api.complete(job)
@@ -281,8 +119,7 @@ def test_watch_gives_up_after_retry_for_seconds_with_the_one_line_error(api: Fak
     api.run(job, 5)
 
     def go_away() -> None:
-        while api.reads < 2:
-            time.sleep(0.05)
+        eventually(lambda: api.reads >= 2, timeout=10, interval=0.05, message="the watch never read the job twice")
         api.stop()
 
     threading.Thread(target=go_away, daemon=True).start()
@@ -386,8 +223,7 @@ def test_the_readme_python_example_runs(api: FakeApi, monkeypatch: pytest.Monkey
     monkeypatch.setenv("TRAINYARD_API_URL", api.url)
 
     def runner() -> None:
-        while not api.jobs:
-            time.sleep(0.05)
+        eventually(lambda: api.jobs, timeout=60, interval=0.05, message="the README example never submitted its job")
         api.complete(next(iter(api.jobs.values())))
 
     threading.Thread(target=runner, daemon=True).start()

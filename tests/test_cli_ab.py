@@ -13,14 +13,15 @@ from typing import Any
 import httpx
 import pytest
 from rich.console import Console
-from typer.testing import CliRunner
 
 import api.cli.ab
-from api.cli import cli
 from api.cli.ab_view import ab_bucket, ab_view, sparkline
 from api.client import TrainyardClient
 from api.schemas.deployments import DeploymentPublic
-from tests.test_cli_models import API, INTERRUPT, Script, Step, _clean_env, serve  # noqa: F401 (fixtures)
+from tests.support.cli import trainyard as run_trainyard
+from tests.support.fakes import API, INTERRUPT, Script, Step
+
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 DEP = "/api/v1/deployments/churn-api"
 METHOD = "mSPRT, normal mixture N(0, tau^2) (Johari et al., always valid inference)"
@@ -105,14 +106,9 @@ def timeseries(differences: list[float], bucket: int = 60) -> dict[str, Any]:
     return {"deployment": "churn-api", "metric": "accuracy", "bucket_s": bucket, "control": "a", "points": points}
 
 
-# ---- scripted exchanges: tests/test_cli_models.py's Step, Script and serve (imported above) ----------------
-
-
+# ---- scripted exchanges: tests/support/fakes.py's Step and Script, through the scripted_api fixture --------
 def trainyard(*args: str, input: str | None = None) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, [*args, "--api", API], input=input)
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
-        f"{result.exception!r}\n{result.output}"
-    return result.exit_code, result.output
+    return run_trainyard(*args, "--api", API, input=input)
 
 
 def coloured(renderable: Any) -> str:
@@ -127,8 +123,8 @@ RISING = [0.0, 0.004, 0.011, 0.018, 0.02, 0.026, 0.031]
 
 
 # ---- trainyard ab ----------------------------------------------------------------------------------------------
-def test_ab_prints_the_variants_the_comparison_srm_shadow_sparkline_and_method(serve) -> None:  # type: ignore[no-untyped-def]
-    script = serve(Step("GET", DEP, answer=deployment_out(created_min_ago=50)),
+def test_ab_prints_the_variants_the_comparison_srm_shadow_sparkline_and_method(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    script = scripted_api(Step("GET", DEP, answer=deployment_out(created_min_ago=50)),
                    Step("GET", f"{DEP}/ab", params={"metric": "accuracy"}, answer=report()),
                    Step("GET", f"{DEP}/ab/timeseries", params={"metric": "accuracy", "bucket": "60"},
                         answer=timeseries(RISING)))
@@ -154,9 +150,9 @@ def test_ab_prints_the_variants_the_comparison_srm_shadow_sparkline_and_method(s
     assert text.endswith(f"method: {METHOD}; intervals and p-values valid at every look")
 
 
-def test_ab_decision_colours_and_a_sample_ratio_mismatch(serve) -> None:  # type: ignore[no-untyped-def]
+def test_ab_decision_colours_and_a_sample_ratio_mismatch(scripted_api) -> None:  # type: ignore[no-untyped-def]
     bad = report(decision="control_better", mismatch=True, shadow=False, metric="logloss")
-    script = serve(Step("GET", DEP, answer=deployment_out(created_min_ago=590)),
+    script = scripted_api(Step("GET", DEP, answer=deployment_out(created_min_ago=590)),
                    Step("GET", f"{DEP}/ab", params={"metric": "logloss", "revision": "4"}, answer=bad),
                    Step("GET", f"{DEP}/ab/timeseries", params={"metric": "logloss", "bucket": "600", "revision": "4"},
                         answer={**timeseries([]), "bucket_s": 600}))
@@ -179,21 +175,21 @@ def test_ab_decision_colours_and_a_sample_ratio_mismatch(serve) -> None:  # type
     assert f"{GREEN}sample ratio: ok" in coloured(ab_view(report(), None))
 
 
-def test_ab_json_prints_the_raw_report(serve) -> None:  # type: ignore[no-untyped-def]
-    script = serve(Step("GET", f"{DEP}/ab", params={"metric": "rmse"}, answer=report(metric="rmse")))
+def test_ab_json_prints_the_raw_report(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    script = scripted_api(Step("GET", f"{DEP}/ab", params={"metric": "rmse"}, answer=report(metric="rmse")))
     code, out = trainyard("ab", "churn-api", "--metric", "rmse", "--json")
     assert code == 0, out
     assert json.loads(out) == report(metric="rmse")
     script.done()
 
-    serve()  # a metric the API does not know is a usage error, no request
+    scripted_api()  # a metric the API does not know is a usage error, no request
     code, out = trainyard("ab", "churn-api", "--metric", "auc")
     assert code == 2 and "auc" in out
 
 
-def test_ab_watch_redraws_rides_out_a_503_and_stops_on_ctrl_c(serve) -> None:  # type: ignore[no-untyped-def]
+def test_ab_watch_redraws_rides_out_a_503_and_stops_on_ctrl_c(scripted_api) -> None:  # type: ignore[no-untyped-def]
     unavailable = {"type": "about:blank", "title": "Service Unavailable", "status": 503, "detail": "starting"}
-    script = serve(Step("GET", DEP, answer=deployment_out()),
+    script = scripted_api(Step("GET", DEP, answer=deployment_out()),
                    Step("GET", f"{DEP}/ab", params={"metric": "accuracy"}, answer=report()),
                    Step("GET", f"{DEP}/ab/timeseries", params={"metric": "accuracy", "bucket": "60"},
                         answer=timeseries(RISING)),
@@ -218,11 +214,11 @@ def test_sparkline_and_bucket_choice() -> None:
 ITEMS = [{"request_id": "r-1", "label": "1"}, {"request_id": "r-2", "label": "0"}, {"request_id": "r-9", "value": 2.5}]
 
 
-def test_feedback_posts_the_file_and_prints_the_counts(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_feedback_posts_the_file_and_prints_the_counts(scripted_api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "labels.json"
     path.write_text(json.dumps(ITEMS))
     answer = {"received": 3, "known": 2, "unknown": 1, "unknown_request_ids": ["r-9"]}
-    script = serve(Step("POST", f"{DEP}/feedback", ITEMS, 202, answer))
+    script = scripted_api(Step("POST", f"{DEP}/feedback", ITEMS, 202, answer))
     code, out = trainyard("feedback", "churn-api", str(path))
     assert code == 0, out
     script.done()
@@ -230,24 +226,24 @@ def test_feedback_posts_the_file_and_prints_the_counts(serve, tmp_path: Path) ->
     assert lines[0] == "churn-api: received 3, known 2, unknown 1"
     assert lines[1].startswith("unknown request ids") and lines[1].endswith(": r-9")
 
-    script = serve(Step("POST", f"{DEP}/feedback", ITEMS[:1], 202,
+    script = scripted_api(Step("POST", f"{DEP}/feedback", ITEMS[:1], 202,
                         {"received": 1, "known": 1, "unknown": 0, "unknown_request_ids": []}))
     code, out = trainyard("feedback", "churn-api", "-", "--json", input=json.dumps(ITEMS[:1]))
     assert code == 0 and json.loads(out) == {"received": 1, "known": 1, "unknown": 0, "unknown_request_ids": []}
     script.done()
 
-    serve()  # not a list: the one-line error, no request
+    scripted_api()  # not a list: the one-line error, no request
     path.write_text(json.dumps({"request_id": "r-1", "label": "1"}))
     code, out = trainyard("feedback", "churn-api", str(path))
     assert code == 1 and out.startswith("error: Invalid input: ") and "labels.json" in out and "list" in out
 
 
-def test_feedback_over_the_api_limit_is_sent_in_parts(serve, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_feedback_over_the_api_limit_is_sent_in_parts(scripted_api, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api.cli.ab, "FEEDBACK_BATCH", 2)
     path = tmp_path / "labels.json"
     path.write_text(json.dumps(ITEMS))
-    script = serve(Step("POST", f"{DEP}/feedback", ITEMS[:2], 202,
+    script = scripted_api(Step("POST", f"{DEP}/feedback", ITEMS[:2], 202,
                         {"received": 2, "known": 2, "unknown": 0, "unknown_request_ids": []}),
                    Step("POST", f"{DEP}/feedback", ITEMS[2:], 202,
                         {"received": 1, "known": 0, "unknown": 1, "unknown_request_ids": ["r-9"]}))
@@ -261,11 +257,11 @@ POLICY = {"metric": "accuracy", "min_samples": 500, "max_p_value": 0.05, "ramp":
           "step_every_s": 300, "max_p99_latency_ms": 50}
 
 
-def test_policy_set_and_clear_send_the_right_bodies(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_policy_set_and_clear_send_the_right_bodies(scripted_api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "policy.json"
     path.write_text(json.dumps(POLICY))
     stored = {**POLICY, "min_lift": 0.0, "max_error_rate": None}
-    script = serve(Step("PUT", f"{DEP}/policy", {"policy": POLICY, "reason": "ramp b"},
+    script = scripted_api(Step("PUT", f"{DEP}/policy", {"policy": POLICY, "reason": "ramp b"},
                         answer=deployment_out(5, policy=stored, a=90, b=10)))
     code, out = trainyard("policy", "churn-api", str(path), "--reason", "ramp b")
     assert code == 0, out
@@ -275,19 +271,19 @@ def test_policy_set_and_clear_send_the_right_bodies(serve, tmp_path: Path) -> No
                                 "p99 ≤ 50 ms"]
 
     # the PUT body itself is accepted as the file too
-    script = serve(Step("PUT", f"{DEP}/policy", {"policy": POLICY, "reason": "from the file"},
+    script = scripted_api(Step("PUT", f"{DEP}/policy", {"policy": POLICY, "reason": "from the file"},
                         answer=deployment_out(6, policy=stored, a=90, b=10)))
     code, out = trainyard("policy", "churn-api", "-", "--json",
                           input=json.dumps({"policy": POLICY, "reason": "from the file"}))
     assert code == 0 and json.loads(out)["policy"] == stored, out
     script.done()
 
-    script = serve(Step("PUT", f"{DEP}/policy", {"policy": None}, answer=deployment_out(7, a=90, b=10)))
+    script = scripted_api(Step("PUT", f"{DEP}/policy", {"policy": None}, answer=deployment_out(7, a=90, b=10)))
     code, out = trainyard("policy", "churn-api", "--clear")
     assert code == 0 and out.splitlines()[-1] == "policy: none", out
     script.done()
 
-    serve()  # neither or both: a usage error, no request
+    scripted_api()  # neither or both: a usage error, no request
     assert trainyard("policy", "churn-api")[0] == 2
     assert trainyard("policy", "churn-api", str(path), "--clear")[0] == 2
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,15 @@ import pytest
 from typer.testing import CliRunner
 
 import api.cli.app
-import api.cli.models
 from api.cli import cli
 from api.client import TrainyardClient, TrainyardError
 from api.schemas.deployments import DeploymentPublic, PredictionStats
 from api.schemas.keys import ApiKeyCreated, ApiKeyPublic
 from api.schemas.models import ExportPublic, ModelPublic, VersionPublic
+from tests.support.cli import one_error_line, trainyard
+from tests.support.fakes import ANY, API, Script, Step, problem
 
-API = "http://api.test:8000"
+pytestmark = pytest.mark.usefixtures("cli_env")
 INFERENCE = "http://inference.test:9001"
 NOW = "2025-05-01T12:00:00+00:00"
 LATER = "2025-05-01T12:00:04+00:00"
@@ -30,8 +30,6 @@ JOB = str(uuid.uuid4())
 EXPORT = str(uuid.uuid4())
 KEY_ID = str(uuid.uuid4())
 SHA = "ab" * 32
-ANY = object()
-INTERRUPT = object()  # a Step answer: the "user" presses Ctrl-C during this request
 
 
 # ---- the API's answers, through its response models ---------------------------------------------------------
@@ -77,88 +75,9 @@ def deployment_out(revision: int, **weights: int) -> dict[str, Any]:
         "created_at": NOW, "updated_at": NOW}).model_dump(mode="json")
 
 
-def problem(status: int, title: str, detail: str, field: str | None = None) -> dict[str, Any]:
-    return {"type": "about:blank", "title": title, "status": status, "detail": detail,
-            **({"field": field} if field else {})}
-
-
-# ---- scripted exchanges --------------------------------------------------------------------------------------
-@dataclass
-class Step:
-    method: str
-    url: str  # API path, or an absolute URL
-    body: Any = None  # the JSON body it must send (None: none; ANY: not checked)
-    status: int = 200
-    answer: Any = None
-    params: dict[str, str] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)  # headers it must send
-
-
-class Script:
-    """An httpx transport that expects exactly these requests, in this order, and answers each."""
-
-    def __init__(self, *steps: Step) -> None:
-        self.steps = list(steps)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        assert self.steps, f"unexpected request {request.method} {request.url}"
-        step = self.steps.pop(0)
-        self.requests.append(request)
-        url = step.url if step.url.startswith("http") else API + step.url
-        assert (request.method, str(request.url.copy_with(query=None))) == (step.method, url)
-        assert dict(request.url.params) == step.params
-        if step.body is not ANY:
-            assert (json.loads(request.content) if request.content else None) == step.body
-        for name, value in step.headers.items():
-            assert request.headers.get(name) == value, f"header {name}: {request.headers.get(name)!r}"
-        if step.answer is INTERRUPT:
-            raise KeyboardInterrupt
-        content_type = "application/problem+json" if step.status >= 400 else "application/json"
-        return httpx.Response(step.status, json=step.answer, headers={"content-type": content_type})
-
-    def done(self) -> None:
-        assert not self.steps, f"requests not made: {[(s.method, s.url) for s in self.steps]}"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("TRAINYARD_API_URL", "TRAINYARD_INFERENCE_URL", "TRAINYARD_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("TRAINYARD_DATA_DIR", str(tmp_path / "no-data-dir"))
-    monkeypatch.setattr(api.cli.models, "EXPORT_POLL_S", 0.0)
-
-
-@pytest.fixture
-def serve(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """serve(*steps): the CLI's clients talk to this script from now on; returns it."""
-
-    def install(*steps: Step) -> Script:
-        script = Script(*steps)
-        transport = httpx.MockTransport(script)
-        monkeypatch.setattr(api.cli.app, "TrainyardClient",
-                            lambda *a, **kw: TrainyardClient(*a, transport=transport, **kw))
-        return script
-
-    return install
-
-
-def trainyard(*args: str, input: str | None = None) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args), input=input)
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
-        f"{result.exception!r}\n{result.output}"
-    return result.exit_code, result.output
-
-
-def one_error_line(code: int, output: str) -> str:
-    lines = output.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), output
-    return lines[0]
-
-
 # ---- model registry ------------------------------------------------------------------------------------------
-def test_register_creates_the_model_when_it_does_not_exist(serve) -> None:  # type: ignore[no-untyped-def]
-    script = serve(
+def test_register_creates_the_model_when_it_does_not_exist(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    script = scripted_api(
         Step("GET", "/api/v1/models/churn", status=404, answer=problem(404, "Not found", "no model 'churn'", "name")),
         Step("POST", "/api/v1/models", {"name": "churn", "description": "", "tags": []}, 201, model_out()),
         Step("POST", "/api/v1/models/churn/versions", {"job_id": JOB}, 201, version_out(1)),
@@ -169,27 +88,27 @@ def test_register_creates_the_model_when_it_does_not_exist(serve) -> None:  # ty
     script.done()
 
 
-def test_register_on_an_existing_model_and_its_errors(serve) -> None:  # type: ignore[no-untyped-def]
-    script = serve(Step("GET", "/api/v1/models/churn", answer=model_out(latest=2)),
+def test_register_on_an_existing_model_and_its_errors(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    script = scripted_api(Step("GET", "/api/v1/models/churn", answer=model_out(latest=2)),
                    Step("POST", "/api/v1/models/churn/versions", {"job_id": JOB}, 201, version_out(3)))
     code, output = trainyard("model", "register", JOB, "--name", "churn", "--api", API)
     assert code == 0 and output.strip() == f"churn v3 registered from job {JOB}", output
     script.done()
 
-    script = serve(Step("GET", "/api/v1/models/churn", status=503,
+    script = scripted_api(Step("GET", "/api/v1/models/churn", status=503,
                         answer=problem(503, "Service Unavailable", "the API is starting")))
     line = one_error_line(*trainyard("model", "register", JOB, "--name", "churn", "--api", API))
     assert line == "error: 503 Service Unavailable: the API is starting"  # no model created on a 5xx
     script.done()
 
-    script = serve(Step("GET", "/api/v1/models/churn", answer=model_out(latest=2)))
+    script = scripted_api(Step("GET", "/api/v1/models/churn", answer=model_out(latest=2)))
     line = one_error_line(*trainyard("model", "register", "12ab", "--name", "churn", "--api", API))
     assert "'12ab' is not a job id" in line and line.endswith("(field job_id)")
     script.done()
 
 
-def test_models_show_and_alias(serve) -> None:  # type: ignore[no-untyped-def]
-    script = serve(Step("GET", "/api/v1/models", params={"limit": "50", "offset": "0"},
+def test_models_show_and_alias(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    script = scripted_api(Step("GET", "/api/v1/models", params={"limit": "50", "offset": "0"},
                         answer={"items": [model_out(latest=3, aliases={"production": 3})], "total": 1, "limit": 50,
                                 "offset": 0}),
                    Step("GET", "/api/v1/models/churn", answer=model_out(latest=3)),
@@ -212,8 +131,8 @@ def test_models_show_and_alias(serve) -> None:  # type: ignore[no-untyped-def]
 EXPORTS = "/api/v1/models/churn/versions/3/exports"
 
 
-def test_export_watch_follows_it_to_completion_and_prints_the_parity(serve) -> None:  # type: ignore[no-untyped-def]
-    script = serve(Step("POST", EXPORTS, {"format": "onnx", "tolerance": 0.001}, 202, export_out("queued")),
+def test_export_watch_follows_it_to_completion_and_prints_the_parity(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    script = scripted_api(Step("POST", EXPORTS, {"format": "onnx", "tolerance": 0.001}, 202, export_out("queued")),
                    Step("GET", f"{EXPORTS}/{EXPORT}", answer=export_out("queued")),
                    Step("GET", f"{EXPORTS}/{EXPORT}", answer=export_out("running")),
                    Step("GET", f"{EXPORTS}/{EXPORT}", answer=export_out("running")),
@@ -229,10 +148,10 @@ def test_export_watch_follows_it_to_completion_and_prints_the_parity(serve) -> N
     script.done()
 
 
-def test_a_failed_export_prints_its_error_and_exits_1(serve) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_export_prints_its_error_and_exits_1(scripted_api) -> None:  # type: ignore[no-untyped-def]
     failed = export_out("failed", {**PARITY, "max_abs_diff": 0.02, "passed": False},
                         "parity check failed: max_abs_diff 0.02 > tolerance 0.001")
-    script = serve(Step("POST", EXPORTS, {"format": "onnx"}, 202, export_out("queued")),
+    script = scripted_api(Step("POST", EXPORTS, {"format": "onnx"}, 202, export_out("queued")),
                    Step("GET", f"{EXPORTS}/{EXPORT}", answer=export_out("running")),
                    Step("GET", f"{EXPORTS}/{EXPORT}", answer=failed))
     code, output = trainyard("export", "churn", "3", "--watch", "--api", API)
@@ -241,7 +160,7 @@ def test_a_failed_export_prints_its_error_and_exits_1(serve) -> None:  # type: i
     assert "Traceback" not in output
     script.done()
 
-    script = serve(Step("POST", EXPORTS, {"format": "onnx"}, 202, export_out("queued")))
+    script = scripted_api(Step("POST", EXPORTS, {"format": "onnx"}, 202, export_out("queued")))
     code, output = trainyard("export", "churn", "3", "--api", API)  # without --watch: the id, for scripts
     assert code == 0 and output.strip() == EXPORT, output
     script.done()
@@ -253,16 +172,16 @@ SPEC = {"name": "churn-api", "variants": [{"name": "a", "model": "churn", "versi
         "reason": "first canary"}
 
 
-def test_deploy_posts_the_file(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_deploy_posts_the_file(scripted_api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     spec = tmp_path / "churn-api.json"
     spec.write_text(json.dumps(SPEC))
-    script = serve(Step("POST", "/api/v1/deployments", SPEC, 201, deployment_out(1, a=90, b=10)))
+    script = scripted_api(Step("POST", "/api/v1/deployments", SPEC, 201, deployment_out(1, a=90, b=10)))
     code, output = trainyard("deploy", str(spec), "--api", API)
     assert code == 0, output
     assert output.strip() == "churn-api revision 1: a=churn v3 90%, b=churn v4 10%"
     script.done()
 
-    serve()  # no request for a file that is not there or not JSON
+    scripted_api()  # no request for a file that is not there or not JSON
     line = one_error_line(*trainyard("deploy", str(tmp_path / "missing.json"), "--api", API))
     assert "missing.json" in line and "No such file" in line
     spec.write_text("{not json")
@@ -270,8 +189,8 @@ def test_deploy_posts_the_file(serve, tmp_path: Path) -> None:  # type: ignore[n
     assert line.startswith("error: Invalid input: ") and "churn-api.json" in line and "Expecting" in line
 
 
-def test_traffic_parses_the_weights(serve) -> None:  # type: ignore[no-untyped-def]
-    script = serve(Step("PATCH", "/api/v1/deployments/churn-api/traffic",
+def test_traffic_parses_the_weights(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    script = scripted_api(Step("PATCH", "/api/v1/deployments/churn-api/traffic",
                         {"weights": {"a": 90, "b": 10}, "reason": "canary"}, answer=deployment_out(2, a=90, b=10)),
                    Step("PATCH", "/api/v1/deployments/churn-api/traffic", {"weights": {"a": 50, "b": 50}},
                         answer=deployment_out(3, a=50, b=50)))
@@ -284,17 +203,17 @@ def test_traffic_parses_the_weights(serve) -> None:  # type: ignore[no-untyped-d
 
 @pytest.mark.parametrize("pairs", [["a=x", "b=10"], ["a90"], ["=90"], ["a=90", "a=10"], ["a=9.5"], ["a=-10"],
                                    ["a=101"], ["a=²"]])
-def test_a_bad_weight_is_a_usage_error(serve, pairs: list[str]) -> None:  # type: ignore[no-untyped-def]
-    script = serve()  # nothing is sent
+def test_a_bad_weight_is_a_usage_error(scripted_api, pairs: list[str]) -> None:  # type: ignore[no-untyped-def]
+    script = scripted_api()  # nothing is sent
     result = CliRunner().invoke(cli, ["traffic", "churn-api", *pairs, "--api", API])
     assert result.exit_code == 2, result.output
     assert "VARIANT=WEIGHT" in result.output or "given twice" in result.output, result.output
     assert "Traceback" not in result.output and not script.requests
 
 
-def test_rollback_promote_undeploy_and_history(serve) -> None:  # type: ignore[no-untyped-def]
+def test_rollback_promote_undeploy_and_history(scripted_api) -> None:  # type: ignore[no-untyped-def]
     inactive = {**deployment_out(6, a=100), "active": False}
-    script = serve(Step("POST", "/api/v1/deployments/churn-api/rollback", {}, answer=deployment_out(3, a=90, b=10)),
+    script = scripted_api(Step("POST", "/api/v1/deployments/churn-api/rollback", {}, answer=deployment_out(3, a=90, b=10)),
                    Step("POST", "/api/v1/deployments/churn-api/rollback", {"reason": "bad canary"},
                         answer=deployment_out(4, a=100)),
                    Step("POST", "/api/v1/deployments/churn-api/promote", {"variant": "a"},
@@ -328,10 +247,10 @@ def key_out(deployments: list[str], rate: float | None = None, revoked: bool = F
         "created_at": NOW}).model_dump(mode="json")
 
 
-def test_api_key_create_prints_the_key_once(serve) -> None:  # type: ignore[no-untyped-def]
+def test_api_key_create_prints_the_key_once(scripted_api) -> None:  # type: ignore[no-untyped-def]
     created = ApiKeyCreated.model_validate({**key_out(["churn-api"], 50.0), "key": "ty_3kqSECRET"}).model_dump(
         mode="json")
-    script = serve(Step("POST", "/api/v1/api-keys", {"name": "mobile", "deployments": ["churn-api"],
+    script = scripted_api(Step("POST", "/api/v1/api-keys", {"name": "mobile", "deployments": ["churn-api"],
                                                      "rate_limit_per_s": 50.0}, 201, created),
                    Step("POST", "/api/v1/api-keys", {"name": "mobile", "deployments": "*"}, 201,
                         {**created, "deployments": ["*"], "rate_limit_per_s": None}),
@@ -355,9 +274,9 @@ ANSWER = {"predictions": [1], "probabilities": [[0.1, 0.9]], "classes": [0, 1], 
 PREDICT = f"{INFERENCE}/v1/deployments/churn-api/predict"
 
 
-def test_predict_sends_the_bearer_key_to_the_inference_server(serve, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_predict_sends_the_bearer_key_to_the_inference_server(scripted_api, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    script = serve(Step("POST", PREDICT, {"instances": [[1.5, 2.0]], "key": "user-7"}, answer=ANSWER,
+    script = scripted_api(Step("POST", PREDICT, {"instances": [[1.5, 2.0]], "key": "user-7"}, answer=ANSWER,
                         headers={"authorization": "Bearer ty_secret"}),
                    Step("POST", PREDICT, {"instances": [[3.0, 4.0]]}, answer=ANSWER,
                         headers={"authorization": "Bearer ty_from_env"}))
@@ -373,7 +292,7 @@ def test_predict_sends_the_bearer_key_to_the_inference_server(serve, tmp_path: P
     assert code == 0 and json.loads(output) == ANSWER, output
     script.done()
 
-    script = serve(Step("POST", PREDICT, ANY, 401, problem(401, "Unauthorized", "unknown API key")))
+    script = scripted_api(Step("POST", PREDICT, ANY, 401, problem(401, "Unauthorized", "unknown API key")))
     line = one_error_line(*trainyard("predict", "churn-api", "--json", "[[1, 2]]"))
     assert line == "error: 401 Unauthorized: unknown API key"
     script.done()

@@ -11,176 +11,22 @@ from hypothesis import given, settings, strategies as st
 from domain.contract import envelope
 from domain.deployment import (CHANGES, Deployment, DeploymentError, DeploymentInactiveError, DeploymentSpecError,
                                NoPreviousRevisionError, deployment_id)
+from tests.support.strategies import (deployment_commands, run_deployment_command, shadows, variant,
+                                      variant_lists)
 
-NAMES = ["a", "b", "canary", "x_1", "v-2", "z9", "champion", "c", "d", "e", "f"]
+STATE_KEYS = ("revision", "change", "reason", "variants", "shadow", "active", "rolled_back_to")
 
-
-def variant(name: str, weight: int, version: int = 1, model: str = "fraud-gbm") -> dict[str, Any]:
-    return {"name": name, "model": model, "version": version, "weight": weight,
-            "artifact": {"uri": f"s3://models/{model}/{version}.onnx", "sha256": "0" * 64}}
-
-
-def split(draw: Any, k: int) -> list[int]:
-    """k integer weights 0..100 summing to 100 (zeros are likely)."""
-    cuts = sorted(draw(st.lists(st.sampled_from([0, 0, 10, 25, 50, 50, 75, 90, 100, 33, 67]), min_size=k - 1,
-                                max_size=k - 1)))
-    bounds = [0, *cuts, 100]
-    return [bounds[i + 1] - bounds[i] for i in range(k)]
-
-
-# A corruption of one variant of an otherwise valid list: (what, the field it breaks).
-CORRUPTIONS = ["model", "version0", "version_bool", "weight_float", "weight_neg", "artifact", "extra", "missing",
-               "bad_name", "dup_name", "not_dict"]
-
-
-@st.composite
-def variant_lists(draw: Any) -> tuple[list[Any], str | None]:
-    """(variants, the field the aggregate must name, or None when valid)."""
-    shape = draw(st.sampled_from(["valid"] * 10 + ["corrupt"] * 4 + ["sum", "empty", "too_many"]))
-    if shape == "empty":
-        return [], "variants"
-    k = 11 if shape == "too_many" else draw(st.integers(1, 4))
-    names = draw(st.permutations(NAMES))[:k]
-    weights = split(draw, k) if k <= 10 else [100] + [0] * (k - 1)
-    out: list[Any] = [variant(n, w, version=draw(st.integers(1, 3))) for n, w in zip(names, weights)]
-    if shape in ("valid", "too_many"):
-        return out, None if shape == "valid" else "variants"
-    if shape == "sum":
-        i = next((i for i, v in enumerate(out) if v["weight"] < 100), None)
-        if i is None:
-            out[0]["weight"] -= 1
-        else:
-            out[i]["weight"] += 1
-        return out, "variants"
-    i = draw(st.integers(0, k - 1))
-    what = draw(st.sampled_from(CORRUPTIONS if i > 0 else [c for c in CORRUPTIONS if c != "dup_name"]))
-    field = {"model": "model", "version0": "version", "version_bool": "version", "weight_float": "weight",
-             "weight_neg": "weight", "artifact": "artifact", "extra": "color", "missing": "artifact",
-             "bad_name": "name", "dup_name": "name", "not_dict": None}[what]
-    v = out[i]
-    if what == "model":
-        v["model"] = draw(st.sampled_from(["", "m\x00", "m" * 201, 7]))
-    elif what == "version0":
-        v["version"] = 0
-    elif what == "version_bool":
-        v["version"] = True
-    elif what == "weight_float":
-        v["weight"] = float(v["weight"])
-    elif what == "weight_neg":
-        v["weight"] = -1
-    elif what == "artifact":
-        v["artifact"] = "s3://x"
-    elif what == "extra":
-        v["color"] = "blue"
-    elif what == "missing":
-        del v["artifact"]
-    elif what == "bad_name":
-        v["name"] = draw(st.sampled_from(["Bad", "-x", "", "a" * 33, "a b", None]))
-    elif what == "dup_name":
-        v["name"] = out[draw(st.integers(0, i - 1))]["name"]
-    else:
-        out[i] = ["not", "a", "dict"]
-    return out, f"variants[{i}]" + (f".{field}" if field else "")
-
-
-shadows = st.sampled_from([
-    (None, None), (None, None), (None, None),
-    ({"model": "fraud-nn", "version": 4, "artifact": {"uri": "s3://models/fraud-nn/4.onnx"}}, None),
-    ({"model": "fraud-nn", "version": 5, "artifact": {"uri": "s3://models/fraud-nn/5.onnx"}}, None),
-    ({"model": "", "version": 4, "artifact": {}}, "shadow.model"),
-    ({"model": "fraud-nn", "version": 4}, "shadow.artifact"),
-    ({"model": "fraud-nn", "version": -1, "artifact": {}}, "shadow.version"),
-    ("fraud-nn", "shadow"),
-])
-reasons = st.sampled_from([(None, None)] * 4 + [("rollout step", None)] * 3 + [
-    ("é" * 500, None), ("x" * 501, "reason"), ("bad\x00reason", "reason"), ("new\nline", "reason"), (5, "reason")])
-traffic = st.tuples(st.just("traffic"), st.sampled_from(["valid"] * 5 + ["unknown", "missing", "bad", "sum"]),
-                    st.data(), reasons)
-promote = st.tuples(st.just("promote"), st.integers(-1, 9), reasons)  # -1: an unknown variant, else k % n
-update = st.tuples(st.just("update"), variant_lists(), shadows, reasons)
-rollback = st.tuples(st.just("rollback"), reasons)
-deactivate = st.tuples(st.just("deactivate"), reasons)
-KINDS = {"traffic": traffic, "promote": promote, "update": update, "rollback": rollback, "deactivate": deactivate}
-commands = st.sampled_from(["traffic"] * 8 + ["promote"] * 5 + ["update"] * 8 + ["rollback"] * 6 + ["deactivate"]
-                           ).flatmap(KINDS.__getitem__)  # the end is rare
 EVENT_OF_CHANGE = {"traffic": "TrafficChanged", "promote": "Promoted", "update": "Updated", "rollback": "RolledBack",
                    "deactivate": "Deactivated"}
-STATE_KEYS = ("revision", "change", "reason", "variants", "shadow", "active", "rolled_back_to")
 
 
 def state(d: Deployment) -> dict[str, Any]:
     return copy.deepcopy({k: v for k, v in d.__dict__.items() if k != "_pending_events"})
 
 
-def run(d: Deployment, cmd: tuple) -> tuple[Any, Any]:
-    """Apply `cmd`; returns (what the reference model expects: a revision dict, an error class or a spec
-    field) and (what happened: None or the exception)."""
-    name = cmd[0]
-    revs = d.revisions
-    cur = revs[-1]
-    reason, reason_field = cmd[-1]
-    new = {"revision": d.revision + 1, "reason": reason, "shadow": cur["shadow"], "active": True,
-           "rolled_back_to": None, "change": name}
-    expect: Any
-    if name == "traffic":
-        mode, data = cmd[1], cmd[2]
-        names = [v["name"] for v in cur["variants"]]
-        ws = split(data.draw, len(names))
-        weights = dict(zip(names, ws))
-        field = None
-        if mode == "unknown":
-            weights["zz"] = 0
-            field = "weights.zz"
-        elif mode == "missing":
-            del weights[names[0]]
-            field = f"weights.{names[0]}"
-        elif mode == "bad":
-            weights[names[0]] = data.draw(st.sampled_from([101, -1, True, 50.0, "50", None]))
-            field = f"weights.{names[0]}"
-        elif mode == "sum":
-            i = next((i for i, n in enumerate(names) if weights[n] < 100), None)
-            if i is None:
-                weights[names[0]] -= 1
-            else:
-                weights[names[i]] += 1
-            field = "weights"
-        expect = field or reason_field or {**new, "variants": [{**v, "weight": weights[v["name"]]}
-                                                               for v in cur["variants"]]}
-        args: tuple = (d.change_traffic, weights)
-    elif name == "promote":
-        k = cmd[1]
-        names = [v["name"] for v in cur["variants"]]
-        target = names[k % len(names)] if k >= 0 else "nope"
-        expect = ("variant" if target == "nope" else reason_field) or {
-            **new, "variants": [{**v, "weight": 100 if v["name"] == target else 0} for v in cur["variants"]]}
-        args = (d.promote, target)
-    elif name == "update":
-        (variants, vfield), (shadow, sfield) = cmd[1], cmd[2]
-        expect = vfield or sfield or reason_field or {**new, "variants": variants, "shadow": shadow}
-        args = (d.update, copy.deepcopy(variants), copy.deepcopy(shadow))
-    elif name == "rollback":
-        if d.revision < 2:
-            expect = NoPreviousRevisionError
-        else:
-            back = revs[-2]
-            expect = reason_field or {**new, "variants": back["variants"], "shadow": back["shadow"],
-                                      "rolled_back_to": back["revision"]}
-        args = (d.rollback,)
-    else:
-        expect = reason_field or {**new, "variants": cur["variants"], "active": False, "change": "deactivate"}
-        args = (d.deactivate,)
-    if not d.active:
-        expect = DeploymentInactiveError
-    try:
-        args[0](*args[1:], reason=reason)
-    except (DeploymentError, DeploymentSpecError) as e:
-        return expect, e
-    return expect, None
-
-
 @settings(max_examples=150, deadline=None)
 @given(variant_lists().filter(lambda vf: vf[1] is None), shadows.filter(lambda s: s[1] is None),
-       st.lists(commands, min_size=5, max_size=30))
+       st.lists(deployment_commands, min_size=5, max_size=30))
 def test_any_command_sequence_follows_the_reference_model_and_replays_to_the_same_object(
         initial: tuple, shadow: tuple, cmds: list[tuple]) -> None:
     d = Deployment.create("fraud-scoring", initial[0], shadow[0], "first rollout")
@@ -189,7 +35,7 @@ def test_any_command_sequence_follows_the_reference_model_and_replays_to_the_sam
               "shadow": shadow[0], "active": True, "rolled_back_to": None}]
     for cmd in cmds:
         before = state(d)
-        expect, error = run(d, cmd)
+        expect, error = run_deployment_command(d, cmd)
         new = d.collect_events()
         if isinstance(expect, dict):
             assert error is None, (cmd, error)

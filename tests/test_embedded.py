@@ -22,6 +22,7 @@ import pytest
 from infra.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from infra.settings import Settings
 from entrypoints.up import run_up
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,16 +129,6 @@ UP = textwrap.dedent("""
 """)
 
 
-def _wait_for(predicate, timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def _endpoints(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -149,7 +140,8 @@ def test_run_up_writes_endpoints_restarts_children_and_stops_on_sigterm(engine_d
     up = subprocess.Popen([sys.executable, "-c", UP, str(engine_dir), CHILD], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        info = _wait_for(lambda: _endpoints(engine_dir / "endpoints.json"))
+        info = eventually(lambda: _endpoints(engine_dir / "endpoints.json"), timeout=20, interval=0.05,
+                          message="run_up never wrote endpoints.json")
         assert set(info) == {"api", "inference", "postgres", "nats", "clickhouse", "data_dir", "pids"}
         assert info["clickhouse"] == f"chdb://{engine_dir / 'chdb'}"
         assert info["data_dir"] == str(engine_dir)
@@ -160,16 +152,18 @@ def test_run_up_writes_endpoints_restarts_children_and_stops_on_sigterm(engine_d
         with psycopg.connect(info["postgres"]) as conn:
             assert conn.execute("SELECT current_database()").fetchone() == ("trainyard",)
 
-        env = json.loads(_wait_for(lambda: (engine_dir / f"env-{pids['serve']}.json").exists()
-                                   and (engine_dir / f"env-{pids['serve']}.json").read_text()))
+        env = json.loads(eventually(lambda: (engine_dir / f"env-{pids['serve']}.json").exists()
+                                    and (engine_dir / f"env-{pids['serve']}.json").read_text(), timeout=20,
+                                    interval=0.05, message="the serve child never wrote its environment"))
         assert env["TRAINYARD_DATABASE_URL"] == info["postgres"] and env["TRAINYARD_NATS_URL"] == info["nats"]
         assert "TRAINYARD_CLICKHOUSE_URL" not in env and env["TRAINYARD_DATA_DIR"] == str(engine_dir)
         assert info["api"] == f"http://127.0.0.1:{env['TRAINYARD_API_PORT']}"
         assert info["inference"] == f"http://127.0.0.1:{env['TRAINYARD_INFERENCE_PORT']}" != info["api"]
 
         os.kill(pids["runners"][0], signal.SIGKILL)  # a crashed runner is restarted
-        new = _wait_for(lambda: (e := _endpoints(engine_dir / "endpoints.json"))
-                        and e["pids"]["runners"][0] != pids["runners"][0] and e)
+        new = eventually(lambda: (e := _endpoints(engine_dir / "endpoints.json"))
+                         and e["pids"]["runners"][0] != pids["runners"][0] and e, timeout=20, interval=0.05,
+                         message="the killed runner was never restarted")
         assert psutil.pid_exists(new["pids"]["runners"][0])
         children.append(new["pids"]["runners"][0])
 

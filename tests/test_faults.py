@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_flow import FINISHED, Stack, running_up
+from tests.support.stack import FINISHED, Stack, running_up
 
 pytestmark = pytest.mark.integration
 

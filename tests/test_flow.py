@@ -6,7 +6,6 @@ stops it, a killed runner or a killed serve process loses nothing and counts not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -14,134 +13,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import httpx
 import pytest
 
-from infra.embedded import free_port
-from tests.conftest import create_database, drop_database
+from tests.support.stack import FINISHED, JOBS, Stack
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
-FINISHED = ("completed", "failed", "cancelled")
-JOBS = "/api/v1/training/jobs"
-# Short leases so lost runners are noticed in seconds (the default ttl is 15 s).
-FAST_LEASES = {"TRAINYARD_LEASE_TTL_S": "5", "TRAINYARD_RECONCILE_INTERVAL_S": "0.5", "TRAINYARD_REQUEUE_AFTER_S": "5"}
-
-
-class Stack:
-    def __init__(self, proc: subprocess.Popen, data_dir: Path, api: str, nats_url: str) -> None:
-        self.proc, self.data_dir, self.nats_url = proc, data_dir, nats_url
-        self.http = httpx.Client(base_url=api, timeout=30)
-
-    def endpoints(self) -> dict[str, Any]:
-        return json.loads((self.data_dir / "endpoints.json").read_text())
-
-    def submit(self, **body: Any) -> str:
-        r = self.http.post(JOBS, json={"name": "t", **body})
-        assert r.status_code == 202, r.text
-        return r.json()["job_id"]
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        r = self.http.get(f"{JOBS}/{job_id}")
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def wait(self, job_id: str, until: Any, timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                r = self.http.get(f"{JOBS}/{job_id}")
-                if r.status_code == 503:  # PostgreSQL is being restarted: the API says retry
-                    time.sleep(0.2)
-                    continue
-                assert r.status_code == 200, r.text
-                job = r.json()
-            except httpx.TransportError:  # serve is being restarted
-                time.sleep(0.2)
-                continue
-            if until(job):
-                return job
-            time.sleep(0.1)
-        raise AssertionError(f"job {job_id} never reached the expected state: {job}")
-
-    def series(self, job_id: str, name: str, max_points: int = 100_000) -> list[dict[str, Any]]:
-        r = self.http.get(f"{JOBS}/{job_id}/metrics/{name}", params={"max_points": max_points})
-        assert r.status_code == 200, r.text
-        return r.json()["points"]
-
-    def full_series(self, job_id: str, name: str, expected: int, timeout: float = 30) -> list[dict[str, Any]]:
-        """The series once it has `expected` points: telemetry is eventually consistent with the job's status
-        (after a serve crash, batches it had fetched come back after the metrics consumer's 10 s ack wait)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.http.get(f"{JOBS}/{job_id}/metrics/{name}", params={"max_points": 100_000})
-            if r.status_code != 404:  # 404 until the metric's first batch lands
-                assert r.status_code == 200, r.text
-                if len(points := r.json()["points"]) >= expected or time.monotonic() >= deadline:
-                    return points
-            assert time.monotonic() < deadline, f"metric {name} of job {job_id} never appeared"
-            time.sleep(0.1)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline, last = time.monotonic() + timeout, ""
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "trainyard up exited"
-            try:
-                r = self.http.get("/readyz")
-                if r.status_code == 200:
-                    return
-                last = r.text
-            except httpx.TransportError as e:
-                last = repr(e)
-            time.sleep(0.2)
-        raise AssertionError(f"the service never became ready: {last[:3000]}")
-
-
-@contextlib.contextmanager
-def running_up(data_dir: Path, settings: dict[str, str], nats_url: str = "") -> Iterator[Stack]:
-    """`trainyard up` in a subprocess with these TRAINYARD_* settings (and no others); SIGTERM must stop it with 0."""
-    port = free_port(18000)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
-    env.update(settings, TRAINYARD_DATA_DIR=str(data_dir), TRAINYARD_API_PORT=str(port))
-    log = open(data_dir / "up.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    s = Stack(proc, data_dir, f"http://127.0.0.1:{port}", nats_url)
-    try:
-        s.wait_ready()
-        yield s
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(timeout=60) == 0, "trainyard up did not stop cleanly on SIGTERM"
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            log.close()
-            print((data_dir / "up.log").read_text()[-5000:])
-
-
-@contextlib.contextmanager
-def up_on_a_fresh_database(postgres_server: str, nats_url: str, data_dir: Path, **extra: str) -> Iterator[Stack]:
-    """`trainyard up` with 2 runners and short leases on its own new database and the session's NATS (`extra`:
-    more TRAINYARD_* settings)."""
-    database_url = create_database(postgres_server)
-    settings = {"TRAINYARD_DATABASE_URL": database_url, "TRAINYARD_NATS_URL": nats_url, "TRAINYARD_RUNNERS": "2",
-                **FAST_LEASES, **extra}
-    try:
-        with running_up(data_dir, settings, nats_url) as s:
-            yield s
-    finally:
-        drop_database(postgres_server, database_url)
-
-
-@pytest.fixture(scope="module")
-def stack(postgres_server: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with up_on_a_fresh_database(postgres_server, nats_url, tmp_path_factory.mktemp("trainyard")) as s:
-        yield s
 
 
 def test_up_reports_where_every_part_listens(stack: Stack) -> None:
@@ -185,15 +66,15 @@ def test_a_pytorch_job_trains_and_an_external_subscriber_hears_it_complete(stack
     async def scenario() -> tuple[str, list[dict]]:
         nc = await nats.connect(stack.nats_url)
         heard: list[dict] = []
-        sub = await nc.subscribe("trainyard.v1.training_job.completed")
+
+        async def hear(msg: Any) -> None:
+            heard.append(json.loads(msg.data))
+
+        await nc.subscribe("trainyard.v1.training_job.completed", cb=hear)
         job_id = await asyncio.to_thread(stack.submit, framework="pytorch", task="regression",
                                          dataset={"uri": "builtin://diabetes"}, params={"epochs": 15})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(h["aggregate_id"] == job_id for h in heard):
-            try:
-                heard.append(json.loads((await sub.next_msg(timeout=1)).data))
-            except nats.errors.TimeoutError:
-                pass
+        await asyncio.to_thread(eventually, lambda: any(h["aggregate_id"] == job_id for h in heard), timeout=120,
+                                message=f"the subscriber never heard job {job_id} complete")
         await nc.close()
         return job_id, heard
 
@@ -300,14 +181,14 @@ def test_malformed_messages_go_to_the_dead_letter_subjects(stack: Stack) -> None
         marker = f"garbage-{time.time_ns()}".encode()
         await js.publish("trainyard.v1.telemetry.metrics", b'{"batch_id": "x", "points": "' + marker + b'"}')
         reply = json.loads((await nc.request("trainyard.rpc.runner.report", marker, timeout=10)).data)
-        dead = await js.subscribe("trainyard.v1.dlq.>", stream="TRAINYARD_DLQ", ordered_consumer=True)
         seen: list[bytes] = []
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and sum(marker in d for d in seen) < 2:
-            try:
-                seen.append((await dead.next_msg(timeout=1)).data)
-            except nats.errors.TimeoutError:
-                pass
+
+        async def dead_letter(msg: Any) -> None:
+            seen.append(msg.data)
+
+        await js.subscribe("trainyard.v1.dlq.>", stream="TRAINYARD_DLQ", ordered_consumer=True, cb=dead_letter)
+        await asyncio.to_thread(eventually, lambda: sum(marker in d for d in seen) >= 2, timeout=10,
+                                message="the metric batch and the runner report were not both dead-lettered")
         await nc.close()
         return reply, [d for d in seen if marker in d]
 

@@ -15,7 +15,8 @@ import httpx
 import nats
 import pytest
 
-from tests.test_flow import FINISHED, JOBS, Stack, stack  # noqa: F401  (the module's own `trainyard up`)
+from tests.support.stack import FINISHED, JOBS, Stack
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 QUICK = {"framework": "lightgbm", "task": "regression", "dataset": {"uri": "builtin://diabetes"},
@@ -39,13 +40,15 @@ def nats_run(stack: Stack, scenario: Any) -> Any:
 
 
 def assert_healthy(stack: Stack) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while True:
-        r = stack.http.get("/readyz")
-        body = r.json()
-        if r.status_code == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    last: list[httpx.Response] = []
+
+    def ready() -> bool:
+        last[:] = [stack.http.get("/readyz")]
+        return last[0].status_code == 200
+
+    eventually(ready, timeout=30, interval=0.5, message=lambda: f"the service never became ready: {last[0].text}")
+    r = last[0]
+    body = r.json()
     assert r.status_code == 200, body
     assert {"relay", "projection:jobs", "metrics-projector", "reconciler", "reports"} <= set(body["stages"])
     return body
@@ -172,19 +175,24 @@ def test_a_telemetry_batch_with_out_of_range_numbers_is_dead_lettered_and_the_ne
 
 def test_events_carry_who_and_why_end_to_end(stack: Stack) -> None:
     async def scenario(nc: Any, js: Any) -> tuple[httpx.Response, list[dict]]:
-        sub = await nc.subscribe("trainyard.v1.training_job.>")
+        everything: list[dict] = []
+
+        async def hear(msg: Any) -> None:
+            everything.append(json.loads(msg.data))
+
+        await nc.subscribe("trainyard.v1.training_job.>", cb=hear)
         r = await asyncio.to_thread(stack.http.post, JOBS, json={"name": "who", **QUICK}, headers={
             "X-Trainyard-Actor": "alice", "X-Request-Id": "req-42",
             "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
-        job_id, heard = r.json()["job_id"], []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(h["type"] == "training_job.completed" for h in heard):
-            try:
-                body = json.loads((await sub.next_msg(timeout=1)).data)
-            except nats.errors.TimeoutError:
-                continue
-            if body["aggregate_id"] == job_id:
-                heard.append(body)
+        job_id = r.json()["job_id"]
+
+        def until_completed() -> list[dict] | None:
+            heard = [h for h in list(everything) if h["aggregate_id"] == job_id]
+            ends = [i for i, h in enumerate(heard) if h["type"] == "training_job.completed"]
+            return heard[:ends[0] + 1] if ends else None
+
+        heard = await asyncio.to_thread(eventually, until_completed, timeout=60,
+                                        message=f"job {job_id}'s completed event was never heard")
         return r, heard
 
     r, heard = nats_run(stack, scenario)
@@ -218,14 +226,15 @@ def test_hostile_reports_and_work_items_are_refused_or_dead_lettered_and_work_st
         missing = json.loads((await nc.request("trainyard.rpc.runner.report", json.dumps(base).encode(), 10)).data)
         marker = f"bad-work-{uuid.uuid4()}"
         await js.publish(f"trainyard.work.high.training.{marker}", b'{"kind": "training", "aggregate_id": "\x00"}')
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                dead = await js.get_last_msg("TRAINYARD_DLQ", f"trainyard.v1.dlq.work.high.training.{marker}")
-                break
-            except nats.js.errors.NotFoundError:
-                assert time.monotonic() < deadline, "the malformed work item was never dead-lettered"
-                await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+
+        def dead_letter() -> Any:
+            last = js.get_last_msg("TRAINYARD_DLQ", f"trainyard.v1.dlq.work.high.training.{marker}")
+            return asyncio.run_coroutine_threadsafe(last, loop).result()
+
+        dead = await asyncio.to_thread(eventually, dead_letter, timeout=15, interval=0.2,
+                                       ignoring=(nats.js.errors.NotFoundError,),
+                                       message="the malformed work item was never dead-lettered")
         return replies, missing, dead.data
 
     replies, missing, dead = nats_run(stack, scenario)

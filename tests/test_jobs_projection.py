@@ -16,8 +16,8 @@ from commands.training import SubmitJob, TrainingApplication
 from domain.training_job import JobError
 from infra.postgres import eventsourcing_env
 from projections.jobs import JobsProjection, JobsView
-from tests.conftest import create_database, drop_database
-from tests.test_training_job import commands
+from tests.support.database import create_database, drop_database
+from tests.support.strategies import job_commands
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def rows(database_url: str, job_id: UUID | None = None) -> list[tuple]:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cmds=st.lists(commands, max_size=12), cut=st.floats(0, 1), actor=st.integers(0, 2))
+@given(cmds=st.lists(job_commands, max_size=12), cut=st.floats(0, 1), actor=st.integers(0, 2))
 def test_processing_a_prefix_twice_leaves_the_read_model_unchanged(store, cmds: list[tuple], cut: float,
                                                                    actor: int) -> None:
     app, url = store

@@ -17,6 +17,7 @@ from runners.onnx_converter import (
     native_predict, onnx_predict, session_for,
 )
 from runners.trainers import TrainSpec, trainer_for, validation_metrics
+from tests.support.fakes import QuietReporter
 
 FAST = {"lightgbm": {"n_estimators": 30}, "pytorch": {"epochs": 5, "hidden_sizes": [16]}}
 DATASETS = {"binary_classification": "builtin://breast_cancer", "multiclass_classification": "builtin://wine",
@@ -24,14 +25,6 @@ DATASETS = {"binary_classification": "builtin://breast_cancer", "multiclass_clas
 CASES = [(f, t) for f in ("lightgbm", "pytorch") for t in DATASETS]
 WIDTH = {"binary_classification": 2, "multiclass_classification": 3, "regression": 1}
 METRIC = {"binary_classification": "auc", "multiclass_classification": "accuracy", "regression": "rmse"}
-
-
-class QuietReporter:
-    def step(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
 
 
 def train(framework: str, task: str, uri: str, roots=()) -> tuple[bytes, dict, Split]:

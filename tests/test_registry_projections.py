@@ -21,8 +21,8 @@ from domain.models import ModelExport, RegisteredModel, model_id
 from infra.postgres import eventsourcing_env, pool as make_pool
 from projections.deployments import DeploymentQueries, DeploymentsProjection, DeploymentsView
 from projections.models import ModelQueries, ModelsProjection, ModelsView
-from tests.conftest import create_database, drop_database
-from tests.test_deployment import commands, run, variant
+from tests.support.database import create_database, drop_database
+from tests.support.strategies import deployment_commands, run_deployment_command, variant
 
 pytestmark = pytest.mark.integration
 TABLES = {"deployments": ("deployments", "deployment_revisions", "api_keys"),
@@ -76,13 +76,13 @@ def save(store: SimpleNamespace, *aggregates: Any) -> None:
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cmds=st.lists(commands, max_size=12), revoke=st.booleans())
+@given(cmds=st.lists(deployment_commands, max_size=12), revoke=st.booleans())
 def test_deployment_history_equals_the_revisions_and_a_rebuild_equals_live(store, cmds: list, revoke: bool) -> None:
     name = f"d-{uuid4().hex[:12]}"
     d = Deployment.create(name, [variant("a", 60), variant("b", 40, version=2)], reason="first")
     save(store, d)
     for cmd in cmds:
-        run(d, cmd)  # refused commands record nothing
+        run_deployment_command(d, cmd)  # refused commands record nothing
         save(store, d)
     key = new_key()
     api_key = ApiKey.create(name="k", key_hash=hash_key(key), prefix=key_prefix(key), deployments=[name],

@@ -16,6 +16,7 @@ from infra.messaging import EVENTS_STREAM, WORK_STREAM, ensure_streams
 from infra.postgres import eventsourcing_env, pool as pg_pool
 from infra.settings import Settings
 from projections.relay import Relay
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -219,10 +220,9 @@ def test_work_goes_out_at_once_from_the_saving_process_and_the_relay_adds_no_sec
             info = await js.stream_info(WORK_STREAM, subjects_filter=subject)
             return (info.state.subjects or {}).get(subject, 0)
 
-        deadline = asyncio.get_running_loop().time() + 10
-        while not await count():
-            assert asyncio.get_running_loop().time() < deadline, "the work item never went out"
-            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(eventually, lambda: asyncio.run_coroutine_threadsafe(count(), loop).result(),
+                                timeout=10, interval=0.01, message="the work item never went out")
         before_relay = await count()
         assert relay.position() < app.recorder.max_notification_id()  # the relay has not published it
         while await relay.publish_batch():

@@ -19,7 +19,8 @@ import httpx
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from tests.test_flow import FINISHED, Stack, up_on_a_fresh_database
+from tests.support.stack import FINISHED, Stack, up_on_a_fresh_database
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 MODELS, DEPLOYMENTS, KEYS = "/api/v1/models", "/api/v1/deployments", "/api/v1/api-keys"
@@ -51,13 +52,12 @@ class Serving:
         r = self.http.post(f"{MODELS}/bc/versions/{version}/exports", json={"format": "onnx", **body})
         assert r.status_code == 202, r.text
         export_id = r.json()["export_id"]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+
+        def finished() -> dict[str, Any] | None:
             out = self.http.get(f"{MODELS}/bc/versions/{version}/exports/{export_id}").json()
-            if out["status"] in FINISHED:
-                return out
-            time.sleep(0.2)
-        raise AssertionError(f"export {export_id} never finished")
+            return out if out["status"] in FINISHED else None
+
+        return eventually(finished, timeout=120, interval=0.2, message=f"export {export_id} never finished")
 
     def predict(self, name: str, instances: list, key: str | None = None, api_key: str | None = None,
                 **headers: str) -> httpx.Response:
@@ -71,24 +71,20 @@ class Serving:
     def until_accepted(self, name: str, api_key: str, timeout: float = 10) -> float:
         """Seconds until the inference server accepts `api_key` on `name` (a new key travels through the feed)."""
         started = time.monotonic()
-        while self.predict(name, [ROWS[0]], api_key=api_key).status_code == 401:
-            assert time.monotonic() - started < timeout, "the new key never reached the inference server"
-            time.sleep(0.01)
+        eventually(lambda: self.predict(name, [ROWS[0]], api_key=api_key).status_code != 401, timeout=timeout,
+                   interval=0.01, message="the new key never reached the inference server")
         return time.monotonic() - started
 
     def wait_revision(self, name: str, revision: int, timeout: float = 20) -> None:
         """Until the inference server serves `revision` of `name`."""
-        deadline = time.monotonic() + timeout
-        served = None
-        while time.monotonic() < deadline:
-            try:
-                served = {d["name"]: d["revision"] for d in self.inference.get("/v1/deployments").json()["items"]}
-                if served.get(name) == revision:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"inference never served {name} revision {revision}: {served}")
+        served: list[dict[str, int] | None] = [None]
+
+        def serves() -> bool:
+            served[0] = {d["name"]: d["revision"] for d in self.inference.get("/v1/deployments").json()["items"]}
+            return served[0].get(name) == revision
+
+        eventually(serves, timeout=timeout, interval=0.05, ignoring=(httpx.TransportError,),
+                   message=lambda: f"inference never served {name} revision {revision}: {served[0]}")
 
 
 @pytest.fixture(scope="module")
@@ -196,13 +192,13 @@ def test_deploy_split_traffic_rollback_and_history(serving: Serving) -> None:
         (1, "created", "first"), (2, "traffic", "ramp up b"), (3, "rollback", "b looks worse")]
     assert history[2]["rolled_back_to"] == 1 and all(h["at"] for h in history)
 
-    deadline = time.monotonic() + 30  # prediction records reach ClickHouse off the request path
-    while time.monotonic() < deadline:
+    def recorded() -> tuple[dict[str, int], list[dict[str, Any]]] | None:
         stats = http.get(f"{DEPLOYMENTS}/bc/predictions").json()["items"]
         counted = {s["variant"]: s["requests"] for s in stats if s["revision"] == 1 and not s["shadow"]}
-        if sum(counted.values()) >= 1000:
-            break
-        time.sleep(0.3)
+        return (counted, stats) if sum(counted.values()) >= 1000 else None
+
+    counted, stats = eventually(recorded, timeout=30, interval=0.3,  # records reach ClickHouse off the request path
+                                message="the 1000 predictions of revision 1 never all reached ClickHouse")
     assert counted.get("a", 0) >= seen["a"] and counted.get("b", 0) >= seen["b"], stats
     assert all(s["p99_us"] > 0 for s in stats)
 
@@ -216,12 +212,12 @@ def test_a_shadow_gets_copies_but_never_answers(serving: Serving) -> None:
     for i in range(20):
         out = serving.predict("shadowed", [ROWS[i]]).json()
         assert out["variant"] == "main" and out["version"] == 1
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def recorded() -> list[dict[str, Any]] | None:
         stats = serving.http.get(f"{DEPLOYMENTS}/shadowed/predictions").json()["items"]
-        if sum(s["requests"] for s in stats if s["shadow"]) >= 20:
-            break
-        time.sleep(0.3)
+        return stats if sum(s["requests"] for s in stats if s["shadow"]) >= 20 else None
+
+    stats = eventually(recorded, timeout=30, interval=0.3, message="the shadow's 20 predictions were never recorded")
     assert {s["version"] for s in stats if s["shadow"]} == {2}, stats
     shadow = serving.http.get(f"{DEPLOYMENTS}/shadowed/ab").json()["shadow"]  # the A/B report compares the shadow
     assert shadow["compared"] >= 20 and 0.5 <= shadow["agreement"] <= 1 and shadow["latency_p99_ms"] > 0
@@ -237,10 +233,13 @@ def test_keys_401_403_429_and_revocation_within_a_second(serving: Serving) -> No
     other = http.post(KEYS, json={"name": "other", "deployments": ["bc"]}).json()
     assert "key" in other and other["prefix"] == other["key"][:10]
     assert "key" not in http.get(KEYS).json()["items"][0]  # the key is shown once, only its hash is kept
-    deadline = time.monotonic() + 10  # the new key reaches the inference server through its feed
-    while (denied := serving.predict("limited", [ROWS[0]], api_key=other["key"])).status_code == 401:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+
+    def known() -> httpx.Response | None:
+        r = serving.predict("limited", [ROWS[0]], api_key=other["key"])
+        return r if r.status_code != 401 else None
+
+    denied = eventually(known, timeout=10, interval=0.01,  # the new key reaches the inference server through its feed
+                        message="the new key never reached the inference server")
     assert denied.status_code == 403 and denied.headers["content-type"] == "application/problem+json"
     slow = http.post(KEYS, json={"name": "slow", "deployments": ["limited"], "rate_limit_per_s": 2}).json()
     assert serving.until_accepted("limited", slow["key"]) < 1.0  # the key reaches the server through its feed
@@ -252,10 +251,8 @@ def test_keys_401_403_429_and_revocation_within_a_second(serving: Serving) -> No
     ok = http.post(KEYS, json={"name": "soon revoked", "deployments": "*"}).json()
     serving.until_accepted("limited", ok["key"])
     assert http.delete(f"{KEYS}/{ok['id']}").status_code == 200
-    revoked_at = time.monotonic()
-    while serving.predict("limited", [ROWS[0]], api_key=ok["key"]).status_code != 401:
-        assert time.monotonic() - revoked_at < 1.0, "the revoked key was still accepted after a second"
-        time.sleep(0.01)
+    eventually(lambda: serving.predict("limited", [ROWS[0]], api_key=ok["key"]).status_code == 401, timeout=1.0,
+               interval=0.01, message="the revoked key was still accepted after a second")
 
 
 def test_a_killed_inference_server_restarts_serving_the_current_revision(serving: Serving) -> None:
@@ -267,16 +264,13 @@ def test_a_killed_inference_server_restarts_serving_the_current_revision(serving
     serving.wait_revision("survivor", 2)
     pid = serving.stack.endpoints()["pids"]["inference"]
     os.kill(pid, signal.SIGKILL)  # mid-load: requests are in flight from this test
-    errors = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            r = serving.predict("survivor", [ROWS[3]])
-            if r.status_code == 200:
-                break
-        except httpx.TransportError:
-            errors += 1
-        time.sleep(0.1)
+
+    def answered() -> httpx.Response | None:
+        r = serving.predict("survivor", [ROWS[3]])
+        return r if r.status_code == 200 else None
+
+    r = eventually(answered, timeout=60, interval=0.1, ignoring=(httpx.TransportError,),
+                   message="the restarted inference server never answered")
     assert r.status_code == 200, r.text
     assert r.json()["revision"] == 2 and r.json()["variant"] == "b" and r.json()["version"] == 2
     assert serving.stack.endpoints()["pids"]["inference"] != pid
@@ -290,9 +284,8 @@ def test_a_deactivated_deployment_stops_serving_and_takes_no_change(serving: Ser
     assert http.post(f"{DEPLOYMENTS}/retired/rollback").status_code == 409  # no previous revision
     r = http.delete(f"{DEPLOYMENTS}/retired", params={"reason": "replaced"})
     assert r.status_code == 200 and r.json()["active"] is False
-    deadline = time.monotonic() + 10
-    while serving.predict("retired", [ROWS[0]]).status_code != 404 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: serving.predict("retired", [ROWS[0]]).status_code == 404, timeout=10, interval=0.05,
+               message="the deactivated deployment was still served")
     assert serving.predict("retired", [ROWS[0]]).status_code == 404
     assert http.patch(f"{DEPLOYMENTS}/retired/traffic", json={"weights": {"a": 100}}).status_code == 409
     assert http.get(f"{DEPLOYMENTS}/retired/history").json()["revisions"][-1]["change"] == "deactivate"
@@ -391,14 +384,15 @@ def test_malformed_serving_messages_are_dead_lettered_and_serving_goes_on(servin
         await js.publish("trainyard.v1.telemetry.feedback", json.dumps({"batch_id": marker, "x": [1]}).encode())
         forged = {"aggregate": "deployment", "aggregate_id": marker, "type": "deployment.created", "payload": {}}
         await js.publish("trainyard.v1.deployment.created", json.dumps(forged).encode())
-        dead = await js.subscribe("trainyard.v1.dlq.>", stream="TRAINYARD_DLQ", ordered_consumer=True)
         seen: list[bytes] = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and sum(marker.encode() in d for d in seen) < 3:
-            try:
-                seen.append((await dead.next_msg(timeout=1)).data)
-            except nats.errors.TimeoutError:
-                pass
+
+        async def dead_letter(msg: Any) -> None:
+            seen.append(msg.data)
+
+        await js.subscribe("trainyard.v1.dlq.>", stream="TRAINYARD_DLQ", ordered_consumer=True, cb=dead_letter)
+        await asyncio.to_thread(eventually, lambda: sum(marker.encode() in d for d in list(seen)) >= 3, timeout=20,
+                                message="the prediction batch, feedback batch and forged event were not all "
+                                        "dead-lettered")
         await nc.close()
         return [d for d in seen if marker.encode() in d]
 

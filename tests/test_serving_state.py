@@ -11,7 +11,7 @@ from domain.api_key import hash_key, new_key
 from runners.onnx_converter import convert
 from serving.state import (KeyState, ModelLoader, PredictError, ServingState, Telemetry, answer, rows_of)
 from runners.trainers import TrainSpec, trainer_for
-from tests.test_onnx_converter import QuietReporter
+from tests.support.fakes import QuietReporter
 
 
 @pytest.fixture(scope="module")

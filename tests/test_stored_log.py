@@ -12,7 +12,7 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from tests.conftest import create_database, drop_database
+from tests.support.database import create_database, drop_database
 from tests.support.read_models import read_models
 from tests.support.replay import project_all
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_flow import JOBS, Stack, up_on_a_fresh_database
+from tests.support.stack import JOBS, Stack, up_on_a_fresh_database
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 STUDIES = "/api/v1/studies"
@@ -50,18 +51,17 @@ def study(s: Stack, study_id: str) -> dict[str, Any]:
 
 
 def wait_study(s: Stack, study_id: str, until: Any, timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    last: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    last: list[dict[str, Any]] = [{}]
+
+    def reached() -> dict[str, Any] | None:
         try:
-            last = study(s, study_id)
+            last[0] = study(s, study_id)
         except Exception:  # serve is being restarted
-            time.sleep(0.3)
-            continue
-        if until(last):
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"study {study_id} never reached the expected state: {last}")
+            return None
+        return last[0] if until(last[0]) else None
+
+    return eventually(reached, timeout=timeout, interval=0.2,
+                      message=lambda: f"study {study_id} never reached the expected state: {last[0]}")
 
 
 def trials(s: Stack, study_id: str) -> list[dict[str, Any]]:
@@ -240,9 +240,8 @@ def test_a_forged_study_event_is_dead_lettered_and_studies_still_run(stack: Stac
         await nc.close()
 
     asyncio.run(forge())
-    deadline = time.monotonic() + 30
-    while stack.http.get("/readyz").json()["stages"]["study-driver"]["poisoned"] < 2:
-        assert time.monotonic() < deadline, stack.http.get("/readyz").json()["stages"]["study-driver"]
-        time.sleep(0.2)
+    eventually(lambda: stack.http.get("/readyz").json()["stages"]["study-driver"]["poisoned"] >= 2, timeout=30,
+               interval=0.2, message=lambda: "the study driver never dead-lettered both forgeries: "
+               f"{stack.http.get('/readyz').json()['stages']['study-driver']}")
     study_id = create(stack, study_body(name="after-forgery", n_trials=2))
     assert wait_study(stack, study_id, lambda st: st["status"] in ENDED)["status"] == "completed"

@@ -19,8 +19,8 @@ from commands.training import TrainingApplication
 from domain.study import Study, StudyError
 from infra.postgres import eventsourcing_env, pool as make_pool
 from projections.studies import StudiesProjection, StudiesView, StudyQueries
-from tests.conftest import create_database, drop_database
-from tests.test_study import apply as apply_command, commands, new_study
+from tests.support.database import create_database, drop_database
+from tests.support.strategies import apply_study_command, new_study, study_commands
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def save(app: TrainingApplication, study: Study, actor: int = 0) -> None:
 
 def run_study(app: TrainingApplication, direction: str, n_trials: int, max_parallel: int, cmds: list[tuple],
               actor: int) -> Study:
-    """test_study's commands, saved after each one; job ids are made unique to the study (trials.job_id is)."""
+    """The Study's commands (tests/support/strategies.py), saved after each one; job ids are made unique to the study (trials.job_id is)."""
     study = new_study(direction, n_trials, max_parallel)
     save(app, study, actor)
     for cmd in cmds:
@@ -69,7 +69,7 @@ def run_study(app: TrainingApplication, direction: str, n_trials: int, max_paral
         if cmd[0] == "ask":
             cmd = (*cmd[:3], uuid5(study.id, str(cmd[3])))
         try:
-            apply_command(study, cmd)
+            apply_study_command(study, cmd)
         except (StudyError, ValueError):
             pass
         save(app, study, actor)
@@ -98,7 +98,7 @@ def rows(database_url: str, study_id: UUID | None = None) -> tuple[list[tuple], 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(direction=st.sampled_from(["maximize", "minimize"]), n_trials=st.integers(1, 4),
-       max_parallel=st.integers(1, 3), cmds=st.lists(commands, max_size=30), cut=st.floats(0, 1),
+       max_parallel=st.integers(1, 3), cmds=st.lists(study_commands, max_size=30), cut=st.floats(0, 1),
        actor=st.integers(0, 2))
 def test_processing_a_prefix_twice_changes_nothing_and_a_rebuild_equals_the_live_tables(
         store, direction: str, n_trials: int, max_parallel: int, cmds: list[tuple], cut: float, actor: int) -> None:

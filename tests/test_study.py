@@ -3,70 +3,13 @@ from __future__ import annotations
 
 import copy
 import math
-from uuid import UUID, uuid4
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from domain.study import Study, StudyError, StudyFinishedError, TrialLimitError, TrialNumberError, TrialOutcomeError
 from domain.vocabulary import STUDY_ENDED as FINISHED
-
-JOBS = [UUID(int=i) for i in range(1, 7)]
-
-
-def new_study(direction: str = "maximize", n_trials: int = 3, max_parallel: int = 2) -> Study:
-    return Study.create(id=uuid4(), name="s", framework="lightgbm", task="regression",
-                        dataset={"uri": "builtin://diabetes"}, objective={"metric": "r2", "direction": direction},
-                        search_space={"lr": {"type": "float", "low": 0.01, "high": 0.3}}, fixed_params={},
-                        sampler={"type": "tpe", "seed": 1}, pruner={"type": "median"}, n_trials=n_trials,
-                        max_parallel=max_parallel, timeout_s=None, priority="medium", tags=["t"])
-
-
-numbers = st.sampled_from([0, 0, 1, 1, 2, 2, 3, -1, 5])  # for ask: the right number, a repeat or a gap
-picks = st.integers(0, 7)  # for the other trial commands: an existing trial (see `pick`), or none
-values = st.sampled_from([None, math.nan, math.inf, 0.5, 0.5, 1.0, 1.0, -2.0])  # ties are likely
-trial_commands = st.one_of(
-    st.tuples(st.just("ask"), numbers, st.sampled_from([0.1, 0.2]), st.sampled_from(JOBS)),
-    st.tuples(st.just("ask_next"), st.just(None)),
-    st.tuples(st.just("ask_next"), st.sampled_from([None, None, *JOBS])),
-    st.tuples(st.just("start"), picks),
-    st.tuples(st.just("prune"), picks, st.integers(-1, 20), values),
-    st.tuples(st.just("finish"), picks, st.sampled_from(["completed", "pruned", "failed", "lost"]), values),
-    st.tuples(st.just("finish"), picks, st.just("completed"), values),
-)
-end_commands = st.sampled_from([("cancel",), ("confirm_cancelled",), ("complete",), ("fail",)])
-commands = st.one_of(*[trial_commands] * 16, end_commands)  # the study's end is rarer than its trials' events
-
-
-def pick(study: Study, k: int) -> int:
-    """Picks 0-5 name an existing trial (when there is one), 6 and 7 a number no trial has."""
-    if k == 6:
-        return -1
-    return k % len(study.trials) if study.trials and k < 6 else len(study.trials) + 1
-
-
-def apply(study: Study, cmd: tuple) -> None:
-    name, *args = cmd
-    if name in ("start", "prune", "finish"):
-        args[0] = pick(study, args[0])
-    if name == "ask":
-        study.ask_trial(args[0], {"lr": args[1]}, args[2])
-    elif name == "ask_next":  # the driver's usual call: the right number, a fresh (None) or a reused job
-        study.ask_trial(study.next_number, {"lr": 0.1}, args[0] or UUID(int=100 + study.next_number))
-    elif name == "start":
-        study.trial_started(args[0])
-    elif name == "prune":
-        study.prune_trial(args[0], args[1], args[2])
-    elif name == "finish":
-        study.finish_trial(args[0], args[1], args[2], error="boom" if args[1] == "failed" else None)
-    elif name == "cancel":
-        study.request_cancel("stop")
-    elif name == "confirm_cancelled":
-        study.confirm_cancelled()
-    elif name == "complete":
-        study.complete("timeout")
-    else:
-        study.fail("every trial failed")
+from tests.support.strategies import TRIAL_JOBS, apply_study_command, new_study, study_commands
 
 
 def expected_best(study: Study) -> tuple[int, float] | None:
@@ -79,7 +22,7 @@ def expected_best(study: Study) -> tuple[int, float] | None:
 
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from(["maximize", "minimize"]), st.integers(1, 4), st.integers(1, 3),
-       st.lists(commands, min_size=15, max_size=60))
+       st.lists(study_commands, min_size=15, max_size=60))
 def test_any_command_sequence_leaves_a_legal_state_and_replays_to_the_same_object(
         direction: str, n_trials: int, max_parallel: int, cmds: list[tuple]) -> None:
     study = new_study(direction, n_trials, max_parallel)
@@ -89,7 +32,7 @@ def test_any_command_sequence_leaves_a_legal_state_and_replays_to_the_same_objec
         before = copy.deepcopy({k: v for k, v in study.__dict__.items() if k != "_pending_events"})
         snapshot = copy.deepcopy(study)  # shares the trials' records with `study` (Study.__deepcopy__)
         try:
-            apply(study, cmd)
+            apply_study_command(study, cmd)
             refused = False
         except (StudyError, ValueError):
             refused = True
@@ -142,7 +85,7 @@ def test_any_command_sequence_leaves_a_legal_state_and_replays_to_the_same_objec
 
 
 def run_trial(study: Study, number: int, value: float) -> None:
-    study.ask_trial(number, {"lr": 0.1 * (number + 1)}, JOBS[number])
+    study.ask_trial(number, {"lr": 0.1 * (number + 1)}, TRIAL_JOBS[number])
     study.trial_started(number)
     study.finish_trial(number, "completed", value)
 
@@ -154,7 +97,7 @@ def test_a_full_study_completes_with_the_best_trial(direction: str, best_number:
         run_trial(study, n, v)
     assert study.status == "completed" and study.finished_reason == "all 3 trials finished"
     assert study.best == {"number": best_number, "value": [0.5, 0.9, 0.1][best_number],
-                          "params": {"lr": 0.1 * (best_number + 1)}, "job_id": JOBS[best_number]}
+                          "params": {"lr": 0.1 * (best_number + 1)}, "job_id": TRIAL_JOBS[best_number]}
     assert study.counts == {"queued": 0, "running": 0, "completed": 3, "pruned": 0, "failed": 0}
     assert [h[2] for h in study.history()] == ([0.5, 0.9, 0.9] if direction == "maximize" else [0.5, 0.5, 0.1])
     types = [type(e).__name__ for e in study.collect_events()]
@@ -165,9 +108,9 @@ def test_a_full_study_completes_with_the_best_trial(direction: str, best_number:
 
 def test_ties_keep_the_lower_numbered_trial_whatever_order_they_end_in() -> None:
     study = new_study("minimize")
-    study.ask_trial(0, {"lr": 0.1}, JOBS[0])
-    study.ask_trial(1, {"lr": 0.2}, JOBS[1])
-    study.ask_trial(2, {"lr": 0.3}, JOBS[2])
+    study.ask_trial(0, {"lr": 0.1}, TRIAL_JOBS[0])
+    study.ask_trial(1, {"lr": 0.2}, TRIAL_JOBS[1])
+    study.ask_trial(2, {"lr": 0.3}, TRIAL_JOBS[2])
     study.finish_trial(1, "completed", 0.3)
     study.finish_trial(0, "completed", 0.3)
     study.finish_trial(2, "completed", 0.3)
@@ -178,14 +121,14 @@ def test_ties_keep_the_lower_numbered_trial_whatever_order_they_end_in() -> None
 def test_cancel_with_running_trials_waits_for_them() -> None:
     study = new_study(n_trials=5)
     for n in range(3):
-        study.ask_trial(n, {"lr": 0.1}, JOBS[n])
+        study.ask_trial(n, {"lr": 0.1}, TRIAL_JOBS[n])
     study.trial_started(0)
     study.finish_trial(2, "completed", 0.7)
     study.request_cancel("user asked")
     assert study.status == "cancelling"
     assert study.collect_events()[-1].running == [0, 1]
     with pytest.raises(StudyFinishedError):
-        study.ask_trial(3, {"lr": 0.1}, JOBS[3])
+        study.ask_trial(3, {"lr": 0.1}, TRIAL_JOBS[3])
     study.prune_trial(0, 4, 0.2)
     study.finish_trial(0, "pruned")
     assert study.status == "cancelling" and study.trials[0]["pruned_at_step"] == 4
@@ -197,7 +140,7 @@ def test_cancel_with_running_trials_waits_for_them() -> None:
 
 def test_confirm_cancelled_forces_the_end_and_late_outcomes_are_still_recorded() -> None:
     study = new_study()
-    study.ask_trial(0, {"lr": 0.1}, JOBS[0])
+    study.ask_trial(0, {"lr": 0.1}, TRIAL_JOBS[0])
     with pytest.raises(StudyError):
         study.confirm_cancelled()  # nobody asked
     study.request_cancel()
@@ -210,24 +153,24 @@ def test_confirm_cancelled_forces_the_end_and_late_outcomes_are_still_recorded()
 
 def test_ask_beyond_n_trials_and_gaps_are_refused_and_a_repeat_ask_is_a_no_op() -> None:
     study = new_study(n_trials=2, max_parallel=5)
-    study.ask_trial(0, {"lr": 0.1}, JOBS[0])
-    study.ask_trial(0, {"lr": 0.1}, JOBS[0])  # at-least-once delivery
+    study.ask_trial(0, {"lr": 0.1}, TRIAL_JOBS[0])
+    study.ask_trial(0, {"lr": 0.1}, TRIAL_JOBS[0])  # at-least-once delivery
     assert len(study.trials) == 1 and len(study.collect_events()) == 2
     with pytest.raises(TrialNumberError):
-        study.ask_trial(0, {"lr": 0.2}, JOBS[0])
+        study.ask_trial(0, {"lr": 0.2}, TRIAL_JOBS[0])
     with pytest.raises(TrialNumberError):
-        study.ask_trial(2, {"lr": 0.1}, JOBS[2])
+        study.ask_trial(2, {"lr": 0.1}, TRIAL_JOBS[2])
     with pytest.raises(StudyError):
-        study.ask_trial(1, {"lr": 0.1}, JOBS[0])  # a job runs one trial
-    study.ask_trial(1, {"lr": 0.1}, JOBS[1])
+        study.ask_trial(1, {"lr": 0.1}, TRIAL_JOBS[0])  # a job runs one trial
+    study.ask_trial(1, {"lr": 0.1}, TRIAL_JOBS[1])
     assert not study.can_ask
     with pytest.raises(TrialLimitError):
-        study.ask_trial(2, {"lr": 0.1}, JOBS[2])
+        study.ask_trial(2, {"lr": 0.1}, TRIAL_JOBS[2])
 
 
 def test_outcomes_are_recorded_once_and_completed_needs_a_finite_value() -> None:
     study = new_study()
-    study.ask_trial(0, {"lr": 0.1}, JOBS[0])
+    study.ask_trial(0, {"lr": 0.1}, TRIAL_JOBS[0])
     for bad in (None, math.nan, math.inf):
         with pytest.raises(ValueError):
             study.finish_trial(0, "completed", bad)
@@ -243,7 +186,7 @@ def test_outcomes_are_recorded_once_and_completed_needs_a_finite_value() -> None
 
 def test_complete_early_needs_no_unfinished_trials_and_fail_ends_the_study() -> None:
     study = new_study(n_trials=10)
-    study.ask_trial(0, {"lr": 0.1}, JOBS[0])
+    study.ask_trial(0, {"lr": 0.1}, TRIAL_JOBS[0])
     with pytest.raises(StudyError):
         study.complete("timeout")
     study.finish_trial(0, "completed", 0.2)

@@ -3,7 +3,6 @@ and NATS; no relay runs here, so no job event ever reaches the driver's consumer
 from __future__ import annotations
 
 import asyncio
-import time
 from uuid import UUID
 
 import nats
@@ -20,6 +19,7 @@ from infra.messaging import EVENTS_STREAM, ensure_streams
 from infra.postgres import eventsourcing_env, pool as pg_pool
 from infra.settings import Settings
 from projections.studies import STUDIES_DDL, StudyQueries
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -42,10 +42,7 @@ def test_a_trials_reports_move_its_study_without_waiting_for_the_events_trip(dat
         assert handler.handle(body.model_dump_json().encode()).ok
 
     def wait_for(predicate, what: str) -> None:
-        deadline = time.monotonic() + 10
-        while not predicate(driver.studies.get(study_id)):
-            assert time.monotonic() < deadline, what
-            time.sleep(0.02)
+        eventually(lambda: predicate(driver.studies.get(study_id)), timeout=10, interval=0.02, message=what)
 
     async def scenario() -> None:
         nc = await nats.connect(nats_url)

@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from domain.training_job import (FINISHED, CancelNotRequestedError, JobError, JobFinishedError, LeaseHeldError,
                                  StaleLeaseError, TrainingJob)
+from tests.support.strategies import apply_job_command, job_commands
 
 
 def new_job(max_attempts: int = 3) -> TrainingJob:
@@ -17,44 +18,8 @@ def new_job(max_attempts: int = 3) -> TrainingJob:
                        max_attempts=max_attempts)
 
 
-leases = st.sampled_from(["lease-a", "lease-b", "lease-c"])
-commands = st.one_of(
-    st.tuples(st.just("claim"), leases, st.sampled_from(["h:1", "h:2"])),
-    st.tuples(st.just("progress"), leases, st.integers(0, 12), st.integers(1, 10)),
-    st.tuples(st.just("complete"), leases),
-    st.tuples(st.just("fail"), leases),
-    st.tuples(st.just("cancel")),
-    st.tuples(st.just("confirm_cancelled"), leases),
-    st.tuples(st.just("hand_back"), leases),
-    st.tuples(st.just("expire"), leases),
-    st.tuples(st.just("requeue")),
-)
-
-
-def apply(job: TrainingJob, cmd: tuple) -> None:
-    name, *args = cmd
-    if name == "claim":
-        job.claim(args[0], args[1])
-    elif name == "progress":
-        job.record_progress(args[0], args[1], args[2])
-    elif name == "complete":
-        job.complete(args[0], {"rmse": 1.0}, {"uri": "file:///m", "sha256": "x"})
-    elif name == "fail":
-        job.fail(args[0], "boom")
-    elif name == "cancel":
-        job.request_cancel()
-    elif name == "confirm_cancelled":
-        job.confirm_cancelled(args[0])
-    elif name == "hand_back":
-        job.hand_back(args[0], "stopping")
-    elif name == "expire":
-        job.expire_lease(args[0], "runner gone")
-    else:
-        job.requeue("no work item")
-
-
 @settings(max_examples=400, deadline=None)
-@given(st.lists(commands, max_size=30))
+@given(st.lists(job_commands, max_size=30))
 def test_any_command_sequence_leaves_a_legal_state_and_replays_to_the_same_object(cmds: list[tuple]) -> None:
     job = new_job()
     events = list(job.collect_events())
@@ -63,7 +28,7 @@ def test_any_command_sequence_leaves_a_legal_state_and_replays_to_the_same_objec
         state = copy.deepcopy({k: v for k, v in job.__dict__.items() if k != "_pending_events"})
         snapshot = copy.deepcopy(job)  # shares its attributes' values with `job` (LeasedWork.__deepcopy__)
         try:
-            apply(job, cmd)
+            apply_job_command(job, cmd)
         except (JobError, ValueError):
             assert (job.status, job.attempt, job.lease_id, job.lost_leases) == before  # refused: nothing changed
         new = job.collect_events()

@@ -1,12 +1,12 @@
 """Replay an event store into the PostgreSQL read models, in this process, until each has caught up."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from eventsourcing.projection import ProjectionRunner
 
 from infra.postgres import eventsourcing_env
+from tests.support.waiting import eventually
 
 
 def _head(runner: Any, projection_class: type) -> int:
@@ -30,9 +30,14 @@ def project_all(database_url: str, read_models: list[tuple[type, type, type]] | 
     for application_class, projection_class, view_class in read_models:
         with ProjectionRunner(application_class=application_class, projection_class=projection_class,
                               view_class=view_class, env=eventsourcing_env(database_url)) as runner:
-            head, deadline = _head(runner, projection_class), time.monotonic() + timeout_s
-            while (runner.view.max_tracking_id(runner.app.name) or 0) < head:
-                assert time.monotonic() < deadline, f"{projection_class.__name__} never caught up"
+            head = _head(runner, projection_class)
+
+            def caught_up() -> bool:
+                if (runner.view.max_tracking_id(runner.app.name) or 0) >= head:
+                    return True
                 if runner.is_interrupted.is_set():
                     raise AssertionError(f"{projection_class.__name__} stopped: {runner._thread_error!r}")
-                time.sleep(0.05)
+                return False
+
+            eventually(caught_up, timeout=timeout_s, interval=0.05,
+                       message=f"{projection_class.__name__} never caught up")
