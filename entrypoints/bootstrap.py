@@ -5,7 +5,7 @@ settings.
 - `build_serve(settings, services, js)`: what `trainyard serve` runs beside the API (relay, projectors, report
   handling, reconciler, study driver, policy), each with its health stage.
 - `build_runner(settings, nc, js)`: one runner.
-- `build_inference(settings, ...)`: the inference server's state, feed and ASGI app.
+- `build_inference(settings, server_id)`: the inference server's state, feed and ASGI app.
 """
 from __future__ import annotations
 
@@ -131,6 +131,45 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
     runs = {name: part.run for name, part in tasks.items()}
     runs["study-driver"] = lambda stop: driver.run(follow_events(js, driver, stop))
     return ServeParts(runs, reports)
+
+
+@dataclass
+class InferenceParts:
+    health: Any
+    telemetry_stage: Any
+    pool: Any
+    state: Any
+    telemetry: Any
+    feed: Any
+    app: Any
+
+
+def build_inference(settings: Settings, server_id: str) -> InferenceParts:
+    """The inference server's parts: serving state over the artifact store, the prediction telemetry buffer, the
+    deployment feed (reads the deployments read model) and the ASGI app, with their health stages."""
+    import os
+
+    from infra.health import Health
+    from infra.postgres import DDL_LOCK, pool as pg_pool
+    from projections.deployments import DEPLOYMENTS_DDL, DeploymentQueries
+    from runners.artifacts import LocalArtifactStore
+    from serving.app import InferenceApp, parse_test_delays
+    from serving.feed import Feed
+    from serving.state import ModelLoader, ServingState, Telemetry
+
+    database_url, _ = settings.require_urls()
+    health = Health()
+    feed_stage = health.stage("deployment-feed", stuck_after_s=settings.stuck_after_s)
+    telemetry_stage = health.stage("prediction-telemetry", stuck_after_s=settings.stuck_after_s, loops=True)
+    pool = pg_pool(database_url)
+    with pool.connection() as conn:
+        conn.execute(DDL_LOCK)
+        conn.execute(DEPLOYMENTS_DDL)
+    state = ServingState(ModelLoader(LocalArtifactStore(settings.artifacts).get))
+    telemetry = Telemetry(f"{server_id}-{os.getpid()}")
+    feed = Feed(state, DeploymentQueries(pool), feed_stage)
+    app = InferenceApp(state, telemetry, health, test_delays=parse_test_delays(settings.inference_test_delay))
+    return InferenceParts(health, telemetry_stage, pool, state, telemetry, feed, app)
 
 
 def build_runner(settings: Settings, nc: Any, js: Any) -> Runner:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import signal
 from collections.abc import Iterator
 
@@ -20,15 +19,12 @@ import uvicorn
 from nats.js import JetStreamContext
 
 from domain.contract import TELEMETRY_PREDICTIONS
-from infra.health import Health, Stage, stopped_within
+from entrypoints.bootstrap import build_inference
+from infra.health import Stage, stopped_within
 from infra.messaging import connect, ensure_streams
-from infra.postgres import DDL_LOCK, pool as pg_pool
 from infra.settings import Settings
-from projections.deployments import DEPLOYMENTS_DDL, DeploymentQueries
-from runners.artifacts import LocalArtifactStore
-from serving.app import InferenceApp, parse_test_delays
-from serving.feed import RELOAD_S, Feed
-from serving.state import ModelLoader, ServingState, Telemetry
+from serving.feed import RELOAD_S
+from serving.state import Telemetry
 
 log = logging.getLogger("trainyard.inference")
 FLUSH_S = 1.0  # prediction records go out once a second (fewer, larger ClickHouse inserts downstream)
@@ -65,28 +61,19 @@ async def publish_telemetry(js: JetStreamContext, telemetry: Telemetry, stage: S
 
 
 async def serve_inference(settings: Settings) -> None:
-    database_url, nats_url = settings.require_urls()
+    _, nats_url = settings.require_urls()
     # A restarted server (same data dir and port) resumes its own durable consumer; other servers have theirs.
     server_id = f"inference-{settings.inference_port}-{hashlib.sha1(str(settings.data_dir.absolute()).encode()).hexdigest()[:8]}"
-    health = Health()
-    feed_stage = health.stage("deployment-feed", stuck_after_s=settings.stuck_after_s)
-    telemetry_stage = health.stage("prediction-telemetry", stuck_after_s=settings.stuck_after_s, loops=True)
-    pool = pg_pool(database_url)
-    with pool.connection() as conn:
-        conn.execute(DDL_LOCK)
-        conn.execute(DEPLOYMENTS_DDL)
-    artifacts = LocalArtifactStore(settings.artifacts)
-    state = ServingState(ModelLoader(artifacts.get))
-    telemetry = Telemetry(f"{server_id}-{os.getpid()}")
-    feed = Feed(state, DeploymentQueries(pool), feed_stage)
+    parts = build_inference(settings, server_id)
+    pool, state, telemetry, feed = parts.pool, parts.state, parts.telemetry, parts.feed
     await asyncio.to_thread(feed.reload)
     nc, js = await connect(nats_url, server_id)
     await ensure_streams(js, settings)
     stop = asyncio.Event()
-    app = InferenceApp(state, telemetry, health, test_delays=parse_test_delays(settings.inference_test_delay))
+    app = parts.app
     tasks = [asyncio.create_task(feed.follow(js, server_id, stop), name="feed"),
              asyncio.create_task(feed.reload_every(RELOAD_S, stop), name="reload"),
-             asyncio.create_task(publish_telemetry(js, telemetry, telemetry_stage, stop), name="telemetry"),
+             asyncio.create_task(publish_telemetry(js, telemetry, parts.telemetry_stage, stop), name="telemetry"),
              asyncio.create_task(app.run_shadows(stop), name="shadows")]
     config = uvicorn.Config(app, host=settings.api_host, port=settings.inference_port, log_level="warning",
                             access_log=False, http="httptools", loop="none", lifespan="off")
