@@ -3,6 +3,7 @@ commands change nothing and name what was wrong, and the events rebuild the same
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from domain.contract import envelope
 from domain.deployment import (CHANGES, Deployment, DeploymentError, DeploymentInactiveError, DeploymentSpecError,
-                               NoPreviousRevisionError, deployment_id)
+                               NoPreviousRevisionError, Shadow, Variant, deployment_id)
 
 NAMES = ["a", "b", "canary", "x_1", "v-2", "z9", "champion", "c", "d", "e", "f"]
 
@@ -108,6 +109,13 @@ EVENT_OF_CHANGE = {"traffic": "TrafficChanged", "promote": "Promoted", "update":
 STATE_KEYS = ("revision", "change", "reason", "variants", "shadow", "active", "rolled_back_to")
 
 
+def as_json(revision: dict[str, Any]) -> dict[str, Any]:
+    """A revision of `Deployment.revisions` with its variants and shadow in their JSON form (the reference model's)."""
+    shadow = revision["shadow"]
+    return {**revision, "variants": [v.to_json() for v in revision["variants"]],
+            "shadow": None if shadow is None else shadow.to_json()}
+
+
 def state(d: Deployment) -> dict[str, Any]:
     return copy.deepcopy({k: v for k, v in d.__dict__.items() if k != "_pending_events"})
 
@@ -116,7 +124,7 @@ def run(d: Deployment, cmd: tuple) -> tuple[Any, Any]:
     """Apply `cmd`; returns (what the reference model expects: a revision dict, an error class or a spec
     field) and (what happened: None or the exception)."""
     name = cmd[0]
-    revs = d.revisions
+    revs = [as_json(r) for r in d.revisions]
     cur = revs[-1]
     reason, reason_field = cmd[-1]
     new = {"revision": d.revision + 1, "reason": reason, "shadow": cur["shadow"], "active": True,
@@ -211,13 +219,14 @@ def test_any_command_sequence_follows_the_reference_model_and_replays_to_the_sam
             assert not new and state(d) == before  # refused: nothing changed
         events.extend(new)
         # the current revision is legal and is the model's last one
-        assert [{k: r[k] for k in STATE_KEYS} for r in d.revisions] == model
+        assert [{k: r[k] for k in STATE_KEYS} for r in map(as_json, d.revisions)] == model
         assert [r["revision"] for r in d.revisions] == list(range(1, d.revision + 1))
         assert all(r["change"] in CHANGES for r in d.revisions)
-        assert sum(v["weight"] for v in d.variants) == 100 and 1 <= len(d.variants) <= 10
-        assert (d.variants, d.shadow, d.active) == (model[-1]["variants"], model[-1]["shadow"], model[-1]["active"])
+        assert sum(v.weight for v in d.variants) == 100 and 1 <= len(d.variants) <= 10
+        assert (d.variants, d.shadow) == (d.revisions[-1]["variants"], d.revisions[-1]["shadow"])
+        assert d.active == model[-1]["active"]
         assert d.snapshot() == {"name": "fraud-scoring", "revision": d.revision, "active": d.active,
-                                "variants": d.variants, "shadow": d.shadow}
+                                "variants": model[-1]["variants"], "shadow": model[-1]["shadow"]}
     rebuilt = None
     for e in events:
         rebuilt = e.mutate(rebuilt)
@@ -289,11 +298,12 @@ def test_creation_derives_the_id_from_the_name_and_keeps_its_own_copies() -> Non
     assert d.id == deployment_id("fraud") != deployment_id("fraud-2") and d.revision == d.version == 1
     variants[0]["weight"] = 7
     variants[0]["artifact"]["uri"] = "changed"
-    assert d.variants[0]["weight"] == 100 and d.variants[0]["artifact"]["uri"] != "changed"
+    assert d.variants[0].weight == 100 and d.variants[0].artifact["uri"] != "changed"
     assert d.collect_events()[0].variants[0]["weight"] == 100
     snap = d.snapshot()
     snap["variants"][0]["weight"] = 3
-    assert d.variants[0]["weight"] == 100
+    snap["variants"][0]["artifact"]["uri"] = "changed"
+    assert d.variants[0].weight == 100 and d.variants[0].artifact["uri"] != "changed"
 
 
 def test_traffic_and_promote_guards_name_the_field() -> None:
@@ -312,3 +322,16 @@ def test_traffic_and_promote_guards_name_the_field() -> None:
     d.change_traffic({"champion": 0, "challenger": 100}, reason="all in")
     assert d.weights == {"champion": 0, "challenger": 100} and d.revisions[-1]["reason"] == "all in"
     assert d.revision == 2 and len(d.collect_events()) == 2
+
+
+def test_variants_and_the_shadow_are_frozen_values_that_round_trip_through_json() -> None:
+    shadow = {"model": "fraud-nn", "version": 4, "artifact": {"uri": "s3://models/fraud-nn/4.onnx"}, "alias": "prod"}
+    d = Deployment.create("fraud", [variant("champion", 90), variant("challenger", 10, version=2)], shadow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.variants[0].weight = 0  # type: ignore[misc]
+    assert [Variant.from_json(v.to_json()) for v in d.variants] == list(d.variants)
+    assert d.variants[0].to_json() == variant("champion", 90) and d.shadow is not None
+    assert Shadow.from_json(d.shadow.to_json()) == d.shadow and d.shadow.to_json() == shadow
+    d.change_traffic({"champion": 50, "challenger": 50})
+    assert d.revisions[-1]["variants"] is d.variants and d.revisions[-1]["shadow"] is d.shadow
+    assert d.revisions[0]["variants"][0].weight == 90 and d.variants[0].weight == 50

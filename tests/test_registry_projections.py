@@ -96,10 +96,12 @@ def test_deployment_history_equals_the_revisions_and_a_rebuild_equals_live(store
     assert rows(store.url, TABLES["deployments"]) == live
     history = store.deployments.history(name)
     assert [(h["revision"], h["change"], h["reason"], h["variants"], h["shadow"], h["active"], h["rolled_back_to"])
-            for h in history] == [(r["revision"], r["change"], r["reason"], r["variants"], r["shadow"], r["active"],
-                                   r["rolled_back_to"]) for r in d.revisions]
+            for h in history] == [(r["revision"], r["change"], r["reason"], [v.to_json() for v in r["variants"]],
+                                   r["shadow"] and r["shadow"].to_json(), r["active"], r["rolled_back_to"])
+                                  for r in d.revisions]
     current = store.deployments.get(name)
-    assert (current["revision"], current["active"], current["variants"]) == (d.revision, d.active, d.variants)
+    assert (current["revision"], current["active"], current["variants"]) == (d.revision, d.active,
+                                                                             d.snapshot()["variants"])
     assert sum(v["weight"] for v in current["variants"]) == 100
     assert (store.deployments.key(api_key.id)["revoked_at"] is not None) == revoke
     assert all(k["key_hash"] != key for k in store.deployments.live_keys())
