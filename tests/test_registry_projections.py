@@ -17,7 +17,7 @@ from commands.context import CommandContext
 from commands.training import TrainingApplication
 from domain.api_key import ApiKey, hash_key, key_prefix, new_key
 from domain.deployment import Deployment
-from domain.models import ModelExport, RegisteredModel, model_id
+from domain.models import Lineage, ModelExport, RegisteredModel, model_id
 from infra.postgres import eventsourcing_env, pool as make_pool
 from projections.deployments import DeploymentQueries, DeploymentsProjection, DeploymentsView
 from projections.models import ModelQueries, ModelsProjection, ModelsView
@@ -113,7 +113,9 @@ def test_model_versions_aliases_and_exports_rebuild_to_the_live_tables(store) ->
     name = f"m-{uuid4().hex[:8]}"
     model = RegisteredModel(id=model_id(name), name=name, description="d", tags=["x"])
     for n in range(3):
-        model.register_version(uuid4(), {"job_id": str(uuid4()), "framework": "lightgbm", "n": n})
+        model.register_version(uuid4(), Lineage(job_id=str(uuid4()), framework="lightgbm", task="regression",
+                                                dataset={}, dataset_sha256=None, params={"n": n}, final_metrics=None,
+                                                artifact={}, feature_names=None, class_labels=None, study_id=None))
     model.set_alias("production", 1)
     model.set_alias("production", 3)
     model.set_alias("staging", 2)
