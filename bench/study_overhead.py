@@ -242,7 +242,7 @@ def breakdown(db_url: str, study_id: str, sequential: bool) -> str:
         app.close()
     steps: dict[str, list[float]] = {}
     for number, trial in sorted(study.trials.items()):
-        job = UUID(str(trial["job_id"]))
+        job = UUID(str(trial.job_id))
         chain = [("ask → job submitted", ("TrialAsked", number), ("Submitted", job)),
                  ("submitted → claimed by a runner", ("Submitted", job), ("Started", job)),
                  ("claimed → completed (training)", ("Started", job), ("Completed", job)),

@@ -74,8 +74,8 @@ class DeploymentCommands:
                                                  "export; export it first (POST …/versions/{v}/exports)")
         lineage = version["lineage"]
         artifact = {k: version["onnx"].get(k) for k in SERVING_KEYS}
-        artifact.update(feature_names=lineage.get("feature_names") or [], class_labels=lineage.get("class_labels"),
-                        task=lineage.get("task"), framework=lineage.get("framework"),
+        artifact.update(feature_names=lineage.feature_names or [], class_labels=lineage.class_labels,
+                        task=lineage.task, framework=lineage.framework,
                         export_id=str(version.get("export_id")))
         out = {k: v for k, v in spec.items() if k not in ("alias", "version")}
         out.update(model=name, version=number, artifact=artifact)

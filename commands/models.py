@@ -15,7 +15,7 @@ from eventsourcing.persistence import RecordConflictError
 from commands.context import CommandContext
 from commands.application import ANONYMOUS, last_position
 from commands.training import JobNotFoundError, TrainingApplication
-from domain.models import (DEFAULT_TOLERANCE, ModelError, ModelExport, ModelSpecError, RegisteredModel,
+from domain.models import (DEFAULT_TOLERANCE, Lineage, ModelError, ModelExport, ModelSpecError, RegisteredModel,
                            check_model_name, model_id)
 from domain.training_job import TrainingJob
 
@@ -39,16 +39,16 @@ class JobNotCompletedError(ModelError):
 LINEAGE_ARTIFACT_KEYS = ("uri", "sha256", "size_bytes", "format")
 
 
-def lineage_of(job: TrainingJob) -> dict[str, Any]:
+def lineage_of(job: TrainingJob) -> Lineage:
     """What a version records of the job that made it."""
     artifact = job.artifact or {}
-    return {
-        "job_id": str(job.id), "framework": job.framework, "task": job.task, "dataset": job.dataset,
-        "dataset_sha256": artifact.get("dataset_sha256"), "params": job.params, "final_metrics": job.final_metrics,
-        "artifact": {k: artifact.get(k) for k in LINEAGE_ARTIFACT_KEYS},
-        "feature_names": artifact.get("feature_names"), "class_labels": artifact.get("class_labels"),
-        "study_id": str(job.study_id) if job.study_id else None,
-    }
+    return Lineage(
+        job_id=str(job.id), framework=job.framework, task=job.task, dataset=job.dataset,
+        dataset_sha256=artifact.get("dataset_sha256"), params=job.params, final_metrics=job.final_metrics,
+        artifact={k: artifact.get(k) for k in LINEAGE_ARTIFACT_KEYS},
+        feature_names=artifact.get("feature_names"), class_labels=artifact.get("class_labels"),
+        study_id=str(job.study_id) if job.study_id else None,
+    )
 
 
 class ModelCommands:
@@ -108,8 +108,8 @@ class ModelCommands:
         model = self.get(name)
         number = model.number_of(version)
         lineage = model.versions[number]["lineage"]
-        source = {"framework": lineage["framework"], "task": lineage["task"], "dataset": lineage["dataset"],
-                  "artifact": lineage["artifact"]}
+        source = {"framework": lineage.framework, "task": lineage.task, "dataset": lineage.dataset,
+                  "artifact": lineage.artifact}
         export = ModelExport.request(id=uuid4(), model_name=model.name, model_version=number, format=format,
                                      tolerance=tolerance, source=source)
         return export, last_position(self.app.save_with(ctx, export))

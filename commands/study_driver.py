@@ -42,7 +42,7 @@ from commands.study_optimizer import StudyOptimizer, TrialRecord
 from commands.training import JobNotFoundError, TrainingApplication
 from domain.contract import printable
 from domain.search_space import step_metric_for
-from domain.study import Study, StudyError
+from domain.study import Study, StudyError, Trial
 from domain.training_job import JobError
 from domain.vocabulary import JobStatus, StudyStatus, TrialState
 from infra.health import Stage
@@ -113,14 +113,14 @@ class StudyDriver:
 
     def _follow(self, draft: _Draft, opt: StudyOptimizer, number: int, ctx: CommandContext) -> None:
         trial = draft.study.trial(number)
-        job_id = UUID(str(trial["job_id"]))
+        job_id = UUID(str(trial.job_id))
         self._job_trials[job_id] = (draft.study.id, number)
         try:
             job = self.app.get_job(job_id, copy=False)
         except JobNotFoundError:  # recorded without its job by an older version that saved the two apart
             self.studies.submit_trial(draft.study, number, ctx)
             return
-        if job.status == JobStatus.RUNNING and trial["state"] == TrialState.QUEUED:
+        if job.status == JobStatus.RUNNING and trial.state == TrialState.QUEUED:
             draft.edit().trial_started(number)
         if job.is_finished:
             state, value, error = _outcome(job, trial, draft.study.objective["metric"], draft.study.status)
@@ -154,7 +154,7 @@ class StudyDriver:
     def _cancel_jobs(self, study: Study, ctx: CommandContext) -> None:
         for number in study.unfinished:
             try:
-                self.app.request_cancel(UUID(str(study.trial(number)["job_id"])), ctx)
+                self.app.request_cancel(UUID(str(study.trial(number).job_id)), ctx)
             except (JobError, JobNotFoundError):
                 pass  # finished meanwhile (its outcome is recorded on the next sync) or never submitted
 
@@ -167,25 +167,25 @@ class StudyDriver:
             self._optimizers[study.id] = opt
         return opt
 
-    def _record(self, study: Study, number: int, trial: dict[str, Any]) -> TrialRecord:
+    def _record(self, study: Study, number: int, trial: Trial) -> TrialRecord:
         intermediate: dict[int, float] = {}
         metric = step_metric_for(study.task, study.objective["metric"])
         if self.metrics is not None and metric and study.pruner.get("type", "none") != "none":
             try:
-                job = str(trial["job_id"])
+                job = str(trial.job_id)
                 intermediate = {s: v for s, v, _ in self.metrics.series(job, metric, max_points=100_000,
                                                                         attempt=self.metrics.attempt_of(job, metric))
                                 if math.isfinite(v)}
             except Exception as e:  # the metric store is away: prune decisions start from no history
                 log.warning("study %s: no intermediate values for trial %d (%s)", study.id, number, printable(e, 200))
-        return TrialRecord(number=number, params=dict(trial["params"]), state=trial["state"], value=trial["value"],
+        return TrialRecord(number=number, params=dict(trial.params), state=trial.state, value=trial.value,
                            intermediate=intermediate)
 
     def _forget(self, study: Study) -> None:
         self._optimizers.pop(study.id, None)
         for trial in study.trials.values():
-            self._job_trials.pop(UUID(str(trial["job_id"])), None)
-            self._seen.pop(UUID(str(trial["job_id"])), None)
+            self._job_trials.pop(UUID(str(trial.job_id)), None)
+            self._seen.pop(UUID(str(trial.job_id)), None)
 
     # ---- pruning (called by the report handler, on its threads) ------------------------------------
     def should_prune(self, job_id: UUID, step: int, value: float) -> bool:
@@ -312,7 +312,7 @@ class _Draft:
         return self.study
 
 
-def _outcome(job: Any, trial: dict[str, Any], metric: str, study_status: str) -> tuple[str, float | None, str | None]:
+def _outcome(job: Any, trial: Trial, metric: str, study_status: str) -> tuple[str, float | None, str | None]:
     """(trial state, objective value, error) of a finished trial job."""
     if job.status == JobStatus.COMPLETED:
         value = (job.final_metrics or {}).get(metric)
@@ -320,7 +320,7 @@ def _outcome(job: Any, trial: dict[str, Any], metric: str, study_status: str) ->
             return TrialState.COMPLETED, float(value), None
         return TrialState.FAILED, None, f"the job completed without a finite {metric!r} final metric"
     if job.status == JobStatus.CANCELLED:
-        if trial.get("prune_requested_at_step") is not None:
+        if trial.prune_requested_at_step is not None:
             return TrialState.PRUNED, None, None
         cancelled = "cancelled with the study" if study_status == StudyStatus.CANCELLING else "its job was cancelled"
         return TrialState.FAILED, None, cancelled

@@ -4,10 +4,12 @@
       │  change_traffic / promote / update / rollback ──► revision n+1 (active)
       └─ deactivate ──► revision n+1 (inactive): no change is taken after it
 
-A variant is `{"name", "model", "version", "weight", "artifact"}`: integer weights 0..100 summing to 100 over
-1-10 uniquely named variants (a variant may hold 0 and then gets no traffic). A shadow is
-`{"model", "version", "artifact"}` (it sees a copy of the traffic, its answers are never returned) or None.
-`artifact` is opaque here: the command layer fills it with what the inference server needs.
+A `Variant` is a frozen value (name, model, version, weight, artifact, and the alias it was resolved from):
+integer weights 0..100 summing to 100 over 1-10 uniquely named variants (a variant may hold 0 and then gets no
+traffic). A `Shadow` (model, version, artifact, alias) sees a copy of the traffic, its answers are never returned;
+there is one or None. `artifact` is opaque here: the command layer fills it with what the inference server needs.
+Events carry their JSON form (`to_json`) and the state is built from it (`from_json`); a change makes new values
+(`dataclasses.replace`), so `revisions` holds the values themselves, never copies.
 
 Every change makes a new revision, and every event carries the deployment's full new state (variants, shadow),
 so a consumer can take the latest revision without the history. `revisions` keeps each revision's state, what
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -63,6 +67,60 @@ class NoPreviousRevisionError(DeploymentError):
 
 class DeploymentSpecError(FieldError):
     """Invalid input; maps to HTTP 422. `field` names what is wrong, e.g. "variants[1].weight", "weights.b"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One model version taking `weight` percent of the traffic. `artifact` is never changed in place."""
+
+    name: str
+    model: str
+    version: int
+    weight: int
+    artifact: dict[str, Any]
+    alias: str | None = None  # the alias the version was resolved from, kept for the record
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Variant:
+        """No rules here: a stored event must load under any later rule (`check_variants` runs on input)."""
+        return cls(name=data["name"], model=data["model"], version=data["version"], weight=data["weight"],
+                   artifact=copy.deepcopy(data["artifact"]), alias=data.get("alias"))
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"name": self.name, "model": self.model, "version": self.version, "weight": self.weight,
+               "artifact": copy.deepcopy(self.artifact)}
+        if self.alias is not None:
+            out["alias"] = self.alias
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """The model version that sees a copy of the traffic; its answers are never returned."""
+
+    model: str
+    version: int
+    artifact: dict[str, Any]
+    alias: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Shadow:
+        return cls(model=data["model"], version=data["version"], artifact=copy.deepcopy(data["artifact"]),
+                   alias=data.get("alias"))
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"model": self.model, "version": self.version, "artifact": copy.deepcopy(self.artifact)}
+        if self.alias is not None:
+            out["alias"] = self.alias
+        return out
+
+
+def _variants_json(variants: Iterable[Variant]) -> list[dict[str, Any]]:
+    return [v.to_json() for v in variants]
+
+
+def _shadow_json(shadow: Shadow | None) -> dict[str, Any] | None:
+    return None if shadow is None else shadow.to_json()
 
 
 # ---- validation (pure; also usable by the command layer before it builds artifacts) -------------------
@@ -115,8 +173,8 @@ def check_weight(field: str, weight: Any) -> int:
     return weight
 
 
-def check_variants(variants: Any) -> list[dict[str, Any]]:
-    """1-10 variants with unique names and weights summing to 100; a deep copy of them."""
+def check_variants(variants: Any) -> tuple[Variant, ...]:
+    """1-10 variants with unique names and weights summing to 100, as values."""
     if not isinstance(variants, (list, tuple)) or not 1 <= len(variants) <= MAX_VARIANTS:
         raise DeploymentSpecError("variants", f"must be a list of 1 to {MAX_VARIANTS} variants")
     seen: set[str] = set()
@@ -134,16 +192,16 @@ def check_variants(variants: Any) -> list[dict[str, Any]]:
     total = sum(v["weight"] for v in variants)
     if total != 100:
         raise DeploymentSpecError("variants", f"weights must sum to 100, not {total}")
-    return copy.deepcopy(list(variants))
+    return tuple(Variant.from_json(v) for v in variants)
 
 
-def check_shadow(shadow: Any) -> dict[str, Any] | None:
+def check_shadow(shadow: Any) -> Shadow | None:
     if shadow is None:
         return None
     if not isinstance(shadow, dict):
         raise DeploymentSpecError("shadow", "must be an object or null")
     _check_model("shadow", shadow, SHADOW_KEYS)
-    return copy.deepcopy(shadow)
+    return Shadow.from_json(shadow)
 
 
 class StaleEvaluationError(DeploymentError):
@@ -201,8 +259,13 @@ def check_policy(policy: Any) -> dict[str, Any] | None:
 
 
 def control_of(variants: list[dict[str, Any]]) -> str:
+    """The control of variants in their JSON form (a read model's row): see `control_name`."""
+    return control_name([v["name"] for v in variants])
+
+
+def control_name(names: Iterable[str]) -> str:
     """The control: the variant named `control`, else the first."""
-    names = [v["name"] for v in variants]
+    names = list(names)
     return "control" if "control" in names else names[0]
 
 
@@ -212,8 +275,8 @@ class Deployment(Aggregate):
                reason: str | None = None, policy: dict[str, Any] | None = None) -> Deployment:
         """A new deployment with the id derived from its name; its event holds copies of the inputs."""
         check_name(name)
-        return cls(id=deployment_id(name), name=name, variants=check_variants(variants), shadow=check_shadow(shadow),
-                   reason=check_reason(reason), policy=check_policy(policy))
+        return cls(id=deployment_id(name), name=name, variants=_variants_json(check_variants(variants)),
+                   shadow=_shadow_json(check_shadow(shadow)), reason=check_reason(reason), policy=check_policy(policy))
 
     class Created(Aggregate.Created):
         """Revision 1. v2 added `policy`."""
@@ -235,8 +298,8 @@ class Deployment(Aggregate):
                  reason: str | None = None, revision: int = 1, policy: dict[str, Any] | None = None) -> None:
         # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
         self.name = name
-        self.variants = copy.deepcopy(variants)
-        self.shadow = copy.deepcopy(shadow)
+        self.variants = tuple(Variant.from_json(v) for v in variants)
+        self.shadow = None if shadow is None else Shadow.from_json(shadow)
         self.policy = copy.deepcopy(policy)
         self.halted: list[str] = []  # challengers the policy rolled back: never ramped again
         self.active = True
@@ -247,12 +310,12 @@ class Deployment(Aggregate):
     # ---- read-only views ----------------------------------------------------------------------
     @property
     def weights(self) -> dict[str, int]:
-        return {v["name"]: v["weight"] for v in self.variants}
+        return {v.name: v.weight for v in self.variants}
 
     def snapshot(self) -> dict[str, Any]:
-        """The current revision: what the inference server serves."""
+        """The current revision in its JSON form: what the inference server serves."""
         return {"name": self.name, "revision": self.revision, "active": self.active,
-                "variants": copy.deepcopy(self.variants), "shadow": copy.deepcopy(self.shadow)}
+                "variants": _variants_json(self.variants), "shadow": _shadow_json(self.shadow)}
 
     def check_active(self) -> None:
         if not self.active:
@@ -261,7 +324,7 @@ class Deployment(Aggregate):
     def _record(self, change: str, reason: str | None, rolled_back_to: int | None, at: datetime,
                 figures: dict[str, Any] | None = None) -> None:
         entry = {"revision": self.revision, "change": change, "reason": reason,
-                 "variants": copy.deepcopy(self.variants), "shadow": copy.deepcopy(self.shadow),
+                 "variants": self.variants, "shadow": self.shadow,  # values: shared, never changed
                  "active": self.active, "at": at.isoformat(), "rolled_back_to": rolled_back_to}
         if figures is not None:  # a policy action: what it was based on
             entry["figures"] = copy.deepcopy(figures)
@@ -285,9 +348,9 @@ class Deployment(Aggregate):
         if total != 100:
             raise DeploymentSpecError("weights", f"weights must sum to 100, not {total}")
         reason = check_reason(reason)
-        variants = [{**copy.deepcopy(v), "weight": weights[v["name"]]} for v in self.variants]
-        self.trigger_event(self.TrafficChanged, revision=self.revision + 1, variants=variants,
-                           shadow=copy.deepcopy(self.shadow), reason=reason)
+        variants = [replace(v, weight=weights[v.name]) for v in self.variants]
+        self.trigger_event(self.TrafficChanged, revision=self.revision + 1, variants=_variants_json(variants),
+                           shadow=_shadow_json(self.shadow), reason=reason)
 
     def promote(self, variant: str, reason: str | None = None) -> None:
         """All traffic to `variant`, none to the others."""
@@ -295,18 +358,18 @@ class Deployment(Aggregate):
         if not isinstance(variant, str) or variant not in self.weights:
             raise DeploymentSpecError("variant", f"deployment {self.name} has no variant {variant!r}")
         reason = check_reason(reason)
-        variants = [{**copy.deepcopy(v), "weight": 100 if v["name"] == variant else 0} for v in self.variants]
-        self.trigger_event(self.Promoted, revision=self.revision + 1, variants=variants,
-                           shadow=copy.deepcopy(self.shadow), reason=reason)
+        variants = [replace(v, weight=100 if v.name == variant else 0) for v in self.variants]
+        self.trigger_event(self.Promoted, revision=self.revision + 1, variants=_variants_json(variants),
+                           shadow=_shadow_json(self.shadow), reason=reason)
 
     def update(self, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
                reason: str | None = None) -> None:
         """Replace the variants and the shadow (None: no shadow), e.g. to serve a new model version."""
         self.check_active()
-        variants = check_variants(variants)
-        shadow = check_shadow(shadow)
+        new_variants, new_shadow = check_variants(variants), check_shadow(shadow)
         reason = check_reason(reason)
-        self.trigger_event(self.Updated, revision=self.revision + 1, variants=variants, shadow=shadow, reason=reason)
+        self.trigger_event(self.Updated, revision=self.revision + 1, variants=_variants_json(new_variants),
+                           shadow=_shadow_json(new_shadow), reason=reason)
 
     def rollback(self, reason: str | None = None) -> None:
         """A new revision with the variants and shadow of the revision before the current one."""
@@ -315,8 +378,8 @@ class Deployment(Aggregate):
             raise NoPreviousRevisionError(f"deployment {self.name} has no revision before {self.revision}")
         reason = check_reason(reason)
         target = self.revisions[self.revision - 2]
-        self.trigger_event(self.RolledBack, revision=self.revision + 1, variants=copy.deepcopy(target["variants"]),
-                           shadow=copy.deepcopy(target["shadow"]), reason=reason, rolled_back_to=target["revision"])
+        self.trigger_event(self.RolledBack, revision=self.revision + 1, variants=_variants_json(target["variants"]),
+                           shadow=_shadow_json(target["shadow"]), reason=reason, rolled_back_to=target["revision"])
 
     # ---- the policy (commands/ab_policy.py decides; these record) -----------------------------------------
     def set_policy(self, policy: dict[str, Any] | None, reason: str | None = None) -> None:
@@ -340,7 +403,7 @@ class Deployment(Aggregate):
                                        f"the evaluation was of revision {based_on_revision}")
         if action not in tuple(PolicyAction):
             raise DeploymentSpecError("action", f"one of {', '.join(PolicyAction)}")
-        control = control_of(self.variants)
+        control = control_name(self.weights)
         if variant not in self.weights or variant == control:
             raise DeploymentSpecError("variant", f"{variant!r} is not a challenger of deployment {self.name}")
         if action == "step" and variant in self.halted:
@@ -357,10 +420,10 @@ class Deployment(Aggregate):
             weights[variant] = target
             if weights[control] < 0:
                 raise DeploymentSpecError("weight", f"the control cannot give {variant} a weight of {target}")
-        variants = [{**copy.deepcopy(v), "weight": weights[v["name"]]} for v in self.variants]
+        variants = [replace(v, weight=weights[v.name]) for v in self.variants]
         event_class = {"step": self.PolicyStepped, "promote": self.PolicyPromoted, "halt": self.PolicyHalted}[action]
-        self.trigger_event(event_class, revision=self.revision + 1, variants=variants,
-                           shadow=copy.deepcopy(self.shadow), reason=check_reason(reason[:MAX_REASON]), variant=variant, figures=copy.deepcopy(figures))
+        self.trigger_event(event_class, revision=self.revision + 1, variants=_variants_json(variants),
+                           shadow=_shadow_json(self.shadow), reason=check_reason(reason[:MAX_REASON]), variant=variant, figures=copy.deepcopy(figures))
 
     # ---- the events that make a new revision ------------------------------------------------------------
     class Revision(Aggregate.Event):
@@ -384,8 +447,8 @@ class Deployment(Aggregate):
 
         def apply(self, deployment: Any) -> None:
             deployment.revision = self.revision
-            deployment.variants = copy.deepcopy(self.variants)
-            deployment.shadow = copy.deepcopy(self.shadow)
+            deployment.variants = tuple(Variant.from_json(v) for v in self.variants)
+            deployment.shadow = None if self.shadow is None else Shadow.from_json(self.shadow)
             details = self.details()
             deployment._record(self.change_name, self.reason, details["rolled_back_to"], self.timestamp,
                                details["figures"])

@@ -14,8 +14,10 @@ transaction by the command layer (commands/models.py). No I/O here.
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -74,6 +76,31 @@ def check_description(description: Any) -> str:
     return description
 
 
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """What a version records of the job that made it, frozen at registration. Its JSON values (dataset, params,
+    metrics, artifact, feature names, class labels) are never changed in place."""
+
+    job_id: str
+    framework: str
+    task: str
+    dataset: dict[str, Any]
+    dataset_sha256: str | None
+    params: dict[str, Any]
+    final_metrics: dict[str, Any] | None
+    artifact: dict[str, Any]  # uri, sha256, size_bytes, format
+    feature_names: list[str] | None
+    class_labels: list[Any] | None
+    study_id: str | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Lineage:
+        return cls(**{name: copy.deepcopy(data[name]) for name in cls.__dataclass_fields__})
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: copy.deepcopy(getattr(self, name)) for name in self.__dataclass_fields__}
+
+
 class RegisteredModel(Aggregate):
     @classmethod
     def create(cls, name: str, description: str = "", tags: list[str] | None = None) -> RegisteredModel:
@@ -85,7 +112,7 @@ class RegisteredModel(Aggregate):
     def __init__(self, id: UUID, name: str, description: str, tags: list[str]) -> None:
         # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
         self.name, self.description, self.tags = name, description, list(tags)
-        self.versions: dict[int, dict[str, Any]] = {}  # number → {lineage, onnx, parity, export_id}
+        self.versions: dict[int, dict[str, Any]] = {}  # number → {job_id, lineage (a Lineage), onnx, parity, export_id}
         self.aliases: dict[str, int] = {}
 
     @property
@@ -103,16 +130,16 @@ class RegisteredModel(Aggregate):
         return ref
 
     # ---- versions ------------------------------------------------------------------------------
-    def register_version(self, job_id: UUID, lineage: dict[str, Any]) -> int:
+    def register_version(self, job_id: UUID, lineage: Lineage) -> int:
         """Register a completed job's artifact as the next version; returns its number."""
         number = self.latest_version + 1
-        self._version_registered(version=number, job_id=job_id, lineage=lineage)
+        self._version_registered(version=number, job_id=job_id, lineage=lineage.to_json())
         return number
 
     @event("VersionRegistered")
     def _version_registered(self, version: int, job_id: UUID, lineage: dict[str, Any]) -> None:
-        self.versions[version] = {"job_id": job_id, "lineage": lineage, "onnx": None, "parity": None,
-                                  "export_id": None}
+        self.versions[version] = {"job_id": job_id, "lineage": Lineage.from_json(lineage), "onnx": None,
+                                  "parity": None, "export_id": None}
 
     def attach_onnx(self, version: int, export_id: UUID, onnx: dict[str, Any], parity: dict[str, Any]) -> None:
         """A completed export's ONNX artifact becomes the version's serving artifact (the latest export wins).

@@ -17,8 +17,8 @@ least once and out of order: a repeat of what was recorded is a no-op, and a lat
 or an ended study is recorded (an outcome) or ignored (a start or prune), never refused. An ended study never
 changes status again. No I/O here.
 
-A trial's record is replaced, never changed in place (the `_trial_*` mutators), and so is every other attribute
-a mutator sets (`best`, `status`, the reasons); what the study was created with never changes. So a copy of a study
+A trial's record is a frozen `Trial` that the `_trial_*` mutators replace, and every other attribute a mutator
+sets (`best`, `status`, the reasons) is replaced too; what the study was created with never changes. So a copy of a study
 (`__deepcopy__`) shares all of it but its own `trials` mapping: the driver copies a study at each decision, the
 repository's cache at each load, and a deep copy of every trial's params was most of what a sync of a 50-trial
 study cost.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
@@ -60,6 +61,33 @@ class TrialOutcomeError(StudyError):
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    """What the study recorded of one trial. Replaced (`dataclasses.replace`), never changed, so copies of a study
+    share them; `params` is the sampler's JSON object and is never changed in place either."""
+
+    number: int
+    params: dict[str, Any]
+    job_id: UUID
+    state: str  # a TrialState; kept as the event recorded it, so a stored event loads under any later vocabulary
+    value: float | None = None
+    prune_requested_at_step: int | None = None
+    pruned_at_step: int | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Trial:
+        return cls(number=data["number"], params=copy.deepcopy(data["params"]), job_id=UUID(str(data["job_id"])),
+                   state=data["state"], value=data.get("value"),
+                   prune_requested_at_step=data.get("prune_requested_at_step"),
+                   pruned_at_step=data.get("pruned_at_step"), error=data.get("error"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"number": self.number, "params": copy.deepcopy(self.params), "job_id": str(self.job_id),
+                "state": str(self.state), "value": self.value, "prune_requested_at_step": self.prune_requested_at_step,
+                "pruned_at_step": self.pruned_at_step, "error": self.error}
 
 
 class Study(Aggregate):
@@ -108,7 +136,7 @@ class Study(Aggregate):
         self.priority = priority
         self.tags = tags
         self.status = StudyStatus.RUNNING
-        self.trials: dict[int, dict[str, Any]] = {}
+        self.trials: dict[int, Trial] = {}
         self.best: dict[str, Any] | None = None
         self.cancel_reason: str | None = None
         self.finished_reason: str | None = None
@@ -125,13 +153,13 @@ class Study(Aggregate):
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(TrialState, 0)
         for trial in self.trials.values():
-            counts[trial["state"]] += 1
+            counts[trial.state] += 1
         return counts
 
     @property
     def unfinished(self) -> list[int]:
         """Numbers of the trials still queued or running, in order."""
-        return [n for n, t in sorted(self.trials.items()) if t["state"] in TRIAL_UNFINISHED]
+        return [n for n, t in sorted(self.trials.items()) if t.state in TRIAL_UNFINISHED]
 
     @property
     def next_number(self) -> int:
@@ -152,12 +180,12 @@ class Study(Aggregate):
         out: list[tuple[int, float, float]] = []
         best: float | None = None
         for n, t in sorted(self.trials.items()):
-            if t["state"] == TrialState.COMPLETED:
-                best = t["value"] if best is None or self.better(t["value"], best) else best
-                out.append((n, t["value"], best))
+            if t.state == TrialState.COMPLETED:
+                best = t.value if best is None or self.better(t.value, best) else best
+                out.append((n, t.value, best))
         return out
 
-    def trial(self, number: int) -> dict[str, Any]:
+    def trial(self, number: int) -> Trial:
         if number not in self.trials:
             raise TrialNumberError(f"study {self.id} has no trial {number}")
         return self.trials[number]
@@ -167,7 +195,7 @@ class Study(Aggregate):
         """Record the sampler's trial `number` (the next one) run as job `job_id`. A repeat is a no-op."""
         if number in self.trials:
             t = self.trials[number]
-            if t["params"] == params and t["job_id"] == job_id:
+            if t.params == params and t.job_id == job_id:
                 return
             raise TrialNumberError(f"trial {number} of study {self.id} was asked with other params or job")
         if self.status != StudyStatus.RUNNING:
@@ -176,24 +204,22 @@ class Study(Aggregate):
             raise TrialNumberError(f"the next trial of study {self.id} is {self.next_number}, not {number}")
         if number >= self.n_trials:
             raise TrialLimitError(f"study {self.id} runs at most {self.n_trials} trials")
-        if any(t["job_id"] == job_id for t in self.trials.values()):
+        if any(t.job_id == job_id for t in self.trials.values()):
             raise StudyError(f"job {job_id} already runs another trial of study {self.id}")
         self._trial_asked(number=number, params=copy.deepcopy(params), job_id=job_id)
 
     @event("TrialAsked")
     def _trial_asked(self, number: int, params: dict[str, Any], job_id: UUID) -> None:
-        self.trials[number] = {"number": number, "params": params, "job_id": job_id, "state": TrialState.QUEUED,
-                               "value": None, "prune_requested_at_step": None, "pruned_at_step": None,
-                               "error": None}
+        self.trials[number] = Trial(number=number, params=params, job_id=job_id, state=TrialState.QUEUED)
 
     def trial_started(self, number: int) -> None:
         """The trial's job started; a repeat or a late report (trial already running or ended) is a no-op."""
-        if self.trial(number)["state"] == TrialState.QUEUED:
+        if self.trial(number).state == TrialState.QUEUED:
             self._trial_started(number=number)
 
     @event("TrialStarted")
     def _trial_started(self, number: int) -> None:
-        self.trials[number] = {**self.trials[number], "state": TrialState.RUNNING}
+        self.trials[number] = replace(self.trials[number], state=TrialState.RUNNING)
 
     def prune_trial(self, number: int, step: int, value: float | None) -> None:
         """The driver decided the trial should stop at `step` (its job will end cancelled, then the driver
@@ -201,12 +227,12 @@ class Study(Aggregate):
         t = self.trial(number)
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"prune step must be a non-negative int, not {step!r}")
-        if t["state"] in TRIAL_UNFINISHED and t["prune_requested_at_step"] is None:
+        if t.state in TRIAL_UNFINISHED and t.prune_requested_at_step is None:
             self._trial_prune_requested(number=number, step=step, value=float(value) if _finite(value) else None)
 
     @event("TrialPruneRequested")
     def _trial_prune_requested(self, number: int, step: int, value: float | None) -> None:
-        self.trials[number] = {**self.trials[number], "prune_requested_at_step": step}
+        self.trials[number] = replace(self.trials[number], prune_requested_at_step=step)
 
     def finish_trial(self, number: int, state: str, value: float | None = None, error: str | None = None) -> None:
         """Record the trial's outcome once ("completed" needs a finite value); a repeat of the same outcome is a
@@ -216,21 +242,21 @@ class Study(Aggregate):
         t = self.trial(number)
         if state not in TRIAL_OUTCOMES:
             raise ValueError(f"a trial ends {' / '.join(TRIAL_OUTCOMES)}, not {state!r}")
-        if t["state"] in TRIAL_OUTCOMES:
-            if t["state"] == state:
+        if t.state in TRIAL_OUTCOMES:
+            if t.state == state:
                 return
-            raise TrialOutcomeError(f"trial {number} of study {self.id} already ended {t['state']}")
+            raise TrialOutcomeError(f"trial {number} of study {self.id} already ended {t.state}")
         if state == TrialState.COMPLETED and not _finite(value):
             raise ValueError(f"a completed trial needs a finite objective value, not {value!r}")
-        pruned_at_step = t["prune_requested_at_step"] if state == TrialState.PRUNED else None
+        pruned_at_step = t.prune_requested_at_step if state == TrialState.PRUNED else None
         self._trial_finished(number=number, state=state, value=float(value) if _finite(value) else None,
                              pruned_at_step=pruned_at_step, error=error)
         if state == TrialState.COMPLETED:
-            v = self.trials[number]["value"]
+            v = self.trials[number].value
             if (self.best is None or self.better(v, self.best["value"])
                     or (v == self.best["value"] and number < self.best["number"])):
-                self._best_trial_improved(number=number, value=v, params=t["params"], job_id=t["job_id"])
-        finished = sum(1 for t in self.trials.values() if t["state"] in TRIAL_OUTCOMES)
+                self._best_trial_improved(number=number, value=v, params=t.params, job_id=t.job_id)
+        finished = sum(1 for t in self.trials.values() if t.state in TRIAL_OUTCOMES)
         if self.status == StudyStatus.RUNNING and finished >= self.n_trials:
             self._completed(reason=f"all {self.n_trials} trials finished")
         elif self.status == StudyStatus.CANCELLING and not self.unfinished:
@@ -239,8 +265,8 @@ class Study(Aggregate):
     @event("TrialFinished")
     def _trial_finished(self, number: int, state: str, value: float | None, pruned_at_step: int | None,
                         error: str | None) -> None:
-        self.trials[number] = {**self.trials[number], "state": state, "value": value,
-                               "pruned_at_step": pruned_at_step, "error": error}
+        self.trials[number] = replace(self.trials[number], state=state, value=value, pruned_at_step=pruned_at_step,
+                                      error=error)
 
     @event("BestTrialImproved")
     def _best_trial_improved(self, number: int, value: float, params: dict[str, Any], job_id: UUID) -> None:

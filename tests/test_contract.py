@@ -126,10 +126,12 @@ def test_the_envelope_carries_who_and_why() -> None:
 def registry_events() -> list:
     from domain.api_key import ApiKey, hash_key, key_prefix, new_key
     from domain.deployment import Deployment
-    from domain.models import ModelExport, RegisteredModel, model_id
+    from domain.models import Lineage, ModelExport, RegisteredModel, model_id
 
     model = RegisteredModel(id=model_id("m"), name="m", description="d", tags=["t"])
-    model.register_version(uuid4(), {"job_id": "j", "framework": "lightgbm"})
+    model.register_version(uuid4(), Lineage(job_id="j", framework="lightgbm", task="regression", dataset={},
+                                            dataset_sha256=None, params={}, final_metrics=None, artifact={},
+                                            feature_names=None, class_labels=None, study_id=None))
     model.set_alias("production", 1)
     model.attach_onnx(1, uuid4(), {"uri": "file:///m.onnx", "sha256": "0" * 64}, {"max_abs_diff": 0.0})
     model.remove_alias("production")

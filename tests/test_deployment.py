@@ -3,6 +3,7 @@ commands change nothing and name what was wrong, and the events rebuild the same
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
@@ -10,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from domain.contract import envelope
 from domain.deployment import (CHANGES, Deployment, DeploymentError, DeploymentInactiveError, DeploymentSpecError,
-                               NoPreviousRevisionError, deployment_id)
-from tests.support.strategies import (deployment_commands, run_deployment_command, shadows, variant,
+                               NoPreviousRevisionError, Shadow, Variant, deployment_id)
+from tests.support.strategies import (as_json, deployment_commands, run_deployment_command, shadows, variant,
                                       variant_lists)
 
 STATE_KEYS = ("revision", "change", "reason", "variants", "shadow", "active", "rolled_back_to")
@@ -57,13 +58,14 @@ def test_any_command_sequence_follows_the_reference_model_and_replays_to_the_sam
             assert not new and state(d) == before  # refused: nothing changed
         events.extend(new)
         # the current revision is legal and is the model's last one
-        assert [{k: r[k] for k in STATE_KEYS} for r in d.revisions] == model
+        assert [{k: r[k] for k in STATE_KEYS} for r in map(as_json, d.revisions)] == model
         assert [r["revision"] for r in d.revisions] == list(range(1, d.revision + 1))
         assert all(r["change"] in CHANGES for r in d.revisions)
-        assert sum(v["weight"] for v in d.variants) == 100 and 1 <= len(d.variants) <= 10
-        assert (d.variants, d.shadow, d.active) == (model[-1]["variants"], model[-1]["shadow"], model[-1]["active"])
+        assert sum(v.weight for v in d.variants) == 100 and 1 <= len(d.variants) <= 10
+        assert (d.variants, d.shadow) == (d.revisions[-1]["variants"], d.revisions[-1]["shadow"])
+        assert d.active == model[-1]["active"]
         assert d.snapshot() == {"name": "fraud-scoring", "revision": d.revision, "active": d.active,
-                                "variants": d.variants, "shadow": d.shadow}
+                                "variants": model[-1]["variants"], "shadow": model[-1]["shadow"]}
     rebuilt = None
     for e in events:
         rebuilt = e.mutate(rebuilt)
@@ -135,11 +137,12 @@ def test_creation_derives_the_id_from_the_name_and_keeps_its_own_copies() -> Non
     assert d.id == deployment_id("fraud") != deployment_id("fraud-2") and d.revision == d.version == 1
     variants[0]["weight"] = 7
     variants[0]["artifact"]["uri"] = "changed"
-    assert d.variants[0]["weight"] == 100 and d.variants[0]["artifact"]["uri"] != "changed"
+    assert d.variants[0].weight == 100 and d.variants[0].artifact["uri"] != "changed"
     assert d.collect_events()[0].variants[0]["weight"] == 100
     snap = d.snapshot()
     snap["variants"][0]["weight"] = 3
-    assert d.variants[0]["weight"] == 100
+    snap["variants"][0]["artifact"]["uri"] = "changed"
+    assert d.variants[0].weight == 100 and d.variants[0].artifact["uri"] != "changed"
 
 
 def test_traffic_and_promote_guards_name_the_field() -> None:
@@ -158,3 +161,16 @@ def test_traffic_and_promote_guards_name_the_field() -> None:
     d.change_traffic({"champion": 0, "challenger": 100}, reason="all in")
     assert d.weights == {"champion": 0, "challenger": 100} and d.revisions[-1]["reason"] == "all in"
     assert d.revision == 2 and len(d.collect_events()) == 2
+
+
+def test_variants_and_the_shadow_are_frozen_values_that_round_trip_through_json() -> None:
+    shadow = {"model": "fraud-nn", "version": 4, "artifact": {"uri": "s3://models/fraud-nn/4.onnx"}, "alias": "prod"}
+    d = Deployment.create("fraud", [variant("champion", 90), variant("challenger", 10, version=2)], shadow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.variants[0].weight = 0  # type: ignore[misc]
+    assert [Variant.from_json(v.to_json()) for v in d.variants] == list(d.variants)
+    assert d.variants[0].to_json() == variant("champion", 90) and d.shadow is not None
+    assert Shadow.from_json(d.shadow.to_json()) == d.shadow and d.shadow.to_json() == shadow
+    d.change_traffic({"champion": 50, "challenger": 50})
+    assert d.revisions[-1]["variants"] is d.variants and d.revisions[-1]["shadow"] is d.shadow
+    assert d.revisions[0]["variants"][0].weight == 90 and d.variants[0].weight == 50

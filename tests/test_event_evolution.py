@@ -3,15 +3,18 @@ loads (the rules run in factories and command methods, never when an event is ap
 of every event that has since gained a field loads through its upcaster with the field's default."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from uuid import uuid4
+
+import pytest
 
 from eventsourcing.application import Application
 
 from domain.api_key import ApiKey
 from domain.contract import envelope
 from domain.deployment import Deployment
-from domain.models import ModelExport, RegisteredModel
+from domain.models import Lineage, ModelExport, RegisteredModel
 from domain.study import Study
 from domain.training_job import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, TrainingJob
 from tests.support.stored_events import as_v1, store_and_load, store_and_read
@@ -37,6 +40,25 @@ def test_a_model_stored_with_a_description_todays_rules_refuse_still_loads() -> 
     model = RegisteredModel.create("churn", "fine", ["t"])
     loaded = store_and_load(model, _set("Created", name="no spaces allowed", description="\x07" + "d" * 6000))
     assert loaded.name == "no spaces allowed" and len(loaded.description) == 6001
+
+
+LINEAGE = {"job_id": str(uuid4()), "framework": "lightgbm", "task": "binary_classification",
+           "dataset": {"uri": "builtin://breast_cancer"}, "dataset_sha256": "1" * 64, "params": {"n_estimators": 5},
+           "final_metrics": {"auc": 0.9}, "artifact": {**ARTIFACT, "size_bytes": 10, "format": "lightgbm"},
+           "feature_names": ["a", "b"], "class_labels": [0, 1], "study_id": None}
+
+
+def test_a_versions_lineage_is_stored_as_its_json_and_loads_as_a_frozen_lineage() -> None:
+    def registered() -> RegisteredModel:
+        model = RegisteredModel.create("churn", "fine", ["t"])
+        model.register_version(uuid4(), Lineage.from_json(LINEAGE))
+        return model
+
+    assert store_and_read(registered())[-1].lineage == LINEAGE  # the payload is the JSON it always was
+    lineage = store_and_load(registered()).versions[1]["lineage"]
+    assert lineage == Lineage.from_json(LINEAGE) and lineage.to_json() == LINEAGE
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        lineage.framework = "pytorch"  # type: ignore[misc]
 
 
 def test_an_export_stored_with_a_format_and_tolerance_todays_rules_refuse_still_loads() -> None:

@@ -17,7 +17,7 @@ from commands.context import CommandContext
 from commands.training import TrainingApplication
 from domain.api_key import ApiKey, hash_key, key_prefix, new_key
 from domain.deployment import Deployment
-from domain.models import ModelExport, RegisteredModel, model_id
+from domain.models import Lineage, ModelExport, RegisteredModel, model_id
 from infra.postgres import eventsourcing_env, pool as make_pool
 from projections.deployments import DeploymentQueries, DeploymentsProjection, DeploymentsView
 from projections.models import ModelQueries, ModelsProjection, ModelsView
@@ -96,10 +96,12 @@ def test_deployment_history_equals_the_revisions_and_a_rebuild_equals_live(store
     assert rows(store.url, TABLES["deployments"]) == live
     history = store.deployments.history(name)
     assert [(h["revision"], h["change"], h["reason"], h["variants"], h["shadow"], h["active"], h["rolled_back_to"])
-            for h in history] == [(r["revision"], r["change"], r["reason"], r["variants"], r["shadow"], r["active"],
-                                   r["rolled_back_to"]) for r in d.revisions]
+            for h in history] == [(r["revision"], r["change"], r["reason"], [v.to_json() for v in r["variants"]],
+                                   r["shadow"] and r["shadow"].to_json(), r["active"], r["rolled_back_to"])
+                                  for r in d.revisions]
     current = store.deployments.get(name)
-    assert (current["revision"], current["active"], current["variants"]) == (d.revision, d.active, d.variants)
+    assert (current["revision"], current["active"], current["variants"]) == (d.revision, d.active,
+                                                                             d.snapshot()["variants"])
     assert sum(v["weight"] for v in current["variants"]) == 100
     assert (store.deployments.key(api_key.id)["revoked_at"] is not None) == revoke
     assert all(k["key_hash"] != key for k in store.deployments.live_keys())
@@ -111,7 +113,9 @@ def test_model_versions_aliases_and_exports_rebuild_to_the_live_tables(store) ->
     name = f"m-{uuid4().hex[:8]}"
     model = RegisteredModel(id=model_id(name), name=name, description="d", tags=["x"])
     for n in range(3):
-        model.register_version(uuid4(), {"job_id": str(uuid4()), "framework": "lightgbm", "n": n})
+        model.register_version(uuid4(), Lineage(job_id=str(uuid4()), framework="lightgbm", task="regression",
+                                                dataset={}, dataset_sha256=None, params={"n": n}, final_metrics=None,
+                                                artifact={}, feature_names=None, class_labels=None, study_id=None))
     model.set_alias("production", 1)
     model.set_alias("production", 3)
     model.set_alias("staging", 2)

@@ -126,7 +126,7 @@ def test_processing_a_prefix_twice_changes_nothing_and_a_rebuild_equals_the_live
     trials, total = store.queries.trials(study.id)
     assert total == len(study.trials)
     assert [(r["number"], r["state"], r["params"], r["value"], r["job_id"], r["pruned_at_step"]) for r in trials] == [
-        (n, t["state"], t["params"], t["value"], t["job_id"], t["pruned_at_step"]) for n, t in study.trials.items()]
+        (n, t.state, t.params, t.value, t.job_id, t.pruned_at_step) for n, t in study.trials.items()]
     assert final[0][0][-1] == study.version  # trial events move the study's version too
 
     for e, t in events:  # a rebuild into a database that has never seen this study

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from domain.study import Study, StudyError, StudyFinishedError, TrialLimitError, TrialNumberError, TrialOutcomeError
+from domain.study import (Study, StudyError, StudyFinishedError, Trial, TrialLimitError, TrialNumberError,
+                          TrialOutcomeError)
 from domain.vocabulary import STUDY_ENDED as FINISHED
 from tests.support.strategies import TRIAL_JOBS, apply_study_command, new_study, study_commands
 
 
 def expected_best(study: Study) -> tuple[int, float] | None:
-    done = [(n, t["value"]) for n, t in study.trials.items() if t["state"] == "completed"]
+    done = [(n, t.value) for n, t in study.trials.items() if t.state == "completed"]
     if not done:
         return None
     sign = -1 if study.objective["direction"] == "maximize" else 1
@@ -48,26 +50,26 @@ def test_any_command_sequence_leaves_a_legal_state_and_replays_to_the_same_objec
                                                  "TrialAsked") for e in new)
         assert study.status in ("running", "cancelling", *FINISHED)
         assert sorted(study.trials) == list(range(len(study.trials))) and len(study.trials) <= study.n_trials
-        assert len({t["job_id"] for t in study.trials.values()}) == len(study.trials)
+        assert len({t.job_id for t in study.trials.values()}) == len(study.trials)
         assert sum(study.counts.values()) == len(study.trials)
-        assert study.unfinished == [n for n, t in study.trials.items() if t["state"] in ("queued", "running")]
+        assert study.unfinished == [n for n, t in study.trials.items() if t.state in ("queued", "running")]
         for n, t in study.trials.items():
-            assert t["number"] == n
+            assert t.number == n
             if n in outcomes:
-                assert t["state"] == outcomes[n]  # an outcome is recorded once
-            elif t["state"] in ("completed", "pruned", "failed"):
-                outcomes[n] = t["state"]
-            if t["state"] == "completed":
-                assert isinstance(t["value"], float) and math.isfinite(t["value"])
-            if t["state"] == "pruned":
-                assert t["pruned_at_step"] == t["prune_requested_at_step"]
+                assert t.state == outcomes[n]  # an outcome is recorded once
+            elif t.state in ("completed", "pruned", "failed"):
+                outcomes[n] = t.state
+            if t.state == "completed":
+                assert isinstance(t.value, float) and math.isfinite(t.value)
+            if t.state == "pruned":
+                assert t.pruned_at_step == t.prune_requested_at_step
         best = expected_best(study)
         if best is None:
             assert study.best is None
         else:
             assert study.best is not None and (study.best["number"], study.best["value"]) == best
-            assert study.best["params"] == study.trials[best[0]]["params"]
-            assert study.best["job_id"] == study.trials[best[0]]["job_id"]
+            assert study.best["params"] == study.trials[best[0]].params
+            assert study.best["job_id"] == study.trials[best[0]].job_id
         if study.status == "cancelling":
             assert study.unfinished and study.cancel_reason
         if study.status == "running" and len(study.trials) == study.n_trials:
@@ -75,7 +77,7 @@ def test_any_command_sequence_leaves_a_legal_state_and_replays_to_the_same_objec
         if study.is_finished:
             assert study.finished_reason
         history = study.history()
-        assert [h[0] for h in history] == sorted(n for n, t in study.trials.items() if t["state"] == "completed")
+        assert [h[0] for h in history] == sorted(n for n, t in study.trials.items() if t.state == "completed")
         assert (history[-1][2] if history else None) == (best[1] if best else None)
     rebuilt = events[0].mutate(None)
     for e in events[1:]:
@@ -131,7 +133,7 @@ def test_cancel_with_running_trials_waits_for_them() -> None:
         study.ask_trial(3, {"lr": 0.1}, TRIAL_JOBS[3])
     study.prune_trial(0, 4, 0.2)
     study.finish_trial(0, "pruned")
-    assert study.status == "cancelling" and study.trials[0]["pruned_at_step"] == 4
+    assert study.status == "cancelling" and study.trials[0].pruned_at_step == 4
     study.finish_trial(1, "failed", error="cancelled")
     assert study.status == "cancelled" and study.finished_reason == "user asked"
     with pytest.raises(StudyFinishedError):
@@ -181,7 +183,7 @@ def test_outcomes_are_recorded_once_and_completed_needs_a_finite_value() -> None
         study.finish_trial(0, "completed", 1.0)
     with pytest.raises(TrialNumberError):
         study.finish_trial(7, "failed")
-    assert study.trials[0]["state"] == "failed" and study.trials[0]["error"] == "oom"
+    assert study.trials[0].state == "failed" and study.trials[0].error == "oom"
 
 
 def test_complete_early_needs_no_unfinished_trials_and_fail_ends_the_study() -> None:
@@ -206,3 +208,26 @@ def test_creation_needs_an_objective_with_a_direction_and_at_least_one_trial() -
     for direction, n_trials, max_parallel in (("sideways", 3, 1), ("maximize", 0, 1), ("minimize", 3, 0)):
         with pytest.raises(ValueError):
             new_study(direction, n_trials, max_parallel)
+
+
+def test_a_trial_record_is_frozen_and_round_trips_through_json() -> None:
+    study = new_study()
+    study.ask_trial(0, {"lr": 0.1}, TRIAL_JOBS[0])
+    study.prune_trial(0, 3, 0.2)
+    study.finish_trial(0, "pruned")
+    trial = study.trial(0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        trial.state = "running"  # type: ignore[misc]
+    assert trial.to_json() == {"number": 0, "params": {"lr": 0.1}, "job_id": str(TRIAL_JOBS[0]), "state": "pruned",
+                               "value": None, "prune_requested_at_step": 3, "pruned_at_step": 3, "error": None}
+    assert Trial.from_json(trial.to_json()) == trial
+
+
+def test_a_copy_of_a_study_shares_its_trial_records_and_misses_later_ones() -> None:
+    study = new_study()
+    study.ask_trial(0, {"lr": 0.1}, TRIAL_JOBS[0])
+    copied = copy.deepcopy(study)
+    assert copied.trials is not study.trials and copied.trials[0] is study.trials[0]
+    study.trial_started(0)
+    study.ask_trial(1, {"lr": 0.2}, TRIAL_JOBS[1])
+    assert copied.trials[0].state == "queued" and list(copied.trials) == [0]

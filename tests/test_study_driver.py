@@ -54,11 +54,11 @@ def test_a_trials_reports_move_its_study_without_waiting_for_the_events_trip(dat
         try:
             await asyncio.to_thread(driver.sync, study_id)  # what the study's `created` event does: ask trial 0
             assert driver.studies.get(study_id).next_number == 1
-            job_id = UUID(str(driver.studies.get(study_id).trial(0)["job_id"]))
+            job_id = UUID(str(driver.studies.get(study_id).trial(0).job_id))
             await asyncio.to_thread(report, "claim", job_id)
             await asyncio.to_thread(report, "completed", job_id, final_metrics={"auc": 0.97},
                                     artifact={"uri": "file:///m.txt"})
-            await asyncio.to_thread(wait_for, lambda s: s.next_number == 2 and s.trial(0)["value"] == 0.97,
+            await asyncio.to_thread(wait_for, lambda s: s.next_number == 2 and s.trial(0).value == 0.97,
                                     "trial 0 recorded and trial 1 asked right after the completed report")
             # the job's own events, when they come through JetStream, need no second sync; a newer one does
             version = app.get_job(job_id).version
@@ -105,7 +105,7 @@ def test_an_ask_and_its_job_are_saved_together_or_not_at_all(database_url: str) 
         study = driver.sync(fine)
         job = app.get_job(trial_job_id(fine, 0))
         assert study.next_number == 1 and job.study_id == fine and job.trial_number == 0
-        assert job.params["num_leaves"] == study.trial(0)["params"]["num_leaves"] and job.status == "queued"
+        assert job.params["num_leaves"] == study.trial(0).params["num_leaves"] and job.status == "queued"
     finally:
         pool.close()
         app.close()

@@ -206,11 +206,18 @@ deactivate = st.tuples(st.just("deactivate"), reasons)
 KINDS = {"traffic": traffic, "promote": promote, "update": update, "rollback": rollback, "deactivate": deactivate}
 deployment_commands = st.sampled_from(["traffic"] * 8 + ["promote"] * 5 + ["update"] * 8 + ["rollback"] * 6 + ["deactivate"]
                            ).flatmap(KINDS.__getitem__)  # the end is rare
+def as_json(revision: dict[str, Any]) -> dict[str, Any]:
+    """A revision of `Deployment.revisions` with its variants and shadow in their JSON form (the reference model's)."""
+    shadow = revision["shadow"]
+    return {**revision, "variants": [v.to_json() for v in revision["variants"]],
+            "shadow": None if shadow is None else shadow.to_json()}
+
+
 def run_deployment_command(d: Deployment, cmd: tuple) -> tuple[Any, Any]:
     """Apply `cmd`; returns (what the reference model expects: a revision dict, an error class or a spec
     field) and (what happened: None or the exception)."""
     name = cmd[0]
-    revs = d.revisions
+    revs = [as_json(r) for r in d.revisions]
     cur = revs[-1]
     reason, reason_field = cmd[-1]
     new = {"revision": d.revision + 1, "reason": reason, "shadow": cur["shadow"], "active": True,
