@@ -42,7 +42,7 @@ _TOKEN = "1-128 characters of letters, digits and ._:@/+=-"
 _TOKEN_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
 # The headers every command route reads, as documented in the OpenAPI description. They are read from the request
 # in `command_context` rather than declared as FastAPI `Header` parameters: FastAPI resolves declared parameters on
-# every request with machinery that cost a fifth of a submit's CPU in the API (bench/RESULTS.md).
+# every request with machinery that is a large part of a submit's CPU in the API (bench/RESULTS.md).
 COMMAND_HEADERS = [
     {"name": "X-Trainyard-Actor", "in": "header", "required": False,
      "description": f"who acts (until authentication exists; else `anonymous`): {_TOKEN}",

@@ -54,8 +54,7 @@ class TrainyardApplication(Application[UUID]):
 
     def load(self, aggregate_id: UUID, not_found: type[LookupError], copy: bool = True) -> Any:
         """The aggregate, from the cache (fast-forwarded) or the store. `copy=False` skips the cache's deep copy
-        (a study's with its trials was a quarter of serve's CPU in a study): only for readers that never change
-        the object they get."""
+        (a study's copies every trial): only for readers that never change the object they get."""
         try:
             return self.repository.get(aggregate_id, deepcopy_from_cache=copy)
         except AggregateNotFoundError:

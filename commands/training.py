@@ -46,8 +46,8 @@ class SubmitJob:
     report_metric: str | None = None
 
     def fields(self) -> dict[str, Any]:
-        """The fields, with their own copies of the containers (dataclasses.asdict deep-copies everything, which
-        cost a tenth of a submit's CPU)."""
+        """The fields, with their own copies of the containers (dataclasses.asdict would deep-copy everything, on
+        the submit path)."""
         out = dict(vars(self))
         out.update(dataset=dict(self.dataset), params=dict(self.params), tags=list(self.tags))
         return out

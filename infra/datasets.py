@@ -158,7 +158,7 @@ def _builtin_digest(name: str) -> str:
     return digest.hexdigest()
 
 
-@functools.cache  # a few small fixed tables: parsed once per process (it was 5 ms a job, twice: data and digest)
+@functools.cache  # a few small fixed tables: parsed once per process, not for every job's data and digest
 def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
     """(X, y, feature names, class labels or None); the arrays are shared and read-only (splits copy them)."""
     from sklearn import datasets as sk

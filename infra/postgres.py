@@ -46,7 +46,7 @@ class OneTripRecorder(PostgresApplicationRecorder):
     """eventsourcing's PostgreSQL application recorder with the insert in one round trip: a PL/pgSQL function per
     events table takes the same EXCLUSIVE table lock, sends the same NOTIFY and inserts the events, in the one
     (autocommit) statement's transaction, so insert order stays commit order. The library's own path pipelines
-    five statements and syncs twice: measured, the event-store insert was half of a submit's CPU in the API.
+    five statements and syncs twice, on every command's save.
     Inserts with tracking records (process applications) take the library's path. (eventsourcing always passes
     `tracking=`, None for a plain save: testing `kwargs` for emptiness sent every insert down the library's path.)"""
 
@@ -76,8 +76,8 @@ class OneTripRecorder(PostgresApplicationRecorder):
 
     # ---- reads: the library's queries, composed once per shape ------------------------------------------------
     # eventsourcing composes its SELECTs with psycopg.sql on every call, and psycopg cannot cache the conversion of
-    # a composed query: measured, a third of the projection process's CPU (each projection's subscription pulls
-    # notifications after every commit). The same statements, as text made once.
+    # a composed query, and each projection's subscription pulls notifications after every commit. The same
+    # statements, as text made once.
 
     def _statement(self, shape: tuple, compose: Callable[[], Any]) -> bytes:
         statement = self._statements.get(shape)

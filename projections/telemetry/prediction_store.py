@@ -71,8 +71,8 @@ METRIC_SQL = {
     "rmse": ("pow(p.value - {f}.value, 2)", "{f}.value IS NOT NULL AND p.value IS NOT NULL"),
     "mae": ("abs(p.value - {f}.value)", "{f}.value IS NOT NULL AND p.value IS NOT NULL"),
 }
-# Latency quantiles p50, p95, p99 by DDSketch: within 1% of the true value (relative), and its states merge about
-# twice as fast as t-digests (measured over a day of minutes at 10M predictions: 21 against 46 ms).
+# Latency quantiles p50, p95, p99 by DDSketch: within 1% of the true value (relative), and its states merge faster
+# than t-digests' (bench/RESULTS.md, issue 8).
 LATENCY_SKETCH = "quantilesDD(0.01, 0.5, 0.95, 0.99)"
 _MINUTE_KEY = ("deployment LowCardinality(String), revision UInt32, variant LowCardinality(String), shadow Bool, "
                "minute DateTime('UTC')")
