@@ -14,7 +14,8 @@ from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict
 
 from domain.contract import FeedbackBatch, MetricBatch, PredictionBatch, WorkItem
-from domain.vocabulary import Framework, Priority, Task, TrialState
+from domain.registry import AGGREGATES
+from domain.vocabulary import Framework, Priority, RevisionChange, Task, TrialState
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -226,7 +227,8 @@ class DeploymentRevised(_Payload):
     decision was based on). Every revision event of the domain (TrafficChanged, Promoted, Updated, RolledBack,
     PolicyStepped, PolicyPromoted, PolicyHalted, and Revised as stored before them) publishes as this one."""
     revision: int
-    change: Literal["traffic", "promote", "update", "rollback", "policy_step", "policy_promote", "policy_halt"]
+    change: Literal[RevisionChange.TRAFFIC, RevisionChange.PROMOTE, RevisionChange.UPDATE, RevisionChange.ROLLBACK,
+                    RevisionChange.POLICY_STEP, RevisionChange.POLICY_PROMOTE, RevisionChange.POLICY_HALT]
     variants: list[dict[str, Any]]
     shadow: dict[str, Any] | None
     reason: str | None
@@ -262,7 +264,7 @@ class ApiKeyRevoked(_Payload):
 class Envelope(BaseModel, Generic[P]):
     model_config = ConfigDict(extra="forbid")
     event_id: str
-    aggregate: Literal["training_job", "study", "model", "model_export", "deployment", "api_key"]
+    aggregate: Literal[tuple(a.name for a in AGGREGATES)]  # type: ignore[valid-type]
     aggregate_id: str
     aggregate_version: int
     occurred_at: datetime

@@ -25,13 +25,14 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
 from pydantic.json_schema import JsonSchemaValue
 
+from domain.vocabulary import Priority, WorkKind
+
 SUBJECT_PREFIX = "trainyard.v1"
 TELEMETRY_METRICS = f"{SUBJECT_PREFIX}.telemetry.metrics"
 DLQ_PREFIX = f"{SUBJECT_PREFIX}.dlq"
 REPORT_SUBJECT = "trainyard.rpc.runner.report"
 WORK_PREFIX = "trainyard.work"
 WORK_READY = "trainyard.signal.work_ready"  # core NATS, no payload: "new work items were queued" (idle runners look)
-PRIORITIES = ("critical", "high", "medium", "low")  # the order runners take work in
 MAX_TEXT = 2000
 _EVENT_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/events")
 _ENVELOPE_KEYS = ("originator_id", "originator_version", "timestamp", "originator_topic", "metadata")
@@ -171,9 +172,9 @@ class WorkItem(BaseModel):
     Duplicates are harmless: the claim is decided by the aggregate, which refuses a second live lease."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["training", "export"]
+    kind: WorkKind
     aggregate_id: UUID
-    priority: Literal["critical", "high", "medium", "low"]
+    priority: Priority
     work_id: str = Field(min_length=1, max_length=100, description="the event id that asked for the work")
 
 

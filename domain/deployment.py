@@ -30,16 +30,14 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from domain.contract import FieldError, has_control
-from domain.vocabulary import PolicyAction
+from domain.vocabulary import AbMetric, PolicyAction, RevisionChange, choices
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 MAX_VARIANTS = 10
 MAX_REASON = 500
 MAX_MODEL_NAME = 200
-CHANGES = ("created", "traffic", "promote", "rollback", "update", "deactivate", "policy_step", "policy_promote",
-           "policy_halt")
-POLICY_METRICS = ("accuracy", "logloss", "rmse", "mae")
+CHANGES = tuple(RevisionChange)
 VARIANT_KEYS = ("name", "model", "version", "weight", "artifact")
 SHADOW_KEYS = ("model", "version", "artifact")
 OPTIONAL_KEYS = ("alias",)  # the alias the version was resolved from, kept for the record
@@ -247,8 +245,8 @@ def check_policy(policy: Any) -> dict[str, Any] | None:
         if key not in POLICY_DEFAULTS:
             raise DeploymentSpecError(f"policy.{key}", f"unknown field (allowed: {', '.join(POLICY_DEFAULTS)})")
     out = {key: policy.get(key, default) for key, default in POLICY_DEFAULTS.items()}
-    if out["metric"] not in POLICY_METRICS:
-        raise DeploymentSpecError("policy.metric", f"one of {', '.join(POLICY_METRICS)}")
+    if out["metric"] not in tuple(AbMetric):
+        raise DeploymentSpecError("policy.metric", f"one of {choices(AbMetric).replace(' |', ',')}")
     for key in POLICY_DEFAULTS:  # in declaration order: the first bad field is the one reported
         if key == "ramp":
             _check_ramp(out[key])
@@ -305,7 +303,7 @@ class Deployment(Aggregate):
         self.active = True
         self.revision = revision
         self.revisions: list[dict[str, Any]] = []
-        self._record("created", reason, None, self.created_on)
+        self._record(RevisionChange.CREATED, reason, None, self.created_on)
 
     # ---- read-only views ----------------------------------------------------------------------
     @property
@@ -459,16 +457,16 @@ class Deployment(Aggregate):
                                "shadow": self.shadow, "reason": self.reason, **self.details()}
 
     class TrafficChanged(Revision):
-        CHANGE = "traffic"
+        CHANGE = RevisionChange.TRAFFIC
 
     class Promoted(Revision):
-        CHANGE = "promote"
+        CHANGE = RevisionChange.PROMOTE
 
     class Updated(Revision):
-        CHANGE = "update"
+        CHANGE = RevisionChange.UPDATE
 
     class RolledBack(Revision):
-        CHANGE = "rollback"
+        CHANGE = RevisionChange.ROLLBACK
         rolled_back_to: int
 
         def details(self) -> dict[str, Any]:
@@ -484,13 +482,13 @@ class Deployment(Aggregate):
             return {**super().details(), "variant": self.variant, "figures": self.figures}
 
     class PolicyStepped(PolicyActed):
-        CHANGE = "policy_step"
+        CHANGE = RevisionChange.POLICY_STEP
 
     class PolicyPromoted(PolicyActed):
-        CHANGE = "policy_promote"
+        CHANGE = RevisionChange.POLICY_PROMOTE
 
     class PolicyHalted(PolicyActed):
-        CHANGE = "policy_halt"
+        CHANGE = RevisionChange.POLICY_HALT
 
         def apply(self, deployment: Any) -> None:
             super().apply(deployment)
@@ -520,7 +518,7 @@ class Deployment(Aggregate):
 
         def apply(self, deployment: Any) -> None:
             super().apply(deployment)
-            if self.change == "policy_halt" and self.variant is not None:
+            if self.change == RevisionChange.POLICY_HALT and self.variant is not None:
                 deployment.halted = [*deployment.halted, self.variant]
 
     def deactivate(self, reason: str | None = None) -> None:
@@ -532,4 +530,4 @@ class Deployment(Aggregate):
     def _deactivated(self, revision: int, reason: str | None, timestamp: datetime | None = None) -> None:
         self.revision = revision
         self.active = False
-        self._record("deactivate", reason, None, timestamp or self.modified_on)
+        self._record(RevisionChange.DEACTIVATE, reason, None, timestamp or self.modified_on)

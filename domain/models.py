@@ -24,6 +24,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from domain.contract import FieldError, has_control
+from domain.vocabulary import WorkKind
 from domain.work import DEFAULT_MAX_ATTEMPTS, LeasedWork
 
 _MODEL_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/models")
@@ -181,7 +182,7 @@ class RegisteredModel(Aggregate):
 class ModelExport(LeasedWork):
     """One conversion of a model version to a serving format, with its parity check, run by a runner."""
 
-    work_kind = "export"
+    work_kind = WorkKind.EXPORT
     noun = "export"
 
     @classmethod

@@ -14,21 +14,22 @@ from domain.deployment import Deployment
 from domain.models import ModelExport, RegisteredModel
 from domain.study import Study
 from domain.training_job import TrainingJob
+from domain.vocabulary import WorkKind
 
 
 @dataclass(frozen=True)
 class AggregateType:
     cls: type
     name: str  # snake case: the `<aggregate>` of `trainyard.v1.<aggregate>.<event>`
-    work_kind: str | None = None
+    work_kind: WorkKind | None = None
     work_events: frozenset[str] = field(default_factory=frozenset)  # event class names that queue work
 
 
 AGGREGATES: tuple[AggregateType, ...] = (
-    AggregateType(TrainingJob, "training_job", work_kind="training", work_events=frozenset({"Submitted", "Requeued"})),
+    AggregateType(TrainingJob, "training_job", work_kind=WorkKind.TRAINING, work_events=frozenset({"Submitted", "Requeued"})),
     AggregateType(Study, "study"),  # its trials are training jobs: no work kind of its own
     AggregateType(RegisteredModel, "model"),
-    AggregateType(ModelExport, "model_export", work_kind="export", work_events=frozenset({"Requested", "Requeued"})),
+    AggregateType(ModelExport, "model_export", work_kind=WorkKind.EXPORT, work_events=frozenset({"Requested", "Requeued"})),
     AggregateType(Deployment, "deployment"),
     AggregateType(ApiKey, "api_key"),
 )

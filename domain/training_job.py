@@ -9,6 +9,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.vocabulary import WorkKind
 from domain.work import (DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, FINISHED, CancelNotRequestedError, JobError,
                          JobFinishedError, LeasedWork, LeaseHeldError, StaleLeaseError)
 
@@ -17,7 +18,7 @@ __all__ = ["DEFAULT_MAX_ATTEMPTS", "DEFAULT_TIMEOUT_S", "FINISHED", "CancelNotRe
 
 
 class TrainingJob(LeasedWork):
-    work_kind = "training"
+    work_kind = WorkKind.TRAINING
     noun = "job"
 
     class Submitted(Aggregate.Created):

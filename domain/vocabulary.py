@@ -36,6 +36,12 @@ class Priority(StrEnum):
 PRIORITY_ORDER: tuple[Priority, ...] = tuple(Priority)  # most urgent first
 
 
+class WorkKind(StrEnum):
+    """What a runner is asked to do with a work item (domain/registry.py maps aggregates to them)."""
+    TRAINING = "training"
+    EXPORT = "export"
+
+
 class JobStatus(StrEnum):
     """A training job's or a model export's status (both are leased work: domain/work.py)."""
     QUEUED = "queued"
@@ -81,6 +87,19 @@ class PolicyAction(StrEnum):
     STEP = "step"
     PROMOTE = "promote"
     HALT = "halt"
+
+
+class RevisionChange(StrEnum):
+    """What made a deployment's revision: the `change` of its history entries and public revision events."""
+    CREATED = "created"
+    TRAFFIC = "traffic"
+    PROMOTE = "promote"
+    UPDATE = "update"
+    ROLLBACK = "rollback"
+    DEACTIVATE = "deactivate"
+    POLICY_STEP = "policy_step"
+    POLICY_PROMOTE = "policy_promote"
+    POLICY_HALT = "policy_halt"
 
 
 class AbMetric(StrEnum):

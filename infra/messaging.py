@@ -21,9 +21,10 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from domain.contract import (DLQ_PREFIX, PRIORITIES, SUBJECT_PREFIX, TELEMETRY_FEEDBACK, TELEMETRY_METRICS,
+from domain.contract import (DLQ_PREFIX, SUBJECT_PREFIX, TELEMETRY_FEEDBACK, TELEMETRY_METRICS,
                              TELEMETRY_PREDICTIONS, WORK_PREFIX, dlq_subject, printable, work_filter)
 from domain.registry import event_subjects
+from domain.vocabulary import PRIORITY_ORDER
 from infra.settings import Settings
 
 EVENTS_STREAM = "TRAINYARD_EVENTS"
@@ -72,7 +73,7 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     await _ensure_stream(js, StreamConfig(name=WORK_STREAM, subjects=[f"{WORK_PREFIX}.>"],
                                           retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                                           duplicate_window=window))
-    for priority in PRIORITIES:
+    for priority in PRIORITY_ORDER:
         await js.add_consumer(WORK_STREAM, ConsumerConfig(
             durable_name=work_consumer(priority), filter_subject=work_filter(priority),
             ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=WORK_ACK_WAIT_S,

@@ -30,8 +30,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from domain.contract import (PRIORITIES, REPORT_SUBJECT, WORK_READY, ReportReply, RunnerReport, WorkItem,
+from domain.contract import (REPORT_SUBJECT, WORK_READY, ReportReply, RunnerReport, WorkItem,
                              event_subject, printable)
+from domain.vocabulary import PRIORITY_ORDER
 from infra.datasets import dataset_digest
 from infra.consumer import Consumer, Poison
 from infra.messaging import WORK_STREAM, work_consumer
@@ -70,7 +71,7 @@ class Runner:
         # One consumer per priority, fetched in the order `_waiting_priority` picks; a work item that does not
         # parse is dead-lettered and terminated (it never comes back), anything else is the claim's business.
         queues = {p: Consumer(self.js, WORK_STREAM, work_consumer(p), WorkItem, name=f"runner {work_consumer(p)}",
-                              terminate_poison=True) for p in PRIORITIES}
+                              terminate_poison=True) for p in PRIORITY_ORDER}
         for queue in queues.values():
             await queue.bind()
         ready = asyncio.Event()
@@ -105,12 +106,12 @@ class Runner:
     async def _waiting_priority(self) -> str | None:
         """The highest priority with work items not yet delivered (one look at the 4 consumers, concurrently)."""
         try:
-            infos = await asyncio.gather(*(self.js.consumer_info(WORK_STREAM, work_consumer(p)) for p in PRIORITIES))
+            infos = await asyncio.gather(*(self.js.consumer_info(WORK_STREAM, work_consumer(p)) for p in PRIORITY_ORDER))
         except Exception as e:
             log.debug("work look failed (%s)", type(e).__name__)
             await asyncio.sleep(0.5)
             return None
-        return next((p for p, info in zip(PRIORITIES, infos) if info.num_pending), None)
+        return next((p for p, info in zip(PRIORITY_ORDER, infos) if info.num_pending), None)
 
     async def _cancel_hint(self, msg: Msg) -> None:
         """Only a hint: the next heartbeat comes now, and its reply (the aggregate) decides."""

@@ -11,6 +11,7 @@ from api.schemas.ab import PolicyIn
 from api.schemas.common import keys_match
 from api.schemas.models import AliasName, ModelName
 from domain.deployment import MAX_REASON, MAX_VARIANTS, NAME_PATTERN, VARIANT_NAME_PATTERN
+from domain.vocabulary import RevisionChange
 
 DeploymentName = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN,
                                       description="1 to 63 lowercase letters, digits or '-'")]
@@ -109,8 +110,7 @@ class DeploymentList(BaseModel):
 
 class RevisionPublic(BaseModel):
     revision: int
-    change: Literal["created", "traffic", "promote", "update", "rollback", "deactivate", "policy_step",
-                    "policy_promote", "policy_halt"]
+    change: RevisionChange
     reason: str | None
     figures: dict[str, Any] | None = Field(default=None, description="a policy action: what it was based on")
     variants: list[VariantPublic]
