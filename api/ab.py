@@ -14,7 +14,7 @@ from api.schemas.deployments import DeploymentName
 from commands.deployments import DeploymentNotFoundError
 from domain.ab_policy import stats_of
 from domain.ab_stats import compare, srm, summarize
-from domain.deployment import control_of
+from domain.deployment_spec import control_of
 from domain.vocabulary import AbMetric
 from projections.telemetry.ab_queries import shadow_agreement, timeseries, variant_stats
 

@@ -23,7 +23,7 @@ from commands.models import ExportNotFoundError, ModelNotFoundError
 from commands.studies import StudyNotFoundError
 from commands.training import IdempotencyConflictError, JobNotFoundError
 from domain.api_key import ApiKeyError, ApiKeySpecError
-from domain.deployment import DeploymentError, DeploymentSpecError
+from domain.deployment_spec import DeploymentError, DeploymentSpecError
 from domain.models import ModelError, ModelSpecError, VersionNotFoundError
 from domain.study import StudyError
 from domain.training_job import JobError

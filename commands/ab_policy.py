@@ -18,7 +18,7 @@ from commands.context import CommandContext
 from commands.deployments import DeploymentCommands
 from domain.ab_policy import Action, jsonable, plain_stats, decide, stats_of
 from domain.contract import printable
-from domain.deployment import DeploymentError, control_of
+from domain.deployment_spec import DeploymentError, control_of
 from infra.health import Stage, stopped_within
 
 log = logging.getLogger("trainyard.policy")

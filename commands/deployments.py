@@ -19,7 +19,8 @@ from commands.models import ModelNotFoundError
 from commands.application import ANONYMOUS, last_position
 from commands.training import TrainingApplication
 from domain.api_key import ApiKey, hash_key, key_prefix, new_key
-from domain.deployment import Deployment, DeploymentError, DeploymentSpecError, check_name, deployment_id
+from domain.deployment import Deployment
+from domain.deployment_spec import DeploymentError, DeploymentSpecError, check_name, deployment_id
 from domain.models import RegisteredModel, VersionNotFoundError, check_model_name, model_id
 
 

@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 from eventsourcing.domain import Aggregate, event
 
 from domain.contract import FieldError, has_control
-from domain.deployment import NAME_PATTERN
+from domain.deployment_spec import NAME_PATTERN
 
 ALL = "*"
 KEY_PREFIX = "ty_"

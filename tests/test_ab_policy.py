@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from domain.ab_policy import decide
-from domain.deployment import Deployment, DeploymentError, StaleEvaluationError
+from domain.deployment import Deployment
+from domain.deployment_spec import DeploymentError, StaleEvaluationError
 
 POLICY = {"metric": "accuracy", "min_samples": 100, "min_lift": 0.0, "max_p_value": 0.05, "max_p99_latency_ms": 50,
           "max_error_rate": 0.05, "ramp": [10, 50, 100], "step_every_s": 60}

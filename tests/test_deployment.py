@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from domain.contract import envelope
-from domain.deployment import (CHANGES, Deployment, DeploymentError, DeploymentInactiveError, DeploymentSpecError,
-                               NoPreviousRevisionError, Shadow, Variant, deployment_id)
+from domain.deployment import Deployment
+from domain.deployment_spec import (CHANGES, DeploymentError, DeploymentInactiveError, DeploymentSpecError,
+                                    NoPreviousRevisionError, Shadow, Variant, deployment_id)
 from tests.support.strategies import (as_json, deployment_commands, run_deployment_command, shadows, variant,
                                       variant_lists)
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from api.limits import SafeText
-from domain.deployment import POLICY_BOUNDS, POLICY_DEFAULTS, POLICY_RAMP_STEPS, POLICY_RAMP_WEIGHTS
+from domain.deployment_spec import POLICY_BOUNDS, POLICY_DEFAULTS, POLICY_RAMP_STEPS, POLICY_RAMP_WEIGHTS
 from domain.vocabulary import AbMetric
 
 RampWeight = Annotated[StrictInt, Field(ge=POLICY_RAMP_WEIGHTS[0], le=POLICY_RAMP_WEIGHTS[1])]

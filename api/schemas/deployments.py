@@ -10,7 +10,7 @@ from api.limits import SafeText
 from api.schemas.ab import PolicyIn
 from api.schemas.common import keys_match
 from api.schemas.models import AliasName, ModelName
-from domain.deployment import MAX_REASON, MAX_VARIANTS, NAME_PATTERN, VARIANT_NAME_PATTERN
+from domain.deployment_spec import MAX_REASON, MAX_VARIANTS, NAME_PATTERN, VARIANT_NAME_PATTERN
 from domain.vocabulary import RevisionChange
 
 DeploymentName = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN,

@@ -10,8 +10,9 @@ from uuid import UUID, uuid4
 
 from hypothesis import strategies as st
 
-from domain.deployment import (Deployment, DeploymentError, DeploymentInactiveError, DeploymentSpecError,
-                               NoPreviousRevisionError)
+from domain.deployment import Deployment
+from domain.deployment_spec import (DeploymentError, DeploymentInactiveError, DeploymentSpecError,
+                                    NoPreviousRevisionError)
 from domain.study import Study
 from domain.training_job import TrainingJob
 
