@@ -13,7 +13,8 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict
 
-from domain.contract import FeedbackBatch, MetricBatch, PredictionBatch, WorkItem
+from domain.contract import (TELEMETRY_FEEDBACK, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, WORK_PREFIX, FeedbackBatch,
+                             MetricBatch, PredictionBatch, WorkItem, event_subject)
 from domain.registry import AGGREGATES
 from domain.vocabulary import Framework, Priority, RevisionChange, Task, TrialState
 
@@ -306,20 +307,20 @@ def specification() -> AsyncAPI:
     broker = NatsBroker("nats://127.0.0.1:4222")
     for aggregate, events in EVENTS.items():
         for name, model in events.items():
-            broker.publisher(f"trainyard.v1.{aggregate}.{name}", title=f"{aggregate}.{name}",
+            broker.publisher(event_subject(aggregate, name), title=f"{aggregate}.{name}",
                              description=f"{aggregate.replace('_', ' ')} {name.replace('_', ' ')} (stream "
                                          "TRAINYARD_EVENTS, Nats-Msg-Id = event_id)",
                              schema=Envelope[model])  # type: ignore[valid-type]
-    broker.publisher("trainyard.v1.telemetry.metrics", title="telemetry.metrics",
+    broker.publisher(TELEMETRY_METRICS, title="telemetry.metrics",
                      description="Metric points from runners (stream TRAINYARD_TELEMETRY, Nats-Msg-Id = batch_id)",
                      schema=MetricBatch)
-    broker.publisher("trainyard.v1.telemetry.predictions", title="telemetry.predictions",
+    broker.publisher(TELEMETRY_PREDICTIONS, title="telemetry.predictions",
                      description="Prediction records from inference servers, as columns (stream TRAINYARD_TELEMETRY, "
                                  "Nats-Msg-Id = batch_id)", schema=PredictionBatch)
-    broker.publisher("trainyard.v1.telemetry.feedback", title="telemetry.feedback",
+    broker.publisher(TELEMETRY_FEEDBACK, title="telemetry.feedback",
                      description="Ground truth for earlier predictions, posted to the API (stream TRAINYARD_TELEMETRY, "
                                  "Nats-Msg-Id = batch_id)", schema=FeedbackBatch)
-    broker.publisher("trainyard.work.{priority}.{kind}.{aggregate_id}", title="work item",
+    broker.publisher(WORK_PREFIX + ".{priority}.{kind}.{aggregate_id}", title="work item",
                      description="Work for the runners (stream TRAINYARD_WORK, work-queue retention, Nats-Msg-Id = "
                                  "work:<event_id>); the claim, not the delivery, decides who runs it", schema=WorkItem)
     return AsyncAPI(broker, title="Trainyard events", version="1.0.0",

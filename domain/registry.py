@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domain.api_key import ApiKey
+from domain.contract import event_subject
 from domain.deployment import Deployment
 from domain.models import ModelExport, RegisteredModel
 from domain.study import Study
@@ -56,4 +57,4 @@ def queues_work(domain_event: Any) -> tuple[str, str] | None:
 
 def event_subjects() -> list[str]:
     """The subjects of every registered aggregate's events (the events stream captures these)."""
-    return [f"trainyard.v1.{a.name}.>" for a in AGGREGATES]
+    return [event_subject(a.name, ">") for a in AGGREGATES]
