@@ -62,6 +62,14 @@ def database_url(postgres_server: str) -> Iterator[str]:
     drop_database(postgres_server, url)
 
 
+@pytest.fixture(scope="module")
+def module_database_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database shared by one module's tests."""
+    url = create_database(postgres_server)
+    yield url
+    drop_database(postgres_server, url)
+
+
 @pytest.fixture(scope="session")
 def nats_url(engines_dir: Path) -> Iterator[str]:
     """The test session's own nats-server with JetStream, on a free port: tests never touch a running service's

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -34,24 +33,14 @@ def job(**changes) -> dict:
 
 
 @pytest.fixture(scope="module")
-def database(postgres_server: str) -> Iterator[str]:
-    name = f"trainyard_edge_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{postgres_server.rpartition('/')[0]}/{name}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("dataset-root")
 
 
 @pytest.fixture(scope="module")
-def client(database: str, clickhouse, root: Path) -> Iterator[TestClient]:
+def client(module_database_url: str, clickhouse, root: Path) -> Iterator[TestClient]:
     # chDB allows one data path per process: share the session's (data_dir/chdb is the clickhouse fixture's path)
-    services = build(Settings(database_url=database, nats_url="nats://127.0.0.1:4222", clickhouse_url=None,
+    services = build(Settings(database_url=module_database_url, nats_url="nats://127.0.0.1:4222", clickhouse_url=None,
                               data_dir=clickhouse.path.parent, dataset_roots=str(root), max_upload_bytes=MAX_UPLOAD))
     app = create_app(services)
 

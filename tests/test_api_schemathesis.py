@@ -9,12 +9,10 @@ import asyncio
 import json
 import re
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -93,26 +91,16 @@ CHECKS = [not_a_server_error, accepts_valid_data, *DOCUMENTED]  # /readyz answer
 
 
 @pytest.fixture(scope="module")
-def database(postgres_server: str) -> Iterator[str]:
-    name = f"trainyard_fuzz_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{postgres_server.rpartition('/')[0]}/{name}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
-def app(database: str, clickhouse: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def app(module_database_url: str, clickhouse: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     # chDB allows one data path per process: share the session's (data_dir/chdb is the clickhouse fixture's path)
     root: Path = tmp_path_factory.mktemp("dataset-root")
-    services = build_services(Settings(database_url=database, nats_url="nats://127.0.0.1:4222", clickhouse_url=None,
+    services = build_services(Settings(database_url=module_database_url, nats_url="nats://127.0.0.1:4222", clickhouse_url=None,
                               data_dir=clickhouse.path.parent, dataset_roots=str(root)))
     # the read models run as in `serve`, so a command's answer (read back from its read model) is the real one
     stop = asyncio.Event()
     loop = asyncio.new_event_loop()
     specs = process_specs(TrainingApplication)
-    read_models = ProjectionProcess(specs, database, {name: services.health.stage(name) for name, *_ in specs})
+    read_models = ProjectionProcess(specs, module_database_url, {name: services.health.stage(name) for name, *_ in specs})
     thread = threading.Thread(target=loop.run_until_complete, args=(read_models.run(stop),), daemon=True)
     thread.start()
     yield create_app(services)
