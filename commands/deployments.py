@@ -76,6 +76,7 @@ class DeploymentCommands:
         lineage = version["lineage"]
         artifact = {k: version["onnx"].get(k) for k in SERVING_KEYS}
         artifact.update(feature_names=lineage.feature_names or [], class_labels=lineage.class_labels,
+                        feature_recipe=lineage.artifact.get("feature_recipe"),
                         task=lineage.task, framework=lineage.framework,
                         export_id=str(version.get("export_id")))
         out = {k: v for k, v in spec.items() if k not in ("alias", "version")}

@@ -36,7 +36,9 @@ class JobNotCompletedError(ModelError):
     """Only a completed job's artifact can become a version; HTTP 409."""
 
 
-LINEAGE_ARTIFACT_KEYS = ("uri", "sha256", "size_bytes", "format")
+# feature_recipe: the raw input columns and their encoding (domain/features.py), served with the version; a version
+# registered before recipes were recorded has None there and is served its encoded features only.
+LINEAGE_ARTIFACT_KEYS = ("uri", "sha256", "size_bytes", "format", "feature_recipe")
 
 
 def lineage_of(job: TrainingJob) -> Lineage:

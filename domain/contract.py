@@ -20,6 +20,8 @@ import math
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
+
+from typing_extensions import Required, TypedDict
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
@@ -198,6 +200,22 @@ def _finite_metrics(values: dict[str, float]) -> dict[str, float]:
 NameList = Annotated[list[Annotated[Text, Field(max_length=200)]], Field(max_length=5000)]
 
 
+class RecipeColumn(TypedDict, total=False):
+    name: Required[Annotated[Text, Field(max_length=200)]]
+    type: Required[Literal["number", "boolean", "category"]]
+    levels: Annotated[list[Annotated[Text, Field(max_length=200)]], Field(max_length=256)]
+
+
+class FeatureRecipeJson(TypedDict, total=False):
+    """A model's feature recipe as a runner reports it (domain/features.py `FeatureRecipe.to_json`)."""
+    columns: Required[Annotated[list[RecipeColumn], Field(max_length=10_000)]]
+    ignored: NameList
+    unseen_category: Literal["zeros"]
+
+
+ArtifactValue = Annotated[Text, Field(max_length=4096)] | int | NameList | FeatureRecipeJson
+
+
 class RunnerReport(BaseModel):
     """What a runner tells the command handlers about one job.
 
@@ -220,9 +238,9 @@ class RunnerReport(BaseModel):
     total_steps: int | None = Field(default=None, ge=1, le=2**62)
     value: float | None = Field(default=None, allow_inf_nan=False, description="intermediate: the objective's value")
     final_metrics: Annotated[Metrics, AfterValidator(_finite_metrics)] = Field(default_factory=dict)
-    artifact: dict[Annotated[str, Field(max_length=64)], Annotated[Text, Field(max_length=4096)] | int | NameList] | None = (
+    artifact: dict[Annotated[str, Field(max_length=64)], ArtifactValue] | None = (
         Field(default=None, max_length=16, description="where the result is, and what a reader of it needs "
-                                                       "(feature names and class labels of a model)"))
+                                                       "(feature names, class labels and feature recipe of a model)"))
     error: str | None = Field(default=None, max_length=20_000)
 
 

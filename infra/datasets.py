@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from domain.features import BOOLEAN, CATEGORY, NUMBER, FeatureRecipe, InputColumn
 from domain.vocabulary import Task
 from infra.dataset_files import (
     MAX_CELLS, MAX_FEATURE_COLUMNS, DatasetError, read_columns, read_table, resolve_file_uri,
@@ -30,7 +31,7 @@ from infra.dataset_files import (
 TASKS: tuple[Task, ...] = tuple(Task)  # the vocabulary's, as a sequence for checks and test strategies
 
 __all__ = ["BUILTIN_TASK", "MAX_CELLS", "MAX_FEATURE_COLUMNS", "MIN_ROWS", "TASKS", "DatasetError", "Split",
-           "dataset_digest", "load_dataset", "validate_dataset"]
+           "dataset_digest", "encode_frame", "learn_recipe", "load_dataset", "validate_dataset"]
 
 BUILTIN_TASK = {
     "breast_cancer": "binary_classification",
@@ -50,7 +51,8 @@ class Split:
 
     Features are float32 (NaN where a value is missing). Labels are int64 class indices 0..K-1 for
     classification (`class_labels[i]` is the original label of class i) and float32 for regression,
-    where `n_classes` and `class_labels` are None.
+    where `n_classes` and `class_labels` are None. `recipe` says how the file's raw columns became the
+    features (domain/features.py): the model keeps it so callers can send raw rows.
     """
 
     X_train: np.ndarray
@@ -60,6 +62,7 @@ class Split:
     feature_names: list[str]
     n_classes: int | None
     class_labels: list[str] | None
+    recipe: FeatureRecipe | None = None
 
 
 def validate_dataset(uri: str, target: str | None, task: str, roots: Sequence[Path]) -> int:
@@ -108,13 +111,15 @@ def load_dataset(uri: str, target: str | None, task: str, seed: int = 0, roots: 
     if uri.startswith("builtin://"):
         X, y, names, labels = _load_builtin(uri.removeprefix("builtin://"))
         names, labels = list(names), None if labels is None else list(labels)  # the cached lists stay as they are
+        recipe = FeatureRecipe(tuple(InputColumn(n, NUMBER) for n in names), ("target",))
     else:
-        X, y, names, labels = _load_file(resolve_file_uri(uri, roots), _display_name(uri), target, task)
+        X, y, recipe, labels = _load_file(resolve_file_uri(uri, roots), _display_name(uri), target, task)
+        names = recipe.feature_names
     if len(y) < MIN_ROWS:
         raise DatasetError("dataset.uri", f"needs at least {MIN_ROWS} rows with a target, found {len(y)}")
     if labels is not None:
         _check_classes(task, labels)
-    return _split(X, y, names, labels, seed)
+    return _split(X, y, names, labels, seed, recipe)
 
 
 def dataset_digest(uri: str, roots: Sequence[Path] = ()) -> str:
@@ -175,12 +180,13 @@ def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[st
 
 
 def _load_file(path: Path, name: str, target: str, task: str):
-    """(X, y, feature names, class labels or None) of the table at `path`."""
+    """(X, y, feature recipe, class labels or None) of the table at `path`."""
     import pandas as pd
 
     frame = read_table(path, name)
     frame = frame[frame[target].notna()]
-    features = _encode_features(frame.drop(columns=[target]))
+    recipe = learn_recipe(frame, target)
+    features = encode_frame(frame, recipe)
     if features.shape[1] == 0:
         raise DatasetError("dataset.uri", "no usable feature columns (numeric, or text with few distinct values)")
     if features.shape[1] > MAX_FEATURE_COLUMNS or features.size > MAX_CELLS:
@@ -191,28 +197,50 @@ def _load_file(path: Path, name: str, target: str, task: str):
     if task == "regression":
         if not pd.api.types.is_numeric_dtype(y_raw):
             raise DatasetError("dataset.target", f"regression needs a numeric target; {target[:64]!r} is {y_raw.dtype}")
-        return X, y_raw.to_numpy(dtype=np.float32), list(features.columns), None
+        return X, y_raw.to_numpy(dtype=np.float32), recipe, None
     values = y_raw.to_numpy() if pd.api.types.is_numeric_dtype(y_raw) else y_raw.astype(str).to_numpy()
     classes, codes = np.unique(values, return_inverse=True)
-    return X, codes.astype(np.int64), list(features.columns), [str(c) for c in classes]
+    return X, codes.astype(np.int64), recipe, [str(c) for c in classes]
 
 
-def _encode_features(frame):  # pandas.DataFrame -> pandas.DataFrame of float columns
+def learn_recipe(frame, target: str | None = None) -> FeatureRecipe:
+    """How `frame`'s columns become features (load_dataset's rules); `target` and unusable columns are `ignored`."""
+    import pandas as pd
+
+    columns, ignored = [], []
+    for name in frame.columns:
+        col = frame[name]
+        if name == target:
+            ignored.append(str(name))
+        elif pd.api.types.is_bool_dtype(col):
+            columns.append(InputColumn(str(name), BOOLEAN))
+        elif pd.api.types.is_numeric_dtype(col):
+            columns.append(InputColumn(str(name), NUMBER))
+        elif pd.api.types.is_object_dtype(col) or isinstance(col.dtype, (pd.StringDtype, pd.CategoricalDtype)):
+            levels = sorted(col.dropna().astype(str).unique())
+            if len(levels) > MAX_ONE_HOT_LEVELS:
+                ignored.append(str(name))
+            else:
+                columns.append(InputColumn(str(name), CATEGORY, tuple(levels)))
+        else:
+            ignored.append(str(name))
+    return FeatureRecipe(tuple(columns), tuple(ignored))
+
+
+def encode_frame(frame, recipe: FeatureRecipe):  # pandas.DataFrame -> pandas.DataFrame of float columns
+    """`frame`'s features by `recipe`, vectorised (the inference server encodes one row at a time by the same
+    rules, domain/features.py): a category's missing or unseen value is all zeros."""
     import pandas as pd
 
     columns = {}
-    for name in frame.columns:
-        col = frame[name]
-        if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
-            columns[str(name)] = col.astype("float32")
-        elif pd.api.types.is_object_dtype(col) or isinstance(col.dtype, (pd.StringDtype, pd.CategoricalDtype)):
-            present = col.dropna().astype(str)
-            levels = sorted(present.unique())
-            if len(levels) > MAX_ONE_HOT_LEVELS:
-                continue
-            text = col.astype(str).where(col.notna(), None)
-            for level in levels:
-                columns[f"{name}={level}"] = (text == level).astype("float32")
+    for column in recipe.columns:
+        col = frame[column.name]
+        if column.type != CATEGORY:
+            columns[column.name] = col.astype("float32")
+            continue
+        text = col.astype(str).where(col.notna(), None)
+        for level, feature in zip(column.levels, column.feature_names()):
+            columns[feature] = (text == level).astype("float32")
     return pd.DataFrame(columns, index=frame.index)
 
 
@@ -227,7 +255,7 @@ def _check_classes(task: str, labels: list[str]) -> None:
                            "is this a regression target?")
 
 
-def _split(X, y, names, labels, seed) -> Split:
+def _split(X, y, names, labels, seed, recipe: FeatureRecipe | None = None) -> Split:
     from sklearn.model_selection import train_test_split
 
     stratify = None
@@ -241,4 +269,4 @@ def _split(X, y, names, labels, seed) -> Split:
     X_train, X_valid, y_train, y_valid = train_test_split(
         X, y, test_size=VALID_FRACTION, random_state=seed % 2**32, stratify=stratify
     )
-    return Split(X_train, y_train, X_valid, y_valid, names, len(labels) if labels else None, labels)
+    return Split(X_train, y_train, X_valid, y_valid, names, len(labels) if labels else None, labels, recipe)

@@ -214,6 +214,8 @@ class Runner:
                                     "format": result.model_format, "feature_names": list(result.feature_names)}
         if result.class_labels is not None:
             artifact["class_labels"] = list(result.class_labels)
+        if result.feature_recipe is not None:
+            artifact["feature_recipe"] = result.feature_recipe
         with contextlib.suppress(Exception):  # lineage: which data it learned from (best effort)
             artifact["dataset_sha256"] = await asyncio.to_thread(dataset_digest, train_spec.dataset_uri,
                                                                  self.dataset_roots)

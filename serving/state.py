@@ -22,6 +22,7 @@ import numpy as np
 
 from domain.api_key import allows
 from domain.contract import PredictionBatch
+from domain.features import FeatureRecipe, RowError
 from domain.routing import Router
 
 log = logging.getLogger("trainyard.inference")
@@ -52,6 +53,9 @@ class LoadedModel:
     feature_index: dict[str, int]
     class_labels: tuple[str, ...] | None
     task: str
+    # How raw columns become the features (None: a model registered before recipes were kept, or one whose raw
+    # columns are its features): named rows may then be raw rows as the training file had them.
+    recipe: FeatureRecipe | None = None
 
     def run(self, X: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: X})[0]
@@ -110,12 +114,15 @@ class ModelLoader:
             session = self.cache[sha] = session_for(data)
         names = [str(n) for n in (artifact.get("feature_names") or [])]
         labels = artifact.get("class_labels")
+        recipe = FeatureRecipe.from_json(artifact["feature_recipe"]) if artifact.get("feature_recipe") else None
+        if recipe is not None and (recipe.is_identity or recipe.feature_names != names):
+            recipe = None  # nothing to translate, or not this model's inputs: encoded rows only
         return LoadedModel(model=model, version=int(version), sha256=sha, session=session,
                            input_name=str(artifact.get("input_name") or "input"),
                            output_name=str(artifact.get("output_name") or "probabilities"),
                            n_features=int(artifact["n_features"]), feature_index={n: i for i, n in enumerate(names)},
                            class_labels=tuple(str(x) for x in labels) if labels else None,
-                           task=str(artifact.get("task") or ""))
+                           task=str(artifact.get("task") or ""), recipe=recipe)
 
     def retain(self, live: list[LiveDeployment]) -> None:
         """Forget sessions no live deployment uses."""
@@ -272,7 +279,9 @@ class ServingState:
 
 def rows_of(instances: Any, model: LoadedModel) -> np.ndarray:
     """The request's instances as a float32 matrix for `model`: rows of numbers (null = missing) in the model's
-    feature order, or objects naming every feature (any order). PredictError(422) naming the field otherwise."""
+    feature order, objects naming every feature (any order), or, for a model with a feature recipe, objects
+    naming the training file's raw columns (any order; domain/features.py encodes them: an unseen or null category
+    is all zeros, a null number is missing). PredictError(422) naming the field otherwise."""
     if not isinstance(instances, list) or not instances:
         raise PredictError(422, "instances: a non-empty list of rows", "instances")
     if len(instances) > MAX_INSTANCES:
@@ -281,15 +290,22 @@ def rows_of(instances: Any, model: LoadedModel) -> np.ndarray:
     X = np.empty((len(instances), n), dtype=np.float32)
     for i, row in enumerate(instances):
         if isinstance(row, dict):
-            if len(row) != n or not model.feature_index:
-                _named_row_error(row, model, i)
-            values: list[Any] = [None] * n
-            for name, v in row.items():
-                j = model.feature_index.get(name)
-                if j is None:
+            if model.recipe is not None and not _encoded(row, model):
+                try:
+                    row = model.recipe.encode(row)
+                except RowError as e:
+                    where = f"instances.{i}.{e.field}" if e.field else f"instances.{i}"
+                    raise PredictError(422, f"{where}: {e.reason}", where) from None
+            else:
+                if len(row) != n or not model.feature_index:
                     _named_row_error(row, model, i)
-                values[j] = v
-            row = values
+                values: list[Any] = [None] * n
+                for name, v in row.items():
+                    j = model.feature_index.get(name)
+                    if j is None:
+                        _named_row_error(row, model, i)
+                    values[j] = v
+                row = values
         elif not isinstance(row, list) or len(row) != n:
             raise PredictError(422, f"instances.{i}: a list of {n} numbers or an object of {n} named features",
                                f"instances.{i}")
@@ -306,6 +322,11 @@ def rows_of(instances: Any, model: LoadedModel) -> np.ndarray:
     if not np.isfinite(X[~np.isnan(X)]).all():
         raise PredictError(422, "instances: values must be finite (null for a missing value)", "instances")
     return X
+
+
+def _encoded(row: dict, model: LoadedModel) -> bool:
+    """`row` names the model's encoded features (`contract=month`, …): the form every model takes."""
+    return len(row) == model.n_features and all(k in model.feature_index for k in row)
 
 
 def _named_row_error(row: dict, model: LoadedModel, i: int) -> None:

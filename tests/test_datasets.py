@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from sklearn.datasets import load_breast_cancer
 
 from infra import dataset_files
-from infra.datasets import TASKS, DatasetError, load_dataset, validate_dataset
+from domain.features import UNSEEN_CATEGORY, FeatureRecipe
+from infra.datasets import TASKS, DatasetError, encode_frame, load_dataset, validate_dataset
 
 NO_ROOTS = ()
 
@@ -129,6 +130,48 @@ def test_file_features_one_hot_few_levels_and_drop_the_rest(tmp_path):
     assert split.class_labels == ["no", "yes"]
     colour = np.concatenate([split.X_train, split.X_valid])[:, 2:]
     assert set(colour.sum(axis=1)) == {0.0, 1.0}  # a missing colour is all zeros
+
+
+def test_a_file_records_its_feature_recipe_and_a_raw_row_encodes_as_the_loader_did(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 120
+    frame = pd.DataFrame({
+        "tenure": np.where(rng.random(n) < 0.1, np.nan, rng.integers(0, 72, size=n)),
+        "contract": rng.choice(["month", "year", "two_year", None], size=n),
+        "paperless": rng.random(n) > 0.5,
+        "customer_id": [f"c{i}" for i in range(n)],
+        "churn": rng.choice(["no", "yes"], size=n),
+    })
+    path = tmp_path / "churn.csv"
+    frame.to_csv(path, index=False)
+
+    split = load_dataset(path.as_uri(), "churn", "binary_classification", roots=(tmp_path,))
+
+    recipe = FeatureRecipe.from_json(split.recipe.to_json())  # what travels with the model is the same recipe
+    assert recipe.to_json() == {
+        "columns": [{"name": "tenure", "type": "number"},
+                    {"name": "contract", "type": "category", "levels": ["month", "two_year", "year"]},
+                    {"name": "paperless", "type": "boolean"}],
+        "ignored": ["customer_id", "churn"], "unseen_category": UNSEEN_CATEGORY}
+    assert recipe.feature_names == split.feature_names
+    # The file's rows, one at a time as a caller sends them (nulls for missing cells, keys in another order, the
+    # ignored columns along), encode to the loader's matrix.
+    read = pd.read_csv(path)
+    rows = [{k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in reversed(r.items())}
+            for r in read.to_dict("records")]
+    encoded = np.array([recipe.encode(row) for row in rows], dtype=np.float32)
+    loaded = encode_frame(read, recipe).to_numpy(dtype=np.float32)
+    assert np.array_equal(encoded, loaded, equal_nan=True)
+    X = np.concatenate([split.X_train, split.X_valid])
+    assert sorted(map(tuple, np.nan_to_num(X, nan=-1))) == sorted(map(tuple, np.nan_to_num(loaded, nan=-1)))
+    # Unseen and missing categories are all zeros, as a missing value was in training.
+    unseen = recipe.encode({"tenure": 3, "contract": "weekly", "paperless": True})
+    assert unseen == recipe.encode({"tenure": 3, "contract": None, "paperless": True}) == [3.0, 0, 0, 0, 1.0]
+
+
+def test_builtin_datasets_record_an_all_number_recipe():
+    split = load_dataset("builtin://wine", None, "multiclass_classification")
+    assert split.recipe.is_identity and split.recipe.feature_names == split.feature_names
 
 
 def test_file_target_must_suit_the_task(tmp_path):

@@ -11,6 +11,9 @@ from domain.api_key import hash_key, new_key
 from runners.onnx_converter import convert
 from serving.state import (KeyState, ModelLoader, PredictError, ServingState, Telemetry, answer, rows_of)
 from runners.trainers import TrainSpec, trainer_for
+from infra.datasets import encode_frame, load_dataset
+from runners.onnx_converter import native_predict
+from tests.support.churn import churn_frame, raw_rows
 from tests.support.fakes import QuietReporter
 
 
@@ -101,6 +104,47 @@ def test_rows_are_numbers_or_null_in_feature_order_or_named(artifact_store) -> N
     out = answer(model, model.run(X))
     assert out["classes"] == ["malignant", "benign"] and set(out["predictions"]) <= {"malignant", "benign"}
     assert all(abs(sum(p) - 1) < 1e-5 for p in out["probabilities"])
+
+
+def test_raw_rows_of_a_file_with_a_text_column_predict_as_the_native_model(tmp_path) -> None:
+    frame = churn_frame(200)
+    path = tmp_path / "churn.csv"
+    frame.to_csv(path, index=False)
+    spec = TrainSpec("lightgbm", "binary_classification", path.as_uri(), "churn", {"n_estimators": 10},
+                     dataset_roots=(tmp_path,))
+    result = trainer_for("lightgbm").fit(spec, QuietReporter())
+    onnx = convert("lightgbm", "binary_classification", result.model_bytes, len(result.feature_names)).onnx_bytes
+    store = {"file:///m.onnx": onnx}
+    served = {**artifact(store), "n_features": len(result.feature_names),
+              "feature_names": list(result.feature_names), "class_labels": list(result.class_labels),
+              "feature_recipe": result.feature_recipe}
+    state = ServingState(ModelLoader(store.__getitem__))
+    assert state.apply_deployment(snapshot(store, 1, artifact=served), version=1)
+    model = state.deployments["d"].variants["a"]
+    recipe = load_dataset(path.as_uri(), "churn", "binary_classification", roots=(tmp_path,)).recipe
+
+    rows = raw_rows(frame)
+    rows[0]["contract"] = "weekly"  # never seen in training: all zeros, as a missing contract was
+    rows[1]["contract"] = None
+    rows[2]["tenure"] = None
+    X = rows_of(rows, model)
+    table = frame.drop(columns=["churn"]).astype({"contract": object})
+    table.loc[0, "contract"], table.loc[1, "contract"], table.loc[2, "tenure"] = "weekly", None, np.nan
+    expected = encode_frame(table, recipe).to_numpy(dtype=np.float32)
+    assert np.array_equal(X, expected, equal_nan=True)
+    native = native_predict("lightgbm", "binary_classification", result.model_bytes, expected)
+    served_p = np.array(answer(model, model.run(X))["probabilities"])[:, 1]
+    assert np.abs(served_p - native).max() <= 1e-4
+    # Encoded rows (the features' own names) still work and agree.
+    encoded = [dict(zip(result.feature_names, map(float, x))) for x in expected[3:6]]
+    assert np.array_equal(rows_of(encoded, model), X[3:6])
+    for bad, field in [([{k: v for k, v in rows[3].items() if k != "contract"}], "instances.0.contract"),
+                       ([rows[3] | {"contract": ["month"]}], "instances.0.contract"),
+                       ([rows[3] | {"tenure": "12"}], "instances.0.tenure"),
+                       ([rows[3] | {"colour": "red"}], "instances.0")]:
+        with pytest.raises(PredictError) as e:
+            rows_of(bad, model)
+        assert e.value.status == 422 and e.value.field == field, (bad, e.value.detail)
 
 
 def test_the_prediction_buffer_is_bounded_and_a_failed_batch_comes_back_with_its_id() -> None:

@@ -63,6 +63,7 @@ class TrainResult:
     model_format: str  # FrameworkSpec.model_format: "lightgbm-text" | "torch-state-dict" (keys of MODEL_SUFFIX)
     feature_names: tuple[str, ...] = ()  # the model's input columns, in order
     class_labels: tuple[str, ...] | None = None  # classification: the original label of class index i
+    feature_recipe: dict | None = None  # FeatureRecipe.to_json(): the raw columns and how they became the features
 
 
 class Trainer(Protocol):

@@ -60,6 +60,7 @@ class LightGBMTrainer:
             model_format=LIGHTGBM.model_format,
             feature_names=tuple(split.feature_names),
             class_labels=tuple(split.class_labels) if split.class_labels is not None else None,
+            feature_recipe=split.recipe.to_json() if split.recipe else None,
         )
 
 

@@ -101,7 +101,8 @@ class PyTorchMLPTrainer:
             report.step(epoch, params["epochs"], step_metrics(spec.task, total / n, scores))
         return TrainResult(final_metrics=scores, model_bytes=_serialize(model, spec, split, params),
                            model_format=PYTORCH.model_format, feature_names=tuple(split.feature_names),
-                           class_labels=tuple(split.class_labels) if split.class_labels is not None else None)
+                           class_labels=tuple(split.class_labels) if split.class_labels is not None else None,
+                           feature_recipe=split.recipe.to_json() if split.recipe else None)
 
 
 def load_model(data: bytes) -> StandardizedMLP:
