@@ -2,8 +2,9 @@
 work, every path, method, parameter, request and response property, type and enum value is the same. Order,
 descriptions, titles and examples do not count, nor where a schema is written (inline or under components: both
 are compared resolved). What may change: a constraint added or made stricter (lengths, patterns, ranges, item
-counts), a 400 problem+json answer added to an operation, and a 200 added to an operation that takes an
-Idempotency-Key (the repeat's answer, which it always gave); nothing else."""
+counts), a 400 problem+json answer added to an operation, a 200 added to an operation that takes an
+Idempotency-Key (the repeat's answer, which it always gave), and an optional property added to a response body
+(a reader that ignores it sees the same answer); nothing else."""
 from __future__ import annotations
 
 import json
@@ -110,9 +111,36 @@ def without_added_400s(after: dict[str, Any], before: dict[str, Any]) -> tuple[d
     return after, wrong
 
 
+def drop_added_properties(after: Any, before: Any) -> None:
+    """Remove from `after`, in place, the properties `before` lacks at the same place, unless `after` requires them."""
+    if isinstance(after, list) and isinstance(before, list) and len(after) == len(before):
+        for new, old in zip(after, before):
+            drop_added_properties(new, old)
+    if not isinstance(after, dict) or not isinstance(before, dict):
+        return
+    new_props, old_props = after.get("properties"), before.get("properties")
+    if isinstance(new_props, dict) and isinstance(old_props, dict):
+        for name in [n for n in new_props if n not in old_props and n not in after.get("required", [])]:
+            del new_props[name]
+    for key, value in after.items():
+        if key in before:
+            drop_added_properties(value, before[key])
+
+
+def without_added_response_properties(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """`after` less the optional properties its response bodies gained."""
+    for path, methods in after.get("paths", {}).items():
+        for method, operation in methods.items():
+            old = before.get("paths", {}).get(path, {}).get(method, {})
+            if isinstance(operation, dict) and isinstance(old, dict) and "responses" in operation:
+                drop_added_properties(operation["responses"], old.get("responses", {}))
+    return after
+
+
 def compare(before: dict[str, Any], after: dict[str, Any]) -> None:
     before, after = resolve(before, before), resolve(after, after)
     after, wrong = without_added_400s(after, before)
+    after = without_added_response_properties(after, before)
     assert not wrong, f"added 400 answers that are not problem+json: {wrong}"
     old_components = (before.get("components") or {}).pop("schemas", {})
     new_components = (after.get("components") or {}).pop("schemas", {})
@@ -159,11 +187,25 @@ def test_the_comparison_sees_a_changed_meaning() -> None:
     compare(before, changed(lambda d: props(d)["c"].update(minimum=0.01)))
     compare(before, changed(lambda d: d["paths"]["/x"]["post"]["responses"].update(
         {"400": {"content": {"application/problem+json": {}}}})))
+    def answer(**extra: Any) -> dict[str, Any]:  # the operation answers an In, with `extra` properties added
+        out = json.loads(json.dumps(before))
+        body = {"type": "object", "properties": {**props(out), **extra}, "required": list(extra)[1:]}
+        out["paths"]["/x"]["post"]["responses"]["200"] = {"content": {"application/json": {"schema": body}}}
+        return out
+
+    compare(answer(), answer(extra={"type": "string"}))  # an added optional response property
+    try:
+        compare(answer(), answer(extra={"type": "string"}, required={"type": "string"}))
+    except AssertionError:
+        pass
+    else:
+        raise AssertionError("an added required response property passed the comparison")
     for edit in (lambda d: props(d).update(z=props(d).pop("a")),
                  lambda d: props(d)["b"].update(enum=["p"]),
                  lambda d: props(d)["a"].update(maxLength=11),
                  lambda d: props(d)["c"].pop("exclusiveMinimum"),
-                 lambda d: d["paths"]["/x"]["post"]["responses"].update({"409": {}})):
+                 lambda d: d["paths"]["/x"]["post"]["responses"].update({"409": {}}),
+                 lambda d: props(d).update(z={"type": "string"})):  # a request property is not an addition we allow
         try:
             compare(before, changed(edit))
         except AssertionError:

@@ -43,7 +43,9 @@ def version_out(number: int, name: str = "churn") -> dict[str, Any]:
     return VersionPublic.model_validate({
         "model_name": name, "number": number, "job_id": JOB, "aliases": [], "onnx": None, "parity": None,
         "lineage": {"job_id": JOB, "framework": "lightgbm", "task": "binary_classification",
-                    "final_metrics": {"auc": 0.991}},
+                    "final_metrics": {"auc": 0.991}, "artifact": {"feature_recipe": {"columns": [
+                        {"name": "tenure", "type": "number"},
+                        {"name": "contract", "type": "category", "levels": ["month", "two_year", "year"]}]}}},
         "created_by": None, "created_at": NOW}).model_dump(mode="json")
 
 
@@ -114,6 +116,7 @@ def test_models_show_and_alias(scripted_api) -> None:  # type: ignore[no-untyped
                    Step("GET", "/api/v1/models/churn", answer=model_out(latest=3)),
                    Step("GET", "/api/v1/models/churn/versions", answer={"items": [version_out(1), version_out(3)]}),
                    Step("GET", "/api/v1/models/churn/versions/3", answer=version_out(3)),
+                   Step("GET", "/api/v1/models/churn/versions/3", answer=version_out(3)),
                    Step("PUT", "/api/v1/models/churn/aliases/production", {"version": 3},
                         answer=model_out(latest=3, aliases={"production": 3})))
     code, output = trainyard("models", "--api", API)
@@ -122,6 +125,8 @@ def test_models_show_and_alias(scripted_api) -> None:  # type: ignore[no-untyped
     assert code == 0 and "2 versions" in output and "v1" in output and "auc=0.991" in output, output
     code, output = trainyard("model", "show", "churn", "--version", "3", "--json", "--api", API)
     assert code == 0 and json.loads(output) == version_out(3), output
+    code, output = trainyard("model", "show", "churn", "--version", "3", "--api", API)  # what to send to predict
+    assert code == 0 and "tenure (number), contract (month|two_year|year)" in output, output
     code, output = trainyard("model", "alias", "churn", "production", "3", "--api", API)
     assert code == 0 and output.strip() == "churn: production → v3", output
     script.done()

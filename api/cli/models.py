@@ -106,6 +106,9 @@ def model_show(name: str, version: Annotated[Optional[int], typer.Option("--vers
         rows.append(("model", f"{lineage.get('framework')}/{lineage.get('task')}"))
     if lineage.get("final_metrics"):
         rows.append(("metrics", " ".join(f"{k}={num(x)}" for k, x in sorted(lineage["final_metrics"].items()))))
+    if inputs := v.get("inputs"):
+        rows.append(("inputs", ", ".join(f"{c['name']} ({'|'.join(c['levels']) if c.get('levels') else c['type']})"
+                                         for c in inputs)))
     if onnx := v.get("onnx"):
         rows.append(("onnx", f"{onnx.get('uri')} (sha256 {str(onnx.get('sha256'))[:12]}…)"))
     else:

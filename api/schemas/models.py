@@ -5,10 +5,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from api.limits import SafeText
 from api.schemas.common import MAX_TAGS, Tag
+from domain.features import COLUMN_TYPES
 from domain.models import ALIAS_NAME, MODEL_NAME
 from domain.vocabulary import ExportStatus
 
@@ -101,6 +102,13 @@ class ExportPublic(BaseModel):
     finished_at: datetime | None
 
 
+class InputColumn(BaseModel):
+    name: str
+    type: Literal[COLUMN_TYPES] = Field(description="number (null: missing), boolean, or category (text)")
+    levels: list[str] | None = Field(default=None, description="category: the values seen in training; any other "
+                                                               "value, or null, counts as missing (all-zero one-hot)")
+
+
 class VersionPublic(BaseModel):
     model: str = Field(validation_alias="model_name")
     version: int = Field(validation_alias="number")
@@ -108,11 +116,25 @@ class VersionPublic(BaseModel):
     aliases: list[str]
     lineage: dict[str, Any] = Field(description="job id, framework, task, dataset (and its sha256), params, final "
                                                 "metrics, artifact (uri, sha256), feature names, class labels")
+    inputs: list[InputColumn] | None = Field(
+        default=None, description="the raw columns to send as named rows to predict, as the training file had "
+                                  "them (null for a version trained before inputs were recorded: send its "
+                                  "`lineage.feature_names`)")
     onnx: OnnxArtifact | None = Field(description="the serving artifact: the last export that passed its parity check")
     parity: ParityReport | None
     exports: list[ExportPublic] = Field(default_factory=list)
     created_by: str | None
     created_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inputs_from_lineage(cls, data: Any) -> Any:
+        """The raw input schema is the recipe the job's artifact recorded (lineage.artifact.feature_recipe)."""
+        if isinstance(data, dict) and "inputs" not in data:
+            artifact = (data.get("lineage") or {}).get("artifact") or {}
+            recipe = artifact.get("feature_recipe") if isinstance(artifact, dict) else None
+            data = {**data, "inputs": recipe.get("columns") if isinstance(recipe, dict) else None}
+        return data
 
 
 class VersionList(BaseModel):
