@@ -19,6 +19,10 @@ import httpx
 import pytest
 from sklearn.datasets import load_breast_cancer
 
+from domain.features import FeatureRecipe
+from infra.datasets import encode_frame
+from runners.onnx_converter import native_predict
+from tests.support.churn import churn_frame, raw_rows
 from tests.support.stack import FINISHED, Stack, up_on_a_fresh_database
 from tests.support.waiting import eventually
 
@@ -48,13 +52,13 @@ class Serving:
         assert r.status_code == 201, r.text
         self.key = r.json()["key"]
 
-    def export(self, version: int, **body: Any) -> dict[str, Any]:
-        r = self.http.post(f"{MODELS}/bc/versions/{version}/exports", json={"format": "onnx", **body})
+    def export(self, version: int, model: str = "bc", **body: Any) -> dict[str, Any]:
+        r = self.http.post(f"{MODELS}/{model}/versions/{version}/exports", json={"format": "onnx", **body})
         assert r.status_code == 202, r.text
         export_id = r.json()["export_id"]
 
         def finished() -> dict[str, Any] | None:
-            out = self.http.get(f"{MODELS}/bc/versions/{version}/exports/{export_id}").json()
+            out = self.http.get(f"{MODELS}/{model}/versions/{version}/exports/{export_id}").json()
             return out if out["status"] in FINISHED else None
 
         return eventually(finished, timeout=120, interval=0.2, message=f"export {export_id} never finished")
@@ -112,6 +116,44 @@ def test_a_registered_version_keeps_its_lineage_and_its_onnx_export_passes_parit
     assert v1["onnx"]["sha256"] == export["artifact"]["sha256"] and v1["onnx"]["input_shape"] == [None, 30]
     assert v1["onnx"]["opset"] and v1["onnx"]["input_name"] == "input" and v1["parity"]["passed"] is True
     assert [e["export_id"] for e in v1["exports"]] == [export["export_id"]]
+
+
+def test_a_model_trained_on_a_text_column_answers_raw_rows_as_the_native_model(serving: Serving) -> None:
+    """The README's churn story: upload a table with a text column, train, register, export, deploy, then call it
+    with rows as the file has them (any key order, an unseen contract, a missing number)."""
+    http, frame = serving.http, churn_frame(500)
+    r = http.post("/api/v1/datasets", files={"file": ("churn.csv", frame.to_csv(index=False).encode(), "text/csv")})
+    assert r.status_code == 201, r.text
+    job_id = serving.stack.submit(framework="lightgbm", task="binary_classification",
+                                  dataset={"uri": r.json()["uri"], "target": "churn"}, params={"n_estimators": 20})
+    assert serving.stack.wait(job_id, lambda j: j["status"] in FINISHED)["status"] == "completed"
+    assert http.post(MODELS, json={"name": "churn"}).status_code == 201
+    assert http.post(f"{MODELS}/churn/versions", json={"job_id": job_id}).status_code == 201
+    version = http.get(f"{MODELS}/churn/versions/1").json()
+    assert version["inputs"] == [{"name": "tenure", "type": "number", "levels": None},
+                                 {"name": "monthly_charges", "type": "number", "levels": None},
+                                 {"name": "contract", "type": "category", "levels": ["month", "two_year", "year"]}]
+    assert serving.export(1, model="churn")["status"] == "completed"
+    r = http.post(DEPLOYMENTS, json={"name": "churn", "variants": [
+        {"name": "a", "model": "churn", "version": 1, "weight": 100}]})
+    assert r.status_code == 201, r.text
+    serving.wait_revision("churn", 1)
+
+    table = frame.drop(columns=["churn"]).head(60).astype({"contract": object})
+    table.loc[0, "contract"], table.loc[1, "tenure"] = "weekly", float("nan")
+    rows = raw_rows(table.assign(churn="?"))
+    r = serving.predict("churn", rows)
+    assert r.status_code == 200, r.text
+    lineage = version["lineage"]
+    recipe = FeatureRecipe.from_json(lineage["artifact"]["feature_recipe"])
+    X = encode_frame(table, recipe).to_numpy(dtype="float32")  # the loader's own encoding of the same rows
+    with open(lineage["artifact"]["uri"].removeprefix("file://"), "rb") as f:
+        native = native_predict("lightgbm", "binary_classification", f.read(), X)
+    served = [p[1] for p in r.json()["probabilities"]]
+    assert max(abs(a - b) for a, b in zip(served, native)) <= 1e-4
+    assert r.json()["classes"] == ["no", "yes"]
+    encoded = [dict(zip(lineage["feature_names"], map(float, x))) for x in X[2:4]]  # the encoded form still works
+    assert serving.predict("churn", encoded).json()["probabilities"] == r.json()["probabilities"][2:4]
 
 
 def test_registry_refusals_name_the_field(serving: Serving) -> None:
