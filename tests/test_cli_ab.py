@@ -85,9 +85,11 @@ def report(decision: str = "challenger_better", mismatch: bool = False, shadow: 
                        "compared": 9812, "agreement": 0.9731,
                        "versus_control": comparison("shadow", -0.005, [-0.03, 0.02], 1.0, "no_difference_yet", metric),
                        "by_variant": [{"variant": "a", "compared": 5020, "agreed": 4890,
-                                       "shadow_latency": [5000.0, 9100.0, 15700.0]},
+                                       "shadow_latency_p50_ms": 5.0, "shadow_latency_p95_ms": 9.1,
+                                       "shadow_latency_p99_ms": 15.7},
                                       {"variant": "b", "compared": 4792, "agreed": 4658,
-                                       "shadow_latency": [5000.0, 9000.0, 15600.0]}]}
+                                       "shadow_latency_p50_ms": 5.0, "shadow_latency_p95_ms": 9.0,
+                                       "shadow_latency_p99_ms": 15.6}]}
     return {"deployment": "churn-api", "metric": metric, "revision": 4, "control": "a",
             "window": {"since_ms": 0, "until_ms": 1_746_100_000_001, "revision": None},
             "variants": [{"name": "a", "weight": 50, **a}, {"name": "b", "weight": 50, **b}],
