@@ -204,6 +204,18 @@ def test_ab_watch_redraws_rides_out_a_503_and_stops_on_ctrl_c(scripted_api) -> N
     assert "API 503" in out and "starting; showing the last look" in out
 
 
+def test_ab_watch_piped_prints_each_look_as_it_comes(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    look = [Step("GET", f"{DEP}/ab", params={"metric": "accuracy"}, answer=report()),
+            Step("GET", f"{DEP}/ab/timeseries", params={"metric": "accuracy", "bucket": "60"},
+                 answer=timeseries(RISING))]
+    script = scripted_api(Step("GET", DEP, answer=deployment_out()), *look, *look,
+                          Step("GET", f"{DEP}/ab", params={"metric": "accuracy"}, answer=INTERRUPT))
+    code, out = trainyard("ab", "churn-api", "--watch", "--interval", "0.1")  # not a terminal: no redraw in place
+    assert code == 0, out
+    script.done()
+    assert out.count("challenger_better") == 2 and out.count("every 0.1 s, Ctrl-C to stop") == 2, out
+
+
 def test_sparkline_and_bucket_choice() -> None:
     assert sparkline([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█"
     assert sparkline([0.5, 0.5, 0.5]) == "▄▄▄"
