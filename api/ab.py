@@ -15,7 +15,7 @@ from commands.deployments import DeploymentNotFoundError
 from domain.ab_policy import stats_of
 from domain.ab_stats import compare, srm, summarize
 from domain.deployment_spec import control_of
-from domain.vocabulary import AbMetric
+from domain.vocabulary import TASK_AB_METRICS, AbMetric, Task
 from projections.telemetry.ab_queries import shadow_agreement, timeseries, variant_stats
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
@@ -37,6 +37,16 @@ def _deployment(s: Services, name: str) -> dict[str, Any]:
     return row
 
 
+def check_metric(row: dict[str, Any], metric: str) -> None:
+    """A metric the deployment's task has (an rmse of class labels is no figure at all: the report would be empty)."""
+    tasks = {(v.get("artifact") or {}).get("task") for v in row["variants"]}
+    for task in tasks & set(TASK_AB_METRICS):
+        allowed = [str(m) for m in TASK_AB_METRICS[Task(task)]]
+        if metric not in allowed:
+            raise Problem(422, "Invalid request", f"metric: {metric} does not apply to {row['name']!r}, a {task} "
+                                                  f"deployment; its metrics: {', '.join(allowed)}", "metric")
+
+
 def _weights_by_revision(s: Services, name: str) -> dict[int, dict[str, int]]:
     return {h["revision"]: {v["name"]: v["weight"] for v in h["variants"]} for h in s.deployments.history(name)}
 
@@ -45,6 +55,7 @@ def report(s: Services, name: str, metric: str, since: int | None = None, until:
            revision: int | None = None, alpha: float = 0.05) -> dict[str, Any]:
     """The A/B report of `name` as data (the API's answer; the CLI and the policy read the same)."""
     row = _deployment(s, name)
+    check_metric(row, metric)
     since_ms, until_ms = _window(since, until)
     rows, per_revision = variant_stats(s.clickhouse, name, metric, since_ms, until_ms,
                                        -1 if revision is None else revision)
@@ -103,6 +114,7 @@ def ab_timeseries(name: Annotated[DeploymentName, Path()], s: ServicesDep, metri
     """Per time bucket: each variant's figures in the bucket, and the comparison of each challenger with the control
     on everything up to the end of the bucket (the difference over time, as the report would have shown it)."""
     row = _deployment(s, name)
+    check_metric(row, metric)
     since_ms, until_ms = _window(since, until)
     rows = timeseries(s.clickhouse, name, metric, bucket, since_ms, until_ms, -1 if revision is None else revision)
     control = control_of(row["variants"])

@@ -32,9 +32,11 @@ from domain.vocabulary import FINISHED, STUDY_ENDED
 
 
 
-def _one_line(text: Any, limit: int = 300) -> str:
+def _one_line(text: Any, limit: int | None = None) -> str:
+    """The text on one line; cut to `limit` characters only when given (an API's problem never is: its field
+    and reason come last)."""
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 class TrainyardError(Exception):

@@ -139,10 +139,14 @@ async def feedback(name: NamePath, items: Annotated[list[FeedbackItem], Body(max
     (regression) per `request_id`. A repeated request id replaces its earlier feedback. Goes through JetStream to
     ClickHouse `feedback`, like predictions."""
     s: Services = request.app.state.services
-    await asyncio.to_thread(_deployment, s, name)
+    deployment = await asyncio.to_thread(_deployment, s, name)
+    classes = _classes(deployment)
     for i, item in enumerate(items):
         if (item.label is None) == (item.value is None):
             raise Problem(422, "Invalid request", f"{i}: give exactly one of label and value", f"{i}.label")
+        if classes is not None and item.label is not None and item.label not in classes:
+            raise Problem(422, "Invalid request", f"{i}.label: {item.label!r} is not a class of {name!r}; its "
+                                                  f"classes: {', '.join(sorted(classes))}", f"{i}.label")
     ids = [item.request_id for item in items]
     known = await asyncio.to_thread(s.predictions.known_requests, name, ids)
     # The batch id names this post (the time included): posting a label again after a correction is a new
@@ -169,6 +173,16 @@ async def feedback(name: NamePath, items: Annotated[list[FeedbackItem], Body(max
 
 
 FEEDBACK_CHUNK = 2000
+
+
+def _classes(deployment: DeploymentPublic) -> set[str] | None:
+    """The labels its variants and shadow can predict, as predictions spell them (None: one of them records no
+    classes, so any label may be right). A label outside them would count as wrong for every variant, silently."""
+    served = [v.artifact for v in deployment.variants] + ([deployment.shadow.artifact] if deployment.shadow else [])
+    labels = [a.get("class_labels") for a in served]
+    if not labels or any(not ls for ls in labels):
+        return None
+    return {str(label) for ls in labels for label in ls}
 
 
 def _part(batch: FeedbackBatch, start: int) -> FeedbackBatch:

@@ -80,10 +80,10 @@ def _invalid_field(e: Any) -> Problem:
 DOMAIN_ERRORS: tuple[tuple[type[Exception], Callable[[Any], Problem]], ...] = (
     (JobNotFoundError, lambda e: Problem(404, "Not found", f"no training job {e}", "job_id")),
     (StudyNotFoundError, lambda e: Problem(404, "Not found", f"no study {e}", "study_id")),
-    (ModelNotFoundError, lambda e: Problem(404, "Not found", f"no model {e}", "name")),
+    (ModelNotFoundError, lambda e: Problem(404, "Not found", f"no model {str(e)!r}", "name")),
     (VersionNotFoundError, lambda e: Problem(404, "Not found", str(e), "version")),
     (ExportNotFoundError, lambda e: Problem(404, "Not found", f"no export {e}", "export_id")),
-    (DeploymentNotFoundError, lambda e: Problem(404, "Not found", f"no deployment {e}", "name")),
+    (DeploymentNotFoundError, lambda e: Problem(404, "Not found", f"no deployment {str(e)!r}", "name")),
     (ApiKeyNotFoundError, lambda e: Problem(404, "Not found", f"no API key {e}", "key_id")),
     (IdempotencyConflictError, lambda e: Problem(409, "Conflict", str(e), "Idempotency-Key")),
     (JobError, _conflict), (StudyError, _conflict), (ModelError, _conflict), (DeploymentError, _conflict),

@@ -52,16 +52,17 @@ class TrainyardApplication(Application[UUID]):
         effect = self._completion_effects.get(work.work_kind)
         return effect(work) if effect is not None else []
 
-    def load(self, aggregate_id: UUID, not_found: type[LookupError], copy: bool = True) -> Any:
+    def load(self, aggregate_id: UUID, not_found: Callable[[str], LookupError], copy: bool = True) -> Any:
         """The aggregate, from the cache (fast-forwarded) or the store. `copy=False` skips the cache's deep copy
-        (a study's copies every trial): only for readers that never change the object they get."""
+        (a study's copies every trial): only for readers that never change the object they get. `not_found(id)`
+        is the error raised when there is none (an aggregate named by the user says the name, not the id)."""
         try:
             return self.repository.get(aggregate_id, deepcopy_from_cache=copy)
         except AggregateNotFoundError:
             raise not_found(str(aggregate_id)) from None
 
     def change(self, aggregate_id: UUID, decide: Callable[[Any], None], ctx: CommandContext,
-               not_found: type[LookupError], tries: int = 5,
+               not_found: Callable[[str], LookupError], tries: int = 5,
                also: Callable[[Any], list[Aggregate]] | None = None) -> Saved:
         """Load → decide → save, retried on an optimistic-concurrency conflict. Returns the aggregate and the
         notification id of the last event recorded (None if the decision recorded nothing). `also(aggregate)`

@@ -25,7 +25,7 @@ from domain.models import RegisteredModel, VersionNotFoundError, check_model_nam
 
 
 class DeploymentNotFoundError(LookupError):
-    """No deployment has this name; HTTP 404."""
+    """No deployment has this name (its one argument); HTTP 404."""
 
 
 class ApiKeyNotFoundError(LookupError):
@@ -93,7 +93,7 @@ class DeploymentCommands:
 
     # ---- deployments ----------------------------------------------------------------------------------
     def get(self, name: str) -> Deployment:
-        return self.app.load(deployment_id(check_name(name)), DeploymentNotFoundError)
+        return self.app.load(deployment_id(check_name(name)), lambda _id: DeploymentNotFoundError(name))
 
     def create(self, name: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
                reason: str | None = None, ctx: CommandContext = ANONYMOUS,
@@ -106,7 +106,8 @@ class DeploymentCommands:
             raise DeploymentExistsError(f"a deployment named {name!r} exists") from None
 
     def _change(self, name: str, decide: Any, ctx: CommandContext) -> tuple[Deployment, int | None]:
-        return self.app.change(deployment_id(check_name(name)), decide, ctx, DeploymentNotFoundError)
+        # the id is derived from the name: the error says the name the user gave
+        return self.app.change(deployment_id(check_name(name)), decide, ctx, lambda _id: DeploymentNotFoundError(name))
 
     def change_traffic(self, name: str, weights: dict[str, int], reason: str | None = None,
                        ctx: CommandContext = ANONYMOUS) -> tuple[Deployment, int | None]:

@@ -6,6 +6,7 @@ completion attaches the ONNX artifact to the model version in the same transacti
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -21,7 +22,12 @@ from domain.training_job import TrainingJob
 
 
 class ModelNotFoundError(LookupError):
-    """No model has this name; HTTP 404."""
+    """No model has this name (its one argument); HTTP 404."""
+
+
+def missing_model(name: str) -> Callable[[str], ModelNotFoundError]:
+    """The error for `app.load`: the model's id is derived from its name, and the user knows only the name."""
+    return lambda _id: ModelNotFoundError(name)
 
 
 class ExportNotFoundError(LookupError):
@@ -63,13 +69,13 @@ class ModelCommands:
         version (a repeat of the completion changes nothing)."""
         if not isinstance(work, ModelExport) or work.status != "completed" or not work.pending_events:
             return []
-        model: RegisteredModel = self.app.load(model_id(work.model_name), ModelNotFoundError)
+        model: RegisteredModel = self.app.load(model_id(work.model_name), missing_model(work.model_name))
         parity = {**work.final_metrics, "metric": (work.artifact or {}).get("parity_metric"), "passed": True}
         model.attach_onnx(work.model_version, work.id, dict(work.artifact or {}), parity)
         return [model]
 
     def get(self, name: str) -> RegisteredModel:
-        return self.app.load(model_id(check_model_name(name)), ModelNotFoundError)
+        return self.app.load(model_id(check_model_name(name)), missing_model(name))
 
     def create(self, name: str, description: str = "", tags: list[str] | None = None,
                ctx: CommandContext = ANONYMOUS) -> tuple[RegisteredModel, int | None]:
@@ -94,16 +100,16 @@ class ModelCommands:
         number: list[int] = []
         model, position = self.app.change(model_id(check_model_name(name)),
                                           lambda m: number.append(m.register_version(job.id, lineage)), ctx,
-                                          ModelNotFoundError)
+                                          missing_model(name))
         return model, number[-1], position
 
     def set_alias(self, name: str, alias: str, version: int, ctx: CommandContext = ANONYMOUS):
         return self.app.change(model_id(check_model_name(name)), lambda m: m.set_alias(alias, version), ctx,
-                               ModelNotFoundError)
+                               missing_model(name))
 
     def remove_alias(self, name: str, alias: str, ctx: CommandContext = ANONYMOUS):
         return self.app.change(model_id(check_model_name(name)), lambda m: m.remove_alias(alias), ctx,
-                               ModelNotFoundError)
+                               missing_model(name))
 
     def request_export(self, name: str, version: int, format: str = "onnx", tolerance: float = DEFAULT_TOLERANCE,
                        ctx: CommandContext = ANONYMOUS) -> tuple[ModelExport, int | None]:

@@ -34,7 +34,7 @@ class AB:
                 for p in ({"n_estimators": 1, "num_leaves": 2, "learning_rate": 0.001}, {"n_estimators": 40})]
         for job_id in jobs:
             assert stack.wait(job_id, lambda j: j["status"] in FINISHED)["status"] == "completed"
-        assert self.http.post(MODELS, json={"name": "bc"}).status_code == 201
+        assert (r := self.http.post(MODELS, json={"name": "bc"})).status_code == 201, r.text
         for job_id in jobs:
             assert self.http.post(f"{MODELS}/bc/versions", json={"job_id": job_id}).status_code == 201
         for version in (1, 2):
@@ -159,3 +159,34 @@ def test_routing_forced_off_the_weights_is_flagged(ab: AB) -> None:
 
     report = eventually(counted, timeout=30, interval=0.3, message="the A/B report never counted the 120 requests")
     assert report["srm"]["mismatch"] is True and report["srm"]["revisions"][0]["p_value"] < 0.001
+
+
+def test_labels_metrics_and_latencies_mean_what_the_model_means(ab: AB) -> None:
+    """A label the model never had, a metric its task has not: clear 422s, not a silent miscount or an empty
+    table; the shadow's latency is in ms, named, like the variants'."""
+    body = {"name": "edges", "variants": [{"name": "control", "model": "bc", "version": 2, "weight": 100}],
+            "shadow": {"model": "bc", "version": 1}}
+    assert (r := ab.http.post(DEPLOYMENTS, json=body)).status_code == 201, r.text
+    r = ab.http.post(f"{DEPLOYMENTS}/edges/feedback", json=[{"request_id": "r-1", "label": "benign"},
+                                                            {"request_id": "r-2", "label": "Benign"}])
+    assert r.status_code == 422 and r.json()["field"] == "1.label", r.text
+    assert r.json()["detail"] == "1.label: 'Benign' is not a class of 'edges'; its classes: benign, malignant"
+    r = ab.http.get(f"{DEPLOYMENTS}/edges/ab", params={"metric": "rmse"})
+    assert r.status_code == 422 and r.json()["field"] == "metric", r.text
+    assert r.json()["detail"].endswith("a binary_classification deployment; its metrics: accuracy, logloss")
+    assert ab.http.get(f"{DEPLOYMENTS}/edges/ab/timeseries", params={"metric": "mae"}).status_code == 422
+
+    eventually(lambda: "edges" in {d["name"] for d in ab.inference.get("/v1/deployments").json()["items"]},
+               timeout=20, interval=0.05, message="edges never served")
+    assert ab.traffic("edges", 40) == 40
+
+    def compared() -> dict[str, Any] | None:
+        shadow = ab.http.get(f"{DEPLOYMENTS}/edges/ab").json()["shadow"]
+        return shadow if shadow and shadow["compared"] >= 40 else None
+
+    shadow = eventually(compared, timeout=30, interval=0.3, message="the shadow's requests were never compared")
+    (by_variant,) = shadow["by_variant"]
+    assert set(by_variant) == {"variant", "compared", "agreed", "shadow_latency_p50_ms", "shadow_latency_p95_ms",
+                               "shadow_latency_p99_ms"}
+    # the same requests' latency as the shadow's own figure (a sketch, in ms): the same unit, so the same size
+    assert 0.5 < by_variant["shadow_latency_p50_ms"] / shadow["latency_p50_ms"] < 2, shadow

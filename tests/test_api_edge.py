@@ -384,3 +384,17 @@ def test_hostile_bodies_never_5xx_and_always_name_a_field(client, framework, cha
     assert r.status_code >= 400, raw[:300]
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json().get("field"), r.text
+
+
+# ---- names, not ids --------------------------------------------------------------------------------
+@pytest.mark.parametrize("method, path, body, words", [
+    ("POST", "/api/v1/models/nosuch/versions/1/exports", {}, "no model 'nosuch'"),
+    ("PUT", "/api/v1/models/nosuch/aliases/production", {"version": 1}, "no model 'nosuch'"),
+    ("DELETE", "/api/v1/models/nosuch/aliases/production", None, "no model 'nosuch'"),
+    ("DELETE", "/api/v1/deployments/nosuch", None, "no deployment 'nosuch'"),
+    ("POST", "/api/v1/deployments/nosuch/rollback", None, "no deployment 'nosuch'"),
+])
+def test_an_unknown_name_is_a_404_saying_the_name_typed(client, method, path, body, words):
+    """The model's and deployment's ids are derived from their names; the user knows only the name."""
+    detail = problem(client.request(method, path, json=body), 404, "name")["detail"]
+    assert detail == words, detail

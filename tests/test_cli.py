@@ -232,3 +232,45 @@ def test_the_readme_python_example_runs(api: FakeApi, monkeypatch: pytest.Monkey
     assert job["framework"] == "lightgbm" and job["dataset"]["uri"] == "builtin://breast_cancer"
     assert job["params"]["n_estimators"] <= 100
     assert capsys.readouterr().out.strip() == "completed {'auc': 0.991, 'logloss': 0.09}"
+
+
+# ---- piped output -----------------------------------------------------------------------------------------------
+def test_watch_piped_prints_a_plain_line_for_each_change_as_it_happens(api: FakeApi) -> None:
+    job = api.add()
+
+    def runner() -> None:
+        # read 1: the check that the job exists; 2: the first look, whole before read 3 is counted
+        eventually(lambda: api.reads >= 3, timeout=10, interval=0.02, message="the watch never looked")
+        api.run(job, 10)
+        eventually(lambda: api.reads >= 5, timeout=10, interval=0.02, message="the watch never looked again")
+        api.complete(job)
+
+    threading.Thread(target=runner, daemon=True).start()
+    code, output = trainyard("watch", job["job_id"], "--api", api.url)  # CliRunner's output is not a terminal
+    assert code == 0, output
+    lines = output.splitlines()
+    short, end = job["job_id"][:8], lines.index("{")
+    progress = lines[:end]  # (the fake changes a job between two reads of one look: a state may show twice)
+    assert progress[0].startswith(f"{short} queued attempt 0 0%"), output
+    assert f"{short} running attempt 1 50% valid_logloss=0.25 valid_auc=0.97" in progress, output
+    assert progress[-1] == f"{short} completed attempt 1 100% valid_logloss=0.25 valid_auc=0.97", output
+    assert all(a != b for a, b in zip(progress, progress[1:])), output  # a line per change, not per look
+    assert json.loads("\n".join(lines[end:]))["status"] == "completed"
+
+
+def test_piped_tables_and_errors_are_never_cut(api: FakeApi) -> None:
+    long_name = "a-very-long-job-name-" * 8
+    api.add(name=long_name)
+    code, output = trainyard("jobs", "--api", api.url)
+    assert code == 0 and any(long_name in row for row in output.splitlines()), output
+
+    long = "params: unknown parameter 'mi'; allowed: " + ", ".join(f"param_{i}" for i in range(80))
+    error = TrainyardError(422, {"title": "Invalid request", "detail": long, "field": "params.mi"})
+    assert str(error) == f"422 Invalid request: {long} (field params.mi)"
+
+
+def test_a_param_without_equals_says_the_syntax(api: FakeApi) -> None:
+    code, output = trainyard("submit", "--framework", "lightgbm", "--task", "binary_classification",
+                             "--dataset", "builtin://breast_cancer", "-p", "n_estimators", "--api", api.url)
+    assert code == 2 and "syntax is name=value" in " ".join(output.replace("│", " ").split()), output
+    assert not api.jobs

@@ -85,9 +85,11 @@ def report(decision: str = "challenger_better", mismatch: bool = False, shadow: 
                        "compared": 9812, "agreement": 0.9731,
                        "versus_control": comparison("shadow", -0.005, [-0.03, 0.02], 1.0, "no_difference_yet", metric),
                        "by_variant": [{"variant": "a", "compared": 5020, "agreed": 4890,
-                                       "shadow_latency": [5000.0, 9100.0, 15700.0]},
+                                       "shadow_latency_p50_ms": 5.0, "shadow_latency_p95_ms": 9.1,
+                                       "shadow_latency_p99_ms": 15.7},
                                       {"variant": "b", "compared": 4792, "agreed": 4658,
-                                       "shadow_latency": [5000.0, 9000.0, 15600.0]}]}
+                                       "shadow_latency_p50_ms": 5.0, "shadow_latency_p95_ms": 9.0,
+                                       "shadow_latency_p99_ms": 15.6}]}
     return {"deployment": "churn-api", "metric": metric, "revision": 4, "control": "a",
             "window": {"since_ms": 0, "until_ms": 1_746_100_000_001, "revision": None},
             "variants": [{"name": "a", "weight": 50, **a}, {"name": "b", "weight": 50, **b}],
@@ -200,6 +202,18 @@ def test_ab_watch_redraws_rides_out_a_503_and_stops_on_ctrl_c(scripted_api) -> N
     script.done()
     assert "challenger_better" in out and "▁▂▃▅▆▇█" in out  # the last look stays on screen
     assert "API 503" in out and "starting; showing the last look" in out
+
+
+def test_ab_watch_piped_prints_each_look_as_it_comes(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    look = [Step("GET", f"{DEP}/ab", params={"metric": "accuracy"}, answer=report()),
+            Step("GET", f"{DEP}/ab/timeseries", params={"metric": "accuracy", "bucket": "60"},
+                 answer=timeseries(RISING))]
+    script = scripted_api(Step("GET", DEP, answer=deployment_out()), *look, *look,
+                          Step("GET", f"{DEP}/ab", params={"metric": "accuracy"}, answer=INTERRUPT))
+    code, out = trainyard("ab", "churn-api", "--watch", "--interval", "0.1")  # not a terminal: no redraw in place
+    assert code == 0, out
+    script.done()
+    assert out.count("challenger_better") == 2 and out.count("every 0.1 s, Ctrl-C to stop") == 2, out
 
 
 def test_sparkline_and_bucket_choice() -> None:

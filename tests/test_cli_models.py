@@ -259,6 +259,8 @@ def test_api_key_create_prints_the_key_once(scripted_api) -> None:  # type: igno
                                                      "rate_limit_per_s": 50.0}, 201, created),
                    Step("POST", "/api/v1/api-keys", {"name": "mobile", "deployments": "*"}, 201,
                         {**created, "deployments": ["*"], "rate_limit_per_s": None}),
+                   Step("POST", "/api/v1/api-keys", {"name": "mobile", "deployments": "*"}, 201,
+                        {**created, "deployments": ["*"], "rate_limit_per_s": None}),
                    Step("GET", "/api/v1/api-keys", answer={"items": [key_out(["churn-api"], 50.0)]}),
                    Step("DELETE", f"/api/v1/api-keys/{KEY_ID}", answer=key_out(["churn-api"], 50.0, revoked=True)))
     code, output = trainyard("api-key", "create", "mobile", "--deployment", "churn-api", "--rate", "50",
@@ -267,6 +269,10 @@ def test_api_key_create_prints_the_key_once(scripted_api) -> None:  # type: igno
     assert output.splitlines()[0] == "ty_3kqSECRET" and "shown only" in output and KEY_ID in output
     code, output = trainyard("api-key", "create", "mobile", "--api", API)
     assert code == 0 and output.splitlines()[0] == "ty_3kqSECRET", output
+    code, output = trainyard("api-key", "create", "mobile", "-d", "*", "--api", API)  # all, as the API spells it
+    assert code == 0 and output.splitlines()[0] == "ty_3kqSECRET", output
+    code, output = trainyard("api-key", "create", "mobile", "-d", "*", "-d", "churn-api", "--api", API)
+    assert code == 2 and "stands alone" in output, output
     code, output = trainyard("api-key", "list", "--api", API)
     assert code == 0 and KEY_ID in output and "ty_3kq" in output and "SECRET" not in output, output
     code, output = trainyard("api-key", "revoke", KEY_ID, "--api", API)

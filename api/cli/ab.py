@@ -33,7 +33,8 @@ def _epoch_s(ts: Any) -> float | None:
 def ab(name: str,
        metric: Annotated[AbMetric, typer.Option(help="the per-prediction metric compared")] = AbMetric.ACCURACY,
        revision: Annotated[Optional[int], typer.Option(min=1, help="only this revision's traffic")] = None,
-       watch_it: Annotated[bool, typer.Option("--watch", help="redraw every --interval seconds until Ctrl-C")]
+       watch_it: Annotated[bool, typer.Option("--watch", help="redraw every --interval seconds until Ctrl-C "
+                                                              "(piped: print each look)")]
        = False,
        interval: Annotated[float, typer.Option(min=0.1, help="seconds between redraws with --watch")] = 5.0,
        as_json: JsonOpt = False, api: ApiOpt = None) -> None:
@@ -81,6 +82,12 @@ def ab(name: str,
                     f"look, retrying every {interval:g} s", style="yellow")
 
     try:
+        if not console.is_terminal:  # piped: each look printed whole as it comes (Live would print only the last)
+            console.print(ab_view(report, series, footer()))
+            for report, series in poll(look, interval, patience=None, wait_first=True,
+                                       on_error=lambda e, left: console.print(footer(e))):
+                console.print(ab_view(report, series, footer()))
+            return
         with Live(ab_view(report, series, footer()), console=console, refresh_per_second=4) as live:
             def stale(e: TrainyardError, left: float | None) -> None:  # the last look stays, with why it is old
                 live.update(ab_view(report, series, footer(e)))

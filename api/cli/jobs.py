@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from api.cli.app import ApiOpt, cli, connect
-from api.cli.output import console, seconds, size, styled, when
+from api.cli.output import console, line, seconds, size, styled, when
 from api.cli.watching import WATCH_PATIENCE_S, poll
 from api.client import TrainyardClient, TrainyardError
 from domain.vocabulary import FINISHED, Framework, JobStatus, Priority, Task, choices
@@ -24,7 +24,7 @@ def submit(
     dataset: Annotated[str, typer.Option(help="builtin://breast_cancer | file:///abs/data.csv ...")],
     name: Annotated[Optional[str], typer.Option()] = None,
     target: Annotated[Optional[str], typer.Option(help="target column (file:// datasets)")] = None,
-    param: Annotated[list[str], typer.Option("--param", "-p", help="KEY=VALUE (VALUE parsed as JSON)")] = [],
+    param: Annotated[list[str], typer.Option("--param", "-p", help="name=value (value parsed as JSON; repeat)")] = [],
     priority: Annotated[str, typer.Option(help=choices(Priority))] = Priority.MEDIUM.value,
     tag: Annotated[list[str], typer.Option("--tag")] = [],
     idempotency_key: Annotated[Optional[str], typer.Option()] = None,
@@ -34,7 +34,10 @@ def submit(
     """Submit a training job; prints its id (with --watch: exit 0 only when it completes)."""
     params = {}
     for p in param:
-        key, _, raw = p.partition("=")
+        key, eq, raw = p.partition("=")
+        if not eq or not key:
+            raise typer.BadParameter(f"{p!r}: the syntax is name=value (value parsed as JSON), e.g. "
+                                     "n_estimators=200", param_hint="--param")
         try:
             params[key] = json.loads(raw)
         except ValueError:
@@ -58,26 +61,61 @@ def _watch(client: TrainyardClient, job_id: str, interval: float = 0.5, patience
     (its read model behind)."""
     if not submitted:  # a bad id, an unknown job or an API that is not there: the one-line error, without a bar
         client.job(job_id)
+    job = _follow(client, job_id, interval, patience, submitted) if console.is_terminal else \
+        _follow_plain(client, job_id, interval, patience, submitted)
+    console.print_json(data={k: job[k] for k in ("status", "final_metrics", "artifact", "error")})
+    return job
+
+
+def _tolerate(submitted: bool) -> Any:
+    return lambda e: e.retryable or (submitted and e.status == 404)
+
+
+def _retrying(e: TrainyardError, left: float | None) -> str:
+    why = f"API {'unreachable' if e.status is None else e.status}: {e.detail or e.title}"
+    return f"{why}; retrying" + (f", giving up in {left:.0f} s" if left is not None else "")
+
+
+def _follow(client: TrainyardClient, job_id: str, interval: float, patience: float, submitted: bool) -> dict:
+    """On a terminal: a progress bar with the latest metrics, redrawn in place."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                   TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"), console=console) as bar:
         t = bar.add_task(job_id[:8], total=100, metrics="")
 
         def waiting(e: TrainyardError, left: float | None) -> None:
-            why = f"API {'unreachable' if e.status is None else e.status}: {e.detail or e.title}"
-            bar.update(t, metrics=f"[yellow]{escape(why)}; retrying, giving up in {left:.0f} s[/yellow]")
+            bar.update(t, metrics=f"[yellow]{escape(_retrying(e, left))}[/yellow]")
 
-        def look() -> tuple[dict, dict]:
-            return client.job(job_id), client.metrics(job_id)["latest"]
-
-        for job, latest in poll(look, interval, patience=patience, max_delay=2.0, on_error=waiting,
-                                tolerate=lambda e: e.retryable or (submitted and e.status == 404)):
-            shown = " ".join(f"{n}={p['value']:.4g}" for n, p in latest.items())
+        for job, latest in poll(lambda: _look(client, job_id), interval, patience=patience, max_delay=2.0,
+                                on_error=waiting, tolerate=_tolerate(submitted)):
             bar.update(t, completed=job["progress"]["percentage_complete"],
-                       description=f"{job_id[:8]} {job['status']} a{job['attempt']}", metrics=escape(shown))
+                       description=f"{job_id[:8]} {job['status']} a{job['attempt']}", metrics=escape(_shown(latest)))
             if job["status"] in FINISHED:
                 break
-    console.print_json(data={k: job[k] for k in ("status", "final_metrics", "artifact", "error")})
     return job
+
+
+def _follow_plain(client: TrainyardClient, job_id: str, interval: float, patience: float, submitted: bool) -> dict:
+    """Piped: a plain line each time the job changes, flushed as it happens (a bar would only be drawn at the end)."""
+    last = None
+    for job, latest in poll(lambda: _look(client, job_id), interval, patience=patience, max_delay=2.0,
+                            on_error=lambda e, left: line(f"{job_id[:8]} {_retrying(e, left)}"),
+                            tolerate=_tolerate(submitted)):
+        now = (f"{job_id[:8]} {job['status']} attempt {job['attempt']} "
+               f"{job['progress']['percentage_complete']:.0f}% {_shown(latest)}").rstrip()
+        if now != last:
+            line(now)  # rich flushes each print
+            last = now
+        if job["status"] in FINISHED:
+            return job
+    raise AssertionError("unreachable")
+
+
+def _look(client: TrainyardClient, job_id: str) -> tuple[dict, dict]:
+    return client.job(job_id), client.metrics(job_id)["latest"]
+
+
+def _shown(latest: dict[str, Any]) -> str:
+    return " ".join(f"{n}={p['value']:.4g}" for n, p in latest.items())
 
 
 @cli.command()

@@ -19,13 +19,17 @@ cli.add_typer(key_cli, name="api-key")
 @key_cli.command("create")
 def key_create(name: str,
                deployment: Annotated[list[str], typer.Option("--deployment", "-d",
-                                                             help="a deployment it may call (repeat; default all)")]
+                                                             help="a deployment it may call (repeat; '*' or "
+                                                                  "none given: all)")]
                = [],
                rate: Annotated[Optional[float], typer.Option("--rate", help="requests per second it may make")]
                = None,
                as_json: JsonOpt = False, api: ApiOpt = None) -> None:
     """A new inference API key; the key is shown this once (only its hash is kept)."""
-    k = connect(api).create_api_key(name, deployment or "*", rate)
+    if "*" in deployment and len(deployment) > 1:
+        raise typer.BadParameter("'*' (every deployment) stands alone", param_hint="--deployment")
+    # the API takes "*" itself, not a list holding it (a list holds deployment names)
+    k = connect(api).create_api_key(name, "*" if deployment in ([], ["*"]) else deployment, rate)
     if as_json:
         return print_json(k)
     line(k["key"])

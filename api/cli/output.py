@@ -6,12 +6,28 @@ import json
 from datetime import datetime
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
+PIPED_WIDTH = 100_000  # "no limit": a table's rows stay whole lines, whatever their length
+
+
+class PipeFriendlyConsole(Console):
+    """Rich's console, except that piped output (a file, `| grep`, a test) is not laid out for an 80-column
+    terminal that is not there: rows are never cut or folded. On a terminal, the terminal's width."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        return super().size if self.is_terminal else ConsoleDimensions(PIPED_WIDTH, 25)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+console = PipeFriendlyConsole()
 STATUS_STYLE = {"ok": "green", "starting": "cyan", "behind": "yellow", "stuck": "red", "error": "red",
                 "completed": "green", "running": "cyan", "queued": "blue", "failed": "red", "cancelled": "yellow",
                 "cancelling": "yellow", "pruned": "magenta"}

@@ -24,7 +24,8 @@ def status(api: ApiOpt = None) -> None:
         if not rows:
             return
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads[:-1])]
-        room = max(12, console.width - 2 * (len(heads) - 1) - sum(widths))
+        # a glance: one screen row per line even when piped (the whole errors are in /readyz's JSON)
+        room = max(12, (console.width if console.is_terminal else 80) - 2 * (len(heads) - 1) - sum(widths))
         table = Table(box=None, pad_edge=False)
         for i, head in enumerate(heads):
             table.add_column(head, no_wrap=True, justify="left" if i < 2 or i == len(heads) - 1 else "right")

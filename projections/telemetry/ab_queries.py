@@ -69,16 +69,20 @@ def variant_stats(ch: ClickHouse, deployment: str, metric: str, since_ms: int, u
 def shadow_agreement(ch: ClickHouse, deployment: str, since_ms: int, until_ms: int,
                      revision: int = -1) -> list[dict[str, Any]]:
     """Per served variant: how many of its requests the shadow also answered, and how often identically (the same
-    label; regression: within 1e-6 relative). From the raw table (a self-join by request), to the millisecond."""
+    label; regression: within 1e-6 relative) and the shadow's latency p50/p95/p99 in ms on those requests. From the
+    raw table (a self-join by request), to the millisecond."""
     sql = ("SELECT p.variant, count() AS compared, "
            "countIf(if(p.prediction != '', p.prediction = s.prediction, "
            "abs(p.value - s.value) <= 1e-6 * greatest(abs(p.value), 1))) AS agreed, "
-           "quantiles(0.5, 0.95, 0.99)(s.latency_us) AS shadow_latency "
+           "quantiles(0.5, 0.95, 0.99)(s.latency_us / 1000) AS shadow_latency_ms "
            "FROM predictions AS p INNER JOIN (SELECT request_id, prediction, value, latency_us FROM predictions "
            "WHERE deployment = {d:String} AND shadow AND status < 400) AS s ON p.request_id = s.request_id "
            f"WHERE {_RAW_WINDOW} AND NOT p.shadow AND p.status < 400 GROUP BY p.variant ORDER BY p.variant")
     rows = ch.query(sql, {"d": deployment, "since": since_ms, "until": until_ms, "revision": revision})
-    return [dict(zip(("variant", "compared", "agreed", "shadow_latency"), r)) for r in rows]
+    # the shadow's latency in ms, named per quantile, like the variants' latency_p50_ms… of the report
+    return [{"variant": variant, "compared": compared, "agreed": agreed,
+             **{f"shadow_latency_{q}_ms": ms for q, ms in zip(("p50", "p95", "p99"), latency_ms)}}
+            for variant, compared, agreed, latency_ms in rows]
 
 
 def timeseries(ch: ClickHouse, deployment: str, metric: str, bucket_s: int, since_ms: int, until_ms: int,
