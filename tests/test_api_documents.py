@@ -2,8 +2,10 @@
 work, every path, method, parameter, request and response property, type and enum value is the same. Order,
 descriptions, titles and examples do not count, nor where a schema is written (inline or under components: both
 are compared resolved). What may change: a constraint added or made stricter (lengths, patterns, ranges, item
-counts), a 400 problem+json answer added to an operation, and a 200 added to an operation that takes an
-Idempotency-Key (the repeat's answer, which it always gave); nothing else."""
+counts), a 400 problem+json answer added to an operation, a 200 added to an operation that takes an
+Idempotency-Key (the repeat's answer, which it always gave), and a new operation (a method on a path the old
+document lacked) whose error answers are problem+json and which, when it takes path parameters, answers 404;
+nothing else: an operation the old document had is compared whole."""
 from __future__ import annotations
 
 import json
@@ -110,8 +112,28 @@ def without_added_400s(after: dict[str, Any], before: dict[str, Any]) -> tuple[d
     return after, wrong
 
 
+def without_new_operations(after: dict[str, Any], before: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`after` less the operations `before` lacked; those whose error answers are not all problem+json, or that
+    take path parameters without answering 404 for an unknown object, are listed as wrong."""
+    after = json.loads(json.dumps(after))
+    wrong = []
+    for path, methods in list(after.get("paths", {}).items()):
+        for method in [m for m in methods if m not in before.get("paths", {}).get(path, {})]:
+            operation = methods.pop(method)
+            errors = {code: answer for code, answer in operation.get("responses", {}).items() if code[0] in "45"}
+            if any("application/problem+json" not in answer.get("content", {}) for answer in errors.values()):
+                wrong.append(f"{method.upper()} {path}: an error answer that is not problem+json")
+            if "{" in path and "404" not in errors:
+                wrong.append(f"{method.upper()} {path}: no 404 for an unknown object")
+        if not methods:
+            del after["paths"][path]
+    return after, wrong
+
+
 def compare(before: dict[str, Any], after: dict[str, Any]) -> None:
     before, after = resolve(before, before), resolve(after, after)
+    after, wrong = without_new_operations(after, before)
+    assert not wrong, f"new operations without problem+json answers: {wrong}"
     after, wrong = without_added_400s(after, before)
     assert not wrong, f"added 400 answers that are not problem+json: {wrong}"
     old_components = (before.get("components") or {}).pop("schemas", {})
@@ -185,3 +207,20 @@ def test_only_an_idempotent_operation_may_add_its_200() -> None:
         except AssertionError:
             continue
         raise AssertionError("an added 200 passed the comparison")
+
+
+def test_a_new_operation_may_be_added_with_problem_answers() -> None:
+    problem = {"content": {"application/problem+json": {}}}
+    before = {"paths": {"/x": {"post": {"responses": {"201": {}}}}}}
+    new = {"get": {"responses": {"200": {}, "404": problem}}}
+    compare(before, {"paths": {**before["paths"], "/x/{id}": new}})
+    compare(before, {"paths": {"/x": {**before["paths"]["/x"], "get": {"responses": {"200": {}}}}}})
+    for after in ({"paths": {**before["paths"], "/x/{id}": {"get": {"responses": {"200": {}}}}}},
+                  {"paths": {**before["paths"], "/y": {"get": {"responses": {"200": {}, "422": {}}}}}},
+                  {"paths": {"/x": {"post": {"responses": {"201": {}, "409": {}}}}, "/y": new}}):
+        try:
+            compare(before, after)
+        except AssertionError:
+            continue
+        raise AssertionError("a new operation without problem answers, or a changed old one, passed")
+

@@ -7,6 +7,7 @@ revision.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
@@ -112,6 +113,22 @@ def test_a_registered_version_keeps_its_lineage_and_its_onnx_export_passes_parit
     assert v1["onnx"]["sha256"] == export["artifact"]["sha256"] and v1["onnx"]["input_shape"] == [None, 30]
     assert v1["onnx"]["opset"] and v1["onnx"]["input_name"] == "input" and v1["parity"]["passed"] is True
     assert [e["export_id"] for e in v1["exports"]] == [export["export_id"]]
+
+
+def test_a_version_downloads_its_native_and_onnx_files_with_their_sha256(serving: Serving) -> None:
+    http = serving.http
+    v1 = http.get(f"{MODELS}/bc/versions/1").json()
+    for route, recorded in (("artifact", v1["lineage"]["artifact"]), ("onnx", v1["onnx"])):
+        with http.stream("GET", f"{MODELS}/bc/versions/1/{route}") as r:
+            assert r.status_code == 200, route
+            data = r.read()
+        assert r.headers["x-content-sha256"] == recorded["sha256"] == hashlib.sha256(data).hexdigest()
+        assert r.headers["content-type"] == "application/octet-stream" and "attachment" in r.headers[
+            "content-disposition"]
+    for path in ("nosuch/versions/1/onnx", "bc/versions/9/artifact"):
+        r = http.get(f"{MODELS}/{path}")
+        assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json"), path
+    assert "nosuch" in http.get(f"{MODELS}/nosuch/versions/1/artifact").json()["detail"]
 
 
 def test_registry_refusals_name_the_field(serving: Serving) -> None:
