@@ -5,7 +5,8 @@ are compared resolved). What may change: a constraint added or made stricter (le
 counts), a 400 problem+json answer added to an operation, a 200 added to an operation that takes an
 Idempotency-Key (the repeat's answer, which it always gave), and a new operation (a method on a path the old
 document lacked) whose error answers are problem+json and which, when it takes path parameters, answers 404;
-nothing else: an operation the old document had is compared whole."""
+and a property added to a response body or to a message Trainyard publishes (a reader ignores what it does not
+know; request bodies stay exactly as they were). Nothing else."""
 from __future__ import annotations
 
 import json
@@ -130,8 +131,42 @@ def without_new_operations(after: dict[str, Any], before: dict[str, Any]) -> tup
     return after, wrong
 
 
+def without_added_response_properties(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """`after` less the properties its response bodies have and `before`'s lack (at the same place); in the
+    AsyncAPI document every message is one Trainyard sends (its operations are all `send`), so its payloads count
+    as responses."""
+    after = json.loads(json.dumps(after))
+
+    def prune(new: Any, old: Any) -> None:
+        if isinstance(new, list) and isinstance(old, list):
+            for n, o in zip(new, old):
+                prune(n, o)
+        if not (isinstance(new, dict) and isinstance(old, dict)):
+            return
+        if isinstance(new.get("properties"), dict) and isinstance(old.get("properties"), dict):
+            added = set(new["properties"]) - set(old["properties"])
+            for name in added:
+                del new["properties"][name]
+            if isinstance(new.get("required"), list):
+                new["required"] = [r for r in new["required"] if r not in added]
+        for key in set(new) & set(old):
+            prune(new[key], old[key])
+
+    for path, methods in after.get("paths", {}).items():
+        for method, operation in methods.items():
+            old = before.get("paths", {}).get(path, {}).get(method, {})
+            if isinstance(operation, dict) and isinstance(old, dict):
+                prune(operation.get("responses"), old.get("responses"))
+    operations = after.get("operations", {}).values()
+    if operations and all(isinstance(o, dict) and o.get("action") == "send" for o in operations):
+        for key in ("channels", "operations", "components"):
+            prune(after.get(key), before.get(key))
+    return after
+
+
 def compare(before: dict[str, Any], after: dict[str, Any]) -> None:
     before, after = resolve(before, before), resolve(after, after)
+    after = without_added_response_properties(after, before)
     after, wrong = without_new_operations(after, before)
     assert not wrong, f"new operations without problem+json answers: {wrong}"
     after, wrong = without_added_400s(after, before)
@@ -224,3 +259,19 @@ def test_a_new_operation_may_be_added_with_problem_answers() -> None:
             continue
         raise AssertionError("a new operation without problem answers, or a changed old one, passed")
 
+
+def test_a_response_may_gain_a_property_and_a_request_may_not() -> None:
+    def document(where: str, properties: dict[str, Any]) -> dict[str, Any]:
+        body = {"content": {"application/json": {"schema": {"type": "object", "properties": properties}}}}
+        operation = {"responses": {"200": body}} if where == "response" else {"requestBody": body, "responses": {}}
+        return {"paths": {"/x": {"post": operation}}}
+
+    old, new = {"a": {"type": "string"}}, {"a": {"type": "string"}, "b": {"type": "integer"}}
+    compare(document("response", old), document("response", new))
+    for before, after in ((document("request", old), document("request", new)),
+                          (document("response", old), document("response", {"a": {"type": "integer"}}))):
+        try:
+            compare(before, after)
+        except AssertionError:
+            continue
+        raise AssertionError("a changed request body or response property passed the comparison")
