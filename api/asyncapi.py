@@ -11,7 +11,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from domain.contract import (TELEMETRY_FEEDBACK, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, WORK_PREFIX, FeedbackBatch,
                              MetricBatch, PredictionBatch, WorkItem, event_subject)
@@ -56,6 +56,8 @@ class Requeued(_Payload):
     lost: bool
     lost_leases: int
     priority: Priority
+    hand_backs: int = Field(default=0, description="graceful hand-backs so far, this one included (events stored "
+                                                   "before this field was added count 0)")
 
 
 class LeaseLost(_Payload):

@@ -1,4 +1,4 @@
-"""/api/v1/datasets: upload a CSV or Parquet file to train on.
+"""/api/v1/datasets: upload a CSV or Parquet file to train on, and list the uploads to find them again.
 
 The multipart body is parsed by Starlette (files spool to disk past 1 MiB, never whole in memory) and the
 whole request is capped by api/limits.py's BodyLimit (`max_upload_bytes` plus the multipart framing); the file
@@ -6,6 +6,7 @@ is then stored by infra/dataset_uploads.py under the first dataset root, with it
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
@@ -15,9 +16,9 @@ from api.deps import Services, ServicesDep
 from api.limits import SafeText
 from api.problems import Problem
 from api.schemas.common import problems
-from api.schemas.datasets import DatasetUploaded
+from api.schemas.datasets import DatasetList, DatasetPublic, DatasetUploaded
 from infra.dataset_files import DatasetError
-from infra.dataset_uploads import UploadTooLarge, store_upload
+from infra.dataset_uploads import UploadTooLarge, list_uploads, store_upload
 
 PATH = "/api/v1/datasets"
 router = APIRouter(prefix=PATH, tags=["datasets"])
@@ -45,3 +46,13 @@ def upload_dataset(
     out = DatasetUploaded(uri=stored.uri, sha256=stored.sha256, size_bytes=stored.size_bytes, rows=stored.rows,
                           columns=len(stored.column_names), column_names=stored.column_names)
     return JSONResponse(out.model_dump(), status_code=201)
+
+
+@router.get("", response_model=DatasetList)
+def list_datasets(s: ServicesDep) -> DatasetList:
+    """The uploaded files (under the first dataset root), newest first, with their sha256, rows and columns."""
+    return DatasetList(items=[DatasetPublic(
+        uri=d.uri, sha256=d.sha256, size_bytes=d.size_bytes, rows=d.rows, columns=len(d.column_names),
+        column_names=d.column_names, name=d.path.name,
+        uploaded_at=datetime.fromtimestamp(d.path.stat().st_mtime, timezone.utc))
+        for d in list_uploads(s.settings.dataset_root_paths[0])])

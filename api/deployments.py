@@ -17,10 +17,13 @@ from api.problems import Problem
 from api.schemas.ab import FeedbackAccepted, FeedbackItem
 from api.schemas.common import problems
 from api.schemas.deployments import (DeploymentHistory, DeploymentIn, DeploymentList, DeploymentName, DeploymentPublic,
-                                     DeploymentUpdateIn, PolicySetIn, PredictionStats, PromoteIn, ReasonIn, TrafficIn)
+                                     DeploymentUpdateIn, PolicySetIn, PolicyState, PolicyStep, PredictionStats,
+                                     PromoteIn, ReasonIn, TrafficIn)
 from api.schemas.keys import ApiKeyCreated, ApiKeyIn, ApiKeyList, ApiKeyPublic
 from commands.deployments import ApiKeyNotFoundError, DeploymentNotFoundError
+from domain.ab_policy import ramp_steps
 from domain.contract import MAX_FEEDBACK, TELEMETRY_FEEDBACK, FeedbackBatch
+from domain.deployment_spec import control_of
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
 keys = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"])
@@ -32,7 +35,20 @@ def _deployment(s: Services, name: str) -> DeploymentPublic:
     row = s.deployments.get(name)
     if row is None:
         raise DeploymentNotFoundError(name)
-    return DeploymentPublic.model_validate(row)
+    return _public(row)
+
+
+def _public(row: dict[str, Any]) -> DeploymentPublic:
+    """The row, with the policy's state when it has one: the ramp from the policy and the weights, the last
+    evaluation from the policy engine's store."""
+    out = DeploymentPublic.model_validate(row)
+    if row.get("policy"):
+        last = row.get("last_evaluation")
+        weights = {v["name"]: v["weight"] for v in row["variants"]}
+        halted = ((last or {}).get("figures") or {}).get("halted") or []
+        out.policy_state = PolicyState(steps=[PolicyStep(**x) for x in ramp_steps(
+            row["policy"], weights, control_of(row["variants"]), halted)], last_evaluation=last)
+    return out
 
 
 def _ref(ref: Any) -> dict[str, Any] | None:
@@ -58,7 +74,7 @@ def create_deployment(body: DeploymentIn, s: ServicesDep, ctx: CommandContextDep
 
 @router.get("", response_model=DeploymentList, responses=problems(422))
 def list_deployments(s: ServicesDep, active: bool | None = None) -> DeploymentList:
-    return DeploymentList(items=[DeploymentPublic.model_validate(r) for r in s.deployments.list(active)])
+    return DeploymentList(items=[_public(r) for r in s.deployments.list(active)])
 
 
 @router.get("/{name}", response_model=DeploymentPublic, responses=problems(404, 422))

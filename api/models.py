@@ -1,11 +1,14 @@
-"""/api/v1/models: the model registry (models, versions from completed jobs, aliases) and ONNX exports."""
+"""/api/v1/models: the model registry (models, versions from completed jobs, aliases), ONNX exports, and the
+download of a version's native and ONNX files (streamed from the artifact store, sha256 in a header)."""
 from __future__ import annotations
 
+from pathlib import Path as FilePath
 from typing import Annotated
+from urllib.parse import unquote, urlparse
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from api.context import CommandContextDep
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
@@ -19,6 +22,11 @@ from domain.models import VersionNotFoundError
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 NamePath = Annotated[ModelName, Path()]
 VersionPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
+SHA256_HEADER = "X-Content-SHA256"
+_DOWNLOAD = {200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                   "headers": {SHA256_HEADER: {"description": "hex sha256 of the file, as the lineage records it",
+                                               "schema": {"type": "string"}}}},
+             **problems(404, 422)}
 
 
 def catch_up(s: Services, position: int | None, read_model: str = "models") -> None:
@@ -122,3 +130,30 @@ def get_export(name: NamePath, version: VersionPath, export_id: UUID, s: Service
     if row is None or row["model_name"] != name or row["model_version"] != version:
         raise ExportNotFoundError(str(export_id))
     return ExportPublic.model_validate(row)
+
+
+@router.get("/{name}/versions/{version}/artifact", response_class=FileResponse, responses=_DOWNLOAD)
+def download_artifact(name: NamePath, version: VersionPath, s: ServicesDep) -> FileResponse:
+    """The version's native model file (LightGBM text or a PyTorch state), streamed."""
+    artifact = _version(s, name, version)["lineage"].get("artifact") or {}
+    return _download(s, artifact, f"{name}-v{version}-model", f"model {name!r} version {version}", "no artifact")
+
+
+@router.get("/{name}/versions/{version}/onnx", response_class=FileResponse, responses=_DOWNLOAD)
+def download_onnx(name: NamePath, version: VersionPath, s: ServicesDep) -> FileResponse:
+    """The version's serving ONNX file (its last export that passed parity), streamed."""
+    onnx = _version(s, name, version).get("onnx") or {}
+    return _download(s, onnx, f"{name}-v{version}", f"model {name!r} version {version}",
+                     "no completed ONNX export (POST …/exports first)")
+
+
+def _download(s: Services, artifact: dict, stem: str, what: str, missing: str) -> FileResponse:
+    """Only files under the artifact root are served: a lineage URI is data, not a licence to read the disk."""
+    if not artifact.get("uri"):
+        raise Problem(404, "Not found", f"{what} has {missing}", "version")
+    parsed = urlparse(artifact["uri"])
+    path = FilePath(unquote(parsed.path)).resolve() if parsed.scheme == "file" else None
+    if path is None or not path.is_relative_to(s.settings.artifacts.resolve()) or not path.is_file():
+        raise Problem(404, "Not found", f"{what}: its file is not in the artifact store", "version")
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{stem}{path.suffix}",
+                        headers={SHA256_HEADER: str(artifact.get("sha256") or "")})

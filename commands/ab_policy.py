@@ -5,6 +5,11 @@ policy is evaluated by the rules of domain/ab_policy.py. It reads only the read 
 query objects it is given), and writes only commands on the Deployment aggregate (`policy_action`), each carrying
 the revision it evaluated: when two policy processes (or one that restarted) evaluate the same revision, the second
 action is refused (StaleEvaluationError), so a ramp is never stepped twice for one evaluation window.
+
+An evaluation that acts is an event (its revision in the history, with the figures); one that does not act would
+be an event every `interval_s` per deployment, so instead the last evaluation of each deployment (time, revision,
+decision, why, figures) replaces the previous one in the `Evaluations` store (projections/deployments.py
+`PolicyEvaluations`, one PostgreSQL row per deployment), which the deployment's view reads.
 """
 from __future__ import annotations
 
@@ -33,6 +38,12 @@ class Deployments(Protocol):
     def history(self, name: str) -> list[dict[str, Any]]: ...
 
 
+class Evaluations(Protocol):
+    """The last evaluation per deployment; `record` replaces the previous one (idempotent, any thread)."""
+
+    def record(self, deployment: str, evaluation: dict[str, Any]) -> None: ...
+
+
 # (deployment, metric, since ms, until ms) -> (rows per variant over the whole window, rows per revision and variant):
 # projections/telemetry/ab_queries.py variant_stats bound to the ClickHouse that holds the A/B aggregates.
 VariantFigures = Callable[[str, str, int, int], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
@@ -40,8 +51,9 @@ VariantFigures = Callable[[str, str, int, int], tuple[list[dict[str, Any]], list
 
 class PolicyEngine:
     def __init__(self, commands: DeploymentCommands, queries: Deployments, stats: VariantFigures, stage: Stage,
-                 interval_s: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+                 evaluations: Evaluations, interval_s: float = 5.0, clock: Callable[[], float] = time.time) -> None:
         self.commands, self.queries, self.stats, self.stage = commands, queries, stats, stage
+        self.evaluations = evaluations
         self.interval_s, self.clock = interval_s, clock
         self.actions = 0
 
@@ -60,17 +72,22 @@ class PolicyEngine:
                    if not r["shadow"] and r["revision"] == revision}
         seconds = self.clock() - (since.timestamp() if isinstance(since, datetime) else float(since))
         action, figures = decide(policy, weights, control, halted, overall, current, seconds)
-        if action is None:
-            return None
         figures["revision"] = revision
-        try:
-            self.commands.policy_action(name, action.action, action.variant, action.weight, revision, action.reason,
-                                        jsonable(figures), POLICY_ACTOR)
-        except DeploymentError as e:  # another evaluation acted first, or the deployment changed meanwhile
-            log.info("policy %s: %s not applied: %s", name, action.action, printable(e, 200))
-            return None
-        self.actions += 1
-        log.info("policy %s: %s", name, action.reason)
+        evaluation = {"at": self.clock(), "revision": revision, "decision": "none",
+                      "reason": figures.get("why_no_action"), "figures": jsonable(figures)}
+        if action is not None:
+            evaluation.update(decision=action.action, variant=action.variant, reason=action.reason)
+            try:
+                self.commands.policy_action(name, action.action, action.variant, action.weight, revision,
+                                            action.reason, jsonable(figures), POLICY_ACTOR)
+            except DeploymentError as e:  # another evaluation acted first, or the deployment changed meanwhile
+                log.info("policy %s: %s not applied: %s", name, action.action, printable(e, 200))
+                evaluation.update(decision="not_applied", reason=f"{action.reason}; not applied: {printable(e, 200)}")
+                action = None
+        self.evaluations.record(name, evaluation)
+        if action is not None:
+            self.actions += 1
+            log.info("policy %s: %s", name, action.reason)
         return action
 
     def evaluate_all(self) -> int:

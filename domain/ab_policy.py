@@ -13,9 +13,13 @@ For each challenger (every variant but the control; halted ones are left at 0):
 3. significantly better by at least `min_lift`, at the last ramp step below 100 → **promote** (100%);
 4. below the last ramp step, at least `step_every_s` at the current revision and `min_samples` labelled predictions
    on each side in it (a challenger at 0 steps to the first ramp weight at once) → **step** to the next ramp weight.
+When nothing applies, the figures say why in `why_no_action` (one clause per challenger), so an evaluation that
+changes nothing can still be shown (commands/ab_policy.py keeps the last one per deployment).
+`ramp_steps` says where each challenger stands on the ramp, for the deployment's view.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +71,12 @@ def decide(policy: dict[str, Any], weights: dict[str, int], control: str, halted
     figures: dict[str, Any] = {"metric": metric, "control": control, "weights": dict(weights),
                                "seconds_at_revision": round(seconds_at_revision, 3), "overall": overall,
                                "current": current, "halted": list(halted)}
+    waiting: list[str] = []
     for name in weights:
-        if name == control or name in halted:
+        if name == control:
+            continue
+        if name in halted:
+            waiting.append(f"{name} was halted by the policy and stays at 0%")
             continue
         now = vs(current, name)
         result = compare(vs(overall, control), vs(overall, name), metric, alpha=alpha, min_samples=min_samples)
@@ -91,15 +99,37 @@ def decide(policy: dict[str, Any], weights: dict[str, int], control: str, halted
         if (result.get("decision") == "challenger_better" and at_last_step and weight < 100 and lift is not None
                 and lift >= policy.get("min_lift", 0.0)):
             return Action("promote", name, 100, f"policy: {name} promoted: significantly better ({said})"), figures
-        if weight >= (steps[-1] if steps else 100) or seconds_at_revision < policy["step_every_s"]:
+        if weight >= 100:
+            waiting.append(f"{name} takes all the traffic: nothing left to do")
+            continue
+        if weight >= (steps[-1] if steps else 100):
+            waiting.append(f"{name} at {weight}%, the last ramp step: waiting for a significant result ({said})")
+            continue
+        if seconds_at_revision < policy["step_every_s"]:
+            waiting.append(f"{name} at {weight}%: next step possible in "
+                           f"{policy['step_every_s'] - seconds_at_revision:.0f} s ({said})")
             continue
         next_weight = next(w for w in steps if w > weight)
+        control_labelled = vs(current, control).labelled
         ready = weight == 0 or (now.labelled >= min_samples and (
-            weights[control] == 0 or vs(current, control).labelled >= min_samples))
+            weights[control] == 0 or control_labelled >= min_samples))
         if ready:
             return Action("step", name, next_weight,
                           f"policy: {name} stepped {weight}% → {next_weight}%: not worse ({said})"), figures
+        waiting.append(f"{name} at {weight}%: needs {min_samples} labelled predictions per side at this revision, "
+                       f"has {now.labelled} (control {control_labelled})")
+    figures["why_no_action"] = "; ".join(waiting) or "no challenger to act on"
     return None, figures
+
+
+def ramp_steps(policy: dict[str, Any], weights: dict[str, int], control: str,
+               halted: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Each challenger's place on the ramp: its weight, the ramp step it has reached (0: none yet) of how many,
+    and whether the policy halted it."""
+    ramp, stopped = list(policy.get("ramp") or []), set(halted)
+    return [{"variant": name, "weight": weight, "step": sum(1 for w in ramp if w <= weight), "of": len(ramp),
+             "ramp": ramp, "halted": name in stopped}
+            for name, weight in weights.items() if name != control]
 
 
 def _at(seq: Any, i: int) -> Any:

@@ -9,8 +9,9 @@
 
 Work is leased by the domain: a runner claims the aggregate with a lease (the digest of a token only it knows);
 every later report must name the current lease, and reports of any other lease are refused. Each claim starts
-a new attempt. A graceful hand-back spends nothing; only a lost lease (runner died, lease expired) spends one of
-`max_attempts`. Runner reports arrive at least once, so a repeat of what was already recorded is a no-op.
+a new attempt (`attempt` counts runs: it keys a run's metric series and artifact). A graceful hand-back spends
+nothing and is counted apart (`hand_backs`); only a lost lease (runner died, lease expired) spends one of
+`max_attempts` (`lost_leases`), so `lost_leases + 1` is the attempt the budget means. Runner reports arrive at least once, so a repeat of what was already recorded is a no-op.
 Progress is recorded as milestones only (decided by the caller), so the aggregate has a bounded number of events
 however long it runs. No I/O here.
 
@@ -67,6 +68,7 @@ class LeasedWork(Aggregate):
         self.status = JobStatus.QUEUED
         self.attempt = 0
         self.lost_leases = 0
+        self.hand_backs = 0
         self.lease_id: str | None = None
         self.runner_id: str | None = None
         self.current_step = 0
@@ -108,14 +110,23 @@ class LeasedWork(Aggregate):
             work.lost_leases, work.lease_id = self.lost_leases, None
 
     class Requeued(Aggregate.Event):
+        """v2 added `hand_backs`: graceful hand-backs so far, this one included (v1 events did not count them: 0)."""
+
+        class_version = 2
         attempt: int
         reason: str
         lost: bool
         lost_leases: int
         priority: str
+        hand_backs: int = 0
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("hand_backs", 0)
 
         def apply(self, work: Any) -> None:
             work.status, work.lease_id, work.lost_leases = JobStatus.QUEUED, None, self.lost_leases
+            work.hand_backs = self.hand_backs
 
     class ProgressReported(Aggregate.Event):
         attempt: int
@@ -202,7 +213,7 @@ class LeasedWork(Aggregate):
         if self.cancel_requested:
             self._record(LeasedWork.Cancelled, attempt=self.attempt, reason="its runner stopped after a cancel request")
         else:
-            self._requeue(reason, lost=False, lost_leases=self.lost_leases)
+            self._requeue(reason, lost=False, lost_leases=self.lost_leases, hand_backs=self.hand_backs + 1)
 
     def expire_lease(self, lease_id: str, reason: str) -> None:
         """The lease's runner is gone: spend an attempt; requeue, or fail once `max_attempts` are spent.
@@ -225,9 +236,9 @@ class LeasedWork(Aggregate):
             raise JobError(f"{self.noun} {self.id} is {self.status}, not queued")
         self._requeue(reason, lost=False, lost_leases=self.lost_leases)
 
-    def _requeue(self, reason: str, lost: bool, lost_leases: int) -> None:
+    def _requeue(self, reason: str, lost: bool, lost_leases: int, hand_backs: int | None = None) -> None:
         self._record(LeasedWork.Requeued, attempt=self.attempt, reason=reason, lost=lost, lost_leases=lost_leases,
-                     priority=self.priority)
+                     priority=self.priority, hand_backs=self.hand_backs if hand_backs is None else hand_backs)
 
     # ---- reports under the lease --------------------------------------------------------------
     def record_progress(self, lease_id: str, current_step: int, total_steps: int) -> None:

@@ -89,6 +89,7 @@ def follow_events(js: Any, driver: StudyDriver, stop: asyncio.Event) -> Awaitabl
 
 def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
     from commands.ab_policy import PolicyEngine
+    from projections.deployments import PolicyEvaluations
     from commands.reconciler import Reconciler
     from commands.reports import ReportHandler
     from commands.study_driver import StudyDriver
@@ -122,7 +123,7 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
                                lambda name, metric, since, until: variant_stats(services.clickhouse, name, metric,
                                                                                 since, until),
                                stage("policy", max(stuck, 5 * settings.policy_interval_s)),
-                               settings.policy_interval_s),
+                               PolicyEvaluations(services.pool), settings.policy_interval_s),
         "reconciler": Reconciler(services.app, services.leases, WorkQueries(services.pool), WorkStream(js),
                                  stage("reconciler", max(stuck, 5 * settings.reconcile_interval_s)),
                                  settings.reconcile_interval_s, settings.requeue_after_s),

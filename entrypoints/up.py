@@ -10,9 +10,10 @@ Contract of `run_up(settings)` (call it from the main thread; it installs SIGINT
    actually free), so `Settings()` in a child describes the same deployment. Unset fields are removed from the
    child's environment. Each child leads its own process group (a terminal Ctrl-C reaches only the
    supervisor) and receives SIGTERM if the supervisor dies.
-3. Prints a summary and writes `<data_dir>/endpoints.json`: {"api", "inference", "postgres", "nats",
+3. Writes `<data_dir>/endpoints.json`: {"api", "inference", "postgres", "nats",
    "clickhouse", "data_dir", "pids": {"serve", "runners": [...], "inference", "postgres", "nats"}}; rewritten
-   when a pid changes.
+   when a pid changes. Prints the "Trainyard is up" summary once the API accepts TCP connections (serve needs
+   seconds to build its read models and bind), not when the processes merely exist.
 4. A child that exits is restarted; an embedded engine that dies is restarted on the same port. More than
    `max_restarts` crash restarts (non-zero exit) of one part within `restart_window_s` shuts everything down with exit code 1.
 5. On SIGINT/SIGTERM: SIGTERM to the children, SIGKILL to their process groups after `stop_timeout_s`,
@@ -24,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,8 +133,9 @@ def run_up(settings: Settings, *, serve_cmd: list[str] | None = None, runner_cmd
                      "inference": f"http://{settings.api_host}:{inference_port}", "postgres": urls["postgres"],
                      "nats": urls["nats"], "clickhouse": clickhouse, "data_dir": str(data_dir)}
         _write_endpoints(data_dir, endpoints, children, engines)
-        _print_summary(endpoints, children, engines)
-        return _watch(data_dir, endpoints, children, engines, {n: budget() for n in engines}, stop_signal)
+        print(f"Starting Trainyard: waiting for the API on {endpoints['api']} ...", flush=True)
+        api = (_connect_host(settings.api_host), api_port)
+        return _watch(data_dir, endpoints, children, engines, {n: budget() for n in engines}, stop_signal, api)
     except EngineStartError as err:
         log.error("engine.start_failed %s", err)
         return 1
@@ -148,9 +151,14 @@ def run_up(settings: Settings, *, serve_cmd: list[str] | None = None, runner_cmd
 
 
 def _watch(data_dir: Path, endpoints: dict, children: list[_Child], engines: dict, engine_budgets: dict,
-           stop_signal: list[int]) -> int:
-    """Poll until a stop signal (0) or an exhausted restart budget (1); restart what died."""
+           stop_signal: list[int], api: tuple[str, int]) -> int:
+    """Poll until a stop signal (0) or an exhausted restart budget (1); restart what died; print the summary once
+    the API at `api` (host, port) accepts connections."""
+    announced = False
     while not stop_signal:
+        if not announced and _accepts(api):
+            _print_summary(endpoints, children, engines)
+            announced = True
         changed = False
         for name, engine in engines.items():
             if engine.is_running():
@@ -182,6 +190,18 @@ def _watch(data_dir: Path, endpoints: dict, children: list[_Child], engines: dic
         time.sleep(POLL_S)
     log.info("supervisor.stopping signal=%s", signal.Signals(stop_signal[0]).name)
     return 0
+
+
+def _connect_host(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _accepts(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=POLL_S):
+            return True
+    except OSError:
+        return False
 
 
 def _terminate(children: list[_Child], timeout_s: float) -> None:

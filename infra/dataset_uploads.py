@@ -5,11 +5,14 @@ never whole) to a temporary file in `<root>/uploads/`, hashing and counting as i
 table (it must parse, have at least MIN_ROWS rows and 2 columns, and be within the table budget), then renames
 it atomically to `<root>/uploads/<sha256[:16]>-<sanitized name>`. On any failure the temporary file is
 removed. Errors: `UploadTooLarge` (over `max_bytes`), `DatasetError("file", reason)` for a file that is not a
-usable .csv/.parquet table.
+usable .csv/.parquet table. What it learned (sha256, size, rows, columns) is kept beside the file as
+`.<stored name>.json`, so `list_uploads(root)` finds the uploads again without reading or hashing them; an upload
+stored before that sidecar existed is read once and gets one.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -62,11 +65,67 @@ def store_upload(source: BinaryIO, filename: str, name: str | None, root: Path, 
             raise DatasetError("file", f"needs at least {MIN_ROWS} rows and 2 columns, found {len(frame)} rows "
                                f"and {frame.shape[1]} columns")
         final = folder / f"{digest[:16]}-{_safe_name(name or filename, suffix)}"
+        stored = StoredDataset(final, digest, size, len(frame), [str(c) for c in frame.columns])
+        _write_sidecar(stored)  # before the rename: a listed upload always has its figures
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return StoredDataset(final, digest, size, len(frame), [str(c) for c in frame.columns])
+    return stored
+
+
+def list_uploads(root: Path) -> list[StoredDataset]:
+    """The uploads stored under `root`, newest first (by the file's modification time)."""
+    folder = Path(root).resolve() / "uploads"
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir()
+             if not p.name.startswith(".") and p.suffix.lower() in FILE_SUFFIXES and p.is_file()]
+    out = []
+    for path in sorted(files, key=lambda p: (-p.stat().st_mtime, p.name)):
+        stored = _read_sidecar(path) or _describe(path)
+        if stored is not None:
+            out.append(stored)
+    return out
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(f".{path.name}.json")
+
+
+def _write_sidecar(stored: StoredDataset) -> None:
+    tmp = _sidecar(stored.path).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"sha256": stored.sha256, "size_bytes": stored.size_bytes, "rows": stored.rows,
+                               "column_names": stored.column_names}))
+    os.replace(tmp, _sidecar(stored.path))
+
+
+def _read_sidecar(path: Path) -> StoredDataset | None:
+    try:
+        meta = json.loads(_sidecar(path).read_text())
+        return StoredDataset(path, str(meta["sha256"]), int(meta["size_bytes"]), int(meta["rows"]),
+                             [str(c) for c in meta["column_names"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _describe(path: Path) -> StoredDataset | None:
+    """Read and hash an upload that has no sidecar yet, and write one; None if it is not a readable table."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                size += len(chunk)
+                digest.update(chunk)
+        frame = read_table(path, path.name, field="file")
+    except (OSError, DatasetError):
+        return None
+    stored = StoredDataset(path, digest.hexdigest(), size, len(frame), [str(c) for c in frame.columns])
+    try:
+        _write_sidecar(stored)
+    except OSError:
+        pass  # a read-only root: it is described again next time
+    return stored
 
 
 def _copy(source: BinaryIO, fd: int, max_bytes: int) -> tuple[str, int]:

@@ -1,5 +1,6 @@
 """The `deployments` (current revision), `deployment_revisions` (history) and `api_keys` read models, written with
-their tracking position (projections/tracking.py), and their queries. The inference server reloads from these on
+their tracking position (projections/tracking.py), and their queries; and `policy_evaluations`, the last evaluation
+of each deployment's policy (written by the policy engine, not from events: see commands/ab_policy.py). The inference server reloads from these on
 start; the API answers from them. Rows are guarded by the aggregate version, so a replay rebuilds the same tables.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from uuid import UUID
 from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from domain.api_key import ApiKey
@@ -30,6 +32,10 @@ CREATE TABLE IF NOT EXISTS deployment_revisions (
 );
 ALTER TABLE deployments ADD COLUMN IF NOT EXISTS policy jsonb;
 ALTER TABLE deployment_revisions ADD COLUMN IF NOT EXISTS figures jsonb;
+CREATE TABLE IF NOT EXISTS policy_evaluations (
+    deployment text PRIMARY KEY, at timestamptz NOT NULL, revision int NOT NULL, decision text NOT NULL,
+    reason text, evaluation jsonb NOT NULL
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     id uuid PRIMARY KEY, name text NOT NULL, prefix text NOT NULL, key_hash text NOT NULL UNIQUE,
     deployments text[] NOT NULL, rate_limit_per_s double precision,
@@ -131,7 +137,9 @@ class DeploymentsProjection(TrackedProjection[DeploymentsView]):
                              {"revoked_at": e.timestamp, "revoked_reason": e.reason}, tracking)
 
 
-_DEPLOYMENT = "id, name, revision, active, variants, shadow, policy, created_by, created_at, updated_at, version"
+_DEPLOYMENT = ("id, name, revision, active, variants, shadow, policy, created_by, created_at, updated_at, version, "
+               "(SELECT e.evaluation || jsonb_build_object('at', e.at) FROM policy_evaluations e "
+               "WHERE e.deployment = deployments.name) AS last_evaluation")
 _KEY = "id, name, prefix, deployments, rate_limit_per_s, revoked_at, revoked_reason, created_by, created_at"
 
 
@@ -169,3 +177,21 @@ class DeploymentQueries:
         """What the inference server needs: every unrevoked key's hash, scope, rate and version."""
         return self._all("SELECT id, name, key_hash, deployments, rate_limit_per_s, version FROM api_keys "
                          "WHERE revoked_at IS NULL")
+
+
+class PolicyEvaluations:
+    """commands/ab_policy.py `Evaluations`: one row per deployment, replaced by each evaluation (an UPSERT every
+    `policy_interval_s` per deployment with a policy; its table is created with the deployments read model's)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def record(self, deployment: str, evaluation: dict[str, Any]) -> None:
+        body = {k: v for k, v in evaluation.items() if k != "at"}
+        with self.pool.connection() as conn:
+            conn.execute("INSERT INTO policy_evaluations (deployment, at, revision, decision, reason, evaluation) "
+                         "VALUES (%s, to_timestamp(%s), %s, %s, %s, %s) ON CONFLICT (deployment) DO UPDATE SET "
+                         "at = EXCLUDED.at, revision = EXCLUDED.revision, decision = EXCLUDED.decision, "
+                         "reason = EXCLUDED.reason, evaluation = EXCLUDED.evaluation",
+                         (deployment, evaluation["at"], evaluation["revision"], evaluation["decision"],
+                          evaluation.get("reason"), Jsonb(body)))

@@ -14,7 +14,7 @@ _LIVE = "(SELECT l.{col} FROM job_leases l WHERE l.job_id = jobs.id AND l.lease_
 # Live progress of a running job comes from its lease row (heartbeats); the row's own figures are milestones.
 _COLUMNS = (
     "id, name, framework, task, dataset, params, priority, tags, timeout_s, max_attempts, status, attempt, "
-    "lost_leases, runner_id, cancel_requested, final_metrics, artifact, error, created_by, correlation_id, "
+    "lost_leases, hand_backs, requeue_reason, runner_id, cancel_requested, final_metrics, artifact, error, created_by, correlation_id, "
     "study_id, trial_number, "
     "created_at, updated_at, started_at, finished_at, version, "
     f"GREATEST(current_step, COALESCE({_LIVE.format(col='current_step')}, 0)) AS current_step, "

@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     status text NOT NULL,
     attempt int NOT NULL DEFAULT 0,
     lost_leases int NOT NULL DEFAULT 0,
+    hand_backs int NOT NULL DEFAULT 0,
+    requeue_reason text,
     lease_id text,
     runner_id text,
     current_step bigint NOT NULL DEFAULT 0,
@@ -54,7 +56,8 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS timeout_s int NOT NULL DEFAULT 3600,
     ADD COLUMN IF NOT EXISTS max_attempts int NOT NULL DEFAULT 3, ADD COLUMN IF NOT EXISTS lost_leases int NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS lease_id text, ADD COLUMN IF NOT EXISTS created_by text,
     ADD COLUMN IF NOT EXISTS correlation_id text, ALTER COLUMN current_step TYPE bigint, ALTER COLUMN total_steps TYPE bigint,
-    ADD COLUMN IF NOT EXISTS study_id uuid, ADD COLUMN IF NOT EXISTS trial_number int;
+    ADD COLUMN IF NOT EXISTS study_id uuid, ADD COLUMN IF NOT EXISTS trial_number int,
+    ADD COLUMN IF NOT EXISTS hand_backs int NOT NULL DEFAULT 0, ADD COLUMN IF NOT EXISTS requeue_reason text;
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_id, trial_number) WHERE study_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at DESC);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at DESC);
@@ -115,7 +118,7 @@ class JobsProjection(TrackedProjection[JobsView]):
     @apply.register
     def _(self, e: TrainingJob.Requeued, tracking: Tracking) -> None:
         self._update(e, tracking, status="queued", lease_id=None, lost_leases=e.lost_leases, current_step=0,
-                     total_steps=None)
+                     total_steps=None, hand_backs=e.hand_backs, requeue_reason=e.reason)
 
     @apply.register
     def _(self, e: TrainingJob.LeaseLost, tracking: Tracking) -> None:

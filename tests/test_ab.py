@@ -117,6 +117,12 @@ def test_a_better_challenger_is_ramped_up_and_promoted_and_the_history_says_why(
     ab.traffic("promote-me", 100)
     time.sleep(2)  # more evaluations after the promotion: nothing more happens
     assert changes(ab.history("promote-me")) == changes(history)
+    # those evaluations recorded no event, yet the deployment shows the last one and why it did nothing
+    state = ab.http.get(f"{DEPLOYMENTS}/promote-me").json()["policy_state"]
+    last = state["last_evaluation"]
+    assert last["decision"] == "none" and last["revision"] == ab.http.get(f"{DEPLOYMENTS}/promote-me").json()[
+        "revision"] and "takes all the traffic" in last["reason"], last
+    assert state["steps"][0]["variant"] == "challenger" and last["figures"]["current"] is not None
 
     report = ab.http.get(f"{DEPLOYMENTS}/promote-me/ab", params={"metric": "accuracy"}).json()
     by_name = {v["name"]: v for v in report["variants"]}

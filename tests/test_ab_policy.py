@@ -86,3 +86,22 @@ def test_an_action_on_a_revision_that_moved_on_is_refused_so_two_evaluators_act_
     with pytest.raises(DeploymentError):
         d.policy_action("step", "challenger", 10, d.revision, "again", {})
     assert d.revisions[-1]["figures"] == {"n": 2} and d.revisions[-1]["change"] == "policy_halt"
+
+
+def test_no_action_says_why_for_each_challenger() -> None:
+    from domain.ab_policy import ramp_steps
+    overall = {"control": arm(2000, 0.80), "challenger": arm(300, 0.80)}
+    _, figures = act({"control": 90, "challenger": 10}, overall, {"control": arm(900, 0.8), "challenger": arm(40, 0.8)})
+    assert figures["why_no_action"] == ("challenger at 10%: needs 100 labelled predictions per side at this "
+                                        "revision, has 40 (control 900)")
+    _, figures = act({"control": 90, "challenger": 10}, overall, seconds=15)
+    assert figures["why_no_action"].startswith("challenger at 10%: next step possible in 45 s (accuracy diff")
+    _, figures = act({"control": 50, "challenger": 50}, overall)
+    assert "the last ramp step: waiting for a significant result" in figures["why_no_action"]
+    _, figures = act({"control": 100, "challenger": 0}, overall, halted=["challenger"])
+    assert figures["why_no_action"] == "challenger was halted by the policy and stays at 0%"
+    action, figures = act({"control": 90, "challenger": 10}, overall, {"control": arm(900, .8), "challenger": arm(100, .8)})
+    assert action is not None and "why_no_action" not in figures  # an action's figures are as they were
+    assert ramp_steps(POLICY, {"control": 50, "challenger": 50, "other": 0}, "control", ["other"]) == [
+        {"variant": "challenger", "weight": 50, "step": 2, "of": 3, "ramp": [10, 50, 100], "halted": False},
+        {"variant": "other", "weight": 0, "step": 0, "of": 3, "ramp": [10, 50, 100], "halted": True}]

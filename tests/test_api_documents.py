@@ -3,8 +3,10 @@ work, every path, method, parameter, request and response property, type and enu
 descriptions, titles and examples do not count, nor where a schema is written (inline or under components: both
 are compared resolved). What may change: a constraint added or made stricter (lengths, patterns, ranges, item
 counts), a 400 problem+json answer added to an operation, a 200 added to an operation that takes an
-Idempotency-Key (the repeat's answer, which it always gave), and an optional property added to a response body
-(a reader that ignores it sees the same answer); nothing else."""
+Idempotency-Key (the repeat's answer, which it always gave), and a new operation (a method on a path the old
+document lacked) whose error answers are problem+json and which, when it takes path parameters, answers 404;
+and a property added to a response body or to a message Trainyard publishes (a reader ignores what it does not
+know; request bodies stay exactly as they were). Nothing else."""
 from __future__ import annotations
 
 import json
@@ -111,36 +113,63 @@ def without_added_400s(after: dict[str, Any], before: dict[str, Any]) -> tuple[d
     return after, wrong
 
 
-def drop_added_properties(after: Any, before: Any) -> None:
-    """Remove from `after`, in place, the properties `before` lacks at the same place, unless `after` requires them."""
-    if isinstance(after, list) and isinstance(before, list) and len(after) == len(before):
-        for new, old in zip(after, before):
-            drop_added_properties(new, old)
-    if not isinstance(after, dict) or not isinstance(before, dict):
-        return
-    new_props, old_props = after.get("properties"), before.get("properties")
-    if isinstance(new_props, dict) and isinstance(old_props, dict):
-        for name in [n for n in new_props if n not in old_props and n not in after.get("required", [])]:
-            del new_props[name]
-    for key, value in after.items():
-        if key in before:
-            drop_added_properties(value, before[key])
+def without_new_operations(after: dict[str, Any], before: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`after` less the operations `before` lacked; those whose error answers are not all problem+json, or that
+    take path parameters without answering 404 for an unknown object, are listed as wrong."""
+    after = json.loads(json.dumps(after))
+    wrong = []
+    for path, methods in list(after.get("paths", {}).items()):
+        for method in [m for m in methods if m not in before.get("paths", {}).get(path, {})]:
+            operation = methods.pop(method)
+            errors = {code: answer for code, answer in operation.get("responses", {}).items() if code[0] in "45"}
+            if any("application/problem+json" not in answer.get("content", {}) for answer in errors.values()):
+                wrong.append(f"{method.upper()} {path}: an error answer that is not problem+json")
+            if "{" in path and "404" not in errors:
+                wrong.append(f"{method.upper()} {path}: no 404 for an unknown object")
+        if not methods:
+            del after["paths"][path]
+    return after, wrong
 
 
 def without_added_response_properties(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
-    """`after` less the optional properties its response bodies gained."""
+    """`after` less the properties its response bodies have and `before`'s lack (at the same place); in the
+    AsyncAPI document every message is one Trainyard sends (its operations are all `send`), so its payloads count
+    as responses."""
+    after = json.loads(json.dumps(after))
+
+    def prune(new: Any, old: Any) -> None:
+        if isinstance(new, list) and isinstance(old, list):
+            for n, o in zip(new, old):
+                prune(n, o)
+        if not (isinstance(new, dict) and isinstance(old, dict)):
+            return
+        if isinstance(new.get("properties"), dict) and isinstance(old.get("properties"), dict):
+            added = set(new["properties"]) - set(old["properties"])
+            for name in added:
+                del new["properties"][name]
+            if isinstance(new.get("required"), list):
+                new["required"] = [r for r in new["required"] if r not in added]
+        for key in set(new) & set(old):
+            prune(new[key], old[key])
+
     for path, methods in after.get("paths", {}).items():
         for method, operation in methods.items():
             old = before.get("paths", {}).get(path, {}).get(method, {})
-            if isinstance(operation, dict) and isinstance(old, dict) and "responses" in operation:
-                drop_added_properties(operation["responses"], old.get("responses", {}))
+            if isinstance(operation, dict) and isinstance(old, dict):
+                prune(operation.get("responses"), old.get("responses"))
+    operations = after.get("operations", {}).values()
+    if operations and all(isinstance(o, dict) and o.get("action") == "send" for o in operations):
+        for key in ("channels", "operations", "components"):
+            prune(after.get(key), before.get(key))
     return after
 
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> None:
     before, after = resolve(before, before), resolve(after, after)
-    after, wrong = without_added_400s(after, before)
     after = without_added_response_properties(after, before)
+    after, wrong = without_new_operations(after, before)
+    assert not wrong, f"new operations without problem+json answers: {wrong}"
+    after, wrong = without_added_400s(after, before)
     assert not wrong, f"added 400 answers that are not problem+json: {wrong}"
     old_components = (before.get("components") or {}).pop("schemas", {})
     new_components = (after.get("components") or {}).pop("schemas", {})
@@ -187,25 +216,11 @@ def test_the_comparison_sees_a_changed_meaning() -> None:
     compare(before, changed(lambda d: props(d)["c"].update(minimum=0.01)))
     compare(before, changed(lambda d: d["paths"]["/x"]["post"]["responses"].update(
         {"400": {"content": {"application/problem+json": {}}}})))
-    def answer(**extra: Any) -> dict[str, Any]:  # the operation answers an In, with `extra` properties added
-        out = json.loads(json.dumps(before))
-        body = {"type": "object", "properties": {**props(out), **extra}, "required": list(extra)[1:]}
-        out["paths"]["/x"]["post"]["responses"]["200"] = {"content": {"application/json": {"schema": body}}}
-        return out
-
-    compare(answer(), answer(extra={"type": "string"}))  # an added optional response property
-    try:
-        compare(answer(), answer(extra={"type": "string"}, required={"type": "string"}))
-    except AssertionError:
-        pass
-    else:
-        raise AssertionError("an added required response property passed the comparison")
     for edit in (lambda d: props(d).update(z=props(d).pop("a")),
                  lambda d: props(d)["b"].update(enum=["p"]),
                  lambda d: props(d)["a"].update(maxLength=11),
                  lambda d: props(d)["c"].pop("exclusiveMinimum"),
-                 lambda d: d["paths"]["/x"]["post"]["responses"].update({"409": {}}),
-                 lambda d: props(d).update(z={"type": "string"})):  # a request property is not an addition we allow
+                 lambda d: d["paths"]["/x"]["post"]["responses"].update({"409": {}})):
         try:
             compare(before, changed(edit))
         except AssertionError:
@@ -227,3 +242,36 @@ def test_only_an_idempotent_operation_may_add_its_200() -> None:
         except AssertionError:
             continue
         raise AssertionError("an added 200 passed the comparison")
+
+
+def test_a_new_operation_may_be_added_with_problem_answers() -> None:
+    problem = {"content": {"application/problem+json": {}}}
+    before = {"paths": {"/x": {"post": {"responses": {"201": {}}}}}}
+    new = {"get": {"responses": {"200": {}, "404": problem}}}
+    compare(before, {"paths": {**before["paths"], "/x/{id}": new}})
+    compare(before, {"paths": {"/x": {**before["paths"]["/x"], "get": {"responses": {"200": {}}}}}})
+    for after in ({"paths": {**before["paths"], "/x/{id}": {"get": {"responses": {"200": {}}}}}},
+                  {"paths": {**before["paths"], "/y": {"get": {"responses": {"200": {}, "422": {}}}}}},
+                  {"paths": {"/x": {"post": {"responses": {"201": {}, "409": {}}}}, "/y": new}}):
+        try:
+            compare(before, after)
+        except AssertionError:
+            continue
+        raise AssertionError("a new operation without problem answers, or a changed old one, passed")
+
+
+def test_a_response_may_gain_a_property_and_a_request_may_not() -> None:
+    def document(where: str, properties: dict[str, Any]) -> dict[str, Any]:
+        body = {"content": {"application/json": {"schema": {"type": "object", "properties": properties}}}}
+        operation = {"responses": {"200": body}} if where == "response" else {"requestBody": body, "responses": {}}
+        return {"paths": {"/x": {"post": operation}}}
+
+    old, new = {"a": {"type": "string"}}, {"a": {"type": "string"}, "b": {"type": "integer"}}
+    compare(document("response", old), document("response", new))
+    for before, after in ((document("request", old), document("request", new)),
+                          (document("response", old), document("response", {"a": {"type": "integer"}}))):
+        try:
+            compare(before, after)
+        except AssertionError:
+            continue
+        raise AssertionError("a changed request body or response property passed the comparison")

@@ -240,6 +240,23 @@ def test_upload_stores_checks_and_names_the_file(client, root):
     assert "'x', 'z', 'y'" in body["detail"]
 
 
+def test_uploads_can_be_found_again_with_their_sha256_rows_and_columns(client, root):
+    data = _csv(24)
+    out = client.post(DATASETS, files={"file": ("listed.csv", data)}).json()
+    listed = client.get(DATASETS)
+    assert listed.status_code == 200, listed.text
+    items = {d["uri"]: d for d in listed.json()["items"]}
+    mine = items[out["uri"]]
+    assert mine["sha256"] == hashlib.sha256(data).hexdigest() and mine["size_bytes"] == len(data)
+    assert (mine["rows"], mine["columns"], mine["column_names"]) == (24, 3, ["x", "z", "y"])
+    assert mine["name"] == f"{mine['sha256'][:16]}-listed.csv" and mine["uploaded_at"]
+    # a file stored before uploads kept their figures beside them is read once and listed the same
+    for sidecar in (root / "uploads").glob(".*.json"):
+        sidecar.unlink()
+    again = {d["uri"]: d for d in client.get(DATASETS).json()["items"]}
+    assert again[out["uri"]] == mine and len(again) == len(items)
+
+
 def test_upload_takes_parquet_and_a_name(client):
     buffer = io.BytesIO()
     pd.read_csv(io.BytesIO(_csv(40))).to_parquet(buffer)

@@ -153,6 +153,19 @@ def test_job_shows_the_job_its_latest_metrics_and_the_artifact(api: FakeApi) -> 
     assert code == 0 and "failed" in output and "CUDA out of memory" in output, output
 
 
+def test_graceful_hand_backs_do_not_count_as_attempts_and_the_job_says_why_it_was_requeued(api: FakeApi) -> None:
+    reason = "handed back by runner vm:7 as it stopped (no attempt spent; the run starts over)"
+    job = api.add(status="running", attempt=6, lost_leases=1, max_attempts=3, hand_backs=4, requeue_reason=reason,
+                  runner_id="vm:9")
+    code, output = trainyard("job", job["job_id"], "--api", api.url)
+    assert code == 0, output
+    assert "2 of 3 (run 6: 4 handed back gracefully, no attempt spent) on vm:9" in output, output
+    assert reason in " ".join(output.split()), output
+    code, output = trainyard("jobs", "--api", api.url)
+    row = next(line for line in output.splitlines() if job["job_id"] in line)
+    assert row.split()[3] == "2", output
+
+
 READYZ_503 = {
     "ready": False,
     "checks": {"postgres": "ok", "nats": "ok", "clickhouse": "error: ConnectionRefusedError"},

@@ -230,7 +230,8 @@ def test_rollback_promote_undeploy_and_history(scripted_api) -> None:  # type: i
                              "variants": [variant("a", 3, 100)], "rolled_back_to": None, "actor": "ann", "at": NOW},
                             {"revision": 2, "change": "rollback", "reason": "bad canary", "active": True,
                              "shadow": None, "variants": [variant("a", 3, 100)], "rolled_back_to": 1,
-                             "actor": "bob", "at": LATER}]}))
+                             "actor": "bob", "at": LATER}]}),
+                   Step("GET", "/api/v1/deployments/churn-api", answer=deployment_out(6, a=100)))
     code, output = trainyard("rollback", "churn-api", "--api", API)
     assert code == 0 and output.strip() == "churn-api revision 3: a=churn v3 90%, b=churn v4 10%", output
     code, output = trainyard("rollback", "churn-api", "--reason", "bad canary", "--api", API)
@@ -241,6 +242,33 @@ def test_rollback_promote_undeploy_and_history(scripted_api) -> None:  # type: i
     assert code == 0 and "revision 6 (inactive)" in output, output
     code, output = trainyard("deployment", "churn-api", "--history", "--api", API)
     assert code == 0 and "2 revisions" in output and "rollback to 1" in output and "bad canary" in output, output
+    assert "policy none" in " ".join(output.split()), output
+    script.done()
+
+
+POLICY = {"metric": "accuracy", "min_samples": 100, "min_lift": 0.0, "max_p_value": 0.05, "ramp": [10, 50, 100],
+          "step_every_s": 60, "max_p99_latency_ms": None, "max_error_rate": None}
+WAITING = "b at 10%: needs 100 labelled predictions per side at this revision, has 40 (control 380)"
+
+
+def test_the_deployment_shows_its_policy_the_ramp_step_and_the_last_evaluation(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    current = {"a": {"requests": 400, "labelled": 380}, "b": {"requests": 45, "labelled": 40}}
+    with_policy = DeploymentPublic.model_validate({
+        **deployment_out(4, a=90, b=10), "policy": POLICY, "policy_state": {
+            "steps": [{"variant": "b", "weight": 10, "step": 1, "of": 3, "ramp": [10, 50, 100], "halted": False}],
+            "last_evaluation": {"at": LATER, "revision": 4, "decision": "none", "reason": WAITING,
+                                "figures": {"current": current, "seconds_at_revision": 75.2}}}}).model_dump(mode="json")
+    script = scripted_api(Step("GET", "/api/v1/deployments/churn-api", answer=with_policy),
+                          Step("GET", "/api/v1/deployments/churn-api", answer=deployment_out(4, a=90, b=10)))
+    code, output = trainyard("deployment", "churn-api", "--api", API)
+    flat = " ".join(output.split())
+    assert code == 0, output
+    for text in ("accuracy, ramp 10% → 50% → 100%, a step every 60 s, 100 labelled per side",
+                 "b 10%: ramp step 1 of 3", "on revision 4: none", WAITING,
+                 "a 380 labelled/400 requests, b 40 labelled/45 requests; 75 s at the revision"):
+        assert text in flat, f"{text!r} not in\n{output}"
+    code, output = trainyard("deployment", "churn-api", "--api", API)
+    assert code == 0 and "policy none" in " ".join(output.split()), output
     script.done()
 
 

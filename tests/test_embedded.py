@@ -178,6 +178,34 @@ def test_run_up_writes_endpoints_restarts_children_and_stops_on_sigterm(engine_d
     assert (engine_dir / "postgres" / "PG_VERSION").exists() and (engine_dir / "nats").is_dir()
 
 
+LATE_API = textwrap.dedent("""
+    import os, socket, time
+    from pathlib import Path
+    time.sleep(2)  # serve builds its read models before it binds
+    server = socket.create_server(("127.0.0.1", int(os.environ["TRAINYARD_API_PORT"])))
+    Path(os.environ["TRAINYARD_DATA_DIR"], "listening-at").write_text(repr(time.time()))
+    while True:
+        server.accept()[0].close()
+""")
+
+
+def test_up_says_it_is_up_only_once_the_api_accepts_connections(engine_dir):
+    idle = textwrap.dedent("import time\ntime.sleep(3600)")
+    script = UP.replace("serve_cmd=child", "serve_cmd=[sys.executable, '-c', sys.argv[3]]")
+    up = subprocess.Popen([sys.executable, "-c", script, str(engine_dir), idle, LATE_API], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in up.stdout:  # type: ignore[union-attr]
+            if line.startswith("Trainyard is up"):
+                said_up = time.time()
+                break
+        listening = float((engine_dir / "listening-at").read_text())
+        assert said_up >= listening
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.communicate(timeout=30)
+
+
 def test_run_up_gives_up_on_crash_loop(engine_dir):
     # External URLs: nothing embedded starts; the children exit at once, every time.
     settings = Settings(data_dir=engine_dir, runners=1, database_url="postgresql://x@127.0.0.1:1/x",

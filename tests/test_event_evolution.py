@@ -134,6 +134,19 @@ def test_a_v1_completed_event_loads_without_its_step_count() -> None:
     assert store_and_read(completed(), as_v1("TrainingJob.Completed", "total_steps"))[-1].total_steps is None
 
 
+def test_a_v1_requeued_event_loads_without_counting_hand_backs() -> None:
+    def handed_back() -> TrainingJob:
+        job = _job()
+        job.claim("lease-1", "host:1")
+        job.hand_back("lease-1", "stopping")
+        return job
+
+    assert store_and_load(handed_back()).hand_backs == 1
+    loaded = store_and_load(handed_back(), as_v1("TrainingJob.Requeued", "hand_backs"))
+    assert (loaded.status, loaded.hand_backs, loaded.lost_leases) == ("queued", 0, 0)
+    assert store_and_read(handed_back(), as_v1("TrainingJob.Requeued", "hand_backs"))[-1].hand_backs == 0
+
+
 def test_a_v1_export_started_event_loads_without_a_lease() -> None:
     export = ModelExport.request(uuid4(), "churn", 1, "onnx", 1e-4, {"artifact": ARTIFACT})
     export.claim("lease-1", "host:1")

@@ -65,6 +65,8 @@ def test_a_full_restart_resumes_a_running_job_at_once_and_keeps_everything() -> 
             assert resumed["status"] in ("running", "completed")
             job = s.wait(job_id, lambda j: j["status"] in FINISHED, timeout=120)
             assert job["status"] == "completed" and job["attempt"] == 2
+            # the shutdown was a graceful hand-back: no attempt spent, and the job says why it ran again
+            assert (job["lost_leases"], job["hand_backs"]) == (0, 1) and "handed back" in job["requeue_reason"]
             assert [p["step"] for p in s.full_series(job_id, "valid_loss", epochs)] == list(range(1, epochs + 1))
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)

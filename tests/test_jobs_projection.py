@@ -107,6 +107,9 @@ def test_processing_a_prefix_twice_leaves_the_read_model_unchanged(store, cmds: 
         status, attempt, version = conn.execute(
             "SELECT status, attempt, version FROM jobs WHERE id = %s", (job_id,)).fetchone()
     assert (status, attempt, version) == (job.status, job.attempt, job.version)
+    with psycopg.connect(url) as conn:
+        counts = conn.execute("SELECT lost_leases, hand_backs FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    assert counts == (job.lost_leases, job.hand_backs)
     for e, t in events:
         projection.process_event(e, t)
     assert rows(url, job_id) == final
@@ -130,6 +133,30 @@ def test_a_rebuild_from_position_zero_equals_the_live_read_model(store, postgres
         assert [r for r in rows(rebuilt_url) if r[0] in live_ids] == rows(url)
     finally:
         drop_database(postgres_server, rebuilt_url)
+
+
+def test_hand_backs_are_counted_apart_from_lost_runners_and_the_requeue_says_why(store) -> None:
+    """Five graceful stops and one lost runner: one attempt of the budget spent, five hand-backs, six runs; a
+    requeue of missing work is no hand-back."""
+    app, url = store
+    cmds: list[tuple] = []
+    for n in range(5):
+        cmds += [("claim", f"l{n}", "h:1"), ("hand_back", f"l{n}")]
+    cmds += [("claim", "l5", "h:1"), ("expire", "l5"), ("requeue",)]
+    job_id = run_commands(app, cmds)
+    projection = JobsProjection(view=make_view(url))
+    for e, t in events_of(app, job_id):
+        projection.process_event(e, t)
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT status, attempt, lost_leases, hand_backs, requeue_reason FROM jobs WHERE id = %s",
+                           (job_id,)).fetchone()
+    assert row == ("queued", 6, 1, 5, "no work item")
+    job_id = run_commands(app, [("claim", "l1", "h:1"), ("hand_back", "l1")])
+    for e, t in events_of(app, job_id):
+        projection.process_event(e, t)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT hand_backs, requeue_reason FROM jobs WHERE id = %s",
+                            (job_id,)).fetchone() == (1, "stopping")
 
 
 def test_the_metadata_of_the_submit_lands_in_the_read_model(store) -> None:

@@ -2,7 +2,9 @@
 rebuild from zero equals the live tables, and the history the API shows is the aggregate's sequence of revisions."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
@@ -141,3 +143,37 @@ def test_model_versions_aliases_and_exports_rebuild_to_the_live_tables(store) ->
     assert store.models.version(name, 1)["onnx"] is None
     project(store, "models", replica=True)
     assert rows(store.replica_url, TABLES["models"]) == live
+
+
+def test_the_policys_last_evaluation_is_kept_per_deployment_and_shown_with_its_ramp_step(store) -> None:
+    """An evaluation that changes nothing records no event, yet the deployment's view shows when it ran, what it
+    saw and why it did nothing; the next evaluation replaces it."""
+    from api.deployments import _public
+    from commands.ab_policy import PolicyEngine
+    from infra.health import Health
+    from projections.deployments import PolicyEvaluations
+
+    policy = {"metric": "accuracy", "min_samples": 100, "min_lift": 0.0, "max_p_value": 0.05, "ramp": [10, 50, 100],
+              "step_every_s": 1, "max_p99_latency_ms": None, "max_error_rate": None}
+    name = f"pol-{uuid4().hex[:8]}"
+    save(store, Deployment.create(name, [variant("control", 90), variant("challenger", 10)], policy=policy))
+    project(store, "deployments")
+    clock = [time.time() + 60]  # past the step time: waiting only on labels
+    engine = PolicyEngine(None, store.deployments, lambda *_: ([], []), Health().stage("policy"),  # type: ignore[arg-type]
+                          PolicyEvaluations(store.deployments.pool), clock=lambda: clock[0])
+    assert store.deployments.get(name)["last_evaluation"] is None
+    for _ in range(2):
+        clock[0] += 5
+        assert engine.evaluate(store.deployments.get(name)) is None  # nothing acted, nothing to command
+    shown = _public(store.deployments.get(name)).model_dump(mode="json")["policy_state"]
+    assert shown["steps"] == [{"variant": "challenger", "weight": 10, "step": 1, "of": 3, "ramp": [10, 50, 100],
+                               "halted": False}]
+    last = shown["last_evaluation"]
+    assert (last["decision"], last["revision"]) == ("none", 1)
+    assert datetime.fromisoformat(last["at"]).timestamp() == pytest.approx(clock[0], abs=1e-3)
+    assert last["reason"] == "challenger at 10%: needs 100 labelled predictions per side at this revision, has 0 " \
+                             "(control 0)"
+    assert last["figures"]["weights"] == {"control": 90, "challenger": 10}
+    with psycopg.connect(store.url) as conn:
+        assert conn.execute("SELECT count(*) FROM policy_evaluations WHERE deployment = %s",
+                            (name,)).fetchone() == (1,)

@@ -7,6 +7,7 @@ revision.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
@@ -154,6 +155,22 @@ def test_a_model_trained_on_a_text_column_answers_raw_rows_as_the_native_model(s
     assert r.json()["classes"] == ["no", "yes"]
     encoded = [dict(zip(lineage["feature_names"], map(float, x))) for x in X[2:4]]  # the encoded form still works
     assert serving.predict("churn", encoded).json()["probabilities"] == r.json()["probabilities"][2:4]
+
+
+def test_a_version_downloads_its_native_and_onnx_files_with_their_sha256(serving: Serving) -> None:
+    http = serving.http
+    v1 = http.get(f"{MODELS}/bc/versions/1").json()
+    for route, recorded in (("artifact", v1["lineage"]["artifact"]), ("onnx", v1["onnx"])):
+        with http.stream("GET", f"{MODELS}/bc/versions/1/{route}") as r:
+            assert r.status_code == 200, route
+            data = r.read()
+        assert r.headers["x-content-sha256"] == recorded["sha256"] == hashlib.sha256(data).hexdigest()
+        assert r.headers["content-type"] == "application/octet-stream" and "attachment" in r.headers[
+            "content-disposition"]
+    for path in ("nosuch/versions/1/onnx", "bc/versions/9/artifact"):
+        r = http.get(f"{MODELS}/{path}")
+        assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json"), path
+    assert "nosuch" in http.get(f"{MODELS}/nosuch/versions/1/artifact").json()["detail"]
 
 
 def test_registry_refusals_name_the_field(serving: Serving) -> None:

@@ -39,6 +39,8 @@ def test_any_command_sequence_leaves_a_legal_state_and_replays_to_the_same_objec
         assert job.status in ("queued", "running", *FINISHED)
         assert job.attempt >= before[1] and job.lost_leases >= before[3]  # attempts and losses only grow
         assert job.lost_leases <= job.max_attempts
+        # every run but a running one ended once: handed back, lost, or the end; hand-backs spend no attempt
+        assert job.hand_backs + job.lost_leases <= job.attempt - (job.status == "running")
         if job.status == "running":
             assert job.lease_id is not None  # a running job is always held by exactly one lease
         if job.status == "queued":

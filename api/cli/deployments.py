@@ -11,6 +11,31 @@ from api.cli.app import ApiOpt, JsonOpt, ReasonOpt, cli, connect, read_json
 from api.cli.output import console, grid, line, print_json, when
 
 
+def policy_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
+    """The policy, where each challenger stands on its ramp and what the last evaluation saw and decided."""
+    policy = d.get("policy")
+    if not policy:
+        return [("policy", "none")]
+    rows = [("policy", f"{policy.get('metric')}, ramp {' → '.join(f'{w}%' for w in policy.get('ramp') or [])}, "
+                       f"a step every {policy.get('step_every_s')} s, {policy.get('min_samples')} labelled per side")]
+    state = d.get("policy_state") or {}
+    for s in state.get("steps") or []:
+        rows.append((f"  {s['variant']}", "halted by the policy" if s["halted"] else
+                     f"{s['weight']}%: ramp step {s['step']} of {s['of']}"))
+    last = state.get("last_evaluation")
+    if last is None:
+        rows.append(("last evaluation", "none yet"))
+    else:
+        figures = last.get("figures") or {}
+        seen = ", ".join(f"{v} {f.get('labelled', 0)} labelled/{f.get('requests', 0)} requests"
+                         for v, f in (figures.get("current") or {}).items())
+        rows += [("last evaluation", f"{when(last['at'])} on revision {last['revision']}: {last['decision']}"),
+                 ("  why", last.get("reason") or "-"),
+                 ("  saw", f"{seen or 'no traffic at this revision'}; "
+                           f"{figures.get('seconds_at_revision', 0):.0f} s at the revision")]
+    return rows
+
+
 def _variants(d: dict[str, Any]) -> str:
     """'a=churn v3 90%, b=churn v4 (staging) 10%'"""
     parts = [f"{v['name']}={v['model']} v{v['version']}" + (f" ({v['alias']})" if v.get("alias") else "")
@@ -75,13 +100,14 @@ def deployment(name: str, show_history: Annotated[bool, typer.Option("--history"
             table.add_row(str(r["revision"]), change, when(r.get("at")), escape(r.get("actor") or "-"),
                           escape(_variants(r)), escape(r.get("reason") or "-"))
         console.print(table)
+        grid(policy_rows(client.deployment(name)))  # the policy sets no revision: shown beside the history
         return
     d = client.deployment(name)
     if as_json:
         return print_json(d)
     grid([("deployment", d["name"]), ("revision", str(d["revision"])),
            ("active", "yes" if d["active"] else "no"), ("shadow", _shadow(d)),
-           ("updated", when(d.get("updated_at")))])
+           ("updated", when(d.get("updated_at"))), *policy_rows(d)])
     table = Table(box=None)
     for col in ("variant", "weight", "model", "version", "onnx"):
         table.add_column(col, no_wrap=col != "onnx", overflow="fold")

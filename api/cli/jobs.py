@@ -142,9 +142,24 @@ def jobs(status: Annotated[Optional[str], typer.Option(help=choices(JobStatus))]
     for col in ("model", "name"):
         table.add_column(col, no_wrap=True, overflow="ellipsis")
     for j in out["items"]:
-        table.add_row(j["job_id"], j["status"], f"{j['progress']['percentage_complete']:.0f}%", str(j["attempt"]),
+        table.add_row(j["job_id"], j["status"], f"{j['progress']['percentage_complete']:.0f}%", budget_attempt(j),
                       j["priority"], f"{j['framework']}/{j['task']}", j["name"])
     console.print(table)
+
+
+def budget_attempt(j: dict[str, Any]) -> str:
+    """The attempt `max_attempts` counts: lost runners + 1 (hand-backs start runs but spend nothing); '-' before
+    the first run."""
+    if not j["attempt"]:
+        return "-"
+    return str(min(j.get("lost_leases", 0) + 1, j.get("max_attempts", 3)))
+
+
+def attempt_line(j: dict[str, Any]) -> str:
+    line = f"{budget_attempt(j)} of {j.get('max_attempts', 3)}"
+    if j.get("hand_backs"):
+        line += f" (run {j['attempt']}: {j['hand_backs']} handed back gracefully, no attempt spent)"
+    return line + (f" on {escape(j['runner_id'])}" if j.get("runner_id") else "")
 
 
 @cli.command()
@@ -175,7 +190,7 @@ def job(job_id: str, as_json: Annotated[bool, typer.Option("--json", help="print
         ("name", escape(j["name"])),
         ("status", styled(j["status"])
                    + (" (cancel requested)" if j.get("cancel_requested") and j["status"] not in FINISHED else "")),
-        ("attempt", f"{j['attempt']}" + (f" on {escape(j['runner_id'])}" if j.get("runner_id") else "")),
+        ("attempt", attempt_line(j)),
         ("priority", j["priority"]),
         ("model", f"{j['framework']}/{j['task']}"),
         ("dataset", escape(" ".join(f"{k}={v}" for k, v in j["dataset"].items()))),
@@ -188,6 +203,8 @@ def job(job_id: str, as_json: Annotated[bool, typer.Option("--json", help="print
         ("finished", when(j.get("finished_at"), j.get("started_at") or j["created_at"],
                            "ran" if j.get("started_at") else "after")),
     ]
+    if j.get("requeue_reason"):
+        rows.append(("requeued", escape(j["requeue_reason"])))
     if j.get("error"):
         rows.append(("error", f"[red]{escape(j['error'])}[/red]"))
     for key, value in rows:

@@ -1,7 +1,8 @@
-"""Datasets: the `dataset` of a job or study, and the answer to an upload."""
+"""Datasets: the `dataset` of a job or study, the answer to an upload and the list of uploads."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,3 +37,12 @@ class DatasetUploaded(BaseModel):
     rows: int
     columns: int
     column_names: list[str]
+
+
+class DatasetPublic(DatasetUploaded):
+    name: str = Field(description="the stored file's name: `<sha256[:16]>-<name>`")
+    uploaded_at: datetime = Field(description="when the file was stored (its modification time)")
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetPublic] = Field(description="the uploads under the first dataset root, newest first")

@@ -92,6 +92,33 @@ class ShadowPublic(BaseModel):
     artifact: dict[str, Any]
 
 
+class PolicyStep(BaseModel):
+    variant: str = Field(description="a challenger")
+    weight: int
+    step: int = Field(description="ramp weights it has reached (0: none yet)")
+    of: int = Field(description="weights in the ramp")
+    ramp: list[int]
+    halted: bool = Field(description="rolled back by the policy: it is not ramped again")
+
+
+class PolicyEvaluation(BaseModel):
+    at: datetime
+    revision: int = Field(description="the revision it evaluated")
+    decision: Literal["none", "step", "promote", "halt", "not_applied"] = Field(
+        description="none: no action (`reason` says why); not_applied: another evaluation acted first")
+    variant: str | None = Field(default=None, description="the challenger acted on")
+    reason: str | None = Field(description="the action's reason, or why no action was taken")
+    figures: dict[str, Any] = Field(description="what it saw: weights, seconds at the revision, per-variant "
+                                                "statistics overall and at this revision, the comparison")
+
+
+class PolicyState(BaseModel):
+    steps: list[PolicyStep] = Field(description="each challenger's place on the ramp")
+    last_evaluation: PolicyEvaluation | None = Field(
+        description="the policy's latest evaluation (every policy_interval_s while the deployment is active; null "
+                    "until the first)")
+
+
 class DeploymentPublic(BaseModel):
     name: str
     revision: int
@@ -99,6 +126,8 @@ class DeploymentPublic(BaseModel):
     variants: list[VariantPublic]
     shadow: ShadowPublic | None
     policy: dict[str, Any] | None = None
+    policy_state: PolicyState | None = Field(default=None, description="with a policy: where each challenger "
+                                                                      "stands and what the last evaluation decided")
     created_by: str | None
     created_at: datetime
     updated_at: datetime

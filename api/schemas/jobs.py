@@ -59,9 +59,15 @@ class JobPublic(BaseModel):
     timeout_s: int = Field(default=DEFAULT_TIMEOUT_S, description="wall-clock limit of the job in seconds")
     status: JobStatus
     progress: ProgressPublic
-    attempt: int = Field(description="runs started so far (each claim by a runner is a new attempt)")
-    lost_leases: int = Field(default=0, description="attempts whose runner was lost; the job fails at max_attempts")
+    attempt: int = Field(description="the run number: runs started so far (each claim by a runner is a new run; "
+                                     "a run's metric series is `?attempt=`). Graceful hand-backs start runs without "
+                                     "spending the budget: lost_leases + 1 is the attempt max_attempts counts")
+    lost_leases: int = Field(default=0, description="attempts spent: runs whose runner was lost; the job fails when "
+                                                    "they reach max_attempts")
     max_attempts: int = Field(default=3, description="how many lost runners the job survives")
+    hand_backs: int = Field(default=0, description="runs handed back gracefully (a runner stopping): no attempt spent")
+    requeue_reason: str | None = Field(default=None, description="why the job was last put back in the queue "
+                                                                 "(null: never)")
     runner_id: str | None
     cancel_requested: bool
     created_by: str | None = Field(default=None, description="the actor that submitted it (X-Trainyard-Actor)")
