@@ -15,7 +15,7 @@ from api.deps import Services, ServicesDep
 from api.models import catch_up
 from api.problems import Problem
 from api.schemas.ab import FeedbackAccepted, FeedbackItem
-from api.schemas.common import problems
+from api.schemas.common import IdPrefix, problems
 from api.schemas.deployments import (DeploymentHistory, DeploymentIn, DeploymentList, DeploymentName, DeploymentPublic,
                                      DeploymentUpdateIn, PolicySetIn, PolicyState, PolicyStep, PredictionStats,
                                      PromoteIn, ReasonIn, TrafficIn)
@@ -219,9 +219,10 @@ def create_key(body: ApiKeyIn, s: ServicesDep, ctx: CommandContextDep) -> JSONRe
     return JSONResponse(ApiKeyCreated.model_validate({**row, "key": key}).model_dump(mode="json"), status_code=201)
 
 
-@keys.get("", response_model=ApiKeyList)
-def list_keys(s: ServicesDep) -> ApiKeyList:
-    return ApiKeyList(items=[ApiKeyPublic.model_validate(r) for r in s.deployments.keys()])
+@keys.get("", response_model=ApiKeyList, responses=problems(422))
+def list_keys(s: ServicesDep, id_prefix: IdPrefix = None) -> ApiKeyList:
+    """Every key, oldest first (never the key itself: its prefix only)."""
+    return ApiKeyList(items=[ApiKeyPublic.model_validate(r) for r in s.deployments.keys(id_prefix)])
 
 
 @keys.delete("/{key_id}", response_model=ApiKeyPublic, responses=problems(404, 409, 422))

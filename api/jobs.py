@@ -11,7 +11,7 @@ from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep, services
 from api.limits import SafeText, check_params
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.problems import Problem
-from api.schemas.common import Tag, problems
+from api.schemas.common import IdPrefix, Tag, problems
 from api.schemas.jobs import JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries
 from commands.training import JobNotFoundError, SubmitJob
 from domain.frameworks import ParamsError, check_budget, resolve_params
@@ -75,10 +75,11 @@ def list_jobs(s: ServicesDep,
               tag: Annotated[list[Tag] | None, Query(max_length=20, description=ALL_OF)] = None,
               limit: Annotated[int, Query(ge=1, le=500, description="1 to 500")] = 50,
               offset: Annotated[int, Query(ge=0, le=1_000_000, description="0 to 1,000,000")] = 0,
-              study_id: Annotated[UUID | None, Query(description="only this study's trials")] = None) -> JobList:
+              study_id: Annotated[UUID | None, Query(description="only this study's trials")] = None,
+              id_prefix: IdPrefix = None) -> JobList:
     """Jobs, newest first. `status` and `framework` match any of their values, `tag` needs all of them."""
     rows, total = s.jobs.list(status=status, framework=framework, tag=tag, limit=limit, offset=offset,
-                              study_id=study_id)
+                              study_id=study_id, id_prefix=id_prefix)
     return JobList(items=[JobPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 

@@ -12,7 +12,7 @@ from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.jobs import check_job_dataset
 from api.limits import SafeText, check_params
 from api.problems import Problem
-from api.schemas.common import Tag, problems
+from api.schemas.common import IdPrefix, Tag, problems
 from api.schemas.jobs import Comparison
 from api.schemas.studies import (Importances, StudyAccepted, StudyHistory, StudyIn, StudyList, StudyPublic, TrialList,
                                  TrialPublic)
@@ -76,8 +76,9 @@ def list_studies(s: ServicesDep,
                  status: Annotated[list[StudyStatus] | None, Query(max_length=5, description="any of")] = None,
                  tag: Annotated[list[Tag] | None, Query(max_length=20, description="all of")] = None,
                  limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                 offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> StudyList:
-    rows, total = s.studies.list(status=status, tag=tag, limit=limit, offset=offset)
+                 offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+                 id_prefix: IdPrefix = None) -> StudyList:
+    rows, total = s.studies.list(status=status, tag=tag, limit=limit, offset=offset, id_prefix=id_prefix)
     return StudyList(items=[StudyPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 

@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from domain.api_key import ApiKey
 from domain.deployment import Deployment
+from projections.id_prefix import id_range
 from projections.tracking import TrackedProjection, TrackedView, topics_of
 
 DEPLOYMENTS_DDL = """
@@ -166,8 +167,12 @@ class DeploymentQueries:
                          "r.actor, r.at, r.figures FROM deployment_revisions r JOIN deployments d ON d.id = r.deployment_id "
                          "WHERE d.name = %s ORDER BY r.revision", (name,))
 
-    def keys(self) -> list[dict[str, Any]]:
-        return self._all(f"SELECT {_KEY} FROM api_keys ORDER BY created_at")
+    def keys(self, id_prefix: str | None = None) -> list[dict[str, Any]]:
+        """Every key, oldest first; `id_prefix`: those whose id starts with those hex digits."""
+        if not id_prefix:
+            return self._all(f"SELECT {_KEY} FROM api_keys ORDER BY created_at")
+        return self._all(f"SELECT {_KEY} FROM api_keys WHERE id BETWEEN %s AND %s ORDER BY created_at",
+                         id_range(id_prefix))
 
     def key(self, key_id: UUID) -> dict[str, Any] | None:
         rows = self._all(f"SELECT {_KEY} FROM api_keys WHERE id = %s", (key_id,))

@@ -9,6 +9,8 @@ from uuid import UUID
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from projections.id_prefix import id_range
+
 
 _LIVE = "(SELECT l.{col} FROM job_leases l WHERE l.job_id = jobs.id AND l.lease_id = jobs.lease_id)"
 # Live progress of a running job comes from its lease row (heartbeats); the row's own figures are milestones.
@@ -65,9 +67,11 @@ class JobQueries:
         limit: int = 50,
         offset: int = 0,
         study_id: UUID | None = None,
+        id_prefix: str | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
         """Jobs newest first, and how many match. `status` / `framework`: any of the values; `tag`: all of them;
-        `study_id`: that study's trials. A single string is one value; None or empty means no filter."""
+        `study_id`: that study's trials; `id_prefix`: ids starting with those hex digits. A single string is one
+        value; None or empty means no filter."""
         where, params = ["TRUE"], {"limit": limit, "offset": offset}
         status, framework, tag = _values(status), _values(framework), _values(tag)
         if status:
@@ -82,6 +86,9 @@ class JobQueries:
         if study_id is not None:
             where.append("study_id = %(study_id)s")
             params["study_id"] = study_id
+        if id_prefix:
+            where.append("id BETWEEN %(id_low)s AND %(id_high)s")
+            params["id_low"], params["id_high"] = id_range(id_prefix)
         cond = " AND ".join(where)
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(f"SELECT count(*) AS n FROM jobs WHERE {cond}", params)

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from domain.study import Study
 from domain.vocabulary import StudyStatus, TrialState
+from projections.id_prefix import id_range
 from projections.tracking import TrackedProjection, TrackedView, topics_of
 
 STUDIES_DDL = """
@@ -192,8 +193,9 @@ class StudyQueries:
         return [r[0] for r in rows]
 
     def list(self, status: str | Sequence[str] | None = None, tag: str | Sequence[str] | None = None,
-             limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """Studies newest first, and how many match. `status`: any of the values; `tag`: all of them."""
+             limit: int = 50, offset: int = 0, id_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Studies newest first, and how many match. `status`: any of the values; `tag`: all of them; `id_prefix`:
+        ids starting with those hex digits."""
         where, params = ["TRUE"], {"limit": limit, "offset": offset}
         status, tag = _values(status), _values(tag)
         if status:
@@ -202,6 +204,9 @@ class StudyQueries:
         if tag:
             where.append("s.tags @> %(tag)s::text[]")
             params["tag"] = tag
+        if id_prefix:
+            where.append("s.id BETWEEN %(id_low)s AND %(id_high)s")
+            params["id_low"], params["id_high"] = id_range(id_prefix)
         cond = " AND ".join(where)
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(f"SELECT count(*) AS n FROM studies s WHERE {cond}", params)

@@ -3,7 +3,9 @@ work, every path, method, parameter, request and response property, type and enu
 descriptions, titles and examples do not count, nor where a schema is written (inline or under components: both
 are compared resolved). What may change: a constraint added or made stricter (lengths, patterns, ranges, item
 counts), a 400 problem+json answer added to an operation, a 200 added to an operation that takes an
-Idempotency-Key (the repeat's answer, which it always gave), and a new operation (a method on a path the old
+Idempotency-Key (the repeat's answer, which it always gave), an optional query parameter added to an operation (with
+the problem+json 422 that validates it, where the operation had none: old callers send what they always sent), and a
+new operation (a method on a path the old
 document lacked) whose error answers are problem+json and which, when it takes path parameters, answers 404;
 and a property added to a response body or to a message Trainyard publishes (a reader ignores what it does not
 know; request bodies stay exactly as they were). Nothing else."""
@@ -113,6 +115,33 @@ def without_added_400s(after: dict[str, Any], before: dict[str, Any]) -> tuple[d
     return after, wrong
 
 
+def without_added_optional_query_parameters(after: dict[str, Any],
+                                            before: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`after` less the optional query parameters its old operations gained, and less the 422 answer an operation
+    gained with them; any such 422 that is not a problem+json body is listed as wrong."""
+    after = json.loads(json.dumps(after))
+    wrong = []
+    for path, methods in after.get("paths", {}).items():
+        for method, operation in methods.items():
+            old = before.get("paths", {}).get(path, {}).get(method)
+            if not (isinstance(operation, dict) and isinstance(old, dict)):
+                continue
+            known = {(p.get("in"), p.get("name")) for p in old.get("parameters", [])}
+            params = operation.get("parameters", [])
+            added = [p for p in params if p.get("in") == "query" and not p.get("required")
+                     and (p.get("in"), p.get("name")) not in known]
+            if not added:
+                continue
+            operation["parameters"] = [p for p in params if p not in added]
+            if not operation["parameters"] and "parameters" not in old:
+                del operation["parameters"]
+            responses = operation.get("responses", {})
+            if "422" in responses and "422" not in old.get("responses", {}):
+                if "application/problem+json" not in responses.pop("422").get("content", {}):
+                    wrong.append(f"{method.upper()} {path}")
+    return after, wrong
+
+
 def without_new_operations(after: dict[str, Any], before: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """`after` less the operations `before` lacked; those whose error answers are not all problem+json, or that
     take path parameters without answering 404 for an unknown object, are listed as wrong."""
@@ -171,6 +200,8 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> None:
     assert not wrong, f"new operations without problem+json answers: {wrong}"
     after, wrong = without_added_400s(after, before)
     assert not wrong, f"added 400 answers that are not problem+json: {wrong}"
+    after, wrong = without_added_optional_query_parameters(after, before)
+    assert not wrong, f"422 answers added with a query parameter that are not problem+json: {wrong}"
     old_components = (before.get("components") or {}).pop("schemas", {})
     new_components = (after.get("components") or {}).pop("schemas", {})
     assert set(old_components) <= set(new_components), set(old_components) - set(new_components)
@@ -275,3 +306,22 @@ def test_a_response_may_gain_a_property_and_a_request_may_not() -> None:
         except AssertionError:
             continue
         raise AssertionError("a changed request body or response property passed the comparison")
+
+
+def test_an_operation_may_gain_an_optional_query_parameter_only() -> None:
+    problem = {"content": {"application/problem+json": {}}}
+    before = {"paths": {"/x": {"get": {"responses": {"200": {}}}}}}
+
+    def gained(parameter: dict[str, Any], responses: dict[str, Any]) -> dict[str, Any]:
+        return {"paths": {"/x": {"get": {"parameters": [parameter], "responses": {"200": {}, **responses}}}}}
+
+    optional = {"name": "id_prefix", "in": "query", "required": False, "schema": {"type": "string"}}
+    compare(before, gained(optional, {"422": problem}))
+    for after in (gained({**optional, "required": True}, {"422": problem}),
+                  gained({**optional, "in": "header"}, {}),
+                  gained(optional, {"422": {"content": {"application/json": {}}}})):
+        try:
+            compare(before, after)
+        except AssertionError:
+            continue
+        raise AssertionError("a required or non-query parameter, or a 422 that is not problem+json, passed")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -415,3 +416,55 @@ def test_an_unknown_name_is_a_404_saying_the_name_typed(client, method, path, bo
     """The model's and deployment's ids are derived from their names; the user knows only the name."""
     detail = problem(client.request(method, path, json=body), 404, "name")["detail"]
     assert detail == words, detail
+
+
+# ---- short ids -----------------------------------------------------------------------------------
+SHORT = "0565b60a"
+IDS = {  # two ids that share the short id, the ids just outside it on either side, and one far away
+    "low": uuid.UUID(f"{SHORT}-0000-0000-0000-000000000000"), "high": uuid.UUID(f"{SHORT}-ffff-ffff-ffff-ffffffffffff"),
+    "before": uuid.UUID("0565b609-ffff-ffff-ffff-ffffffffffff"), "after": uuid.UUID("0565b60b-0000-0000-0000-000000000000"),
+    "far": uuid.UUID("f565b60a-0000-4000-8000-000000000000"),
+}
+NOW = "2025-05-01T12:00:00+00:00"
+
+
+@pytest.fixture(scope="module")
+def short_ids(client, module_database_url: str) -> dict[str, uuid.UUID]:
+    """Jobs, studies and API keys with the ids in IDS, written straight into their read models (no projector runs
+    here), each named for its key in IDS."""
+    spec = '{"uri": "builtin://breast_cancer"}'
+    with psycopg.connect(module_database_url) as conn:
+        for name, id_ in IDS.items():
+            conn.execute("INSERT INTO jobs (id, name, framework, task, dataset, params, priority, tags, status, "
+                         "created_at, updated_at, version) VALUES (%s, %s, 'lightgbm', 'binary_classification', "
+                         "%s, '{}', 'medium', '{}', 'queued', %s, %s, 1)", (id_, name, spec, NOW, NOW))
+            conn.execute("INSERT INTO studies (id, name, framework, task, dataset, objective, search_space, "
+                         "fixed_params, sampler, pruner, n_trials, max_parallel, priority, tags, status, created_at, "
+                         "updated_at, version) VALUES (%s, %s, 'lightgbm', 'binary_classification', %s, "
+                         "'{\"metric\": \"auc\", \"direction\": \"maximize\"}', '{}', '{}', '{}', '{}', 4, 2, "
+                         "'medium', '{}', 'running', %s, %s, 1)", (id_, name, spec, NOW, NOW))
+            conn.execute("INSERT INTO api_keys (id, name, prefix, key_hash, deployments, created_at, version) "
+                         "VALUES (%s, %s, 'ty_abc', %s, '{*}', %s, 1)", (id_, name, f"hash-{name}", NOW))
+    return IDS
+
+
+@pytest.mark.parametrize("path, id_key", [(JOBS, "job_id"), ("/api/v1/studies", "study_id"),
+                                          ("/api/v1/api-keys", "id")])
+@pytest.mark.parametrize("prefix, found", [
+    (SHORT, {"low", "high"}),  # the short id the CLI shows names both: ambiguous
+    (f"{SHORT}0000", {"low"}), (f"{SHORT}ffff", {"high"}),
+    (IDS["high"].hex, {"high"}),  # all 32 digits
+    ("0565b60b", {"after"}), ("0565b609", {"before"}), ("0565b60c", set()),
+])
+def test_a_list_filters_by_an_id_prefix(client, short_ids, path, id_key, prefix, found):
+    r = client.get(path, params={"id_prefix": prefix})
+    assert r.status_code == 200, r.text
+    assert {i[id_key] for i in r.json()["items"]} == {str(short_ids[n]) for n in found}
+    if "total" in r.json():
+        assert r.json()["total"] == len(found)
+
+
+@pytest.mark.parametrize("path", [JOBS, "/api/v1/studies", "/api/v1/api-keys"])
+@pytest.mark.parametrize("prefix", ["0565B60A", "0565b60", "0565b60a-0000", "0565b60g", "0" * 33])
+def test_an_id_prefix_is_8_to_32_lowercase_hex_digits(client, path, prefix):
+    problem(client.get(path, params={"id_prefix": prefix}), 422, "id_prefix")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
@@ -18,6 +18,12 @@ Tag = Annotated[SafeText, Field(min_length=1, max_length=64, description=f"1 to 
 
 
 MAX_TAGS = 20
+
+
+IdPrefix = Annotated[str | None, Query(
+    min_length=8, max_length=32, pattern=r"^[0-9a-f]{8,32}$",
+    description="only those whose id starts with these 8 to 32 lowercase hex digits (the id without its hyphens): "
+                "how the CLI finds the one a short id names")]
 
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
