@@ -422,9 +422,10 @@ class TrainyardClient:
             body["rate_limit_per_s"] = rate_limit_per_s
         return self._call("POST", "/api/v1/api-keys", json=body)
 
-    def api_keys(self) -> dict[str, Any]:
-        """{"items": [{"id", "name", "prefix", "deployments", "rate_limit_per_s", "revoked_at" ...}]}"""
-        return self._call("GET", "/api/v1/api-keys")
+    def api_keys(self, id_prefix: str | None = None) -> dict[str, Any]:
+        """{"items": [{"id", "name", "prefix", "deployments", "rate_limit_per_s", "revoked_at" ...}]}; `id_prefix`:
+        only the keys whose id starts with those 8 to 32 lowercase hex digits."""
+        return self._call("GET", "/api/v1/api-keys", params={} if id_prefix is None else {"id_prefix": id_prefix})
 
     def revoke_api_key(self, key_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/api/v1/api-keys/{_uuid(key_id, 'key_id', 'an API key id')}")

@@ -64,6 +64,53 @@ def test_a_job_id_that_is_not_a_uuid_is_one_line_naming_the_field(api: FakeApi, 
     assert api.reads == 0
 
 
+SHORT = "0565b60a"  # the short id the CLI shows of two jobs
+
+
+@pytest.mark.parametrize("command", ["watch", "cancel", "job"])
+def test_a_short_id_names_the_one_job_it_starts(api: FakeApi, command: str) -> None:
+    job = api.add(job_id=f"{SHORT}-0000-4000-8000-000000000001")
+    api.complete(job)  # the others stay queued: `watch` of one of them would not end
+    api.add(job_id=f"{SHORT}-1111-4000-8000-000000000002", name="other")
+    api.add(job_id="0565b60b-0000-4000-8000-000000000003", name="other")
+    for given in (f"{SHORT}0000", f"{SHORT}-0000-40", f"{SHORT.upper()}00"):
+        code, output = trainyard(command, given, "--api", api.url)
+        if command == "cancel":  # the API refuses to cancel a completed job, naming it
+            assert code == 1 and f"job {job['job_id']} is already completed" in output, (given, output)
+        else:
+            assert code == 0 and "completed" in output and "other" not in output, (given, output)
+
+
+@pytest.mark.parametrize("command", ["watch", "cancel", "job"])
+def test_an_ambiguous_short_id_lists_the_jobs_it_starts(api: FakeApi, command: str) -> None:
+    both = [api.add(job_id=f"{SHORT}-{n}{n}{n}{n}-4000-8000-00000000000{n}")["job_id"] for n in (1, 2)]
+    line = one_error_line(*trainyard(command, SHORT, "--api", api.url))
+    assert line == (f"error: 422 Ambiguous id: '{SHORT}' starts 2 job ids: {both[0]}, {both[1]}; give more of its "
+                    "digits (field job_id)")
+    assert api.reads == 0
+
+
+def test_an_ambiguous_short_id_lists_a_few_and_counts_the_rest(api: FakeApi) -> None:
+    for n in range(8):
+        api.add(job_id=f"{SHORT}-000{n}-4000-8000-000000000000")
+    line = one_error_line(*trainyard("job", SHORT, "--api", api.url))
+    assert "starts 8 job ids:" in line and line.count(SHORT) == 6 and "and 3 more; give more" in line, line
+
+
+@pytest.mark.parametrize("command", ["watch", "cancel", "job"])
+def test_an_unknown_short_id_says_no_job_id_starts_with_it(api: FakeApi, command: str) -> None:
+    api.add(job_id=f"{SHORT}-0000-4000-8000-000000000001")
+    line = one_error_line(*trainyard(command, "0565b60c", "--api", api.url))
+    assert line == "error: 404 Not found: no job id starts with '0565b60c' (field job_id)"
+    assert api.reads == 0
+
+
+def test_a_whole_id_is_used_as_it_is(api: FakeApi) -> None:
+    job = api.add()
+    code, output = trainyard("job", job["job_id"], "--api", api.url)
+    assert code == 0 and api.listings == 0, output
+
+
 def test_invalid_requests_are_one_line_with_the_status_and_field(api: FakeApi) -> None:
     line = one_error_line(*trainyard("submit", "--framework", "sklearn", "--task", "regression",
                                             "--dataset", "builtin://diabetes", "--api", api.url))

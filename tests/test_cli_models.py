@@ -19,6 +19,7 @@ from api.client import TrainyardClient, TrainyardError
 from api.schemas.deployments import DeploymentPublic, PredictionStats
 from api.schemas.keys import ApiKeyCreated, ApiKeyPublic
 from api.schemas.models import ExportPublic, ModelPublic, VersionPublic
+from api.schemas.studies import StudyPublic
 from tests.support.cli import one_error_line, trainyard
 from tests.support.fakes import ANY, API, Script, Step, problem
 
@@ -103,7 +104,7 @@ def test_register_on_an_existing_model_and_its_errors(scripted_api) -> None:  # 
     assert line == "error: 503 Service Unavailable: the API is starting"  # no model created on a 5xx
     script.done()
 
-    script = scripted_api(Step("GET", "/api/v1/models/churn", answer=model_out(latest=2)))
+    script = scripted_api()  # a job id that is no id is refused before any request: no model is created for it
     line = one_error_line(*trainyard("model", "register", "12ab", "--name", "churn", "--api", API))
     assert "'12ab' is not a job id" in line and line.endswith("(field job_id)")
     script.done()
@@ -305,6 +306,65 @@ def test_api_key_create_prints_the_key_once(scripted_api) -> None:  # type: igno
     assert code == 0 and KEY_ID in output and "ty_3kq" in output and "SECRET" not in output, output
     code, output = trainyard("api-key", "revoke", KEY_ID, "--api", API)
     assert code == 0 and output.strip() == f"{KEY_ID} (mobile) revoked", output
+    script.done()
+
+
+# ---- short ids: the first 8+ hex digits of an id, found through the list routes' id_prefix ---------------------
+def study_out(study_id: str, status: str = "cancelling") -> dict[str, Any]:
+    return StudyPublic.model_validate({
+        "study_id": study_id, "name": "tune", "framework": "lightgbm", "task": "binary_classification",
+        "dataset": {"uri": "builtin://breast_cancer"}, "objective": {"metric": "auc", "direction": "maximize"},
+        "search_space": {}, "fixed_params": {}, "sampler": {}, "pruner": {}, "n_trials": 4, "max_parallel": 2,
+        "timeout_s": None, "priority": "medium", "tags": [], "status": status, "counts": {}, "best_trial": None,
+        "created_at": NOW, "finished_at": None}).model_dump(mode="json")
+
+
+def page(items: list[dict[str, Any]], total: int | None = None) -> dict[str, Any]:
+    return {"items": items, "total": len(items) if total is None else total, "limit": 5, "offset": 0}
+
+
+def test_register_revoke_and_study_cancel_take_a_short_id(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    short = JOB.replace("-", "")[:10]
+    jobs = {"id_prefix": short, "limit": "5"}
+    script = scripted_api(
+        Step("GET", "/api/v1/training/jobs", params=jobs, answer=page([{"job_id": JOB}])),
+        Step("GET", "/api/v1/models/churn", answer=model_out(latest=2)),
+        Step("POST", "/api/v1/models/churn/versions", {"job_id": JOB}, 201, version_out(3)),
+        Step("GET", "/api/v1/api-keys", params={"id_prefix": KEY_ID[:8]}, answer={"items": [key_out(["*"])]}),
+        Step("DELETE", f"/api/v1/api-keys/{KEY_ID}", answer=key_out(["*"], revoked=True)),
+        Step("GET", "/api/v1/studies", params={"id_prefix": JOB[:8], "limit": "5"}, answer=page([study_out(JOB)])),
+        Step("DELETE", f"/api/v1/studies/{JOB}", answer=study_out(JOB)))
+    code, output = trainyard("model", "register", short.upper(), "--name", "churn", "--api", API)
+    assert code == 0 and output.strip() == f"churn v3 registered from job {JOB}", output
+    code, output = trainyard("api-key", "revoke", KEY_ID[:8], "--api", API)
+    assert code == 0 and output.strip() == f"{KEY_ID} (mobile) revoked", output
+    code, output = trainyard("study", "cancel", JOB[:8], "--api", API)
+    assert code == 0 and output.strip() == f"{JOB} cancelling", output
+    script.done()
+
+
+def test_an_ambiguous_or_unknown_short_id_says_so_and_does_nothing(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    ids = [f"0565b60a-{n}000-4000-8000-000000000000" for n in range(3)]
+    keys = [{**key_out(["*"]), "id": i} for i in ids]
+    script = scripted_api(
+        Step("GET", "/api/v1/api-keys", params={"id_prefix": "0565b60a"}, answer={"items": keys}),
+        Step("GET", "/api/v1/studies", params={"id_prefix": "0565b60a", "limit": "5"},
+             answer=page([study_out(i, "running") for i in ids[:2]])),
+        Step("GET", "/api/v1/training/jobs", params={"id_prefix": "0565b60a", "limit": "5"}, answer=page([])),
+        Step("GET", "/api/v1/api-keys", params={"id_prefix": "0565b60a"}, answer={"items": []}))
+    line = one_error_line(*trainyard("api-key", "revoke", "0565b60a", "--api", API))
+    assert line == (f"error: 422 Ambiguous id: '0565b60a' starts 3 API key ids: {', '.join(ids)}; give more of its "
+                    "digits (field key_id)")
+    line = one_error_line(*trainyard("study", "cancel", "0565b60a", "--api", API))
+    assert line == (f"error: 422 Ambiguous id: '0565b60a' starts 2 study ids: {ids[0]}, {ids[1]}; give more of its "
+                    "digits (field study_id)")
+    line = one_error_line(*trainyard("model", "register", "0565b60a", "--name", "churn", "--api", API))
+    assert line == "error: 404 Not found: no job id starts with '0565b60a' (field job_id)"
+    line = one_error_line(*trainyard("api-key", "revoke", "0565b60a", "--api", API))
+    assert line == "error: 404 Not found: no API key id starts with '0565b60a' (field key_id)"
+    line = one_error_line(*trainyard("study", "watch", "0565b6", "--api", API))  # too short: no request
+    assert line == ("error: 422 Invalid request: '0565b6' is not a study id (a UUID, or at least its first 8 hex "
+                    "digits) (field study_id)")
     script.done()
 
 

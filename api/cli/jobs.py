@@ -10,6 +10,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from api.cli import ids
+from api.cli.ids import JobIdArg
 from api.cli.app import ApiOpt, cli, connect
 from api.cli.output import console, line, seconds, size, styled, when
 from api.cli.watching import WATCH_PATIENCE_S, poll
@@ -119,13 +121,14 @@ def _shown(latest: dict[str, Any]) -> str:
 
 
 @cli.command()
-def watch(job_id: str, api: ApiOpt = None,
+def watch(job_id: JobIdArg, api: ApiOpt = None,
           retry_for: Annotated[float, typer.Option(help="seconds to ride out an unreachable or failing API")]
           = WATCH_PATIENCE_S) -> None:
     """A live progress bar with the latest metrics until the job ends; exit 0 only when it completes.
 
     Rides out an API restart (no connection, 5xx) for --retry-for seconds."""
-    job = _watch(connect(api), job_id, patience=retry_for)
+    client = connect(api)
+    job = _watch(client, ids.job_id(client, job_id), patience=retry_for)
     raise typer.Exit(0 if job["status"] == "completed" else 1)
 
 
@@ -163,12 +166,13 @@ def attempt_line(j: dict[str, Any]) -> str:
 
 
 @cli.command()
-def job(job_id: str, as_json: Annotated[bool, typer.Option("--json", help="print the raw data")] = False,
+def job(job_id: JobIdArg, as_json: Annotated[bool, typer.Option("--json", help="print the raw data")] = False,
         api: ApiOpt = None) -> None:
     """One job: status, params, progress, timings, error, latest metrics, final metrics, artifact.
 
     With --json: the raw job and its metrics ({"job": ..., "metrics": {"names", "latest"}})."""
     client = connect(api)
+    job_id = ids.job_id(client, job_id)
     j = client.job(job_id)
     try:
         metrics: dict[str, Any] | None = client.metrics(job_id)
@@ -236,6 +240,7 @@ def job(job_id: str, as_json: Annotated[bool, typer.Option("--json", help="print
 
 
 @cli.command()
-def cancel(job_id: str, api: ApiOpt = None) -> None:
+def cancel(job_id: JobIdArg, api: ApiOpt = None) -> None:
     """Cancel a queued or running job."""
-    console.print_json(data=connect(api).cancel(job_id))
+    client = connect(api)
+    console.print_json(data=client.cancel(ids.job_id(client, job_id)))

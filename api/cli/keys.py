@@ -8,6 +8,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from api.cli import ids
+from api.cli.ids import KeyIdArg
 from api.cli.app import ApiOpt, JsonOpt, cli, connect, group, read_json
 from api.cli.output import console, line, num, print_json
 from api.client import TrainyardError
@@ -57,9 +59,10 @@ def key_list(as_json: JsonOpt = False, api: ApiOpt = None) -> None:
 
 
 @key_cli.command("revoke")
-def key_revoke(key_id: str, as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+def key_revoke(key_id: KeyIdArg, as_json: JsonOpt = False, api: ApiOpt = None) -> None:
     """Revoke a key: inference servers refuse it within a second."""
-    k = connect(api).revoke_api_key(key_id)
+    client = connect(api)
+    k = client.revoke_api_key(ids.key_id(client, key_id))
     if as_json:
         return print_json(k)
     line(f"{k['id']} ({k['name']}) revoked")

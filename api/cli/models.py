@@ -7,6 +7,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from api.cli import ids
 from api.cli.app import ApiOpt, JsonOpt, cli, connect, group
 from api.cli.output import console, cut, grid, line, num, print_json, styled, when
 from api.cli.watching import WATCH_PATIENCE_S, poll
@@ -39,12 +40,13 @@ def models(limit: int = 50, offset: int = 0, as_json: JsonOpt = False, api: ApiO
 
 
 @model_cli.command("register")
-def model_register(job_id: Annotated[str, typer.Argument(help="a completed training job")],
+def model_register(job_id: Annotated[str, typer.Argument(help=f"a completed training job: {ids.SHORT}")],
                    name: Annotated[str, typer.Option("--name", help="the model (created if it does not exist)")],
                    description: Annotated[str, typer.Option(help="for a model created here")] = "",
                    as_json: JsonOpt = False, api: ApiOpt = None) -> None:
     """Register a completed job's artifact as the model's next version (creating the model first if needed)."""
     client = connect(api)
+    job_id = ids.job_id(client, job_id)  # before the model is made: a wrong id creates nothing
     try:
         client.model(name)
     except TrainyardError as e:

@@ -10,6 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from api.cli import ids
+from api.cli.ids import StudyIdArg
 from api.cli.app import ApiOpt, cli, connect, group
 from api.cli.output import console, styled
 from api.cli.watching import poll
@@ -79,17 +81,18 @@ def study_create(file: Annotated[str, typer.Argument(help="a JSON study spec, or
 
 
 @study_cli.command("watch")
-def study_watch(study_id: str, api: ApiOpt = None) -> None:
+def study_watch(study_id: StudyIdArg, api: ApiOpt = None) -> None:
     """A live table of the study's trials and its best value until it ends; exit 0 when it completed."""
     client = connect(api)
-    st = _watch_study(client, study_id)
+    st = _watch_study(client, ids.study_id(client, study_id))
     raise typer.Exit(0 if st["status"] == "completed" else 1)
 
 
 @study_cli.command("cancel")
-def study_cancel(study_id: str, api: ApiOpt = None) -> None:
+def study_cancel(study_id: StudyIdArg, api: ApiOpt = None) -> None:
     """Cancel a study: no new trials, running ones are cancelled; completed trials and the best are kept."""
-    st = connect(api).cancel_study(study_id)
+    client = connect(api)
+    st = client.cancel_study(ids.study_id(client, study_id))
     console.print(f"{st['study_id']} {st['status']}")
 
 

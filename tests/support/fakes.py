@@ -66,6 +66,7 @@ class FakeApi:
         self.jobs: dict[UUID, dict[str, Any]] = {}
         self.latest: dict[UUID, dict[str, Any]] = {}
         self.reads = 0  # job reads answered 200
+        self.listings = 0  # job lists answered
         self.unavailable = 0
         self.behind = 0  # the next reads of a known job answer 404, as while the jobs read model catches up
         self.ready: tuple[int, dict[str, Any]] = (200, {"ready": True, "checks": {}, "stages": {}})
@@ -98,8 +99,11 @@ class FakeApi:
             return {"job_id": job["job_id"], "status": job["status"], "created_at": job["created_at"]}
 
         @app.get(JOBS)
-        def listing(status: JobStatus | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-            items = [j for j in self.jobs.values() if status in (None, j["status"])]
+        def listing(status: JobStatus | None = None, limit: int = 50, offset: int = 0,
+                    id_prefix: str | None = None) -> dict[str, Any]:
+            items = [j for j in self.jobs.values() if status in (None, j["status"])
+                     and UUID(j["job_id"]).hex.startswith(id_prefix or "")]
+            self.listings += 1
             return {"items": items[offset:offset + limit], "total": len(items), "limit": limit, "offset": offset}
 
         @app.get(JOBS + "/{job_id}", response_model=JobPublic)
