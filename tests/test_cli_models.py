@@ -133,6 +133,20 @@ def test_models_show_and_alias(scripted_api) -> None:  # type: ignore[no-untyped
     script.done()
 
 
+def test_model_show_example_row_is_a_predict_body_the_version_accepts(scripted_api) -> None:  # type: ignore[no-untyped-def]
+    builtin = {**version_out(1, "bc"), "inputs": None}
+    builtin["lineage"] = {**builtin["lineage"], "dataset": {"uri": "builtin://breast_cancer"},
+                          "feature_names": ["mean radius", "mean texture"], "artifact": {}}
+    script = scripted_api(Step("GET", "/api/v1/models/churn/versions/3", answer=version_out(3)),
+                          Step("GET", "/api/v1/models/bc", answer=model_out("bc", latest=1)),
+                          Step("GET", "/api/v1/models/bc/versions/1", answer=builtin))
+    code, output = trainyard("model", "show", "churn", "--version", "3", "--example-row", "--api", API)
+    assert code == 0 and json.loads(output) == {"instances": [{"tenure": 0.0, "contract": "month"}]}, output
+    code, output = trainyard("model", "show", "bc", "--example-row", "--api", API)  # the latest; the dataset's row 1
+    assert code == 0 and json.loads(output) == {"instances": [{"mean radius": 17.99, "mean texture": 10.38}]}, output
+    script.done()
+
+
 # ---- exports ---------------------------------------------------------------------------------------------------
 EXPORTS = "/api/v1/models/churn/versions/3/exports"
 

@@ -77,9 +77,18 @@ def _parity_rows(parity: dict[str, Any] | None) -> list[tuple[str, str]]:
 
 @model_cli.command("show")
 def model_show(name: str, version: Annotated[Optional[int], typer.Option("--version", "-v", help="one version")]
-               = None, as_json: JsonOpt = False, api: ApiOpt = None) -> None:
-    """A model and its versions; with --version: that version's lineage, ONNX artifact, parity and exports."""
+               = None, as_json: JsonOpt = False,
+               example: Annotated[bool, typer.Option("--example-row", help="print a predict body with one valid "
+                                                     "row for the version (default: the latest)")] = False,
+               api: ApiOpt = None) -> None:
+    """A model and its versions; with --version: that version's lineage, ONNX artifact, parity and exports.
+
+    With --example-row: {"instances": [{column: value, ...}]} for `predict --json @file` or curl: a builtin
+    dataset's first row; otherwise 0 for numbers, false for booleans, a category's first level."""
     client = connect(api)
+    if example:
+        v = client.version(name, version if version is not None else client.model(name)["latest_version"])
+        return print_json({"instances": [example_row(v)]})
     if version is None:
         m, vs = client.model(name), client.versions(name)
         if as_json:
@@ -126,6 +135,28 @@ def model_show(name: str, version: Annotated[Optional[int], typer.Option("--vers
             table.add_row(str(e["export_id"]), styled(e["status"]),
                           num((e.get("parity") or {}).get("max_abs_diff")), escape(cut(e.get("error") or "", 60)))
         console.print(table)
+
+
+def example_row(v: dict[str, Any]) -> dict[str, Any]:
+    """One row a version accepts, by its raw `inputs` (or its encoded feature names for an older version)."""
+    lineage = v.get("lineage") or {}
+    columns = v.get("inputs") or [{"name": n, "type": "number"} for n in lineage.get("feature_names") or []]
+    uri = str((lineage.get("dataset") or {}).get("uri") or "")
+    first = _builtin_first_row(uri.removeprefix("builtin://")) if uri.startswith("builtin://") else {}
+    default = {"number": 0.0, "boolean": False}
+    return {c["name"]: first.get(c["name"], (c.get("levels") or [None])[0] if c["type"] == "category"
+                                  else default.get(c["type"], 0.0)) for c in columns}
+
+
+def _builtin_first_row(name: str) -> dict[str, float]:
+    """The first row of scikit-learn's bundled copy of a builtin dataset, by feature name ({} for an unknown one)."""
+    from sklearn import datasets as sk
+
+    load = {"breast_cancer": sk.load_breast_cancer, "wine": sk.load_wine, "diabetes": sk.load_diabetes}.get(name)
+    if load is None:
+        return {}
+    bunch = load()
+    return {str(n): float(x) for n, x in zip(bunch.feature_names, bunch.data[0])}
 
 
 @model_cli.command("alias")
