@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse
 
-from api.deps import Services, ServicesDep
+from api.deps import ServicesDep
 from api.limits import SafeText
 from api.problems import Problem
 from api.schemas.common import problems
