@@ -110,22 +110,27 @@ operation = st.one_of(
     st.tuples(st.just("redeliver")))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(operation, min_size=1, max_size=10))
-def test_live_aggregates_equal_a_rebuild_from_the_raw_tables(store: PredictionStore, ops: list) -> None:
-    """Whatever order predictions, labels, relabels and redeliveries come in, the aggregates the inserts kept equal
-    the ones recomputed from the raw tables (the latest label per request)."""
+def latest_label_per_landed_prediction(store: PredictionStore, deployment: str) -> dict:
+    """The oracle: label_minutes recomputed from the raw tables by a rebuild (the latest label per landed copy)."""
+    store.rebuild_minutes()
+    return snapshot(store, deployment)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(operation, min_size=1, max_size=12))
+def test_any_interleaving_gives_the_latest_label_per_landed_prediction(store: PredictionStore, ops: list) -> None:
+    """Whatever order predictions, labels, relabels and redeliveries come in, labels before their prediction
+    included, the aggregates the inserts kept equal the ones recomputed from the raw tables."""
     d = f"prop-{uuid.uuid4().hex[:8]}"
     seen: set[tuple[str, bool]] = set()
-    labelled: set[str] = set()
     last: tuple[str, Any] | None = None
     clock = T0 + 600_000
     for op in ops:
         if op[0] == "predict":
             rows = []
             for rid, variant, p_yes, second, shadow in op[1]:
-                if (rid, shadow) in seen or rid in labelled:  # a request is answered once (and its shadow copy
-                    continue  # once), before its feedback (the API calls later feedback unknown)
+                if (rid, shadow) in seen:  # a request is answered once (and its shadow copy once)
+                    continue
                 seen.add((rid, shadow))
                 rows.append({"request_id": rid, "ts_ms": T0 + second * 1000, "variant": variant, "p_yes": p_yes,
                              "shadow": shadow})
@@ -134,21 +139,31 @@ def test_live_aggregates_equal_a_rebuild_from_the_raw_tables(store: PredictionSt
                 store.insert_batches([batch], batch.batch_id)
                 last = ("predict", batch)
         elif op[0] == "feedback":
-            known = [(rid, label) for rid, label in op[1] if (rid, False) in seen or (rid, True) in seen]
-            labelled.update(rid for rid, _ in known)
-            if known:
-                clock += op[2]  # feedback arrives mostly in time order, some late, some in the same millisecond
-                batch = feedback(d, known, clock)
-                store.insert_feedback([batch])
-                last = ("feedback", batch)
+            clock += op[2]  # feedback arrives mostly in time order, some late, some in the same millisecond
+            batch = feedback(d, op[1], clock)  # for requests answered or not yet
+            store.insert_feedback([batch])
+            last = ("feedback", batch)
         elif last is not None:
             if last[0] == "predict":
                 store.insert_batches([last[1]], "again-" + last[1].batch_id)
             else:
                 store.insert_feedback([last[1]])
     live = snapshot(store, d)
-    store.rebuild_minutes()
-    assert snapshot(store, d) == live
+    assert live == latest_label_per_landed_prediction(store, d)
+
+
+def test_a_label_that_came_before_its_prediction_counts_once_it_lands(store: PredictionStore) -> None:
+    d = f"minutes-{uuid.uuid4().hex[:8]}"
+    store.insert_feedback([feedback(d, [("r1", "yes"), ("r2", "no")], T0 + 5000)])
+    assert report_figures(store, d) == {}
+    store.insert_batches([predictions(d, [{"request_id": "r1", "ts_ms": T0, "variant": "a", "p_yes": 0.9}])], "t1" + d)
+    assert report_figures(store, d) == {("a", False): (1, 0, 1, 1.0)}
+    store.insert_feedback([feedback(d, [("r1", "no")], T0 + 6000)])  # a correction after the late landing
+    store.insert_batches([predictions(d, [{"request_id": "r2", "ts_ms": T0, "variant": "a", "p_yes": 0.9},
+                                          {"request_id": "r2", "ts_ms": T0, "variant": "a", "p_yes": 0.1,
+                                           "shadow": True}])], "t2" + d)
+    # r1 now wrong (no), r2 wrong for the served copy (yes predicted), right for the shadow (no predicted)
+    assert report_figures(store, d) == {("a", False): (2, 0, 2, 0.0), ("a", True): (1, 0, 1, 1.0)}
 
 
 def test_the_clickhouse_connect_driver_keeps_the_same_aggregates(clickhouse: Any, store: PredictionStore) -> None:
@@ -187,7 +202,7 @@ ch.command(DDL)
 ch.command(FEEDBACK_DDL)  # the schema before the aggregates: raw tables only, feedback without effects
 store = PredictionStore(ch)
 batch = predictions("old", [{"request_id": f"r{i}", "ts_ms": T0 + i, "variant": "a", "p_yes": 0.9} for i in range(3)])
-store.insert_batches([batch], batch.batch_id)
+store._insert_predictions([batch], batch.batch_id)  # the raw insert alone, as before the aggregates
 ch.insert("feedback", FEEDBACK_COLUMNS, [(T0 + 9, "old", "r0", "no", None, "f1"), (T0 + 10, "old", "r0", "yes", None, "f2"),
                                          (T0 + 10, "old", "r1", "no", None, "f2")], dedup_token="f")
 assert not ch.query("EXISTS TABLE prediction_minutes")[0][0]

@@ -10,23 +10,29 @@ Raw tables, inserted by the telemetry projectors (projections/telemetry/projecto
 Per-minute aggregates, so that a report reads a few thousand rows instead of joining millions (bench/ab_report.py):
 - `prediction_minutes` (AggregatingMergeTree; a materialized view on `predictions` fills it): per deployment,
   revision, variant, shadow and minute, the requests, errors (status >= 500) and a DDSketch of the latency.
-- `label_minutes` (SummingMergeTree; a materialized view on `feedback` fills it): per the same key, with the
+- `label_minutes` (SummingMergeTree; a materialized view on `label_effects` fills it): per the same key, with the
   minute of the *prediction*, for each metric the labelled count n, Σx and Σx² of the per-prediction metric value
-  x (METRIC_SQL). Each feedback row is inserted with its `effects`: what it changes in those sums for every copy
-  (served and shadow) of its prediction — its own contribution minus that of the feedback it replaces (a
-  correction cancels the earlier label; a repeat of the same label changes nothing; an older one than what is
-  stored changes nothing, as the table keeps the latest). The effects are computed by ClickHouse in the same
-  INSERT … SELECT that writes the rows, so rows and effects land together. Redeliveries are dropped whole, effects
-  included, as for predictions: the insert's deduplication token is its batch ids, and batches already landed are
-  left out first (the views' target tables have deduplication windows too: that is what drops a view's part of a
-  repeated insert).
+  x (METRIC_SQL).
+- `label_effects` (MergeTree, append only): what has been added to `label_minutes`, per copy (served or shadow) of
+  a prediction. The sums for a copy are always settled the same way (`_SETTLE`): the contribution of its latest
+  label (feedback FINAL) minus what `label_effects` already holds for it; only non-zero differences are written.
+  Settling is exact whatever happened before: a correction cancels the earlier label, a repeat or an older label
+  changes nothing, a label that came before its prediction counts once the prediction lands, and a settle that
+  runs twice (a redelivery, a crash between a raw insert and its settle) writes nothing the second time.
+
+Both writers settle the requests they touch: a feedback insert its request ids (after inserting the rows), a
+prediction insert the request ids of every batch it was handed, landed or not (after inserting the rows). The
+two are serialized by a lock (the prediction and feedback projectors of a process share one store): a settle reads
+the sums it then corrects. Raw inserts are idempotent as for metric points: each carries its batch ids as the
+deduplication token, and a redelivery that regroups batches (so the token differs) is caught before the insert:
+batches whose rows already landed are left out (`_landed`).
 
 Both aggregate tables are derived and can be rebuilt from the raw ones (`rebuild_minutes`; also done at start when
-they are new). Feedback for a request whose prediction had not landed (the API reports such ids as unknown) is kept
-in `feedback` but counts in the aggregates only after a rebuild.
+they are new).
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pyarrow as pa
@@ -84,10 +90,13 @@ ENGINE = AggregatingMergeTree ORDER BY (deployment, revision, variant, shadow, m
 SETTINGS non_replicated_deduplication_window = 10000""",
     f"""CREATE TABLE IF NOT EXISTS label_minutes ({_MINUTE_KEY}, """
     + ", ".join(f"{m}_n Int64, {m}_s Float64, {m}_ss Float64" for m in METRICS) + """)
-ENGINE = SummingMergeTree ORDER BY (deployment, revision, variant, shadow, minute)
-SETTINGS non_replicated_deduplication_window = 10000""",
-    f"""ALTER TABLE {FEEDBACK_TABLE} ADD COLUMN IF NOT EXISTS effects Array(Tuple(revision UInt32, variant String,
-    shadow Bool, minute DateTime('UTC'), n Array(Int64), s Array(Float64), ss Array(Float64)))""",
+ENGINE = SummingMergeTree ORDER BY (deployment, revision, variant, shadow, minute)""",
+    # Two settles may write equal blocks (the same change for two requests of a minute): both count.
+    "ALTER TABLE label_minutes MODIFY SETTING non_replicated_deduplication_window = 0",
+    f"""CREATE TABLE IF NOT EXISTS label_effects ({_MINUTE_KEY}, request_id String,
+    n Array(Int64), s Array(Float64), ss Array(Float64))
+ENGINE = MergeTree ORDER BY (deployment, request_id, shadow)""",
+    "DROP VIEW IF EXISTS label_minutes_mv",  # it read effects from `feedback` rows: label_effects replaces them
 ]
 _PREDICTION_MINUTES = ("SELECT deployment, revision, variant, shadow, toStartOfMinute(ts) AS minute, "
                        "count() AS requests, countIf(status >= 500) AS errors, "
@@ -96,10 +105,10 @@ _PREDICTION_MINUTES = ("SELECT deployment, revision, variant, shadow, toStartOfM
 VIEWS_DDL = [
     "CREATE MATERIALIZED VIEW IF NOT EXISTS prediction_minutes_mv TO prediction_minutes AS "
     + _PREDICTION_MINUTES.format(source=TABLE),
-    "CREATE MATERIALIZED VIEW IF NOT EXISTS label_minutes_mv TO label_minutes AS "
-    "SELECT deployment, e.revision AS revision, e.variant AS variant, e.shadow AS shadow, e.minute AS minute, "
-    + ", ".join(f"e.n[{i}] AS {m}_n, e.s[{i}] AS {m}_s, e.ss[{i}] AS {m}_ss" for i, m in enumerate(METRICS, 1))
-    + f" FROM {FEEDBACK_TABLE} ARRAY JOIN effects AS e",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS label_effects_mv TO label_minutes AS "
+    "SELECT deployment, revision, variant, shadow, minute, "
+    + ", ".join(f"n[{i}] AS {m}_n, s[{i}] AS {m}_s, ss[{i}] AS {m}_ss" for i, m in enumerate(METRICS, 1))
+    + " FROM label_effects",
 ]
 
 
@@ -113,84 +122,93 @@ def metric_value(metric: str, f: str) -> str:
     return f"ifNull(toFloat64({METRIC_SQL[metric][0].format(f=f)}), 0)"
 
 
-def _delta(metric: str, part: str) -> str:
-    """SQL: the change in one sum when feedback `n` replaces feedback `o` (absent: o.request_id = '')."""
-    new, old = counted(metric, "n"), f"(o.request_id != '' AND {counted(metric, 'o')})"
+def _target(part: str) -> str:
+    """SQL: the array, over METRICS, of what copy `p` contributes to one sum given its latest label `f` (none:
+    f.request_id = '')."""
     if part == "n":
-        return f"toInt64({new}) - toInt64({old})"
-    x_n, x_o = metric_value(metric, "n"), metric_value(metric, "o")
-    if part == "ss":
-        x_n, x_o = f"pow({x_n}, 2)", f"pow({x_o}, 2)"
-    return f"if({new}, {x_n}, 0) - if({old}, {x_o}, 0)"
+        return "[" + ", ".join(f"toInt64(f.request_id != '' AND {counted(m, 'f')})" for m in METRICS) + "]"
+    power = 2 if part == "ss" else 1
+    return "[" + ", ".join(f"if(f.request_id != '' AND {counted(m, 'f')}, pow({metric_value(m, 'f')}, {power}), 0)"
+                           for m in METRICS) + "]"
 
 
-# Feedback rows of one deployment (array parameters, in order) with, per row, its effects on label_minutes. A row
-# has effects only when it is the one the table will keep for its request (`win`: the last of the latest in the
-# insert, and not older than what is stored), and then one per copy of the prediction.
-_FEEDBACK_INSERT = (
-    f"INSERT INTO {FEEDBACK_TABLE} (ts, deployment, request_id, label, value, batch_id, effects) "
-    "SETTINGS insert_deduplication_token = {token:String} "
-    "SELECT any(n.ts), {d:String}, n.request_id, any(n.label), any(n.value), any(n.batch_id), "
-    "groupArrayIf((p.revision, toString(p.variant), p.shadow, toStartOfMinute(p.ts), "
-    + ", ".join("[" + ", ".join(_delta(m, part) for m in METRICS) + "]" for part in ("n", "s", "ss"))
-    + "), n.win AND p.request_id != '' AND (o.request_id = '' OR n.ts >= o.ts)) "
-    "FROM (SELECT i, {ids:Array(String)}[i] AS request_id, fromUnixTimestamp64Milli({ts:Array(Int64)}[i], 'UTC') AS ts, "
-    "{labels:Array(String)}[i] AS label, {values:Array(Nullable(Float64))}[i] AS value, {wins:Array(UInt8)}[i] AS win, "
-    "{batches:Array(String)}[i] AS batch_id "
-    "FROM (SELECT arrayJoin(range(1, length({ids:Array(String)}) + 1)) AS i)) AS n "
-    "LEFT JOIN (SELECT request_id, shadow, revision, variant, ts, status, prediction, probabilities, classes, value "
-    f"FROM {TABLE} WHERE deployment = {{d:String}} AND request_id IN {{ids:Array(String)}} "
-    "LIMIT 1 BY request_id, shadow) AS p ON p.request_id = n.request_id "
-    f"LEFT JOIN (SELECT request_id, ts, label, value FROM {FEEDBACK_TABLE} FINAL "
-    "WHERE deployment = {d:String} AND request_id IN {ids:Array(String)}) AS o ON o.request_id = n.request_id "
-    "GROUP BY n.i, n.request_id ORDER BY n.i "
-    "SETTINGS join_use_nulls = 0")
-_LABEL_MINUTES = (
-    "INSERT INTO label_minutes SELECT p.deployment, p.revision, p.variant, p.shadow, toStartOfMinute(p.ts) AS minute, "
-    + ", ".join(f"countIf({counted(m, 'f')}), sumIf({metric_value(m, 'f')}, {counted(m, 'f')}), "
-                f"sumIf(pow({metric_value(m, 'f')}, 2), {counted(m, 'f')})" for m in METRICS)
-    + f" FROM {TABLE} AS p FINAL INNER JOIN (SELECT deployment, request_id, label, value FROM {FEEDBACK_TABLE} FINAL) "
-    "AS f ON p.deployment = f.deployment AND p.request_id = f.request_id "
-    "GROUP BY p.deployment, p.revision, p.variant, p.shadow, minute SETTINGS insert_deduplicate = 0")
-
-
-def winners(request_ids: list[str], ts_ms: list[int]) -> list[int]:
-    """Per row, 1 if it is the row a ReplacingMergeTree(ts) keeps for its request among these (the latest ts; of
-    equal ones, the last), else 0."""
-    best: dict[str, int] = {}
-    for i, (r, t) in enumerate(zip(request_ids, ts_ms)):
-        if r not in best or t >= ts_ms[best[r]]:
-            best[r] = i
-    keep = set(best.values())
-    return [1 if i in keep else 0 for i in range(len(request_ids))]
+_DIFFERENCE = ("arrayMap(i -> t_{part}[i] - c.{part}[i], range(1, {k} + 1))")
+# Settle the label sums of the prediction copies selected by `{where}` (over deployment and request_id): per copy,
+# what its latest label contributes minus what label_effects holds, where that differs (floating sums up to
+# rounding).
+_SETTLE = (
+    "INSERT INTO label_effects (deployment, revision, variant, shadow, minute, request_id, n, s, ss) "
+    "SELECT t.deployment, t.revision, t.variant, t.shadow, t.minute, t.request_id, "
+    + ", ".join(f"{_DIFFERENCE.format(part=part, k=len(METRICS))} AS d_{part}" for part in ("n", "s", "ss"))
+    + " FROM (SELECT p.deployment AS deployment, p.request_id AS request_id, p.revision AS revision, "
+    "toString(p.variant) AS variant, p.shadow AS shadow, toStartOfMinute(p.ts) AS minute, "
+    + ", ".join(f"{_target(part)} AS t_{part}" for part in ("n", "s", "ss"))
+    + f" FROM (SELECT deployment, request_id, shadow, revision, variant, ts, status, prediction, probabilities, "
+    f"classes, value FROM {TABLE} WHERE {{where}} LIMIT 1 BY deployment, request_id, shadow) AS p "
+    f"LEFT JOIN (SELECT deployment, request_id, label, value FROM {FEEDBACK_TABLE} FINAL WHERE {{where}}) AS f "
+    "ON f.deployment = p.deployment AND f.request_id = p.request_id) AS t "
+    "LEFT JOIN (SELECT deployment, request_id, shadow, sumForEach(n) AS n, sumForEach(s) AS s, sumForEach(ss) AS ss "
+    "FROM label_effects WHERE {where} GROUP BY deployment, request_id, shadow) AS c "
+    "ON c.deployment = t.deployment AND c.request_id = t.request_id AND c.shadow = t.shadow "
+    "WHERE arrayExists(x -> x != 0, d_n) OR arrayExists((x, y) -> abs(x) > 1e-9 * (1 + abs(y)), d_s, t_s) "
+    "OR arrayExists((x, y) -> abs(x) > 1e-9 * (1 + abs(y)), d_ss, t_ss) "
+    "SETTINGS join_use_nulls = 0, insert_deduplicate = 0")
+_SETTLE_REQUESTS = _SETTLE.format(where="deployment = {d:String} AND request_id IN {ids:Array(String)}")
+_SETTLE_ALL = _SETTLE.format(where="1 = 1")
 
 
 class PredictionStore:
     def __init__(self, ch: ClickHouse) -> None:
         self.ch = ch
+        self._settling = threading.Lock()  # a raw insert and its settle, one writer at a time (module doc)
 
     def ensure_schema(self) -> None:
         self.ch.command(DDL)
         self.ch.command(FEEDBACK_DDL)
-        new = not self.ch.query("EXISTS TABLE prediction_minutes")[0][0]
+        new = not self.ch.query("EXISTS TABLE label_effects")[0][0]
         for sql in MINUTES_DDL + VIEWS_DDL:
             self.ch.command(sql)
-        if new and self.ch.query(f"SELECT count() FROM {TABLE}")[0][0]:  # tables from before the aggregates
+        if new and self.ch.query(f"SELECT count() FROM {TABLE}")[0][0]:  # tables from before label_effects
             self.rebuild_minutes()
 
     def rebuild_minutes(self) -> None:
-        """Recompute `prediction_minutes` and `label_minutes` from the raw tables (the latest feedback per
-        request). Not atomic: run it while no telemetry is inserted (at start, or with the projectors stopped)."""
-        for table in ("prediction_minutes", "label_minutes"):
-            self.ch.command(f"TRUNCATE TABLE {table}")
-        self.ch.command("INSERT INTO prediction_minutes " + _PREDICTION_MINUTES.format(source=f"{TABLE} FINAL")
-                        + " SETTINGS insert_deduplicate = 0")
-        self.ch.command(_LABEL_MINUTES)
+        """Recompute `prediction_minutes`, `label_effects` and `label_minutes` from the raw tables (the latest
+        feedback per request). Not atomic: run it while no telemetry is inserted (at start, or with the projectors
+        stopped)."""
+        with self._settling:
+            for table in ("prediction_minutes", "label_minutes", "label_effects"):
+                self.ch.command(f"TRUNCATE TABLE {table}")
+            self.ch.command("INSERT INTO prediction_minutes " + _PREDICTION_MINUTES.format(source=f"{TABLE} FINAL")
+                            + " SETTINGS insert_deduplicate = 0")
+            self.ch.command(_SETTLE_ALL)
+
+    def _settle(self, deployment: str, request_ids: list[str]) -> None:
+        self.ch.command(_SETTLE_REQUESTS, {"d": deployment, "ids": sorted(set(request_ids))})
+
+    def _labelled(self, deployment: str, request_ids: list[str]) -> list[str]:
+        rows = self.ch.query(f"SELECT DISTINCT request_id FROM {FEEDBACK_TABLE} WHERE deployment = {{d:String}} "
+                             "AND request_id IN {ids:Array(String)}", {"d": deployment, "ids": request_ids})
+        return [r[0] for r in rows]
 
     def insert_batches(self, batches: list[PredictionBatch], token: str) -> None:
+        """Prediction batches into `predictions` (one insert, `token` its deduplication token), then the label sums
+        of every request they carry settled: a label that came first counts now."""
         if not token:
             raise ValueError("a non-empty deduplication token is needed")
         batches = [b for b in batches if b.size]
+        with self._settling:
+            self._insert_predictions(batches, token)
+            per_deployment: dict[str, list[str]] = {}
+            for b in batches:
+                for d, r in zip(b.deployment, b.request_id):
+                    per_deployment.setdefault(d, []).append(r)
+            for d, ids in per_deployment.items():
+                for i in range(0, len(ids), MAX_FEEDBACK):
+                    labelled = self._labelled(d, ids[i:i + MAX_FEEDBACK])  # most predictions have no label yet
+                    if labelled:
+                        self._settle(d, labelled)
+
+    def _insert_predictions(self, batches: list[PredictionBatch], token: str) -> None:
         landed = self._landed(TABLE, [(b.deployment[0], b.request_id[0], b.batch_id) for b in batches])
         batches = [b for b in batches if b.batch_id not in landed]
         if not batches:
@@ -250,9 +268,9 @@ class PredictionStore:
         return [dict(zip(keys, r)) for r in rows]
 
     def insert_feedback(self, batches: list[FeedbackBatch]) -> None:
-        """Feedback batches, in order, into `feedback` with their effects on `label_minutes`: per deployment, up to
-        MAX_FEEDBACK rows per INSERT … SELECT (one pass over `predictions` per insert, whatever its size), each
-        with the ids of its batches as deduplication token, after leaving out batches that landed already."""
+        """Feedback batches, in order, into `feedback`, then the label sums of their requests settled: per
+        deployment, up to MAX_FEEDBACK rows per insert, each with the ids of its batches as deduplication token,
+        after leaving out batches that landed already (their requests are settled all the same)."""
         groups: dict[str, list[list[FeedbackBatch]]] = {}
         rows_in_last: dict[str, int] = {}  # rows in each deployment's last chunk
         for b in batches:
@@ -266,16 +284,21 @@ class PredictionStore:
             rows_in_last[b.deployment] = rows_in_last.get(b.deployment, 0) + b.size
         for deployment, chunks in groups.items():
             for chunk in chunks:
-                landed = self._landed(FEEDBACK_TABLE, [(b.deployment, b.request_id[0], b.batch_id) for b in chunk])
-                chunk = [b for b in chunk if b.batch_id not in landed]
-                if not chunk:
-                    continue
-                ids = [r for b in chunk for r in b.request_id]
-                ts = [t for b in chunk for t in b.ts_ms]
-                self.ch.command(_FEEDBACK_INSERT, {
-                    "token": ",".join(b.batch_id for b in chunk), "d": deployment, "ids": ids, "ts": ts,
-                    "labels": [x for b in chunk for x in b.label], "values": [x for b in chunk for x in b.value],
-                    "batches": [b.batch_id for b in chunk for _ in range(b.size)], "wins": winners(ids, ts)})
+                with self._settling:
+                    landed = self._landed(FEEDBACK_TABLE, [(b.deployment, b.request_id[0], b.batch_id)
+                                                           for b in chunk])
+                    new = [b for b in chunk if b.batch_id not in landed]
+                    if new:
+                        self.ch.insert(FEEDBACK_TABLE, FEEDBACK_COLUMNS, {
+                            "ts": pa.array([t for b in new for t in b.ts_ms], pa.int64()).cast(
+                                pa.timestamp("ms", tz="UTC")),
+                            "deployment": pa.array([deployment] * sum(b.size for b in new), pa.string()),
+                            "request_id": pa.array([r for b in new for r in b.request_id], pa.string()),
+                            "label": pa.array([x for b in new for x in b.label], pa.string()),
+                            "value": pa.array([x for b in new for x in b.value], pa.float64()),
+                            "batch_id": pa.array([b.batch_id for b in new for _ in range(b.size)], pa.string()),
+                        }, dedup_token=",".join(b.batch_id for b in new))
+                    self._settle(deployment, [r for b in chunk for r in b.request_id])
 
     def known_requests(self, deployment: str, request_ids: list[str]) -> set[str]:
         """Which of `request_ids` this deployment answered (any shadow copy excluded)."""
