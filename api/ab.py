@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
+from api.auth import allow
 from api.deps import Services, ServicesDep
 from api.problems import Problem
 from api.schemas.common import problems
@@ -93,7 +94,7 @@ def report(s: Services, name: str, metric: str, since: int | None = None, until:
             "method": comparisons[0].get("method") if comparisons else None}
 
 
-@router.get("/{name}/ab", responses=problems(404, 422))
+@router.get("/{name}/ab", dependencies=[allow("deployment.read")], responses=problems(404, 422))
 def ab_report(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: AbMetric = AbMetric.ACCURACY,
               since: EpochMs = None, until: EpochMs = None,
               revision: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> dict[str, Any]:
@@ -105,7 +106,7 @@ def ab_report(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: A
     return report(s, name, metric, since, until, revision)
 
 
-@router.get("/{name}/ab/timeseries", responses=problems(404, 422))
+@router.get("/{name}/ab/timeseries", dependencies=[allow("deployment.read")], responses=problems(404, 422))
 def ab_timeseries(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: AbMetric = AbMetric.ACCURACY,
                   bucket: Annotated[int, Query(ge=60, le=86400, multiple_of=60,
                                                description="seconds per bucket, whole minutes")] = 60,

@@ -5,7 +5,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import ab, context, datasets, deployments, docs, jobs, models, ops, problems, studies
+from api import ab, auth, context, datasets, deployments, docs, identity, jobs, models, ops, problems, studies
 from api.deps import Services
 from api.limits import MULTIPART_SLACK_BYTES, BodyLimit
 from api.schemas.common import document_unparsable_bodies
@@ -21,7 +21,8 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     problems.install(app)
     context.install(app)
     for router in (jobs.router, studies.router, studies.experiments, datasets.router, models.router,
-                   deployments.router, deployments.keys, ab.router):
+                   deployments.router, deployments.keys, ab.router, identity.router):
+        auth.document_access(router)
         context.document_commands(router)
         document_unparsable_bodies(router)
         app.include_router(router)
@@ -30,5 +31,23 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
                        per_path={datasets.PATH: settings.max_upload_bytes + MULTIPART_SLACK_BYTES})
 
+    auth.document_access(ops.router)
     app.include_router(ops.router)
+    _security_scheme(app)
     return app
+
+
+def _security_scheme(app: FastAPI) -> None:
+    """The bearer scheme every non-public route requires (an API token `ty_…` or an access token from
+    POST /api/v1/auth/token)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http", "scheme": "bearer",
+                "description": "an API token (ty_…) or an access token from POST /api/v1/auth/token"}
+            app.openapi_schema = schema
+        return app.openapi_schema
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from domain.contract import (TELEMETRY_FEEDBACK, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, WORK_PREFIX, FeedbackBatch,
                              MetricBatch, PredictionBatch, WorkItem, event_subject)
-from domain.registry import AGGREGATES
+from domain.registry import PUBLIC_AGGREGATES
 from domain.vocabulary import Framework, Priority, RevisionChange, Task, TrialState
 
 P = TypeVar("P", bound=BaseModel)
@@ -267,7 +267,7 @@ class ApiKeyRevoked(_Payload):
 class Envelope(BaseModel, Generic[P]):
     model_config = ConfigDict(extra="forbid")
     event_id: str
-    aggregate: Literal[tuple(a.name for a in AGGREGATES)]  # type: ignore[valid-type]
+    aggregate: Literal[tuple(a.name for a in PUBLIC_AGGREGATES)]  # type: ignore[valid-type]
     aggregate_id: str
     aggregate_version: int
     occurred_at: datetime

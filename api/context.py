@@ -1,4 +1,4 @@
-"""Who and why, from the request: `X-Trainyard-Actor` (until authentication exists; else `anonymous`),
+"""Who and why, from the request: the authenticated principal (api/auth.py; `anonymous` on public routes),
 `X-Request-Id` (or a generated one; echoed on every response) and W3C `traceparent`. Routes that issue commands
 take `CommandContextDep`, so every event they record says who asked, within which request and trace."""
 from __future__ import annotations
@@ -44,9 +44,6 @@ _TOKEN_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
 # in `command_context` rather than declared as FastAPI `Header` parameters: FastAPI resolves declared parameters on
 # every request with machinery that is a large part of a submit's CPU in the API (bench/RESULTS.md).
 COMMAND_HEADERS = [
-    {"name": "X-Trainyard-Actor", "in": "header", "required": False,
-     "description": f"who acts (until authentication exists; else `anonymous`): {_TOKEN}",
-     "schema": {"type": "string", "maxLength": 128, "pattern": _TOKEN_PATTERN}},
     {"name": REQUEST_ID, "in": "header", "required": False,
      "description": f"correlation id (else a new one); echoed back on every response: {_TOKEN}",
      "schema": {"type": "string", "maxLength": 128, "pattern": _TOKEN_PATTERN}},
@@ -92,9 +89,9 @@ async def command_context(request: Request) -> CommandContext:
     """Who and why, from the request's headers (COMMAND_HEADERS). async: no I/O, so FastAPI calls it on the loop
     (no hop to the threadpool)."""
     headers = request.headers
-    actor, request_id = headers.get("x-trainyard-actor"), headers.get("x-request-id")
-    if actor is not None and not safe_token(actor):
-        raise Problem(422, "Invalid request", f"X-Trainyard-Actor: {_TOKEN}", "X-Trainyard-Actor")
+    request_id = headers.get("x-request-id")
+    access = getattr(request.state, "access", None)  # set by the route's allow(...) dependency, which runs first
+    actor = access.principal.name if access is not None else None
     if request_id is not None and not safe_token(request_id):
         raise Problem(422, "Invalid request", f"{REQUEST_ID}: {_TOKEN}", REQUEST_ID)
     correlation = getattr(request.state, "request_id", None) or request_id or new_correlation_id()

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse
 
+from api.auth import allow
 from api.deps import ServicesDep
 from api.limits import SafeText
 from api.problems import Problem
@@ -24,7 +25,7 @@ PATH = "/api/v1/datasets"
 router = APIRouter(prefix=PATH, tags=["datasets"])
 
 
-@router.post("", status_code=201, response_model=DatasetUploaded, responses=problems(400, 413, 422))
+@router.post("", dependencies=[allow("dataset.upload")], status_code=201, response_model=DatasetUploaded, responses=problems(400, 413, 422))
 def upload_dataset(
     s: ServicesDep,
     file: Annotated[UploadFile, File(description="a .csv (with a header) or .parquet table: at least 10 rows and "
@@ -48,7 +49,7 @@ def upload_dataset(
     return JSONResponse(out.model_dump(), status_code=201)
 
 
-@router.get("", response_model=DatasetList)
+@router.get("", dependencies=[allow("dataset.read")], response_model=DatasetList)
 def list_datasets(s: ServicesDep) -> DatasetList:
     """The uploaded files (under the first dataset root), newest first, with their sha256, rows and columns."""
     return DatasetList(items=[DatasetPublic(

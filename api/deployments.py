@@ -10,6 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from api.auth import allow
 from api.context import CommandContextDep
 from api.deps import Services, ServicesDep
 from api.models import catch_up
@@ -60,7 +61,7 @@ def _answer(s: Services, name: str, position: int | None, status: int = 200) -> 
     return JSONResponse(_deployment(s, name).model_dump(mode="json"), status_code=status)
 
 
-@router.post("", status_code=201, response_model=DeploymentPublic, responses=problems(400, 409, 422))
+@router.post("", dependencies=[allow("deployment.write")], status_code=201, response_model=DeploymentPublic, responses=problems(400, 409, 422))
 def create_deployment(body: DeploymentIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """Deploy model versions (by number or alias) as weighted variants; each needs a completed ONNX export (409
     naming the variant otherwise). Revision 1."""
@@ -72,32 +73,32 @@ def create_deployment(body: DeploymentIn, s: ServicesDep, ctx: CommandContextDep
     return out
 
 
-@router.get("", response_model=DeploymentList, responses=problems(422))
+@router.get("", dependencies=[allow("deployment.read")], response_model=DeploymentList, responses=problems(422))
 def list_deployments(s: ServicesDep, active: bool | None = None) -> DeploymentList:
     return DeploymentList(items=[_public(r) for r in s.deployments.list(active)])
 
 
-@router.get("/{name}", response_model=DeploymentPublic, responses=problems(404, 422))
+@router.get("/{name}", dependencies=[allow("deployment.read")], response_model=DeploymentPublic, responses=problems(404, 422))
 def get_deployment(name: NamePath, s: ServicesDep) -> DeploymentPublic:
     """The current revision."""
     return _deployment(s, name)
 
 
-@router.get("/{name}/history", response_model=DeploymentHistory, responses=problems(404, 422))
+@router.get("/{name}/history", dependencies=[allow("deployment.read")], response_model=DeploymentHistory, responses=problems(404, 422))
 def history(name: NamePath, s: ServicesDep) -> DeploymentHistory:
     """Every revision, oldest first: its number, time, what changed, who and why."""
     _deployment(s, name)
     return DeploymentHistory(name=name, revisions=s.deployments.history(name))  # type: ignore[arg-type]
 
 
-@router.patch("/{name}/traffic", response_model=DeploymentPublic, responses=problems(404, 409, 422))
+@router.patch("/{name}/traffic", dependencies=[allow("deployment.write")], response_model=DeploymentPublic, responses=problems(404, 409, 422))
 def change_traffic(name: NamePath, body: TrafficIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """New weights for every variant (integers summing to 100): a new revision."""
     _, position = s.deployment_commands.change_traffic(name, body.weights, body.reason, ctx)
     return _answer(s, name, position)
 
 
-@router.put("/{name}", response_model=DeploymentPublic, responses=problems(404, 409, 422))
+@router.put("/{name}", dependencies=[allow("deployment.write")], response_model=DeploymentPublic, responses=problems(404, 409, 422))
 def update_deployment(name: NamePath, body: DeploymentUpdateIn, s: ServicesDep,
                       ctx: CommandContextDep) -> JSONResponse:
     """Replace the variants and shadow (e.g. a canary of a new version): a new revision."""
@@ -106,7 +107,7 @@ def update_deployment(name: NamePath, body: DeploymentUpdateIn, s: ServicesDep,
     return _answer(s, name, position)
 
 
-@router.put("/{name}/policy", response_model=DeploymentPublic, responses=problems(404, 409, 422))
+@router.put("/{name}/policy", dependencies=[allow("deployment.write")], response_model=DeploymentPublic, responses=problems(404, 409, 422))
 def set_policy(name: NamePath, body: PolicySetIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """Attach, change or (null) remove the automatic ramp/promote/rollback policy."""
     _, position = s.deployment_commands.set_policy(name, body.policy.model_dump() if body.policy else None,
@@ -114,21 +115,21 @@ def set_policy(name: NamePath, body: PolicySetIn, s: ServicesDep, ctx: CommandCo
     return _answer(s, name, position)
 
 
-@router.post("/{name}/promote", response_model=DeploymentPublic, responses=problems(404, 409, 422))
+@router.post("/{name}/promote", dependencies=[allow("deployment.write")], response_model=DeploymentPublic, responses=problems(404, 409, 422))
 def promote(name: NamePath, body: PromoteIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """The variant takes 100% of the traffic: a new revision."""
     _, position = s.deployment_commands.promote(name, body.variant, body.reason, ctx)
     return _answer(s, name, position)
 
 
-@router.post("/{name}/rollback", response_model=DeploymentPublic, responses=problems(404, 409, 422))
+@router.post("/{name}/rollback", dependencies=[allow("deployment.write")], response_model=DeploymentPublic, responses=problems(404, 409, 422))
 def rollback(name: NamePath, s: ServicesDep, ctx: CommandContextDep, body: ReasonIn | None = None) -> JSONResponse:
     """A new revision equal to the one before the current (409 at revision 1)."""
     _, position = s.deployment_commands.rollback(name, body.reason if body else None, ctx)
     return _answer(s, name, position)
 
 
-@router.delete("/{name}", response_model=DeploymentPublic, responses=problems(404, 409, 422))
+@router.delete("/{name}", dependencies=[allow("deployment.write")], response_model=DeploymentPublic, responses=problems(404, 409, 422))
 def deactivate(name: NamePath, s: ServicesDep, ctx: CommandContextDep,
                reason: Annotated[str | None, Query(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")] = None
                ) -> JSONResponse:
@@ -137,7 +138,7 @@ def deactivate(name: NamePath, s: ServicesDep, ctx: CommandContextDep,
     return _answer(s, name, position)
 
 
-@router.get("/{name}/predictions", response_model=PredictionStats, responses=problems(404, 422))
+@router.get("/{name}/predictions", dependencies=[allow("deployment.read")], response_model=PredictionStats, responses=problems(404, 422))
 def prediction_stats(name: NamePath, s: ServicesDep,
                      since_s: Annotated[int, Query(ge=1, le=90 * 86400, description="look back this far")] = 3600
                      ) -> PredictionStats:
@@ -147,7 +148,7 @@ def prediction_stats(name: NamePath, s: ServicesDep,
     return PredictionStats(deployment=name, items=s.predictions.summary(name, since_ms))  # type: ignore[arg-type]
 
 
-@router.post("/{name}/feedback", status_code=202, response_model=FeedbackAccepted,
+@router.post("/{name}/feedback", dependencies=[allow("deployment.write")], status_code=202, response_model=FeedbackAccepted,
              responses=problems(400, 404, 413, 422, 503))
 async def feedback(name: NamePath, items: Annotated[list[FeedbackItem], Body(max_length=MAX_FEEDBACK)],
                    request: Request) -> FeedbackAccepted:
@@ -208,7 +209,7 @@ def _part(batch: FeedbackBatch, start: int) -> FeedbackBatch:
                          value=batch.value[start:end], ts_ms=batch.ts_ms[start:end])
 
 
-@keys.post("", status_code=201, response_model=ApiKeyCreated, responses=problems(400, 422))
+@keys.post("", dependencies=[allow("key.write")], status_code=201, response_model=ApiKeyCreated, responses=problems(400, 422))
 def create_key(body: ApiKeyIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """A new inference API key. The key is in this answer only; the service keeps its sha256."""
     key, api_key, position = s.deployment_commands.create_key(body.name, body.deployments, body.rate_limit_per_s, ctx)
@@ -219,13 +220,13 @@ def create_key(body: ApiKeyIn, s: ServicesDep, ctx: CommandContextDep) -> JSONRe
     return JSONResponse(ApiKeyCreated.model_validate({**row, "key": key}).model_dump(mode="json"), status_code=201)
 
 
-@keys.get("", response_model=ApiKeyList, responses=problems(422))
+@keys.get("", dependencies=[allow("key.read")], response_model=ApiKeyList, responses=problems(422))
 def list_keys(s: ServicesDep, id_prefix: IdPrefix = None) -> ApiKeyList:
     """Every key, oldest first (never the key itself: its prefix only)."""
     return ApiKeyList(items=[ApiKeyPublic.model_validate(r) for r in s.deployments.keys(id_prefix)])
 
 
-@keys.delete("/{key_id}", response_model=ApiKeyPublic, responses=problems(404, 409, 422))
+@keys.delete("/{key_id}", dependencies=[allow("key.write")], response_model=ApiKeyPublic, responses=problems(404, 409, 422))
 def revoke_key(key_id: UUID, s: ServicesDep, ctx: CommandContextDep) -> ApiKeyPublic:
     """Revoke: inference servers refuse it within a second."""
     _, position = s.deployment_commands.revoke_key(key_id, None, ctx)

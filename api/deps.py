@@ -3,7 +3,7 @@ and the FastAPI dependency aliases that hand them to a route."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from psycopg_pool import ConnectionPool
@@ -44,9 +44,14 @@ class Services:
     deployments: DeploymentQueries
     deployment_commands: DeploymentCommands
     applied: AppliedPositions  # read-your-writes: how far each read model has got
+    identity: Any = None  # commands.identity.IdentityCommands
+    identity_queries: Any = None  # projections.identity.IdentityQueries
+    auth: Any = None  # api.auth.Authenticator (the identity cache and the access-token signer)
     health: Health = field(default_factory=Health)
 
     def close(self) -> None:
+        if self.auth is not None:
+            self.auth.cache.close()
         self.applied.close()
         self.pool.close()
         self.leases.close()

@@ -7,6 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from api.auth import allow
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep, services
 from api.limits import SafeText, check_params
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
@@ -51,7 +52,7 @@ def check_job_dataset(framework: str, task: str, uri: str, target: str | None, p
         raise Problem(422, "Invalid request", f"{field}: {e.reason}", field) from e
 
 
-@router.post("", status_code=202, response_model=JobAccepted,
+@router.post("", dependencies=[allow("job.submit")], status_code=202, response_model=JobAccepted,
              responses={**problems(400, 409, 413, 422), **repeated(JobAccepted)}, openapi_extra=IDEMPOTENT)
 def submit_job(body: JobIn, request: Request, ctx: CommandContextDep) -> JSONResponse:
     """Submit a job (202; 200 when the Idempotency-Key was seen before). Every limit is in the body's schema."""
@@ -68,7 +69,7 @@ def submit_job(body: JobIn, request: Request, ctx: CommandContextDep) -> JSONRes
                         headers={"Location": f"{router.prefix}/{out.job_id}"})
 
 
-@router.get("", response_model=JobList, responses=problems(422))
+@router.get("", dependencies=[allow("job.read")], response_model=JobList, responses=problems(422))
 def list_jobs(s: ServicesDep,
               status: Annotated[list[JobStatus] | None, Query(max_length=5, description=ANY_OF)] = None,
               framework: Annotated[list[Framework] | None, Query(max_length=5, description=ANY_OF)] = None,
@@ -90,12 +91,12 @@ def _job(s: Services, job_id: UUID) -> dict:
     return row
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=problems(404, 422))
+@router.get("/{job_id}", dependencies=[allow("job.read")], response_model=JobPublic, responses=problems(404, 422))
 def get_job(job_id: UUID, s: ServicesDep) -> JobPublic:
     return JobPublic.model_validate(_job(s, job_id))
 
 
-@router.delete("/{job_id}", status_code=202, response_model=JobPublic, responses=problems(404, 409, 422))
+@router.delete("/{job_id}", dependencies=[allow("job.cancel")], status_code=202, response_model=JobPublic, responses=problems(404, 409, 422))
 def cancel_job(job_id: UUID, s: ServicesDep, ctx: CommandContextDep) -> JobPublic:
     """Cancel: a queued job ends at once; a running one is stopped by its runner within seconds."""
     job, position = s.app.request_cancel(job_id, ctx)
@@ -105,14 +106,14 @@ def cancel_job(job_id: UUID, s: ServicesDep, ctx: CommandContextDep) -> JobPubli
     return JobPublic.model_validate(_job(s, job_id))
 
 
-@router.get("/{job_id}/metrics", response_model=MetricNames, responses=problems(404, 422))
+@router.get("/{job_id}/metrics", dependencies=[allow("job.read")], response_model=MetricNames, responses=problems(404, 422))
 def metric_names(job_id: UUID, s: ServicesDep) -> MetricNames:
     _job(s, job_id)
     latest = {n: {"step": st, "value": v} for n, (st, v) in s.metrics.last_values(str(job_id)).items()}
     return MetricNames(job_id=job_id, names=s.metrics.names(str(job_id)), latest=latest)
 
 
-@router.get("/{job_id}/metrics/{name}", response_model=MetricSeries, responses=problems(404, 422))
+@router.get("/{job_id}/metrics/{name}", dependencies=[allow("job.read")], response_model=MetricSeries, responses=problems(404, 422))
 def metric_series(job_id: UUID, name: Annotated[SafeText, Path(min_length=1, max_length=256)], s: ServicesDep,
                   max_points: Annotated[int, Query(ge=4, le=100_000)] = 1000,
                   attempt: Annotated[int | None, Query(ge=1, le=1_000_000)] = None) -> MetricSeries:

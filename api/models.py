@@ -10,6 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, JSONResponse
 
+from api.auth import allow
 from api.context import CommandContextDep
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.problems import Problem
@@ -49,7 +50,7 @@ def _version(s: Services, name: str, version: int) -> dict:
     return row
 
 
-@router.post("", status_code=201, response_model=ModelPublic, responses=problems(400, 409, 422))
+@router.post("", dependencies=[allow("model.write")], status_code=201, response_model=ModelPublic, responses=problems(400, 409, 422))
 def create_model(body: ModelIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """Create a registered model (names are unique: 409 on a second create)."""
     _, position = s.model_commands.create(body.name, body.description, body.tags, ctx)
@@ -58,19 +59,19 @@ def create_model(body: ModelIn, s: ServicesDep, ctx: CommandContextDep) -> JSONR
                         headers={"Location": f"{router.prefix}/{body.name}"})
 
 
-@router.get("", response_model=ModelList, responses=problems(422))
+@router.get("", dependencies=[allow("model.read")], response_model=ModelList, responses=problems(422))
 def list_models(s: ServicesDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
                 offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> ModelList:
     rows, total = s.models.list(limit, offset)
     return ModelList(items=[ModelPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{name}", response_model=ModelPublic, responses=problems(404, 422))
+@router.get("/{name}", dependencies=[allow("model.read")], response_model=ModelPublic, responses=problems(404, 422))
 def get_model(name: NamePath, s: ServicesDep) -> ModelPublic:
     return ModelPublic.model_validate(_model(s, name))
 
 
-@router.post("/{name}/versions", status_code=201, response_model=VersionPublic, responses=problems(404, 409, 422))
+@router.post("/{name}/versions", dependencies=[allow("model.write")], status_code=201, response_model=VersionPublic, responses=problems(404, 409, 422))
 def register_version(name: NamePath, body: VersionIn, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """Register a completed job's artifact as the model's next version, with its lineage."""
     _, number, position = s.model_commands.register_version(name, body.job_id, ctx)
@@ -80,18 +81,18 @@ def register_version(name: NamePath, body: VersionIn, s: ServicesDep, ctx: Comma
                         headers={"Location": f"{router.prefix}/{name}/versions/{number}"})
 
 
-@router.get("/{name}/versions", response_model=VersionList, responses=problems(404, 422))
+@router.get("/{name}/versions", dependencies=[allow("model.read")], response_model=VersionList, responses=problems(404, 422))
 def list_versions(name: NamePath, s: ServicesDep) -> VersionList:
     _model(s, name)
     return VersionList(items=[VersionPublic.model_validate(r) for r in s.models.versions(name)])
 
 
-@router.get("/{name}/versions/{version}", response_model=VersionPublic, responses=problems(404, 422))
+@router.get("/{name}/versions/{version}", dependencies=[allow("model.read")], response_model=VersionPublic, responses=problems(404, 422))
 def get_version(name: NamePath, version: VersionPath, s: ServicesDep) -> VersionPublic:
     return VersionPublic.model_validate(_version(s, name, version))
 
 
-@router.put("/{name}/aliases/{alias}", response_model=ModelPublic, responses=problems(404, 422))
+@router.put("/{name}/aliases/{alias}", dependencies=[allow("model.write")], response_model=ModelPublic, responses=problems(404, 422))
 def set_alias(name: NamePath, alias: Annotated[AliasName, Path()], body: AliasIn, s: ServicesDep,
               ctx: CommandContextDep) -> ModelPublic:
     """Point `alias` (production, staging, any name) at a version; moves it if it pointed elsewhere."""
@@ -100,7 +101,7 @@ def set_alias(name: NamePath, alias: Annotated[AliasName, Path()], body: AliasIn
     return ModelPublic.model_validate(_model(s, name))
 
 
-@router.delete("/{name}/aliases/{alias}", response_model=ModelPublic, responses=problems(404, 422))
+@router.delete("/{name}/aliases/{alias}", dependencies=[allow("model.write")], response_model=ModelPublic, responses=problems(404, 422))
 def remove_alias(name: NamePath, alias: Annotated[AliasName, Path()], s: ServicesDep,
                  ctx: CommandContextDep) -> ModelPublic:
     _, position = s.model_commands.remove_alias(name, alias, ctx)
@@ -108,7 +109,7 @@ def remove_alias(name: NamePath, alias: Annotated[AliasName, Path()], s: Service
     return ModelPublic.model_validate(_model(s, name))
 
 
-@router.post("/{name}/versions/{version}/exports", status_code=202, response_model=ExportPublic,
+@router.post("/{name}/versions/{version}/exports", dependencies=[allow("model.export")], status_code=202, response_model=ExportPublic,
              responses=problems(404, 409, 422))
 def request_export(name: NamePath, version: VersionPath, body: ExportIn, s: ServicesDep,
                    ctx: CommandContextDep) -> JSONResponse:
@@ -123,7 +124,7 @@ def request_export(name: NamePath, version: VersionPath, body: ExportIn, s: Serv
                         headers={"Location": f"{router.prefix}/{name}/versions/{version}/exports/{export.id}"})
 
 
-@router.get("/{name}/versions/{version}/exports/{export_id}", response_model=ExportPublic,
+@router.get("/{name}/versions/{version}/exports/{export_id}", dependencies=[allow("model.read")], response_model=ExportPublic,
             responses=problems(404, 422))
 def get_export(name: NamePath, version: VersionPath, export_id: UUID, s: ServicesDep) -> ExportPublic:
     row = s.models.export(export_id)
@@ -132,14 +133,14 @@ def get_export(name: NamePath, version: VersionPath, export_id: UUID, s: Service
     return ExportPublic.model_validate(row)
 
 
-@router.get("/{name}/versions/{version}/artifact", response_class=FileResponse, responses=_DOWNLOAD)
+@router.get("/{name}/versions/{version}/artifact", dependencies=[allow("model.read")], response_class=FileResponse, responses=_DOWNLOAD)
 def download_artifact(name: NamePath, version: VersionPath, s: ServicesDep) -> FileResponse:
     """The version's native model file (LightGBM text or a PyTorch state), streamed."""
     artifact = _version(s, name, version)["lineage"].get("artifact") or {}
     return _download(s, artifact, f"{name}-v{version}-model", f"model {name!r} version {version}", "no artifact")
 
 
-@router.get("/{name}/versions/{version}/onnx", response_class=FileResponse, responses=_DOWNLOAD)
+@router.get("/{name}/versions/{version}/onnx", dependencies=[allow("model.read")], response_class=FileResponse, responses=_DOWNLOAD)
 def download_onnx(name: NamePath, version: VersionPath, s: ServicesDep) -> FileResponse:
     """The version's serving ONNX file (its last export that passed parity), streamed."""
     onnx = _version(s, name, version).get("onnx") or {}

@@ -7,6 +7,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from api.auth import allow
+from domain.access import PUBLIC
+
 router = APIRouter(tags=["ops"])
 
 
@@ -26,12 +29,12 @@ class Readiness(BaseModel):
     stages: dict[str, StagePublic]
 
 
-@router.get("/healthz")
+@router.get("/healthz", dependencies=[allow(PUBLIC)])
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
+@router.get("/readyz", dependencies=[allow(PUBLIC)], response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
 def readyz(request: Request) -> JSONResponse:
     """Engines reachable, and per stage its position, lag, seconds since it last made progress, last error and how
     many items it set aside. 503 when an engine is unreachable or a stage is stuck, failing or too far behind."""

@@ -18,11 +18,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from commands.identity import (BadCredentials, PrincipalNotFoundError, ProjectNotFoundError,
+                               TokenNotFoundError)
 from commands.deployments import ApiKeyNotFoundError, DeploymentNotFoundError
 from commands.models import ExportNotFoundError, ModelNotFoundError
 from commands.studies import StudyNotFoundError
 from commands.training import IdempotencyConflictError, JobNotFoundError
+from domain.access import Denied
 from domain.api_key import ApiKeyError, ApiKeySpecError
+from domain.identity import IdentityError, IdentitySpecError
 from domain.deployment_spec import DeploymentError, DeploymentSpecError
 from domain.models import ModelError, ModelSpecError, VersionNotFoundError
 from domain.study import StudyError
@@ -35,9 +39,10 @@ log = logging.getLogger("trainyard.api")
 
 class Problem(Exception):
     def __init__(self, status: int, title: str, detail: str, field: str | None = None,
-                 errors: list[dict[str, Any]] | None = None) -> None:
+                 errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail, self.field, self.errors = status, title, detail, field, errors
+        self.headers = headers or {}
 
 
 class ProblemResponse(JSONResponse):
@@ -60,7 +65,9 @@ def problem_json(status: int, title: str, detail: str, instance: str, field: str
 
 
 def problem_response(request: Request, p: Problem) -> JSONResponse:
-    return problem_json(p.status, p.title, p.detail, request.url.path, p.field, p.errors)
+    response = problem_json(p.status, p.title, p.detail, request.url.path, p.field, p.errors)
+    response.headers.update(p.headers)
+    return response
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -89,6 +96,13 @@ DOMAIN_ERRORS: tuple[tuple[type[Exception], Callable[[Any], Problem]], ...] = (
     (JobError, _conflict), (StudyError, _conflict), (ModelError, _conflict), (DeploymentError, _conflict),
     (ApiKeyError, _conflict),
     (ModelSpecError, _invalid_field), (DeploymentSpecError, _invalid_field), (ApiKeySpecError, _invalid_field),
+    (PrincipalNotFoundError, lambda e: Problem(404, "Not found", f"no user or service account {str(e)!r}", "name")),
+    (ProjectNotFoundError, lambda e: Problem(404, "Not found", f"no project {str(e)!r}", "project")),
+    (TokenNotFoundError, lambda e: Problem(404, "Not found", f"no token {e}", "token_id")),
+    (IdentityError, _conflict), (IdentitySpecError, _invalid_field),
+    (Denied, lambda e: Problem(e.status, "Forbidden" if e.status == 403 else "Not found", str(e))),
+    (BadCredentials, lambda e: Problem(401, "Unauthorized", "wrong name, password or refresh token", None,
+                                       headers={"WWW-Authenticate": "Bearer"})),
 )
 
 

@@ -7,6 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from api.auth import allow
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.jobs import check_job_dataset
@@ -54,7 +55,7 @@ def check_study_in(body: StudyIn, s: Services) -> dict:
     return objective
 
 
-@router.post("", status_code=202, response_model=StudyAccepted,
+@router.post("", dependencies=[allow("study.create")], status_code=202, response_model=StudyAccepted,
              responses={**problems(400, 409, 413, 422), **repeated(StudyAccepted)}, openapi_extra=IDEMPOTENT)
 def create_study(body: StudyIn, request: Request, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """Create a study (202; 200 when the Idempotency-Key was seen before). Its trials start at once."""
@@ -71,7 +72,7 @@ def create_study(body: StudyIn, request: Request, s: ServicesDep, ctx: CommandCo
                         headers={"Location": f"{router.prefix}/{out.study_id}"})
 
 
-@router.get("", response_model=StudyList, responses=problems(422))
+@router.get("", dependencies=[allow("study.read")], response_model=StudyList, responses=problems(422))
 def list_studies(s: ServicesDep,
                  status: Annotated[list[StudyStatus] | None, Query(max_length=5, description="any of")] = None,
                  tag: Annotated[list[Tag] | None, Query(max_length=20, description="all of")] = None,
@@ -82,12 +83,12 @@ def list_studies(s: ServicesDep,
     return StudyList(items=[StudyPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{study_id}", response_model=StudyPublic, responses=problems(404, 422))
+@router.get("/{study_id}", dependencies=[allow("study.read")], response_model=StudyPublic, responses=problems(404, 422))
 def get_study(study_id: UUID, s: ServicesDep) -> StudyPublic:
     return StudyPublic.model_validate(_study(s, study_id))
 
 
-@router.get("/{study_id}/trials", response_model=TrialList, responses=problems(404, 422))
+@router.get("/{study_id}/trials", dependencies=[allow("study.read")], response_model=TrialList, responses=problems(404, 422))
 def list_trials(study_id: UUID, s: ServicesDep,
                 state: Annotated[list[TrialState] | None, Query(max_length=5, description="any of")] = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -97,7 +98,7 @@ def list_trials(study_id: UUID, s: ServicesDep,
     return TrialList(items=[TrialPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{study_id}/history", response_model=StudyHistory, responses=problems(404, 422))
+@router.get("/{study_id}/history", dependencies=[allow("study.read")], response_model=StudyHistory, responses=problems(404, 422))
 def history(study_id: UUID, s: ServicesDep) -> StudyHistory:
     """Completed trials in order with the best value so far: the data of an optimisation-history plot."""
     study = _study(s, study_id)
@@ -105,7 +106,7 @@ def history(study_id: UUID, s: ServicesDep) -> StudyHistory:
                         points=s.studies.history(study_id))  # type: ignore[arg-type]
 
 
-@router.get("/{study_id}/importances", response_model=Importances, responses=problems(404, 422))
+@router.get("/{study_id}/importances", dependencies=[allow("study.read")], response_model=Importances, responses=problems(404, 422))
 def importances(study_id: UUID, s: ServicesDep) -> Importances:
     """Optuna's parameter importances over the completed trials (computed from the read model)."""
     study = _study(s, study_id)
@@ -116,7 +117,7 @@ def importances(study_id: UUID, s: ServicesDep) -> Importances:
     return Importances(study_id=study_id, completed_trials=len(done), importances=opt.importances())
 
 
-@router.delete("/{study_id}", status_code=202, response_model=StudyPublic, responses=problems(404, 409, 422))
+@router.delete("/{study_id}", dependencies=[allow("study.cancel")], status_code=202, response_model=StudyPublic, responses=problems(404, 409, 422))
 def cancel_study(study_id: UUID, s: ServicesDep, ctx: CommandContextDep) -> StudyPublic:
     """Cancel: no new trials start, running trials are cancelled; completed trials and the best are kept."""
     _, position = s.study_commands.request_cancel(study_id, ctx)
@@ -128,7 +129,7 @@ _UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 JOB_IDS = f"^{_UUID}(,{_UUID}){{0,9}}$"
 
 
-@experiments.get("/compare", response_model=Comparison, responses=problems(404, 422))
+@experiments.get("/compare", dependencies=[allow("job.read")], response_model=Comparison, responses=problems(404, 422))
 def compare(s: ServicesDep,
             job_ids: Annotated[SafeText, Query(min_length=36, max_length=10 * 37,
                                                json_schema_extra={"pattern": JOB_IDS},

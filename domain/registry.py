@@ -12,6 +12,7 @@ from typing import Any
 from domain.api_key import ApiKey
 from domain.contract import event_subject
 from domain.deployment import Deployment
+from domain.identity import ApiToken, Project, ServiceAccount, Session, User
 from domain.models import ModelExport, RegisteredModel
 from domain.study import Study
 from domain.training_job import TrainingJob
@@ -24,6 +25,7 @@ class AggregateType:
     name: str  # snake case: the `<aggregate>` of `trainyard.v1.<aggregate>.<event>`
     work_kind: WorkKind | None = None
     work_events: frozenset[str] = field(default_factory=frozenset)  # event class names that queue work
+    public: bool = True  # its events go out on `trainyard.v1.<name>.<event>`; private ones stay in the store
 
 
 AGGREGATES: tuple[AggregateType, ...] = (
@@ -33,7 +35,14 @@ AGGREGATES: tuple[AggregateType, ...] = (
     AggregateType(ModelExport, "model_export", work_kind=WorkKind.EXPORT, work_events=frozenset({"Requested", "Requeued"})),
     AggregateType(Deployment, "deployment"),
     AggregateType(ApiKey, "api_key"),
+    # Identity stays off the bus: its events hold password and token hashes, and nothing outside needs them.
+    AggregateType(User, "user", public=False),
+    AggregateType(ServiceAccount, "service_account", public=False),
+    AggregateType(Project, "project", public=False),
+    AggregateType(ApiToken, "api_token", public=False),
+    AggregateType(Session, "session", public=False),
 )
+PUBLIC_AGGREGATES = tuple(a for a in AGGREGATES if a.public)
 _BY_CLASS = {a.cls: a for a in AGGREGATES}
 
 
@@ -57,4 +66,4 @@ def queues_work(domain_event: Any) -> tuple[str, str] | None:
 
 def event_subjects() -> list[str]:
     """The subjects of every registered aggregate's events (the events stream captures these)."""
-    return [event_subject(a.name, ">") for a in AGGREGATES]
+    return [event_subject(a.name, ">") for a in PUBLIC_AGGREGATES]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
+import logging
 from typing import TYPE_CHECKING, Any
 
 from infra.settings import Settings
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from infra.report_server import ReportServer
     from runners.runner import Runner
 
+
+log = logging.getLogger("trainyard.bootstrap")
 
 def build_services(settings: Settings) -> Services:
     from api.deps import Services
@@ -57,9 +60,46 @@ def build_services(settings: Settings) -> Services:
     metrics.ensure_schema()
     predictions = PredictionStore(ch)
     predictions.ensure_schema()
+    applied = AppliedPositions(database_url)
+    identity, queries, auth = build_identity(settings, app, pool, applied)
     return Services(settings, app, pool, JobQueries(pool), ch, metrics, leases, StudyQueries(pool), StudyCommands(app),
                     ModelQueries(pool), ModelCommands(app), predictions, DeploymentQueries(pool),
-                    DeploymentCommands(app), AppliedPositions(database_url))
+                    DeploymentCommands(app), applied, identity, queries, auth)
+
+
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def access_tokens(settings: Settings) -> Any:
+    """The access-token signer every process of a data dir shares (its secret: settings or a 0600 file)."""
+    from commands.credentials import AccessTokens
+    from infra.secret_files import read_or_create
+
+    secret = settings.jwt_secret or read_or_create(settings.data_dir / "jwt-secret")
+    return AccessTokens(secret.encode(), ttl_s=settings.access_token_ttl_s)
+
+
+def build_identity(settings: Settings, app: Any, pool: Any, applied: Any) -> tuple[Any, Any, Any]:
+    """Identity commands, queries and the request path's authenticator. On a store without users yet, the first
+    owner and the default project are made and the owner's token written to <data_dir>/admin-token (0600)."""
+    from api.auth import Authenticator
+    from commands.context import SYSTEM
+    from commands.identity import IdentityCommands
+    from infra.secret_files import write_private
+    from projections.identity import IdentityCache, IdentityQueries
+
+    signer = access_tokens(settings)
+    identity = IdentityCommands(app, signer)
+    token = identity.first_start(SYSTEM)
+    if token is not None:
+        path = settings.data_dir / ADMIN_TOKEN_FILE
+        write_private(path, token + "\n")
+        log.warning("first start: owner 'admin' and project 'default' created; the owner's API token is in %s",
+                    path.absolute())
+    queries = IdentityQueries(pool)
+    cache = IdentityCache(queries)
+    cache.start(applied)
+    return identity, queries, Authenticator(cache, signer)
 
 
 @dataclass

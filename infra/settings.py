@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     dataset_roots: str | None = None
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # any request body but an upload
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # POST /api/v1/datasets
+    # Identity (api/auth.py): access tokens are JWTs signed with this secret (unset: a random one kept in
+    # <data_dir>/jwt-secret, mode 0600, shared by the processes of one data dir) and live this long.
+    jwt_secret: str | None = Field(default=None, min_length=32)
+    access_token_ttl_s: float = Field(default=900.0, ge=60, le=86400)
 
     def require_urls(self) -> tuple[str, str]:
         """(database_url, nats_url) for processes that need servers running; `trainyard up` sets both."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from projections.identity import IDENTITY_DDL, IdentityProjection, IdentityView
 from projections.deployments import DEPLOYMENTS_DDL, DeploymentsProjection, DeploymentsView
 from projections.jobs import JOBS_DDL, JobsProjection, JobsView
 from projections.models import MODELS_DDL, ModelsProjection, ModelsView
@@ -31,6 +32,7 @@ READ_MODELS: tuple[ReadModel, ...] = (
     ReadModel(StudiesProjection, StudiesView, STUDIES_DDL),
     ReadModel(ModelsProjection, ModelsView, MODELS_DDL),
     ReadModel(DeploymentsProjection, DeploymentsView, DEPLOYMENTS_DDL),
+    ReadModel(IdentityProjection, IdentityView, IDENTITY_DDL),
 )
 
 

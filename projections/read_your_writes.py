@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import psycopg
 from psycopg.errors import UndefinedTable
@@ -29,6 +30,13 @@ class AppliedPositions:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
+
+    def watch(self, projection: str, changed: Callable[[], None]) -> None:
+        """Call `changed()` (on the listener thread; keep it short) whenever `projection` records a position, and
+        after each (re)connection, when announcements may have been missed."""
+        self._watchers.setdefault(f"{projection}_tracking", []).append(changed)
+        self._ensure_listening(0)
 
     def wait_for(self, projection: str, application_name: str, position: int, timeout_s: float) -> bool:
         key = f"{projection}_tracking|{application_name}"
@@ -69,10 +77,15 @@ class AppliedPositions:
     def _notified(self, payload: str) -> None:
         table, app, position = payload.rsplit("|", 2)
         self._announce(f"{table}|{app}", int(position))
+        for changed in self._watchers.get(table, ()):
+            changed()
 
     def _connected(self) -> None:
         for key in list(self._applied):  # announcements missed while away
             self._seed(key)
+        for watchers in list(self._watchers.values()):
+            for changed in watchers:
+                changed()
         self._listening.set()
 
     def close(self) -> None:

@@ -53,7 +53,10 @@ def _is_poison(exc: BaseException) -> bool:
 def encode(event: Any) -> list[tuple[str, bytes, str]]:
     """The messages (subject, data, Nats-Msg-Id) one domain event becomes; PoisonEvent if it cannot be encoded."""
     try:
-        subject, body = envelope(event, aggregate_of(event).name)
+        registered = aggregate_of(event)
+        if not registered.public:
+            return []
+        subject, body = envelope(event, registered.name)
         out = [(subject, json.dumps(body, allow_nan=False).encode(), body["event_id"])]
         if work := queues_work(event):
             kind, priority = work
