@@ -84,6 +84,43 @@ def default_api_url(data_dir: Path | None = None) -> str:
     return "http://127.0.0.1:8000"
 
 
+def credentials_file() -> Path:
+    """Where `trainyard login` keeps credentials, per API URL: $TRAINYARD_CREDENTIALS, else
+    $XDG_CONFIG_HOME/trainyard/credentials.json (~/.config/…); mode 0600."""
+    if given := os.environ.get("TRAINYARD_CREDENTIALS"):
+        return Path(given)
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return config / "trainyard" / "credentials.json"
+
+
+def stored_credentials(api_url: str) -> dict[str, Any]:
+    """What `trainyard login` stored for `api_url` ({"token", "principal", "project"?}), or {}."""
+    try:
+        entry = json.loads(credentials_file().read_text()).get(api_url.rstrip("/"), {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return entry if isinstance(entry, dict) else {}
+
+
+def default_token(api_url: str, data_dir: Path | None = None) -> str | None:
+    """TRAINYARD_TOKEN, else what `trainyard login` stored for this API, else the first owner's token that
+    `trainyard up` wrote to <data dir>/admin-token (on the machine that runs it)."""
+    if token := os.environ.get("TRAINYARD_TOKEN"):
+        return token
+    if token := stored_credentials(api_url).get("token"):
+        return str(token)
+    path = (data_dir or Path(os.environ.get("TRAINYARD_DATA_DIR", ".trainyard"))) / "admin-token"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def default_project(api_url: str) -> str | None:
+    """TRAINYARD_PROJECT, else the project `trainyard project use` stored; None: the server's default."""
+    return os.environ.get("TRAINYARD_PROJECT") or stored_credentials(api_url).get("project") or None
+
+
 def default_inference_url(data_dir: Path | None = None) -> str:
     """TRAINYARD_INFERENCE_URL, else the "inference" entry of <data dir>/endpoints.json, else :8001."""
     if url := os.environ.get("TRAINYARD_INFERENCE_URL"):
@@ -161,12 +198,20 @@ class TrainyardClient:
     (defaults: TRAINYARD_INFERENCE_URL or :8001, TRAINYARD_API_KEY). `transport`: an httpx transport (tests)."""
 
     def __init__(self, base_url: str | None = None, timeout: float = 30.0, *, inference_url: str | None = None,
-                 api_key: str | None = None, transport: httpx.BaseTransport | None = None) -> None:
+                 api_key: str | None = None, transport: httpx.BaseTransport | None = None,
+                 token: str | None = None, project: str | None = None) -> None:
         self.base_url = base_url or default_api_url()
         self.inference_url = inference_url or default_inference_url()
         self.api_key = api_key if api_key is not None else os.environ.get("TRAINYARD_API_KEY")
+        self.token = token if token is not None else default_token(self.base_url)
+        self.project = project if project is not None else default_project(self.base_url)
+        headers = {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.project:
+            headers["X-Trainyard-Project"] = self.project
         try:
-            self.http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+            self.http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport, headers=headers)
         except httpx.InvalidURL as e:
             raise TrainyardUnavailable(self.base_url, f"invalid URL: {e}") from None
 

@@ -67,7 +67,7 @@ def refresh(body: RefreshIn, s: ServicesDep, ctx: CommandContextDep) -> TokenPai
     return TokenPair(**s.identity.refresh(body.refresh_token, ctx))
 
 
-@router.post("/auth/logout", status_code=204, responses=problems(401), dependencies=[allow(SELF)])
+@router.post("/auth/logout", status_code=204, responses=problems(400, 401), dependencies=[allow(SELF)])
 def logout(request: Request, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """End the login session of this access token: its refresh token and every access token of the session stop
     working at once, in every process."""
@@ -75,8 +75,7 @@ def logout(request: Request, s: ServicesDep, ctx: CommandContextDep) -> JSONResp
     if access.session_id is None:
         raise Problem(400, "Invalid request", "logout ends a login session; revoke an API token with "
                                               "DELETE /api/v1/tokens/{id}", "Authorization")
-    s.identity.logout(access.session_id, ctx)
-    s.auth.cache.snapshot.ended_sessions.add(access.session_id)  # this process at once; others via the cache
+    _caught_up(s, s.identity.logout(access.session_id, ctx))
     return JSONResponse(None, status_code=204)
 
 

@@ -1,6 +1,6 @@
 """Who and why: the metadata every stored event carries (design decision 12).
 
-The API builds a `CommandContext` from the request (`X-Trainyard-Actor`, `X-Request-Id`, W3C `traceparent`);
+The API builds a `CommandContext` from the request (the authenticated principal, `X-Request-Id`, `traceparent`);
 system commands (runner reports, the reconciler) name what caused them. The application attaches it to each
 event it saves (`metadata`), the relay lifts it into the public envelope, audit and replay read it back.
 """

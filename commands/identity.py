@@ -186,11 +186,12 @@ class IdentityCommands:
             raise BadCredentials() from None
         return self._tokens(saved.aggregate.principal, session_id, refresh)
 
-    def logout(self, session_id: str, ctx: CommandContext) -> None:
+    def logout(self, session_id: str, ctx: CommandContext) -> int | None:
+        """End the session; the position of the event (None if nothing was recorded)."""
         try:
-            self.app.change(UUID(session_id), lambda s: s.end("logout"), ctx, lambda _: BadCredentials())
+            return self.app.change(UUID(session_id), lambda s: s.end("logout"), ctx, lambda _: BadCredentials()).position
         except (BadCredentials, ValueError):
-            pass
+            return None
 
     def _tokens(self, principal: str, session_id: UUID, refresh: str) -> dict[str, Any]:
         access, expires_at = self.access_tokens.issue(principal, session_id)

@@ -156,7 +156,7 @@ def _watch(data_dir: Path, endpoints: dict, children: list[_Child], engines: dic
     the API at `api` (host, port) accepts connections."""
     announced = False
     while not stop_signal:
-        if not announced and _accepts(api):
+        if not announced and _accepts(api) and _signed_in(api, data_dir):
             _print_summary(endpoints, children, engines)
             announced = True
         changed = False
@@ -204,6 +204,26 @@ def _accepts(address: tuple[str, int]) -> bool:
         return False
 
 
+def _signed_in(address: tuple[str, int], data_dir: Path) -> bool:
+    """The first owner's token (if this data dir has one) is accepted: the API answers and its identity cache
+    has the owner, so the README's commands work the moment "Trainyard is up" is printed."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        token = (data_dir / "admin-token").read_text().strip()
+    except OSError:
+        return True
+    host, port = address
+    request = urllib.request.Request(f"http://{'[' + host + ']' if ':' in host else host}:{port}/api/v1/me",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=POLL_S) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def _terminate(children: list[_Child], timeout_s: float) -> None:
     live = [c for c in children if c.proc is not None and c.proc.poll() is None]
     for child in live:
@@ -243,5 +263,7 @@ def _print_summary(endpoints: dict, children: list[_Child], engines: dict) -> No
           f"  PostgreSQL  {endpoints['postgres']}  ({origin('postgres')})\n"
           f"  NATS        {endpoints['nats']}  ({origin('nats')})\n"
           f"  ClickHouse  {endpoints['clickhouse']}\n"
-          f"  Runners     {len(runners)}: pids {', '.join(str(c.proc.pid) for c in runners)}",
+          f"  Runners     {len(runners)}: pids {', '.join(str(c.proc.pid) for c in runners)}\n"
+          f"  Credentials the owner's API token is in {Path(endpoints['data_dir']) / 'admin-token'} (0600); the "
+          "trainyard CLI on this machine uses it, elsewhere run `trainyard login`",
           flush=True)

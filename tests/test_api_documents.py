@@ -8,7 +8,9 @@ the problem+json 422 that validates it, where the operation had none: old caller
 new operation (a method on a path the old
 document lacked) whose error answers are problem+json and which, when it takes path parameters, answers 404;
 and a property added to a response body or to a message Trainyard publishes (a reader ignores what it does not
-know; request bodies stay exactly as they were). Nothing else."""
+know; request bodies stay exactly as they were). And access control (issue 17, a deliberate change every caller
+meets once): every operation may require the bearer scheme, declare its `x-trainyard-action` and answer 401/403
+problem+json; the `X-Trainyard-Actor` header is gone (the actor is the authenticated principal). Nothing else."""
 from __future__ import annotations
 
 import json
@@ -193,8 +195,37 @@ def without_added_response_properties(after: dict[str, Any], before: dict[str, A
     return after
 
 
+ACCESS_ANSWERS = ("401", "403")
+
+
+def without_access_control(after: dict[str, Any], before: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
+                                                                                  list[str]]:
+    """`after` less its security requirements, actions, 401/403 answers (each must be problem+json) and security
+    schemes; `before` less the X-Trainyard-Actor header."""
+    after, before = json.loads(json.dumps(after)), json.loads(json.dumps(before))
+    wrong = []
+    for path, methods in after.get("paths", {}).items():
+        for method, operation in methods.items():
+            if not isinstance(operation, dict):
+                continue
+            operation.pop("security", None)
+            operation.pop("x-trainyard-action", None)
+            for status in ACCESS_ANSWERS:
+                answer = operation.get("responses", {}).pop(status, None)
+                if answer is not None and "application/problem+json" not in answer.get("content", {}):
+                    wrong.append(f"{method.upper()} {path} {status}")
+    (after.get("components") or {}).pop("securitySchemes", None)
+    for methods in before.get("paths", {}).values():
+        for operation in methods.values():
+            if isinstance(operation, dict) and "parameters" in operation:
+                operation["parameters"] = [p for p in operation["parameters"] if p.get("name") != "X-Trainyard-Actor"]
+    return after, before, wrong
+
+
 def compare(before: dict[str, Any], after: dict[str, Any]) -> None:
     before, after = resolve(before, before), resolve(after, after)
+    after, before, wrong = without_access_control(after, before)
+    assert not wrong, f"401/403 answers that are not problem+json: {wrong}"
     after = without_added_response_properties(after, before)
     after, wrong = without_new_operations(after, before)
     assert not wrong, f"new operations without problem+json answers: {wrong}"

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.app import create_app
+from tests.support.auth import identity_projection, sign_in_owner
 from entrypoints.bootstrap import build_services as build
 from infra.settings import Settings
 
@@ -49,7 +50,8 @@ def client(module_database_url: str, clickhouse, root: Path) -> Iterator[TestCli
     def boom() -> None:
         raise RuntimeError("a bug")
 
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with identity_projection(module_database_url), TestClient(app, raise_server_exceptions=False) as c:
+        sign_in_owner(c, services)
         yield c
     services.close()
 
@@ -308,20 +310,20 @@ def test_docs_work_offline(client):
 
 
 def test_the_command_headers_are_documented_on_every_command_route_and_checked(client):
-    """X-Trainyard-Actor, X-Request-Id and traceparent are read by the command context (not declared per route):
+    """X-Request-Id and traceparent are read by the command context (not declared per route):
     the OpenAPI document still lists them on every route that records events, and Idempotency-Key where it works."""
     spec = client.get("/openapi.json").json()["paths"]
 
     def headers(path: str, method: str) -> set[str]:
         return {p["name"] for p in spec[path][method].get("parameters", []) if p["in"] == "header"}
 
-    command = {"X-Trainyard-Actor", "X-Request-Id", "traceparent"}
+    command = {"X-Request-Id", "traceparent"}
     assert headers(JOBS, "post") == command | {"Idempotency-Key"}
     assert headers("/api/v1/studies", "post") == command | {"Idempotency-Key"}
     assert headers(JOBS + "/{job_id}", "delete") == command
     assert headers(JOBS + "/{job_id}", "get") == set()  # a query records nothing
-    for bad, field in ((("X-Trainyard-Actor", "a b"), "X-Trainyard-Actor"), (("X-Trainyard-Actor", "x" * 129),
-                       "X-Trainyard-Actor"), (("Idempotency-Key", "k" * 256), "Idempotency-Key"),
+    for bad, field in ((("X-Request-Id", "a b"), "X-Request-Id"), (("X-Request-Id", "x" * 129), "X-Request-Id"),
+                       (("Idempotency-Key", "k" * 256), "Idempotency-Key"),
                        (("Idempotency-Key", b"caf\xe9"), "Idempotency-Key")):
         r = client.post(JOBS, json=job(), headers=dict([bad]))
         assert r.status_code == 422 and r.json()["field"] == field, (bad, r.text)

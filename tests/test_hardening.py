@@ -182,7 +182,7 @@ def test_events_carry_who_and_why_end_to_end(stack: Stack) -> None:
 
         await nc.subscribe("trainyard.v1.training_job.>", cb=hear)
         r = await asyncio.to_thread(stack.http.post, JOBS, json={"name": "who", **QUICK}, headers={
-            "X-Trainyard-Actor": "alice", "X-Request-Id": "req-42",
+            "X-Trainyard-Actor": "alice", "X-Request-Id": "req-42",  # a header no longer names the actor
             "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
         job_id = r.json()["job_id"]
 
@@ -198,12 +198,12 @@ def test_events_carry_who_and_why_end_to_end(stack: Stack) -> None:
     r, heard = nats_run(stack, scenario)
     assert r.status_code == 202 and r.headers["X-Request-Id"] == "req-42"
     submitted, completed = heard[0], heard[-1]
-    assert (submitted["actor"], submitted["correlation_id"]) == ("alice", "req-42")
+    assert (submitted["actor"], submitted["correlation_id"]) == ("admin", "req-42")  # the token's principal
     assert submitted["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert completed["type"] == "training_job.completed" and completed["actor"].startswith("runner:")
     assert completed["correlation_id"] == "req-42" and completed["trace_id"] == submitted["trace_id"]
     assert completed["causation_id"]  # the runner report that caused it
-    assert stack.job(r.json()["job_id"])["created_by"] == "alice"
+    assert stack.job(r.json()["job_id"])["created_by"] == "admin"
     assert stack.http.get("/healthz").headers["X-Request-Id"]  # generated when not given
 
 

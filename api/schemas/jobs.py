@@ -70,7 +70,7 @@ class JobPublic(BaseModel):
                                                                  "(null: never)")
     runner_id: str | None
     cancel_requested: bool
-    created_by: str | None = Field(default=None, description="the actor that submitted it (X-Trainyard-Actor)")
+    created_by: str | None = Field(default=None, description="the principal that submitted it")
     correlation_id: str | None = Field(default=None, description="the submit's X-Request-Id (or generated)")
     study_id: UUID | None = Field(default=None, description="the study this job is a trial of (null: a plain job)")
     trial_number: int | None = Field(default=None, description="its trial number in that study")

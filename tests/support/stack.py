@@ -16,6 +16,7 @@ import httpx
 
 from infra.embedded import free_port
 from tests.support.database import create_database, drop_database
+from tests.support.auth import admin_token
 from tests.support.waiting import NeverHappened, eventually
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -99,6 +100,14 @@ class Stack:
 
         eventually(ready, timeout=timeout, interval=0.2,
                    message=lambda: f"the service never became ready: {last[0][:3000]}")
+        # the first owner's token, which the first start wrote (the CLI on this machine reads the same file)
+        self.http.headers["Authorization"] = f"Bearer {admin_token(self.data_dir)}"
+
+        def signed_in() -> bool:
+            last[0] = (r := self.http.get("/api/v1/me")).text
+            return r.status_code == 200
+        eventually(signed_in, timeout=timeout, interval=0.1,
+                   message=lambda: f"the owner's token never worked: {last[0][:3000]}")
 
 
 @contextlib.contextmanager
