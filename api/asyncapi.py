@@ -276,6 +276,8 @@ class Envelope(BaseModel, Generic[P]):
     correlation_id: str | None
     causation_id: str | None
     trace_id: str | None
+    project: str = Field(description="the project the aggregate belongs to ('default' for what predates projects): "
+                                     "subscribers filter on it")
     payload: P
 
 

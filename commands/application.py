@@ -79,11 +79,15 @@ class TrainyardApplication(Application[UUID]):
         raise AssertionError("unreachable")
 
     def save_with(self, ctx: CommandContext, *aggregates: Aggregate) -> list[Any]:
+        """Save with who and why in each event's metadata, and the project of a project-scoped aggregate (its
+        `project`), which the public envelope carries so subscribers can filter by project."""
         meta = ctx.as_metadata()
         created = []
         for aggregate in aggregates:
+            project = getattr(aggregate, "project", None)
+            event_meta = {**meta, "project": project} if isinstance(project, str) else meta
             for e in aggregate.pending_events:
-                object.__setattr__(e, "metadata", meta)
+                object.__setattr__(e, "metadata", event_meta)
                 if e.originator_version == 1:
                     created.append(aggregate.id)
         recordings = self.save(*aggregates)

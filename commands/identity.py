@@ -137,7 +137,7 @@ class IdentityCommands:
             scopes = check_scopes(scopes)
         except ValueError as e:
             raise IdentitySpecError("scopes", str(e)) from None
-        if expires_in_s is not None and not 60 <= expires_in_s <= MAX_TOKEN_TTL_S:
+        if expires_in_s is not None and not 59.999 <= expires_in_s <= MAX_TOKEN_TTL_S:
             raise IdentitySpecError("expires_in_days", "must be between 1 minute and 366 days")
         token, token_hash, prefix = new_api_token()
         expires_at = time.time() + expires_in_s if expires_in_s is not None else None

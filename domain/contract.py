@@ -39,6 +39,14 @@ MAX_TEXT = 2000
 _EVENT_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/events")
 _ENVELOPE_KEYS = ("originator_id", "originator_version", "timestamp", "originator_topic", "metadata")
 METADATA_KEYS = ("actor", "correlation_id", "causation_id", "trace_id")
+# Every project-scoped aggregate belongs to one project; what existed before projects belongs to this one.
+DEFAULT_PROJECT = "default"
+
+
+def scoped(project: str | None, name: str) -> str:
+    """A name unique across projects: the name itself in the default project (so ids and keys made before
+    projects stay what they were), else "<project>/<name>"."""
+    return name if not project or project == DEFAULT_PROJECT else f"{project}/{name}"
 
 
 # ---- text -----------------------------------------------------------------------------------
@@ -165,6 +173,7 @@ def envelope(domain_event: Any, aggregate: str | None = None) -> tuple[str, dict
         "payload": payload,
     }
     body["actor"] = body["actor"] or "anonymous"
+    body["project"] = meta.get("project") or DEFAULT_PROJECT  # subscribers filter on it (docs/events.md)
     return event_subject(aggregate, name), body
 
 

@@ -57,6 +57,14 @@ BEYOND_SCHEMA: list[tuple[str, str, str]] = [
     (r"POST /api/v1/studies", r"(search_space|fixed_params|sampler|pruner)(\..*)?", "."),
     # an upload's file name (a multipart part's filename has no schema)
     ("POST /api/v1/datasets", "file", "file name must end with"),
+    # a password must not be one of the commonest (a list, not a pattern)
+    (r"POST /api/v1/users|PUT /api/v1/me/password", "password", "most common"),
+    # a token scope must match at least one action (patterns over the action names)
+    ("POST /api/v1/tokens", "scopes", "matches no action"),
+    # logout ends a login session: the test's credential is an API token
+    ("POST /api/v1/auth/logout", "Authorization", "logout ends a login session"),
+    # a form whose generated extra field has an empty name is not parsed as the form it means
+    ("POST /api/v1/auth/token", "username|password", "Field required"),
 ]
 
 

@@ -8,18 +8,20 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.limits import SafeText
-from commands.credentials import MAX_PASSWORD
+from commands.credentials import MAX_PASSWORD, MIN_PASSWORD
 from domain.identity import MAX_REASON, MAX_TOKEN_NAME, NAME_PATTERN
 
 Name = Field(pattern=NAME_PATTERN, max_length=63)
 Reason = Field(default=None, max_length=MAX_REASON)
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 RoleName = Literal["viewer", "engineer", "deployer", "admin"]
 
 
 class UserIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Name
-    password: str = Field(min_length=1, max_length=MAX_PASSWORD, description="12 or more characters, not a common one")
+    password: str = Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD, pattern=NO_CONTROL,
+                          description="12 or more characters, not one of the commonest passwords")
     owner: bool = Field(default=False, description="the global owner role: manages users and projects")
 
 
@@ -50,7 +52,8 @@ class Me(PrincipalPublic):
 
 class PasswordIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    password: str = Field(min_length=1, max_length=MAX_PASSWORD)
+    password: str = Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD, pattern=NO_CONTROL,
+                          description="12 or more characters, not one of the commonest passwords")
 
 
 class DisableIn(BaseModel):
@@ -100,7 +103,7 @@ class TokenIn(BaseModel):
     name: SafeText = Field(min_length=1, max_length=MAX_TOKEN_NAME)
     scopes: list[str] = Field(default=["*"], min_length=1, max_length=50,
                               description="action patterns: '*', '*.read', 'job.*', 'deployment.write', …")
-    expires_in_days: float | None = Field(default=90, gt=0, le=366, allow_inf_nan=False,
+    expires_in_days: float | None = Field(default=90, ge=1 / 1440, le=366, allow_inf_nan=False,
                                           description="null: never expires")
     principal: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=63,
                                   description="a service account's name (owners only); default: yourself")
