@@ -5,7 +5,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import ab, context, datasets, deployments, docs, jobs, models, ops, problems, studies
+from api import ab, context, datasets, deployments, docs, edge, jobs, models, ops, problems, studies
 from api.deps import Services
 from api.limits import MULTIPART_SLACK_BYTES, BodyLimit
 from api.schemas.common import document_unparsable_bodies
@@ -29,6 +29,7 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     settings = services.settings
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
                        per_path={datasets.PATH: settings.max_upload_bytes + MULTIPART_SLACK_BYTES})
+    edge.install(app, settings)
 
     app.include_router(ops.router)
     return app
