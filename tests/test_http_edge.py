@@ -236,3 +236,13 @@ def test_cors_stays_off(api):
     assert not [h for h in r.headers if h.lower().startswith("access-control-")]
     r = api.get("/api/v1/deployments", headers={"Origin": "http://evil.example"})
     assert not [h for h in r.headers if h.lower().startswith("access-control-")]
+
+
+# ---- a grid step too fine to count ------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler", ["grid", "tpe"])
+def test_a_study_with_a_step_of_1e_300_is_a_422_naming_the_step(api, sampler):
+    body = {"name": "fine", "framework": "lightgbm", "task": "binary_classification",
+            "dataset": {"uri": "builtin://breast_cancer"}, "objective": {"metric": "auc", "direction": "maximize"},
+            "search_space": {"lambda_l1": {"type": "float", "low": 0, "high": 1, "step": 1e-300}},
+            "fixed_params": {"n_estimators": 5}, "sampler": {"type": sampler}, "n_trials": 2}
+    _problem(api.post("/api/v1/studies", json=body), 422, "search_space.lambda_l1.step")
