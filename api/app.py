@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from api import ab, context, datasets, deployments, docs, edge, jobs, models, ops, problems, studies
 from api.deps import Services
+from api.importances import ImportanceCache
 from api.limits import MULTIPART_SLACK_BYTES, BodyLimit
 from api.schemas.common import document_unparsable_bodies
 
@@ -18,6 +19,7 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
                   docs_url=None, redoc_url=None)  # /docs is served offline by api/docs.py
     app.state.services = services
     app.state.nats = nats_client
+    app.state.importances = ImportanceCache()
     problems.install(app)
     context.install(app)
     for router in (jobs.router, studies.router, studies.experiments, datasets.router, models.router,

@@ -35,9 +35,10 @@ log = logging.getLogger("trainyard.api")
 
 class Problem(Exception):
     def __init__(self, status: int, title: str, detail: str, field: str | None = None,
-                 errors: list[dict[str, Any]] | None = None) -> None:
+                 errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail, self.field, self.errors = status, title, detail, field, errors
+        self.headers = headers or {}
 
 
 class ProblemResponse(JSONResponse):
@@ -60,7 +61,9 @@ def problem_json(status: int, title: str, detail: str, instance: str, field: str
 
 
 def problem_response(request: Request, p: Problem) -> JSONResponse:
-    return problem_json(p.status, p.title, p.detail, request.url.path, p.field, p.errors)
+    response = problem_json(p.status, p.title, p.detail, request.url.path, p.field, p.errors)
+    response.headers.update(p.headers)
+    return response
 
 
 def _field(loc: tuple[Any, ...]) -> str:
