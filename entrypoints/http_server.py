@@ -63,7 +63,10 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._arm(self.body_timeout_s, "body")  # disarmed at once by on_message_complete when there is no body
+        if self.parser.should_upgrade():  # the connection becomes another protocol's
+            self._disarm()
+        else:  # disarmed at once by on_message_complete when there is no body
+            self._arm(self.body_timeout_s, "body")
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
