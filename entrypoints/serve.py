@@ -17,6 +17,7 @@ import uvicorn
 
 from api.app import create_app
 from entrypoints.bootstrap import build_serve, build_services
+from entrypoints.http_server import server_config
 from infra.messaging import connect, ensure_streams
 from infra.settings import Settings
 
@@ -41,8 +42,7 @@ async def serve(settings: Settings) -> None:
     tasks = [asyncio.create_task(run(stop), name=name) for name, run in parts.tasks.items()]
     reports = parts.reports
     await reports.start(nc)
-    config = uvicorn.Config(create_app(services, nc), host=settings.api_host, port=settings.api_port,
-                            log_level="warning", lifespan="off")
+    config = server_config(create_app(services, nc), settings, settings.api_port, log_level="warning")
     server = _Server(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

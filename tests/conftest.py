@@ -24,6 +24,9 @@ from tests.support.stack import Stack, up_on_a_fresh_database
 if TYPE_CHECKING:
     from tests.support.fakes import Script, Step
 
+# TestClient sends `Host: testserver`; the apps the tests build in-process must answer to it (infra/http_edge.py).
+os.environ.setdefault("TRAINYARD_ALLOWED_HOSTS", "localhost,127.0.0.1,::1,testserver")
+
 
 def _listening(port: int) -> bool:
     with socket.socket() as s:
