@@ -50,7 +50,8 @@ def postgres_server(engines_dir: Path) -> Iterator[str]:
         from infra.embedded import EmbeddedPostgres
 
         server = EmbeddedPostgres(engines_dir)
-        yield server.start()
+        server.start()
+        yield server.superuser_url  # tests create and drop databases
         server.stop()
 
 
