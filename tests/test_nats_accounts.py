@@ -24,6 +24,7 @@ from infra.messaging import (EVENTS_STREAM, STUDY_DRIVER_CONSUMER, TELEMETRY_STR
                              ensure_streams, work_consumer)
 from infra.nats_accounts import INFERENCE, SERVICE, SUBSCRIBER, NatsCredentials
 from infra.settings import Settings
+from tests.support.stack import FINISHED, running_up
 
 pytestmark = pytest.mark.integration
 RUNNER, OTHER_RUNNER = nats_accounts.runner_user(0), nats_accounts.runner_user(1)
@@ -310,3 +311,30 @@ def test_service_administers_streams_publishes_and_consumes(bus):
 def test_stream_names_match_the_messaging_module():
     assert (nats_accounts._EVENTS, nats_accounts._WORK, nats_accounts._STUDY_DRIVER) == (
         EVENTS_STREAM, WORK_STREAM, STUDY_DRIVER_CONSUMER)
+
+
+# ---- the whole embedded trio, through `trainyard up` -----------------------------------------------------------------
+def test_up_runs_a_job_with_every_process_on_its_own_nats_user():
+    data_dir = Path(tempfile.mkdtemp(prefix="trainyard-closed-up-"))  # embedded PostgreSQL's user must reach it
+    try:
+        with running_up(data_dir, {"TRAINYARD_RUNNERS": "1"}) as s:
+            endpoints = s.endpoints()
+            job_id = s.submit(framework="pytorch", task="binary_classification",
+                              dataset={"uri": "builtin://breast_cancer"}, params={"epochs": 3})
+            job = s.wait(job_id, lambda j: j["status"] in FINISHED, timeout=120)
+            assert job["status"] == "completed", job
+            assert s.full_series(job_id, "valid_loss", 3)  # the runner's metric batches went through
+            assert "passfile=" in endpoints["postgres"] and "@" not in endpoints["nats"]
+            with pytest.raises(Exception):  # noqa: B017 - the bus refuses anyone without credentials
+                asyncio.run(_anonymous(endpoints["nats"]))
+            for pid, user in ((endpoints["pids"]["serve"], SERVICE), (endpoints["pids"]["runners"][0], RUNNER),
+                              (endpoints["pids"]["inference"], INFERENCE)):
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                assert f"TRAINYARD_NATS_CREDS={data_dir / 'credentials' / f'nats-{user}.json'}".encode() in env
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def _anonymous(url: str) -> None:
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0)
+    await nc.close()
