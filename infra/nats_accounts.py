@@ -136,26 +136,26 @@ def ensure_credentials(data_dir: Path, users: list[str]) -> dict[str, NatsCreden
     return out
 
 
-def _quoted(subjects: tuple[str, ...]) -> str:
-    return "[" + ", ".join(json.dumps(s) for s in subjects) + "]"
+def _rule(kind: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> list[str]:
+    lines = [f"        {kind}: {{"]
+    for name, subjects in (("allow", allow), ("deny", deny)):
+        if subjects:
+            lines += [f"          {name}: ["] + [f"            {json.dumps(s)}" for s in subjects] + ["          ]"]
+    return lines + ["        }"]
 
 
 def authorization_block(creds: dict[str, NatsCredentials], hashed: bool = True) -> str:
     """nats-server's `authorization { users = [...] }` for these users (`hashed`: bcrypt passwords, as written to
-    the embedded server's config; False gives `<password>` placeholders for the docs)."""
+    the embedded server's config; False gives `<user password>` placeholders, as in docs/architecture.md)."""
     lines = ["authorization {", "  users = ["]
     for user, c in creds.items():
         password = (bcrypt.hashpw(c.password.encode(), bcrypt.gensalt(rounds=10)).decode() if hashed
                     else f"<{user} password>")
+        lines += ["    {", f"      user: {json.dumps(user)}", f"      password: {json.dumps(password)}"]
         perms = permissions(user)
-        entry = [f"    {{user: {json.dumps(user)}, password: {json.dumps(password)}"]
         if perms is not None:
-            pub = [f"allow: {_quoted(perms.publish_allow)}"] if perms.publish_allow else []
-            pub += [f"deny: {_quoted(perms.publish_deny)}"] if perms.publish_deny else []
-            sub = [f"allow: {_quoted(perms.subscribe_allow)}"] if perms.subscribe_allow else []
-            sub += [f"deny: {_quoted(perms.subscribe_deny)}"] if perms.subscribe_deny else []
-            entry.append(f",\n     permissions: {{\n       publish: {{{', '.join(pub)}}},\n"
-                         f"       subscribe: {{{', '.join(sub)}}}\n     }}")
-        lines.append("".join(entry) + "}")
+            lines += ["      permissions: {", *_rule("publish", perms.publish_allow, perms.publish_deny),
+                      *_rule("subscribe", perms.subscribe_allow, perms.subscribe_deny), "      }"]
+        lines.append("    }")
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"

@@ -338,3 +338,10 @@ def test_up_runs_a_job_with_every_process_on_its_own_nats_user():
 async def _anonymous(url: str) -> None:
     nc = await nats.connect(url, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0)
     await nc.close()
+
+
+def test_the_documented_config_is_the_one_up_writes():
+    """docs/architecture.md's snippet for an external NATS carries exactly the permissions of the embedded one."""
+    creds = {u: NatsCredentials(u, "x", nats_accounts.inbox(u)) for u in nats_accounts.principals(1)}
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    assert nats_accounts.authorization_block(creds, hashed=False) in doc
