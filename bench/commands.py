@@ -387,7 +387,7 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
         if name != "none":
             experiment(name)
     breakdown = Breakdown() if args.breakdown else None
-    nats = EmbeddedNats(work, preferred_port=free_port(0), preferred_monitor_port=free_port(0))
+    nats = EmbeddedNats(work, preferred_port=free_port(0), accounts=False)
     nats_url = nats.start()
     services = build(Settings(database_url=db_url, nats_url=nats_url, clickhouse_url=None, data_dir=work / "data"))
     eager = EagerPublisher(services, nats_url)  # as serve: each submit's work item goes out at once

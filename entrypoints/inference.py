@@ -24,7 +24,7 @@ from entrypoints.bootstrap import build_inference
 from entrypoints.http_server import server_config
 from infra.health import Stage, stopped_within
 from infra.http_edge import EdgeGuard
-from infra.messaging import connect, ensure_streams
+from infra.messaging import EVENTS_STREAM, TELEMETRY_STREAM, connect, credentials, ensure_streams, wait_for
 from infra.settings import Settings
 from serving.feed import RELOAD_S
 from serving.state import Telemetry
@@ -76,8 +76,13 @@ async def serve_inference(settings: Settings) -> None:
     parts = build_inference(settings, server_id)
     pool, state, telemetry, feed = parts.pool, parts.state, parts.telemetry, parts.feed
     await asyncio.to_thread(feed.reload)
-    nc, js = await connect(nats_url, server_id)
-    await ensure_streams(js, settings)
+    creds = credentials(settings)
+    nc, js = await connect(nats_url, server_id, creds)
+    if creds is None:  # an open bus: whoever starts first creates the streams
+        await ensure_streams(js, settings)
+    else:  # the inference server's NATS user may not administer streams: the service makes them
+        await wait_for(js, EVENTS_STREAM)
+        await wait_for(js, TELEMETRY_STREAM)
     stop = asyncio.Event()
     app = parts.app
     tasks = [asyncio.create_task(feed.follow(js, server_id, stop), name="feed"),

@@ -18,7 +18,7 @@ import uvicorn
 from api.app import create_app
 from entrypoints.bootstrap import build_serve, build_services
 from entrypoints.http_server import server_config
-from infra.messaging import connect, ensure_streams
+from infra.messaging import connect, credentials, ensure_streams
 from infra.settings import Settings
 
 log = logging.getLogger("trainyard.serve")
@@ -35,7 +35,7 @@ class _Server(uvicorn.Server):
 async def serve(settings: Settings) -> None:
     database_url, nats_url = settings.require_urls()
     services = await asyncio.to_thread(build_services, settings)
-    nc, js = await connect(nats_url, "trainyard-serve")
+    nc, js = await connect(nats_url, "trainyard-serve", credentials(settings))
     await ensure_streams(js, settings)
     stop = asyncio.Event()
     parts = build_serve(settings, services, js)

@@ -15,6 +15,13 @@ class Settings(BaseSettings):
 
     database_url: str | None = None  # postgresql://user:pass@host:port/dbname
     nats_url: str | None = None  # nats://host:port
+    # NATS login (infra/nats_accounts.py): a credentials file {"user", "password", "inbox_prefix"} as `trainyard up`
+    # writes one per process kind, or a user and password; none of them: connect without credentials.
+    nats_creds: Path | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    # The embedded nats-server's monitoring endpoint (lists every client): off unless set; 127.0.0.1 only.
+    nats_monitor_port: int | None = Field(default=None, ge=1, le=65535)
     clickhouse_url: str | None = None  # http://user:pass@host:8123/db ; unset: chDB at <data_dir>/chdb
     data_dir: Path = Path(".trainyard")
     artifact_dir: Path | None = None  # default <data_dir>/artifacts

@@ -53,7 +53,8 @@ def postgres_server(engines_dir: Path) -> Iterator[str]:
         from infra.embedded import EmbeddedPostgres
 
         server = EmbeddedPostgres(engines_dir)
-        yield server.start()
+        server.start()
+        yield server.superuser_url  # tests create and drop databases
         server.stop()
 
 
@@ -84,7 +85,7 @@ def nats_url(engines_dir: Path) -> Iterator[str]:
         return
     from infra.embedded import EmbeddedNats
 
-    nats_server = EmbeddedNats(engines_dir / "nats", preferred_port=24222, preferred_monitor_port=28222)
+    nats_server = EmbeddedNats(engines_dir / "nats", preferred_port=24222, accounts=False)
     yield nats_server.start()
     nats_server.stop()
 
