@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import Depends, Request
 
 from api.problems import Problem
-from commands.credentials import TOKEN_PREFIX, AccessTokens, InvalidAccessToken, sha256
+from commands.credentials import TOKEN_PREFIX, AccessTokens, InvalidAccessToken, OidcTokens, sha256
 from domain.access import PUBLIC, Principal, authorize
 from domain.identity import NAME_PATTERN
 from projections.identity import IdentityCache
@@ -45,8 +45,8 @@ def _unauthorized(detail: str) -> Problem:
 
 
 class Authenticator:
-    def __init__(self, cache: IdentityCache, access_tokens: AccessTokens) -> None:
-        self.cache, self.access_tokens = cache, access_tokens
+    def __init__(self, cache: IdentityCache, access_tokens: AccessTokens, oidc: OidcTokens | None = None) -> None:
+        self.cache, self.access_tokens, self.oidc = cache, access_tokens, oidc
         self.logins = LoginLimiter()
 
     def authenticate(self, request: Request) -> tuple[Principal, str | None, str | None]:
@@ -68,6 +68,15 @@ class Authenticator:
             if principal is None or principal.disabled:
                 raise _unauthorized("the token's principal is disabled")
             return principal, None, token.id
+        if self.oidc is not None and self.oidc.is_theirs(credential):
+            try:
+                name = self.oidc.check(credential)
+            except InvalidAccessToken as e:
+                raise _unauthorized(f"invalid token of the OIDC issuer: {e}") from None
+            principal = self.cache.principal(name)
+            if principal is None or principal.disabled or principal.kind != "user":
+                raise _unauthorized(f"no enabled user {name!r} for this OIDC token")
+            return principal, None, None
         try:
             claims = self.access_tokens.check(credential)
         except InvalidAccessToken as e:

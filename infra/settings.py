@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     # <data_dir>/jwt-secret, mode 0600, shared by the processes of one data dir) and live this long.
     jwt_secret: str | None = Field(default=None, min_length=32)
     access_token_ttl_s: float = Field(default=900.0, ge=60, le=86400)
+    # An external OpenID Connect issuer (optional): its RS256/ES256 tokens are accepted for the Trainyard user named
+    # by `oidc_user_claim` (sub, email — its part before @ —, preferred_username), keys from `oidc_jwks_url`.
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_audience: str = "trainyard"
+    oidc_user_claim: str = "sub"
     # The HTTP edge of both servers (infra/http_edge.py, entrypoints/http_server.py). Host names the servers answer
     # to, comma-separated ("*" any, "*.example.com" its subdomains); unset: the loopback names plus api_host.
     allowed_hosts: str | None = None
