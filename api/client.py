@@ -13,6 +13,11 @@ inference API key:
 
     with TrainyardClient(api_key="ty_...") as ty:
         ty.predict("churn", [[0.1, 2.0, 3.5]])["predictions"]
+
+Every request carries `Authorization: Bearer <token>`: `token`, else TRAINYARD_TOKEN, else what `trainyard login`
+stored for the API URL, else the first owner's token in <data dir>/admin-token (the machine that ran `trainyard
+up`); and the project it acts in (`X-Trainyard-Project`): `project`, TRAINYARD_PROJECT or the stored one. The
+identity methods (login, me, users, service accounts, API tokens, projects and members) are here too.
 """
 from __future__ import annotations
 

@@ -231,3 +231,29 @@ def test_the_client_logs_in_and_out_of_a_session(credentials: Path, stack: Stack
         with pytest.raises(TrainyardError) as refused:
             session.me()
     assert refused.value.status == 401 and "log in again" in str(refused.value)
+
+
+def test_a_request_without_credentials_says_how_to_sign_in(credentials: Path, stack: Stack,
+                                                           monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TRAINYARD_API_URL", api(stack))
+    monkeypatch.setenv("TRAINYARD_DATA_DIR", str(tmp_path / "elsewhere"))  # not the machine that ran `up`
+    line = one_error_line(*trainyard("jobs"))
+    assert line.startswith("error: 401 Unauthorized: credentials required"), line
+    assert line.endswith("no credentials were sent: sign in with `trainyard login` (or set TRAINYARD_TOKEN)"), line
+
+
+def test_saving_credentials_keeps_other_apis_and_makes_the_file_private(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    from api.client import save_credentials, stored_credentials
+
+    path = tmp_path / "creds.json"
+    monkeypatch.setenv("TRAINYARD_CREDENTIALS", str(path))
+    path.write_text(json.dumps({"http://other:8000": {"token": "ty_other"}}))
+    path.chmod(0o644)  # left readable by something else
+    save_credentials("http://here:8000/", {"token": "ty_here", "principal": "alice"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stored_credentials("http://here:8000") == {"token": "ty_here", "principal": "alice"}
+    assert stored_credentials("http://other:8000") == {"token": "ty_other"}
+    save_credentials("http://here:8000", None)
+    assert json.loads(path.read_text()) == {"http://other:8000": {"token": "ty_other"}}
+    assert [p.name for p in tmp_path.iterdir()] == ["creds.json"]  # no temporary file left behind

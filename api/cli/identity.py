@@ -116,7 +116,7 @@ def login(name: Annotated[Optional[str], typer.Option("--name", "-n", help="your
         entry["project"] = previous["project"]
     path = save_credentials(url, entry)
     if previous.get("token_id") and previous.get("token") != token:
-        _revoke_quietly(url, previous)  # the token the last `login` here made is not left behind, valid
+        _revoke_quietly(url, previous, "replaced by a new login")  # not left behind, valid, in no one's hands
     stored = (f"a new API token, {_token_name()} ({LOGIN_TOKEN_DAYS} days)" if token_id
               else f"the token {token[:10]}…")
     line(f"logged in to {url} as {me['name']}" + (" (owner)" if me["owner"] else "") + f"; {stored} stored in {path}")
@@ -124,13 +124,13 @@ def login(name: Annotated[Optional[str], typer.Option("--name", "-n", help="your
         _warn("note: TRAINYARD_TOKEN is set, and commands send it instead of this login until it is unset")
 
 
-def _revoke_quietly(url: str, entry: dict[str, Any]) -> bool:
-    """Revoke the API token a `login` made (with itself); False when the API did not (already revoked, gone)."""
+def _revoke_quietly(url: str, entry: dict[str, Any], reason: str) -> str | None:
+    """Revoke the API token a `login` made (with itself); None when done, else why not."""
     try:
-        connect(url, token=str(entry["token"])).revoke_token(str(entry["token_id"]), reason="trainyard logout")
-        return True
-    except TrainyardError:
-        return False
+        connect(url, token=str(entry["token"])).revoke_token(str(entry["token_id"]), reason=reason)
+        return None
+    except TrainyardError as e:
+        return str(e)
 
 
 @cli.command()
@@ -144,11 +144,13 @@ def logout(api: ApiOpt = None) -> None:
         if entry:
             save_credentials(url, None)
         return
-    revoked = _revoke_quietly(url, entry) if entry.get("token_id") else False
+    failed = _revoke_quietly(url, entry, "trainyard logout") if entry.get("token_id") else None
     save_credentials(url, None)
-    what = ("its API token revoked" if revoked else "its API token was already revoked"
-            if entry.get("token_id") else "the token was only forgotten, not revoked")
+    what = ("the token was only forgotten, not revoked" if not entry.get("token_id")
+            else "its API token revoked" if failed is None else "its API token forgotten")
     line(f"logged out of {url} ({entry.get('principal', '?')}; {what})")
+    if failed is not None:
+        _warn(f"the API did not revoke it ({failed}); if it still works, `trainyard token revoke {entry['token_id']}`")
     if token_source(url):
         _warn(f"commands to {url} still send {token_source(url)}")
 
