@@ -13,6 +13,11 @@ inference API key:
 
     with TrainyardClient(api_key="ty_...") as ty:
         ty.predict("churn", [[0.1, 2.0, 3.5]])["predictions"]
+
+Every request carries `Authorization: Bearer <token>`: `token`, else TRAINYARD_TOKEN, else what `trainyard login`
+stored for the API URL, else the first owner's token in <data dir>/admin-token (the machine that ran `trainyard
+up`); and the project it acts in (`X-Trainyard-Project`): `project`, TRAINYARD_PROJECT or the stored one. The
+identity methods (login, me, users, service accounts, API tokens, projects and members) are here too.
 """
 from __future__ import annotations
 
@@ -114,6 +119,54 @@ def default_token(api_url: str, data_dir: Path | None = None) -> str | None:
         return path.read_text().strip() or None
     except OSError:
         return None
+
+
+def token_source(api_url: str, data_dir: Path | None = None) -> str | None:
+    """Where `default_token` finds the token it sends (in the same order): "TRAINYARD_TOKEN", the login stored in
+    credentials_file(), the admin-token file; None when there is none. For messages that say which credential
+    the API refused."""
+    if os.environ.get("TRAINYARD_TOKEN"):
+        return "TRAINYARD_TOKEN"
+    if stored_credentials(api_url).get("token"):
+        return f"the login stored in {credentials_file()}"
+    path = (data_dir or Path(os.environ.get("TRAINYARD_DATA_DIR", ".trainyard"))) / "admin-token"
+    try:
+        return f"the owner's token in {path}" if path.read_text().strip() else None
+    except OSError:
+        return None
+
+
+def save_credentials(api_url: str, entry: dict[str, Any] | None) -> Path:
+    """Store (None: remove) what `trainyard login` keeps for `api_url` in credentials_file(), beside the other
+    APIs' entries. The folder is made 0700 and the file is replaced whole at 0600 (it holds API tokens): written
+    to a new file created with that mode, then renamed over the old one, so no reader sees half of it and a file
+    once left readable by others is not reused. Returns the file."""
+    path = credentials_file()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    key = api_url.rstrip("/")
+    if entry is None:
+        data.pop(key, None)
+    else:
+        data[key] = entry
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.chmod(temp, 0o600)  # whatever the umask
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def default_project(api_url: str) -> str | None:
@@ -474,6 +527,94 @@ class TrainyardClient:
 
     def revoke_api_key(self, key_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/api/v1/api-keys/{_uuid(key_id, 'key_id', 'an API key id')}")
+
+    # ---- identity: login, who am I, users and service accounts, API tokens, projects and members ---------
+    def login(self, name: str, password: str) -> dict[str, Any]:
+        """The OAuth2 password grant: {"access_token" (a short-lived JWT), "refresh_token", "expires_in",
+        "token_type"}. A wrong name or password is a 401 (too many: 429)."""
+        return self._call("POST", "/api/v1/auth/token",
+                          data={"username": name, "password": password, "grant_type": "password"})
+
+    def logout(self) -> None:
+        """End the login session of the access token this client sends (an API token is revoked instead)."""
+        r = self._request("POST", "/api/v1/auth/logout")
+        if r.status_code >= 400:
+            body = self._body(r)
+            raise TrainyardError(r.status_code, body if isinstance(body, dict) else {"detail": body})
+
+    def me(self) -> dict[str, Any]:
+        """Who this client's credentials are: name, kind, owner, projects (name → role), project (the one this
+        request acted in), scopes (a token's; null for a login)."""
+        return self._call("GET", "/api/v1/me")
+
+    def create_user(self, name: str, password: str, owner: bool = False) -> dict[str, Any]:
+        """A new user (owners only); `owner`: the global owner role too."""
+        return self._call("POST", "/api/v1/users", json={"name": name, "password": password, "owner": owner})
+
+    def users(self) -> dict[str, Any]:
+        """{"items": [{name, kind, owner, disabled, projects, created_at}], "total"}: users and service accounts."""
+        return self._call("GET", "/api/v1/users")
+
+    def disable_user(self, name: str, reason: str | None = None) -> dict[str, Any]:
+        """Disable a user or service account: its tokens and sessions stop working; its history stays."""
+        return self._call("DELETE", f"/api/v1/users/{_seg(name)}",
+                          **({"json": {"reason": reason}} if reason is not None else {}))
+
+    def create_service_account(self, name: str, description: str = "") -> dict[str, Any]:
+        """A principal for scripts and CI (owners only); give it tokens with `create_token(..., principal=name)`."""
+        return self._call("POST", "/api/v1/service-accounts", json={"name": name, "description": description})
+
+    def create_token(self, name: str, scopes: list[str] | None = None, expires_in_days: float | None = 90,
+                     principal: str | None = None) -> dict[str, Any]:
+        """A new API token (`ty_…`) for yourself or (owners) a service account: the answer's "token" is the token,
+        given this once (only its hash is kept). `scopes`: action patterns (default ["*"]); `expires_in_days`:
+        None never expires."""
+        body: dict[str, Any] = {"name": name, "expires_in_days": expires_in_days}
+        if scopes is not None:
+            body["scopes"] = list(scopes)
+        if principal is not None:
+            body["principal"] = principal
+        return self._call("POST", "/api/v1/tokens", json=body)
+
+    def tokens(self) -> dict[str, Any]:
+        """{"items": [{id, principal, name, prefix, scopes, expires_at, revoked_at, ...}]}: your tokens (owners:
+        everyone's), never the tokens themselves."""
+        return self._call("GET", "/api/v1/tokens")
+
+    def revoke_token(self, token_id: str, reason: str | None = None) -> dict[str, Any]:
+        """Revoke an API token: every process refuses it within a second."""
+        return self._call("DELETE", f"/api/v1/tokens/{_uuid(token_id, 'token_id', 'a token id')}",
+                          **({"json": {"reason": reason}} if reason is not None else {}))
+
+    def create_project(self, name: str, description: str = "") -> dict[str, Any]:
+        """A new project (owners); its creator is its first admin."""
+        return self._call("POST", "/api/v1/projects", json={"name": name, "description": description})
+
+    def projects(self) -> dict[str, Any]:
+        """{"items": [{name, description, quotas, created_by, created_at, role}], "total"}: the projects you can
+        see (owners: all), with your role in each."""
+        return self._call("GET", "/api/v1/projects")
+
+    def get_project(self, name: str) -> dict[str, Any]:
+        """One project you can see (404 otherwise), with your role in it. (Not `project`: that attribute is the
+        project this client acts in.)"""
+        return self._call("GET", f"/api/v1/projects/{_seg(name)}")
+
+    def members(self, project: str) -> dict[str, Any]:
+        """{"items": [{principal, role, set_by, set_at}]}"""
+        return self._call("GET", f"/api/v1/projects/{_seg(project)}/members")
+
+    def set_member(self, project: str, who: str, role: str, reason: str | None = None) -> dict[str, Any]:
+        """Give a user or service account a role in the project (viewer, engineer, deployer, admin); the members."""
+        body: dict[str, Any] = {"role": role}
+        if reason is not None:
+            body["reason"] = reason
+        return self._call("PUT", f"/api/v1/projects/{_seg(project)}/members/{_seg(who)}", json=body)
+
+    def remove_member(self, project: str, who: str, reason: str | None = None) -> dict[str, Any]:
+        """Take the principal out of the project; the members."""
+        return self._call("DELETE", f"/api/v1/projects/{_seg(project)}/members/{_seg(who)}",
+                          **({"json": {"reason": reason}} if reason is not None else {}))
 
     # ---- inference -----------------------------------------------------------------------------------
     def predict(self, name: str, instances: list[Any], key: str | None = None, api_key: str | None = None,

@@ -76,7 +76,7 @@ def logout(request: Request, s: ServicesDep, ctx: CommandContextDep) -> Response
         raise Problem(400, "Invalid request", "logout ends a login session; revoke an API token with "
                                               "DELETE /api/v1/tokens/{id}", "Authorization")
     _caught_up(s, s.identity.logout(access.session_id, ctx))
-    return Response(status_code=204)
+    return Response(status_code=204)  # no body at all: a JSON `null` overruns the 204's empty length
 
 
 @router.get("/me", response_model=Me, responses=problems(401), dependencies=[allow(SELF)])
@@ -123,7 +123,7 @@ def disable_user(name: NamePath, s: ServicesDep, ctx: CommandContextDep, body: D
 def set_my_password(body: PasswordIn, request: Request, s: ServicesDep, ctx: CommandContextDep) -> Response:
     name = access_of(request).principal.name
     s.identity.set_password(name, body.password, ctx)
-    return Response(status_code=204)
+    return Response(status_code=204)  # no body at all: a JSON `null` overruns the 204's empty length
 
 
 # ---- API tokens ---------------------------------------------------------------------------------------

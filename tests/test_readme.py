@@ -48,7 +48,9 @@ def test_the_readme_runs_top_to_bottom(readme_stack: Stack, tmp_path: Path) -> N
     (tmp_path / ".curlrc").write_text("fail-with-body\nsilent\nshow-error\n")  # an HTTP error fails the command
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
     env.update(API=endpoints["api"], INFERENCE=endpoints["inference"], CURL_HOME=str(tmp_path),
-               TMPDIR=str(tmp_path), TRAINYARD_DATA_DIR=str(tmp_path / "no-data-dir"),
+               TMPDIR=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"),  # `trainyard login` writes there
+               # as on the machine that ran `./dev up`: the CLI finds the owner's token in the data dir
+               TRAINYARD_DATA_DIR=str(readme_stack.data_dir),
                # the CLI runs this checkout's code, even where .venv is shared with another checkout
                PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
     started = time.monotonic()

@@ -13,7 +13,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from api.cli.output import console
-from api.client import TrainyardClient, TrainyardError
+from api.client import TrainyardClient, TrainyardError, default_api_url, token_source
 
 
 class OneLineErrors(TyperGroup):
@@ -24,8 +24,31 @@ class OneLineErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except TrainyardError as e:
-            console.print(Text(f"error: {e}", style="red"), soft_wrap=True, highlight=False)
+            message = f"error: {e}"
+            if _refused_credentials(e):
+                message += f"; {_credentials_hint()}"
+            console.print(Text(message, style="red"), soft_wrap=True, highlight=False)
             raise typer.Exit(1) from None
+
+
+_last_api: list[str] = []  # the API the running command connected to (for the 401 hint)
+
+
+def _refused_credentials(e: TrainyardError) -> bool:
+    """A 401 of the REST API for the credentials sent (not a wrong password at login, not the inference server's
+    answer about an inference key)."""
+    instance = str(e.problem.get("instance") or "")
+    return e.status == 401 and instance.startswith("/api/") and not instance.startswith("/api/v1/auth/token")
+
+
+def _credentials_hint() -> str:
+    """Which credential the API refused, and how to sign in."""
+    source = token_source(_last_api[-1] if _last_api else default_api_url())
+    if source is None:
+        return "no credentials were sent: sign in with `trainyard login` (or set TRAINYARD_TOKEN)"
+    if source == "TRAINYARD_TOKEN":
+        return "the token sent came from TRAINYARD_TOKEN: set a valid one, or unset it and `trainyard login`"
+    return f"the token sent came from {source}: sign in again with `trainyard login`"
 
 
 cli = typer.Typer(cls=OneLineErrors, no_args_is_help=True, help="Trainyard: event-sourced ML training service.")
@@ -41,7 +64,9 @@ def group(help: str) -> typer.Typer:
 
 def connect(api: str | None = None, **options: Any) -> TrainyardClient:
     """The client every command talks through (tests replace `TrainyardClient` here to script the answers)."""
-    return TrainyardClient(api, **options)
+    client = TrainyardClient(api, **options)
+    _last_api[:] = [client.base_url]
+    return client
 
 
 def read_json(source: str, inline: bool = False) -> Any:
