@@ -113,7 +113,7 @@ class Stack:
 @contextlib.contextmanager
 def running_up(data_dir: Path, settings: dict[str, str], nats_url: str = "") -> Iterator[Stack]:
     """`trainyard up` in a subprocess with these TRAINYARD_* settings (and no others); SIGTERM must stop it with 0."""
-    port = free_port(18000)
+    port = free_port(0)  # an OS-chosen port: stacks of parallel test runs never share one
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
     env.update(settings, TRAINYARD_DATA_DIR=str(data_dir), TRAINYARD_API_PORT=str(port))
     log = open(data_dir / "up.log", "w")
