@@ -95,15 +95,15 @@ def test_an_ask_and_its_job_are_saved_together_or_not_at_all(database_url: str) 
         spec = dict(framework="lightgbm", task="binary_classification", dataset={"uri": "builtin://breast_cancer"},
                     objective={"metric": "auc", "direction": "maximize"},
                     search_space={"num_leaves": {"type": "int", "low": 4, "high": 64}}, n_trials=3, max_parallel=1)
-        blocked = driver.studies.create(CreateStudy(name="blocked", **spec)).study_id
-        app.submit_job(SubmitJob(name="squatter", framework="lightgbm", task="regression",
+        blocked = driver.studies.create(CreateStudy(project="default", name="blocked", **spec)).study_id
+        app.submit_job(SubmitJob(project="default", name="squatter", framework="lightgbm", task="regression",
                                  dataset={"uri": "builtin://diabetes"}), f"study:{blocked}:trial:0")
         with pytest.raises(RecordConflictError):
             driver.sync(blocked)
         assert driver.studies.get(blocked).next_number == 0  # no ask without its job
-        fine = driver.studies.create(CreateStudy(name="fine", **spec)).study_id
+        fine = driver.studies.create(CreateStudy(project="default", name="fine", **spec)).study_id
         study = driver.sync(fine)
-        job = app.get_job(trial_job_id(fine, 0))
+        job = app.get_job(trial_job_id(fine, 0, project="default"))
         assert study.next_number == 1 and job.study_id == fine and job.trial_number == 0
         assert job.params["num_leaves"] == study.trial(0).params["num_leaves"] and job.status == "queued"
     finally:
