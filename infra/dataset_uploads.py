@@ -1,7 +1,8 @@
 """Storing an uploaded dataset file under the first dataset root, content-addressed and checked, per project.
 
 Each project has its own upload folder (`upload_dir`): `<root>/uploads/` for the default project (where every
-upload made before projects already is), `<root>/uploads/<project>/` for any other (`domain.contract.scoped`).
+upload made before projects already is), `<root>/uploads/<project>/` for any other (`domain.contract.scoped`; a project's folder sits inside the default
+one's, whose listing skips folders).
 `store_upload(source, filename, name, root, max_bytes, project=…)` copies `source` (a binary file object, read in
 chunks, never whole) to a temporary file in the project's folder, hashing and counting as it goes, reads it back
 as a table (it must parse, have at least MIN_ROWS rows and 2 columns, and be within the table budget), then renames
@@ -56,8 +57,9 @@ UPLOADS = "uploads"
 
 
 def upload_dir(root: Path, project: str) -> Path:
-    """`project`'s upload folder under the dataset root `root` (resolved)."""
-    return Path(root).resolve() / scoped(project, UPLOADS)
+    """`project`'s upload folder under the dataset root `root` (resolved): a stored name `n` is at
+    `uploads/<scoped(project, n)>`, so the default project's uploads keep the paths they had before projects."""
+    return (Path(root).resolve() / UPLOADS / scoped(project, "_")).parent
 
 
 def upload_owner(path: Path, roots: Sequence[Path]) -> str | None:
