@@ -15,9 +15,9 @@ from api.problems import Problem
 from api.schemas.common import IdPrefix, Tag, problems
 from api.schemas.jobs import JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries
 from commands.training import JobNotFoundError, SubmitJob
-from infra.dataset_uploads import check_upload_owner
 from domain.frameworks import ParamsError, check_budget, resolve_params
 from domain.vocabulary import Framework, JobStatus
+from infra.dataset_uploads import check_upload_owner
 from infra.datasets import DatasetError, validate_dataset
 
 router = APIRouter(prefix="/api/v1/training/jobs", tags=["training jobs"])
@@ -84,8 +84,8 @@ def list_jobs(request: Request, s: ServicesDep,
               id_prefix: IdPrefix = None) -> JobList:
     """The project's jobs, newest first. `status` and `framework` match any of their values, `tag` needs all of
     them."""
-    rows, total = s.jobs.list(project=access_of(request).project, status=status, framework=framework, tag=tag, limit=limit, offset=offset,
-                              study_id=study_id, id_prefix=id_prefix)
+    rows, total = s.jobs.list(project=access_of(request).project, status=status, framework=framework, tag=tag,
+                              limit=limit, offset=offset, study_id=study_id, id_prefix=id_prefix)
     return JobList(items=[JobPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 

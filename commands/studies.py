@@ -136,8 +136,7 @@ class StudyCommands:
         pruned = study.pruner.get("type", "none") != "none"
         report_metric = step_metric_for(study.task, study.objective["metric"]) if pruned else None
         return SubmitJob(project=study.project, name=f"{study.name}#{number}"[:200], framework=study.framework,
-                         task=study.task,
-                         dataset=study.dataset, params={**study.fixed_params, **trial.params},
+                         task=study.task, dataset=study.dataset, params={**study.fixed_params, **trial.params},
                          priority=study.priority, tags=list(study.tags),
                          timeout_s=study.timeout_s or SubmitJob.timeout_s, study_id=study.id, trial_number=number,
                          report_metric=report_metric)

@@ -32,7 +32,7 @@ def test_a_trials_reports_move_its_study_without_waiting_for_the_events_trip(dat
     driver = StudyDriver(app, StudyQueries(pool), refresh_s=3600.0)  # no periodic refresh after the first
     handler = ReportHandler(app, leases, studies=driver)
     study_id = driver.studies.create(CreateStudy(
-        name="nudged", framework="lightgbm", task="binary_classification",
+        project="default", name="nudged", framework="lightgbm", task="binary_classification",
         dataset={"uri": "builtin://breast_cancer"}, objective={"metric": "auc", "direction": "maximize"},
         search_space={"num_leaves": {"type": "int", "low": 4, "high": 64}}, n_trials=2, max_parallel=1)).study_id
 
