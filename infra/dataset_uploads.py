@@ -1,8 +1,8 @@
 """Storing an uploaded dataset file under the first dataset root, content-addressed and checked, per project.
 
 Each project has its own upload folder (`upload_dir`): `<root>/uploads/` for the default project (where every
-upload made before projects already is), `<root>/uploads/<project>/` for any other (`domain.contract.scoped`; a project's folder sits inside the default
-one's, whose listing skips folders).
+upload made before projects already is), `<root>/uploads/<project>/` for any other (`domain.contract.scoped`; a
+project's folder sits inside the default one's, whose listing skips folders).
 `store_upload(source, filename, name, root, max_bytes, project=…)` copies `source` (a binary file object, read in
 chunks, never whole) to a temporary file in the project's folder, hashing and counting as it goes, reads it back
 as a table (it must parse, have at least MIN_ROWS rows and 2 columns, and be within the table budget), then renames
@@ -20,8 +20,8 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
@@ -65,7 +65,7 @@ def upload_dir(root: Path, project: str) -> Path:
 def upload_owner(path: Path, roots: Sequence[Path]) -> str | None:
     """The project whose upload folder holds `path` (resolved), None for a file outside every upload folder."""
     for root in roots:
-        uploads = Path(root).resolve() / UPLOADS
+        uploads = (Path(root) / UPLOADS).resolve()  # `path` is resolved: so is the folder it is compared with
         if path.is_relative_to(uploads):
             inner = path.relative_to(uploads).parts
             return inner[0] if len(inner) > 1 else DEFAULT_PROJECT
