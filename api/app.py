@@ -5,8 +5,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import ab, auth, context, datasets, deployments, docs, identity, jobs, models, ops, problems, studies
+from api import ab, auth, context, datasets, deployments, docs, edge, identity, jobs, models, ops, problems, studies
 from api.deps import Services
+from api.importances import ImportanceCache
 from api.limits import MULTIPART_SLACK_BYTES, BodyLimit
 from api.schemas.common import document_unparsable_bodies
 
@@ -18,6 +19,7 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
                   docs_url=None, redoc_url=None)  # /docs is served offline by api/docs.py
     app.state.services = services
     app.state.nats = nats_client
+    app.state.importances = ImportanceCache()
     problems.install(app)
     context.install(app)
     for router in (jobs.router, studies.router, studies.experiments, datasets.router, models.router,
@@ -30,6 +32,7 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     settings = services.settings
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
                        per_path={datasets.PATH: settings.max_upload_bytes + MULTIPART_SLACK_BYTES})
+    edge.install(app, settings)
 
     auth.document_access(ops.router)
     app.include_router(ops.router)

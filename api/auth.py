@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import Depends, Request
 
 from api.problems import Problem
-from commands.credentials import TOKEN_PREFIX, AccessTokens, InvalidAccessToken, sha256
+from commands.credentials import TOKEN_PREFIX, AccessTokens, InvalidAccessToken, OidcTokens, sha256
 from domain.access import PUBLIC, Principal, authorize
 from domain.identity import NAME_PATTERN
 from projections.identity import IdentityCache
@@ -45,8 +45,8 @@ def _unauthorized(detail: str) -> Problem:
 
 
 class Authenticator:
-    def __init__(self, cache: IdentityCache, access_tokens: AccessTokens) -> None:
-        self.cache, self.access_tokens = cache, access_tokens
+    def __init__(self, cache: IdentityCache, access_tokens: AccessTokens, oidc: OidcTokens | None = None) -> None:
+        self.cache, self.access_tokens, self.oidc = cache, access_tokens, oidc
         self.logins = LoginLimiter()
 
     def authenticate(self, request: Request) -> tuple[Principal, str | None, str | None]:
@@ -68,6 +68,15 @@ class Authenticator:
             if principal is None or principal.disabled:
                 raise _unauthorized("the token's principal is disabled")
             return principal, None, token.id
+        if self.oidc is not None and self.oidc.is_theirs(credential):
+            try:
+                name = self.oidc.check(credential)
+            except InvalidAccessToken as e:
+                raise _unauthorized(f"invalid token of the OIDC issuer: {e}") from None
+            principal = self.cache.principal(name)
+            if principal is None or principal.disabled or principal.kind != "user":
+                raise _unauthorized(f"no enabled user {name!r} for this OIDC token")
+            return principal, None, None
         try:
             claims = self.access_tokens.check(credential)
         except InvalidAccessToken as e:
@@ -116,16 +125,32 @@ def allow(action: str, project_param: str | None = None) -> Any:
     return Depends(_Allow(action, project_param))
 
 
-def action_of(route: Any) -> str | None:
-    """The action a route declared (None: none)."""
-    def walk(dependant: Any) -> str | None:
+def _declared(route: Any) -> _Allow | None:
+    def walk(dependant: Any) -> _Allow | None:
         for d in dependant.dependencies:
             if isinstance(d.call, _Allow):
-                return d.call.action
+                return d.call
             if found := walk(d):
                 return found
         return None
     return walk(route.dependant)
+
+
+def action_of(route: Any) -> str | None:
+    """The action a route declared (None: none)."""
+    declared = _declared(route)
+    return declared.action if declared is not None else None
+
+
+_PROJECT_DOC = (f"the project to act in (a name matching {NAME_PATTERN}); default: your only project, else "
+                f"'{DEFAULT_PROJECT}'. Another project's objects are 404 to you.")
+# Read by the allow(...) dependency, not declared per route: documented on every project route.
+PROJECT_PARAMETERS = [
+    {"name": PROJECT_HEADER, "in": "header", "required": False, "description": _PROJECT_DOC,
+     "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63}},
+    {"name": "project", "in": "query", "required": False, "description": f"instead of {PROJECT_HEADER}",
+     "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63}},
+]
 
 
 def access_of(request: Request) -> Access:
@@ -180,6 +205,10 @@ def document_access(router: Any) -> None:
         action = action_of(route)
         extra = dict(route.openapi_extra or {})
         extra["x-trainyard-action"] = action
+        allow_dep = _declared(route)
+        if action in PROJECT_ACTIONS and allow_dep is not None and allow_dep.project_param is None:
+            given = list(extra.get("parameters", []))
+            extra["parameters"] = given + [p for p in PROJECT_PARAMETERS if p not in given]
         if action not in (None, PUBLIC):
             extra["security"] = [{"bearer": []}]
             route.responses.setdefault(401, {**problems(401)[401], "description": "no or invalid credentials"})

@@ -6,10 +6,12 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import access_of, allow
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
+from api.importances import ImportanceCache
 from api.jobs import check_job_dataset
 from api.limits import SafeText, check_params
 from api.problems import Problem
@@ -109,14 +111,21 @@ def history(study_id: UUID, request: Request, s: ServicesDep) -> StudyHistory:
 
 
 @router.get("/{study_id}/importances", dependencies=[allow("study.read")], response_model=Importances, responses=problems(404, 422))
-def importances(study_id: UUID, request: Request, s: ServicesDep) -> Importances:
-    """Optuna's parameter importances over the completed trials (computed from the read model)."""
-    study = _study(s, study_id, request)
-    done = s.studies.completed_trials(study_id)
-    opt = StudyOptimizer(study_id, study["objective"]["direction"], study["search_space"], study["sampler"],
-                         {"type": "none"})
-    opt.restore([TrialRecord(number=i, params=p, state="completed", value=v) for i, (p, v) in enumerate(done)])
-    return Importances(study_id=study_id, completed_trials=len(done), importances=opt.importances())
+async def importances(study_id: UUID, s: ServicesDep, request: Request) -> Importances:
+    """Optuna's parameter importances over the completed trials (computed from the read model; once per number of
+    completed trials, a few at a time: 503 with Retry-After while the server is busy computing others)."""
+    study = await run_in_threadpool(_study, s, study_id, request)  # visible first: 404 across projects
+
+    def compute() -> Importances:
+        done = s.studies.completed_trials(study_id)
+        opt = StudyOptimizer(study_id, study["objective"]["direction"], study["search_space"], study["sampler"],
+                             {"type": "none"})
+        opt.restore([TrialRecord(number=i, params=p, state="completed", value=v) for i, (p, v) in enumerate(done)])
+        return Importances(study_id=study_id, completed_trials=len(done), importances=opt.importances())
+
+    cache: ImportanceCache = request.app.state.importances
+    # completed trials only grow (a trial's end is final): their count names the data importances are computed from
+    return await cache.get((study_id, study["counts"][TrialState.COMPLETED.value]), compute)
 
 
 @router.delete("/{study_id}", dependencies=[allow("study.cancel")], status_code=202, response_model=StudyPublic, responses=problems(404, 409, 422))

@@ -45,7 +45,7 @@ def body(i: int) -> dict[str, Any]:
 
 # ---- the load generator (a separate process) ------------------------------------------------------
 async def _load(base: str, rate: float, seconds: float, probe: str | None = None,
-                connections: int = 64) -> dict[str, Any]:
+                connections: int = 64, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Raw HTTP/1.1 over a pool of keep-alive connections (bench/serving.py's generator pieces: a few hundred µs
     of CPU per request, where httpx took about a millisecond on the same cores as the service)."""
     from bench.serving import Conn, read_response, request_bytes
@@ -55,7 +55,7 @@ async def _load(base: str, rate: float, seconds: float, probe: str | None = None
     if probe:
         requests = [f"GET {probe} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()] * n
     else:
-        requests = [request_bytes(port, PATH, body(i), {}) for i in range(n)]
+        requests = [request_bytes(port, PATH, body(i), headers or {}) for i in range(n)]
     lat: list[float] = []  # from the due time: what a caller arriving on schedule waits
     service: list[float] = []  # from the actual send: what the server alone took (hides queueing)
     errors: dict[str, int] = {}
@@ -109,14 +109,18 @@ async def _load(base: str, rate: float, seconds: float, probe: str | None = None
             "generator_cpu_ms": (time.process_time() - cpu0) / n * 1000}
 
 
-def _load_process(base: str, rate: float, seconds: float, probe: str | None, out: Any) -> None:
-    out.put(asyncio.run(_load(base, rate, seconds, probe)))
+def _load_process(base: str, rate: float, seconds: float, probe: str | None, headers: dict[str, str],
+                  out: Any) -> None:
+    out.put(asyncio.run(_load(base, rate, seconds, probe, headers=headers)))
+
+
+HEADERS: dict[str, str] = {}  # the owner's credentials, set once the service is up
 
 
 def load(base: str, rate: float, seconds: float, probe: str | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    proc = ctx.Process(target=_load_process, args=(base, rate, seconds, probe, q), daemon=True)
+    proc = ctx.Process(target=_load_process, args=(base, rate, seconds, probe, HEADERS, q), daemon=True)
     proc.start()
     result = q.get()
     proc.join()
@@ -322,6 +326,51 @@ def thread_cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tupl
     return out
 
 
+def sign_in(services: Any) -> None:
+    """The submits carry the first owner's API token, once the identity cache has it."""
+    from commands.credentials import sha256
+
+    token = (services.settings.data_dir / "admin-token").read_text().strip()
+    deadline = time.monotonic() + 60
+    while services.auth.cache.token(sha256(token)) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the owner's token never reached the identity cache")
+        time.sleep(0.1)
+        services.auth.cache.reload()
+    HEADERS["Authorization"] = f"Bearer {token}"
+
+
+def auth_cost(services: Any, n: int = 20_000) -> str:
+    """What authenticating and authorizing a request costs on its own (api/auth.py, in this process): the
+    dependency every route runs, for an API token and for an access token (JWT), p50 over `n` calls."""
+    from starlette.requests import Request
+
+    from api.auth import _Allow
+    from commands.identity import FIRST_OWNER
+
+    session = __import__("uuid").uuid4()
+    jwt_token, _ = services.auth.access_tokens.issue(FIRST_OWNER, session)
+    app = type("App", (), {"state": type("State", (), {"services": services})()})()
+    check = _Allow("job.submit")
+    out = []
+    for label, credential in (("api token", HEADERS["Authorization"]), ("access token (JWT)", f"Bearer {jwt_token}")):
+        scope = {"type": "http", "method": "POST", "path": PATH, "headers": [(b"authorization", credential.encode())],
+                 "query_string": b"", "app": app}
+        times = []
+        for _ in range(n):
+            request = Request(scope)
+            t = time.perf_counter()
+            coro = check(request)  # it never awaits: one send runs it to the end
+            try:
+                coro.send(None)
+            except StopIteration:
+                pass
+            times.append((time.perf_counter() - t) * 1e6)
+        times.sort()
+        out.append(f"{label} p50 {times[n // 2]:.1f} µs, p99 {times[int(n * 0.99)]:.1f} µs")
+    return "auth check (authenticate + authorize, per request): " + "; ".join(out)
+
+
 def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
     import uvicorn
 
@@ -338,12 +387,15 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
         if name != "none":
             experiment(name)
     breakdown = Breakdown() if args.breakdown else None
-    nats = EmbeddedNats(work, preferred_port=free_port(0), preferred_monitor_port=free_port(0))
+    nats = EmbeddedNats(work, preferred_port=free_port(0), accounts=False)
     nats_url = nats.start()
     services = build(Settings(database_url=db_url, nats_url=nats_url, clickhouse_url=None, data_dir=work / "data"))
     eager = EagerPublisher(services, nats_url)  # as serve: each submit's work item goes out at once
     jobs_read_model = process_specs(TrainingApplication)[:1]  # in its own process, as serve runs it
     name, app, proj, view = jobs_read_model[0]
+    identity_read_model = [s for s in process_specs(TrainingApplication) if s[0] == "projection:identity"]
+    identity = Projection(ProjectionProcess(identity_read_model, db_url,
+                                            {identity_read_model[0][0]: services.health.stage(identity_read_model[0][0])}))
     if args.projection == "process":
         projection = Projection(ProjectionProcess(jobs_read_model, db_url, {name: services.health.stage(name)}))
     else:  # --projection thread: in this process, as serve ran it before (for comparison)
@@ -356,8 +408,11 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
                                            log_level="warning", lifespan="off"))
     api = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     try:
+        identity.start()
         projection.start()
         api.start()
+        sign_in(services)
+        print(auth_cost(services))
         deadline = time.monotonic() + 30
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -399,6 +454,7 @@ def run(args: argparse.Namespace, work: Path, db_url: str) -> None:
         server.should_exit = True
         api.join(15)
         projection.stop()
+        identity.stop()
         if hasattr(projection.host, "close"):
             projection.host.close()
         eager.close()

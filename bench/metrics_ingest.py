@@ -46,7 +46,7 @@ def batches(job_id: str, points: int, size: int) -> list[bytes]:
 
 
 async def trainyard(points: int, size: int, work: Path) -> float:
-    server = EmbeddedNats(work / "nats")
+    server = EmbeddedNats(work / "nats", accounts=False)
     url = server.start()
     store = MetricStore(connect_clickhouse(None, work / "chdb"))
     store.ensure_schema()

@@ -197,7 +197,7 @@ async def bench(args: argparse.Namespace, work: Path, db_url: str) -> None:
     from infra.messaging import connect
     from infra.postgres import eventsourcing_env, pool as pg_pool
 
-    server = EmbeddedNats(work, preferred_port=free_port(0), preferred_monitor_port=free_port(0))
+    server = EmbeddedNats(work, preferred_port=free_port(0), accounts=False)
     nats_url = server.start()
     app = TrainingApplication(env=eventsourcing_env(db_url))
     pool = pg_pool(db_url)

@@ -81,7 +81,7 @@ def trainyard(args: argparse.Namespace, work: Path, runners: int, parallel: int)
     import httpx
 
     db_url = create_database(args.pg, "trainyard_bench")
-    nats = EmbeddedNats(work / f"nats-{runners}", preferred_port=free_port(0), preferred_monitor_port=free_port(0))
+    nats = EmbeddedNats(work / f"nats-{runners}", preferred_port=free_port(0), accounts=False)
     nats_url = nats.start()
     port = free_port(0)
     data_dir = work / f"data-{runners}"

@@ -135,3 +135,36 @@ class AccessTokens:
         if not isinstance(c.get("sub"), str) or not isinstance(c.get("sid"), str):
             raise InvalidAccessToken("malformed claims")
         return AccessClaims(c["sub"], c["sid"], str(c["jti"]), float(c["exp"]))
+
+
+class OidcTokens:
+    """Tokens of an external OpenID Connect issuer (RS256/ES256, keys from its JWKS URL, cached and refreshed by
+    PyJWT's PyJWKClient): `check` returns the name of the Trainyard user the token maps to (its `user_claim`:
+    `sub`, `email`, `preferred_username`, …), which must exist — an issuer vouches for identity, not membership."""
+
+    ALGORITHMS = ["RS256", "ES256"]
+
+    def __init__(self, issuer: str, jwks_url: str, audience: str, user_claim: str = "sub") -> None:
+        self.issuer, self.audience, self.user_claim = issuer, audience, user_claim
+        self.jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5)
+
+    def is_theirs(self, token: str) -> bool:
+        """Whether `token` claims to come from this issuer (unverified: only to pick the verifier)."""
+        try:
+            return jwt.decode(token, options={"verify_signature": False}).get("iss") == self.issuer
+        except jwt.PyJWTError:
+            return False
+
+    def check(self, token: str) -> str:
+        try:
+            key = self.jwks.get_signing_key_from_jwt(token)
+            claims = jwt.decode(token, key.key, algorithms=self.ALGORITHMS, audience=self.audience,
+                                issuer=self.issuer, options={"require": ["iss", "aud", "exp", "iat", "sub"]})
+        except (jwt.PyJWTError, jwt.PyJWKClientError) as e:
+            raise InvalidAccessToken(str(e)) from None
+        name = claims.get(self.user_claim)
+        if not isinstance(name, str) or not name:
+            raise InvalidAccessToken(f"the token has no {self.user_claim!r} claim")
+        if self.user_claim == "email":
+            name = name.split("@", 1)[0].lower()
+        return name

@@ -55,6 +55,9 @@ SPACE_TYPES = ("float", "int", "categorical")
 MAX_SPACE_PARAMS = 32
 MAX_CHOICES = 100
 MAX_GRID_POINTS = 10_000
+# Values a stepped float range may take: Optuna counts them with Decimal arithmetic of 28 digits, which fails
+# (InvalidOperation) on a quotient longer than that, and no sampler explores a billion steps.
+MAX_RANGE_VALUES = 1_000_000_000
 MAX_TRIALS = 10_000
 MAX_PARALLEL = 64
 MAX_SEED = 2**32 - 1
@@ -200,8 +203,7 @@ class _Dim:
             return len(self.choices)
         if self.step is None:
             return None
-        span = Decimal(str(self.high)) - Decimal(str(self.low))
-        return int(span // Decimal(str(self.step))) + 1
+        return _values(self.low, self.high, self.step)
 
 
 def check_study(framework: str, task: str, objective: dict[str, Any], search_space: dict[str, Any],
@@ -336,6 +338,17 @@ def _check_range(where: str, kind: str, param: Param, entry: dict[str, Any]) -> 
         raise StudySpecError(f"{where}.step", f"must be > 0, got {_num(step)}")
     if log:
         raise StudySpecError(f"{where}.step", "cannot be combined with a log scale; give one of them")
+    if _values(low, high, step) > MAX_RANGE_VALUES:
+        raise StudySpecError(f"{where}.step", f"a step of {_num(step)} from {_num(low)} to {_num(high)} gives over "
+                             f"{MAX_RANGE_VALUES:,} values; give a larger step")
+
+
+def _values(low: float, high: float, step: float) -> int:
+    """How many values low, low + step, … up to high are (MAX_RANGE_VALUES + 1 for any count above that)."""
+    span, d_step = Decimal(str(high)) - Decimal(str(low)), Decimal(str(step))
+    if span / d_step > MAX_RANGE_VALUES:  # a rounded division never fails; a floor division this long would
+        return MAX_RANGE_VALUES + 1
+    return int(span // d_step) + 1
 
 
 def _check_choices(where: str, param: Param, choices: Any) -> None:
@@ -359,6 +372,9 @@ def _check_grid(dims: list[_Dim]) -> None:
         if points is None:
             raise StudySpecError("sampler.type", f"the grid sampler needs a step for every float range; "
                                  f"{dim.name} has none (give it a step, or use another sampler)")
+        if points > MAX_GRID_POINTS:
+            raise StudySpecError(f"{dim.field}.step" if dim.type != "categorical" else f"{dim.field}.choices",
+                                 f"{dim.name} alone gives the grid over {MAX_GRID_POINTS:,} points; give a larger step")
         total *= points
         if total > MAX_GRID_POINTS:
             raise StudySpecError("sampler.type", f"the grid has over {MAX_GRID_POINTS:,} points; search fewer "

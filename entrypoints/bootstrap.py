@@ -99,7 +99,13 @@ def build_identity(settings: Settings, app: Any, pool: Any, applied: Any) -> tup
     queries = IdentityQueries(pool)
     cache = IdentityCache(queries)
     cache.start(applied)
-    return identity, queries, Authenticator(cache, signer)
+    oidc = None
+    if settings.oidc_issuer and settings.oidc_jwks_url:
+        from commands.credentials import OidcTokens
+
+        oidc = OidcTokens(settings.oidc_issuer, settings.oidc_jwks_url, settings.oidc_audience,
+                          settings.oidc_user_claim)
+    return identity, queries, Authenticator(cache, signer, oidc)
 
 
 @dataclass

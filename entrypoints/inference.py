@@ -14,14 +14,17 @@ import hashlib
 import logging
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from nats.js import JetStreamContext
 
 from domain.contract import TELEMETRY_PREDICTIONS
 from entrypoints.bootstrap import build_inference
+from entrypoints.http_server import server_config
 from infra.health import Stage, stopped_within
-from infra.messaging import connect, ensure_streams
+from infra.http_edge import EdgeGuard
+from infra.messaging import EVENTS_STREAM, TELEMETRY_STREAM, connect, credentials, ensure_streams, wait_for
 from infra.settings import Settings
 from serving.feed import RELOAD_S
 from serving.state import Telemetry
@@ -60,6 +63,12 @@ async def publish_telemetry(js: JetStreamContext, telemetry: Telemetry, stage: S
         stage.tick()
 
 
+def edge_app(app: Any, settings: Settings) -> EdgeGuard:
+    """The inference app behind the shared HTTP edge: trusted hosts, one credential per request, and no
+    form-encoded predict (infra/http_edge.py)."""
+    return EdgeGuard(app, settings.allowed_host_list)
+
+
 async def serve_inference(settings: Settings) -> None:
     _, nats_url = settings.require_urls()
     # A restarted server (same data dir and port) resumes its own durable consumer; other servers have theirs.
@@ -67,16 +76,21 @@ async def serve_inference(settings: Settings) -> None:
     parts = build_inference(settings, server_id)
     pool, state, telemetry, feed = parts.pool, parts.state, parts.telemetry, parts.feed
     await asyncio.to_thread(feed.reload)
-    nc, js = await connect(nats_url, server_id)
-    await ensure_streams(js, settings)
+    creds = credentials(settings)
+    nc, js = await connect(nats_url, server_id, creds)
+    if creds is None:  # an open bus: whoever starts first creates the streams
+        await ensure_streams(js, settings)
+    else:  # the inference server's NATS user may not administer streams: the service makes them
+        await wait_for(js, EVENTS_STREAM)
+        await wait_for(js, TELEMETRY_STREAM)
     stop = asyncio.Event()
     app = parts.app
     tasks = [asyncio.create_task(feed.follow(js, server_id, stop), name="feed"),
              asyncio.create_task(feed.reload_every(RELOAD_S, stop), name="reload"),
              asyncio.create_task(publish_telemetry(js, telemetry, parts.telemetry_stage, stop), name="telemetry"),
              asyncio.create_task(app.run_shadows(stop), name="shadows")]
-    config = uvicorn.Config(app, host=settings.api_host, port=settings.inference_port, log_level="warning",
-                            access_log=False, http="httptools", loop="none", lifespan="off")
+    config = server_config(edge_app(app, settings), settings, settings.inference_port, log_level="warning",
+                           access_log=False, loop="none")
     server = _Server(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

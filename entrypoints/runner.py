@@ -8,7 +8,8 @@ import os
 import signal
 
 from entrypoints.bootstrap import build_runner
-from infra.messaging import connect, ensure_streams
+from domain.vocabulary import PRIORITY_ORDER
+from infra.messaging import WORK_STREAM, connect, credentials, ensure_streams, wait_for, work_consumer
 from infra.settings import Settings
 
 log = logging.getLogger("trainyard.runner")
@@ -25,8 +26,12 @@ def _dump_tasks() -> None:
 
 async def run_runner(settings: Settings) -> None:
     _, nats_url = settings.require_urls()
-    nc, js = await connect(nats_url, f"trainyard-runner-{os.getpid()}")
-    await ensure_streams(js, settings)
+    creds = credentials(settings)
+    nc, js = await connect(nats_url, f"trainyard-runner-{os.getpid()}", creds)
+    if creds is None:  # an open bus: whoever starts first creates the streams
+        await ensure_streams(js, settings)
+    else:  # a runner's NATS user may not administer streams: the service makes them
+        await wait_for(js, WORK_STREAM, tuple(work_consumer(p) for p in PRIORITY_ORDER))
     runner = build_runner(settings, nc, js)
     stop = asyncio.Event()
     main = asyncio.create_task(runner.run(stop))

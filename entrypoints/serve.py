@@ -17,7 +17,8 @@ import uvicorn
 
 from api.app import create_app
 from entrypoints.bootstrap import build_serve, build_services
-from infra.messaging import connect, ensure_streams
+from entrypoints.http_server import server_config
+from infra.messaging import connect, credentials, ensure_streams
 from infra.settings import Settings
 
 log = logging.getLogger("trainyard.serve")
@@ -34,15 +35,14 @@ class _Server(uvicorn.Server):
 async def serve(settings: Settings) -> None:
     database_url, nats_url = settings.require_urls()
     services = await asyncio.to_thread(build_services, settings)
-    nc, js = await connect(nats_url, "trainyard-serve")
+    nc, js = await connect(nats_url, "trainyard-serve", credentials(settings))
     await ensure_streams(js, settings)
     stop = asyncio.Event()
     parts = build_serve(settings, services, js)
     tasks = [asyncio.create_task(run(stop), name=name) for name, run in parts.tasks.items()]
     reports = parts.reports
     await reports.start(nc)
-    config = uvicorn.Config(create_app(services, nc), host=settings.api_host, port=settings.api_port,
-                            log_level="warning", lifespan="off")
+    config = server_config(create_app(services, nc), settings, settings.api_port, log_level="warning")
     server = _Server(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,7 +8,9 @@ Contract of `run_up(settings)` (call it from the main thread; it installs SIGINT
    (`inference_cmd=[]` leaves it out). Each gets os.environ plus every
    Settings field as `TRAINYARD_<FIELD>` with the resolved values (URLs, absolute data_dir, the API port
    actually free), so `Settings()` in a child describes the same deployment. Unset fields are removed from the
-   child's environment. Each child leads its own process group (a terminal Ctrl-C reaches only the
+   child's environment. With the embedded NATS, each child logs in as its own NATS user
+   (`TRAINYARD_NATS_CREDS`: serve as `service`, runner i as `runner-<i>`, the inference server as `inference`;
+   infra/nats_accounts.py). Each child leads its own process group (a terminal Ctrl-C reaches only the
    supervisor) and receives SIGTERM if the supervisor dies.
 3. Writes `<data_dir>/endpoints.json`: {"api", "inference", "postgres", "nats",
    "clickhouse", "data_dir", "pids": {"serve", "runners": [...], "inference", "postgres", "nats"}}; rewritten
@@ -32,6 +34,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from infra import nats_accounts
 from infra.embedded import EmbeddedNats, EmbeddedPostgres, EngineStartError, child_preexec, free_port
 from infra.settings import Settings
 
@@ -106,9 +109,12 @@ def run_up(settings: Settings, *, serve_cmd: list[str] | None = None, runner_cmd
         data_dir = settings.data_dir.absolute()
         data_dir.mkdir(parents=True, exist_ok=True)
         urls = {"postgres": settings.database_url, "nats": settings.nats_url}
-        for name, engine_cls in (("postgres", EmbeddedPostgres), ("nats", EmbeddedNats)):
+        make = {"postgres": lambda: EmbeddedPostgres(data_dir),
+                "nats": lambda: EmbeddedNats(data_dir, runners=settings.runners,
+                                             monitor_port=settings.nats_monitor_port)}
+        for name in ("postgres", "nats"):
             if urls[name] is None and not stop_signal:
-                engines[name] = engine_cls(data_dir)
+                engines[name] = make[name]()
                 started = time.monotonic()
                 urls[name] = engines[name].start()
                 log.info("engine.started name=%s url=%s pid=%s seconds=%.2f", name, urls[name],
@@ -123,10 +129,21 @@ def run_up(settings: Settings, *, serve_cmd: list[str] | None = None, runner_cmd
         env = child_env(settings, database_url=urls["postgres"], nats_url=urls["nats"], data_dir=data_dir,
                         api_port=api_port, inference_port=inference_port, artifact_dir=settings.artifacts.absolute())
         budget = lambda: _Restarts(max_restarts, restart_window_s)  # noqa: E731
-        children = [_Child("serve", serve_cmd or SERVE_CMD, env, budget())]
-        children += [_Child(f"runner-{i}", runner_cmd or RUNNER_CMD, env, budget()) for i in range(settings.runners)]
+        nats = engines.get("nats")
+
+        def login(user: str) -> dict[str, str]:
+            """The environment of a child that logs in to the embedded NATS as `user` (its own credentials file)."""
+            if not isinstance(nats, EmbeddedNats):
+                return env
+            closed = {k: v for k, v in env.items() if k not in ("TRAINYARD_NATS_USER", "TRAINYARD_NATS_PASSWORD")}
+            return {**closed, "TRAINYARD_NATS_CREDS": str(nats.credentials(user))}
+
+        children = [_Child("serve", serve_cmd or SERVE_CMD, login(nats_accounts.SERVICE), budget())]
+        children += [_Child(f"runner-{i}", runner_cmd or RUNNER_CMD, login(nats_accounts.runner_user(i)), budget())
+                     for i in range(settings.runners)]
         if inference_cmd != []:
-            children.append(_Child("inference", inference_cmd or INFERENCE_CMD, env, budget()))
+            children.append(_Child("inference", inference_cmd or INFERENCE_CMD, login(nats_accounts.INFERENCE),
+                                   budget()))
         for child in children:
             child.spawn()
         endpoints = {"api": f"http://{settings.api_host}:{api_port}",

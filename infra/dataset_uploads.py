@@ -5,8 +5,9 @@ upload made before projects already is), `<root>/uploads/<project>/` for any oth
 project's folder sits inside the default one's, whose listing skips folders).
 `store_upload(source, filename, name, root, max_bytes, project=…)` copies `source` (a binary file object, read in
 chunks, never whole) to a temporary file in the project's folder, hashing and counting as it goes, reads it back
-as a table (it must parse, have at least MIN_ROWS rows and 2 columns, and be within the table budget), then renames
-it atomically to `<folder>/<sha256[:16]>-<sanitized name>`. On any failure the temporary file is
+as a table in bounded batches (it must parse, have at least MIN_ROWS rows and 2 columns, and be within the table
+budget, infra/dataset_files.py's `scan_table`), then renames it atomically to
+`<folder>/<sha256[:16]>-<sanitized name>`. On any failure the temporary file is
 removed. Errors: `UploadTooLarge` (over `max_bytes`), `DatasetError("file", reason)` for a file that is not a
 usable .csv/.parquet table. What it learned (sha256, size, rows, columns) is kept beside the file as
 `.<stored name>.json`, so `list_uploads(root, project=…)` finds a project's uploads again without reading or
@@ -27,7 +28,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from domain.contract import DEFAULT_PROJECT, scoped
-from infra.dataset_files import FILE_SUFFIXES, DatasetError, read_table
+from infra.dataset_files import FILE_SUFFIXES, DatasetError, scan_table
 from infra.datasets import MIN_ROWS
 
 CHUNK_BYTES = 1024 * 1024
@@ -101,15 +102,15 @@ def store_upload(source: BinaryIO, filename: str, name: str | None, root: Path, 
     tmp = Path(tmp_name)
     try:
         digest, size = _copy(source, fd, max_bytes)
-        try:
-            frame = read_table(tmp, _safe_name(name or filename, suffix), field="file")
+        try:  # checked in bounded batches, never held whole (infra/dataset_files.py)
+            shape = scan_table(tmp, _safe_name(name or filename, suffix), field="file")
         except DatasetError as e:
             raise DatasetError("file", e.reason) from None
-        if len(frame) < MIN_ROWS or frame.shape[1] < 2:
-            raise DatasetError("file", f"needs at least {MIN_ROWS} rows and 2 columns, found {len(frame)} rows "
-                               f"and {frame.shape[1]} columns")
+        if shape.rows < MIN_ROWS or len(shape.columns) < 2:
+            raise DatasetError("file", f"needs at least {MIN_ROWS} rows and 2 columns, found {shape.rows} rows "
+                               f"and {len(shape.columns)} columns")
         final = folder / f"{digest[:16]}-{_safe_name(name or filename, suffix)}"
-        stored = StoredDataset(final, digest, size, len(frame), [str(c) for c in frame.columns])
+        stored = StoredDataset(final, digest, size, shape.rows, [str(c) for c in shape.columns])
         _write_sidecar(stored)  # before the rename: a listed upload always has its figures
         os.replace(tmp, final)
     except BaseException:
@@ -162,10 +163,10 @@ def _describe(path: Path) -> StoredDataset | None:
             while chunk := f.read(CHUNK_BYTES):
                 size += len(chunk)
                 digest.update(chunk)
-        frame = read_table(path, path.name, field="file")
+        shape = scan_table(path, path.name, field="file")
     except (OSError, DatasetError):
         return None
-    stored = StoredDataset(path, digest.hexdigest(), size, len(frame), [str(c) for c in frame.columns])
+    stored = StoredDataset(path, digest.hexdigest(), size, shape.rows, [str(c) for c in shape.columns])
     try:
         _write_sidecar(stored)
     except OSError:

@@ -14,6 +14,9 @@ command handler answers, and the aggregate makes repeats harmless).
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import nats
 from nats.aio.client import Client
 from nats.errors import NoServersError
@@ -25,8 +28,10 @@ from domain.contract import (DLQ_PREFIX, SUBJECT_PREFIX, TELEMETRY_FEEDBACK, TEL
                              TELEMETRY_PREDICTIONS, WORK_PREFIX, dlq_subject, printable, work_filter)
 from domain.registry import event_subjects
 from domain.vocabulary import PRIORITY_ORDER
+from infra.nats_accounts import NatsCredentials
 from infra.settings import Settings
 
+log = logging.getLogger("trainyard.messaging")
 EVENTS_STREAM = "TRAINYARD_EVENTS"
 TELEMETRY_STREAM = "TRAINYARD_TELEMETRY"
 DLQ_STREAM = "TRAINYARD_DLQ"
@@ -43,11 +48,26 @@ def work_consumer(priority: str) -> str:
     return f"work-{priority}"
 
 
-async def connect(url: str, name: str) -> tuple[Client, JetStreamContext]:
-    """Connect with unlimited reconnects: a NATS restart must not end a long-running process."""
+def credentials(settings: Settings) -> NatsCredentials | None:
+    """The NATS login the settings name: the credentials file, else user + password, else none (an open bus)."""
+    if settings.nats_creds:
+        return NatsCredentials.read(settings.nats_creds)
+    if settings.nats_user:
+        return NatsCredentials(settings.nats_user, settings.nats_password or "")
+    return None
+
+
+async def connect(url: str, name: str, creds: NatsCredentials | None = None) -> tuple[Client, JetStreamContext]:
+    """Connect with unlimited reconnects: a NATS restart must not end a long-running process. With `creds`, log in
+    as that user and take replies on its inbox prefix (the only inbox its permissions may let it read)."""
+    login: dict = {}
+    if creds is not None:
+        login = {"user": creds.user, "password": creds.password}
+        if creds.inbox_prefix:
+            login["inbox_prefix"] = creds.inbox_prefix
     try:
         nc = await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                connect_timeout=5, allow_reconnect=True)
+                                connect_timeout=5, allow_reconnect=True, **login)
     except NoServersError as e:
         raise RuntimeError(f"cannot reach NATS at {url}: {e}") from e
     return nc, nc.jetstream(timeout=10)
@@ -88,6 +108,31 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
         await js.add_consumer(TELEMETRY_STREAM, ConsumerConfig(
             durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))
+
+
+async def wait_for(js: JetStreamContext, stream: str, consumers: tuple[str, ...] = (), interval_s: float = 0.5,
+                   log_every_s: float = 10.0) -> None:
+    """Until `stream` and its `consumers` exist. A process whose NATS user may not administer streams (runner,
+    inference server) waits here for the service to create them (`ensure_streams`)."""
+    waited = 0.0
+    while True:
+        try:
+            if consumers:
+                for consumer in consumers:
+                    await js.consumer_info(stream, consumer)
+            else:
+                await js.stream_info(stream)
+            return
+        except NotFoundError:
+            pass
+        except Exception as e:  # noqa: BLE001 - a timeout or a reconnect: ask again
+            if waited >= log_every_s:
+                log.warning("waiting for %s: %s", stream, printable(e, 200))
+        if waited >= log_every_s:
+            log.info("waiting for the service to create %s %s", stream, ", ".join(consumers))
+            waited = 0.0
+        await asyncio.sleep(interval_s)
+        waited += interval_s
 
 
 class WorkStream:

@@ -5,7 +5,8 @@ import logging
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlparse
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse, urlsplit
 
 from eventsourcing.persistence import InterfaceError, Notification, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
@@ -14,6 +15,20 @@ from psycopg.sql import SQL, Identifier
 from psycopg_pool import ConnectionPool
 
 log = logging.getLogger("trainyard.postgres")
+
+
+def _passfile_password(query: str, user: str) -> str:
+    """The password for `user` in the libpq password file a URL names (`?passfile=`: the embedded PostgreSQL's
+    URLs keep the password there), for eventsourcing, which takes a password and not a conninfo. Matches on the
+    user field only: such a file is written for one server."""
+    path = parse_qs(query).get("passfile")
+    if not path:
+        return ""
+    for line in Path(path[0]).read_text().splitlines():
+        fields = line.split(":", 4)
+        if len(fields) == 5 and not line.startswith("#") and fields[3] in ("*", user):
+            return fields[4]
+    return ""
 
 
 def eventsourcing_env(database_url: str) -> dict[str, str]:
@@ -32,7 +47,7 @@ def eventsourcing_env(database_url: str) -> dict[str, str]:
         "POSTGRES_HOST": u.hostname or "127.0.0.1",
         "POSTGRES_PORT": str(u.port or 5432),
         "POSTGRES_USER": unquote(u.username or "postgres"),
-        "POSTGRES_PASSWORD": unquote(u.password or ""),
+        "POSTGRES_PASSWORD": unquote(u.password or "") or _passfile_password(u.query, unquote(u.username or "")),
         "POSTGRES_POOL_SIZE": "5",
         # Aggregates are cached and fast-forwarded (one query for newer events) instead of replayed on every load:
         # a study with many trials, or a job's later reports, cost the same as the first.
@@ -143,7 +158,7 @@ def create_database(server_url: str, prefix: str) -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{server_url.rpartition('/')[0]}/{name}"
+    return urlsplit(server_url)._replace(path=f"/{name}").geturl()
 
 
 def drop_database(server_url: str, url: str) -> None:
@@ -151,7 +166,7 @@ def drop_database(server_url: str, url: str) -> None:
     import psycopg
 
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+        conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(url).path.lstrip("/")}" WITH (FORCE)')
 
 
 def listen(conninfo: str, channel: str, on_notify: Callable[[str], None], stop: threading.Event,

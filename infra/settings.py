@@ -15,6 +15,13 @@ class Settings(BaseSettings):
 
     database_url: str | None = None  # postgresql://user:pass@host:port/dbname
     nats_url: str | None = None  # nats://host:port
+    # NATS login (infra/nats_accounts.py): a credentials file {"user", "password", "inbox_prefix"} as `trainyard up`
+    # writes one per process kind, or a user and password; none of them: connect without credentials.
+    nats_creds: Path | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    # The embedded nats-server's monitoring endpoint (lists every client): off unless set; 127.0.0.1 only.
+    nats_monitor_port: int | None = Field(default=None, ge=1, le=65535)
     clickhouse_url: str | None = None  # http://user:pass@host:8123/db ; unset: chDB at <data_dir>/chdb
     data_dir: Path = Path(".trainyard")
     artifact_dir: Path | None = None  # default <data_dir>/artifacts
@@ -44,6 +51,19 @@ class Settings(BaseSettings):
     # <data_dir>/jwt-secret, mode 0600, shared by the processes of one data dir) and live this long.
     jwt_secret: str | None = Field(default=None, min_length=32)
     access_token_ttl_s: float = Field(default=900.0, ge=60, le=86400)
+    # An external OpenID Connect issuer (optional): its RS256/ES256 tokens are accepted for the Trainyard user named
+    # by `oidc_user_claim` (sub, email — its part before @ —, preferred_username), keys from `oidc_jwks_url`.
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_audience: str = "trainyard"
+    oidc_user_claim: str = "sub"
+    # The HTTP edge of both servers (infra/http_edge.py, entrypoints/http_server.py). Host names the servers answer
+    # to, comma-separated ("*" any, "*.example.com" its subdomains); unset: the loopback names plus api_host.
+    allowed_hosts: str | None = None
+    http_max_header_bytes: int = Field(default=64 * 1024, ge=4096)  # request line + headers of one request
+    http_header_timeout_s: float = Field(default=10.0, gt=0)  # from a request's first byte to its last header
+    http_body_timeout_s: float = Field(default=300.0, gt=0)  # from the last header to the body's last byte
+    http_max_connections: int = Field(default=1000, ge=1)  # open connections; past it a request gets a 503
 
     def require_urls(self) -> tuple[str, str]:
         """(database_url, nats_url) for processes that need servers running; `trainyard up` sets both."""
@@ -51,6 +71,22 @@ class Settings(BaseSettings):
             raise RuntimeError("TRAINYARD_DATABASE_URL and TRAINYARD_NATS_URL must be set "
                                "(`trainyard up` sets them, starting embedded engines where unset)")
         return self.database_url, self.nats_url
+
+    @property
+    def allowed_host_list(self) -> tuple[str, ...]:
+        """The Host names both servers accept (lower case; bracketed and bare forms of IPv6 literals)."""
+        if self.allowed_hosts is not None:
+            names = [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
+        else:
+            names = ["localhost", "127.0.0.1", "::1", "[::1]"]
+            if self.api_host not in ("0.0.0.0", "::", ""):  # binding every address names no host
+                names.append(self.api_host.lower())
+        out: list[str] = []
+        for name in names:
+            bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+            forms = [name] + ([bare, f"[{bare}]"] if ":" in bare else [])
+            out.extend(f for f in forms if f not in out)
+        return tuple(out)
 
     @property
     def chdb_path(self) -> Path:

@@ -24,6 +24,9 @@ from tests.support.stack import Stack, up_on_a_fresh_database
 if TYPE_CHECKING:
     from tests.support.fakes import Script, Step
 
+# TestClient sends `Host: testserver`; the apps the tests build in-process must answer to it (infra/http_edge.py).
+os.environ.setdefault("TRAINYARD_ALLOWED_HOSTS", "localhost,127.0.0.1,::1,testserver")
+
 
 def _listening(port: int) -> bool:
     with socket.socket() as s:
@@ -50,7 +53,8 @@ def postgres_server(engines_dir: Path) -> Iterator[str]:
         from infra.embedded import EmbeddedPostgres
 
         server = EmbeddedPostgres(engines_dir)
-        yield server.start()
+        server.start()
+        yield server.superuser_url  # tests create and drop databases
         server.stop()
 
 
@@ -81,7 +85,7 @@ def nats_url(engines_dir: Path) -> Iterator[str]:
         return
     from infra.embedded import EmbeddedNats
 
-    nats_server = EmbeddedNats(engines_dir / "nats", preferred_port=24222, preferred_monitor_port=28222)
+    nats_server = EmbeddedNats(engines_dir / "nats", preferred_port=24222, accounts=False)
     yield nats_server.start()
     nats_server.stop()
 

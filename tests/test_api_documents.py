@@ -9,8 +9,9 @@ new operation (a method on a path the old
 document lacked) whose error answers are problem+json and which, when it takes path parameters, answers 404;
 and a property added to a response body or to a message Trainyard publishes (a reader ignores what it does not
 know; request bodies stay exactly as they were). And access control (issue 17, a deliberate change every caller
-meets once): every operation may require the bearer scheme, declare its `x-trainyard-action` and answer 401/403
-problem+json; the `X-Trainyard-Actor` header is gone (the actor is the authenticated principal). Nothing else."""
+meets once): every operation may require the bearer scheme, declare its `x-trainyard-action`, take the optional
+project (`X-Trainyard-Project` header or `project` query) and answer 401/403 problem+json; the `X-Trainyard-Actor`
+header is gone (the actor is the authenticated principal). Nothing else."""
 from __future__ import annotations
 
 import json
@@ -210,6 +211,12 @@ def without_access_control(after: dict[str, Any], before: dict[str, Any]) -> tup
                 continue
             operation.pop("security", None)
             operation.pop("x-trainyard-action", None)
+            if "parameters" in operation:
+                operation["parameters"] = [p for p in operation["parameters"] if not (
+                    (p.get("in"), p.get("name")) in (("header", "X-Trainyard-Project"), ("query", "project"))
+                    and not p.get("required"))]
+                if not operation["parameters"]:
+                    operation.pop("parameters")
             for status in ACCESS_ANSWERS:
                 answer = operation.get("responses", {}).pop(status, None)
                 if answer is not None and "application/problem+json" not in answer.get("content", {}):

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -67,7 +68,7 @@ def test_postgres_free_port_and_data_survive_restart(engine_dir):
         pg = EmbeddedPostgres(engine_dir, preferred_port=taken)
         url = pg.start()
     try:
-        assert pg.port != taken and url.endswith(f":{pg.port}/trainyard")
+        assert pg.port != taken and f":{pg.port}/trainyard?" in url
         if _port_busy(5432):
             assert EmbeddedPostgres(engine_dir).preferred_port == 5432 and pg.port != 5432
         with psycopg.connect(url, autocommit=True) as conn:
@@ -95,7 +96,8 @@ def test_nats_jetstream_publish_ack(engine_dir):
             assert server.port != 4222
 
         async def publish() -> int:
-            nc = await nats.connect(url)
+            service = json.loads(server.credentials("service").read_text())
+            nc = await nats.connect(url, user=service["user"], password=service["password"])
             try:
                 js = nc.jetstream()
                 await js.add_stream(name="T", subjects=["t.>"])
@@ -215,3 +217,79 @@ def test_run_up_gives_up_on_crash_loop(engine_dir):
     assert run_up(settings, serve_cmd=crash, runner_cmd=crash, inference_cmd=crash, max_restarts=2) == 1
     assert time.monotonic() - started < 10
     assert _endpoints(engine_dir / "endpoints.json")["pids"]["postgres"] is None
+
+
+# ---- the embedded PostgreSQL is locked down ------------------------------------------------------------------------
+def _refused_without_password(port: int, user: str) -> bool:
+    try:
+        psycopg.connect(f"postgresql://{user}@127.0.0.1:{port}/postgres", connect_timeout=5).close()
+    except psycopg.OperationalError as e:
+        return "password" in str(e)
+    return False
+
+
+def test_postgres_asks_for_passwords_and_the_service_role_is_no_superuser(engine_dir):
+    pg = EmbeddedPostgres(engine_dir)
+    url = pg.start()
+    try:
+        assert "trainyard@" in url and "passfile=" in url
+        for role in ("postgres", "trainyard"):
+            assert stat.S_IMODE(pg.passfile(role).stat().st_mode) == 0o600
+            assert _refused_without_password(pg.port, role)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
+            conn.execute("CREATE TABLE t (v text)")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("COPY t FROM PROGRAM 'id'")
+        if os.geteuid() == 0:  # the server runs as a system user, without root's group
+            status = Path(f"/proc/{pg.pid}/status").read_text()
+            gids = next(line for line in status.splitlines() if line.startswith("Gid:")).split()[1:]
+            groups = next(line for line in status.splitlines() if line.startswith("Groups:")).split()[1:]
+            assert "0" not in gids and "0" not in groups, status
+            assert psutil.Process(pg.pid).uids().real != 0
+    finally:
+        pg.stop()
+
+
+def test_postgres_cluster_from_before_passwords_is_migrated(engine_dir):
+    class TrustCluster(EmbeddedPostgres):
+        """What an older Trainyard made: trust auth, the database and its tables owned by the superuser."""
+
+        def _initdb(self, _password: str) -> None:
+            self._pg("initdb", "-D", str(self.pgdata), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+                     "--no-locale", what="initdb")
+
+        def _require_passwords(self, _password: str) -> None:
+            pass
+
+        def _ensure_database(self) -> None:
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as c:
+                c.execute("CREATE DATABASE trainyard")
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/trainyard", autocommit=True) as c:
+                c.execute("CREATE TABLE kept (id serial, v int)")
+                c.execute("INSERT INTO kept (v) VALUES (42)")
+
+    old = TrustCluster(engine_dir)
+    old.start()
+    old.stop()
+    for f in engine_dir.glob("credentials/postgres-*"):  # an old data dir had none
+        f.unlink()
+
+    pg = EmbeddedPostgres(engine_dir)
+    url = pg.start()
+    try:
+        assert _refused_without_password(pg.port, "postgres") and _refused_without_password(pg.port, "trainyard")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO kept (v) VALUES (43)")
+            assert conn.execute("SELECT v FROM kept ORDER BY id").fetchall() == [(42,), (43,)]
+            assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
+        with psycopg.connect(pg.superuser_url) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+    finally:
+        pg.stop()
+    again = EmbeddedPostgres(engine_dir)  # and it starts again as it is now
+    try:
+        with psycopg.connect(again.start()) as conn:
+            assert conn.execute("SELECT count(*) FROM kept").fetchone() == (2,)
+    finally:
+        again.stop()

@@ -237,3 +237,13 @@ def test_every_non_public_route_refuses_a_request_without_credentials(api: Any) 
             if r.status_code != 401:
                 wrong.append(f"{method.upper()} {path}: {r.status_code}")
     assert not wrong, wrong
+
+
+def test_the_documented_permission_table_names_every_action() -> None:
+    from pathlib import Path
+
+    from domain.access import ACTIONS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
+    table = doc[doc.index("### Projects, roles and the permission table"):doc.index("### What is hashed where")]
+    assert not [a for a in ACTIONS if f"`{a}`" not in table]

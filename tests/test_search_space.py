@@ -121,6 +121,22 @@ INVALID = [  # (id, spec, field, words in the reason)
      "search_space.lambda_l1.step", "must be > 0"),
     ("float step text", spec(search_space={"lambda_l1": {"type": "float", "low": 0, "high": 1, "step": "0.1"}}),
      "search_space.lambda_l1.step", "must be a number"),
+    ("float step 1e-300", spec(search_space={"lambda_l1": {"type": "float", "low": 0, "high": 1, "step": 1e-300}}),
+     "search_space.lambda_l1.step", "over 1,000,000,000 values"),
+    ("float step 1e-300 on a grid", spec(sampler={"type": "grid"}, search_space={
+        "lambda_l1": {"type": "float", "low": 0, "high": 1, "step": 1e-300}}),
+     "search_space.lambda_l1.step", "over 1,000,000,000 values"),
+    ("float step the smallest float", spec(search_space={
+        "lambda_l1": {"type": "float", "low": 0, "high": 100, "step": 5e-324}}),
+     "search_space.lambda_l1.step", "give a larger step"),
+    ("float step NaN", spec(search_space={"lambda_l1": {"type": "float", "low": 0, "high": 1, "step": float("nan")}}),
+     "search_space.lambda_l1.step", "finite"),
+    ("float step infinite", spec(search_space={
+        "lambda_l1": {"type": "float", "low": 0, "high": 1, "step": float("inf")}}),
+     "search_space.lambda_l1.step", "finite"),
+    ("one grid dimension over the grid", spec(sampler={"type": "grid"}, search_space={
+        "lambda_l1": {"type": "float", "low": 0, "high": 1, "step": 1e-5}}),
+     "search_space.lambda_l1.step", "over 10,000 points"),
     ("empty choices", spec(search_space__boosting__choices=[]), "search_space.boosting.choices", "1 to 100"),
     ("choices not a list", spec(search_space__boosting__choices="gbdt"), "search_space.boosting.choices",
      "1 to 100"),

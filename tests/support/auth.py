@@ -44,3 +44,17 @@ def sign_in_owner(client: Any, services: Any) -> str:
         return client.get("/api/v1/me").status_code == 200
     eventually(known, timeout=30, interval=0.1, message="the owner's token never worked")
     return token
+
+
+@contextlib.contextmanager
+def signed_in_client(services: Any, **client_options: Any) -> Iterator[Any]:
+    """A TestClient on `create_app(services)` that sends the first owner's token, with the identity projection
+    running beside it (as serve's projection process would)."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    with identity_projection(services.settings.database_url), \
+            TestClient(create_app(services), **{"raise_server_exceptions": False, **client_options}) as client:
+        sign_in_owner(client, services)
+        yield client
