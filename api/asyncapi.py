@@ -38,6 +38,8 @@ class Submitted(_Payload):
     study_id: str | None = None
     trial_number: int | None = None
     report_metric: str | None = None
+    project: str = Field(default="default", description="the job's project (a study's trial: its study's); events "
+                                                        "stored before projects: 'default'")
 
 
 class Started(_Payload):
@@ -112,6 +114,8 @@ class StudyCreated(_Payload):
     timeout_s: int | None
     priority: Priority
     tags: list[str]
+    project: str = Field(default="default", description="the study's project (its trials' jobs belong to it too); "
+                                                        "events stored before projects: 'default'")
 
 
 class TrialAsked(_Payload):

@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 
-from api.auth import allow
+from api.auth import access_of, allow
 from api.deps import ServicesDep
 from api.limits import SafeText
 from api.problems import Problem
@@ -27,6 +27,7 @@ router = APIRouter(prefix=PATH, tags=["datasets"])
 
 @router.post("", dependencies=[allow("dataset.upload")], status_code=201, response_model=DatasetUploaded, responses=problems(400, 413, 422))
 def upload_dataset(
+    request: Request,
     s: ServicesDep,
     file: Annotated[UploadFile, File(description="a .csv (with a header) or .parquet table: at least 10 rows and "
                                                  "2 columns, at most 256 MiB (Settings.max_upload_bytes), "
@@ -35,11 +36,12 @@ def upload_dataset(
                                           description="name to store it under (default: the file's name); "
                                                       "reduced to letters, digits, '.', '_' and '-'")] = None,
 ) -> JSONResponse:
-    """Store the file under the first dataset root as `<sha256[:16]>-<name>` and return its `file://` URI,
-    to use as a job's `dataset.uri`. Uploading the same bytes under the same name again returns the same URI."""
+    """Store the file in the project's upload folder under the first dataset root as `<sha256[:16]>-<name>` and
+    return its `file://` URI, to use as a `dataset.uri` of this project's jobs and studies (another project's are
+    refused). Uploading the same bytes under the same name again returns the same URI."""
     try:
         stored = store_upload(file.file, file.filename or "", name, s.settings.dataset_root_paths[0],
-                              s.settings.max_upload_bytes)
+                              s.settings.max_upload_bytes, project=access_of(request).project)
     except UploadTooLarge as e:
         raise Problem(413, "Payload too large", str(e), "file") from None
     except DatasetError as e:
@@ -50,10 +52,11 @@ def upload_dataset(
 
 
 @router.get("", dependencies=[allow("dataset.read")], response_model=DatasetList)
-def list_datasets(s: ServicesDep) -> DatasetList:
-    """The uploaded files (under the first dataset root), newest first, with their sha256, rows and columns."""
+def list_datasets(request: Request, s: ServicesDep) -> DatasetList:
+    """The project's uploaded files (under the first dataset root), newest first, with their sha256, rows and
+    columns."""
     return DatasetList(items=[DatasetPublic(
         uri=d.uri, sha256=d.sha256, size_bytes=d.size_bytes, rows=d.rows, columns=len(d.column_names),
         column_names=d.column_names, name=d.path.name,
         uploaded_at=datetime.fromtimestamp(d.path.stat().st_mtime, timezone.utc))
-        for d in list_uploads(s.settings.dataset_root_paths[0])])
+        for d in list_uploads(s.settings.dataset_root_paths[0], project=access_of(request).project)])

@@ -7,7 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from api.auth import allow
+from api.auth import access_of, allow
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep, services
 from api.limits import SafeText, check_params
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
@@ -17,6 +17,7 @@ from api.schemas.jobs import JobAccepted, JobIn, JobList, JobPublic, MetricNames
 from commands.training import JobNotFoundError, SubmitJob
 from domain.frameworks import ParamsError, check_budget, resolve_params
 from domain.vocabulary import Framework, JobStatus
+from infra.dataset_uploads import check_upload_owner
 from infra.datasets import DatasetError, validate_dataset
 
 router = APIRouter(prefix="/api/v1/training/jobs", tags=["training jobs"])
@@ -29,22 +30,24 @@ def _catch_up(s: Services, position: int | None) -> None:
         s.applied.wait_for("jobs", s.app.name, position, READ_YOUR_WRITES_TIMEOUT_S)
 
 
-def check_job(body: JobIn, s: Services) -> None:
+def check_job(body: JobIn, s: Services, project: str) -> None:
     """What pydantic cannot say about a job: the params' shape and values, the dataset, the compute budget.
     Raises Problem(422) naming the field at fault."""
     try:
         check_params(body.params)
     except ParamsError as e:
         raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
-    check_job_dataset(body.framework, body.task, body.dataset.uri, body.dataset.target, body.params, s)
+    check_job_dataset(body.framework, body.task, body.dataset.uri, body.dataset.target, body.params, s,
+                      project=project)
 
 
 def check_job_dataset(framework: str, task: str, uri: str, target: str | None, params: dict, s: Services,
-                      params_field: str = "params") -> None:
-    """`params` resolve for the framework, the dataset is readable and fits the task, and the job is within the
-    compute budget on it. Raises Problem(422) naming the field at fault."""
+                      params_field: str = "params", *, project: str) -> None:
+    """`params` resolve for the framework, the dataset is readable, fits the task and is not another project's
+    upload, and the job is within the compute budget on it. Raises Problem(422) naming the field at fault."""
     try:
         resolved = resolve_params(framework, task, params)
+        check_upload_owner(uri, project, s.settings.dataset_root_paths)  # first: the check reads the file
         n_features = validate_dataset(uri, target, task, s.settings.dataset_root_paths)
         check_budget(framework, resolved, n_features)
     except (DatasetError, ParamsError) as e:
@@ -58,8 +61,9 @@ def submit_job(body: JobIn, request: Request, ctx: CommandContextDep) -> JSONRes
     """Submit a job (202; 200 when the Idempotency-Key was seen before). Every limit is in the body's schema."""
     s = services(request)  # the hot path: no dependency to resolve (see api/context.py)
     key = idempotency_key(request)
-    check_job(body, s)
-    cmd = SubmitJob(name=body.name, framework=body.framework, task=body.task,
+    project = access_of(request).project
+    check_job(body, s, project)
+    cmd = SubmitJob(project=project, name=body.name, framework=body.framework, task=body.task,
                     dataset=body.dataset.model_dump(exclude_none=True), params=body.params,
                     priority=body.priority, tags=body.tags, timeout_s=body.timeout_s)
     out = s.app.submit_job(cmd, key, ctx)
@@ -70,7 +74,7 @@ def submit_job(body: JobIn, request: Request, ctx: CommandContextDep) -> JSONRes
 
 
 @router.get("", dependencies=[allow("job.read")], response_model=JobList, responses=problems(422))
-def list_jobs(s: ServicesDep,
+def list_jobs(request: Request, s: ServicesDep,
               status: Annotated[list[JobStatus] | None, Query(max_length=5, description=ANY_OF)] = None,
               framework: Annotated[list[Framework] | None, Query(max_length=5, description=ANY_OF)] = None,
               tag: Annotated[list[Tag] | None, Query(max_length=20, description=ALL_OF)] = None,
@@ -78,46 +82,49 @@ def list_jobs(s: ServicesDep,
               offset: Annotated[int, Query(ge=0, le=1_000_000, description="0 to 1,000,000")] = 0,
               study_id: Annotated[UUID | None, Query(description="only this study's trials")] = None,
               id_prefix: IdPrefix = None) -> JobList:
-    """Jobs, newest first. `status` and `framework` match any of their values, `tag` needs all of them."""
-    rows, total = s.jobs.list(status=status, framework=framework, tag=tag, limit=limit, offset=offset,
-                              study_id=study_id, id_prefix=id_prefix)
+    """The project's jobs, newest first. `status` and `framework` match any of their values, `tag` needs all of
+    them."""
+    rows, total = s.jobs.list(project=access_of(request).project, status=status, framework=framework, tag=tag,
+                              limit=limit, offset=offset, study_id=study_id, id_prefix=id_prefix)
     return JobList(items=[JobPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-def _job(s: Services, job_id: UUID) -> dict:
-    row = s.jobs.get(job_id)
+def _job(s: Services, job_id: UUID, request: Request) -> dict:
+    """The job in the request's project; JobNotFoundError (404) for a missing one and another project's alike."""
+    row = s.jobs.get(job_id, project=access_of(request).project)
     if row is None:
         raise JobNotFoundError(str(job_id))
     return row
 
 
 @router.get("/{job_id}", dependencies=[allow("job.read")], response_model=JobPublic, responses=problems(404, 422))
-def get_job(job_id: UUID, s: ServicesDep) -> JobPublic:
-    return JobPublic.model_validate(_job(s, job_id))
+def get_job(job_id: UUID, request: Request, s: ServicesDep) -> JobPublic:
+    return JobPublic.model_validate(_job(s, job_id, request))
 
 
 @router.delete("/{job_id}", dependencies=[allow("job.cancel")], status_code=202, response_model=JobPublic, responses=problems(404, 409, 422))
-def cancel_job(job_id: UUID, s: ServicesDep, ctx: CommandContextDep) -> JobPublic:
+def cancel_job(job_id: UUID, request: Request, s: ServicesDep, ctx: CommandContextDep) -> JobPublic:
     """Cancel: a queued job ends at once; a running one is stopped by its runner within seconds."""
-    job, position = s.app.request_cancel(job_id, ctx)
+    job, position = s.app.request_cancel(job_id, project=access_of(request).project, ctx=ctx)
     if job.status == "running":
         s.leases.flag_cancel(job_id)  # the runner's next heartbeat hears it (the reconciler repairs a lost flag)
     _catch_up(s, position)
-    return JobPublic.model_validate(_job(s, job_id))
+    return JobPublic.model_validate(_job(s, job_id, request))
 
 
 @router.get("/{job_id}/metrics", dependencies=[allow("job.read")], response_model=MetricNames, responses=problems(404, 422))
-def metric_names(job_id: UUID, s: ServicesDep) -> MetricNames:
-    _job(s, job_id)
+def metric_names(job_id: UUID, request: Request, s: ServicesDep) -> MetricNames:
+    _job(s, job_id, request)  # visible first: another project's metrics are as missing as its job
     latest = {n: {"step": st, "value": v} for n, (st, v) in s.metrics.last_values(str(job_id)).items()}
     return MetricNames(job_id=job_id, names=s.metrics.names(str(job_id)), latest=latest)
 
 
 @router.get("/{job_id}/metrics/{name}", dependencies=[allow("job.read")], response_model=MetricSeries, responses=problems(404, 422))
-def metric_series(job_id: UUID, name: Annotated[SafeText, Path(min_length=1, max_length=256)], s: ServicesDep,
+def metric_series(job_id: UUID, name: Annotated[SafeText, Path(min_length=1, max_length=256)], request: Request,
+                  s: ServicesDep,
                   max_points: Annotated[int, Query(ge=4, le=100_000)] = 1000,
                   attempt: Annotated[int | None, Query(ge=1, le=1_000_000)] = None) -> MetricSeries:
-    _job(s, job_id)
+    _job(s, job_id, request)
     attempt = attempt or s.metrics.attempt_of(str(job_id), name)
     if attempt is None:
         raise Problem(404, "Not found", f"job {job_id} has no metric {name!r} (yet)", "name")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import allow
+from api.auth import access_of, allow
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.importances import ImportanceCache
@@ -29,8 +29,9 @@ router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 experiments = APIRouter(prefix="/api/v1/experiments", tags=["studies"])
 
 
-def _study(s: Services, study_id: UUID) -> dict:
-    row = s.studies.get(study_id)
+def _study(s: Services, study_id: UUID, request: Request) -> dict:
+    """The study in the request's project; StudyNotFoundError (404) for a missing one and another project's alike."""
+    row = s.studies.get(study_id, project=access_of(request).project)
     if row is None:
         raise StudyNotFoundError(str(study_id))
     return row
@@ -41,7 +42,7 @@ def _catch_up(s: Services, position: int | None) -> None:
         s.applied.wait_for("studies", s.app.name, position, READ_YOUR_WRITES_TIMEOUT_S)
 
 
-def check_study_in(body: StudyIn, s: Services) -> dict:
+def check_study_in(body: StudyIn, s: Services, project: str) -> dict:
     """The study's objective with its direction filled in, once every rule holds; Problem(422) naming the field."""
     direction = body.objective.direction or default_direction(body.objective.metric)
     objective = {"metric": body.objective.metric, "direction": direction}
@@ -53,7 +54,7 @@ def check_study_in(body: StudyIn, s: Services) -> dict:
     except (StudySpecError, ParamsError) as e:
         raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
     check_job_dataset(body.framework, body.task, body.dataset.uri, body.dataset.target, body.fixed_params, s,
-                      params_field="fixed_params")
+                      params_field="fixed_params", project=project)
     return objective
 
 
@@ -61,8 +62,9 @@ def check_study_in(body: StudyIn, s: Services) -> dict:
              responses={**problems(400, 409, 413, 422), **repeated(StudyAccepted)}, openapi_extra=IDEMPOTENT)
 def create_study(body: StudyIn, request: Request, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """Create a study (202; 200 when the Idempotency-Key was seen before). Its trials start at once."""
-    objective = check_study_in(body, s)
-    cmd = CreateStudy(name=body.name, framework=body.framework, task=body.task,
+    project = access_of(request).project
+    objective = check_study_in(body, s, project)
+    cmd = CreateStudy(project=project, name=body.name, framework=body.framework, task=body.task,
                       dataset=body.dataset.model_dump(exclude_none=True), objective=objective,
                       search_space=body.search_space, fixed_params=body.fixed_params, sampler=body.sampler,
                       pruner=body.pruner, n_trials=body.n_trials, max_parallel=body.max_parallel,
@@ -75,35 +77,35 @@ def create_study(body: StudyIn, request: Request, s: ServicesDep, ctx: CommandCo
 
 
 @router.get("", dependencies=[allow("study.read")], response_model=StudyList, responses=problems(422))
-def list_studies(s: ServicesDep,
+def list_studies(request: Request, s: ServicesDep,
                  status: Annotated[list[StudyStatus] | None, Query(max_length=5, description="any of")] = None,
                  tag: Annotated[list[Tag] | None, Query(max_length=20, description="all of")] = None,
                  limit: Annotated[int, Query(ge=1, le=500)] = 50,
                  offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
                  id_prefix: IdPrefix = None) -> StudyList:
-    rows, total = s.studies.list(status=status, tag=tag, limit=limit, offset=offset, id_prefix=id_prefix)
+    rows, total = s.studies.list(project=access_of(request).project, status=status, tag=tag, limit=limit, offset=offset, id_prefix=id_prefix)
     return StudyList(items=[StudyPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{study_id}", dependencies=[allow("study.read")], response_model=StudyPublic, responses=problems(404, 422))
-def get_study(study_id: UUID, s: ServicesDep) -> StudyPublic:
-    return StudyPublic.model_validate(_study(s, study_id))
+def get_study(study_id: UUID, request: Request, s: ServicesDep) -> StudyPublic:
+    return StudyPublic.model_validate(_study(s, study_id, request))
 
 
 @router.get("/{study_id}/trials", dependencies=[allow("study.read")], response_model=TrialList, responses=problems(404, 422))
-def list_trials(study_id: UUID, s: ServicesDep,
+def list_trials(study_id: UUID, request: Request, s: ServicesDep,
                 state: Annotated[list[TrialState] | None, Query(max_length=5, description="any of")] = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                 offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> TrialList:
-    _study(s, study_id)
+    _study(s, study_id, request)
     rows, total = s.studies.trials(study_id, state=state, limit=limit, offset=offset)
     return TrialList(items=[TrialPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{study_id}/history", dependencies=[allow("study.read")], response_model=StudyHistory, responses=problems(404, 422))
-def history(study_id: UUID, s: ServicesDep) -> StudyHistory:
+def history(study_id: UUID, request: Request, s: ServicesDep) -> StudyHistory:
     """Completed trials in order with the best value so far: the data of an optimisation-history plot."""
-    study = _study(s, study_id)
+    study = _study(s, study_id, request)
     return StudyHistory(study_id=study_id, direction=study["objective"]["direction"],
                         points=s.studies.history(study_id))  # type: ignore[arg-type]
 
@@ -112,7 +114,7 @@ def history(study_id: UUID, s: ServicesDep) -> StudyHistory:
 async def importances(study_id: UUID, s: ServicesDep, request: Request) -> Importances:
     """Optuna's parameter importances over the completed trials (computed from the read model; once per number of
     completed trials, a few at a time: 503 with Retry-After while the server is busy computing others)."""
-    study = await run_in_threadpool(_study, s, study_id)
+    study = await run_in_threadpool(_study, s, study_id, request)  # visible first: 404 across projects
 
     def compute() -> Importances:
         done = s.studies.completed_trials(study_id)
@@ -127,11 +129,11 @@ async def importances(study_id: UUID, s: ServicesDep, request: Request) -> Impor
 
 
 @router.delete("/{study_id}", dependencies=[allow("study.cancel")], status_code=202, response_model=StudyPublic, responses=problems(404, 409, 422))
-def cancel_study(study_id: UUID, s: ServicesDep, ctx: CommandContextDep) -> StudyPublic:
+def cancel_study(study_id: UUID, request: Request, s: ServicesDep, ctx: CommandContextDep) -> StudyPublic:
     """Cancel: no new trials start, running trials are cancelled; completed trials and the best are kept."""
-    _, position = s.study_commands.request_cancel(study_id, ctx)
+    _, position = s.study_commands.request_cancel(study_id, project=access_of(request).project, ctx=ctx)
     _catch_up(s, position)
-    return StudyPublic.model_validate(_study(s, study_id))
+    return StudyPublic.model_validate(_study(s, study_id, request))
 
 
 _UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -139,7 +141,7 @@ JOB_IDS = f"^{_UUID}(,{_UUID}){{0,9}}$"
 
 
 @experiments.get("/compare", dependencies=[allow("job.read")], response_model=Comparison, responses=problems(404, 422))
-def compare(s: ServicesDep,
+def compare(request: Request, s: ServicesDep,
             job_ids: Annotated[SafeText, Query(min_length=36, max_length=10 * 37,
                                                json_schema_extra={"pattern": JOB_IDS},
                                                description="1 to 10 comma-separated job ids")],
@@ -153,10 +155,10 @@ def compare(s: ServicesDep,
         raise Problem(422, "Invalid request", "job_ids: comma-separated UUIDs", "job_ids") from None
     if not 1 <= len(ids) <= 10:
         raise Problem(422, "Invalid request", "job_ids: 1 to 10 distinct job ids", "job_ids")
-    runs = []
+    runs, project = [], access_of(request).project
     for job_id in ids:
-        row = s.jobs.get(job_id)
-        if row is None:
+        row = s.jobs.get(job_id, project=project)
+        if row is None:  # another project's job is as missing as an unknown one
             raise Problem(404, "Not found", f"no training job {job_id}", "job_ids")
         attempt = s.metrics.attempt_of(str(job_id), metric)
         points = s.metrics.series(str(job_id), metric, max_points=max_points, attempt=attempt) if attempt else []

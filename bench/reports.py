@@ -146,7 +146,7 @@ def cpu_line(res: dict[str, Any], reports: int) -> str:
 def submit(app: Any, n: int) -> list[tuple[str, str]]:
     from commands.training import SubmitJob
 
-    return [(str(app.submit_job(SubmitJob(**BODY)).job_id), secrets.token_urlsafe(24)) for _ in range(n)]
+    return [(str(app.submit_job(SubmitJob(project="default", **BODY)).job_id), secrets.token_urlsafe(24)) for _ in range(n)]
 
 
 def window(lat: list[float], at: int, width: int) -> list[float]:

@@ -20,6 +20,7 @@ from eventsourcing.persistence import RecordConflictError
 from commands.context import CommandContext
 from commands.application import ANONYMOUS
 from commands.training import IdempotencyConflictError, SubmitJob, TrainingApplication, job_id_for
+from domain.contract import scoped
 from domain.search_space import step_metric_for
 from domain.study import Study
 from domain.training_job import TrainingJob
@@ -28,11 +29,13 @@ _IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/idempotency
 
 
 class StudyNotFoundError(LookupError):
-    """No study has this id; maps to HTTP 404."""
+    """No study has this id (in the caller's project: another project's study is just as missing); maps to HTTP
+    404."""
 
 
 @dataclass(frozen=True)
 class CreateStudy:
+    project: str = field(kw_only=True)  # the study's project; its trials' jobs belong to it too
     name: str
     framework: str
     task: str
@@ -62,9 +65,15 @@ def trial_key(study_id: UUID, number: int) -> str:
     return f"study:{study_id}:trial:{number}"
 
 
-def trial_job_id(study_id: UUID, number: int) -> UUID:
-    """The job id of trial `number`: known before the job is submitted."""
-    return job_id_for(trial_key(study_id, number))
+def trial_job_id(study_id: UUID, number: int, *, project: str) -> UUID:
+    """The job id of trial `number` of the study in `project`: known before the job is submitted."""
+    return job_id_for(trial_key(study_id, number), project)
+
+
+def check_project(study: Study, project: str) -> None:
+    """StudyNotFoundError, exactly as for a missing id, for a study of another project (no existence leak)."""
+    if study.project != project:
+        raise StudyNotFoundError(str(study.id))
 
 
 class StudyCommands:
@@ -73,7 +82,8 @@ class StudyCommands:
 
     def create(self, cmd: CreateStudy, idempotency_key: str | None = None,
                ctx: CommandContext = ANONYMOUS) -> StudyCreated:
-        study_id = uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else uuid4()
+        # Each project has its own keys (`scoped`: in the default project, the id it had before projects).
+        study_id = uuid5(_IDEMPOTENCY_NAMESPACE, scoped(cmd.project, idempotency_key)) if idempotency_key else uuid4()
         if idempotency_key:
             try:
                 return self._replayed(self.get(study_id), cmd)
@@ -112,20 +122,21 @@ class StudyCommands:
         try:
             return self.app.submit_job(self._trial_command(study, number), trial_key(study.id, number), ctx).job_id
         except IdempotencyConflictError:  # already submitted (an older driver's body): the same job stands
-            return trial_job_id(study.id, number)
+            return trial_job_id(study.id, number, project=study.project)
 
     @classmethod
     def trial_job(cls, study: Study, number: int) -> TrainingJob:
         """Trial `number`'s job, new and unsaved: the driver saves it with the ask (commands/study_driver.py)."""
-        return TrainingJob(id=trial_job_id(study.id, number), **cls._trial_command(study, number).fields())
+        return TrainingJob.create(id=trial_job_id(study.id, number, project=study.project),
+                                  **cls._trial_command(study, number).fields())
 
     @staticmethod
     def _trial_command(study: Study, number: int) -> SubmitJob:
         trial = study.trial(number)
         pruned = study.pruner.get("type", "none") != "none"
         report_metric = step_metric_for(study.task, study.objective["metric"]) if pruned else None
-        return SubmitJob(name=f"{study.name}#{number}"[:200], framework=study.framework, task=study.task,
-                         dataset=study.dataset, params={**study.fixed_params, **trial.params},
+        return SubmitJob(project=study.project, name=f"{study.name}#{number}"[:200], framework=study.framework,
+                         task=study.task, dataset=study.dataset, params={**study.fixed_params, **trial.params},
                          priority=study.priority, tags=list(study.tags),
                          timeout_s=study.timeout_s or SubmitJob.timeout_s, study_id=study.id, trial_number=number,
                          report_metric=report_metric)
@@ -133,5 +144,10 @@ class StudyCommands:
     def prune_trial(self, study_id: UUID, number: int, step: int, value: float | None, ctx: CommandContext) -> Study:
         return self._change(study_id, lambda s: s.prune_trial(number, step, value), ctx)[0]
 
-    def request_cancel(self, study_id: UUID, ctx: CommandContext = ANONYMOUS) -> tuple[Study, int | None]:
-        return self._change(study_id, lambda s: s.request_cancel(), ctx)
+    def request_cancel(self, study_id: UUID, *, project: str,
+                       ctx: CommandContext = ANONYMOUS) -> tuple[Study, int | None]:
+        """A study of another project is not found."""
+        def decide(study: Study) -> None:
+            check_project(study, project)
+            study.request_cancel()
+        return self._change(study_id, decide, ctx)

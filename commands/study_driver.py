@@ -141,7 +141,7 @@ class StudyDriver:
                 self._optimizers.pop(study_id, None)
                 opt = self._optimizer(draft.study)
                 continue
-            job_id = trial_job_id(study_id, number)
+            job_id = trial_job_id(study_id, number, project=draft.study.project)
             draft.edit().ask_trial(number, params, job_id)
             draft.jobs.append(self.studies.trial_job(draft.study, number))  # saved with the ask
             self._job_trials[job_id] = (study_id, number)
@@ -154,7 +154,7 @@ class StudyDriver:
     def _cancel_jobs(self, study: Study, ctx: CommandContext) -> None:
         for number in study.unfinished:
             try:
-                self.app.request_cancel(UUID(str(study.trial(number).job_id)), ctx)
+                self.app.request_cancel(UUID(str(study.trial(number).job_id)), project=study.project, ctx=ctx)
             except (JobError, JobNotFoundError):
                 pass  # finished meanwhile (its outcome is recorded on the next sync) or never submitted
 
@@ -208,8 +208,8 @@ class StudyDriver:
                 return False
             ctx = DRIVER.caused_by(f"prune:{job_id}:{step}")
             try:
-                self.studies.prune_trial(study_id, number, step, value, ctx)
-                self.app.request_cancel(job_id, ctx)
+                study = self.studies.prune_trial(study_id, number, step, value, ctx)
+                self.app.request_cancel(job_id, project=study.project, ctx=ctx)
             except (StudyError, JobError):
                 return False
             return True

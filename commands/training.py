@@ -17,13 +17,14 @@ from eventsourcing.persistence import RecordConflictError
 
 from commands.application import ANONYMOUS, Saved, TrainyardApplication, last_position
 from commands.context import CommandContext
+from domain.contract import scoped
 from domain.training_job import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, TrainingJob
 
 _IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/idempotency/training-job")
 
 
 class JobNotFoundError(LookupError):
-    """No job has this id; maps to HTTP 404."""
+    """No job has this id (in the caller's project: another project's job is just as missing); maps to HTTP 404."""
 
 
 class IdempotencyConflictError(Exception):
@@ -32,6 +33,7 @@ class IdempotencyConflictError(Exception):
 
 @dataclass(frozen=True)
 class SubmitJob:
+    project: str = field(kw_only=True)  # the project the job belongs to (the request's, or its study's)
     name: str
     framework: str
     task: str
@@ -62,8 +64,16 @@ class Submitted:
     position: int | None = None  # notification id of the Submitted event, for read-your-writes
 
 
-def job_id_for(idempotency_key: str | None) -> UUID:
-    return uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else uuid4()
+def job_id_for(idempotency_key: str | None, project: str) -> UUID:
+    """The id of the job submitted with `idempotency_key` in `project`: each project has its own keys (the same
+    key in two projects names two jobs; in the default project, the id it had before projects)."""
+    return uuid5(_IDEMPOTENCY_NAMESPACE, scoped(project, idempotency_key)) if idempotency_key else uuid4()
+
+
+def check_project(job: TrainingJob, project: str) -> None:
+    """JobNotFoundError, exactly as for a missing id, for a job of another project (no existence leak)."""
+    if job.project != project:
+        raise JobNotFoundError(str(job.id))
 
 
 class TrainingApplication(TrainyardApplication):
@@ -71,12 +81,12 @@ class TrainingApplication(TrainyardApplication):
     (`trainingapplication_events`) and the read models' tracking rows: keep it."""
 
     def submit_job(self, cmd: SubmitJob, idempotency_key: str | None = None, ctx: CommandContext = ANONYMOUS) -> Submitted:
-        job_id = job_id_for(idempotency_key)
+        job_id = job_id_for(idempotency_key, cmd.project)
         if idempotency_key:
             existing = self._existing(job_id)
             if existing is not None:
                 return self._replayed(existing, cmd)
-        job = TrainingJob(id=job_id, **cmd.fields())
+        job = TrainingJob.create(id=job_id, **cmd.fields())
         try:
             recordings = self.save_with(ctx, job)
         except RecordConflictError:  # the same key submitted concurrently: theirs won
@@ -91,10 +101,11 @@ class TrainingApplication(TrainyardApplication):
 
     @staticmethod
     def _replayed(job: TrainingJob, cmd: SubmitJob) -> Submitted:
-        if (job.name, job.framework, job.task, job.dataset, job.params, job.priority, job.tags, job.timeout_s,
-                job.study_id, job.trial_number) != (
-            cmd.name, cmd.framework, cmd.task, cmd.dataset, cmd.params, cmd.priority, cmd.tags, cmd.timeout_s,
-            cmd.study_id, cmd.trial_number
+        # The project too: a default-project key "alpha/k" is alpha's key "k" (`scoped`); a conflict, never a leak.
+        if (job.project, job.name, job.framework, job.task, job.dataset, job.params, job.priority, job.tags,
+                job.timeout_s, job.study_id, job.trial_number) != (
+            cmd.project, cmd.name, cmd.framework, cmd.task, cmd.dataset, cmd.params, cmd.priority, cmd.tags,
+            cmd.timeout_s, cmd.study_id, cmd.trial_number
         ):
             raise IdempotencyConflictError("this Idempotency-Key was used for a different job")
         return Submitted(job.id, job.status, job.created_on, created=False)
@@ -103,9 +114,13 @@ class TrainingApplication(TrainyardApplication):
         """For command paths and audit only: queries read the projections. `copy=False`: see `load`."""
         return self.load(job_id, JobNotFoundError, copy)
 
-    def request_cancel(self, job_id: UUID, ctx: CommandContext = ANONYMOUS) -> Saved:
-        """Returns the job and the notification id of what was recorded (None if nothing was)."""
-        return self._change_at(job_id, lambda job: job.request_cancel(), ctx)
+    def request_cancel(self, job_id: UUID, *, project: str, ctx: CommandContext = ANONYMOUS) -> Saved:
+        """Returns the job and the notification id of what was recorded (None if nothing was). A job of another
+        project is not found."""
+        def decide(job: TrainingJob) -> None:
+            check_project(job, project)
+            job.request_cancel()
+        return self._change_at(job_id, decide, ctx)
 
     # ---- leases and runner reports ---------------------------------------------------------------
     def claim(self, job_id: UUID, lease_id: str, runner_id: str, ctx: CommandContext) -> TrainingJob:

@@ -33,7 +33,9 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.contract import DEFAULT_PROJECT
 from domain.copies import copy_sharing_values
+from domain.identity import check_name
 from domain.vocabulary import STUDY_ENDED, TRIAL_UNFINISHED, Direction, StudyStatus, TrialState
 
 TRIAL_OUTCOMES: tuple[TrialState, ...] = tuple(s for s in TrialState if s not in TRIAL_UNFINISHED)
@@ -91,17 +93,42 @@ class Trial:
 
 
 class Study(Aggregate):
+    class Created(Aggregate.Created):
+        """v2 added the study's `project` (a study created before projects belongs to the default project)."""
+
+        class_version = 2
+        name: str
+        framework: str
+        task: str
+        dataset: dict[str, Any]
+        objective: dict[str, Any]
+        search_space: dict[str, Any]
+        fixed_params: dict[str, Any]
+        sampler: dict[str, Any]
+        pruner: dict[str, Any]
+        n_trials: int
+        max_parallel: int
+        timeout_s: int | None
+        priority: str
+        tags: list[str]
+        project: str = DEFAULT_PROJECT
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("project", DEFAULT_PROJECT)
+
     @classmethod
-    def create(cls, id: UUID, **fields: Any) -> Study:
-        """A new study: the objective needs a metric and a direction, at least one trial and one in parallel."""
+    def create(cls, id: UUID, *, project: str, **fields: Any) -> Study:
+        """A new study in `project`: the objective needs a metric and a direction, at least one trial and one in
+        parallel."""
         objective, n_trials, max_parallel = fields["objective"], fields["n_trials"], fields["max_parallel"]
         if objective.get("direction") not in tuple(Direction) or not objective.get("metric"):
             raise ValueError(f"objective needs a metric and a direction ({', '.join(Direction)}): {objective!r}")
         if n_trials < 1 or max_parallel < 1:
             raise ValueError(f"n_trials ({n_trials}) and max_parallel ({max_parallel}) must be at least 1")
-        return cls(id=id, **fields)
+        return cls(id=id, project=check_name(project, "project"), **fields)
 
-    @event("Created")
+    @event(Created)
     def __init__(
         self,
         id: UUID,
@@ -119,8 +146,10 @@ class Study(Aggregate):
         timeout_s: int | None,
         priority: str,
         tags: list[str],
+        project: str = DEFAULT_PROJECT,
     ) -> None:
         # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
+        self.project = project  # its trials' jobs belong to it too
         self.name = name
         self.framework = framework
         self.task = task

@@ -9,6 +9,8 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.contract import DEFAULT_PROJECT
+from domain.identity import check_name
 from domain.vocabulary import WorkKind
 from domain.work import (DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, FINISHED, CancelNotRequestedError, JobError,
                          JobFinishedError, LeasedWork, LeaseHeldError, StaleLeaseError)
@@ -23,9 +25,10 @@ class TrainingJob(LeasedWork):
 
     class Submitted(Aggregate.Created):
         """v2 added `timeout_s` and `max_attempts` (leases owned by the domain); v3 added a study trial's
-        `study_id`, `trial_number` and `report_metric`. Each upcaster gives an older stored form the defaults."""
+        `study_id`, `trial_number` and `report_metric`; v4 the job's `project`. Each upcaster gives an older stored
+        form the defaults (a job submitted before projects belongs to the default project)."""
 
-        class_version = 3
+        class_version = 4
         name: str
         framework: str
         task: str
@@ -38,6 +41,7 @@ class TrainingJob(LeasedWork):
         study_id: UUID | None = None
         trial_number: int | None = None
         report_metric: str | None = None
+        project: str = DEFAULT_PROJECT
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -49,6 +53,15 @@ class TrainingJob(LeasedWork):
             state.setdefault("study_id", None)
             state.setdefault("trial_number", None)
             state.setdefault("report_metric", None)
+
+        @staticmethod
+        def upcast_v3_v4(state: dict[str, Any]) -> None:
+            state.setdefault("project", DEFAULT_PROJECT)
+
+    @classmethod
+    def create(cls, id: UUID, *, project: str, **fields: Any) -> TrainingJob:
+        """A new job in `project` (a valid project name; the fields as `__init__` takes them)."""
+        return cls(id=id, project=check_name(project, "project"), **fields)
 
     @event(Submitted)
     def __init__(
@@ -66,7 +79,9 @@ class TrainingJob(LeasedWork):
         study_id: UUID | None = None,
         trial_number: int | None = None,
         report_metric: str | None = None,
+        project: str = DEFAULT_PROJECT,
     ) -> None:
+        self.project = project  # every read and command sees it only from within this project
         self.name = name
         self.framework = framework
         self.task = task

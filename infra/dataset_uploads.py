@@ -1,14 +1,18 @@
-"""Storing an uploaded dataset file under the first dataset root, content-addressed and checked.
+"""Storing an uploaded dataset file under the first dataset root, content-addressed and checked, per project.
 
-`store_upload(source, filename, name, root, max_bytes)` copies `source` (a binary file object, read in chunks,
-never whole) to a temporary file in `<root>/uploads/`, hashing and counting as it goes, reads it back as a
-table in bounded batches (it must parse, have at least MIN_ROWS rows and 2 columns, and be within the table
-budget, infra/dataset_files.py's `scan_table`), then renames
-it atomically to `<root>/uploads/<sha256[:16]>-<sanitized name>`. On any failure the temporary file is
+Each project has its own upload folder (`upload_dir`): `<root>/uploads/` for the default project (where every
+upload made before projects already is), `<root>/uploads/<project>/` for any other (`domain.contract.scoped`; a
+project's folder sits inside the default one's, whose listing skips folders).
+`store_upload(source, filename, name, root, max_bytes, project=…)` copies `source` (a binary file object, read in
+chunks, never whole) to a temporary file in the project's folder, hashing and counting as it goes, reads it back
+as a table in bounded batches (it must parse, have at least MIN_ROWS rows and 2 columns, and be within the table
+budget, infra/dataset_files.py's `scan_table`), then renames it atomically to
+`<folder>/<sha256[:16]>-<sanitized name>`. On any failure the temporary file is
 removed. Errors: `UploadTooLarge` (over `max_bytes`), `DatasetError("file", reason)` for a file that is not a
 usable .csv/.parquet table. What it learned (sha256, size, rows, columns) is kept beside the file as
-`.<stored name>.json`, so `list_uploads(root)` finds the uploads again without reading or hashing them; an upload
-stored before that sidecar existed is read once and gets one.
+`.<stored name>.json`, so `list_uploads(root, project=…)` finds a project's uploads again without reading or
+hashing them; an upload stored before that sidecar existed is read once and gets one. A job or study may use only
+its own project's uploads (`check_upload_owner`); files an operator put elsewhere under a dataset root are anyone's.
 """
 from __future__ import annotations
 
@@ -17,10 +21,13 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+from urllib.parse import unquote, urlparse
 
+from domain.contract import DEFAULT_PROJECT, scoped
 from infra.dataset_files import FILE_SUFFIXES, DatasetError, scan_table
 from infra.datasets import MIN_ROWS
 
@@ -47,12 +54,49 @@ class StoredDataset:
         return self.path.as_uri()
 
 
-def store_upload(source: BinaryIO, filename: str, name: str | None, root: Path, max_bytes: int) -> StoredDataset:
-    """Store `source` (uploaded as `filename`; `name` overrides the stored name) under `root`; see the module."""
+UPLOADS = "uploads"
+
+
+def upload_dir(root: Path, project: str) -> Path:
+    """`project`'s upload folder under the dataset root `root` (resolved): a stored name `n` is at
+    `uploads/<scoped(project, n)>`, so the default project's uploads keep the paths they had before projects."""
+    return (Path(root).resolve() / UPLOADS / scoped(project, "_")).parent
+
+
+def upload_owner(path: Path, roots: Sequence[Path]) -> str | None:
+    """The project whose upload folder holds `path` (resolved), None for a file outside every upload folder."""
+    for root in roots:
+        uploads = (Path(root) / UPLOADS).resolve()  # `path` is resolved: so is the folder it is compared with
+        if path.is_relative_to(uploads):
+            inner = path.relative_to(uploads).parts
+            return inner[0] if len(inner) > 1 else DEFAULT_PROJECT
+    return None
+
+
+def check_upload_owner(uri: str, project: str, roots: Sequence[Path]) -> None:
+    """DatasetError("dataset.uri") for a `file://` URI inside another project's upload folder, whether that file
+    exists or not (the answer depends on the path alone: nothing of the other project is read or revealed). Run
+    it before reading the file."""
+    if not isinstance(uri, str) or not uri.startswith("file://"):
+        return  # builtin datasets are everyone's; other schemes are refused by the dataset check
+    try:
+        path = Path(unquote(urlparse(uri).path)).resolve()
+    except (ValueError, OSError, RuntimeError):
+        return  # not a path the dataset check will accept either
+    owner = upload_owner(path, roots)
+    if owner is not None and owner != project:
+        raise DatasetError("dataset.uri", f"{path} is not one of this project's uploads; upload the file with "
+                           "POST /api/v1/datasets in this project and use the URI it returns")
+
+
+def store_upload(source: BinaryIO, filename: str, name: str | None, root: Path, max_bytes: int, *,
+                 project: str) -> StoredDataset:
+    """Store `source` (uploaded as `filename`; `name` overrides the stored name) in `project`'s folder under
+    `root`; see the module."""
     suffix = PurePosixPath(filename.replace("\\", "/")).suffix.lower()
     if suffix not in FILE_SUFFIXES:
         raise DatasetError("file", "the file name must end with .csv or .parquet")
-    folder = Path(root).resolve() / "uploads"
+    folder = upload_dir(root, project)
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=suffix)
     tmp = Path(tmp_name)
@@ -75,9 +119,10 @@ def store_upload(source: BinaryIO, filename: str, name: str | None, root: Path, 
     return stored
 
 
-def list_uploads(root: Path) -> list[StoredDataset]:
-    """The uploads stored under `root`, newest first (by the file's modification time)."""
-    folder = Path(root).resolve() / "uploads"
+def list_uploads(root: Path, *, project: str) -> list[StoredDataset]:
+    """`project`'s uploads stored under `root`, newest first (by the file's modification time). Only the files
+    of its own folder: the default project's folder holds the other projects' folders, never listed."""
+    folder = upload_dir(root, project)
     if not folder.is_dir():
         return []
     files = [p for p in folder.iterdir()

@@ -53,14 +53,17 @@ class JobQueries:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
 
-    def get(self, job_id: UUID) -> dict[str, Any] | None:
+    def get(self, job_id: UUID, *, project: str) -> dict[str, Any] | None:
+        """The job, if it belongs to `project` (another project's job is None, as a missing one is)."""
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
+            cur.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = %s AND project = %s", (job_id, project))
             row = cur.fetchone()
         return self._public(row) if row else None
 
     def list(
         self,
+        *,
+        project: str,
         status: str | Sequence[str] | None = None,
         framework: str | Sequence[str] | None = None,
         tag: str | Sequence[str] | None = None,
@@ -69,10 +72,10 @@ class JobQueries:
         study_id: UUID | None = None,
         id_prefix: str | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Jobs newest first, and how many match. `status` / `framework`: any of the values; `tag`: all of them;
+        """`project`'s jobs newest first, and how many match. `status` / `framework`: any of the values; `tag`: all of them;
         `study_id`: that study's trials; `id_prefix`: ids starting with those hex digits. A single string is one
         value; None or empty means no filter."""
-        where, params = ["TRUE"], {"limit": limit, "offset": offset}
+        where, params = ["project = %(project)s"], {"project": project, "limit": limit, "offset": offset}
         status, framework, tag = _values(status), _values(framework), _values(tag)
         if status:
             where.append("status = ANY(%(status)s)")

@@ -57,7 +57,9 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS timeout_s int NOT NULL DEFAULT 3600,
     ADD COLUMN IF NOT EXISTS lease_id text, ADD COLUMN IF NOT EXISTS created_by text,
     ADD COLUMN IF NOT EXISTS correlation_id text, ALTER COLUMN current_step TYPE bigint, ALTER COLUMN total_steps TYPE bigint,
     ADD COLUMN IF NOT EXISTS study_id uuid, ADD COLUMN IF NOT EXISTS trial_number int,
-    ADD COLUMN IF NOT EXISTS hand_backs int NOT NULL DEFAULT 0, ADD COLUMN IF NOT EXISTS requeue_reason text;
+    ADD COLUMN IF NOT EXISTS hand_backs int NOT NULL DEFAULT 0, ADD COLUMN IF NOT EXISTS requeue_reason text,
+    ADD COLUMN IF NOT EXISTS project text NOT NULL DEFAULT 'default';
+CREATE INDEX IF NOT EXISTS jobs_project_created ON jobs (project, created_at DESC);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_id, trial_number) WHERE study_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at DESC);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at DESC);
@@ -95,7 +97,7 @@ class JobsProjection(TrackedProjection[JobsView]):
     def _(self, e: TrainingJob.Submitted, tracking: Tracking) -> None:
         meta = getattr(e, "metadata", None) or {}
         row = {
-            "id": e.originator_id, "name": e.name, "framework": e.framework, "task": e.task,
+            "id": e.originator_id, "project": e.project, "name": e.name, "framework": e.framework, "task": e.task,
             "dataset": e.dataset, "params": e.params, "priority": e.priority, "tags": list(e.tags),
             "timeout_s": e.timeout_s, "max_attempts": e.max_attempts,
             "status": "queued", "created_by": meta.get("actor") or "anonymous",

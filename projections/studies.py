@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS studies (
     created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL, finished_at timestamptz,
     version int NOT NULL
 );
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS project text NOT NULL DEFAULT 'default';
 CREATE INDEX IF NOT EXISTS studies_created ON studies (created_at DESC);
+CREATE INDEX IF NOT EXISTS studies_project_created ON studies (project, created_at DESC);
 CREATE INDEX IF NOT EXISTS studies_status_created ON studies (status, created_at DESC);
 CREATE INDEX IF NOT EXISTS studies_tags ON studies USING gin (tags);
 CREATE TABLE IF NOT EXISTS trials (
@@ -104,7 +106,8 @@ class StudiesProjection(TrackedProjection[StudiesView]):
     def _(self, e: Study.Created, tracking: Tracking) -> None:
         meta = getattr(e, "metadata", None) or {}
         row = {
-            "id": e.originator_id, "name": e.name, "framework": e.framework, "task": e.task, "dataset": e.dataset,
+            "id": e.originator_id, "project": e.project, "name": e.name, "framework": e.framework, "task": e.task,
+            "dataset": e.dataset,
             "objective": e.objective, "search_space": e.search_space, "fixed_params": e.fixed_params,
             "sampler": e.sampler, "pruner": e.pruner, "n_trials": e.n_trials, "max_parallel": e.max_parallel,
             "timeout_s": e.timeout_s, "priority": e.priority, "tags": list(e.tags), "status": "running",
@@ -179,9 +182,12 @@ class StudyQueries:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
 
-    def get(self, study_id: UUID) -> dict[str, Any] | None:
+    def get(self, study_id: UUID, *, project: str) -> dict[str, Any] | None:
+        """The study, if it belongs to `project` (another project's study is None, as a missing one is). Its
+        trials, history and importances are read by study id once this has found it."""
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(f"SELECT {_STUDY} FROM studies s {_COUNTS} WHERE s.id = %s", (study_id,))
+            cur.execute(f"SELECT {_STUDY} FROM studies s {_COUNTS} WHERE s.id = %s AND s.project = %s",
+                        (study_id, project))
             row = cur.fetchone()
         return self._public(row) if row else None
 
@@ -192,11 +198,12 @@ class StudyQueries:
                                 ([StudyStatus.RUNNING.value, StudyStatus.CANCELLING.value],)).fetchall()
         return [r[0] for r in rows]
 
-    def list(self, status: str | Sequence[str] | None = None, tag: str | Sequence[str] | None = None,
-             limit: int = 50, offset: int = 0, id_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]:
-        """Studies newest first, and how many match. `status`: any of the values; `tag`: all of them; `id_prefix`:
+    def list(self, *, project: str, status: str | Sequence[str] | None = None,
+             tag: str | Sequence[str] | None = None, limit: int = 50, offset: int = 0,
+             id_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """`project`'s studies newest first, and how many match. `status`: any of the values; `tag`: all of them; `id_prefix`:
         ids starting with those hex digits."""
-        where, params = ["TRUE"], {"limit": limit, "offset": offset}
+        where, params = ["s.project = %(project)s"], {"project": project, "limit": limit, "offset": offset}
         status, tag = _values(status), _values(tag)
         if status:
             where.append("s.status = ANY(%(status)s)")

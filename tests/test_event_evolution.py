@@ -68,7 +68,7 @@ def test_an_export_stored_with_a_format_and_tolerance_todays_rules_refuse_still_
 
 
 def test_a_study_stored_with_an_objective_todays_rules_refuse_still_loads() -> None:
-    study = Study.create(id=uuid4(), name="s", framework="lightgbm", task="regression",
+    study = Study.create(id=uuid4(), project="default", name="s", framework="lightgbm", task="regression",
                          dataset={"uri": "builtin://diabetes"}, objective={"metric": "r2", "direction": "maximize"},
                          search_space={}, fixed_params={}, sampler={"type": "tpe", "seed": 1}, pruner={},
                          n_trials=3, max_parallel=1, timeout_s=None, priority="medium", tags=[])
@@ -108,6 +108,32 @@ def test_a_v2_submitted_job_keeps_its_limits_and_loads_as_no_study_trial() -> No
     job = store_and_load(_job(), as_v2)
     assert (job.timeout_s, job.max_attempts, job.study_id, job.trial_number, job.report_metric) == (
         60, 5, None, None, None)
+
+
+def test_a_job_submitted_before_projects_belongs_to_the_default_project() -> None:
+    def as_v3(topic: str, state: dict[str, Any]) -> None:
+        if topic.endswith("TrainingJob.Submitted"):
+            state["class_version"] = 3
+            del state["project"]
+    def alpha() -> TrainingJob:
+        return TrainingJob.create(uuid4(), project="alpha", name="j", framework="lightgbm", task="regression",
+                                  dataset={"uri": "builtin://x"}, params={}, priority="high", tags=[])
+    assert store_and_load(alpha()).project == "alpha"
+    job, (submitted,) = store_and_load(alpha(), as_v3), store_and_read(alpha(), as_v3)
+    assert job.project == submitted.project == "default"  # what the jobs read model reads
+    assert store_and_load(_job(), as_v1("TrainingJob.Submitted", "project", "study_id")).project == "default"
+
+
+def test_a_study_created_before_projects_belongs_to_the_default_project() -> None:
+    def study() -> Study:
+        return Study.create(id=uuid4(), project="beta", name="s", framework="lightgbm", task="regression",
+                            dataset={"uri": "builtin://diabetes"}, objective={"metric": "r2", "direction": "maximize"},
+                            search_space={}, fixed_params={}, sampler={"type": "tpe", "seed": 1}, pruner={},
+                            n_trials=3, max_parallel=1, timeout_s=None, priority="medium", tags=[])
+    assert store_and_load(study()).project == "beta"
+    v1 = as_v1("Study.Created", "project")
+    loaded, (created,) = store_and_load(study(), v1), store_and_read(study(), v1)
+    assert loaded.project == created.project == "default" and loaded.name == "s"
 
 
 def test_a_stored_event_that_has_every_field_but_no_class_version_keeps_its_values() -> None:

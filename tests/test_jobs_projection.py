@@ -21,7 +21,7 @@ from tests.support.strategies import job_commands
 
 pytestmark = pytest.mark.integration
 
-SUBMIT = SubmitJob(name="p", framework="lightgbm", task="regression", dataset={"uri": "builtin://diabetes"})
+SUBMIT = SubmitJob(project="default", name="p", framework="lightgbm", task="regression", dataset={"uri": "builtin://diabetes"})
 
 
 def make_view(database_url: str) -> JobsView:
@@ -55,7 +55,7 @@ def run_commands(app: TrainingApplication, cmds: list[tuple], actor: int = 0) ->
             elif name == "fail":
                 app.fail(job_id, args[0], "boom", ctx)
             elif name == "cancel":
-                app.request_cancel(job_id, ctx)
+                app.request_cancel(job_id, project="default", ctx=ctx)
             elif name == "confirm_cancelled":
                 app.confirm_cancelled(job_id, args[0], ctx)
             elif name == "hand_back":
@@ -172,7 +172,7 @@ def test_the_metadata_of_the_submit_lands_in_the_read_model(store) -> None:
 
 def test_an_event_the_read_model_cannot_hold_is_set_aside_and_the_next_one_flows(store) -> None:
     app, url = store
-    poison = app.submit_job(SubmitJob(name="p", framework="lightgbm", task="regression",
+    poison = app.submit_job(SubmitJob(project="default", name="p", framework="lightgbm", task="regression",
                                       dataset={"uri": "builtin://diabetes"}, tags=["x" * 1_000_000])).job_id
     fine = app.submit_job(SUBMIT).job_id
     projection = JobsProjection(view=make_view(url))

@@ -33,7 +33,7 @@ def store(database_url: str) -> Iterator[tuple[TrainingApplication, ConnectionPo
 def make_jobs(app: TrainingApplication, n: int) -> list[str]:
     ids = []
     for i in range(n):
-        job_id = app.submit_job(SubmitJob(name=f"r{i}", framework="lightgbm", task="regression",
+        job_id = app.submit_job(SubmitJob(project="default", name=f"r{i}", framework="lightgbm", task="regression",
                                           dataset={"uri": "builtin://diabetes"})).job_id
         app.claim(job_id, "lease-1", "h:1", SYSTEM)
         app.complete(job_id, "lease-1", {"rmse": 1.0}, {"uri": "file:///m"}, SYSTEM)
@@ -94,9 +94,9 @@ def test_a_relay_crash_after_publishing_but_before_saving_its_position_publishes
 def test_queueing_events_become_work_items_and_an_unpublishable_event_is_set_aside(store, nats_url: str) -> None:
     app, pool = store
     diabetes = {"uri": "builtin://diabetes"}
-    huge = app.submit_job(SubmitJob(name="huge", framework="lightgbm", task="regression", dataset=diabetes,
+    huge = app.submit_job(SubmitJob(project="default", name="huge", framework="lightgbm", task="regression", dataset=diabetes,
                                     params={"x": "y" * 1_200_000})).job_id  # over NATS's 1 MB max payload
-    job_id = app.submit_job(SubmitJob(name="fine", framework="lightgbm", task="regression", dataset=diabetes,
+    job_id = app.submit_job(SubmitJob(project="default", name="fine", framework="lightgbm", task="regression", dataset=diabetes,
                                       priority="high")).job_id
     app.claim(job_id, "lease-1", "h:1", SYSTEM)
     app.hand_back(job_id, "lease-1", "runner stopping", SYSTEM)  # Requeued: work again
@@ -137,13 +137,13 @@ def test_a_save_is_one_round_trip_through_the_event_stores_insert_function(store
 
     app, _ = store
     recorder = app.recorder
-    first = app.submit_job(SubmitJob(name="a", framework="lightgbm", task="regression",
+    first = app.submit_job(SubmitJob(project="default", name="a", framework="lightgbm", task="regression",
                                      dataset={"uri": "builtin://diabetes"}))
     assert first.position is not None
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"DROP FUNCTION {recorder._one_trip_name}")
     with pytest.raises(Exception, match=recorder._one_trip_name):
-        app.submit_job(SubmitJob(name="b", framework="lightgbm", task="regression",
+        app.submit_job(SubmitJob(project="default", name="b", framework="lightgbm", task="regression",
                                  dataset={"uri": "builtin://diabetes"}))
 
 
@@ -180,7 +180,7 @@ def test_an_aggregates_origin_is_its_first_events_metadata_remembered_or_read(st
 
     app, _ = store
     ctx = CommandContext(actor="alice", correlation_id="req-7", trace_id="ab" * 16)
-    job_id = app.submit_job(SubmitJob(name="o", framework="lightgbm", task="regression",
+    job_id = app.submit_job(SubmitJob(project="default", name="o", framework="lightgbm", task="regression",
                                       dataset={"uri": "builtin://diabetes"}), ctx=ctx).job_id
     app.claim(job_id, "lease-1", "h:1", SYSTEM)  # a later event, other metadata
     other = TrainingApplication(env=eventsourcing_env(database_url))
@@ -211,7 +211,7 @@ def test_work_goes_out_at_once_from_the_saving_process_and_the_relay_adds_no_sec
         app.on_saved = EagerWork(js, asyncio.get_running_loop())
         try:
             job_id = (await asyncio.to_thread(app.submit_job, SubmitJob(
-                name="eager", framework="lightgbm", task="regression", dataset=diabetes, priority="critical"))).job_id
+                project="default", name="eager", framework="lightgbm", task="regression", dataset=diabetes, priority="critical"))).job_id
         finally:
             app.on_saved = None
         subject = f"trainyard.work.critical.training.{job_id}"

@@ -29,7 +29,7 @@ def test_a_claim_stands_when_its_lease_row_cannot_be_written_and_the_next_beat_m
     broken, working = LeaseStore(database_url, 30.0), LeaseStore(database_url, 30.0)
     broken.close()  # its pool is closed: every write fails
     try:
-        job_id = app.submit_job(SubmitJob(name="l", framework="lightgbm", task="regression",
+        job_id = app.submit_job(SubmitJob(project="default", name="l", framework="lightgbm", task="regression",
                                           dataset={"uri": "builtin://diabetes"})).job_id
         stage = Stage("reports")
         answered: list[ReportReply] = []

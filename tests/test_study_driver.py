@@ -32,7 +32,7 @@ def test_a_trials_reports_move_its_study_without_waiting_for_the_events_trip(dat
     driver = StudyDriver(app, StudyQueries(pool), refresh_s=3600.0)  # no periodic refresh after the first
     handler = ReportHandler(app, leases, studies=driver)
     study_id = driver.studies.create(CreateStudy(
-        name="nudged", framework="lightgbm", task="binary_classification",
+        project="default", name="nudged", framework="lightgbm", task="binary_classification",
         dataset={"uri": "builtin://breast_cancer"}, objective={"metric": "auc", "direction": "maximize"},
         search_space={"num_leaves": {"type": "int", "low": 4, "high": 64}}, n_trials=2, max_parallel=1)).study_id
 
@@ -95,17 +95,51 @@ def test_an_ask_and_its_job_are_saved_together_or_not_at_all(database_url: str) 
         spec = dict(framework="lightgbm", task="binary_classification", dataset={"uri": "builtin://breast_cancer"},
                     objective={"metric": "auc", "direction": "maximize"},
                     search_space={"num_leaves": {"type": "int", "low": 4, "high": 64}}, n_trials=3, max_parallel=1)
-        blocked = driver.studies.create(CreateStudy(name="blocked", **spec)).study_id
-        app.submit_job(SubmitJob(name="squatter", framework="lightgbm", task="regression",
+        blocked = driver.studies.create(CreateStudy(project="default", name="blocked", **spec)).study_id
+        app.submit_job(SubmitJob(project="default", name="squatter", framework="lightgbm", task="regression",
                                  dataset={"uri": "builtin://diabetes"}), f"study:{blocked}:trial:0")
         with pytest.raises(RecordConflictError):
             driver.sync(blocked)
         assert driver.studies.get(blocked).next_number == 0  # no ask without its job
-        fine = driver.studies.create(CreateStudy(name="fine", **spec)).study_id
+        fine = driver.studies.create(CreateStudy(project="default", name="fine", **spec)).study_id
         study = driver.sync(fine)
-        job = app.get_job(trial_job_id(fine, 0))
+        job = app.get_job(trial_job_id(fine, 0, project="default"))
         assert study.next_number == 1 and job.study_id == fine and job.trial_number == 0
         assert job.params["num_leaves"] == study.trial(0).params["num_leaves"] and job.status == "queued"
+    finally:
+        pool.close()
+        app.close()
+
+
+def test_a_studys_trials_are_jobs_of_its_project_and_only_that_project_may_cancel_it(database_url: str) -> None:
+    from commands.studies import StudyNotFoundError, trial_job_id
+    from commands.training import JobNotFoundError
+
+    app = TrainingApplication(env=eventsourcing_env(database_url))
+    pool = pg_pool(database_url)
+    try:
+        with pool.connection() as conn:
+            conn.execute(STUDIES_DDL)
+        driver = StudyDriver(app, StudyQueries(pool), refresh_s=3600.0)
+        study_id = driver.studies.create(CreateStudy(
+            project="alpha", name="tenant", framework="lightgbm", task="binary_classification",
+            dataset={"uri": "builtin://breast_cancer"}, objective={"metric": "auc", "direction": "maximize"},
+            search_space={"num_leaves": {"type": "int", "low": 4, "high": 64}}, n_trials=3,
+            max_parallel=2)).study_id
+        study = driver.sync(study_id)
+        jobs = [app.get_job(study.trial(n).job_id) for n in (0, 1)]
+        assert [j.project for j in jobs] == ["alpha", "alpha"] and jobs[0].study_id == study_id
+        assert jobs[0].id == trial_job_id(study_id, 0, project="alpha") != trial_job_id(study_id, 0, project="beta")
+        # another project cannot cancel the study or its trials' jobs: they are as missing as unknown ids
+        with pytest.raises(StudyNotFoundError):
+            driver.studies.request_cancel(study_id, project="beta")
+        with pytest.raises(JobNotFoundError):
+            app.request_cancel(jobs[0].id, project="beta")
+        # its own project can, and the driver cancels the trials' jobs (in the study's project)
+        driver.studies.request_cancel(study_id, project="alpha")
+        driver.sync(study_id)
+        assert [app.get_job(j.id).status for j in jobs] == ["cancelled", "cancelled"]
+        assert driver.sync(study_id).status == "cancelled"
     finally:
         pool.close()
         app.close()

@@ -60,7 +60,7 @@ TRIAL_JOBS = [UUID(int=i) for i in range(1, 7)]  # the job ids trials are asked 
 
 
 def new_study(direction: str = "maximize", n_trials: int = 3, max_parallel: int = 2) -> Study:
-    return Study.create(id=uuid4(), name="s", framework="lightgbm", task="regression",
+    return Study.create(id=uuid4(), project="default", name="s", framework="lightgbm", task="regression",
                         dataset={"uri": "builtin://diabetes"}, objective={"metric": "r2", "direction": direction},
                         search_space={"lr": {"type": "float", "low": 0.01, "high": 0.3}}, fixed_params={},
                         sampler={"type": "tpe", "seed": 1}, pruner={"type": "median"}, n_trials=n_trials,
