@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from tests.support.auth import signed_in_client
 from entrypoints.bootstrap import build_services
 from infra.dataset_files import MAX_TEXT_CELL_BYTES, read_table
 from infra.settings import Settings
@@ -28,7 +28,7 @@ def client(module_database_url: str, clickhouse, tmp_path_factory) -> Iterator[T
     services = build_services(Settings(database_url=module_database_url, nats_url="nats://127.0.0.1:4222",
                                        clickhouse_url=None, data_dir=clickhouse.path.parent,
                                        dataset_roots=str(root), max_upload_bytes=MAX_UPLOAD))
-    with TestClient(create_app(services), raise_server_exceptions=False) as c:
+    with signed_in_client(services) as c:
         yield c
     services.close()
 
