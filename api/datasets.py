@@ -13,6 +13,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from api.auth import access_of, allow
+from api.quotas import admit_upload, quotas_of
 from api.deps import ServicesDep
 from api.limits import SafeText
 from api.problems import Problem
@@ -25,7 +26,7 @@ PATH = "/api/v1/datasets"
 router = APIRouter(prefix=PATH, tags=["datasets"])
 
 
-@router.post("", dependencies=[allow("dataset.upload")], status_code=201, response_model=DatasetUploaded, responses=problems(400, 413, 422))
+@router.post("", dependencies=[allow("dataset.upload")], status_code=201, response_model=DatasetUploaded, responses=problems(400, 413, 422, 429))
 def upload_dataset(
     request: Request,
     s: ServicesDep,
@@ -39,9 +40,13 @@ def upload_dataset(
     """Store the file in the project's upload folder under the first dataset root as `<sha256[:16]>-<name>` and
     return its `file://` URI, to use as a `dataset.uri` of this project's jobs and studies (another project's are
     refused). Uploading the same bytes under the same name again returns the same URI."""
+    project = access_of(request).project
+    if "upload_bytes" in quotas_of(s, project):
+        used = sum(d.size_bytes for d in list_uploads(s.settings.dataset_root_paths[0], project=project))
+        admit_upload(s, project, used, file.size or 0)
     try:
         stored = store_upload(file.file, file.filename or "", name, s.settings.dataset_root_paths[0],
-                              s.settings.max_upload_bytes, project=access_of(request).project)
+                              s.settings.max_upload_bytes, project=project)
     except UploadTooLarge as e:
         raise Problem(413, "Payload too large", str(e), "file") from None
     except DatasetError as e:

@@ -47,6 +47,7 @@ class Services:
     identity: Any = None  # commands.identity.IdentityCommands
     identity_queries: Any = None  # projections.identity.IdentityQueries
     auth: Any = None  # api.auth.Authenticator (the identity cache and the access-token signer)
+    usage: Any = None  # projections.usage.UsageQueries (quotas)
     health: Health = field(default_factory=Health)
 
     def close(self) -> None:

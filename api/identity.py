@@ -13,13 +13,17 @@ from api.auth import Access, access_of, allow
 from api.context import CommandContextDep
 from api.deps import ServicesDep, services
 from api.problems import Problem
+from api.quotas import quotas_of
 from api.schemas.common import problems
 from api.schemas.identity import (DisableIn, Me, MemberIn, MemberList, PasswordIn, PrincipalList, PrincipalPublic,
                                   ProjectIn, ProjectList, ProjectPublic, RefreshIn, RevokeIn, ServiceAccountIn,
-                                  TokenCreated, TokenIn, TokenList, TokenPair, TokenPublic, UserIn)
+                                  QuotasIn, QuotaUse, TokenCreated, TokenIn, TokenList, TokenPair, TokenPublic, Usage,
+                                  UserIn)
 from commands.identity import BadCredentials, PrincipalNotFoundError, ProjectNotFoundError
 from domain.access import PUBLIC, SELF
 from domain.identity import NAME_PATTERN
+from domain.quotas import QUOTAS, check_quotas
+from infra.dataset_uploads import list_uploads
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
 NamePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63)]
@@ -236,3 +240,27 @@ def remove_member(project: NamePath, principal: NamePath, s: ServicesDep, ctx: C
     _caught_up(s, saved.position)
     return MemberList(items=s.identity_queries.members(project))
 
+
+
+# ---- quotas and usage -----------------------------------------------------------------------------------
+@router.put("/projects/{project}/quotas", response_model=ProjectPublic, responses=problems(401, 403, 404, 422),
+            dependencies=[allow("project.admin", project_param="project")])
+def set_quotas(project: NamePath, body: QuotasIn, request: Request, s: ServicesDep,
+               ctx: CommandContextDep) -> ProjectPublic:
+    """Replace the project's quotas (a name left out or null: unlimited); an event with your name and the
+    reason."""
+    saved = s.identity.set_quotas(project, check_quotas(body.quotas), body.reason, ctx)
+    _caught_up(s, saved.position)
+    return _project(s, project, access_of(request).principal.memberships.get(project))
+
+
+@router.get("/projects/{project}/usage", response_model=Usage, responses=problems(401, 403, 404, 422),
+            dependencies=[allow("project.read", project_param="project")])
+def usage(project: NamePath, s: ServicesDep) -> Usage:
+    """What the project uses now against each quota (limit null: unlimited)."""
+    _project(s, project, None)
+    quotas = quotas_of(s, project)
+    used = s.usage.usage(project, sum(d.size_bytes for d in list_uploads(s.settings.dataset_root_paths[0],
+                                                                          project=project)))
+    return Usage(project=project, quotas={name: QuotaUse(limit=quotas.get(name), used=used[name], description=text)
+                                          for name, text in QUOTAS.items()})

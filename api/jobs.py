@@ -7,6 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from api.quotas import admit_job
 from api.auth import access_of, allow
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep, services
 from api.limits import SafeText, check_params
@@ -56,13 +57,14 @@ def check_job_dataset(framework: str, task: str, uri: str, target: str | None, p
 
 
 @router.post("", dependencies=[allow("job.submit")], status_code=202, response_model=JobAccepted,
-             responses={**problems(400, 409, 413, 422), **repeated(JobAccepted)}, openapi_extra=IDEMPOTENT)
+             responses={**problems(400, 409, 413, 422, 429), **repeated(JobAccepted)}, openapi_extra=IDEMPOTENT)
 def submit_job(body: JobIn, request: Request, ctx: CommandContextDep) -> JSONResponse:
     """Submit a job (202; 200 when the Idempotency-Key was seen before). Every limit is in the body's schema."""
     s = services(request)  # the hot path: no dependency to resolve (see api/context.py)
     key = idempotency_key(request)
     project = access_of(request).project
     check_job(body, s, project)
+    admit_job(s, project)
     cmd = SubmitJob(project=project, name=body.name, framework=body.framework, task=body.task,
                     dataset=body.dataset.model_dump(exclude_none=True), params=body.params,
                     priority=body.priority, tags=body.tags, timeout_s=body.timeout_s)

@@ -27,6 +27,7 @@ from commands.training import IdempotencyConflictError, JobNotFoundError
 from domain.access import Denied
 from domain.api_key import ApiKeyError, ApiKeySpecError
 from domain.identity import IdentityError, IdentitySpecError
+from domain.quotas import OverQuota, QuotaSpecError
 from domain.deployment_spec import DeploymentError, DeploymentSpecError
 from domain.models import ModelError, ModelSpecError, VersionNotFoundError
 from domain.study import StudyError
@@ -39,10 +40,12 @@ log = logging.getLogger("trainyard.api")
 
 class Problem(Exception):
     def __init__(self, status: int, title: str, detail: str, field: str | None = None,
-                 errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> None:
+                 errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail, self.field, self.errors = status, title, detail, field, errors
         self.headers = headers or {}
+        self.extra = extra or {}  # problem extension members (RFC 9457 §3.2), e.g. a quota's limit and use
 
 
 class ProblemResponse(JSONResponse):
@@ -53,7 +56,7 @@ class ProblemResponse(JSONResponse):
 
 
 def problem_json(status: int, title: str, detail: str, instance: str, field: str | None = None,
-                 errors: list[dict[str, Any]] | None = None) -> ProblemResponse:
+                 errors: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None) -> ProblemResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
                             "detail": detail[:MAX_DETAIL_CHARS], "instance": instance[:MAX_DETAIL_CHARS]}
     if field:
@@ -61,11 +64,13 @@ def problem_json(status: int, title: str, detail: str, instance: str, field: str
     if errors:
         body["errors"] = [{"field": str(e["field"])[:MAX_FIELD_CHARS], "reason": str(e["reason"])[:MAX_DETAIL_CHARS]}
                           for e in errors[:20]]
+    for key, value in (extra or {}).items():
+        body.setdefault(key, value)
     return ProblemResponse(body, status_code=status)
 
 
 def problem_response(request: Request, p: Problem) -> JSONResponse:
-    response = problem_json(p.status, p.title, p.detail, request.url.path, p.field, p.errors)
+    response = problem_json(p.status, p.title, p.detail, request.url.path, p.field, p.errors, p.extra)
     response.headers.update(p.headers)
     return response
 
@@ -101,6 +106,11 @@ DOMAIN_ERRORS: tuple[tuple[type[Exception], Callable[[Any], Problem]], ...] = (
     (TokenNotFoundError, lambda e: Problem(404, "Not found", f"no token {e}", "token_id")),
     (IdentityError, _conflict), (IdentitySpecError, _invalid_field),
     (Denied, lambda e: Problem(e.status, "Forbidden" if e.status == 403 else "Not found", str(e))),
+    (OverQuota, lambda e: Problem(
+        429, "Quota exceeded", str(e), f"quotas.{e.name}",
+        headers={"Retry-After": str(e.retry_after_s)} if e.retry_after_s else None,
+        extra={"quota": e.name, "limit": e.limit, "used": e.used})),
+    (QuotaSpecError, _invalid_field),
     (BadCredentials, lambda e: Problem(401, "Unauthorized", "wrong name, password or refresh token", None,
                                        headers={"WWW-Authenticate": "Bearer"})),
 )

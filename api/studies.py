@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from api.quotas import admit_study
 from api.auth import access_of, allow
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
@@ -59,11 +60,12 @@ def check_study_in(body: StudyIn, s: Services, project: str) -> dict:
 
 
 @router.post("", dependencies=[allow("study.create")], status_code=202, response_model=StudyAccepted,
-             responses={**problems(400, 409, 413, 422), **repeated(StudyAccepted)}, openapi_extra=IDEMPOTENT)
+             responses={**problems(400, 409, 413, 422, 429), **repeated(StudyAccepted)}, openapi_extra=IDEMPOTENT)
 def create_study(body: StudyIn, request: Request, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """Create a study (202; 200 when the Idempotency-Key was seen before). Its trials start at once."""
     project = access_of(request).project
     objective = check_study_in(body, s, project)
+    admit_study(s, project)
     cmd = CreateStudy(project=project, name=body.name, framework=body.framework, task=body.task,
                       dataset=body.dataset.model_dump(exclude_none=True), objective=objective,
                       search_space=body.search_space, fixed_params=body.fixed_params, sampler=body.sampler,

@@ -42,8 +42,10 @@ class Studies(Protocol):
 
 class ReportHandler:
     def __init__(self, app: TrainingApplication, leases: LeaseStore, stage: Stage | None = None,
-                 studies: Studies | None = None) -> None:
+                 studies: Studies | None = None, may_start: Callable[[str], bool] | None = None) -> None:
+        """`may_start(project)`: whether a queued job of that project may start now (its running-jobs quota)."""
         self.app, self.leases, self.stage, self.studies = app, leases, stage or Stage("reports"), studies
+        self.may_start = may_start
 
     def handle(self, data: bytes, answer: Callable[[ReportReply], None] | None = None) -> ReportReply:
         """Decide one report; never raises. With `answer`, the reply goes to it before the lease bookkeeping."""
@@ -92,6 +94,12 @@ class ReportHandler:
                 reply.cancel_requested = True
             return reply
         if r.type == "claim":
+            if self.may_start is not None:
+                queued = self.app.get_job(r.job_id)
+                project = getattr(queued, "project", "default")
+                if queued.status == "queued" and not self.may_start(project):  # it stays queued: nothing recorded
+                    return ReportReply(ok=False, code="wait", status=queued.status,
+                                       error=f"project {project} is at its running-jobs quota")
             job = self.app.claim(r.job_id, lease_id, r.runner_id, ctx)
             later.append(lambda: self.leases.hold(job.id, lease_id, r.runner_id, job.attempt, job.cancel_requested))
             return _reply(job, job=_work_for(self.app, job))

@@ -259,7 +259,7 @@ class ReportReply(BaseModel):
     attempt: int | None = None
     cancel_requested: bool = False
     error: str | None = None
-    code: str | None = None  # finished | stale_lease | lease_held | not_found | invalid | error
+    code: str | None = None  # finished | stale_lease | lease_held | not_found | invalid | error | wait (quota)
     job: dict[str, Any] | None = None  # claim: what the runner needs to run it (spec, attempt, correlation)
 
 

@@ -161,7 +161,9 @@ class Project(Aggregate):
         self.members.pop(principal, None)
 
     def set_quotas(self, quotas: dict[str, float], reason: str | None = None) -> None:
-        self._quotas_set(quotas=dict(quotas), reason=check_reason(reason))
+        from domain.quotas import check_quotas  # the quota names and bounds live with the quota rule
+
+        self._quotas_set(quotas=check_quotas(quotas), reason=check_reason(reason))
 
     @event("QuotasSet")
     def _quotas_set(self, quotas: dict[str, float], reason: str | None) -> None:

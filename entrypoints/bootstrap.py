@@ -41,6 +41,7 @@ def build_services(settings: Settings) -> Services:
     from projections.models import ModelQueries
     from projections.read_models import READ_MODELS
     from projections.read_your_writes import AppliedPositions
+    from projections.usage import UsageQueries
     from projections.studies import StudyQueries
     from projections.telemetry.metric_store import MetricStore
     from projections.telemetry.prediction_store import PredictionStore
@@ -64,7 +65,7 @@ def build_services(settings: Settings) -> Services:
     identity, queries, auth = build_identity(settings, app, pool, applied)
     return Services(settings, app, pool, JobQueries(pool), ch, metrics, leases, StudyQueries(pool), StudyCommands(app),
                     ModelQueries(pool), ModelCommands(app), predictions, DeploymentQueries(pool),
-                    DeploymentCommands(app), applied, identity, queries, auth)
+                    DeploymentCommands(app), applied, identity, queries, auth, UsageQueries(pool))
 
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -174,7 +175,10 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
                                  stage("reconciler", max(stuck, 5 * settings.reconcile_interval_s)),
                                  settings.reconcile_interval_s, settings.requeue_after_s),
     }
-    reports = ReportServer(ReportHandler(services.app, services.leases, stage("reports", loops=False), studies=driver))
+    from api.quotas import may_start
+
+    reports = ReportServer(ReportHandler(services.app, services.leases, stage("reports", loops=False), studies=driver,
+                                         may_start=lambda project: may_start(services, project)))
     runs = {name: part.run for name, part in tasks.items()}
     runs["study-driver"] = lambda stop: driver.run(follow_events(js, driver, stop))
     return ServeParts(runs, reports)

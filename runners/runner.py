@@ -123,9 +123,9 @@ class Runner:
     async def take(self, msg: Msg, item: WorkItem) -> None:
         token = secrets.token_urlsafe(24)
         reply = await self.report(type="claim", job_id=str(item.aggregate_id), lease=token, deadline_s=20)
-        if reply is None or reply.code in ("error", "invalid"):
-            with contextlib.suppress(Exception):  # nobody decided: let it come back
-                await msg.nak(delay=1.0)
+        if reply is None or reply.code in ("error", "invalid", "wait"):
+            with contextlib.suppress(Exception):  # nobody decided, or its project is at its running quota: later
+                await msg.nak(delay=5.0 if reply is not None and reply.code == "wait" else 1.0)
             return
         await msg.ack()  # decided: the lease (or the refusal) owns it now
         if not reply.ok or not reply.job:

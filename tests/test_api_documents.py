@@ -10,8 +10,8 @@ document lacked) whose error answers are problem+json and which, when it takes p
 and a property added to a response body or to a message Trainyard publishes (a reader ignores what it does not
 know; request bodies stay exactly as they were). And access control (issue 17, a deliberate change every caller
 meets once): every operation may require the bearer scheme, declare its `x-trainyard-action`, take the optional
-project (`X-Trainyard-Project` header or `project` query) and answer 401/403 problem+json; the `X-Trainyard-Actor`
-header is gone (the actor is the authenticated principal). Nothing else."""
+project (`X-Trainyard-Project` header or `project` query) and answer 401/403 problem+json (and 429 where a quota
+applies); the `X-Trainyard-Actor` header is gone (the actor is the authenticated principal). Nothing else."""
 from __future__ import annotations
 
 import json
@@ -196,7 +196,7 @@ def without_added_response_properties(after: dict[str, Any], before: dict[str, A
     return after
 
 
-ACCESS_ANSWERS = ("401", "403")
+ACCESS_ANSWERS = ("401", "403", "429")
 
 
 def without_access_control(after: dict[str, Any], before: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.limits import SafeText
 from commands.credentials import MAX_PASSWORD, MIN_PASSWORD
 from domain.identity import MAX_REASON, MAX_TOKEN_NAME, NAME_PATTERN
+from domain.quotas import QUOTAS
 
 Name = Field(pattern=NAME_PATTERN, max_length=63)
 Reason = Field(default=None, max_length=MAX_REASON)
@@ -145,3 +146,20 @@ class TokenPair(BaseModel):
 class RefreshIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     refresh_token: str = Field(min_length=1, max_length=200)
+
+
+class QuotasIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    quotas: dict[str, float | None] = Field(max_length=20, description=", ".join(QUOTAS))
+    reason: SafeText | None = Reason
+
+
+class QuotaUse(BaseModel):
+    limit: float | None = Field(description="null: unlimited")
+    used: float
+    description: str
+
+
+class Usage(BaseModel):
+    project: str
+    quotas: dict[str, QuotaUse]
