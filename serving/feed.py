@@ -83,9 +83,9 @@ class Feed:
 
     def reload(self) -> None:
         """Everything the read model says now, replacing what is served (blocking: loads ONNX sessions)."""
-        rows = self.queries.list()
-        keys = self.queries.live_keys()
-        with self._lock:
+        with self._lock:  # read and apply as one: an older read applied after a newer one would go back
+            rows = self.queries.list()
+            keys = self.queries.live_keys()
             for row in rows:
                 if row["active"]:
                     self.state.apply_deployment({k: row[k] for k in ("name", "revision", "active", "variants",
