@@ -141,7 +141,7 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
     from commands.reports import ReportHandler
     from commands.study_driver import StudyDriver
     from commands.training import TrainingApplication
-    from infra.messaging import WorkStream
+    from infra.messaging import StreamKeeper, WorkStream
     from infra.report_server import ReportServer
     from projections.hosting import ProjectionProcess
     from projections.read_models import process_specs
@@ -161,6 +161,7 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
     driver = StudyDriver(services.app, services.studies, stage("study-driver"), metrics=services.metrics)
     services.app.on_saved = EagerWork(js, asyncio.get_running_loop())  # work items out before the relay's round
     tasks = {
+        "streams": StreamKeeper(js, settings, stage("streams", max(stuck, 5 * settings.stream_check_s))),
         "projections": projections,
         "relay": Relay(services.app, js, services.pool, stage("relay")),
         "metrics-projector": MetricsProjector(js, services.metrics, stage("metrics-projector")),

@@ -2,7 +2,8 @@
 
 On start it loads every active deployment and live API key from the read models (PostgreSQL), then follows
 `trainyard.v1.deployment.*` and `trainyard.v1.api_key.*` on its own durable JetStream consumer
-(`inference-<port>-<data dir digest>`), applying each change as it comes (serving/feed.py). Prediction records are
+(`inference-<port>-<data dir digest>`), reloading from the read models when one says something changed (an event
+is a hint, never a state: serving/feed.py). Prediction records are
 published in batches to `trainyard.v1.telemetry.predictions` off the request path; while NATS is away they wait in
 a bounded buffer (what overflows is dropped and counted in /readyz), and predictions go on.
 """

@@ -9,6 +9,9 @@ Streams (together they capture every subject under `trainyard.v1.>` that Trainya
                        durable pull consumer per priority (`work-<priority>`), shared by all runners, which ask the
                        highest priority first. A runner acks its item as soon as the aggregate answered its claim, so
                        delivery counts mean nothing: attempts and their budget belong to the aggregate's leases.
+Every stream has a size limit (Settings `*_max_bytes`) and the DLQ a per-message one. `StreamKeeper` (run by serve)
+recreates the streams and consumers above when they vanish (a deleted stream or consumer otherwise leaves the relay
+failing or every new job queued for good) and says so in its `/readyz` stage.
 Runner reports are NATS request/reply on `trainyard.rpc.runner.report` (no stream: the runner retries until a
 command handler answers, and the aggregate makes repeats harmless).
 """
@@ -21,13 +24,15 @@ import nats
 from nats.aio.client import Client
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType,
+                         StreamConfig)
 from nats.js.errors import NotFoundError
 
 from domain.contract import (DLQ_PREFIX, SUBJECT_PREFIX, TELEMETRY_FEEDBACK, TELEMETRY_METRICS,
                              TELEMETRY_PREDICTIONS, WORK_PREFIX, dlq_subject, printable, work_filter)
 from domain.registry import event_subjects
 from domain.vocabulary import PRIORITY_ORDER
+from infra.health import Stage, stopped_within
 from infra.nats_accounts import NatsCredentials
 from infra.settings import Settings
 
@@ -85,14 +90,19 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     """Create or update every stream and durable consumer. Idempotent; every process may call it."""
     window = settings.dedup_window_s
     await _ensure_stream(js, StreamConfig(name=EVENTS_STREAM, subjects=event_subjects(),
-                                          storage=StorageType.FILE, duplicate_window=window))
+                                          storage=StorageType.FILE, duplicate_window=window,
+                                          max_bytes=settings.events_stream_max_bytes, discard=DiscardPolicy.OLD))
     await _ensure_stream(js, StreamConfig(name=TELEMETRY_STREAM, subjects=[f"{SUBJECT_PREFIX}.telemetry.>"],
-                                          storage=StorageType.FILE, duplicate_window=window, max_age=7 * 86400))
+                                          storage=StorageType.FILE, duplicate_window=window, max_age=7 * 86400,
+                                          max_bytes=settings.telemetry_stream_max_bytes, discard=DiscardPolicy.OLD))
+    # The newest dead letters are the ones worth reading: a flood pushes the oldest out, never grows the stream.
     await _ensure_stream(js, StreamConfig(name=DLQ_STREAM, subjects=[f"{DLQ_PREFIX}.>"], storage=StorageType.FILE,
-                                          max_age=30 * 86400))
+                                          max_age=30 * 86400, max_bytes=settings.dlq_max_bytes,
+                                          max_msg_size=settings.dlq_max_msg_bytes, discard=DiscardPolicy.OLD))
     await _ensure_stream(js, StreamConfig(name=WORK_STREAM, subjects=[f"{WORK_PREFIX}.>"],
                                           retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
-                                          duplicate_window=window))
+                                          duplicate_window=window, max_bytes=settings.work_stream_max_bytes,
+                                          discard=DiscardPolicy.NEW))
     for priority in PRIORITY_ORDER:
         await js.add_consumer(WORK_STREAM, ConsumerConfig(
             durable_name=work_consumer(priority), filter_subject=work_filter(priority),
@@ -133,6 +143,61 @@ async def wait_for(js: JetStreamContext, stream: str, consumers: tuple[str, ...]
             waited = 0.0
         await asyncio.sleep(interval_s)
         waited += interval_s
+
+
+def owned_consumers() -> list[tuple[str, str]]:
+    """(stream, durable) of every consumer ensure_streams makes."""
+    return [*((WORK_STREAM, work_consumer(p)) for p in PRIORITY_ORDER), (EVENTS_STREAM, STUDY_DRIVER_CONSUMER),
+            *((TELEMETRY_STREAM, d) for d in (METRICS_CONSUMER, PREDICTIONS_CONSUMER, FEEDBACK_CONSUMER))]
+
+
+async def missing(js: JetStreamContext) -> list[str]:
+    """The streams and consumers of ensure_streams that do not exist now (by name)."""
+    gone: list[str] = []
+    for name in STREAMS:
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            gone.append(name)
+    for stream, durable in owned_consumers():
+        if stream in gone:
+            gone.append(f"{stream}/{durable}")
+            continue
+        try:
+            await js.consumer_info(stream, durable)
+        except NotFoundError:
+            gone.append(f"{stream}/{durable}")
+    return gone
+
+
+class StreamKeeper:
+    """Every `settings.stream_check_s`, whether the streams and consumers exist; what vanished (deleted by anyone on
+    the bus, or lost with the server's storage) is made again by ensure_streams, and the stage's last error names
+    it. A recreated stream is empty: the reconciler requeues queued jobs whose items were lost, and the relay goes
+    on from its position."""
+
+    def __init__(self, js: JetStreamContext, settings: Settings, stage: Stage) -> None:
+        self.js, self.settings, self.stage = js, settings, stage
+        self.recreated = 0
+
+    async def check(self) -> list[str]:
+        gone = await missing(self.js)
+        if gone:
+            await ensure_streams(self.js, self.settings)
+            self.recreated += len(gone)
+            self.stage.failed(f"recreated {', '.join(gone)} (they had vanished)")
+        self.stage.progressed()
+        return gone
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while True:
+            self.stage.tick()
+            try:
+                await self.check()
+            except Exception as e:  # NATS away: the connection reconnects; check again next round
+                self.stage.failed(e)
+            if await stopped_within(stop, self.settings.stream_check_s):
+                return
 
 
 class WorkStream:

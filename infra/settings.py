@@ -102,3 +102,14 @@ class Settings(BaseSettings):
         if not self.dataset_roots:
             return (self.data_dir / "datasets",)
         return tuple(Path(p) for p in self.dataset_roots.split(os.pathsep) if p.strip())
+
+    # JetStream limits (infra/messaging.py ensure_streams): anyone on the bus can publish, so no stream may grow
+    # without bound. A full stream drops its oldest messages (PostgreSQL stays the source of truth; the relay can
+    # publish again); the work stream refuses new items instead (the reconciler requeues them later).
+    events_stream_max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
+    telemetry_stream_max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
+    work_stream_max_bytes: int = Field(default=256 * 1024**2, ge=1024 * 1024)
+    dlq_max_bytes: int = Field(default=64 * 1024**2, ge=1024 * 1024)
+    dlq_max_msg_bytes: int = Field(default=1024 * 1024 + 4096, ge=1024)  # a dead letter: one message + the reason
+    # How often serve checks that the streams and consumers it owns exist (and recreates what vanished).
+    stream_check_s: float = Field(default=2.0, gt=0)

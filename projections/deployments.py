@@ -182,6 +182,13 @@ class DeploymentQueries:
         return self._all("SELECT id, name, key_hash, deployments, rate_limit_per_s, version FROM api_keys "
                          "WHERE revoked_at IS NULL")
 
+    def aggregate_version(self, aggregate_id: UUID) -> int | None:
+        """The version a deployment's or API key's row was last written from (the inference server checks an
+        event it heard against it); None when there is no such row."""
+        rows = self._all("SELECT version FROM deployments WHERE id = %(id)s UNION ALL "
+                         "SELECT version FROM api_keys WHERE id = %(id)s", {"id": aggregate_id})
+        return int(rows[0]["version"]) if rows else None
+
 
 class PolicyEvaluations:
     """commands/ab_policy.py `Evaluations`: one row per deployment, replaced by each evaluation (an UPSERT every

@@ -3,9 +3,17 @@ enough that a framework's routing and validation would be most of its cost.
 
     POST /v1/deployments/{name}/predict   {"instances": [[f1, f2, …], …] | [{"feature": value, …}, …], "key"?: str}
          → {"predictions", "probabilities"?, "classes"?, "deployment", "revision", "variant", "model", "version",
-            "request_id"}
-    GET  /v1/deployments                  what this server serves now (revision, variants, weights)
-    GET  /healthz, /readyz                liveness; readiness with the deployment feed, telemetry buffer and drops
+            "request_id", "correlation_id"?}
+    GET  /v1/deployments                  with a key: what this server serves now that the key reaches (revision,
+                                          variants, weights); 401 without one
+    GET  /healthz, /readyz                liveness; readiness: without a key only ready or not and a count (what a
+                                          load balancer needs), with a key also the stages, telemetry buffer and drops
+                                          and the deployments the key reaches
+
+`request_id` (also the `X-Request-Id` response header) is the server's own id for the prediction: feedback refers
+to it. A client's `X-Request-Id` never becomes a prediction's identity (anyone could replay or pre-claim one); it
+comes back as `correlation_id` only. Models run on a thread pool, at most `workers` at a time: onnxruntime
+releases the GIL, so a big request does not hold up the event loop and the other deployments' requests.
 
 Auth: `Authorization: Bearer <key>` or `X-API-Key`; 401 missing/unknown, 403 not allowed here, 429 over the key's
 rate (with Retry-After). Errors are problem+json naming the field. The shadow variant (if any) gets a copy of each
@@ -16,13 +24,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from domain.api_key import allows
 from domain.contract import printable
-from serving.state import LiveDeployment, PredictError, ServingState, Telemetry, answer, first_row, rows_of
+from serving.state import (KeyState, LiveDeployment, LoadedModel, PredictError, ServingState, Telemetry, answer, first_row,
+                           rows_of)
 
 log = logging.getLogger("trainyard.inference")
 MAX_BODY_BYTES = 1024 * 1024
@@ -35,8 +47,12 @@ NOTHING: tuple = ("", None, [], [])  # no answer to record (an error)
 
 class InferenceApp:
     def __init__(self, state: ServingState, telemetry: Telemetry, health: Any, shadow_queue_size: int = 1000,
-                 test_delays: dict[tuple[str, str], float] | None = None) -> None:
+                 test_delays: dict[tuple[str, str], float] | None = None, workers: int | None = None) -> None:
         self.state, self.telemetry, self.health = state, telemetry, health
+        # One model run per core at a time; more requests wait their turn on the semaphore, not on a thread.
+        self.workers = workers or _cores()
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx")
+        self.running = asyncio.Semaphore(self.workers)
         self.test_delays = test_delays or {}  # (deployment, variant) → seconds; tests only (latency guardrails)
         self.shadow_queue: asyncio.Queue | None = None
         self.shadow_queue_size = shadow_queue_size
@@ -53,11 +69,15 @@ class InferenceApp:
         if m and method == "POST":
             return await self._predict(m.group(1), scope, receive, send)
         if method == "GET" and path == "/v1/deployments":
-            return await _send(send, 200, JSON, {"items": self.describe()})
+            key = self.state.key_of(_api_key(dict(scope["headers"])))
+            if key is None:
+                return await _send(send, 401, PROBLEM + [(b"www-authenticate", b"Bearer")], _problem(
+                    401, "an API key is required (Authorization: Bearer <key> or X-API-Key)", "Authorization", path))
+            return await _send(send, 200, JSON, {"items": self.describe(key.deployments)})
         if method == "GET" and path in ("/healthz", "/livez"):
             return await _send(send, 200, JSON, {"status": "ok"})
         if method == "GET" and path == "/readyz":
-            report = self.readiness()
+            report = self.readiness(self.state.key_of(_api_key(dict(scope["headers"]))))
             return await _send(send, 200 if report["ready"] else 503, JSON, report)
         if path.startswith("/v1/deployments/") and path.endswith("/predict"):
             status, detail = (405, "use POST") if m else (404, "no such deployment name")
@@ -79,12 +99,16 @@ class InferenceApp:
         started = time.perf_counter_ns()
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"")
-        request_id = given.decode() if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        correlation_id = given.decode() if _REQUEST_ID.match(given) else None
+        request_id = uuid.uuid4().hex
         deployment: LiveDeployment | None = None
         variant = model = ""
         version = 0
         rows = 0
         first = NOTHING
+        ids = [(b"x-request-id", request_id.encode())]
+        if correlation_id is not None:
+            ids.append((b"x-correlation-id", correlation_id.encode()))
         try:
             self.state.authorize(_api_key(headers), name)
             deployment = self.state.deployments.get(name)
@@ -103,26 +127,30 @@ class InferenceApp:
             variant = deployment.router.choose(key)
             loaded = deployment.variants[variant]
             model, version = loaded.model, loaded.version
-            X = rows_of(doc.get("instances"), loaded)
+            async with self.running:
+                X, result = await asyncio.get_running_loop().run_in_executor(self.pool, _infer, loaded,
+                                                                             doc.get("instances"))
             rows = len(X)
-            result = answer(loaded, loaded.run(X))
             if self.test_delays and (delay := self.test_delays.get((name, variant))):
                 await asyncio.sleep(delay)
         except PredictError as e:
             status = e.status
             extra = [(k.lower().encode(), v.encode()) for k, v in e.headers.items()]
-            await _send(send, status, PROBLEM + extra, _problem(status, e.detail, e.field, scope["path"], request_id))
+            await _send(send, status, PROBLEM + extra + ids, _problem(status, e.detail, e.field, scope["path"],
+                                                                       request_id))
         except Exception as e:  # the model failed on this input: a 500 problem, counted; the server lives on
             status = 500
             log.exception("predict %s failed", name)
-            await _send(send, 500, PROBLEM, _problem(500, f"prediction failed: {type(e).__name__}", None,
-                                                     scope["path"], request_id))
+            await _send(send, 500, PROBLEM + ids, _problem(500, f"prediction failed: {type(e).__name__}", None,
+                                                           scope["path"], request_id))
         else:
             status = 200
             first = first_row(result)
             result.update(deployment=name, revision=deployment.revision, variant=variant, model=model,
                           version=version, request_id=request_id)
-            await _send(send, 200, JSON, result)
+            if correlation_id is not None:
+                result["correlation_id"] = correlation_id
+            await _send(send, 200, JSON + ids, result)
             if deployment.shadow is not None:
                 self._shadow(deployment, X, request_id)
         if deployment is not None:
@@ -149,7 +177,9 @@ class InferenceApp:
             shadow = deployment.shadow
             started, status, first = time.perf_counter_ns(), 200, NOTHING
             try:
-                first = first_row(answer(shadow, (await asyncio.to_thread(shadow.run, X))[:1]))
+                async with self.running:
+                    out = await asyncio.get_running_loop().run_in_executor(self.pool, shadow.run, X)
+                first = first_row(answer(shadow, out[:1]))
             except Exception:
                 status = 500
             self.telemetry.record(request_id, deployment.name, deployment.revision, "shadow", shadow.model,
@@ -157,21 +187,38 @@ class InferenceApp:
                                   first)
 
     # ---- what it serves ----------------------------------------------------------------------------------
-    def describe(self) -> list[dict[str, Any]]:
+    def describe(self, reach: list[str]) -> list[dict[str, Any]]:
+        """The deployments served now that a key scoped to `reach` may call."""
         return [{"name": d.name, "revision": d.revision, "weights": d.router.weights,
                  "variants": {n: {"model": m.model, "version": m.version} for n, m in d.variants.items()},
                  "shadow": {"model": d.shadow.model, "version": d.shadow.version} if d.shadow else None}
-                for d in sorted(self.state.deployments.values(), key=lambda d: d.name)]
+                for d in sorted(self.state.deployments.values(), key=lambda d: d.name) if allows(reach, d.name)]
 
-    def readiness(self) -> dict[str, Any]:
-        report: dict[str, Any] = {"ready": True, "stages": {}}
-        if self.health is not None:
-            report = {"ready": self.health.healthy(), "stages": self.health.snapshot()}
-        report["deployments"] = {d.name: d.revision for d in self.state.deployments.values()}
-        report["deployment_errors"] = dict(self.state.errors)
+    def readiness(self, key: KeyState | None = None) -> dict[str, Any]:
+        """Ready or not and how many deployments are served; with a live `key`, also the stages, the telemetry
+        buffer and the deployments (and load errors) the key reaches."""
+        ready = self.health.healthy() if self.health is not None else True
+        report: dict[str, Any] = {"ready": ready, "deployments": len(self.state.deployments)}
+        if key is None:
+            return report
+        reach = key.deployments
+        report["stages"] = self.health.snapshot() if self.health is not None else {}
+        report["deployments"] = {d.name: d.revision for d in self.state.deployments.values() if allows(reach, d.name)}
+        report["deployment_errors"] = {n: e for n, e in self.state.errors.items() if allows(reach, n)}
         report["telemetry"] = {"buffered": len(self.telemetry), "published": self.telemetry.published,
                                "dropped": self.telemetry.dropped, "shadow_dropped": self.shadow_dropped}
         return report
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _infer(model: LoadedModel, instances: Any) -> tuple[Any, dict[str, Any]]:
+    """The rows and the answer (on a worker thread: rows_of and the session run are the request's CPU work)."""
+    X = rows_of(instances, model)
+    return X, answer(model, model.run(X))
 
 
 def _not_json(token: str) -> Any:

@@ -1,19 +1,26 @@
-"""The inference server's deployment feed: deployments and API keys into `ServingState`, from the read model and
-the event stream.
+"""The inference server's deployment feed: deployments and API keys into `ServingState`, from the read models.
 
-On start, and every `RELOAD_S` as a safety net, everything the read models say (`reload`); in between, each
-`trainyard.v1.deployment.*` and `trainyard.v1.api_key.*` event as it comes, on the server's own durable consumer
-(`follow`). A stale event (an older aggregate version) is ignored, so a redelivery or the overlap with the reload is
-harmless; one the feed cannot use is dead-lettered (infra/consumer.py).
+Anyone who reaches NATS can publish on `trainyard.v1.deployment.*` and `trainyard.v1.api_key.*` (design decision
+10), so nothing an event says is applied: the state served is always what the read models (PostgreSQL, written by
+the service's projectors from the event store) say.
+- `reload`, on start and every `RELOAD_S`, replaces the served state wholesale with the read models' (so whatever
+  went wrong is repaired within the period);
+- each event on the server's own durable consumer (`follow`) is a hint that its aggregate changed: once the read
+  model has reached the event's aggregate version, the feed reloads. An event the read model has not reached is
+  retried with a growing delay (the projector may simply be behind the relay) and, never confirmed, dead-lettered
+  (infra/consumer.py): a forged event changes nothing but the dead-letter count.
 """
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any, Protocol
 from uuid import UUID
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.api_key import ApiKey
@@ -29,6 +36,18 @@ RELOAD_S = 10.0
 DEPLOYMENT, API_KEY = (next(a.name for a in AGGREGATES if a.cls is cls) for cls in (Deployment, ApiKey))
 FEED_SUBJECTS = [event_subject(DEPLOYMENT, ">"), event_subject(API_KEY, ">")]
 MAX_EVENT_BYTES = 4 * 1024 * 1024
+CONSUMER_CHECK_S = 5.0  # how often the feed checks that its durable consumer still exists
+# An event the read model has not reached is tried again after 0.05 s, 0.1 s, … (at most 1 s apart), about 8 s in
+# all, then dead-lettered: long enough for a projector that is behind, short enough to keep forgeries visible.
+CONFIRM_DELIVERIES = 12
+
+
+def confirm_delay(deliveries: int) -> float:
+    return min(1.0, 0.05 * 2 ** (deliveries - 1))
+
+
+class NotConfirmed(Exception):
+    """The read model has not (yet) reached this event: retried, then dead-lettered."""
 
 
 class DeploymentReads(Protocol):
@@ -37,6 +56,8 @@ class DeploymentReads(Protocol):
     def list(self) -> list[dict[str, Any]]: ...
 
     def live_keys(self) -> list[dict[str, Any]]: ...
+
+    def aggregate_version(self, aggregate_id: UUID) -> int | None: ...
 
 
 class FeedEvent(BaseModel):
@@ -51,44 +72,45 @@ class FeedEvent(BaseModel):
 
 
 class Feed:
-    """Deployment and API-key changes, from the read model (reload) and the event stream (follow)."""
+    """Deployment and API-key state from the read models: wholesale (reload), and on each event's hint (follow)."""
 
     def __init__(self, state: ServingState, queries: DeploymentReads, stage: Stage) -> None:
         self.state, self.queries, self.stage = state, queries, stage
-        self.names: dict[UUID, str] = {}  # deployment id → name (Revised events carry only the id)
+        self._lock = threading.Lock()  # the periodic reload and the hints run on worker threads
+        # Aggregate id → the version the served state reflects (from the read model): a hint at or below it (a
+        # redelivery, or the replay of old events a new durable consumer starts with) needs no look-up.
+        self.seen: dict[UUID, int] = {}
 
     def reload(self) -> None:
-        """Everything the read model says now (blocking: loads ONNX sessions)."""
-        for row in self.queries.list():
-            self.names[row["id"]] = row["name"]
-            self.state.apply_deployment({k: row[k] for k in ("name", "revision", "active", "variants", "shadow")},
-                                        row["version"])
-        live = {str(r["id"]): r for r in self.queries.live_keys()}
-        for key_id, row in live.items():
-            self.state.apply_key(key_id, row["version"], row)
-        for key_id, state in list(self.state.keys.items()):  # revoked while we were not listening
-            if state.key_id not in live:
-                self.state.apply_key(state.key_id, state.version + 1, None)
+        """Everything the read model says now, replacing what is served (blocking: loads ONNX sessions)."""
+        with self._lock:  # read and apply as one: an older read applied after a newer one would go back
+            rows = self.queries.list()
+            keys = self.queries.live_keys()
+            for row in rows:
+                if row["active"]:
+                    self.state.apply_deployment({k: row[k] for k in ("name", "revision", "active", "variants",
+                                                                     "shadow")}, row["version"], replace=True)
+            self.state.remove_deployments({row["name"] for row in rows if row["active"]})
+            self.state.sync_keys(keys)
+            for row in (*rows, *keys):
+                self.seen[row["id"]] = max(self.seen.get(row["id"], 0), int(row["version"]))
 
     def apply(self, e: FeedEvent) -> None:
-        """One event (blocking: may load ONNX sessions). ValueError/KeyError for a payload it cannot use."""
-        p, version = e.payload, e.aggregate_version
-        if e.aggregate == DEPLOYMENT:
-            name = p.get("name") or self.names.get(e.aggregate_id)
-            if e.type == "deployment.created":
-                self.names[e.aggregate_id] = name
-            if name is None:
-                raise ValueError(f"deployment {e.aggregate_id}: unknown name (its created event never came)")
-            if e.type == "deployment.deactivated":
-                self.state.apply_deployment({"name": name, "active": False}, version)
-            elif e.type in ("deployment.created", "deployment.revised"):
-                self.state.apply_deployment({"name": name, "revision": p["revision"], "active": True,
-                                             "variants": p["variants"], "shadow": p.get("shadow")}, version)
-        elif e.aggregate == API_KEY:
-            if e.type == "api_key.created":
-                self.state.apply_key(str(e.aggregate_id), version, p)
-            elif e.type == "api_key.revoked":
-                self.state.apply_key(str(e.aggregate_id), version, None)
+        """One event's hint (blocking): reload once the read model has reached it, else NotConfirmed."""
+        if e.aggregate not in (DEPLOYMENT, API_KEY):
+            return
+        if self.seen.get(e.aggregate_id, 0) >= e.aggregate_version:
+            return
+        have = self.queries.aggregate_version(e.aggregate_id)
+        if have is None or have < e.aggregate_version:
+            # The feed works; the event is what is in doubt. Whoever can publish must not make the server
+            # unready with forgeries: they show as retries, then as dead letters.
+            self.stage.progressed()
+            raise NotConfirmed(f"{e.type} of {e.aggregate_id} v{e.aggregate_version}: the read model has "
+                               f"{'no such aggregate' if have is None else f'v{have}'}")
+        self.reload()
+        with self._lock:
+            self.seen[e.aggregate_id] = max(self.seen.get(e.aggregate_id, 0), have)
 
     async def handle(self, event: FeedEvent) -> None:
         await asyncio.to_thread(self.apply, event)
@@ -98,10 +120,30 @@ class Feed:
         config = ConsumerConfig(durable_name=durable, filter_subjects=FEED_SUBJECTS, ack_policy=AckPolicy.EXPLICIT,
                                 deliver_policy=DeliverPolicy.ALL, ack_wait=60, max_deliver=-1)
         await js.add_consumer(EVENTS_STREAM, config)
+        checked = [time.monotonic()]
+
+        async def still_there() -> None:
+            """The consumer (or the whole stream) may be deleted by anyone on the bus: make it again (serve makes
+            the stream again); meanwhile the periodic reload keeps the state right."""
+            if time.monotonic() - checked[0] < CONSUMER_CHECK_S:
+                return
+            checked[0] = time.monotonic()
+            try:
+                await js.consumer_info(EVENTS_STREAM, durable)
+            except NotFoundError:
+                try:
+                    await js.add_consumer(EVENTS_STREAM, config)
+                    self.stage.failed(f"recreated consumer {EVENTS_STREAM}/{durable} (it had vanished)")
+                    self.stage.progressed()  # repaired: shown in last_error, not a reason to be unready
+                except NotFoundError:
+                    self.stage.failed(f"stream {EVENTS_STREAM} is missing; waiting for it")
+            except Exception as e:  # NATS away: it reconnects
+                self.stage.failed(e)
+
         events: Consumer[FeedEvent] = Consumer(js, EVENTS_STREAM, durable, FeedEvent, self.stage, name="inference feed",
                                                max_bytes=MAX_EVENT_BYTES, in_progress_s=20.0,
-                                               poison=(ValueError, KeyError, TypeError))  # a payload it cannot use
-        await events.run(self.handle, stop, batch=100, timeout=0.5)
+                                               max_deliveries=CONFIRM_DELIVERIES, retry_delay=confirm_delay)
+        await events.run(self.handle, stop, batch=100, timeout=0.5, between=still_there)
 
     async def reload_every(self, seconds: float, stop: asyncio.Event) -> None:
         while not await stopped_within(stop, seconds):

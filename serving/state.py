@@ -2,9 +2,10 @@
 model version, a Router per revision), API keys (hashes only) with their rate limits, and the prediction records
 waiting to be published. No database, event store or network access on the request path.
 
-State changes arrive as deployment and API-key events (their payloads carry the whole new state: a deployment
-revision names each variant's ONNX artifact); `apply_deployment` loads what a new revision needs *before* swapping
-it in, so requests never see a half-loaded deployment and a request in flight keeps the revision it started with.
+State comes from the read models only (serving/feed.py): anyone on the bus can publish an event, so an event is a
+hint to look at the read model again, never a state to apply. `apply_deployment` loads what a new revision needs
+*before* swapping it in, so requests never see a half-loaded deployment and a request in flight keeps the revision
+it started with.
 A revision whose artifacts cannot be loaded (missing file, sha256 mismatch, not inside the artifact root) is not
 applied: the deployment keeps serving its previous revision and `/readyz` shows the error.
 """
@@ -95,6 +96,10 @@ class KeyState:
         return (1.0 - self.tokens) / self.rate
 
 
+class ArtifactMismatch(ValueError):
+    """The artifact read is not the one the registry names."""
+
+
 class ModelLoader:
     """Sessions by artifact sha256, shared by every deployment and revision that serves the same file."""
 
@@ -110,7 +115,7 @@ class ModelLoader:
         if session is None:
             data = self.read_artifact(str(artifact["uri"]))
             if hashlib.sha256(data).hexdigest() != sha:
-                raise ValueError(f"{model} v{version}: the ONNX file does not match its sha256")
+                raise ArtifactMismatch(f"{model} v{version}: the ONNX file does not match its sha256")
             session = self.cache[sha] = session_for(data)
         names = [str(n) for n in (artifact.get("feature_names") or [])]
         labels = artifact.get("class_labels")
@@ -215,11 +220,13 @@ class ServingState:
         self.errors: dict[str, str] = {}  # deployment name → why its latest revision is not served
 
     # ---- deployment and key changes (events or a reload) --------------------------------------------------
-    def apply_deployment(self, snapshot: dict[str, Any], version: int) -> bool:
-        """Serve `snapshot` ({name, revision, active, variants, shadow}) unless a newer one is served. Returns
-        whether it changed anything; raises nothing (a load failure is kept in `errors`)."""
+    def apply_deployment(self, snapshot: dict[str, Any], version: int, replace: bool = False) -> bool:
+        """Serve `snapshot` ({name, revision, active, variants, shadow}) unless a newer one is served (`replace`:
+        unless this very version is served: the read model is the truth, even when it went back). Returns whether
+        it changed anything; raises nothing (a load failure is kept in `errors`)."""
         name = str(snapshot["name"])
-        if version <= self.deployment_versions.get(name, 0):
+        served = self.deployment_versions.get(name, 0)
+        if version == served or (version < served and not replace):
             return False
         if not snapshot.get("active", True):
             self.deployments.pop(name, None)
@@ -235,8 +242,11 @@ class ServingState:
             router = Router(name, int(snapshot["revision"]), [(str(v["name"]), int(v["weight"]))
                                                               for v in snapshot["variants"]])
         except Exception as e:
-            self.errors[name] = f"revision {snapshot.get('revision')} not loaded: {type(e).__name__}: {e}"[:500]
-            log.error("deployment %s: %s", name, self.errors[name])
+            # What /readyz shows: no message text, which may name server paths; the log has the whole error.
+            reason = str(e) if isinstance(e, ArtifactMismatch) else type(e).__name__
+            self.errors[name] = f"revision {snapshot.get('revision')} not loaded: {reason}"[:500]
+            log.error("deployment %s: revision %s not loaded: %s: %s", name, snapshot.get("revision"),
+                      type(e).__name__, e)
             return False
         self.deployments[name] = LiveDeployment(name, int(snapshot["revision"]), version, router, variants,
                                                 shadow_model)
@@ -245,6 +255,29 @@ class ServingState:
         self.loader.retain(list(self.deployments.values()))
         log.info("deployment %s: serving revision %s", name, snapshot["revision"])
         return True
+
+    def remove_deployments(self, keep: set[str]) -> None:
+        """Stop serving every deployment not named in `keep` (the read model does not list it as active)."""
+        for name in [n for n in self.deployments if n not in keep]:
+            self.deployments.pop(name, None)
+            self.deployment_versions.pop(name, None)
+        for name in [n for n in self.errors if n not in keep]:
+            self.errors.pop(name, None)
+        self.loader.retain(list(self.deployments.values()))
+
+    def sync_keys(self, live: list[dict[str, Any]]) -> None:
+        """Exactly the keys of `live` (rows {id, name, key_hash, deployments, rate_limit_per_s, version}): a key
+        whose row is unchanged keeps its rate-limit bucket; any other key is dropped or replaced."""
+        wanted = {str(r["id"]): r for r in live}
+        for h, state in list(self.keys.items()):
+            row = wanted.get(state.key_id)
+            if row is None or int(row["version"]) != state.version or str(row["key_hash"]) != h:
+                del self.keys[h]
+        have = {s.key_id for s in self.keys.values()}
+        self.key_versions = {s.key_id: s.version for s in self.keys.values()}
+        for key_id, row in wanted.items():
+            if key_id not in have:
+                self.apply_key(key_id, int(row["version"]), row)
 
     def apply_key(self, key_id: str, version: int, key: dict[str, Any] | None) -> None:
         """`key` ({name, key_hash, deployments, rate_limit_per_s}) or None when revoked."""
@@ -261,6 +294,12 @@ class ServingState:
                                                        tokens=max(1.0, float(rate or 1)))
 
     # ---- the request path --------------------------------------------------------------------------------
+    def key_of(self, api_key: str | None) -> KeyState | None:
+        """The live key `api_key` is, if any (no rate limit taken: for reads that are not predictions)."""
+        if not api_key:
+            return None
+        return self.keys.get(hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest())
+
     def authorize(self, api_key: str | None, deployment: str) -> KeyState:
         if not api_key:
             raise PredictError(401, "an API key is required (Authorization: Bearer <key> or X-API-Key)",

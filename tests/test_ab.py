@@ -51,7 +51,7 @@ class AB:
             {"name": "challenger", "model": "bc", "version": challenger, "weight": weight}]}
         r = self.http.post(DEPLOYMENTS, json=body)
         assert r.status_code == 201, r.text
-        eventually(lambda: name in {d["name"] for d in self.inference.get("/v1/deployments").json()["items"]},
+        eventually(lambda: name in {d["name"] for d in self.inference.get("/v1/deployments", headers={"Authorization": f"Bearer {self.key}"}).json()["items"]},
                    timeout=20, interval=0.05,  # the inference server's feed follows the events
                    message=f"{name} never served")
 
@@ -182,7 +182,7 @@ def test_labels_metrics_and_latencies_mean_what_the_model_means(ab: AB) -> None:
     assert r.json()["detail"].endswith("a binary_classification deployment; its metrics: accuracy, logloss")
     assert ab.http.get(f"{DEPLOYMENTS}/edges/ab/timeseries", params={"metric": "mae"}).status_code == 422
 
-    eventually(lambda: "edges" in {d["name"] for d in ab.inference.get("/v1/deployments").json()["items"]},
+    eventually(lambda: "edges" in {d["name"] for d in ab.inference.get("/v1/deployments", headers={"Authorization": f"Bearer {ab.key}"}).json()["items"]},
                timeout=20, interval=0.05, message="edges never served")
     assert ab.traffic("edges", 40) == 40
 

@@ -52,6 +52,7 @@ class Serving:
         r = self.http.post(KEYS, json={"name": "everything", "deployments": "*"})
         assert r.status_code == 201, r.text
         self.key = r.json()["key"]
+        self.auth = {"Authorization": f"Bearer {self.key}"}  # listing what is served takes a key too
 
     def export(self, version: int, model: str = "bc", **body: Any) -> dict[str, Any]:
         r = self.http.post(f"{MODELS}/{model}/versions/{version}/exports", json={"format": "onnx", **body})
@@ -85,7 +86,7 @@ class Serving:
         served: list[dict[str, int] | None] = [None]
 
         def serves() -> bool:
-            served[0] = {d["name"]: d["revision"] for d in self.inference.get("/v1/deployments").json()["items"]}
+            served[0] = {d["name"]: d["revision"] for d in self.inference.get("/v1/deployments", headers=self.auth).json()["items"]}
             return served[0].get(name) == revision
 
         eventually(serves, timeout=timeout, interval=0.05, ignoring=(httpx.TransportError,),
