@@ -600,6 +600,15 @@ class TrainyardClient:
         project this client acts in.)"""
         return self._call("GET", f"/api/v1/projects/{_seg(name)}")
 
+    def usage(self, project: str) -> dict[str, Any]:
+        """{"project", "quotas": {name: {"limit" (null: unlimited), "used", "description"}}}"""
+        return self._call("GET", f"/api/v1/projects/{_seg(project)}/usage")
+
+    def set_quotas(self, project: str, quotas: dict[str, float | None], reason: str | None = None) -> dict[str, Any]:
+        """Replace a project's quotas (project admins); a name left out or None: unlimited."""
+        return self._call("PUT", f"/api/v1/projects/{_seg(project)}/quotas",
+                          json={"quotas": quotas, "reason": reason})
+
     def members(self, project: str) -> dict[str, Any]:
         """{"items": [{principal, role, set_by, set_at}]}"""
         return self._call("GET", f"/api/v1/projects/{_seg(project)}/members")

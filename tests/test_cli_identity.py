@@ -257,3 +257,16 @@ def test_saving_credentials_keeps_other_apis_and_makes_the_file_private(monkeypa
     save_credentials("http://here:8000", None)
     assert json.loads(path.read_text()) == {"http://other:8000": {"token": "ty_other"}}
     assert [p.name for p in tmp_path.iterdir()] == ["creds.json"]  # no temporary file left behind
+
+
+def test_project_quotas_and_usage(credentials: Path, stack: Stack) -> None:
+    p = f"p-{uuid.uuid4().hex[:8]}"
+    ok("project", "create", p)
+    out = ok("project", "quotas", p, "--set", "max_queued_jobs=3", "--set", "upload_bytes=none", "--reason", "budget")
+    assert f"project {p} quotas: max_queued_jobs 3" in out
+    usage = json.loads(ok("usage", p, "--json"))
+    assert usage["quotas"]["max_queued_jobs"] == {"limit": 3.0, "used": 0.0, "description": usage["quotas"][
+        "max_queued_jobs"]["description"]}
+    assert re.search(r"max_queued_jobs\s+0\s+3", ok("usage", p))
+    code, output = trainyard("project", "quotas", p, "--set", "max_queued_jobs")
+    assert code != 0 and "name=limit" in output

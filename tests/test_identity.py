@@ -17,6 +17,7 @@ from commands.credentials import ALGORITHM, AUDIENCE, ISSUER
 from entrypoints.bootstrap import build_services
 from infra.settings import Settings
 from tests.support.auth import bearer, identity_projection, sign_in_owner
+from tests.support.waiting import eventually
 
 PASSWORD = "a long enough passphrase"
 
@@ -247,3 +248,25 @@ def test_the_documented_permission_table_names_every_action() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
     table = doc[doc.index("### Projects, roles and the permission table"):doc.index("### What is hashed where")]
     assert not [a for a in ACTIONS if f"`{a}`" not in table]
+
+
+def test_a_revoked_token_stops_working_in_another_process_within_a_second(api: Any) -> None:
+    """A second API process (its own identity cache and LISTEN connection) on the same database: once the revoke
+    answers, the other refuses the token within a second (the read model's NOTIFY reloads its cache)."""
+    client, services = api
+    other = build_services(services.settings)
+    try:
+        with TestClient(create_app(other), raise_server_exceptions=False) as elsewhere:
+            r = client.post("/api/v1/tokens", json={"name": "two-processes"})
+            token, token_id = r.json()["token"], r.json()["id"]
+
+            def works() -> bool:
+                return elsewhere.get("/api/v1/me", headers=bearer(token)).status_code == 200
+            eventually(works, timeout=10, interval=0.05, message="the other process never knew the token")
+            assert client.request("DELETE", f"/api/v1/tokens/{token_id}").status_code == 200
+            revoked_at = time.monotonic()
+            eventually(lambda: not works(), timeout=1.0, interval=0.02,
+                       message="the other process still took the revoked token after a second")
+            print(f"refused elsewhere {time.monotonic() - revoked_at:.3f} s after the revoke answered")
+    finally:
+        other.close()

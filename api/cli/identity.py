@@ -233,6 +233,46 @@ def project_show(name: str, as_json: JsonOpt = False, api: ApiOpt = None) -> Non
     _members_table(members)
 
 
+@cli.command()
+def usage(project: Annotated[Optional[str], typer.Argument(help="default: the project you act in")] = None,
+          as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """A project's use against each of its quotas."""
+    client = connect(api)
+    name = project or client.me()["project"]
+    u = client.usage(name)
+    if as_json:
+        return print_json(u)
+    table = Table(title=f"project {escape(name)}: use against quotas", box=None)
+    for col in ("quota", "used", "limit", "what it counts"):
+        table.add_column(col, no_wrap=col != "what it counts")
+    for quota, q in u["quotas"].items():
+        limit = "unlimited" if q["limit"] is None else f"{q['limit']:g}"
+        table.add_row(quota, f"{q['used']:g}", limit, escape(q["description"]))
+    console.print(table)
+
+
+@project_cli.command("quotas")
+def project_quotas(project: str,
+                   quota: Annotated[list[str], typer.Option("--set", "-s", help="name=limit (limit 'none': unlimited); "
+                                                            "repeatable; the ones not given become unlimited")],
+                   reason: WhyOpt = None, as_json: JsonOpt = False, api: ApiOpt = None) -> None:
+    """Replace a project's quotas (its admins)."""
+    quotas: dict[str, float | None] = {}
+    for item in quota:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r}: the syntax is name=limit", param_hint="--set")
+        try:
+            quotas[name] = None if value.lower() in ("none", "null", "") else float(value)
+        except ValueError:
+            raise typer.BadParameter(f"{item!r}: the limit must be a number or 'none'", param_hint="--set") from None
+    p = connect(api).set_quotas(project, quotas, reason)
+    if as_json:
+        return print_json(p)
+    line(f"project {project} quotas: " + (", ".join(f"{k} {v:g}" for k, v in sorted(p["quotas"].items()))
+                                                  or "none (unlimited)"))
+
+
 def _members_table(members: list[dict[str, Any]]) -> None:
     table = Table(title=f"{len(members)} members", box=None)
     for col in ("principal", "role", "set by", "set at"):
