@@ -249,7 +249,7 @@ def set_quotas(project: NamePath, body: QuotasIn, request: Request, s: ServicesD
                ctx: CommandContextDep) -> ProjectPublic:
     """Replace the project's quotas (a name left out or null: unlimited); an event with your name and the
     reason."""
-    saved = s.identity.set_quotas(project, check_quotas(body.quotas), body.reason, ctx)
+    saved = s.identity.set_quotas(project, check_quotas(body.quotas.model_dump(exclude_none=True)), body.reason, ctx)
     _caught_up(s, saved.position)
     return _project(s, project, access_of(request).principal.memberships.get(project))
 

@@ -5,10 +5,8 @@ schema admits is refused with a 400 or 422 (positive data acceptance), but for t
 Bounded: a few examples per operation, derandomized."""
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,15 +18,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, positive_data_acceptance,
                                                response_schema_conformance, status_code_conformance)
 
-from api.app import create_app
-from commands.training import TrainingApplication
-from commands.credentials import sha256
-from entrypoints.bootstrap import build_services
-from tests.support.auth import admin_token, bearer
-from tests.support.waiting import eventually
-from infra.settings import Settings
-from projections.read_models import process_specs
-from projections.hosting import ProjectionProcess
+
+from tests.support.tenants import isolated_app
 
 pytestmark = pytest.mark.integration
 EXAMPLES = 40  # per operation: the whole run stays well under a minute
@@ -103,29 +94,12 @@ CHECKS = [not_a_server_error, accepts_valid_data, *DOCUMENTED]  # /readyz answer
 
 @pytest.fixture(scope="module")
 def app(module_database_url: str, clickhouse: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    # chDB allows one data path per process: share the session's (data_dir/chdb is the clickhouse fixture's path)
-    root: Path = tmp_path_factory.mktemp("dataset-root")
-    services = build_services(Settings(database_url=module_database_url, nats_url="nats://127.0.0.1:4222", clickhouse_url=None,
-                              data_dir=clickhouse.path.parent, dataset_roots=str(root)))
+    # chDB allows one data path per process: share the session's (data_dir/chdb is the clickhouse fixture's path);
     # the read models run as in `serve`, so a command's answer (read back from its read model) is the real one
-    stop = asyncio.Event()
-    loop = asyncio.new_event_loop()
-    specs = process_specs(TrainingApplication)
-    read_models = ProjectionProcess(specs, module_database_url, {name: services.health.stage(name) for name, *_ in specs})
-    thread = threading.Thread(target=loop.run_until_complete, args=(read_models.run(stop),), daemon=True)
-    thread.start()
-    app = create_app(services)
-    token = admin_token(services.settings.data_dir)
-
-    def known() -> bool:  # the identity projection has the first owner: the token works
-        services.auth.cache.reload()
-        return services.auth.cache.token(sha256(token)) is not None
-    eventually(known, timeout=60, interval=0.1, message="the owner's token never worked")
-    app.state.test_headers = bearer(token)
-    yield app
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(30)
-    services.close()
+    root: Path = tmp_path_factory.mktemp("dataset-root")
+    with isolated_app(module_database_url, clickhouse.path.parent, root) as (client, _):
+        client.app.state.test_headers = {"Authorization": client.headers["Authorization"]}
+        yield client.app
 
 
 def test_every_answer_is_documented_and_none_is_a_server_error(app: Any) -> None:

@@ -39,7 +39,7 @@ def test_quotas_are_set_by_admins_and_usage_shows_them(app: Any) -> None:
     assert client.put("/api/v1/projects/beta/quotas", json={"quotas": {"max_queued_jobs": 9}},
                       headers=tenants.headers("beta", "deployer")).status_code == 403
     bad = set_quotas(client, tenants, {"max_gpus": 3}, project="beta")
-    assert bad.status_code == 422 and bad.json()["field"] == "quotas.max_gpus"
+    assert bad.status_code == 422 and bad.json()["field"] == "quotas.max_gpus", bad.text
     bad = set_quotas(client, tenants, {"max_queued_jobs": -1}, project="beta")
     assert bad.status_code == 422 and bad.json()["field"] == "quotas.max_queued_jobs"
     use = client.get("/api/v1/projects/beta/usage", headers=tenants.headers("beta", "viewer")).json()["quotas"]
@@ -105,3 +105,10 @@ def test_quota_changes_are_events_with_actor_and_reason(app: Any) -> None:
         rows = conn.execute("SELECT convert_from(state, 'UTF8') FROM trainingapplication_events "
                             "WHERE topic LIKE %s", ("%Project.QuotasSet%",)).fetchall()
     assert any('"test budget"' in r[0] and "max_running_studies" in r[0] for r in rows)
+
+
+def test_the_api_schema_names_every_quota() -> None:
+    from api.schemas.identity import QuotaLimits
+    from domain.quotas import QUOTAS
+
+    assert set(QuotaLimits.model_fields) == set(QUOTAS)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.limits import SafeText
 from commands.credentials import MAX_PASSWORD, MIN_PASSWORD
 from domain.identity import MAX_REASON, MAX_TOKEN_NAME, NAME_PATTERN
-from domain.quotas import QUOTAS
+from domain.quotas import MAX_QUOTA, QUOTAS
 
 Name = Field(pattern=NAME_PATTERN, max_length=63)
 Reason = Field(default=None, max_length=MAX_REASON)
@@ -148,9 +148,25 @@ class RefreshIn(BaseModel):
     refresh_token: str = Field(min_length=1, max_length=200)
 
 
+def _limit(name: str) -> Any:
+    return Field(default=None, ge=0, le=MAX_QUOTA, allow_inf_nan=False, description=f"{QUOTAS[name]}; null: unlimited")
+
+
+class QuotaLimits(BaseModel):
+    """One limit per quota; left out or null: unlimited."""
+    model_config = ConfigDict(extra="forbid")
+    max_running_jobs: float | None = _limit("max_running_jobs")
+    max_queued_jobs: float | None = _limit("max_queued_jobs")
+    cpu_hours_per_month: float | None = _limit("cpu_hours_per_month")
+    gpu_hours_per_month: float | None = _limit("gpu_hours_per_month")
+    upload_bytes: float | None = _limit("upload_bytes")
+    max_running_studies: float | None = _limit("max_running_studies")
+    max_deployments: float | None = _limit("max_deployments")
+
+
 class QuotasIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    quotas: dict[str, float | None] = Field(max_length=20, description=", ".join(QUOTAS))
+    quotas: QuotaLimits
     reason: SafeText | None = Reason
 
 
