@@ -81,14 +81,14 @@ def save(store: SimpleNamespace, *aggregates: Any) -> None:
 @given(cmds=st.lists(deployment_commands, max_size=12), revoke=st.booleans())
 def test_deployment_history_equals_the_revisions_and_a_rebuild_equals_live(store, cmds: list, revoke: bool) -> None:
     name = f"d-{uuid4().hex[:12]}"
-    d = Deployment.create(name, [variant("a", 60), variant("b", 40, version=2)], reason="first")
+    d = Deployment.create(name, [variant("a", 60), variant("b", 40, version=2)], reason="first", project="default")
     save(store, d)
     for cmd in cmds:
         run_deployment_command(d, cmd)  # refused commands record nothing
         save(store, d)
     key = new_key()
     api_key = ApiKey.create(name="k", key_hash=hash_key(key), prefix=key_prefix(key), deployments=[name],
-                            rate_limit_per_s=5)
+                            rate_limit_per_s=5, project="default")
     if revoke:
         api_key.revoke("leaked")
     save(store, api_key)
@@ -156,7 +156,7 @@ def test_the_policys_last_evaluation_is_kept_per_deployment_and_shown_with_its_r
     policy = {"metric": "accuracy", "min_samples": 100, "min_lift": 0.0, "max_p_value": 0.05, "ramp": [10, 50, 100],
               "step_every_s": 1, "max_p99_latency_ms": None, "max_error_rate": None}
     name = f"pol-{uuid4().hex[:8]}"
-    save(store, Deployment.create(name, [variant("control", 90), variant("challenger", 10)], policy=policy))
+    save(store, Deployment.create(name, [variant("control", 90), variant("challenger", 10)], policy=policy, project="default"))
     project(store, "deployments")
     clock = [time.time() + 60]  # past the step time: waiting only on labels
     engine = PolicyEngine(None, store.deployments, lambda *_: ([], []), Health().stage("policy"),  # type: ignore[arg-type]
