@@ -135,6 +135,7 @@ class DeploymentCommands:
 
     def update(self, name: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
                reason: str | None = None, ctx: CommandContext = ANONYMOUS, *, project: str):
+        self.get(name, project=project)  # another project's deployment is missing, before its variants are judged
         resolved, resolved_shadow = self._variants(variants, project), self._shadow(shadow, project)
         return self._change(name, project, lambda d: d.update(resolved, resolved_shadow, reason), ctx)
 
