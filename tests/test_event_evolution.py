@@ -136,6 +136,42 @@ def test_a_study_created_before_projects_belongs_to_the_default_project() -> Non
     assert loaded.project == created.project == "default" and loaded.name == "s"
 
 
+def test_models_exports_deployments_and_keys_made_before_projects_belong_to_the_default_project() -> None:
+    def model() -> RegisteredModel:
+        return RegisteredModel.create("churn", "fine", ["t"], project="alpha")
+
+    def export() -> ModelExport:
+        return ModelExport.request(uuid4(), "churn", 1, "onnx", 1e-4, {"artifact": ARTIFACT}, project="alpha")
+
+    def deployment() -> Deployment:
+        return Deployment.create("fraud", [{"name": "a", "model": "m", "version": 1, "weight": 100,
+                                            "artifact": ARTIFACT}], policy={"metric": "accuracy"}, project="alpha")
+
+    def key() -> ApiKey:
+        return ApiKey.create("ci", "a" * 64, "ty_abc", ["fraud"], project="alpha")
+
+    for make, event in ((model, "RegisteredModel.Created"), (export, "ModelExport.Requested"),
+                        (key, "ApiKey.Created")):
+        assert store_and_load(make()).project == "alpha"
+        old = as_v1(event, "project")  # the v1 form: no project, no class version
+        loaded, (first, *_) = store_and_load(make(), old), store_and_read(make(), old)
+        assert loaded.project == first.project == "default", event  # what the read models read
+    # a deployment's v2 (with a policy, without a project) and its v1 (neither) both land in the default project
+    def as_v2(topic: str, state: dict[str, Any]) -> None:
+        if topic.endswith("Deployment.Created"):
+            state["class_version"] = 2
+            del state["project"]
+    assert store_and_load(deployment()).project == "alpha"
+    loaded = store_and_load(deployment(), as_v2)
+    assert (loaded.project, loaded.policy["metric"]) == ("default", "accuracy")
+    assert store_and_read(deployment(), as_v2)[0].project == "default"
+    loaded = store_and_load(deployment(), as_v1("Deployment.Created", "project", "policy"))
+    assert (loaded.project, loaded.policy) == ("default", None)
+    # an old key reaches the default project's deployments, and only those
+    old_key = store_and_load(key(), as_v1("ApiKey.Created", "project"))
+    assert old_key.allows("fraud") and not old_key.allows("fraud", "alpha")
+
+
 def test_a_stored_event_that_has_every_field_but_no_class_version_keeps_its_values() -> None:
     job = store_and_load(_job(), as_v1("TrainingJob.Submitted"))  # what today's log holds, written before v2
     assert (job.timeout_s, job.max_attempts, job.trial_number, job.report_metric) == (60, 5, 2, "l2")
