@@ -216,7 +216,7 @@ class DeploymentQueries:
 
 
 class PolicyEvaluations:
-    """commands/ab_policy.py `Evaluations`: one row per deployment, replaced by each evaluation (an UPSERT every
+    """commands/ab_policy.py `Evaluations`: one row per deployment (by its scoped key), replaced by each evaluation (an UPSERT every
     `policy_interval_s` per deployment with a policy; its table is created with the deployments read model's)."""
 
     def __init__(self, pool: ConnectionPool) -> None:
