@@ -556,3 +556,22 @@ def test_prediction_stats_ab_reports_and_the_policy_read_their_own_projects_rows
         r = client.get(f"{DEPLOYMENTS}/twin", headers=tenants.headers(project, "viewer")).json()
         assert r["policy_state"]["last_evaluation"] is not None, project
     assert client.get(f"{DEPLOYMENTS}/twin").status_code == 404  # the default project has no twin
+
+
+def test_the_deployments_quota_counts_the_projects_own_deployments(
+        stack: tuple[Any, Any], tenants: Tenants, served: dict[str, Any]) -> None:
+    client, _ = stack
+    alpha = tenants.headers("alpha", "deployer")
+    active = [d for d in client.get(DEPLOYMENTS, headers=alpha).json()["items"] if d["active"]]
+    r = client.put("/api/v1/projects/alpha/quotas", json={"quotas": {"max_deployments": len(active)}})
+    assert r.status_code == 200, r.text
+    try:
+        r = client.post(DEPLOYMENTS, headers=alpha, json={"name": "one-too-many", "variants": [
+            {"name": "control", "model": served["alpha"]["model"], "version": 1, "weight": 100}]})
+        assert r.status_code == 429 and "max_deployments" in r.text, r.text
+        # beta's deployments are beta's: the same count does not hold beta back
+        r = client.post(DEPLOYMENTS, headers=tenants.headers("beta", "deployer"), json={"name": "beta-more", "variants": [
+            {"name": "control", "model": "beta-model", "version": 1, "weight": 100}]})
+        assert r.status_code == 201, r.text
+    finally:
+        assert client.put("/api/v1/projects/alpha/quotas", json={"quotas": {"max_deployments": None}}).status_code == 200
