@@ -1,13 +1,14 @@
 """/api/v1/deployments/{name}/ab: the online comparison of a deployment's variants (and its shadow), from ClickHouse
-sufficient statistics (projections/telemetry/ab_queries.py) and the always-valid statistics of domain/ab_stats.py."""
+sufficient statistics (projections/telemetry/ab_queries.py) and the always-valid statistics of domain/ab_stats.py.
+The request's project's deployment only, its rows in ClickHouse keyed by `scoped(project, name)`."""
 from __future__ import annotations
 
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
-from api.auth import allow
+from api.auth import access_of, allow
 from api.deps import Services, ServicesDep
 from api.problems import Problem
 from api.schemas.common import problems
@@ -15,6 +16,7 @@ from api.schemas.deployments import DeploymentName
 from commands.deployments import DeploymentNotFoundError
 from domain.ab_policy import stats_of
 from domain.ab_stats import compare, srm, summarize
+from domain.contract import scoped
 from domain.deployment_spec import control_of
 from domain.vocabulary import TASK_AB_METRICS, AbMetric, Task
 from projections.telemetry.ab_queries import shadow_agreement, timeseries, variant_stats
@@ -31,8 +33,8 @@ def _window(since: int | None, until: int | None) -> tuple[int, int]:
     return since, until
 
 
-def _deployment(s: Services, name: str) -> dict[str, Any]:
-    row = s.deployments.get(name)
+def _deployment(s: Services, name: str, project: str) -> dict[str, Any]:
+    row = s.deployments.get(name, project=project)
     if row is None:
         raise DeploymentNotFoundError(name)
     return row
@@ -48,19 +50,21 @@ def check_metric(row: dict[str, Any], metric: str) -> None:
                                                   f"deployment; its metrics: {', '.join(allowed)}", "metric")
 
 
-def _weights_by_revision(s: Services, name: str) -> dict[int, dict[str, int]]:
-    return {h["revision"]: {v["name"]: v["weight"] for v in h["variants"]} for h in s.deployments.history(name)}
+def _weights_by_revision(s: Services, name: str, project: str) -> dict[int, dict[str, int]]:
+    return {h["revision"]: {v["name"]: v["weight"] for v in h["variants"]}
+            for h in s.deployments.history(name, project=project)}
 
 
 def report(s: Services, name: str, metric: str, since: int | None = None, until: int | None = None,
-           revision: int | None = None, alpha: float = 0.05) -> dict[str, Any]:
-    """The A/B report of `name` as data (the API's answer; the CLI and the policy read the same)."""
-    row = _deployment(s, name)
+           revision: int | None = None, alpha: float = 0.05, *, project: str) -> dict[str, Any]:
+    """The A/B report of `project`'s `name` as data (the API's answer; the CLI and the policy read the same)."""
+    row = _deployment(s, name, project)
     check_metric(row, metric)
     since_ms, until_ms = _window(since, until)
-    rows, per_revision = variant_stats(s.clickhouse, name, metric, since_ms, until_ms,
+    key = scoped(project, name)
+    rows, per_revision = variant_stats(s.clickhouse, key, metric, since_ms, until_ms,
                                        -1 if revision is None else revision)
-    weights_at = _weights_by_revision(s, name)
+    weights_at = _weights_by_revision(s, name, project)
     current = {v["name"]: v["weight"] for v in row["variants"]}
     names = [v["name"] for v in row["variants"]]
     served = {r["variant"]: r for r in rows if not r["shadow"]}
@@ -80,7 +84,7 @@ def report(s: Services, name: str, metric: str, since: int | None = None, until:
     shadow_row = next((r for r in rows if r["shadow"]), None)
     shadow = None
     if shadow_row is not None:
-        agreement = shadow_agreement(s.clickhouse, name, since_ms, until_ms, -1 if revision is None else revision)
+        agreement = shadow_agreement(s.clickhouse, key, since_ms, until_ms, -1 if revision is None else revision)
         compared = sum(a["compared"] for a in agreement)
         shadow_stats = stats_of(shadow_row, "shadow", 0)
         shadow = {**summarize(shadow_stats, metric, alpha=alpha), "compared": compared,
@@ -95,7 +99,8 @@ def report(s: Services, name: str, metric: str, since: int | None = None, until:
 
 
 @router.get("/{name}/ab", dependencies=[allow("deployment.read")], responses=problems(404, 422))
-def ab_report(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: AbMetric = AbMetric.ACCURACY,
+def ab_report(name: Annotated[DeploymentName, Path()], request: Request, s: ServicesDep,
+              metric: AbMetric = AbMetric.ACCURACY,
               since: EpochMs = None, until: EpochMs = None,
               revision: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> dict[str, Any]:
     """Per variant: requests, labelled requests, error rate, latency p50/p95/p99, the metric with its always-valid 95%
@@ -103,21 +108,23 @@ def ab_report(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: A
     difference, its interval, an always-valid p-value (valid however often you look) and a decision; a
     sample-ratio-mismatch check per revision; the shadow's agreement with what was served. The window is whole
     minutes (`since` rounded down, `until` up), by the time of the prediction."""
-    return report(s, name, metric, since, until, revision)
+    return report(s, name, metric, since, until, revision, project=access_of(request).project)
 
 
 @router.get("/{name}/ab/timeseries", dependencies=[allow("deployment.read")], responses=problems(404, 422))
-def ab_timeseries(name: Annotated[DeploymentName, Path()], s: ServicesDep, metric: AbMetric = AbMetric.ACCURACY,
+def ab_timeseries(name: Annotated[DeploymentName, Path()], request: Request, s: ServicesDep,
+                  metric: AbMetric = AbMetric.ACCURACY,
                   bucket: Annotated[int, Query(ge=60, le=86400, multiple_of=60,
                                                description="seconds per bucket, whole minutes")] = 60,
                   since: EpochMs = None, until: EpochMs = None,
                   revision: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> dict[str, Any]:
     """Per time bucket: each variant's figures in the bucket, and the comparison of each challenger with the control
     on everything up to the end of the bucket (the difference over time, as the report would have shown it)."""
-    row = _deployment(s, name)
+    project = access_of(request).project
+    row = _deployment(s, name, project)
     check_metric(row, metric)
     since_ms, until_ms = _window(since, until)
-    rows = timeseries(s.clickhouse, name, metric, bucket, since_ms, until_ms, -1 if revision is None else revision)
+    rows = timeseries(s.clickhouse, scoped(project, name), metric, bucket, since_ms, until_ms, -1 if revision is None else revision)
     control = control_of(row["variants"])
     totals: dict[str, dict[str, float]] = {}
     points = []

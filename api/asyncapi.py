@@ -174,6 +174,8 @@ class ModelCreated(_Payload):
     name: str
     description: str
     tags: list[str]
+    project: str = Field(default="default", description="the model's project (its name is unique in it); events "
+                                                        "stored before projects: 'default'")
 
 
 class VersionRegistered(_Payload):
@@ -214,6 +216,8 @@ class ExportRequested(_Payload):
     priority: Priority
     timeout_s: int
     max_attempts: int
+    project: str = Field(default="default", description="its model's project; events stored before projects: "
+                                                        "'default'")
 
 
 # ---- deployments and API keys ------------------------------------------------------------------------------
@@ -226,6 +230,9 @@ class DeploymentCreated(_Payload):
     reason: str | None
     revision: int
     policy: dict[str, Any] | None = None
+    project: str = Field(default="default", description="the deployment's project (its name is unique in it; its "
+                                                        "variants serve that project's models); events stored "
+                                                        "before projects: 'default'")
 
 
 class DeploymentRevised(_Payload):
@@ -262,6 +269,8 @@ class ApiKeyCreated(_Payload):
     prefix: str
     deployments: list[str]
     rate_limit_per_s: float | None
+    project: str = Field(default="default", description="the key's project: it reaches that project's deployments "
+                                                        "only; events stored before projects: 'default'")
 
 
 class ApiKeyRevoked(_Payload):

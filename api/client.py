@@ -627,17 +627,21 @@ class TrainyardClient:
 
     # ---- inference -----------------------------------------------------------------------------------
     def predict(self, name: str, instances: list[Any], key: str | None = None, api_key: str | None = None,
-                inference_url: str | None = None) -> dict[str, Any]:
-        """POST {inference_url}/v1/deployments/{name}/predict with `Authorization: Bearer <api_key>`:
+                inference_url: str | None = None, project: str | None = None) -> dict[str, Any]:
+        """POST {inference_url}/v1/projects/{project}/deployments/{name}/predict (`project`, else this client's
+        project; /v1/deployments/{name}/predict for the default project) with `Authorization: Bearer <api_key>`:
         {"predictions", "probabilities"?, "classes"?, "deployment", "revision", "variant", "model", "version",
-        "request_id"}. `key` pins the variant choice (the same key, the same variant)."""
+        "request_id"}. `key` pins the variant choice (the same key, the same variant). The API key must be of that
+        project (another project's deployment is 404)."""
         base = (inference_url or self.inference_url).rstrip("/")
+        project = project if project is not None else self.project
+        scope = f"/projects/{_seg(project)}" if project and project != "default" else ""
         api_key = api_key if api_key is not None else self.api_key
         body: dict[str, Any] = {"instances": instances}
         if key is not None:
             body["key"] = key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        return self._call("POST", f"{base}/v1/deployments/{_seg(name)}/predict", json=body, headers=headers,
+        return self._call("POST", f"{base}/v1{scope}/deployments/{_seg(name)}/predict", json=body, headers=headers,
                           server=(base, "the inference server"))
 
     def ready(self) -> tuple[int, dict[str, Any]]:

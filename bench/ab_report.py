@@ -225,12 +225,12 @@ def _ndtri(p: float) -> float:
 class _Deployments:
     """The two read-model calls report() makes (PostgreSQL in the service), answered from memory."""
 
-    def get(self, name: str) -> dict[str, Any] | None:
+    def get(self, name: str, *, project: str) -> dict[str, Any] | None:
         return {"name": name, "revision": REVISIONS,
                 "variants": [{"name": v, "model": MODELS[v][0], "version": MODELS[v][1], "weight": WEIGHTS[v]}
                              for v in VARIANTS]}
 
-    def history(self, name: str) -> list[dict[str, Any]]:
+    def history(self, name: str, *, project: str) -> list[dict[str, Any]]:
         return [{"revision": r, "variants": [{"name": v, "weight": WEIGHTS[v]} for v in VARIANTS]}
                 for r in range(1, REVISIONS + 1)]
 
@@ -387,7 +387,8 @@ def run(ch: Any, args: argparse.Namespace) -> None:
 
     reports, ours = {}, {}
     for metric in ("accuracy", "logloss"):
-        reports[metric], ours[metric] = timed(lambda m=metric: report(s, DEPLOYMENT, m, 0, until), args.repeats)
+        reports[metric], ours[metric] = timed(
+            lambda m=metric: report(s, DEPLOYMENT, m, 0, until, project="default"), args.repeats)
         print(f"trainyard: report({metric}) = variant_stats (per-minute aggregates) + summarize/compare/srm over "
               f"{n_pred:,} predictions: {fmt_times(ours[metric])}")
     rows, _ = ab_queries.variant_stats(ch, DEPLOYMENT, "accuracy", 0, until)

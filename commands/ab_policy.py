@@ -10,6 +10,9 @@ An evaluation that acts is an event (its revision in the history, with the figur
 be an event every `interval_s` per deployment, so instead the last evaluation of each deployment (time, revision,
 decision, why, figures) replaces the previous one in the `Evaluations` store (projections/deployments.py
 `PolicyEvaluations`, one PostgreSQL row per deployment), which the deployment's view reads.
+
+Every project's deployments are evaluated, each on its own project's figures: its telemetry, A/B aggregates and
+evaluation row are keyed by `scoped(project, name)` (the name alone in the default project).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Any, Callable, Protocol
 from commands.context import CommandContext
 from commands.deployments import DeploymentCommands
 from domain.ab_policy import Action, jsonable, plain_stats, decide, stats_of
-from domain.contract import printable
+from domain.contract import DEFAULT_PROJECT, printable, scoped
 from domain.deployment_spec import DeploymentError, control_of
 from infra.health import Stage, stopped_within
 
@@ -33,9 +36,9 @@ POLICY_ACTOR = CommandContext(actor="policy")
 class Deployments(Protocol):
     """The deployments read model (projections/deployments.py DeploymentQueries)."""
 
-    def list(self, active: bool | None = None) -> list[dict[str, Any]]: ...
+    def every(self, active: bool | None = None) -> list[dict[str, Any]]: ...
 
-    def history(self, name: str) -> list[dict[str, Any]]: ...
+    def history(self, name: str, *, project: str) -> list[dict[str, Any]]: ...
 
 
 class Evaluations(Protocol):
@@ -44,7 +47,7 @@ class Evaluations(Protocol):
     def record(self, deployment: str, evaluation: dict[str, Any]) -> None: ...
 
 
-# (deployment, metric, since ms, until ms) -> (rows per variant over the whole window, rows per revision and variant):
+# (deployment's scoped key, metric, since ms, until ms) -> (rows per variant over the whole window, rows per revision and variant):
 # projections/telemetry/ab_queries.py variant_stats bound to the ClickHouse that holds the A/B aggregates.
 VariantFigures = Callable[[str, str, int, int], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
 
@@ -60,13 +63,15 @@ class PolicyEngine:
     def evaluate(self, row: dict[str, Any]) -> Action | None:
         """One deployment: decide and act (a command); returns what was done."""
         policy, name, revision = row["policy"], row["name"], row["revision"]
+        project = row.get("project") or DEFAULT_PROJECT
+        key = scoped(project, name)
         weights = {v["name"]: v["weight"] for v in row["variants"]}
         control = control_of(row["variants"])
-        history = self.queries.history(name)
+        history = self.queries.history(name, project=project)
         halted = [h["figures"]["variant"] for h in history if h["change"] == "policy_halt" and h.get("figures")]
         since = history[-1]["at"] if history else row["updated_at"]
         now_ms = int(self.clock() * 1000) + 1
-        overall_rows, by_revision = self.stats(name, policy["metric"], 0, now_ms)  # one pass
+        overall_rows, by_revision = self.stats(key, policy["metric"], 0, now_ms)  # one pass
         overall = {r["variant"]: plain_stats(stats_of(r, r["variant"], 0)) for r in overall_rows if not r["shadow"]}
         current = {r["variant"]: plain_stats(stats_of(r, r["variant"], 0)) for r in by_revision
                    if not r["shadow"] and r["revision"] == revision}
@@ -79,20 +84,20 @@ class PolicyEngine:
             evaluation.update(decision=action.action, variant=action.variant, reason=action.reason)
             try:
                 self.commands.policy_action(name, action.action, action.variant, action.weight, revision,
-                                            action.reason, jsonable(figures), POLICY_ACTOR)
+                                            action.reason, jsonable(figures), POLICY_ACTOR, project=project)
             except DeploymentError as e:  # another evaluation acted first, or the deployment changed meanwhile
-                log.info("policy %s: %s not applied: %s", name, action.action, printable(e, 200))
+                log.info("policy %s: %s not applied: %s", key, action.action, printable(e, 200))
                 evaluation.update(decision="not_applied", reason=f"{action.reason}; not applied: {printable(e, 200)}")
                 action = None
-        self.evaluations.record(name, evaluation)
+        self.evaluations.record(key, evaluation)
         if action is not None:
             self.actions += 1
-            log.info("policy %s: %s", name, action.reason)
+            log.info("policy %s: %s", key, action.reason)
         return action
 
     def evaluate_all(self) -> int:
         n = 0
-        for row in self.queries.list(active=True):
+        for row in self.queries.every(active=True):
             if row.get("policy"):
                 try:
                     n += self.evaluate(row) is not None

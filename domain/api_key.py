@@ -2,7 +2,8 @@
 
     created ──revoke──► revoked (a second revoke is refused)
 
-The key itself is shown once, at creation, and never stored: the aggregate and its events keep only its
+A key belongs to one project and reaches only that project's deployments (a key created before projects belongs
+to the default project). The key itself is shown once, at creation, and never stored: the aggregate and its events keep only its
 sha256 digest and a short prefix for display. No I/O here.
 """
 from __future__ import annotations
@@ -18,8 +19,9 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.contract import FieldError, has_control
+from domain.contract import DEFAULT_PROJECT, FieldError, has_control
 from domain.deployment_spec import NAME_PATTERN
+from domain.identity import check_name as check_project
 
 ALL = "*"
 KEY_PREFIX = "ty_"
@@ -125,16 +127,33 @@ def _check_hash(key_hash: Any, prefix: Any) -> None:
 class ApiKey(Aggregate):
     @classmethod
     def create(cls, name: str, key_hash: str, prefix: str, deployments: list[str] | str,
-               rate_limit_per_s: float | None = None, id: UUID | None = None) -> ApiKey:
-        """A new key whose Created event carries the normalized inputs (deployments as a list)."""
+               rate_limit_per_s: float | None = None, id: UUID | None = None, *, project: str) -> ApiKey:
+        """A new key of `project` whose Created event carries the normalized inputs (deployments as a list)."""
         _check_hash(key_hash, prefix)
         return cls(id=id or uuid4(), name=check_name(name), key_hash=key_hash, prefix=prefix,
-                   deployments=check_deployments(deployments), rate_limit_per_s=check_rate_limit(rate_limit_per_s))
+                   deployments=check_deployments(deployments), rate_limit_per_s=check_rate_limit(rate_limit_per_s),
+                   project=check_project(project, "project"))
 
-    @event("Created")
+    class Created(Aggregate.Created):
+        """v2 added the key's `project`, the only project whose deployments it reaches."""
+
+        class_version = 2
+        name: str
+        key_hash: str
+        prefix: str
+        deployments: list[str] | str
+        rate_limit_per_s: float | None = None
+        project: str = DEFAULT_PROJECT
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("project", DEFAULT_PROJECT)
+
+    @event(Created)
     def __init__(self, id: UUID, name: str, key_hash: str, prefix: str, deployments: list[str] | str,
-                 rate_limit_per_s: float | None = None) -> None:
+                 rate_limit_per_s: float | None = None, project: str = DEFAULT_PROJECT) -> None:
         # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
+        self.project = project
         self.name = name
         self.key_hash = key_hash
         self.prefix = prefix
@@ -143,9 +162,9 @@ class ApiKey(Aggregate):
         self.revoked = False
         self.revoked_reason: str | None = None
 
-    def allows(self, deployment: str) -> bool:
-        """Whether this key may call `deployment` now (a revoked key may call nothing)."""
-        return not self.revoked and allows(self.deployments, deployment)
+    def allows(self, deployment: str, project: str = DEFAULT_PROJECT) -> bool:
+        """Whether this key may call `project`'s `deployment` now (a revoked key may call nothing)."""
+        return not self.revoked and project == self.project and allows(self.deployments, deployment)
 
     def revoke(self, reason: str | None = None) -> None:
         if self.revoked:

@@ -25,41 +25,54 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.contract import DEFAULT_PROJECT
 from domain.deployment_spec import (MAX_REASON, DeploymentError, DeploymentInactiveError, DeploymentSpecError,
                                     NoPreviousRevisionError, Shadow, StaleEvaluationError, Variant, check_name,
                                     check_policy, check_reason, check_shadow, check_variants, check_weight,
                                     control_name, deployment_id, shadow_json, variants_json)
+from domain.identity import check_name as check_project
 from domain.vocabulary import PolicyAction, RevisionChange
 
 
 class Deployment(Aggregate):
     @classmethod
     def create(cls, name: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
-               reason: str | None = None, policy: dict[str, Any] | None = None) -> Deployment:
-        """A new deployment with the id derived from its name; its event holds copies of the inputs."""
+               reason: str | None = None, policy: dict[str, Any] | None = None, *, project: str) -> Deployment:
+        """A new deployment of `project` with the id derived from its name (unique in the project); its event holds
+        copies of the inputs."""
         check_name(name)
-        return cls(id=deployment_id(name), name=name, variants=variants_json(check_variants(variants)),
-                   shadow=shadow_json(check_shadow(shadow)), reason=check_reason(reason), policy=check_policy(policy))
+        check_project(project, "project")
+        return cls(id=deployment_id(name, project), name=name, variants=variants_json(check_variants(variants)),
+                   shadow=shadow_json(check_shadow(shadow)), reason=check_reason(reason), policy=check_policy(policy),
+                   project=project)
 
     class Created(Aggregate.Created):
-        """Revision 1. v2 added `policy`."""
+        """Revision 1. v2 added `policy`; v3 the deployment's `project` (one created before projects belongs to the
+        default project)."""
 
-        class_version = 2
+        class_version = 3
         name: str
         variants: list[dict[str, Any]]
         shadow: dict[str, Any] | None = None
         reason: str | None = None
         revision: int = 1
         policy: dict[str, Any] | None = None
+        project: str = DEFAULT_PROJECT
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state.setdefault("policy", None)
 
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state.setdefault("project", DEFAULT_PROJECT)
+
     @event(Created)
     def __init__(self, id: UUID, name: str, variants: list[dict[str, Any]], shadow: dict[str, Any] | None = None,
-                 reason: str | None = None, revision: int = 1, policy: dict[str, Any] | None = None) -> None:
+                 reason: str | None = None, revision: int = 1, policy: dict[str, Any] | None = None,
+                 project: str = DEFAULT_PROJECT) -> None:
         # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
+        self.project = project  # every read and command sees it only from within this project
         self.name = name
         self.variants = tuple(Variant.from_json(v) for v in variants)
         self.shadow = None if shadow is None else Shadow.from_json(shadow)

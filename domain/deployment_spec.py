@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from domain.contract import FieldError, has_control
+from domain.contract import DEFAULT_PROJECT, FieldError, has_control, scoped
 from domain.vocabulary import AbMetric, RevisionChange, choices
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -30,9 +30,10 @@ _NAME = re.compile(NAME_PATTERN)
 _VARIANT_NAME = re.compile(VARIANT_NAME_PATTERN)
 
 
-def deployment_id(name: str) -> UUID:
-    """The id of the deployment called `name` (names are unique, so the id is derived from it)."""
-    return uuid5(_NAMESPACE, name)
+def deployment_id(name: str, project: str = DEFAULT_PROJECT) -> UUID:
+    """The id of `project`'s deployment called `name` (names are unique in a project, so the id is derived from
+    `scoped(project, name)`: in the default project, the id it had before projects)."""
+    return uuid5(_NAMESPACE, scoped(project, name))
 
 
 class DeploymentError(Exception):

@@ -8,7 +8,8 @@
                                                 ├─fail────► failed (parity above tolerance: the figures)
                                                 └─…the rest of the leased-work lifecycle
 
-The model's id is derived from its unique name, so a second create of a name is a conflict in the event store
+A model and an export belong to one project (`project`; one stored before projects loads in the default one). The
+model's id is derived from its name, unique in its project (`domain.contract.scoped`), so a second create of a name is a conflict in the event store
 itself (no read model consulted). An export's completion and the model's `OnnxAttached` are saved in one
 transaction by the command layer (commands/models.py). No I/O here.
 """
@@ -23,7 +24,8 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.contract import FieldError, has_control
+from domain.contract import DEFAULT_PROJECT, FieldError, has_control, scoped
+from domain.identity import check_name
 from domain.vocabulary import WorkKind
 from domain.work import DEFAULT_MAX_ATTEMPTS, LeasedWork
 
@@ -48,8 +50,9 @@ class VersionNotFoundError(LookupError):
     """No such version (or alias) of this model; HTTP 404."""
 
 
-def model_id(name: str) -> UUID:
-    return uuid5(_MODEL_NAMESPACE, name)
+def model_id(name: str, project: str = DEFAULT_PROJECT) -> UUID:
+    """The id of `project`'s model `name` (in the default project, the id it had before projects)."""
+    return uuid5(_MODEL_NAMESPACE, scoped(project, name))
 
 
 def check_model_name(name: Any, field: str = "name") -> str:
@@ -104,14 +107,32 @@ class Lineage:
 
 class RegisteredModel(Aggregate):
     @classmethod
-    def create(cls, name: str, description: str = "", tags: list[str] | None = None) -> RegisteredModel:
-        """A new model with the id derived from its unique name."""
+    def create(cls, name: str, description: str = "", tags: list[str] | None = None, *,
+               project: str) -> RegisteredModel:
+        """A new model of `project` with the id derived from its name (unique in the project)."""
         check_model_name(name)
-        return cls(id=model_id(name), name=name, description=check_description(description), tags=list(tags or []))
+        check_name(project, "project")
+        return cls(id=model_id(name, project), name=name, description=check_description(description),
+                   tags=list(tags or []), project=project)
 
-    @event("Created")
-    def __init__(self, id: UUID, name: str, description: str, tags: list[str]) -> None:
+    class Created(Aggregate.Created):
+        """v2 added the model's `project` (a model created before projects belongs to the default one)."""
+
+        class_version = 2
+        name: str
+        description: str
+        tags: list[str]
+        project: str = DEFAULT_PROJECT
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("project", DEFAULT_PROJECT)
+
+    @event(Created)
+    def __init__(self, id: UUID, name: str, description: str, tags: list[str],
+                 project: str = DEFAULT_PROJECT) -> None:
         # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
+        self.project = project  # every read and command sees it only from within this project
         self.name, self.description, self.tags = name, description, list(tags)
         self.versions: dict[int, dict[str, Any]] = {}  # number → {job_id, lineage (a Lineage), onnx, parity, export_id}
         self.aliases: dict[str, int] = {}
@@ -187,18 +208,38 @@ class ModelExport(LeasedWork):
 
     @classmethod
     def request(cls, id: UUID, model_name: str, model_version: int, format: str, tolerance: float,
-                source: dict[str, Any]) -> ModelExport:
-        """A new export of `model_name` version `model_version` to `format`, within `tolerance` of the native model."""
+                source: dict[str, Any], *, project: str) -> ModelExport:
+        """A new export of `project`'s model `model_name` version `model_version` to `format`, within `tolerance` of
+        the native model."""
         if format not in EXPORT_FORMATS:
             raise ModelSpecError("format", f"one of {', '.join(EXPORT_FORMATS)}")
         return cls(id=id, model_name=model_name, model_version=model_version, format=format,
-                   tolerance=check_tolerance(tolerance), source=source)
+                   tolerance=check_tolerance(tolerance), source=source, project=check_name(project, "project"))
 
-    @event("Requested")
+    class Requested(Aggregate.Created):
+        """v2 added the export's `project` (its model's; an export requested before projects is the default one's)."""
+
+        class_version = 2
+        model_name: str
+        model_version: int
+        format: str
+        tolerance: float
+        source: dict[str, Any]
+        priority: str = "high"
+        timeout_s: int = EXPORT_TIMEOUT_S
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS
+        project: str = DEFAULT_PROJECT
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("project", DEFAULT_PROJECT)
+
+    @event(Requested)
     def __init__(self, id: UUID, model_name: str, model_version: int, format: str, tolerance: float,
                  source: dict[str, Any], priority: str = "high", timeout_s: int = EXPORT_TIMEOUT_S,
-                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, project: str = DEFAULT_PROJECT) -> None:
         # Only assigns: the rules ran in `request`, and a stored event must load under any later rule.
+        self.project = project
         self.model_name, self.model_version, self.format = model_name, model_version, format
         self.tolerance = float(tolerance)
         self.source = source  # framework, task, dataset, artifact (uri, sha256): what the runner converts

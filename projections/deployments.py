@@ -2,6 +2,11 @@
 their tracking position (projections/tracking.py), and their queries; and `policy_evaluations`, the last evaluation
 of each deployment's policy (written by the policy engine, not from events: see commands/ab_policy.py). The inference server reloads from these on
 start; the API answers from them. Rows are guarded by the aggregate version, so a replay rebuilds the same tables.
+
+Projects: deployments and keys carry their project (from the creating event; the default one for what was made
+before projects). A deployment's name is unique in its project. The API's queries take the caller's `project` and see
+nothing else; `every` and `live_keys` (the inference server's feed, the policy engine) see all projects, each row
+with its project. `policy_evaluations` is keyed by `scoped(project, name)`, the deployment's key in ClickHouse too.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from projections.tracking import TrackedProjection, TrackedView, topics_of
 
 DEPLOYMENTS_DDL = """
 CREATE TABLE IF NOT EXISTS deployments (
-    id uuid PRIMARY KEY, name text NOT NULL UNIQUE, revision int NOT NULL, active boolean NOT NULL,
+    id uuid PRIMARY KEY, name text NOT NULL, revision int NOT NULL, active boolean NOT NULL,
     variants jsonb NOT NULL, shadow jsonb,
     created_by text, created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL, version int NOT NULL
 );
@@ -32,6 +37,10 @@ CREATE TABLE IF NOT EXISTS deployment_revisions (
 );
 ALTER TABLE deployments ADD COLUMN IF NOT EXISTS policy jsonb;
 ALTER TABLE deployment_revisions ADD COLUMN IF NOT EXISTS figures jsonb;
+-- names are unique per project (the table once had them unique overall)
+ALTER TABLE deployments ADD COLUMN IF NOT EXISTS project text NOT NULL DEFAULT 'default';
+ALTER TABLE deployments DROP CONSTRAINT IF EXISTS deployments_name_key;
+CREATE UNIQUE INDEX IF NOT EXISTS deployments_project_name ON deployments (project, name);
 CREATE TABLE IF NOT EXISTS policy_evaluations (
     deployment text PRIMARY KEY, at timestamptz NOT NULL, revision int NOT NULL, decision text NOT NULL,
     reason text, evaluation jsonb NOT NULL
@@ -42,6 +51,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at timestamptz, revoked_reason text,
     created_by text, created_at timestamptz NOT NULL, version int NOT NULL
 );
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS project text NOT NULL DEFAULT 'default';
+CREATE INDEX IF NOT EXISTS api_keys_project_created ON api_keys (project, created_at);
 """
 
 
@@ -71,13 +82,14 @@ class DeploymentsView(TrackedView):
     def create(self, e: Any, tracking: Tracking) -> None:
         params = {"id": e.originator_id, "name": e.name, "revision": 1, "active": True, "variants": e.variants,
                   "shadow": e.shadow, "created_by": _actor(e), "at": e.timestamp, "version": e.originator_version,
-                  "reason": e.reason, "policy": e.policy}
+                  "reason": e.reason, "policy": e.policy, "project": e.project}
         sql = ("WITH h AS (INSERT INTO deployment_revisions (deployment_id, revision, change, reason, variants, shadow, "
                "active, actor, at) VALUES (%(id)s, 1, 'created', %(reason)s, %(variants)s, %(shadow)s, true, "
                "%(created_by)s, %(at)s) ON CONFLICT DO NOTHING) "
-               "INSERT INTO deployments (id, name, revision, active, variants, shadow, created_by, created_at, "
-               "updated_at, version, policy) VALUES (%(id)s, %(name)s, 1, true, %(variants)s, %(shadow)s, "
-               "%(created_by)s, %(at)s, %(at)s, %(version)s, %(policy)s) ON CONFLICT (id) DO NOTHING")
+               "INSERT INTO deployments (id, project, name, revision, active, variants, shadow, created_by, "
+               "created_at, updated_at, version, policy) VALUES (%(id)s, %(project)s, %(name)s, 1, true, "
+               "%(variants)s, %(shadow)s, %(created_by)s, %(at)s, %(at)s, %(version)s, %(policy)s) "
+               "ON CONFLICT (id) DO NOTHING")
         self.write(sql, _json(params, "variants", "shadow", "policy"), tracking)
 
 
@@ -126,7 +138,8 @@ class DeploymentsProjection(TrackedProjection[DeploymentsView]):
     @apply.register
     def _(self, e: ApiKey.Created, tracking: Tracking) -> None:
         self.view.insert_row("api_keys", {
-            "id": e.originator_id, "name": e.name, "prefix": e.prefix, "key_hash": e.key_hash,
+            "id": e.originator_id, "project": e.project, "name": e.name, "prefix": e.prefix,
+            "key_hash": e.key_hash,
             "deployments": list(e.deployments) if not isinstance(e.deployments, str) else [e.deployments],
             "rate_limit_per_s": e.rate_limit_per_s, "created_by": _actor(e), "created_at": e.timestamp,
             "version": e.originator_version}, tracking)
@@ -137,9 +150,12 @@ class DeploymentsProjection(TrackedProjection[DeploymentsView]):
                              {"revoked_at": e.timestamp, "revoked_reason": e.reason}, tracking)
 
 
-_DEPLOYMENT = ("id, name, revision, active, variants, shadow, policy, created_by, created_at, updated_at, version, "
-               "(SELECT e.evaluation || jsonb_build_object('at', e.at) FROM policy_evaluations e "
-               "WHERE e.deployment = deployments.name) AS last_evaluation")
+# The deployment's key in ClickHouse and in policy_evaluations: domain.contract.scoped(project, name).
+SCOPED_NAME = "CASE WHEN deployments.project = 'default' THEN deployments.name " \
+              "ELSE deployments.project || '/' || deployments.name END"
+_DEPLOYMENT = ("id, project, name, revision, active, variants, shadow, policy, created_by, created_at, updated_at, "
+               "version, (SELECT e.evaluation || jsonb_build_object('at', e.at) FROM policy_evaluations e "
+               f"WHERE e.deployment = {SCOPED_NAME}) AS last_evaluation")
 _KEY = "id, name, prefix, deployments, rate_limit_per_s, revoked_at, revoked_reason, created_by, created_at"
 
 
@@ -152,34 +168,43 @@ class DeploymentQueries:
             cur.execute(sql, params)
             return cur.fetchall()
 
-    def list(self, active: bool | None = None) -> list[dict[str, Any]]:
+    def list(self, *, project: str, active: bool | None = None) -> list[dict[str, Any]]:
+        """`project`'s deployments by name."""
+        where = "" if active is None else "AND active = %s"
+        return self._all(f"SELECT {_DEPLOYMENT} FROM deployments WHERE project = %s {where} ORDER BY name",
+                         (project,) if active is None else (project, active))
+
+    def every(self, active: bool | None = None) -> list[dict[str, Any]]:
+        """Every project's deployments, each row with its `project`: for the inference server's feed and the
+        policy engine, never for an answer to a user."""
         where = "" if active is None else "WHERE active = %s"
-        return self._all(f"SELECT {_DEPLOYMENT} FROM deployments {where} ORDER BY name",
+        return self._all(f"SELECT {_DEPLOYMENT} FROM deployments {where} ORDER BY project, name",
                          () if active is None else (active,))
 
-    def get(self, name: str) -> dict[str, Any] | None:
-        rows = self._all(f"SELECT {_DEPLOYMENT} FROM deployments WHERE name = %s", (name,))
+    def get(self, name: str, *, project: str) -> dict[str, Any] | None:
+        rows = self._all(f"SELECT {_DEPLOYMENT} FROM deployments WHERE project = %s AND name = %s", (project, name))
         return rows[0] if rows else None
 
-    def history(self, name: str) -> list[dict[str, Any]]:
+    def history(self, name: str, *, project: str) -> list[dict[str, Any]]:
         return self._all("SELECT r.revision, r.change, r.reason, r.variants, r.shadow, r.active, r.rolled_back_to, "
                          "r.actor, r.at, r.figures FROM deployment_revisions r JOIN deployments d ON d.id = r.deployment_id "
-                         "WHERE d.name = %s ORDER BY r.revision", (name,))
+                         "WHERE d.project = %s AND d.name = %s ORDER BY r.revision", (project, name))
 
-    def keys(self, id_prefix: str | None = None) -> list[dict[str, Any]]:
-        """Every key, oldest first; `id_prefix`: those whose id starts with those hex digits."""
+    def keys(self, *, project: str, id_prefix: str | None = None) -> list[dict[str, Any]]:
+        """`project`'s keys, oldest first; `id_prefix`: those whose id starts with those hex digits."""
         if not id_prefix:
-            return self._all(f"SELECT {_KEY} FROM api_keys ORDER BY created_at")
-        return self._all(f"SELECT {_KEY} FROM api_keys WHERE id BETWEEN %s AND %s ORDER BY created_at",
-                         id_range(id_prefix))
+            return self._all(f"SELECT {_KEY} FROM api_keys WHERE project = %s ORDER BY created_at", (project,))
+        low, high = id_range(id_prefix)
+        return self._all(f"SELECT {_KEY} FROM api_keys WHERE project = %s AND id BETWEEN %s AND %s "
+                         "ORDER BY created_at", (project, low, high))
 
-    def key(self, key_id: UUID) -> dict[str, Any] | None:
-        rows = self._all(f"SELECT {_KEY} FROM api_keys WHERE id = %s", (key_id,))
+    def key(self, key_id: UUID, *, project: str) -> dict[str, Any] | None:
+        rows = self._all(f"SELECT {_KEY} FROM api_keys WHERE id = %s AND project = %s", (key_id, project))
         return rows[0] if rows else None
 
     def live_keys(self) -> list[dict[str, Any]]:
-        """What the inference server needs: every unrevoked key's hash, scope, rate and version."""
-        return self._all("SELECT id, name, key_hash, deployments, rate_limit_per_s, version FROM api_keys "
+        """What the inference server needs: every unrevoked key's hash, project, scope, rate and version."""
+        return self._all("SELECT id, project, name, key_hash, deployments, rate_limit_per_s, version FROM api_keys "
                          "WHERE revoked_at IS NULL")
 
     def aggregate_version(self, aggregate_id: UUID) -> int | None:
@@ -191,7 +216,7 @@ class DeploymentQueries:
 
 
 class PolicyEvaluations:
-    """commands/ab_policy.py `Evaluations`: one row per deployment, replaced by each evaluation (an UPSERT every
+    """commands/ab_policy.py `Evaluations`: one row per deployment (by its scoped key), replaced by each evaluation (an UPSERT every
     `policy_interval_s` per deployment with a policy; its table is created with the deployments read model's)."""
 
     def __init__(self, pool: ConnectionPool) -> None:

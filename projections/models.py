@@ -4,6 +4,10 @@ parity) and `model_exports` (each export's lifecycle), written with their tracki
 
 Rows are guarded by the aggregate version that last wrote them (a version row keeps its model's version), so
 processing an event twice is a no-op and a replay from zero rebuilds the same tables.
+
+Projects: a model and an export carry their project (from the creating event; what was made before projects is the
+default project's); a model's name is unique in its project, and every query takes the caller's `project` and sees
+nothing else (another project's model or export is None, as a missing one is).
 """
 from __future__ import annotations
 
@@ -20,12 +24,17 @@ from projections.tracking import TrackedProjection, TrackedView, topics_of
 
 MODELS_DDL = """
 CREATE TABLE IF NOT EXISTS models (
-    id uuid PRIMARY KEY, name text NOT NULL UNIQUE, description text NOT NULL, tags text[] NOT NULL,
+    id uuid PRIMARY KEY, name text NOT NULL, description text NOT NULL, tags text[] NOT NULL,
     aliases jsonb NOT NULL DEFAULT '{}',  -- alias → version number
     latest_version int NOT NULL DEFAULT 0,
     created_by text, created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL, version int NOT NULL
 );
 CREATE INDEX IF NOT EXISTS models_created ON models (created_at DESC);
+-- names are unique per project (the table once had them unique overall)
+ALTER TABLE models ADD COLUMN IF NOT EXISTS project text NOT NULL DEFAULT 'default';
+ALTER TABLE models DROP CONSTRAINT IF EXISTS models_name_key;
+CREATE UNIQUE INDEX IF NOT EXISTS models_project_name ON models (project, name);
+CREATE INDEX IF NOT EXISTS models_project_created ON models (project, created_at DESC);
 CREATE TABLE IF NOT EXISTS model_versions (
     model_id uuid NOT NULL, number int NOT NULL, PRIMARY KEY (model_id, number),
     job_id uuid NOT NULL, lineage jsonb NOT NULL,
@@ -42,6 +51,7 @@ CREATE TABLE IF NOT EXISTS model_exports (
     updated_at timestamptz NOT NULL, version int NOT NULL
 );
 CREATE INDEX IF NOT EXISTS model_exports_version ON model_exports (model_name, model_version, created_at);
+ALTER TABLE model_exports ADD COLUMN IF NOT EXISTS project text NOT NULL DEFAULT 'default';
 """
 _TOUCH = "UPDATE models SET updated_at = %(_at)s, version = %(_version)s WHERE id = %(_id)s AND version < %(_version)s"
 
@@ -96,7 +106,8 @@ class ModelsProjection(TrackedProjection[ModelsView]):
     @apply.register
     def _(self, e: RegisteredModel.Created, tracking: Tracking) -> None:
         self.view.insert_row("models", {
-            "id": e.originator_id, "name": e.name, "description": e.description, "tags": list(e.tags),
+            "id": e.originator_id, "project": e.project, "name": e.name, "description": e.description,
+            "tags": list(e.tags),
             "created_by": _actor(e), "created_at": e.timestamp, "updated_at": e.timestamp,
             "version": e.originator_version}, tracking)
 
@@ -122,7 +133,7 @@ class ModelsProjection(TrackedProjection[ModelsView]):
     @apply.register
     def _(self, e: ModelExport.Requested, tracking: Tracking) -> None:
         self.view.insert_row("model_exports", {
-            "id": e.originator_id, "model_name": e.model_name, "model_version": e.model_version, "format": e.format,
+            "id": e.originator_id, "project": e.project, "model_name": e.model_name, "model_version": e.model_version, "format": e.format,
             "tolerance": e.tolerance, "status": "queued", "created_by": _actor(e), "created_at": e.timestamp,
             "updated_at": e.timestamp, "version": e.originator_version}, tracking)
 
@@ -168,36 +179,39 @@ class ModelQueries:
             cur.execute(sql, params)
             return cur.fetchall()
 
-    def list(self, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def list(self, *, project: str, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """`project`'s models, newest first, and how many it has."""
         with self.pool.connection() as conn:
-            total = conn.execute("SELECT count(*) FROM models").fetchone()[0]  # type: ignore[index]
-        return self._all(f"SELECT {_MODEL} FROM models ORDER BY created_at DESC, id LIMIT %s OFFSET %s",
-                         (limit, offset)), total
+            total = conn.execute("SELECT count(*) FROM models WHERE project = %s",  # type: ignore[index]
+                                 (project,)).fetchone()[0]
+        return self._all(f"SELECT {_MODEL} FROM models WHERE project = %s ORDER BY created_at DESC, id "
+                         "LIMIT %s OFFSET %s", (project, limit, offset)), total
 
-    def get(self, name: str) -> dict[str, Any] | None:
-        rows = self._all(f"SELECT {_MODEL} FROM models WHERE name = %s", (name,))
+    def get(self, name: str, *, project: str) -> dict[str, Any] | None:
+        rows = self._all(f"SELECT {_MODEL} FROM models WHERE project = %s AND name = %s", (project, name))
         return rows[0] if rows else None
 
-    def versions(self, name: str, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    def versions(self, name: str, *, project: str, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         return [_version(r) for r in self._all(
-            f"SELECT {_VERSION} FROM model_versions v JOIN models m ON m.id = v.model_id WHERE m.name = %s "
-            "ORDER BY v.number LIMIT %s OFFSET %s", (name, limit, offset))]
+            f"SELECT {_VERSION} FROM model_versions v JOIN models m ON m.id = v.model_id "
+            "WHERE m.project = %s AND m.name = %s ORDER BY v.number LIMIT %s OFFSET %s",
+            (project, name, limit, offset))]
 
-    def version(self, name: str, number: int) -> dict[str, Any] | None:
+    def version(self, name: str, number: int, *, project: str) -> dict[str, Any] | None:
         rows = self._all(f"SELECT {_VERSION} FROM model_versions v JOIN models m ON m.id = v.model_id "
-                         "WHERE m.name = %s AND v.number = %s", (name, number))
+                         "WHERE m.project = %s AND m.name = %s AND v.number = %s", (project, name, number))
         if not rows:
             return None
         out = _version(rows[0])
-        out["exports"] = self.exports(name, number)
+        out["exports"] = self.exports(name, number, project=project)
         return out
 
-    def exports(self, name: str, number: int) -> list[dict[str, Any]]:
-        return self._all(f"SELECT {_EXPORT} FROM model_exports WHERE model_name = %s AND model_version = %s "
-                         "ORDER BY created_at", (name, number))
+    def exports(self, name: str, number: int, *, project: str) -> list[dict[str, Any]]:
+        return self._all(f"SELECT {_EXPORT} FROM model_exports WHERE project = %s AND model_name = %s "
+                         "AND model_version = %s ORDER BY created_at", (project, name, number))
 
-    def export(self, export_id: UUID) -> dict[str, Any] | None:
-        rows = self._all(f"SELECT {_EXPORT} FROM model_exports WHERE id = %s", (export_id,))
+    def export(self, export_id: UUID, *, project: str) -> dict[str, Any] | None:
+        rows = self._all(f"SELECT {_EXPORT} FROM model_exports WHERE id = %s AND project = %s", (export_id, project))
         return rows[0] if rows else None
 
 

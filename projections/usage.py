@@ -36,11 +36,6 @@ class UsageQueries:
 
     def deployments(self, project: str) -> int:
         with self.pool.connection() as conn:
-            cols = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'deployments' "
-                                "AND column_name = 'project'").fetchone()
-            if cols is None:  # deployments not yet per project: all are the default project's
-                return conn.execute("SELECT count(*) FROM deployments WHERE active AND %s = 'default'",
-                                    (project,)).fetchone()[0]
             return conn.execute("SELECT count(*) FROM deployments WHERE active AND project = %s",
                                 (project,)).fetchone()[0]
 

@@ -1,10 +1,12 @@
 """The inference server's HTTP interface (`trainyard serve-inference`), a plain ASGI app: the request path is short
 enough that a framework's routing and validation would be most of its cost.
 
-    POST /v1/deployments/{name}/predict   {"instances": [[f1, f2, …], …] | [{"feature": value, …}, …], "key"?: str}
+    POST /v1/projects/{project}/deployments/{name}/predict
+    POST /v1/deployments/{name}/predict   (the default project's deployment {name})
+                                          {"instances": [[f1, f2, …], …] | [{"feature": value, …}, …], "key"?: str}
          → {"predictions", "probabilities"?, "classes"?, "deployment", "revision", "variant", "model", "version",
             "request_id", "correlation_id"?}
-    GET  /v1/deployments                  with a key: what this server serves now that the key reaches (revision,
+    GET  /v1/deployments                  with a key: what this server serves now that the key reaches (its project's; revision,
                                           variants, weights); 401 without one
     GET  /healthz, /readyz                liveness; readiness: without a key only ready or not and a count (what a
                                           load balancer needs), with a key also the stages, telemetry buffer and drops
@@ -15,8 +17,9 @@ to it. A client's `X-Request-Id` never becomes a prediction's identity (anyone c
 comes back as `correlation_id` only. Models run on a thread pool, at most `workers` at a time: onnxruntime
 releases the GIL, so a big request does not hold up the event loop and the other deployments' requests.
 
-Auth: `Authorization: Bearer <key>` or `X-API-Key`; 401 missing/unknown, 403 not allowed here, 429 over the key's
-rate (with Retry-After). Errors are problem+json naming the field. The shadow variant (if any) gets a copy of each
+Auth: `Authorization: Bearer <key>` or `X-API-Key`; 401 missing/unknown, 403 a deployment of the key's project it is
+not scoped to, 404 a deployment of another project (a key reaches its own project only, and another project's
+deployment is as missing as one that does not exist), 429 over the key's rate (with Retry-After). Errors are problem+json naming the field. The shadow variant (if any) gets a copy of each
 request after the answer is sent, on a bounded queue: it never delays or fails the caller's request.
 """
 from __future__ import annotations
@@ -31,14 +34,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from domain.api_key import allows
-from domain.contract import printable
+from domain.contract import DEFAULT_PROJECT, printable
 from serving.state import (KeyState, LiveDeployment, LoadedModel, PredictError, ServingState, Telemetry, answer, first_row,
                            rows_of)
 
 log = logging.getLogger("trainyard.inference")
 MAX_BODY_BYTES = 1024 * 1024
-_PREDICT = re.compile(r"^/v1/deployments/([a-z0-9][a-z0-9-]{0,62})/predict$")
+_PREDICT = re.compile(r"^/v1/(?:projects/([a-z0-9][a-z0-9._-]{0,62})/)?deployments/([a-z0-9][a-z0-9-]{0,62})/predict$")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 JSON = [(b"content-type", b"application/json")]
 PROBLEM = [(b"content-type", b"application/problem+json")]
@@ -67,19 +69,19 @@ class InferenceApp:
         path, method = scope["path"], scope["method"]
         m = _PREDICT.match(path)
         if m and method == "POST":
-            return await self._predict(m.group(1), scope, receive, send)
+            return await self._predict(m.group(1) or DEFAULT_PROJECT, m.group(2), scope, receive, send)
         if method == "GET" and path == "/v1/deployments":
             key = self.state.key_of(_api_key(dict(scope["headers"])))
             if key is None:
                 return await _send(send, 401, PROBLEM + [(b"www-authenticate", b"Bearer")], _problem(
                     401, "an API key is required (Authorization: Bearer <key> or X-API-Key)", "Authorization", path))
-            return await _send(send, 200, JSON, {"items": self.describe(key.deployments)})
+            return await _send(send, 200, JSON, {"items": self.describe(key)})
         if method == "GET" and path in ("/healthz", "/livez"):
             return await _send(send, 200, JSON, {"status": "ok"})
         if method == "GET" and path == "/readyz":
             report = self.readiness(self.state.key_of(_api_key(dict(scope["headers"]))))
             return await _send(send, 200 if report["ready"] else 503, JSON, report)
-        if path.startswith("/v1/deployments/") and path.endswith("/predict"):
+        if path.startswith(("/v1/deployments/", "/v1/projects/")) and path.endswith("/predict"):
             status, detail = (405, "use POST") if m else (404, "no such deployment name")
         else:
             status, detail = 404, f"no route {printable(path, 100)}"
@@ -95,7 +97,7 @@ class InferenceApp:
                 return
 
     # ---- predict -----------------------------------------------------------------------------------------
-    async def _predict(self, name: str, scope: dict, receive: Any, send: Any) -> None:
+    async def _predict(self, project: str, name: str, scope: dict, receive: Any, send: Any) -> None:
         started = time.perf_counter_ns()
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"")
@@ -110,8 +112,8 @@ class InferenceApp:
         if correlation_id is not None:
             ids.append((b"x-correlation-id", correlation_id.encode()))
         try:
-            self.state.authorize(_api_key(headers), name)
-            deployment = self.state.deployments.get(name)
+            self.state.authorize(_api_key(headers), name, project)
+            deployment = self.state.deployment(project, name)
             if deployment is None:
                 raise PredictError(404, f"no active deployment {name!r}", "name")
             body = await _body(receive, headers)
@@ -131,7 +133,7 @@ class InferenceApp:
                 X, result = await asyncio.get_running_loop().run_in_executor(self.pool, _infer, loaded,
                                                                              doc.get("instances"))
             rows = len(X)
-            if self.test_delays and (delay := self.test_delays.get((name, variant))):
+            if self.test_delays and (delay := self.test_delays.get((deployment.key, variant))):
                 await asyncio.sleep(delay)
         except PredictError as e:
             status = e.status
@@ -140,7 +142,7 @@ class InferenceApp:
                                                                        request_id))
         except Exception as e:  # the model failed on this input: a 500 problem, counted; the server lives on
             status = 500
-            log.exception("predict %s failed", name)
+            log.exception("predict %s/%s failed", project, name)
             await _send(send, 500, PROBLEM + ids, _problem(500, f"prediction failed: {type(e).__name__}", None,
                                                            scope["path"], request_id))
         else:
@@ -154,7 +156,7 @@ class InferenceApp:
             if deployment.shadow is not None:
                 self._shadow(deployment, X, request_id)
         if deployment is not None:
-            self.telemetry.record(request_id, name, deployment.revision, variant, model, version, status,
+            self.telemetry.record(request_id, deployment.key, deployment.revision, variant, model, version, status,
                                   (time.perf_counter_ns() - started) // 1000, rows, False, first)
 
     def _shadow(self, deployment: LiveDeployment, X: Any, request_id: str) -> None:
@@ -182,17 +184,17 @@ class InferenceApp:
                 first = first_row(answer(shadow, out[:1]))
             except Exception:
                 status = 500
-            self.telemetry.record(request_id, deployment.name, deployment.revision, "shadow", shadow.model,
+            self.telemetry.record(request_id, deployment.key, deployment.revision, "shadow", shadow.model,
                                   shadow.version, status, (time.perf_counter_ns() - started) // 1000, len(X), True,
                                   first)
 
     # ---- what it serves ----------------------------------------------------------------------------------
-    def describe(self, reach: list[str]) -> list[dict[str, Any]]:
-        """The deployments served now that a key scoped to `reach` may call."""
+    def describe(self, key: KeyState) -> list[dict[str, Any]]:
+        """The deployments served now that `key` may call (its project's only)."""
         return [{"name": d.name, "revision": d.revision, "weights": d.router.weights,
                  "variants": {n: {"model": m.model, "version": m.version} for n, m in d.variants.items()},
                  "shadow": {"model": d.shadow.model, "version": d.shadow.version} if d.shadow else None}
-                for d in sorted(self.state.deployments.values(), key=lambda d: d.name) if allows(reach, d.name)]
+                for d in self.state.reach(key)]
 
     def readiness(self, key: KeyState | None = None) -> dict[str, Any]:
         """Ready or not and how many deployments are served; with a live `key`, also the stages, the telemetry
@@ -201,10 +203,9 @@ class InferenceApp:
         report: dict[str, Any] = {"ready": ready, "deployments": len(self.state.deployments)}
         if key is None:
             return report
-        reach = key.deployments
         report["stages"] = self.health.snapshot() if self.health is not None else {}
-        report["deployments"] = {d.name: d.revision for d in self.state.deployments.values() if allows(reach, d.name)}
-        report["deployment_errors"] = {n: e for n, e in self.state.errors.items() if allows(reach, n)}
+        report["deployments"] = {d.name: d.revision for d in self.state.reach(key)}
+        report["deployment_errors"] = self.state.errors_in_reach(key)
         report["telemetry"] = {"buffered": len(self.telemetry), "published": self.telemetry.published,
                                "dropped": self.telemetry.dropped, "shadow_dropped": self.shadow_dropped}
         return report
@@ -270,11 +271,12 @@ async def _send(send: Any, status: int, headers: list, body: dict) -> None:
 
 
 def parse_test_delays(text: str | None) -> dict[tuple[str, str], float]:
-    """"deployment/variant=ms,…" → {(deployment, variant): seconds} (Settings.inference_test_delay)."""
+    """"deployment/variant=ms,…" → {(deployment, variant): seconds} (Settings.inference_test_delay); the deployment
+    is its scoped key ("project/name" outside the default project)."""
     out: dict[tuple[str, str], float] = {}
     for part in (text or "").split(","):
         if part.strip():
             target, _, ms = part.partition("=")
-            deployment, _, variant = target.strip().partition("/")
+            deployment, _, variant = target.strip().rpartition("/")
             out[(deployment, variant)] = float(ms) / 1000
     return out

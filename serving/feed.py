@@ -24,7 +24,7 @@ from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.api_key import ApiKey
-from domain.contract import event_subject
+from domain.contract import event_subject, scoped
 from domain.deployment import Deployment
 from domain.registry import AGGREGATES
 from infra.consumer import Consumer
@@ -53,7 +53,7 @@ class NotConfirmed(Exception):
 class DeploymentReads(Protocol):
     """What the feed reloads from (projections/deployments.py DeploymentQueries): rows as the read model has them."""
 
-    def list(self) -> list[dict[str, Any]]: ...
+    def every(self) -> list[dict[str, Any]]: ...
 
     def live_keys(self) -> list[dict[str, Any]]: ...
 
@@ -84,13 +84,14 @@ class Feed:
     def reload(self) -> None:
         """Everything the read model says now, replacing what is served (blocking: loads ONNX sessions)."""
         with self._lock:  # read and apply as one: an older read applied after a newer one would go back
-            rows = self.queries.list()
+            rows = self.queries.every()  # every project's: each served under its scoped key
             keys = self.queries.live_keys()
             for row in rows:
                 if row["active"]:
-                    self.state.apply_deployment({k: row[k] for k in ("name", "revision", "active", "variants",
-                                                                     "shadow")}, row["version"], replace=True)
-            self.state.remove_deployments({row["name"] for row in rows if row["active"]})
+                    self.state.apply_deployment({k: row[k] for k in ("name", "project", "revision", "active",
+                                                                     "variants", "shadow")}, row["version"],
+                                                replace=True)
+            self.state.remove_deployments({scoped(row["project"], row["name"]) for row in rows if row["active"]})
             self.state.sync_keys(keys)
             for row in (*rows, *keys):
                 self.seen[row["id"]] = max(self.seen.get(row["id"], 0), int(row["version"]))

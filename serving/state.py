@@ -8,6 +8,10 @@ hint to look at the read model again, never a state to apply. `apply_deployment`
 it started with.
 A revision whose artifacts cannot be loaded (missing file, sha256 mismatch, not inside the artifact root) is not
 applied: the deployment keeps serving its previous revision and `/readyz` shows the error.
+
+Projects: a deployment is served under its key `scoped(project, name)` (domain/contract.py: the name alone in the
+default project), the key its prediction records carry to ClickHouse; an API key belongs to one project and another
+project's deployments do not exist for it (404, exactly as a missing one).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from domain.api_key import allows
-from domain.contract import PredictionBatch
+from domain.contract import DEFAULT_PROJECT, PredictionBatch, scoped
 from domain.features import FeatureRecipe, RowError
 from domain.routing import Router
 
@@ -70,6 +74,18 @@ class LiveDeployment:
     router: Router
     variants: dict[str, LoadedModel]
     shadow: LoadedModel | None
+    project: str = DEFAULT_PROJECT
+
+    @property
+    def key(self) -> str:
+        """Its key in the served state and in the prediction records: `scoped(project, name)`."""
+        return scoped(self.project, self.name)
+
+
+def project_of(key: str) -> tuple[str, str]:
+    """(project, name) of a deployment's scoped key (names and projects hold no "/")."""
+    project, _, name = key.rpartition("/")
+    return project or DEFAULT_PROJECT, name
 
 
 @dataclass
@@ -79,6 +95,7 @@ class KeyState:
     deployments: list[str]
     rate: float | None
     version: int
+    project: str = DEFAULT_PROJECT  # the only project whose deployments it reaches
     tokens: float = 0.0
     stamp: float = field(default_factory=time.monotonic)
 
@@ -213,18 +230,21 @@ class ServingState:
 
     def __init__(self, loader: ModelLoader) -> None:
         self.loader = loader
-        self.deployments: dict[str, LiveDeployment] = {}
+        self.deployments: dict[str, LiveDeployment] = {}  # by scoped key (LiveDeployment.key)
         self.keys: dict[str, KeyState] = {}  # by key hash
         self.key_versions: dict[str, int] = {}  # key id → last applied aggregate version (revoked ones too)
-        self.deployment_versions: dict[str, int] = {}  # name → last applied aggregate version
-        self.errors: dict[str, str] = {}  # deployment name → why its latest revision is not served
+        self.deployment_versions: dict[str, int] = {}  # scoped key → last applied aggregate version
+        self.errors: dict[str, str] = {}  # scoped key → why its latest revision is not served
 
     # ---- deployment and key changes (events or a reload) --------------------------------------------------
     def apply_deployment(self, snapshot: dict[str, Any], version: int, replace: bool = False) -> bool:
-        """Serve `snapshot` ({name, revision, active, variants, shadow}) unless a newer one is served (`replace`:
-        unless this very version is served: the read model is the truth, even when it went back). Returns whether
-        it changed anything; raises nothing (a load failure is kept in `errors`)."""
-        name = str(snapshot["name"])
+        """Serve `snapshot` ({name, project?, revision, active, variants, shadow}; no project: the default one)
+        unless a newer one is served (`replace`: unless this very version is served: the read model is the truth,
+        even when it went back). Returns whether it changed anything; raises nothing (a load failure is kept in
+        `errors`)."""
+        project = str(snapshot.get("project") or DEFAULT_PROJECT)
+        plain = str(snapshot["name"])
+        name = scoped(project, plain)  # the served state's key from here on
         served = self.deployment_versions.get(name, 0)
         if version == served or (version < served and not replace):
             return False
@@ -248,8 +268,8 @@ class ServingState:
             log.error("deployment %s: revision %s not loaded: %s: %s", name, snapshot.get("revision"),
                       type(e).__name__, e)
             return False
-        self.deployments[name] = LiveDeployment(name, int(snapshot["revision"]), version, router, variants,
-                                                shadow_model)
+        self.deployments[name] = LiveDeployment(plain, int(snapshot["revision"]), version, router, variants,
+                                                shadow_model, project)
         self.deployment_versions[name] = version
         self.errors.pop(name, None)
         self.loader.retain(list(self.deployments.values()))
@@ -257,7 +277,8 @@ class ServingState:
         return True
 
     def remove_deployments(self, keep: set[str]) -> None:
-        """Stop serving every deployment not named in `keep` (the read model does not list it as active)."""
+        """Stop serving every deployment whose scoped key is not in `keep` (the read model does not list it as
+        active)."""
         for name in [n for n in self.deployments if n not in keep]:
             self.deployments.pop(name, None)
             self.deployment_versions.pop(name, None)
@@ -266,12 +287,13 @@ class ServingState:
         self.loader.retain(list(self.deployments.values()))
 
     def sync_keys(self, live: list[dict[str, Any]]) -> None:
-        """Exactly the keys of `live` (rows {id, name, key_hash, deployments, rate_limit_per_s, version}): a key
+        """Exactly the keys of `live` (rows {id, project, name, key_hash, deployments, rate_limit_per_s, version}): a key
         whose row is unchanged keeps its rate-limit bucket; any other key is dropped or replaced."""
         wanted = {str(r["id"]): r for r in live}
         for h, state in list(self.keys.items()):
             row = wanted.get(state.key_id)
-            if row is None or int(row["version"]) != state.version or str(row["key_hash"]) != h:
+            if (row is None or int(row["version"]) != state.version or str(row["key_hash"]) != h
+                    or str(row.get("project") or DEFAULT_PROJECT) != state.project):
                 del self.keys[h]
         have = {s.key_id for s in self.keys.values()}
         self.key_versions = {s.key_id: s.version for s in self.keys.values()}
@@ -280,7 +302,7 @@ class ServingState:
                 self.apply_key(key_id, int(row["version"]), row)
 
     def apply_key(self, key_id: str, version: int, key: dict[str, Any] | None) -> None:
-        """`key` ({name, key_hash, deployments, rate_limit_per_s}) or None when revoked."""
+        """`key` ({name, project?, key_hash, deployments, rate_limit_per_s}) or None when revoked."""
         if version <= self.key_versions.get(key_id, 0):
             return
         self.key_versions[key_id] = version
@@ -291,6 +313,7 @@ class ServingState:
             rate = key.get("rate_limit_per_s")
             self.keys[str(key["key_hash"])] = KeyState(key_id, str(key["name"]), list(key["deployments"]),
                                                        float(rate) if rate else None, version,
+                                                       str(key.get("project") or DEFAULT_PROJECT),
                                                        tokens=max(1.0, float(rate or 1)))
 
     # ---- the request path --------------------------------------------------------------------------------
@@ -300,13 +323,18 @@ class ServingState:
             return None
         return self.keys.get(hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest())
 
-    def authorize(self, api_key: str | None, deployment: str) -> KeyState:
+    def authorize(self, api_key: str | None, deployment: str, project: str = DEFAULT_PROJECT) -> KeyState:
+        """The key that may call `project`'s `deployment` now, else PredictError: 401 without a live key, 404 for a
+        deployment of another project than the key's (as for a missing one: no existence leak), 403 for one of its
+        project that it is not scoped to, 429 over its rate."""
         if not api_key:
             raise PredictError(401, "an API key is required (Authorization: Bearer <key> or X-API-Key)",
                                "Authorization", {"WWW-Authenticate": "Bearer"})
         state = self.keys.get(hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest())
         if state is None:
             raise PredictError(401, "unknown or revoked API key", "Authorization", {"WWW-Authenticate": "Bearer"})
+        if state.project != project:
+            raise PredictError(404, f"no active deployment {deployment!r}", "name")
         if not allows(state.deployments, deployment):
             raise PredictError(403, f"this API key may not call deployment {deployment!r}", "Authorization")
         wait = state.take(time.monotonic())
@@ -314,6 +342,23 @@ class ServingState:
             raise PredictError(429, f"rate limit of {state.rate:g} requests/s exceeded", None,
                                {"Retry-After": str(max(1, math.ceil(wait)))})
         return state
+
+    def deployment(self, project: str, name: str) -> LiveDeployment | None:
+        return self.deployments.get(scoped(project, name))
+
+    def reach(self, key: KeyState) -> list[LiveDeployment]:
+        """The deployments served now that `key` may call (its project's, within its scope), by name."""
+        return sorted((d for d in self.deployments.values() if d.project == key.project
+                       and allows(key.deployments, d.name)), key=lambda d: d.name)
+
+    def errors_in_reach(self, key: KeyState) -> dict[str, str]:
+        """Load errors of the deployments `key` may call, by name."""
+        out = {}
+        for scoped_key, error in self.errors.items():
+            project, name = project_of(scoped_key)
+            if project == key.project and allows(key.deployments, name):
+                out[name] = error
+        return out
 
 
 def rows_of(instances: Any, model: LoadedModel) -> np.ndarray:

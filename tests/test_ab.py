@@ -51,7 +51,10 @@ class AB:
             {"name": "challenger", "model": "bc", "version": challenger, "weight": weight}]}
         r = self.http.post(DEPLOYMENTS, json=body)
         assert r.status_code == 201, r.text
-        eventually(lambda: name in {d["name"] for d in self.inference.get("/v1/deployments", headers={"Authorization": f"Bearer {self.key}"}).json()["items"]},
+        def served() -> bool:  # the key too may not be served yet (the feed applies what the read model confirms)
+            r = self.inference.get("/v1/deployments", headers={"Authorization": f"Bearer {self.key}"})
+            return r.status_code == 200 and name in {d["name"] for d in r.json()["items"]}
+        eventually(served,
                    timeout=20, interval=0.05,  # the inference server's feed follows the events
                    message=f"{name} never served")
 

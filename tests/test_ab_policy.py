@@ -75,7 +75,7 @@ def variant(name: str, weight: int) -> dict:
 
 
 def test_an_action_on_a_revision_that_moved_on_is_refused_so_two_evaluators_act_once() -> None:
-    d = Deployment.create("d", [variant("control", 100), variant("challenger", 0)], policy=POLICY)
+    d = Deployment.create("d", [variant("control", 100), variant("challenger", 0)], policy=POLICY, project="default")
     evaluated = d.revision
     d.policy_action("step", "challenger", 10, evaluated, "first evaluator", {"n": 1})
     with pytest.raises(StaleEvaluationError):

@@ -16,7 +16,7 @@ deployment_names = st.from_regex(r"\A[a-z0-9][a-z0-9-]{0,20}\Z")
 
 def make(deployments: list[str] | str = ("fraud",), rate: float | None = 50.0) -> tuple[str, ApiKey]:
     key = new_key()
-    return key, ApiKey.create("ci pipeline", hash_key(key), key_prefix(key), deployments, rate)  # type: ignore[arg-type]
+    return key, ApiKey.create("ci pipeline", hash_key(key), key_prefix(key), deployments, rate, project="default")  # type: ignore[arg-type]
 
 
 def test_the_key_itself_is_never_kept() -> None:
@@ -87,7 +87,7 @@ GOOD_HASH = hash_key("ty_x")
 ])
 def test_invalid_input_names_the_field(kwargs: dict, field: str) -> None:
     args = {"name": "ci", "key_hash": GOOD_HASH, "prefix": "ty_x", "deployments": ["fraud"],
-            "rate_limit_per_s": None, **kwargs}
+            "rate_limit_per_s": None, "project": "default", **kwargs}
     with pytest.raises(ApiKeySpecError) as caught:
         ApiKey.create(**args)
     assert caught.value.field == field and isinstance(caught.value, ValueError)

@@ -140,14 +140,14 @@ def registry_events() -> list:
     export.claim("l1", "h:1")
     export.complete("l1", {"max_abs_diff": 0.0}, {"uri": "file:///m.onnx"})
     variant = {"model": "m", "version": 1, "artifact": {"uri": "file:///m.onnx"}}
-    deployment = Deployment.create("d", [{"name": "a", "weight": 100, **variant}, {"name": "b", "weight": 0, **variant}])
+    deployment = Deployment.create("d", [{"name": "a", "weight": 100, **variant}, {"name": "b", "weight": 0, **variant}], project="default")
     deployment.change_traffic({"a": 50, "b": 50}, "ramp")
     deployment.set_policy({"metric": "accuracy", "ramp": [50, 100]})
     deployment.policy_action("step", "b", 100, deployment.revision, "ramped", {"p_value": 0.01})
     deployment.rollback()
     deployment.deactivate("done")
     key = new_key()
-    api_key = ApiKey.create(name="k", key_hash=hash_key(key), prefix=key_prefix(key), deployments="*")
+    api_key = ApiKey.create(name="k", key_hash=hash_key(key), prefix=key_prefix(key), deployments="*", project="default")
     api_key.revoke("leaked")
     return [e for agg in (model, export, deployment, api_key) for e in agg.collect_events()]
 

@@ -31,7 +31,7 @@ def state(d: Deployment) -> dict[str, Any]:
        st.lists(deployment_commands, min_size=5, max_size=30))
 def test_any_command_sequence_follows_the_reference_model_and_replays_to_the_same_object(
         initial: tuple, shadow: tuple, cmds: list[tuple]) -> None:
-    d = Deployment.create("fraud-scoring", initial[0], shadow[0], "first rollout")
+    d = Deployment.create("fraud-scoring", initial[0], shadow[0], "first rollout", project="default")
     events = list(d.collect_events())
     model = [{"revision": 1, "change": "created", "reason": "first rollout", "variants": initial[0],
               "shadow": shadow[0], "active": True, "rolled_back_to": None}]
@@ -80,7 +80,7 @@ def test_any_command_sequence_follows_the_reference_model_and_replays_to_the_sam
 
 # ---- examples -------------------------------------------------------------------------------------
 def two_variants() -> Deployment:
-    return Deployment.create("fraud", [variant("champion", 90), variant("challenger", 10, version=2)])
+    return Deployment.create("fraud", [variant("champion", 90), variant("challenger", 10, version=2)], project="default")
 
 
 def test_rollback_restores_the_revision_before_the_current_one() -> None:
@@ -128,13 +128,13 @@ def test_a_deactivated_deployment_refuses_every_change() -> None:
 ])
 def test_invalid_creation_names_the_field(name: str, variants: list, shadow: Any, reason: Any, field: str) -> None:
     with pytest.raises(DeploymentSpecError) as caught:
-        Deployment.create(name, variants, shadow, reason)
+        Deployment.create(name, variants, shadow, reason, project="default")
     assert caught.value.field == field
 
 
 def test_creation_derives_the_id_from_the_name_and_keeps_its_own_copies() -> None:
     variants = [variant("a", 100)]
-    d = Deployment.create("fraud", variants, reason=None)
+    d = Deployment.create("fraud", variants, reason=None, project="default")
     assert d.id == deployment_id("fraud") != deployment_id("fraud-2") and d.revision == d.version == 1
     variants[0]["weight"] = 7
     variants[0]["artifact"]["uri"] = "changed"
@@ -166,7 +166,7 @@ def test_traffic_and_promote_guards_name_the_field() -> None:
 
 def test_variants_and_the_shadow_are_frozen_values_that_round_trip_through_json() -> None:
     shadow = {"model": "fraud-nn", "version": 4, "artifact": {"uri": "s3://models/fraud-nn/4.onnx"}, "alias": "prod"}
-    d = Deployment.create("fraud", [variant("champion", 90), variant("challenger", 10, version=2)], shadow)
+    d = Deployment.create("fraud", [variant("champion", 90), variant("challenger", 10, version=2)], shadow, project="default")
     with pytest.raises(dataclasses.FrozenInstanceError):
         d.variants[0].weight = 0  # type: ignore[misc]
     assert [Variant.from_json(v.to_json()) for v in d.variants] == list(d.variants)

@@ -30,14 +30,14 @@ def _set(event: str, **fields: Any):  # an edit: these fields of the `event` eve
 
 
 def test_a_deployment_stored_with_a_policy_and_name_todays_rules_refuse_still_loads() -> None:
-    d = Deployment.create("fraud", [{"name": "a", "model": "m", "version": 1, "weight": 100, "artifact": ARTIFACT}])
+    d = Deployment.create("fraud", [{"name": "a", "model": "m", "version": 1, "weight": 100, "artifact": ARTIFACT}], project="default")
     policy = {"metric": "auc", "min_samples": 1, "ramp": [5], "step_every_s": 0}
     loaded = store_and_load(d, _set("Created", name="Fraud Scoring!", policy=policy, reason="x" * 900))
     assert (loaded.name, loaded.policy, loaded.revisions[0]["reason"]) == ("Fraud Scoring!", policy, "x" * 900)
 
 
 def test_a_model_stored_with_a_description_todays_rules_refuse_still_loads() -> None:
-    model = RegisteredModel.create("churn", "fine", ["t"])
+    model = RegisteredModel.create("churn", "fine", ["t"], project="default")
     loaded = store_and_load(model, _set("Created", name="no spaces allowed", description="\x07" + "d" * 6000))
     assert loaded.name == "no spaces allowed" and len(loaded.description) == 6001
 
@@ -50,7 +50,7 @@ LINEAGE = {"job_id": str(uuid4()), "framework": "lightgbm", "task": "binary_clas
 
 def test_a_versions_lineage_is_stored_as_its_json_and_loads_as_a_frozen_lineage() -> None:
     def registered() -> RegisteredModel:
-        model = RegisteredModel.create("churn", "fine", ["t"])
+        model = RegisteredModel.create("churn", "fine", ["t"], project="default")
         model.register_version(uuid4(), Lineage.from_json(LINEAGE))
         return model
 
@@ -62,7 +62,7 @@ def test_a_versions_lineage_is_stored_as_its_json_and_loads_as_a_frozen_lineage(
 
 
 def test_an_export_stored_with_a_format_and_tolerance_todays_rules_refuse_still_loads() -> None:
-    export = ModelExport.request(uuid4(), "churn", 1, "onnx", 1e-4, {"artifact": ARTIFACT})
+    export = ModelExport.request(uuid4(), "churn", 1, "onnx", 1e-4, {"artifact": ARTIFACT}, project="default")
     loaded = store_and_load(export, _set("Requested", format="pmml", tolerance=5))
     assert (loaded.format, loaded.tolerance) == ("pmml", 5.0)
 
@@ -77,7 +77,7 @@ def test_a_study_stored_with_an_objective_todays_rules_refuse_still_loads() -> N
 
 
 def test_an_api_key_stored_with_a_name_and_rate_todays_rules_refuse_still_loads() -> None:
-    key = ApiKey.create("ci", "a" * 64, "ty_abc", ["fraud"], 10)
+    key = ApiKey.create("ci", "a" * 64, "ty_abc", ["fraud"], 10, project="default")
     loaded = store_and_load(key, _set("Created", name="\x00bad", rate_limit_per_s=-1, deployments=["Not A Name"]))
     assert (loaded.name, loaded.rate_limit_per_s, loaded.deployments) == ("\x00bad", -1, ["Not A Name"])
 
@@ -136,6 +136,42 @@ def test_a_study_created_before_projects_belongs_to_the_default_project() -> Non
     assert loaded.project == created.project == "default" and loaded.name == "s"
 
 
+def test_models_exports_deployments_and_keys_made_before_projects_belong_to_the_default_project() -> None:
+    def model() -> RegisteredModel:
+        return RegisteredModel.create("churn", "fine", ["t"], project="alpha")
+
+    def export() -> ModelExport:
+        return ModelExport.request(uuid4(), "churn", 1, "onnx", 1e-4, {"artifact": ARTIFACT}, project="alpha")
+
+    def deployment() -> Deployment:
+        return Deployment.create("fraud", [{"name": "a", "model": "m", "version": 1, "weight": 100,
+                                            "artifact": ARTIFACT}], policy={"metric": "accuracy"}, project="alpha")
+
+    def key() -> ApiKey:
+        return ApiKey.create("ci", "a" * 64, "ty_abc", ["fraud"], project="alpha")
+
+    for make, event in ((model, "RegisteredModel.Created"), (export, "ModelExport.Requested"),
+                        (key, "ApiKey.Created")):
+        assert store_and_load(make()).project == "alpha"
+        old = as_v1(event, "project")  # the v1 form: no project, no class version
+        loaded, (first, *_) = store_and_load(make(), old), store_and_read(make(), old)
+        assert loaded.project == first.project == "default", event  # what the read models read
+    # a deployment's v2 (with a policy, without a project) and its v1 (neither) both land in the default project
+    def as_v2(topic: str, state: dict[str, Any]) -> None:
+        if topic.endswith("Deployment.Created"):
+            state["class_version"] = 2
+            del state["project"]
+    assert store_and_load(deployment()).project == "alpha"
+    loaded = store_and_load(deployment(), as_v2)
+    assert (loaded.project, loaded.policy["metric"]) == ("default", "accuracy")
+    assert store_and_read(deployment(), as_v2)[0].project == "default"
+    loaded = store_and_load(deployment(), as_v1("Deployment.Created", "project", "policy"))
+    assert (loaded.project, loaded.policy) == ("default", None)
+    # an old key reaches the default project's deployments, and only those
+    old_key = store_and_load(key(), as_v1("ApiKey.Created", "project"))
+    assert old_key.allows("fraud") and not old_key.allows("fraud", "alpha")
+
+
 def test_a_stored_event_that_has_every_field_but_no_class_version_keeps_its_values() -> None:
     job = store_and_load(_job(), as_v1("TrainingJob.Submitted"))  # what today's log holds, written before v2
     assert (job.timeout_s, job.max_attempts, job.trial_number, job.report_metric) == (60, 5, 2, "l2")
@@ -174,7 +210,7 @@ def test_a_v1_requeued_event_loads_without_counting_hand_backs() -> None:
 
 
 def test_a_v1_export_started_event_loads_without_a_lease() -> None:
-    export = ModelExport.request(uuid4(), "churn", 1, "onnx", 1e-4, {"artifact": ARTIFACT})
+    export = ModelExport.request(uuid4(), "churn", 1, "onnx", 1e-4, {"artifact": ARTIFACT}, project="default")
     export.claim("lease-1", "host:1")
     loaded = store_and_load(export, as_v1("ModelExport.Started", "lease_id"))
     assert (loaded.status, loaded.lease_id) == ("running", None)
@@ -183,7 +219,7 @@ def test_a_v1_export_started_event_loads_without_a_lease() -> None:
 def _deployment() -> Deployment:
     variants = [{"name": "control", "model": "m", "version": 1, "weight": 100, "artifact": ARTIFACT},
                 {"name": "challenger", "model": "m", "version": 2, "weight": 0, "artifact": ARTIFACT}]
-    return Deployment.create("fraud", variants, reason="first", policy={"metric": "accuracy"})
+    return Deployment.create("fraud", variants, reason="first", policy={"metric": "accuracy"}, project="default")
 
 
 def test_a_v1_created_deployment_loads_without_a_policy() -> None:

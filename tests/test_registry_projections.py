@@ -81,14 +81,14 @@ def save(store: SimpleNamespace, *aggregates: Any) -> None:
 @given(cmds=st.lists(deployment_commands, max_size=12), revoke=st.booleans())
 def test_deployment_history_equals_the_revisions_and_a_rebuild_equals_live(store, cmds: list, revoke: bool) -> None:
     name = f"d-{uuid4().hex[:12]}"
-    d = Deployment.create(name, [variant("a", 60), variant("b", 40, version=2)], reason="first")
+    d = Deployment.create(name, [variant("a", 60), variant("b", 40, version=2)], reason="first", project="default")
     save(store, d)
     for cmd in cmds:
         run_deployment_command(d, cmd)  # refused commands record nothing
         save(store, d)
     key = new_key()
     api_key = ApiKey.create(name="k", key_hash=hash_key(key), prefix=key_prefix(key), deployments=[name],
-                            rate_limit_per_s=5)
+                            rate_limit_per_s=5, project="default")
     if revoke:
         api_key.revoke("leaked")
     save(store, api_key)
@@ -96,16 +96,16 @@ def test_deployment_history_equals_the_revisions_and_a_rebuild_equals_live(store
     live = rows(store.url, TABLES["deployments"])
     project(store, "deployments")
     assert rows(store.url, TABLES["deployments"]) == live
-    history = store.deployments.history(name)
+    history = store.deployments.history(name, project="default")
     assert [(h["revision"], h["change"], h["reason"], h["variants"], h["shadow"], h["active"], h["rolled_back_to"])
             for h in history] == [(r["revision"], r["change"], r["reason"], [v.to_json() for v in r["variants"]],
                                    r["shadow"] and r["shadow"].to_json(), r["active"], r["rolled_back_to"])
                                   for r in d.revisions]
-    current = store.deployments.get(name)
+    current = store.deployments.get(name, project="default")
     assert (current["revision"], current["active"], current["variants"]) == (d.revision, d.active,
                                                                              d.snapshot()["variants"])
     assert sum(v["weight"] for v in current["variants"]) == 100
-    assert (store.deployments.key(api_key.id)["revoked_at"] is not None) == revoke
+    assert (store.deployments.key(api_key.id, project="default")["revoked_at"] is not None) == revoke
     assert all(k["key_hash"] != key for k in store.deployments.live_keys())
     project(store, "deployments", replica=True)  # a rebuild from position zero
     assert rows(store.replica_url, TABLES["deployments"]) == rows(store.url, TABLES["deployments"])
@@ -135,12 +135,12 @@ def test_model_versions_aliases_and_exports_rebuild_to_the_live_tables(store) ->
     save(store, export, model)
     project(store, "models", twice=True)
     live = rows(store.url, TABLES["models"])
-    got = store.models.get(name)
+    got = store.models.get(name, project="default")
     assert got["aliases"] == {"production": 3} and got["latest_version"] == 3
-    v3 = store.models.version(name, 3)
+    v3 = store.models.version(name, 3, project="default")
     assert v3["aliases"] == ["production"] and v3["onnx"]["input_shape"] == [None, 4]
     assert [(e["status"], e["attempt"]) for e in v3["exports"]] == [("completed", 2)]
-    assert store.models.version(name, 1)["onnx"] is None
+    assert store.models.version(name, 1, project="default")["onnx"] is None
     project(store, "models", replica=True)
     assert rows(store.replica_url, TABLES["models"]) == live
 
@@ -156,16 +156,16 @@ def test_the_policys_last_evaluation_is_kept_per_deployment_and_shown_with_its_r
     policy = {"metric": "accuracy", "min_samples": 100, "min_lift": 0.0, "max_p_value": 0.05, "ramp": [10, 50, 100],
               "step_every_s": 1, "max_p99_latency_ms": None, "max_error_rate": None}
     name = f"pol-{uuid4().hex[:8]}"
-    save(store, Deployment.create(name, [variant("control", 90), variant("challenger", 10)], policy=policy))
+    save(store, Deployment.create(name, [variant("control", 90), variant("challenger", 10)], policy=policy, project="default"))
     project(store, "deployments")
     clock = [time.time() + 60]  # past the step time: waiting only on labels
     engine = PolicyEngine(None, store.deployments, lambda *_: ([], []), Health().stage("policy"),  # type: ignore[arg-type]
                           PolicyEvaluations(store.deployments.pool), clock=lambda: clock[0])
-    assert store.deployments.get(name)["last_evaluation"] is None
+    assert store.deployments.get(name, project="default")["last_evaluation"] is None
     for _ in range(2):
         clock[0] += 5
-        assert engine.evaluate(store.deployments.get(name)) is None  # nothing acted, nothing to command
-    shown = _public(store.deployments.get(name)).model_dump(mode="json")["policy_state"]
+        assert engine.evaluate(store.deployments.get(name, project="default")) is None  # nothing acted, nothing to command
+    shown = _public(store.deployments.get(name, project="default")).model_dump(mode="json")["policy_state"]
     assert shown["steps"] == [{"variant": "challenger", "weight": 10, "step": 1, "of": 3, "ramp": [10, 50, 100],
                                "halted": False}]
     last = shown["last_evaluation"]

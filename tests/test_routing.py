@@ -132,7 +132,7 @@ def test_a_keys_variant_can_change_across_revisions_and_follows_the_new_weights(
 def test_a_router_from_a_deployment_snapshot() -> None:
     d = Deployment.create("fraud", [
         {"name": "champion", "model": "gbm", "version": 1, "weight": 0, "artifact": {}},
-        {"name": "challenger", "model": "gbm", "version": 2, "weight": 100, "artifact": {}}])
+        {"name": "challenger", "model": "gbm", "version": 2, "weight": 100, "artifact": {}}], project="default")
     router = Router.from_snapshot(d.snapshot())
     assert (router.name, router.revision, router.weights) == ("fraud", 1, {"champion": 0, "challenger": 100})
     assert {router.choose(f"k{i}") for i in range(1000)} | {router.choose() for _ in range(1000)} == {"challenger"}

@@ -177,7 +177,7 @@ def test_a_version_downloads_its_native_and_onnx_files_with_their_sha256(serving
 def test_registry_refusals_name_the_field(serving: Serving) -> None:
     http = serving.http
     r = http.post(f"{MODELS}/bc/versions", json={"job_id": "00000000-0000-0000-0000-000000000001"})
-    assert r.status_code == 422 and r.json()["field"] == "job_id"
+    assert r.status_code == 404 and r.json()["field"] == "job_id"  # as any missing object
     running = serving.stack.submit(framework="pytorch", task="regression", dataset={"uri": "builtin://diabetes"},
                                    params={"epochs": 2000})
     r = http.post(f"{MODELS}/bc/versions", json={"job_id": running})

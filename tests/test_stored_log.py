@@ -27,6 +27,10 @@ READ_MODEL_TABLES = ("jobs", "studies", "trials", "models", "model_versions", "m
 ADDED_COLUMNS: dict[str, dict[str, Any]] = {
     "jobs": {"hand_backs": 0, "requeue_reason": None, "project": "default"},
     "studies": {"project": "default"},
+    "models": {"project": "default"},
+    "model_exports": {"project": "default"},
+    "deployments": {"project": "default"},
+    "api_keys": {"project": "default"},
 }
 
 
