@@ -199,3 +199,13 @@ def pool(database_url: str, max_size: int = 8) -> ConnectionPool:
     p = ConnectionPool(database_url, min_size=1, max_size=max_size, open=False, check=ConnectionPool.check_connection)
     p.open(wait=True, timeout=30)
     return p
+
+
+def fetch_dicts(pool: Any, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+    """Rows of a query as dicts (column name → value), on a connection of `pool`: what the read models' queries
+    return."""
+    from psycopg.rows import dict_row
+
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()

@@ -15,12 +15,12 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from domain.api_key import ApiKey
 from domain.deployment import Deployment
+from infra.postgres import fetch_dicts
 from projections.id_prefix import id_range
 from projections.tracking import TrackedProjection, TrackedView, topics_of
 
@@ -164,9 +164,7 @@ class DeploymentQueries:
         self.pool = pool
 
     def _all(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
+        return fetch_dicts(self.pool, sql, params)
 
     def list(self, *, project: str, active: bool | None = None) -> list[dict[str, Any]]:
         """`project`'s deployments by name."""

@@ -15,11 +15,11 @@ from functools import singledispatchmethod
 from typing import Any
 
 from eventsourcing.persistence import Tracking
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from domain.access import Principal
 from domain.identity import ApiToken, Project, ServiceAccount, Session, User
+from infra.postgres import fetch_dicts
 from projections.tracking import TrackedProjection, TrackedView, topics_of
 
 log = logging.getLogger("trainyard.identity")
@@ -187,9 +187,7 @@ class IdentityQueries:
         self.pool = pool
 
     def _all(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
+        return fetch_dicts(self.pool, sql, params)
 
     def snapshot(self) -> Snapshot:
         s = Snapshot()

@@ -16,10 +16,10 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from domain.models import ModelExport, RegisteredModel
+from infra.postgres import fetch_dicts
 from projections.tracking import TrackedProjection, TrackedView, topics_of
 
 MODELS_DDL = """
@@ -175,9 +175,7 @@ class ModelQueries:
         self.pool = pool
 
     def _all(self, sql: str, params: Any) -> list[dict[str, Any]]:
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
+        return fetch_dicts(self.pool, sql, params)
 
     def list(self, *, project: str, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """`project`'s models, newest first, and how many it has."""
