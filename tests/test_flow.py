@@ -198,7 +198,7 @@ def test_malformed_messages_go_to_the_dead_letter_subjects(stack: Stack) -> None
 
 
 def test_the_cli_submits_watches_and_lists(stack: Stack) -> None:
-    env = {**os.environ, "TRAINYARD_API_URL": str(stack.http.base_url)}
+    env = stack.cli_env()
     cli = [sys.executable, "-m", "entrypoints.cli"]
     out = subprocess.run([*cli, "submit", "--framework", "lightgbm", "--task", "regression", "--dataset",
                           "builtin://diabetes", "-p", "n_estimators=20", "--tag", "cli", "--watch"],

@@ -253,7 +253,7 @@ def test_the_readme_python_example_runs_as_written(stack: Stack) -> None:
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     (example,) = re.findall(r"```python\n(.*?)```", readme, re.S)
-    env = {**os.environ, "TRAINYARD_API_URL": str(stack.http.base_url)}
+    env = stack.cli_env()
     out = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).parent.parent)
     assert out.returncode == 0, out.stderr

@@ -172,12 +172,12 @@ def test_the_cli_creates_watches_and_lists_a_study(stack: Stack, tmp_path: Any) 
     spec = tmp_path / "study.json"
     spec.write_text(json.dumps(study_body(name="from-cli", n_trials=3)))
     api = str(stack.http.base_url).rstrip("/")
-    result = CliRunner().invoke(cli, ["study", "create", str(spec), "--watch", "--api", api])
+    result = CliRunner(env=stack.cli_env()).invoke(cli, ["study", "create", str(spec), "--watch", "--api", api])
     assert result.exit_code == 0, result.output
     study_id = result.output.splitlines()[0].strip()
     assert study(stack, study_id)["status"] == "completed"
     assert "from-cli" in result.output and "completed" in result.output and "3/3 trials" in result.output
-    listed = CliRunner().invoke(cli, ["studies", "--api", api])
+    listed = CliRunner(env=stack.cli_env()).invoke(cli, ["studies", "--api", api])
     assert listed.exit_code == 0 and study_id in listed.output
     bad = CliRunner().invoke(cli, ["study", "watch", "not-a-uuid", "--api", api])
     assert bad.exit_code == 1 and bad.output.startswith("error:") and "Traceback" not in bad.output

@@ -30,6 +30,13 @@ class Stack:
         self.proc, self.data_dir, self.nats_url = proc, data_dir, nats_url
         self.http = httpx.Client(base_url=api, timeout=30)
 
+    def cli_env(self) -> dict[str, str]:
+        """Settings for the CLI or the Python client in a child process: this stack's API and its data dir (where
+        the first owner's token lies, as on the machine that ran `trainyard up`), and no login of the developer."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+        return {**env, "TRAINYARD_API_URL": str(self.http.base_url).rstrip("/"), "TRAINYARD_DATA_DIR": str(self.data_dir),
+                "TRAINYARD_CREDENTIALS": str(self.data_dir / "no-login.json")}
+
     def endpoints(self) -> dict[str, Any]:
         return json.loads((self.data_dir / "endpoints.json").read_text())
 
