@@ -86,7 +86,10 @@ class Serving:
         served: list[dict[str, int] | None] = [None]
 
         def serves() -> bool:
-            served[0] = {d["name"]: d["revision"] for d in self.inference.get("/v1/deployments", headers=self.auth).json()["items"]}
+            r = self.inference.get("/v1/deployments", headers=self.auth)
+            if r.status_code == 401:  # the key was just created: it travels to the server through the feed
+                return False
+            served[0] = {d["name"]: d["revision"] for d in r.json()["items"]}
             return served[0].get(name) == revision
 
         eventually(serves, timeout=timeout, interval=0.05, ignoring=(httpx.TransportError,),
