@@ -157,6 +157,7 @@ class Runner:
         shipping = [asyncio.create_task(s.run(self.flush_interval_s)) for s in (shipper, logs)]
         intermediates = asyncio.create_task(self._intermediates(lease, reporter, watched))
         lease.logs.start()
+        lease.logs.logs.note("info", f"{kind} run {attempt} started on runner {self.runner_id}")
         try:
             try:
                 work = self._export if kind == "export" else self._train
@@ -175,6 +176,8 @@ class Runner:
             has_traceback = outcome.pop("traceback", False)
             if outcome["type"] == "failed" and not has_traceback:  # a timeout, a failed export: its reason
                 lease.logs.logs.note("error", outcome.get("error") or "failed")
+            ended = "stopped: its lease was lost" if lease.lost else "cancelled" if lease.cancelled else outcome["type"]
+            lease.logs.logs.note("error" if outcome["type"] == "failed" else "info", f"{kind} run {attempt} {ended}")
             await logs.flush_all(deadline_s=10.0)
             if lease.lost:
                 log.info("job %s: lease lost; reporting nothing", lease.job_id)
