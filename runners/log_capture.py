@@ -3,8 +3,8 @@
 
 `JobLogs` is the bounded buffer: every line gets its level, stream, time and `seq` (its identity within the
 attempt) and waits there for `runners/reporting.py` to ship it. It never blocks the trainer: a line over
-MAX_LOG_MESSAGE characters is cut with a visible marker; past `rate` lines in one second, or `max_lines` waiting,
-lines are dropped and one "N lines dropped" warning says so (the cap is visible, never silent).
+MAX_LOG_MESSAGE characters is cut with a visible marker; past `rate` lines in one second, or `max_lines` (or
+`max_chars` of messages) waiting, lines are dropped and one "N lines dropped" warning says so (the cap is visible, never silent).
 
 `LogCapture` feeds it for the length of one attempt (a runner trains one job at a time, in a worker thread):
 - fds 1 and 2 are dup2'd onto pipes; a reader thread per pipe passes the bytes on to the original fd (the
@@ -34,7 +34,8 @@ from domain.contract import LOG_LEVELS, MAX_LOG_MESSAGE, LogLine
 T = TypeVar("T")
 log = logging.getLogger("trainyard.runner")
 LINES_PER_S = 1000
-MAX_WAITING = 50_000
+MAX_WAITING = 50_000  # lines
+MAX_WAITING_CHARS = 4_000_000  # of their messages: at most ~16 MB however long the lines
 _CONTROL = re.compile("\x1b\\[[0-?]*[ -/]*[@-~]|[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f\\ud800-\\udfff]")
 _NATIVE_LEVEL = re.compile(r"\[(Debug|Info|Warning|Error|Fatal)\]")
 _NATIVE = {"Debug": "debug", "Info": "info", "Warning": "warning", "Error": "error", "Fatal": "critical"}
@@ -63,12 +64,13 @@ def level_of(stream: str, message: str) -> str:
 class JobLogs:
     """The lines of one attempt, waiting to be shipped. Thread-safe; `add` never blocks on I/O."""
 
-    def __init__(self, rate: int = LINES_PER_S, max_lines: int = MAX_WAITING,
+    def __init__(self, rate: int = LINES_PER_S, max_lines: int = MAX_WAITING, max_chars: int = MAX_WAITING_CHARS,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.max_lines, self.clock = rate, max_lines, clock
+        self.rate, self.max_lines, self.max_chars, self.clock = rate, max_lines, max_chars, clock
         self._lock = threading.Lock()
         self._lines: collections.deque[LogLine] = collections.deque()
         self._seq = 0
+        self._chars = 0  # of the waiting messages
         self._second, self._in_second = -1, 0
         self._dropped = 0  # since the last notice
         self.dropped_total = 0
@@ -80,7 +82,7 @@ class JobLogs:
             if second != self._second:
                 self._notice()
                 self._second, self._in_second = second, 0
-            if self._in_second >= self.rate or len(self._lines) >= self.max_lines:
+            if self._in_second >= self.rate or len(self._lines) >= self.max_lines or self._chars >= self.max_chars:
                 self._dropped += 1
                 self.dropped_total += 1
                 return
@@ -105,19 +107,20 @@ class JobLogs:
         """Every waiting line, in seq order (and the drop notice, when lines were dropped)."""
         with self._lock:
             self._notice()
-            lines, self._lines = list(self._lines), collections.deque()
+            lines, self._lines, self._chars = list(self._lines), collections.deque(), 0
         return lines
 
     def _notice(self) -> None:
         if self._dropped:
             self._append("warning", "logging", f"{self._dropped:,} lines dropped (more than {self.rate:,} lines/s, "
-                                               f"or {self.max_lines:,} lines waiting to be shipped)",
+                                               "or too many waiting to be shipped)",
                          time.time_ns() // 1_000_000)
             self._dropped = 0
 
     def _append(self, level: str, stream: str, message: str, ts_ms: int) -> None:
         self._lines.append(LogLine(seq=self._seq, ts_ms=ts_ms, level=level, stream=stream, message=message))
         self._seq += 1
+        self._chars += len(message)
 
 
 class _PipeReader(threading.Thread):

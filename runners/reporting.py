@@ -178,4 +178,4 @@ def log_shipper(js: JetStreamContext, capture: LogCapture, job_id: str, attempt:
     def take() -> list[LogBatch]:
         capture.flush_python_buffers()  # a print() sits in Python's buffer until flushed
         return log_batches(job_id, attempt, runner_id, capture.logs.drain())
-    return Shipper(js, TELEMETRY_LOGS, take, f"job {job_id}: log")
+    return Shipper(js, TELEMETRY_LOGS, take, f"job {job_id}: log", max_pending=50)  # up to ~0.5 MB each

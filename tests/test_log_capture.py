@@ -83,6 +83,12 @@ def test_past_the_rate_cap_lines_are_dropped_visibly() -> None:
         logs.add("info", "stdout", f"{i}")
     assert len(logs.drain()) == 5  # no notice when nothing was dropped
 
+    full = JobLogs(rate=10**9, max_chars=50_000)  # lines waiting (NATS away): bounded by their size too
+    for _ in range(10):
+        full.add("info", "stdout", "z" * 10_000)
+    assert [len(x.message) for x in full.drain()] == [10_000] * 5 + [len("5 lines dropped (more than 1,000,000,000 "
+                                                                         "lines/s, or too many waiting to be shipped)")]
+
 
 def test_a_traceback_is_error_lines() -> None:
     logs = JobLogs(rate=1)
