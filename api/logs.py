@@ -32,8 +32,10 @@ def plain_line(line: StoredLine) -> str:
 def _cursor(after: str | None) -> tuple[int, int] | None:
     if after is None:
         return None
-    attempt, seq = after.split(":")
-    return int(attempt), int(seq)
+    attempt, seq = (int(part) for part in after.split(":"))
+    if attempt > 2**31 - 1:
+        raise Problem(422, "Invalid request", "after: its attempt is at most 2147483647", "after")
+    return attempt, seq
 
 
 @router.get("/{job_id}/logs", dependencies=[allow("job.read")], response_model=LogLines,
