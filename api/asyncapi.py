@@ -13,8 +13,8 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.contract import (TELEMETRY_FEEDBACK, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, WORK_PREFIX, FeedbackBatch,
-                             MetricBatch, PredictionBatch, WorkItem, event_subject)
+from domain.contract import (TELEMETRY_FEEDBACK, TELEMETRY_LOGS, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, WORK_PREFIX,
+                             FeedbackBatch, LogBatch, MetricBatch, PredictionBatch, WorkItem, event_subject)
 from domain.registry import PUBLIC_AGGREGATES
 from domain.vocabulary import Framework, Priority, RevisionChange, Task, TrialState
 
@@ -331,6 +331,10 @@ def specification() -> AsyncAPI:
     broker.publisher(TELEMETRY_METRICS, title="telemetry.metrics",
                      description="Metric points from runners (stream TRAINYARD_TELEMETRY, Nats-Msg-Id = batch_id)",
                      schema=MetricBatch)
+    broker.publisher(TELEMETRY_LOGS, title="telemetry.logs",
+                     description="Training log lines from runners: a job's output, logging, warnings and a failure's "
+                                 "traceback (stream TRAINYARD_TELEMETRY, Nats-Msg-Id = batch_id; a line is identified "
+                                 "by job_id, attempt and seq)", schema=LogBatch)
     broker.publisher(TELEMETRY_PREDICTIONS, title="telemetry.predictions",
                      description="Prediction records from inference servers, as columns (stream TRAINYARD_TELEMETRY, "
                                  "Nats-Msg-Id = batch_id)", schema=PredictionBatch)

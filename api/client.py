@@ -321,6 +321,15 @@ class TrainyardClient:
         path = f"{_job_path(job_id)}/metrics/{quote(name, safe='')}"
         return self._call("GET", path, params={"max_points": max_points})
 
+    def logs(self, job_id: str, *, tail: int | None = None, limit: int | None = None, level: str | None = None,
+             q: str | None = None, attempt: int | None = None, since: datetime | str | None = None,
+             until: datetime | str | None = None, after: str | None = None) -> dict[str, Any]:
+        """{"job_id", "lines": [{"attempt", "seq", "ts", "level", "stream", "message", "runner_id"}], "next_after"}:
+        the job's log lines in order (`tail`: the last N; `after`: those after a `next_after`)."""
+        given = {"tail": tail, "limit": limit, "level": level, "q": q, "attempt": attempt, "after": after,
+                 **{k: v.isoformat() if isinstance(v, datetime) else v for k, v in (("since", since), ("until", until))}}
+        return self._call("GET", f"{_job_path(job_id)}/logs", params={k: v for k, v in given.items() if v is not None})
+
     def wait(self, job_id: str, timeout: float = 600.0, interval: float = 1.0) -> dict[str, Any]:
         """Poll until the job is completed, failed or cancelled; return it. Rides out an API restart
         (no connection, 5xx) until `timeout`; raises TimeoutError when the job is still going then."""

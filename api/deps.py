@@ -18,6 +18,7 @@ from infra.leases import LeaseStore
 from infra.settings import Settings
 from projections.deployments import DeploymentQueries
 from projections.job_queries import JobQueries
+from projections.telemetry.log_store import LogStore
 from projections.telemetry.metric_store import MetricStore
 from projections.models import ModelQueries
 from projections.telemetry.prediction_store import PredictionStore
@@ -48,6 +49,7 @@ class Services:
     identity_queries: Any = None  # projections.identity.IdentityQueries
     auth: Any = None  # api.auth.Authenticator (the identity cache and the access-token signer)
     usage: Any = None  # projections.usage.UsageQueries (quotas)
+    logs: LogStore | None = None  # training log lines (ClickHouse)
     health: Health = field(default_factory=Health)
 
     def close(self) -> None:

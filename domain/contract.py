@@ -9,7 +9,8 @@ telemetry batches (docs/events.md, docs/asyncapi.json). Shared by the API, runne
   the lease token, and the aggregate refuses any other lease.
 - `trainyard.signal.work_ready` (core NATS, empty): the relay rings it after queueing work items; idle runners
   then look for work at once instead of polling. Only a hint: a forged one costs a look.
-- Telemetry: `trainyard.v1.telemetry.metrics` columnar metric batches, `Nats-Msg-Id` = batch_id.
+- Telemetry: `trainyard.v1.telemetry.metrics` columnar metric batches and `trainyard.v1.telemetry.logs` training
+  log lines, `Nats-Msg-Id` = batch_id.
 - Dead letters: `trainyard.v1.dlq.<original subject without its trainyard(.v1) prefix>`.
 Every field that crosses the bus is bounded: anyone on the bus can publish.
 """
@@ -31,6 +32,7 @@ from domain.vocabulary import Priority, WorkKind
 
 SUBJECT_PREFIX = "trainyard.v1"
 TELEMETRY_METRICS = f"{SUBJECT_PREFIX}.telemetry.metrics"
+TELEMETRY_LOGS = f"{SUBJECT_PREFIX}.telemetry.logs"
 DLQ_PREFIX = f"{SUBJECT_PREFIX}.dlq"
 REPORT_SUBJECT = "trainyard.rpc.runner.report"
 WORK_PREFIX = "trainyard.work"
@@ -303,6 +305,62 @@ class MetricBatch(BaseModel):
     @property
     def size(self) -> int:
         return sum(len(c.steps) for c in self.series.values())
+
+
+# ---- training logs ------------------------------------------------------------------------------
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}  # Python logging's numbers
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+LogStream = Literal["stdout", "stderr", "logging"]
+MAX_LOG_MESSAGE = 16_384  # characters of one line, a truncation marker included
+MAX_BATCH_LINES = 1000
+# Characters of all messages of a batch: at most 4 UTF-8 bytes each, so a full batch stays near 0.5 MB of JSON,
+# well under NATS's 1 MB default max payload.
+MAX_BATCH_LOG_CHARS = 131_072
+# A log line may hold a tab; any other control character (NUL, ESC, a newline: one line is one message) or a lone
+# surrogate is refused.
+_LOG_UNSAFE = re.compile(f"[\u0000-\u0008\u000a-\u001f\u007f-\u009f{_SURROGATE}]")
+
+
+def _log_text(value: str) -> str:
+    if m := _LOG_UNSAFE.search(value):
+        raise ValueError(f"control character U+{ord(m.group()):04X} at position {m.start()} is not allowed")
+    return value
+
+
+class LogLine(BaseModel):
+    """One line a job printed or logged: `seq` is its identity within the attempt (increasing in the order the
+    runner captured the lines), `ts_ms` when (Unix epoch milliseconds, UTC), `stream` where it came from (the
+    process's stdout or stderr, or Python's logging and warnings in the training thread)."""
+
+    model_config = ConfigDict(extra="forbid")
+    seq: int = Field(ge=0, le=2**63 - 1)
+    ts_ms: EpochMs
+    level: LogLevel
+    stream: LogStream
+    message: Annotated[str, AfterValidator(_log_text)] = Field(
+        max_length=MAX_LOG_MESSAGE, json_schema_extra={"pattern": "^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f-\\u009f]*$"})
+
+
+class LogBatch(BaseModel):
+    """Log lines of one attempt of a job, from the runner that ran it."""
+
+    model_config = ConfigDict(extra="forbid")
+    batch_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    job_id: UUID
+    attempt: int = Field(ge=1, le=2**31 - 1)
+    runner_id: Text = Field(min_length=1, max_length=200)
+    lines: list[LogLine] = Field(max_length=MAX_BATCH_LINES)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> LogBatch:
+        chars = sum(len(line.message) for line in self.lines)
+        if chars > MAX_BATCH_LOG_CHARS:
+            raise ValueError(f"a batch holds at most {MAX_BATCH_LOG_CHARS} characters of messages, this one {chars}")
+        return self
+
+    @property
+    def size(self) -> int:
+        return len(self.lines)
 
 
 # ---- prediction telemetry (the inference server) ---------------------------------------------------

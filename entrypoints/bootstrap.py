@@ -43,6 +43,7 @@ def build_services(settings: Settings) -> Services:
     from projections.read_your_writes import AppliedPositions
     from projections.usage import UsageQueries
     from projections.studies import StudyQueries
+    from projections.telemetry.log_store import LogStore
     from projections.telemetry.metric_store import MetricStore
     from projections.telemetry.prediction_store import PredictionStore
     from projections.tracking import POISONED_DDL
@@ -61,11 +62,13 @@ def build_services(settings: Settings) -> Services:
     metrics.ensure_schema()
     predictions = PredictionStore(ch)
     predictions.ensure_schema()
+    logs = LogStore(ch)
+    logs.ensure_schema()
     applied = AppliedPositions(database_url)
     identity, queries, auth = build_identity(settings, app, pool, applied)
     return Services(settings, app, pool, JobQueries(pool), ch, metrics, leases, StudyQueries(pool), StudyCommands(app),
                     ModelQueries(pool), ModelCommands(app), predictions, DeploymentQueries(pool),
-                    DeploymentCommands(app), applied, identity, queries, auth, UsageQueries(pool))
+                    DeploymentCommands(app), applied, identity, queries, auth, UsageQueries(pool), logs=logs)
 
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -147,7 +150,8 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
     from projections.read_models import process_specs
     from projections.relay import EagerWork, Relay
     from projections.telemetry.ab_queries import variant_stats
-    from projections.telemetry.projectors import FeedbackProjector, MetricsProjector, PredictionsProjector
+    from projections.telemetry.projectors import (FeedbackProjector, LogsProjector, MetricsProjector,
+                                                  PredictionsProjector)
     from projections.work_queries import WorkQueries
 
     database_url, _ = settings.require_urls()
@@ -165,6 +169,7 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
         "projections": projections,
         "relay": Relay(services.app, js, services.pool, stage("relay")),
         "metrics-projector": MetricsProjector(js, services.metrics, stage("metrics-projector")),
+        "logs-projector": LogsProjector(js, services.logs, stage("logs-projector")),
         "predictions-projector": PredictionsProjector(js, services.predictions, stage("predictions-projector")),
         "feedback-projector": FeedbackProjector(js, services.predictions, stage("feedback-projector")),
         "policy": PolicyEngine(services.deployment_commands, services.deployments,

@@ -3,7 +3,8 @@
 Streams (together they capture every subject under `trainyard.v1.>` that Trainyard publishes)
 - TRAINYARD_EVENTS     `trainyard.v1.<aggregate>.>` for each registered aggregate (domain/registry.py), published by
                        the relay, dedup by event id over `dedup_window_s`
-- TRAINYARD_TELEMETRY  `trainyard.v1.telemetry.>` metric batches from runners (dedup by batch id)
+- TRAINYARD_TELEMETRY  `trainyard.v1.telemetry.>` metric and log batches from runners, prediction and feedback
+                       batches (dedup by batch id)
 - TRAINYARD_DLQ        `trainyard.v1.dlq.>` what a stage could not process, kept for inspection
 - TRAINYARD_WORK       `trainyard.work.<priority>.<kind>.<aggregate_id>` work items (work-queue retention); one
                        durable pull consumer per priority (`work-<priority>`), shared by all runners, which ask the
@@ -28,7 +29,7 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
                          StreamConfig)
 from nats.js.errors import NotFoundError
 
-from domain.contract import (DLQ_PREFIX, SUBJECT_PREFIX, TELEMETRY_FEEDBACK, TELEMETRY_METRICS,
+from domain.contract import (DLQ_PREFIX, SUBJECT_PREFIX, TELEMETRY_FEEDBACK, TELEMETRY_LOGS, TELEMETRY_METRICS,
                              TELEMETRY_PREDICTIONS, WORK_PREFIX, dlq_subject, printable, work_filter)
 from domain.registry import event_subjects
 from domain.vocabulary import PRIORITY_ORDER
@@ -43,6 +44,7 @@ DLQ_STREAM = "TRAINYARD_DLQ"
 WORK_STREAM = "TRAINYARD_WORK"
 STREAMS = (EVENTS_STREAM, TELEMETRY_STREAM, DLQ_STREAM, WORK_STREAM)
 METRICS_CONSUMER = "clickhouse-metrics"
+LOGS_CONSUMER = "clickhouse-logs"
 PREDICTIONS_CONSUMER = "clickhouse-predictions"
 FEEDBACK_CONSUMER = "clickhouse-feedback"
 STUDY_DRIVER_CONSUMER = "study-driver"  # every domain event; the driver acts on studies' and their trials' events
@@ -114,7 +116,8 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     await js.add_consumer(TELEMETRY_STREAM, ConsumerConfig(
         durable_name=METRICS_CONSUMER, filter_subject=TELEMETRY_METRICS, ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))
-    for durable, subject in ((PREDICTIONS_CONSUMER, TELEMETRY_PREDICTIONS), (FEEDBACK_CONSUMER, TELEMETRY_FEEDBACK)):
+    for durable, subject in ((PREDICTIONS_CONSUMER, TELEMETRY_PREDICTIONS), (FEEDBACK_CONSUMER, TELEMETRY_FEEDBACK),
+                             (LOGS_CONSUMER, TELEMETRY_LOGS)):
         await js.add_consumer(TELEMETRY_STREAM, ConsumerConfig(
             durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL, ack_wait=10, max_deliver=-1, max_ack_pending=20000))
@@ -148,7 +151,8 @@ async def wait_for(js: JetStreamContext, stream: str, consumers: tuple[str, ...]
 def owned_consumers() -> list[tuple[str, str]]:
     """(stream, durable) of every consumer ensure_streams makes."""
     return [*((WORK_STREAM, work_consumer(p)) for p in PRIORITY_ORDER), (EVENTS_STREAM, STUDY_DRIVER_CONSUMER),
-            *((TELEMETRY_STREAM, d) for d in (METRICS_CONSUMER, PREDICTIONS_CONSUMER, FEEDBACK_CONSUMER))]
+            *((TELEMETRY_STREAM, d) for d in (METRICS_CONSUMER, PREDICTIONS_CONSUMER, FEEDBACK_CONSUMER,
+                                                 LOGS_CONSUMER))]
 
 
 async def missing(js: JetStreamContext) -> list[str]:

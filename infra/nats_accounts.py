@@ -27,7 +27,7 @@ from pathlib import Path
 
 import bcrypt
 
-from domain.contract import (DLQ_PREFIX, REPORT_SUBJECT, SUBJECT_PREFIX, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS,
+from domain.contract import (DLQ_PREFIX, REPORT_SUBJECT, SUBJECT_PREFIX, TELEMETRY_LOGS, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS,
                              WORK_READY, event_subject)
 
 SERVICE, INFERENCE, SUBSCRIBER = "service", "inference", "subscriber"
@@ -93,7 +93,7 @@ def permissions(user: str) -> Permissions | None:
             subscribe_allow=(replies,))
     if user.startswith("runner-"):
         return Permissions(
-            publish_allow=(REPORT_SUBJECT, TELEMETRY_METRICS, f"{DLQ_PREFIX}.work.>",
+            publish_allow=(REPORT_SUBJECT, TELEMETRY_METRICS, TELEMETRY_LOGS, f"{DLQ_PREFIX}.work.>",
                            f"$JS.API.CONSUMER.INFO.{_WORK}.*", f"$JS.API.CONSUMER.MSG.NEXT.{_WORK}.*",
                            f"$JS.ACK.{_WORK}.>"),
             publish_deny=_ADMIN_DENY,

@@ -1,10 +1,11 @@
-"""From the training thread to the telemetry stream: a bounded point buffer and a batch shipper.
+"""From the training thread to the telemetry stream: bounded buffers and one batch shipper.
 
 `JobReporter` is the trainer's `Reporter`: it buffers points (at most `max_points`; past that, new points are
-counted as dropped rather than growing without bound) and exposes the stop flag. `MetricShipper` drains it every
-flush interval into `MetricBatch`es of at most `BATCH_POINTS` points (so a batch always fits NATS's max payload),
-publishes each with `Nats-Msg-Id` = batch id (a retried publish that did land is deduplicated), and keeps at most
-`max_pending` unsent batches while NATS is away, dropping the oldest beyond that (counted, logged).
+counted as dropped rather than growing without bound) and exposes the stop flag. The job's log lines wait in
+`JobLogs` (runners/log_capture.py). A `Shipper` drains a buffer every flush interval into batches that always fit
+NATS's max payload (`MetricBatch`es of at most `BATCH_POINTS` points; `LogBatch`es within their line and character
+bounds), publishes each with `Nats-Msg-Id` = batch id (a retried publish that did land is deduplicated), and keeps
+at most `max_pending` unsent batches while NATS is away, dropping the oldest beyond that (counted, logged).
 """
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import TypeVar
 
 from nats.js import JetStreamContext
 
-from domain.contract import TELEMETRY_METRICS, MetricBatch, SeriesChunk
+from domain.contract import (MAX_BATCH_LINES, MAX_BATCH_LOG_CHARS, TELEMETRY_LOGS, TELEMETRY_METRICS, LogBatch,
+                             LogLine, MetricBatch, SeriesChunk)
+from runners.log_capture import LogCapture
 
 log = logging.getLogger("trainyard.runner")
+Batch = TypeVar("Batch", MetricBatch, LogBatch)
 BATCH_POINTS = 5_000  # ~250 KB of JSON: well under NATS's 1 MB default max payload
 
 
@@ -105,40 +110,72 @@ def batches(job_id: str, attempt: int, runner_id: str, series: dict[str, SeriesC
     return out
 
 
-class MetricShipper:
-    def __init__(self, js: JetStreamContext, job_id: str, attempt: int, runner_id: str, max_pending: int = 200) -> None:
-        self.js, self.job_id, self.attempt, self.runner_id = js, job_id, attempt, runner_id
-        self.pending: collections.deque[MetricBatch] = collections.deque()
+class Shipper:
+    """Publishes the batches `take()` cuts from a buffer on `subject`, in order, with `Nats-Msg-Id` = batch id (a
+    retried publish that did land is deduplicated). While NATS is away it keeps at most `max_pending` unsent
+    batches, dropping the oldest beyond that (counted, logged). `what` names the batches in the log."""
+
+    def __init__(self, js: JetStreamContext, subject: str, take: Callable[[], list[Batch]], what: str,
+                 max_pending: int = 200) -> None:
+        self.js, self.subject, self.take, self.what = js, subject, take, what
+        self.pending: collections.deque[Batch] = collections.deque()
         self.max_pending = max_pending
         self.dropped_batches = 0
 
-    async def run(self, reporter: JobReporter, interval_s: float) -> None:
+    async def run(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            await self.flush(reporter)
+            await self.flush()
             raise_if_cancelled()
 
-    async def flush(self, reporter: JobReporter) -> bool:
-        """Queue what the reporter holds and publish the queue in order; False if something is left unsent."""
-        self.pending.extend(batches(self.job_id, self.attempt, self.runner_id, reporter.drain()))
+    async def flush(self) -> bool:
+        """Queue what the buffer holds and publish the queue in order; False if something is left unsent."""
+        self.pending.extend(self.take())
         while len(self.pending) > self.max_pending:
             self.pending.popleft()
             self.dropped_batches += 1
-            log.warning("job %s: metric batch dropped (NATS away too long; %d so far)", self.job_id,
-                        self.dropped_batches)
+            log.warning("%s batch dropped (NATS away too long; %d so far)", self.what, self.dropped_batches)
         while self.pending:
             batch = self.pending[0]
             try:
-                await self.js.publish(TELEMETRY_METRICS, batch.model_dump_json().encode(),
+                await self.js.publish(self.subject, batch.model_dump_json().encode(),
                                       headers={"Nats-Msg-Id": batch.batch_id})
             except Exception as e:
-                log.warning("metric batch publish failed (%s); will retry", type(e).__name__)
+                log.warning("%s batch publish failed (%s); will retry", self.what, type(e).__name__)
                 return False
             self.pending.popleft()
         return True
 
-    async def flush_all(self, reporter: JobReporter, deadline_s: float = 30.0) -> None:
+    async def flush_all(self, deadline_s: float = 30.0) -> None:
         """At the end of an attempt: keep trying for up to `deadline_s`."""
         deadline = time.monotonic() + deadline_s
-        while not await self.flush(reporter) and time.monotonic() < deadline:
+        while not await self.flush() and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
+
+
+def metric_shipper(js: JetStreamContext, reporter: JobReporter, job_id: str, attempt: int, runner_id: str) -> Shipper:
+    return Shipper(js, TELEMETRY_METRICS, lambda: batches(job_id, attempt, runner_id, reporter.drain()),
+                   f"job {job_id}: metric")
+
+
+def log_batches(job_id: str, attempt: int, runner_id: str, lines: list[LogLine]) -> list[LogBatch]:
+    """`lines` cut into batches within LogBatch's bounds (lines, characters), in order."""
+    out: list[LogBatch] = []
+    start = chars = 0
+    for i, line in enumerate(lines):
+        if i - start == MAX_BATCH_LINES or chars + len(line.message) > MAX_BATCH_LOG_CHARS:
+            out.append(LogBatch(batch_id=str(uuid.uuid4()), job_id=job_id, attempt=attempt, runner_id=runner_id,
+                                lines=lines[start:i]))
+            start, chars = i, 0
+        chars += len(line.message)
+    if start < len(lines):
+        out.append(LogBatch(batch_id=str(uuid.uuid4()), job_id=job_id, attempt=attempt, runner_id=runner_id,
+                            lines=lines[start:]))
+    return out
+
+
+def log_shipper(js: JetStreamContext, capture: LogCapture, job_id: str, attempt: int, runner_id: str) -> Shipper:
+    def take() -> list[LogBatch]:
+        capture.flush_python_buffers()  # a print() sits in Python's buffer until flushed
+        return log_batches(job_id, attempt, runner_id, capture.logs.drain())
+    return Shipper(js, TELEMETRY_LOGS, take, f"job {job_id}: log", max_pending=50)  # up to ~0.5 MB each

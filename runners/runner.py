@@ -8,7 +8,9 @@ item is acked either way: from then on the lease, not JetStream, owns the work. 
 - a heartbeat task renews the lease every `lease_ttl_s / 5` whatever the trainer is doing; its reply is the only
   thing that can stop the job (cancel requested, or the lease is no longer ours). A `cancel_requested` event seen on
   the bus only makes the next heartbeat come at once: a forged message cancels nothing;
-- metric points go out in bounded batches on the telemetry stream (`runners/reporting.py`);
+- metric points go out in bounded batches on the telemetry stream (`runners/reporting.py`), and so do the job's
+  log lines: its output, logging, warnings and a failure's traceback (`runners/log_capture.py`); both are flushed
+  before the attempt's end is reported, so what a finished job shows is there to read;
 - a watchdog fails the job once it has run past its `timeout_s`.
 A stop (SIGTERM) hands the job back (`release`): no attempt is spent. A runner that dies simply stops renewing; the
 reconciler requeues the job, spending one attempt of its budget.
@@ -37,7 +39,8 @@ from infra.datasets import dataset_digest
 from infra.consumer import Consumer, Poison
 from infra.messaging import WORK_STREAM, work_consumer
 from runners.artifacts import ArtifactStore
-from runners.reporting import JobReporter, MetricShipper, raise_if_cancelled
+from runners.log_capture import JobLogs, LogCapture
+from runners.reporting import JobReporter, log_shipper, metric_shipper, raise_if_cancelled
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
 
 log = logging.getLogger("trainyard.runner")
@@ -56,12 +59,17 @@ class Lease:
         self.cancelled = False  # the aggregate asked to cancel
         self.lost = False  # the lease is no longer ours: stop, report nothing
         self.beat_now = asyncio.Event()  # set by a cancel event seen on the bus: ask the aggregate now
+        self.logs = LogCapture(JobLogs(), fds=False)  # run_training gives it the attempt's capture
 
 
 class Runner:
     def __init__(self, nc: Client, js: JetStreamContext, artifacts: ArtifactStore, lease_ttl_s: float,
-                 runner_id: str | None = None, dataset_roots: tuple = (), flush_interval_s: float = 0.25) -> None:
+                 runner_id: str | None = None, dataset_roots: tuple = (), flush_interval_s: float = 0.25,
+                 capture_output: bool = True) -> None:
+        """`capture_output`: take fds 1 and 2 into the job's logs while it trains (a runner process's own; off
+        where the runner shares its process, as in some tests)."""
         self.nc, self.js, self.artifacts, self.lease_ttl_s = nc, js, artifacts, lease_ttl_s
+        self.capture_output = capture_output
         self.runner_id = runner_id or f"{socket.gethostname()}:{os.getpid()}"
         self.dataset_roots, self.flush_interval_s = tuple(dataset_roots), flush_interval_s
         self.current: Lease | None = None
@@ -142,10 +150,14 @@ class Runner:
         loop, watched = asyncio.get_running_loop(), asyncio.Event()
         reporter = JobReporter(lease.stop, watch=spec.get("report_metric"),
                                on_watch=lambda: loop.call_soon_threadsafe(watched.set))
-        shipper = MetricShipper(self.js, lease.job_id, attempt, self.runner_id)
+        shipper = metric_shipper(self.js, reporter, lease.job_id, attempt, self.runner_id)
+        lease.logs = LogCapture(JobLogs(), fds=self.capture_output)
+        logs = log_shipper(self.js, lease.logs, lease.job_id, attempt, self.runner_id)
         heartbeat = asyncio.create_task(self._heartbeats(lease, reporter))  # until the last report is answered
-        shipping = asyncio.create_task(shipper.run(reporter, self.flush_interval_s))
+        shipping = [asyncio.create_task(s.run(self.flush_interval_s)) for s in (shipper, logs)]
         intermediates = asyncio.create_task(self._intermediates(lease, reporter, watched))
+        lease.logs.start()
+        lease.logs.logs.note("info", f"{kind} run {attempt} started on runner {self.runner_id}")
         try:
             try:
                 work = self._export if kind == "export" else self._train
@@ -153,16 +165,24 @@ class Runner:
                 outcome = await self._until_done(train, lease, spec)
             except asyncio.CancelledError:  # this runner is stopping: hand the job back unharmed
                 lease.stop.set()
+                lease.logs.stop()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.report(type="release", job_id=lease.job_id, lease=lease.token,
                                                      lease_obj=lease, deadline_s=5))
                 raise
             finally:
-                await _stop(shipping, intermediates)
+                lease.logs.stop()
+                await _stop(*shipping, intermediates)
+            has_traceback = outcome.pop("traceback", False)
+            if outcome["type"] == "failed" and not has_traceback:  # a timeout, a failed export: its reason
+                lease.logs.logs.note("error", outcome.get("error") or "failed")
+            ended = "stopped: its lease was lost" if lease.lost else "cancelled" if lease.cancelled else outcome["type"]
+            lease.logs.logs.note("error" if outcome["type"] == "failed" else "info", f"{kind} run {attempt} {ended}")
+            await logs.flush_all(deadline_s=10.0)
             if lease.lost:
                 log.info("job %s: lease lost; reporting nothing", lease.job_id)
                 return
-            await shipper.flush_all(reporter)
+            await shipper.flush_all()
             if lease.cancelled:
                 outcome = {"type": "cancelled"}
             if reporter.step_seen and outcome["type"] == "completed":  # its progress comes with it
@@ -202,12 +222,14 @@ class Runner:
                                target=spec["dataset"].get("target"), params=spec.get("params") or {},
                                dataset_roots=self.dataset_roots)
         try:
-            result = await asyncio.to_thread(trainer_for(train_spec.framework).fit, train_spec, reporter)
+            result = await asyncio.to_thread(lease.logs.within(trainer_for(train_spec.framework).fit), train_spec,
+                                             reporter)
         except TrainingCancelled:
             return {"type": "cancelled"}
         except Exception as e:  # the user's data or params broke training: the job fails, the runner lives
             log.warning("job %s attempt %d failed: %s", lease.job_id, attempt, printable(e, 300))
-            return {"type": "failed", "error": printable(f"{type(e).__name__}: {e}")}
+            lease.logs.logs.exception(e)
+            return {"type": "failed", "error": printable(f"{type(e).__name__}: {e}"), "traceback": True}
         art = await asyncio.to_thread(self.artifacts.put, lease.job_id, attempt, result.model_bytes,
                                       MODEL_SUFFIX[result.model_format])
         artifact: dict[str, Any] = {"uri": art.uri, "sha256": art.sha256, "size_bytes": art.size_bytes,
@@ -224,8 +246,8 @@ class Runner:
     async def _export(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
         from runners.export_task import run_export
 
-        return await asyncio.to_thread(run_export, lease.job_id, attempt, spec, self.artifacts, self.dataset_roots,
-                                       reporter)
+        return await asyncio.to_thread(lease.logs.within(run_export), lease.job_id, attempt, spec, self.artifacts,
+                                       self.dataset_roots, reporter)
 
     async def _heartbeats(self, lease: Lease, reporter: JobReporter) -> None:
         """Renew the lease on its own clock; the reply says whether to go on."""

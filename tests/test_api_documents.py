@@ -146,8 +146,9 @@ def without_added_optional_query_parameters(after: dict[str, Any],
 
 
 def without_new_operations(after: dict[str, Any], before: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """`after` less the operations `before` lacked; those whose error answers are not all problem+json, or that
-    take path parameters without answering 404 for an unknown object, are listed as wrong."""
+    """`after` less the operations `before` lacked (OpenAPI paths' methods; AsyncAPI channels, their operations and
+    messages); those whose error answers are not all problem+json, or that take path parameters without answering 404
+    for an unknown object, are listed as wrong."""
     after = json.loads(json.dumps(after))
     wrong = []
     for path, methods in list(after.get("paths", {}).items()):
@@ -160,6 +161,13 @@ def without_new_operations(after: dict[str, Any], before: dict[str, Any]) -> tup
                 wrong.append(f"{method.upper()} {path}: no 404 for an unknown object")
         if not methods:
             del after["paths"][path]
+    # AsyncAPI: a new subject is a new channel, its operation and its message
+    for key in ("channels", "operations"):
+        for name in set(after.get(key) or {}) - set(before.get(key) or {}):
+            del after[key][name]
+    messages = (after.get("components") or {}).get("messages") or {}
+    for name in set(messages) - set((before.get("components") or {}).get("messages") or {}):
+        del messages[name]
     return after, wrong
 
 

@@ -17,7 +17,7 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from domain.contract import REPORT_SUBJECT, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, work_subject
+from domain.contract import REPORT_SUBJECT, TELEMETRY_LOGS, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, work_subject
 from infra import nats_accounts
 from infra.embedded import EmbeddedNats
 from infra.messaging import (EVENTS_STREAM, STUDY_DRIVER_CONSUMER, TELEMETRY_STREAM, WORK_STREAM, connect,
@@ -257,7 +257,8 @@ def test_runner_takes_work_and_sends_its_reports_and_metrics(bus):
                 await msgs[0].ack()
                 reply = await nc.request(REPORT_SUBJECT, b'{"type": "claim"}', timeout=5)
                 ack = await js.publish(TELEMETRY_METRICS, b"{}")
-                return msgs[0].subject, reply.data, ack.seq
+                logs_ack = await js.publish(TELEMETRY_LOGS, b"{}")
+                return msgs[0].subject, reply.data, min(ack.seq, logs_ack.seq)
 
             return await _with(bus, RUNNER, runner)
         finally:
@@ -269,7 +270,7 @@ def test_runner_takes_work_and_sends_its_reports_and_metrics(bus):
 
 # ---- inference ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("subject", [*EVENT_SUBJECTS, work_subject("medium", "export", uuid.uuid4()),
-                                     REPORT_SUBJECT, TELEMETRY_METRICS])
+                                     REPORT_SUBJECT, TELEMETRY_METRICS, TELEMETRY_LOGS])
 def test_inference_cannot_publish_events_work_reports_or_job_metrics(bus, subject):
     refused, seen = asyncio.run(_published_by(bus, INFERENCE, subject))
     assert refused and not seen
@@ -324,6 +325,8 @@ def test_up_runs_a_job_with_every_process_on_its_own_nats_user():
             job = s.wait(job_id, lambda j: j["status"] in FINISHED, timeout=120)
             assert job["status"] == "completed", job
             assert s.full_series(job_id, "valid_loss", 3)  # the runner's metric batches went through
+            lines = s.http.get(f"/api/v1/training/jobs/{job_id}/logs").json()["lines"]  # and its log batches
+            assert lines[-1]["message"] == "training run 1 completed", lines
             assert "passfile=" in endpoints["postgres"] and "@" not in endpoints["nats"]
             with pytest.raises(Exception):  # noqa: B017 - the bus refuses anyone without credentials
                 asyncio.run(_anonymous(endpoints["nats"]))

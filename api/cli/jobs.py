@@ -1,4 +1,4 @@
-"""Training jobs: `submit`, `watch`, `jobs`, `job`, `cancel`."""
+"""Training jobs: `submit`, `watch`, `jobs`, `job`, `logs`, `cancel`."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ from api.cli.app import ApiOpt, cli, connect
 from api.cli.output import console, line, seconds, size, styled, when
 from api.cli.watching import WATCH_PATIENCE_S, poll
 from api.client import TrainyardClient, TrainyardError
+from domain.contract import LOG_LEVELS
 from domain.vocabulary import FINISHED, Framework, JobStatus, Priority, Task, choices
 
 
@@ -237,6 +238,55 @@ def job(job_id: JobIdArg, as_json: Annotated[bool, typer.Option("--json", help="
             if key in art:
                 value = size(art[key]) if key == "size_bytes" and isinstance(art[key], int) else str(art[key])
                 console.print(f"  {key:<10} {escape(value)}", soft_wrap=True, highlight=False)
+
+
+LEVEL_STYLE = {"debug": "dim", "warning": "yellow", "error": "red", "critical": "bold red"}
+
+
+def _print_lines(lines: list[dict[str, Any]]) -> None:
+    """`ts LEVEL [stream] message`, the message as it is (no markup), coloured by level on a terminal."""
+    for entry in lines:
+        text = Text(f"{entry['ts']} {entry['level'].upper()} [{entry['stream']}] ",
+                    style=LEVEL_STYLE.get(entry["level"], ""))
+        text.append(entry["message"])
+        console.print(text, soft_wrap=True, highlight=False)
+
+
+def follow_logs(client: TrainyardClient, job_id: str, level: str, tail: int, interval: float = 1.0,
+                patience: float = WATCH_PATIENCE_S) -> dict[str, Any]:
+    """Print the job's last `tail` lines, then the new ones as they come, until the job has finished and its last
+    lines are shown; returns the job. Polls with `after` (a push stream may replace the polling later)."""
+    page = client.logs(job_id, tail=tail, level=level)
+    _print_lines(page["lines"])
+    after, finished_seen = page["next_after"], 0
+    for job, page in poll(lambda: (client.job(job_id), client.logs(job_id, after=after, level=level)), interval,
+                          patience=patience, wait_first=True, max_delay=5.0):
+        _print_lines(page["lines"])
+        after = page["next_after"] or after
+        if job["status"] in FINISHED:  # the end is reported after the runner shipped the lines: one more look
+            finished_seen += 1
+            if finished_seen > 1 and not page["lines"]:
+                return job
+    raise AssertionError("unreachable")
+
+
+@cli.command()
+def logs(job_id: JobIdArg,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="go on printing new lines until the job ends")]
+         = False,
+         level: Annotated[str, typer.Option(help=f"the least level shown: {', '.join(LOG_LEVELS)}")] = "debug",
+         tail: Annotated[int, typer.Option(help="how many of the last lines to show first", min=1, max=10_000)] = 200,
+         api: ApiOpt = None) -> None:
+    """A job's training logs: what it printed and logged, warnings, a failure's traceback (`ts LEVEL [stream]
+    message`)."""
+    if level not in LOG_LEVELS:
+        raise typer.BadParameter(f"{level!r}: one of {', '.join(LOG_LEVELS)}", param_hint="--level")
+    client = connect(api)
+    job_id = ids.job_id(client, job_id)
+    if follow:
+        follow_logs(client, job_id, level, tail)
+    else:
+        _print_lines(client.logs(job_id, tail=tail, level=level)["lines"])
 
 
 @cli.command()

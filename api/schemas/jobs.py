@@ -1,4 +1,4 @@
-"""Training jobs: submit, read, list; their metrics; the comparison of runs."""
+"""Training jobs: submit, read, list; their metrics and logs; the comparison of runs."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from api.limits import SafeText
 from api.schemas.common import MAX_TAGS, MAX_TIMEOUT_S, NO_CONTROL, Tag
 from api.schemas.datasets import DatasetIn
+from domain.contract import LogLevel, LogStream
 from domain.frameworks import MAX_LIGHTGBM_LEAVES, MAX_PARAMS, MAX_TORCH_PARAMETERS, describe_params
 from domain.training_job import DEFAULT_TIMEOUT_S
 from domain.vocabulary import Framework, JobStatus, Priority, Task
@@ -126,3 +127,21 @@ class ComparedRun(BaseModel):
 class Comparison(BaseModel):
     metric: str
     runs: list[ComparedRun]
+
+
+class LogLinePublic(BaseModel):
+    attempt: int = Field(description="the run it belongs to")
+    seq: int = Field(description="its place in the run: lines of a run are numbered in the order they were captured")
+    ts: datetime
+    level: LogLevel
+    stream: LogStream = Field(description="stdout or stderr of the training process, or Python's logging and "
+                                          "warnings of the training thread")
+    message: str
+    runner_id: str
+
+
+class LogLines(BaseModel):
+    job_id: UUID
+    lines: list[LogLinePublic] = Field(description="in (attempt, seq) order")
+    next_after: str | None = Field(description="`after` for the lines that come next (\"attempt:seq\" of the last "
+                                               "line here; the request's own `after` when none matched)")

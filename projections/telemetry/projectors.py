@@ -1,12 +1,13 @@
 """The ClickHouse telemetry projectors: batches from JetStream into ClickHouse tables — metric points from runners
-into `metric_points` (`MetricsProjector`), prediction records from inference servers into `predictions`
+into `metric_points` (`MetricsProjector`), training log lines from runners into `log_lines` (`LogsProjector`),
+prediction records from inference servers into `predictions`
 (`PredictionsProjector`), ground truth posted to the API into `feedback` (`FeedbackProjector`). One
-`TelemetryProjector` does all three; a kind only says how to parse and insert a batch.
+`TelemetryProjector` does them all; a kind only says how to parse and insert a batch.
 
 Fetches many batches at once, inserts them in one ClickHouse insert (feedback: one per deployment and 10,000
 rows), then acks. A crash between insert and ack redelivers the batches; the insert's deduplication token, the
 landed-batch check and the tables' ReplacingMergeTree keys make the repeat invisible (metric_store.py,
-prediction_store.py).
+log_store.py, prediction_store.py).
 
 Poison policy: a batch that does not validate (out-of-range numbers, wrong shapes) is dead-lettered at once. When an
 insert fails, ClickHouse is probed: if it is away, every batch is nak'd and retried for as long as it takes (nothing
@@ -22,10 +23,12 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from domain.contract import FeedbackBatch, MetricBatch, PredictionBatch, printable
+from domain.contract import FeedbackBatch, LogBatch, MetricBatch, PredictionBatch, printable
 from infra.consumer import Consumer, Poison
 from infra.health import Stage
-from infra.messaging import FEEDBACK_CONSUMER, METRICS_CONSUMER, PREDICTIONS_CONSUMER, TELEMETRY_STREAM
+from infra.messaging import (FEEDBACK_CONSUMER, LOGS_CONSUMER, METRICS_CONSUMER, PREDICTIONS_CONSUMER,
+                             TELEMETRY_STREAM)
+from projections.telemetry.log_store import LogStore
 from projections.telemetry.metric_store import MetricColumns, MetricStore
 from projections.telemetry.prediction_store import PredictionStore
 
@@ -130,6 +133,16 @@ class MetricsProjector(TelemetryProjector):
         for batch in batches:
             add_batch(cols, batch)
         self.store.insert_columns(cols, token)
+
+
+class LogsProjector(TelemetryProjector):
+    consumer, batch_class = LOGS_CONSUMER, LogBatch
+    # Not gathered, like metrics: a failed job's traceback, flushed before it reports its end, must be readable
+    # when the job shows failed.
+    store: LogStore
+
+    def insert_batches(self, batches: list[LogBatch], token: str) -> None:
+        self.store.insert_batches(batches, token)
 
 
 class PredictionsProjector(TelemetryProjector):

@@ -75,7 +75,9 @@ def _task_params(task: str, split: Split) -> dict[str, Any]:
 
 
 def _fixed_params(seed: int) -> dict[str, Any]:
-    return {"seed": seed % 2**31, "deterministic": True, "force_row_wise": True, "verbosity": -1}
+    # verbosity 1: LightGBM's info and warnings (bins, data sizes, "no further splits") are the job's training logs
+    # (the runner captures its output: runners/log_capture.py).
+    return {"seed": seed % 2**31, "deterministic": True, "force_row_wise": True, "verbosity": 1}
 
 
 def _safe_names(split: Split) -> list[str]:
