@@ -91,7 +91,7 @@ def list_jobs(request: Request, s: ServicesDep,
     return JobList(items=[JobPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-def _job(s: Services, job_id: UUID, request: Request) -> dict:
+def visible_job(s: Services, job_id: UUID, request: Request) -> dict:
     """The job in the request's project; JobNotFoundError (404) for a missing one and another project's alike."""
     row = s.jobs.get(job_id, project=access_of(request).project)
     if row is None:
@@ -101,7 +101,7 @@ def _job(s: Services, job_id: UUID, request: Request) -> dict:
 
 @router.get("/{job_id}", dependencies=[allow("job.read")], response_model=JobPublic, responses=problems(404, 422))
 def get_job(job_id: UUID, request: Request, s: ServicesDep) -> JobPublic:
-    return JobPublic.model_validate(_job(s, job_id, request))
+    return JobPublic.model_validate(visible_job(s, job_id, request))
 
 
 @router.delete("/{job_id}", dependencies=[allow("job.cancel")], status_code=202, response_model=JobPublic, responses=problems(404, 409, 422))
@@ -111,12 +111,12 @@ def cancel_job(job_id: UUID, request: Request, s: ServicesDep, ctx: CommandConte
     if job.status == "running":
         s.leases.flag_cancel(job_id)  # the runner's next heartbeat hears it (the reconciler repairs a lost flag)
     _catch_up(s, position)
-    return JobPublic.model_validate(_job(s, job_id, request))
+    return JobPublic.model_validate(visible_job(s, job_id, request))
 
 
 @router.get("/{job_id}/metrics", dependencies=[allow("job.read")], response_model=MetricNames, responses=problems(404, 422))
 def metric_names(job_id: UUID, request: Request, s: ServicesDep) -> MetricNames:
-    _job(s, job_id, request)  # visible first: another project's metrics are as missing as its job
+    visible_job(s, job_id, request)  # visible first: another project's metrics are as missing as its job
     latest = {n: {"step": st, "value": v} for n, (st, v) in s.metrics.last_values(str(job_id)).items()}
     return MetricNames(job_id=job_id, names=s.metrics.names(str(job_id)), latest=latest)
 
@@ -126,7 +126,7 @@ def metric_series(job_id: UUID, name: Annotated[SafeText, Path(min_length=1, max
                   s: ServicesDep,
                   max_points: Annotated[int, Query(ge=4, le=100_000)] = 1000,
                   attempt: Annotated[int | None, Query(ge=1, le=1_000_000)] = None) -> MetricSeries:
-    _job(s, job_id, request)
+    visible_job(s, job_id, request)
     attempt = attempt or s.metrics.attempt_of(str(job_id), name)
     if attempt is None:
         raise Problem(404, "Not found", f"job {job_id} has no metric {name!r} (yet)", "name")

@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse
 
 from api.auth import allow
 from api.deps import ServicesDep
-from api.jobs import _job
+from api.jobs import visible_job
 from api.limits import SafeText
 from api.problems import Problem
 from api.schemas.common import problems
@@ -57,7 +57,7 @@ def job_logs(job_id: UUID, request: Request, s: ServicesDep,
              = None) -> LogLines | PlainTextResponse:
     """The job's log lines in order. JSON, or with `Accept: text/plain` one line per log line:
     `ts LEVEL [stream] message`."""
-    _job(s, job_id, request)  # visible first: another project's logs are as missing as its job
+    visible_job(s, job_id, request)  # visible first: another project's logs are as missing as its job
     if since is not None and until is not None and until <= since:
         raise Problem(422, "Invalid request", "until: must be later than since", "until")
     cursor = _cursor(after)
