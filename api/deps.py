@@ -13,6 +13,7 @@ from commands.models import ModelCommands
 from commands.studies import StudyCommands
 from commands.training import TrainingApplication
 from infra.clickhouse import ClickHouse
+from infra.fanout import Fanout
 from infra.health import Health
 from infra.leases import LeaseStore
 from infra.settings import Settings
@@ -49,6 +50,7 @@ class Services:
     auth: Any = None  # api.auth.Authenticator (the identity cache and the access-token signer)
     usage: Any = None  # projections.usage.UsageQueries (quotas)
     health: Health = field(default_factory=Health)
+    fanout: Fanout = field(default_factory=Fanout)  # wakes the live streams (api/streams.py)
 
     def close(self) -> None:
         if self.auth is not None:

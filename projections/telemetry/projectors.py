@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -125,11 +126,20 @@ class MetricsProjector(TelemetryProjector):
     # reports its end, must be queryable when the job shows completed.
     store: MetricStore
 
+    def __init__(self, *args: Any, inserted: Callable[[str], None] | None = None, **kwargs: Any) -> None:
+        """`inserted(topic)` is called with "metrics:<job id>" for each job with points in an insert, once they
+        are queryable (it wakes the job's live streams: infra/fanout.py)."""
+        super().__init__(*args, **kwargs)
+        self.inserted = inserted
+
     def insert_batches(self, batches: list[MetricBatch], token: str) -> None:
         cols = MetricColumns()
         for batch in batches:
             add_batch(cols, batch)
         self.store.insert_columns(cols, token)
+        if self.inserted is not None:
+            for job_id in {str(b.job_id) for b in batches}:
+                self.inserted(f"metrics:{job_id}")
 
 
 class PredictionsProjector(TelemetryProjector):
