@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
 
 from api.problems import Problem
 from commands.credentials import TOKEN_PREFIX, AccessTokens, InvalidAccessToken, OidcTokens, sha256
@@ -49,9 +50,11 @@ class Authenticator:
         self.cache, self.access_tokens, self.oidc = cache, access_tokens, oidc
         self.logins = LoginLimiter()
 
-    def authenticate(self, request: Request) -> tuple[Principal, str | None, str | None]:
+    def authenticate(self, request: HTTPConnection) -> tuple[Principal, str | None, str | None]:
         """(principal, session id, token id) of the request's credentials; Problem(401/400) otherwise."""
         values = request.headers.getlist("authorization")
+        if not values and request.scope.get("type") == "websocket" and (given := request.query_params.get("token")):
+            values = [f"Bearer {given}"]  # browsers cannot set headers on a WebSocket (api/streams.py)
         if len(values) > 1:
             raise Problem(400, "Invalid request", "Authorization: one header only", "Authorization")
         if not values:
@@ -89,7 +92,7 @@ class Authenticator:
         return principal, claims.session_id, None
 
 
-def requested_project(request: Request, principal: Principal) -> str:
+def requested_project(request: HTTPConnection, principal: Principal) -> str:
     given = request.headers.get(PROJECT_HEADER) or request.query_params.get("project")
     if given is not None:
         if not re.match(NAME_PATTERN, given):
@@ -106,7 +109,7 @@ class _Allow:
     def __init__(self, action: str, project_param: str | None = None) -> None:
         self.action, self.project_param = action, project_param
 
-    async def __call__(self, request: Request) -> Access | None:  # async: memory only, no hop to the threadpool
+    async def __call__(self, request: HTTPConnection) -> Access | None:  # async: memory only; HTTP and WebSocket
         if self.action == PUBLIC:
             return None
         auth: Authenticator = request.app.state.services.auth

@@ -13,6 +13,7 @@ from commands.models import ModelCommands
 from commands.studies import StudyCommands
 from commands.training import TrainingApplication
 from infra.clickhouse import ClickHouse
+from infra.fanout import Fanout
 from infra.health import Health
 from infra.leases import LeaseStore
 from infra.settings import Settings
@@ -36,6 +37,7 @@ class Services:
     jobs: JobQueries
     clickhouse: ClickHouse
     metrics: MetricStore
+    logs: LogStore  # training log lines (ClickHouse)
     leases: LeaseStore
     studies: StudyQueries
     study_commands: StudyCommands
@@ -49,8 +51,8 @@ class Services:
     identity_queries: Any = None  # projections.identity.IdentityQueries
     auth: Any = None  # api.auth.Authenticator (the identity cache and the access-token signer)
     usage: Any = None  # projections.usage.UsageQueries (quotas)
-    logs: LogStore | None = None  # training log lines (ClickHouse)
     health: Health = field(default_factory=Health)
+    fanout: Fanout = field(default_factory=Fanout)  # wakes the live streams (api/streams.py)
 
     def close(self) -> None:
         if self.auth is not None:

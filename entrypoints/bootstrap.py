@@ -34,6 +34,7 @@ def build_services(settings: Settings) -> Services:
     from commands.studies import StudyCommands
     from commands.training import TrainingApplication
     from infra.clickhouse import connect as connect_clickhouse
+    from infra.fanout import Fanout
     from infra.leases import LeaseStore
     from infra.postgres import DDL_LOCK, eventsourcing_env, pool as pg_pool
     from projections.deployments import DeploymentQueries
@@ -66,9 +67,12 @@ def build_services(settings: Settings) -> Services:
     logs.ensure_schema()
     applied = AppliedPositions(database_url)
     identity, queries, auth = build_identity(settings, app, pool, applied)
-    return Services(settings, app, pool, JobQueries(pool), ch, metrics, leases, StudyQueries(pool), StudyCommands(app),
-                    ModelQueries(pool), ModelCommands(app), predictions, DeploymentQueries(pool),
-                    DeploymentCommands(app), applied, identity, queries, auth, UsageQueries(pool), logs=logs)
+    fanout = Fanout()
+    for read_model in ("jobs", "studies", "deployments"):  # the live streams wake when their read model commits
+        applied.watch(read_model, lambda name=read_model: fanout.notify(f"read-model:{name}"))
+    return Services(settings, app, pool, JobQueries(pool), ch, metrics, logs, leases, StudyQueries(pool),
+                    StudyCommands(app), ModelQueries(pool), ModelCommands(app), predictions, DeploymentQueries(pool),
+                    DeploymentCommands(app), applied, identity, queries, auth, UsageQueries(pool), fanout=fanout)
 
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -168,8 +172,9 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
         "streams": StreamKeeper(js, settings, stage("streams", max(stuck, 5 * settings.stream_check_s))),
         "projections": projections,
         "relay": Relay(services.app, js, services.pool, stage("relay")),
-        "metrics-projector": MetricsProjector(js, services.metrics, stage("metrics-projector")),
-        "logs-projector": LogsProjector(js, services.logs, stage("logs-projector")),
+        "metrics-projector": MetricsProjector(js, services.metrics, stage("metrics-projector"),
+                                              inserted=services.fanout.notify),
+        "logs-projector": LogsProjector(js, services.logs, stage("logs-projector"), inserted=services.fanout.notify),
         "predictions-projector": PredictionsProjector(js, services.predictions, stage("predictions-projector")),
         "feedback-projector": FeedbackProjector(js, services.predictions, stage("feedback-projector")),
         "policy": PolicyEngine(services.deployment_commands, services.deployments,

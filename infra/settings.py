@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     http_header_timeout_s: float = Field(default=10.0, gt=0)  # from a request's first byte to its last header
     http_body_timeout_s: float = Field(default=300.0, gt=0)  # from the last header to the body's last byte
     http_max_connections: int = Field(default=1000, ge=1)  # open connections; past it a request gets a 503
+    # Live streams (SSE, WebSocket) open at once in one API process; past it a 503 with Retry-After. Below
+    # http_max_connections, so streams can never take every connection from ordinary requests.
+    max_live_streams: int = Field(default=800, ge=1)
 
     def require_urls(self) -> tuple[str, str]:
         """(database_url, nats_url) for processes that need servers running; `trainyard up` sets both."""

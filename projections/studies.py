@@ -238,6 +238,20 @@ class StudyQueries:
                         params)
             return cur.fetchall(), total
 
+    def version(self, study_id: UUID) -> int | None:
+        """The study's read-model version (it moves with every study and trial event); None: no such study."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT version FROM studies WHERE id = %s", (study_id,)).fetchone()
+        return row[0] if row else None
+
+    def trials_after(self, study_id: UUID, version: int, number: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Trials last written after (`version`, `number`), in (version, number) order, each with its `version`:
+        what a live stream at that cursor has not seen (a trial shows its latest state once)."""
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(f"SELECT {_TRIAL}, version FROM trials WHERE study_id = %s AND (version, number) > (%s, %s) "
+                        "ORDER BY version, number LIMIT %s", (study_id, version, number, limit))
+            return cur.fetchall()
+
     def history(self, study_id: UUID) -> list[dict[str, Any]]:
         """The completed trials in number order, each with the best value so far by the objective's direction."""
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -56,14 +57,20 @@ class TelemetryProjector:
     gather_s = 0.0  # > 0: hold fetched batches up to this long and insert them together
 
     def __init__(self, js: JetStreamContext, store: Any, stage: Stage | None = None, fetch_size: int = 512,
-                 max_tries: int = 3) -> None:
-        self.store, self.fetch_size = store, fetch_size
+                 max_tries: int = 3, inserted: Callable[[str], None] | None = None) -> None:
+        """`inserted(topic)` is called for each of `topics(batches)` once an insert is queryable (it wakes the
+        live streams that read those rows: infra/fanout.py)."""
+        self.store, self.fetch_size, self.inserted = store, fetch_size, inserted
         self.stage = stage or Stage(f"{self.consumer}-projector", loops=True)
         self.source: Consumer[Any] = Consumer(js, TELEMETRY_STREAM, self.consumer, self.batch_class, self.stage,
                                               name=f"{self.consumer} projector", max_deliveries=max_tries)
 
     def insert_batches(self, batches: list, token: str) -> None:
         raise NotImplementedError
+
+    def topics(self, batches: list) -> set[str]:
+        """What an insert of `batches` changed, for the live streams; none by default."""
+        return set()
 
     async def run(self, stop: asyncio.Event) -> None:
         watcher = asyncio.create_task(self.source.watch(stop))
@@ -110,6 +117,9 @@ class TelemetryProjector:
     async def _insert(self, batches: list) -> None:
         token = ",".join(b.batch_id for _, b in batches)
         await asyncio.to_thread(self.insert_batches, [b for _, b in batches], token)
+        if self.inserted is not None:
+            for topic in self.topics([b for _, b in batches]):
+                self.inserted(topic)
         for msg, _ in batches:
             await msg.ack()
         self.stage.progressed()
@@ -134,6 +144,9 @@ class MetricsProjector(TelemetryProjector):
             add_batch(cols, batch)
         self.store.insert_columns(cols, token)
 
+    def topics(self, batches: list[MetricBatch]) -> set[str]:
+        return {f"metrics:{b.job_id}" for b in batches}
+
 
 class LogsProjector(TelemetryProjector):
     consumer, batch_class = LOGS_CONSUMER, LogBatch
@@ -143,6 +156,9 @@ class LogsProjector(TelemetryProjector):
 
     def insert_batches(self, batches: list[LogBatch], token: str) -> None:
         self.store.insert_batches(batches, token)
+
+    def topics(self, batches: list[LogBatch]) -> set[str]:
+        return {f"logs:{b.job_id}" for b in batches}
 
 
 class PredictionsProjector(TelemetryProjector):

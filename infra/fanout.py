@@ -1,0 +1,93 @@
+"""An in-process fan-out of "something changed" signals to the live streams (a notifier, not a data bus).
+
+Producers call `notify(topic)` from any thread: the metrics projector after each insert (`metrics:<job id>`), the
+read models' NOTIFY listener when a read model commits (`read-model:<name>`). A stream `subscribe`s to its
+topics and `await wait(timeout)`s; a notify only wakes it, and it then READS what changed from the stores after its
+own cursor. No data is queued here, so a slow stream only falls behind; memory is one flag per subscription, and a
+notify lost or coalesced costs at most the stream's periodic re-check.
+
+Thread safety: `notify` may be called from any thread; `subscribe`, `wait` and `close` on the event loop that
+`bind` was given (serve's loop; the first subscriber's loop when none was bound).
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+
+class Subscription:
+    """One stream's wake-up flag over its topics. Use as a context manager (it unsubscribes on exit)."""
+
+    def __init__(self, fanout: Fanout, topics: tuple[str, ...]) -> None:
+        self.fanout, self.topics = fanout, topics
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when a topic was notified since the last wait; False after `timeout` seconds of quiet."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+    def _set(self) -> None:
+        self._event.set()
+
+    def close(self) -> None:
+        self.fanout._remove(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Fanout:
+    def __init__(self) -> None:
+        self._subs: dict[str, set[Subscription]] = {}
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def subscribe(self, *topics: str) -> Subscription:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        sub = Subscription(self, topics)
+        with self._lock:
+            for topic in topics:
+                self._subs.setdefault(topic, set()).add(sub)
+        return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        with self._lock:
+            for topic in sub.topics:
+                subs = self._subs.get(topic)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del self._subs[topic]
+
+    def notify(self, topic: str) -> None:
+        """Wake every subscription to `topic` (from any thread; a topic nobody follows costs a dict lookup)."""
+        with self._lock:
+            subs = list(self._subs.get(topic, ()))
+        if not subs or self._loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            for sub in subs:
+                sub._set()
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(lambda: [sub._set() for sub in subs])
+
+    def subscribers(self) -> int:
+        """How many (subscription, topic) pairs are open: 0 when every stream has gone."""
+        with self._lock:
+            return sum(len(s) for s in self._subs.values())
