@@ -44,6 +44,7 @@ from projections.live_streams import (MAX_CURSOR_CHARS, CursorError, DeploymentC
 
 router = APIRouter(prefix="/api/v1", tags=["live streams"])
 RECHECK_S = 2.0  # a stream reads its sources at least this often (a lost or coalesced wake-up costs no more)
+MIN_READ_S = 0.25  # and at most this often
 REAUTH_S = 2.0  # and checks its credentials again at least this often
 PING_S = 15  # SSE comment lines, so proxies keep an idle stream open
 RETRY_AFTER_S = 5
@@ -122,23 +123,34 @@ def _still_allowed(conn: HTTPConnection, access: Access, action: str) -> bool:
     return principal.name == access.principal.name
 
 
-async def _messages(conn: HTTPConnection, stream: Stream, topics: tuple[str, ...], finished: Callable[[], bool],
+async def _messages(conn: HTTPConnection, stream: Stream, topics: dict[str, str], finished: Callable[[], bool],
                     access: Access, action: str, slot: Slot) -> AsyncGenerator[tuple[str, Any, str], None]:
     """(event, data, id) until the object has finished (then "end"), the credentials stop working or the caller
-    stops iterating. Releases the stream's slot however it ends."""
+    stops iterating. `topics`: fan-out topic -> the key of the source it wakes; a wake-up reads only the sources
+    woken, a quiet `RECHECK_S` reads them all. Reads start at most every `MIN_READ_S` (wake-ups in between are
+    gathered into the next read), so streams cannot crowd out the inserts that feed them. Releases the stream's
+    slot however it ends."""
     try:
         with _services(conn).fanout.subscribe(*topics) as wake:
             checked = time.monotonic()
+            due: set[str] | None = None  # the sources to read next; None: all of them
             while True:
-                out = await asyncio.to_thread(stream.read)
+                started = time.monotonic()
+                out = await asyncio.to_thread(stream.read, due)
                 for message in out:
                     yield message
-                if not out and finished():
-                    yield "end", {}, stream.cursor()
-                    return
                 if out:
                     continue  # a full page may have more behind it
-                await wake.wait(RECHECK_S)
+                if finished():
+                    if due is None:  # nothing left in any source after the object ended
+                        yield "end", {}, stream.cursor()
+                        return
+                    due = None
+                    continue
+                if (rest := MIN_READ_S - (time.monotonic() - started)) > 0:
+                    await asyncio.sleep(rest)
+                fired = wake.take() or await wake.wait(RECHECK_S)
+                due = {topics[t] for t in fired if t in topics} or None
                 if time.monotonic() - checked >= REAUTH_S:
                     if not _still_allowed(conn, access, action):
                         return
@@ -179,8 +191,8 @@ async def _open_job(conn: HTTPConnection, job_id: UUID, last_event_id: str | Non
     return stream, lambda: status.finished  # type: ignore[attr-defined]
 
 
-def _job_topics(job_id: UUID) -> tuple[str, ...]:
-    return (f"metrics:{job_id}", f"logs:{job_id}", "read-model:jobs")
+def _job_topics(job_id: UUID) -> dict[str, str]:
+    return {"read-model:jobs": "s", f"metrics:{job_id}": "m", f"logs:{job_id}": "l"}
 
 
 @router.get("/training/jobs/{job_id}/stream", dependencies=[allow("job.read")], responses=_sse(
@@ -250,7 +262,7 @@ async def study_stream(study_id: UUID, request: Request, last_event_id: LastEven
     stream = Stream([progress])
     _start(stream, last_event_id, from_)
     slot = slots(request).take()
-    return _EventStream(_messages(request, stream, ("read-model:studies",), lambda: progress.finished, access,
+    return _EventStream(_messages(request, stream, {"read-model:studies": "t"}, lambda: progress.finished, access,
                                   "study.read", slot), slot)
 
 
@@ -266,5 +278,5 @@ async def deployment_stream(name: DeploymentName, request: Request, last_event_i
     stream = Stream([DeploymentChanges(s.deployments, name, access.project)])
     _start(stream, last_event_id, from_)
     slot = slots(request).take()
-    return _EventStream(_messages(request, stream, ("read-model:deployments",), lambda: False, access,
+    return _EventStream(_messages(request, stream, {"read-model:deployments": "d"}, lambda: False, access,
                                   "deployment.read", slot), slot)

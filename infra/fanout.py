@@ -21,17 +21,25 @@ class Subscription:
     def __init__(self, fanout: Fanout, topics: tuple[str, ...]) -> None:
         self.fanout, self.topics = fanout, topics
         self._event = asyncio.Event()
+        self._fired: set[str] = set()
 
-    async def wait(self, timeout: float) -> bool:
-        """True when a topic was notified since the last wait; False after `timeout` seconds of quiet."""
+    async def wait(self, timeout: float) -> set[str]:
+        """The topics notified since the last wait (waiting up to `timeout` seconds for one); empty after
+        `timeout` seconds of quiet."""
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
         except asyncio.TimeoutError:
-            return False
-        self._event.clear()
-        return True
+            return set()
+        return self.take()
 
-    def _set(self) -> None:
+    def take(self) -> set[str]:
+        """The topics notified since the last wait or take, without waiting."""
+        fired, self._fired = self._fired, set()
+        self._event.clear()
+        return fired
+
+    def _set(self, topic: str) -> None:
+        self._fired.add(topic)
         self._event.set()
 
     def close(self) -> None:
@@ -83,9 +91,9 @@ class Fanout:
             running = None
         if running is self._loop:
             for sub in subs:
-                sub._set()
+                sub._set(topic)
         elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(lambda: [sub._set() for sub in subs])
+            self._loop.call_soon_threadsafe(lambda: [sub._set(topic) for sub in subs])
 
     def subscribers(self) -> int:
         """How many (subscription, topic) pairs are open: 0 when every stream has gone."""

@@ -336,9 +336,12 @@ class Stream:
     def cursor(self) -> str:
         return encode({s.key: s.token() for s in self.sources})
 
-    def read(self) -> list[tuple[str, dict[str, Any], str]]:
+    def read(self, keys: set[str] | None = None) -> list[tuple[str, dict[str, Any], str]]:
+        """The next messages of the sources named by `keys` (None: of every source)."""
         out = []
         for source in self.sources:
+            if keys is not None and source.key not in keys:
+                continue
             for event, data, token in source.read():
                 positions = {s.key: s.token() for s in self.sources}
                 positions[source.key] = token
