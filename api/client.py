@@ -26,6 +26,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,12 @@ from urllib.parse import quote
 
 import httpx
 
+from api import sse
 from domain.vocabulary import FINISHED, STUDY_ENDED
 
+
+
+Stream = tuple[str, str | None, Any]  # a live stream's message: (event, id, data)
 
 
 def _one_line(text: Any, limit: int | None = None) -> str:
@@ -71,6 +76,23 @@ class TrainyardUnavailable(TrainyardError):
         self.url, self.reason = url, reason
         super().__init__(None, {"title": "Unavailable", "detail": reason},
                          f"cannot reach {what} at {url} ({reason}); is 'trainyard up' running?")
+
+
+class StreamNotServed(TrainyardError):
+    """The API has no such stream route (a server older than live streams): a 404 that names no field, where a
+    missing object's 404 names its id's field. Poll instead."""
+
+
+class StreamBroken(TrainyardError):
+    """The stream's bytes are not ours (a message that is not JSON, one over its bound): reconnecting would read
+    the same again, so it is not retried."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(None, {"title": "Invalid stream", "detail": detail})
+
+    @property
+    def retryable(self) -> bool:
+        return False
 
 
 def _reason(e: Exception) -> str:
@@ -334,6 +356,85 @@ class TrainyardClient:
         """Poll until the job is completed, failed or cancelled; return it. Rides out an API restart
         (no connection, 5xx) until `timeout`; raises TimeoutError when the job is still going then."""
         return _until_finished(lambda: self.job(job_id), f"job {job_id}", timeout, interval)
+
+    # ---- live streams --------------------------------------------------------------------------------
+    def stream_job(self, job_id: str, from_: str | None = None, **follow: Any) -> Iterator[Stream]:
+        """The job's live stream (GET …/stream) as (event, id, data): "status" (the job, as `job` shows it, on a
+        change), "metrics" ({"points": [{name, attempt, step, value, ts}]}, each series in step order), "logs"
+        ({"lines": [{attempt, seq, ts (ms), level, stream, message}]}), then "end" once the job has ended, and it
+        stops. `from_`: a message id to resume after. `follow`: as `follow_stream`."""
+        return self.follow_stream(f"{_job_path(job_id)}/stream", from_, **follow)
+
+    def stream_study(self, study_id: str, from_: str | None = None, **follow: Any) -> Iterator[Stream]:
+        """The study's live stream: "trial" (a trial asked, or its latest state), "best", "study" (the study as
+        `study` shows it, after each change), then "end" once it has ended."""
+        return self.follow_stream(f"{_study_path(study_id)}/stream", from_, **follow)
+
+    def stream_deployment(self, name: str, from_: str | None = None, **follow: Any) -> Iterator[Stream]:
+        """The deployment's live stream: "revision" (each revision, as `history` shows it), "evaluation" (the
+        policy's latest); it never ends."""
+        return self.follow_stream(f"{_deployment_path(name)}/stream", from_, **follow)
+
+    def follow_stream(self, path: str, from_: str | None = None, *, patience: float | None = 60.0,
+                      tolerate: Callable[[TrainyardError], bool] = lambda e: e.retryable,
+                      on_error: Callable[[TrainyardError, float | None], None] | None = None) -> Iterator[Stream]:
+        """An SSE stream's messages (event, id, data: parsed JSON) until "end" or the caller stops.
+
+        A dropped connection, a stream closed before its end, or an error `tolerate` accepts (default: no answer or
+        a 5xx) is handed to `on_error(error, seconds_left)` and the stream reopened with `Last-Event-ID` = the last
+        id seen, so nothing is lost or repeated; the wait doubles from 0.5 s up to 5 s. Once the failures have
+        lasted `patience` seconds (None: never), or for another error, it is raised; an open stream resets both.
+        `StreamNotServed` (no such route) is raised at once."""
+        last, delay, down_since = from_, 0.5, None
+
+        def connected() -> None:
+            nonlocal delay, down_since
+            delay, down_since = 0.5, None
+
+        while True:
+            try:
+                for event, message_id, data in self._stream_once(path, last, connected):
+                    last = message_id or last
+                    yield event, message_id, data
+                    if event == "end":
+                        return
+                raise TrainyardUnavailable(self.base_url, "the stream closed before its end")
+            except StreamNotServed:
+                raise
+            except TrainyardError as e:
+                now = time.monotonic()
+                down_since = now if down_since is None else down_since
+                left = None if patience is None else patience - (now - down_since)
+                if not tolerate(e) or (left is not None and left <= 0):
+                    raise
+                if on_error is not None:
+                    on_error(e, left)
+                time.sleep(delay if left is None else max(0.0, min(delay, left)))
+                delay = min(delay * 2, 5.0)
+
+    def _stream_once(self, path: str, last: str | None, connected: Callable[[], None]) -> Iterator[Stream]:
+        headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
+        try:
+            with self.http.stream("GET", path, headers=headers) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    body = self._body(r)
+                    problem = body if isinstance(body, dict) else {"detail": body}
+                    if r.status_code == 404 and not problem.get("field"):
+                        raise StreamNotServed(404, problem)
+                    raise TrainyardError(r.status_code, problem)
+                connected()
+                try:
+                    for event, message_id, data in sse.messages(sse.lines(r.iter_bytes())):
+                        try:
+                            value = json.loads(data)
+                        except ValueError:
+                            raise StreamBroken(f"a {event!r} message is not JSON: {_one_line(data, 80)}") from None
+                        yield event, message_id, value
+                except sse.StreamTooLarge as e:
+                    raise StreamBroken(str(e)) from None
+        except (httpx.TransportError, httpx.InvalidURL) as e:
+            raise TrainyardUnavailable(self.base_url, _reason(e)) from None
 
     # ---- studies -------------------------------------------------------------------------------------
     def create_study(self, study: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:

@@ -232,8 +232,11 @@ class StudyProgress:
         self.version, self.after = _int(version), after
 
     def read(self) -> list[Message]:
-        study = self.studies.get(self.study_id, project=self.project)
+        # the version before the study: the study read is then never older than the version it is sent under (at
+        # worst newer, and sent again under its own); the other way round, a study that ended between the two reads
+        # would be sent as still running under the version that ended it, and never again
         version = self.studies.version(self.study_id)
+        study = self.studies.get(self.study_id, project=self.project)
         if study is None or version is None:
             return []
         self.study = study

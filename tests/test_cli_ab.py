@@ -189,12 +189,19 @@ def test_ab_json_prints_the_raw_report(scripted_api) -> None:  # type: ignore[no
     assert code == 2 and "auc" in out
 
 
+# an API older than live streams: the deployment's stream route is not there (a 404 naming no field), so the watch
+# re-reads the report every --interval
+NO_STREAMS = Step("GET", f"{DEP}/stream", status=404, answer={"type": "about:blank", "title": "Not Found",
+                                                             "status": 404, "detail": "Not Found"})
+
+
 def test_ab_watch_redraws_rides_out_a_503_and_stops_on_ctrl_c(scripted_api) -> None:  # type: ignore[no-untyped-def]
     unavailable = {"type": "about:blank", "title": "Service Unavailable", "status": 503, "detail": "starting"}
     script = scripted_api(Step("GET", DEP, answer=deployment_out()),
                    Step("GET", f"{DEP}/ab", params={"metric": "accuracy"}, answer=report()),
                    Step("GET", f"{DEP}/ab/timeseries", params={"metric": "accuracy", "bucket": "60"},
                         answer=timeseries(RISING)),
+                   NO_STREAMS,
                    Step("GET", f"{DEP}/ab", params={"metric": "accuracy"}, status=503, answer=unavailable),
                    Step("GET", f"{DEP}/ab", params={"metric": "accuracy"}, answer=INTERRUPT))
     code, out = trainyard("ab", "churn-api", "--watch", "--interval", "0.1")
@@ -208,7 +215,7 @@ def test_ab_watch_piped_prints_each_look_as_it_comes(scripted_api) -> None:  # t
     look = [Step("GET", f"{DEP}/ab", params={"metric": "accuracy"}, answer=report()),
             Step("GET", f"{DEP}/ab/timeseries", params={"metric": "accuracy", "bucket": "60"},
                  answer=timeseries(RISING))]
-    script = scripted_api(Step("GET", DEP, answer=deployment_out()), *look, *look,
+    script = scripted_api(Step("GET", DEP, answer=deployment_out()), *look, NO_STREAMS, *look,
                           Step("GET", f"{DEP}/ab", params={"metric": "accuracy"}, answer=INTERRUPT))
     code, out = trainyard("ab", "churn-api", "--watch", "--interval", "0.1")  # not a terminal: no redraw in place
     assert code == 0, out

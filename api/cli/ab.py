@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Annotated, Any, Optional
 
@@ -16,7 +18,7 @@ from api.cli.app import ApiOpt, JsonOpt, ReasonOpt, cli, connect, read_json
 from api.cli.deployments import deployment_line
 from api.cli.output import console, line, print_json
 from api.cli.watching import poll
-from api.client import TrainyardError
+from api.client import Stream, StreamNotServed, TrainyardClient, TrainyardError
 from domain.vocabulary import AbMetric
 
 FEEDBACK_BATCH = 10_000  # feedback items per POST (the API's limit)
@@ -27,6 +29,45 @@ def _epoch_s(ts: Any) -> float | None:
         return datetime.fromisoformat(str(ts)).timestamp()
     except ValueError:
         return None
+
+
+def _nudged(client: TrainyardClient, name: str) -> Callable[[float], object]:
+    """A wait between two looks at the A/B report that ends early when the deployment's live stream says something
+    changed (a revision, a policy evaluation): the report is not in the stream, so it is re-read then, and every
+    interval anyway (labels and requests come in between). Against an API without streams, a plain sleep.
+
+    The stream is opened here, so its first request comes in order with the others; a thread reads the rest
+    (reopening it, resumed, after a drop) until its deployment is gone or the command ends."""
+    first: Iterator[Stream] | None = client.stream_deployment(name, patience=0)
+    last = None
+    try:
+        _, last, _ = next(first)  # type: ignore[arg-type]  # a deployment's stream starts with its first revision
+    except StreamNotServed:
+        return time.sleep
+    except TrainyardError as e:
+        if not e.retryable:
+            return time.sleep
+        first = None
+    wake = threading.Event()
+
+    def read(messages: Iterator[Stream] | None, last: str | None = None) -> None:
+        while True:
+            try:
+                for _, message_id, _ in messages or client.stream_deployment(name, last, patience=None):
+                    last = message_id or last
+                    wake.set()
+                return
+            except TrainyardError as e:
+                if not e.retryable:
+                    return
+                messages = None
+
+    threading.Thread(target=read, args=(first, last), name=f"ab-stream-{name}", daemon=True).start()
+
+    def nap(seconds: float) -> None:
+        wake.wait(seconds)
+        wake.clear()
+    return nap
 
 
 @cli.command()
@@ -56,7 +97,7 @@ def ab(name: str,
 
         try:
             for report in poll(lambda: client.ab_report(name, m, revision=revision), interval, patience=None,
-                               on_error=retrying):
+                               on_error=retrying, sleep=_nudged(client, name)):
                 print(json.dumps(report), flush=True)
         except KeyboardInterrupt:
             pass
@@ -81,10 +122,11 @@ def ab(name: str,
         return Text(f"API {why} at {datetime.now():%H:%M:%S}: {error.detail or error.title}; showing the last "
                     f"look, retrying every {interval:g} s", style="yellow")
 
+    nap = _nudged(client, name)
     try:
         if not console.is_terminal:  # piped: each look printed whole as it comes (Live would print only the last)
             console.print(ab_view(report, series, footer()))
-            for report, series in poll(look, interval, patience=None, wait_first=True,
+            for report, series in poll(look, interval, patience=None, wait_first=True, sleep=nap,
                                        on_error=lambda e, left: console.print(footer(e))):
                 console.print(ab_view(report, series, footer()))
             return
@@ -92,7 +134,7 @@ def ab(name: str,
             def stale(e: TrainyardError, left: float | None) -> None:  # the last look stays, with why it is old
                 live.update(ab_view(report, series, footer(e)))
 
-            for report, series in poll(look, interval, patience=None, wait_first=True, on_error=stale):
+            for report, series in poll(look, interval, patience=None, wait_first=True, on_error=stale, sleep=nap):
                 live.update(ab_view(report, series, footer()))
     except KeyboardInterrupt:
         pass

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
+from pydantic import TypeAdapter
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -15,7 +18,7 @@ from api.cli.ids import JobIdArg
 from api.cli.app import ApiOpt, cli, connect
 from api.cli.output import console, line, seconds, size, styled, when
 from api.cli.watching import WATCH_PATIENCE_S, poll
-from api.client import TrainyardClient, TrainyardError
+from api.client import StreamNotServed, TrainyardClient, TrainyardError
 from domain.contract import LOG_LEVELS
 from domain.vocabulary import FINISHED, Framework, JobStatus, Priority, Task, choices
 
@@ -58,7 +61,7 @@ def submit(
 
 def _watch(client: TrainyardClient, job_id: str, interval: float = 0.5, patience: float = WATCH_PATIENCE_S,
            submitted: bool = False) -> dict:
-    """Poll the job and its latest metrics into a progress bar until it ends. Once the job has been seen, an
+    """Follow the job and its latest metrics into a progress bar until it ends. Once the job has been seen, an
     unreachable API or a 5xx is retried with backoff for up to `patience` seconds of continuous failure (an API
     restart), the bar staying; then the last error is raised. A job just `submitted` may also 404 for that long
     (its read model behind)."""
@@ -79,6 +82,40 @@ def _retrying(e: TrainyardError, left: float | None) -> str:
     return f"{why}; retrying" + (f", giving up in {left:.0f} s" if left is not None else "")
 
 
+Looks = Iterator[tuple[dict, dict]]
+
+
+def _looks(client: TrainyardClient, job_id: str, interval: float, patience: float, submitted: bool,
+           on_error: Any) -> Looks:
+    """(the job, its latest metric points by name) as they change: from the job's live stream, or by polling every
+    `interval` seconds an API that has none."""
+    try:
+        yield from _streamed(client, job_id, patience, submitted, on_error)
+    except StreamNotServed:
+        yield from poll(lambda: _look(client, job_id), interval, patience=patience, max_delay=2.0,
+                        on_error=on_error, tolerate=_tolerate(submitted))
+
+
+def _streamed(client: TrainyardClient, job_id: str, patience: float, submitted: bool, on_error: Any) -> Looks:
+    """A look per status or metrics message. The ended job is shown at "end" only: its last points come after
+    the status that says it ended."""
+    job: dict | None = None
+    latest: dict[str, dict[str, Any]] = {}
+    for event, _, data in client.stream_job(job_id, patience=patience, tolerate=_tolerate(submitted),
+                                            on_error=on_error):
+        if event == "status":
+            job = data
+        elif event == "metrics":
+            for p in data["points"]:
+                seen = latest.get(p["name"])
+                if seen is None or (p["attempt"], p["step"]) >= (seen["attempt"], seen["step"]):
+                    latest[p["name"]] = p
+        elif event != "end":
+            continue
+        if job is not None and (event == "end" or job["status"] not in FINISHED):
+            yield job, {n: {"step": latest[n]["step"], "value": float(latest[n]["value"])} for n in sorted(latest)}
+
+
 def _follow(client: TrainyardClient, job_id: str, interval: float, patience: float, submitted: bool) -> dict:
     """On a terminal: a progress bar with the latest metrics, redrawn in place."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
@@ -88,8 +125,7 @@ def _follow(client: TrainyardClient, job_id: str, interval: float, patience: flo
         def waiting(e: TrainyardError, left: float | None) -> None:
             bar.update(t, metrics=f"[yellow]{escape(_retrying(e, left))}[/yellow]")
 
-        for job, latest in poll(lambda: _look(client, job_id), interval, patience=patience, max_delay=2.0,
-                                on_error=waiting, tolerate=_tolerate(submitted)):
+        for job, latest in _looks(client, job_id, interval, patience, submitted, waiting):
             bar.update(t, completed=job["progress"]["percentage_complete"],
                        description=f"{job_id[:8]} {job['status']} a{job['attempt']}", metrics=escape(_shown(latest)))
             if job["status"] in FINISHED:
@@ -100,9 +136,8 @@ def _follow(client: TrainyardClient, job_id: str, interval: float, patience: flo
 def _follow_plain(client: TrainyardClient, job_id: str, interval: float, patience: float, submitted: bool) -> dict:
     """Piped: a plain line each time the job changes, flushed as it happens (a bar would only be drawn at the end)."""
     last = None
-    for job, latest in poll(lambda: _look(client, job_id), interval, patience=patience, max_delay=2.0,
-                            on_error=lambda e, left: line(f"{job_id[:8]} {_retrying(e, left)}"),
-                            tolerate=_tolerate(submitted)):
+    for job, latest in _looks(client, job_id, interval, patience, submitted,
+                              lambda e, left: line(f"{job_id[:8]} {_retrying(e, left)}")):
         now = (f"{job_id[:8]} {job['status']} attempt {job['attempt']} "
                f"{job['progress']['percentage_complete']:.0f}% {_shown(latest)}").rstrip()
         if now != last:
@@ -240,6 +275,7 @@ def job(job_id: JobIdArg, as_json: Annotated[bool, typer.Option("--json", help="
                 console.print(f"  {key:<10} {escape(value)}", soft_wrap=True, highlight=False)
 
 
+_ISO = TypeAdapter(datetime)
 LEVEL_STYLE = {"debug": "dim", "warning": "yellow", "error": "red", "critical": "bold red"}
 
 
@@ -252,13 +288,39 @@ def _print_lines(lines: list[dict[str, Any]]) -> None:
         console.print(text, soft_wrap=True, highlight=False)
 
 
+def _stored_line(entry: dict[str, Any]) -> dict[str, Any]:
+    """A stream's log line (ts in epoch ms) as GET …/logs shows it (ts as ISO 8601 text, the same digits)."""
+    ts = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=entry["ts"])
+    return {**entry, "ts": _ISO.dump_python(ts, mode="json")}
+
+
 def follow_logs(client: TrainyardClient, job_id: str, level: str, tail: int, interval: float = 1.0,
                 patience: float = WATCH_PATIENCE_S) -> dict[str, Any]:
     """Print the job's last `tail` lines, then the new ones as they come, until the job has finished and its last
-    lines are shown; returns the job. Polls with `after` (a push stream may replace the polling later)."""
+    lines are shown; returns the job. New lines come from the job's live stream, resumed after the last line
+    shown (an API without streams is polled every `interval` seconds)."""
     page = client.logs(job_id, tail=tail, level=level)
     _print_lines(page["lines"])
-    after, finished_seen = page["next_after"], 0
+    after = page["next_after"]
+    least, job = LOG_LEVELS[level], None
+    try:
+        for event, _, data in client.stream_job(job_id, f"l={after.replace(':', '.')}" if after else None,
+                                                patience=patience):
+            if event == "status":
+                job = data
+            elif event == "logs" and data["lines"]:
+                _print_lines([_stored_line(x) for x in data["lines"] if LOG_LEVELS[x["level"]] >= least])
+                after = f"{data['lines'][-1]['attempt']}:{data['lines'][-1]['seq']}"
+            elif event == "end" and job is not None:
+                return job
+        raise AssertionError("unreachable")  # a job's stream ends with its status shown
+    except StreamNotServed:
+        return _poll_logs(client, job_id, level, after, interval, patience)
+
+
+def _poll_logs(client: TrainyardClient, job_id: str, level: str, after: str | None, interval: float,
+               patience: float) -> dict[str, Any]:
+    finished_seen = 0
     for job, page in poll(lambda: (client.job(job_id), client.logs(job_id, after=after, level=level)), interval,
                           patience=patience, wait_first=True, max_delay=5.0):
         _print_lines(page["lines"])

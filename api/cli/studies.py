@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -15,7 +16,7 @@ from api.cli.ids import StudyIdArg
 from api.cli.app import ApiOpt, cli, connect, group
 from api.cli.output import console, styled
 from api.cli.watching import poll
-from api.client import TrainyardClient, TrainyardError
+from api.client import StreamNotServed, TrainyardClient, TrainyardError
 from domain.vocabulary import STUDY_ENDED, StudyStatus, choices
 
 study_cli = group("Hyperparameter studies.")
@@ -24,12 +25,11 @@ study_cli = group("Hyperparameter studies.")
 cli.add_typer(study_cli, name="study")
 
 
-def _trials_table(client: TrainyardClient, study_id: str) -> Table:
-    st = client.study(study_id)
-    rows = client.trials(study_id, limit=1000)["items"]
+def _trials_table(st: dict[str, Any], rows: list[dict[str, Any]]) -> Table:
+    """The study's title line and its last 30 trials (`rows`, by number); the study rides along as `.extra`."""
     best = st.get("best_trial") or {}
     counts = " ".join(f"{k} {v}" for k, v in st["counts"].items() if v)
-    best_text = f"{best['value']:.6g} (trial {best['number']})" if best else "-"
+    best_text = f"{float(best['value']):.6g} (trial {best['number']})" if best else "-"
     title = (f"{escape(st['name'])} {styled(st['status'])} "
              f"{len(rows)}/{st['n_trials']} trials ({counts or 'none yet'}); best {st['objective']['metric']} "
              f"{best_text}")
@@ -37,7 +37,7 @@ def _trials_table(client: TrainyardClient, study_id: str) -> Table:
     for col in ("#", "state", "value", "params", "job_id"):
         table.add_column(col, no_wrap=col != "params", overflow="fold")
     for t in rows[-30:]:
-        value = "-" if t["value"] is None else f"{t['value']:.6g}"
+        value = "-" if t["value"] is None else f"{float(t['value']):.6g}"
         if t["state"] == "pruned" and t.get("pruned_at_step") is not None:
             value = f"pruned@{t['pruned_at_step']}"
         table.add_row(str(t["number"]), styled(t["state"]), value,
@@ -46,17 +46,41 @@ def _trials_table(client: TrainyardClient, study_id: str) -> Table:
     return table
 
 
+def _tables(client: TrainyardClient, study_id: str, interval: float) -> Iterator[Table]:
+    """The table after each change, from the study's live stream (polled every `interval` seconds from an API
+    without streams), until the study has ended; an API restart is waited out however long it takes."""
+    st: dict[str, Any] | None = None
+    trials: dict[int, dict[str, Any]] = {}
+    try:
+        for event, _, data in client.stream_study(study_id, patience=None):
+            if event == "trial":
+                trials[data["number"]] = data
+            elif event == "study":
+                st = data
+            if event == "end" and (st is None or st["status"] not in STUDY_ENDED):
+                st = client.study(study_id)  # (a server whose last "study" message may be older than its end)
+            if st is not None and event in ("study", "end"):  # a read's trials come before its "study"
+                yield _trials_table(st, [trials[n] for n in sorted(trials)])
+        return
+    except StreamNotServed:
+        pass
+
+    def look() -> Table:
+        return _trials_table(client.study(study_id), client.trials(study_id, limit=1000)["items"])
+    yield from poll(look, interval, patience=None)
+
+
 def _watch_study(client: TrainyardClient, study_id: str, interval: float = 1.0) -> dict:
-    """A live table of the study's trials until it ends; an API restart is waited out however long it takes."""
+    """A live table of the study's trials until it ends."""
     from rich.live import Live
 
-    table = _trials_table(client, study_id)
+    tables = _tables(client, study_id, interval)
+    table = next(tables)
     with Live(table, console=console, refresh_per_second=4) as live:
-        if table.extra["status"] not in STUDY_ENDED:  # type: ignore[attr-defined]
-            for table in poll(lambda: _trials_table(client, study_id), interval, patience=None, wait_first=True):
-                live.update(table)
-                if table.extra["status"] in STUDY_ENDED:  # type: ignore[attr-defined]
-                    break
+        while table.extra["status"] not in STUDY_ENDED:  # type: ignore[attr-defined]
+            table = next(tables)
+            live.update(table)
+    tables.close()
     return table.extra  # type: ignore[attr-defined]
 
 

@@ -1,4 +1,6 @@
-"""The one polling loop behind every live view (`watch`, `study watch`, `export --watch`, `ab --watch`)."""
+"""The one polling loop behind the live views that have no stream to follow (`export --watch`; `ab --watch`,
+whose report is re-read when the deployment's stream says something changed; `watch`, `study watch` and `logs -f`
+against an API without live streams)."""
 from __future__ import annotations
 
 import time
@@ -19,9 +21,11 @@ def retryable(error: TrainyardError) -> bool:
 def poll(look: Callable[[], T], interval: float, *, patience: float | None = WATCH_PATIENCE_S,
          wait_first: bool = False, max_delay: float | None = None,
          tolerate: Callable[[TrainyardError], bool] = retryable,
-         on_error: Callable[[TrainyardError, float | None], None] | None = None) -> Iterator[T]:
+         on_error: Callable[[TrainyardError, float | None], None] | None = None,
+         sleep: Callable[[float], object] = time.sleep) -> Iterator[T]:
     """Yield `look()` every `interval` seconds until the caller stops iterating (`wait_first`: wait before the
-    first look too).
+    first look too). `sleep(seconds)` waits between looks; one that returns early (a live stream's nudge) makes
+    the next look come sooner.
 
     A TrainyardError that `tolerate` accepts is handed to `on_error(error, seconds_left)` and the look retried:
     after `interval` seconds, doubling up to `max_delay` while the failures go on (when given). Once the failures
@@ -30,7 +34,7 @@ def poll(look: Callable[[], T], interval: float, *, patience: float | None = WAT
     delay, pause, down_since = interval, (interval if wait_first else 0.0), None
     while True:
         if pause > 0:
-            time.sleep(pause)
+            sleep(pause)
         try:
             value = look()
         except TrainyardError as e:
