@@ -24,7 +24,7 @@ from uuid import UUID
 from projections.deployments import DeploymentQueries
 from projections.job_queries import JobQueries
 from projections.studies import StudyQueries
-from projections.telemetry.log_store import LogQuery, LogStore
+from projections.telemetry.log_store import LogStore
 from projections.telemetry.metric_store import TABLE as METRICS_TABLE, MetricStore
 
 MAX_CURSOR_CHARS = 8192  # fits a header line with room to spare (servers refuse header blocks past ~16 KiB)
@@ -117,8 +117,10 @@ class JobStatus:
         return self.job is not None and self.job["status"] in ("completed", "failed", "cancelled")
 
 
+# Not FINAL (a third of the cost): a point stored twice and not yet merged comes back twice, and the second copy is
+# dropped by the cursor. A point rewritten with another value may show its first value here.
 _NEW_POINTS = f"""
-SELECT name, attempt, step, value, toUnixTimestamp64Milli(ts) FROM {METRICS_TABLE} FINAL
+SELECT name, attempt, step, value, toUnixTimestamp64Milli(ts) FROM {METRICS_TABLE}
 WHERE job_id = {{job_id:UUID}}
   AND toInt64(step) > arrayElement(arrayPushFront({{after:Array(Int64)}}, -1),
                                    indexOf(arrayZip({{names:Array(String)}}, {{attempts:Array(UInt32)}}),
@@ -167,6 +169,8 @@ class MetricPoints:
             self.names[h] = name
             if len(self.sent) >= MAX_SERIES and (attempt, h) not in self.sent:
                 continue  # past what a cursor can hold: the stream shows the first MAX_SERIES series
+            if step <= self.sent.get((attempt, h), -1):
+                continue  # a second copy of a point not yet merged away
             self.sent[(attempt, h)] = step
             points.append({"name": name, "attempt": attempt, "step": step, "value": _json_number(value), "ts": ts})
         return [("metrics", {"points": points}, self.token())] if points else []
@@ -193,7 +197,7 @@ class LogLines:
         self.after = (_int(attempt, 0, 2**32 - 1), _int(seq))
 
     def read(self) -> list[Message]:
-        lines = self.store.lines(self.job_id, LogQuery(after=self.after, limit=PAGE))
+        lines = self.store.lines_after(self.job_id, self.after, PAGE)
         if not lines:
             return []
         self.after = (lines[-1].attempt, lines[-1].seq)

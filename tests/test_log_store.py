@@ -59,8 +59,19 @@ QUERIES = [LogQuery(), LogQuery(level="warning"), LogQuery(attempt=2), LogQuery(
            LogQuery(after=(1, 20), limit=7), LogQuery(since=T0 + timedelta(seconds=10), until=T0 + timedelta(seconds=30))]
 
 
+def paged(store: LogStore, job: str, after: tuple[int, int] | None, page: int) -> list:
+    """What a live stream reads: pages after `after` until one comes back empty (a page drops repeated rows, so
+    its length may vary; what the pages add up to may not)."""
+    out: list = []
+    while lines := store.lines_after(job, after, page):
+        out += lines
+        after = (lines[-1].attempt, lines[-1].seq)
+    return out
+
+
 def snapshot(store: LogStore, job: str) -> list:
-    return [[(x.attempt, x.seq, x.ts, x.level, x.stream, x.message) for x in store.lines(job, q)] for q in QUERIES]
+    rows = [store.lines(job, q) for q in QUERIES] + [paged(store, job, None, 1000), paged(store, job, (1, 20), 3)]
+    return [[(x.attempt, x.seq, x.ts, x.level, x.stream, x.message) for x in r] for r in rows]
 
 
 @settings(max_examples=30, deadline=None)
