@@ -3,8 +3,8 @@ vs the same query on the raw points, right after the points land (unmerged parts
 
 Each size gets a fresh chDB store; the points go in through MetricStore.insert_columns (batches of --batch, the
 projector's path, so the rollup's materialized view fills as in the service). Then `MetricStore.series(job, name,
-max_points)` is timed (median of --repeats, after one warm-up), with the rollup and with `rollup=False`, and the two
-answers are checked equal. `--mlflow` also times MLflow's get_metric_history on the first size (slow to load; see
+max_points)` is timed (median of --repeats, after one warm-up), with the rollup and with `rollup_reads=False`, and the two
+answers are checked equal. (MLflow, without server-side downsampling, is timed in the issue 2 record of
 bench/RESULTS.md.)
 
     .venv/bin/python -m bench.metrics_query [--sizes 1000000 10000000] [--max-points 1000]

@@ -57,9 +57,9 @@ def build_services(settings: Settings) -> Services:
             conn.execute(read_model.ddl)
         conn.execute(POISONED_DDL)  # shared by every view: made here, not by concurrently starting projections
     ch = connect_clickhouse(settings.clickhouse_url, settings.chdb_path)
-    metrics = MetricStore(ch)
+    metrics = MetricStore(ch, settings.metric_retention_days)
     metrics.ensure_schema()
-    predictions = PredictionStore(ch)
+    predictions = PredictionStore(ch, settings.prediction_retention_days)
     predictions.ensure_schema()
     applied = AppliedPositions(database_url)
     identity, queries, auth = build_identity(settings, app, pool, applied)

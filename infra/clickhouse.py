@@ -63,6 +63,25 @@ def connect(url: str | None, chdb_path: Path) -> ClickHouse:
     return HttpClickHouse(url)
 
 
+MAX_RETENTION_DAYS = 36_500
+
+
+def apply_retention(ch: ClickHouse, table: str, ts_column: str, days: int) -> None:
+    """Keep `table`'s rows for `days` days after their `ts_column` (a DateTime or DateTime64), or forever (0): a
+    table TTL, set or removed on every start, so a changed setting holds from the next start. Expired rows leave at
+    merges (ClickHouse checks TTLs as it merges, and at OPTIMIZE … FINAL). Changing the TTL rewrites the table's
+    parts once; an unchanged one is left alone. `table` and `ts_column` are our own names, never user input."""
+    if not 0 <= days <= MAX_RETENTION_DAYS:
+        raise ValueError(f"retention must be 0 to {MAX_RETENTION_DAYS} days, got {days}")
+    ttl = f"toDateTime({ts_column}) + toIntervalDay({days})"
+    engine = ch.query("SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
+                      {"t": table})[0][0]
+    if days and f" TTL {ttl} " not in f"{engine} ":
+        ch.command(f"ALTER TABLE {table} MODIFY TTL {ttl}")
+    elif not days and " TTL " in engine:
+        ch.command(f"ALTER TABLE {table} REMOVE TTL")
+
+
 def to_arrow(columns: list[str], rows: Rows) -> pa.Table:
     """The insert payload as an Arrow table; ClickHouse casts Arrow types to the table's (string -> UUID, ...)."""
     if isinstance(rows, Mapping):

@@ -62,7 +62,7 @@ ORDER BY (job_id, name, attempt, level, cell)"""
 # The flag of a rewritten series: a top-level row whose other columns mean nothing (the series is read raw), kept
 # by retention as long as any (its last_ts is far ahead).
 FLAG_COLUMNS = ["job_id", "name", "attempt", "level", "cell", "last_ts", "rewritten"]
-FLAG_TS = datetime(2200, 1, 1, tzinfo=timezone.utc)
+FLAG_TS = datetime(2100, 1, 1, tzinfo=timezone.utc)  # DateTime ends in 2106
 FILL_COLUMNS = f"job_id, name, attempt, level, cell, {', '.join(KEYS)}, first_ts, last_ts"
 FILL = f"""
 SELECT job_id, name, attempt, level, bitShiftRight(step, level) AS cell,

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 
-from infra.clickhouse import ClickHouse
+from infra.clickhouse import ClickHouse, apply_retention
 from projections.telemetry import metric_rollup as rollup
 
 TABLE = "metric_points"
@@ -107,7 +107,8 @@ class MetricStore:
 
     def ensure_schema(self) -> None:
         """Create the tables and the rollup's view; fill the rollup from the raw points until that has once run to
-        its end (a rollup made for an existing table, or a fill cut short: repeats are harmless)."""
+        its end (a rollup made for an existing table, or a fill cut short: repeats are harmless); apply the
+        retention."""
         self.ch.command(DDL)
         self.ch.command(rollup.DDL)
         self.ch.command(rollup.VIEW_DDL)
@@ -117,6 +118,8 @@ class MetricStore:
             self.ch.command(f"INSERT INTO {rollup.ROLLUP} ({rollup.FILL_COLUMNS}) " + rollup.FILL.format(source=f"{TABLE} FINAL")
                             + " SETTINGS insert_deduplicate = 0")
             self.ch.command(f"ALTER TABLE {rollup.ROLLUP} MODIFY COMMENT '{rollup.COMPLETE}'")
+        apply_retention(self.ch, TABLE, "ts", self.retention_days)
+        apply_retention(self.ch, rollup.ROLLUP, "last_ts", self.retention_days)  # a cell goes with its last point
 
     def insert(self, points: Sequence[MetricPoint], batch_id: str) -> None:
         """Store a batch. Idempotent: repeating a batch (same batch_id, same points) changes no query result.
