@@ -2,12 +2,13 @@
 error body with the OpenAPI `responses` helper."""
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from api.limits import MAX_PARAM_KEY_CHARS, MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH, SafeText
 
@@ -27,6 +28,34 @@ IdPrefix = Annotated[str | None, Query(
 
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
+# A duration as people write it: seconds ("90", or 90), or a whole number of s, m, h or d ("30s", "5m", "1h", "1d").
+DURATION_PATTERN = r"^[0-9]{1,9}[smhd]?$"
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(value: Any) -> Any:
+    """A duration string -> its seconds; anything else is left to the int validation (and its bounds)."""
+    if not isinstance(value, str):
+        return value
+    match = re.fullmatch(DURATION_PATTERN[1:-1], value)
+    if match is None:
+        raise ValueError("a duration: seconds, or a whole number of s, m, h or d (30s, 5m, 1h, 1d)")
+    number = match.group(0).rstrip("smhd")
+    return int(number) * _UNIT_S[match.group(0)[len(number):]]
+
+
+def duration(default_unit_words: str, ge: int, le: int, multiple_of: int | None = None) -> Any:
+    """A query parameter holding a duration in seconds between `ge` and `le` (and a multiple of `multiple_of`),
+    written as seconds or as 30s, 5m, 1h, 1d. A bad one is a 422 naming the parameter. Its OpenAPI schema says
+    both forms: an integer with the bounds, or a string of the pattern (whose value must meet the same bounds)."""
+    bounds = {"minimum": ge, "maximum": le, **({"multipleOf": multiple_of} if multiple_of else {})}
+    words = f"{default_unit_words}: seconds, or 30s, 5m, 1h, 1d; {ge} to {le} seconds"
+    return Annotated[int, BeforeValidator(_seconds),
+                     WithJsonSchema({"anyOf": [{"type": "integer", **bounds},
+                                               {"type": "string", "pattern": DURATION_PATTERN}]}),
+                     Query(ge=ge, le=le, multiple_of=multiple_of, description=words)]
 
 
 FREE_JSON = (f"at most {MAX_PARAMS_BYTES // 1024} KiB as JSON, {MAX_PARAMS_DEPTH} levels deep, keys 1 to "
