@@ -93,6 +93,11 @@ def _ts(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
 
 
+def _check(max_points: int) -> None:
+    if max_points < MIN_POINTS:
+        raise ValueError(f"max_points must be at least {MIN_POINTS}, got {max_points}")
+
+
 def _series(points: dict[int, tuple[int, int, int]]) -> list[tuple[int, float, datetime]]:
     return [(s, struct.unpack("<d", struct.pack("<Q", bits))[0], _ts(t)) for s, bits, t in sorted(points.values())]
 
@@ -183,22 +188,40 @@ class MetricStore:
         """(step, value, ts) in step order, at most `max_points` of them (see the module doc for which);
         attempt None: the latest attempt with points for `name`. Unknown job/name: []. `rollup_reads` False reads
         the raw points only: the same answer, slower (what tests and the bench compare the rollup with)."""
-        if max_points < MIN_POINTS:
-            raise ValueError(f"max_points must be at least {MIN_POINTS}, got {max_points}")
-        plan = self.ch.query(rollup.PLAN, {"job_id": job_id, "name": name,
-                                           "attempt": -1 if attempt is None else attempt}) if rollup_reads else []
-        if not plan or plan[0][4] or self._expiring(plan[0][3]):
-            return self._raw_series(job_id, name, max_points, attempt)
-        attempt, first, last = plan[0][0], rollup.step_of(plan[0][1]), rollup.step_of(plan[0][2])
-        key = {"job_id": job_id, "name": name, "attempt": attempt}
+        if not rollup_reads:
+            _check(max_points)
+            return self._raw_series(job_id, name, max_points, attempt)[1]
+        found = self.series_of(job_id, [name], max_points, attempt)
+        return found[name][1] if name in found else []
+
+    def series_of(self, job_id: str, names: Sequence[str], max_points: int = 1000,
+                  attempt: int | None = None) -> dict[str, tuple[int, list[tuple[int, float, datetime]]]]:
+        """name -> (attempt, points as `series` gives them) for each of `names` that has points (in that attempt;
+        None: each name's latest). One query plans them all, then one or two per series."""
+        _check(max_points)
+        plans = {r[0]: r[1:] for r in self.ch.query(rollup.PLAN, {
+            "job_id": job_id, "names": list(names), "attempt": -1 if attempt is None else attempt})}
+        found = {}
+        for name in dict.fromkeys(names):
+            plan = plans.get(name)
+            at, points = self._raw_series(job_id, name, max_points, attempt) if plan is None else (
+                self._planned(job_id, name, max_points, plan))
+            if at is not None:
+                found[name] = (at, points)
+        return found
+
+    def _planned(self, job_id: str, name: str, max_points: int,
+                 plan: tuple) -> tuple[int | None, list[tuple[int, float, datetime]]]:
+        attempt, first, last = plan[0], rollup.step_of(plan[1]), rollup.step_of(plan[2])
         level, width = rollup.bucket_width(first, last, max_points // 4)
-        if level == 0 or last - first < max_points:  # few points: the raw read is as fast
-            return self._raw_series(job_id, name, max_points, attempt)
+        if plan[4] or self._expiring(plan[3]) or level == 0 or last - first < max_points:
+            return self._raw_series(job_id, name, max_points, attempt)  # see the module doc; or few points
+        key = {"job_id": job_id, "name": name, "attempt": attempt}
         rows = self.ch.query(rollup.DOWNSAMPLE, {**key, "level": level, "cells": width >> level})
         if (not rows or sum(r[0] for r in rows) <= max_points  # maybe max_points points or fewer, over a wide span
                 and self.ch.query(rollup.HEAD_STEPS, {**key, "head": 2 * max_points + 2})[0][0] <= max_points):
             return self._raw_series(job_id, name, max_points, attempt)
-        return _series(rollup.points([r[1:] for r in rows]))
+        return attempt, _series(rollup.points([r[1:] for r in rows]))
 
     def _expiring(self, first_ts_ms: int) -> bool:
         """Whether retention may have removed some of a series' points from the raw table (not from its cells)."""
@@ -206,17 +229,19 @@ class MetricStore:
         return self.retention_days > 0 and _ts(first_ts_ms) < cutoff
 
     def _raw_series(self, job_id: str, name: str, max_points: int,
-                    attempt: int | None) -> list[tuple[int, float, datetime]]:
+                    attempt: int | None) -> tuple[int | None, list[tuple[int, float, datetime]]]:
         if attempt is None:
             attempt = self.attempt_of(job_id, name)
             if attempt is None:
-                return []
+                return None, []
         key = {"job_id": job_id, "name": name, "attempt": attempt}
         head = self.ch.query(_HEAD, {**key, "limit": max_points + 1})
+        if not head:
+            return None, []
         if len(head) <= max_points:
-            return [(s, v, _ts(t)) for s, v, t in head]
+            return attempt, [(s, v, _ts(t)) for s, v, t in head]
         _, width = rollup.bucket_width(head[0][0], self.ch.query(_LAST_STEP, key)[0][0], max_points // 4)
-        return _series(rollup.points(self.ch.query(rollup.RAW_DOWNSAMPLE, {**key, "width": width})))
+        return attempt, _series(rollup.points(self.ch.query(rollup.RAW_DOWNSAMPLE, {**key, "width": width})))
 
     def last_values(self, job_id: str, attempt: int | None = None) -> dict[str, tuple[int, float]]:
         """name -> (step, value) of its latest point; attempt None: each name's latest attempt."""
