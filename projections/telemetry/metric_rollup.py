@@ -64,10 +64,16 @@ ORDER BY (job_id, name, attempt, level, cell)"""
 FLAG_COLUMNS = ["job_id", "name", "attempt", "level", "cell", "last_ts", "rewritten"]
 FLAG_TS = datetime(2100, 1, 1, tzinfo=timezone.utc)  # DateTime ends in 2106
 FILL_COLUMNS = f"job_id, name, attempt, level, cell, {', '.join(KEYS)}, first_ts, last_ts"
+# Cells of the finest level first, then every level from those (a fraction of the rows to spread over the levels).
 FILL = f"""
-SELECT job_id, name, attempt, level, bitShiftRight(step, level) AS cell,
-       {", ".join(f"{AGG[k]}({e}) AS {k}" for k, e in KEYS.items())}, min(ts) AS first_ts, max(ts) AS last_ts
-FROM {{source}} ARRAY JOIN {list(LEVELS)} AS level
+SELECT job_id, name, attempt, level, bitShiftRight(fine, level - {LEVELS[0]}) AS cell,
+       {", ".join(f"{AGG[k]}(fine_{k}) AS {k}" for k in KEYS)}, min(fine_first_ts) AS first_ts,
+       max(fine_last_ts) AS last_ts
+FROM (SELECT job_id, name, attempt, bitShiftRight(step, {LEVELS[0]}) AS fine,
+             {", ".join(f"{AGG[k]}({e}) AS fine_{k}" for k, e in KEYS.items())},
+             min(ts) AS fine_first_ts, max(ts) AS fine_last_ts
+      FROM {{source}} GROUP BY job_id, name, attempt, fine)
+ARRAY JOIN {list(LEVELS)} AS level
 GROUP BY job_id, name, attempt, level, cell"""
 VIEW_DDL = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {ROLLUP}_mv TO {ROLLUP} AS " + FILL.format(source=RAW)
 COMPLETE = "complete"  # the rollup's table comment once it holds every point inserted before its view
@@ -140,28 +146,38 @@ def _signed(u: int) -> int:
 def rewritten(ch: ClickHouse, batch: pa.Table) -> set[tuple[str, str, int]]:
     """The series (job_id, name, attempt) in which `batch` gives a step another value or ts than it already has:
     against the batch itself, and against the stored points wherever the batch reaches back to steps the rollup has
-    seen (a replay or a late point; repeats of identical points are not rewrites)."""
-    keys = ["job_id", "name", "attempt", "step"]
-    bits = pa.array(np.asarray(batch["value"].to_numpy(), np.float64).view(np.uint64))
-    points_ = pa.table({**{k: batch[k] for k in keys}, "bits": bits, "ts": batch["ts"]})
+    seen (a replay or a late point; repeats of identical points are not rewrites). Sorted numpy columns: a few ms
+    per 100,000 points."""
+    jobs_dict = pc.dictionary_encode(batch["job_id"].combine_chunks())
+    names_dict = pc.dictionary_encode(batch["name"].combine_chunks())
+    job = np.asarray(jobs_dict.indices.to_numpy(zero_copy_only=False), np.int64)
+    name = np.asarray(names_dict.indices.to_numpy(zero_copy_only=False), np.int64)
+    attempt = np.asarray(batch["attempt"].to_numpy(), np.int64)
+    step = np.asarray(batch["step"].to_numpy(), np.uint64)
+    bits = np.asarray(batch["value"].to_numpy(), np.float64).view(np.uint64)
+    ts = np.asarray(pc.cast(batch["ts"], pa.int64()).to_numpy(), np.int64)
+    order = np.lexsort((step, attempt, name, job))
+    job, name, attempt, step, bits, ts = (a[order] for a in (job, name, attempt, step, bits, ts))
+    new_series = np.ones(len(step), bool)
+    new_series[1:] = (job[1:] != job[:-1]) | (name[1:] != name[:-1]) | (attempt[1:] != attempt[:-1])
+    jobs, names = jobs_dict.dictionary.to_pylist(), names_dict.dictionary.to_pylist()
+
+    def series(i: int) -> tuple[str, str, int]:
+        return jobs[job[i]], names[name[i]], int(attempt[i])
+
     found: set[tuple[str, str, int]] = set()
-    versions = points_.group_by(keys + ["bits", "ts"]).aggregate([])
-    if versions.num_rows > points_.group_by(keys).aggregate([]).num_rows:
-        per_key = versions.group_by(keys).aggregate([([], "count_all")])
-        twice = per_key.filter(pc.greater(per_key["count_all"], 1))
-        found |= set(zip(twice["job_id"].to_pylist(), twice["name"].to_pylist(), twice["attempt"].to_pylist()))
-    firsts = points_.group_by(["job_id", "name", "attempt"]).aggregate([("step", "min")])
-    jobs = sorted(set(firsts["job_id"].to_pylist()))
+    again = ~new_series[1:] & (step[1:] == step[:-1]) & ((bits[1:] != bits[:-1]) | (ts[1:] != ts[:-1]))
+    found |= {series(int(i) + 1) for i in np.flatnonzero(again)}
+    starts = np.flatnonzero(new_series)
     seen = {(j, n, a): step_of(h) for j, n, a, h in ch.query(_TOPS, {"jobs": jobs})}
-    for j, n, a, lo in zip(*(firsts[c].to_pylist() for c in ("job_id", "name", "attempt", "step_min"))):
-        hi = seen.get((j, n, a))
-        if hi is None or lo > hi or (j, n, a) in found:
+    for k, i in enumerate(starts):
+        key, lo = series(int(i)), int(step[i])
+        hi = seen.get(key)
+        if hi is None or lo > hi or key in found:
             continue
-        mine = points_.filter(pc.and_(pc.and_(pc.equal(points_["job_id"], j), pc.equal(points_["name"], n)),
-                                      pc.equal(points_["attempt"], a)))
-        ms = pc.cast(mine["ts"], pa.int64()).to_pylist()
-        new = dict(zip(mine["step"].to_pylist(), zip(mine["bits"].to_pylist(), ms)))
-        stored = ch.query(_STORED, {"job_id": j, "name": n, "attempt": a, "lo": lo, "hi": hi})
-        if any(s in new and new[s] != (b, t) for s, b, t in stored):
-            found.add((j, n, a))
+        end = int(starts[k + 1]) if k + 1 < len(starts) else len(step)
+        mine = {int(s): (int(b), int(t)) for s, b, t in zip(step[i:end], bits[i:end], ts[i:end])}
+        stored = ch.query(_STORED, {"job_id": key[0], "name": key[1], "attempt": key[2], "lo": lo, "hi": hi})
+        if any(s in mine and mine[s] != (b, t) for s, b, t in stored):
+            found.add(key)
     return found
