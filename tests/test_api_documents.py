@@ -6,7 +6,7 @@ counts), a 400 problem+json answer added to an operation, a 200 added to an oper
 Idempotency-Key (the repeat's answer, which it always gave), an optional query parameter added to an operation (with
 the problem+json 422 that validates it, where the operation had none: old callers send what they always sent), an
 integer query parameter that also takes a duration string (`anyOf` the same integer or a string of
-DURATION_PATTERN: old callers' seconds still mean the same), and a
+duration_pattern for its bounds: old callers' seconds still mean the same), and a
 new operation (a method on a path the old
 document lacked) whose error answers are problem+json and which, when it takes path parameters, answers 404;
 and a property added to a response body or to a message Trainyard publishes (a reader ignores what it does not
@@ -24,7 +24,7 @@ from urllib.parse import unquote
 
 from api.app import create_app
 from api.asyncapi import document
-from api.schemas.common import DURATION_PATTERN
+from api.schemas.common import duration_pattern
 from infra.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -244,8 +244,9 @@ def without_duration_strings(after: dict[str, Any], before: dict[str, Any]) -> d
                 schema, was = parameter.get("schema", {}), old.get(parameter.get("name"), {}).get("schema", {})
                 branches = schema.get("anyOf", [])
                 if (parameter.get("in") == "query" and was.get("type") == "integer" and len(branches) == 2
-                        and branches[0].get("type") == "integer"
-                        and branches[1] == {"type": "string", "pattern": DURATION_PATTERN}):
+                        and branches[0].get("type") == "integer" and {"minimum", "maximum"} <= set(branches[0])
+                        and branches[1] == {"type": "string", "pattern": duration_pattern(
+                            branches[0]["minimum"], branches[0]["maximum"], branches[0].get("multipleOf"))}):
                     parameter["schema"] = {**{k: v for k, v in schema.items() if k != "anyOf"}, **branches[0]}
     return after
 
@@ -391,10 +392,12 @@ def test_only_an_integer_query_parameter_may_also_take_a_duration_string() -> No
     def document(schema: dict[str, Any]) -> dict[str, Any]:
         return {"paths": {"/x": {"get": {"parameters": [{"name": "bucket", "in": "query", "schema": schema}],
                                          "responses": {}}}}}
-    seconds = {"type": "integer", "minimum": 60}
-    compare(document(seconds), document({"anyOf": [seconds, {"type": "string", "pattern": DURATION_PATTERN}]}))
+    seconds = {"type": "integer", "minimum": 60, "maximum": 3600}
+    pattern = duration_pattern(60, 3600)
+    compare(document(seconds), document({"anyOf": [seconds, {"type": "string", "pattern": pattern}]}))
     for wrong in ({"anyOf": [seconds, {"type": "string"}]},  # any string
-                  {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": DURATION_PATTERN}]}):  # no minimum
+                  {"anyOf": [seconds, {"type": "string", "pattern": duration_pattern(60, 7200)}]},  # wider
+                  {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": pattern}]}):  # no bounds
         try:
             compare(document(seconds), document(wrong))
         except AssertionError:

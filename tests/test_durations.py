@@ -46,3 +46,17 @@ def test_a_bad_duration_is_a_422_naming_the_parameter(client: TestClient, path: 
     answer = client.get(path, params={name: given})
     assert answer.status_code == 422 and answer.headers["content-type"].startswith("application/problem+json")
     assert answer.json()["field"] == name, answer.json()
+
+
+@pytest.mark.parametrize(("ge", "le", "multiple_of"), [(1, 90 * 86400, None), (60, 86400, 60), (7, 1234, None)])
+def test_the_documented_strings_are_exactly_the_in_bound_durations(ge: int, le: int, multiple_of: int | None) -> None:
+    import re
+
+    from api.schemas.common import _seconds, duration_pattern
+
+    pattern = re.compile(duration_pattern(ge, le, multiple_of))
+    for unit, size in (("s", 1), ("m", 60), ("h", 3600), ("d", 86400)):
+        for n in list(range(0, 2000)) + [le // size, le // size + 1, 99_999, 129_600, 129_601, 7_776_000, 7_776_001]:
+            seconds = _seconds(f"{n}{unit}")
+            fits = ge <= seconds <= le and (multiple_of is None or size % multiple_of == 0)
+            assert bool(pattern.fullmatch(f"{n}{unit}")) == fits, (f"{n}{unit}", pattern.pattern)
