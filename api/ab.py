@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Request
 from api.auth import access_of, allow
 from api.deps import Services, ServicesDep
 from api.problems import Problem
-from api.schemas.common import problems
+from api.schemas.common import duration, problems
 from api.schemas.deployments import DeploymentName
 from commands.deployments import DeploymentNotFoundError
 from domain.ab_policy import stats_of
@@ -22,6 +22,7 @@ from domain.vocabulary import TASK_AB_METRICS, AbMetric, Task
 from projections.telemetry.ab_queries import shadow_agreement, timeseries, variant_stats
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
+BucketS = duration("per bucket (whole minutes)", 60, 86400, multiple_of=60)
 EpochMs = Annotated[int | None, Query(ge=0, le=2**53, description="Unix epoch milliseconds")]
 
 
@@ -114,8 +115,7 @@ def ab_report(name: Annotated[DeploymentName, Path()], request: Request, s: Serv
 @router.get("/{name}/ab/timeseries", dependencies=[allow("deployment.read")], responses=problems(404, 422))
 def ab_timeseries(name: Annotated[DeploymentName, Path()], request: Request, s: ServicesDep,
                   metric: AbMetric = AbMetric.ACCURACY,
-                  bucket: Annotated[int, Query(ge=60, le=86400, multiple_of=60,
-                                               description="seconds per bucket, whole minutes")] = 60,
+                  bucket: BucketS = 60,
                   since: EpochMs = None, until: EpochMs = None,
                   revision: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> dict[str, Any]:
     """Per time bucket: each variant's figures in the bucket, and the comparison of each challenger with the control

@@ -339,6 +339,15 @@ class TrainyardClient:
         """{"names": [...], "latest": {name: {"step", "value"}}}"""
         return self._call("GET", f"{_job_path(job_id)}/metrics")
 
+    def metric_series(self, job_id: str, names: list[str], max_points: int = 1000,
+                      attempt: int | None = None) -> dict[str, Any]:
+        """Several series in one request: {"names", "latest", "series": [{"name", "attempt", "points"}],
+        "missing": [names without points]}; at most 20 names, none with a comma."""
+        params: dict[str, Any] = {"names": ",".join(names), "max_points": max_points}
+        if attempt is not None:
+            params["attempt"] = attempt
+        return self._call("GET", f"{_job_path(job_id)}/metrics", params=params)
+
     def metric(self, job_id: str, name: str, max_points: int = 1000) -> dict[str, Any]:
         path = f"{_job_path(job_id)}/metrics/{quote(name, safe='')}"
         return self._call("GET", path, params={"max_points": max_points})

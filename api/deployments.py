@@ -20,7 +20,7 @@ from api.models import catch_up
 from api.problems import Problem
 from api.quotas import admit_deployment
 from api.schemas.ab import FeedbackAccepted, FeedbackItem
-from api.schemas.common import IdPrefix, problems
+from api.schemas.common import IdPrefix, duration, problems
 from api.schemas.deployments import (DeploymentHistory, DeploymentIn, DeploymentList, DeploymentName, DeploymentPublic,
                                      DeploymentUpdateIn, PolicySetIn, PolicyState, PolicyStep, PredictionStats,
                                      PromoteIn, ReasonIn, TrafficIn)
@@ -34,6 +34,7 @@ router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
 keys = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"])
 NamePath = Annotated[DeploymentName, Path()]
 READ_MODEL = "deployments"
+SinceS = duration("look back this far", 1, 90 * 86400)
 
 
 def _deployment(s: Services, name: str, project: str) -> DeploymentPublic:
@@ -159,7 +160,7 @@ def deactivate(name: NamePath, request: Request, s: ServicesDep, ctx: CommandCon
 
 @router.get("/{name}/predictions", dependencies=[allow("deployment.read")], response_model=PredictionStats, responses=problems(404, 422))
 def prediction_stats(name: NamePath, request: Request, s: ServicesDep,
-                     since_s: Annotated[int, Query(ge=1, le=90 * 86400, description="look back this far")] = 3600
+                     since_s: SinceS = 3600
                      ) -> PredictionStats:
     """Requests, errors and server-side latency per revision and variant (from ClickHouse `predictions`)."""
     project = access_of(request).project

@@ -13,8 +13,8 @@ from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep, services
 from api.limits import SafeText, check_params
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.problems import Problem
-from api.schemas.common import IdPrefix, Tag, problems
-from api.schemas.jobs import JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries
+from api.schemas.common import NO_CONTROL, IdPrefix, Tag, problems
+from api.schemas.jobs import MAX_SERIES_NAMES, JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries
 from commands.training import JobNotFoundError, SubmitJob
 from domain.frameworks import ParamsError, check_budget, resolve_params
 from domain.vocabulary import Framework, JobStatus
@@ -114,11 +114,31 @@ def cancel_job(job_id: UUID, request: Request, s: ServicesDep, ctx: CommandConte
     return JobPublic.model_validate(visible_job(s, job_id, request))
 
 
-@router.get("/{job_id}/metrics", dependencies=[allow("job.read")], response_model=MetricNames, responses=problems(404, 422))
-def metric_names(job_id: UUID, request: Request, s: ServicesDep) -> MetricNames:
+_NAME = r"[^\x00-\x1f\x7f-\x9f,]{1,200}"
+MetricNamesQuery = Annotated[str | None, Query(
+    pattern=f"^{_NAME}(?:,{_NAME}){{0,{MAX_SERIES_NAMES - 1}}}$",
+    description=f"comma-separated, 1 to {MAX_SERIES_NAMES} metric names of 1 to 200 characters ({NO_CONTROL}): "
+                "their series too (a name with a comma: GET …/metrics/{name})")]
+
+
+@router.get("/{job_id}/metrics", dependencies=[allow("job.read")], response_model=MetricNames,
+            response_model_exclude_none=True, responses=problems(404, 422))
+def metric_names(job_id: UUID, request: Request, s: ServicesDep, names: MetricNamesQuery = None,
+                 max_points: Annotated[int, Query(ge=4, le=100_000, description="per series")] = 1000,
+                 attempt: Annotated[int | None, Query(ge=1, le=1_000_000)] = None) -> MetricNames:
+    """The job's metric names and latest values; with `names`, those metrics' series as well (one ClickHouse query
+    plans them all)."""
+    asked = list(dict.fromkeys(names.split(","))) if names is not None else None  # in order, without repeats
     visible_job(s, job_id, request)  # visible first: another project's metrics are as missing as its job
     latest = {n: {"step": st, "value": v} for n, (st, v) in s.metrics.last_values(str(job_id)).items()}
-    return MetricNames(job_id=job_id, names=s.metrics.names(str(job_id)), latest=latest)
+    out = MetricNames(job_id=job_id, names=s.metrics.names(str(job_id)), latest=latest)
+    if asked is not None:
+        found = s.metrics.series_of(str(job_id), asked, max_points=max_points, attempt=attempt)
+        out.series = [MetricSeries(name=n, attempt=a, points=[{"step": st, "value": v, "ts": ts}
+                                                               for st, v, ts in points])
+                      for n, (a, points) in found.items()]
+        out.missing = [n for n in asked if n not in found]
+    return out
 
 
 @router.get("/{job_id}/metrics/{name}", dependencies=[allow("job.read")], response_model=MetricSeries, responses=problems(404, 422))

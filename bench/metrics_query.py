@@ -1,138 +1,104 @@
-"""Reading a 1,000,000-point metric series: Trainyard's downsampled query vs MLflow's metric history.
+"""Reading a metric series of 1,000,000 and 10,000,000 points downsampled to --max-points: the rollup-backed query
+vs the same query on the raw points, right after the points land (unmerged parts) and after OPTIMIZE FINAL.
 
-Trainyard: the points go into chDB through MetricStore.insert (batches of --batch), then
-`MetricStore.series(job, name, max_points=--max-points)` is timed (median of --repeats, after one warm-up).
-Baseline: `MlflowClient().get_metric_history(run_id, key)` on the same points in MLflow's SQL store (SQLite
-file). MLflow offers no server-side downsampling: its sampled API (get_metric_history_bulk_interval) reads the
-full history first in the SQL store, so get_metric_history is the fastest way MLflow gives to draw a chart.
+Each size gets a fresh chDB store; the points go in through MetricStore.insert_columns (batches of --batch, the
+projector's path, so the rollup's materialized view fills as in the service). Then `MetricStore.series(job, name,
+max_points)` is timed (median of --repeats, after one warm-up), with the rollup and with `rollup_reads=False`, and the two
+answers are checked equal. (MLflow, without server-side downsampling, is timed in the issue 2 record of
+bench/RESULTS.md.)
 
-Loading 1M points with log_batch takes ~2 minutes here (~9k points/s), so by default the first --mlflow-logged
-points go through log_batch and the rest are bulk-inserted into MLflow's `metrics` table as the same rows
-log_batch writes (the query sees an identical table). `--mlflow-load log_batch` logs every point through
-log_batch instead (slow). Both stores get equal point counts.
+    .venv/bin/python -m bench.metrics_query [--sizes 1000000 10000000] [--max-points 1000]
 
-    .venv/bin/python -m bench.metrics_query [--points 1000000] [--max-points 1000]
-
-Prints both timings and ends with `ratio=<mlflow time / trainyard time>` (> 1: Trainyard is faster).
-Exits 2 when mlflow is not installed (pip install -e '.[bench]').
+Ends with `ratio=<raw time / rollup time>` for the largest size after merges (> 1: the rollup is faster).
 """
 from __future__ import annotations
 
-import logging
 import math
-import sqlite3
 import statistics
-import sys
 import time
 import uuid
-import warnings
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 
 from bench.harness import parser, print_ratio, work_dir
 from infra.clickhouse import connect as connect_clickhouse
-from projections.telemetry.metric_store import MetricPoint, MetricStore
+from projections.telemetry.metric_store import MetricColumns, MetricStore
 
 KEY = "train_loss"
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+T0_MS = 1_735_689_600_000  # 2025-01-01 UTC
 
 
-def value(step: int, points: int) -> float:
+def values(lo: int, hi: int, points: int) -> np.ndarray:
     """A noisy decaying loss with a spike up and a dip down that downsampling must keep."""
-    if step == points // 3:
-        return 50.0
-    if step == 2 * points // 3:
-        return -1.0
-    return 2.0 * math.exp(-step / (points / 5)) + 0.05 * math.sin(step * 0.37)
+    steps = np.arange(lo, hi, dtype=np.float64)
+    v = 2.0 * np.exp(-steps / (points / 5)) + 0.05 * np.sin(steps * 0.37)
+    v[steps == points // 3] = 50.0
+    v[steps == 2 * points // 3] = -1.0
+    return v
 
 
-def trainyard(points: int, max_points: int, batch: int, repeats: int, work: Path) -> float:
-    store = MetricStore(connect_clickhouse(None, work / "chdb"))
-    store.ensure_schema()
-    job = str(uuid.uuid4())
-    data = [MetricPoint(job, 1, KEY, s, value(s, points), T0 + timedelta(milliseconds=s)) for s in range(points)]
+def load(store: MetricStore, job: str, points: int, batch: int) -> float:
     start = time.perf_counter()
     for i in range(0, points, batch):
-        store.insert(data[i:i + batch], batch_id=f"{job}-{i}")
-    load = time.perf_counter() - start
-    print(f"trainyard: inserted {points:,} points in {load:.2f} s ({points / load:,.0f} points/s, "
-          f"MetricStore.insert batches of {batch:,})")
-    series = store.series(job, KEY, max_points=max_points)  # warm-up, and a check
-    steps = {s for s, _, _ in series}
-    assert len(series) <= max_points and {0, points - 1, points // 3, 2 * points // 3} <= steps, "downsample lost"
+        j = min(points, i + batch)
+        n = j - i
+        store.insert_columns(MetricColumns(
+            job_id=[job] * n, attempt=np.ones(n, np.uint32), name=[KEY] * n, step=np.arange(i, j, dtype=np.uint64),
+            value=values(i, j, points), ts_ms=np.arange(T0_MS + i, T0_MS + j, dtype=np.int64),
+            batch_id=[f"{job}-{i}"] * n), f"{job}-{i}")
+    return time.perf_counter() - start
+
+
+def timed(store: MetricStore, job: str, max_points: int, repeats: int, rollup: bool) -> tuple[float, list]:
+    got = store.series(job, KEY, max_points=max_points, rollup_reads=rollup)  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        store.series(job, KEY, max_points=max_points)
+        store.series(job, KEY, max_points=max_points, rollup_reads=rollup)
         times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    print(f"trainyard: series(max_points={max_points}) over {points:,} points -> {len(series)} points: "
-          f"median {median * 1000:.1f} ms of {repeats} (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})")
+    return statistics.median(times), got
+
+
+def measure(points: int, max_points: int, batch: int, repeats: int, work: Path) -> float:
+    store = MetricStore(connect_clickhouse(None, work / f"chdb-{points}"))
+    store.ensure_schema()
+    job = str(uuid.uuid4())
+    took = load(store, job, points, batch)
+    print(f"{points:>10,} points: inserted in {took:.1f} s ({points / took:,.0f} points/s, batches of {batch:,})")
+    ratio = math.nan
+    for state in ("fresh", "merged"):
+        if state == "merged":
+            start = time.perf_counter()
+            for table in ("metric_points", "metric_rollup"):
+                store.ch.command(f"OPTIMIZE TABLE {table} FINAL")
+            print(f"{points:>10,} points: OPTIMIZE FINAL took {time.perf_counter() - start:.1f} s")
+        parts = store.ch.query("SELECT table, count() FROM system.parts WHERE active AND database = currentDatabase() "
+                               "GROUP BY table ORDER BY table")
+        fast, got = timed(store, job, max_points, repeats, rollup=True)
+        slow, want = timed(store, job, max_points, repeats, rollup=False)
+        steps = {s for s, _, _ in got}
+        assert got == want, "rollup and raw answers differ"
+        assert len(got) <= max_points and {0, points - 1, points // 3, 2 * points // 3} <= steps, "downsample lost"
+        ratio = slow / fast
+        print(f"{points:>10,} points, {state:6} (parts {dict(parts)}): rollup {fast * 1000:6.1f} ms, "
+              f"raw {slow * 1000:7.1f} ms, raw/rollup {ratio:5.1f}x  ({len(got)} points, median of {repeats})")
     store.ch.close()
-    return median
-
-
-def mlflow_baseline(points: int, logged: int, repeats: int, work: Path) -> float:
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    db = work / "mlflow.db"
-    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
-    run = client.create_run(client.create_experiment("bench", artifact_location=str(work / "mlruns")))
-    run_id = run.info.run_id
-    ms0 = int(T0.timestamp() * 1000)
-    logged = min(logged, points)
-    start = time.perf_counter()
-    for i in range(0, logged, 1000):  # 1000 metrics per call: log_batch's documented limit
-        client.log_batch(run_id, metrics=[Metric(KEY, value(s, points), ms0 + s, s)
-                                          for s in range(i, min(i + 1000, logged))])
-    took = time.perf_counter() - start
-    rate = logged / took if took else float("nan")
-    print(f"mlflow:    logged {logged:,} points with log_batch(1000) in {took:.1f} s ({rate:,.0f} points/s)")
-    if logged < points:
-        with sqlite3.connect(db) as conn:  # the rows log_batch writes: (key, value, timestamp, run_uuid, step, is_nan)
-            conn.executemany("INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
-                             "VALUES (?, ?, ?, ?, ?, 0)",
-                             ((KEY, value(s, points), ms0 + s, run_id, s) for s in range(logged, points)))
-        print(f"mlflow:    bulk-inserted the other {points - logged:,} points into MLflow's `metrics` table "
-              f"(log_batch for all would take ~{points / rate:.0f} s)")
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        history = client.get_metric_history(run_id, KEY)
-        times.append(time.perf_counter() - start)
-        assert len(history) == points, f"mlflow returned {len(history)} points"
-    median = statistics.median(times)
-    print(f"mlflow:    get_metric_history over {points:,} points -> {points:,} points: "
-          f"median {median * 1000:.0f} ms of {repeats}")
-    return median
+    return ratio
 
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--points", type=int, default=1_000_000)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--max-points", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=100_000, help="points per MetricStore.insert")
-    ap.add_argument("--repeats", type=int, default=15, help="timed Trainyard queries")
-    ap.add_argument("--mlflow-repeats", type=int, default=2, help="timed MLflow queries")
-    ap.add_argument("--mlflow-load", choices=["sql", "log_batch"], default="sql")
-    ap.add_argument("--mlflow-logged", type=int, default=50_000,
-                    help="points logged through log_batch in --mlflow-load sql mode")
+    ap.add_argument("--batch", type=int, default=500_000, help="points per insert")
+    ap.add_argument("--repeats", type=int, default=15, help="timed queries per variant")
     args = ap.parse_args()
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:
-        print("mlflow is not installed: pip install -e '.[bench]'", file=sys.stderr)
-        sys.exit(2)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
     with work_dir("trainyard-bench-query-") as work:
-        ours = trainyard(args.points, args.max_points, args.batch, args.repeats, work)
-        logged = args.points if args.mlflow_load == "log_batch" else args.mlflow_logged
-        theirs = mlflow_baseline(args.points, logged, args.mlflow_repeats, work)
-        print_ratio(theirs / ours, 1)
+        ratio = math.nan
+        for points in args.sizes:
+            ratio = measure(points, args.max_points, args.batch, args.repeats, work)
+        print_ratio(ratio, 1)
 
 
 if __name__ == "__main__":

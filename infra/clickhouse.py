@@ -24,6 +24,10 @@ from urllib.parse import urlparse
 import pyarrow as pa
 
 Rows = Sequence[tuple] | Mapping[str, Sequence[Any]]
+# With a deduplication token, a block the table drops as a repeat is still offered to its materialized views, each
+# deduplicating it on its own: an insert retried after its view failed fills the view, instead of being dropped
+# whole as seen (what a view derives must then be insensitive to repeats where its table keeps no window).
+VIEWS_RETRIED = {"deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
 class ClickHouseError(RuntimeError):
@@ -57,6 +61,25 @@ def connect(url: str | None, chdb_path: Path) -> ClickHouse:
     if scheme not in ("http", "https"):
         raise ValueError(f"ClickHouse URL must be http(s)://user:pass@host:port/db, got scheme {scheme!r}")
     return HttpClickHouse(url)
+
+
+MAX_RETENTION_DAYS = 36_500
+
+
+def apply_retention(ch: ClickHouse, table: str, ts_column: str, days: int) -> None:
+    """Keep `table`'s rows for `days` days after their `ts_column` (a DateTime or DateTime64), or forever (0): a
+    table TTL, set or removed on every start, so a changed setting holds from the next start. Expired rows leave at
+    merges (ClickHouse checks TTLs as it merges, and at OPTIMIZE … FINAL). Changing the TTL rewrites the table's
+    parts once; an unchanged one is left alone. `table` and `ts_column` are our own names, never user input."""
+    if not 0 <= days <= MAX_RETENTION_DAYS:
+        raise ValueError(f"retention must be 0 to {MAX_RETENTION_DAYS} days, got {days}")
+    ttl = f"toDateTime({ts_column}) + toIntervalDay({days})"
+    engine = ch.query("SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
+                      {"t": table})[0][0]
+    if days and f" TTL {ttl} " not in f"{engine} ":
+        ch.command(f"ALTER TABLE {table} MODIFY TTL {ttl}")
+    elif not days and " TTL " in engine:
+        ch.command(f"ALTER TABLE {table} REMOVE TTL")
 
 
 def to_arrow(columns: list[str], rows: Rows) -> pa.Table:
@@ -133,7 +156,8 @@ class ChdbClickHouse:
         # chDB's fastest insert path (faster than ArrowStream bytes via send_insert, bench/RESULTS.md): the
         # Python() table function reads the Arrow table in place, finding it by name in the calling frames.
         _trainyard_insert_rows = to_arrow(columns, rows)  # noqa: F841 (read by chDB's Python() table function)
-        settings = " SETTINGS insert_deduplication_token = {token:String}" if dedup_token is not None else ""
+        settings = (" SETTINGS insert_deduplication_token = {token:String}, "
+                    "deduplicate_blocks_in_dependent_materialized_views = 1" if dedup_token is not None else "")
         cols = ", ".join(f"`{c}`" for c in columns)
         self._run(f"INSERT INTO {table} ({cols}){settings} SELECT * FROM Python(_trainyard_insert_rows)",
                   {"token": dedup_token} if dedup_token is not None else None, "CSV")
@@ -171,7 +195,8 @@ class HttpClickHouse:
         return [tuple(r) for r in result.result_rows]
 
     def insert(self, table: str, columns: list[str], rows: Rows, dedup_token: str | None = None) -> None:
-        settings = {"insert_deduplication_token": dedup_token} if dedup_token is not None else None
+        settings = ({"insert_deduplication_token": dedup_token, **VIEWS_RETRIED}
+                    if dedup_token is not None else None)
         data = to_arrow(columns, rows)  # the same Arrow payload and casts as the chDB driver
         with self._lock:
             self._wrap(self._client.insert_arrow, table, data, settings=settings)

@@ -114,5 +114,9 @@ class Settings(BaseSettings):
     work_stream_max_bytes: int = Field(default=256 * 1024**2, ge=1024 * 1024)
     dlq_max_bytes: int = Field(default=64 * 1024**2, ge=1024 * 1024)
     dlq_max_msg_bytes: int = Field(default=1024 * 1024 + 4096, ge=1024)  # a dead letter: one message + the reason
+    # ClickHouse retention (infra.clickhouse.apply_retention, applied at every start), in days; 0: forever.
+    metric_retention_days: int = Field(default=0, ge=0, le=36_500)  # metric points and their rollup
+    prediction_retention_days: int = Field(default=90, ge=0, le=36_500)  # predictions, feedback, label effects
+    log_retention_days: int = Field(default=30, ge=0, le=36_500)  # job log lines
     # How often serve checks that the streams and consumers it owns exist (and recreates what vanished).
     stream_check_s: float = Field(default=2.0, gt=0)

@@ -4,7 +4,9 @@ descriptions, titles and examples do not count, nor where a schema is written (i
 are compared resolved). What may change: a constraint added or made stricter (lengths, patterns, ranges, item
 counts), a 400 problem+json answer added to an operation, a 200 added to an operation that takes an
 Idempotency-Key (the repeat's answer, which it always gave), an optional query parameter added to an operation (with
-the problem+json 422 that validates it, where the operation had none: old callers send what they always sent), and a
+the problem+json 422 that validates it, where the operation had none: old callers send what they always sent), an
+integer query parameter that also takes a duration string (`anyOf` the same integer or a string of
+duration_pattern for its bounds: old callers' seconds still mean the same), and a
 new operation (a method on a path the old
 document lacked) whose error answers are problem+json and which, when it takes path parameters, answers 404;
 and a property added to a response body or to a message Trainyard publishes (a reader ignores what it does not
@@ -22,6 +24,7 @@ from urllib.parse import unquote
 
 from api.app import create_app
 from api.asyncapi import document
+from api.schemas.common import duration_pattern
 from infra.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -237,8 +240,28 @@ def without_access_control(after: dict[str, Any], before: dict[str, Any]) -> tup
     return after, before, wrong
 
 
+def without_duration_strings(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """`after` with each integer query parameter of `before` that became `anyOf` [that integer, a duration string]
+    shown as the integer alone (whose constraints are then compared as usual)."""
+    after = json.loads(json.dumps(after))
+    for path, operations in after.get("paths", {}).items():
+        for method, operation in operations.items():
+            old = {p.get("name"): p for p in (before.get("paths", {}).get(path, {}).get(method) or {})
+                   .get("parameters", [])}
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                schema, was = parameter.get("schema", {}), old.get(parameter.get("name"), {}).get("schema", {})
+                branches = schema.get("anyOf", [])
+                if (parameter.get("in") == "query" and was.get("type") == "integer" and len(branches) == 2
+                        and branches[0].get("type") == "integer" and {"minimum", "maximum"} <= set(branches[0])
+                        and branches[1] == {"type": "string", "pattern": duration_pattern(
+                            branches[0]["minimum"], branches[0]["maximum"], branches[0].get("multipleOf"))}):
+                    parameter["schema"] = {**{k: v for k, v in schema.items() if k != "anyOf"}, **branches[0]}
+    return after
+
+
 def compare(before: dict[str, Any], after: dict[str, Any]) -> None:
     before, after = resolve(before, before), resolve(after, after)
+    after = without_duration_strings(after, before)
     after, before, wrong = without_access_control(after, before)
     assert not wrong, f"401/403 answers that are not problem+json: {wrong}"
     after = without_added_response_properties(after, before)
@@ -371,3 +394,20 @@ def test_an_operation_may_gain_an_optional_query_parameter_only() -> None:
         except AssertionError:
             continue
         raise AssertionError("a required or non-query parameter, or a 422 that is not problem+json, passed")
+
+
+def test_only_an_integer_query_parameter_may_also_take_a_duration_string() -> None:
+    def document(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"paths": {"/x": {"get": {"parameters": [{"name": "bucket", "in": "query", "schema": schema}],
+                                         "responses": {}}}}}
+    seconds = {"type": "integer", "minimum": 60, "maximum": 3600}
+    pattern = duration_pattern(60, 3600)
+    compare(document(seconds), document({"anyOf": [seconds, {"type": "string", "pattern": pattern}]}))
+    for wrong in ({"anyOf": [seconds, {"type": "string"}]},  # any string
+                  {"anyOf": [seconds, {"type": "string", "pattern": duration_pattern(60, 7200)}]},  # wider
+                  {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": pattern}]}):  # no bounds
+        try:
+            compare(document(seconds), document(wrong))
+        except AssertionError:
+            continue
+        raise AssertionError(f"{wrong} passed")

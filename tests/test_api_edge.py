@@ -471,3 +471,8 @@ def test_a_list_filters_by_an_id_prefix(client, short_ids, path, id_key, prefix,
 @pytest.mark.parametrize("prefix", ["0565B60A", "0565b60", "0565b60a-0000", "0565b60g", "0" * 33])
 def test_an_id_prefix_is_8_to_32_lowercase_hex_digits(client, path, prefix):
     problem(client.get(path, params={"id_prefix": prefix}), 422, "id_prefix")
+
+
+@pytest.mark.parametrize("names", [",".join(f"m{i}" for i in range(21)), "a,,b", "a\x00", "a,\x1b", "a\x7f", "x" * 201])
+def test_series_names_are_bounded(client, names):
+    problem(client.get(f"{JOBS}/{uuid.uuid4()}/metrics", params={"names": names}), 422, "names")

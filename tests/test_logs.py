@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
@@ -99,7 +100,9 @@ def test_hostile_log_batches_are_dead_lettered_and_the_next_flows(stack: Stack) 
                            "lines": lines, **over}).encode()
 
     def line(seq: Any, message: Any = "x", **over: Any) -> dict[str, Any]:
-        return {"seq": seq, "ts_ms": 1, "level": "info", "stream": "stdout", "message": message, **over}
+        # now: a line older than the log retention (30 days) is gone as it lands
+        return {"seq": seq, "ts_ms": time.time_ns() // 1_000_000, "level": "info", "stream": "stdout",
+                "message": message, **over}
 
     publish(stack, [
         batch([line(0, "a NUL \u0000 here")]),

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+import struct
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from projections.telemetry import metric_rollup as rollup
 from projections.telemetry.metric_store import MetricPoint, MetricStore
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
@@ -80,7 +82,8 @@ def test_downsample_ties_pick_smallest_step(store: MetricStore) -> None:
     job = new_job()
     store.insert([pt(job, "acc", s, 0.5) for s in range(10_000)], batch_id=f"{job}-a")
     got = store.series(job, "acc", max_points=8)
-    assert [s for s, _, _ in got] == [0, 4999, 5000, 9999]  # two buckets: first/last (= min/max) of each
+    # two buckets of 8192 steps (aligned at step 0: a multiple of the rollup cell), first/last (= min/max) of each
+    assert [s for s, _, _ in got] == [0, 8191, 8192, 9999]
 
 
 def test_attempts(store: MetricStore) -> None:
@@ -189,3 +192,99 @@ def test_clickhouse_connect_driver(clickhouse) -> None:
     assert ch.query("SELECT {s:String}", {"s": "a\n'b\\"}) == [("a\n'b\\",)]
     ch.close()
     assert clickhouse.query("SELECT 1") == [(1,)]  # the fixture's session is unaffected
+
+
+class Recording:
+    """The real engine, recording the SQL it runs (to tell rollup reads from raw ones)."""
+
+    def __init__(self, ch) -> None:
+        self.ch, self.sql = ch, []
+
+    def query(self, sql, params=None):
+        self.sql.append(sql)
+        return self.ch.query(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self.ch, name)
+
+
+def exact(series: list) -> list:
+    """The series with values as their bits (NaN equals NaN, -0.0 differs from 0.0)."""
+    return [(s, struct.pack("<d", v), ts) for s, v, ts in series]
+
+
+def rollup_reads(store: MetricStore, job: str, name: str, max_points: int, attempt: int | None = None) -> list:
+    """The series through the rollup, asserting that the rollup answered."""
+    recording = Recording(store.ch)
+    got = MetricStore(recording).series(job, name, max_points=max_points, attempt=attempt)
+    assert rollup.DOWNSAMPLE in recording.sql and rollup.RAW_DOWNSAMPLE not in recording.sql
+    return got
+
+
+def test_rollup_answers_large_series_as_the_raw_points_do(store: MetricStore) -> None:
+    job, n = new_job(), 200_000
+    values = [math.cos(s / 900.0) + (s % 7) / 100 for s in range(n)]
+    values[123_457], values[5], values[n - 2] = -9.0, float("inf"), float("nan")
+    points = [pt(job, "loss", s, v) for s, v in enumerate(values)]
+    for i in range(0, n, 30_000):
+        store.insert(points[i:i + 30_000], batch_id=f"{job}-{i}")
+    store.insert(points[40_000:41_000], batch_id=f"{job}-again")  # a regrouped replay: no rewrite
+    for max_points in (8, 100, 1000, 5000):
+        got = rollup_reads(store, job, "loss", max_points)
+        assert exact(got) == exact(store.series(job, "loss", max_points=max_points, rollup_reads=False))
+        assert len(got) <= max_points and {0, 5, 123_457, n - 2, n - 1} <= {s for s, _, _ in got}
+
+
+def test_rewritten_point_is_shown_not_its_older_value(store: MetricStore) -> None:
+    job, n = new_job(), 50_000
+    store.insert([pt(job, "loss", s, 1.0) for s in range(n)], batch_id=f"{job}-a")
+    assert rollup_reads(store, job, "loss", 100)
+    store.insert([pt(job, "loss", 777, -3.0, ms=n + 1)], batch_id=f"{job}-b")  # a newer ts: the point is now -3
+    store.insert([pt(job, "loss", 999, 5.0, ms=0)], batch_id=f"{job}-c")  # an older ts: the point stays 1.0
+    store.insert([pt(job, "loss", 999, 5.0, ms=0)], batch_id=f"{job}-d")
+    got = store.series(job, "loss", max_points=100)
+    assert exact(got) == exact(store.series(job, "loss", max_points=100, rollup_reads=False))
+    assert (777, -3.0, T0 + timedelta(milliseconds=n + 1)) in got
+    assert max(v for _, v, _ in got) == 1.0
+    store.ch.command("OPTIMIZE TABLE metric_points FINAL")  # the older versions leave the raw table: still right
+    assert store.series(job, "loss", max_points=100) == got
+
+
+series_st = st.lists(st.tuples(st.integers(1, 2), st.integers(0, 3000),
+                               st.floats() | st.sampled_from([0.0, -0.0, math.inf, -math.inf, math.nan])),
+                     min_size=1, max_size=300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(points=series_st, data=st.data(), max_points=st.sampled_from([4, 8, 16, 64]))
+def test_rollup_reads_equal_raw_reads(store: MetricStore, points, data, max_points: int) -> None:
+    """Random series (gaps, NaN, ±inf, repeats and rewrites of steps, two attempts), inserted in random groups
+    and partly replayed under other tokens: the rollup-backed downsample is the raw one."""
+    job = new_job()
+    rows = [pt(job, "loss", step, value, attempt, ms=i % 50) for i, (attempt, step, value) in enumerate(points)]
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(rows)), max_size=4)) | {0, len(rows)})
+    for k, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        store.insert(rows[a:b], batch_id=f"{job}-{k}")
+    replay = data.draw(st.lists(st.integers(0, len(rows) - 1), max_size=20))
+    if replay:
+        store.insert([rows[i] for i in replay], batch_id=f"{job}-replay")
+    for attempt in (None, 1, 2):
+        assert (exact(store.series(job, "loss", max_points=max_points, attempt=attempt))
+                == exact(store.series(job, "loss", max_points=max_points, attempt=attempt, rollup_reads=False)))
+
+
+def test_bucket_width_is_a_multiple_of_the_cell_and_bounds_the_buckets() -> None:
+    for lo, hi, buckets in [(0, 999_999, 250), (5, 10_000_000, 250), (3, 40, 1), (0, 15, 4), (1 << 40, (1 << 41), 7)]:
+        level, width = rollup.bucket_width(lo, hi, buckets)
+        assert width % (1 << level) == 0 and hi // width - lo // width + 1 <= buckets
+        assert level == 0 or (1 << level) * buckets <= hi - lo + buckets
+
+
+def test_rollup_is_filled_from_points_stored_before_it(store: MetricStore) -> None:
+    job = new_job()
+    store.insert([pt(job, "loss", s, math.sin(s / 300)) for s in range(20_000)], batch_id=f"{job}-a")
+    want = store.series(job, "loss", max_points=64, rollup_reads=False)
+    store.ch.command("TRUNCATE TABLE metric_rollup")  # as if made now, for a table that has points
+    store.ch.command("ALTER TABLE metric_rollup MODIFY COMMENT ''")
+    store.ensure_schema()
+    assert exact(rollup_reads(store, job, "loss", 64)) == exact(want)

@@ -97,12 +97,6 @@ class LatestValue(BaseModel):
     value: float
 
 
-class MetricNames(BaseModel):
-    job_id: UUID
-    names: list[str]
-    latest: dict[str, LatestValue] = Field(description="each metric's last point (its latest attempt)")
-
-
 class MetricPointPublic(BaseModel):
     step: int
     value: float
@@ -113,6 +107,19 @@ class MetricSeries(BaseModel):
     name: str
     attempt: int | None
     points: list[MetricPointPublic]
+
+
+MAX_SERIES_NAMES = 20
+
+
+class MetricNames(BaseModel):
+    job_id: UUID
+    names: list[str]
+    latest: dict[str, LatestValue] = Field(description="each metric's last point (its latest attempt)")
+    series: list[MetricSeries] | None = Field(
+        default=None, description="with `?names=`: each asked metric that has points (in `attempt`, else its latest "
+                                  "attempt), downsampled to `max_points`, in the order asked")
+    missing: list[str] | None = Field(default=None, description="with `?names=`: the asked metrics without points")
 
 
 class ComparedRun(BaseModel):

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 
 from domain.contract import LOG_LEVELS, LogBatch
-from infra.clickhouse import ClickHouse
+from infra.clickhouse import ClickHouse, apply_retention
 
 TABLE = "log_lines"
 COLUMNS = ["job_id", "attempt", "seq", "ts", "level", "stream", "message", "runner_id", "batch_id"]
@@ -83,13 +83,15 @@ def _ms(ts: datetime | None) -> int:
 
 
 class LogStore:
-    """Reads and writes `log_lines`; the same SQL on chDB and on a ClickHouse server."""
+    """Reads and writes `log_lines`; the same SQL on chDB and on a ClickHouse server. `retention_days` > 0: lines
+    older than that leave (a TTL, set again at every start; 0: kept forever)."""
 
-    def __init__(self, ch: ClickHouse) -> None:
-        self.ch = ch
+    def __init__(self, ch: ClickHouse, retention_days: int = 0) -> None:
+        self.ch, self.retention_days = ch, retention_days
 
     def ensure_schema(self) -> None:
         self.ch.command(DDL)
+        apply_retention(self.ch, TABLE, "ts", self.retention_days)
 
     def insert_batches(self, batches: Sequence[LogBatch], token: str) -> None:
         """Store batches in one insert. Idempotent: repeating any of them, alone or regrouped, changes no query

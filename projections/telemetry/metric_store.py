@@ -8,20 +8,28 @@ A point is identified by (job_id, name, attempt, step). Idempotency (design deci
   with the latest ts wins (equal ts: the last written, as ClickHouse merges do).
 Measured on the 1M-point downsample (2 cores): FINAL ~40 ms vs GROUP BY step + argMax ~80 ms.
 
-Downsampling is done in SQL: the series' step range is cut into `max_points // 4` buckets, and each bucket
-contributes its first, last, minimum and maximum point (ties: the smallest step), so the result has at
+Downsampling is done in SQL: the steps are cut into at most `max_points // 4` buckets of equal width, aligned at
+step 0 (bucket = step // width; the width is a multiple of a rollup cell, see metric_rollup.bucket_width), and
+each bucket contributes its first, last, minimum and maximum point (ties: the smallest step), so the result has at
 most `max_points` points and always holds the series' first, last, minimum and maximum points.
-NaN values order above +inf (-NaN below -inf).
+NaN values order above +inf (-NaN below -inf). A series of at most `max_points` points comes back whole.
+
+Reads go through the rollup (metric_rollup.py: cells of 16 to 65536 steps filled by a materialized view), which
+answers exactly what the raw read on `metric_points FINAL` answers, in a few thousand cells: a top-level read
+picks the attempt and span, one more reads the buckets (bench/RESULTS.md, issue 18). Series the rollup cannot
+answer exactly (a rewritten point, points past the retention) and short ones are read raw.
 """
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 
-from infra.clickhouse import ClickHouse
+from infra.clickhouse import ClickHouse, apply_retention
+from projections.telemetry import metric_rollup as rollup
 
 TABLE = "metric_points"
 COLUMNS = ["job_id", "attempt", "name", "step", "value", "ts", "batch_id"]
@@ -43,35 +51,6 @@ _LAST_STEP = f"SELECT step FROM {TABLE} WHERE {_SERIES_KEY} ORDER BY step DESC L
 # Up to max_points + 1 points in step order: more than max_points means "downsample".
 _HEAD = (f"SELECT step, value, toUnixTimestamp64Milli(ts) FROM {TABLE} FINAL WHERE {_SERIES_KEY} "
          "ORDER BY step LIMIT {limit:UInt64}")
-# Per bucket: first and last point by step, with (value bits, ts) packed in one UInt128 `payload`, and the
-# minimum and maximum points through `vkey` (an order-preserving UInt64 image of the Float64, sign flipped)
-# shifted above the step: min() of `vkey | step` is the minimum value's smallest step, max() of
-# `vkey | ~step` the maximum's smallest step. Plain numeric aggregates are fast and deterministic;
-# argMin(step, value) is neither (ties resolve by thread timing), and tuple arguments are 3-5x slower.
-_ORDERED = ("if(bitTest(reinterpretAsUInt64(value), 63), bitNot(reinterpretAsUInt64(value)), "
-            "bitOr(reinterpretAsUInt64(value), 9223372036854775808))")
-_HIGH = "toUInt64(bitShiftRight({k}, 64))"
-_LOW = "toUInt64(bitAnd({k}, 18446744073709551615))"
-_UNORDER = "reinterpretAsFloat64(if(bitTest({h}, 63), bitXor({h}, 9223372036854775808), bitNot({h})))"
-_DOWNSAMPLE = f"""
-SELECT first_step, reinterpretAsFloat64({_HIGH.format(k="first")}), reinterpretAsInt64({_LOW.format(k="first")}),
-       last_step, reinterpretAsFloat64({_HIGH.format(k="last")}), reinterpretAsInt64({_LOW.format(k="last")}),
-       {_LOW.format(k="min_key")}, {_UNORDER.format(h=_HIGH.format(k="min_key"))}, min_ts,
-       bitNot({_LOW.format(k="max_key")}), {_UNORDER.format(h=_HIGH.format(k="max_key"))}, max_ts
-FROM (
-    SELECT intDiv(step - {{lo:UInt64}}, {{width:UInt64}}) AS bucket,
-           min(step) AS first_step, argMin(payload, step) AS first,
-           max(step) AS last_step, argMax(payload, step) AS last,
-           min(kmin) AS min_key, argMin(ts_ms, kmin) AS min_ts,
-           max(kmax) AS max_key, argMax(ts_ms, kmax) AS max_ts
-    FROM (
-        SELECT step, toUnixTimestamp64Milli(ts) AS ts_ms,
-               bitOr(bitShiftLeft(toUInt128(reinterpretAsUInt64(value)), 64), reinterpretAsUInt64(ts_ms)) AS payload,
-               bitShiftLeft(toUInt128({_ORDERED}), 64) AS vkey,
-               bitOr(vkey, step) AS kmin, bitOr(vkey, bitNot(step)) AS kmax
-        FROM {TABLE} FINAL
-        WHERE {_SERIES_KEY} AND step BETWEEN {{lo:UInt64}} AND {{hi:UInt64}})
-    GROUP BY bucket)"""
 # Latest point per name; attempt < 0: each name's latest attempt. Key (attempt, step) packed as UInt128.
 _LAST_VALUES = f"""
 SELECT name, argMax(step, k), argMax(value, k) FROM (
@@ -114,14 +93,38 @@ def _ts(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
 
 
-class MetricStore:
-    """Reads and writes `metric_points`; the same SQL on chDB and on a ClickHouse server."""
+def _check(max_points: int) -> None:
+    if max_points < MIN_POINTS:
+        raise ValueError(f"max_points must be at least {MIN_POINTS}, got {max_points}")
 
-    def __init__(self, ch: ClickHouse) -> None:
+
+def _series(points: dict[int, tuple[int, int, int]]) -> list[tuple[int, float, datetime]]:
+    return [(s, struct.unpack("<d", struct.pack("<Q", bits))[0], _ts(t)) for s, bits, t in sorted(points.values())]
+
+
+class MetricStore:
+    """Reads and writes `metric_points` and its rollup; the same SQL on chDB and on a ClickHouse server.
+    `retention_days` > 0: the metric retention (settings), under which series with older points are read raw."""
+
+    def __init__(self, ch: ClickHouse, retention_days: int = 0) -> None:
         self.ch = ch
+        self.retention_days = retention_days
 
     def ensure_schema(self) -> None:
+        """Create the tables and the rollup's view; fill the rollup from the raw points until that has once run to
+        its end (a rollup made for an existing table, or a fill cut short: repeats are harmless); apply the
+        retention."""
         self.ch.command(DDL)
+        self.ch.command(rollup.DDL)
+        self.ch.command(rollup.VIEW_DDL)
+        comment = self.ch.query("SELECT comment FROM system.tables WHERE database = currentDatabase() "
+                                "AND name = {t:String}", {"t": rollup.ROLLUP})
+        if comment != [(rollup.COMPLETE,)]:
+            self.ch.command(f"INSERT INTO {rollup.ROLLUP} ({rollup.FILL_COLUMNS}) " + rollup.FILL.format(source=f"{TABLE} FINAL")
+                            + " SETTINGS insert_deduplicate = 0")
+            self.ch.command(f"ALTER TABLE {rollup.ROLLUP} MODIFY COMMENT '{rollup.COMPLETE}'")
+        apply_retention(self.ch, TABLE, "ts", self.retention_days)
+        apply_retention(self.ch, rollup.ROLLUP, "last_ts", self.retention_days)  # a cell goes with its last point
 
     def insert(self, points: Sequence[MetricPoint], batch_id: str) -> None:
         """Store a batch. Idempotent: repeating a batch (same batch_id, same points) changes no query result.
@@ -135,10 +138,11 @@ class MetricStore:
             batch_id)
 
     def insert_columns(self, cols: MetricColumns, token: str) -> None:
-        """The fast path (the projector's): points as columns; same idempotency as `insert`."""
+        """The fast path (the projector's): points as columns; same idempotency as `insert`. Series in which the
+        batch rewrites a point are flagged first (metric_rollup.py)."""
         if not token:
             raise ValueError("batch_id must be a non-empty string")
-        if not cols.step:
+        if len(cols.step) == 0:
             return
         columns = {
             "job_id": pa.array(cols.job_id, pa.string()),
@@ -149,6 +153,10 @@ class MetricStore:
             "ts": pa.array(cols.ts_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
             "batch_id": pa.array(cols.batch_id, pa.string()),
         }
+        flagged = rollup.rewritten(self.ch, pa.table(columns))
+        if flagged:
+            self.ch.insert(rollup.ROLLUP, rollup.FLAG_COLUMNS,
+                           [(j, n, a, rollup.TOP, 0, rollup.FLAG_TS, 1) for j, n, a in sorted(flagged)])
         self.ch.insert(TABLE, COLUMNS, columns, dedup_token=token)
 
     def names(self, job_id: str) -> list[str]:
@@ -176,28 +184,64 @@ class MetricStore:
         return rows[0][0] if rows else None
 
     def series(self, job_id: str, name: str, max_points: int = 1000,
-               attempt: int | None = None) -> list[tuple[int, float, datetime]]:
+               attempt: int | None = None, rollup_reads: bool = True) -> list[tuple[int, float, datetime]]:
         """(step, value, ts) in step order, at most `max_points` of them (see the module doc for which);
-        attempt None: the latest attempt with points for `name`. Unknown job/name: []."""
-        if max_points < MIN_POINTS:
-            raise ValueError(f"max_points must be at least {MIN_POINTS}, got {max_points}")
+        attempt None: the latest attempt with points for `name`. Unknown job/name: []. `rollup_reads` False reads
+        the raw points only: the same answer, slower (what tests and the bench compare the rollup with)."""
+        if not rollup_reads:
+            _check(max_points)
+            return self._raw_series(job_id, name, max_points, attempt)[1]
+        found = self.series_of(job_id, [name], max_points, attempt)
+        return found[name][1] if name in found else []
+
+    def series_of(self, job_id: str, names: Sequence[str], max_points: int = 1000,
+                  attempt: int | None = None) -> dict[str, tuple[int, list[tuple[int, float, datetime]]]]:
+        """name -> (attempt, points as `series` gives them) for each of `names` that has points (in that attempt;
+        None: each name's latest). One query plans them all, then one or two per series."""
+        _check(max_points)
+        plans = {r[0]: r[1:] for r in self.ch.query(rollup.PLAN, {
+            "job_id": job_id, "names": list(names), "attempt": -1 if attempt is None else attempt})}
+        found = {}
+        for name in dict.fromkeys(names):
+            plan = plans.get(name)
+            at, points = self._raw_series(job_id, name, max_points, attempt) if plan is None else (
+                self._planned(job_id, name, max_points, plan))
+            if at is not None:
+                found[name] = (at, points)
+        return found
+
+    def _planned(self, job_id: str, name: str, max_points: int,
+                 plan: tuple) -> tuple[int | None, list[tuple[int, float, datetime]]]:
+        attempt, first, last = plan[0], rollup.step_of(plan[1]), rollup.step_of(plan[2])
+        level, width = rollup.bucket_width(first, last, max_points // 4)
+        if plan[4] or self._expiring(plan[3]) or level == 0 or last - first < max_points:
+            return self._raw_series(job_id, name, max_points, attempt)  # see the module doc; or few points
+        key = {"job_id": job_id, "name": name, "attempt": attempt}
+        rows = self.ch.query(rollup.DOWNSAMPLE, {**key, "level": level, "cells": width >> level})
+        if (not rows or sum(r[0] for r in rows) <= max_points  # maybe max_points points or fewer, over a wide span
+                and self.ch.query(rollup.HEAD_STEPS, {**key, "head": 2 * max_points + 2})[0][0] <= max_points):
+            return self._raw_series(job_id, name, max_points, attempt)
+        return attempt, _series(rollup.points([r[1:] for r in rows]))
+
+    def _expiring(self, first_ts_ms: int) -> bool:
+        """Whether retention may have removed some of a series' points from the raw table (not from its cells)."""
+        cutoff = datetime.now(timezone.utc) - timedelta(days=self.retention_days)
+        return self.retention_days > 0 and _ts(first_ts_ms) < cutoff
+
+    def _raw_series(self, job_id: str, name: str, max_points: int,
+                    attempt: int | None) -> tuple[int | None, list[tuple[int, float, datetime]]]:
         if attempt is None:
             attempt = self.attempt_of(job_id, name)
             if attempt is None:
-                return []
+                return None, []
         key = {"job_id": job_id, "name": name, "attempt": attempt}
         head = self.ch.query(_HEAD, {**key, "limit": max_points + 1})
+        if not head:
+            return None, []
         if len(head) <= max_points:
-            return [(s, v, _ts(t)) for s, v, t in head]
-        lo = head[0][0]
-        hi = self.ch.query(_LAST_STEP, key)[0][0]
-        buckets = max_points // 4
-        width = -(-(hi - lo + 1) // buckets)  # ceil: at most `buckets` buckets over [lo, hi]
-        points: dict[int, tuple[int, float, datetime]] = {}
-        for row in self.ch.query(_DOWNSAMPLE, {**key, "lo": lo, "hi": hi, "width": width}):
-            for s, v, t in (row[0:3], row[3:6], row[6:9], row[9:12]):
-                points[s] = (s, v, _ts(t))
-        return [points[s] for s in sorted(points)]
+            return attempt, [(s, v, _ts(t)) for s, v, t in head]
+        _, width = rollup.bucket_width(head[0][0], self.ch.query(_LAST_STEP, key)[0][0], max_points // 4)
+        return attempt, _series(rollup.points(self.ch.query(rollup.RAW_DOWNSAMPLE, {**key, "width": width})))
 
     def last_values(self, job_id: str, attempt: int | None = None) -> dict[str, tuple[int, float]]:
         """name -> (step, value) of its latest point; attempt None: each name's latest attempt."""

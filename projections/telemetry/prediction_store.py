@@ -29,6 +29,11 @@ batches whose rows already landed are left out (`_landed`).
 
 Both aggregate tables are derived and can be rebuilt from the raw ones (`rebuild_minutes`; also done at start when
 they are new).
+
+Retention (`prediction_retention_days`, infra.clickhouse.apply_retention): `predictions` and `feedback` by their
+ts, and `label_effects` by the prediction's minute, so a prediction and what it added leave together, and a label
+arriving for an expired prediction settles to nothing (no prediction, no effect to correct). The per-minute
+aggregates are kept: they are small, and the A/B report's history is theirs. A rebuild covers retained rows only.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ import pyarrow as pa
 
 from domain.contract import MAX_FEEDBACK, FeedbackBatch, PredictionBatch
 from domain.vocabulary import AbMetric
-from infra.clickhouse import ClickHouse
+from infra.clickhouse import ClickHouse, apply_retention
 
 TABLE = "predictions"
 COLUMNS = ["ts", "request_id", "deployment", "revision", "variant", "model", "version", "status", "latency_us",
@@ -158,8 +163,9 @@ _SETTLE_ALL = _SETTLE.format(where="1 = 1")
 
 
 class PredictionStore:
-    def __init__(self, ch: ClickHouse) -> None:
+    def __init__(self, ch: ClickHouse, retention_days: int = 0) -> None:
         self.ch = ch
+        self.retention_days = retention_days  # the raw tables' (module doc); 0: forever
         self._settling = threading.Lock()  # a raw insert and its settle, one writer at a time (module doc)
 
     def ensure_schema(self) -> None:
@@ -170,6 +176,8 @@ class PredictionStore:
             self.ch.command(sql)
         if new and self.ch.query(f"SELECT count() FROM {TABLE}")[0][0]:  # tables from before label_effects
             self.rebuild_minutes()
+        for table, ts in ((TABLE, "ts"), (FEEDBACK_TABLE, "ts"), ("label_effects", "minute")):
+            apply_retention(self.ch, table, ts, self.retention_days)
 
     def rebuild_minutes(self) -> None:
         """Recompute `prediction_minutes`, `label_effects` and `label_minutes` from the raw tables (the latest

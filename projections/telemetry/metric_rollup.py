@@ -1,0 +1,183 @@
+"""The metric rollup: per series, cells of 2^level steps holding the first, last, minimum and maximum point of every
+row ever inserted into the cell, so a downsampled read scans a few thousand cells instead of every point.
+
+- `metric_rollup` (AggregatingMergeTree) is filled at insert time by a materialized view on `metric_points`, at the
+  levels in LEVELS (cells of 16, 256, 4096 and 65536 steps). Each point becomes four UInt256 keys (KEYS) whose
+  min/max pick a cell's points, with the point packed in; min and max are deterministic and insensitive to
+  repeats, so a replayed or regrouped batch, or a block the view sees twice, changes no cell.
+- A bucket of the downsample is a union of whole cells (`bucket_width`: widths are multiples of the cell size,
+  buckets aligned at step 0), and min/max over the cells of a bucket are the bucket's points: the rollup read
+  equals the raw read on `metric_points FINAL` exactly.
+- That holds while the rollup saw only the versions FINAL shows. A point rewritten with another value or ts (the
+  same key again; the latest ts wins in the raw table) leaves the older version in its cell, so the writer flags
+  such a series (a `rewritten` row in the rollup) before inserting (`rewritten`), and flagged series are read from
+  the raw table.
+  Retention is the other way rows leave the raw table: series with a point older than the metric retention are
+  read raw too (metric_store.py). The check assumes one writer at a time per series (the metrics projector).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from infra.clickhouse import ClickHouse
+
+RAW = "metric_points"
+ROLLUP = "metric_rollup"
+LEVELS = (4, 8, 12, 16)
+TOP = LEVELS[-1]
+SERIES_KEY = "job_id = {job_id:UUID} AND name = {name:String} AND attempt = {attempt:UInt32}"
+
+# KEYS: FIRST = step|value bits|ts (min: the first step), LAST (the same, max: the last step),
+# LOW = vkey|step|ts (min: the minimum value, then the smallest step), HIGH = vkey|~step|ts (max: the maximum value,
+# then the smallest step). `vkey` is an order-preserving UInt64 image of the Float64 (sign flipped; NaN above +inf,
+# -NaN below -inf). Plain numeric min/max are fast and deterministic; argMin(step, value) is not (ties resolve by
+# thread timing), and tuple arguments are 3-5x slower.
+_VBITS = "reinterpretAsUInt64(value)"
+_VKEY = f"if(bitTest({_VBITS}, 63), bitNot({_VBITS}), bitOr({_VBITS}, 9223372036854775808))"
+
+
+def _pack(high: str, mid: str) -> str:
+    return (f"bitOr(bitOr(bitShiftLeft(toUInt256({high}), 128), bitShiftLeft(toUInt256({mid}), 64)), "
+            "toUInt256(reinterpretAsUInt64(toUnixTimestamp64Milli(ts))))")
+
+
+KEYS = {"first": _pack("step", _VBITS), "last": _pack("step", _VBITS),
+        "low": _pack(_VKEY, "step"), "high": _pack(_VKEY, "bitNot(step)")}
+AGG = {"first": "min", "last": "max", "low": "min", "high": "max"}
+# The bucket's four keys as hex text (the one form of a UInt256 both drivers return alike and cheaply).
+HEX_KEYS = ", ".join(f"hex({AGG[k]}({{{k}}}))" for k in KEYS)
+
+DDL = f"""CREATE TABLE IF NOT EXISTS {ROLLUP} (
+    job_id UUID, name LowCardinality(String), attempt UInt32, level UInt8, cell UInt64,
+    {", ".join(f"{k} SimpleAggregateFunction({a}, UInt256)" for k, a in AGG.items())},
+    first_ts SimpleAggregateFunction(min, DateTime64(3, 'UTC')),
+    last_ts SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
+    rewritten SimpleAggregateFunction(max, UInt8))
+ENGINE = AggregatingMergeTree
+ORDER BY (job_id, name, attempt, level, cell)"""
+# The flag of a rewritten series: a top-level row whose other columns mean nothing (the series is read raw), kept
+# by retention as long as any (its last_ts is far ahead).
+FLAG_COLUMNS = ["job_id", "name", "attempt", "level", "cell", "last_ts", "rewritten"]
+FLAG_TS = datetime(2100, 1, 1, tzinfo=timezone.utc)  # DateTime ends in 2106
+FILL_COLUMNS = f"job_id, name, attempt, level, cell, {', '.join(KEYS)}, first_ts, last_ts"
+# Cells of the finest level first, then every level from those (a fraction of the rows to spread over the levels).
+FILL = f"""
+SELECT job_id, name, attempt, level, bitShiftRight(fine, level - {LEVELS[0]}) AS cell,
+       {", ".join(f"{AGG[k]}(fine_{k}) AS {k}" for k in KEYS)}, min(fine_first_ts) AS first_ts,
+       max(fine_last_ts) AS last_ts
+FROM (SELECT job_id, name, attempt, bitShiftRight(step, {LEVELS[0]}) AS fine,
+             {", ".join(f"{AGG[k]}({e}) AS fine_{k}" for k, e in KEYS.items())},
+             min(ts) AS fine_first_ts, max(ts) AS fine_last_ts
+      FROM {{source}} GROUP BY job_id, name, attempt, fine)
+ARRAY JOIN {list(LEVELS)} AS level
+GROUP BY job_id, name, attempt, level, cell"""
+VIEW_DDL = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {ROLLUP}_mv TO {ROLLUP} AS " + FILL.format(source=RAW)
+COMPLETE = "complete"  # the rollup's table comment once it holds every point inserted before its view
+
+# The series to read, per name: the latest attempt with points (or the asked one), its first and last steps, its
+# oldest ts, and whether it is flagged rewritten. One small read of the top level for any number of names.
+PLAN = f"""
+SELECT name, attempt, hex(min(first)), hex(max(last)), toUnixTimestamp64Milli(min(first_ts)), max(rewritten)
+FROM {ROLLUP}
+WHERE job_id = {{job_id:UUID}} AND name IN {{names:Array(String)}} AND level = {TOP}
+      AND ({{attempt:Int64}} < 0 OR attempt = {{attempt:Int64}})
+GROUP BY job_id, name, attempt ORDER BY name, attempt DESC LIMIT 1 BY name"""
+# Per bucket its keys, and a lower bound of its points: each cell holds one, two when some row of it (parts may
+# not be merged yet) has a first and a last that differ.
+DOWNSAMPLE = f"""
+SELECT uniqExact(cell) + uniqExactIf(cell, bitShiftRight(first, 128) != bitShiftRight(last, 128)),
+       {HEX_KEYS.format(**{k: k for k in KEYS})}
+FROM {ROLLUP} WHERE {SERIES_KEY} AND level = {{level:UInt8}}
+GROUP BY intDiv(cell, {{cells:UInt64}})"""
+# How many distinct steps the first rows hold: more than max_points means "downsample" (no FINAL needed: only
+# distinct steps count).
+HEAD_STEPS = (f"SELECT uniqExact(step) FROM (SELECT step FROM {RAW} WHERE {SERIES_KEY} ORDER BY step "
+              "LIMIT {head:UInt64})")
+RAW_DOWNSAMPLE = f"""
+SELECT {HEX_KEYS.format(**KEYS)}
+FROM {RAW} FINAL WHERE {SERIES_KEY}
+GROUP BY intDiv(step, {{width:UInt64}})"""
+_TOPS = (f"SELECT toString(job_id), name, attempt, hex(max(last)) FROM {ROLLUP} "
+         f"WHERE job_id IN {{jobs:Array(UUID)}} AND level = {TOP} GROUP BY job_id, name, attempt")
+_STORED = (f"SELECT step, {_VBITS}, toUnixTimestamp64Milli(ts) FROM {RAW} "
+           f"WHERE {SERIES_KEY} AND step BETWEEN {{lo:UInt64}} AND {{hi:UInt64}}")
+_M64 = (1 << 64) - 1
+
+
+def bucket_width(lo: int, hi: int, buckets: int) -> tuple[int, int]:
+    """(level, width) for downsampling steps lo..hi into at most `buckets` buckets of `width` steps aligned at step 0
+    (bucket = step // width). `width` is a multiple of 2^level, the coarsest rollup cell that is not wider than an
+    even split of the span (level 0: no rollup level fits, read the raw points), so a bucket is a union of cells."""
+    even = -(-(hi - lo + 1) // buckets)
+    level = max((lv for lv in LEVELS if 1 << lv <= even), default=0)
+    cell = 1 << level
+    width = -(-even // cell) * cell
+    while hi // width - lo // width + 1 > buckets:
+        width += cell
+    return level, width
+
+
+def step_of(hex_key: str) -> int:
+    return int(hex_key, 16) >> 128
+
+
+def points(rows: list[tuple]) -> dict[int, tuple[int, int, int]]:
+    """step -> (step, value bits, ts ms) of the buckets' points, from rows of four hex keys (FIRST, LAST, LOW,
+    HIGH)."""
+    out: dict[int, tuple[int, int, int]] = {}
+    for row in rows:
+        first, last, low, high = (int(h, 16) for h in row)
+        for k in (first, last):
+            out[k >> 128] = (k >> 128, (k >> 64) & _M64, _signed(k & _M64))
+        for k, step in ((low, (low >> 64) & _M64), (high, ~(high >> 64) & _M64)):
+            v = k >> 128
+            out[step] = (step, v ^ (1 << 63) if v >> 63 else ~v & _M64, _signed(k & _M64))
+    return out
+
+
+def _signed(u: int) -> int:
+    return u - (1 << 64) if u >> 63 else u
+
+
+def rewritten(ch: ClickHouse, batch: pa.Table) -> set[tuple[str, str, int]]:
+    """The series (job_id, name, attempt) in which `batch` gives a step another value or ts than it already has:
+    against the batch itself, and against the stored points wherever the batch reaches back to steps the rollup has
+    seen (a replay or a late point; repeats of identical points are not rewrites). Sorted numpy columns: a few ms
+    per 100,000 points."""
+    jobs_dict = pc.dictionary_encode(batch["job_id"].combine_chunks())
+    names_dict = pc.dictionary_encode(batch["name"].combine_chunks())
+    job = np.asarray(jobs_dict.indices.to_numpy(zero_copy_only=False), np.int64)
+    name = np.asarray(names_dict.indices.to_numpy(zero_copy_only=False), np.int64)
+    attempt = np.asarray(batch["attempt"].to_numpy(), np.int64)
+    step = np.asarray(batch["step"].to_numpy(), np.uint64)
+    bits = np.asarray(batch["value"].to_numpy(), np.float64).view(np.uint64)
+    ts = np.asarray(pc.cast(batch["ts"], pa.int64()).to_numpy(), np.int64)
+    order = np.lexsort((step, attempt, name, job))
+    job, name, attempt, step, bits, ts = (a[order] for a in (job, name, attempt, step, bits, ts))
+    new_series = np.ones(len(step), bool)
+    new_series[1:] = (job[1:] != job[:-1]) | (name[1:] != name[:-1]) | (attempt[1:] != attempt[:-1])
+    jobs, names = jobs_dict.dictionary.to_pylist(), names_dict.dictionary.to_pylist()
+
+    def series(i: int) -> tuple[str, str, int]:
+        return jobs[job[i]], names[name[i]], int(attempt[i])
+
+    found: set[tuple[str, str, int]] = set()
+    again = ~new_series[1:] & (step[1:] == step[:-1]) & ((bits[1:] != bits[:-1]) | (ts[1:] != ts[:-1]))
+    found |= {series(int(i) + 1) for i in np.flatnonzero(again)}
+    starts = np.flatnonzero(new_series)
+    seen = {(j, n, a): step_of(h) for j, n, a, h in ch.query(_TOPS, {"jobs": jobs})}
+    for k, i in enumerate(starts):
+        key, lo = series(int(i)), int(step[i])
+        hi = seen.get(key)
+        if hi is None or lo > hi or key in found:
+            continue
+        end = int(starts[k + 1]) if k + 1 < len(starts) else len(step)
+        mine = {int(s): (int(b), int(t)) for s, b, t in zip(step[i:end], bits[i:end], ts[i:end])}
+        stored = ch.query(_STORED, {"job_id": key[0], "name": key[1], "attempt": key[2], "lo": lo, "hi": hi})
+        if any(s in mine and mine[s] != (b, t) for s, b, t in stored):
+            found.add(key)
+    return found
