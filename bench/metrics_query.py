@@ -42,11 +42,10 @@ def load(store: MetricStore, job: str, points: int, batch: int) -> float:
     start = time.perf_counter()
     for i in range(0, points, batch):
         j = min(points, i + batch)
-        n = j - i
-        store.insert_columns(MetricColumns(
-            job_id=[job] * n, attempt=np.ones(n, np.uint32), name=[KEY] * n, step=np.arange(i, j, dtype=np.uint64),
-            value=values(i, j, points), ts_ms=np.arange(T0_MS + i, T0_MS + j, dtype=np.int64),
-            batch_id=[f"{job}-{i}"] * n), f"{job}-{i}")
+        cols = MetricColumns()
+        cols.extend(job, 1, KEY, np.arange(i, j, dtype=np.uint64).tolist(), values(i, j, points).tolist(),
+                    np.arange(T0_MS + i, T0_MS + j, dtype=np.int64).tolist())
+        store.insert_columns(cols, f"{job}-{i}")
     return time.perf_counter() - start
 
 

@@ -288,3 +288,16 @@ def test_rollup_is_filled_from_points_stored_before_it(store: MetricStore) -> No
     store.ch.command("ALTER TABLE metric_rollup MODIFY COMMENT ''")
     store.ensure_schema()
     assert exact(rollup_reads(store, job, "loss", 64)) == exact(want)
+
+
+def test_a_table_made_with_the_batch_id_column_loses_it_on_the_next_start(store: MetricStore) -> None:
+    """Points no longer carry their batch id (the insert's deduplication token is enough): a table from before
+    gets the column dropped by ensure_schema, and points go in and come out as before."""
+    store.ch.command("ALTER TABLE metric_points ADD COLUMN IF NOT EXISTS batch_id String DEFAULT ''")
+    store.ensure_schema()
+    columns = [r[0] for r in store.ch.query("SELECT name FROM system.columns WHERE database = currentDatabase() "
+                                             "AND table = 'metric_points'")]
+    assert "batch_id" not in columns and "step" in columns
+    job = str(uuid.uuid4())
+    store.insert([pt(job, "loss", s, 1.0 / s) for s in range(1, 6)], batch_id=f"{job}-after")
+    assert [s for s, _, _ in store.series(job, "loss")] == [1, 2, 3, 4, 5]

@@ -26,20 +26,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pyarrow as pa
 
 from infra.clickhouse import ClickHouse, apply_retention
 from projections.telemetry import metric_rollup as rollup
 
 TABLE = "metric_points"
-COLUMNS = ["job_id", "attempt", "name", "step", "value", "ts", "batch_id"]
+COLUMNS = ["job_id", "attempt", "name", "step", "value", "ts"]
 MIN_POINTS = 4
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
     job_id UUID, attempt UInt32, name LowCardinality(String), step UInt64, value Float64,
-    ts DateTime64(3, 'UTC'), batch_id String)
+    ts DateTime64(3, 'UTC'))
 ENGINE = ReplacingMergeTree(ts)
 ORDER BY (job_id, name, attempt, step)
 SETTINGS non_replicated_deduplication_window = 10000"""
@@ -74,15 +75,38 @@ class MetricPoint:
 
 @dataclass
 class MetricColumns:
-    """Points as parallel columns (one entry per point); `ts_ms` is milliseconds since the Unix epoch, UTC."""
+    """Points as columns: `step`, `value`, `ts_ms` (milliseconds since the Unix epoch, UTC) one entry per point, and
+    `runs` saying whose they are: (job id, attempt, name, how many points) for consecutive points. Runs, because a
+    batch is a few series of many points, and building a text column point by point cost more than the insert."""
 
-    job_id: list[str] = field(default_factory=list)
-    attempt: list[int] = field(default_factory=list)
-    name: list[str] = field(default_factory=list)
+    runs: list[tuple[str, int, str, int]] = field(default_factory=list)
     step: list[int] = field(default_factory=list)
     value: list[float] = field(default_factory=list)
     ts_ms: list[int] = field(default_factory=list)
-    batch_id: list[str] = field(default_factory=list)
+
+    def extend(self, job_id: str, attempt: int, name: str, steps: Sequence[int], values: Sequence[float],
+               ts_ms: Sequence[int]) -> None:
+        """Add points of one series (steps, values and ts_ms of the same length)."""
+        if self.runs and self.runs[-1][:3] == (job_id, attempt, name):
+            self.runs[-1] = (job_id, attempt, name, self.runs[-1][3] + len(steps))
+        else:
+            self.runs.append((job_id, attempt, name, len(steps)))
+        self.step += steps
+        self.value += values
+        self.ts_ms += ts_ms
+
+    def key_columns(self) -> dict[str, pa.Array]:
+        """job_id, attempt and name, one entry per point (text as dictionaries expanded by pyarrow)."""
+        counts = np.fromiter((n for *_, n in self.runs), np.int64, len(self.runs))
+
+        def text(values: list[str]) -> pa.Array:
+            uniques: dict[str, int] = {}
+            codes = np.fromiter((uniques.setdefault(v, len(uniques)) for v in values), np.int32, len(values))
+            return pa.DictionaryArray.from_arrays(pa.array(np.repeat(codes, counts)),
+                                                  pa.array(list(uniques), pa.string())).cast(pa.string())
+        attempts = np.fromiter((a for _, a, _, _ in self.runs), np.uint32, len(self.runs))
+        return {"job_id": text([j for j, *_ in self.runs]), "attempt": pa.array(np.repeat(attempts, counts)),
+                "name": text([n for _, _, n, _ in self.runs])}
 
 
 def _utc(ts: datetime) -> datetime:
@@ -115,6 +139,9 @@ class MetricStore:
         its end (a rollup made for an existing table, or a fill cut short: repeats are harmless); apply the
         retention."""
         self.ch.command(DDL)
+        # Tables made before the batch id left the rows (it is the insert's deduplication token only; a column of
+        # 36 characters a point cost half the insert).
+        self.ch.command(f"ALTER TABLE {TABLE} DROP COLUMN IF EXISTS batch_id")
         self.ch.command(rollup.DDL)
         self.ch.command(rollup.VIEW_DDL)
         comment = self.ch.query("SELECT comment FROM system.tables WHERE database = currentDatabase() "
@@ -129,13 +156,11 @@ class MetricStore:
     def insert(self, points: Sequence[MetricPoint], batch_id: str) -> None:
         """Store a batch. Idempotent: repeating a batch (same batch_id, same points) changes no query result.
         `batch_id` must be unique per batch content across all jobs (it is the deduplication token)."""
-        self.insert_columns(
-            MetricColumns(job_id=[p.job_id for p in points], attempt=[p.attempt for p in points],
-                          name=[p.name for p in points], step=[p.step for p in points],
-                          value=[p.value for p in points],
-                          ts_ms=[round((_utc(p.ts) - _EPOCH).total_seconds() * 1000) for p in points],
-                          batch_id=[batch_id] * len(points)),
-            batch_id)
+        cols = MetricColumns()
+        for p in points:
+            cols.extend(p.job_id, p.attempt, p.name, [p.step], [p.value],
+                        [round((_utc(p.ts) - _EPOCH).total_seconds() * 1000)])
+        self.insert_columns(cols, batch_id)
 
     def insert_columns(self, cols: MetricColumns, token: str) -> None:
         """The fast path (the projector's): points as columns; same idempotency as `insert`. Series in which the
@@ -145,13 +170,10 @@ class MetricStore:
         if len(cols.step) == 0:
             return
         columns = {
-            "job_id": pa.array(cols.job_id, pa.string()),
-            "attempt": pa.array(cols.attempt, pa.uint32()),
-            "name": pa.array(cols.name, pa.string()),
+            **cols.key_columns(),
             "step": pa.array(cols.step, pa.uint64()),
             "value": pa.array(cols.value, pa.float64()),
             "ts": pa.array(cols.ts_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-            "batch_id": pa.array(cols.batch_id, pa.string()),
         }
         flagged = rollup.rewritten(self.ch, pa.table(columns))
         if flagged:

@@ -37,15 +37,9 @@ log = logging.getLogger("trainyard.metrics")
 
 
 def add_batch(cols: MetricColumns, batch: MetricBatch) -> None:
-    n = batch.size
-    cols.job_id += [str(batch.job_id)] * n
-    cols.attempt += [batch.attempt] * n
-    cols.batch_id += [batch.batch_id] * n
+    job_id = str(batch.job_id)
     for name, chunk in batch.series.items():
-        cols.name += [name] * len(chunk.steps)
-        cols.step += chunk.steps
-        cols.value += chunk.values
-        cols.ts_ms += chunk.ts_ms
+        cols.extend(job_id, batch.attempt, name, chunk.steps, chunk.values, chunk.ts_ms)
 
 
 class TelemetryProjector:
@@ -77,26 +71,37 @@ class TelemetryProjector:
         try:
             # Gather for up to `gather_s` (or `fetch_size` batches) per insert: a ClickHouse insert has a fixed
             # cost that many small batches would pay over and over. Without gathering, what a fetch brings goes in.
+            # Two groups at most are in flight: one decoding (on this loop) while the one before it inserts (in a
+            # thread), so decoding and fetching overlap the insert; inserts stay one at a time and in order.
             held: list = []
             first = 0.0
+            inserting: asyncio.Task | None = None
             while not stop.is_set():
                 msgs = await self.source.fetch(self.fetch_size - len(held), timeout=0.25 if self.gather_s else 0.5)
                 if msgs and not held:
                     first = time.monotonic()
                 held += msgs
                 if held and (len(held) >= self.fetch_size or time.monotonic() - first >= self.gather_s):
-                    await self.project(held)
+                    before, inserting = inserting, asyncio.create_task(self.project(held, after=inserting))
                     held = []
+                    if before is not None:
+                        await before
+            if inserting is not None:
+                await inserting
         finally:
             watcher.cancel()
 
-    async def project(self, msgs: list) -> None:
+    async def project(self, msgs: list, after: asyncio.Task | None = None) -> None:
+        """Decode `msgs` (dead-lettering what does not validate), wait for `after` (the group before, still
+        inserting), then insert them and ack."""
         good = []
         for msg in msgs:
             try:
                 good.append((msg, self.source.decode(msg)))
             except Poison as p:
                 await self.source.dead_letter(msg, str(p))
+        if after is not None:
+            await asyncio.wait([after])  # its outcome is for run() to see
         if not good:
             return
         try:
