@@ -69,6 +69,30 @@ class TrainyardError(Exception):
         return self.status is None or self.status >= 500
 
 
+
+class Patience:
+    """How long a caller rides out failures (a live view, a stream): `failed(e)` hands an error it tolerates to
+    `on_error(error, seconds_left)` and returns the seconds left (None: no limit); it raises the error when
+    `tolerate` refuses it or the failures have lasted `patience` seconds. `ok()`: a success resets the clock."""
+
+    def __init__(self, patience: float | None, tolerate: Callable[[TrainyardError], bool],
+                 on_error: Callable[[TrainyardError, float | None], None] | None) -> None:
+        self.patience, self.tolerate, self.on_error = patience, tolerate, on_error
+        self.down_since: float | None = None
+
+    def ok(self) -> None:
+        self.down_since = None
+
+    def failed(self, error: TrainyardError) -> float | None:
+        now = time.monotonic()
+        self.down_since = now if self.down_since is None else self.down_since
+        left = None if self.patience is None else self.patience - (now - self.down_since)
+        if not self.tolerate(error) or (left is not None and left <= 0):
+            raise error
+        if self.on_error is not None:
+            self.on_error(error, left)
+        return left
+
 class TrainyardUnavailable(TrainyardError):
     """The API could not be reached (connection refused, timeout, reset, bad address): no answer at all."""
 
@@ -394,11 +418,12 @@ class TrainyardClient:
         id seen, so nothing is lost or repeated; the wait doubles from 0.5 s up to 5 s. Once the failures have
         lasted `patience` seconds (None: never), or for another error, it is raised; an open stream resets both.
         `StreamNotServed` (no such route) is raised at once."""
-        last, delay, down_since = from_, 0.5, None
+        last, delay, keeper = from_, 0.5, Patience(patience, tolerate, on_error)
 
         def connected() -> None:
-            nonlocal delay, down_since
-            delay, down_since = 0.5, None
+            nonlocal delay
+            delay = 0.5
+            keeper.ok()
 
         while True:
             try:
@@ -411,13 +436,7 @@ class TrainyardClient:
             except StreamNotServed:
                 raise
             except TrainyardError as e:
-                now = time.monotonic()
-                down_since = now if down_since is None else down_since
-                left = None if patience is None else patience - (now - down_since)
-                if not tolerate(e) or (left is not None and left <= 0):
-                    raise
-                if on_error is not None:
-                    on_error(e, left)
+                left = keeper.failed(e)
                 time.sleep(delay if left is None else max(0.0, min(delay, left)))
                 delay = min(delay * 2, 5.0)
 

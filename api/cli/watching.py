@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from api.client import TrainyardError
+from api.client import Patience, TrainyardError
 
 T = TypeVar("T")
 WATCH_PATIENCE_S = 60.0  # how long a watch rides out an unreachable or failing (5xx) API before giving up
@@ -31,22 +31,17 @@ def poll(look: Callable[[], T], interval: float, *, patience: float | None = WAT
     after `interval` seconds, doubling up to `max_delay` while the failures go on (when given). Once the failures
     have lasted `patience` seconds (None: never), or for an error `tolerate` refuses, the error is raised. The
     first success resets both the delay and the patience."""
-    delay, pause, down_since = interval, (interval if wait_first else 0.0), None
+    delay, pause, keeper = interval, (interval if wait_first else 0.0), Patience(patience, tolerate, on_error)
     while True:
         if pause > 0:
             sleep(pause)
         try:
             value = look()
         except TrainyardError as e:
-            now = time.monotonic()
-            down_since = now if down_since is None else down_since
-            left = None if patience is None else patience - (now - down_since)
-            if not tolerate(e) or (left is not None and left <= 0):
-                raise
-            if on_error is not None:
-                on_error(e, left)
+            left = keeper.failed(e)
             pause = delay if left is None else min(delay, left)
             delay = delay if max_delay is None else min(delay * 2, max_delay)
             continue
-        delay, pause, down_since = interval, interval, None
+        delay, pause = interval, interval
+        keeper.ok()
         yield value
