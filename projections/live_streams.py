@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -30,6 +31,7 @@ from projections.telemetry.metric_store import TABLE as METRICS_TABLE, MetricSto
 MAX_CURSOR_CHARS = 8192  # fits a header line with room to spare (servers refuse header blocks past ~16 KiB)
 MAX_SERIES = 300  # metric series a cursor can hold (about 25 characters each)
 PAGE = 1000  # metric points per message, trials per read
+SETTLE_S = 3.0  # a job's stream ends this long after the job did, at the earliest (JobStatus.finished)
 _CURSOR_RE = re.compile(r"^[a-z]=[0-9a-z.,]*(;[a-z]=[0-9a-z.,]*)*$")
 Message = tuple[str, dict[str, Any], str]
 
@@ -114,7 +116,15 @@ class JobStatus:
 
     @property
     def finished(self) -> bool:
-        return self.job is not None and self.job["status"] in ("completed", "failed", "cancelled")
+        """The job has ended, long enough ago (SETTLE_S) that what its runner sent before its end has landed: the
+        runner's last points and lines are in JetStream before it reports the end, but the projectors may insert
+        them a moment after the job shows finished."""
+        if self.job is None or self.job["status"] not in ("completed", "failed", "cancelled"):
+            return False
+        ended = self.job.get("finished_at")
+        if isinstance(ended, str):
+            ended = datetime.fromisoformat(ended)
+        return ended is None or (datetime.now(timezone.utc) - ended).total_seconds() >= SETTLE_S
 
 
 # Not FINAL (a third of the cost): a point stored twice and not yet merged comes back twice, and the second copy is
@@ -301,8 +311,6 @@ class DeploymentChanges:
 
 
 def _epoch_ms(value: Any) -> int:
-    from datetime import datetime
-
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return int(value.timestamp() * 1000)
@@ -310,8 +318,6 @@ def _epoch_ms(value: Any) -> int:
 
 def _jsonable(value: Any) -> Any:
     """Rows as JSON: UUIDs and times as text, non-finite floats as "nan"/"inf"."""
-    from datetime import datetime
-
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

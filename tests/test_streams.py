@@ -134,6 +134,25 @@ def test_a_jobs_stream_carries_its_log_lines_in_order_and_resumes_after_them(sta
     assert [m["id"] for m in rest] == [m["id"] for m in messages[cut + 1:]]
 
 
+def test_points_that_land_just_after_the_job_ended_are_still_streamed(stack: Any) -> None:
+    """A runner's last points are in JetStream before it reports the end, but may land in ClickHouse a moment after
+    the job shows finished: the stream of a job that has just ended waits a few seconds before its end."""
+    import threading
+    import time
+
+    client, services = stack
+    job_id = _job(client)
+    _points(services, job_id, range(0, 5))
+    assert client.delete(f"{JOBS}/{job_id}").status_code == 202
+    late = threading.Timer(1.0, lambda: _points(services, job_id, range(5, 8)))
+    late.start()
+    started = time.monotonic()
+    messages = _sse(client, f"{JOBS}/{job_id}/stream")
+    late.join()
+    assert _series(messages) == {"loss": list(range(8)), "auc": list(range(8))}
+    assert messages[-1]["event"] == "end" and time.monotonic() - started < 10
+
+
 def test_the_websocket_sends_the_same_messages(stack: Any) -> None:
     client, services = stack
     job_id = _job(client)
