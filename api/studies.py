@@ -162,8 +162,7 @@ def compare(request: Request, s: ServicesDep,
         row = s.jobs.get(job_id, project=project)
         if row is None:  # another project's job is as missing as an unknown one
             raise Problem(404, "Not found", f"no training job {job_id}", "job_ids")
-        attempt = s.metrics.attempt_of(str(job_id), metric)
-        points = s.metrics.series(str(job_id), metric, max_points=max_points, attempt=attempt) if attempt else []
+        attempt, points = s.metrics.series_of(str(job_id), [metric], max_points=max_points).get(metric, (None, []))
         runs.append({"job_id": job_id, "name": row["name"], "status": row["status"], "attempt": attempt,
                      "final_metrics": row["final_metrics"],
                      "points": [{"step": st, "value": v, "ts": ts} for st, v, ts in points]})
