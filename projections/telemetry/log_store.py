@@ -20,14 +20,14 @@ from domain.contract import LOG_LEVELS, LogBatch
 from infra.clickhouse import ClickHouse, apply_retention
 
 TABLE = "log_lines"
-COLUMNS = ["job_id", "attempt", "seq", "ts", "level", "stream", "message", "runner_id", "batch_id"]
+COLUMNS = ["job_id", "attempt", "seq", "ts", "level", "stream", "message", "runner_id"]
 LEVEL_NAMES = {n: name for name, n in LOG_LEVELS.items()}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
     job_id UUID, attempt UInt32, seq UInt64, ts DateTime64(3, 'UTC'), level UInt8,
-    stream LowCardinality(String), message String, runner_id LowCardinality(String), batch_id String)
+    stream LowCardinality(String), message String, runner_id LowCardinality(String))
 ENGINE = ReplacingMergeTree
 ORDER BY (job_id, attempt, seq)
 SETTINGS non_replicated_deduplication_window = 10000"""
@@ -82,6 +82,13 @@ def _ms(ts: datetime | None) -> int:
     return max(0, round((ts - _EPOCH).total_seconds() * 1000))
 
 
+def _stored(row: tuple) -> StoredLine:
+    """A row of _FIELDS as a StoredLine."""
+    attempt, seq, ts_ms, level, stream, message, runner_id = row
+    return StoredLine(attempt, seq, _EPOCH + timedelta(milliseconds=ts_ms), LEVEL_NAMES.get(level, str(level)),
+                      stream, message, runner_id)
+
+
 class LogStore:
     """Reads and writes `log_lines`; the same SQL on chDB and on a ClickHouse server. `retention_days` > 0: lines
     older than that leave (a TTL, set again at every start; 0: kept forever)."""
@@ -110,7 +117,6 @@ class LogStore:
             "stream": pa.array([line.stream for _, line in rows], pa.string()),
             "message": pa.array([line.message for _, line in rows], pa.string()),
             "runner_id": pa.array([b.runner_id for b, _ in rows], pa.string()),
-            "batch_id": pa.array([b.batch_id for b, _ in rows], pa.string()),
         }
         self.ch.insert(TABLE, COLUMNS, columns, dedup_token=token)
 
@@ -121,8 +127,7 @@ class LogStore:
                   "level": LOG_LEVELS[query.level], "since": _ms(query.since), "until": _ms(query.until),
                   "after_attempt": after_attempt, "after_seq": after_seq, "q": query.q, "limit": query.limit}
         rows = self.ch.query(_TAIL if query.tail else _HEAD, params)
-        return [StoredLine(a, s, _EPOCH + timedelta(milliseconds=t), LEVEL_NAMES.get(lv, str(lv)), st, m, r)
-                for a, s, t, lv, st, m, r in rows]
+        return [_stored(row) for row in rows]
 
     def lines_after(self, job_id: str, after: tuple[int, int] | None, limit: int) -> list[StoredLine]:
         """Every line after `after` ((attempt, seq); None: from the first), in order, at most `limit` rows read."""
@@ -130,10 +135,9 @@ class LogStore:
         rows = self.ch.query(_AFTER, {"job_id": job_id, "after_attempt": after_attempt, "after_seq": after_seq,
                                       "limit": limit})
         out: list[StoredLine] = []
-        for a, s, t, lv, st, m, r in rows:
-            if out and (out[-1].attempt, out[-1].seq) == (a, s):
-                continue
-            out.append(StoredLine(a, s, _EPOCH + timedelta(milliseconds=t), LEVEL_NAMES.get(lv, str(lv)), st, m, r))
+        for row in rows:
+            if not out or (out[-1].attempt, out[-1].seq) != row[:2]:
+                out.append(_stored(row))
         return out
 
     def count(self, job_id: str) -> int:
