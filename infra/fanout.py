@@ -1,13 +1,13 @@
 """An in-process fan-out of "something changed" signals to the live streams (a notifier, not a data bus).
 
-Producers call `notify(topic)` from any thread: the metrics projector after each insert (`metrics:<job id>`), the
-read models' NOTIFY listener when a read model commits (`read-model:<name>`). A stream `subscribe`s to its
+Producers call `notify(topic)` from any thread: the telemetry projectors after each insert (`metrics:<job id>`,
+`logs:<job id>`), the read models' NOTIFY listener when a read model commits (`read-model:<name>`). A stream `subscribe`s to its
 topics and `await wait(timeout)`s; a notify only wakes it, and it then READS what changed from the stores after its
-own cursor. No data is queued here, so a slow stream only falls behind; memory is one flag per subscription, and a
-notify lost or coalesced costs at most the stream's periodic re-check.
+own cursor. No data is queued here, so a slow stream only falls behind; memory is a flag and the set of topics notified
+per subscription, and a notify lost or coalesced costs at most the stream's periodic re-check.
 
-Thread safety: `notify` may be called from any thread; `subscribe`, `wait` and `close` on the event loop that
-`bind` was given (serve's loop; the first subscriber's loop when none was bound).
+Thread safety: `notify` may be called from any thread; `subscribe`, `wait` and `close` on one event loop (the first
+subscriber's: serve's).
 """
 from __future__ import annotations
 
@@ -57,9 +57,6 @@ class Fanout:
         self._subs: dict[str, set[Subscription]] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
 
     def subscribe(self, *topics: str) -> Subscription:
         if self._loop is None:
