@@ -43,7 +43,7 @@ def batches(job_id: str, points: int, size: int) -> list[bytes]:
     out = []
     for b in range(points // size):
         steps = list(range(b * per_name + 1, (b + 1) * per_name + 1))
-        series = {n: SeriesChunk(steps=steps, values=[1.0 / s for s in steps], ts_ms=[now_ms] * per_name)
+        series = {n: SeriesChunk.packed(steps, [1.0 / s for s in steps], [now_ms] * per_name)
                   for n in NAMES}
         out.append(MetricBatch(batch_id=str(uuid.uuid4()), job_id=job_id, attempt=1, runner_id="bench:1",
                                series=series).model_dump_json().encode())

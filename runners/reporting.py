@@ -27,7 +27,7 @@ from runners.log_capture import LogCapture
 
 log = logging.getLogger("trainyard.runner")
 Batch = TypeVar("Batch", MetricBatch, LogBatch)
-BATCH_POINTS = 5_000  # ~250 KB of JSON: well under NATS's 1 MB default max payload
+BATCH_POINTS = 5_000  # ~160 KB packed: well under NATS's 1 MB default max payload
 
 
 def raise_if_cancelled() -> None:
@@ -84,7 +84,8 @@ class JobReporter:
 
 
 def batches(job_id: str, attempt: int, runner_id: str, series: dict[str, SeriesChunk]) -> list[MetricBatch]:
-    """`series` cut into batches of at most BATCH_POINTS points."""
+    """`series` cut into batches of at most BATCH_POINTS points, their columns packed (domain/contract.py
+    SeriesChunk): what the metrics projector decodes fastest."""
     out: list[MetricBatch] = []
     current: dict[str, SeriesChunk] = {}
     room = BATCH_POINTS
@@ -102,8 +103,7 @@ def batches(job_id: str, attempt: int, runner_id: str, series: dict[str, SeriesC
             if room == 0:
                 close()
             end = min(len(chunk.steps), start + room)
-            current[name] = SeriesChunk(steps=chunk.steps[start:end], values=chunk.values[start:end],
-                                        ts_ms=chunk.ts_ms[start:end])
+            current[name] = SeriesChunk.packed(chunk.steps[start:end], chunk.values[start:end], chunk.ts_ms[start:end])
             room -= end - start
             start = end
     close()

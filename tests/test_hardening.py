@@ -4,6 +4,7 @@ who and why. Each reproduction from the issue is a regression test here."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import nats
+import numpy as np
 import pytest
 
 from tests.support.stack import FINISHED, JOBS, Stack
@@ -160,17 +162,31 @@ def test_a_telemetry_batch_with_out_of_range_numbers_is_dead_lettered_and_the_ne
     stack.wait(job_id, lambda j: j["status"] == "completed", timeout=60)
     before = stack.http.get("/readyz").json()["stages"]["metrics-projector"]["poisoned"]
 
+    def packed(dtype: str, values: list) -> str:
+        return base64.b64encode(np.asarray(values, dtype).tobytes()).decode()
+
+    poison = [{"steps": [2**64], "values": [1.5], "ts_ms": [1]},
+              # packed columns (what runners send): not base64, a partial value, a step out of range, unequal lengths
+              {"steps": "not base64!", "values": [1.5], "ts_ms": [1]},
+              {"steps": packed("<u8", [1])[:-4], "values": [1.5], "ts_ms": [1]},
+              {"steps": packed("<u8", [2**63]), "values": packed("<f8", [1.5]), "ts_ms": packed("<i8", [1])},
+              {"steps": packed("<u8", [1, 2]), "values": packed("<f8", [1.5]), "ts_ms": packed("<i8", [1])}]
+
     async def publish(nc: Any, js: Any) -> None:
-        for step, name in ((2**64, "poison"), (7, "after_poison")):
+        good = [{"steps": [7], "values": [1.5], "ts_ms": [1]},
+                {"steps": packed("<u8", [8, 9]), "values": packed("<f8", [float("nan"), 2.5]),
+                 "ts_ms": packed("<i8", [2, 3])}]
+        for chunk, name in [*((c, "poison") for c in poison), *((c, "after_poison") for c in good)]:
             batch = {"batch_id": str(uuid.uuid4()), "job_id": job_id, "attempt": 1, "runner_id": "h:1",
-                     "series": {name: {"steps": [step], "values": [1.5], "ts_ms": [1]}}}
+                     "series": {name: chunk}}
             await js.publish("trainyard.v1.telemetry.metrics", json.dumps(batch).encode())
 
     nats_run(stack, publish)
-    points = stack.full_series(job_id, "after_poison", 1)
-    assert [p["step"] for p in points] == [7]
+    points = stack.full_series(job_id, "after_poison", 3)
+    assert [p["step"] for p in points] == [7, 8, 9] and points[2]["value"] == 2.5
     stages = stack.http.get("/readyz").json()["stages"]
-    assert stages["metrics-projector"]["poisoned"] >= before + 1 and stages["metrics-projector"]["last_error"]
+    assert stages["metrics-projector"]["poisoned"] >= before + len(poison)
+    assert stages["metrics-projector"]["last_error"]
 
 
 def test_events_carry_who_and_why_end_to_end(stack: Stack) -> None:

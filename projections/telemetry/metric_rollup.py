@@ -1,16 +1,17 @@
 """The metric rollup: per series, cells of 2^level steps holding the first, last, minimum and maximum point of every
 row ever inserted into the cell, so a downsampled read scans a few thousand cells instead of every point.
 
-- `metric_rollup` (AggregatingMergeTree) is filled at insert time by a materialized view on `metric_points`, at the
-  levels in LEVELS (cells of 16, 256, 4096 and 65536 steps). Each point becomes four UInt256 keys (KEYS) whose
-  min/max pick a cell's points, with the point packed in; min and max are deterministic and insensitive to
-  repeats, so a replayed or regrouped batch, or a block the view sees twice, changes no cell.
+- `metric_rollup` (AggregatingMergeTree) holds cells at the levels in LEVELS (16, 256, 4096 and 65536 steps). Each
+  point becomes four UInt256 keys (KEYS) whose min/max pick a cell's points, with the point packed in; min and max
+  are deterministic and insensitive to repeats, so a replayed or regrouped batch changes no cell. Writers compute an
+  insert's cells in numpy (`prepare`) and insert them through STAGE with the points; FILL computes the same cells
+  in SQL from stored points (a rollup made for a table that already has points).
 - A bucket of the downsample is a union of whole cells (`bucket_width`: widths are multiples of the cell size,
   buckets aligned at step 0), and min/max over the cells of a bucket are the bucket's points: the rollup read
   equals the raw read on `metric_points FINAL` exactly.
 - That holds while the rollup saw only the versions FINAL shows. A point rewritten with another value or ts (the
   same key again; the latest ts wins in the raw table) leaves the older version in its cell, so the writer flags
-  such a series (a `rewritten` row in the rollup) before inserting (`rewritten`), and flagged series are read from
+  such a series (a `rewritten` row in the rollup) before inserting (`prepare`), and flagged series are read from
   the raw table.
   Retention is the other way rows leave the raw table: series with a point older than the metric retention are
   read raw too (metric_store.py). The check assumes one writer at a time per series (the metrics projector).
@@ -21,7 +22,6 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from infra.clickhouse import ClickHouse
 
@@ -75,7 +75,20 @@ FROM (SELECT job_id, name, attempt, bitShiftRight(step, {LEVELS[0]}) AS fine,
       FROM {{source}} GROUP BY job_id, name, attempt, fine)
 ARRAY JOIN {list(LEVELS)} AS level
 GROUP BY job_id, name, attempt, level, cell"""
-VIEW_DDL = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {ROLLUP}_mv TO {ROLLUP} AS " + FILL.format(source=RAW)
+OLD_VIEW = f"{ROLLUP}_mv"  # the view that once computed cells from every inserted point (dropped: see STAGE)
+# Writers compute each insert's cells at every level (`prepare`, numpy) and insert them into STAGE, a Null table (it
+# keeps no rows) whose view only turns the keys' 32 little-endian bytes into UInt256: the same cells FILL makes from
+# the points, without UInt256 arithmetic per point (a view over every point was most of an insert's cost).
+STAGE = f"{ROLLUP}_in"
+STAGE_COLUMNS = ["job_id", "name", "attempt", "level", "cell", *KEYS, "first_ms", "last_ms"]
+STAGE_DDL = f"""CREATE TABLE IF NOT EXISTS {STAGE} (
+    job_id UUID, name LowCardinality(String), attempt UInt32, level UInt8, cell UInt64,
+    {", ".join(f"{k} FixedString(32)" for k in KEYS)}, first_ms Int64, last_ms Int64)
+ENGINE = Null"""
+STAGE_VIEW_DDL = f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {STAGE}_mv TO {ROLLUP} AS
+SELECT job_id, name, attempt, level, cell, {", ".join(f"reinterpretAsUInt256({k}) AS {k}" for k in KEYS)},
+       fromUnixTimestamp64Milli(first_ms, 'UTC') AS first_ts, fromUnixTimestamp64Milli(last_ms, 'UTC') AS last_ts
+FROM {STAGE}"""
 COMPLETE = "complete"  # the rollup's table comment once it holds every point inserted before its view
 
 # The series to read, per name: the latest attempt with points (or the asked one), its first and last steps, its
@@ -143,41 +156,85 @@ def _signed(u: int) -> int:
     return u - (1 << 64) if u >> 63 else u
 
 
-def rewritten(ch: ClickHouse, batch: pa.Table) -> set[tuple[str, str, int]]:
-    """The series (job_id, name, attempt) in which `batch` gives a step another value or ts than it already has:
-    against the batch itself, and against the stored points wherever the batch reaches back to steps the rollup has
-    seen (a replay or a late point; repeats of identical points are not rewrites). Sorted numpy columns: a few ms
-    per 100,000 points."""
-    jobs_dict = pc.dictionary_encode(batch["job_id"].combine_chunks())
-    names_dict = pc.dictionary_encode(batch["name"].combine_chunks())
-    job = np.asarray(jobs_dict.indices.to_numpy(zero_copy_only=False), np.int64)
-    name = np.asarray(names_dict.indices.to_numpy(zero_copy_only=False), np.int64)
-    attempt = np.asarray(batch["attempt"].to_numpy(), np.int64)
-    step = np.asarray(batch["step"].to_numpy(), np.uint64)
-    bits = np.asarray(batch["value"].to_numpy(), np.float64).view(np.uint64)
-    ts = np.asarray(pc.cast(batch["ts"], pa.int64()).to_numpy(), np.int64)
-    order = np.lexsort((step, attempt, name, job))
-    job, name, attempt, step, bits, ts = (a[order] for a in (job, name, attempt, step, bits, ts))
-    new_series = np.ones(len(step), bool)
-    new_series[1:] = (job[1:] != job[:-1]) | (name[1:] != name[:-1]) | (attempt[1:] != attempt[:-1])
-    jobs, names = jobs_dict.dictionary.to_pylist(), names_dict.dictionary.to_pylist()
+def prepare(ch: ClickHouse, keys: list[tuple[str, str, int]], series: np.ndarray, step: np.ndarray,
+            bits: np.ndarray, ts: np.ndarray) -> tuple[set[tuple[str, str, int]], dict[str, np.ndarray | list]]:
+    """What an insert of these points needs besides the points: the series it rewrites, and its finest cells.
 
-    def series(i: int) -> tuple[str, str, int]:
-        return jobs[job[i]], names[name[i]], int(attempt[i])
-
+    Points are columns: `series[i]` indexes `keys` ((job_id, name, attempt)), `step`, `bits` (the value's Float64
+    bits as UInt64) and `ts` (Unix ms). Returns
+    - the series in which the points give a step another value or ts than it already has: against the points
+      themselves, and against the stored points wherever they reach back to steps the rollup has seen (a replay or a
+      late point; repeats of identical points are not rewrites);
+    - the cells of the points at every level, as columns of STAGE. Per cell: the first and last point in step
+      order and the points of its minimum and maximum value (the smallest step among equals), what KEYS' min/max
+      pick, since in a series that is not rewritten a step has one value and ts. Cells of a rewritten series are
+      read raw, so their ties do not matter.
+    Sorted numpy columns: a few ms per 100,000 points."""
+    order = np.lexsort((step, series))
+    series, step, bits, ts = series[order], step[order], bits[order], ts[order]
+    n = len(step)
+    new_series = np.ones(n, bool)
+    new_series[1:] = series[1:] != series[:-1]
     found: set[tuple[str, str, int]] = set()
     again = ~new_series[1:] & (step[1:] == step[:-1]) & ((bits[1:] != bits[:-1]) | (ts[1:] != ts[:-1]))
-    found |= {series(int(i) + 1) for i in np.flatnonzero(again)}
+    found |= {keys[series[i + 1]] for i in np.flatnonzero(again)}
     starts = np.flatnonzero(new_series)
-    seen = {(j, n, a): step_of(h) for j, n, a, h in ch.query(_TOPS, {"jobs": jobs})}
+    seen = {(j, nm, a): step_of(h) for j, nm, a, h in ch.query(_TOPS, {"jobs": sorted({k[0] for k in keys})})}
     for k, i in enumerate(starts):
-        key, lo = series(int(i)), int(step[i])
+        key, lo = keys[series[i]], int(step[i])
         hi = seen.get(key)
         if hi is None or lo > hi or key in found:
             continue
-        end = int(starts[k + 1]) if k + 1 < len(starts) else len(step)
+        end = int(starts[k + 1]) if k + 1 < len(starts) else n
         mine = {int(s): (int(b), int(t)) for s, b, t in zip(step[i:end], bits[i:end], ts[i:end])}
         stored = ch.query(_STORED, {"job_id": key[0], "name": key[1], "attempt": key[2], "lo": lo, "hi": hi})
         if any(s in mine and mine[s] != (b, t) for s, b, t in stored):
             found.add(key)
-    return found
+    # Each level's cells from the level below (the points, then the cells of the level before): the rows are in
+    # (series, step) order, and each holds four points (first, last, low, high) as columns (step, bits, ts).
+    vkey = np.where(bits >> np.uint64(63), ~bits, bits | np.uint64(1 << 63))
+    point = (step, bits, ts, vkey)
+    held = {"series": series, "first": point, "last": point, "low": point, "high": point, "min_ms": ts, "max_ms": ts}
+    out: dict[str, list] = {c: [] for c in STAGE_COLUMNS}
+    for level in LEVELS:
+        cell = held["first"][0] >> np.uint64(level)
+        cut = np.ones(len(cell), bool)
+        cut[1:] = (held["series"][1:] != held["series"][:-1]) | (cell[1:] != cell[:-1])
+        first = np.flatnonzero(cut)
+        group = np.cumsum(cut) - 1
+
+        def first_where(match: np.ndarray) -> np.ndarray:
+            rows = np.flatnonzero(match)
+            return rows[np.r_[True, group[rows][1:] != group[rows][:-1]]]
+
+        lo_v, hi_v = held["low"][3], held["high"][3]
+        rows = {"first": first, "last": np.r_[first[1:], len(cell)] - 1,
+                "low": first_where(lo_v == np.minimum.reduceat(lo_v, first)[group]),
+                "high": first_where(hi_v == np.maximum.reduceat(hi_v, first)[group])}
+        held = {"series": held["series"][first], **{k: tuple(c[r] for c in held[k]) for k, r in rows.items()},
+                "min_ms": np.minimum.reduceat(held["min_ms"], first),
+                "max_ms": np.maximum.reduceat(held["max_ms"], first)}
+        owner = held["series"]
+        out["job_id"] += [keys[c][0] for c in owner]
+        out["name"] += [keys[c][1] for c in owner]
+        out["attempt"].append(np.fromiter((keys[c][2] for c in owner), np.uint32, len(owner)))
+        out["level"].append(np.full(len(owner), level, np.uint8))
+        out["cell"].append(cell[first])
+        for k in KEYS:
+            out[k].append(_packed(k, *held[k]))
+        out["first_ms"].append(held["min_ms"])
+        out["last_ms"].append(held["max_ms"])
+    def column(c: str) -> np.ndarray | list | pa.Array:
+        if c in KEYS:
+            data = b"".join(out[c])
+            return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(data) // 32, [None, pa.py_buffer(data)])
+        return out[c] if c in ("job_id", "name") else np.concatenate(out[c])
+    return found, {c: column(c) for c in STAGE_COLUMNS}
+
+
+def _packed(key: str, step: np.ndarray, bits: np.ndarray, ts: np.ndarray, vkey: np.ndarray) -> bytes:
+    """KEYS[key] of each point as the 32 little-endian bytes of its UInt256: (high, mid, ts) in 64-bit words."""
+    high, mid = {"first": (step, bits), "last": (step, bits), "low": (vkey, step), "high": (vkey, ~step)}[key]
+    words = np.zeros((len(step), 4), "<u8")
+    words[:, 0], words[:, 1], words[:, 2] = ts.view(np.uint64), mid, high
+    return words.tobytes()

@@ -14,7 +14,7 @@ each bucket contributes its first, last, minimum and maximum point (ties: the sm
 most `max_points` points and always holds the series' first, last, minimum and maximum points.
 NaN values order above +inf (-NaN below -inf). A series of at most `max_points` points comes back whole.
 
-Reads go through the rollup (metric_rollup.py: cells of 16 to 65536 steps filled by a materialized view), which
+Reads go through the rollup (metric_rollup.py: cells of 16 to 65536 steps written with the points), which
 answers exactly what the raw read on `metric_points FINAL` answers, in a few thousand cells: a top-level read
 picks the attempt and span, one more reads the buckets (bench/RESULTS.md, issue 18). Series the rollup cannot
 answer exactly (a rewritten point, points past the retention) and short ones are read raw.
@@ -75,14 +75,14 @@ class MetricPoint:
 
 @dataclass
 class MetricColumns:
-    """Points as columns: `step`, `value`, `ts_ms` (milliseconds since the Unix epoch, UTC) one entry per point, and
-    `runs` saying whose they are: (job id, attempt, name, how many points) for consecutive points. Runs, because a
-    batch is a few series of many points, and building a text column point by point cost more than the insert."""
+    """Points as columns: chunks of steps, values and ts_ms (milliseconds since the Unix epoch, UTC), each a
+    sequence or a numpy array (a packed SeriesChunk's), and `runs` saying whose they are: (job id, attempt, name,
+    how many points) for consecutive points. Runs, because a batch is a few series of many points, and building a
+    text column point by point cost more than the insert."""
 
     runs: list[tuple[str, int, str, int]] = field(default_factory=list)
-    step: list[int] = field(default_factory=list)
-    value: list[float] = field(default_factory=list)
-    ts_ms: list[int] = field(default_factory=list)
+    chunks: list[tuple[Sequence[int], Sequence[float], Sequence[int]]] = field(default_factory=list)
+    size: int = 0
 
     def extend(self, job_id: str, attempt: int, name: str, steps: Sequence[int], values: Sequence[float],
                ts_ms: Sequence[int]) -> None:
@@ -91,22 +91,28 @@ class MetricColumns:
             self.runs[-1] = (job_id, attempt, name, self.runs[-1][3] + len(steps))
         else:
             self.runs.append((job_id, attempt, name, len(steps)))
-        self.step += steps
-        self.value += values
-        self.ts_ms += ts_ms
+        self.chunks.append((steps, values, ts_ms))
+        self.size += len(steps)
 
-    def key_columns(self) -> dict[str, pa.Array]:
-        """job_id, attempt and name, one entry per point (text as dictionaries expanded by pyarrow)."""
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """step (uint64), value (float64) and ts_ms (int64), one entry per point."""
+        def column(i: int, dtype: type) -> np.ndarray:
+            return np.concatenate([np.asarray(c[i], dtype) for c in self.chunks] or [np.empty(0, dtype)])
+        return column(0, np.uint64), column(1, np.float64), column(2, np.int64)
+
+    def series(self) -> tuple[list[tuple[str, str, int]], np.ndarray]:
+        """The distinct series (job_id, name, attempt), and per point the index of its own."""
+        keys: dict[tuple[str, str, int], int] = {}
+        codes = np.fromiter((keys.setdefault((j, n, a), len(keys)) for j, a, n, _ in self.runs), np.int64,
+                            len(self.runs))
         counts = np.fromiter((n for *_, n in self.runs), np.int64, len(self.runs))
+        return list(keys), np.repeat(codes, counts)
 
-        def text(values: list[str]) -> pa.Array:
-            uniques: dict[str, int] = {}
-            codes = np.fromiter((uniques.setdefault(v, len(uniques)) for v in values), np.int32, len(values))
-            return pa.DictionaryArray.from_arrays(pa.array(np.repeat(codes, counts)),
-                                                  pa.array(list(uniques), pa.string())).cast(pa.string())
-        attempts = np.fromiter((a for _, a, _, _ in self.runs), np.uint32, len(self.runs))
-        return {"job_id": text([j for j, *_ in self.runs]), "attempt": pa.array(np.repeat(attempts, counts)),
-                "name": text([n for _, _, n, _ in self.runs])}
+
+def _text(values: list[str], codes: np.ndarray) -> pa.Array:
+    """values[codes[i]] for each i, as a string column expanded by pyarrow from a dictionary."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(values, pa.string())).cast(
+        pa.string())
 
 
 def _utc(ts: datetime) -> datetime:
@@ -143,7 +149,9 @@ class MetricStore:
         # 36 characters a point cost half the insert).
         self.ch.command(f"ALTER TABLE {TABLE} DROP COLUMN IF EXISTS batch_id")
         self.ch.command(rollup.DDL)
-        self.ch.command(rollup.VIEW_DDL)
+        self.ch.command(f"DROP VIEW IF EXISTS {rollup.OLD_VIEW}")
+        self.ch.command(rollup.STAGE_DDL)
+        self.ch.command(rollup.STAGE_VIEW_DDL)
         comment = self.ch.query("SELECT comment FROM system.tables WHERE database = currentDatabase() "
                                 "AND name = {t:String}", {"t": rollup.ROLLUP})
         if comment != [(rollup.COMPLETE,)]:
@@ -167,19 +175,24 @@ class MetricStore:
         batch rewrites a point are flagged first (metric_rollup.py)."""
         if not token:
             raise ValueError("batch_id must be a non-empty string")
-        if len(cols.step) == 0:
+        if cols.size == 0:
             return
-        columns = {
-            **cols.key_columns(),
-            "step": pa.array(cols.step, pa.uint64()),
-            "value": pa.array(cols.value, pa.float64()),
-            "ts": pa.array(cols.ts_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-        }
-        flagged = rollup.rewritten(self.ch, pa.table(columns))
+        keys, series = cols.series()
+        step, values, ts = cols.columns()
+        bits = values.view(np.uint64)
+        flagged, cells = rollup.prepare(self.ch, keys, series, step, bits, ts)
         if flagged:
             self.ch.insert(rollup.ROLLUP, rollup.FLAG_COLUMNS,
                            [(j, n, a, rollup.TOP, 0, rollup.FLAG_TS, 1) for j, n, a in sorted(flagged)])
-        self.ch.insert(TABLE, COLUMNS, columns, dedup_token=token)
+        # The cells go first: once the points are queryable, so is the rollup over them. A crash between the two
+        # redelivers the batch: cells are min/max, so repeating them changes nothing.
+        self.ch.insert(rollup.STAGE, rollup.STAGE_COLUMNS, cells)
+        self.ch.insert(TABLE, COLUMNS, {
+            "job_id": _text([k[0] for k in keys], series), "attempt": pa.array(np.array([k[2] for k in keys],
+                                                                                       np.uint32)[series]),
+            "name": _text([k[1] for k in keys], series), "step": pa.array(step),
+            "value": pa.array(bits.view(np.float64)),
+            "ts": pa.array(ts).cast(pa.timestamp("ms", tz="UTC"))}, dedup_token=token)
 
     def names(self, job_id: str) -> list[str]:
         """Sorted metric names of the job, over all attempts."""
