@@ -18,16 +18,20 @@ Isolation, and what holds where:
   session, the descendants of what it knows, setsid() escapees included) and kills them all when their resident
   memory passes `memory_mb` ("out of memory (limit N MB)") or their tasks pass `max_procs` ("killed: too many
   processes (limit N)");
-- runner is root (`run_as` a uid, the default): the script runs as that uid and gid with no supplementary groups.
-  It cannot read the runner's files (mode 0600/0700) nor write the code directory; RLIMIT_NPROC is enforced by
-  the kernel, so a fork bomb stops at the limit however fast it forks, and the watchdog then kills the uid's
-  processes. Give each runner on a machine its own uid that nothing else uses: everything of that uid is killed
-  at the end of a run. The code dir, dataset and work dir must be readable (and their parents searchable) by it;
+- runner is root: the job gets its own cgroup (v1 `pids` and `memory`, runners/job_cgroup.py) where the
+  controllers are mounted writable: the kernel caps its tasks (a fork bomb stops at the limit however fast it
+  forks, then the watchdog kills the group) and its memory (the OOM killer acts inside the group), and lists its
+  processes wherever they setsid() to. The script also runs as `run_as` (a uid and gid, no supplementary groups)
+  when that uid can start the interpreter: then it cannot read the runner's files (0600/0700, /proc/<runner>/environ
+  included) nor write the code directory, and RLIMIT_NPROC is enforced. Give each runner on a machine its own uid
+  that nothing else uses: everything of that uid is killed at the end of a run. The code dir, dataset and work
+  dir must be readable (their parents searchable) by it. Where the interpreter is not usable by it (e.g. under
+  /root), the script runs as root, with a note in the job's log: the cgroup and the watchdog still bound it, but
+  it could read what root can;
 - runner is not root (or `run_as=None`): the script shares the runner's uid, so it can read what the runner can;
-  RLIMIT_NPROC counts all the uid's tasks (set to the uid's count now plus the limit), and as root it is not
-  enforced at all: the watchdog alone stops a fork bomb, after up to one WATCH_S of forking. A process that
-  setsid()s and is orphaned between two censuses is not found.
-Not here: network isolation (a network namespace), a memory cgroup (exact accounting), seccomp.
+  RLIMIT_NPROC counts all the uid's tasks (set to the uid's count now plus the limit); no cgroup, so the watchdog
+  alone measures memory, and a process that setsid()s and is orphaned between two censuses is not found.
+Not here: network isolation (a network namespace), cgroup v2, seccomp, a read-only view of the filesystem.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Every process of one code job, found through /proc, counted and killed, escapees included.
 
-A job's processes are the members of its cgroup when it has one (runners/job_cgroup.py), those of its uid (when the runner is root and the job runs as a uid of its own), those of the
-child's session, and the descendants of any process already known (a setsid()ed child is found through its
-parent). The runner is made a child subreaper (PR_SET_CHILD_SUBREAPER), so a process orphaned by its parent is
-reparented to the runner rather than to init: it stays findable, and `kill` reaps it.
+A job's processes are the members of its cgroup when it has one (runners/job_cgroup.py), those of its uid (when
+the runner is root and the job runs as a uid of its own), those of the child's session, and the descendants of
+any process already known (a setsid()ed child is found through its parent). The runner is made a child
+subreaper (PR_SET_CHILD_SUBREAPER), so a process orphaned by its parent is reparented to the runner rather than
+to init: it stays findable, and `kill` reaps it.
 
 Killing is SIGKILL to the process group, to every process found, and, when the job has a uid of its own, from a
 helper running as that uid, `kill -9 -1`: every process of the uid at once, which also beats a fork bomb and a
