@@ -5,8 +5,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import (ab, auth, context, datasets, deployments, docs, edge, identity, jobs, logs, models, ops, problems,
-                 streams, studies)
+from api import (ab, auth, code, context, datasets, deployments, docs, edge, identity, jobs, logs, models, ops,
+                 problems, streams, studies)
 from api.deps import Services
 from api.importances import ImportanceCache
 from api.limits import MULTIPART_SLACK_BYTES, BodyLimit
@@ -23,8 +23,8 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     app.state.importances = ImportanceCache()
     problems.install(app)
     context.install(app)
-    for router in (jobs.router, logs.router, studies.router, studies.experiments, datasets.router, models.router,
-                   deployments.router, deployments.keys, ab.router, identity.router, streams.router):
+    for router in (jobs.router, logs.router, studies.router, studies.experiments, datasets.router, code.router,
+                   models.router, deployments.router, deployments.keys, ab.router, identity.router, streams.router):
         auth.document_access(router)
         context.document_commands(router)
         document_unparsable_bodies(router)
@@ -32,7 +32,8 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     docs.install(app)
     settings = services.settings
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
-                       per_path={datasets.PATH: settings.max_upload_bytes + MULTIPART_SLACK_BYTES})
+                       per_path={datasets.PATH: settings.max_upload_bytes + MULTIPART_SLACK_BYTES,
+                                 code.PATH: settings.max_code_bytes + MULTIPART_SLACK_BYTES})
     edge.install(app, settings)
 
     auth.document_access(ops.router)

@@ -21,6 +21,7 @@ identity methods (login, me, users, service accounts, API tokens, projects and m
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from urllib.parse import quote
 import httpx
 
 from api import sse
+from api.code_pack import pack_directory
 from domain.vocabulary import FINISHED, STUDY_ENDED
 
 
@@ -230,6 +232,22 @@ def default_inference_url(data_dir: Path | None = None) -> str:
     except (OSError, ValueError, AttributeError):
         url = None
     return url if isinstance(url, str) and url else "http://127.0.0.1:8001"
+
+
+UPLOAD_TIMEOUT_S = 600.0  # a code bundle of up to 100 MiB, checked member by member before the answer
+
+
+def _bundle_bytes(source: str | Path | bytes) -> tuple[bytes, str]:
+    """(the archive's bytes, a file name to send) for a folder (packed), an archive file, or bytes."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source), "bundle"
+    path = Path(source)
+    if path.is_dir():
+        return pack_directory(path), f"{path.resolve().name or 'bundle'}.tar.gz"
+    try:
+        return path.read_bytes(), path.name
+    except OSError as e:
+        raise TrainyardError(None, {"title": "Invalid input", "detail": f"{path}: {e.strerror or e}"}) from None
 
 
 def _uuid(value: Any, field: str, what: str) -> str:
@@ -665,6 +683,43 @@ class TrainyardClient:
 
     def revoke_api_key(self, key_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/api/v1/api-keys/{_uuid(key_id, 'key_id', 'an API key id')}")
+
+    # ---- code bundles ---------------------------------------------------------------------------------------
+    def upload_code(self, source: str | Path | bytes, name: str | None = None) -> dict[str, Any]:
+        """Upload a code bundle: `source` is a project folder (packed by `api.code_pack.pack_directory`, which
+        honours .gitignore), a .tar.gz or .zip file, or an archive's bytes. {"code_id", "sha256", "files",
+        "size_bytes", "unpacked_bytes", "format", "entrypoints", "filename", "created_at"}; the same bytes again
+        answer the bundle already stored."""
+        data, filename = _bundle_bytes(source)
+        return self._upload_code(data, filename, name)
+
+    def push_code(self, source: str | Path | bytes, name: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Upload `source` (as for `upload_code`) once per content: (the bundle, True) when it was uploaded now,
+        (the bundle, False) when the project already has these bytes (asked by their code_id, nothing sent)."""
+        data, filename = _bundle_bytes(source)
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            found = self.get_code(sha[:32])
+            if found.get("sha256") == sha:
+                return found, False
+        except TrainyardError as e:
+            if e.status != 404:
+                raise
+        return self._upload_code(data, filename, name), True
+
+    def _upload_code(self, data: bytes, filename: str, name: str | None) -> dict[str, Any]:
+        return self._call("POST", "/api/v1/code", files={"file": (filename, data, "application/octet-stream")},
+                          data={"name": name} if name else None, timeout=UPLOAD_TIMEOUT_S)
+
+    def list_code(self) -> dict[str, Any]:
+        """{"items": [...]}: the project's code bundles, newest first."""
+        return self._call("GET", "/api/v1/code")
+
+    def get_code(self, code_id: str) -> dict[str, Any]:
+        if not isinstance(code_id, str) or not re.fullmatch(r"[0-9a-f]{32}", code_id):
+            raise TrainyardError(422, {"title": "Invalid request", "field": "code_id",
+                                       "detail": f"{str(code_id)!r} is not a code id (32 lowercase hex digits)"})
+        return self._call("GET", f"/api/v1/code/{code_id}")
 
     # ---- identity: login, who am I, users and service accounts, API tokens, projects and members ---------
     def login(self, name: str, password: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import datasets
+from api import code, datasets
 from infra.http_edge import EdgeGuard
 from infra.settings import Settings
 
@@ -13,6 +13,7 @@ from infra.settings import Settings
 # Origin check, not by its content type.
 SIMPLE_BODY_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("POST", datasets.PATH),  # multipart file upload
+    ("POST", code.PATH),  # multipart code bundle upload
     ("POST", "/api/v1/auth/token"),  # OAuth2 password form
 })
 

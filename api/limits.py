@@ -2,7 +2,8 @@
 
 * `BodyLimit`: an ASGI middleware capping request bodies (Content-Length checked up front, bytes counted as
   they arrive, so a chunked body cannot slip by): `Settings.max_body_bytes` for every route but the dataset
-  upload, which gets `Settings.max_upload_bytes` plus room for the multipart framing. Over it: 413 problem+json,
+  upload, which gets `Settings.max_upload_bytes` plus room for the multipart framing, and the code bundle upload
+  (`Settings.max_code_bytes` plus the same). Over it: 413 problem+json,
   field "body".
 * `SafeText`: text without control characters (Unicode category Cc, NUL included) or lone surrogates (Cs):
   PostgreSQL text/jsonb cannot hold a NUL and UTF-8 cannot hold a surrogate, so either would poison every read

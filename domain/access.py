@@ -30,6 +30,7 @@ PROJECT_ACTIONS: dict[str, Role] = {
     "job.read": Role.viewer,            # jobs, metrics, compare
     "study.read": Role.viewer,
     "dataset.read": Role.viewer,
+    "code.read": Role.viewer,           # code bundles
     "model.read": Role.viewer,          # models, versions, exports, downloads
     "deployment.read": Role.viewer,     # deployments, history, A/B reports
     "job.submit": Role.engineer,
@@ -37,6 +38,7 @@ PROJECT_ACTIONS: dict[str, Role] = {
     "study.create": Role.engineer,
     "study.cancel": Role.engineer,
     "dataset.upload": Role.engineer,
+    "code.upload": Role.engineer,
     "model.write": Role.engineer,       # create a model, register a version, aliases
     "model.export": Role.deployer,
     "deployment.write": Role.deployer,  # deploy, traffic, policies, rollback, undeploy, feedback

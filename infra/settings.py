@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     dataset_roots: str | None = None
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # any request body but an upload
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # POST /api/v1/datasets
+    # Code bundles (infra/code_bundles.py, POST /api/v1/code): stored in <code_dir>/<project>/ (default
+    # <data_dir>/code); the archive as uploaded, its members (files, links, folders) and its bytes once unpacked.
+    code_dir: Path | None = None
+    max_code_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    max_code_files: int = Field(default=10_000, ge=1)
+    max_code_unpacked_bytes: int = Field(default=1024**3, ge=1024)
     # Identity (api/auth.py): access tokens are JWTs signed with this secret (unset: a random one kept in
     # <data_dir>/jwt-secret, mode 0600, shared by the processes of one data dir) and live this long.
     jwt_secret: str | None = Field(default=None, min_length=32)
@@ -98,6 +104,10 @@ class Settings(BaseSettings):
     @property
     def artifacts(self) -> Path:
         return self.artifact_dir or (self.data_dir / "artifacts")
+
+    @property
+    def code_root(self) -> Path:
+        return self.code_dir or (self.data_dir / "code")
 
     @property
     def dataset_root_paths(self) -> tuple[Path, ...]:

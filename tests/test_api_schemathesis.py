@@ -48,6 +48,8 @@ BEYOND_SCHEMA: list[tuple[str, str, str]] = [
     (r"POST /api/v1/studies", r"(search_space|fixed_params|sampler|pruner)(\..*)?", "."),
     # an upload's file name (a multipart part's filename has no schema)
     ("POST /api/v1/datasets", "file", "file name must end with"),
+    # a code bundle's content must be a .tar.gz or .zip archive (a multipart part's content has no schema)
+    ("POST /api/v1/code", "file", r"not a \.tar\.gz or \.zip|not a readable"),
     # a password must not be one of the commonest (a list, not a pattern)
     (r"POST /api/v1/users|PUT /api/v1/me/password", "password", "most common"),
     # a token scope must match at least one action (patterns over the action names)

@@ -9,6 +9,8 @@ then, for each operation:
 A new route is in the matrix the moment it is in the document."""
 from __future__ import annotations
 
+import io
+import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +45,10 @@ def world(module_database_url: str, clickhouse: Any, tmp_path_factory: pytest.Te
         assert model.status_code == 201, model.text
         key = client.post("/api/v1/api-keys", json={"name": f"{CANARY}-key", "deployments": "*"}, headers=alpha)
         assert key.status_code == 201, key.text
+        code = client.post("/api/v1/code", files={"file": (f"{CANARY}.tar.gz", _bundle())}, headers=alpha)
+        assert code.status_code in (200, 201), code.text
         objects = {"job_id": job.json()["job_id"], "study_id": study.json()["study_id"], "name": f"{CANARY}-model",
-                   "key_id": key.json()["id"], "export_id": str(uuid.uuid4()), "version": "1", "alias": "production",
+                   "key_id": key.json()["id"], "code_id": code.json()["code_id"], "export_id": str(uuid.uuid4()), "version": "1", "alias": "production",
                    "project": "alpha", "principal": "admin"}  # removing the owner from alpha harms no test user
         yield client, tenants, objects, client.app.openapi()
 
@@ -69,9 +73,22 @@ def unechoed(r: Any, objects: dict[str, str]) -> str:
     return text
 
 
+def _bundle() -> bytes:
+    """A code bundle whose one file carries the canary."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        info = tarfile.TarInfo("train.py")
+        data = f"print('{CANARY}')\n".encode()
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
 def call(client: Any, method: str, path: str, headers: dict[str, str]) -> Any:
     if path.endswith("/datasets") and method == "POST":
         return client.post(path, headers=headers, files={"file": ("x.csv", b"a,b\n1,2\n", "text/csv")})
+    if path.endswith("/code") and method == "POST":
+        return client.post(path, headers=headers, files={"file": ("x.tar.gz", b"not a bundle")})
     return client.request(method, path, headers=headers, json={} if method in ("POST", "PUT", "PATCH") else None)
 
 
