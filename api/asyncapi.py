@@ -40,6 +40,10 @@ class Submitted(_Payload):
     report_metric: str | None = None
     project: str = Field(default="default", description="the job's project (a study's trial: its study's); events "
                                                         "stored before projects: 'default'")
+    retry_of: str | None = Field(default=None, description="the failed or cancelled job this one retries (null: a "
+                                                           "first submit)")
+    from_checkpoint: bool = Field(default=False, description="a retry that starts from the latest checkpoint of the "
+                                                             "job it retries (false for a job that is no retry)")
 
 
 class Started(_Payload):

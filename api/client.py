@@ -368,6 +368,16 @@ class TrainyardClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/api/v1/training/jobs", json=job, headers=headers)
 
+    def retry_job(self, job_id: str, params: dict[str, Any] | None = None, priority: str | None = None,
+                  from_checkpoint: bool = True, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Retry a failed or cancelled job: a new job with its spec, `params` merged over its params and `priority`
+        (None: the original's). {"job_id", "status", "created_at"} of the new job, whose `retry_of` names this one."""
+        body: dict[str, Any] = {"params": params or {}, "from_checkpoint": from_checkpoint}
+        if priority is not None:
+            body["priority"] = priority
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", f"{_job_path(job_id)}/retry", json=body, headers=headers)
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", _job_path(job_id))
 

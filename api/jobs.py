@@ -1,4 +1,4 @@
-"""/api/v1/training/jobs: submit, watch, list, cancel, metrics."""
+"""/api/v1/training/jobs: submit, watch, list, cancel, retry, metrics."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -14,8 +14,10 @@ from api.limits import SafeText, check_params
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.problems import Problem
 from api.schemas.common import NO_CONTROL, IdPrefix, Tag, problems
-from api.schemas.jobs import MAX_SERIES_NAMES, JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries
-from commands.training import JobNotFoundError, SubmitJob
+from api.schemas.jobs import (MAX_SERIES_NAMES, JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries,
+                              RetryIn)
+from commands.context import CommandContext
+from commands.training import JobNotFoundError, RetryJob, SubmitJob
 from domain.frameworks import ParamsError, check_budget, resolve_params
 from domain.vocabulary import Framework, JobStatus
 from infra.dataset_uploads import check_upload_owner
@@ -34,12 +36,17 @@ def _catch_up(s: Services, position: int | None) -> None:
 def check_job(body: JobIn, s: Services, project: str) -> None:
     """What pydantic cannot say about a job: the params' shape and values, the dataset, the compute budget.
     Raises Problem(422) naming the field at fault."""
-    try:
-        check_params(body.params)
-    except ParamsError as e:
-        raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
+    check_params_shape(body.params)
     check_job_dataset(body.framework, body.task, body.dataset.uri, body.dataset.target, body.params, s,
                       project=project)
+
+
+def check_params_shape(params: dict) -> None:
+    """Problem(422) naming the exact location (`params.hidden_sizes.1`) unless `params` is bounded JSON."""
+    try:
+        check_params(params)
+    except ParamsError as e:
+        raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
 
 
 def check_job_dataset(framework: str, task: str, uri: str, target: str | None, params: dict, s: Services,
@@ -64,15 +71,38 @@ def submit_job(body: JobIn, request: Request, ctx: CommandContextDep) -> JSONRes
     key = idempotency_key(request)
     project = access_of(request).project
     check_job(body, s, project)
-    admit_job(s, project)
     cmd = SubmitJob(project=project, name=body.name, framework=body.framework, task=body.task,
                     dataset=body.dataset.model_dump(exclude_none=True), params=body.params,
                     priority=body.priority, tags=body.tags, timeout_s=body.timeout_s)
+    return accept_job(s, cmd, key, ctx)
+
+
+def accept_job(s: Services, cmd: SubmitJob, key: str | None, ctx: CommandContext) -> JSONResponse:
+    """Submit a checked job within the project's quotas: 202 with it (200 when `key` was seen before), once the
+    read model shows it."""
+    admit_job(s, cmd.project)
     out = s.app.submit_job(cmd, key, ctx)
     _catch_up(s, out.position)
     accepted = JobAccepted(job_id=out.job_id, status=out.status, created_at=out.created_at)  # type: ignore[arg-type]
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202 if out.created else 200,
                         headers={"Location": f"{router.prefix}/{out.job_id}"})
+
+
+@router.post("/{job_id}/retry", dependencies=[allow("job.submit")], status_code=202, response_model=JobAccepted,
+             responses={**problems(400, 404, 409, 413, 422, 429), **repeated(JobAccepted)}, openapi_extra=IDEMPOTENT)
+def retry_job(job_id: UUID, request: Request, ctx: CommandContextDep, body: RetryIn | None = None) -> JSONResponse:
+    """Retry a failed or cancelled job (any other state: 409): a new job with its spec, `params` merged over its
+    params and checked as a submit's, submitted like one (202; 200 when the Idempotency-Key was seen before). The
+    new job's `retry_of` names this one; this one's `retried_by` names its latest retry."""
+    s, body = services(request), body or RetryIn()
+    key = idempotency_key(request)
+    cmd = s.app.retry_submission(RetryJob(job_id, project=access_of(request).project, params=body.params,
+                                          priority=body.priority, from_checkpoint=body.from_checkpoint))
+    check_params_shape(body.params)  # the overrides first: their own paths name the field at fault
+    check_params_shape(cmd.params)  # then the merged params, bounded as a submit's
+    check_job_dataset(cmd.framework, cmd.task, cmd.dataset["uri"], cmd.dataset.get("target"), cmd.params, s,
+                      project=cmd.project)
+    return accept_job(s, cmd, key, ctx)
 
 
 @router.get("", dependencies=[allow("job.read")], response_model=JobList, responses=problems(422))

@@ -46,6 +46,8 @@ class SubmitJob:
     study_id: UUID | None = None  # set for a study's trials (commands/studies.py)
     trial_number: int | None = None
     report_metric: str | None = None
+    retry_of: UUID | None = None  # set for a retry (`RetryJob`): the failed or cancelled job it retries
+    from_checkpoint: bool = False
 
     def fields(self) -> dict[str, Any]:
         """The fields, with their own copies of the containers (dataclasses.asdict would deep-copy everything, on
@@ -53,6 +55,17 @@ class SubmitJob:
         out = dict(vars(self))
         out.update(dataset=dict(self.dataset), params=dict(self.params), tags=list(self.tags))
         return out
+
+
+@dataclass(frozen=True)
+class RetryJob:
+    """Retry a failed or cancelled job: a new job with its spec, `params` merged over its params, and `priority`
+    (None: the original's) in place of its own. It is submitted like any job (`SubmitJob`)."""
+    job_id: UUID
+    project: str = field(kw_only=True)  # the request's: another project's job is not found
+    params: dict[str, Any] = field(default_factory=dict)
+    priority: str | None = None
+    from_checkpoint: bool = True
 
 
 @dataclass(frozen=True)
@@ -103,12 +116,22 @@ class TrainingApplication(TrainyardApplication):
     def _replayed(job: TrainingJob, cmd: SubmitJob) -> Submitted:
         # The project too: a default-project key "alpha/k" is alpha's key "k" (`scoped`); a conflict, never a leak.
         if (job.project, job.name, job.framework, job.task, job.dataset, job.params, job.priority, job.tags,
-                job.timeout_s, job.study_id, job.trial_number) != (
+                job.timeout_s, job.study_id, job.trial_number, job.retry_of, job.from_checkpoint) != (
             cmd.project, cmd.name, cmd.framework, cmd.task, cmd.dataset, cmd.params, cmd.priority, cmd.tags,
-            cmd.timeout_s, cmd.study_id, cmd.trial_number
+            cmd.timeout_s, cmd.study_id, cmd.trial_number, cmd.retry_of, cmd.from_checkpoint
         ):
             raise IdempotencyConflictError("this Idempotency-Key was used for a different job")
         return Submitted(job.id, job.status, job.created_on, created=False)
+
+    def retry_submission(self, cmd: RetryJob) -> SubmitJob:
+        """What retrying `cmd.job_id` submits: the caller checks it as any submit and passes it to `submit_job`.
+        Nothing is saved here, and nothing can change in between: a failed or cancelled job stays so.
+        JobNotFoundError for another project's job; NotRetryableError (409) for one that is not retryable."""
+        job = self.get_job(cmd.job_id, copy=False)
+        if not isinstance(job, TrainingJob):  # the id of another aggregate (a model export is leased work too)
+            raise JobNotFoundError(str(cmd.job_id))
+        check_project(job, cmd.project)
+        return SubmitJob(project=job.project, **job.retry_fields(cmd.params, cmd.priority, cmd.from_checkpoint))
 
     def get_job(self, job_id: UUID, copy: bool = True) -> TrainingJob:
         """For command paths and audit only: queries read the projections. `copy=False`: see `load`."""

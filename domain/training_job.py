@@ -1,6 +1,7 @@
 """The TrainingJob aggregate: a training job's spec on top of the shared leased-work lifecycle (domain/work.py:
 claim, heartbeats, attempts, hand-back, lease expiry, cancel). Each claim starts a new attempt (its metric series
-are kept apart). No I/O here.
+are kept apart). A failed or cancelled job can be retried: a new job with its spec (and overrides) whose Submitted
+event names it in `retry_of`. No I/O here.
 """
 from __future__ import annotations
 
@@ -11,12 +12,17 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.contract import DEFAULT_PROJECT
 from domain.identity import check_name
-from domain.vocabulary import WorkKind
+from domain.vocabulary import JobStatus, WorkKind
 from domain.work import (DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, FINISHED, CancelNotRequestedError, JobError,
                          JobFinishedError, LeasedWork, LeaseHeldError, StaleLeaseError)
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "DEFAULT_TIMEOUT_S", "FINISHED", "CancelNotRequestedError", "JobError",
-           "JobFinishedError", "LeaseHeldError", "StaleLeaseError", "TrainingJob"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "DEFAULT_TIMEOUT_S", "FINISHED", "RETRYABLE", "CancelNotRequestedError", "JobError",
+           "JobFinishedError", "LeaseHeldError", "NotRetryableError", "StaleLeaseError", "TrainingJob"]
+RETRYABLE: frozenset[JobStatus] = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class NotRetryableError(JobError):
+    """A retry of a job that neither failed nor was cancelled; maps to HTTP 409."""
 
 
 class TrainingJob(LeasedWork):
@@ -25,10 +31,11 @@ class TrainingJob(LeasedWork):
 
     class Submitted(Aggregate.Created):
         """v2 added `timeout_s` and `max_attempts` (leases owned by the domain); v3 added a study trial's
-        `study_id`, `trial_number` and `report_metric`; v4 the job's `project`. Each upcaster gives an older stored
-        form the defaults (a job submitted before projects belongs to the default project)."""
+        `study_id`, `trial_number` and `report_metric`; v4 the job's `project`; v5 a retry's `retry_of` (the job it
+        retries) and `from_checkpoint`. Each upcaster gives an older stored form the defaults (a job submitted
+        before projects belongs to the default project; one submitted before retries retries nothing)."""
 
-        class_version = 4
+        class_version = 5
         name: str
         framework: str
         task: str
@@ -42,6 +49,8 @@ class TrainingJob(LeasedWork):
         trial_number: int | None = None
         report_metric: str | None = None
         project: str = DEFAULT_PROJECT
+        retry_of: UUID | None = None
+        from_checkpoint: bool = False
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -57,6 +66,11 @@ class TrainingJob(LeasedWork):
         @staticmethod
         def upcast_v3_v4(state: dict[str, Any]) -> None:
             state.setdefault("project", DEFAULT_PROJECT)
+
+        @staticmethod
+        def upcast_v4_v5(state: dict[str, Any]) -> None:
+            state.setdefault("retry_of", None)
+            state.setdefault("from_checkpoint", False)
 
     @classmethod
     def create(cls, id: UUID, *, project: str, **fields: Any) -> TrainingJob:
@@ -80,6 +94,8 @@ class TrainingJob(LeasedWork):
         trial_number: int | None = None,
         report_metric: str | None = None,
         project: str = DEFAULT_PROJECT,
+        retry_of: UUID | None = None,
+        from_checkpoint: bool = False,
     ) -> None:
         self.project = project  # every read and command sees it only from within this project
         self.name = name
@@ -94,9 +110,23 @@ class TrainingJob(LeasedWork):
         self.study_id = study_id  # a study's trial: its study and number (None for a plain job)
         self.trial_number = trial_number
         self.report_metric = report_metric  # a per-step metric the runner reports as it goes (for pruning)
+        self.retry_of = retry_of  # the failed or cancelled job this one retries (None: a first submit)
+        self.from_checkpoint = from_checkpoint  # a retry that starts from its original's latest checkpoint
         self._init_work()
 
     def spec(self) -> dict[str, Any]:
         """What a runner needs to train this job."""
         return {"framework": self.framework, "task": self.task, "dataset": self.dataset, "params": self.params,
                 "timeout_s": self.timeout_s, "report_metric": self.report_metric}
+
+    def retry_fields(self, params: dict[str, Any], priority: str | None, from_checkpoint: bool) -> dict[str, Any]:
+        """The fields of a new job that retries this one (as `create` takes them, less the project, which is this
+        job's): this spec with `params` merged over its params and `priority` (None: this job's) in place of its
+        own. A study's trial is retried as a plain job: its study has counted it already. NotRetryableError unless
+        this job failed or was cancelled."""
+        if self.status not in RETRYABLE:
+            raise NotRetryableError(f"job {self.id} is {self.status}: only a failed or cancelled job can be retried")
+        return {"name": self.name, "framework": self.framework, "task": self.task, "dataset": dict(self.dataset),
+                "params": {**self.params, **params}, "priority": priority or self.priority, "tags": list(self.tags),
+                "timeout_s": self.timeout_s, "max_attempts": self.max_attempts, "retry_of": self.id,
+                "from_checkpoint": from_checkpoint}

@@ -17,7 +17,9 @@ _LIVE = "(SELECT l.{col} FROM job_leases l WHERE l.job_id = jobs.id AND l.lease_
 _COLUMNS = (
     "id, name, framework, task, dataset, params, priority, tags, timeout_s, max_attempts, status, attempt, "
     "lost_leases, hand_backs, requeue_reason, runner_id, cancel_requested, final_metrics, artifact, error, created_by, correlation_id, "
-    "study_id, trial_number, "
+    "study_id, trial_number, retry_of, from_checkpoint, "
+    "ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = jobs.id AND r.project = jobs.project "
+    "ORDER BY r.created_at, r.id) AS retries, "
     "created_at, updated_at, started_at, finished_at, version, "
     f"GREATEST(current_step, COALESCE({_LIVE.format(col='current_step')}, 0)) AS current_step, "
     f"COALESCE({_LIVE.format(col='total_steps')}, total_steps) AS total_steps, "
@@ -109,6 +111,7 @@ class JobQueries:
         out = dict(row)
         out["job_id"] = out.pop("id")
         out["progress"] = progress(row, datetime.now(timezone.utc))
+        out["retried_by"] = out["retries"][-1] if out["retries"] else None
         for k in ("current_step", "total_steps", "progress_at"):
             out.pop(k)
         return out

@@ -2,7 +2,9 @@
 
 Every update is guarded by the aggregate version, so processing an event twice is a no-op and a replay from zero
 rebuilds the same table. Progress here is the aggregate's milestones; live step-level progress of a running job
-comes from its lease (infra/leases.py), which the queries join.
+comes from its lease (infra/leases.py), which the queries join. A retry's row names its original (`retry_of`, from
+its Submitted event); the original's retries are read from those rows (projections/job_queries.py), so nothing
+written to the original's row depends on the order two jobs' events arrive in.
 """
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     correlation_id text,
     study_id uuid,
     trial_number int,
+    retry_of uuid,
+    from_checkpoint boolean NOT NULL DEFAULT false,
     created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL,
     started_at timestamptz,
@@ -58,7 +62,9 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS timeout_s int NOT NULL DEFAULT 3600,
     ADD COLUMN IF NOT EXISTS correlation_id text, ALTER COLUMN current_step TYPE bigint, ALTER COLUMN total_steps TYPE bigint,
     ADD COLUMN IF NOT EXISTS study_id uuid, ADD COLUMN IF NOT EXISTS trial_number int,
     ADD COLUMN IF NOT EXISTS hand_backs int NOT NULL DEFAULT 0, ADD COLUMN IF NOT EXISTS requeue_reason text,
-    ADD COLUMN IF NOT EXISTS project text NOT NULL DEFAULT 'default';
+    ADD COLUMN IF NOT EXISTS project text NOT NULL DEFAULT 'default', ADD COLUMN IF NOT EXISTS retry_of uuid,
+    ADD COLUMN IF NOT EXISTS from_checkpoint boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS jobs_retry_of ON jobs (retry_of, created_at) WHERE retry_of IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_project_created ON jobs (project, created_at DESC);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_id, trial_number) WHERE study_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at DESC);
@@ -102,7 +108,8 @@ class JobsProjection(TrackedProjection[JobsView]):
             "timeout_s": e.timeout_s, "max_attempts": e.max_attempts,
             "status": "queued", "created_by": meta.get("actor") or "anonymous",
             "correlation_id": meta.get("correlation_id"), "study_id": e.study_id,
-            "trial_number": e.trial_number, "created_at": e.timestamp, "updated_at": e.timestamp,
+            "trial_number": e.trial_number, "retry_of": e.retry_of, "from_checkpoint": e.from_checkpoint,
+            "created_at": e.timestamp, "updated_at": e.timestamp,
             "version": e.originator_version,
         }
         self.view.insert_job(row, tracking)

@@ -124,6 +124,24 @@ def test_a_job_submitted_before_projects_belongs_to_the_default_project() -> Non
     assert store_and_load(_job(), as_v1("TrainingJob.Submitted", "project", "study_id")).project == "default"
 
 
+def test_a_job_submitted_before_retries_retries_nothing() -> None:
+    def as_v4(topic: str, state: dict[str, Any]) -> None:
+        if topic.endswith("TrainingJob.Submitted"):
+            state["class_version"] = 4
+            del state["retry_of"], state["from_checkpoint"]
+    original = uuid4()
+
+    def a_retry() -> TrainingJob:
+        return TrainingJob.create(uuid4(), project="alpha", name="j", framework="lightgbm", task="regression",
+                                  dataset={"uri": "builtin://x"}, params={}, priority="high", tags=[],
+                                  retry_of=original, from_checkpoint=True)
+    retry = store_and_load(a_retry())
+    assert (retry.retry_of, retry.from_checkpoint) == (original, True)
+    job, (submitted,) = store_and_load(a_retry(), as_v4), store_and_read(a_retry(), as_v4)
+    assert (job.retry_of, job.from_checkpoint) == (submitted.retry_of, submitted.from_checkpoint) == (None, False)
+    assert store_and_load(_job(), as_v1("TrainingJob.Submitted", "retry_of", "project")).retry_of is None
+
+
 def test_a_study_created_before_projects_belongs_to_the_default_project() -> None:
     def study() -> Study:
         return Study.create(id=uuid4(), project="beta", name="s", framework="lightgbm", task="regression",

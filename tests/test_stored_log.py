@@ -25,7 +25,8 @@ READ_MODEL_TABLES = ("jobs", "studies", "trials", "models", "model_versions", "m
 # Columns added after the log was recorded, with the value a replay of that log must give them (its events predate
 # what fills them). Each is left out of the comparison only where it holds exactly that default.
 ADDED_COLUMNS: dict[str, dict[str, Any]] = {
-    "jobs": {"hand_backs": 0, "requeue_reason": None, "project": "default"},
+    "jobs": {"hand_backs": 0, "requeue_reason": None, "project": "default", "retry_of": None,
+             "from_checkpoint": False},
     "studies": {"project": "default"},
     "models": {"project": "default"},
     "model_exports": {"project": "default"},

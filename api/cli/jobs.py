@@ -1,4 +1,4 @@
-"""Training jobs: `submit`, `watch`, `jobs`, `job`, `logs`, `cancel`."""
+"""Training jobs: `submit`, `watch`, `jobs`, `job`, `logs`, `cancel`, `retry`."""
 from __future__ import annotations
 
 import json
@@ -38,6 +38,20 @@ def submit(
     api: ApiOpt = None,
 ) -> None:
     """Submit a training job; prints its id (with --watch: exit 0 only when it completes)."""
+    params = parse_params(param)
+    body = {"name": name or f"{framework}-{task}", "framework": framework, "task": task,
+            "dataset": {"uri": dataset, **({"target": target} if target else {})},
+            "params": params, "priority": priority, "tags": tag}
+    client = connect(api)
+    out = client.submit(body, idempotency_key)
+    console.print(out["job_id"])
+    if watch_it:
+        job = _watch(client, out["job_id"], submitted=True)
+        raise typer.Exit(0 if job["status"] == "completed" else 1)
+
+
+def parse_params(param: list[str]) -> dict[str, Any]:
+    """`--param name=value` options as params: each value parsed as JSON, else kept as text."""
     params = {}
     for p in param:
         key, eq, raw = p.partition("=")
@@ -48,11 +62,25 @@ def submit(
             params[key] = json.loads(raw)
         except ValueError:
             params[key] = raw
-    body = {"name": name or f"{framework}-{task}", "framework": framework, "task": task,
-            "dataset": {"uri": dataset, **({"target": target} if target else {})},
-            "params": params, "priority": priority, "tags": tag}
+    return params
+
+
+@cli.command()
+def retry(
+    job_id: JobIdArg,
+    param: Annotated[list[str], typer.Option("--param", "-p", help="name=value over the job's params (value parsed "
+                                                                   "as JSON; repeat)")] = [],
+    priority: Annotated[Optional[str], typer.Option(help=f"{choices(Priority)} (default: the job's)")] = None,
+    from_checkpoint: Annotated[bool, typer.Option(help="start from the job's latest checkpoint where it has one")]
+    = True,
+    idempotency_key: Annotated[Optional[str], typer.Option()] = None,
+    watch_it: Annotated[bool, typer.Option("--watch", help="watch the new job until it ends")] = False,
+    api: ApiOpt = None,
+) -> None:
+    """Retry a failed or cancelled job: a new job with its spec and these overrides; prints the new job's id."""
+    params = parse_params(param)
     client = connect(api)
-    out = client.submit(body, idempotency_key)
+    out = client.retry_job(ids.job_id(client, job_id), params, priority, from_checkpoint, idempotency_key)
     console.print(out["job_id"])
     if watch_it:
         job = _watch(client, out["job_id"], submitted=True)
@@ -245,6 +273,11 @@ def job(job_id: JobIdArg, as_json: Annotated[bool, typer.Option("--json", help="
     ]
     if j.get("requeue_reason"):
         rows.append(("requeued", escape(j["requeue_reason"])))
+    if j.get("retry_of"):
+        rows.append(("retry of", j["retry_of"]))
+    if j.get("retried_by"):
+        more = len(j.get("retries") or []) - 1
+        rows.append(("retried by", j["retried_by"] + (f" (and {more} earlier)" if more > 0 else "")))
     if j.get("error"):
         rows.append(("error", f"[red]{escape(j['error'])}[/red]"))
     for key, value in rows:

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from api.limits import SafeText
 from api.schemas.common import MAX_TAGS, MAX_TIMEOUT_S, NO_CONTROL, Tag
@@ -16,22 +16,35 @@ from domain.training_job import DEFAULT_TIMEOUT_S
 from domain.vocabulary import Framework, JobStatus, Priority, Task
 
 
+PARAMS_HELP = (f"an allowlist per framework (unknown names are refused; a name and its alias are one parameter): "
+               f"{describe_params()}. The compute budget: n_estimators x num_leaves (x classes) at most "
+               f"{MAX_LIGHTGBM_LEAVES:,} leaves; a PyTorch network at most {MAX_TORCH_PARAMETERS:,} weights on the "
+               f"dataset's features")
+
+
 class JobIn(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=True)  # commands get the plain strings
     name: SafeText = Field(min_length=1, max_length=200, description=f"1 to 200 characters, {NO_CONTROL}")
     framework: Framework
     task: Task
     dataset: DatasetIn
-    params: dict[str, Any] = Field(
-        default_factory=dict, json_schema_extra={"maxProperties": MAX_PARAMS},
-        description=f"the framework's parameters, an allowlist per framework (unknown names are refused; a name "
-                    f"and its alias are one parameter): {describe_params()}. The compute budget: n_estimators x "
-                    f"num_leaves (x classes) at most {MAX_LIGHTGBM_LEAVES:,} leaves; a PyTorch network at most "
-                    f"{MAX_TORCH_PARAMETERS:,} weights on the dataset's features")
+    params: dict[str, Any] = Field(default_factory=dict, json_schema_extra={"maxProperties": MAX_PARAMS},
+                                   description=f"the framework's parameters, {PARAMS_HELP}")
     priority: Priority = Priority.MEDIUM.value
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=f"at most {MAX_TAGS} tags")
     timeout_s: StrictInt = Field(default=DEFAULT_TIMEOUT_S, ge=1, le=MAX_TIMEOUT_S,
                                  description="wall-clock limit of the job in seconds, 1 to 604800 (7 days)")
+
+
+class RetryIn(BaseModel):
+    """A retry of a failed or cancelled job: the original's spec with these overrides."""
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+    params: dict[str, Any] = Field(default_factory=dict, json_schema_extra={"maxProperties": MAX_PARAMS},
+                                   description=f"merged over the original's params, then checked as a submit's "
+                                               f"params: {PARAMS_HELP}")
+    priority: Priority | None = Field(default=None, description="null: the original's")
+    from_checkpoint: StrictBool = Field(default=True, description="start from the original's latest checkpoint "
+                                                                  "where it has one (recorded on the new job)")
 
 
 class JobAccepted(BaseModel):
@@ -75,6 +88,12 @@ class JobPublic(BaseModel):
     correlation_id: str | None = Field(default=None, description="the submit's X-Request-Id (or generated)")
     study_id: UUID | None = Field(default=None, description="the study this job is a trial of (null: a plain job)")
     trial_number: int | None = Field(default=None, description="its trial number in that study")
+    retry_of: UUID | None = Field(default=None, description="the failed or cancelled job this one retries (null: "
+                                                            "none)")
+    from_checkpoint: bool = Field(default=False, description="a retry that starts from the latest checkpoint of "
+                                                             "the job it retries (false for a job that is no retry)")
+    retried_by: UUID | None = Field(default=None, description="the latest retry of this job (null: never retried)")
+    retries: list[UUID] = Field(default_factory=list, description="every retry of this job, oldest first")
     final_metrics: dict[str, float]
     artifact: dict[str, Any] | None
     error: str | None
