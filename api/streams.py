@@ -5,8 +5,10 @@
     GET /api/v1/studies/{id}/stream           SSE: trial, best, study, end
     GET /api/v1/deployments/{name}/stream     SSE: revision, evaluation (never ends)
 
-A stream wakes on the fan-out (infra/fanout.py: the metrics projector's inserts, the read models' commits) or every
-`RECHECK_S`, and reads its sources after its cursor (projections/live_streams.py). Every message's id is the cursor
+A stream wakes on the fan-out (infra/fanout.py: the telemetry projectors' inserts, with the rows inserted; the read
+models' commits) or every `RECHECK_S`, and reads its sources after its cursor (projections/live_streams.py): job
+telemetry from the rows handed over once the stream has caught up with ClickHouse, so a live stream costs no
+ClickHouse query per insert. Every message's id is the cursor
 after it: `Last-Event-ID` (or `?from=`) resumes with no loss and no repeat. The stream of a finished job or study
 replays from the cursor asked, sends `end` and closes. Authorization is checked again every `REAUTH_S` through the
 identity cache the request path uses: a revoked token or a removed membership ends the stream. At most
@@ -136,7 +138,8 @@ async def _messages(conn: HTTPConnection, stream: Stream, topics: dict[str, str]
             due: set[str] | None = None  # the sources to read next; None: all of them
             while True:
                 started = time.monotonic()
-                out = await asyncio.to_thread(stream.read, due)
+                pushed = {key: wake.take_pushed(topic) for topic, key in topics.items() if due is None or key in due}
+                out = await asyncio.to_thread(stream.read, due, pushed)
                 for message in out:
                     yield message
                 if out:

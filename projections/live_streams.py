@@ -8,8 +8,11 @@ repeat. Sources never read the event store; adding one is adding an entry to `jo
 Contract of a source (blocking; called from a worker thread, one call at a time per stream):
 - `key`: its part of the cursor (short, unique in the stream); `token()`: its position as text;
   `seek(token)`: set the position from a token (CursorError when malformed);
-- `read()`: messages after the position, in order, at most a page: `(event, data, token after it)`; the position
-  moves to the last one's. An empty list: nothing new.
+- `read(pushed)`: messages after the position, in order, each of at most a page: `(event, data, token after it)`;
+  the position moves to the last one's. An empty list: nothing new. `pushed`: the rows its topic's fan-out handed
+  over since the last read (infra/fanout.py; None: some were not kept, or none are given). Sources of telemetry
+  read them instead of ClickHouse once they have caught up with the store, so a live stream costs no query per
+  insert; the others ignore them.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from uuid import UUID
 from projections.deployments import DeploymentQueries
 from projections.job_queries import JobQueries
 from projections.studies import StudyQueries
-from projections.telemetry.log_store import LogStore
+from projections.telemetry.log_store import LogStore, StoredLine
 from projections.telemetry.metric_store import TABLE as METRICS_TABLE, MetricStore
 
 MAX_CURSOR_CHARS = 8192  # fits a header line with room to spare (servers refuse header blocks past ~16 KiB)
@@ -47,7 +50,7 @@ class Source(Protocol):
 
     def seek(self, token: str) -> None: ...
 
-    def read(self) -> list[Message]: ...
+    def read(self, pushed: list | None = None) -> list[Message]: ...
 
 
 def encode(positions: dict[str, str]) -> str:
@@ -103,7 +106,7 @@ class JobStatus:
         version, _, step = token.partition(".")
         self.position = (_int(version), _int(step) if step else -1)
 
-    def read(self) -> list[Message]:
+    def read(self, pushed: list | None = None) -> list[Message]:
         job = self.jobs.get(self.job_id, project=self.project)
         if job is None:
             return []
@@ -141,7 +144,8 @@ ORDER BY attempt, step, name LIMIT {{limit:UInt64}}"""
 class MetricPoints:
     """`metrics`: new points of every series (data: {"points": [{name, attempt, step, value, ts}]}, at most a page,
     each series in step order). Position: per series (attempt, name), the last step sent, written
-    "<attempt>.<name hash>.<step>" joined by ","."""
+    "<attempt>.<name hash>.<step>" joined by ",". Reads ClickHouse until it has caught up, then the points the
+    fan-out hands over (all of them since the stream subscribed, or None: then ClickHouse again)."""
 
     key = "m"
 
@@ -149,6 +153,7 @@ class MetricPoints:
         self.store, self.job_id = store, str(job_id)
         self.sent: dict[tuple[int, str], int] = {}  # (attempt, name hash) -> last step sent
         self.names: dict[str, str] = {}  # name hash -> name
+        self.caught_up = False  # a store read has returned all there was: pushed points follow on from it
 
     def token(self) -> str:
         return ",".join(f"{a}.{h}.{s}" for (a, h), s in sorted(self.sent.items()))
@@ -164,15 +169,30 @@ class MetricPoints:
             raise CursorError(f"at most {MAX_SERIES} series")
         self.sent = sent
 
-    def read(self) -> list[Message]:
+    def read(self, pushed: list | None = None) -> list[Message]:
+        """`pushed`: lists of (name, attempt, steps, values, ts_ms) chunks, what the metrics projector inserted."""
+        if pushed is None or not self.caught_up:
+            return self._read_store()
+        rows = [(name, attempt, int(step), float(value), int(ts))
+                for chunks in pushed for name, attempt, steps, values, ts_ms in chunks
+                for step, value, ts in zip(steps, values, ts_ms)]
+        rows.sort(key=lambda r: (r[1], r[2], r[0]))
+        out = []
+        for page in range(0, len(rows), PAGE):
+            out += self._messages(rows[page:page + PAGE])
+        return out
+
+    def _read_store(self) -> list[Message]:
         if any(h not in self.names for _, h in self.sent):
             self.names = {series_hash(n): n for n in self.store.names(self.job_id)}
         keys = [(self.names[h], a) for a, h in self.sent if h in self.names]
         after = [self.sent[(a, series_hash(n))] for n, a in keys]
         rows = self.store.ch.query(_NEW_POINTS, {"job_id": self.job_id, "names": [n for n, _ in keys],
                                                  "attempts": [a for _, a in keys], "after": after, "limit": PAGE})
-        if not rows:
-            return []
+        self.caught_up = len(rows) < PAGE
+        return self._messages(rows)
+
+    def _messages(self, rows: list[tuple]) -> list[Message]:
         points = []
         for name, attempt, step, value, ts in rows:
             h = series_hash(name)
@@ -180,7 +200,7 @@ class MetricPoints:
             if len(self.sent) >= MAX_SERIES and (attempt, h) not in self.sent:
                 continue  # past what a cursor can hold: the stream shows the first MAX_SERIES series
             if step <= self.sent.get((attempt, h), -1):
-                continue  # a second copy of a point not yet merged away
+                continue  # sent already: a second copy not yet merged away, or pushed and read both
             self.sent[(attempt, h)] = step
             points.append({"name": name, "attempt": attempt, "step": step, "value": _json_number(value), "ts": ts})
         return [("metrics", {"points": points}, self.token())] if points else []
@@ -195,6 +215,7 @@ class LogLines:
     def __init__(self, store: LogStore, job_id: UUID) -> None:
         self.store, self.job_id = store, str(job_id)
         self.after: tuple[int, int] | None = None
+        self.caught_up = False  # as MetricPoints'
 
     def token(self) -> str:
         return "" if self.after is None else f"{self.after[0]}.{self.after[1]}"
@@ -206,13 +227,28 @@ class LogLines:
         attempt, _, seq = token.partition(".")
         self.after = (_int(attempt, 0, 2**32 - 1), _int(seq))
 
-    def read(self) -> list[Message]:
-        lines = self.store.lines_after(self.job_id, self.after, PAGE)
-        if not lines:
+    def read(self, pushed: list | None = None) -> list[Message]:
+        """`pushed`: lists of StoredLine, what the logs projector inserted."""
+        if pushed is None or not self.caught_up:
+            lines = self.store.lines_after(self.job_id, self.after, PAGE)
+            self.caught_up = len(lines) < PAGE
+            return self._messages(lines)
+        lines = sorted((ln for batch in pushed for ln in batch), key=lambda ln: (ln.attempt, ln.seq))
+        out = []
+        for page in range(0, len(lines), PAGE):
+            out += self._messages(lines[page:page + PAGE])
+        return out
+
+    def _messages(self, lines: list[StoredLine]) -> list[Message]:
+        new = []
+        for ln in lines:
+            if self.after is None or (ln.attempt, ln.seq) > self.after:
+                new.append(ln)
+                self.after = (ln.attempt, ln.seq)
+        if not new:
             return []
-        self.after = (lines[-1].attempt, lines[-1].seq)
         return [("logs", {"lines": [{"attempt": ln.attempt, "seq": ln.seq, "ts": _epoch_ms(ln.ts), "level": ln.level,
-                                     "stream": ln.stream, "message": ln.message} for ln in lines]}, self.token())]
+                                     "stream": ln.stream, "message": ln.message} for ln in new]}, self.token())]
 
 
 def job_sources(jobs: JobQueries, metrics: MetricStore, logs: LogStore, job_id: UUID,
@@ -245,7 +281,7 @@ class StudyProgress:
             _int(after)
         self.version, self.after = _int(version), after
 
-    def read(self) -> list[Message]:
+    def read(self, pushed: list | None = None) -> list[Message]:
         # the version before the study: the study read is then never older than the version it is sent under (at
         # worst newer, and sent again under its own); the other way round, a study that ended between the two reads
         # would be sent as still running under the version that ended it, and never again
@@ -294,7 +330,7 @@ class DeploymentChanges:
         revision, _, evaluated = token.partition(".")
         self.revision, self.evaluated = _int(revision), _int(evaluated or "0")
 
-    def read(self) -> list[Message]:
+    def read(self, pushed: list | None = None) -> list[Message]:
         out: list[Message] = []
         for r in self.deployments.history(self.name, project=self.project):
             if r["revision"] > self.revision:
@@ -349,13 +385,15 @@ class Stream:
     def cursor(self) -> str:
         return encode({s.key: s.token() for s in self.sources})
 
-    def read(self, keys: set[str] | None = None) -> list[tuple[str, dict[str, Any], str]]:
-        """The next messages of the sources named by `keys` (None: of every source)."""
+    def read(self, keys: set[str] | None = None,
+             pushed: dict[str, list | None] | None = None) -> list[tuple[str, dict[str, Any], str]]:
+        """The next messages of the sources named by `keys` (None: of every source); `pushed`: source key -> what
+        the fan-out handed over for it (Source.read)."""
         out = []
         for source in self.sources:
             if keys is not None and source.key not in keys:
                 continue
-            for event, data, token in source.read():
+            for event, data, token in source.read((pushed or {}).get(source.key)):
                 positions = {s.key: s.token() for s in self.sources}
                 positions[source.key] = token
                 out.append((event, _jsonable(data), encode(positions)))

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 
-from domain.contract import LOG_LEVELS, LogBatch
+from domain.contract import LOG_LEVELS, LogBatch, LogLine
 from infra.clickhouse import ClickHouse, apply_retention
 
 TABLE = "log_lines"
@@ -87,6 +87,12 @@ def _stored(row: tuple) -> StoredLine:
     attempt, seq, ts_ms, level, stream, message, runner_id = row
     return StoredLine(attempt, seq, _EPOCH + timedelta(milliseconds=ts_ms), LEVEL_NAMES.get(level, str(level)),
                       stream, message, runner_id)
+
+
+def stored_line(batch: LogBatch, line: LogLine) -> StoredLine:
+    """A line of a batch as it reads back once stored."""
+    return StoredLine(batch.attempt, line.seq, _EPOCH + timedelta(milliseconds=line.ts_ms), line.level, line.stream,
+                      line.message, batch.runner_id)
 
 
 class LogStore:

@@ -26,10 +26,11 @@ from nats.js import JetStreamContext
 
 from domain.contract import FeedbackBatch, LogBatch, MetricBatch, PredictionBatch, printable
 from infra.consumer import Consumer, Poison
+from infra.fanout import Fanout
 from infra.health import Stage
 from infra.messaging import (FEEDBACK_CONSUMER, LOGS_CONSUMER, METRICS_CONSUMER, PREDICTIONS_CONSUMER,
                              TELEMETRY_STREAM)
-from projections.telemetry.log_store import LogStore
+from projections.telemetry.log_store import LogStore, stored_line
 from projections.telemetry.metric_store import MetricColumns, MetricStore
 from projections.telemetry.prediction_store import PredictionStore
 
@@ -51,10 +52,10 @@ class TelemetryProjector:
     gather_s = 0.0  # > 0: hold fetched batches up to this long and insert them together
 
     def __init__(self, js: JetStreamContext, store: Any, stage: Stage | None = None, fetch_size: int = 512,
-                 max_tries: int = 3, inserted: Callable[[str], None] | None = None) -> None:
-        """`inserted(topic)` is called for each of `topics(batches)` once an insert is queryable (it wakes the
-        live streams that read those rows: infra/fanout.py)."""
-        self.store, self.fetch_size, self.inserted = store, fetch_size, inserted
+                 max_tries: int = 3, fanout: Fanout | None = None) -> None:
+        """`fanout`: told of each insert once it is queryable (`changes`), which wakes the live streams that read
+        those rows and hands them the rows."""
+        self.store, self.fetch_size, self.fanout = store, fetch_size, fanout
         self.stage = stage or Stage(f"{self.consumer}-projector", loops=True)
         self.source: Consumer[Any] = Consumer(js, TELEMETRY_STREAM, self.consumer, self.batch_class, self.stage,
                                               name=f"{self.consumer} projector", max_deliveries=max_tries)
@@ -62,9 +63,10 @@ class TelemetryProjector:
     def insert_batches(self, batches: list, token: str) -> None:
         raise NotImplementedError
 
-    def topics(self, batches: list) -> set[str]:
-        """What an insert of `batches` changed, for the live streams; none by default."""
-        return set()
+    def changes(self, batches: list, followed: Callable[[str], bool]) -> dict[str, tuple[Any, int]]:
+        """What an insert of `batches` changed, for the live streams: fan-out topic -> (the rows, as the stream's
+        source reads them, and how many; None when nobody follows the topic). None by default."""
+        return {}
 
     async def run(self, stop: asyncio.Event) -> None:
         watcher = asyncio.create_task(self.source.watch(stop))
@@ -122,9 +124,9 @@ class TelemetryProjector:
     async def _insert(self, batches: list) -> None:
         token = ",".join(b.batch_id for _, b in batches)
         await asyncio.to_thread(self.insert_batches, [b for _, b in batches], token)
-        if self.inserted is not None:
-            for topic in self.topics([b for _, b in batches]):
-                self.inserted(topic)
+        if self.fanout is not None:
+            for topic, (rows, size) in self.changes([b for _, b in batches], self.fanout.followed).items():
+                self.fanout.notify(topic, rows, size)
         for msg, _ in batches:
             await msg.ack()
         self.stage.progressed()
@@ -149,8 +151,17 @@ class MetricsProjector(TelemetryProjector):
             add_batch(cols, batch)
         self.store.insert_columns(cols, token)
 
-    def topics(self, batches: list[MetricBatch]) -> set[str]:
-        return {f"metrics:{b.job_id}" for b in batches}
+    def changes(self, batches: list[MetricBatch], followed: Callable[[str], bool]) -> dict[str, tuple[Any, int]]:
+        out: dict[str, tuple[Any, int]] = {}
+        for b in batches:
+            topic = f"metrics:{b.job_id}"
+            if not followed(topic):
+                out[topic] = (None, 0)
+                continue
+            rows, size = out.get(topic) or ([], 0)
+            rows.extend((name, b.attempt, c.steps, c.values, c.ts_ms) for name, c in b.series.items())
+            out[topic] = (rows, size + b.size)
+        return out
 
 
 class LogsProjector(TelemetryProjector):
@@ -162,8 +173,17 @@ class LogsProjector(TelemetryProjector):
     def insert_batches(self, batches: list[LogBatch], token: str) -> None:
         self.store.insert_batches(batches, token)
 
-    def topics(self, batches: list[LogBatch]) -> set[str]:
-        return {f"logs:{b.job_id}" for b in batches}
+    def changes(self, batches: list[LogBatch], followed: Callable[[str], bool]) -> dict[str, tuple[Any, int]]:
+        out: dict[str, tuple[Any, int]] = {}
+        for b in batches:
+            topic = f"logs:{b.job_id}"
+            if not followed(topic):
+                out[topic] = (None, 0)
+                continue
+            rows, size = out.get(topic) or ([], 0)
+            rows.extend(stored_line(b, line) for line in b.lines)
+            out[topic] = (rows, size + len(b.lines))
+        return out
 
 
 class PredictionsProjector(TelemetryProjector):
