@@ -114,8 +114,8 @@ async def _fleet(plan: dict[str, Any]) -> dict[str, Any]:
             ts = ms_now()
             steps = list(range(step + 1, step + spb + 1))
             batch = MetricBatch(batch_id=str(uuid.uuid4()), job_id=job_id, attempt=1, runner_id=f"fleet:{k}",
-                                series={n: SeriesChunk(steps=steps, values=[value(n, s) for s in steps],
-                                                       ts_ms=[ts] * spb) for n in METRICS})
+                                series={n: SeriesChunk.packed(steps, [value(n, s) for s in steps], [ts] * spb)
+                                        for n in METRICS})  # packed, as runners send them
             waiting, nxt[job_id] = nxt[job_id], asyncio.get_running_loop().create_future()
             waiting.set_result((steps[-1], ts))  # a probe waiting for this job's next batch starts its clock
             await publish(js, TELEMETRY_METRICS, batch)

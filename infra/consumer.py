@@ -33,6 +33,7 @@ from infra.health import Stage
 from infra.messaging import dead_letter
 
 log = logging.getLogger("trainyard.consumer")
+MORE_S = 0.05  # a fetch's wait for the messages that are there once its first has come
 M = TypeVar("M")
 
 
@@ -100,17 +101,31 @@ class Consumer(Generic[M]):
         return self._sub
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:
-        """Up to `batch` messages; none when the server is quiet, or unreachable (after a pause of a second)."""
+        """Up to `batch` messages, as soon as there is one: the first (waiting up to `timeout` for it) and what else
+        is there by then; none when the server is quiet, or unreachable (after a pause of a second). (nats-py's own
+        fetch of n, once it has waited for a first message, waits on for all n until its timeout: at a trickle, every
+        message would wait out the timeout.)"""
         sub = await self.bind()
         try:
-            return await sub.fetch(batch, timeout=timeout)
+            msgs = await sub.fetch(1, timeout=timeout)
         except (NatsTimeout, TimeoutError):
             return []
         except Exception as e:
-            log.warning("%s fetch failed; retrying: %s", self.name, printable(e, 200))
-            self.stage.failed(e)
-            await asyncio.sleep(1.0)
-            return []
+            return await self._fetch_failed(e)
+        if batch > 1:
+            try:  # what is there now: nats-py asks with no_wait first, and the server says when there is no more
+                msgs += await sub.fetch(batch - 1, timeout=MORE_S)
+            except (NatsTimeout, TimeoutError):
+                pass
+            except Exception as e:
+                log.debug("%s: fetching more failed: %s", self.name, printable(e, 200))
+        return msgs
+
+    async def _fetch_failed(self, e: Exception) -> list[Msg]:
+        log.warning("%s fetch failed; retrying: %s", self.name, printable(e, 200))
+        self.stage.failed(e)
+        await asyncio.sleep(1.0)
+        return []
 
     def decode(self, msg: Msg) -> M:
         """The message as the model; `Poison` when it is too big or does not validate (anyone can publish)."""

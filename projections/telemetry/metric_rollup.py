@@ -18,6 +18,7 @@ row ever inserted into the cell, so a downsampled read scans a few thousand cell
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
 
 import numpy as np
@@ -157,11 +158,14 @@ def _signed(u: int) -> int:
 
 
 def prepare(ch: ClickHouse, keys: list[tuple[str, str, int]], series: np.ndarray, step: np.ndarray,
-            bits: np.ndarray, ts: np.ndarray) -> tuple[set[tuple[str, str, int]], dict[str, np.ndarray | list]]:
-    """What an insert of these points needs besides the points: the series it rewrites, and its finest cells.
+            bits: np.ndarray, ts: np.ndarray, known: Mapping[tuple[str, str, int], int]
+            ) -> tuple[set[tuple[str, str, int]], dict[str, np.ndarray | list], dict[tuple[str, str, int], int]]:
+    """What an insert of these points needs besides the points: the series it rewrites, its cells, and each
+    series' last step once it is in (what `known` should say after the insert).
 
     Points are columns: `series[i]` indexes `keys` ((job_id, name, attempt)), `step`, `bits` (the value's Float64
-    bits as UInt64) and `ts` (Unix ms). Returns
+    bits as UInt64) and `ts` (Unix ms). `known`: the last step the rollup holds of series the caller has written (a
+    cache: the rollup is asked only about the others). Returns
     - the series in which the points give a step another value or ts than it already has: against the points
       themselves, and against the stored points wherever they reach back to steps the rollup has seen (a replay or a
       late point; repeats of identical points are not rewrites);
@@ -179,7 +183,13 @@ def prepare(ch: ClickHouse, keys: list[tuple[str, str, int]], series: np.ndarray
     again = ~new_series[1:] & (step[1:] == step[:-1]) & ((bits[1:] != bits[:-1]) | (ts[1:] != ts[:-1]))
     found |= {keys[series[i + 1]] for i in np.flatnonzero(again)}
     starts = np.flatnonzero(new_series)
-    seen = {(j, nm, a): step_of(h) for j, nm, a, h in ch.query(_TOPS, {"jobs": sorted({k[0] for k in keys})})}
+    seen = {k: known[k] for k in keys if k in known}
+    if len(seen) < len(keys):
+        unknown = sorted({k[0] for k in keys if k not in seen})
+        seen.update({(j, nm, a): step_of(h) for j, nm, a, h in ch.query(_TOPS, {"jobs": unknown})
+                     if (j, nm, a) not in seen})
+    ends = np.r_[starts[1:], n] - 1
+    last = {keys[series[i]]: max(int(step[e]), seen.get(keys[series[i]], -1)) for i, e in zip(starts, ends)}
     for k, i in enumerate(starts):
         key, lo = keys[series[i]], int(step[i])
         hi = seen.get(key)
@@ -229,7 +239,7 @@ def prepare(ch: ClickHouse, keys: list[tuple[str, str, int]], series: np.ndarray
             data = b"".join(out[c])
             return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(data) // 32, [None, pa.py_buffer(data)])
         return out[c] if c in ("job_id", "name") else np.concatenate(out[c])
-    return found, {c: column(c) for c in STAGE_COLUMNS}
+    return found, {c: column(c) for c in STAGE_COLUMNS}, last
 
 
 def _packed(key: str, step: np.ndarray, bits: np.ndarray, ts: np.ndarray, vkey: np.ndarray) -> bytes:

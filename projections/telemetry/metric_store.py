@@ -22,6 +22,8 @@ answer exactly (a rewritten point, points past the retention) and short ones are
 from __future__ import annotations
 
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -35,6 +37,7 @@ from projections.telemetry import metric_rollup as rollup
 TABLE = "metric_points"
 COLUMNS = ["job_id", "attempt", "name", "step", "value", "ts"]
 MIN_POINTS = 4
+KNOWN_SERIES = 100_000  # series whose last step a store remembers
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 DDL = f"""
@@ -139,6 +142,10 @@ class MetricStore:
     def __init__(self, ch: ClickHouse, retention_days: int = 0) -> None:
         self.ch = ch
         self.retention_days = retention_days
+        # The last step written of recently written series: an insert that continues them needs no look at the
+        # rollup (metric_rollup.prepare). Right while this store is the series' one writer, as the rollup assumes.
+        self._last_step: OrderedDict[tuple[str, str, int], int] = OrderedDict()
+        self._lock = threading.Lock()
 
     def ensure_schema(self) -> None:
         """Create the tables and the rollup's view; fill the rollup from the raw points until that has once run to
@@ -180,7 +187,9 @@ class MetricStore:
         keys, series = cols.series()
         step, values, ts = cols.columns()
         bits = values.view(np.uint64)
-        flagged, cells = rollup.prepare(self.ch, keys, series, step, bits, ts)
+        with self._lock:
+            known = {k: self._last_step[k] for k in keys if k in self._last_step}
+        flagged, cells, last = rollup.prepare(self.ch, keys, series, step, bits, ts, known)
         if flagged:
             self.ch.insert(rollup.ROLLUP, rollup.FLAG_COLUMNS,
                            [(j, n, a, rollup.TOP, 0, rollup.FLAG_TS, 1) for j, n, a in sorted(flagged)])
@@ -193,6 +202,12 @@ class MetricStore:
             "name": _text([k[1] for k in keys], series), "step": pa.array(step),
             "value": pa.array(bits.view(np.float64)),
             "ts": pa.array(ts).cast(pa.timestamp("ms", tz="UTC"))}, dedup_token=token)
+        with self._lock:
+            for key, step_ in last.items():
+                self._last_step[key] = step_
+                self._last_step.move_to_end(key)
+            while len(self._last_step) > KNOWN_SERIES:
+                self._last_step.popitem(last=False)
 
     def names(self, job_id: str) -> list[str]:
         """Sorted metric names of the job, over all attempts."""
