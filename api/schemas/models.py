@@ -71,8 +71,9 @@ class ParityReport(BaseModel):
     n_rows: int
     tolerance: float
     metric: str | None
-    metric_native: float | None
-    metric_onnx: float | None
+    metric_native: float | None = Field(default=None, description="null where undefined, or where no labelled rows "
+                                                                  "checked it (a code job's model without a dataset)")
+    metric_onnx: float | None = None
     passed: bool
 
 
