@@ -14,7 +14,7 @@ know; request bodies stay exactly as they were). And access control (issue 17, a
 meets once): every operation may require the bearer scheme, declare its `x-trainyard-action`, take the optional
 project (`X-Trainyard-Project` header or `project` query) and answer 401/403 problem+json (and 429 where a quota
 applies); the `X-Trainyard-Actor` header is gone (the actor is the authenticated principal). And code jobs (issue
-19, a deliberate addition): the framework `python` in every framework enum, and a job's submit may carry `code` and
+19, a deliberate addition): the framework `python` in every framework enum, the work kind `code`, and a job's submit may carry `code` and
 `resources` and leave out `dataset` (old callers send what they always sent). Nothing else."""
 from __future__ import annotations
 
@@ -210,8 +210,8 @@ def without_added_response_properties(after: dict[str, Any], before: dict[str, A
 
 
 def without_code_jobs(after: dict[str, Any]) -> dict[str, Any]:
-    """`after` (resolved) without what code jobs added: `python` in the framework enums, and the submit's `code`,
-    `resources` and optional `dataset`."""
+    """`after` (resolved) without what code jobs added: `python` in the framework enums, `code` in the work kinds,
+    and the submit's `code`, `resources` and optional `dataset`."""
     after = json.loads(json.dumps(after))
 
     def walk(node: Any) -> None:
@@ -221,6 +221,8 @@ def without_code_jobs(after: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(node, dict):
             if isinstance(node.get("enum"), list) and "lightgbm" in node["enum"]:
                 node["enum"] = [v for v in node["enum"] if v != "python"]
+            if isinstance(node.get("enum"), list) and {"training", "export"} <= set(node["enum"]):
+                node["enum"] = [v for v in node["enum"] if v != "code"]  # the work kind of code jobs
             for value in node.values():
                 walk(value)
 
