@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from domain.contract import (TELEMETRY_FEEDBACK, TELEMETRY_LOGS, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, WORK_PREFIX,
                              FeedbackBatch, LogBatch, MetricBatch, PredictionBatch, WorkItem, event_subject)
 from domain.registry import PUBLIC_AGGREGATES
-from domain.vocabulary import Framework, Priority, RevisionChange, Task, TrialState
+from domain.vocabulary import Framework, Priority, RevisionChange, Task, TrialState, WorkKind
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -44,6 +44,11 @@ class Submitted(_Payload):
                                                            "first submit)")
     from_checkpoint: bool = Field(default=False, description="a retry that starts from the latest checkpoint of the "
                                                              "job it retries (false for a job that is no retry)")
+    code: dict[str, Any] | None = Field(default=None, description="a code job (framework python): the bundle's "
+                                                                  "`code_id` and `sha256`, `entrypoint`, `args`; null "
+                                                                  "for a built-in trainer (and events stored before "
+                                                                  "code jobs)")
+    resources: dict[str, Any] | None = Field(default=None, description="a code job's `cpus`, `memory_mb`, `gpus`")
 
 
 class Started(_Payload):
@@ -64,6 +69,9 @@ class Requeued(_Payload):
     priority: Priority
     hand_backs: int = Field(default=0, description="graceful hand-backs so far, this one included (events stored "
                                                    "before this field was added count 0)")
+    work_kind: WorkKind | None = Field(default=None, description="the queue it goes back to (`code`: only runners "
+                                                                 "that accept code; null in events stored before "
+                                                                 "this field: the aggregate's own kind)")
 
 
 class LeaseLost(_Payload):

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.quotas import admit_job
-from api.auth import access_of, allow
+from api.auth import Access, access_of, allow
+from api.code_jobs import check_code_job, is_code, refuse_code_fields
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep, services
 from api.limits import SafeText, check_params
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
@@ -18,6 +19,7 @@ from api.schemas.jobs import (MAX_SERIES_NAMES, JobAccepted, JobIn, JobList, Job
                               RetryIn)
 from commands.context import CommandContext
 from commands.training import JobNotFoundError, RetryJob, SubmitJob
+from domain.access import authorize
 from domain.frameworks import ParamsError, check_budget, resolve_params
 from domain.vocabulary import Framework, JobStatus
 from infra.dataset_uploads import check_upload_owner
@@ -33,18 +35,29 @@ def _catch_up(s: Services, position: int | None) -> None:
         s.applied.wait_for("jobs", s.app.name, position, READ_YOUR_WRITES_TIMEOUT_S)
 
 
-def check_job(body: JobIn, s: Services, project: str) -> None:
-    """What pydantic cannot say about a job: the params' shape and values, the dataset, the compute budget.
-    Raises Problem(422) naming the field at fault."""
-    check_params_shape(body.params)
-    check_job_dataset(body.framework, body.task, body.dataset.uri, body.dataset.target, body.params, s,
-                      project=project)
+def check_job(body: JobIn, s: Services, access: Access) -> tuple[dict | None, dict | None]:
+    """What pydantic cannot say about a job: the params' shape and values, the dataset, the compute budget; for a
+    code job its bundle and entrypoint too (api/code_jobs.py). Raises Problem(422) naming the field at fault (403
+    for a code job its submitter may not run). Returns the job's `code` and `resources` (None for a built-in)."""
+    code = resources = None
+    if is_code(body.framework):
+        code, resources = check_code_job(body.code, body.resources, body.params, s, access)
+    else:
+        refuse_code_fields(body.code, body.resources)
+        check_params_shape(body.params)
+        if body.dataset is None:
+            raise Problem(422, "Invalid request", f"dataset: required for framework {body.framework}", "dataset")
+    if body.dataset is not None:
+        check_job_dataset(body.framework, body.task, body.dataset.uri, body.dataset.target, body.params, s,
+                          project=access.project)
+    return code, resources
 
 
-def check_params_shape(params: dict) -> None:
-    """Problem(422) naming the exact location (`params.hidden_sizes.1`) unless `params` is bounded JSON."""
+def check_params_shape(params: dict, code: bool = False) -> None:
+    """Problem(422) naming the exact location (`params.hidden_sizes.1`) unless `params` is bounded JSON (`code`:
+    within a code job's bounds)."""
     try:
-        check_params(params)
+        check_params(params, code=code)
     except ParamsError as e:
         raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
 
@@ -69,11 +82,12 @@ def submit_job(body: JobIn, request: Request, ctx: CommandContextDep) -> JSONRes
     """Submit a job (202; 200 when the Idempotency-Key was seen before). Every limit is in the body's schema."""
     s = services(request)  # the hot path: no dependency to resolve (see api/context.py)
     key = idempotency_key(request)
-    project = access_of(request).project
-    check_job(body, s, project)
-    cmd = SubmitJob(project=project, name=body.name, framework=body.framework, task=body.task,
-                    dataset=body.dataset.model_dump(exclude_none=True), params=body.params,
-                    priority=body.priority, tags=body.tags, timeout_s=body.timeout_s)
+    access = access_of(request)
+    code, resources = check_job(body, s, access)
+    cmd = SubmitJob(project=access.project, name=body.name, framework=body.framework, task=body.task,
+                    dataset=body.dataset.model_dump(exclude_none=True) if body.dataset else {}, params=body.params,
+                    priority=body.priority, tags=body.tags, timeout_s=body.timeout_s, code=code,
+                    resources=resources)
     return accept_job(s, cmd, key, ctx)
 
 
@@ -98,10 +112,14 @@ def retry_job(job_id: UUID, request: Request, ctx: CommandContextDep, body: Retr
     key = idempotency_key(request)
     cmd = s.app.retry_submission(RetryJob(job_id, project=access_of(request).project, params=body.params,
                                           priority=body.priority, from_checkpoint=body.from_checkpoint))
-    check_params_shape(body.params)  # the overrides first: their own paths name the field at fault
-    check_params_shape(cmd.params)  # then the merged params, bounded as a submit's
-    check_job_dataset(cmd.framework, cmd.task, cmd.dataset["uri"], cmd.dataset.get("target"), cmd.params, s,
-                      project=cmd.project)
+    code = cmd.code is not None
+    if code:  # a code job's retry runs code again
+        authorize(access_of(request).principal, cmd.project, "code.run")
+    check_params_shape(body.params, code)  # the overrides first: their own paths name the field at fault
+    check_params_shape(cmd.params, code)  # then the merged params, bounded as a submit's
+    if cmd.dataset:
+        check_job_dataset(cmd.framework, cmd.task, cmd.dataset["uri"], cmd.dataset.get("target"), cmd.params, s,
+                          project=cmd.project)
     return accept_job(s, cmd, key, ctx)
 
 

@@ -29,37 +29,43 @@ MAX_PARAMS_BYTES = 16 * 1024  # params serialized as JSON
 MAX_PARAMS_DEPTH = 4  # params itself is depth 1
 MAX_PARAM_KEY_CHARS = 64
 MAX_PARAM_TEXT_CHARS = 256
+# A code job's params are the script's own free-form JSON: bounded the same way, with more room.
+MAX_CODE_PARAMS_BYTES, MAX_CODE_PARAMS_DEPTH, MAX_CODE_PARAM_TEXT_CHARS = 64 * 1024, 10, 4096
 MULTIPART_SLACK_BYTES = 64 * 1024  # framing and form fields around an uploaded file
 SafeText = Text  # domain/contract.py holds the one text rule
 
 
-def check_params(params: dict[str, Any], where: str = "params") -> None:
+def check_params(params: dict[str, Any], where: str = "params", code: bool = False) -> None:
     """Raise ParamsError (field `where` or "<where>.<path>") unless `params` (or any free-form JSON object of a
     request: a study's search space, fixed params, sampler, pruner) is at most MAX_PARAMS_DEPTH deep, its keys
     are 1..MAX_PARAM_KEY_CHARS characters, its strings at most MAX_PARAM_TEXT_CHARS, all text free of control
-    characters, every number finite (ints within 64 bits), and it serializes to MAX_PARAMS_BYTES."""
-    _check_value(params, where, 1)
+    characters, every number finite (ints within 64 bits), and it serializes to MAX_PARAMS_BYTES. `code`: a code
+    job's params, with the MAX_CODE_PARAMS_* bounds instead."""
+    depth, text, most = ((MAX_CODE_PARAMS_DEPTH, MAX_CODE_PARAM_TEXT_CHARS, MAX_CODE_PARAMS_BYTES) if code
+                         else (MAX_PARAMS_DEPTH, MAX_PARAM_TEXT_CHARS, MAX_PARAMS_BYTES))
+    _check_value(params, where, 1, depth, text)
     size = len(json.dumps(params, separators=(",", ":")).encode())
-    if size > MAX_PARAMS_BYTES:
-        raise ParamsError(where, f"{size:,} bytes as JSON; at most {MAX_PARAMS_BYTES:,}")
+    if size > most:
+        raise ParamsError(where, f"{size:,} bytes as JSON; at most {most:,}")
 
 
-def _check_value(value: Any, where: str, depth: int) -> None:
-    if isinstance(value, (dict, list)) and depth > MAX_PARAMS_DEPTH:
-        raise ParamsError(where, f"nested too deep: at most {MAX_PARAMS_DEPTH} levels of objects and lists")
+def _check_value(value: Any, where: str, depth: int, max_depth: int = MAX_PARAMS_DEPTH,
+                 max_text: int = MAX_PARAM_TEXT_CHARS) -> None:
+    if isinstance(value, (dict, list)) and depth > max_depth:
+        raise ParamsError(where, f"nested too deep: at most {max_depth} levels of objects and lists")
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str) or not 0 < len(key) <= MAX_PARAM_KEY_CHARS:
                 raise ParamsError(where, f"keys must be 1 to {MAX_PARAM_KEY_CHARS} characters")
             if reason := unsafe_char(key):
                 raise ParamsError(where, f"key: {reason}")
-            _check_value(item, f"{where}.{key}", depth + 1)
+            _check_value(item, f"{where}.{key}", depth + 1, max_depth, max_text)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _check_value(item, f"{where}.{i}", depth + 1)
+            _check_value(item, f"{where}.{i}", depth + 1, max_depth, max_text)
     elif isinstance(value, str):
-        if len(value) > MAX_PARAM_TEXT_CHARS:
-            raise ParamsError(where, f"text of {len(value):,} characters; at most {MAX_PARAM_TEXT_CHARS}")
+        if len(value) > max_text:
+            raise ParamsError(where, f"text of {len(value):,} characters; at most {max_text}")
         if reason := unsafe_char(value):
             raise ParamsError(where, reason)
     elif isinstance(value, float) and not math.isfinite(value):

@@ -48,6 +48,9 @@ class JobNotCompletedError(ModelError):
 # feature_recipe: the raw input columns and their encoding (domain/features.py), served with the version; a version
 # registered before recipes were recorded has None there and is served its encoded features only.
 LINEAGE_ARTIFACT_KEYS = ("uri", "sha256", "size_bytes", "format", "feature_recipe")
+# A code job's model also records the code that made it: the bundle's sha256 and the entrypoint (its params and
+# dataset digest are recorded as any job's).
+CODE_ARTIFACT_KEYS = ("code_sha256", "entrypoint")
 
 
 def lineage_of(job: TrainingJob) -> Lineage:
@@ -56,7 +59,8 @@ def lineage_of(job: TrainingJob) -> Lineage:
     return Lineage(
         job_id=str(job.id), framework=job.framework, task=job.task, dataset=job.dataset,
         dataset_sha256=artifact.get("dataset_sha256"), params=job.params, final_metrics=job.final_metrics,
-        artifact={k: artifact.get(k) for k in LINEAGE_ARTIFACT_KEYS},
+        artifact={**{k: artifact.get(k) for k in LINEAGE_ARTIFACT_KEYS},
+                  **{k: artifact[k] for k in CODE_ARTIFACT_KEYS if k in artifact}},
         feature_names=artifact.get("feature_names"), class_labels=artifact.get("class_labels"),
         study_id=str(job.study_id) if job.study_id else None,
     )

@@ -48,6 +48,8 @@ class SubmitJob:
     report_metric: str | None = None
     retry_of: UUID | None = None  # set for a retry (`RetryJob`): the failed or cancelled job it retries
     from_checkpoint: bool = False
+    code: dict[str, Any] | None = None  # a code job's bundle (code_id, sha256), entrypoint, args
+    resources: dict[str, Any] | None = None  # a code job's cpus, memory_mb, gpus
 
     def fields(self) -> dict[str, Any]:
         """The fields, with their own copies of the containers (dataclasses.asdict would deep-copy everything, on
@@ -116,9 +118,11 @@ class TrainingApplication(TrainyardApplication):
     def _replayed(job: TrainingJob, cmd: SubmitJob) -> Submitted:
         # The project too: a default-project key "alpha/k" is alpha's key "k" (`scoped`); a conflict, never a leak.
         if (job.project, job.name, job.framework, job.task, job.dataset, job.params, job.priority, job.tags,
-                job.timeout_s, job.study_id, job.trial_number, job.retry_of, job.from_checkpoint) != (
+                job.timeout_s, job.study_id, job.trial_number, job.retry_of, job.from_checkpoint, job.code,
+                job.resources) != (
             cmd.project, cmd.name, cmd.framework, cmd.task, cmd.dataset, cmd.params, cmd.priority, cmd.tags,
-            cmd.timeout_s, cmd.study_id, cmd.trial_number, cmd.retry_of, cmd.from_checkpoint
+            cmd.timeout_s, cmd.study_id, cmd.trial_number, cmd.retry_of, cmd.from_checkpoint, cmd.code,
+            cmd.resources
         ):
             raise IdempotencyConflictError("this Idempotency-Key was used for a different job")
         return Submitted(job.id, job.status, job.created_on, created=False)

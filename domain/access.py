@@ -39,6 +39,7 @@ PROJECT_ACTIONS: dict[str, Role] = {
     "study.cancel": Role.engineer,
     "dataset.upload": Role.engineer,
     "code.upload": Role.engineer,
+    "code.run": Role.engineer,          # submit a job that runs the project's own code (with job.submit)
     "model.write": Role.engineer,       # create a model, register a version, aliases
     "model.export": Role.deployer,
     "deployment.write": Role.deployer,  # deploy, traffic, policies, rollback, undeploy, feedback

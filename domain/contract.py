@@ -134,8 +134,8 @@ def work_subject(priority: str, kind: str, aggregate_id: UUID | str) -> str:
     return f"{WORK_PREFIX}.{priority}.{kind}.{aggregate_id}"
 
 
-def work_filter(priority: str) -> str:
-    return f"{WORK_PREFIX}.{priority}.>"
+def work_filter(priority: str, kind: str = "*") -> str:
+    return f"{WORK_PREFIX}.{priority}.{kind}.>"
 
 
 # ---- the event envelope -------------------------------------------------------------------------

@@ -13,6 +13,10 @@ Contracts:
     makes the job too big (e.g. a PyTorch network over MAX_TORCH_PARAMETERS weights).
 Strings are only ever one of a parameter's enumerated choices, and booleans must be JSON booleans: nothing a
 user sends reaches a library's own config syntax (LightGBM's `k=v` lines) as free text.
+
+`python` is the user's own code (a code job): its `params` are free-form JSON handed to the script and never
+interpreted here (`spec.code`; their shape is bounded at the edge, api/limits.py), it has no compute budget of
+ours (the job's `resources` bound it), and its model is the ONNX file the script saved.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ class FrameworkSpec:
     budget: Budget
     aliases: Mapping[str, str] = field(default_factory=dict)  # accepted other name -> canonical name
     reserved: Mapping[str, str] = field(default_factory=dict)  # refused name -> why
+    code: bool = False  # the user's own script: free-form params, passed through untouched
 
     def defaults(self) -> dict[str, Any]:
         """Parameters with a default of ours (a None default leaves the library's own)."""
@@ -130,7 +135,16 @@ PYTORCH = FrameworkSpec(
         "num_threads": integer(1, 16, default=1),
     },
 )
-FRAMEWORKS: dict[str, FrameworkSpec] = {spec.name: spec for spec in (LIGHTGBM, PYTORCH)}
+
+
+def _no_budget(params: dict[str, Any], n_features: int, n_outputs: int) -> None:
+    """A script's cost is bounded by its job's resources and timeout, not by its params."""
+
+
+PYTHON = FrameworkSpec(name="python", params={}, model_format="onnx", model_suffix="onnx", budget=_no_budget,
+                       code=True)
+FRAMEWORKS: dict[str, FrameworkSpec] = {spec.name: spec for spec in (LIGHTGBM, PYTORCH, PYTHON)}
+BUILTIN_FRAMEWORKS = tuple(name for name, spec in FRAMEWORKS.items() if not spec.code)
 MODEL_SUFFIX = {spec.model_format: spec.model_suffix for spec in FRAMEWORKS.values()}
 
 
@@ -141,6 +155,9 @@ def describe_params() -> str:
     """Every framework's allowlist in words, for documents: names, types, bounds, defaults, aliases."""
     parts = []
     for spec in FRAMEWORKS.values():
+        if spec.code:
+            parts.append(f"{spec.name}: free-form JSON passed to the script, never interpreted")
+            continue
         names = "; ".join(f"{name} ({describe(param)})" for name, param in spec.params.items())
         aliases = ", ".join(f"{alias} = {name}" for alias, name in spec.aliases.items())
         parts.append(f"{spec.name}: {names}" + (f"; aliases: {aliases}" if aliases else ""))
@@ -162,6 +179,8 @@ def resolve_params(framework: str, task: str, params: dict[str, Any]) -> dict[st
         raise ParamsError("task", f"unknown task {str(task)[:40]!r}; expected one of {', '.join(Task)}")
     if not isinstance(params, dict):
         raise ParamsError("params", "must be an object of name: value")
+    if spec.code:
+        return dict(params)
     out = spec.defaults()
     given: dict[str, str] = {}  # canonical name -> the name the user gave it under
     for name, value in params.items():

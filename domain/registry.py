@@ -1,7 +1,8 @@
 """The aggregate registry: what the one pipeline (relay, streams, work routing) knows of each aggregate type.
 
 A new aggregate plugs in by adding an `AggregateType` here: its public subject name, and which of its events
-put it in a runner's queue (as a work item of its `work_kind`, at the priority the event carries). The relay,
+put it in a runner's queue (as a work item of its `work_kind`, at the priority the event carries; a training job
+that runs the user's code is queued as kind "code", which only runners that accept code consume). The relay,
 the NATS streams and the runners' work dispatch read this table; none of them names an aggregate.
 """
 from __future__ import annotations
@@ -60,8 +61,17 @@ def queues_work(domain_event: Any) -> tuple[str, str] | None:
     """(work kind, priority) if this event puts its aggregate in the queue, else None."""
     registered = aggregate_of(domain_event)
     if registered.work_kind and type(domain_event).__name__ in registered.work_events:
-        return registered.work_kind, domain_event.priority
+        return _kind_of(domain_event, registered.work_kind), domain_event.priority
     return None
+
+
+def _kind_of(domain_event: Any, default: WorkKind) -> str:
+    """The queue an event's work goes to: a requeue names it; a code job's submit goes to "code"."""
+    if isinstance(domain_event, TrainingJob.Submitted):
+        return WorkKind.CODE if domain_event.code is not None else default
+    if type(domain_event).__name__ == "Requeued":
+        return domain_event.work_kind or default
+    return default
 
 
 def event_subjects() -> list[str]:

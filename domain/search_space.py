@@ -214,6 +214,9 @@ def check_study(framework: str, task: str, objective: dict[str, Any], search_spa
         spec = framework_spec(framework)
     except ParamsError as e:
         raise StudySpecError("framework", e.reason) from None
+    if spec.code:
+        raise StudySpecError("framework", f"a study tunes a built-in framework's params; {framework} jobs run "
+                                          f"one at a time")
     if task not in tuple(Task):
         raise StudySpecError("task", f"unknown task {_show(task)}; expected one of {', '.join(Task)}")
     metric = _check_objective(task, objective)

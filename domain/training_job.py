@@ -1,7 +1,9 @@
 """The TrainingJob aggregate: a training job's spec on top of the shared leased-work lifecycle (domain/work.py:
 claim, heartbeats, attempts, hand-back, lease expiry, cancel). Each claim starts a new attempt (its metric series
 are kept apart). A failed or cancelled job can be retried: a new job with its spec (and overrides) whose Submitted
-event names it in `retry_of`. No I/O here.
+event names it in `retry_of`. A code job (framework "python") also carries its `code` (the bundle's code_id and
+sha256, the entrypoint, the script's args) and `resources`, and is queued as work of kind "code" (only runners
+that accept code take it). No I/O here.
 """
 from __future__ import annotations
 
@@ -32,10 +34,11 @@ class TrainingJob(LeasedWork):
     class Submitted(Aggregate.Created):
         """v2 added `timeout_s` and `max_attempts` (leases owned by the domain); v3 added a study trial's
         `study_id`, `trial_number` and `report_metric`; v4 the job's `project`; v5 a retry's `retry_of` (the job it
-        retries) and `from_checkpoint`. Each upcaster gives an older stored form the defaults (a job submitted
-        before projects belongs to the default project; one submitted before retries retries nothing)."""
+        retries) and `from_checkpoint`; v6 a code job's `code` and `resources`. Each upcaster gives an older stored
+        form the defaults (a job submitted before projects belongs to the default project; one submitted before
+        retries retries nothing; one submitted before code jobs runs a built-in trainer)."""
 
-        class_version = 5
+        class_version = 6
         name: str
         framework: str
         task: str
@@ -51,6 +54,8 @@ class TrainingJob(LeasedWork):
         project: str = DEFAULT_PROJECT
         retry_of: UUID | None = None
         from_checkpoint: bool = False
+        code: dict[str, Any] | None = None
+        resources: dict[str, Any] | None = None
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -71,6 +76,11 @@ class TrainingJob(LeasedWork):
         def upcast_v4_v5(state: dict[str, Any]) -> None:
             state.setdefault("retry_of", None)
             state.setdefault("from_checkpoint", False)
+
+        @staticmethod
+        def upcast_v5_v6(state: dict[str, Any]) -> None:
+            state.setdefault("code", None)
+            state.setdefault("resources", None)
 
     @classmethod
     def create(cls, id: UUID, *, project: str, **fields: Any) -> TrainingJob:
@@ -96,6 +106,8 @@ class TrainingJob(LeasedWork):
         project: str = DEFAULT_PROJECT,
         retry_of: UUID | None = None,
         from_checkpoint: bool = False,
+        code: dict[str, Any] | None = None,
+        resources: dict[str, Any] | None = None,
     ) -> None:
         self.project = project  # every read and command sees it only from within this project
         self.name = name
@@ -112,12 +124,21 @@ class TrainingJob(LeasedWork):
         self.report_metric = report_metric  # a per-step metric the runner reports as it goes (for pruning)
         self.retry_of = retry_of  # the failed or cancelled job this one retries (None: a first submit)
         self.from_checkpoint = from_checkpoint  # a retry that starts from its original's latest checkpoint
+        self.code = code  # a code job's bundle (code_id, sha256), entrypoint and args; None: a built-in trainer
+        self.resources = resources  # a code job's cpus, memory_mb, gpus
         self._init_work()
 
+    @property
+    def queue_kind(self) -> str:
+        return WorkKind.CODE if self.code is not None else WorkKind.TRAINING
+
     def spec(self) -> dict[str, Any]:
-        """What a runner needs to train this job."""
-        return {"framework": self.framework, "task": self.task, "dataset": self.dataset, "params": self.params,
+        """What a runner needs to train this job (a code job: its project, to find its bundle, and the rest)."""
+        spec = {"framework": self.framework, "task": self.task, "dataset": self.dataset, "params": self.params,
                 "timeout_s": self.timeout_s, "report_metric": self.report_metric}
+        if self.code is not None:
+            spec.update(project=self.project, code=self.code, resources=self.resources)
+        return spec
 
     def retry_fields(self, params: dict[str, Any], priority: str | None, from_checkpoint: bool) -> dict[str, Any]:
         """The fields of a new job that retries this one (as `create` takes them, less the project, which is this
@@ -129,4 +150,4 @@ class TrainingJob(LeasedWork):
         return {"name": self.name, "framework": self.framework, "task": self.task, "dataset": dict(self.dataset),
                 "params": {**self.params, **params}, "priority": priority or self.priority, "tags": list(self.tags),
                 "timeout_s": self.timeout_s, "max_attempts": self.max_attempts, "retry_of": self.id,
-                "from_checkpoint": from_checkpoint}
+                "from_checkpoint": from_checkpoint, "code": self.code, "resources": self.resources}

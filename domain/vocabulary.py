@@ -13,6 +13,7 @@ from enum import StrEnum
 class Framework(StrEnum):
     LIGHTGBM = "lightgbm"
     PYTORCH = "pytorch"
+    PYTHON = "python"  # the user's own script (a code job): its params are free-form, its model an ONNX file
 
 
 class Task(StrEnum):
@@ -40,6 +41,10 @@ class WorkKind(StrEnum):
     """What a runner is asked to do with a work item (domain/registry.py maps aggregates to them)."""
     TRAINING = "training"
     EXPORT = "export"
+    CODE = "code"  # a training job that runs the user's own code: only runners that accept code take it
+
+
+BUILTIN_WORK: tuple[WorkKind, ...] = (WorkKind.TRAINING, WorkKind.EXPORT)  # what every runner accepts
 
 
 class JobStatus(StrEnum):

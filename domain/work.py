@@ -61,8 +61,14 @@ class LeasedWork(Aggregate):
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         return copy_sharing_values(self, memo)  # every event replaces what it sets
 
-    work_kind = ""  # the runner's dispatch key (domain/registry.py routes work items by it)
+    work_kind = ""  # the runner's dispatch key and the completion effects' key
     noun = "work"  # how errors name it
+
+    @property
+    def queue_kind(self) -> str:
+        """The work kind its items are queued under (domain/registry.py routes them by it): `work_kind`, unless a
+        subclass routes some of its work apart (a code job goes to the runners that accept code)."""
+        return self.work_kind
 
     def _init_work(self) -> None:
         self.status = JobStatus.QUEUED
@@ -110,19 +116,25 @@ class LeasedWork(Aggregate):
             work.lost_leases, work.lease_id = self.lost_leases, None
 
     class Requeued(Aggregate.Event):
-        """v2 added `hand_backs`: graceful hand-backs so far, this one included (v1 events did not count them: 0)."""
+        """v2 added `hand_backs`: graceful hand-backs so far, this one included (v1 events did not count them: 0);
+        v3 `work_kind`, the queue it goes back to (None, as before v3: its aggregate type's own work kind)."""
 
-        class_version = 2
+        class_version = 3
         attempt: int
         reason: str
         lost: bool
         lost_leases: int
         priority: str
         hand_backs: int = 0
+        work_kind: str | None = None
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state.setdefault("hand_backs", 0)
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state.setdefault("work_kind", None)
 
         def apply(self, work: Any) -> None:
             work.status, work.lease_id, work.lost_leases = JobStatus.QUEUED, None, self.lost_leases
@@ -238,7 +250,8 @@ class LeasedWork(Aggregate):
 
     def _requeue(self, reason: str, lost: bool, lost_leases: int, hand_backs: int | None = None) -> None:
         self._record(LeasedWork.Requeued, attempt=self.attempt, reason=reason, lost=lost, lost_leases=lost_leases,
-                     priority=self.priority, hand_backs=self.hand_backs if hand_backs is None else hand_backs)
+                     priority=self.priority, hand_backs=self.hand_backs if hand_backs is None else hand_backs,
+                     work_kind=self.queue_kind)
 
     # ---- reports under the lease --------------------------------------------------------------
     def record_progress(self, lease_id: str, current_step: int, total_steps: int) -> None:

@@ -238,5 +238,10 @@ def build_runner(settings: Settings, nc: Any, js: Any) -> Runner:
     from runners.artifacts import LocalArtifactStore
     from runners.runner import Runner
 
+    from infra.code_bundles import BundleLimits
+
     roots = getattr(settings, "dataset_root_paths", ())
-    return Runner(nc, js, LocalArtifactStore(settings.artifacts), settings.lease_ttl_s, dataset_roots=roots)
+    limits = BundleLimits(max_bytes=settings.max_code_bytes, max_files=settings.max_code_files,
+                          max_unpacked_bytes=settings.max_code_unpacked_bytes)
+    return Runner(nc, js, LocalArtifactStore(settings.artifacts), settings.lease_ttl_s, dataset_roots=roots,
+                  accepts_code=settings.runner_accepts == "all", code_root=settings.code_root, bundle_limits=limits)

@@ -8,8 +8,7 @@ import os
 import signal
 
 from entrypoints.bootstrap import build_runner
-from domain.vocabulary import PRIORITY_ORDER
-from infra.messaging import WORK_STREAM, connect, credentials, ensure_streams, wait_for, work_consumer
+from infra.messaging import WORK_STREAM, connect, credentials, ensure_streams, wait_for, work_consumers
 from infra.settings import Settings
 
 log = logging.getLogger("trainyard.runner")
@@ -31,7 +30,7 @@ async def run_runner(settings: Settings) -> None:
     if creds is None:  # an open bus: whoever starts first creates the streams
         await ensure_streams(js, settings)
     else:  # a runner's NATS user may not administer streams: the service makes them
-        await wait_for(js, WORK_STREAM, tuple(work_consumer(p) for p in PRIORITY_ORDER))
+        await wait_for(js, WORK_STREAM, tuple(d for _, d in work_consumers(settings.runner_accepts == "all")))
     runner = build_runner(settings, nc, js)
     stop = asyncio.Event()
     main = asyncio.create_task(runner.run(stop))

@@ -6,9 +6,12 @@ Streams (together they capture every subject under `trainyard.v1.>` that Trainya
 - TRAINYARD_TELEMETRY  `trainyard.v1.telemetry.>` metric and log batches from runners, prediction and feedback
                        batches (dedup by batch id)
 - TRAINYARD_DLQ        `trainyard.v1.dlq.>` what a stage could not process, kept for inspection
-- TRAINYARD_WORK       `trainyard.work.<priority>.<kind>.<aggregate_id>` work items (work-queue retention); one
-                       durable pull consumer per priority (`work-<priority>`), shared by all runners, which ask the
-                       highest priority first. A runner acks its item as soon as the aggregate answered its claim, so
+- TRAINYARD_WORK       `trainyard.work.<priority>.<kind>.<aggregate_id>` work items (work-queue retention); two
+                       durable pull consumers per priority, shared by all runners, which ask the highest priority
+                       first: `work-<priority>` filters the built-in kinds (training, export: every runner takes
+                       them) and `work-<priority>-code` the kind "code" (jobs running the user's code: only runners
+                       that accept code fetch from it). Capability is a consumer filter, so a runner that refuses
+                       code never sees a code item, and no item waits behind one it cannot take. A runner acks its item as soon as the aggregate answered its claim, so
                        delivery counts mean nothing: attempts and their budget belong to the aggregate's leases.
 Every stream has a size limit (Settings `*_max_bytes`) and the DLQ a per-message one. `StreamKeeper` (run by serve)
 recreates the streams and consumers above when they vanish (a deleted stream or consumer otherwise leaves the relay
@@ -32,7 +35,7 @@ from nats.js.errors import NotFoundError
 from domain.contract import (DLQ_PREFIX, SUBJECT_PREFIX, TELEMETRY_FEEDBACK, TELEMETRY_LOGS, TELEMETRY_METRICS,
                              TELEMETRY_PREDICTIONS, WORK_PREFIX, dlq_subject, printable, work_filter)
 from domain.registry import event_subjects
-from domain.vocabulary import PRIORITY_ORDER
+from domain.vocabulary import BUILTIN_WORK, PRIORITY_ORDER, WorkKind
 from infra.health import Stage, stopped_within
 from infra.nats_accounts import NatsCredentials
 from infra.settings import Settings
@@ -51,8 +54,13 @@ STUDY_DRIVER_CONSUMER = "study-driver"  # every domain event; the driver acts on
 WORK_ACK_WAIT_S = 30.0  # a runner holds an item only from fetch to the claim's answer
 
 
-def work_consumer(priority: str) -> str:
-    return f"work-{priority}"
+def work_consumer(priority: str, code: bool = False) -> str:
+    return f"work-{priority}-code" if code else f"work-{priority}"
+
+
+def work_consumers(code: bool = True) -> list[tuple[str, str]]:
+    """(priority, durable) of the work consumers a runner reads, most urgent first; `code`: the code ones too."""
+    return [(p, work_consumer(p, c)) for p in PRIORITY_ORDER for c in ((False, True) if code else (False,))]
 
 
 def credentials(settings: Settings) -> NatsCredentials | None:
@@ -105,11 +113,16 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
                                           retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                                           duplicate_window=window, max_bytes=settings.work_stream_max_bytes,
                                           discard=DiscardPolicy.NEW))
-    for priority in PRIORITY_ORDER:
-        await js.add_consumer(WORK_STREAM, ConsumerConfig(
-            durable_name=work_consumer(priority), filter_subject=work_filter(priority),
-            ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=WORK_ACK_WAIT_S,
-            max_deliver=-1, max_ack_pending=10_000))
+    # Built-in consumers first: one made before code jobs filtered every kind, and a work-queue stream refuses
+    # consumers whose filters overlap (filter_subjects needs nats-server 2.10 or later).
+    for code in (False, True):
+        for priority in PRIORITY_ORDER:
+            filters = ({"filter_subject": work_filter(priority, WorkKind.CODE)} if code
+                       else {"filter_subjects": [work_filter(priority, k) for k in BUILTIN_WORK]})
+            await js.add_consumer(WORK_STREAM, ConsumerConfig(
+                durable_name=work_consumer(priority, code), ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL, ack_wait=WORK_ACK_WAIT_S, max_deliver=-1, max_ack_pending=10_000,
+                **filters))
     await js.add_consumer(EVENTS_STREAM, ConsumerConfig(
         durable_name=STUDY_DRIVER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
         ack_wait=30, max_deliver=-1, max_ack_pending=10_000))
@@ -150,7 +163,7 @@ async def wait_for(js: JetStreamContext, stream: str, consumers: tuple[str, ...]
 
 def owned_consumers() -> list[tuple[str, str]]:
     """(stream, durable) of every consumer ensure_streams makes."""
-    return [*((WORK_STREAM, work_consumer(p)) for p in PRIORITY_ORDER), (EVENTS_STREAM, STUDY_DRIVER_CONSUMER),
+    return [*((WORK_STREAM, durable) for _, durable in work_consumers()), (EVENTS_STREAM, STUDY_DRIVER_CONSUMER),
             *((TELEMETRY_STREAM, d) for d in (METRICS_CONSUMER, PREDICTIONS_CONSUMER, FEEDBACK_CONSUMER,
                                                  LOGS_CONSUMER))]
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +54,9 @@ class Settings(BaseSettings):
     max_code_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     max_code_files: int = Field(default=10_000, ge=1)
     max_code_unpacked_bytes: int = Field(default=1024**3, ge=1024)
+    # What a runner takes (TRAINYARD_RUNNER_ACCEPTS): "all" (built-in trainers, exports and code jobs) or "builtin"
+    # (never a job that runs the user's code: such a runner does not read the code work consumers).
+    runner_accepts: Literal["all", "builtin"] = "all"
     # Identity (api/auth.py): access tokens are JWTs signed with this secret (unset: a random one kept in
     # <data_dir>/jwt-secret, mode 0600, shared by the processes of one data dir) and live this long.
     jwt_secret: str | None = Field(default=None, min_length=32)

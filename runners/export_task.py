@@ -1,6 +1,9 @@
 """An export as a runner runs it: fetch the version's model (checked against its sha256), load the validation split
 it was trained with, convert and check parity (runners/onnx_converter.py), store the ONNX file, and say how it went.
 
+A model a code job saved is already ONNX: it is validated instead (runners/onnx_validation.py), on the validation
+split of its dataset when it has one, else on random rows of the graph's width.
+
 The outcome is a runner report: `completed` with the ONNX artifact (uri, sha256, opset, input/output names,
 n_features, the parity metric's name) and the parity figures as its final metrics, or `failed` with the figures
 in the error when the outputs differ by more than the export's tolerance.
@@ -30,10 +33,18 @@ def run_export(export_id: str, attempt: int, spec: dict[str, Any], artifacts: Ar
         if reporter.should_stop():
             raise TrainingCancelled()
         split = load_dataset(spec["dataset"]["uri"], spec["dataset"].get("target"), spec["task"], seed=0,
-                             roots=dataset_roots)
+                             roots=dataset_roots) if (spec.get("dataset") or {}).get("uri") else None
         if reporter.should_stop():
             raise TrainingCancelled()
-        result = export_onnx(spec["framework"], spec["task"], model_bytes, split, tolerance=spec["tolerance"])
+        if source.get("format") == "onnx":  # the user's own model (a code job): validate, do not convert
+            from runners.onnx_validation import validate_onnx
+
+            result = validate_onnx(model_bytes, spec["task"], split.X_valid if split else None,
+                                   split.y_valid if split else None, tolerance=spec["tolerance"])
+        elif split is None:
+            return {"type": "failed", "error": "the model's job has no dataset to check the export on"}
+        else:
+            result = export_onnx(spec["framework"], spec["task"], model_bytes, split, tolerance=spec["tolerance"])
     except TrainingCancelled:
         return {"type": "cancelled"}
     except ExportError as e:
@@ -45,6 +56,9 @@ def run_export(export_id: str, attempt: int, spec: dict[str, Any], artifacts: Ar
     parity = result.parity
     artifact = {"uri": art.uri, "sha256": art.sha256, "size_bytes": art.size_bytes, "format": "onnx",
                 "opset": onnx.opset, "input_name": onnx.input_name, "output_name": onnx.output_name,
-                "n_features": int(onnx.input_shape[1]), "parity_metric": str(parity["metric"])}
-    figures = {k: float(parity[k]) for k in ("max_abs_diff", "n_rows", "tolerance", "metric_native", "metric_onnx")}
+                "n_features": int(onnx.input_shape[1]), "parity_metric": str(parity["metric"]) if parity["metric"] else None}
+    if "rows" in parity:
+        artifact["validated_on"] = f"{parity['rows']} rows"
+    figures = {k: float(parity[k]) for k in ("max_abs_diff", "n_rows", "tolerance", "metric_native", "metric_onnx")
+               if parity[k] is not None}
     return {"type": "completed", "final_metrics": figures, "artifact": artifact}

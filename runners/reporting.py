@@ -56,14 +56,27 @@ class JobReporter:
         self.total_steps = 0
 
     def step(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
-        ts_ms = time.time_ns() // 1_000_000
         value = metrics.get(self.watch) if self.watch else None
         if value is not None and math.isfinite(value):
-            self.watched = (step, float(value))
-            if self.on_watch is not None:
-                self.on_watch()
+            self.objective(step, value)
+        self.progress(step, total_steps)
+        self.points(step, metrics)
+
+    def progress(self, step: int, total_steps: int) -> None:
+        """Where the run is (a code job says so apart from its metrics)."""
         with self._lock:
             self.step_seen, self.total_steps = step, total_steps
+
+    def objective(self, step: int, value: float) -> None:
+        """A study trial's intermediate objective at `step` (a code job's `run.report`)."""
+        self.watched = (step, float(value))
+        if self.on_watch is not None:
+            self.on_watch()
+
+    def points(self, step: int, metrics: dict[str, float]) -> None:
+        """Buffer `metrics` at `step` for the shipper."""
+        ts_ms = time.time_ns() // 1_000_000
+        with self._lock:
             if self._buffered + len(metrics) > self.max_points:
                 self.dropped += len(metrics)
                 return

@@ -1,8 +1,10 @@
 """A runner: pulls work items from JetStream, claims each from its aggregate, runs it, one at a time.
 
 Work items (`trainyard.work.<priority>.<kind>.<id>`) are taken highest priority first through the shared durable
-pull consumers `work-<priority>`: an idle runner looks at the four consumers' pending counts when the relay rings
-`trainyard.signal.work_ready` (or every second), and fetches from the highest priority that has work. For each item
+pull consumers `work-<priority>` (built-in kinds) and, on a runner that accepts code (`accepts_code`, Settings
+`runner_accepts`), `work-<priority>-code` (jobs running the user's code, runners/code_task.py): an idle runner
+looks at its consumers' pending counts when the relay rings `trainyard.signal.work_ready` (or every second), and
+fetches from the highest priority that has work. A runner that refuses code never fetches a code item. For each item
 the runner makes a fresh lease token and sends a `claim`; the aggregate answers with the attempt and what to run, or refuses (finished, or another live lease holds it), and the
 item is acked either way: from then on the lease, not JetStream, owns the work. While training:
 - a heartbeat task renews the lease every `lease_ttl_s / 5` whatever the trainer is doing; its reply is the only
@@ -26,6 +28,7 @@ import secrets
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
@@ -34,10 +37,10 @@ from nats.js import JetStreamContext
 
 from domain.contract import (REPORT_SUBJECT, WORK_READY, ReportReply, RunnerReport, WorkItem,
                              event_subject, printable)
-from domain.vocabulary import PRIORITY_ORDER
 from infra.datasets import dataset_digest
 from infra.consumer import Consumer, Poison
-from infra.messaging import WORK_STREAM, work_consumer
+from infra.code_bundles import BundleLimits
+from infra.messaging import WORK_STREAM, work_consumers
 from runners.artifacts import ArtifactStore
 from runners.log_capture import JobLogs, LogCapture
 from runners.reporting import JobReporter, log_shipper, metric_shipper, raise_if_cancelled
@@ -65,21 +68,26 @@ class Lease:
 class Runner:
     def __init__(self, nc: Client, js: JetStreamContext, artifacts: ArtifactStore, lease_ttl_s: float,
                  runner_id: str | None = None, dataset_roots: tuple = (), flush_interval_s: float = 0.25,
-                 capture_output: bool = True) -> None:
+                 capture_output: bool = True, accepts_code: bool = True, code_root: Path | None = None,
+                 bundle_limits: BundleLimits | None = None) -> None:
         """`capture_output`: take fds 1 and 2 into the job's logs while it trains (a runner process's own; off
-        where the runner shares its process, as in some tests)."""
+        where the runner shares its process, as in some tests). `accepts_code`: take code jobs too (their
+        bundles are read from `code_root` and unpacked within `bundle_limits`)."""
         self.nc, self.js, self.artifacts, self.lease_ttl_s = nc, js, artifacts, lease_ttl_s
         self.capture_output = capture_output
         self.runner_id = runner_id or f"{socket.gethostname()}:{os.getpid()}"
         self.dataset_roots, self.flush_interval_s = tuple(dataset_roots), flush_interval_s
         self.current: Lease | None = None
+        self.accepts_code = accepts_code and code_root is not None
+        self.code_root, self.bundle_limits = code_root, bundle_limits or BundleLimits()
+        self.consumers = work_consumers(code=self.accepts_code)  # (priority, durable), most urgent first
 
     # ---- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        # One consumer per priority, fetched in the order `_waiting_priority` picks; a work item that does not
-        # parse is dead-lettered and terminated (it never comes back), anything else is the claim's business.
-        queues = {p: Consumer(self.js, WORK_STREAM, work_consumer(p), WorkItem, name=f"runner {work_consumer(p)}",
-                              terminate_poison=True) for p in PRIORITY_ORDER}
+        # Its consumers, fetched in the order `_waiting_queue` picks; a work item that does not parse is
+        # dead-lettered and terminated (it never comes back), anything else is the claim's business.
+        queues = {d: Consumer(self.js, WORK_STREAM, d, WorkItem, name=f"runner {d}", terminate_poison=True)
+                  for _, d in self.consumers}
         for queue in queues.values():
             await queue.bind()
         ready = asyncio.Event()
@@ -93,12 +101,12 @@ class Runner:
         try:
             while not stop.is_set():
                 ready.clear()
-                priority = await self._waiting_priority()
-                if priority is None:  # nothing queued: sleep until the relay rings (or a while passes)
+                durable = await self._waiting_queue()
+                if durable is None:  # nothing queued: sleep until the relay rings (or a while passes)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(ready.wait(), IDLE_LOOK_S)
                     continue
-                queue = queues[priority]
+                queue = queues[durable]
                 for msg in await queue.fetch(1, timeout=0.1):  # none: another runner took it
                     try:
                         item = queue.decode(msg)
@@ -111,15 +119,16 @@ class Runner:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
-    async def _waiting_priority(self) -> str | None:
-        """The highest priority with work items not yet delivered (one look at the 4 consumers, concurrently)."""
+    async def _waiting_queue(self) -> str | None:
+        """The consumer of the highest priority with work items not yet delivered (one look at this runner's
+        consumers, concurrently); built-in work first within a priority."""
         try:
-            infos = await asyncio.gather(*(self.js.consumer_info(WORK_STREAM, work_consumer(p)) for p in PRIORITY_ORDER))
+            infos = await asyncio.gather(*(self.js.consumer_info(WORK_STREAM, d) for _, d in self.consumers))
         except Exception as e:
             log.debug("work look failed (%s)", type(e).__name__)
             await asyncio.sleep(0.5)
             return None
-        return next((p for p, info in zip(PRIORITY_ORDER, infos) if info.num_pending), None)
+        return next((d for (_, d), info in zip(self.consumers, infos) if info.num_pending), None)
 
     async def _cancel_hint(self, msg: Msg) -> None:
         """Only a hint: the next heartbeat comes now, and its reply (the aggregate) decides."""
@@ -218,6 +227,8 @@ class Runner:
                     return _timed_out(timeout_s) if time.monotonic() > deadline else {"type": "cancelled"}
 
     async def _train(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
+        if spec.get("code") is not None:
+            return await self._run_code(lease, attempt, spec, reporter)
         train_spec = TrainSpec(framework=spec["framework"], task=spec["task"], dataset_uri=spec["dataset"]["uri"],
                                target=spec["dataset"].get("target"), params=spec.get("params") or {},
                                dataset_roots=self.dataset_roots)
@@ -242,6 +253,20 @@ class Runner:
             artifact["dataset_sha256"] = await asyncio.to_thread(dataset_digest, train_spec.dataset_uri,
                                                                  self.dataset_roots)
         return {"type": "completed", "final_metrics": result.final_metrics, "artifact": artifact}
+
+    async def _run_code(self, lease: Lease, attempt: int, spec: dict[str, Any],
+                        reporter: JobReporter) -> dict[str, Any]:
+        from runners.code_task import run_code_job
+
+        if not self.accepts_code or self.code_root is None:  # a mis-routed item: another runner takes it
+            return {"type": "failed", "error": f"runner {self.runner_id} does not run code jobs"}
+        try:
+            return await asyncio.to_thread(run_code_job, lease.job_id, attempt, spec, reporter, lease.logs.logs,
+                                           self.artifacts, self.code_root, self.bundle_limits, self.dataset_roots)
+        except Exception as e:  # the bundle or the work dir broke, not the script: the job fails, the runner lives
+            log.warning("code job %s attempt %d failed: %s", lease.job_id, attempt, printable(e, 300))
+            lease.logs.logs.exception(e)
+            return {"type": "failed", "error": printable(f"{type(e).__name__}: {e}"), "traceback": True}
 
     async def _export(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
         from runners.export_task import run_export

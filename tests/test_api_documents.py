@@ -13,7 +13,9 @@ and a property added to a response body or to a message Trainyard publishes (a r
 know; request bodies stay exactly as they were). And access control (issue 17, a deliberate change every caller
 meets once): every operation may require the bearer scheme, declare its `x-trainyard-action`, take the optional
 project (`X-Trainyard-Project` header or `project` query) and answer 401/403 problem+json (and 429 where a quota
-applies); the `X-Trainyard-Actor` header is gone (the actor is the authenticated principal). Nothing else."""
+applies); the `X-Trainyard-Actor` header is gone (the actor is the authenticated principal). And code jobs (issue
+19, a deliberate addition): the framework `python` in every framework enum, the work kind `code`, and a job's submit may carry `code` and
+`resources` and leave out `dataset` (old callers send what they always sent). Nothing else."""
 from __future__ import annotations
 
 import json
@@ -207,6 +209,39 @@ def without_added_response_properties(after: dict[str, Any], before: dict[str, A
     return after
 
 
+def without_code_jobs(after: dict[str, Any]) -> dict[str, Any]:
+    """`after` (resolved) without what code jobs added: `python` in the framework enums, `code` in the work kinds,
+    and the submit's `code`, `resources` and optional `dataset`."""
+    after = json.loads(json.dumps(after))
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            if isinstance(node.get("enum"), list) and "lightgbm" in node["enum"]:
+                node["enum"] = [v for v in node["enum"] if v != "python"]
+            if isinstance(node.get("enum"), list) and {"training", "export"} <= set(node["enum"]):
+                node["enum"] = [v for v in node["enum"] if v != "code"]  # the work kind of code jobs
+            for value in node.values():
+                walk(value)
+
+    walk(after)
+    submit = after.get("paths", {}).get("/api/v1/training/jobs", {}).get("post", {})
+    for media in submit.get("requestBody", {}).get("content", {}).values():
+        body = media.get("schema", {})
+        props = body.get("properties", {})
+        for name in ("code", "resources"):
+            props.pop(name, None)
+        dataset = props.get("dataset", {})
+        branches = [b for b in dataset.pop("anyOf", []) if b.get("type") != "null"]
+        if branches:
+            dataset.update(branches[0])
+            dataset.pop("default", None)
+            body["required"] = [*body.get("required", []), "dataset"]
+    return after
+
+
 ACCESS_ANSWERS = ("401", "403", "429")
 
 
@@ -275,6 +310,7 @@ def without_packed_columns(node: Any) -> Any:
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> None:
     before, after = resolve(before, before), resolve(after, after)
+    after = without_code_jobs(after)
     after = without_duration_strings(after, before)
     after = without_packed_columns(after)
     after, before, wrong = without_access_control(after, before)

@@ -142,6 +142,48 @@ def test_a_job_submitted_before_retries_retries_nothing() -> None:
     assert store_and_load(_job(), as_v1("TrainingJob.Submitted", "retry_of", "project")).retry_of is None
 
 
+def test_a_job_submitted_before_code_jobs_runs_a_builtin_trainer_and_is_queued_as_training() -> None:
+    from domain.registry import queues_work
+
+    def as_v5(topic: str, state: dict[str, Any]) -> None:
+        if topic.endswith("TrainingJob.Submitted"):
+            state["class_version"] = 5
+            del state["code"], state["resources"]
+
+    def a_code_job() -> TrainingJob:
+        return TrainingJob.create(uuid4(), project="alpha", name="j", framework="python", task="regression",
+                                  dataset={}, params={"deep": {"free": [1, 2]}}, priority="high", tags=[],
+                                  code={"code_id": "a" * 32, "sha256": "a" * 64, "entrypoint": "train.py", "args": []},
+                                  resources={"cpus": 1, "memory_mb": 512, "gpus": 0})
+    job, (submitted,) = store_and_load(a_code_job()), store_and_read(a_code_job())
+    assert job.code["entrypoint"] == "train.py" and job.spec()["resources"]["memory_mb"] == 512
+    assert queues_work(submitted) == ("code", "high")
+    old, (old_submitted,) = store_and_load(a_code_job(), as_v5), store_and_read(a_code_job(), as_v5)
+    assert (old.code, old.resources, old_submitted.code) == (None, None, None)
+    assert queues_work(old_submitted) == ("training", "high") and "code" not in old.spec()
+
+
+def test_a_requeued_event_from_before_code_jobs_goes_back_to_its_aggregates_own_queue() -> None:
+    from domain.registry import queues_work
+
+    def handed_back() -> TrainingJob:
+        job = TrainingJob.create(uuid4(), project="alpha", name="j", framework="python", task="regression",
+                                 dataset={}, params={}, priority="low", tags=[], code={"code_id": "a" * 32},
+                                 resources={})
+        job.claim("lease-1", "host:1")
+        job.hand_back("lease-1", "stopping")
+        return job
+
+    assert queues_work(store_and_read(handed_back())[-1]) == ("code", "low")
+
+    def as_v2(topic: str, state: dict[str, Any]) -> None:
+        if topic.endswith(".Requeued"):
+            state["class_version"] = 2
+            del state["work_kind"]
+    assert store_and_read(handed_back(), as_v2)[-1].work_kind is None
+    assert queues_work(store_and_read(handed_back(), as_v2)[-1]) == ("training", "low")
+
+
 def test_a_study_created_before_projects_belongs_to_the_default_project() -> None:
     def study() -> Study:
         return Study.create(id=uuid4(), project="beta", name="s", framework="lightgbm", task="regression",

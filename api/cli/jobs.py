@@ -27,8 +27,14 @@ from domain.vocabulary import FINISHED, Framework, JobStatus, Priority, Task, ch
 def submit(
     framework: Annotated[str, typer.Option(help=choices(Framework))],
     task: Annotated[str, typer.Option(help=choices(Task))],
-    dataset: Annotated[str, typer.Option(help="builtin://breast_cancer | file:///abs/data.csv ...")],
+    dataset: Annotated[Optional[str], typer.Option(help="builtin://breast_cancer | file:///abs/data.csv ... "
+                                                        "(optional for framework python)")] = None,
     name: Annotated[Optional[str], typer.Option()] = None,
+    code: Annotated[Optional[str], typer.Option(help="framework python: a code_id (`trainyard code push DIR`)")] = None,
+    entry: Annotated[str, typer.Option(help="framework python: the bundle's script to run")] = "train.py",
+    arg: Annotated[list[str], typer.Option("--arg", help="framework python: an argument of the script (repeat)")] = [],
+    cpus: Annotated[Optional[int], typer.Option(help="framework python: its CPUs (default 1)")] = None,
+    memory_mb: Annotated[Optional[int], typer.Option(help="framework python: its memory limit (default 2048)")] = None,
     target: Annotated[Optional[str], typer.Option(help="target column (file:// datasets)")] = None,
     param: Annotated[list[str], typer.Option("--param", "-p", help="name=value (value parsed as JSON; repeat)")] = [],
     priority: Annotated[str, typer.Option(help=choices(Priority))] = Priority.MEDIUM.value,
@@ -39,9 +45,15 @@ def submit(
 ) -> None:
     """Submit a training job; prints its id (with --watch: exit 0 only when it completes)."""
     params = parse_params(param)
-    body = {"name": name or f"{framework}-{task}", "framework": framework, "task": task,
-            "dataset": {"uri": dataset, **({"target": target} if target else {})},
-            "params": params, "priority": priority, "tags": tag}
+    body: dict[str, Any] = {"name": name or f"{framework}-{task}", "framework": framework, "task": task,
+                            "params": params, "priority": priority, "tags": tag}
+    if dataset:
+        body["dataset"] = {"uri": dataset, **({"target": target} if target else {})}
+    if code:  # a code job: the API says what is missing or wrong (field code.code_id, code.entrypoint, ...)
+        body["code"] = {"code_id": code, "entrypoint": entry, "args": arg}
+        limits = {k: v for k, v in (("cpus", cpus), ("memory_mb", memory_mb)) if v is not None}
+        if limits:
+            body["resources"] = limits
     client = connect(api)
     out = client.submit(body, idempotency_key)
     console.print(out["job_id"])

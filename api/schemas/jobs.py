@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from api.limits import SafeText
+from api.limits import MAX_CODE_PARAMS_BYTES, MAX_CODE_PARAMS_DEPTH, SafeText
+from api.schemas.code import CODE_ID_PATTERN
 from api.schemas.common import MAX_TAGS, MAX_TIMEOUT_S, NO_CONTROL, Tag
 from api.schemas.datasets import DatasetIn
 from domain.contract import LogLevel, LogStream
@@ -22,14 +23,49 @@ PARAMS_HELP = (f"an allowlist per framework (unknown names are refused; a name a
                f"dataset's features")
 
 
+MAX_ARGS, MAX_ARG_CHARS = 100, 4096
+MAX_CPUS, MAX_MEMORY_MB, MAX_GPUS = 64, 1024 * 1024, 8
+CODE_RESOURCES = {"cpus": 1, "memory_mb": 2048, "gpus": 0}  # a code job's, when it names none
+
+
+class CodeIn(BaseModel):
+    """What a code job runs: a bundle of the project (POST /api/v1/code), its entrypoint and the script's args."""
+    model_config = ConfigDict(extra="forbid")
+    code_id: str = Field(pattern=CODE_ID_PATTERN, description="a code bundle of the job's project (32 hex digits)")
+    entrypoint: SafeText = Field(min_length=4, max_length=200,
+                                 description="a .py file at the bundle's top level (its `entrypoints`)")
+    args: list[Annotated[SafeText, Field(max_length=MAX_ARG_CHARS)]] = Field(default_factory=list, max_length=MAX_ARGS,
+                                 description=f"the script's command-line arguments: at most {MAX_ARGS}, each at most "
+                                             f"{MAX_ARG_CHARS} characters, {NO_CONTROL}")
+
+
+class ResourcesIn(BaseModel):
+    """What a code job's script may use; past `memory_mb` it is stopped ("out of memory (limit N MB)")."""
+    model_config = ConfigDict(extra="forbid")
+    cpus: StrictInt = Field(default=CODE_RESOURCES["cpus"], ge=1, le=MAX_CPUS,
+                            description=f"its thread count (OMP_NUM_THREADS etc.), 1 to {MAX_CPUS}")
+    memory_mb: StrictInt = Field(default=CODE_RESOURCES["memory_mb"], ge=64, le=MAX_MEMORY_MB,
+                                 description=f"resident memory of all its processes, 64 to {MAX_MEMORY_MB:,} MB")
+    gpus: StrictInt = Field(default=CODE_RESOURCES["gpus"], ge=0, le=MAX_GPUS,
+                            description=f"0 to {MAX_GPUS}: recorded; matching jobs to runners with GPUs comes later")
+
+
 class JobIn(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=True)  # commands get the plain strings
     name: SafeText = Field(min_length=1, max_length=200, description=f"1 to 200 characters, {NO_CONTROL}")
-    framework: Framework
-    task: Task
-    dataset: DatasetIn
-    params: dict[str, Any] = Field(default_factory=dict, json_schema_extra={"maxProperties": MAX_PARAMS},
-                                   description=f"the framework's parameters, {PARAMS_HELP}")
+    framework: Framework = Field(description="a built-in trainer, or `python`: the project's own code (`code`)")
+    task: Task = Field(description="what the model predicts (for a code job: what its ONNX model outputs)")
+    dataset: DatasetIn | None = Field(default=None, description="required for a built-in framework; optional for "
+                                                                "`python` (the script reads it at run.dataset_path)")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description=f"the framework's parameters. Built-in frameworks: at most {MAX_PARAMS} "
+                                               f"names, {PARAMS_HELP}. python: free-form JSON (at most "
+                                               f"{MAX_CODE_PARAMS_BYTES // 1024} KB serialized, {MAX_CODE_PARAMS_DEPTH} "
+                                               f"levels deep, finite numbers, {NO_CONTROL}) passed to the script as "
+                                               f"run.params and never interpreted")
+    code: CodeIn | None = Field(default=None, description="framework `python` only (and required there)")
+    resources: ResourcesIn | None = Field(default=None, description="framework `python` only; default "
+                                                                    f"{CODE_RESOURCES}")
     priority: Priority = Priority.MEDIUM.value
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=f"at most {MAX_TAGS} tags")
     timeout_s: StrictInt = Field(default=DEFAULT_TIMEOUT_S, ge=1, le=MAX_TIMEOUT_S,
@@ -88,6 +124,9 @@ class JobPublic(BaseModel):
     correlation_id: str | None = Field(default=None, description="the submit's X-Request-Id (or generated)")
     study_id: UUID | None = Field(default=None, description="the study this job is a trial of (null: a plain job)")
     trial_number: int | None = Field(default=None, description="its trial number in that study")
+    code: dict[str, Any] | None = Field(default=None, description="a code job's bundle (`code_id`, `sha256`), "
+                                                                  "`entrypoint` and `args` (null: a built-in trainer)")
+    resources: dict[str, Any] | None = Field(default=None, description="a code job's `cpus`, `memory_mb`, `gpus`")
     retry_of: UUID | None = Field(default=None, description="the failed or cancelled job this one retries (null: "
                                                             "none)")
     from_checkpoint: bool = Field(default=False, description="a retry that starts from the latest checkpoint of "

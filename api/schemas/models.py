@@ -71,9 +71,18 @@ class ParityReport(BaseModel):
     n_rows: int
     tolerance: float
     metric: str | None
-    metric_native: float | None
+    metric_native: float | None = Field(description="null where undefined, or where no labelled rows checked it (a "
+                                                    "code job's model exported without a dataset)")
     metric_onnx: float | None
     passed: bool
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unmeasured(cls, data: Any) -> Any:
+        """A validated code model without labelled rows records no metric figures (final metrics are numbers)."""
+        if isinstance(data, dict):
+            data = {"metric_native": None, "metric_onnx": None, **data}
+        return data
 
 
 class ExportIn(BaseModel):
