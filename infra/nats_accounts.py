@@ -4,7 +4,8 @@ and the server's `authorization` block.
 Principals (docs/architecture.md "### NATS accounts" has the same table as a config snippet for an external NATS):
 - `service`     the API, relay, projectors, report handlers, reconciler, study driver: everything.
 - `runner-<i>`  one user per runner `trainyard up` spawns: fetch and ack work on TRAINYARD_WORK, read the work doorbell
-                and cancel hints, publish its reports, its metric batches and dead letters of work items. Each has
+                and cancel hints, publish its reports, its metric and log batches and dead letters of work items, and
+                see whether the telemetry consumers have stored its last batches. Each has
                 its own inbox prefix (`_INBOX.runner-<i>`), so a runner cannot read the replies another runner gets
                 (claim replies carry the job's spec). It may not touch events, publish work, or create, update or
                 delete streams and consumers.
@@ -33,6 +34,7 @@ from domain.contract import (DLQ_PREFIX, REPORT_SUBJECT, SUBJECT_PREFIX, TELEMET
 SERVICE, INFERENCE, SUBSCRIBER = "service", "inference", "subscriber"
 CREDENTIALS_DIR = "credentials"
 _EVENTS, _WORK = "TRAINYARD_EVENTS", "TRAINYARD_WORK"  # infra/messaging.py's stream names (it imports us)
+_TELEMETRY, _STORING = "TRAINYARD_TELEMETRY", ("clickhouse-metrics", "clickhouse-logs")  # and its telemetry consumers
 _STUDY_DRIVER = "study-driver"  # the service's own consumer on the events stream
 
 
@@ -95,6 +97,8 @@ def permissions(user: str) -> Permissions | None:
         return Permissions(
             publish_allow=(REPORT_SUBJECT, TELEMETRY_METRICS, TELEMETRY_LOGS, f"{DLQ_PREFIX}.work.>",
                            f"$JS.API.CONSUMER.INFO.{_WORK}.*", f"$JS.API.CONSUMER.MSG.NEXT.{_WORK}.*",
+                           # whether its last telemetry is stored before it reports a job's end (read-only)
+                           *(f"$JS.API.CONSUMER.INFO.{_TELEMETRY}.{c}" for c in _STORING),
                            f"$JS.ACK.{_WORK}.>"),
             publish_deny=_ADMIN_DENY,
             subscribe_allow=(replies, WORK_READY, event_subject("training_job", "cancel_requested")))

@@ -23,11 +23,13 @@ from nats.js import JetStreamContext
 
 from domain.contract import (MAX_BATCH_LINES, MAX_BATCH_LOG_CHARS, TELEMETRY_LOGS, TELEMETRY_METRICS, LogBatch,
                              LogLine, MetricBatch, SeriesChunk)
+from infra.messaging import TELEMETRY_STREAM
 from runners.log_capture import LogCapture
 
 log = logging.getLogger("trainyard.runner")
 Batch = TypeVar("Batch", MetricBatch, LogBatch)
 BATCH_POINTS = 5_000  # ~160 KB packed: well under NATS's 1 MB default max payload
+STORED_POLL_S = 0.05
 
 
 def raise_if_cancelled() -> None:
@@ -134,6 +136,7 @@ class Shipper:
         self.pending: collections.deque[Batch] = collections.deque()
         self.max_pending = max_pending
         self.dropped_batches = 0
+        self.last_seq = 0  # the stream sequence of the last batch published
 
     async def run(self, interval_s: float) -> None:
         while True:
@@ -151,8 +154,9 @@ class Shipper:
         while self.pending:
             batch = self.pending[0]
             try:
-                await self.js.publish(self.subject, batch.model_dump_json().encode(),
-                                      headers={"Nats-Msg-Id": batch.batch_id})
+                ack = await self.js.publish(self.subject, batch.model_dump_json().encode(),
+                                            headers={"Nats-Msg-Id": batch.batch_id})
+                self.last_seq = max(self.last_seq, ack.seq)
             except Exception as e:
                 log.warning("%s batch publish failed (%s); will retry", self.what, type(e).__name__)
                 return False
@@ -164,6 +168,29 @@ class Shipper:
         deadline = time.monotonic() + deadline_s
         while not await self.flush() and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
+
+
+async def stored(js: JetStreamContext, waits: dict[str, int], timeout_s: float) -> bool:
+    """Wait until each telemetry consumer in `waits` (durable -> stream sequence) has settled every message up to
+    that sequence (its ack floor: the projector acks a batch once it is queryable), for at most `timeout_s`. A
+    runner calls it before reporting a job's end, so a finished job's points and log lines, its traceback
+    included, can be read the moment the job shows finished. False when it gave up (the report goes anyway)."""
+    deadline = time.monotonic() + timeout_s
+    waiting = {durable: seq for durable, seq in waits.items() if seq > 0}
+    while waiting:
+        for durable, seq in list(waiting.items()):
+            try:
+                info = await js.consumer_info(TELEMETRY_STREAM, durable)
+            except Exception as e:
+                log.debug("telemetry consumer %s: no info (%s)", durable, type(e).__name__)
+                return False
+            if info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq:
+                del waiting[durable]
+        if waiting:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(STORED_POLL_S)
+    return True
 
 
 def metric_shipper(js: JetStreamContext, reporter: JobReporter, job_id: str, attempt: int, runner_id: str) -> Shipper:

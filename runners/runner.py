@@ -40,15 +40,16 @@ from domain.contract import (REPORT_SUBJECT, WORK_READY, ReportReply, RunnerRepo
 from infra.datasets import dataset_digest
 from infra.consumer import Consumer, Poison
 from infra.code_bundles import BundleLimits
-from infra.messaging import WORK_STREAM, work_consumers
+from infra.messaging import LOGS_CONSUMER, METRICS_CONSUMER, WORK_STREAM, work_consumers
 from runners.artifacts import ArtifactStore
 from runners.log_capture import JobLogs, LogCapture
-from runners.reporting import JobReporter, log_shipper, metric_shipper, raise_if_cancelled
+from runners.reporting import JobReporter, log_shipper, metric_shipper, raise_if_cancelled, stored
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
 
 log = logging.getLogger("trainyard.runner")
 CANCEL_EVENTS = event_subject("training_job", "cancel_requested")
 CANCEL_GRACE_S = 3.0  # a trainer deaf to the stop flag this long (a long dataset load): report the cancel anyway
+STORED_WAIT_S = 5.0  # at most this long before a job's end report for its telemetry to be stored (reporting.stored)
 IDLE_LOOK_S = 1.0  # an idle runner looks for work this often even when no doorbell rings (a lost signal)
 
 
@@ -192,6 +193,9 @@ class Runner:
                 log.info("job %s: lease lost; reporting nothing", lease.job_id)
                 return
             await shipper.flush_all()
+            if not await stored(self.js, {METRICS_CONSUMER: shipper.last_seq, LOGS_CONSUMER: logs.last_seq},
+                                STORED_WAIT_S):
+                log.info("job %s: its last telemetry is not stored yet; reporting its end anyway", lease.job_id)
             if lease.cancelled:
                 outcome = {"type": "cancelled"}
             if reporter.step_seen and outcome["type"] == "completed":  # its progress comes with it

@@ -20,7 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from domain.contract import REPORT_SUBJECT, TELEMETRY_LOGS, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, work_subject
 from infra import nats_accounts
 from infra.embedded import EmbeddedNats
-from infra.messaging import (EVENTS_STREAM, STUDY_DRIVER_CONSUMER, TELEMETRY_STREAM, WORK_STREAM, connect,
+from infra.messaging import (EVENTS_STREAM, LOGS_CONSUMER, METRICS_CONSUMER, STUDY_DRIVER_CONSUMER, TELEMETRY_STREAM, WORK_STREAM, connect,
                              ensure_streams, work_consumer)
 from infra.nats_accounts import INFERENCE, SERVICE, SUBSCRIBER, NatsCredentials
 from infra.settings import Settings
@@ -312,6 +312,7 @@ def test_service_administers_streams_publishes_and_consumes(bus):
 def test_stream_names_match_the_messaging_module():
     assert (nats_accounts._EVENTS, nats_accounts._WORK, nats_accounts._STUDY_DRIVER) == (
         EVENTS_STREAM, WORK_STREAM, STUDY_DRIVER_CONSUMER)
+    assert (nats_accounts._TELEMETRY, nats_accounts._STORING) == (TELEMETRY_STREAM, (METRICS_CONSUMER, LOGS_CONSUMER))
 
 
 # ---- the whole embedded trio, through `trainyard up` -----------------------------------------------------------------
