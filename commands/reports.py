@@ -100,7 +100,7 @@ class ReportHandler:
                 if queued.status == "queued" and not self.may_start(project):  # it stays queued: nothing recorded
                     return ReportReply(ok=False, code="wait", status=queued.status,
                                        error=f"project {project} is at its running-jobs quota")
-            job = self.app.claim(r.job_id, lease_id, r.runner_id, ctx)
+            job = self.app.claim(r.job_id, lease_id, r.runner_id, ctx, r.resumed_from_step)
             later.append(lambda: self.leases.hold(job.id, lease_id, r.runner_id, job.attempt, job.cancel_requested))
             return _reply(job, job=_work_for(self.app, job))
         if r.type == "check":  # the aggregate's word (after a cancel event on the bus); also renews the lease

@@ -92,6 +92,8 @@ class JobPublic(BaseModel):
                                                             "none)")
     from_checkpoint: bool = Field(default=False, description="a retry that starts from the latest checkpoint of "
                                                              "the job it retries (false for a job that is no retry)")
+    resumed_from_step: int | None = Field(default=None, description="the step of the checkpoint the current attempt "
+                                                                   "started from (null: it started from the beginning)")
     retried_by: UUID | None = Field(default=None, description="the latest retry of this job (null: never retried)")
     retries: list[UUID] = Field(default_factory=list, description="every retry of this job, oldest first")
     final_metrics: dict[str, float]
