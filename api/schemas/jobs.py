@@ -126,7 +126,8 @@ class MetricPointPublic(BaseModel):
 
 class MetricSeries(BaseModel):
     name: str
-    attempt: int | None
+    attempt: int | None = Field(description="the run the points are of; for a merged series (no `?attempt=`), the "
+                                            "latest run, whose points follow those of the runs it resumed from")
     points: list[MetricPointPublic]
 
 
@@ -138,8 +139,8 @@ class MetricNames(BaseModel):
     names: list[str]
     latest: dict[str, LatestValue] = Field(description="each metric's last point (its latest attempt)")
     series: list[MetricSeries] | None = Field(
-        default=None, description="with `?names=`: each asked metric that has points (in `attempt`, else its latest "
-                                  "attempt), downsampled to `max_points`, in the order asked")
+        default=None, description="with `?names=`: each asked metric that has points (in `attempt`, else its merged "
+                                  "series across runs), downsampled to `max_points`, in the order asked")
     missing: list[str] | None = Field(default=None, description="with `?names=`: the asked metrics without points")
 
 
