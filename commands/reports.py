@@ -118,7 +118,8 @@ class ReportHandler:
             job = self.app.confirm_cancelled(r.job_id, lease_id, ctx)
         else:  # release
             job = self.app.hand_back(r.job_id, lease_id, printable(
-                f"handed back by runner {r.runner_id} as it stopped (no attempt spent; the run starts over)", 300), ctx)
+                f"handed back by runner {r.runner_id} as it stopped (no attempt spent; the next run resumes from its "
+                "latest checkpoint, if any)", 300), ctx)
         later.append(lambda: self.leases.drop(job.id, lease_id))
         if r.type != "release":
             self._moved(job, r)

@@ -236,7 +236,10 @@ def build_inference(settings: Settings, server_id: str) -> InferenceParts:
 
 def build_runner(settings: Settings, nc: Any, js: Any) -> Runner:
     from runners.artifacts import LocalArtifactStore
+    from runners.checkpoints import CheckpointStore
     from runners.runner import Runner
 
     roots = getattr(settings, "dataset_root_paths", ())
-    return Runner(nc, js, LocalArtifactStore(settings.artifacts), settings.lease_ttl_s, dataset_roots=roots)
+    return Runner(nc, js, LocalArtifactStore(settings.artifacts), settings.lease_ttl_s, dataset_roots=roots,
+                  checkpoints=CheckpointStore(settings.artifacts, keep=settings.checkpoint_keep),
+                  checkpoint_every=(settings.checkpoint_every_steps, settings.checkpoint_every_s))
