@@ -62,8 +62,8 @@ def encode(event: Any) -> list[tuple[str, bytes, str]]:
             kind, priority = work
             item = WorkItem(kind=kind, aggregate_id=event.originator_id, priority=priority, work_id=body["event_id"],
                             resume_of=resumes_from(event))
-            out.append((work_subject(priority, kind, event.originator_id), item.model_dump_json(exclude_none=True).encode(),
-                        f"work:{body['event_id']}"))
+            out.append((work_subject(priority, kind, event.originator_id),
+                        item.model_dump_json(exclude_none=True).encode(), f"work:{body['event_id']}"))
         return out
     except Exception as e:
         raise PoisonEvent(f"cannot encode {type(event).__qualname__}: {type(e).__name__}: {e}") from e

@@ -16,7 +16,7 @@ import contextlib
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runners.artifacts import _SAFE_NAME, _fsync_dir
@@ -30,11 +30,12 @@ MAX_STEP = 10**12 - 1  # twelve digits, as the SDK names them
 
 @dataclass(frozen=True, order=True)
 class Checkpoint:
-    """One saved checkpoint; ordered by (attempt, step)."""
+    """One saved checkpoint of `job_id`; ordered by (attempt, step)."""
 
     attempt: int
     step: int
-    path: Path
+    path: Path = field(compare=False)
+    job_id: str = field(compare=False)
 
     @property
     def suffix(self) -> str:
@@ -80,7 +81,7 @@ class CheckpointStore:
             raise
         _fsync_dir(folder)
         self.prune(job_id)
-        return Checkpoint(attempt, step, folder / name)
+        return Checkpoint(attempt, step, folder / name, str(job_id))
 
     def save_file(self, job_id: str, attempt: int, step: int, source: Path) -> Checkpoint:
         """`save` of a file's bytes, keeping its suffix when it has a plain one (a code job's checkpoint)."""
@@ -96,13 +97,18 @@ class CheckpointStore:
                 continue
             for f in attempt_dir.iterdir():
                 if (m := _FILE.match(f.name)) and f.is_file():
-                    found.append(Checkpoint(int(a.group(1)), int(m.group(1)), f))
+                    found.append(Checkpoint(int(a.group(1)), int(m.group(1)), f, str(job_id)))
         return sorted(found)
 
     def latest(self, job_id: str) -> Checkpoint | None:
         """The newest checkpoint of the job, across its attempts; None when it has none."""
         found = self.all(job_id)
         return found[-1] if found else None
+
+    def starting_point(self, job_id: str, resume_of: str | None = None) -> Checkpoint | None:
+        """Where a new attempt of `job_id` starts: its own latest checkpoint, else (a retry with from_checkpoint)
+        the latest of `resume_of`, else None (from the beginning)."""
+        return self.latest(job_id) or (self.latest(resume_of) if resume_of else None)
 
     def adopt(self, source: Checkpoint, job_id: str, attempt: int) -> Checkpoint:
         """A copy of another job's checkpoint as `job_id`'s (a retry that starts from its original's)."""

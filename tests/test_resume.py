@@ -59,7 +59,8 @@ def assert_resumed_and_whole(stack: Stack, job_id: str, steps: int, metric: str)
     return job
 
 
-@pytest.mark.parametrize("body,metric", [(PYTORCH, "valid_loss"), (LIGHTGBM, "valid_rmse")], ids=["pytorch", "lightgbm"])
+@pytest.mark.parametrize("body,metric", [(PYTORCH, "valid_loss"), (LIGHTGBM, "valid_rmse")],
+                         ids=["pytorch", "lightgbm"])
 def test_a_runner_killed_mid_training_is_resumed_from_its_checkpoint(stack: Stack, body: dict, metric: str) -> None:
     job_id = stack.submit(**body)
     job = running_with_a_checkpoint(stack, job_id)

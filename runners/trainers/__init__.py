@@ -28,8 +28,8 @@ import numpy as np
 from domain.frameworks import MODEL_SUFFIX, ParamsError, check_budget, resolve_params, validate_params
 
 __all__ = [
-    "MODEL_SUFFIX", "CheckpointClock", "CheckpointMismatch", "ParamsError", "Reporter", "TrainResult", "TrainSpec", "Trainer",
-    "TrainingCancelled", "check_budget", "resolve_params", "step_metrics", "trainer_for", "validate_params",
+    "MODEL_SUFFIX", "CheckpointClock", "CheckpointMismatch", "ParamsError", "Reporter", "TrainResult", "TrainSpec",
+    "Trainer", "TrainingCancelled", "check_budget", "resolve_params", "step_metrics", "trainer_for", "validate_params",
     "validation_metrics",
 ]
 
@@ -77,7 +77,8 @@ class CheckpointClock:
     `checkpoint_every_s` seconds have passed since the last one (or since the start), never at the last step."""
 
     def __init__(self, spec: TrainSpec, start_step: int = 0) -> None:
-        self.save, self.every_steps, self.every_s = spec.checkpoint, spec.checkpoint_every_steps, spec.checkpoint_every_s
+        self.save = spec.checkpoint
+        self.every_steps, self.every_s = spec.checkpoint_every_steps, spec.checkpoint_every_s
         self.last_step, self.last_at = start_step, time.monotonic()
 
     def after(self, step: int, total_steps: int, data: Callable[[], bytes]) -> None:
