@@ -47,7 +47,7 @@ from infra.messaging import WORK_STREAM, work_consumer
 from runners.artifacts import ArtifactStore
 from runners.checkpoints import Checkpoint, CheckpointStore
 from runners.log_capture import JobLogs, LogCapture
-from runners.reporting import JobReporter, log_shipper, metric_shipper, raise_if_cancelled
+from runners.reporting import JobReporter, Shipper, log_shipper, metric_shipper, raise_if_cancelled
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
 
 log = logging.getLogger("trainyard.runner")
@@ -188,7 +188,7 @@ class Runner:
         try:
             try:
                 train = asyncio.create_task(self._export(lease, attempt, spec, reporter) if kind == "export" else
-                                            self._train(lease, attempt, spec, reporter, resume))
+                                            self._train(lease, attempt, spec, reporter, resume, shipper))
                 outcome = await self._until_done(train, lease, spec)
             except asyncio.CancelledError:  # this runner is stopping: hand the job back unharmed
                 lease.stop.set()
@@ -245,13 +245,13 @@ class Runner:
                     return _timed_out(timeout_s) if time.monotonic() > deadline else {"type": "cancelled"}
 
     async def _train(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter,
-                     resume: Checkpoint | None = None) -> dict[str, Any]:
+                     resume: Checkpoint | None = None, metrics: Shipper | None = None) -> dict[str, Any]:
         if resume is not None and resume.job_id != lease.job_id:  # a retry's first run: the original's, made ours
             resume = await asyncio.to_thread(self.checkpoints.adopt, resume, lease.job_id, attempt)
         train_spec = TrainSpec(framework=spec["framework"], task=spec["task"], dataset_uri=spec["dataset"]["uri"],
                                target=spec["dataset"].get("target"), params=spec.get("params") or {},
                                dataset_roots=self.dataset_roots, resume_from=resume.path if resume else None,
-                               checkpoint=self._saver(lease, attempt, spec["framework"]),
+                               checkpoint=self._saver(lease, attempt, spec["framework"], metrics),
                                checkpoint_every_steps=self.checkpoint_every[0],
                                checkpoint_every_s=self.checkpoint_every[1])
         try:
@@ -276,17 +276,22 @@ class Runner:
                                                                  self.dataset_roots)
         return {"type": "completed", "final_metrics": result.final_metrics, "artifact": artifact}
 
-    def _saver(self, lease: Lease, attempt: int, framework: str) -> Callable[[int, bytes], None] | None:
-        """The trainer's checkpoint callback (training thread): a failed save is logged and training goes on."""
-        store = self.checkpoints
+    def _saver(self, lease: Lease, attempt: int, framework: str,
+               metrics: Shipper | None) -> Callable[[int, bytes], None] | None:
+        """The trainer's checkpoint callback (training thread). The step's metric points are published first: a
+        run resumed from the checkpoint logs from the next step on, so every step before it must be on the stream
+        already. A checkpoint not saved (NATS or the disk away) is logged and training goes on."""
+        store, loop = self.checkpoints, asyncio.get_running_loop()
         if store is None:
             return None
         suffix = CHECKPOINT_SUFFIX.get(framework, "bin")
 
         def save(step: int, data: bytes) -> None:
             try:
+                if metrics is not None and not asyncio.run_coroutine_threadsafe(metrics.flush(), loop).result(30):
+                    raise OSError("its metric points could not be published")
                 store.save(lease.job_id, attempt, step, data, suffix)
-            except OSError as e:
+            except Exception as e:  # a checkpoint only saves time: never the job's failure
                 lease.logs.logs.note("warning", f"checkpoint of step {step} not saved: {printable(e, 300)}")
 
         return save
