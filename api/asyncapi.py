@@ -57,6 +57,9 @@ class Started(_Payload):
     runner_id: str
     previous_runner_id: str | None
     lease_id: str | None
+    resumed_from_step: int | None = Field(default=None, description="the step of the checkpoint this attempt starts "
+                                                                    "from (null: from the beginning; events stored "
+                                                                    "before this field was added: null)")
 
 
 class Requeued(_Payload):

@@ -194,10 +194,12 @@ def metric_series(job_id: UUID, name: Annotated[SafeText, Path(min_length=1, max
                   s: ServicesDep,
                   max_points: Annotated[int, Query(ge=4, le=100_000)] = 1000,
                   attempt: Annotated[int | None, Query(ge=1, le=1_000_000)] = None) -> MetricSeries:
+    """One metric's series: without `attempt`, the job's merged series (each step from the latest run that logged
+    it after resuming: a run resumed from step k continues its predecessor's series at k + 1, no step twice), and
+    `attempt` the latest run in it; with `attempt`, that run's own series."""
     visible_job(s, job_id, request)
-    attempt = attempt or s.metrics.attempt_of(str(job_id), name)
-    if attempt is None:
+    found = s.metrics.series_of(str(job_id), [name], max_points=max_points, attempt=attempt)
+    if name not in found and attempt is None:
         raise Problem(404, "Not found", f"job {job_id} has no metric {name!r} (yet)", "name")
-    points = s.metrics.series(str(job_id), name, max_points=max_points, attempt=attempt)
-    return MetricSeries(name=name, attempt=attempt,
-                        points=[{"step": st, "value": v, "ts": ts} for st, v, ts in points])
+    at, points = found.get(name, (attempt, []))  # an asked run without points: an empty series
+    return MetricSeries(name=name, attempt=at, points=[{"step": st, "value": v, "ts": ts} for st, v, ts in points])

@@ -100,7 +100,7 @@ class ReportHandler:
                 if queued.status == "queued" and not self.may_start(project):  # it stays queued: nothing recorded
                     return ReportReply(ok=False, code="wait", status=queued.status,
                                        error=f"project {project} is at its running-jobs quota")
-            job = self.app.claim(r.job_id, lease_id, r.runner_id, ctx)
+            job = self.app.claim(r.job_id, lease_id, r.runner_id, ctx, r.resumed_from_step)
             later.append(lambda: self.leases.hold(job.id, lease_id, r.runner_id, job.attempt, job.cancel_requested))
             return _reply(job, job=_work_for(self.app, job))
         if r.type == "check":  # the aggregate's word (after a cancel event on the bus); also renews the lease
@@ -118,7 +118,8 @@ class ReportHandler:
             job = self.app.confirm_cancelled(r.job_id, lease_id, ctx)
         else:  # release
             job = self.app.hand_back(r.job_id, lease_id, printable(
-                f"handed back by runner {r.runner_id} as it stopped (no attempt spent; the run starts over)", 300), ctx)
+                f"handed back by runner {r.runner_id} as it stopped (no attempt spent; the next run resumes from its "
+                "latest checkpoint, if any)", 300), ctx)
         later.append(lambda: self.leases.drop(job.id, lease_id))
         if r.type != "release":
             self._moved(job, r)

@@ -150,8 +150,9 @@ class TrainingApplication(TrainyardApplication):
         return self._change_at(job_id, decide, ctx)
 
     # ---- leases and runner reports ---------------------------------------------------------------
-    def claim(self, job_id: UUID, lease_id: str, runner_id: str, ctx: CommandContext) -> TrainingJob:
-        return self._change(job_id, lambda job: job.claim(lease_id, runner_id), ctx)
+    def claim(self, job_id: UUID, lease_id: str, runner_id: str, ctx: CommandContext,
+              resumed_from_step: int | None = None) -> TrainingJob:
+        return self._change(job_id, lambda job: job.claim(lease_id, runner_id, resumed_from_step), ctx)
 
     def record_progress(self, job_id: UUID, lease_id: str, current_step: int, total_steps: int,
                         ctx: CommandContext) -> TrainingJob:

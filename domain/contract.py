@@ -193,6 +193,8 @@ class WorkItem(BaseModel):
     aggregate_id: UUID
     priority: Priority
     work_id: str = Field(min_length=1, max_length=100, description="the event id that asked for the work")
+    resume_of: UUID | None = Field(default=None, description="a retry with from_checkpoint: the job whose latest "
+                                                             "checkpoint it starts from")
 
 
 def lease_id_of(token: str) -> str:
@@ -238,7 +240,8 @@ class RunnerReport(BaseModel):
     `heartbeat` keeps the lease and carries progress (no event: a row update); `completed`, `failed`,
     `cancelled` end the attempt; `release` hands the job back unharmed (a graceful stop spends no attempt);
     `check` asks the aggregate whether to stop (after a cancel event was seen on the bus); `intermediate` reports
-    a study trial's objective at `current_step` (`value`) and the reply says whether to stop (pruned).
+    a study trial's objective at `current_step` (`value`) and the reply says whether to stop (pruned). A claim's
+    `resumed_from_step` is the step of the checkpoint the runner will start from (the attempt's Started records it).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -251,6 +254,7 @@ class RunnerReport(BaseModel):
     trace_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     current_step: int | None = Field(default=None, ge=0, le=2**62)
     total_steps: int | None = Field(default=None, ge=1, le=2**62)
+    resumed_from_step: int | None = Field(default=None, ge=0, le=2**62)
     value: float | None = Field(default=None, allow_inf_nan=False, description="intermediate: the objective's value")
     final_metrics: Annotated[Metrics, AfterValidator(_finite_metrics)] = Field(default_factory=dict)
     artifact: dict[Annotated[str, Field(max_length=64)], ArtifactValue] | None = (

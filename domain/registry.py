@@ -74,6 +74,14 @@ def _kind_of(domain_event: Any, default: WorkKind) -> str:
     return default
 
 
+def resumes_from(domain_event: Any) -> Any:
+    """The job whose latest checkpoint the work this event queues starts from: a retry's original when it was
+    submitted with `from_checkpoint` (its later attempts find their own checkpoints), else None."""
+    if isinstance(domain_event, TrainingJob.Submitted) and domain_event.from_checkpoint:
+        return domain_event.retry_of
+    return None
+
+
 def event_subjects() -> list[str]:
     """The subjects of every registered aggregate's events (the events stream captures these)."""
     return [event_subject(a.name, ">") for a in PUBLIC_AGGREGATES]

@@ -77,6 +77,7 @@ class LeasedWork(Aggregate):
         self.hand_backs = 0
         self.lease_id: str | None = None
         self.runner_id: str | None = None
+        self.resumed_from_step: int | None = None  # the current attempt's starting checkpoint (None: from scratch)
         self.current_step = 0
         self.total_steps: int | None = None
         self.cancel_requested = False
@@ -90,22 +91,28 @@ class LeasedWork(Aggregate):
 
     # ---- events -------------------------------------------------------------------------------
     class Started(Aggregate.Event):
-        """v2 added `lease_id` (leases owned by the domain)."""
+        """v2 added `lease_id` (leases owned by the domain); v3 `resumed_from_step`: the step of the checkpoint the
+        attempt starts from (None: from the beginning, as every attempt before v3 did)."""
 
-        class_version = 2
+        class_version = 3
         attempt: int
         runner_id: str
         previous_runner_id: str | None
         lease_id: str | None = None
+        resumed_from_step: int | None = None
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state.setdefault("lease_id", None)
 
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state.setdefault("resumed_from_step", None)
+
         def apply(self, work: Any) -> None:
             work.status, work.attempt, work.runner_id = JobStatus.RUNNING, self.attempt, self.runner_id
-            work.lease_id = self.lease_id
-            work.current_step, work.total_steps = 0, None
+            work.lease_id, work.resumed_from_step = self.lease_id, self.resumed_from_step
+            work.current_step, work.total_steps = self.resumed_from_step or 0, None
 
     class LeaseLost(Aggregate.Event):
         attempt: int
@@ -207,15 +214,18 @@ class LeasedWork(Aggregate):
             raise StaleLeaseError(f"lease {lease_id[:8]} does not hold {self.noun} {self.id} ({self.status})")
 
     # ---- leases -----------------------------------------------------------------------------
-    def claim(self, lease_id: str, runner_id: str) -> None:
-        """Start a new attempt under `lease_id`. Repeating the claim of the current lease is a no-op."""
+    def claim(self, lease_id: str, runner_id: str, resumed_from_step: int | None = None) -> None:
+        """Start a new attempt under `lease_id`, from the checkpoint at `resumed_from_step` when the runner has one
+        (None: from the beginning). Repeating the claim of the current lease is a no-op."""
         self.check_not_finished()
         if self.status == JobStatus.RUNNING:
             if lease_id == self.lease_id:
                 return
             raise LeaseHeldError(f"{self.noun} {self.id} is held by runner {self.runner_id}")
+        if resumed_from_step is not None and resumed_from_step < 0:
+            raise ValueError(f"resumed_from_step must be 0 or more, got {resumed_from_step}")
         self._record(LeasedWork.Started, attempt=self.attempt + 1, runner_id=runner_id,
-                     previous_runner_id=self.runner_id, lease_id=lease_id)
+                     previous_runner_id=self.runner_id, lease_id=lease_id, resumed_from_step=resumed_from_step)
 
     def hand_back(self, lease_id: str, reason: str) -> None:
         """A runner stops gracefully: back to the queue, no attempt spent (or cancelled, if that was asked)."""

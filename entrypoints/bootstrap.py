@@ -236,6 +236,7 @@ def build_inference(settings: Settings, server_id: str) -> InferenceParts:
 
 def build_runner(settings: Settings, nc: Any, js: Any) -> Runner:
     from runners.artifacts import LocalArtifactStore
+    from runners.checkpoints import CheckpointStore
     from runners.runner import Runner
 
     from infra.code_bundles import BundleLimits
@@ -244,4 +245,6 @@ def build_runner(settings: Settings, nc: Any, js: Any) -> Runner:
     limits = BundleLimits(max_bytes=settings.max_code_bytes, max_files=settings.max_code_files,
                           max_unpacked_bytes=settings.max_code_unpacked_bytes)
     return Runner(nc, js, LocalArtifactStore(settings.artifacts), settings.lease_ttl_s, dataset_roots=roots,
-                  accepts_code=settings.runner_accepts == "all", code_root=settings.code_root, bundle_limits=limits)
+                  accepts_code=settings.runner_accepts == "all", code_root=settings.code_root, bundle_limits=limits,
+                  checkpoints=CheckpointStore(settings.artifacts, keep=settings.checkpoint_keep),
+                  checkpoint_every=(settings.checkpoint_every_steps, settings.checkpoint_every_s))

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     # lost and the reconciler (every reconcile_interval_s) requeues its job or fails it per its max_attempts.
     lease_ttl_s: float = Field(default=15.0, gt=0)
     reconcile_interval_s: float = Field(default=2.0, gt=0)
+    # Checkpoints of training jobs (runners/checkpoints.py, in <artifacts>/checkpoints): a trainer saves one at the
+    # end of an epoch or boosting round once this many steps or seconds have passed since its last; a job keeps its
+    # last `checkpoint_keep`. A lost or handed-back job's next attempt resumes from its latest.
+    checkpoint_every_steps: int = Field(default=25, ge=1)
+    checkpoint_every_s: float = Field(default=60.0, gt=0)
+    checkpoint_keep: int = Field(default=2, ge=1, le=100)
     # A queued job whose work item has not been seen on the work stream for this long gets a new one.
     requeue_after_s: float = Field(default=30.0, gt=0)
     # A stage with work waiting and no progress for this long is `stuck` (/readyz answers 503).

@@ -17,7 +17,7 @@ _LIVE = "(SELECT l.{col} FROM job_leases l WHERE l.job_id = jobs.id AND l.lease_
 _COLUMNS = (
     "id, name, framework, task, dataset, params, priority, tags, timeout_s, max_attempts, status, attempt, "
     "lost_leases, hand_backs, requeue_reason, runner_id, cancel_requested, final_metrics, artifact, error, created_by, correlation_id, "
-    "study_id, trial_number, retry_of, from_checkpoint, code, resources, "
+    "study_id, trial_number, retry_of, from_checkpoint, code, resources, resumed_from_step, "
     "ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = jobs.id AND r.project = jobs.project "
     "ORDER BY r.created_at, r.id) AS retries, "
     "created_at, updated_at, started_at, finished_at, version, "
@@ -35,8 +35,9 @@ def progress(row: dict[str, Any], now: datetime) -> dict[str, Any]:
     started, end = row["started_at"], row["finished_at"] or now
     elapsed = max((end - started).total_seconds(), 0.0) if started else None
     eta = None
-    if row["status"] == "running" and started and total and current:
-        rate = max((row["progress_at"] - started).total_seconds(), 0.0) / current
+    done = current - (row.get("resumed_from_step") or 0)  # the steps this attempt ran (a resumed one skipped some)
+    if row["status"] == "running" and started and total and done > 0:
+        rate = max((row["progress_at"] - started).total_seconds(), 0.0) / done
         eta = round(rate * (total - current), 3)
     return {
         "current_step": current,

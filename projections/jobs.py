@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     from_checkpoint boolean NOT NULL DEFAULT false,
     code jsonb,
     resources jsonb,
+    resumed_from_step bigint,
     created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL,
     started_at timestamptz,
@@ -66,7 +67,7 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS timeout_s int NOT NULL DEFAULT 3600,
     ADD COLUMN IF NOT EXISTS hand_backs int NOT NULL DEFAULT 0, ADD COLUMN IF NOT EXISTS requeue_reason text,
     ADD COLUMN IF NOT EXISTS project text NOT NULL DEFAULT 'default', ADD COLUMN IF NOT EXISTS retry_of uuid,
     ADD COLUMN IF NOT EXISTS from_checkpoint boolean NOT NULL DEFAULT false, ADD COLUMN IF NOT EXISTS code jsonb,
-    ADD COLUMN IF NOT EXISTS resources jsonb;
+    ADD COLUMN IF NOT EXISTS resources jsonb, ADD COLUMN IF NOT EXISTS resumed_from_step bigint;
 CREATE INDEX IF NOT EXISTS jobs_retry_of ON jobs (retry_of, created_at) WHERE retry_of IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_project_created ON jobs (project, created_at DESC);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_id, trial_number) WHERE study_id IS NOT NULL;
@@ -121,7 +122,8 @@ class JobsProjection(TrackedProjection[JobsView]):
     @apply.register
     def _(self, e: TrainingJob.Started, tracking: Tracking) -> None:
         self._update(e, tracking, status="running", attempt=e.attempt, runner_id=e.runner_id,
-                     lease_id=e.lease_id, current_step=0, total_steps=None,
+                     lease_id=e.lease_id, current_step=e.resumed_from_step or 0, total_steps=None,
+                     resumed_from_step=e.resumed_from_step,
                      started_at=e.timestamp, progress_at=e.timestamp)
 
     @apply.register

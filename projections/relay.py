@@ -26,7 +26,7 @@ from nats.js.errors import APIError, ServiceUnavailableError
 from psycopg_pool import ConnectionPool
 
 from domain.contract import SUBJECT_PREFIX, WORK_READY, WorkItem, dlq_subject, envelope, printable, work_subject
-from domain.registry import aggregate_of, queues_work
+from domain.registry import aggregate_of, queues_work, resumes_from
 from infra.health import Stage
 from infra.postgres import listen
 
@@ -60,9 +60,10 @@ def encode(event: Any) -> list[tuple[str, bytes, str]]:
         out = [(subject, json.dumps(body, allow_nan=False).encode(), body["event_id"])]
         if work := queues_work(event):
             kind, priority = work
-            item = WorkItem(kind=kind, aggregate_id=event.originator_id, priority=priority, work_id=body["event_id"])
-            out.append((work_subject(priority, kind, event.originator_id), item.model_dump_json().encode(),
-                        f"work:{body['event_id']}"))
+            item = WorkItem(kind=kind, aggregate_id=event.originator_id, priority=priority, work_id=body["event_id"],
+                            resume_of=resumes_from(event))
+            out.append((work_subject(priority, kind, event.originator_id),
+                        item.model_dump_json(exclude_none=True).encode(), f"work:{body['event_id']}"))
         return out
     except Exception as e:
         raise PoisonEvent(f"cannot encode {type(event).__qualname__}: {type(e).__name__}: {e}") from e

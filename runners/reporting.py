@@ -137,6 +137,7 @@ class Shipper:
         self.max_pending = max_pending
         self.dropped_batches = 0
         self.last_seq = 0  # the stream sequence of the last batch published
+        self._flushing = asyncio.Lock()  # the periodic flush and an asked one (before a checkpoint) take turns
 
     async def run(self, interval_s: float) -> None:
         while True:
@@ -146,6 +147,10 @@ class Shipper:
 
     async def flush(self) -> bool:
         """Queue what the buffer holds and publish the queue in order; False if something is left unsent."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> bool:
         self.pending.extend(self.take())
         while len(self.pending) > self.max_pending:
             self.pending.popleft()

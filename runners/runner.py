@@ -16,6 +16,11 @@ item is acked either way: from then on the lease, not JetStream, owns the work. 
 - a watchdog fails the job once it has run past its `timeout_s`.
 A stop (SIGTERM) hands the job back (`release`): no attempt is spent. A runner that dies simply stops renewing; the
 reconciler requeues the job, spending one attempt of its budget.
+
+Checkpoints (runners/checkpoints.py): before claiming a training job the runner looks for where it should start (the
+job's latest checkpoint, or a from_checkpoint retry's original's) and names that step in the claim, which the
+attempt's Started event records as `resumed_from_step`; the trainer gets the file (`TrainSpec.resume_from`) and a
+callback that saves its checkpoints to the store.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +48,14 @@ from infra.consumer import Consumer, Poison
 from infra.code_bundles import BundleLimits
 from infra.messaging import LOGS_CONSUMER, METRICS_CONSUMER, WORK_STREAM, work_consumers
 from runners.artifacts import ArtifactStore
+from runners.checkpoints import Checkpoint, CheckpointStore
 from runners.log_capture import JobLogs, LogCapture
-from runners.reporting import JobReporter, log_shipper, metric_shipper, raise_if_cancelled, stored
+from runners.reporting import JobReporter, Shipper, log_shipper, metric_shipper, raise_if_cancelled, stored
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
 
 log = logging.getLogger("trainyard.runner")
 CANCEL_EVENTS = event_subject("training_job", "cancel_requested")
+CHECKPOINT_SUFFIX = {"pytorch": "pt", "lightgbm": "txt"}
 CANCEL_GRACE_S = 3.0  # a trainer deaf to the stop flag this long (a long dataset load): report the cancel anyway
 STORED_WAIT_S = 5.0  # at most this long before a job's end report for its telemetry to be stored (reporting.stored)
 IDLE_LOOK_S = 1.0  # an idle runner looks for work this often even when no doorbell rings (a lost signal)
@@ -70,11 +78,15 @@ class Runner:
     def __init__(self, nc: Client, js: JetStreamContext, artifacts: ArtifactStore, lease_ttl_s: float,
                  runner_id: str | None = None, dataset_roots: tuple = (), flush_interval_s: float = 0.25,
                  capture_output: bool = True, accepts_code: bool = True, code_root: Path | None = None,
-                 bundle_limits: BundleLimits | None = None) -> None:
+                 bundle_limits: BundleLimits | None = None, checkpoints: CheckpointStore | None = None,
+                 checkpoint_every: tuple[int, float] = (25, 60.0)) -> None:
         """`capture_output`: take fds 1 and 2 into the job's logs while it trains (a runner process's own; off
         where the runner shares its process, as in some tests). `accepts_code`: take code jobs too (their
-        bundles are read from `code_root` and unpacked within `bundle_limits`)."""
+        bundles are read from `code_root` and unpacked within `bundle_limits`). `checkpoints`: where training jobs
+        save and resume (None: they do neither); `checkpoint_every`: (steps, seconds), a checkpoint when either has
+        passed."""
         self.nc, self.js, self.artifacts, self.lease_ttl_s = nc, js, artifacts, lease_ttl_s
+        self.checkpoints, self.checkpoint_every = checkpoints, checkpoint_every
         self.capture_output = capture_output
         self.runner_id = runner_id or f"{socket.gethostname()}:{os.getpid()}"
         self.dataset_roots, self.flush_interval_s = tuple(dataset_roots), flush_interval_s
@@ -140,7 +152,9 @@ class Runner:
 
     async def take(self, msg: Msg, item: WorkItem) -> None:
         token = secrets.token_urlsafe(24)
-        reply = await self.report(type="claim", job_id=str(item.aggregate_id), lease=token, deadline_s=20)
+        resume = await self._starting_point(item)
+        reply = await self.report(type="claim", job_id=str(item.aggregate_id), lease=token, deadline_s=20,
+                                  resumed_from_step=resume.step if resume else None)
         if reply is None or reply.code in ("error", "invalid", "wait"):
             with contextlib.suppress(Exception):  # nobody decided, or its project is at its running quota: later
                 await msg.nak(delay=5.0 if reply is not None and reply.code == "wait" else 1.0)
@@ -151,11 +165,24 @@ class Runner:
             return
         job = reply.job
         lease = Lease(str(item.aggregate_id), token, job.get("correlation_id"), job.get("trace_id"))
-        await self.run_training(lease, job["attempt"], job["spec"], kind=job.get("kind", "training"))
+        await self.run_training(lease, job["attempt"], job["spec"], kind=job.get("kind", "training"), resume=resume)
+
+    async def _starting_point(self, item: WorkItem) -> Checkpoint | None:
+        """The checkpoint a training job's next attempt starts from (None: from the beginning, or no store)."""
+        if self.checkpoints is None or item.kind != "training":
+            return None
+        resume_of = str(item.resume_of) if item.resume_of else None
+        try:
+            return await asyncio.to_thread(self.checkpoints.starting_point, str(item.aggregate_id), resume_of)
+        except OSError as e:  # an unreadable store: start over rather than not at all
+            log.warning("job %s: no checkpoint looked up (%s)", item.aggregate_id, printable(e, 300))
+            return None
 
     # ---- one job ---------------------------------------------------------------------------------
-    async def run_training(self, lease: Lease, attempt: int, spec: dict[str, Any], kind: str = "training") -> None:
-        """Run one claimed piece of work (`kind` "training", or "export": runners/export_task.py) under its lease."""
+    async def run_training(self, lease: Lease, attempt: int, spec: dict[str, Any], kind: str = "training",
+                           resume: Checkpoint | None = None) -> None:
+        """Run one claimed piece of work (`kind` "training", or "export": runners/export_task.py) under its lease;
+        a training job from the checkpoint `resume` when there is one."""
         self.current = lease
         loop, watched = asyncio.get_running_loop(), asyncio.Event()
         reporter = JobReporter(lease.stop, watch=spec.get("report_metric"),
@@ -167,11 +194,12 @@ class Runner:
         shipping = [asyncio.create_task(s.run(self.flush_interval_s)) for s in (shipper, logs)]
         intermediates = asyncio.create_task(self._intermediates(lease, reporter, watched))
         lease.logs.start()
-        lease.logs.logs.note("info", f"{kind} run {attempt} started on runner {self.runner_id}")
+        resuming = f", resuming from the checkpoint of step {resume.step}" if resume else ""
+        lease.logs.logs.note("info", f"{kind} run {attempt} started on runner {self.runner_id}{resuming}")
         try:
             try:
-                work = self._export if kind == "export" else self._train
-                train = asyncio.create_task(work(lease, attempt, spec, reporter))
+                train = asyncio.create_task(self._export(lease, attempt, spec, reporter) if kind == "export" else
+                                            self._train(lease, attempt, spec, reporter, resume, shipper))
                 outcome = await self._until_done(train, lease, spec)
             except asyncio.CancelledError:  # this runner is stopping: hand the job back unharmed
                 lease.stop.set()
@@ -230,12 +258,18 @@ class Runner:
                 if time.monotonic() - stopped_at > CANCEL_GRACE_S:  # deaf trainer: answer now, let it finish alone
                     return _timed_out(timeout_s) if time.monotonic() > deadline else {"type": "cancelled"}
 
-    async def _train(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
+    async def _train(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter,
+                     resume: Checkpoint | None = None, metrics: Shipper | None = None) -> dict[str, Any]:
         if spec.get("code") is not None:
             return await self._run_code(lease, attempt, spec, reporter)
+        if resume is not None and resume.job_id != lease.job_id:  # a retry's first run: the original's, made ours
+            resume = await asyncio.to_thread(self.checkpoints.adopt, resume, lease.job_id, attempt)
         train_spec = TrainSpec(framework=spec["framework"], task=spec["task"], dataset_uri=spec["dataset"]["uri"],
                                target=spec["dataset"].get("target"), params=spec.get("params") or {},
-                               dataset_roots=self.dataset_roots)
+                               dataset_roots=self.dataset_roots, resume_from=resume.path if resume else None,
+                               checkpoint=self._saver(lease, attempt, spec["framework"], metrics),
+                               checkpoint_every_steps=self.checkpoint_every[0],
+                               checkpoint_every_s=self.checkpoint_every[1])
         try:
             result = await asyncio.to_thread(lease.logs.within(trainer_for(train_spec.framework).fit), train_spec,
                                              reporter)
@@ -271,6 +305,26 @@ class Runner:
             log.warning("code job %s attempt %d failed: %s", lease.job_id, attempt, printable(e, 300))
             lease.logs.logs.exception(e)
             return {"type": "failed", "error": printable(f"{type(e).__name__}: {e}"), "traceback": True}
+
+    def _saver(self, lease: Lease, attempt: int, framework: str,
+               metrics: Shipper | None) -> Callable[[int, bytes], None] | None:
+        """The trainer's checkpoint callback (training thread). The step's metric points are published first: a
+        run resumed from the checkpoint logs from the next step on, so every step before it must be on the stream
+        already. A checkpoint not saved (NATS or the disk away) is logged and training goes on."""
+        store, loop = self.checkpoints, asyncio.get_running_loop()
+        if store is None:
+            return None
+        suffix = CHECKPOINT_SUFFIX.get(framework, "bin")
+
+        def save(step: int, data: bytes) -> None:
+            try:
+                if metrics is not None and not asyncio.run_coroutine_threadsafe(metrics.flush(), loop).result(30):
+                    raise OSError("its metric points could not be published")
+                store.save(lease.job_id, attempt, step, data, suffix)
+            except Exception as e:  # a checkpoint only saves time: never the job's failure
+                lease.logs.logs.note("warning", f"checkpoint of step {step} not saved: {printable(e, 300)}")
+
+        return save
 
     async def _export(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
         from runners.export_task import run_export

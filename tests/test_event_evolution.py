@@ -244,6 +244,23 @@ def test_a_v1_started_event_loads_without_a_lease() -> None:
     assert (loaded.status, loaded.runner_id, loaded.lease_id) == ("running", "host:1", None)
 
 
+def test_a_v2_started_event_loads_as_an_attempt_that_resumed_nothing() -> None:
+    def resumed() -> TrainingJob:
+        job = _job()
+        job.claim("lease-1", "host:1", resumed_from_step=40)
+        return job
+
+    def as_v2(topic: str, state: dict[str, Any]) -> None:
+        if topic.endswith("TrainingJob.Started"):
+            state["class_version"] = 2
+            del state["resumed_from_step"]
+    loaded = store_and_load(resumed())
+    assert (loaded.resumed_from_step, loaded.current_step) == (40, 40)
+    loaded, (_, started) = store_and_load(resumed(), as_v2), store_and_read(resumed(), as_v2)
+    assert (loaded.lease_id is not None, loaded.resumed_from_step, loaded.current_step) == (True, None, 0)
+    assert started.resumed_from_step is None  # what the jobs read model reads
+
+
 def test_a_v1_completed_event_loads_without_its_step_count() -> None:
     def completed() -> TrainingJob:
         job = _job()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from projections.telemetry import metric_rollup as rollup
-from projections.telemetry.metric_store import MetricPoint, MetricStore
+from projections.telemetry.metric_store import MetricPoint, MetricStore, merged_segments
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 
@@ -301,3 +301,46 @@ def test_a_table_made_with_the_batch_id_column_loses_it_on_the_next_start(store:
     job = str(uuid.uuid4())
     store.insert([pt(job, "loss", s, 1.0 / s) for s in range(1, 6)], batch_id=f"{job}-after")
     assert [s for s, _, _ in store.series(job, "loss")] == [1, 2, 3, 4, 5]
+
+
+def test_a_resumed_attempt_continues_the_merged_series(store: MetricStore) -> None:
+    """Attempt 1 logged steps 1..50 and checkpointed at 30; attempt 2 resumed there and logged 31..100: the merged
+    series is attempt 1's 1..30 then attempt 2's 31..100, each step once; each attempt's own series stays whole."""
+    job = new_job()
+    store.insert([pt(job, "loss", s, 1.0, attempt=1) for s in range(1, 51)], batch_id=f"{job}-1")
+    store.insert([pt(job, "loss", s, 2.0, attempt=2) for s in range(31, 101)], batch_id=f"{job}-2")
+    merged = store.series(job, "loss", max_points=1000)
+    assert [(s, v) for s, v, _ in merged] == [(s, 1.0) for s in range(1, 31)] + [(s, 2.0) for s in range(31, 101)]
+    assert store.series_of(job, ["loss"])["loss"][0] == 2  # the latest attempt in it
+    assert [s for s, _, _ in store.series(job, "loss", attempt=1)] == list(range(1, 51))
+    assert exact(store.series(job, "loss", max_points=8)) == exact(
+        store.series(job, "loss", max_points=8, rollup_reads=False))
+    got = store.series(job, "loss", max_points=8)
+    assert len(got) <= 8 and {1, 100} <= {s for s, _, _ in got}
+
+
+def test_merged_segments_cut_each_attempt_at_the_first_step_of_any_later_one() -> None:
+    assert merged_segments({1: 0}) == [(1, 2**64 - 1)]
+    assert merged_segments({1: 1, 2: 31}) == [(1, 31), (2, 2**64 - 1)]
+    assert merged_segments({1: 1, 2: 1}) == [(2, 2**64 - 1)]  # started over: the latest attempt only
+    assert merged_segments({1: 1, 2: 31, 3: 21}) == [(1, 21), (3, 2**64 - 1)]  # 3 resumed before 2's first step
+
+
+@settings(max_examples=40, deadline=None)
+@given(points=st.lists(st.tuples(st.integers(1, 3), st.integers(0, 120), st.floats(allow_nan=False)), min_size=1,
+                       max_size=200),
+       max_points=st.sampled_from([4, 16, 1000]))
+def test_the_merged_series_shows_each_step_once_from_the_attempt_that_last_reached_it(store: MetricStore, points,
+                                                                                      max_points: int) -> None:
+    """Random attempts (resumed anywhere, or started over): a step is shown from the attempt that has it when no
+    later attempt started at or before it; downsampled, the rollup-backed and raw reads agree."""
+    job = new_job()
+    store.insert([pt(job, "loss", step, value, attempt, ms=i) for i, (attempt, step, value) in enumerate(points)],
+                 batch_id=f"{job}-1")
+    latest = {(a, s): v for a, s, v in points}  # a repeated (attempt, step): the latest ts (the last one) wins
+    first = {a: min(s for b, s in latest if b == a) for a, _ in latest}
+    want = sorted((s, v) for (a, s), v in latest.items() if all(first[b] > s for b in first if b > a))
+    full = store.series(job, "loss", max_points=1000)
+    assert [(s, v) for s, v, _ in full] == want
+    assert exact(store.series(job, "loss", max_points=max_points)) == exact(
+        store.series(job, "loss", max_points=max_points, rollup_reads=False))

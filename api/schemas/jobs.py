@@ -131,6 +131,8 @@ class JobPublic(BaseModel):
                                                             "none)")
     from_checkpoint: bool = Field(default=False, description="a retry that starts from the latest checkpoint of "
                                                              "the job it retries (false for a job that is no retry)")
+    resumed_from_step: int | None = Field(default=None, description="the step of the checkpoint the current attempt "
+                                                                   "started from (null: it started from the beginning)")
     retried_by: UUID | None = Field(default=None, description="the latest retry of this job (null: never retried)")
     retries: list[UUID] = Field(default_factory=list, description="every retry of this job, oldest first")
     final_metrics: dict[str, float]
@@ -163,7 +165,8 @@ class MetricPointPublic(BaseModel):
 
 class MetricSeries(BaseModel):
     name: str
-    attempt: int | None
+    attempt: int | None = Field(description="the run the points are of; for a merged series (no `?attempt=`), the "
+                                            "latest run, whose points follow those of the runs it resumed from")
     points: list[MetricPointPublic]
 
 
@@ -175,8 +178,8 @@ class MetricNames(BaseModel):
     names: list[str]
     latest: dict[str, LatestValue] = Field(description="each metric's last point (its latest attempt)")
     series: list[MetricSeries] | None = Field(
-        default=None, description="with `?names=`: each asked metric that has points (in `attempt`, else its latest "
-                                  "attempt), downsampled to `max_points`, in the order asked")
+        default=None, description="with `?names=`: each asked metric that has points (in `attempt`, else its merged "
+                                  "series across runs), downsampled to `max_points`, in the order asked")
     missing: list[str] | None = Field(default=None, description="with `?names=`: the asked metrics without points")
 
 

@@ -92,14 +92,14 @@ SELECT job_id, name, attempt, level, cell, {", ".join(f"reinterpretAsUInt256({k}
 FROM {STAGE}"""
 COMPLETE = "complete"  # the rollup's table comment once it holds every point inserted before its view
 
-# The series to read, per name: the latest attempt with points (or the asked one), its first and last steps, its
-# oldest ts, and whether it is flagged rewritten. One small read of the top level for any number of names.
+# The series to read, per name: each attempt with points, latest first (or the asked one), its first and last steps,
+# its oldest ts, and whether it is flagged rewritten. One small read of the top level for any number of names.
 PLAN = f"""
 SELECT name, attempt, hex(min(first)), hex(max(last)), toUnixTimestamp64Milli(min(first_ts)), max(rewritten)
 FROM {ROLLUP}
 WHERE job_id = {{job_id:UUID}} AND name IN {{names:Array(String)}} AND level = {TOP}
       AND ({{attempt:Int64}} < 0 OR attempt = {{attempt:Int64}})
-GROUP BY job_id, name, attempt ORDER BY name, attempt DESC LIMIT 1 BY name"""
+GROUP BY job_id, name, attempt ORDER BY name, attempt DESC"""
 # Per bucket its keys, and a lower bound of its points: each cell holds one, two when some row of it (parts may
 # not be merged yet) has a first and a last that differ.
 DOWNSAMPLE = f"""

@@ -14,10 +14,17 @@ each bucket contributes its first, last, minimum and maximum point (ties: the sm
 most `max_points` points and always holds the series' first, last, minimum and maximum points.
 NaN values order above +inf (-NaN below -inf). A series of at most `max_points` points comes back whole.
 
+Attempts: each run of a job has its own series (`attempt=`). Without one, a read gives the job's merged series:
+each attempt's points below the first step of any later attempt, and the latest attempt's in full
+(`merged_segments`). An attempt resumed from a checkpoint at step k logs from k + 1, so the merged series is the
+earlier attempt's steps up to k, then the resumed one's, with no step twice; an attempt that started over hides its
+predecessors' points entirely (the latest attempt's series, as before resumes existed).
+
 Reads go through the rollup (metric_rollup.py: cells of 16 to 65536 steps written with the points), which
 answers exactly what the raw read on `metric_points FINAL` answers, in a few thousand cells: a top-level read
 picks the attempt and span, one more reads the buckets (bench/RESULTS.md, issue 18). Series the rollup cannot
-answer exactly (a rewritten point, points past the retention) and short ones are read raw.
+answer exactly (a rewritten point, points past the retention), short ones and merged series of several attempts (a
+cell may straddle an attempt's cut) are read raw.
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ COLUMNS = ["job_id", "attempt", "name", "step", "value", "ts"]
 MIN_POINTS = 4
 KNOWN_SERIES = 100_000  # series whose last step a store remembers
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NO_CUT = 2**64 - 1  # the latest attempt's cut: all of its steps
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -55,6 +63,16 @@ _LAST_STEP = f"SELECT step FROM {TABLE} WHERE {_SERIES_KEY} ORDER BY step DESC L
 # Up to max_points + 1 points in step order: more than max_points means "downsample".
 _HEAD = (f"SELECT step, value, toUnixTimestamp64Milli(ts) FROM {TABLE} FINAL WHERE {_SERIES_KEY} "
          "ORDER BY step LIMIT {limit:UInt64}")
+_FIRST_STEPS = (f"SELECT attempt, min(step) FROM {TABLE} WHERE job_id = {{job_id:UUID}} AND name = {{name:String}} "
+                "GROUP BY attempt")
+# A merged series (`merged_segments`): the points of `attempts` below their `cuts`.
+_MERGED_KEY = ("job_id = {job_id:UUID} AND name = {name:String} AND has({attempts:Array(UInt32)}, attempt) "
+               "AND step < arrayElement({cuts:Array(UInt64)}, indexOf({attempts:Array(UInt32)}, attempt))")
+_MERGED_HEAD = (f"SELECT step, value, toUnixTimestamp64Milli(ts) FROM {TABLE} FINAL WHERE {_MERGED_KEY} "
+                "ORDER BY step LIMIT {limit:UInt64}")
+_MERGED_LAST = f"SELECT max(step) FROM {TABLE} WHERE {_MERGED_KEY}"
+_MERGED_DOWNSAMPLE = (f"SELECT {rollup.HEX_KEYS.format(**rollup.KEYS)} FROM {TABLE} FINAL WHERE {_MERGED_KEY} "
+                      "GROUP BY intDiv(step, {width:UInt64})")
 # Latest point per name; attempt < 0: each name's latest attempt. Key (attempt, step) packed as UInt128.
 _LAST_VALUES = f"""
 SELECT name, argMax(step, k), argMax(value, k) FROM (
@@ -133,6 +151,18 @@ def _check(max_points: int) -> None:
 
 def _series(points: dict[int, tuple[int, int, int]]) -> list[tuple[int, float, datetime]]:
     return [(s, struct.unpack("<d", struct.pack("<Q", bits))[0], _ts(t)) for s, bits, t in sorted(points.values())]
+
+
+def merged_segments(first_steps: dict[int, int]) -> list[tuple[int, int]]:
+    """What a job's merged series shows, from each attempt's first step: (attempt, cut) in attempt order, meaning
+    that attempt's points with step < cut. An attempt's cut is the first step of any later attempt (the latest has
+    none: all its points); attempts with no point below their cut are left out, so the latest is always there."""
+    out, cut = [], _NO_CUT
+    for attempt in sorted(first_steps, reverse=True):
+        if first_steps[attempt] < cut:
+            out.append((attempt, cut))
+        cut = min(cut, first_steps[attempt])
+    return out[::-1]
 
 
 class MetricStore:
@@ -229,14 +259,14 @@ class MetricStore:
         return rows[0][0]
 
     def attempt_of(self, job_id: str, name: str) -> int | None:
-        """The latest attempt with points for `name` (what `series` shows by default); None if there is none."""
+        """The latest attempt with points for `name` (the last in its merged series); None if there is none."""
         rows = self.ch.query(_ATTEMPT_OF_NAME, {"job_id": job_id, "name": name})
         return rows[0][0] if rows else None
 
     def series(self, job_id: str, name: str, max_points: int = 1000,
                attempt: int | None = None, rollup_reads: bool = True) -> list[tuple[int, float, datetime]]:
         """(step, value, ts) in step order, at most `max_points` of them (see the module doc for which);
-        attempt None: the latest attempt with points for `name`. Unknown job/name: []. `rollup_reads` False reads
+        attempt None: the job's merged series (see the module doc). Unknown job/name: []. `rollup_reads` False reads
         the raw points only: the same answer, slower (what tests and the bench compare the rollup with)."""
         if not rollup_reads:
             _check(max_points)
@@ -247,18 +277,36 @@ class MetricStore:
     def series_of(self, job_id: str, names: Sequence[str], max_points: int = 1000,
                   attempt: int | None = None) -> dict[str, tuple[int, list[tuple[int, float, datetime]]]]:
         """name -> (attempt, points as `series` gives them) for each of `names` that has points (in that attempt;
-        None: each name's latest). One query plans them all, then one or two per series."""
+        None: each name's merged series, and the latest attempt in it). One query plans them all, then one or two
+        per series."""
         _check(max_points)
-        plans = {r[0]: r[1:] for r in self.ch.query(rollup.PLAN, {
-            "job_id": job_id, "names": list(names), "attempt": -1 if attempt is None else attempt})}
+        plans: dict[str, list[tuple]] = {}
+        for row in self.ch.query(rollup.PLAN, {"job_id": job_id, "names": list(names),
+                                               "attempt": -1 if attempt is None else attempt}):
+            plans.setdefault(row[0], []).append(row[1:])  # the latest attempt first
         found = {}
         for name in dict.fromkeys(names):
             plan = plans.get(name)
-            at, points = self._raw_series(job_id, name, max_points, attempt) if plan is None else (
-                self._planned(job_id, name, max_points, plan))
+            if plan is None or any(p[4] for p in plan):  # none, or flagged (its first steps are not to be trusted)
+                at, points = self._raw_series(job_id, name, max_points, attempt)
+            elif len(segments := merged_segments({p[0]: rollup.step_of(p[1]) for p in plan})) > 1:
+                at, points = plan[0][0], self._merged_series(job_id, name, max_points, segments)
+            else:
+                at, points = self._planned(job_id, name, max_points, plan[0])
             if at is not None:
                 found[name] = (at, points)
         return found
+
+    def _merged_series(self, job_id: str, name: str, max_points: int,
+                       segments: list[tuple[int, int]]) -> list[tuple[int, float, datetime]]:
+        """The points of several attempts' segments (`merged_segments`), downsampled as one series, from the raw
+        points (a rollup cell may straddle a cut)."""
+        key = {"job_id": job_id, "name": name, "attempts": [a for a, _ in segments], "cuts": [c for _, c in segments]}
+        head = self.ch.query(_MERGED_HEAD, {**key, "limit": max_points + 1})
+        if len(head) <= max_points:
+            return [(s, v, _ts(t)) for s, v, t in head]
+        _, width = rollup.bucket_width(head[0][0], self.ch.query(_MERGED_LAST, key)[0][0], max_points // 4)
+        return _series(rollup.points(self.ch.query(_MERGED_DOWNSAMPLE, {**key, "width": width})))
 
     def _planned(self, job_id: str, name: str, max_points: int,
                  plan: tuple) -> tuple[int | None, list[tuple[int, float, datetime]]]:
@@ -281,9 +329,12 @@ class MetricStore:
     def _raw_series(self, job_id: str, name: str, max_points: int,
                     attempt: int | None) -> tuple[int | None, list[tuple[int, float, datetime]]]:
         if attempt is None:
-            attempt = self.attempt_of(job_id, name)
-            if attempt is None:
+            firsts = dict(self.ch.query(_FIRST_STEPS, {"job_id": job_id, "name": name}))
+            if not firsts:
                 return None, []
+            if len(segments := merged_segments(firsts)) > 1:
+                return max(firsts), self._merged_series(job_id, name, max_points, segments)
+            attempt = max(firsts)
         key = {"job_id": job_id, "name": name, "attempt": attempt}
         head = self.ch.query(_HEAD, {**key, "limit": max_points + 1})
         if not head:

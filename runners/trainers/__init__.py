@@ -6,11 +6,19 @@ A runner builds a `TrainSpec` from a job, picks `trainer_for(spec.framework)` an
 `TrainingCancelled` promptly once `reporter.should_stop()` is true, `ParamsError` /
 `infra.datasets.DatasetError` for bad input, and lets anything else propagate as a failure.
 
+Checkpoints: with `spec.checkpoint` set, the trainer hands it `(step, bytes)` at the end of a step whenever
+`CheckpointClock` says one is due (every `checkpoint_every_steps` steps or `checkpoint_every_s` seconds, whichever
+comes first; never at the last step, whose result is the model). With `spec.resume_from` (a file one of its own
+checkpoints was saved to) it continues from there: its first reported step is the checkpoint's step + 1. A
+checkpoint that does not fit the spec (another architecture, task or data) is a `CheckpointMismatch`.
+
 The parameter rules live in domain/frameworks.py (re-exported here: `ParamsError`, `resolve_params`,
 `validate_params`, `check_budget`, `MODEL_SUFFIX`). Importing this package is cheap (no torch, no lightgbm).
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,8 +28,8 @@ import numpy as np
 from domain.frameworks import MODEL_SUFFIX, ParamsError, check_budget, resolve_params, validate_params
 
 __all__ = [
-    "MODEL_SUFFIX", "ParamsError", "Reporter", "TrainResult", "TrainSpec", "Trainer",
-    "TrainingCancelled", "check_budget", "resolve_params", "step_metrics", "trainer_for", "validate_params",
+    "MODEL_SUFFIX", "CheckpointClock", "CheckpointMismatch", "ParamsError", "Reporter", "TrainResult", "TrainSpec",
+    "Trainer", "TrainingCancelled", "check_budget", "resolve_params", "step_metrics", "trainer_for", "validate_params",
     "validation_metrics",
 ]
 
@@ -44,6 +52,10 @@ class TrainingCancelled(Exception):
     """Training stopped because the reporter asked it to; nothing was produced."""
 
 
+class CheckpointMismatch(ValueError):
+    """The checkpoint to resume from was made for another model (architecture, task, data): the job fails."""
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     framework: str  # "lightgbm" | "pytorch"
@@ -54,6 +66,28 @@ class TrainSpec:
     seed: int = 0
     # Where file:// datasets may be read from (Settings.dataset_root_paths); empty: builtin datasets only.
     dataset_roots: tuple[Path, ...] = ()
+    resume_from: Path | None = None  # a checkpoint of this trainer to continue from (runners/checkpoints.py)
+    checkpoint: Callable[[int, bytes], None] | None = None  # save(step, data); None: no checkpoints
+    checkpoint_every_steps: int = 25
+    checkpoint_every_s: float = 60.0
+
+
+class CheckpointClock:
+    """When a trainer saves a checkpoint: at the end of a step once `checkpoint_every_steps` steps or
+    `checkpoint_every_s` seconds have passed since the last one (or since the start), never at the last step."""
+
+    def __init__(self, spec: TrainSpec, start_step: int = 0) -> None:
+        self.save = spec.checkpoint
+        self.every_steps, self.every_s = spec.checkpoint_every_steps, spec.checkpoint_every_s
+        self.last_step, self.last_at = start_step, time.monotonic()
+
+    def after(self, step: int, total_steps: int, data: Callable[[], bytes]) -> None:
+        """Save `data()` as the checkpoint of `step` if one is due."""
+        if self.save is None or step >= total_steps:
+            return
+        if step - self.last_step >= self.every_steps or time.monotonic() - self.last_at >= self.every_s:
+            self.save(step, data())
+            self.last_step, self.last_at = step, time.monotonic()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ Deterministic given the spec: `deterministic=True`, row-wise histograms, a fixed
 (`num_threads`, default 1, since runners share the machine) and every seed derived from `spec.seed`.
 Cancellation is checked after every round, so it takes effect within one round.
 
+Checkpoints (see runners/trainers/__init__.py for when) are the booster's text model after a round. A fit resumed
+from one boosts the remaining rounds on top of it (`init_model`) and reports steps from its round + 1 on; the trees
+it adds are those of an uninterrupted fit with deterministic settings (a test checks what holds).
+
 LightGBM's parameters are built as {**user params, **task params, **fixed params}: the user's (allowlisted by
 domain/frameworks.py) can never override the objective, metrics, seed, determinism or verbosity.
 """
@@ -22,7 +26,8 @@ import numpy as np
 from domain.frameworks import LIGHTGBM
 from infra.datasets import Split, load_dataset
 from runners.trainers import (
-    Reporter, TrainingCancelled, TrainResult, TrainSpec, check_budget, resolve_params, validation_metrics,
+    CheckpointClock, CheckpointMismatch, Reporter, TrainingCancelled, TrainResult, TrainSpec, check_budget,
+    resolve_params, validation_metrics,
 )
 
 # Per task: LightGBM's loss metric, its task metric, and the step metric that one becomes.
@@ -43,16 +48,23 @@ class LightGBMTrainer:
         rounds = params.pop("n_estimators")
         if report.should_stop():
             raise TrainingCancelled()
-        train = lgb.Dataset(split.X_train, split.y_train, feature_name=_safe_names(split), free_raw_data=False)
+        names = _safe_names(split)
+        train = lgb.Dataset(split.X_train, split.y_train, feature_name=names, free_raw_data=False)
         valid = lgb.Dataset(split.X_valid, split.y_valid, reference=train, free_raw_data=False)
-        booster = lgb.train(
-            {**params, **_task_params(spec.task, split), **_fixed_params(spec.seed)},
-            train,
-            num_boost_round=rounds,
-            valid_sets=[train, valid],
-            valid_names=["train", "valid"],
-            callbacks=[_report_each_round(spec.task, rounds, report)],
-        )
+        start = _resume(spec, names) if spec.resume_from is not None else None
+        done = start.current_iteration() if start is not None else 0
+        if start is not None and done >= rounds:  # resumed at or past its last round: nothing left to boost
+            booster = start
+        else:
+            booster = lgb.train(
+                {**params, **_task_params(spec.task, split), **_fixed_params(spec.seed)},
+                train,
+                num_boost_round=rounds - done,
+                init_model=start,
+                valid_sets=[train, valid],
+                valid_names=["train", "valid"],
+                callbacks=[_report_each_round(spec.task, rounds, report, CheckpointClock(spec, done))],
+            )
         predicted = np.asarray(booster.predict(split.X_valid, num_threads=params["num_threads"]))
         return TrainResult(
             final_metrics=validation_metrics(spec.task, split.y_valid, predicted),
@@ -87,7 +99,19 @@ def _safe_names(split: Split) -> list[str]:
     return names if len(set(names)) == len(names) else [f"{n}__{i}" for i, n in enumerate(names)]
 
 
-def _report_each_round(task: str, rounds: int, report: Reporter):
+def _resume(spec: TrainSpec, names: list[str]) -> lgb.Booster:
+    """The booster saved at `spec.resume_from`; CheckpointMismatch unless it was made on these features."""
+    try:
+        booster = lgb.Booster(model_str=spec.resume_from.read_text())
+    except lgb.basic.LightGBMError as e:
+        raise CheckpointMismatch(f"{spec.resume_from.name} is not a LightGBM model: {e}") from None
+    if booster.num_feature() != len(names):
+        raise CheckpointMismatch(f"the checkpoint was trained on {booster.num_feature()} features, this job's dataset "
+                                 f"has {len(names)} (retry without from_checkpoint)")
+    return booster
+
+
+def _report_each_round(task: str, rounds: int, report: Reporter, clock: CheckpointClock):
     loss, metric, step_name = _METRICS[task]
 
     def callback(env: lgb.callback.CallbackEnv) -> None:
@@ -100,5 +124,6 @@ def _report_each_round(task: str, rounds: int, report: Reporter):
             "valid_loss": float(values[("valid", loss)]),
             step_name: float(1.0 - task_value if metric == "multi_error" else task_value),
         })
+        clock.after(env.iteration + 1, rounds, lambda: env.model.model_to_string().encode())
 
     return callback

@@ -13,11 +13,17 @@ logits or values, which is what serving and ONNX export want. Model bytes ("torc
 Deterministic given the spec: weights and shuffling draw from a generator seeded by `spec.seed`, not
 torch's global RNG, so concurrent fits in one process do not disturb each other. `num_threads`
 (default 1) sets torch's intra-op threads, which is process-wide.
+
+Checkpoints (see runners/trainers/__init__.py for when) are `torch.save` of {"format_version", "kind", "task",
+"architecture", "epoch", "model", "optimizer", "rng"}: the module's and Adam's state, and the generator's state with
+torch's, numpy's and Python's global ones (and CUDA's on a GPU). A fit resumed from one continues at epoch + 1 with
+the same batches as an uninterrupted fit, so on the CPU it ends with the same model and metrics.
 """
 from __future__ import annotations
 
 import io
 import math
+import random
 
 import numpy as np
 import torch
@@ -26,11 +32,12 @@ from torch import nn
 from domain.frameworks import PYTORCH
 from infra.datasets import Split, load_dataset
 from runners.trainers import (
-    Reporter, TrainingCancelled, TrainResult, TrainSpec, check_budget, resolve_params, step_metrics,
-    validation_metrics,
+    CheckpointClock, CheckpointMismatch, Reporter, TrainingCancelled, TrainResult, TrainSpec, check_budget,
+    resolve_params, step_metrics, validation_metrics,
 )
 
 FORMAT_VERSION = 1
+CHECKPOINT_KIND = "trainyard-pytorch-mlp-checkpoint"
 
 
 class StandardizedMLP(nn.Module):
@@ -84,7 +91,11 @@ class PyTorchMLPTrainer:
         X_valid = torch.from_numpy(split.X_valid).to(device)
         loss_fn = _loss(spec.task, model)
         n, batch = len(y), params["batch_size"]
-        for epoch in range(1, params["epochs"] + 1):
+        architecture = _architecture(model, params)
+        done = _resume(spec, model, optimizer, generator, architecture) if spec.resume_from is not None else 0
+        clock = CheckpointClock(spec, done)
+        scores = None
+        for epoch in range(done + 1, params["epochs"] + 1):
             model.train()
             order = torch.randperm(n, generator=generator).to(device)
             total = 0.0
@@ -99,6 +110,10 @@ class PyTorchMLPTrainer:
                 total += reported * len(rows)
             scores = validation_metrics(spec.task, split.y_valid, predict(model, X_valid, spec.task))
             report.step(epoch, params["epochs"], step_metrics(spec.task, total / n, scores))
+            clock.after(epoch, params["epochs"], lambda e=epoch: _checkpoint(spec, model, optimizer, generator,
+                                                                             architecture, e))
+        if scores is None:  # resumed at or past its last epoch: nothing left to train
+            scores = validation_metrics(spec.task, split.y_valid, predict(model, X_valid, spec.task))
         return TrainResult(final_metrics=scores, model_bytes=_serialize(model, spec, split, params),
                            model_format=PYTORCH.model_format, feature_names=tuple(split.feature_names),
                            class_labels=tuple(split.class_labels) if split.class_labels is not None else None,
@@ -113,6 +128,58 @@ def load_model(data: bytes) -> StandardizedMLP:
     model = StandardizedMLP(**saved["architecture"])
     model.load_state_dict(saved["state_dict"])
     return model.eval()
+
+
+def _architecture(model: StandardizedMLP, params: dict) -> dict:
+    first = next(layer for layer in model.body if isinstance(layer, nn.Linear))
+    return {"n_features": first.in_features, "hidden_sizes": list(params["hidden_sizes"]),
+            "n_outputs": model.body[-1].out_features}
+
+
+def _checkpoint(spec: TrainSpec, model: StandardizedMLP, optimizer: torch.optim.Optimizer,
+                generator: torch.Generator, architecture: dict, epoch: int) -> bytes:
+    numpy_state = np.random.get_state()
+    rng = {"generator": generator.get_state(), "torch": torch.get_rng_state(),
+           "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+           "python": list(_listed(random.getstate()))}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, "kind": CHECKPOINT_KIND, "task": spec.task,
+                "architecture": architecture, "epoch": epoch,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "rng": rng}, buffer)
+    return buffer.getvalue()
+
+
+def _resume(spec: TrainSpec, model: StandardizedMLP, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+            architecture: dict) -> int:
+    """Load the checkpoint at `spec.resume_from` into the model, optimizer and RNGs; the epoch it was taken after."""
+    saved = torch.load(spec.resume_from, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or saved.get("kind") != CHECKPOINT_KIND or saved.get(
+            "format_version") != FORMAT_VERSION:
+        raise CheckpointMismatch(f"{spec.resume_from.name} is not a PyTorch MLP checkpoint of this version")
+    if (saved["task"], saved["architecture"]) != (spec.task, architecture):
+        raise CheckpointMismatch(f"the checkpoint is of a {saved['task']} model {saved['architecture']}; this job "
+                                 f"trains a {spec.task} model {architecture} (retry without from_checkpoint)")
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    rng = saved["rng"]
+    generator.set_state(rng["generator"])
+    torch.set_rng_state(rng["torch"])
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    version, state, gauss = rng["python"]
+    random.setstate((version, tuple(state), gauss))
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return int(saved["epoch"])
+
+
+def _listed(state: tuple) -> tuple:
+    """Python's RNG state with its inner tuple as a list (what torch's safe loader takes back)."""
+    version, inner, gauss = state
+    return version, list(inner), gauss
 
 
 def _fit_normalizers(model: StandardizedMLP, split: Split, task: str) -> None:
@@ -163,13 +230,11 @@ def predict(model: StandardizedMLP, X: torch.Tensor, task: str) -> np.ndarray:
 
 
 def _serialize(model: StandardizedMLP, spec: TrainSpec, split: Split, params: dict) -> bytes:
-    first = next(layer for layer in model.body if isinstance(layer, nn.Linear))
     buffer = io.BytesIO()
     torch.save({
         "format_version": FORMAT_VERSION,
         "task": spec.task,
-        "architecture": {"n_features": first.in_features, "hidden_sizes": list(params["hidden_sizes"]),
-                         "n_outputs": model.body[-1].out_features},
+        "architecture": _architecture(model, params),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "feature_names": list(split.feature_names),
         "class_labels": split.class_labels,
