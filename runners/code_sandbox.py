@@ -35,6 +35,7 @@ Not here: network isolation (a network namespace), cgroup v2, seccomp, a read-on
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import os
@@ -235,9 +236,15 @@ def _job_uid(spec: CodeRun, sink: CodeSink) -> int | None:
     return uid
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls into it
+PR_SET_PDEATHSIG = 1
+
+
 def _child_setup(res: Resources, uid: int | None, cgroup_fds: list[int]) -> Any:
-    """What the child does between fork and exec: join the job's cgroup, drop to `uid`, set its rlimits. Only
-    plain syscalls in there (the runner has threads)."""
+    """What the child does between fork and exec: join the job's cgroup, drop to `uid`, set its rlimits, and die
+    with the runner (SIGKILL when the runner's thread that started it ends: a runner killed mid-job leaves no
+    script running; set after the uid change, which clears it). Only plain syscalls in there (the runner has
+    threads)."""
     nproc = res.max_procs + 1 if uid is not None else _tasks_of(os.getuid()) + res.max_procs + 1
     limits = [(resource.RLIMIT_NOFILE, res.max_open_files), (resource.RLIMIT_FSIZE, res.max_file_mb * MB),
               (resource.RLIMIT_NPROC, nproc), (resource.RLIMIT_CORE, 0)]
@@ -253,6 +260,7 @@ def _child_setup(res: Resources, uid: int | None, cgroup_fds: list[int]) -> Any:
             os.setuid(uid)
         for which, value in limits:
             resource.setrlimit(which, (value, value))
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     return apply
 
 

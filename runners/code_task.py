@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,14 @@ from runners.reporting import JobReporter
 class JobSink(CodeSink):
     """A code job's SDK calls as a built-in trainer's reports and log lines."""
 
-    def __init__(self, reporter: JobReporter, logs: JobLogs) -> None:
-        self.reporter, self.logs = reporter, logs
+    def __init__(self, reporter: JobReporter, logs: JobLogs,
+                 checkpoint: Callable[[int, Path], None] | None = None) -> None:
+        self.reporter, self.logs, self.checkpoint = reporter, logs, checkpoint
         self.model: tuple[Path, list[str] | None, list[Any] | None] | None = None
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        if self.checkpoint is not None:  # kept as the job's (the runner's checkpoint store): a later run resumes
+            self.checkpoint(step, path)
 
     def on_metrics(self, step: int, metrics: dict[str, float], ts_ms: int) -> None:
         self.reporter.points(step, metrics)
@@ -58,9 +63,12 @@ class JobSink(CodeSink):
 
 
 def run_code_job(job_id: str, attempt: int, spec: dict[str, Any], reporter: JobReporter, logs: JobLogs,
-                 artifacts: ArtifactStore, code_root: Path, limits: BundleLimits,
-                 dataset_roots: Sequence[Path]) -> dict[str, Any]:
-    """Run the code job `spec` (TrainingJob.spec of a code job) to its end; the runner report it makes."""
+                 artifacts: ArtifactStore, code_root: Path, limits: BundleLimits, dataset_roots: Sequence[Path],
+                 resume_from: Path | None = None,
+                 checkpoint: Callable[[int, Path], None] | None = None) -> dict[str, Any]:
+    """Run the code job `spec` (TrainingJob.spec of a code job) to its end; the runner report it makes.
+    `resume_from`: the checkpoint its script finds as `run.latest_checkpoint()`; `checkpoint(step, file)`: keeps
+    what it saves with `run.save_checkpoint`."""
     code = spec["code"]
     bundle = get_bundle(code_root, spec["project"], code["code_id"])
     if bundle is None or bundle.sha256 != code["sha256"]:
@@ -79,9 +87,10 @@ def run_code_job(job_id: str, attempt: int, spec: dict[str, Any], reporter: JobR
         run = CodeRun(code_dir=base / "code", entrypoint=code["entrypoint"], work_dir=base / "work",
                       args=tuple(code.get("args") or ()), params=spec.get("params") or {}, dataset_path=data_path,
                       resources=Resources(cpus=int(res.get("cpus", 1)), memory_mb=int(res.get("memory_mb", 2048))),
-                      timeout_s=float(spec.get("timeout_s") or 3600), run_id=f"{job_id}:{attempt}")
+                      timeout_s=float(spec.get("timeout_s") or 3600), run_id=f"{job_id}:{attempt}",
+                      resume_from=resume_from)
         (base / "work").mkdir()
-        sink = JobSink(reporter, logs)
+        sink = JobSink(reporter, logs, checkpoint)
         outcome = run_code(run, sink, reporter.stop_flag)
         if outcome.status == "cancelled":
             return {"type": "cancelled"}

@@ -169,7 +169,7 @@ class Runner:
 
     async def _starting_point(self, item: WorkItem) -> Checkpoint | None:
         """The checkpoint a training job's next attempt starts from (None: from the beginning, or no store)."""
-        if self.checkpoints is None or item.kind != "training":
+        if self.checkpoints is None or item.kind not in ("training", "code"):
             return None
         resume_of = str(item.resume_of) if item.resume_of else None
         try:
@@ -260,10 +260,10 @@ class Runner:
 
     async def _train(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter,
                      resume: Checkpoint | None = None, metrics: Shipper | None = None) -> dict[str, Any]:
-        if spec.get("code") is not None:
-            return await self._run_code(lease, attempt, spec, reporter)
         if resume is not None and resume.job_id != lease.job_id:  # a retry's first run: the original's, made ours
             resume = await asyncio.to_thread(self.checkpoints.adopt, resume, lease.job_id, attempt)
+        if spec.get("code") is not None:
+            return await self._run_code(lease, attempt, spec, reporter, resume, metrics)
         train_spec = TrainSpec(framework=spec["framework"], task=spec["task"], dataset_uri=spec["dataset"]["uri"],
                                target=spec["dataset"].get("target"), params=spec.get("params") or {},
                                dataset_roots=self.dataset_roots, resume_from=resume.path if resume else None,
@@ -292,22 +292,24 @@ class Runner:
                                                                  self.dataset_roots)
         return {"type": "completed", "final_metrics": result.final_metrics, "artifact": artifact}
 
-    async def _run_code(self, lease: Lease, attempt: int, spec: dict[str, Any],
-                        reporter: JobReporter) -> dict[str, Any]:
+    async def _run_code(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter,
+                        resume: Checkpoint | None, metrics: Shipper | None) -> dict[str, Any]:
         from runners.code_task import run_code_job
 
         if not self.accepts_code or self.code_root is None:  # a mis-routed item: another runner takes it
             return {"type": "failed", "error": f"runner {self.runner_id} does not run code jobs"}
         try:
             return await asyncio.to_thread(run_code_job, lease.job_id, attempt, spec, reporter, lease.logs.logs,
-                                           self.artifacts, self.code_root, self.bundle_limits, self.dataset_roots)
+                                           self.artifacts, self.code_root, self.bundle_limits, self.dataset_roots,
+                                           resume.path if resume else None,
+                                           self._saver(lease, attempt, "python", metrics))
         except Exception as e:  # the bundle or the work dir broke, not the script: the job fails, the runner lives
             log.warning("code job %s attempt %d failed: %s", lease.job_id, attempt, printable(e, 300))
             lease.logs.logs.exception(e)
             return {"type": "failed", "error": printable(f"{type(e).__name__}: {e}"), "traceback": True}
 
     def _saver(self, lease: Lease, attempt: int, framework: str,
-               metrics: Shipper | None) -> Callable[[int, bytes], None] | None:
+               metrics: Shipper | None) -> Callable[[int, bytes | Path], None] | None:
         """The trainer's checkpoint callback (training thread). The step's metric points are published first: a
         run resumed from the checkpoint logs from the next step on, so every step before it must be on the stream
         already. A checkpoint not saved (NATS or the disk away) is logged and training goes on."""
@@ -316,11 +318,15 @@ class Runner:
             return None
         suffix = CHECKPOINT_SUFFIX.get(framework, "bin")
 
-        def save(step: int, data: bytes) -> None:
+        def save(step: int, data: bytes | Path) -> None:
+            """`data`: the checkpoint's bytes, or a file holding them (a code job's)."""
             try:
                 if metrics is not None and not asyncio.run_coroutine_threadsafe(metrics.flush(), loop).result(30):
                     raise OSError("its metric points could not be published")
-                store.save(lease.job_id, attempt, step, data, suffix)
+                if isinstance(data, Path):
+                    store.save_file(lease.job_id, attempt, step, data)
+                else:
+                    store.save(lease.job_id, attempt, step, data, suffix)
             except Exception as e:  # a checkpoint only saves time: never the job's failure
                 lease.logs.logs.note("warning", f"checkpoint of step {step} not saved: {printable(e, 300)}")
 

@@ -89,3 +89,37 @@ def test_a_retry_from_checkpoint_starts_where_its_original_stopped(stack: Stack)
     fresh = stack.http.post(f"{JOBS}/{original}/retry", json={"from_checkpoint": False}).json()["job_id"]
     assert stack.wait(fresh, lambda j: j["status"] == "running" or j["status"] in FINISHED,
                       timeout=60)["resumed_from_step"] is None
+
+
+RESUMABLE = '''
+import json
+import time
+
+import trainyard.sdk as ty
+
+run = ty.init()
+start = 0
+if (saved := run.latest_checkpoint()) is not None:
+    start = json.loads(saved.read_bytes())["step"]
+for step in range(start + 1, 201):
+    time.sleep(0.05)
+    run.log({"loss": 1.0 / step}, step=step)
+    run.progress(step, 200)
+    if step % 10 == 0:
+        run.save_checkpoint(json.dumps({"step": step}).encode(), step=step)
+    if run.should_stop():
+        break
+run.finish(metrics={"loss": 1.0 / 200})
+'''
+
+
+def test_a_code_job_whose_runner_is_killed_resumes_from_the_checkpoint_its_script_saved(stack: Stack) -> None:
+    from tests.test_code_jobs import upload
+
+    code_id = upload(stack.http, {"train.py": RESUMABLE})
+    job_id = stack.submit(name="resumable", framework="python", task="regression",
+                          code={"code_id": code_id, "entrypoint": "train.py"})
+    job = running_with_a_checkpoint(stack, job_id)
+    os.kill(int(job["runner_id"].rpartition(":")[2]), signal.SIGKILL)  # its script dies with it (PDEATHSIG)
+    done = assert_resumed_and_whole(stack, job_id, 200, "loss")
+    assert done["resumed_from_step"] % 10 == 0 and done["lost_leases"] == 1
