@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -136,6 +137,15 @@ def _text(values: list[str], codes: np.ndarray) -> pa.Array:
         pa.string())
 
 
+@dataclass(frozen=True)
+class PreparedInsert:
+    """An insert ready to write: the series it flags as rewritten, its rollup cells and its points as columns."""
+
+    flagged: set[tuple[str, str, int]]
+    cells: dict[str, Any]
+    points: dict[str, pa.Array]
+
+
 def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
 
@@ -212,32 +222,44 @@ class MetricStore:
         batch rewrites a point are flagged first (metric_rollup.py)."""
         if not token:
             raise ValueError("batch_id must be a non-empty string")
+        self.write(self.prepare(cols), token)
+
+    def prepare(self, cols: MetricColumns) -> PreparedInsert | None:
+        """The CPU work of inserting `cols` (None: nothing to insert), which `write` then stores: the projector
+        prepares a group while the one before it is written. The store remembers each series' last step from here
+        on, so a group prepared before the one before it is written checks against it too; if that write fails, a
+        later batch reaching back into its steps is checked against the stored points, which is right either way."""
         if cols.size == 0:
-            return
+            return None
         keys, series = cols.series()
         step, values, ts = cols.columns()
         bits = values.view(np.uint64)
         with self._lock:
             known = {k: self._last_step[k] for k in keys if k in self._last_step}
         flagged, cells, last = rollup.prepare(self.ch, keys, series, step, bits, ts, known)
-        if flagged:
-            self.ch.insert(rollup.ROLLUP, rollup.FLAG_COLUMNS,
-                           [(j, n, a, rollup.TOP, 0, rollup.FLAG_TS, 1) for j, n, a in sorted(flagged)])
-        # The cells go first: once the points are queryable, so is the rollup over them. A crash between the two
-        # redelivers the batch: cells are min/max, so repeating them changes nothing.
-        self.ch.insert(rollup.STAGE, rollup.STAGE_COLUMNS, cells)
-        self.ch.insert(TABLE, COLUMNS, {
-            "job_id": _text([k[0] for k in keys], series), "attempt": pa.array(np.array([k[2] for k in keys],
-                                                                                       np.uint32)[series]),
-            "name": _text([k[1] for k in keys], series), "step": pa.array(step),
-            "value": pa.array(bits.view(np.float64)),
-            "ts": pa.array(ts).cast(pa.timestamp("ms", tz="UTC"))}, dedup_token=token)
         with self._lock:
             for key, step_ in last.items():
                 self._last_step[key] = step_
                 self._last_step.move_to_end(key)
             while len(self._last_step) > KNOWN_SERIES:
                 self._last_step.popitem(last=False)
+        return PreparedInsert(flagged, cells, {
+            "job_id": _text([k[0] for k in keys], series), "attempt": pa.array(np.array([k[2] for k in keys],
+                                                                                       np.uint32)[series]),
+            "name": _text([k[1] for k in keys], series), "step": pa.array(step), "value": pa.array(values),
+            "ts": pa.array(ts).cast(pa.timestamp("ms", tz="UTC"))})
+
+    def write(self, prepared: PreparedInsert | None, token: str) -> None:
+        """Store what `prepare` made, under the deduplication token `token`."""
+        if prepared is None:
+            return
+        if prepared.flagged:
+            self.ch.insert(rollup.ROLLUP, rollup.FLAG_COLUMNS,
+                           [(j, n, a, rollup.TOP, 0, rollup.FLAG_TS, 1) for j, n, a in sorted(prepared.flagged)])
+        # The cells go first: once the points are queryable, so is the rollup over them. A crash between the two
+        # redelivers the batch: cells are min/max, so repeating them changes nothing.
+        self.ch.insert(rollup.STAGE, rollup.STAGE_COLUMNS, prepared.cells)
+        self.ch.insert(TABLE, COLUMNS, prepared.points, dedup_token=token)
 
     def names(self, job_id: str) -> list[str]:
         """Sorted metric names of the job, over all attempts."""

@@ -31,7 +31,7 @@ from infra.health import Stage
 from infra.messaging import (FEEDBACK_CONSUMER, LOGS_CONSUMER, METRICS_CONSUMER, PREDICTIONS_CONSUMER,
                              TELEMETRY_STREAM)
 from projections.telemetry.log_store import LogStore, stored_line
-from projections.telemetry.metric_store import MetricColumns, MetricStore
+from projections.telemetry.metric_store import MetricColumns, MetricStore, PreparedInsert
 from projections.telemetry.prediction_store import PredictionStore
 
 log = logging.getLogger("trainyard.metrics")
@@ -45,7 +45,7 @@ def add_batch(cols: MetricColumns, batch: MetricBatch) -> None:
 
 class TelemetryProjector:
     """Subclasses set `consumer` (its durable on TRAINYARD_TELEMETRY), `batch_class` and
-    `insert_batches(batches, token)` (blocking)."""
+    `insert_batches(batches, token, staged)` (blocking), and may set `stage(batches)` (see there)."""
 
     consumer = ""
     batch_class: Any = None
@@ -60,8 +60,14 @@ class TelemetryProjector:
         self.source: Consumer[Any] = Consumer(js, TELEMETRY_STREAM, self.consumer, self.batch_class, self.stage,
                                               name=f"{self.consumer} projector", max_deliveries=max_tries)
 
-    def insert_batches(self, batches: list, token: str) -> None:
+    def insert_batches(self, batches: list, token: str, staged: Any = None) -> None:
+        """Insert `batches` (`staged`: what `stage(batches)` returned, when it ran)."""
         raise NotImplementedError
+
+    def stage(self, batches: list) -> Any:
+        """The CPU work of inserting `batches` that needs no insert before it done (blocking; run while the group
+        before is inserted). None by default."""
+        return None
 
     def changes(self, batches: list, followed: Callable[[str], bool]) -> dict[str, tuple[Any, int]]:
         """What an insert of `batches` changed, for the live streams: fan-out topic -> (the rows, as the stream's
@@ -102,12 +108,18 @@ class TelemetryProjector:
                 good.append((msg, self.source.decode(msg)))
             except Poison as p:
                 await self.source.dead_letter(msg, str(p))
+        staged = None
+        if good:
+            try:
+                staged = await asyncio.to_thread(self.stage, [b for _, b in good])
+            except Exception as e:  # the insert stages them again, and its failure path finds the batch at fault
+                log.debug("%s: staging %d batches failed: %s", self.consumer, len(good), printable(e, 300))
         if after is not None:
             await asyncio.wait([after])  # its outcome is for run() to see
         if not good:
             return
         try:
-            await self._insert(good)
+            await self._insert(good, staged)
         except Exception as e:
             log.warning("%s insert of %d batches failed: %s", self.consumer, len(good), printable(e, 300))
             self.stage.failed(e)
@@ -121,9 +133,9 @@ class TelemetryProjector:
                 except Exception as e1:
                     await self.source.retry(one[0], e1)
 
-    async def _insert(self, batches: list) -> None:
+    async def _insert(self, batches: list, staged: Any = None) -> None:
         token = ",".join(b.batch_id for _, b in batches)
-        await asyncio.to_thread(self.insert_batches, [b for _, b in batches], token)
+        await asyncio.to_thread(self.insert_batches, [b for _, b in batches], token, staged)
         if self.fanout is not None:
             for topic, (rows, size) in self.changes([b for _, b in batches], self.fanout.followed).items():
                 self.fanout.notify(topic, rows, size)
@@ -145,11 +157,14 @@ class MetricsProjector(TelemetryProjector):
     # reports its end, must be queryable when the job shows completed.
     store: MetricStore
 
-    def insert_batches(self, batches: list[MetricBatch], token: str) -> None:
+    def stage(self, batches: list[MetricBatch]) -> PreparedInsert | None:
         cols = MetricColumns()
         for batch in batches:
             add_batch(cols, batch)
-        self.store.insert_columns(cols, token)
+        return self.store.prepare(cols)
+
+    def insert_batches(self, batches: list[MetricBatch], token: str, staged: Any = None) -> None:
+        self.store.write(staged if staged is not None else self.stage(batches), token)
 
     def changes(self, batches: list[MetricBatch], followed: Callable[[str], bool]) -> dict[str, tuple[Any, int]]:
         out: dict[str, tuple[Any, int]] = {}
@@ -170,7 +185,7 @@ class LogsProjector(TelemetryProjector):
     # when the job shows failed.
     store: LogStore
 
-    def insert_batches(self, batches: list[LogBatch], token: str) -> None:
+    def insert_batches(self, batches: list[LogBatch], token: str, staged: Any = None) -> None:
         self.store.insert_batches(batches, token)
 
     def changes(self, batches: list[LogBatch], followed: Callable[[str], bool]) -> dict[str, tuple[Any, int]]:
@@ -191,7 +206,7 @@ class PredictionsProjector(TelemetryProjector):
     gather_s = 1.0
     store: PredictionStore
 
-    def insert_batches(self, batches: list[PredictionBatch], token: str) -> None:
+    def insert_batches(self, batches: list[PredictionBatch], token: str, staged: Any = None) -> None:
         self.store.insert_batches(batches, token)
 
 
@@ -199,5 +214,5 @@ class FeedbackProjector(TelemetryProjector):
     consumer, batch_class = FEEDBACK_CONSUMER, FeedbackBatch
     store: PredictionStore
 
-    def insert_batches(self, batches: list[FeedbackBatch], token: str) -> None:
+    def insert_batches(self, batches: list[FeedbackBatch], token: str, staged: Any = None) -> None:
         self.store.insert_feedback(batches)
