@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.contract import printable
+from domain.search_space import CODE_OBJECTIVE_SERIES
 from infra.code_bundles import BundleError, BundleLimits, get_bundle, unpack_bundle
 from infra.datasets import dataset_digest
 from runners.artifacts import ArtifactStore
@@ -53,8 +54,9 @@ class JobSink(CodeSink):
         self.logs.note(level, text)
 
     def on_report(self, value: float, step: int) -> bool:
+        self.reporter.points(step, {CODE_OBJECTIVE_SERIES: value})  # kept: a rebuilt pruner reads it back
         self.reporter.objective(step, value)
-        return False  # the study's answer comes back as a cancel on the stop flag
+        return False  # the study's answer comes back as a cancel on the stop flag (SIGTERM after a grace)
 
 
 def run_code_job(job_id: str, attempt: int, spec: dict[str, Any], reporter: JobReporter, logs: JobLogs,
