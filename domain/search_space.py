@@ -3,7 +3,9 @@
 A study tunes one framework's params on one task: it searches `search_space` (one entry per tunable
 parameter), merges `fixed_params` into every trial's params, optimizes one of the task's final metrics
 (`objective`), proposes trials with a `sampler` and may stop unpromising trials early with a `pruner`.
-Pure: no I/O, importable by the API, the study driver and runners alike.
+Pure: no I/O, importable by the API, the study driver and runners alike. A study of the user's own code (framework
+python) searches free names, optimizes any metric its script finishes with and may prune on what the script
+reports (`run.report`); its params are the script's, so no budget or trainability check applies.
 
 Search space entries (JSON):
     {"type": "float", "low": x, "high": y, "log": false, "step": null}

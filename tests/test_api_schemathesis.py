@@ -50,7 +50,7 @@ BEYOND_SCHEMA: list[tuple[str, str, str]] = [
     (r"POST /api/v1/training/jobs", r"params(\..*)?", "."),
     # a study's objective metric depends on its task, the names in its search space and fixed params on the
     # framework; those two, the sampler and the pruner are free-form objects described in words
-    (r"POST /api/v1/studies", r"objective\.metric", r"must be one of the \w+ metrics"),
+    (r"POST /api/v1/studies", r"objective\.metric", r"must be one of the \w+ metrics|must be a metric name"),
     (r"POST /api/v1/studies", r"(search_space|fixed_params|sampler|pruner)(\..*)?", "."),
     # an upload's file name (a multipart part's filename has no schema)
     ("POST /api/v1/datasets", "file", "file name must end with"),
