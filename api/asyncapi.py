@@ -90,11 +90,21 @@ class ProgressReported(_Payload):
     total_steps: int
 
 
+class KeptArtifact(BaseModel):
+    name: str = Field(description="as the script named it (run.log_artifact)")
+    uri: str
+    sha256: str
+    size_bytes: int
+
+
 class Completed(_Payload):
     attempt: int
     final_metrics: dict[str, float]
     artifact: dict[str, Any]
     total_steps: int | None = None
+    artifacts: list[KeptArtifact] | None = Field(default=None, description="the files a code job kept besides its "
+                                                 "model (run.log_artifact); null when none, and in events stored "
+                                                 "before artifacts")
 
 
 class Failed(_Payload):
@@ -131,6 +141,10 @@ class StudyCreated(_Payload):
     tags: list[str]
     project: str = Field(default="default", description="the study's project (its trials' jobs belong to it too); "
                                                         "events stored before projects: 'default'")
+    code: dict[str, Any] | None = Field(default=None, description="framework python: the bundle (code_id, sha256), "
+                                        "entrypoint and args every trial runs; null for a built-in framework")
+    resources: dict[str, Any] | None = Field(default=None, description="framework python: each trial's cpus, "
+                                             "memory_mb, gpus")
 
 
 class TrialAsked(_Payload):

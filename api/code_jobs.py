@@ -26,14 +26,15 @@ def is_code(framework: str) -> bool:
 
 
 def check_code_job(code: CodeIn | None, resources: ResourcesIn | None, params: dict[str, Any], s: Services,
-                   access: Access) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(code, resources) of a code job, or Problem 403/422 naming what is wrong."""
+                   access: Access, params_field: str = "params") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(code, resources) of a code job, or Problem 403/422 naming what is wrong (a study's `fixed_params` are
+    checked as its trials' params, named `params_field`)."""
     authorize(access.principal, access.project, "code.run")
     if code is None:
         raise Problem(422, "Invalid request", "code: required for framework python (a code_id and an entrypoint)",
                       "code")
     try:
-        check_params(params, code=True)
+        check_params(params, params_field, code=True)
     except ParamsError as e:
         raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
     bundle = get_bundle(s.settings.code_root, access.project, code.code_id)

@@ -1,11 +1,12 @@
 """/api/v1/training/jobs: submit, watch, list, cancel, retry, metrics."""
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from api.quotas import admit_job
 from api.auth import Access, access_of, allow
@@ -150,6 +151,30 @@ def visible_job(s: Services, job_id: UUID, request: Request) -> dict:
 @router.get("/{job_id}", dependencies=[allow("job.read")], response_model=JobPublic, responses=problems(404, 422))
 def get_job(job_id: UUID, request: Request, s: ServicesDep) -> JobPublic:
     return JobPublic.model_validate(visible_job(s, job_id, request))
+
+
+@router.get("/{job_id}/artifacts/{name:path}", dependencies=[allow("job.read")], response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}},
+                             "description": "the artifact's bytes (its sha256 is listed on the job)"},
+                       **problems(404, 422)})
+def download_artifact(job_id: UUID, request: Request, s: ServicesDep,
+                      name: Annotated[str, Path(min_length=1, max_length=200)]) -> FileResponse:
+    """Download a file the job kept with `run.log_artifact` (listed in its `artifacts`), streamed."""
+    job = visible_job(s, job_id, request)
+    found = next((a for a in job.get("artifacts") or () if a.get("name") == name), None)
+    if found is None:
+        raise Problem(404, "Not found", f"name: job {job_id} kept no artifact named {name[:200]!r}", "name")
+    from runners.artifacts import LocalArtifactStore
+
+    try:
+        path = LocalArtifactStore(s.settings.artifacts).path_of(found["uri"])
+    except ValueError:
+        path = None
+    if path is None or not path.is_file():
+        raise Problem(404, "Not found", f"name: artifact {name[:200]!r} of job {job_id} is no longer stored", "name")
+    filename = PurePosixPath(name).name.replace('"', "_").replace("\\", "_") or "artifact"
+    return FileResponse(path, media_type="application/octet-stream", filename=filename,
+                        headers={"X-Content-Sha256": found["sha256"]})
 
 
 @router.delete("/{job_id}", dependencies=[allow("job.cancel")], status_code=202, response_model=JobPublic, responses=problems(404, 409, 422))

@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.quotas import admit_study
-from api.auth import access_of, allow
+from api.auth import Access, access_of, allow
+from api.code_jobs import check_code_job, is_code, refuse_code_fields
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.importances import ImportanceCache
@@ -43,34 +44,45 @@ def _catch_up(s: Services, position: int | None) -> None:
         s.applied.wait_for("studies", s.app.name, position, READ_YOUR_WRITES_TIMEOUT_S)
 
 
-def check_study_in(body: StudyIn, s: Services, project: str) -> dict:
-    """The study's objective with its direction filled in, once every rule holds; Problem(422) naming the field."""
+def check_study_in(body: StudyIn, s: Services, access: Access) -> tuple[dict, dict | None, dict | None]:
+    """(objective with its direction filled in, code, resources) once every rule holds; Problem(422) naming the
+    field. A study of framework python runs the user's code in every trial: its submitter must be allowed to run
+    code (403 otherwise), and its bundle and entrypoint are checked as a code job's (api/code_jobs.py)."""
     direction = body.objective.direction or default_direction(body.objective.metric)
     objective = {"metric": body.objective.metric, "direction": direction}
     try:
         for where in ("search_space", "fixed_params", "sampler", "pruner"):
-            check_params(getattr(body, where), where)
+            if not (where == "fixed_params" and is_code(body.framework)):  # a code job's bounds: below
+                check_params(getattr(body, where), where)
         check_study(body.framework, body.task, objective, body.search_space, body.fixed_params, body.sampler,
                     body.pruner, body.n_trials, body.max_parallel)
     except (StudySpecError, ParamsError) as e:
         raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
+    code = resources = None
+    if is_code(body.framework):
+        code, resources = check_code_job(body.code, body.resources, body.fixed_params, s, access,
+                                         params_field="fixed_params")
+    else:
+        refuse_code_fields(body.code, body.resources)
     check_job_dataset(body.framework, body.task, body.dataset.uri, body.dataset.target, body.fixed_params, s,
-                      params_field="fixed_params", project=project)
-    return objective
+                      params_field="fixed_params", project=access.project)
+    return objective, code, resources
 
 
 @router.post("", dependencies=[allow("study.create")], status_code=202, response_model=StudyAccepted,
              responses={**problems(400, 409, 413, 422, 429), **repeated(StudyAccepted)}, openapi_extra=IDEMPOTENT)
 def create_study(body: StudyIn, request: Request, s: ServicesDep, ctx: CommandContextDep) -> JSONResponse:
     """Create a study (202; 200 when the Idempotency-Key was seen before). Its trials start at once."""
-    project = access_of(request).project
-    objective = check_study_in(body, s, project)
+    access = access_of(request)
+    project = access.project
+    objective, code, resources = check_study_in(body, s, access)
     admit_study(s, project)
     cmd = CreateStudy(project=project, name=body.name, framework=body.framework, task=body.task,
                       dataset=body.dataset.model_dump(exclude_none=True), objective=objective,
                       search_space=body.search_space, fixed_params=body.fixed_params, sampler=body.sampler,
                       pruner=body.pruner, n_trials=body.n_trials, max_parallel=body.max_parallel,
-                      timeout_s=body.timeout_s, priority=body.priority, tags=body.tags)
+                      timeout_s=body.timeout_s, priority=body.priority, tags=body.tags, code=code,
+                      resources=resources)
     out = s.study_commands.create(cmd, idempotency_key(request), ctx)
     _catch_up(s, out.position)
     accepted = StudyAccepted(study_id=out.study_id, status=out.status, created_at=out.created_at)  # type: ignore[arg-type]

@@ -111,7 +111,8 @@ class ReportHandler:
                 self.leases.flag_cancel(job.id)
             return _reply(job)
         if r.type == "completed":
-            job = self.app.complete(r.job_id, lease_id, r.final_metrics, r.artifact or {}, ctx, r.total_steps)
+            job = self.app.complete(r.job_id, lease_id, r.final_metrics, r.artifact or {}, ctx, r.total_steps,
+                                    [a.model_dump() for a in r.artifacts or ()])
         elif r.type == "failed":
             job = self.app.fail(r.job_id, lease_id, printable(r.error or "unknown error"), ctx)
         elif r.type == "cancelled":

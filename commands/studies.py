@@ -50,6 +50,8 @@ class CreateStudy:
     timeout_s: int | None = None
     priority: str = "medium"
     tags: list[str] = field(default_factory=list)
+    code: dict[str, Any] | None = None  # a code study's bundle and entrypoint (api/code_jobs.py), run by every trial
+    resources: dict[str, Any] | None = None  # a code study's per-trial cpus, memory_mb, gpus
 
 
 @dataclass(frozen=True)
@@ -134,12 +136,13 @@ class StudyCommands:
     def _trial_command(study: Study, number: int) -> SubmitJob:
         trial = study.trial(number)
         pruned = study.pruner.get("type", "none") != "none"
-        report_metric = step_metric_for(study.task, study.objective["metric"]) if pruned else None
+        # A code trial's intermediate objective is what its script reports (`run.report`), no metric of ours.
+        report_metric = step_metric_for(study.task, study.objective["metric"]) if pruned and not study.code else None
         return SubmitJob(project=study.project, name=f"{study.name}#{number}"[:200], framework=study.framework,
                          task=study.task, dataset=study.dataset, params={**study.fixed_params, **trial.params},
                          priority=study.priority, tags=list(study.tags),
                          timeout_s=study.timeout_s or SubmitJob.timeout_s, study_id=study.id, trial_number=number,
-                         report_metric=report_metric)
+                         report_metric=report_metric, code=study.code, resources=study.resources)
 
     def prune_trial(self, study_id: UUID, number: int, step: int, value: float | None, ctx: CommandContext) -> Study:
         return self._change(study_id, lambda s: s.prune_trial(number, step, value), ctx)[0]

@@ -18,8 +18,9 @@ every `refresh_s` for every running study (`refresh`), so a lost event delays a 
 process the report handler also nudges the driver (`job_moved`) the moment a trial's job ends, so the next trial is
 asked without waiting for the event's trip through the relay and JetStream.
 
-Pruning: a runner training a trial with a pruner reports the objective's step metric after each step
-(`intermediate` reports); the report handler asks `should_prune`; a yes is recorded on the Study
+Pruning: a runner training a trial with a pruner reports the objective's step metric after each step (a code
+trial: each value its script reports with `run.report`, also kept as its `objective` series) as `intermediate`
+reports; the report handler asks `should_prune`; a yes is recorded on the Study
 (`TrialPruneRequested`), the job's cancel is requested, and the report's reply tells the runner to stop.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ from commands.studies import StudyCommands, StudyNotFoundError, trial_job_id
 from commands.study_optimizer import StudyOptimizer, TrialRecord
 from commands.training import JobNotFoundError, TrainingApplication
 from domain.contract import printable
-from domain.search_space import step_metric_for
+from domain.search_space import CODE_OBJECTIVE_SERIES, step_metric_for
 from domain.study import Study, StudyError, Trial
 from domain.training_job import JobError
 from domain.vocabulary import JobStatus, StudyStatus, TrialState
@@ -169,7 +170,7 @@ class StudyDriver:
 
     def _record(self, study: Study, number: int, trial: Trial) -> TrialRecord:
         intermediate: dict[int, float] = {}
-        metric = step_metric_for(study.task, study.objective["metric"])
+        metric = CODE_OBJECTIVE_SERIES if study.code else step_metric_for(study.task, study.objective["metric"])
         if self.metrics is not None and metric and study.pruner.get("type", "none") != "none":
             try:
                 job = str(trial.job_id)

@@ -159,11 +159,12 @@ class TrainingApplication(TrainyardApplication):
         return self._change(job_id, lambda job: job.record_progress(lease_id, current_step, total_steps), ctx)
 
     def complete(self, job_id: UUID, lease_id: str, final_metrics: dict[str, float], artifact: dict[str, Any],
-                 ctx: CommandContext, total_steps: int | None = None) -> TrainingJob:
+                 ctx: CommandContext, total_steps: int | None = None,
+                 artifacts: list[dict[str, Any]] | None = None) -> TrainingJob:
         """Ends the attempt, with the completion effects registered for its work kind saved in the same transaction
         (a model export's attaches its ONNX artifact to the model version: commands/models.py)."""
-        return self.change(job_id, lambda job: job.complete(lease_id, final_metrics, artifact, total_steps), ctx,
-                           JobNotFoundError, also=self.completion_effects)[0]
+        return self.change(job_id, lambda job: job.complete(lease_id, final_metrics, artifact, total_steps, artifacts),
+                           ctx, JobNotFoundError, also=self.completion_effects)[0]
 
     def fail(self, job_id: UUID, lease_id: str, error: str, ctx: CommandContext) -> TrainingJob:
         return self._change(job_id, lambda job: job.fail(lease_id, error), ctx)

@@ -233,6 +233,19 @@ class FeatureRecipeJson(TypedDict, total=False):
 ArtifactValue = Annotated[Text, Field(max_length=4096)] | int | NameList | FeatureRecipeJson
 
 
+MAX_JOB_ARTIFACTS = 100  # files a code job may keep with `run.log_artifact` (runners/code_task.py)
+
+
+class NamedArtifact(BaseModel):
+    """A file a code job kept (`run.log_artifact(path, name)`), stored beside its model."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Text = Field(min_length=1, max_length=200)
+    uri: Text = Field(min_length=1, max_length=4096)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0, le=2**62)
+
+
 class RunnerReport(BaseModel):
     """What a runner tells the command handlers about one job.
 
@@ -260,6 +273,8 @@ class RunnerReport(BaseModel):
     artifact: dict[Annotated[str, Field(max_length=64)], ArtifactValue] | None = (
         Field(default=None, max_length=16, description="where the result is, and what a reader of it needs "
                                                        "(feature names, class labels and feature recipe of a model)"))
+    artifacts: list[NamedArtifact] | None = Field(default=None, max_length=MAX_JOB_ARTIFACTS,
+                                                  description="completed: the files a code job kept")
     error: str | None = Field(default=None, max_length=20_000)
 
 

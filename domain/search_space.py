@@ -3,7 +3,9 @@
 A study tunes one framework's params on one task: it searches `search_space` (one entry per tunable
 parameter), merges `fixed_params` into every trial's params, optimizes one of the task's final metrics
 (`objective`), proposes trials with a `sampler` and may stop unpromising trials early with a `pruner`.
-Pure: no I/O, importable by the API, the study driver and runners alike.
+Pure: no I/O, importable by the API, the study driver and runners alike. A study of the user's own code (framework
+python) searches free names, optimizes any metric its script finishes with and may prune on what the script
+reports (`run.report`); its params are the script's, so no budget or trainability check applies.
 
 Search space entries (JSON):
     {"type": "float", "low": x, "high": y, "log": false, "step": null}
@@ -63,6 +65,10 @@ MAX_PARALLEL = 64
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 1_000_000
 _NAME_CHARS = 64
+# The series a code job's `run.report(value, step)` values are also stored as: a code study's intermediate
+# objective, which the study driver reads back when it rebuilds a study's pruner.
+CODE_OBJECTIVE_SERIES = "objective"
+MAX_CODE_METRIC = 64  # the objective of a code study: a final metric name the script finishes with
 _KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "step", "log"),
          "categorical": ("type", "choices")}
 _TYPES_OF_KIND = {"float": ("float", "int", "categorical"), "int": ("int", "categorical"),
@@ -214,11 +220,11 @@ def check_study(framework: str, task: str, objective: dict[str, Any], search_spa
         spec = framework_spec(framework)
     except ParamsError as e:
         raise StudySpecError("framework", e.reason) from None
-    if spec.code:
-        raise StudySpecError("framework", f"a study tunes a built-in framework's params; {framework} jobs run "
-                                          f"one at a time")
     if task not in tuple(Task):
         raise StudySpecError("task", f"unknown task {_show(task)}; expected one of {', '.join(Task)}")
+    if spec.code:
+        _check_code_study(objective, search_space, fixed_params, sampler, pruner, n_trials, max_parallel)
+        return
     metric = _check_objective(task, objective)
     fixed = {} if fixed_params is None else fixed_params
     if not isinstance(fixed, dict):
@@ -236,6 +242,59 @@ def check_study(framework: str, task: str, objective: dict[str, Any], search_spa
     _check_count("n_trials", n_trials, MAX_TRIALS)
     _check_count("max_parallel", max_parallel, MAX_PARALLEL)
     _check_trainable(framework, task, fixed, dims)
+
+
+class _FreeParam:
+    """A code study's parameter: the script reads its params untouched, so any value of the entry's type goes
+    (a float entry may be searched as float, int or categorical; the edge bounds the values' shape)."""
+
+    kind = "float"
+
+    @staticmethod
+    def check(value: Any) -> str | None:
+        return None
+
+
+def _check_code_study(objective: Any, search_space: Any, fixed_params: Any, sampler: Any, pruner: Any,
+                      n_trials: Any, max_parallel: Any) -> None:
+    """A study of the user's own code: the objective is any metric name the script finishes with, every
+    searched name is free (not also fixed), and any pruner goes (the script's `run.report` is the intermediate
+    objective)."""
+    if not isinstance(objective, dict):
+        raise StudySpecError("objective", 'must be an object like {"metric": "val_loss", "direction": "minimize"}')
+    for key in objective:
+        if key not in ("metric", "direction"):
+            raise StudySpecError(_sub("objective", key), "unknown key; expected metric and direction")
+    metric = objective.get("metric")
+    if not isinstance(metric, str) or not 0 < len(metric) <= MAX_CODE_METRIC or not metric.isprintable():
+        raise StudySpecError("objective.metric", f"must be a metric name of 1 to {MAX_CODE_METRIC} printable "
+                             f"characters (one the script finishes with), got {_show(metric)}")
+    if objective.get("direction") not in (None, *Direction):
+        raise StudySpecError("objective.direction", f"must be maximize or minimize, got {_show(objective['direction'])}")
+    fixed = {} if fixed_params is None else fixed_params
+    if not isinstance(fixed, dict):
+        raise StudySpecError("fixed_params", "must be an object of name: value")
+    if not isinstance(search_space, dict):
+        raise StudySpecError("search_space", 'must be an object of name: {"type": ...}')
+    if not search_space:
+        raise StudySpecError("search_space", "is empty; give at least one parameter to search")
+    if len(search_space) > MAX_SPACE_PARAMS:
+        raise StudySpecError("search_space", f"{len(search_space)} parameters; at most {MAX_SPACE_PARAMS}")
+    dims: list[_Dim] = []
+    for name, entry in search_space.items():
+        if not isinstance(name, str) or not 0 < len(name) <= _NAME_CHARS or not name.isprintable():
+            raise StudySpecError("search_space", f"parameter names must be 1 to {_NAME_CHARS} printable characters")
+        where = f"search_space.{name}"
+        if name in fixed:
+            raise StudySpecError(where, "also set in fixed_params; a parameter is either searched or fixed")
+        _check_entry(where, name, _FreeParam(), entry)  # type: ignore[arg-type]
+        dims.append(_Dim(name, name, _FreeParam(), entry))  # type: ignore[arg-type]
+    sampler_type, _ = sampler_settings(sampler)
+    if sampler_type == "grid":
+        _check_grid(dims)
+    pruner_settings(pruner)
+    _check_count("n_trials", n_trials, MAX_TRIALS)
+    _check_count("max_parallel", max_parallel, MAX_PARALLEL)
 
 
 def _check_objective(task: str, objective: Any) -> str:

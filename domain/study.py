@@ -94,9 +94,10 @@ class Trial:
 
 class Study(Aggregate):
     class Created(Aggregate.Created):
-        """v2 added the study's `project` (a study created before projects belongs to the default project)."""
+        """v2 added the study's `project` (a study created before projects belongs to the default project); v3 its
+        trials' `code` and `resources` (None for a built-in framework's study)."""
 
-        class_version = 2
+        class_version = 3
         name: str
         framework: str
         task: str
@@ -112,10 +113,17 @@ class Study(Aggregate):
         priority: str
         tags: list[str]
         project: str = DEFAULT_PROJECT
+        code: dict[str, Any] | None = None
+        resources: dict[str, Any] | None = None
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state.setdefault("project", DEFAULT_PROJECT)
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state.setdefault("code", None)
+            state.setdefault("resources", None)
 
     @classmethod
     def create(cls, id: UUID, *, project: str, **fields: Any) -> Study:
@@ -147,9 +155,12 @@ class Study(Aggregate):
         priority: str,
         tags: list[str],
         project: str = DEFAULT_PROJECT,
+        code: dict[str, Any] | None = None,
+        resources: dict[str, Any] | None = None,
     ) -> None:
         # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
         self.project = project  # its trials' jobs belong to it too
+        self.code, self.resources = code, resources  # a code study's: every trial runs this bundle and entrypoint
         self.name = name
         self.framework = framework
         self.task = task

@@ -83,6 +83,7 @@ class LeasedWork(Aggregate):
         self.cancel_requested = False
         self.final_metrics: dict[str, float] = {}
         self.artifact: dict[str, Any] | None = None
+        self.artifacts: list[dict[str, Any]] = []  # a code job's kept files (run.log_artifact)
         self.error: str | None = None
 
     def spec(self) -> dict[str, Any]:
@@ -156,20 +157,27 @@ class LeasedWork(Aggregate):
             work.current_step, work.total_steps = self.current_step, self.total_steps
 
     class Completed(Aggregate.Event):
-        """v2 added `total_steps` (the steps the runner counted)."""
+        """v2 added `total_steps` (the steps the runner counted); v3 `artifacts`, the files a code job kept
+        (`run.log_artifact`: name, uri, sha256, size_bytes each; none before)."""
 
-        class_version = 2
+        class_version = 3
         attempt: int
         final_metrics: dict
         artifact: dict
         total_steps: int | None = None
+        artifacts: list | None = None
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state.setdefault("total_steps", None)
 
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state.setdefault("artifacts", None)
+
         def apply(self, work: Any) -> None:
             work.status, work.final_metrics, work.artifact = JobStatus.COMPLETED, self.final_metrics, self.artifact
+            work.artifacts = list(self.artifacts or [])
             work.total_steps = self.total_steps or work.total_steps
             if work.total_steps is not None:
                 work.current_step = work.total_steps
@@ -275,13 +283,14 @@ class LeasedWork(Aggregate):
                      total_steps=total_steps)
 
     def complete(self, lease_id: str, final_metrics: dict[str, float], artifact: dict[str, Any],
-                 total_steps: int | None = None) -> None:
-        """The attempt finished; `total_steps` (what the runner counted) completes the progress."""
+                 total_steps: int | None = None, artifacts: list[dict[str, Any]] | None = None) -> None:
+        """The attempt finished; `total_steps` (what the runner counted) completes the progress; `artifacts`: the
+        files it kept besides its model."""
         if self.status == JobStatus.COMPLETED and lease_id == self.lease_id:
             return
         self.check_lease(lease_id)
         self._record(LeasedWork.Completed, attempt=self.attempt, final_metrics=final_metrics, artifact=artifact,
-                     total_steps=total_steps)
+                     total_steps=total_steps, artifacts=artifacts or None)
 
     def fail(self, lease_id: str, error: str) -> None:
         if self.status == JobStatus.FAILED and lease_id == self.lease_id:

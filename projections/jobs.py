@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
+from psycopg.types.json import Jsonb
 
 from domain.training_job import TrainingJob
 from projections.tracking import TrackedProjection, TrackedView, topics_of
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested boolean NOT NULL DEFAULT false,
     final_metrics jsonb NOT NULL DEFAULT '{}',
     artifact jsonb,
+    artifacts jsonb NOT NULL DEFAULT '[]',
     error text,
     created_by text,
     correlation_id text,
@@ -67,7 +69,8 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS timeout_s int NOT NULL DEFAULT 3600,
     ADD COLUMN IF NOT EXISTS hand_backs int NOT NULL DEFAULT 0, ADD COLUMN IF NOT EXISTS requeue_reason text,
     ADD COLUMN IF NOT EXISTS project text NOT NULL DEFAULT 'default', ADD COLUMN IF NOT EXISTS retry_of uuid,
     ADD COLUMN IF NOT EXISTS from_checkpoint boolean NOT NULL DEFAULT false, ADD COLUMN IF NOT EXISTS code jsonb,
-    ADD COLUMN IF NOT EXISTS resources jsonb, ADD COLUMN IF NOT EXISTS resumed_from_step bigint;
+    ADD COLUMN IF NOT EXISTS resources jsonb, ADD COLUMN IF NOT EXISTS resumed_from_step bigint,
+    ADD COLUMN IF NOT EXISTS artifacts jsonb NOT NULL DEFAULT '[]';
 CREATE INDEX IF NOT EXISTS jobs_retry_of ON jobs (retry_of, created_at) WHERE retry_of IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_project_created ON jobs (project, created_at DESC);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_id, trial_number) WHERE study_id IS NOT NULL;
@@ -143,8 +146,8 @@ class JobsProjection(TrackedProjection[JobsView]):
     def _(self, e: TrainingJob.Completed, tracking: Tracking) -> None:
         steps = e.total_steps
         progress = {"current_step": steps, "total_steps": steps} if steps else {}
-        self._update(e, tracking, final_metrics=e.final_metrics, artifact=e.artifact, **progress,
-                     **_finished("completed", e.timestamp))
+        self._update(e, tracking, final_metrics=e.final_metrics, artifact=e.artifact,
+                     artifacts=Jsonb(list(e.artifacts or ())), **progress, **_finished("completed", e.timestamp))
 
     @apply.register
     def _(self, e: TrainingJob.Failed, tracking: Tracking) -> None:

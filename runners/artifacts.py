@@ -1,7 +1,8 @@
 """Where trained models are kept: a small store interface and its local-filesystem backend.
 
 A model is stored once per job attempt; the `Artifact` (uri, sha256, size) is what the job's
-Completed event records, so a reader can check what it fetched against the digest.
+Completed event records, so a reader can check what it fetched against the digest. The other files a code
+job keeps (`run.log_artifact`) are stored beside its model, one per content (`put_file`).
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ class ArtifactStore(Protocol):
     def get(self, uri: str) -> bytes:
         """The bytes stored under `uri`; FileNotFoundError if there are none."""
 
+    def put_file(self, job_id: str, attempt: int, source: Path) -> Artifact:
+        """Store the file at `source` (streamed, not read whole) beside `job_id`'s `attempt` model: one stored copy
+        per content, so putting the same bytes twice stores them once."""
+
 
 class LocalArtifactStore:
     """Artifacts as files `<root>/<job_id>/attempt-<n>/model.<suffix>`, uri `file:///abs/path`.
@@ -73,13 +78,45 @@ class LocalArtifactStore:
         return Artifact(uri=path.as_uri(), sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
 
     def get(self, uri: str) -> bytes:
+        return self.path_of(uri).read_bytes()
+
+    def path_of(self, uri: str) -> Path:
+        """The file of `uri`: ValueError for a uri that is not a local one under `root`."""
         parsed = urlparse(uri)
         if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
             raise ValueError(f"not a local artifact uri: {uri!r}")
         path = Path(unquote(parsed.path)).resolve()
         if not path.is_relative_to(self.root):
             raise ValueError(f"{uri!r} is outside the artifact root {self.root}")
-        return path.read_bytes()
+        return path
+
+    def put_file(self, job_id: str, attempt: int, source: Path) -> Artifact:
+        folder = self._folder(job_id, attempt) / "artifacts"
+        folder.mkdir(parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".artifact-", suffix=".tmp")
+        try:
+            with open(source, "rb") as src, os.fdopen(fd, "wb") as handle:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            path = folder / digest.hexdigest()
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(folder)
+        return Artifact(uri=path.as_uri(), sha256=digest.hexdigest(), size_bytes=size)
+
+    def _folder(self, job_id: str, attempt: int) -> Path:
+        if not _SAFE_NAME.fullmatch(str(job_id)) or ".." in str(job_id):
+            raise ValueError(f"job_id {job_id!r} is not a safe file name")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
+            raise ValueError(f"attempt must be a non-negative integer, got {attempt!r}")
+        return self.root / str(job_id) / f"attempt-{attempt}"
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -5,8 +5,10 @@ The bundle is found in the job's project under `code_root` and checked against t
 submit (bundles are immutable; a mismatch fails the job). Its dataset, when it has one, is the file itself (read
 only by the script), or for a `builtin://` dataset a CSV of it written into the work dir (feature columns in the
 dataset's order, then `target`). The sink maps the SDK's calls: metrics and progress to the `JobReporter`, output
-lines and sandbox notes to the job's logs, `report(value, step)` to the study's intermediate objective, and the
-ONNX file of `save_model` becomes the job's artifact (format "onnx", feature names and class labels recorded).
+lines and sandbox notes to the job's logs, `report(value, step)` to the study's intermediate objective, the
+ONNX file of `save_model` becomes the job's artifact (format "onnx", feature names and class labels recorded),
+and the files of `log_artifact` are stored beside it and listed on the job's Completed event (at most
+MAX_JOB_ARTIFACTS names and MAX_ARTIFACTS_BYTES in all: past that, a warning in its logs, not a failure).
 The outcome is a runner report: completed (with the model, or without one when the script saved none), failed
 with the sandbox's error (its traceback is in the logs, from stderr), or cancelled. The work dir is removed
 afterwards.
@@ -20,7 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from domain.contract import printable
+from domain.contract import MAX_JOB_ARTIFACTS, printable
+from domain.search_space import CODE_OBJECTIVE_SERIES
 from infra.code_bundles import BundleError, BundleLimits, get_bundle, unpack_bundle
 from infra.datasets import dataset_digest
 from runners.artifacts import ArtifactStore
@@ -30,6 +33,9 @@ from runners.log_capture import JobLogs, level_of
 from runners.reporting import JobReporter
 
 
+MAX_ARTIFACTS_BYTES = 1 << 30  # all the files one job keeps with run.log_artifact (each is also under RLIMIT_FSIZE)
+
+
 class JobSink(CodeSink):
     """A code job's SDK calls as a built-in trainer's reports and log lines."""
 
@@ -37,6 +43,19 @@ class JobSink(CodeSink):
                  checkpoint: Callable[[int, Path], None] | None = None) -> None:
         self.reporter, self.logs, self.checkpoint = reporter, logs, checkpoint
         self.model: tuple[Path, list[str] | None, list[Any] | None] | None = None
+        self.artifacts: dict[str, Path] = {}  # name -> the runner's copy; a name logged again replaces its file
+        self._artifact_bytes: dict[str, int] = {}
+
+    def on_artifact(self, name: str, path: Path) -> None:
+        size = path.stat().st_size
+        total = sum(self._artifact_bytes.values()) - self._artifact_bytes.get(name, 0) + size
+        if name not in self.artifacts and len(self.artifacts) >= MAX_JOB_ARTIFACTS:
+            self.logs.note("warning", f"artifact {name!r} not kept: at most {MAX_JOB_ARTIFACTS} artifacts a job")
+        elif total > MAX_ARTIFACTS_BYTES:
+            self.logs.note("warning", f"artifact {name!r} not kept: a job's artifacts may hold at most "
+                                      f"{MAX_ARTIFACTS_BYTES:,} bytes in all")
+        else:
+            self.artifacts[name], self._artifact_bytes[name] = path, size
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         if self.checkpoint is not None:  # kept as the job's (the runner's checkpoint store): a later run resumes
@@ -58,8 +77,9 @@ class JobSink(CodeSink):
         self.logs.note(level, text)
 
     def on_report(self, value: float, step: int) -> bool:
+        self.reporter.points(step, {CODE_OBJECTIVE_SERIES: value})  # kept: a rebuilt pruner reads it back
         self.reporter.objective(step, value)
-        return False  # the study's answer comes back as a cancel on the stop flag
+        return False  # the study's answer comes back as a cancel on the stop flag (SIGTERM after a grace)
 
 
 def run_code_job(job_id: str, attempt: int, spec: dict[str, Any], reporter: JobReporter, logs: JobLogs,
@@ -97,7 +117,10 @@ def run_code_job(job_id: str, attempt: int, spec: dict[str, Any], reporter: JobR
         if outcome.status == "failed":
             return {"type": "failed", "error": printable(outcome.error or "the script failed"), "traceback": True}
         artifact = _model_artifact(job_id, attempt, sink, artifacts, spec, dataset_roots)
-        return {"type": "completed", "final_metrics": outcome.final_metrics, "artifact": artifact}
+        kept = [{"name": name, "uri": a.uri, "sha256": a.sha256, "size_bytes": a.size_bytes}
+                for name, path in sink.artifacts.items() for a in [artifacts.put_file(job_id, attempt, path)]]
+        return {"type": "completed", "final_metrics": outcome.final_metrics, "artifact": artifact,
+                "artifacts": kept}
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

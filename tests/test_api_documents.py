@@ -27,6 +27,7 @@ from urllib.parse import unquote
 from api.app import create_app
 from api.asyncapi import document
 from api.schemas.common import duration_pattern
+from domain.vocabulary import TASK_METRICS
 from infra.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -209,9 +210,13 @@ def without_added_response_properties(after: dict[str, Any], before: dict[str, A
     return after
 
 
+STUDY_METRIC_PATTERN = f"^({'|'.join(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))})$"
+
+
 def without_code_jobs(after: dict[str, Any]) -> dict[str, Any]:
     """`after` (resolved) without what code jobs added: `python` in the framework enums, `code` in the work kinds,
-    and the submit's `code`, `resources` and optional `dataset`."""
+    the submit's `code`, `resources` and optional `dataset`, and a study's `code`, `resources` and free objective
+    metric (a study of code optimizes a metric its script names; a built-in's is still checked against its task)."""
     after = json.loads(json.dumps(after))
 
     def walk(node: Any) -> None:
@@ -239,6 +244,14 @@ def without_code_jobs(after: dict[str, Any]) -> dict[str, Any]:
             dataset.update(branches[0])
             dataset.pop("default", None)
             body["required"] = [*body.get("required", []), "dataset"]
+    study = after.get("paths", {}).get("/api/v1/studies", {}).get("post", {})
+    for media in study.get("requestBody", {}).get("content", {}).values():  # a study of code: its code, resources
+        props = media.get("schema", {}).get("properties", {})  # and any metric the script finishes with
+        for name in ("code", "resources"):
+            props.pop(name, None)
+        metric = props.get("objective", {}).get("properties", {}).get("metric", {})
+        if metric and "pattern" not in metric:
+            metric["pattern"] = STUDY_METRIC_PATTERN
     return after
 
 

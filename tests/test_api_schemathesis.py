@@ -41,16 +41,16 @@ BEYOND_SCHEMA: list[tuple[str, str, str]] = [
     (r"POST /api/v1/(training/jobs|studies)", r"dataset\.uri",
      "outside the dataset roots|no such file|not enabled|unsupported file type|is not a .csv"),
     # across fields (the framework): a built-in job needs a dataset and takes no code or resources; a code job
-    # (python) needs its code, a bundle of the project with that entrypoint; studies tune built-in frameworks only
+    # (python) needs its code, a bundle of the project with that entrypoint; so does a study of code
     (r"POST /api/v1/training/jobs", r"dataset|code|resources",
      "required for framework|only for framework python|required for framework python"),
-    (r"POST /api/v1/training/jobs", r"code\.(code_id|entrypoint)", "no code bundle|is not a .py file"),
-    (r"POST /api/v1/studies", "framework", "a study tunes a built-in framework"),
+    (r"POST /api/v1/(training/jobs|studies)", r"code\.(code_id|entrypoint)", "no code bundle|is not a .py file"),
+    (r"POST /api/v1/studies", r"code|resources", "only for framework python|required for framework python"),
     # the names a job's params take depend on its framework (described per framework); keys of free-form objects
     (r"POST /api/v1/training/jobs", r"params(\..*)?", "."),
     # a study's objective metric depends on its task, the names in its search space and fixed params on the
     # framework; those two, the sampler and the pruner are free-form objects described in words
-    (r"POST /api/v1/studies", r"objective\.metric", r"must be one of the \w+ metrics"),
+    (r"POST /api/v1/studies", r"objective\.metric", r"must be one of the \w+ metrics|must be a metric name"),
     (r"POST /api/v1/studies", r"(search_space|fixed_params|sampler|pruner)(\..*)?", "."),
     # an upload's file name (a multipart part's filename has no schema)
     ("POST /api/v1/datasets", "file", "file name must end with"),

@@ -273,6 +273,36 @@ def test_a_v1_completed_event_loads_without_its_step_count() -> None:
     assert store_and_read(completed(), as_v1("TrainingJob.Completed", "total_steps"))[-1].total_steps is None
 
 
+def test_a_completed_event_from_before_artifacts_loads_with_none_and_keeps_them_after() -> None:
+    kept = [{"name": "report.txt", "uri": "file:///a/r", "sha256": "1" * 64, "size_bytes": 3}]
+
+    def completed(artifacts: list | None) -> TrainingJob:
+        job = _job()
+        job.claim("lease-1", "host:1")
+        job.complete("lease-1", {"rmse": 1.0}, ARTIFACT, total_steps=7, artifacts=artifacts)
+        return job
+    assert store_and_load(completed(kept)).artifacts == kept
+
+    def as_v2(topic: str, state: dict[str, Any]) -> None:
+        if topic.endswith("TrainingJob.Completed"):
+            state.pop("artifacts")
+            state["class_version"] = 2
+    loaded = store_and_load(completed(None), as_v2)
+    assert (loaded.status, loaded.artifacts) == ("completed", [])
+    assert store_and_read(completed(None), as_v2)[-1].artifacts is None
+
+
+def test_a_study_created_before_code_studies_runs_built_in_trials() -> None:
+    study = Study.create(id=uuid4(), project="beta", name="s", framework="lightgbm", task="regression",
+                         dataset={"uri": "builtin://diabetes"}, objective={"metric": "r2", "direction": "maximize"},
+                         search_space={}, fixed_params={}, sampler={"type": "tpe", "seed": 1}, pruner={},
+                         n_trials=3, max_parallel=1, timeout_s=None, priority="medium", tags=[])
+    v2 = as_v1("Study.Created", "code", "resources")
+    loaded = store_and_load(study, lambda topic, state: (v2(topic, state), state.update(class_version=2)
+                                                        if topic.endswith(".Study.Created") else None))
+    assert (loaded.code, loaded.resources, loaded.project) == (None, None, "beta")
+
+
 def test_a_v1_requeued_event_loads_without_counting_hand_backs() -> None:
     def handed_back() -> TrainingJob:
         job = _job()

@@ -26,7 +26,7 @@ READ_MODEL_TABLES = ("jobs", "studies", "trials", "models", "model_versions", "m
 # what fills them). Each is left out of the comparison only where it holds exactly that default.
 ADDED_COLUMNS: dict[str, dict[str, Any]] = {
     "jobs": {"hand_backs": 0, "requeue_reason": None, "project": "default", "retry_of": None,
-             "from_checkpoint": False},
+             "from_checkpoint": False, "code": None, "resources": None, "resumed_from_step": None, "artifacts": []},
     "studies": {"project": "default"},
     "models": {"project": "default"},
     "model_exports": {"project": "default"},

@@ -1,9 +1,9 @@
-"""Code bundles: `code push DIR`, `code list`, `code show ID`."""
+"""Code bundles: `code push DIR`, `code list`, `code show ID`; and `run DIR`: pack, upload and submit in one go."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -12,7 +12,9 @@ from rich.text import Text
 
 from api.cli.app import ApiOpt, JsonOpt, cli, connect, group
 from api.cli.output import console, grid, line, print_json, size, when
+from api.cli.jobs import _watch, parse_params
 from api.client import TrainyardClient, TrainyardError
+from domain.vocabulary import Priority, Task, choices
 
 code_cli = group("Code bundles: your training code, packed and uploaded once per content.")
 cli.add_typer(code_cli, name="code")
@@ -34,6 +36,51 @@ def code_push(folder: Annotated[Path, typer.Argument(help="the project folder (o
     console.print(Text(f"{what}: {bundle['files']} files, {size(bundle['size_bytes'])} "
                        f"({size(bundle['unpacked_bytes'])} unpacked); entrypoints: "
                        f"{', '.join(bundle['entrypoints']) or '-'}", style="dim"), soft_wrap=True, highlight=False)
+
+
+@cli.command("run")
+def run_folder(
+    folder: Annotated[Path, typer.Argument(help="the project folder (or a .tar.gz/.zip file)")],
+    entry: Annotated[str, typer.Option(help="the script to run: a .py file at the top of the folder")] = "train.py",
+    param: Annotated[list[str], typer.Option("--param", "-p", help="name=value, the script's run.params (value "
+                                                                   "parsed as JSON; repeat)")] = [],
+    dataset: Annotated[Optional[str], typer.Option(help="builtin://breast_cancer | file:///abs/data.csv ... "
+                                                        "(run.dataset_path)")] = None,
+    target: Annotated[Optional[str], typer.Option(help="target column (file:// datasets)")] = None,
+    task: Annotated[str, typer.Option(help=choices(Task))] = Task.BINARY_CLASSIFICATION.value,
+    name: Annotated[Optional[str], typer.Option(help="the job's name (default: the folder's)")] = None,
+    arg: Annotated[list[str], typer.Option("--arg", help="an argument of the script (repeat)")] = [],
+    cpus: Annotated[Optional[int], typer.Option(help="its CPUs (default 1)")] = None,
+    memory_mb: Annotated[Optional[int], typer.Option(help="its memory limit in MB (default 2048)")] = None,
+    priority: Annotated[str, typer.Option(help=choices(Priority))] = Priority.MEDIUM.value,
+    tag: Annotated[list[str], typer.Option("--tag")] = [],
+    watch_it: Annotated[bool, typer.Option("--watch", help="watch it until it ends")] = False,
+    api: ApiOpt = None,
+) -> None:
+    """Run FOLDER's ENTRY as a code job: pack the folder (as `code push`: its .gitignore files honoured), upload it
+    unless the project already has the same bytes, and submit; prints the job's id (with --watch: follows it as
+    `watch` does, exit 0 only when it completes)."""
+    if not folder.exists():
+        raise typer.BadParameter(f"{folder} does not exist", param_hint="FOLDER")
+    params = parse_params(param)
+    client = connect(api)
+    bundle, uploaded = client.push_code(folder, name)
+    console.print(Text(f"{'uploaded' if uploaded else 'already uploaded'}: code {bundle['code_id']}, "
+                       f"{bundle['files']} files, {size(bundle['size_bytes'])}", style="dim"),
+                  soft_wrap=True, highlight=False)
+    body: dict[str, Any] = {"name": (name or folder.resolve().name or "code")[:200], "framework": "python",
+                            "task": task, "params": params, "priority": priority, "tags": tag,
+                            "code": {"code_id": bundle["code_id"], "entrypoint": entry, "args": arg}}
+    if dataset:
+        body["dataset"] = {"uri": dataset, **({"target": target} if target else {})}
+    limits = {k: v for k, v in (("cpus", cpus), ("memory_mb", memory_mb)) if v is not None}
+    if limits:
+        body["resources"] = limits
+    out = client.submit(body)
+    line(out["job_id"])
+    if watch_it:
+        job = _watch(client, out["job_id"], submitted=True)
+        raise typer.Exit(0 if job["status"] == "completed" else 1)
 
 
 @code_cli.command("list")

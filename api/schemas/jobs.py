@@ -97,6 +97,13 @@ class ProgressPublic(BaseModel):
     eta_s: float | None
 
 
+class JobArtifact(BaseModel):
+    name: str = Field(description="as the script named it (run.log_artifact(path, name))")
+    uri: str
+    sha256: str = Field(description="hex digest of its bytes")
+    size_bytes: int
+
+
 class JobPublic(BaseModel):
     job_id: UUID
     name: str
@@ -137,6 +144,9 @@ class JobPublic(BaseModel):
     retries: list[UUID] = Field(default_factory=list, description="every retry of this job, oldest first")
     final_metrics: dict[str, float]
     artifact: dict[str, Any] | None
+    artifacts: list[JobArtifact] = Field(default_factory=list, description="files a code job kept with "
+                                         "run.log_artifact (besides its model); download one at "
+                                         "GET /api/v1/training/jobs/{job_id}/artifacts/{name}")
     error: str | None
     created_at: datetime
     updated_at: datetime

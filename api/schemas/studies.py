@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from api.limits import SafeText
 from api.schemas.common import FREE_JSON, MAX_TAGS, MAX_TIMEOUT_S, NO_CONTROL, Tag
 from api.schemas.datasets import DatasetIn
+from api.schemas.jobs import CODE_RESOURCES, CodeIn, ResourcesIn
 from domain.frameworks import MAX_PARAMS
 from domain.search_space import (MAX_PARALLEL, MAX_SPACE_PARAMS, MAX_TRIALS, PRUNER_OPTIONS, PRUNERS,
                                  SAMPLERS)
@@ -17,14 +18,12 @@ from domain.vocabulary import (HIGHER_IS_BETTER, TASK_METRICS, Direction, Framew
                                TrialState)
 
 
-METRIC_PATTERN = f"^({'|'.join(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))})$"
-
-
 class ObjectiveIn(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=True)  # commands get the plain strings
-    metric: SafeText = Field(min_length=1, max_length=64, json_schema_extra={"pattern": METRIC_PATTERN},
+    metric: SafeText = Field(min_length=1, max_length=64,
                              description="a final metric of the task: " + "; ".join(
-                                 f"{task} {', '.join(metrics)}" for task, metrics in TASK_METRICS.items()))
+                                 f"{task} {', '.join(metrics)}" for task, metrics in TASK_METRICS.items())
+                             + "; for framework python, any metric the script finishes with (run.finish)")
     direction: Direction | None = Field(
         default=None, description="the metric's own, which is the default: maximize for "
                                   + ", ".join(m for m, higher in HIGHER_IS_BETTER.items() if higher)
@@ -62,6 +61,11 @@ class StudyIn(BaseModel):
                                                     "job timeout too)")
     priority: Priority = Priority.MEDIUM.value
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=f"at most {MAX_TAGS} tags")
+    code: CodeIn | None = Field(default=None, description="framework python only (required): the bundle and "
+                                "entrypoint every trial runs; the trial's params are fixed_params with its sampled "
+                                "values, and its script's run.report(value, step) is the objective pruners see")
+    resources: ResourcesIn | None = Field(default=None, description="framework python only: each trial's, default "
+                                                                    f"{CODE_RESOURCES}")
 
 
 class StudyAccepted(BaseModel):
