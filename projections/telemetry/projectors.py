@@ -45,7 +45,7 @@ def add_batch(cols: MetricColumns, batch: MetricBatch) -> None:
 
 class TelemetryProjector:
     """Subclasses set `consumer` (its durable on TRAINYARD_TELEMETRY), `batch_class` and
-    `insert_batches(batches, token, staged)` (blocking), and may set `stage(batches)` (see there)."""
+    `insert_batches(batches, token, staged)` (blocking), and may set `prepare(batches)` (see there)."""
 
     consumer = ""
     batch_class: Any = None
@@ -61,10 +61,10 @@ class TelemetryProjector:
                                               name=f"{self.consumer} projector", max_deliveries=max_tries)
 
     def insert_batches(self, batches: list, token: str, staged: Any = None) -> None:
-        """Insert `batches` (`staged`: what `stage(batches)` returned, when it ran)."""
+        """Insert `batches` (`staged`: what `prepare(batches)` returned, when it ran)."""
         raise NotImplementedError
 
-    def stage(self, batches: list) -> Any:
+    def prepare(self, batches: list) -> Any:
         """The CPU work of inserting `batches` that needs no insert before it done (blocking; run while the group
         before is inserted). None by default."""
         return None
@@ -111,9 +111,9 @@ class TelemetryProjector:
         staged = None
         if good:
             try:
-                staged = await asyncio.to_thread(self.stage, [b for _, b in good])
-            except Exception as e:  # the insert stages them again, and its failure path finds the batch at fault
-                log.debug("%s: staging %d batches failed: %s", self.consumer, len(good), printable(e, 300))
+                staged = await asyncio.to_thread(self.prepare, [b for _, b in good])
+            except Exception as e:  # the insert prepares them again, and its failure path finds the batch at fault
+                log.debug("%s: preparing %d batches failed: %s", self.consumer, len(good), printable(e, 300))
         if after is not None:
             await asyncio.wait([after])  # its outcome is for run() to see
         if not good:
@@ -157,14 +157,14 @@ class MetricsProjector(TelemetryProjector):
     # reports its end, must be queryable when the job shows completed.
     store: MetricStore
 
-    def stage(self, batches: list[MetricBatch]) -> PreparedInsert | None:
+    def prepare(self, batches: list[MetricBatch]) -> PreparedInsert | None:
         cols = MetricColumns()
         for batch in batches:
             add_batch(cols, batch)
         return self.store.prepare(cols)
 
     def insert_batches(self, batches: list[MetricBatch], token: str, staged: Any = None) -> None:
-        self.store.write(staged if staged is not None else self.stage(batches), token)
+        self.store.write(staged if staged is not None else self.prepare(batches), token)
 
     def changes(self, batches: list[MetricBatch], followed: Callable[[str], bool]) -> dict[str, tuple[Any, int]]:
         out: dict[str, tuple[Any, int]] = {}
