@@ -13,6 +13,7 @@ on the first is closed), and only one process may open a path (design decision 6
 """
 from __future__ import annotations
 
+import queue
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -125,25 +126,35 @@ def _param_text(value: Any) -> str:
 
 
 class ChdbClickHouse:
-    """Embedded chDB at `path` (a chdb Session). Calls are serialized by a lock."""
+    """Embedded chDB at `path`: `sessions` chdb Sessions on the one engine, each running one call at a time. The
+    engine runs queries of different sessions in parallel (chDB 4), so a stream's read or an API query does not
+    wait behind an insert, nor one projector's insert behind another's; a caller that needs several calls in an
+    order makes them in that order itself (each projector inserts one group at a time)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sessions: int = 4) -> None:
         from chdb.session import Session
 
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._session = Session(str(self.path))
+        self._lock = threading.Lock()  # guards `_open`
+        self._open = [Session(str(self.path)) for _ in range(sessions)]
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for session in self._open:
+            self._free.put(session)
 
     def _run(self, sql: str, params: dict | None, fmt: str) -> Any:
         bound = {k: _param_text(v) for k, v in (params or {}).items()}
-        with self._lock:
-            if self._session is None:
+        session = self._free.get()
+        try:
+            if session is None:
                 raise ClickHouseError("chDB session is closed")
-            try:
-                return self._session.query(sql, fmt, params=bound)
-            except Exception as e:
-                raise ClickHouseError(str(e)) from e
+            return session.query(sql, fmt, params=bound)
+        except ClickHouseError:
+            raise
+        except Exception as e:
+            raise ClickHouseError(str(e)) from e
+        finally:
+            self._free.put(session)
 
     def command(self, sql: str, params: dict | None = None) -> None:
         self._run(sql, params, "CSV")
@@ -163,10 +174,15 @@ class ChdbClickHouse:
                   {"token": dedup_token} if dedup_token is not None else None, "CSV")
 
     def close(self) -> None:
+        """Close every session once its call has ended; later calls raise ClickHouseError."""
         with self._lock:
-            if self._session is not None:
-                self._session.close()
-                self._session = None
+            sessions, self._open = self._open, []
+        for _ in sessions:
+            session = self._free.get()
+            if session is not None:
+                session.close()
+        for _ in sessions:
+            self._free.put(None)  # a closed store: every later call finds no session
 
 
 class HttpClickHouse:

@@ -43,6 +43,16 @@ def add_batch(cols: MetricColumns, batch: MetricBatch) -> None:
         cols.extend(job_id, batch.attempt, name, chunk.steps, chunk.values, chunk.ts_ms)
 
 
+def _split(msgs: list, limit: int) -> tuple[list, list]:
+    """The longest head of `msgs` within `limit` bytes (one message at least), and the rest."""
+    size = 0
+    for i, msg in enumerate(msgs):
+        size += len(msg.data)
+        if size > limit and i > 0:
+            return msgs[:i], msgs[i:]
+    return msgs, []
+
+
 class TelemetryProjector:
     """Subclasses set `consumer` (its durable on TRAINYARD_TELEMETRY), `batch_class` and
     `insert_batches(batches, token, staged)` (blocking), and may set `prepare(batches)` (see there)."""
@@ -50,6 +60,7 @@ class TelemetryProjector:
     consumer = ""
     batch_class: Any = None
     gather_s = 0.0  # > 0: hold fetched batches up to this long and insert them together
+    group_bytes = 4 << 20  # at most this much of messages per insert (one message at least)
 
     def __init__(self, js: JetStreamContext, store: Any, stage: Stage | None = None, fetch_size: int = 512,
                  max_tries: int = 3, fanout: Fanout | None = None) -> None:
@@ -79,8 +90,10 @@ class TelemetryProjector:
         try:
             # Gather for up to `gather_s` (or `fetch_size` batches) per insert: a ClickHouse insert has a fixed
             # cost that many small batches would pay over and over. Without gathering, what a fetch brings goes in.
-            # Two groups at most are in flight: one decoding (on this loop) while the one before it inserts (in a
-            # thread), so decoding and fetching overlap the insert; inserts stay one at a time and in order.
+            # Two groups at most are in flight: one decoding and preparing while the one before it inserts (in a
+            # thread), so decoding and fetching overlap the insert; inserts stay one at a time and in order. A group
+            # holds at most `group_bytes` of messages: a backlog goes in as several groups, each prepared while the
+            # one before is written, rather than as one whose insert nothing overlaps.
             held: list = []
             first = 0.0
             inserting: asyncio.Task | None = None
@@ -89,9 +102,10 @@ class TelemetryProjector:
                 if msgs and not held:
                     first = time.monotonic()
                 held += msgs
-                if held and (len(held) >= self.fetch_size or time.monotonic() - first >= self.gather_s):
-                    before, inserting = inserting, asyncio.create_task(self.project(held, after=inserting))
-                    held = []
+                while held and (len(held) >= self.fetch_size or time.monotonic() - first >= self.gather_s
+                                or sum(len(m.data) for m in held) >= self.group_bytes):
+                    group, held = _split(held, self.group_bytes)
+                    before, inserting = inserting, asyncio.create_task(self.project(group, after=inserting))
                     if before is not None:
                         await before
             if inserting is not None:
