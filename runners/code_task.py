@@ -59,8 +59,9 @@ class JobSink(CodeSink):
 
 def run_code_job(job_id: str, attempt: int, spec: dict[str, Any], reporter: JobReporter, logs: JobLogs,
                  artifacts: ArtifactStore, code_root: Path, limits: BundleLimits,
-                 dataset_roots: Sequence[Path]) -> dict[str, Any]:
-    """Run the code job `spec` (TrainingJob.spec of a code job) to its end; the runner report it makes."""
+                 dataset_roots: Sequence[Path], gpus: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Run the code job `spec` (TrainingJob.spec of a code job) to its end; the runner report it makes. `gpus`:
+    the devices the runner gave it (its CUDA_VISIBLE_DEVICES; none: no GPU visible)."""
     code = spec["code"]
     bundle = get_bundle(code_root, spec["project"], code["code_id"])
     if bundle is None or bundle.sha256 != code["sha256"]:
@@ -78,7 +79,8 @@ def run_code_job(job_id: str, attempt: int, spec: dict[str, Any], reporter: JobR
         res = spec.get("resources") or {}
         run = CodeRun(code_dir=base / "code", entrypoint=code["entrypoint"], work_dir=base / "work",
                       args=tuple(code.get("args") or ()), params=spec.get("params") or {}, dataset_path=data_path,
-                      resources=Resources(cpus=int(res.get("cpus", 1)), memory_mb=int(res.get("memory_mb", 2048))),
+                      resources=Resources(cpus=int(res.get("cpus", 1)), memory_mb=int(res.get("memory_mb", 2048)),
+                                          gpus=tuple(gpus)),
                       timeout_s=float(spec.get("timeout_s") or 3600), run_id=f"{job_id}:{attempt}")
         (base / "work").mkdir()
         sink = JobSink(reporter, logs)

@@ -4,7 +4,12 @@ Work items (`trainyard.work.<priority>.<kind>.<id>`) are taken highest priority 
 pull consumers `work-<priority>` (built-in kinds) and, on a runner that accepts code (`accepts_code`, Settings
 `runner_accepts`), `work-<priority>-code` (jobs running the user's code, runners/code_task.py): an idle runner
 looks at its consumers' pending counts when the relay rings `trainyard.signal.work_ready` (or every second), and
-fetches from the highest priority that has work. A runner that refuses code never fetches a code item. For each item
+fetches from the highest priority that has work. A runner that refuses code never fetches a code item; a runner
+with GPUs (runners/capabilities.py) also reads `work-<priority>-gpu[-code]`, first within a priority, and only it
+fetches work that needs a GPU. Every `hello_s` it says what it has on `trainyard.rpc.runner.hello`, and each claim
+carries that capacity: a job needing more GPUs, CPUs or memory than it has is refused (`unfit`, nothing recorded)
+and its item goes back for a bigger runner. A job given GPUs gets device indices 0..n-1 (a code job as its
+CUDA_VISIBLE_DEVICES, the PyTorch trainer as its cuda device). For each item
 the runner makes a fresh lease token and sends a `claim`; the aggregate answers with the attempt and what to run, or refuses (finished, or another live lease holds it), and the
 item is acked either way: from then on the lease, not JetStream, owns the work. While training:
 - a heartbeat task renews the lease every `lease_ttl_s / 5` whatever the trainer is doing; its reply is the only
@@ -35,13 +40,15 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from domain.contract import (REPORT_SUBJECT, WORK_READY, ReportReply, RunnerReport, WorkItem,
-                             event_subject, printable)
+from domain.contract import (REPORT_SUBJECT, RUNNER_HELLO, WORK_READY, ReportReply, RunnerCapabilities,
+                             RunnerReport, WorkItem, event_subject, printable)
+from domain.resources import gpus_of
 from infra.datasets import dataset_digest
 from infra.consumer import Consumer, Poison
 from infra.code_bundles import BundleLimits
 from infra.messaging import WORK_STREAM, work_consumers
 from runners.artifacts import ArtifactStore
+from runners.capabilities import cpu_count, device_ids, memory_mb
 from runners.log_capture import JobLogs, LogCapture
 from runners.reporting import JobReporter, log_shipper, metric_shipper, raise_if_cancelled
 from runners.trainers import MODEL_SUFFIX, TrainingCancelled, TrainSpec, trainer_for
@@ -50,6 +57,7 @@ log = logging.getLogger("trainyard.runner")
 CANCEL_EVENTS = event_subject("training_job", "cancel_requested")
 CANCEL_GRACE_S = 3.0  # a trainer deaf to the stop flag this long (a long dataset load): report the cancel anyway
 IDLE_LOOK_S = 1.0  # an idle runner looks for work this often even when no doorbell rings (a lost signal)
+UNFIT_DELAY_S = 5.0  # a job too big for this runner comes back to the queue after this (for a bigger runner)
 
 
 class Lease:
@@ -69,10 +77,12 @@ class Runner:
     def __init__(self, nc: Client, js: JetStreamContext, artifacts: ArtifactStore, lease_ttl_s: float,
                  runner_id: str | None = None, dataset_roots: tuple = (), flush_interval_s: float = 0.25,
                  capture_output: bool = True, accepts_code: bool = True, code_root: Path | None = None,
-                 bundle_limits: BundleLimits | None = None) -> None:
+                 bundle_limits: BundleLimits | None = None, capabilities: RunnerCapabilities | None = None,
+                 hello_s: float = 10.0) -> None:
         """`capture_output`: take fds 1 and 2 into the job's logs while it trains (a runner process's own; off
         where the runner shares its process, as in some tests). `accepts_code`: take code jobs too (their
-        bundles are read from `code_root` and unpacked within `bundle_limits`)."""
+        bundles are read from `code_root` and unpacked within `bundle_limits`). `capabilities`: what it has
+        (runners/capabilities.py `detect`; default: this machine's CPUs and memory, no GPU), said every `hello_s`."""
         self.nc, self.js, self.artifacts, self.lease_ttl_s = nc, js, artifacts, lease_ttl_s
         self.capture_output = capture_output
         self.runner_id = runner_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -80,7 +90,11 @@ class Runner:
         self.current: Lease | None = None
         self.accepts_code = accepts_code and code_root is not None
         self.code_root, self.bundle_limits = code_root, bundle_limits or BundleLimits()
-        self.consumers = work_consumers(code=self.accepts_code)  # (priority, durable), most urgent first
+        self.capabilities = (capabilities or RunnerCapabilities(cpus=cpu_count(), memory_mb=memory_mb())).model_copy(
+            update={"runner_id": self.runner_id, "accepts_code": self.accepts_code})
+        self.hello_s = hello_s
+        # (priority, durable), most urgent first
+        self.consumers = work_consumers(code=self.accepts_code, gpu=self.capabilities.gpus > 0)
 
     # ---- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -97,7 +111,8 @@ class Runner:
 
         doorbell = await self.nc.subscribe(WORK_READY, cb=ring)
         hints = await self.nc.subscribe(CANCEL_EVENTS, cb=self._cancel_hint)
-        log.info("runner %s waiting for work", self.runner_id)
+        hello = asyncio.create_task(self._hellos())
+        log.info("runner %s waiting for work (%s)", self.runner_id, self.capabilities.model_dump(exclude={"runner_id"}))
         try:
             while not stop.is_set():
                 ready.clear()
@@ -115,9 +130,18 @@ class Runner:
                         continue
                     await self.take(msg, item)
         finally:
+            await _stop(hello)
             for sub in (doorbell, hints):
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+
+    async def _hellos(self) -> None:
+        """Say what this runner has, now and every `hello_s` (fire and forget: the next one repairs a lost one)."""
+        data = self.capabilities.model_dump_json().encode()
+        while True:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(RUNNER_HELLO, data)
+            await asyncio.sleep(self.hello_s)
 
     async def _waiting_queue(self) -> str | None:
         """The consumer of the highest priority with work items not yet delivered (one look at this runner's
@@ -139,10 +163,14 @@ class Runner:
 
     async def take(self, msg: Msg, item: WorkItem) -> None:
         token = secrets.token_urlsafe(24)
-        reply = await self.report(type="claim", job_id=str(item.aggregate_id), lease=token, deadline_s=20)
-        if reply is None or reply.code in ("error", "invalid", "wait"):
-            with contextlib.suppress(Exception):  # nobody decided, or its project is at its running quota: later
-                await msg.nak(delay=5.0 if reply is not None and reply.code == "wait" else 1.0)
+        reply = await self.report(type="claim", job_id=str(item.aggregate_id), lease=token, deadline_s=20,
+                                  capacity=self.capabilities)
+        if reply is None or reply.code in ("error", "invalid", "wait", "unfit"):
+            # nobody decided, or its project is at its running quota, or it needs more than this runner has: later
+            if reply is not None and reply.code == "unfit":
+                log.info("not claiming %s: %s", item.aggregate_id, reply.error)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=UNFIT_DELAY_S if reply is not None and reply.code in ("wait", "unfit") else 1.0)
             return
         await msg.ack()  # decided: the lease (or the refusal) owns it now
         if not reply.ok or not reply.job:
@@ -231,7 +259,7 @@ class Runner:
             return await self._run_code(lease, attempt, spec, reporter)
         train_spec = TrainSpec(framework=spec["framework"], task=spec["task"], dataset_uri=spec["dataset"]["uri"],
                                target=spec["dataset"].get("target"), params=spec.get("params") or {},
-                               dataset_roots=self.dataset_roots)
+                               dataset_roots=self.dataset_roots, gpus=self._devices(spec, physical=False))
         try:
             result = await asyncio.to_thread(lease.logs.within(trainer_for(train_spec.framework).fit), train_spec,
                                              reporter)
@@ -262,11 +290,18 @@ class Runner:
             return {"type": "failed", "error": f"runner {self.runner_id} does not run code jobs"}
         try:
             return await asyncio.to_thread(run_code_job, lease.job_id, attempt, spec, reporter, lease.logs.logs,
-                                           self.artifacts, self.code_root, self.bundle_limits, self.dataset_roots)
+                                           self.artifacts, self.code_root, self.bundle_limits, self.dataset_roots,
+                                           self._devices(spec, physical=True))
         except Exception as e:  # the bundle or the work dir broke, not the script: the job fails, the runner lives
             log.warning("code job %s attempt %d failed: %s", lease.job_id, attempt, printable(e, 300))
             lease.logs.logs.exception(e)
             return {"type": "failed", "error": printable(f"{type(e).__name__}: {e}"), "traceback": True}
+
+    def _devices(self, spec: dict[str, Any], physical: bool) -> tuple[int, ...]:
+        """The devices a job that asked for GPUs is given (one job at a time: the first ones): torch indices for the
+        trainer in this process, the ids its CUDA_VISIBLE_DEVICES names for a code job's own process."""
+        count = min(gpus_of(spec.get("resources")), self.capabilities.gpus)
+        return device_ids(count) if physical else tuple(range(count))
 
     async def _export(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
         from runners.export_task import run_export

@@ -54,6 +54,7 @@ class TrainSpec:
     seed: int = 0
     # Where file:// datasets may be read from (Settings.dataset_root_paths); empty: builtin datasets only.
     dataset_roots: tuple[Path, ...] = ()
+    gpus: tuple[int, ...] = ()  # CUDA device indices the runner gave this job (none: train on CPU)
 
 
 @dataclass(frozen=True)
