@@ -40,10 +40,11 @@ BEYOND_SCHEMA: list[tuple[str, str, str]] = [
     (r"POST /api/v1/(training/jobs|studies)", r"dataset\.target", "has a fixed target"),
     (r"POST /api/v1/(training/jobs|studies)", r"dataset\.uri",
      "outside the dataset roots|no such file|not enabled|unsupported file type|is not a .csv"),
-    # across fields (the framework): a built-in job needs a dataset and takes no code or resources; a code job
-    # (python) needs its code, a bundle of the project with that entrypoint; studies tune built-in frameworks only
-    (r"POST /api/v1/training/jobs", r"dataset|code|resources",
-     "required for framework|only for framework python|required for framework python"),
+    # across fields (the framework): a built-in job needs a dataset and takes no code, and resources only with
+    # pytorch; a code job (python) needs its code, a bundle of the project with that entrypoint; studies tune
+    # built-in frameworks only; resources no runner seen lately has are refused
+    (r"POST /api/v1/training/jobs", r"dataset|code|resources(\.\w+)?",
+     "required for framework|only for framework python|only for frameworks python and pytorch|no runner seen"),
     (r"POST /api/v1/training/jobs", r"code\.(code_id|entrypoint)", "no code bundle|is not a .py file"),
     (r"POST /api/v1/studies", "framework", "a study tunes a built-in framework"),
     # the names a job's params take depend on its framework (described per framework); keys of free-form objects
