@@ -176,6 +176,11 @@ def a_gpu_runner(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
                     proc.kill()
 
 
+def gpu_runner_id(stack: Stack, job_id: str) -> str:
+    """The runner that ran `job_id` (the GPU runner, for the jobs only it may take)."""
+    return stack.job(job_id)["runner_id"]
+
+
 def gpu_job(code_id: str, gpus: int = 1) -> dict[str, Any]:
     return {"name": "gpu", "framework": "python", "task": "regression", "code": {"code_id": code_id,
             "entrypoint": "train.py"}, "resources": {"cpus": 1, "memory_mb": 1024, "gpus": gpus}}
@@ -222,6 +227,16 @@ def test_a_gpu_job_waits_for_a_gpu_runner_is_refused_when_none_exists_and_runs_o
                               timeout=10, message="a GPU job was refused with a GPU runner up")
             r = http.post(JOBS, json=gpu_job(code_id, gpus=2))
             assert r.status_code == 422 and "resources.gpus" in r.json()["detail"], r.text
+            # A PyTorch job that asks for a GPU goes the same way (the GPU training consumers); this runner's GPU is
+            # a fake, so its trainer says so in the job's logs and trains on the CPU.
+            r = http.post(JOBS, json={"name": "torch", "framework": "pytorch", "task": "regression",
+                                      "dataset": {"uri": "builtin://diabetes"}, "params": {"epochs": 2},
+                                      "resources": {"gpus": 1}})
+            assert r.status_code == 202, r.text
+            job = stack.wait(r.json()["job_id"], lambda j: j["status"] in FINISHED, timeout=120)
+            assert job["status"] == "completed" and job["runner_id"] == gpu_runner_id(stack, one_id), job
+            assert eventually(lambda: any("given CUDA device 0" in x["message"] for x in http.get(
+                f"{JOBS}/{job['job_id']}/logs").json()["lines"]) or None, timeout=30, message="no word of the GPU")
         http.delete(f"{JOBS}/{two_id}")
 
         # A built-in job asks for a GPU only with PyTorch, whose trainer can use one.

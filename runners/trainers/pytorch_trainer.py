@@ -17,6 +17,7 @@ torch's global RNG, so concurrent fits in one process do not disturb each other.
 from __future__ import annotations
 
 import io
+import logging
 import math
 
 import numpy as np
@@ -31,6 +32,7 @@ from runners.trainers import (
 )
 
 FORMAT_VERSION = 1
+log = logging.getLogger("trainyard.trainer")
 
 
 class StandardizedMLP(nn.Module):
@@ -110,6 +112,9 @@ def training_device(gpus: tuple[int, ...]) -> torch.device:
     the runner's GPUs, which another job may hold) or CUDA is not there after all."""
     if gpus and torch.cuda.is_available() and gpus[0] < torch.cuda.device_count():
         return torch.device("cuda", gpus[0])
+    if gpus:  # a runner that says it has a GPU torch cannot use (a wrong TRAINYARD_RUNNER_GPUS): say so, go on
+        log.warning("given CUDA device %d, but torch sees %s: training on the CPU", gpus[0],
+                    f"{torch.cuda.device_count()} device(s)" if torch.cuda.is_available() else "no CUDA")
     return torch.device("cpu")
 
 
