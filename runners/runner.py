@@ -93,6 +93,7 @@ class Runner:
         self.capabilities = (capabilities or RunnerCapabilities(cpus=cpu_count(), memory_mb=memory_mb())).model_copy(
             update={"runner_id": self.runner_id, "accepts_code": self.accepts_code})
         self.hello_s = hello_s
+        self.unfit: set = set()  # jobs this runner was too small for (logged once); cleared past 10,000
         # (priority, durable), most urgent first
         self.consumers = work_consumers(code=self.accepts_code, gpu=self.capabilities.gpus > 0)
 
@@ -167,7 +168,10 @@ class Runner:
                                   capacity=self.capabilities)
         if reply is None or reply.code in ("error", "invalid", "wait", "unfit"):
             # nobody decided, or its project is at its running quota, or it needs more than this runner has: later
-            if reply is not None and reply.code == "unfit":
+            if reply is not None and reply.code == "unfit" and item.aggregate_id not in self.unfit:
+                if len(self.unfit) >= 10_000:
+                    self.unfit.clear()
+                self.unfit.add(item.aggregate_id)  # said once a job: its item comes back every few seconds
                 log.info("not claiming %s: %s", item.aggregate_id, reply.error)
             with contextlib.suppress(Exception):
                 await msg.nak(delay=UNFIT_DELAY_S if reply is not None and reply.code in ("wait", "unfit") else 1.0)

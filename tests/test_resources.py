@@ -94,6 +94,44 @@ def test_fit_is_named_by_the_field_that_falls_short() -> None:
         RunnerCapabilities(cpus=0, memory_mb=1)
 
 
+def test_a_claim_from_a_runner_too_small_is_refused_naming_what_it_lacks() -> None:
+    from commands.reports import _unfit
+
+    job = _job(gpus=0)
+    job.resources = {"cpus": 4, "memory_mb": 8192, "gpus": 0}
+
+    def claim(**has: int) -> RunnerReport:
+        return RunnerReport(type="claim", job_id=job.id, lease="x" * 20, runner_id="small:1",
+                            capacity=RunnerCapabilities(**{"cpus": 8, "memory_mb": 16_000, **has}))
+    assert _unfit(job, claim()) is None
+    assert _unfit(job, claim(memory_mb=4096)).startswith("needs memory_mb 8192; runner small:1 has 4096")
+    assert _unfit(job, claim(cpus=2)).startswith("needs cpus 4")
+    assert _unfit(job, RunnerReport(type="claim", job_id=job.id, lease="x" * 20, runner_id="old:1")) is None
+
+
+def test_the_registry_keeps_what_each_runner_said_and_drops_what_does_not_parse(database_url: str) -> None:
+    from infra.postgres import pool
+    from infra.runner_registry import MAX_HELLO_BYTES, RUNNERS_DDL, RunnerRegistry
+
+    connections = pool(database_url)
+    try:
+        with connections.connection() as conn:
+            conn.execute(RUNNERS_DDL)
+        registry = RunnerRegistry(connections)
+        assert registry.hear(b"{") is None and registry.hear(b" " * (MAX_HELLO_BYTES + 1)) is None
+        assert registry.hear(RunnerCapabilities(cpus=2, memory_mb=1).model_dump_json().encode()) is None  # no id
+        assert registry.dropped == 3
+        for gpus in (0, 2):  # the latest hello of a runner is what it has
+            hello = RunnerCapabilities(runner_id="box:1", cpus=16, memory_mb=64_000, gpus=gpus, gpu_model="H100")
+            registry.saw(registry.hear(hello.model_dump_json().encode()))
+        (seen,) = registry.seen(60)
+        assert (seen["runner_id"], seen["gpus"], seen["gpu_model"]) == ("box:1", 2, "H100")
+        time.sleep(0.3)
+        assert registry.seen(0.2) == [] and registry.listened_for() == 0.0
+    finally:
+        connections.close()
+
+
 # ---- routing --------------------------------------------------------------------------------------
 def _job(framework: str = "python", gpus: int = 1) -> TrainingJob:
     code = {"code_id": "a" * 32, "sha256": "a" * 64, "entrypoint": "train.py", "args": []}
