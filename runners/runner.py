@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import secrets
 import socket
 import threading
@@ -58,6 +59,8 @@ CANCEL_EVENTS = event_subject("training_job", "cancel_requested")
 CANCEL_GRACE_S = 3.0  # a trainer deaf to the stop flag this long (a long dataset load): report the cancel anyway
 IDLE_LOOK_S = 1.0  # an idle runner looks for work this often even when no doorbell rings (a lost signal)
 UNFIT_DELAY_S = 5.0  # a job too big for this runner comes back to the queue after this (for a bigger runner)
+RETRY_LOOK_S = 5.0  # how often (at most; jittered) an idle runner fetches items that were handed back with a delay
+UNFIT_BACKOFF_S = 30.0  # a runner found too small on a consumer leaves its handed-back items to others this long
 
 
 class Lease:
@@ -94,6 +97,8 @@ class Runner:
             update={"runner_id": self.runner_id, "accepts_code": self.accepts_code})
         self.hello_s = hello_s
         self.unfit: set = set()  # jobs this runner was too small for (logged once); cleared past 10,000
+        self._retry_at, self._retry_turn = 0.0, 0  # when and where the next look at handed-back items is
+        self._backoff: dict[str, float] = {}  # durable -> until when its handed-back items are left to others
         # (priority, durable), most urgent first
         self.consumers = work_consumers(code=self.accepts_code, gpu=self.capabilities.gpus > 0)
 
@@ -129,7 +134,7 @@ class Runner:
                     except Poison as p:
                         await queue.dead_letter(msg, str(p))
                         continue
-                    await self.take(msg, item)
+                    await self.take(msg, item, durable)
         finally:
             await _stop(hello)
             for sub in (doorbell, hints):
@@ -146,14 +151,28 @@ class Runner:
 
     async def _waiting_queue(self) -> str | None:
         """The consumer of the highest priority with work items not yet delivered (one look at this runner's
-        consumers, concurrently); built-in work first within a priority."""
+        consumers, concurrently); GPU work first within a priority (on a GPU runner), then built-in, then code.
+        Failing that, every RETRY_LOOK_S, one (in turn) with items a claim handed back with a delay (unfit, or
+        over quota): JetStream counts those as unacknowledged, not pending, until someone fetches again."""
         try:
             infos = await asyncio.gather(*(self.js.consumer_info(WORK_STREAM, d) for _, d in self.consumers))
         except Exception as e:
             log.debug("work look failed (%s)", type(e).__name__)
             await asyncio.sleep(0.5)
             return None
-        return next((d for (_, d), info in zip(self.consumers, infos) if info.num_pending), None)
+        pending = next((d for (_, d), info in zip(self.consumers, infos) if info.num_pending), None)
+        if pending is not None or time.monotonic() < self._retry_at:
+            return pending
+        # Jittered, and not where this runner was just too small: runners of one fleet would otherwise take turns
+        # in lockstep with the hand-back delay, and the one too small could take the item back every time.
+        now = time.monotonic()
+        self._retry_at = now + RETRY_LOOK_S * random.uniform(0.5, 1.0)
+        held = [d for (_, d), info in zip(self.consumers, infos)
+                if info.num_ack_pending and self._backoff.get(d, 0.0) <= now]
+        if not held:
+            return None
+        self._retry_turn += 1
+        return held[self._retry_turn % len(held)]
 
     async def _cancel_hint(self, msg: Msg) -> None:
         """Only a hint: the next heartbeat comes now, and its reply (the aggregate) decides."""
@@ -162,12 +181,14 @@ class Runner:
                     "aggregate_id") == self.current.job_id:
                 self.current.beat_now.set()
 
-    async def take(self, msg: Msg, item: WorkItem) -> None:
+    async def take(self, msg: Msg, item: WorkItem, durable: str | None = None) -> None:
         token = secrets.token_urlsafe(24)
         reply = await self.report(type="claim", job_id=str(item.aggregate_id), lease=token, deadline_s=20,
                                   capacity=self.capabilities)
         if reply is None or reply.code in ("error", "invalid", "wait", "unfit"):
             # nobody decided, or its project is at its running quota, or it needs more than this runner has: later
+            if reply is not None and reply.code == "unfit" and durable is not None:
+                self._backoff[durable] = time.monotonic() + UNFIT_BACKOFF_S
             if reply is not None and reply.code == "unfit" and item.aggregate_id not in self.unfit:
                 if len(self.unfit) >= 10_000:
                     self.unfit.clear()

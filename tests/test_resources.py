@@ -196,10 +196,10 @@ def a_stack(postgres_server: str, nats_url: str, data_dir: Path) -> Iterator[tup
 
 
 @contextlib.contextmanager
-def a_gpu_runner(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """One more runner of the stack, told it has one GPU (the edge of the world: no device is needed to route)."""
+def a_gpu_runner(env: dict[str, str], log: Path, gpus: int = 1) -> Iterator[subprocess.Popen]:
+    """One more runner of the stack, told it has `gpus` GPUs (the edge of the world: no device is needed to route)."""
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
-    child_env.update(env, TRAINYARD_RUNNER_GPUS="1", TRAINYARD_RUNNER_GPU_MODEL="Test GPU")
+    child_env.update(env, TRAINYARD_RUNNER_GPUS=str(gpus), TRAINYARD_RUNNER_GPU_MODEL="Test GPU")
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "runner"], env=child_env, stdout=out,
                                 stderr=subprocess.STDOUT)
@@ -275,7 +275,14 @@ def test_a_gpu_job_waits_for_a_gpu_runner_is_refused_when_none_exists_and_runs_o
             assert job["status"] == "completed" and job["runner_id"] == gpu_runner_id(stack, one_id), job
             assert eventually(lambda: any("given CUDA device 0" in x["message"] for x in http.get(
                 f"{JOBS}/{job['job_id']}/logs").json()["lines"]) or None, timeout=30, message="no word of the GPU")
-        http.delete(f"{JOBS}/{two_id}")
+            # A runner with two GPUs comes: the job the first one handed back is its, and sees both devices.
+            with a_gpu_runner(env, tmp_path / "gpu-runner-2.log", gpus=2):
+                two = stack.wait(two_id, lambda j: j["status"] in FINISHED, timeout=120)
+                assert two["status"] == "completed" and two["attempt"] == 1, two
+                lines = eventually(lambda: [x["message"] for x in http.get(f"{JOBS}/{two_id}/logs").json()["lines"]
+                                            if "CUDA_VISIBLE_DEVICES" in x["message"]] or None, timeout=30,
+                                   message="the script's output never reached its logs")
+                assert lines == ["CUDA_VISIBLE_DEVICES=0,1"], lines
 
         # A built-in job asks for a GPU only with PyTorch, whose trainer can use one.
         base = {"name": "t", "task": "regression", "dataset": {"uri": "builtin://diabetes"}, "params": {"epochs": 1}}
