@@ -8,7 +8,8 @@ fetches from the highest priority that has work. A runner that refuses code neve
 with GPUs (runners/capabilities.py) also reads `work-<priority>-gpu[-code]`, first within a priority, and only it
 fetches work that needs a GPU. Every `hello_s` it says what it has on `trainyard.rpc.runner.hello`, and each claim
 carries that capacity: a job needing more GPUs, CPUs or memory than it has is refused (`unfit`, nothing recorded)
-and its item goes back for a bigger runner. A job given GPUs gets device indices 0..n-1 (a code job as its
+and its item goes back for a bigger runner (this one leaves that consumer's handed-back items to others for a
+while; idle runners look for such items every few seconds). A job given GPUs gets device indices 0..n-1 (a code job as its
 CUDA_VISIBLE_DEVICES, the PyTorch trainer as its cuda device). For each item
 the runner makes a fresh lease token and sends a `claim`; the aggregate answers with the attempt and what to run, or refuses (finished, or another live lease holds it), and the
 item is acked either way: from then on the lease, not JetStream, owns the work. While training:
