@@ -13,8 +13,9 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.contract import (TELEMETRY_FEEDBACK, TELEMETRY_LOGS, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS, WORK_PREFIX,
-                             FeedbackBatch, LogBatch, MetricBatch, PredictionBatch, WorkItem, event_subject)
+from domain.contract import (RUNNER_HELLO, TELEMETRY_FEEDBACK, TELEMETRY_LOGS, TELEMETRY_METRICS,
+                             TELEMETRY_PREDICTIONS, WORK_PREFIX, FeedbackBatch, LogBatch, MetricBatch, PredictionBatch,
+                             RunnerCapabilities, WorkItem, event_subject)
 from domain.registry import PUBLIC_AGGREGATES
 from domain.vocabulary import Framework, Priority, RevisionChange, Task, TrialState, WorkKind
 
@@ -48,7 +49,8 @@ class Submitted(_Payload):
                                                                   "`code_id` and `sha256`, `entrypoint`, `args`; null "
                                                                   "for a built-in trainer (and events stored before "
                                                                   "code jobs)")
-    resources: dict[str, Any] | None = Field(default=None, description="a code job's `cpus`, `memory_mb`, `gpus`")
+    resources: dict[str, Any] | None = Field(default=None, description="what it needs of a runner: `cpus`, "
+                                             "`memory_mb`, `gpus` (a code job's, or a PyTorch job's that asked)")
 
 
 class Started(_Payload):
@@ -75,6 +77,9 @@ class Requeued(_Payload):
     work_kind: WorkKind | None = Field(default=None, description="the queue it goes back to (`code`: only runners "
                                                                  "that accept code; null in events stored before "
                                                                  "this field: the aggregate's own kind)")
+    gpus: int = Field(default=0, description="the GPUs the work needs: > 0 puts its work item on "
+                                             "`trainyard.work.<priority>.gpu.<kind>.<id>`, which only GPU runners read "
+                                             "(0 in events stored before this field)")
 
 
 class LeaseLost(_Payload):
@@ -373,6 +378,13 @@ def specification() -> AsyncAPI:
     broker.publisher(WORK_PREFIX + ".{priority}.{kind}.{aggregate_id}", title="work item",
                      description="Work for the runners (stream TRAINYARD_WORK, work-queue retention, Nats-Msg-Id = "
                                  "work:<event_id>); the claim, not the delivery, decides who runs it", schema=WorkItem)
+    broker.publisher(WORK_PREFIX + ".{priority}.gpu.{kind}.{aggregate_id}", title="work item needing a GPU",
+                     description="Work whose resources ask for GPUs: read only by runners that have one (consumers "
+                                 "work-<priority>-gpu and work-<priority>-gpu-code)", schema=WorkItem)
+    broker.publisher(RUNNER_HELLO, title="runner hello",
+                     description="Core NATS, every few seconds from each runner: what it has (CPUs, memory, GPUs). "
+                                 "The service keeps the runners it heard from; a job none of them could run is "
+                                 "refused at submit", schema=RunnerCapabilities)
     return AsyncAPI(broker, title="Trainyard events", version="1.0.0",
                     description="Public NATS JetStream subjects of Trainyard. See docs/events.md.")
 

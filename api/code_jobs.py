@@ -51,7 +51,8 @@ def check_code_job(code: CodeIn | None, resources: ResourcesIn | None, params: d
 
 
 def refuse_code_fields(code: CodeIn | None, resources: ResourcesIn | None) -> None:
-    """A built-in job names no code and no resources (its trainer's params bound it)."""
-    for field, value in (("code", code), ("resources", resources)):
+    """A built-in job names no code, and no resources unless its trainer can use them (PyTorch: a GPU)."""
+    for field, value, which in (("code", code, "framework python (your own code)"),
+                                ("resources", resources, "frameworks python and pytorch")):
         if value is not None:
-            raise Problem(422, "Invalid request", f"{field}: only for framework python (your own code)", field)
+            raise Problem(422, "Invalid request", f"{field}: only for {which}", field)

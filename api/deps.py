@@ -51,6 +51,7 @@ class Services:
     identity_queries: Any = None  # projections.identity.IdentityQueries
     auth: Any = None  # api.auth.Authenticator (the identity cache and the access-token signer)
     usage: Any = None  # projections.usage.UsageQueries (quotas)
+    runners: Any = None  # infra.runner_registry.RunnerRegistry: the runners heard from and what they have
     health: Health = field(default_factory=Health)
     fanout: Fanout = field(default_factory=Fanout)  # wakes the live streams (api/streams.py)
 

@@ -15,6 +15,7 @@ from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep, services
 from api.limits import SafeText, check_params
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.problems import Problem
+from api.resources import check_runners_fit
 from api.schemas.common import NO_CONTROL, IdPrefix, Tag, problems
 from api.schemas.jobs import (MAX_SERIES_NAMES, JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries,
                               RetryIn)
@@ -44,13 +45,16 @@ def check_job(body: JobIn, s: Services, access: Access) -> tuple[dict | None, di
     if is_code(body.framework):
         code, resources = check_code_job(body.code, body.resources, body.params, s, access)
     else:
-        refuse_code_fields(body.code, body.resources)
+        builtin_resources = body.resources if body.framework == Framework.PYTORCH else None
+        refuse_code_fields(body.code, None if builtin_resources is not None else body.resources)
+        resources = builtin_resources.model_dump() if builtin_resources is not None else None
         check_params_shape(body.params)
         if body.dataset is None:
             raise Problem(422, "Invalid request", f"dataset: required for framework {body.framework}", "dataset")
     if body.dataset is not None:
         check_job_dataset(body.framework, body.task, body.dataset.uri, body.dataset.target, body.params, s,
                           project=access.project)
+    check_runners_fit(resources, s)
     return code, resources
 
 

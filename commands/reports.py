@@ -22,6 +22,7 @@ from commands.context import CommandContext
 from infra.leases import LeaseStore, milestone_of
 from commands.training import JobNotFoundError, TrainingApplication
 from domain.contract import ReportReply, RunnerReport, lease_id_of, printable
+from domain.resources import describe, shortfall
 from domain.work import JobError, JobFinishedError, LeasedWork, LeaseHeldError, StaleLeaseError
 from infra.health import Stage
 
@@ -94,10 +95,13 @@ class ReportHandler:
                 reply.cancel_requested = True
             return reply
         if r.type == "claim":
-            if self.may_start is not None:
+            if self.may_start is not None or r.capacity is not None:
                 queued = self.app.get_job(r.job_id)
+                if queued.status == "queued" and (unfit := _unfit(queued, r)) is not None:  # nothing recorded
+                    return ReportReply(ok=False, code="unfit", status=queued.status, error=unfit)
                 project = getattr(queued, "project", "default")
-                if queued.status == "queued" and not self.may_start(project):  # it stays queued: nothing recorded
+                if (queued.status == "queued" and self.may_start is not None
+                        and not self.may_start(project)):  # it stays queued: nothing recorded
                     return ReportReply(ok=False, code="wait", status=queued.status,
                                        error=f"project {project} is at its running-jobs quota")
             job = self.app.claim(r.job_id, lease_id, r.runner_id, ctx, r.resumed_from_step)
@@ -150,6 +154,19 @@ class ReportHandler:
                 else "stale_lease" if isinstance(e, StaleLeaseError) else "refused")
         return ReportReply(ok=False, code=code, error=printable(e, 500), status=job.status, attempt=job.attempt,
                            cancel_requested=job.cancel_requested)
+
+
+def _unfit(job: LeasedWork, r: RunnerReport) -> str | None:
+    """Why the claiming runner is too small for `job` (its resources against the claim's capacity); None: it fits
+    (or the runner said nothing of its capacity)."""
+    needs = getattr(job, "resources", None)
+    if r.capacity is None or not needs:
+        return None
+    has = r.capacity.model_dump()
+    short = shortfall(needs, has)
+    if short is None:
+        return None
+    return f"needs {short} {needs.get(short)}; runner {r.runner_id} has {has.get(short)} ({describe(has)})"
 
 
 def _context(r: RunnerReport) -> CommandContext:

@@ -39,6 +39,7 @@ TELEMETRY_METRICS = f"{SUBJECT_PREFIX}.telemetry.metrics"
 TELEMETRY_LOGS = f"{SUBJECT_PREFIX}.telemetry.logs"
 DLQ_PREFIX = f"{SUBJECT_PREFIX}.dlq"
 REPORT_SUBJECT = "trainyard.rpc.runner.report"
+RUNNER_HELLO = "trainyard.rpc.runner.hello"  # core NATS, `RunnerCapabilities`: "this runner is alive and has this"
 WORK_PREFIX = "trainyard.work"
 WORK_READY = "trainyard.signal.work_ready"  # core NATS, no payload: "new work items were queued" (idle runners look)
 MAX_TEXT = 2000
@@ -130,12 +131,18 @@ def dlq_subject(original: str) -> str:
     return f"{DLQ_PREFIX}." + original.removeprefix(f"{SUBJECT_PREFIX}.").removeprefix("trainyard.")
 
 
-def work_subject(priority: str, kind: str, aggregate_id: UUID | str) -> str:
-    return f"{WORK_PREFIX}.{priority}.{kind}.{aggregate_id}"
+GPU_ROUTE = "gpu"  # the capability token of work that needs a GPU: `trainyard.work.<priority>.gpu.<kind>.<id>`
 
 
-def work_filter(priority: str, kind: str = "*") -> str:
-    return f"{WORK_PREFIX}.{priority}.{kind}.>"
+def work_subject(priority: str, kind: str, aggregate_id: UUID | str, gpu: bool = False) -> str:
+    """Where a work item goes: `trainyard.work.<priority>.<kind>.<id>`, or with `gpu` one level deeper,
+    `trainyard.work.<priority>.gpu.<kind>.<id>`, which only GPU runners' consumers filter."""
+    route = f"{GPU_ROUTE}.{kind}" if gpu else kind
+    return f"{WORK_PREFIX}.{priority}.{route}.{aggregate_id}"
+
+
+def work_filter(priority: str, kind: str = "*", gpu: bool = False) -> str:
+    return f"{WORK_PREFIX}.{priority}.{GPU_ROUTE}.{kind}.>" if gpu else f"{WORK_PREFIX}.{priority}.{kind}.>"
 
 
 # ---- the event envelope -------------------------------------------------------------------------
@@ -246,6 +253,20 @@ class NamedArtifact(BaseModel):
     size_bytes: int = Field(ge=0, le=2**62)
 
 
+class RunnerCapabilities(BaseModel):
+    """What a runner has (runners/capabilities.py: measured on its machine, overridable by settings). Sent as a
+    `claim`'s `capacity` (a job bigger than it is refused before anything is recorded) and every few seconds on
+    `trainyard.rpc.runner.hello` (the service keeps the runners it has seen: infra/runner_registry.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    runner_id: Text = Field(default="", max_length=200)
+    cpus: int = Field(ge=1, le=1_000_000)
+    memory_mb: int = Field(ge=1, le=2**40)
+    gpus: int = Field(default=0, ge=0, le=1024)
+    gpu_model: Text | None = Field(default=None, max_length=200)
+    accepts_code: bool = True
+
+
 class RunnerReport(BaseModel):
     """What a runner tells the command handlers about one job.
 
@@ -276,6 +297,8 @@ class RunnerReport(BaseModel):
     artifacts: list[NamedArtifact] | None = Field(default=None, max_length=MAX_JOB_ARTIFACTS,
                                                   description="completed: the files a code job kept")
     error: str | None = Field(default=None, max_length=20_000)
+    capacity: RunnerCapabilities | None = Field(default=None, description="claim: what the runner has (a job "
+                                                "needing more is refused with code `unfit`, nothing recorded)")
 
 
 class ReportReply(BaseModel):
@@ -284,7 +307,7 @@ class ReportReply(BaseModel):
     attempt: int | None = None
     cancel_requested: bool = False
     error: str | None = None
-    code: str | None = None  # finished | stale_lease | lease_held | not_found | invalid | error | wait (quota)
+    code: str | None = None  # finished | stale_lease | lease_held | not_found | invalid | error | wait (quota) | unfit
     job: dict[str, Any] | None = None  # claim: what the runner needs to run it (spec, attempt, correlation)
 
 

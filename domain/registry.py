@@ -2,7 +2,9 @@
 
 A new aggregate plugs in by adding an `AggregateType` here: its public subject name, and which of its events
 put it in a runner's queue (as a work item of its `work_kind`, at the priority the event carries; a training job
-that runs the user's code is queued as kind "code", which only runners that accept code consume). The relay,
+that runs the user's code is queued as kind "code", which only runners that accept code consume; work whose
+resources ask for a GPU goes one level deeper, `trainyard.work.<priority>.gpu.<kind>.<id>`, which only GPU
+runners consume). The relay,
 the NATS streams and the runners' work dispatch read this table; none of them names an aggregate.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from domain.contract import event_subject
 from domain.deployment import Deployment
 from domain.identity import ApiToken, Project, ServiceAccount, Session, User
 from domain.models import ModelExport, RegisteredModel
+from domain.resources import gpus_of
 from domain.study import Study
 from domain.training_job import TrainingJob
 from domain.vocabulary import WorkKind
@@ -63,6 +66,14 @@ def queues_work(domain_event: Any) -> tuple[str, str] | None:
     if registered.work_kind and type(domain_event).__name__ in registered.work_events:
         return _kind_of(domain_event, registered.work_kind), domain_event.priority
     return None
+
+
+def needs_gpu(domain_event: Any) -> bool:
+    """Whether the work this event queues goes to GPU runners only (`trainyard.work.<p>.gpu.<kind>.<id>`): a
+    submit whose resources ask for a GPU, a requeue that says so."""
+    if isinstance(domain_event, TrainingJob.Submitted):
+        return gpus_of(domain_event.resources) > 0
+    return int(getattr(domain_event, "gpus", 0) or 0) > 0
 
 
 def _kind_of(domain_event: Any, default: WorkKind) -> str:

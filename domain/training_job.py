@@ -14,6 +14,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.contract import DEFAULT_PROJECT
 from domain.identity import check_name
+from domain.resources import gpus_of
 from domain.vocabulary import JobStatus, WorkKind
 from domain.work import (DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, FINISHED, CancelNotRequestedError, JobError,
                          JobFinishedError, LeasedWork, LeaseHeldError, StaleLeaseError)
@@ -132,12 +133,18 @@ class TrainingJob(LeasedWork):
     def queue_kind(self) -> str:
         return WorkKind.CODE if self.code is not None else WorkKind.TRAINING
 
+    @property
+    def gpus_needed(self) -> int:
+        return gpus_of(self.resources)
+
     def spec(self) -> dict[str, Any]:
         """What a runner needs to train this job (a code job: its project, to find its bundle, and the rest)."""
         spec = {"framework": self.framework, "task": self.task, "dataset": self.dataset, "params": self.params,
                 "timeout_s": self.timeout_s, "report_metric": self.report_metric}
         if self.code is not None:
             spec.update(project=self.project, code=self.code, resources=self.resources)
+        elif self.resources is not None:  # a built-in trainer that asked for a GPU
+            spec["resources"] = self.resources
         return spec
 
     def retry_fields(self, params: dict[str, Any], priority: str | None, from_checkpoint: bool) -> dict[str, Any]:

@@ -70,6 +70,11 @@ class LeasedWork(Aggregate):
         subclass routes some of its work apart (a code job goes to the runners that accept code)."""
         return self.work_kind
 
+    @property
+    def gpus_needed(self) -> int:
+        """The GPUs this work needs: > 0 routes its items to GPU runners (domain/registry.py `needs_gpu`)."""
+        return 0
+
     def _init_work(self) -> None:
         self.status = JobStatus.QUEUED
         self.attempt = 0
@@ -125,9 +130,10 @@ class LeasedWork(Aggregate):
 
     class Requeued(Aggregate.Event):
         """v2 added `hand_backs`: graceful hand-backs so far, this one included (v1 events did not count them: 0);
-        v3 `work_kind`, the queue it goes back to (None, as before v3: its aggregate type's own work kind)."""
+        v3 `work_kind`, the queue it goes back to (None, as before v3: its aggregate type's own work kind); v4
+        `gpus`, the GPUs the work needs (a GPU runner's queue when > 0; 0 before v4, when nothing was routed by it)."""
 
-        class_version = 3
+        class_version = 4
         attempt: int
         reason: str
         lost: bool
@@ -135,6 +141,7 @@ class LeasedWork(Aggregate):
         priority: str
         hand_backs: int = 0
         work_kind: str | None = None
+        gpus: int = 0
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -143,6 +150,10 @@ class LeasedWork(Aggregate):
         @staticmethod
         def upcast_v2_v3(state: dict[str, Any]) -> None:
             state.setdefault("work_kind", None)
+
+        @staticmethod
+        def upcast_v3_v4(state: dict[str, Any]) -> None:
+            state.setdefault("gpus", 0)
 
         def apply(self, work: Any) -> None:
             work.status, work.lease_id, work.lost_leases = JobStatus.QUEUED, None, self.lost_leases
@@ -269,7 +280,7 @@ class LeasedWork(Aggregate):
     def _requeue(self, reason: str, lost: bool, lost_leases: int, hand_backs: int | None = None) -> None:
         self._record(LeasedWork.Requeued, attempt=self.attempt, reason=reason, lost=lost, lost_leases=lost_leases,
                      priority=self.priority, hand_backs=self.hand_backs if hand_backs is None else hand_backs,
-                     work_kind=self.queue_kind)
+                     work_kind=self.queue_kind, gpus=self.gpus_needed)
 
     # ---- reports under the lease --------------------------------------------------------------
     def record_progress(self, lease_id: str, current_step: int, total_steps: int) -> None:

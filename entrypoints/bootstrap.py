@@ -36,6 +36,7 @@ def build_services(settings: Settings) -> Services:
     from infra.clickhouse import connect as connect_clickhouse
     from infra.fanout import Fanout
     from infra.leases import LeaseStore
+    from infra.runner_registry import RUNNERS_DDL, RunnerRegistry
     from infra.postgres import DDL_LOCK, eventsourcing_env, pool as pg_pool
     from projections.deployments import DeploymentQueries
     from projections.job_queries import JobQueries
@@ -58,6 +59,7 @@ def build_services(settings: Settings) -> Services:
         for read_model in READ_MODELS:
             conn.execute(read_model.ddl)
         conn.execute(POISONED_DDL)  # shared by every view: made here, not by concurrently starting projections
+        conn.execute(RUNNERS_DDL)
     ch = connect_clickhouse(settings.clickhouse_url, settings.chdb_path)
     metrics = MetricStore(ch, settings.metric_retention_days)
     metrics.ensure_schema()
@@ -72,7 +74,8 @@ def build_services(settings: Settings) -> Services:
         applied.watch(read_model, lambda name=read_model: fanout.notify(f"read-model:{name}"))
     return Services(settings, app, pool, JobQueries(pool), ch, metrics, logs, leases, StudyQueries(pool),
                     StudyCommands(app), ModelQueries(pool), ModelCommands(app), predictions, DeploymentQueries(pool),
-                    DeploymentCommands(app), applied, identity, queries, auth, UsageQueries(pool), fanout=fanout)
+                    DeploymentCommands(app), applied, identity, queries, auth, UsageQueries(pool), fanout=fanout,
+                    runners=RunnerRegistry(pool))
 
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -237,6 +240,7 @@ def build_inference(settings: Settings, server_id: str) -> InferenceParts:
 def build_runner(settings: Settings, nc: Any, js: Any) -> Runner:
     from runners.artifacts import LocalArtifactStore
     from runners.checkpoints import CheckpointStore
+    from runners.capabilities import detect
     from runners.runner import Runner
 
     from infra.code_bundles import BundleLimits
@@ -247,4 +251,5 @@ def build_runner(settings: Settings, nc: Any, js: Any) -> Runner:
     return Runner(nc, js, LocalArtifactStore(settings.artifacts), settings.lease_ttl_s, dataset_roots=roots,
                   accepts_code=settings.runner_accepts == "all", code_root=settings.code_root, bundle_limits=limits,
                   checkpoints=CheckpointStore(settings.artifacts, keep=settings.checkpoint_keep),
-                  checkpoint_every=(settings.checkpoint_every_steps, settings.checkpoint_every_s))
+                  checkpoint_every=(settings.checkpoint_every_steps, settings.checkpoint_every_s),
+                  capabilities=detect(settings), hello_s=settings.runner_hello_s)

@@ -30,7 +30,8 @@ async def run_runner(settings: Settings) -> None:
     if creds is None:  # an open bus: whoever starts first creates the streams
         await ensure_streams(js, settings)
     else:  # a runner's NATS user may not administer streams: the service makes them
-        await wait_for(js, WORK_STREAM, tuple(d for _, d in work_consumers(settings.runner_accepts == "all")))
+        await wait_for(js, WORK_STREAM, tuple(d for _, d in work_consumers(settings.runner_accepts == "all",
+                                                                            gpu=True)))
     runner = build_runner(settings, nc, js)
     stop = asyncio.Event()
     main = asyncio.create_task(runner.run(stop))

@@ -42,6 +42,7 @@ async def serve(settings: Settings) -> None:
     tasks = [asyncio.create_task(run(stop), name=name) for name, run in parts.tasks.items()]
     reports = parts.reports
     await reports.start(nc)
+    await services.runners.listen(nc)  # what each runner has: a job no runner can hold is refused at submit
     config = server_config(create_app(services, nc), settings, settings.api_port, log_level="warning")
     server = _Server(config)
     loop = asyncio.get_running_loop()

@@ -6,12 +6,17 @@ Streams (together they capture every subject under `trainyard.v1.>` that Trainya
 - TRAINYARD_TELEMETRY  `trainyard.v1.telemetry.>` metric and log batches from runners, prediction and feedback
                        batches (dedup by batch id)
 - TRAINYARD_DLQ        `trainyard.v1.dlq.>` what a stage could not process, kept for inspection
-- TRAINYARD_WORK       `trainyard.work.<priority>.<kind>.<aggregate_id>` work items (work-queue retention); two
+- TRAINYARD_WORK       `trainyard.work.<priority>.<kind>.<aggregate_id>` work items (work-queue retention); the
                        durable pull consumers per priority, shared by all runners, which ask the highest priority
                        first: `work-<priority>` filters the built-in kinds (training, export: every runner takes
                        them) and `work-<priority>-code` the kind "code" (jobs running the user's code: only runners
                        that accept code fetch from it). Capability is a consumer filter, so a runner that refuses
-                       code never sees a code item, and no item waits behind one it cannot take. A runner acks its item as soon as the aggregate answered its claim, so
+                       code never sees a code item, and no item waits behind one it cannot take. Work that needs a
+                       GPU is published one level deeper, `trainyard.work.<priority>.gpu.<kind>.<id>`, and read
+                       through `work-<priority>-gpu` (training) and `work-<priority>-gpu-code` (code): only runners
+                       with a GPU read them, so a CPU-only runner never fetches a GPU job (a runner too small in
+                       GPUs, CPUs or memory for a job it fetched is refused at claim: commands/reports.py). A runner
+                       acks its item as soon as the aggregate answered its claim, so
                        delivery counts mean nothing: attempts and their budget belong to the aggregate's leases.
 Every stream has a size limit (Settings `*_max_bytes`) and the DLQ a per-message one. `StreamKeeper` (run by serve)
 recreates the streams and consumers above when they vanish (a deleted stream or consumer otherwise leaves the relay
@@ -54,13 +59,17 @@ STUDY_DRIVER_CONSUMER = "study-driver"  # every domain event; the driver acts on
 WORK_ACK_WAIT_S = 30.0  # a runner holds an item only from fetch to the claim's answer
 
 
-def work_consumer(priority: str, code: bool = False) -> str:
-    return f"work-{priority}-code" if code else f"work-{priority}"
+def work_consumer(priority: str, code: bool = False, gpu: bool = False) -> str:
+    return f"work-{priority}" + ("-gpu" if gpu else "") + ("-code" if code else "")
 
 
-def work_consumers(code: bool = True) -> list[tuple[str, str]]:
-    """(priority, durable) of the work consumers a runner reads, most urgent first; `code`: the code ones too."""
-    return [(p, work_consumer(p, c)) for p in PRIORITY_ORDER for c in ((False, True) if code else (False,))]
+def work_consumers(code: bool = True, gpu: bool = False) -> list[tuple[str, str]]:
+    """(priority, durable) of the work consumers a runner reads, most urgent first; `code`: the code ones too;
+    `gpu`: the GPU ones too, first within a priority (a GPU runner serves the work only it can do before the
+    work any runner can)."""
+    kinds = (False, True) if code else (False,)
+    routes = (True, False) if gpu else (False,)
+    return [(p, work_consumer(p, c, g)) for p in PRIORITY_ORDER for g in routes for c in kinds]
 
 
 def credentials(settings: Settings) -> NatsCredentials | None:
@@ -115,12 +124,14 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
                                           discard=DiscardPolicy.NEW))
     # Built-in consumers first: one made before code jobs filtered every kind, and a work-queue stream refuses
     # consumers whose filters overlap (filter_subjects needs nats-server 2.10 or later).
-    for code in (False, True):
+    # The GPU consumers filter `<priority>.gpu.<kind>`, which no filter above matches: an export never needs a GPU.
+    for gpu, code in ((False, False), (False, True), (True, False), (True, True)):
         for priority in PRIORITY_ORDER:
-            filters = ({"filter_subject": work_filter(priority, WorkKind.CODE)} if code
+            filters = ({"filter_subject": work_filter(priority, WorkKind.CODE, gpu)} if code
+                       else {"filter_subject": work_filter(priority, WorkKind.TRAINING, gpu)} if gpu
                        else {"filter_subjects": [work_filter(priority, k) for k in BUILTIN_WORK]})
             await js.add_consumer(WORK_STREAM, ConsumerConfig(
-                durable_name=work_consumer(priority, code), ack_policy=AckPolicy.EXPLICIT,
+                durable_name=work_consumer(priority, code, gpu), ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL, ack_wait=WORK_ACK_WAIT_S, max_deliver=-1, max_ack_pending=10_000,
                 **filters))
     await js.add_consumer(EVENTS_STREAM, ConsumerConfig(
@@ -163,7 +174,7 @@ async def wait_for(js: JetStreamContext, stream: str, consumers: tuple[str, ...]
 
 def owned_consumers() -> list[tuple[str, str]]:
     """(stream, durable) of every consumer ensure_streams makes."""
-    return [*((WORK_STREAM, durable) for _, durable in work_consumers()), (EVENTS_STREAM, STUDY_DRIVER_CONSUMER),
+    return [*((WORK_STREAM, durable) for _, durable in work_consumers(gpu=True)), (EVENTS_STREAM, STUDY_DRIVER_CONSUMER),
             *((TELEMETRY_STREAM, d) for d in (METRICS_CONSUMER, PREDICTIONS_CONSUMER, FEEDBACK_CONSUMER,
                                                  LOGS_CONSUMER))]
 

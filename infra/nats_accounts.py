@@ -4,8 +4,8 @@ and the server's `authorization` block.
 Principals (docs/architecture.md "### NATS accounts" has the same table as a config snippet for an external NATS):
 - `service`     the API, relay, projectors, report handlers, reconciler, study driver: everything.
 - `runner-<i>`  one user per runner `trainyard up` spawns: fetch and ack work on TRAINYARD_WORK, read the work doorbell
-                and cancel hints, publish its reports, its metric and log batches and dead letters of work items, and
-                see whether the telemetry consumers have stored its last batches. Each has
+                and cancel hints, publish its reports, what it has (the runner hello), its metric and log batches and
+                dead letters of work items, and see whether the telemetry consumers have stored its last batches. Each has
                 its own inbox prefix (`_INBOX.runner-<i>`), so a runner cannot read the replies another runner gets
                 (claim replies carry the job's spec). It may not touch events, publish work, or create, update or
                 delete streams and consumers.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import bcrypt
 
-from domain.contract import (DLQ_PREFIX, REPORT_SUBJECT, SUBJECT_PREFIX, TELEMETRY_LOGS, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS,
+from domain.contract import (DLQ_PREFIX, REPORT_SUBJECT, RUNNER_HELLO, SUBJECT_PREFIX, TELEMETRY_LOGS, TELEMETRY_METRICS, TELEMETRY_PREDICTIONS,
                              WORK_READY, event_subject)
 
 SERVICE, INFERENCE, SUBSCRIBER = "service", "inference", "subscriber"
@@ -95,7 +95,7 @@ def permissions(user: str) -> Permissions | None:
             subscribe_allow=(replies,))
     if user.startswith("runner-"):
         return Permissions(
-            publish_allow=(REPORT_SUBJECT, TELEMETRY_METRICS, TELEMETRY_LOGS, f"{DLQ_PREFIX}.work.>",
+            publish_allow=(REPORT_SUBJECT, RUNNER_HELLO, TELEMETRY_METRICS, TELEMETRY_LOGS, f"{DLQ_PREFIX}.work.>",
                            f"$JS.API.CONSUMER.INFO.{_WORK}.*", f"$JS.API.CONSUMER.MSG.NEXT.{_WORK}.*",
                            # whether its last telemetry is stored before it reports a job's end (read-only)
                            *(f"$JS.API.CONSUMER.INFO.{_TELEMETRY}.{c}" for c in _STORING),

@@ -63,6 +63,17 @@ class Settings(BaseSettings):
     # What a runner takes (TRAINYARD_RUNNER_ACCEPTS): "all" (built-in trainers, exports and code jobs) or "builtin"
     # (never a job that runs the user's code: such a runner does not read the code work consumers).
     runner_accepts: Literal["all", "builtin"] = "all"
+    # What a runner has (runners/capabilities.py): measured on its machine (CPUs it may use, MemTotal, CUDA devices
+    # through torch) unless these say otherwise (TRAINYARD_RUNNER_GPUS=0 keeps a GPU machine's runner off GPU work).
+    runner_cpus: int | None = Field(default=None, ge=1, le=1_000_000)
+    runner_memory_mb: int | None = Field(default=None, ge=1, le=2**40)
+    runner_gpus: int | None = Field(default=None, ge=0, le=1024)
+    runner_gpu_model: str | None = Field(default=None, max_length=200)
+    # A runner says what it has every runner_hello_s (infra/runner_registry.py keeps it). A job that needs more than
+    # every runner seen within runner_seen_window_s is a 422 at submit once the service has watched that long;
+    # before that, or while a fitting runner is only busy, it waits in the queue (`waiting_for`).
+    runner_hello_s: float = Field(default=10.0, gt=0)
+    runner_seen_window_s: float = Field(default=600.0, gt=0)
     # Identity (api/auth.py): access tokens are JWTs signed with this secret (unset: a random one kept in
     # <data_dir>/jwt-secret, mode 0600, shared by the processes of one data dir) and live this long.
     jwt_secret: str | None = Field(default=None, min_length=32)

@@ -2,7 +2,8 @@
 
 Routing is by the aggregate registry (domain/registry.py): each event goes to `trainyard.v1.<aggregate>.<event>`,
 and an event that puts its aggregate in the queue also goes out as a `WorkItem` on
-`trainyard.work.<priority>.<kind>.<id>` under the same log position. At least once, in log order: `Nats-Msg-Id` =
+`trainyard.work.<priority>.<kind>.<id>` (`trainyard.work.<priority>.gpu.<kind>.<id>` for work that needs a GPU)
+under the same log position. At least once, in log order: `Nats-Msg-Id` =
 event id, and the position is saved after the PubAcks. A crash re-publishes from the saved position and JetStream's
 duplicate window (hours) absorbs the repeats; consumers still dedupe by (aggregate_id, aggregate_version).
 
@@ -26,7 +27,7 @@ from nats.js.errors import APIError, ServiceUnavailableError
 from psycopg_pool import ConnectionPool
 
 from domain.contract import SUBJECT_PREFIX, WORK_READY, WorkItem, dlq_subject, envelope, printable, work_subject
-from domain.registry import aggregate_of, queues_work, resumes_from
+from domain.registry import aggregate_of, needs_gpu, queues_work, resumes_from
 from infra.health import Stage
 from infra.postgres import listen
 
@@ -62,8 +63,8 @@ def encode(event: Any) -> list[tuple[str, bytes, str]]:
             kind, priority = work
             item = WorkItem(kind=kind, aggregate_id=event.originator_id, priority=priority, work_id=body["event_id"],
                             resume_of=resumes_from(event))
-            out.append((work_subject(priority, kind, event.originator_id),
-                        item.model_dump_json(exclude_none=True).encode(), f"work:{body['event_id']}"))
+            subject = work_subject(priority, kind, event.originator_id, gpu=needs_gpu(event))
+            out.append((subject, item.model_dump_json(exclude_none=True).encode(), f"work:{body['event_id']}"))
         return out
     except Exception as e:
         raise PoisonEvent(f"cannot encode {type(event).__qualname__}: {type(e).__name__}: {e}") from e

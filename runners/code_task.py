@@ -84,11 +84,12 @@ class JobSink(CodeSink):
 
 def run_code_job(job_id: str, attempt: int, spec: dict[str, Any], reporter: JobReporter, logs: JobLogs,
                  artifacts: ArtifactStore, code_root: Path, limits: BundleLimits, dataset_roots: Sequence[Path],
-                 resume_from: Path | None = None,
-                 checkpoint: Callable[[int, Path], None] | None = None) -> dict[str, Any]:
+                 resume_from: Path | None = None, checkpoint: Callable[[int, Path], None] | None = None,
+                 gpus: tuple[int, ...] = ()) -> dict[str, Any]:
     """Run the code job `spec` (TrainingJob.spec of a code job) to its end; the runner report it makes.
     `resume_from`: the checkpoint its script finds as `run.latest_checkpoint()`; `checkpoint(step, file)`: keeps
-    what it saves with `run.save_checkpoint`."""
+    what it saves with `run.save_checkpoint`; `gpus`: the devices the runner gave it (its CUDA_VISIBLE_DEVICES;
+    none: no GPU visible)."""
     code = spec["code"]
     bundle = get_bundle(code_root, spec["project"], code["code_id"])
     if bundle is None or bundle.sha256 != code["sha256"]:
@@ -106,7 +107,8 @@ def run_code_job(job_id: str, attempt: int, spec: dict[str, Any], reporter: JobR
         res = spec.get("resources") or {}
         run = CodeRun(code_dir=base / "code", entrypoint=code["entrypoint"], work_dir=base / "work",
                       args=tuple(code.get("args") or ()), params=spec.get("params") or {}, dataset_path=data_path,
-                      resources=Resources(cpus=int(res.get("cpus", 1)), memory_mb=int(res.get("memory_mb", 2048))),
+                      resources=Resources(cpus=int(res.get("cpus", 1)), memory_mb=int(res.get("memory_mb", 2048)),
+                                          gpus=tuple(gpus)),
                       timeout_s=float(spec.get("timeout_s") or 3600), run_id=f"{job_id}:{attempt}",
                       resume_from=resume_from)
         (base / "work").mkdir()

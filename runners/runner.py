@@ -4,7 +4,13 @@ Work items (`trainyard.work.<priority>.<kind>.<id>`) are taken highest priority 
 pull consumers `work-<priority>` (built-in kinds) and, on a runner that accepts code (`accepts_code`, Settings
 `runner_accepts`), `work-<priority>-code` (jobs running the user's code, runners/code_task.py): an idle runner
 looks at its consumers' pending counts when the relay rings `trainyard.signal.work_ready` (or every second), and
-fetches from the highest priority that has work. A runner that refuses code never fetches a code item. For each item
+fetches from the highest priority that has work. A runner that refuses code never fetches a code item; a runner
+with GPUs (runners/capabilities.py) also reads `work-<priority>-gpu[-code]`, first within a priority, and only it
+fetches work that needs a GPU. Every `hello_s` it says what it has on `trainyard.rpc.runner.hello`, and each claim
+carries that capacity: a job needing more GPUs, CPUs or memory than it has is refused (`unfit`, nothing recorded)
+and its item goes back for a bigger runner (this one leaves that consumer's handed-back items to others for a
+while; idle runners look for such items every few seconds). A job given GPUs gets device indices 0..n-1 (a code job as its
+CUDA_VISIBLE_DEVICES, the PyTorch trainer as its cuda device). For each item
 the runner makes a fresh lease token and sends a `claim`; the aggregate answers with the attempt and what to run, or refuses (finished, or another live lease holds it), and the
 item is acked either way: from then on the lease, not JetStream, owns the work. While training:
 - a heartbeat task renews the lease every `lease_ttl_s / 5` whatever the trainer is doing; its reply is the only
@@ -29,6 +35,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import secrets
 import socket
 import threading
@@ -41,13 +48,15 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from domain.contract import (REPORT_SUBJECT, WORK_READY, ReportReply, RunnerReport, WorkItem,
-                             event_subject, printable)
+from domain.contract import (REPORT_SUBJECT, RUNNER_HELLO, WORK_READY, ReportReply, RunnerCapabilities,
+                             RunnerReport, WorkItem, event_subject, printable)
+from domain.resources import gpus_of
 from infra.datasets import dataset_digest
 from infra.consumer import Consumer, Poison
 from infra.code_bundles import BundleLimits
 from infra.messaging import LOGS_CONSUMER, METRICS_CONSUMER, WORK_STREAM, work_consumers
 from runners.artifacts import ArtifactStore
+from runners.capabilities import cpu_count, device_ids, memory_mb
 from runners.checkpoints import Checkpoint, CheckpointStore
 from runners.log_capture import JobLogs, LogCapture
 from runners.reporting import JobReporter, Shipper, log_shipper, metric_shipper, raise_if_cancelled, stored
@@ -59,6 +68,9 @@ CHECKPOINT_SUFFIX = {"pytorch": "pt", "lightgbm": "txt"}
 CANCEL_GRACE_S = 3.0  # a trainer deaf to the stop flag this long (a long dataset load): report the cancel anyway
 STORED_WAIT_S = 5.0  # at most this long before a job's end report for its telemetry to be stored (reporting.stored)
 IDLE_LOOK_S = 1.0  # an idle runner looks for work this often even when no doorbell rings (a lost signal)
+UNFIT_DELAY_S = 5.0  # a job too big for this runner comes back to the queue after this (for a bigger runner)
+RETRY_LOOK_S = 5.0  # how often (at most; jittered) an idle runner fetches items that were handed back with a delay
+UNFIT_BACKOFF_S = 30.0  # a runner found too small on a consumer leaves its handed-back items to others this long
 
 
 class Lease:
@@ -79,12 +91,14 @@ class Runner:
                  runner_id: str | None = None, dataset_roots: tuple = (), flush_interval_s: float = 0.25,
                  capture_output: bool = True, accepts_code: bool = True, code_root: Path | None = None,
                  bundle_limits: BundleLimits | None = None, checkpoints: CheckpointStore | None = None,
-                 checkpoint_every: tuple[int, float] = (25, 60.0)) -> None:
+                 checkpoint_every: tuple[int, float] = (25, 60.0), capabilities: RunnerCapabilities | None = None,
+                 hello_s: float = 10.0) -> None:
         """`capture_output`: take fds 1 and 2 into the job's logs while it trains (a runner process's own; off
         where the runner shares its process, as in some tests). `accepts_code`: take code jobs too (their
         bundles are read from `code_root` and unpacked within `bundle_limits`). `checkpoints`: where training jobs
         save and resume (None: they do neither); `checkpoint_every`: (steps, seconds), a checkpoint when either has
-        passed."""
+        passed. `capabilities`: what it has (runners/capabilities.py `detect`; default: this machine's CPUs and
+        memory, no GPU), said every `hello_s`."""
         self.nc, self.js, self.artifacts, self.lease_ttl_s = nc, js, artifacts, lease_ttl_s
         self.checkpoints, self.checkpoint_every = checkpoints, checkpoint_every
         self.capture_output = capture_output
@@ -93,7 +107,14 @@ class Runner:
         self.current: Lease | None = None
         self.accepts_code = accepts_code and code_root is not None
         self.code_root, self.bundle_limits = code_root, bundle_limits or BundleLimits()
-        self.consumers = work_consumers(code=self.accepts_code)  # (priority, durable), most urgent first
+        self.capabilities = (capabilities or RunnerCapabilities(cpus=cpu_count(), memory_mb=memory_mb())).model_copy(
+            update={"runner_id": self.runner_id, "accepts_code": self.accepts_code})
+        self.hello_s = hello_s
+        self.unfit: set = set()  # jobs this runner was too small for (logged once); cleared past 10,000
+        self._retry_at, self._retry_turn = 0.0, 0  # when and where the next look at handed-back items is
+        self._backoff: dict[str, float] = {}  # durable -> until when its handed-back items are left to others
+        # (priority, durable), most urgent first
+        self.consumers = work_consumers(code=self.accepts_code, gpu=self.capabilities.gpus > 0)
 
     # ---- the loop ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -110,7 +131,8 @@ class Runner:
 
         doorbell = await self.nc.subscribe(WORK_READY, cb=ring)
         hints = await self.nc.subscribe(CANCEL_EVENTS, cb=self._cancel_hint)
-        log.info("runner %s waiting for work", self.runner_id)
+        hello = asyncio.create_task(self._hellos())
+        log.info("runner %s waiting for work (%s)", self.runner_id, self.capabilities.model_dump(exclude={"runner_id"}))
         try:
             while not stop.is_set():
                 ready.clear()
@@ -126,22 +148,45 @@ class Runner:
                     except Poison as p:
                         await queue.dead_letter(msg, str(p))
                         continue
-                    await self.take(msg, item)
+                    await self.take(msg, item, durable)
         finally:
+            await _stop(hello)
             for sub in (doorbell, hints):
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
+    async def _hellos(self) -> None:
+        """Say what this runner has, now and every `hello_s` (fire and forget: the next one repairs a lost one)."""
+        data = self.capabilities.model_dump_json().encode()
+        while True:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(RUNNER_HELLO, data)
+            await asyncio.sleep(self.hello_s)
+
     async def _waiting_queue(self) -> str | None:
         """The consumer of the highest priority with work items not yet delivered (one look at this runner's
-        consumers, concurrently); built-in work first within a priority."""
+        consumers, concurrently); GPU work first within a priority (on a GPU runner), then built-in, then code.
+        Failing that, every RETRY_LOOK_S, one (in turn) with items a claim handed back with a delay (unfit, or
+        over quota): JetStream counts those as unacknowledged, not pending, until someone fetches again."""
         try:
             infos = await asyncio.gather(*(self.js.consumer_info(WORK_STREAM, d) for _, d in self.consumers))
         except Exception as e:
             log.debug("work look failed (%s)", type(e).__name__)
             await asyncio.sleep(0.5)
             return None
-        return next((d for (_, d), info in zip(self.consumers, infos) if info.num_pending), None)
+        pending = next((d for (_, d), info in zip(self.consumers, infos) if info.num_pending), None)
+        if pending is not None or time.monotonic() < self._retry_at:
+            return pending
+        # Jittered, and not where this runner was just too small: runners of one fleet would otherwise take turns
+        # in lockstep with the hand-back delay, and the one too small could take the item back every time.
+        now = time.monotonic()
+        self._retry_at = now + RETRY_LOOK_S * random.uniform(0.5, 1.0)
+        held = [d for (_, d), info in zip(self.consumers, infos)
+                if info.num_ack_pending and self._backoff.get(d, 0.0) <= now]
+        if not held:
+            return None
+        self._retry_turn += 1
+        return held[self._retry_turn % len(held)]
 
     async def _cancel_hint(self, msg: Msg) -> None:
         """Only a hint: the next heartbeat comes now, and its reply (the aggregate) decides."""
@@ -150,14 +195,22 @@ class Runner:
                     "aggregate_id") == self.current.job_id:
                 self.current.beat_now.set()
 
-    async def take(self, msg: Msg, item: WorkItem) -> None:
+    async def take(self, msg: Msg, item: WorkItem, durable: str | None = None) -> None:
         token = secrets.token_urlsafe(24)
         resume = await self._starting_point(item)
         reply = await self.report(type="claim", job_id=str(item.aggregate_id), lease=token, deadline_s=20,
-                                  resumed_from_step=resume.step if resume else None)
-        if reply is None or reply.code in ("error", "invalid", "wait"):
-            with contextlib.suppress(Exception):  # nobody decided, or its project is at its running quota: later
-                await msg.nak(delay=5.0 if reply is not None and reply.code == "wait" else 1.0)
+                                  resumed_from_step=resume.step if resume else None, capacity=self.capabilities)
+        if reply is None or reply.code in ("error", "invalid", "wait", "unfit"):
+            # nobody decided, or its project is at its running quota, or it needs more than this runner has: later
+            if reply is not None and reply.code == "unfit" and durable is not None:
+                self._backoff[durable] = time.monotonic() + UNFIT_BACKOFF_S
+            if reply is not None and reply.code == "unfit" and item.aggregate_id not in self.unfit:
+                if len(self.unfit) >= 10_000:
+                    self.unfit.clear()
+                self.unfit.add(item.aggregate_id)  # said once a job: its item comes back every few seconds
+                log.info("not claiming %s: %s", item.aggregate_id, reply.error)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=UNFIT_DELAY_S if reply is not None and reply.code in ("wait", "unfit") else 1.0)
             return
         await msg.ack()  # decided: the lease (or the refusal) owns it now
         if not reply.ok or not reply.job:
@@ -269,7 +322,7 @@ class Runner:
                                dataset_roots=self.dataset_roots, resume_from=resume.path if resume else None,
                                checkpoint=self._saver(lease, attempt, spec["framework"], metrics),
                                checkpoint_every_steps=self.checkpoint_every[0],
-                               checkpoint_every_s=self.checkpoint_every[1])
+                               checkpoint_every_s=self.checkpoint_every[1], gpus=self._devices(spec, physical=False))
         try:
             result = await asyncio.to_thread(lease.logs.within(trainer_for(train_spec.framework).fit), train_spec,
                                              reporter)
@@ -302,7 +355,8 @@ class Runner:
             return await asyncio.to_thread(run_code_job, lease.job_id, attempt, spec, reporter, lease.logs.logs,
                                            self.artifacts, self.code_root, self.bundle_limits, self.dataset_roots,
                                            resume.path if resume else None,
-                                           self._saver(lease, attempt, "python", metrics))
+                                           self._saver(lease, attempt, "python", metrics),
+                                           self._devices(spec, physical=True))
         except Exception as e:  # the bundle or the work dir broke, not the script: the job fails, the runner lives
             log.warning("code job %s attempt %d failed: %s", lease.job_id, attempt, printable(e, 300))
             lease.logs.logs.exception(e)
@@ -331,6 +385,12 @@ class Runner:
                 lease.logs.logs.note("warning", f"checkpoint of step {step} not saved: {printable(e, 300)}")
 
         return save
+
+    def _devices(self, spec: dict[str, Any], physical: bool) -> tuple[int, ...]:
+        """The devices a job that asked for GPUs is given (one job at a time: the first ones): torch indices for the
+        trainer in this process, the ids its CUDA_VISIBLE_DEVICES names for a code job's own process."""
+        count = min(gpus_of(spec.get("resources")), self.capabilities.gpus)
+        return device_ids(count) if physical else tuple(range(count))
 
     async def _export(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter) -> dict[str, Any]:
         from runners.export_task import run_export

@@ -40,10 +40,11 @@ BEYOND_SCHEMA: list[tuple[str, str, str]] = [
     (r"POST /api/v1/(training/jobs|studies)", r"dataset\.target", "has a fixed target"),
     (r"POST /api/v1/(training/jobs|studies)", r"dataset\.uri",
      "outside the dataset roots|no such file|not enabled|unsupported file type|is not a .csv"),
-    # across fields (the framework): a built-in job needs a dataset and takes no code or resources; a code job
-    # (python) needs its code, a bundle of the project with that entrypoint; so does a study of code
-    (r"POST /api/v1/training/jobs", r"dataset|code|resources",
-     "required for framework|only for framework python|required for framework python"),
+    # across fields (the framework): a built-in job needs a dataset and takes no code, and resources only with
+    # pytorch; a code job (python) needs its code, a bundle of the project with that entrypoint; so does a study of
+    # code; resources no runner seen lately has are refused
+    (r"POST /api/v1/training/jobs", r"dataset|code|resources(\.\w+)?",
+     "required for framework|only for framework python|only for frameworks python and pytorch|no runner seen"),
     (r"POST /api/v1/(training/jobs|studies)", r"code\.(code_id|entrypoint)", "no code bundle|is not a .py file"),
     (r"POST /api/v1/studies", r"code|resources", "only for framework python|required for framework python"),
     # the names a job's params take depend on its framework (described per framework); keys of free-form objects

@@ -35,6 +35,8 @@ def submit(
     arg: Annotated[list[str], typer.Option("--arg", help="framework python: an argument of the script (repeat)")] = [],
     cpus: Annotated[Optional[int], typer.Option(help="framework python: its CPUs (default 1)")] = None,
     memory_mb: Annotated[Optional[int], typer.Option(help="framework python: its memory limit (default 2048)")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="frameworks python and pytorch: GPUs it needs (default 0); "
+                                                     "only runners with them take it")] = None,
     target: Annotated[Optional[str], typer.Option(help="target column (file:// datasets)")] = None,
     param: Annotated[list[str], typer.Option("--param", "-p", help="name=value (value parsed as JSON; repeat)")] = [],
     priority: Annotated[str, typer.Option(help=choices(Priority))] = Priority.MEDIUM.value,
@@ -51,9 +53,9 @@ def submit(
         body["dataset"] = {"uri": dataset, **({"target": target} if target else {})}
     if code:  # a code job: the API says what is missing or wrong (field code.code_id, code.entrypoint, ...)
         body["code"] = {"code_id": code, "entrypoint": entry, "args": arg}
-        limits = {k: v for k, v in (("cpus", cpus), ("memory_mb", memory_mb)) if v is not None}
-        if limits:
-            body["resources"] = limits
+    limits = {k: v for k, v in (("cpus", cpus), ("memory_mb", memory_mb), ("gpus", gpus)) if v is not None}
+    if limits:  # the API says where they do not apply (field resources)
+        body["resources"] = limits
     client = connect(api)
     out = client.submit(body, idempotency_key)
     console.print(out["job_id"])

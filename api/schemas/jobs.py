@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from api.limits import MAX_CODE_PARAMS_BYTES, MAX_CODE_PARAMS_DEPTH, SafeText
 from api.schemas.code import CODE_ID_PATTERN
@@ -14,6 +14,7 @@ from api.schemas.datasets import DatasetIn
 from domain.contract import LogLevel, LogStream
 from domain.frameworks import MAX_LIGHTGBM_LEAVES, MAX_PARAMS, MAX_TORCH_PARAMETERS, describe_params
 from domain.training_job import DEFAULT_TIMEOUT_S
+from domain.resources import waiting_for
 from domain.vocabulary import Framework, JobStatus, Priority, Task
 
 
@@ -47,7 +48,10 @@ class ResourcesIn(BaseModel):
     memory_mb: StrictInt = Field(default=CODE_RESOURCES["memory_mb"], ge=64, le=MAX_MEMORY_MB,
                                  description=f"resident memory of all its processes, 64 to {MAX_MEMORY_MB:,} MB")
     gpus: StrictInt = Field(default=CODE_RESOURCES["gpus"], ge=0, le=MAX_GPUS,
-                            description=f"0 to {MAX_GPUS}: recorded; matching jobs to runners with GPUs comes later")
+                            description=f"0 to {MAX_GPUS}: GPUs it needs. Only runners with that many take it (its "
+                                        "script sees them as CUDA_VISIBLE_DEVICES; the PyTorch trainer trains on the "
+                                        "first); while none is free the job is queued with `waiting_for: \"gpu\"`, "
+                                        "and when no runner seen lately has them the submit is a 422")
 
 
 class JobIn(BaseModel):
@@ -64,8 +68,9 @@ class JobIn(BaseModel):
                                                f"levels deep, finite numbers, {NO_CONTROL}) passed to the script as "
                                                f"run.params and never interpreted")
     code: CodeIn | None = Field(default=None, description="framework `python` only (and required there)")
-    resources: ResourcesIn | None = Field(default=None, description="framework `python` only; default "
-                                                                    f"{CODE_RESOURCES}")
+    resources: ResourcesIn | None = Field(default=None, description="frameworks `python` (default "
+                                          f"{CODE_RESOURCES}) and `pytorch` (`gpus`: train on a GPU runner's CUDA "
+                                          "device; none: CPU). Only runners that have them take the job")
     priority: Priority = Priority.MEDIUM.value
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=f"at most {MAX_TAGS} tags")
     timeout_s: StrictInt = Field(default=DEFAULT_TIMEOUT_S, ge=1, le=MAX_TIMEOUT_S,
@@ -133,7 +138,10 @@ class JobPublic(BaseModel):
     trial_number: int | None = Field(default=None, description="its trial number in that study")
     code: dict[str, Any] | None = Field(default=None, description="a code job's bundle (`code_id`, `sha256`), "
                                                                   "`entrypoint` and `args` (null: a built-in trainer)")
-    resources: dict[str, Any] | None = Field(default=None, description="a code job's `cpus`, `memory_mb`, `gpus`")
+    resources: dict[str, Any] | None = Field(default=None, description="what it needs of a runner: `cpus`, "
+                                             "`memory_mb`, `gpus` (a code job's, or a PyTorch job's that asked)")
+    waiting_for: str | None = Field(default=None, description="while queued, what it waits for beyond its turn: "
+                                    "`gpu` (only runners with a GPU take it); null otherwise")
     retry_of: UUID | None = Field(default=None, description="the failed or cancelled job this one retries (null: "
                                                             "none)")
     from_checkpoint: bool = Field(default=False, description="a retry that starts from the latest checkpoint of "
@@ -153,6 +161,11 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     version: int
+
+    @model_validator(mode="after")
+    def _waiting(self) -> JobPublic:
+        self.waiting_for = waiting_for(self.status, self.resources)
+        return self
 
 
 class JobList(BaseModel):

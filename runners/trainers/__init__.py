@@ -70,6 +70,7 @@ class TrainSpec:
     checkpoint: Callable[[int, bytes], None] | None = None  # save(step, data); None: no checkpoints
     checkpoint_every_steps: int = 25
     checkpoint_every_s: float = 60.0
+    gpus: tuple[int, ...] = ()  # CUDA device indices the runner gave this job (none: train on CPU)
 
 
 class CheckpointClock:

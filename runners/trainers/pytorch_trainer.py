@@ -22,6 +22,7 @@ the same batches as an uninterrupted fit, so on the CPU it ends with the same mo
 from __future__ import annotations
 
 import io
+import logging
 import math
 import random
 
@@ -38,6 +39,7 @@ from runners.trainers import (
 
 FORMAT_VERSION = 1
 CHECKPOINT_KIND = "trainyard-pytorch-mlp-checkpoint"
+log = logging.getLogger("trainyard.trainer")
 
 
 class StandardizedMLP(nn.Module):
@@ -80,7 +82,7 @@ class PyTorchMLPTrainer:
         n_outputs = split.n_classes if spec.task == "multiclass_classification" else 1
         check_budget("pytorch", params, split.X_train.shape[1], n_outputs)
         torch.set_num_threads(params["num_threads"])
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = training_device(spec.gpus)
         generator = torch.Generator().manual_seed(spec.seed % 2**63)
         model = StandardizedMLP(split.X_train.shape[1], params["hidden_sizes"], n_outputs)
         model.reset_parameters(generator)
@@ -118,6 +120,17 @@ class PyTorchMLPTrainer:
                            model_format=PYTORCH.model_format, feature_names=tuple(split.feature_names),
                            class_labels=tuple(split.class_labels) if split.class_labels is not None else None,
                            feature_recipe=split.recipe.to_json() if split.recipe else None)
+
+
+def training_device(gpus: tuple[int, ...]) -> torch.device:
+    """The first CUDA device the runner gave the job; CPU when it gave none (a job that asked for no GPU stays off
+    the runner's GPUs, which another job may hold) or CUDA is not there after all."""
+    if gpus and torch.cuda.is_available() and gpus[0] < torch.cuda.device_count():
+        return torch.device("cuda", gpus[0])
+    if gpus:  # a runner that says it has a GPU torch cannot use (a wrong TRAINYARD_RUNNER_GPUS): say so, go on
+        log.warning("given CUDA device %d, but torch sees %s: training on the CPU", gpus[0],
+                    f"{torch.cuda.device_count()} device(s)" if torch.cuda.is_available() else "no CUDA")
+    return torch.device("cpu")
 
 
 def load_model(data: bytes) -> StandardizedMLP:
