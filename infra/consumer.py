@@ -33,7 +33,7 @@ from infra.health import Stage
 from infra.messaging import dead_letter
 
 log = logging.getLogger("trainyard.consumer")
-MORE_S = 0.05  # a fetch's wait for the messages that are there once its first has come
+MORE_S = 0.01  # a fetch's wait for the messages that are there once its first has come
 M = TypeVar("M")
 
 
