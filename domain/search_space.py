@@ -274,12 +274,7 @@ def _check_code_study(objective: Any, search_space: Any, fixed_params: Any, samp
     fixed = {} if fixed_params is None else fixed_params
     if not isinstance(fixed, dict):
         raise StudySpecError("fixed_params", "must be an object of name: value")
-    if not isinstance(search_space, dict):
-        raise StudySpecError("search_space", 'must be an object of name: {"type": ...}')
-    if not search_space:
-        raise StudySpecError("search_space", "is empty; give at least one parameter to search")
-    if len(search_space) > MAX_SPACE_PARAMS:
-        raise StudySpecError("search_space", f"{len(search_space)} parameters; at most {MAX_SPACE_PARAMS}")
+    _check_space_shape(search_space)
     dims: list[_Dim] = []
     for name, entry in search_space.items():
         if not isinstance(name, str) or not 0 < len(name) <= _NAME_CHARS or not name.isprintable():
@@ -317,13 +312,18 @@ def _check_objective(task: str, objective: Any) -> str:
     return metric
 
 
-def _check_space(spec: FrameworkSpec, search_space: Any, fixed: dict[str, Any]) -> list[_Dim]:
+def _check_space_shape(search_space: Any) -> None:
+    """A search space is an object of 1 to MAX_SPACE_PARAMS parameters (what each holds is checked apart)."""
     if not isinstance(search_space, dict):
         raise StudySpecError("search_space", 'must be an object of name: {"type": ...}')
     if not search_space:
         raise StudySpecError("search_space", "is empty; give at least one parameter to search")
     if len(search_space) > MAX_SPACE_PARAMS:
         raise StudySpecError("search_space", f"{len(search_space)} parameters; at most {MAX_SPACE_PARAMS}")
+
+
+def _check_space(spec: FrameworkSpec, search_space: Any, fixed: dict[str, Any]) -> list[_Dim]:
+    _check_space_shape(search_space)
     fixed_canonical = {spec.aliases.get(k, k): k for k in fixed if isinstance(k, str)}
     dims: list[_Dim] = []
     seen: dict[str, str] = {}  # canonical name -> the name it was searched under

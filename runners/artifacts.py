@@ -12,6 +12,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
@@ -64,17 +65,7 @@ class LocalArtifactStore:
         folder = self.root / str(job_id) / f"attempt-{attempt}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"model.{suffix}"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(folder)
+        write_atomically(path, data)
         return Artifact(uri=path.as_uri(), sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
 
     def get(self, uri: str) -> bytes:
@@ -117,6 +108,24 @@ class LocalArtifactStore:
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
             raise ValueError(f"attempt must be a non-negative integer, got {attempt!r}")
         return self.root / str(job_id) / f"attempt-{attempt}"
+
+
+def write_atomically(path: Path, data: bytes, before: Callable[[], None] | None = None) -> None:
+    """Write `data` to `path` so that readers see all of it or none (a temporary file in its folder, fsync'd, then
+    renamed over it, and the folder fsync'd); `before()` runs just before the rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if before is not None:
+            before()
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

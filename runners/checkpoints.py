@@ -13,13 +13,11 @@ a copy under the retry's own job, so every later attempt of the retry finds it t
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runners.artifacts import _SAFE_NAME, _fsync_dir
+from runners.artifacts import _SAFE_NAME, write_atomically
 
 KEEP = 2
 _FILE = re.compile(r"^ckpt-(\d{12})(?:\.([A-Za-z0-9]{1,16}))?$")
@@ -66,20 +64,13 @@ class CheckpointStore:
             raise ValueError(f"suffix {suffix!r} is not a safe file suffix")
         name = f"ckpt-{_count(step, 'step', MAX_STEP):012d}" + (f".{suffix}" if suffix else "")
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            for old in folder.glob(f"ckpt-{step:012d}*"):  # another suffix for the same step: one file a step
+
+        def one_file_a_step() -> None:  # another suffix for the same step goes
+            for old in folder.glob(f"ckpt-{step:012d}*"):
                 if old.name != name:
                     old.unlink(missing_ok=True)
-            os.replace(tmp, folder / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(folder)
+
+        write_atomically(folder / name, data, before=one_file_a_step)
         self.prune(job_id)
         return Checkpoint(attempt, step, folder / name, str(job_id))
 
