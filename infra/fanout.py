@@ -26,7 +26,7 @@ class Subscription:
         self.fanout, self.topics, self.max_items = fanout, topics, max_items
         self._event = asyncio.Event()
         self._fired: set[str] = set()
-        # topic -> the data notified since the last take_pushed, or None once some was not kept (or never given)
+        # topic -> the data notified since the last take_pushed (absent: none), or None once some was not kept
         self._pushed: dict[str, list | None] = {}
         self._held: dict[str, int] = {}
 
@@ -46,12 +46,11 @@ class Subscription:
         return fired
 
     def take_pushed(self, topic: str) -> list | None:
-        """The data of every notify on `topic` since the subscription began or this was last called, in order (an
-        empty list: none), or None when some was not kept: then read the store."""
-        pushed = self._pushed.pop(topic, [])
+        """The data of every notify on `topic` since the subscription began or this was last called, in order; None
+        when there was none (a periodic re-read: the store, in case a producer elsewhere wrote), or when some was
+        not kept: then read the store."""
         self._held.pop(topic, None)
-        self._pushed.setdefault(topic, [])
-        return pushed
+        return self._pushed.pop(topic, None)
 
     def _set(self, topic: str, data: Any, size: int) -> None:
         self._fired.add(topic)
