@@ -324,8 +324,9 @@ class Runner:
                                checkpoint_every_steps=self.checkpoint_every[0],
                                checkpoint_every_s=self.checkpoint_every[1], gpus=self._devices(spec, physical=False))
         try:
-            result = await asyncio.to_thread(lease.logs.within(trainer_for(train_spec.framework).fit), train_spec,
-                                             reporter)
+            # The trainer is looked up in the worker thread too: its first use imports the framework (PyTorch: seconds
+            # on a busy machine), which on this loop would hold up the heartbeats past the lease's TTL.
+            result = await asyncio.to_thread(lease.logs.within(_fit), train_spec, reporter)
         except TrainingCancelled:
             return {"type": "cancelled"}
         except Exception as e:  # the user's data or params broke training: the job fails, the runner lives
@@ -466,6 +467,10 @@ async def _stop(*tasks: asyncio.Task, timeout_s: float = 5.0) -> None:
     _, pending = await asyncio.wait(tasks, timeout=timeout_s)
     for task in pending:
         log.error("task %s did not stop within %.0f s after its cancel", task.get_name(), timeout_s)
+
+
+def _fit(spec: TrainSpec, reporter: JobReporter) -> Any:
+    return trainer_for(spec.framework).fit(spec, reporter)
 
 
 def _timed_out(timeout_s: float) -> dict[str, Any]:
