@@ -352,7 +352,10 @@ class Run:
                           RuntimeWarning, stacklevel=2)
 
     def _stopped(self, reason: str) -> None:
-        self.stop_reason = self.stop_reason or reason
+        # The runner's stop message says why (cancelled, pruned, timed out); its SIGTERM, sent just after, can be
+        # handled first and says only "terminated": the message's reason wins whichever comes first.
+        if self.stop_reason is None or self.stop_reason == "terminated":
+            self.stop_reason = reason
         self._stop.set()
 
     def _forked(self) -> None:  # a DataLoader worker and the like: the parent process ships, not the copy
