@@ -27,6 +27,7 @@ HELLO_QUEUE = "runner-hellos"
 MAX_HELLO_BYTES = 4096
 PRUNE_AFTER_S = 86400.0
 PRUNE_EVERY = 200  # hellos between prunes
+HELLO_WAIT_S = 2.0
 
 RUNNERS_DDL = """
 CREATE TABLE IF NOT EXISTS runners_seen (
@@ -51,7 +52,9 @@ class RunnerRegistry:
 
     def saw(self, caps: RunnerCapabilities) -> None:
         row = caps.model_dump()
-        with self.pool.connection() as conn:
+        # A short wait: with PostgreSQL away each hello would hold a worker thread for the pool's whole timeout
+        # (the runner says it again in a few seconds anyway).
+        with self.pool.connection(timeout=HELLO_WAIT_S) as conn:
             conn.execute(
                 f"INSERT INTO runners_seen ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) "
                 "ON CONFLICT (runner_id) DO UPDATE SET cpus = excluded.cpus, memory_mb = excluded.memory_mb, "

@@ -263,6 +263,9 @@ class Run:
         os.replace(partial, path)
         for old in self._checkpoints()[:-max(keep, 1)]:
             old.unlink(missing_ok=True)
+        # The points logged so far go first: a run resumed from this checkpoint logs from the next step on, so the
+        # runner must hold every step up to it before it keeps the checkpoint.
+        self._flush()
         self._send({"t": "checkpoint", "step": step, "path": str(path)})
         return path
 
