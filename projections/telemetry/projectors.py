@@ -80,10 +80,28 @@ class TelemetryProjector:
         before is inserted). None by default."""
         return None
 
+    topic_prefix = ""  # set: each insert wakes the streams of "<prefix>:<job id>" with the batches' `rows`
+
+    def rows(self, batch: Any) -> tuple[list, int]:
+        """A batch's rows as the job's live stream source reads them, and how many items they count for."""
+        raise NotImplementedError
+
     def changes(self, batches: list, followed: Callable[[str], bool]) -> dict[str, tuple[Any, int]]:
-        """What an insert of `batches` changed, for the live streams: fan-out topic -> (the rows, as the stream's
-        source reads them, and how many; None when nobody follows the topic). None by default."""
-        return {}
+        """What an insert of `batches` changed, for the live streams: fan-out topic -> (the rows, and how many; None
+        when nobody follows the topic, so rows are built only for followed jobs). None without a `topic_prefix`."""
+        out: dict[str, tuple[Any, int]] = {}
+        if not self.topic_prefix:
+            return out
+        for b in batches:
+            topic = f"{self.topic_prefix}:{b.job_id}"
+            if not followed(topic):
+                out[topic] = (None, 0)
+                continue
+            rows, size = out.get(topic) or ([], 0)
+            more, count = self.rows(b)
+            rows.extend(more)
+            out[topic] = (rows, size + count)
+        return out
 
     async def run(self, stop: asyncio.Event) -> None:
         watcher = asyncio.create_task(self.source.watch(stop))
@@ -180,17 +198,10 @@ class MetricsProjector(TelemetryProjector):
     def insert_batches(self, batches: list[MetricBatch], token: str, staged: Any = None) -> None:
         self.store.write(staged if staged is not None else self.prepare(batches), token)
 
-    def changes(self, batches: list[MetricBatch], followed: Callable[[str], bool]) -> dict[str, tuple[Any, int]]:
-        out: dict[str, tuple[Any, int]] = {}
-        for b in batches:
-            topic = f"metrics:{b.job_id}"
-            if not followed(topic):
-                out[topic] = (None, 0)
-                continue
-            rows, size = out.get(topic) or ([], 0)
-            rows.extend((name, b.attempt, c.steps, c.values, c.ts_ms) for name, c in b.series.items())
-            out[topic] = (rows, size + b.size)
-        return out
+    topic_prefix = "metrics"
+
+    def rows(self, batch: MetricBatch) -> tuple[list, int]:
+        return [(name, batch.attempt, c.steps, c.values, c.ts_ms) for name, c in batch.series.items()], batch.size
 
 
 class LogsProjector(TelemetryProjector):
@@ -202,17 +213,10 @@ class LogsProjector(TelemetryProjector):
     def insert_batches(self, batches: list[LogBatch], token: str, staged: Any = None) -> None:
         self.store.insert_batches(batches, token)
 
-    def changes(self, batches: list[LogBatch], followed: Callable[[str], bool]) -> dict[str, tuple[Any, int]]:
-        out: dict[str, tuple[Any, int]] = {}
-        for b in batches:
-            topic = f"logs:{b.job_id}"
-            if not followed(topic):
-                out[topic] = (None, 0)
-                continue
-            rows, size = out.get(topic) or ([], 0)
-            rows.extend(stored_line(b, line) for line in b.lines)
-            out[topic] = (rows, size + len(b.lines))
-        return out
+    topic_prefix = "logs"
+
+    def rows(self, batch: LogBatch) -> tuple[list, int]:
+        return [stored_line(batch, line) for line in batch.lines], len(batch.lines)
 
 
 class PredictionsProjector(TelemetryProjector):
