@@ -27,6 +27,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trainyard.bootstrap")
 
+STOP_GRACE_S = 3.0
+
+
+async def wind_down(tasks: list[asyncio.Task], close: Callable[[], None], grace_s: float = STOP_GRACE_S) -> None:
+    """A stopping process's last step, after its stop event is set: wait `grace_s` for `tasks` to finish, then
+    `close` (its pools fail whatever waits on them: a task blocked on a PostgreSQL that is down, say) and cancel
+    what is left, so a SIGTERM ends the process in seconds whatever state its engines are in."""
+    pending = set(tasks)
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=grace_s)
+    if pending:
+        log.warning("stop: %s still busy after %.0f s; closing the connections under them",
+                    ", ".join(sorted(t.get_name() for t in pending)), grace_s)
+    await asyncio.to_thread(close)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=grace_s)
+    for task in tasks:  # what a task raised was logged by its stage; retrieve it so asyncio does not warn again
+        if task.done() and not task.cancelled():
+            task.exception()
+
+
 def build_services(settings: Settings) -> Services:
     from api.deps import Services
     from commands.deployments import DeploymentCommands

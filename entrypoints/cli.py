@@ -3,7 +3,9 @@ commands of api/cli.py. The console script and `python -m entrypoints.cli` start
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,6 +18,13 @@ from api.cli import cli
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _service() -> None:
+    """A process `up` supervises: it logs to stderr, and SIGUSR2 prints every thread's stack there (the
+    supervisor sends it to a child that ignores SIGTERM, so its log says where the child was stuck)."""
+    _logging()
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
 
 
 @cli.command()
@@ -36,7 +45,7 @@ def serve() -> None:
     from entrypoints.serve import serve as run_serve
     from infra.settings import Settings
 
-    _logging()
+    _service()
     asyncio.run(run_serve(Settings()))
 
 
@@ -46,7 +55,7 @@ def serve_inference() -> None:
     from entrypoints.inference import serve_inference as run_inference
     from infra.settings import Settings
 
-    _logging()
+    _service()
     import uvloop
 
     uvloop.run(run_inference(Settings()))
@@ -58,7 +67,7 @@ def runner() -> None:
     from infra.settings import Settings
     from entrypoints.runner import run_runner
 
-    _logging()
+    _service()
     asyncio.run(run_runner(Settings()))
 
 

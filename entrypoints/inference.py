@@ -21,7 +21,7 @@ import uvicorn
 from nats.js import JetStreamContext
 
 from domain.contract import TELEMETRY_PREDICTIONS
-from entrypoints.bootstrap import build_inference
+from entrypoints.bootstrap import build_inference, wind_down
 from entrypoints.http_server import server_config
 from infra.health import Stage, stopped_within
 from infra.http_edge import EdgeGuard
@@ -102,10 +102,9 @@ async def serve_inference(settings: Settings) -> None:
         await server.serve()
     finally:
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await wind_down(tasks, pool.close)
         with contextlib.suppress(Exception):
             await nc.close()
-        pool.close()
         log.info("inference server stopped (%d prediction records dropped)", telemetry.dropped)
 
 

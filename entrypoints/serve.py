@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from api.app import create_app
-from entrypoints.bootstrap import build_serve, build_services
+from entrypoints.bootstrap import build_serve, build_services, wind_down
 from entrypoints.http_server import server_config
 from infra.messaging import connect, credentials, ensure_streams
 from infra.settings import Settings
@@ -53,9 +53,8 @@ async def serve(settings: Settings) -> None:
         await server.serve()  # returns on SIGINT/SIGTERM
     finally:
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await wind_down(tasks, services.close)
         with contextlib.suppress(Exception):
             await nc.close()
         reports.close()
-        services.close()
         log.info("serve stopped")

@@ -23,6 +23,7 @@ Contract of `run_up(settings)` (call it from the main thread; it installs SIGINT
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -250,8 +251,11 @@ def _terminate(children: list[_Child], timeout_s: float) -> None:
         try:
             child.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.warning("child.kill name=%s pid=%d (no exit %.0fs after SIGTERM)", child.name, child.proc.pid,
-                        timeout_s)
+            log.warning("child.kill name=%s pid=%d (no exit %.0fs after SIGTERM; its threads' stacks follow)",
+                        child.name, child.proc.pid, timeout_s)
+            with contextlib.suppress(OSError):
+                child.proc.send_signal(signal.SIGUSR2)  # entrypoints/cli.py: faulthandler dumps every thread
+                time.sleep(0.5)
         child.kill_group()
         child.proc.wait()
         log.info("child.stopped name=%s pid=%d rc=%s", child.name, child.proc.pid, child.proc.returncode)

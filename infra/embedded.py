@@ -253,16 +253,40 @@ class EmbeddedPostgres:
         return pid, port
 
     def _wait_for_dead_postmaster(self, timeout_s: float = 10.0) -> None:
-        """A killed postmaster stays a zombie until reaped, and postgres refuses to start while its pid
-        exists; wait (bounded) for the pid in a stale postmaster.pid to vanish."""
+        """Wait (bounded) until no process of this cluster is alive after a crash: postgres refuses to start while
+        the pid in postmaster.pid exists or old backends hold its shared memory. A killed postmaster stays a zombie
+        until its parent reaps it, and a parent that is a subreaper which never waits for it (a process that runs
+        training code, a test process) leaves it there for good: once nothing of the cluster is alive, such a pid
+        file is stale, and it is removed."""
+        pidfile = self.pgdata / "postmaster.pid"
         try:
-            pid = int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
-            proc = psutil.Process(pid)
-            if proc.name() != "postgres":
+            pid = int(pidfile.read_text().splitlines()[0])
+        except (OSError, IndexError, ValueError):
+            return
+        deadline = time.monotonic() + timeout_s
+        while self._live_cluster_processes():
+            if time.monotonic() > deadline:
+                return  # pg_ctl says what holds the cluster
+            time.sleep(0.1)
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 return
-            proc.wait(timeout_s)
-        except (OSError, IndexError, ValueError, psutil.Error):
-            pass
+        except psutil.Error:
+            return
+        pidfile.unlink(missing_ok=True)
+        log.warning("postgres.stale_pid_file pid=%s (a zombie nobody reaps) removed from %s", pid, self.pgdata)
+
+    def _live_cluster_processes(self) -> list[int]:
+        """Pids of postgres processes (not zombies) working in this cluster's directory."""
+        live = []
+        for proc in psutil.process_iter(["name", "status"]):
+            try:
+                if (proc.info["name"] == "postgres" and proc.info["status"] != psutil.STATUS_ZOMBIE
+                        and Path(proc.cwd()) == self.pgdata):
+                    live.append(proc.pid)
+            except psutil.Error:
+                continue
+        return live
 
     def _prepare_for_system_user(self) -> None:
         ensure_user_exists(PG_SYSTEM_USER)

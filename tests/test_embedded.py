@@ -88,6 +88,36 @@ def test_postgres_free_port_and_data_survive_restart(engine_dir):
     assert _gone(again.pid)
 
 
+def test_postgres_restarts_after_a_kill_under_a_subreaper_that_never_reaps(engine_dir):
+    """A process that runs training code is a subreaper (runners/process_tree.py): a postmaster killed in a
+    process below it is reparented to it and stays a zombie that nobody waits for; its pid file must not keep the
+    cluster down."""
+    restart = textwrap.dedent(f"""
+        import os, signal, time
+        import psycopg
+        from infra.embedded import EmbeddedPostgres
+        pg = EmbeddedPostgres({str(engine_dir)!r})
+        url = pg.start()
+        old = pg.pid
+        os.kill(old, signal.SIGKILL)
+        time.sleep(0.5)
+        assert not pg.is_running()
+        assert pg.start() == url and pg.pid != old
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        pg.stop()
+        print("restarted", old, pg.pid)
+    """)
+    subreaper = textwrap.dedent(f"""
+        import subprocess, sys
+        from runners.process_tree import become_subreaper
+        assert become_subreaper()
+        sys.exit(subprocess.run([sys.executable, "-c", {restart!r}], timeout=100).returncode)
+    """)
+    done = subprocess.run([sys.executable, "-c", subreaper], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "restarted" in done.stdout, done.stdout + done.stderr
+
+
 def test_nats_jetstream_publish_ack(engine_dir):
     server = EmbeddedNats(engine_dir)
     url = server.start()

@@ -217,7 +217,8 @@ def rollup_reads(store: MetricStore, job: str, name: str, max_points: int, attem
     """The series through the rollup, asserting that the rollup answered."""
     recording = Recording(store.ch)
     got = MetricStore(recording).series(job, name, max_points=max_points, attempt=attempt)
-    assert rollup.DOWNSAMPLE in recording.sql and rollup.RAW_DOWNSAMPLE not in recording.sql
+    # one statement planned and read the buckets (the level and width it chose are the ones bucket_width gives)
+    assert recording.sql[0] == rollup.PLANNED_DOWNSAMPLE and set(recording.sql[1:]) <= {rollup.HEAD_STEPS}, recording.sql
     return got
 
 

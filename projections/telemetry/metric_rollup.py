@@ -107,6 +107,32 @@ SELECT uniqExact(cell) + uniqExactIf(cell, bitShiftRight(first, 128) != bitShift
        {HEX_KEYS.format(**{k: k for k in KEYS})}
 FROM {ROLLUP} WHERE {SERIES_KEY} AND level = {{level:UInt8}}
 GROUP BY intDiv(cell, {{cells:UInt64}})"""
+# PLAN and DOWNSAMPLE of one series in one statement (a query's fixed cost in chDB is most of a read): the plan of
+# `name` as a scalar, and the buckets at the level and width `bucket_width` gives for its first (latest) attempt's
+# span. The caller checks the plan and that width against its own rules, and reads apart when they disagree.
+_PLAN_OF_NAME = f"""
+SELECT attempt, min(first) AS f, max(last) AS l, toUnixTimestamp64Milli(min(first_ts)) AS t, max(rewritten) AS r
+FROM {ROLLUP}
+WHERE job_id = {{job_id:UUID}} AND name = {{name:String}} AND level = {TOP}
+      AND ({{attempt:Int64}} < 0 OR attempt = {{attempt:Int64}})
+GROUP BY attempt ORDER BY attempt DESC"""
+_LEVEL_OF = "multiIf(" + ", ".join(f"even >= {1 << lv}, {lv}" for lv in reversed(LEVELS)) + ", 0)"
+PLANNED_DOWNSAMPLE = f"""
+WITH (SELECT groupArray((attempt, f, l, t, r)) FROM ({_PLAN_OF_NAME})) AS plan,
+     toUInt64(bitShiftRight(plan[1].2, 128)) AS lo, toUInt64(bitShiftRight(plan[1].3, 128)) AS hi,
+     intDiv(hi - lo + {{buckets:UInt64}}, {{buckets:UInt64}}) AS even,
+     toUInt8({_LEVEL_OF}) AS lvl, bitShiftLeft(toUInt64(1), lvl) AS cell_steps,
+     intDiv(even + cell_steps - 1, cell_steps) * cell_steps AS w0,
+     greatest(cell_steps, arrayFirst(w -> intDiv(hi, w) - intDiv(lo, w) + 1 <= {{buckets:UInt64}},
+                                     arrayMap(i -> w0 + i * cell_steps, range(64)))) AS width
+SELECT arrayMap(p -> p.1, plan), arrayMap(p -> hex(p.2), plan), arrayMap(p -> hex(p.3), plan),
+       arrayMap(p -> p.4, plan), arrayMap(p -> p.5, plan), lvl, width,
+       groupArray(n), groupArray(k1), groupArray(k2), groupArray(k3), groupArray(k4)
+FROM (SELECT uniqExact(cell) + uniqExactIf(cell, bitShiftRight(first, 128) != bitShiftRight(last, 128)) AS n,
+             {", ".join(f"hex({AGG[k]}({k})) AS k{i}" for i, k in enumerate(KEYS, 1))}
+      FROM {ROLLUP}
+      WHERE job_id = {{job_id:UUID}} AND name = {{name:String}} AND attempt = plan[1].1 AND level = lvl
+      GROUP BY intDiv(cell, intDiv(width, cell_steps)))"""
 # How many distinct steps the first rows hold: more than max_points means "downsample" (no FINAL needed: only
 # distinct steps count).
 HEAD_STEPS = (f"SELECT uniqExact(step) FROM (SELECT step FROM {RAW} WHERE {SERIES_KEY} ORDER BY step "

@@ -299,22 +299,21 @@ class MetricStore:
     def series_of(self, job_id: str, names: Sequence[str], max_points: int = 1000,
                   attempt: int | None = None) -> dict[str, tuple[int, list[tuple[int, float, datetime]]]]:
         """name -> (attempt, points as `series` gives them) for each of `names` that has points (in that attempt;
-        None: each name's merged series, and the latest attempt in it). One query plans them all, then one or two
-        per series."""
+        None: each name's merged series, and the latest attempt in it). One query a series when the rollup answers
+        it (the plan and the buckets together), more for the others."""
         _check(max_points)
-        plans: dict[str, list[tuple]] = {}
-        for row in self.ch.query(rollup.PLAN, {"job_id": job_id, "names": list(names),
-                                               "attempt": -1 if attempt is None else attempt}):
-            plans.setdefault(row[0], []).append(row[1:])  # the latest attempt first
         found = {}
         for name in dict.fromkeys(names):
-            plan = plans.get(name)
-            if plan is None or any(p[4] for p in plan):  # none, or flagged (its first steps are not to be trusted)
+            row = self.ch.query(rollup.PLANNED_DOWNSAMPLE, {"job_id": job_id, "name": name, "buckets": max_points // 4,
+                                                            "attempt": -1 if attempt is None else attempt})[0]
+            plan = list(zip(*row[:5]))  # (attempt, first, last, oldest ts, rewritten), the latest attempt first
+            read = (row[5], row[6], list(zip(*row[7:])))  # level, width, buckets
+            if not plan or any(p[4] for p in plan):  # none, or flagged (its first steps are not to be trusted)
                 at, points = self._raw_series(job_id, name, max_points, attempt)
             elif len(segments := merged_segments({p[0]: rollup.step_of(p[1]) for p in plan})) > 1:
                 at, points = plan[0][0], self._merged_series(job_id, name, max_points, segments)
             else:
-                at, points = self._planned(job_id, name, max_points, plan[0])
+                at, points = self._planned(job_id, name, max_points, plan[0], read)
             if at is not None:
                 found[name] = (at, points)
         return found
@@ -330,14 +329,17 @@ class MetricStore:
         _, width = rollup.bucket_width(head[0][0], self.ch.query(_MERGED_LAST, key)[0][0], max_points // 4)
         return _series(rollup.points(self.ch.query(_MERGED_DOWNSAMPLE, {**key, "width": width})))
 
-    def _planned(self, job_id: str, name: str, max_points: int,
-                 plan: tuple) -> tuple[int | None, list[tuple[int, float, datetime]]]:
+    def _planned(self, job_id: str, name: str, max_points: int, plan: tuple,
+                 read: tuple[int, int, list[tuple]]) -> tuple[int | None, list[tuple[int, float, datetime]]]:
+        """The series of one attempt from the rollup, given its plan and what PLANNED_DOWNSAMPLE read (used when it
+        read the level and width `bucket_width` says)."""
         attempt, first, last = plan[0], rollup.step_of(plan[1]), rollup.step_of(plan[2])
         level, width = rollup.bucket_width(first, last, max_points // 4)
         if plan[4] or self._expiring(plan[3]) or level == 0 or last - first < max_points:
             return self._raw_series(job_id, name, max_points, attempt)  # see the module doc; or few points
         key = {"job_id": job_id, "name": name, "attempt": attempt}
-        rows = self.ch.query(rollup.DOWNSAMPLE, {**key, "level": level, "cells": width >> level})
+        rows = read[2] if read[:2] == (level, width) else self.ch.query(
+            rollup.DOWNSAMPLE, {**key, "level": level, "cells": width >> level})
         if (not rows or sum(r[0] for r in rows) <= max_points  # maybe max_points points or fewer, over a wide span
                 and self.ch.query(rollup.HEAD_STEPS, {**key, "head": 2 * max_points + 2})[0][0] <= max_points):
             return self._raw_series(job_id, name, max_points, attempt)

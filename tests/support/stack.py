@@ -55,6 +55,7 @@ class Stack:
         last: list[dict[str, Any]] = [{}]
 
         def reached() -> dict[str, Any] | None:
+            assert self.proc.poll() is None, f"trainyard up exited with {self.proc.returncode}"
             r = self.http.get(f"{JOBS}/{job_id}")
             if r.status_code == 503:  # PostgreSQL is being restarted: the API says retry
                 return None
@@ -137,7 +138,18 @@ def running_up(data_dir: Path, settings: dict[str, str], nats_url: str = "") -> 
             if proc.poll() is None:
                 proc.kill()
             log.close()
-            print((data_dir / "up.log").read_text()[-5000:])
+            print(_what_up_said(data_dir))
+
+
+def _what_up_said(data_dir: Path) -> str:
+    """For a failing test's output: the supervisor's own lines (what died, what it restarted), tracebacks and
+    thread dumps, the tail of everything, and the tail of the embedded PostgreSQL's log."""
+    lines = (data_dir / "up.log").read_text(errors="replace").splitlines()
+    keep = [line for line in lines if "trainyard.supervisor" in line or "trainyard.embedded" in line]
+    pg_log = data_dir / "postgres" / "server.log"
+    pg_tail = pg_log.read_text(errors="replace")[-3000:] if pg_log.exists() else "(none)"
+    return ("--- supervisor ---\n" + "\n".join(keep[-80:]) + "\n--- up.log (tail) ---\n" + "\n".join(lines)[-8000:]
+            + "\n--- postgres/server.log (tail) ---\n" + pg_tail)
 
 
 @contextlib.contextmanager
