@@ -92,14 +92,13 @@ SELECT job_id, name, attempt, level, cell, {", ".join(f"reinterpretAsUInt256({k}
 FROM {STAGE}"""
 COMPLETE = "complete"  # the rollup's table comment once it holds every point inserted before its view
 
-# The series to read, per name: each attempt with points, latest first (or the asked one), its first and last steps,
-# its oldest ts, and whether it is flagged rewritten. One small read of the top level for any number of names.
+# The series of a job's names, per attempt: its first and last steps, its oldest ts, and whether it is flagged
+# rewritten. One small read of the top level for any number of names (metric_store.py keeps what it read).
 PLAN = f"""
 SELECT name, attempt, hex(min(first)), hex(max(last)), toUnixTimestamp64Milli(min(first_ts)), max(rewritten)
 FROM {ROLLUP}
 WHERE job_id = {{job_id:UUID}} AND name IN {{names:Array(String)}} AND level = {TOP}
-      AND ({{attempt:Int64}} < 0 OR attempt = {{attempt:Int64}})
-GROUP BY job_id, name, attempt ORDER BY name, attempt DESC"""
+GROUP BY job_id, name, attempt"""
 # Per bucket its keys, and a lower bound of its points: each cell holds one, two when some row of it (parts may
 # not be merged yet) has a first and a last that differ.
 DOWNSAMPLE = f"""
@@ -107,32 +106,6 @@ SELECT uniqExact(cell) + uniqExactIf(cell, bitShiftRight(first, 128) != bitShift
        {HEX_KEYS.format(**{k: k for k in KEYS})}
 FROM {ROLLUP} WHERE {SERIES_KEY} AND level = {{level:UInt8}}
 GROUP BY intDiv(cell, {{cells:UInt64}})"""
-# PLAN and DOWNSAMPLE of one series in one statement (a query's fixed cost in chDB is most of a read): the plan of
-# `name` as a scalar, and the buckets at the level and width `bucket_width` gives for its first (latest) attempt's
-# span. The caller checks the plan and that width against its own rules, and reads apart when they disagree.
-_PLAN_OF_NAME = f"""
-SELECT attempt, min(first) AS f, max(last) AS l, toUnixTimestamp64Milli(min(first_ts)) AS t, max(rewritten) AS r
-FROM {ROLLUP}
-WHERE job_id = {{job_id:UUID}} AND name = {{name:String}} AND level = {TOP}
-      AND ({{attempt:Int64}} < 0 OR attempt = {{attempt:Int64}})
-GROUP BY attempt ORDER BY attempt DESC"""
-_LEVEL_OF = "multiIf(" + ", ".join(f"even >= {1 << lv}, {lv}" for lv in reversed(LEVELS)) + ", 0)"
-PLANNED_DOWNSAMPLE = f"""
-WITH (SELECT groupArray((attempt, f, l, t, r)) FROM ({_PLAN_OF_NAME})) AS plan,
-     toUInt64(bitShiftRight(plan[1].2, 128)) AS lo, toUInt64(bitShiftRight(plan[1].3, 128)) AS hi,
-     intDiv(hi - lo + {{buckets:UInt64}}, {{buckets:UInt64}}) AS even,
-     toUInt8({_LEVEL_OF}) AS lvl, bitShiftLeft(toUInt64(1), lvl) AS cell_steps,
-     intDiv(even + cell_steps - 1, cell_steps) * cell_steps AS w0,
-     greatest(cell_steps, arrayFirst(w -> intDiv(hi, w) - intDiv(lo, w) + 1 <= {{buckets:UInt64}},
-                                     arrayMap(i -> w0 + i * cell_steps, range(64)))) AS width
-SELECT arrayMap(p -> p.1, plan), arrayMap(p -> hex(p.2), plan), arrayMap(p -> hex(p.3), plan),
-       arrayMap(p -> p.4, plan), arrayMap(p -> p.5, plan), lvl, width,
-       groupArray(n), groupArray(k1), groupArray(k2), groupArray(k3), groupArray(k4)
-FROM (SELECT uniqExact(cell) + uniqExactIf(cell, bitShiftRight(first, 128) != bitShiftRight(last, 128)) AS n,
-             {", ".join(f"hex({AGG[k]}({k})) AS k{i}" for i, k in enumerate(KEYS, 1))}
-      FROM {ROLLUP}
-      WHERE job_id = {{job_id:UUID}} AND name = {{name:String}} AND attempt = plan[1].1 AND level = lvl
-      GROUP BY intDiv(cell, intDiv(width, cell_steps)))"""
 # How many distinct steps the first rows hold: more than max_points means "downsample" (no FINAL needed: only
 # distinct steps count).
 HEAD_STEPS = (f"SELECT uniqExact(step) FROM (SELECT step FROM {RAW} WHERE {SERIES_KEY} ORDER BY step "
@@ -185,9 +158,11 @@ def _signed(u: int) -> int:
 
 def prepare(ch: ClickHouse, keys: list[tuple[str, str, int]], series: np.ndarray, step: np.ndarray,
             bits: np.ndarray, ts: np.ndarray, known: Mapping[tuple[str, str, int], int]
-            ) -> tuple[set[tuple[str, str, int]], dict[str, np.ndarray | list], dict[tuple[str, str, int], int]]:
+            ) -> tuple[set[tuple[str, str, int]], dict[str, np.ndarray | list],
+                       dict[tuple[str, str, int], tuple[int, int, int]]]:
     """What an insert of these points needs besides the points: the series it rewrites, its cells, and each
-    series' last step once it is in (what `known` should say after the insert).
+    series' span: (its first step in these points, its last step once they are in (what `known` should say after
+    the insert), the oldest ts of these points).
 
     Points are columns: `series[i]` indexes `keys` ((job_id, name, attempt)), `step`, `bits` (the value's Float64
     bits as UInt64) and `ts` (Unix ms). `known`: the last step the rollup holds of series the caller has written (a
@@ -265,7 +240,9 @@ def prepare(ch: ClickHouse, keys: list[tuple[str, str, int]], series: np.ndarray
             data = b"".join(out[c])
             return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(data) // 32, [None, pa.py_buffer(data)])
         return out[c] if c in ("job_id", "name") else np.concatenate(out[c])
-    return found, {c: column(c) for c in STAGE_COLUMNS}, last
+    spans = {keys[series[i]]: (int(step[i]), int(last[keys[series[i]]]), int(t))
+             for i, t in zip(starts, np.minimum.reduceat(ts, starts))}
+    return found, {c: column(c) for c in STAGE_COLUMNS}, spans
 
 
 def _packed(key: str, step: np.ndarray, bits: np.ndarray, ts: np.ndarray, vkey: np.ndarray) -> bytes:

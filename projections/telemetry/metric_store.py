@@ -21,8 +21,9 @@ earlier attempt's steps up to k, then the resumed one's, with no step twice; an 
 predecessors' points entirely (the latest attempt's series, as before resumes existed).
 
 Reads go through the rollup (metric_rollup.py: cells of 16 to 65536 steps written with the points), which
-answers exactly what the raw read on `metric_points FINAL` answers, in a few thousand cells: a top-level read
-picks the attempt and span, one more reads the buckets (bench/RESULTS.md, issue 18). Series the rollup cannot
+answers exactly what the raw read on `metric_points FINAL` answers, in a few thousand cells: the plan (each
+attempt's span, from the rollup's top level, kept by SeriesPlans as the writer adds points) picks the attempt and
+the width, and one query reads the buckets (bench/RESULTS.md, issue 18). Series the rollup cannot
 answer exactly (a rewritten point, points past the retention), short ones and merged series of several attempts (a
 cell may straddle an attempt's cut) are read raw.
 """
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -144,6 +147,7 @@ class PreparedInsert:
     flagged: set[tuple[str, str, int]]
     cells: dict[str, Any]
     points: dict[str, pa.Array]
+    spans: dict[tuple[str, str, int], tuple[int, int, int]] = field(default_factory=dict)
 
 
 def _utc(ts: datetime) -> datetime:
@@ -160,7 +164,11 @@ def _check(max_points: int) -> None:
 
 
 def _series(points: dict[int, tuple[int, int, int]]) -> list[tuple[int, float, datetime]]:
-    return [(s, struct.unpack("<d", struct.pack("<Q", bits))[0], _ts(t)) for s, bits, t in sorted(points.values())]
+    if not points:
+        return []
+    steps, bits, ts = zip(*sorted(points.values()))
+    values = struct.unpack(f"<{len(bits)}d", struct.pack(f"<{len(bits)}Q", *bits))  # the bits as Float64, at once
+    return [(s, v, _EPOCH + timedelta(milliseconds=t)) for s, v, t in zip(steps, values, ts)]
 
 
 def merged_segments(first_steps: dict[int, int]) -> list[tuple[int, int]]:
@@ -175,6 +183,92 @@ def merged_segments(first_steps: dict[int, int]) -> list[tuple[int, int]]:
     return out[::-1]
 
 
+class SeriesPlans:
+    """What PLAN reads, kept: per (job_id, name), each attempt's [first step, last step, oldest ts ms, rewritten],
+    so a read the rollup answers is one query (DOWNSAMPLE), not two. Shared by the stores over one ClickHouse
+    object (`of`): the writer updates the series it writes once they are stored, and a plan read from the rollup is
+    kept only if no write of that series ended while it was read. Right while this process is the series' one
+    writer, as the rollup assumes (metric_rollup.py); a plan that no write here updates is read again after
+    `FRESH_S`, so another writer's points show within that."""
+
+    FRESH_S = 10.0
+    _by_store: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    _by_store_lock = threading.Lock()
+
+    def __init__(self, limit: int = KNOWN_SERIES) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._plans: OrderedDict[tuple[str, str], tuple[float, dict[int, list[int]]]] = OrderedDict()
+        self._written: OrderedDict[tuple[str, str], int] = OrderedDict()  # the generation of its latest write
+        self._generation = 0
+
+    @classmethod
+    def of(cls, ch: ClickHouse) -> "SeriesPlans":
+        with cls._by_store_lock:
+            plans = cls._by_store.get(ch)
+            if plans is None:
+                plans = cls._by_store[ch] = cls()
+            return plans
+
+    def read(self, ch: ClickHouse, job_id: str, names: Sequence[str]) -> dict[str, dict[int, list[int]]]:
+        """name -> {attempt: [first, last, oldest ts ms, rewritten]} (empty: no points) for each of `names`."""
+        now = time.monotonic()
+        found: dict[str, dict[int, list[int]]] = {}
+        with self._lock:
+            generation = self._generation
+            for name in names:
+                kept = self._plans.get((job_id, name))
+                if kept is not None and now - kept[0] < self.FRESH_S:
+                    found[name] = {a: list(v) for a, v in kept[1].items()}
+        missing = [n for n in names if n not in found]
+        if not missing:
+            return found
+        read: dict[str, dict[int, list[int]]] = {n: {} for n in missing}
+        for name, attempt, first, last, oldest, rewritten in ch.query(rollup.PLAN, {"job_id": job_id,
+                                                                                    "names": missing}):
+            read[name][attempt] = [rollup.step_of(first), rollup.step_of(last), oldest, rewritten]
+        with self._lock:
+            for name, plan in read.items():
+                key = (job_id, name)
+                if self._written.get(key, -1) <= generation:  # no write of it ended while PLAN ran
+                    self._plans[key] = (now, {a: list(v) for a, v in plan.items()})
+                    self._plans.move_to_end(key)
+            self._bound(self._plans)
+        return {**found, **read}
+
+    def wrote(self, spans: dict[tuple[str, str, int], tuple[int, int, int]], flagged: set) -> None:
+        """These series' points (first step, last step, oldest ts of the insert) are stored."""
+        with self._lock:
+            self._generation += 1
+            now = time.monotonic()
+            for (job_id, name, attempt), (first, last, oldest) in spans.items():
+                key = (job_id, name)
+                self._written[key] = self._generation
+                self._written.move_to_end(key)
+                kept = self._plans.get(key)
+                if kept is None:
+                    continue
+                span = kept[1].setdefault(attempt, [first, last, oldest, 0])
+                span[0], span[1], span[2] = min(span[0], first), max(span[1], last), min(span[2], oldest)
+                if (job_id, name, attempt) in flagged:
+                    span[3] = 1
+                self._plans[key] = (now, kept[1])
+            self._bound(self._written)
+
+    def forget(self, spans: dict[tuple[str, str, int], Any]) -> None:
+        """A write of these series failed: what is stored of them is unknown until read again."""
+        with self._lock:
+            self._generation += 1
+            for job_id, name, _ in spans:
+                self._plans.pop((job_id, name), None)
+                self._written[(job_id, name)] = self._generation
+            self._bound(self._written)
+
+    def _bound(self, table: OrderedDict) -> None:
+        while len(table) > self.limit:
+            table.popitem(last=False)
+
+
 class MetricStore:
     """Reads and writes `metric_points` and its rollup; the same SQL on chDB and on a ClickHouse server.
     `retention_days` > 0: the metric retention (settings), under which series with older points are read raw."""
@@ -186,6 +280,7 @@ class MetricStore:
         # rollup (metric_rollup.prepare). Right while this store is the series' one writer, as the rollup assumes.
         self._last_step: OrderedDict[tuple[str, str, int], int] = OrderedDict()
         self._lock = threading.Lock()
+        self.plans = SeriesPlans.of(ch)
 
     def ensure_schema(self) -> None:
         """Create the tables and the rollup's view; fill the rollup from the raw points until that has once run to
@@ -236,9 +331,9 @@ class MetricStore:
         bits = values.view(np.uint64)
         with self._lock:
             known = {k: self._last_step[k] for k in keys if k in self._last_step}
-        flagged, cells, last = rollup.prepare(self.ch, keys, series, step, bits, ts, known)
+        flagged, cells, spans = rollup.prepare(self.ch, keys, series, step, bits, ts, known)
         with self._lock:
-            for key, step_ in last.items():
+            for key, (_, step_, _) in spans.items():
                 self._last_step[key] = step_
                 self._last_step.move_to_end(key)
             while len(self._last_step) > KNOWN_SERIES:
@@ -247,19 +342,24 @@ class MetricStore:
             "job_id": _text([k[0] for k in keys], series), "attempt": pa.array(np.array([k[2] for k in keys],
                                                                                        np.uint32)[series]),
             "name": _text([k[1] for k in keys], series), "step": pa.array(step), "value": pa.array(values),
-            "ts": pa.array(ts).cast(pa.timestamp("ms", tz="UTC"))})
+            "ts": pa.array(ts).cast(pa.timestamp("ms", tz="UTC"))}, spans)
 
     def write(self, prepared: PreparedInsert | None, token: str) -> None:
         """Store what `prepare` made, under the deduplication token `token`."""
         if prepared is None:
             return
-        if prepared.flagged:
-            self.ch.insert(rollup.ROLLUP, rollup.FLAG_COLUMNS,
-                           [(j, n, a, rollup.TOP, 0, rollup.FLAG_TS, 1) for j, n, a in sorted(prepared.flagged)])
-        # The cells go first: once the points are queryable, so is the rollup over them. A crash between the two
-        # redelivers the batch: cells are min/max, so repeating them changes nothing.
-        self.ch.insert(rollup.STAGE, rollup.STAGE_COLUMNS, prepared.cells)
-        self.ch.insert(TABLE, COLUMNS, prepared.points, dedup_token=token)
+        try:
+            if prepared.flagged:
+                self.ch.insert(rollup.ROLLUP, rollup.FLAG_COLUMNS,
+                               [(j, n, a, rollup.TOP, 0, rollup.FLAG_TS, 1) for j, n, a in sorted(prepared.flagged)])
+            # The cells go first: once the points are queryable, so is the rollup over them. A crash between the
+            # two redelivers the batch: cells are min/max, so repeating them changes nothing.
+            self.ch.insert(rollup.STAGE, rollup.STAGE_COLUMNS, prepared.cells)
+            self.ch.insert(TABLE, COLUMNS, prepared.points, dedup_token=token)
+        except BaseException:
+            self.plans.forget(prepared.spans)
+            raise
+        self.plans.wrote(prepared.spans, prepared.flagged)
 
     def names(self, job_id: str) -> list[str]:
         """Sorted metric names of the job, over all attempts."""
@@ -299,21 +399,21 @@ class MetricStore:
     def series_of(self, job_id: str, names: Sequence[str], max_points: int = 1000,
                   attempt: int | None = None) -> dict[str, tuple[int, list[tuple[int, float, datetime]]]]:
         """name -> (attempt, points as `series` gives them) for each of `names` that has points (in that attempt;
-        None: each name's merged series, and the latest attempt in it). One query a series when the rollup answers
-        it (the plan and the buckets together), more for the others."""
+        None: each name's merged series, and the latest attempt in it). The plans are kept (SeriesPlans: one query
+        for those that are not), then one query a series the rollup answers, more for the others."""
         _check(max_points)
+        plans = {name: sorted(((a, *span) for a, span in plan.items() if attempt is None or a == attempt),
+                              reverse=True)  # the latest attempt first
+                 for name, plan in self.plans.read(self.ch, job_id, list(dict.fromkeys(names))).items()}
         found = {}
         for name in dict.fromkeys(names):
-            row = self.ch.query(rollup.PLANNED_DOWNSAMPLE, {"job_id": job_id, "name": name, "buckets": max_points // 4,
-                                                            "attempt": -1 if attempt is None else attempt})[0]
-            plan = list(zip(*row[:5]))  # (attempt, first, last, oldest ts, rewritten), the latest attempt first
-            read = (row[5], row[6], list(zip(*row[7:])))  # level, width, buckets
+            plan = plans.get(name)
             if not plan or any(p[4] for p in plan):  # none, or flagged (its first steps are not to be trusted)
                 at, points = self._raw_series(job_id, name, max_points, attempt)
-            elif len(segments := merged_segments({p[0]: rollup.step_of(p[1]) for p in plan})) > 1:
+            elif len(segments := merged_segments({p[0]: p[1] for p in plan})) > 1:
                 at, points = plan[0][0], self._merged_series(job_id, name, max_points, segments)
             else:
-                at, points = self._planned(job_id, name, max_points, plan[0], read)
+                at, points = self._planned(job_id, name, max_points, plan[0])
             if at is not None:
                 found[name] = (at, points)
         return found
@@ -329,17 +429,14 @@ class MetricStore:
         _, width = rollup.bucket_width(head[0][0], self.ch.query(_MERGED_LAST, key)[0][0], max_points // 4)
         return _series(rollup.points(self.ch.query(_MERGED_DOWNSAMPLE, {**key, "width": width})))
 
-    def _planned(self, job_id: str, name: str, max_points: int, plan: tuple,
-                 read: tuple[int, int, list[tuple]]) -> tuple[int | None, list[tuple[int, float, datetime]]]:
-        """The series of one attempt from the rollup, given its plan and what PLANNED_DOWNSAMPLE read (used when it
-        read the level and width `bucket_width` says)."""
-        attempt, first, last = plan[0], rollup.step_of(plan[1]), rollup.step_of(plan[2])
+    def _planned(self, job_id: str, name: str, max_points: int,
+                 plan: tuple) -> tuple[int | None, list[tuple[int, float, datetime]]]:
+        attempt, first, last = plan[0], plan[1], plan[2]
         level, width = rollup.bucket_width(first, last, max_points // 4)
         if plan[4] or self._expiring(plan[3]) or level == 0 or last - first < max_points:
             return self._raw_series(job_id, name, max_points, attempt)  # see the module doc; or few points
         key = {"job_id": job_id, "name": name, "attempt": attempt}
-        rows = read[2] if read[:2] == (level, width) else self.ch.query(
-            rollup.DOWNSAMPLE, {**key, "level": level, "cells": width >> level})
+        rows = self.ch.query(rollup.DOWNSAMPLE, {**key, "level": level, "cells": width >> level})
         if (not rows or sum(r[0] for r in rows) <= max_points  # maybe max_points points or fewer, over a wide span
                 and self.ch.query(rollup.HEAD_STEPS, {**key, "head": 2 * max_points + 2})[0][0] <= max_points):
             return self._raw_series(job_id, name, max_points, attempt)
