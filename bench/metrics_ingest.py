@@ -31,11 +31,12 @@ from bench.harness import parser, print_ratio, work_dir
 from domain.contract import TELEMETRY_METRICS, MetricBatch, SeriesChunk
 from infra.clickhouse import connect as connect_clickhouse
 from infra.embedded import EmbeddedNats
-from infra.messaging import connect, ensure_streams
+from infra.messaging import METRICS_CONSUMER, TELEMETRY_STREAM, connect, ensure_streams
 from infra.settings import Settings
 from projections.telemetry.metric_store import MetricColumns, MetricStore
 from projections.telemetry.projectors import MetricsProjector
 
+POLL_S = 0.005
 NAMES = ("train_loss", "valid_loss", "valid_auc", "lr")
 
 
@@ -104,10 +105,15 @@ async def trainyard(points: int, size: int, work: Path) -> float:
         await asyncio.sleep(0.5)  # the projector is subscribed and waiting in a fetch
         start = time.perf_counter()
         go.set()
-        # The probe counts stored rows without FINAL (no point is sent twice here): cheap enough to ask every 10 ms
-        # on one of chDB's sessions while the projector writes on the others.
+        # The projector acks a batch once its insert has returned, so the metrics consumer's ack floor says when
+        # everything may be queryable (asking NATS every 5 ms costs the 2 cores nothing; a count every 10 ms scanned
+        # the growing table on chDB while the projector wrote); then the clock stops when a query sees every point.
+        # The probe counts stored rows without FINAL: no point is sent twice here.
+        sent = points // size
+        while (await js.consumer_info(TELEMETRY_STREAM, METRICS_CONSUMER)).ack_floor.stream_seq < sent:
+            await asyncio.sleep(POLL_S)
         while await asyncio.to_thread(landed, store, job_id) < points:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - start
         await asyncio.to_thread(runner.join, 30)
         assert errors.value == 0, f"{errors.value} publishes failed"

@@ -44,11 +44,14 @@ class ClickHouse(Protocol):
     def query(self, sql: str, params: dict | None = None) -> list[tuple]:
         """Rows of a SELECT; `params` fill `{name:Type}` placeholders (server-side binding)."""
 
-    def insert(self, table: str, columns: list[str], rows: Rows, dedup_token: str | None = None) -> None:
+    def insert(self, table: str, columns: list[str], rows: Rows, dedup_token: str | None = None,
+               collapse: bool = True) -> None:
         """Insert rows (a list of tuples in `columns` order, or a mapping column -> values, where values may be a
         list, numpy array or pyarrow Array). With `dedup_token`, a repeat of an insert with the same token is
         dropped by ClickHouse (the table needs a deduplication window: see metric_store's DDL); tokens are
-        global per table, so make them unique per batch content."""
+        global per table, so make them unique per batch content. `collapse` False: rows of one key that a
+        Replacing/Aggregating engine would merge at insert are left to its merges (optimize_on_insert = 0, a third
+        of a large insert's cost), for tables read only through FINAL or GROUP BY."""
 
     def close(self) -> None:
         """Release the connection / the chDB session."""
@@ -163,12 +166,14 @@ class ChdbClickHouse:
         table = self._run(sql, params, "ArrowTable")
         return list(zip(*(col.to_pylist() for col in table.columns)))
 
-    def insert(self, table: str, columns: list[str], rows: Rows, dedup_token: str | None = None) -> None:
+    def insert(self, table: str, columns: list[str], rows: Rows, dedup_token: str | None = None,
+               collapse: bool = True) -> None:
         # chDB's fastest insert path (faster than ArrowStream bytes via send_insert, bench/RESULTS.md): the
         # Python() table function reads the Arrow table in place, finding it by name in the calling frames.
         _trainyard_insert_rows = to_arrow(columns, rows)  # noqa: F841 (read by chDB's Python() table function)
-        settings = (" SETTINGS insert_deduplication_token = {token:String}, "
-                    "deduplicate_blocks_in_dependent_materialized_views = 1" if dedup_token is not None else "")
+        options = (["insert_deduplication_token = {token:String}", "deduplicate_blocks_in_dependent_materialized_views = 1"]
+                   if dedup_token is not None else []) + ([] if collapse else ["optimize_on_insert = 0"])
+        settings = " SETTINGS " + ", ".join(options) if options else ""
         cols = ", ".join(f"`{c}`" for c in columns)
         self._run(f"INSERT INTO {table} ({cols}){settings} SELECT * FROM Python(_trainyard_insert_rows)",
                   {"token": dedup_token} if dedup_token is not None else None, "CSV")
@@ -210,9 +215,11 @@ class HttpClickHouse:
             result = self._wrap(self._client.query, sql, parameters=params or {})
         return [tuple(r) for r in result.result_rows]
 
-    def insert(self, table: str, columns: list[str], rows: Rows, dedup_token: str | None = None) -> None:
-        settings = ({"insert_deduplication_token": dedup_token, **VIEWS_RETRIED}
-                    if dedup_token is not None else None)
+    def insert(self, table: str, columns: list[str], rows: Rows, dedup_token: str | None = None,
+               collapse: bool = True) -> None:
+        settings = ({"insert_deduplication_token": dedup_token, **VIEWS_RETRIED} if dedup_token is not None else {})
+        if not collapse:
+            settings["optimize_on_insert"] = 0
         data = to_arrow(columns, rows)  # the same Arrow payload and casts as the chDB driver
         with self._lock:
             self._wrap(self._client.insert_arrow, table, data, settings=settings)

@@ -354,8 +354,9 @@ class MetricStore:
                                [(j, n, a, rollup.TOP, 0, rollup.FLAG_TS, 1) for j, n, a in sorted(prepared.flagged)])
             # The cells go first: once the points are queryable, so is the rollup over them. A crash between the
             # two redelivers the batch: cells are min/max, so repeating them changes nothing.
-            self.ch.insert(rollup.STAGE, rollup.STAGE_COLUMNS, prepared.cells)
-            self.ch.insert(TABLE, COLUMNS, prepared.points, dedup_token=token)
+            # Both tables are read only through FINAL or GROUP BY: nothing to collapse at insert.
+            self.ch.insert(rollup.STAGE, rollup.STAGE_COLUMNS, prepared.cells, collapse=False)
+            self.ch.insert(TABLE, COLUMNS, prepared.points, dedup_token=token, collapse=False)
         except BaseException:
             self.plans.forget(prepared.spans)
             raise
