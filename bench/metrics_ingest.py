@@ -113,7 +113,7 @@ async def trainyard(points: int, size: int, work: Path) -> float:
         while (await js.consumer_info(TELEMETRY_STREAM, METRICS_CONSUMER)).ack_floor.stream_seq < sent:
             await asyncio.sleep(POLL_S)
         while await asyncio.to_thread(landed, store, job_id) < points:
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(POLL_S)
         elapsed = time.perf_counter() - start
         await asyncio.to_thread(runner.join, 30)
         assert errors.value == 0, f"{errors.value} publishes failed"

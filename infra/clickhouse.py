@@ -171,8 +171,9 @@ class ChdbClickHouse:
         # chDB's fastest insert path (faster than ArrowStream bytes via send_insert, bench/RESULTS.md): the
         # Python() table function reads the Arrow table in place, finding it by name in the calling frames.
         _trainyard_insert_rows = to_arrow(columns, rows)  # noqa: F841 (read by chDB's Python() table function)
-        options = (["insert_deduplication_token = {token:String}", "deduplicate_blocks_in_dependent_materialized_views = 1"]
-                   if dedup_token is not None else []) + ([] if collapse else ["optimize_on_insert = 0"])
+        options = (["insert_deduplication_token = {token:String}",
+                    "deduplicate_blocks_in_dependent_materialized_views = 1"] if dedup_token is not None else [])
+        options += [] if collapse else ["optimize_on_insert = 0"]
         settings = " SETTINGS " + ", ".join(options) if options else ""
         cols = ", ".join(f"`{c}`" for c in columns)
         self._run(f"INSERT INTO {table} ({cols}){settings} SELECT * FROM Python(_trainyard_insert_rows)",

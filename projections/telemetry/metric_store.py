@@ -147,7 +147,7 @@ class PreparedInsert:
     flagged: set[tuple[str, str, int]]
     cells: dict[str, Any]
     points: dict[str, pa.Array]
-    spans: dict[tuple[str, str, int], tuple[int, int, int]] = field(default_factory=dict)
+    spans: dict[tuple[str, str, int], tuple[int, int, int]]  # what SeriesPlans learns once it is written
 
 
 def _utc(ts: datetime) -> datetime:
@@ -168,7 +168,7 @@ def _series(points: dict[int, tuple[int, int, int]]) -> list[tuple[int, float, d
         return []
     steps, bits, ts = zip(*sorted(points.values()))
     values = struct.unpack(f"<{len(bits)}d", struct.pack(f"<{len(bits)}Q", *bits))  # the bits as Float64, at once
-    return [(s, v, _EPOCH + timedelta(milliseconds=t)) for s, v, t in zip(steps, values, ts)]
+    return [(s, v, _ts(t)) for s, v, t in zip(steps, values, ts)]
 
 
 def merged_segments(first_steps: dict[int, int]) -> list[tuple[int, int]]:
