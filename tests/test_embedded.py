@@ -323,3 +323,27 @@ def test_postgres_cluster_from_before_passwords_is_migrated(engine_dir):
             assert conn.execute("SELECT count(*) FROM kept").fetchone() == (2,)
     finally:
         again.stop()
+
+
+def test_a_stopping_process_closes_what_its_tasks_wait_on_after_the_grace():
+    """serve and serve-inference end on SIGTERM within seconds even when a task waits on a PostgreSQL that is
+    down: after the grace, closing the pool fails the waiter (here: an event the close sets)."""
+    import threading
+
+    from entrypoints.bootstrap import wind_down
+
+    released = threading.Event()
+
+    def blocked_in_the_pool() -> str:
+        released.wait(60)
+        return "released"
+
+    async def main() -> tuple[float, list]:
+        quick = asyncio.create_task(asyncio.sleep(0), name="quick")
+        stuck = asyncio.create_task(asyncio.to_thread(blocked_in_the_pool), name="stuck")
+        started = time.monotonic()
+        await wind_down([quick, stuck], released.set, grace_s=0.5)
+        return time.monotonic() - started, [quick.done(), stuck.done()]
+
+    took, done = asyncio.run(main())
+    assert released.is_set() and done == [True, True] and 0.5 <= took < 5
