@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from projections.telemetry import metric_rollup as rollup
-from projections.telemetry.metric_store import MetricPoint, MetricStore, merged_segments
+from projections.telemetry.metric_store import MetricColumns, MetricPoint, MetricStore, merged_segments
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 
@@ -363,3 +363,18 @@ def test_the_merged_series_shows_each_step_once_from_the_attempt_that_last_reach
     assert [(s, v) for s, v, _ in full] == want
     assert exact(store.series(job, "loss", max_points=max_points)) == exact(
         store.series(job, "loss", max_points=max_points, rollup_reads=False))
+
+
+def test_a_groups_points_go_in_in_the_tables_key_order(store: MetricStore) -> None:
+    """An insert's points are sorted as `metric_points` is ordered (job_id, name, attempt, step), so ClickHouse has
+    nothing to sort: the series order MetricColumns gives is ClickHouse's own, UUIDs and non-ASCII names included."""
+    jobs = [new_job() for _ in range(40)]
+    cols = MetricColumns()
+    for i, job in enumerate(reversed(jobs)):
+        for name in ("β", "loss", "Loss", "a_b", "z"):
+            cols.extend(job, 1 + i % 3, name, [1], [0.0], [0])
+    keys, _ = cols.series()
+    ordered = store.ch.query("SELECT toString(k.1) AS j, k.2 AS n, k.3 AS a FROM (SELECT arrayJoin(arrayZip("
+                             "{j:Array(UUID)}, {n:Array(String)}, {a:Array(UInt32)})) AS k) ORDER BY k.1, n, a",
+                             {"j": [k[0] for k in keys], "n": [k[1] for k in keys], "a": [k[2] for k in keys]})
+    assert [tuple(r) for r in ordered] == keys

@@ -164,9 +164,9 @@ def prepare(ch: ClickHouse, keys: list[tuple[str, str, int]], series: np.ndarray
     series' span: (its first step in these points, its last step once they are in (what `known` should say after
     the insert), the oldest ts of these points).
 
-    Points are columns: `series[i]` indexes `keys` ((job_id, name, attempt)), `step`, `bits` (the value's Float64
-    bits as UInt64) and `ts` (Unix ms). `known`: the last step the rollup holds of series the caller has written (a
-    cache: the rollup is asked only about the others). Returns
+    Points are columns sorted by (series, step): `series[i]` indexes `keys` ((job_id, name, attempt)), `step`, `bits`
+    (the value's Float64 bits as UInt64) and `ts` (Unix ms). `known`: the last step the rollup holds of series the
+    caller has written (a cache: the rollup is asked only about the others). Returns
     - the series in which the points give a step another value or ts than it already has: against the points
       themselves, and against the stored points wherever they reach back to steps the rollup has seen (a replay or a
       late point; repeats of identical points are not rewrites);
@@ -175,8 +175,6 @@ def prepare(ch: ClickHouse, keys: list[tuple[str, str, int]], series: np.ndarray
       pick, since in a series that is not rewritten a step has one value and ts. Cells of a rewritten series are
       read raw, so their ties do not matter.
     Sorted numpy columns: a few ms per 100,000 points."""
-    order = np.lexsort((step, series))
-    series, step, bits, ts = series[order], step[order], bits[order], ts[order]
     n = len(step)
     new_series = np.ones(n, bool)
     new_series[1:] = series[1:] != series[:-1]

@@ -35,9 +35,11 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from uuid import UUID
 
 import numpy as np
 import pyarrow as pa
@@ -126,12 +128,20 @@ class MetricColumns:
         return column(0, np.uint64), column(1, np.float64), column(2, np.int64)
 
     def series(self) -> tuple[list[tuple[str, str, int]], np.ndarray]:
-        """The distinct series (job_id, name, attempt), and per point the index of its own."""
-        keys: dict[tuple[str, str, int], int] = {}
-        codes = np.fromiter((keys.setdefault((j, n, a), len(keys)) for j, a, n, _ in self.runs), np.int64,
-                            len(self.runs))
+        """The distinct series (job_id, name, attempt) in the table's key order, and per point the index of its
+        own: points sorted by (index, step) are in `metric_points`' order, which ClickHouse then need not sort."""
+        keys = sorted({(j, n, a) for j, a, n, _ in self.runs}, key=_key_order)
+        index = {k: i for i, k in enumerate(keys)}
+        codes = np.fromiter((index[(j, n, a)] for j, a, n, _ in self.runs), np.int64, len(self.runs))
         counts = np.fromiter((n for *_, n in self.runs), np.int64, len(self.runs))
-        return list(keys), np.repeat(codes, counts)
+        return keys, np.repeat(codes, counts)
+
+
+def _key_order(key: tuple[str, str, int]) -> tuple[bytes, bytes, str, int]:
+    """(job_id, name, attempt) as ClickHouse orders them: a UUID by its last 8 bytes, then its first 8; a string by
+    its UTF-8 bytes (what code point order gives). Only speed depends on it: unsorted rows are sorted at insert."""
+    raw = UUID(key[0]).bytes
+    return raw[8:], raw[:8], key[1], key[2]
 
 
 def _text(values: list[str], codes: np.ndarray) -> pa.Array:
@@ -280,6 +290,7 @@ class MetricStore:
         # rollup (metric_rollup.prepare). Right while this store is the series' one writer, as the rollup assumes.
         self._last_step: OrderedDict[tuple[str, str, int], int] = OrderedDict()
         self._lock = threading.Lock()
+        self._cells_pool: ThreadPoolExecutor | None = None  # a write's rollup cells go in beside its points
         self.plans = SeriesPlans.of(ch)
 
     def ensure_schema(self) -> None:
@@ -328,6 +339,8 @@ class MetricStore:
             return None
         keys, series = cols.series()
         step, values, ts = cols.columns()
+        order = np.lexsort((step, series))  # the table's order (MetricColumns.series), which the rollup needs too
+        series, step, values, ts = series[order], step[order], values[order], ts[order]
         bits = values.view(np.uint64)
         with self._lock:
             known = {k: self._last_step[k] for k in keys if k in self._last_step}
@@ -352,15 +365,28 @@ class MetricStore:
             if prepared.flagged:
                 self.ch.insert(rollup.ROLLUP, rollup.FLAG_COLUMNS,
                                [(j, n, a, rollup.TOP, 0, rollup.FLAG_TS, 1) for j, n, a in sorted(prepared.flagged)])
-            # The cells go first: once the points are queryable, so is the rollup over them. A crash between the
-            # two redelivers the batch: cells are min/max, so repeating them changes nothing.
+            # The cells and the points go in at once (two chDB sessions; each insert is mostly a fixed cost that
+            # does not use a whole core), and the write returns once both are in: the projector acks only then, so
+            # a job's points are queryable by either path when it shows completed. Reads meanwhile see what the
+            # plans say (updated below, after both). A failure of either redelivers the batch: the points'
+            # token drops a repeat of those that landed, and cells are min/max, so repeating them changes nothing.
             # Both tables are read only through FINAL or GROUP BY: nothing to collapse at insert.
-            self.ch.insert(rollup.STAGE, rollup.STAGE_COLUMNS, prepared.cells, collapse=False)
-            self.ch.insert(TABLE, COLUMNS, prepared.points, dedup_token=token, collapse=False)
+            cells = self._cells_writer().submit(self.ch.insert, rollup.STAGE, rollup.STAGE_COLUMNS, prepared.cells,
+                                                collapse=False)
+            try:
+                self.ch.insert(TABLE, COLUMNS, prepared.points, dedup_token=token, collapse=False)
+            finally:
+                cells.result()  # waits for it either way, and raises its failure
         except BaseException:
             self.plans.forget(prepared.spans)
             raise
         self.plans.wrote(prepared.spans, prepared.flagged)
+
+    def _cells_writer(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._cells_pool is None:
+                self._cells_pool = ThreadPoolExecutor(1, thread_name_prefix="metric-cells")
+            return self._cells_pool
 
     def names(self, job_id: str) -> list[str]:
         """Sorted metric names of the job, over all attempts."""
