@@ -21,13 +21,16 @@ Isolation, and what holds where:
 - runner is root: the job gets its own cgroup (v1 `pids` and `memory`, runners/job_cgroup.py) where the
   controllers are mounted writable: the kernel caps its tasks (a fork bomb stops at the limit however fast it
   forks, then the watchdog kills the group) and its memory (the OOM killer acts inside the group), and lists its
-  processes wherever they setsid() to. The script also runs as `run_as` (a uid and gid, no supplementary groups)
-  when that uid can start the interpreter: then it cannot read the runner's files (0600/0700, /proc/<runner>/environ
-  included) nor write the code directory, and RLIMIT_NPROC is enforced. Give each runner on a machine its own uid
-  that nothing else uses: everything of that uid is killed at the end of a run. The code dir, dataset and work
-  dir must be readable (their parents searchable) by it. Where the interpreter is not usable by it (e.g. under
-  /root), the script runs as root, with a note in the job's log: the cgroup and the watchdog still bound it, but
-  it could read what root can;
+  processes wherever they setsid() to. The script also runs as the runner's own job uid (`job_uid`: one of
+  JOB_UIDS per runner process on the machine, no supplementary groups), so it cannot read the runner's files
+  (0600/0700, /proc/<runner>/environ included) nor write the code directory, and RLIMIT_NPROC is enforced;
+  everything of that uid is killed at the end of a run, which reaches no other runner's job. Where the
+  interpreter lies under a directory that uid cannot search (a pyenv under /root), the child gets a mount
+  namespace of its own in which a small tmpfs covers that directory and only the interpreter's directories are
+  bound back (`_view`): the rest of it is not there to see. The code dir, dataset and work dir must be readable
+  (their parents searchable) by it. Where even that cannot start the interpreter (no mount namespace without
+  CAP_SYS_ADMIN), the script runs as root, with a note in the job's log: the cgroup and the watchdog still bound
+  it, but it could read what root can;
 - runner is not root (or `run_as=None`): the script shares the runner's uid, so it can read what the runner can;
   RLIMIT_NPROC counts all the uid's tasks (set to the uid's count now plus the limit); no cgroup, so the watchdog
   alone measures memory, and a process that setsid()s and is orphaned between two censuses is not found.
@@ -36,6 +39,7 @@ Not here: network isolation (a network namespace), cgroup v2, seccomp, a read-on
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import importlib.util
 import json
 import os
@@ -60,7 +64,8 @@ from runners.log_capture import MAX_LOG_MESSAGE, clean
 from runners.process_tree import JobProcesses, become_subreaper
 
 __all__ = ["CodeOutcome", "CodeRun", "CodeSink", "Resources", "run_code"]
-JOB_UID = 64_000  # default uid of a code job when the runner is root; not in /etc/passwd, used by nothing else
+JOB_UIDS = range(64_000, 65_000)  # code jobs' uids when the runner is root: not in /etc/passwd, used by nothing else
+UID_LOCKS = Path("/run/trainyard-job-uids" if os.access("/run", os.W_OK) else "/tmp/trainyard-job-uids")
 WATCH_S = 0.1
 AS_HEADROOM_MB = 1024
 MB = 1024 * 1024
@@ -94,7 +99,7 @@ class CodeRun:
     timeout_s: float = 24 * 3600.0
     grace_s: float = 10.0
     run_id: str = "run"
-    run_as: int | None = JOB_UID  # used only when the runner is root
+    run_as: int | None = field(default_factory=lambda: job_uid())  # used only when the runner is root
 
 
 @dataclass
@@ -120,13 +125,14 @@ def run_code(spec: CodeRun, sink: CodeSink, stop: threading.Event) -> CodeOutcom
     run_dir, checkpoints, collected = _layout(spec, uid)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     join = cgroup.join_fds() if cgroup is not None else []
+    view = _view(uid) if uid is not None else _View()
     try:
         channel = ChannelReader(ours, sink, (run_dir, checkpoints), collected)
         become_subreaper()
         proc = subprocess.Popen(
             [sys.executable, "-s", str(entry), *spec.args], cwd=run_dir, env=_environment(spec, run_dir, theirs),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
-            pass_fds=(theirs.fileno(),), start_new_session=True, preexec_fn=_child_setup(res, uid, join))
+            pass_fds=(theirs.fileno(),), start_new_session=True, preexec_fn=_child_setup(res, uid, view, join))
     finally:
         theirs.close()
         for fd in join:
@@ -213,21 +219,50 @@ def _sdk_dir() -> Path:
         return _sdk_copy
 
 
+_uid_lock = threading.Lock()
+_uid_claim: tuple[int, int] | None = None  # (uid, the fd of its lock file, held while this process lives)
+
+
+def job_uid() -> int | None:
+    """This process's uid for its code jobs when it runs as root (None otherwise): one of JOB_UIDS that no other
+    process on the machine holds (an exclusive flock on UID_LOCKS/<uid>, released when the process ends), so that
+    killing everything of the uid at a job's end reaches that job's processes only, never another runner's."""
+    global _uid_claim
+    if os.geteuid() != 0:
+        return None
+    with _uid_lock:
+        if _uid_claim is None:
+            UID_LOCKS.mkdir(mode=0o700, exist_ok=True)
+            for uid in JOB_UIDS:
+                fd = os.open(UID_LOCKS / str(uid), os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                _uid_claim = (uid, fd)
+                break
+            else:
+                raise RuntimeError(f"every code job uid of {JOB_UIDS} is held by another process")
+        return _uid_claim[0]
+
+
 _usable: dict[int, bool] = {}
 
 
 def _job_uid(spec: CodeRun, sink: CodeSink) -> int | None:
-    """The uid the script runs as: `run_as` when the runner is root and that uid can start the interpreter (it
-    may live under a directory only root can read); else None, the runner's."""
+    """The uid the script runs as: `run_as` when the runner is root and that uid can start the interpreter (in a
+    mount namespace of its own where the interpreter's directories are shown if they lie under one only root can
+    search, as a pyenv under /root does: `_view`); else None, the runner's."""
     if os.geteuid() != 0 or spec.run_as is None:
         return None
     uid = spec.run_as
     if uid not in _usable:
         try:
-            probe = subprocess.run([sys.executable, "-s", "-c", "pass"], user=uid, group=uid, extra_groups=[],
-                                   cwd="/", env={}, capture_output=True, check=False)
+            probe = subprocess.run([sys.executable, "-s", "-c", "pass"], cwd="/", env={}, capture_output=True,
+                                   check=False, preexec_fn=_become(uid, _view(uid)))
             _usable[uid] = probe.returncode == 0
-        except PermissionError:
+        except (OSError, subprocess.SubprocessError):  # no mount namespace here (no CAP_SYS_ADMIN), or no setuid
             _usable[uid] = False
     if not _usable[uid]:
         sink.on_note("warning", f"the interpreter {sys.executable} cannot be run by uid {uid}: the script runs as "
@@ -236,28 +271,89 @@ def _job_uid(spec: CodeRun, sink: CodeSink) -> int | None:
     return uid
 
 
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+
+
+@dataclass
+class _View:
+    """What the job's uid must reach of the interpreter under directories it cannot search: per such directory (the
+    topmost), the needed directories below it. The child gets a mount namespace of its own with a small tmpfs over
+    each such directory and the needed ones bound back into it, so the interpreter runs and nothing else of those
+    directories is there to see."""
+
+    covers: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _view(uid: int) -> _View:
+    """The interpreter's directories (the base install, the virtualenv, the executable's) as `uid` would need them
+    shown; an empty view when it can search their parents."""
+    needed = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(),
+              Path(os.path.realpath(sys.executable)).parent}
+    view = _View()
+    for path in sorted(p for p in needed if not any(q != p and p.is_relative_to(q) for q in needed)):
+        blocked = next((a for a in reversed(path.parents) if not _searchable(a, uid)), None)
+        if blocked is not None:
+            view.covers.setdefault(str(blocked), []).append(str(path))
+    return view
+
+
+def _searchable(path: Path, uid: int) -> bool:
+    st = path.stat()
+    bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == uid else 0o001
+    return bool(st.st_mode & bit)
+
+
+def _become(uid: int, view: _View) -> Any:
+    """The child's switch to `uid` (no supplementary groups), after showing it `view` (between fork and exec)."""
+    def apply() -> None:
+        if view.covers:
+            _syscall(_LIBC.unshare(CLONE_NEWNS), "unshare")
+            _syscall(_LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+            for blocked, needed in view.covers.items():
+                # Held open across the tmpfs mount: a bind's source must be a mount of this namespace.
+                held = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)) for path in needed]
+                _syscall(_LIBC.mount(b"tmpfs", blocked.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                                     b"mode=0755,size=64k"), f"mount tmpfs on {blocked}")
+                for path, fd in held:
+                    os.makedirs(path, exist_ok=True)
+                    _syscall(_LIBC.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC,
+                                         None), f"bind {path}")
+                    os.close(fd)
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    return apply
+
+
+def _syscall(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls into it
 PR_SET_PDEATHSIG = 1
 
 
-def _child_setup(res: Resources, uid: int | None, cgroup_fds: list[int]) -> Any:
-    """What the child does between fork and exec: join the job's cgroup, drop to `uid`, set its rlimits, and die
-    with the runner (SIGKILL when the runner's thread that started it ends: a runner killed mid-job leaves no
-    script running; set after the uid change, which clears it). Only plain syscalls in there (the runner has
-    threads)."""
+def _child_setup(res: Resources, uid: int | None, view: _View, cgroup_fds: list[int]) -> Any:
+    """What the child does between fork and exec: join the job's cgroup, drop to `uid` (showing it `view`), set
+    its rlimits, and die with the runner (SIGKILL when the runner's thread that started it ends: a runner killed
+    mid-job leaves no script running; set after the uid change, which clears it). Only plain syscalls in there
+    (the runner has threads)."""
     nproc = res.max_procs + 1 if uid is not None else _tasks_of(os.getuid()) + res.max_procs + 1
     limits = [(resource.RLIMIT_NOFILE, res.max_open_files), (resource.RLIMIT_FSIZE, res.max_file_mb * MB),
               (resource.RLIMIT_NPROC, nproc), (resource.RLIMIT_CORE, 0)]
     if not res.gpus:
         limits.append((resource.RLIMIT_AS, (2 * res.memory_mb + AS_HEADROOM_MB) * MB))
 
+    become = _become(uid, view) if uid is not None else None
+
     def apply() -> None:
         for fd in cgroup_fds:
             os.write(fd, b"0")
-        if uid is not None:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
+        if become is not None:
+            become()
         for which, value in limits:
             resource.setrlimit(which, (value, value))
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

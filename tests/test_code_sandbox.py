@@ -258,12 +258,19 @@ def test_the_script_sees_no_secret_and_no_fd_of_the_runner(area: Path, monkeypat
             import json, os
             print("ENV", json.dumps(dict(os.environ)))
             print("FDS", json.dumps(sorted(int(fd) for fd in os.listdir("/proc/self/fd"))))
+            try:
+                with open(f"/proc/{os.getppid()}/environ", "rb") as f:  # the runner's
+                    print("RUNNER", f.read().decode(errors="replace").replace("\\0", " "))
+            except OSError as e:
+                print("RUNNER unreadable:", type(e).__name__)
         """)
     finally:
         held.close()
     assert outcome.status == "completed"
     env = json.loads(next(t for _, t in sink.lines if t.startswith("ENV "))[4:])
     assert "hunter2" not in json.dumps(env)
+    if os.geteuid() == 0:  # the script has a uid of its own (else it shares the runner's, and may read it)
+        assert ("stdout", "RUNNER unreadable: PermissionError") in sink.lines
     assert {k for k in env if k.startswith("TRAINYARD_")} == {"TRAINYARD_CHANNEL_FD", "TRAINYARD_RUN_FILE"}
     fds = json.loads(next(t for _, t in sink.lines if t.startswith("FDS "))[4:])
     assert len(fds) == 5 and {0, 1, 2, int(env["TRAINYARD_CHANNEL_FD"])} < set(fds)  # and listdir's own
@@ -320,3 +327,42 @@ def test_the_sdk_refuses_non_finite_values_and_bad_names() -> None:
         _name("lo\x00ss")
     with pytest.raises(ValueError, match="1 to 200"):
         _name("x" * 201)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a job uid of its own needs a runner started as root")
+def test_as_root_the_script_runs_as_the_runners_own_uid_and_sees_only_the_interpreter(area: Path) -> None:
+    """Even where the interpreter lies under a directory only root can search (a pyenv under /root, as on CI), the
+    script runs as this runner's job uid, and sees in that directory the interpreter's directories only."""
+    from runners.code_sandbox import JOB_UIDS, _view, job_uid
+
+    uid = job_uid()
+    covers = _view(uid).covers
+    outcome, sink = run(area, f"""
+        import json, os
+        print("UID", os.getuid(), os.getgid(), os.getgroups())
+        print("SEEN", json.dumps({{d: sorted(os.listdir(d)) for d in {sorted(covers)!r}}}))
+    """)
+    assert outcome.status == "completed" and not sink.notes, (outcome, sink.lines, sink.notes)
+    assert uid in JOB_UIDS and ("stdout", f"UID {uid} {uid} []") in sink.lines
+    seen = json.loads(next(t for _, t in sink.lines if t.startswith("SEEN "))[5:])
+    assert seen == {d: sorted({Path(p).relative_to(d).parts[0] for p in needed}) for d, needed in covers.items()}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="job uids are claimed by runners started as root")
+def test_runner_processes_on_one_machine_hold_different_job_uids() -> None:
+    """Killing every process of a job's uid at its end must not reach another runner's job: each runner process
+    claims a uid of its own, and a uid is free again once its process is gone."""
+    from runners.code_sandbox import job_uid
+
+    claim = "from runners.code_sandbox import job_uid; import sys; print(job_uid(), flush=True); sys.stdin.read()"
+    procs = [subprocess.Popen([sys.executable, "-c", claim], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    try:
+        uids = [int(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
+    finally:
+        for p in procs:
+            p.communicate("", timeout=30)
+    assert len({*uids, job_uid()}) == 3
+    again = subprocess.run([sys.executable, "-c", claim], cwd=REPO, input="", capture_output=True, text=True,
+                           check=True, timeout=30)
+    assert int(again.stdout) in uids  # the lowest free one: a gone process's
