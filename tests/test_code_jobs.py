@@ -122,7 +122,8 @@ def test_a_scikit_learn_code_job_trains_registers_exports_deploys_and_predicts(s
                        and "epoch 5 done" in m and m, timeout=30, message="the script's output never reached its logs")
     assert "epoch 1 done" in lines
 
-    assert http.post(MODELS, json={"name": "code-bc"}).status_code == 201
+    r = http.post(MODELS, json={"name": "code-bc"})
+    assert r.status_code == 201, r.text
     r = http.post(f"{MODELS}/code-bc/versions", json={"job_id": job_id})
     assert r.status_code == 201, r.text
     lineage = http.get(f"{MODELS}/code-bc/versions/1").json()["lineage"]
