@@ -172,6 +172,18 @@ def test_a_failing_script_fails_its_job_with_the_traceback_in_its_logs(stack: St
     assert "about to fail" in lines
 
 
+def test_a_code_job_reads_an_uploaded_dataset(stack: Stack, code_id: str) -> None:
+    """Uploads are kept 0600 and a runner as root runs the script as a uid of its own: the script still reads it."""
+    rows = "".join(f"{i % 7},{(i * 3) % 5},{i % 2}\n" for i in range(40))
+    r = stack.http.post("/api/v1/datasets", files={"file": ("small.csv", f"a,b,target\n{rows}".encode())})
+    assert r.status_code == 201, r.text
+    r = stack.http.post(JOBS, json=code_job(code_id, dataset={"uri": r.json()["uri"], "target": "target"}))
+    assert r.status_code == 202, r.text
+    job = stack.wait(r.json()["job_id"], lambda j: j["status"] in FINISHED, timeout=120)
+    assert job["status"] == "completed", job
+    assert job["artifact"]["feature_names"] == ["a", "b"]
+
+
 @pytest.mark.parametrize("change, status, field", [
     ({"code": {"code_id": "0" * 32, "entrypoint": "train.py"}}, 422, "code.code_id"),
     ({"code": {"code_id": "CODE", "entrypoint": "missing.py"}}, 422, "code.entrypoint"),
