@@ -132,9 +132,11 @@ class ChdbClickHouse:
     """Embedded chDB at `path`: `sessions` chdb Sessions on the one engine, each running one call at a time. The
     engine runs queries of different sessions in parallel (chDB 4), so a stream's read or an API query does not
     wait behind an insert, nor one projector's insert behind another's; a caller that needs several calls in an
-    order makes them in that order itself (each projector inserts one group at a time)."""
+    order makes them in that order itself (each projector inserts one group at a time). Eight: the telemetry
+    projectors may hold five at once (the metrics one writes a group's points and cells together), and reads need
+    the rest; a session costs ~1 MiB."""
 
-    def __init__(self, path: Path, sessions: int = 4) -> None:
+    def __init__(self, path: Path, sessions: int = 8) -> None:
         from chdb.session import Session
 
         self.path = Path(path)
