@@ -142,8 +142,9 @@ async def _messages(conn: HTTPConnection, stream: Stream, topics: dict[str, str]
                 out = await asyncio.to_thread(stream.read, due, pushed)
                 for message in out:
                     yield message
-                if out:
-                    continue  # a full page may have more behind it
+                if out and (more := stream.more(due)):
+                    due = more  # a full page may have more behind it; a caught-up source reads no store for it
+                    continue
                 if finished():
                     if due is None:  # nothing left in any source after the object ended
                         yield "end", {}, stream.cursor()

@@ -385,6 +385,11 @@ class Stream:
     def cursor(self) -> str:
         return encode({s.key: s.token() for s in self.sources})
 
+    def more(self, keys: set[str] | None = None) -> set[str]:
+        """The sources among `keys` (None: all) that may have more to read at once: all but those that say they
+        have caught up with their store (pushed rows are handed over whole, so a caught-up source has none left)."""
+        return {s.key for s in self.sources if (keys is None or s.key in keys) and not getattr(s, "caught_up", False)}
+
     def read(self, keys: set[str] | None = None,
              pushed: dict[str, list | None] | None = None) -> list[tuple[str, dict[str, Any], str]]:
         """The next messages of the sources named by `keys` (None: of every source); `pushed`: source key -> what
