@@ -27,8 +27,8 @@ Isolation, and what holds where:
   everything of that uid is killed at the end of a run, which reaches no other runner's job. Where the
   interpreter lies under a directory that uid cannot search (a pyenv under /root), the child gets a mount
   namespace of its own in which a small tmpfs covers that directory and only the interpreter's directories are
-  bound back (`_view`): the rest of it is not there to see. The code dir, dataset and work dir must be readable
-  (their parents searchable) by it. Where even that cannot start the interpreter (no mount namespace without
+  bound back (`_view`): the rest of it is not there to see. The code dir and work dir must be readable (their
+  parents searchable) by it; a dataset it cannot read (uploads are kept 0600) is handed over as a copy. Where even that cannot start the interpreter (no mount namespace without
   CAP_SYS_ADMIN), the script runs as root, with a note in the job's log: the cgroup and the watchdog still bound
   it, but it could read what root can;
 - runner is not root (or `run_as=None`): the script shares the runner's uid, so it can read what the runner can;
@@ -125,14 +125,13 @@ def run_code(spec: CodeRun, sink: CodeSink, stop: threading.Event) -> CodeOutcom
     run_dir, checkpoints, collected = _layout(spec, uid)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     join = cgroup.join_fds() if cgroup is not None else []
-    view = _view(uid) if uid is not None else _View()
     try:
         channel = ChannelReader(ours, sink, (run_dir, checkpoints), collected)
         become_subreaper()
         proc = subprocess.Popen(
             [sys.executable, "-s", str(entry), *spec.args], cwd=run_dir, env=_environment(spec, run_dir, theirs),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
-            pass_fds=(theirs.fileno(),), start_new_session=True, preexec_fn=_child_setup(res, uid, view, join))
+            pass_fds=(theirs.fileno(),), start_new_session=True, preexec_fn=_child_setup(res, uid, join))
     finally:
         theirs.close()
         for fd in join:
@@ -175,9 +174,16 @@ def _layout(spec: CodeRun, uid: int | None) -> tuple[Path, Path, Path]:
     if spec.resume_from is not None:
         name = spec.resume_from.name if spec.resume_from.name.startswith("ckpt-") else "ckpt-000000000000"
         shutil.copyfile(spec.resume_from, checkpoints / name)
+    dataset = spec.dataset_path
+    if dataset is not None and uid is not None and not (
+            _allowed(dataset, uid, 0o4) and all(_allowed(a, uid, 0o1) for a in dataset.resolve().parents)):
+        # Uploads are kept 0600: a script of its own uid reads a copy in the job's folder.
+        dataset = spec.work_dir / f"dataset{dataset.suffix}"
+        shutil.copyfile(spec.dataset_path, dataset)
+        os.chmod(dataset, 0o644)
     (spec.work_dir / "run.json").write_text(json.dumps({
         "run_id": spec.run_id, "params": spec.params, "output_dir": str(run_dir), "checkpoint_dir": str(checkpoints),
-        "dataset_path": str(spec.dataset_path) if spec.dataset_path else None}))
+        "dataset_path": str(dataset) if dataset else None}))
     os.chmod(spec.work_dir / "run.json", 0o644)
     if uid is not None:
         for d in (run_dir, checkpoints):
@@ -275,42 +281,37 @@ CLONE_NEWNS = 0x00020000
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
 
 
-@dataclass
-class _View:
-    """What the job's uid must reach of the interpreter under directories it cannot search: per such directory (the
-    topmost), the needed directories below it. The child gets a mount namespace of its own with a small tmpfs over
-    each such directory and the needed ones bound back into it, so the interpreter runs and nothing else of those
+def _view(uid: int) -> dict[str, list[str]]:
+    """What `uid` must reach of the interpreter (the base install, the virtualenv, the executable's directory) under
+    directories it cannot search: per such directory (the topmost), the needed directories below it; empty when it
+    can search their parents. The child then gets a mount namespace of its own with a small tmpfs over each such
+    directory and the needed ones bound back into it (`_become`), so the interpreter runs and nothing else of those
     directories is there to see."""
-
-    covers: dict[str, list[str]] = field(default_factory=dict)
-
-
-def _view(uid: int) -> _View:
-    """The interpreter's directories (the base install, the virtualenv, the executable's) as `uid` would need them
-    shown; an empty view when it can search their parents."""
     needed = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(),
               Path(os.path.realpath(sys.executable)).parent}
-    view = _View()
+    covers: dict[str, list[str]] = {}
     for path in sorted(p for p in needed if not any(q != p and p.is_relative_to(q) for q in needed)):
-        blocked = next((a for a in reversed(path.parents) if not _searchable(a, uid)), None)
+        blocked = next((a for a in reversed(path.parents) if not _allowed(a, uid, 0o1)), None)
         if blocked is not None:
-            view.covers.setdefault(str(blocked), []).append(str(path))
-    return view
+            covers.setdefault(str(blocked), []).append(str(path))
+    return covers
 
 
-def _searchable(path: Path, uid: int) -> bool:
+def _allowed(path: Path, uid: int, what: int) -> bool:
+    """Whether `uid` (its own gid, no other group) has the `what` permission (0o4 read, 0o1 search) on `path` itself."""
     st = path.stat()
-    bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == uid else 0o001
-    return bool(st.st_mode & bit)
+    shift = 6 if st.st_uid == uid else 3 if st.st_gid == uid else 0
+    return bool(st.st_mode >> shift & what)
 
 
-def _become(uid: int, view: _View) -> Any:
-    """The child's switch to `uid` (no supplementary groups), after showing it `view` (between fork and exec)."""
+def _become(uid: int, covers: dict[str, list[str]]) -> Any:
+    """The child's switch to `uid` (no supplementary groups), after showing it `covers` (`_view`; between fork and
+    exec)."""
     def apply() -> None:
-        if view.covers:
+        if covers:
             _syscall(_LIBC.unshare(CLONE_NEWNS), "unshare")
             _syscall(_LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
-            for blocked, needed in view.covers.items():
+            for blocked, needed in covers.items():
                 # Held open across the tmpfs mount: a bind's source must be a mount of this namespace.
                 held = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)) for path in needed]
                 _syscall(_LIBC.mount(b"tmpfs", blocked.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
@@ -336,8 +337,8 @@ _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child o
 PR_SET_PDEATHSIG = 1
 
 
-def _child_setup(res: Resources, uid: int | None, view: _View, cgroup_fds: list[int]) -> Any:
-    """What the child does between fork and exec: join the job's cgroup, drop to `uid` (showing it `view`), set
+def _child_setup(res: Resources, uid: int | None, cgroup_fds: list[int]) -> Any:
+    """What the child does between fork and exec: join the job's cgroup, drop to `uid` (showing it `_view`), set
     its rlimits, and die with the runner (SIGKILL when the runner's thread that started it ends: a runner killed
     mid-job leaves no script running; set after the uid change, which clears it). Only plain syscalls in there
     (the runner has threads)."""
@@ -347,7 +348,7 @@ def _child_setup(res: Resources, uid: int | None, view: _View, cgroup_fds: list[
     if not res.gpus:
         limits.append((resource.RLIMIT_AS, (2 * res.memory_mb + AS_HEADROOM_MB) * MB))
 
-    become = _become(uid, view) if uid is not None else None
+    become = _become(uid, _view(uid)) if uid is not None else None
 
     def apply() -> None:
         for fd in cgroup_fds:

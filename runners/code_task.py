@@ -155,15 +155,7 @@ def _dataset_file(dataset: dict[str, Any], base: Path, roots: Sequence[Path]) ->
     if not uri.startswith("builtin://"):
         from infra.dataset_files import resolve_file_uri
 
-        path = resolve_file_uri(uri, roots)
-        if os.geteuid() == 0 and not _readable_by_all(path):
-            # A runner as root runs the script as a uid of its own (runners/code_sandbox.py), and uploads are kept
-            # 0600: the script reads a copy in the job's folder.
-            out = base / f"dataset{path.suffix}"
-            shutil.copyfile(path, out)
-            os.chmod(out, 0o644)
-            return out
-        return path
+        return resolve_file_uri(uri, roots)
     import pandas as pd
 
     from infra.datasets import _load_builtin
@@ -175,11 +167,6 @@ def _dataset_file(dataset: dict[str, Any], base: Path, roots: Sequence[Path]) ->
     frame.to_csv(out, index=False)
     os.chmod(out, 0o644)
     return out
-
-
-def _readable_by_all(path: Path) -> bool:
-    """Whether any uid may read `path`: the file readable by others, every folder above it searchable."""
-    return bool(path.stat().st_mode & 0o004) and all(p.stat().st_mode & 0o001 for p in path.resolve().parents)
 
 
 def _readable(root: Path) -> None:

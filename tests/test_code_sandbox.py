@@ -336,7 +336,7 @@ def test_as_root_the_script_runs_as_the_runners_own_uid_and_sees_only_the_interp
     from runners.code_sandbox import JOB_UIDS, _view, job_uid
 
     uid = job_uid()
-    covers = _view(uid).covers
+    covers = _view(uid)
     outcome, sink = run(area, f"""
         import json, os
         print("UID", os.getuid(), os.getgid(), os.getgroups())
