@@ -33,10 +33,12 @@ PROJECT_ACTIONS: dict[str, Role] = {
     "code.read": Role.viewer,           # code bundles
     "model.read": Role.viewer,          # models, versions, exports, downloads
     "deployment.read": Role.viewer,     # deployments, history, A/B reports
+    "schedule.read": Role.viewer,       # schedules and their runs
     "job.submit": Role.engineer,
     "job.cancel": Role.engineer,
     "study.create": Role.engineer,
     "study.cancel": Role.engineer,
+    "schedule.write": Role.engineer,    # create, change, pause, resume, trigger, delete (each run: its submit's)
     "dataset.upload": Role.engineer,
     "code.upload": Role.engineer,
     "code.run": Role.engineer,          # submit a job that runs the project's own code (with job.submit)
