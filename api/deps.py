@@ -52,6 +52,8 @@ class Services:
     auth: Any = None  # api.auth.Authenticator (the identity cache and the access-token signer)
     usage: Any = None  # projections.usage.UsageQueries (quotas)
     runners: Any = None  # infra.runner_registry.RunnerRegistry: the runners heard from and what they have
+    schedules: Any = None  # projections.schedules.ScheduleQueries
+    schedule_commands: Any = None  # commands.schedules.ScheduleCommands
     health: Health = field(default_factory=Health)
     fanout: Fanout = field(default_factory=Fanout)  # wakes the live streams (api/streams.py)
 

@@ -52,6 +52,7 @@ class CreateStudy:
     tags: list[str] = field(default_factory=list)
     code: dict[str, Any] | None = None  # a code study's bundle and entrypoint (api/code_jobs.py), run by every trial
     resources: dict[str, Any] | None = None  # a code study's per-trial cpus, memory_mb, gpus
+    validation: dict[str, Any] | None = None  # how every trial splits its rows (domain/validation.py)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,20 @@ class StudyCreated:
     created_at: datetime
     created: bool  # False when an Idempotency-Key replay returned the existing study
     position: int | None = None
+
+
+def study_id_for(idempotency_key: str | None, project: str) -> UUID:
+    """The id of the study created with `idempotency_key` in `project` (each project has its own keys: `scoped`; in
+    the default project, the id it had before projects); a new one without a key."""
+    return uuid5(_IDEMPOTENCY_NAMESPACE, scoped(project, idempotency_key)) if idempotency_key else uuid4()
+
+
+def new_study(cmd: CreateStudy, study_id: UUID) -> Study:
+    """The study `cmd` creates, new and unsaved (a scheduled study is saved with its schedule's fire)."""
+    fields = asdict(cmd)
+    if fields["sampler"].get("seed") is None:  # recorded, so a rebuilt sampler proposes the same trials
+        fields["sampler"] = {**fields["sampler"], "seed": secrets.randbelow(2**31)}
+    return Study.create(id=study_id, **fields)
 
 
 def trial_key(study_id: UUID, number: int) -> str:
@@ -84,17 +99,13 @@ class StudyCommands:
 
     def create(self, cmd: CreateStudy, idempotency_key: str | None = None,
                ctx: CommandContext = ANONYMOUS) -> StudyCreated:
-        # Each project has its own keys (`scoped`: in the default project, the id it had before projects).
-        study_id = uuid5(_IDEMPOTENCY_NAMESPACE, scoped(cmd.project, idempotency_key)) if idempotency_key else uuid4()
+        study_id = study_id_for(idempotency_key, cmd.project)
         if idempotency_key:
             try:
                 return self._replayed(self.get(study_id), cmd)
             except StudyNotFoundError:
                 pass
-        fields = asdict(cmd)
-        if fields["sampler"].get("seed") is None:  # recorded, so a rebuilt sampler proposes the same trials
-            fields["sampler"] = {**fields["sampler"], "seed": secrets.randbelow(2**31)}
-        study = Study.create(id=study_id, **fields)
+        study = new_study(cmd, study_id)
         try:
             recordings = self.app.save_with(ctx, study)
         except RecordConflictError:
@@ -142,7 +153,8 @@ class StudyCommands:
                          task=study.task, dataset=study.dataset, params={**study.fixed_params, **trial.params},
                          priority=study.priority, tags=list(study.tags),
                          timeout_s=study.timeout_s or SubmitJob.timeout_s, study_id=study.id, trial_number=number,
-                         report_metric=report_metric, code=study.code, resources=study.resources)
+                         report_metric=report_metric, code=study.code, resources=study.resources,
+                         validation=study.validation)
 
     def prune_trial(self, study_id: UUID, number: int, step: int, value: float | None, ctx: CommandContext) -> Study:
         return self._change(study_id, lambda s: s.prune_trial(number, step, value), ctx)[0]

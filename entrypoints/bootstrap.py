@@ -3,7 +3,7 @@ settings.
 
 - `build_services(settings)`: the application, its command services and the query objects the API reads.
 - `build_serve(settings, services, js)`: what `trainyard serve` runs beside the API (relay, projectors, report
-  handling, reconciler, study driver, policy), each with its health stage.
+  handling, reconciler, scheduler, study driver, policy), each with its health stage.
 - `build_runner(settings, nc, js)`: one runner.
 - `build_inference(settings, server_id)`: the inference server's state, feed and ASGI app.
 """
@@ -54,9 +54,11 @@ def build_services(settings: Settings) -> Services:
     from api.deps import Services
     from commands.deployments import DeploymentCommands
     from commands.models import ModelCommands
+    from commands.schedules import ScheduleCommands
     from commands.studies import StudyCommands
     from commands.training import TrainingApplication
     from infra.clickhouse import connect as connect_clickhouse
+    from infra.clock import clock_from
     from infra.fanout import Fanout
     from infra.leases import LeaseStore
     from infra.runner_registry import RUNNERS_DDL, RunnerRegistry
@@ -66,6 +68,7 @@ def build_services(settings: Settings) -> Services:
     from projections.models import ModelQueries
     from projections.read_models import READ_MODELS
     from projections.read_your_writes import AppliedPositions
+    from projections.schedules import ScheduleQueries
     from projections.usage import UsageQueries
     from projections.studies import StudyQueries
     from projections.telemetry.log_store import LogStore
@@ -95,10 +98,11 @@ def build_services(settings: Settings) -> Services:
     fanout = Fanout()
     for read_model in ("jobs", "studies", "deployments"):  # the live streams wake when their read model commits
         applied.watch(read_model, lambda name=read_model: fanout.notify(f"read-model:{name}"))
+    schedule_commands = ScheduleCommands(app, clock_from(settings.scheduler_clock), settings.scheduler_grace_s)
     return Services(settings, app, pool, JobQueries(pool), ch, metrics, logs, leases, StudyQueries(pool),
                     StudyCommands(app), ModelQueries(pool), ModelCommands(app), predictions, DeploymentQueries(pool),
                     DeploymentCommands(app), applied, identity, queries, auth, UsageQueries(pool), fanout=fanout,
-                    runners=RunnerRegistry(pool))
+                    runners=RunnerRegistry(pool), schedules=ScheduleQueries(pool), schedule_commands=schedule_commands)
 
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -172,6 +176,7 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
     from projections.deployments import PolicyEvaluations
     from commands.reconciler import Reconciler
     from commands.reports import ReportHandler
+    from commands.scheduler import Scheduler
     from commands.study_driver import StudyDriver
     from commands.training import TrainingApplication
     from infra.messaging import StreamKeeper, WorkStream
@@ -208,6 +213,8 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
                                                                                 since, until),
                                stage("policy", max(stuck, 5 * settings.policy_interval_s)),
                                PolicyEvaluations(services.pool), settings.policy_interval_s),
+        "scheduler": Scheduler(services.schedule_commands, services.schedules, services.schedule_commands.clock,
+                               stage("scheduler")),
         "reconciler": Reconciler(services.app, services.leases, WorkQueries(services.pool), WorkStream(js),
                                  stage("reconciler", max(stuck, 5 * settings.reconcile_interval_s)),
                                  settings.reconcile_interval_s, settings.requeue_after_s),

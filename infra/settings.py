@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # lost and the reconciler (every reconcile_interval_s) requeues its job or fails it per its max_attempts.
     lease_ttl_s: float = Field(default=15.0, gt=0)
     reconcile_interval_s: float = Field(default=2.0, gt=0)
+    # Schedules (commands/scheduler.py): a scheduled time older than the grace when a scheduler first sees it was
+    # missed (downtime) and follows its catch-up policy; the clock is infra/clock.py's (empty: the system's).
+    scheduler_grace_s: float = Field(default=60.0, gt=0)
+    scheduler_clock: str = ""
     # Checkpoints of training jobs (runners/checkpoints.py, in <artifacts>/checkpoints): a trainer saves one at the
     # end of an epoch or boosting round once this many steps or seconds have passed since its last; a job keeps its
     # last `checkpoint_keep`. A lost or handed-back job's next attempt resumes from its latest.
