@@ -1,7 +1,8 @@
 """/api/v1/training/jobs: submit, watch, list, cancel, retry, metrics."""
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+import json
+from pathlib import Path as FilePath, PurePosixPath
 from typing import Annotated
 from uuid import UUID
 
@@ -17,15 +18,18 @@ from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.problems import Problem
 from api.resources import check_runners_fit
 from api.schemas.common import NO_CONTROL, IdPrefix, Tag, problems
-from api.schemas.jobs import (MAX_SERIES_NAMES, JobAccepted, JobIn, JobList, JobPublic, MetricNames, MetricSeries,
-                              RetryIn)
+from api.schemas.datasets import DatasetIn
+from api.schemas.jobs import (MAX_SERIES_NAMES, Evaluation, JobAccepted, JobIn, JobList, JobPublic, MetricNames,
+                              MetricSeries, RetryIn, ValidationIn)
 from commands.context import CommandContext
 from commands.training import JobNotFoundError, RetryJob, SubmitJob
 from domain.access import authorize
+from domain.contract import EVALUATION_ARTIFACT
 from domain.frameworks import ParamsError, check_budget, resolve_params
+from domain.validation import ValidationError, stored
 from domain.vocabulary import Framework, JobStatus
 from infra.dataset_uploads import check_upload_owner
-from infra.datasets import DatasetError, validate_dataset
+from infra.datasets import DatasetError, check_time_column, validate_dataset
 
 router = APIRouter(prefix="/api/v1/training/jobs", tags=["training jobs"])
 ANY_OF, ALL_OF = "repeatable: any of", "repeatable (20 at most): all of"
@@ -35,6 +39,24 @@ def _catch_up(s: Services, position: int | None) -> None:
     """Wait until the jobs read model has applied `position`, so a GET right after a command sees it."""
     if position is not None:  # on timeout the projector is behind: the command stands, the read model catches up
         s.applied.wait_for("jobs", s.app.name, position, READ_YOUR_WRITES_TIMEOUT_S)
+
+
+def check_validation(validation: ValidationIn | None, framework: str, dataset: DatasetIn | None,
+                     s: Services) -> dict | None:
+    """The `validation` a job or study keeps (None: the default holdout); Problem(422) naming the field when it
+    cannot split the dataset's rows."""
+    if validation is None:
+        return None
+    if is_code(framework):
+        raise Problem(422, "Invalid request", "validation: a code job splits its own rows (its script reads "
+                                              "run.dataset_path)", "validation")
+    try:
+        kept = stored(validation.model_dump(exclude_none=True))
+        if kept and kept.get("time_column") and dataset is not None:
+            check_time_column(dataset.uri, kept["time_column"], s.settings.dataset_root_paths)
+    except (ValidationError, DatasetError) as e:
+        raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
+    return kept
 
 
 def check_job(body: JobIn, s: Services, access: Access) -> tuple[dict | None, dict | None]:
@@ -92,7 +114,7 @@ def submit_job(body: JobIn, request: Request, ctx: CommandContextDep) -> JSONRes
     cmd = SubmitJob(project=access.project, name=body.name, framework=body.framework, task=body.task,
                     dataset=body.dataset.model_dump(exclude_none=True) if body.dataset else {}, params=body.params,
                     priority=body.priority, tags=body.tags, timeout_s=body.timeout_s, code=code,
-                    resources=resources)
+                    resources=resources, validation=check_validation(body.validation, body.framework, body.dataset, s))
     return accept_job(s, cmd, key, ctx)
 
 
@@ -165,9 +187,17 @@ def download_artifact(job_id: UUID, request: Request, s: ServicesDep,
                       name: Annotated[str, Path(min_length=1, max_length=200)]) -> FileResponse:
     """Download a file the job kept with `run.log_artifact` (listed in its `artifacts`), streamed."""
     job = visible_job(s, job_id, request)
+    path, found = _stored_artifact(s, job, name)
+    filename = PurePosixPath(name).name.replace('"', "_").replace("\\", "_") or "artifact"
+    return FileResponse(path, media_type="application/octet-stream", filename=filename,
+                        headers={"X-Content-Sha256": found["sha256"]})
+
+
+def _stored_artifact(s: Services, job: dict, name: str) -> tuple[FilePath, dict]:
+    """(path, listing) of the artifact `name` the job kept; Problem(404) if it kept none or it is gone."""
     found = next((a for a in job.get("artifacts") or () if a.get("name") == name), None)
     if found is None:
-        raise Problem(404, "Not found", f"name: job {job_id} kept no artifact named {name[:200]!r}", "name")
+        raise Problem(404, "Not found", f"name: job {job['id']} kept no artifact named {name[:200]!r}", "name")
     from runners.artifacts import LocalArtifactStore
 
     try:
@@ -175,10 +205,25 @@ def download_artifact(job_id: UUID, request: Request, s: ServicesDep,
     except ValueError:
         path = None
     if path is None or not path.is_file():
-        raise Problem(404, "Not found", f"name: artifact {name[:200]!r} of job {job_id} is no longer stored", "name")
-    filename = PurePosixPath(name).name.replace('"', "_").replace("\\", "_") or "artifact"
-    return FileResponse(path, media_type="application/octet-stream", filename=filename,
-                        headers={"X-Content-Sha256": found["sha256"]})
+        raise Problem(404, "Not found", f"name: artifact {name[:200]!r} of job {job['id']} is no longer stored",
+                      "name")
+    return path, found
+
+
+@router.get("/{job_id}/evaluation", dependencies=[allow("job.read")], response_model=Evaluation,
+            responses=problems(404, 422))
+def get_evaluation(job_id: UUID, request: Request, s: ServicesDep) -> Evaluation:
+    """The completed job's evaluation report (the `evaluation.json` it kept): per split the task's figures,
+    confusion matrix, per-class figures, ROC/PR/calibration curves or residuals, the worst rows; k-fold's folds;
+    feature importance. 404 while it has none (not completed, or a code job)."""
+    job = visible_job(s, job_id, request)
+    if not any(a.get("name") == EVALUATION_ARTIFACT for a in job.get("artifacts") or ()):
+        raise Problem(404, "Not found", f"job {job_id} has no evaluation report ({job['status']}; only a completed "
+                                        "job of a built-in framework has one)", "job_id")
+    path, _ = _stored_artifact(s, job, EVALUATION_ARTIFACT)
+    report = json.loads(path.read_bytes())
+    return Evaluation.model_validate({**report, "job_id": job_id, "name": job["name"], "status": job["status"],
+                                      "validation": job.get("validation"), "final_metrics": job["final_metrics"]})
 
 
 @router.delete("/{job_id}", dependencies=[allow("job.cancel")], status_code=202, response_model=JobPublic, responses=problems(404, 409, 422))

@@ -14,7 +14,7 @@ from api.code_jobs import check_code_job, is_code, refuse_code_fields
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.importances import ImportanceCache
-from api.jobs import check_job_dataset
+from api.jobs import check_job_dataset, check_validation
 from api.limits import SafeText, check_params
 from api.problems import Problem
 from api.schemas.common import IdPrefix, Tag, problems
@@ -82,7 +82,7 @@ def create_study(body: StudyIn, request: Request, s: ServicesDep, ctx: CommandCo
                       search_space=body.search_space, fixed_params=body.fixed_params, sampler=body.sampler,
                       pruner=body.pruner, n_trials=body.n_trials, max_parallel=body.max_parallel,
                       timeout_s=body.timeout_s, priority=body.priority, tags=body.tags, code=code,
-                      resources=resources)
+                      resources=resources, validation=check_validation(body.validation, body.framework, body.dataset, s))
     out = s.study_commands.create(cmd, idempotency_key(request), ctx)
     _catch_up(s, out.position)
     accepted = StudyAccepted(study_id=out.study_id, status=out.status, created_at=out.created_at)  # type: ignore[arg-type]

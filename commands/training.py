@@ -19,6 +19,7 @@ from commands.application import ANONYMOUS, Saved, TrainyardApplication, last_po
 from commands.context import CommandContext
 from domain.contract import scoped
 from domain.training_job import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, TrainingJob
+from domain.validation import stored
 
 _IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://trainyard.dev/idempotency/training-job")
 
@@ -50,6 +51,7 @@ class SubmitJob:
     from_checkpoint: bool = False
     code: dict[str, Any] | None = None  # a code job's bundle (code_id, sha256), entrypoint, args
     resources: dict[str, Any] | None = None  # a code job's cpus, memory_mb, gpus
+    validation: dict[str, Any] | None = None  # how its rows are split (domain/validation.py); None: holdout
 
     def fields(self) -> dict[str, Any]:
         """The fields, with their own copies of the containers (dataclasses.asdict would deep-copy everything, on
@@ -119,10 +121,10 @@ class TrainingApplication(TrainyardApplication):
         # The project too: a default-project key "alpha/k" is alpha's key "k" (`scoped`); a conflict, never a leak.
         if (job.project, job.name, job.framework, job.task, job.dataset, job.params, job.priority, job.tags,
                 job.timeout_s, job.study_id, job.trial_number, job.retry_of, job.from_checkpoint, job.code,
-                job.resources) != (
+                job.resources, job.validation) != (
             cmd.project, cmd.name, cmd.framework, cmd.task, cmd.dataset, cmd.params, cmd.priority, cmd.tags,
             cmd.timeout_s, cmd.study_id, cmd.trial_number, cmd.retry_of, cmd.from_checkpoint, cmd.code,
-            cmd.resources
+            cmd.resources, stored(cmd.validation)
         ):
             raise IdempotencyConflictError("this Idempotency-Key was used for a different job")
         return Submitted(job.id, job.status, job.created_on, created=False)

@@ -240,6 +240,7 @@ class FeatureRecipeJson(TypedDict, total=False):
 ArtifactValue = Annotated[Text, Field(max_length=4096)] | int | NameList | FeatureRecipeJson
 
 
+EVALUATION_ARTIFACT = "evaluation.json"  # the artifact a built-in trainer's job keeps its evaluation report as
 MAX_JOB_ARTIFACTS = 100  # files a code job may keep with `run.log_artifact` (runners/code_task.py)
 
 

@@ -104,8 +104,10 @@ LIGHTGBM = FrameworkSpec(
         "boosting": choice("gbdt", "dart"),  # rf needs bagging set up; goss moved to data_sample_strategy
         "drop_rate": number(0.0, 1.0), "skip_drop": number(0.0, 1.0),
         "num_threads": integer(1, 16, default=1),
+        "early_stopping_rounds": integer(1, 10_000),  # stop when the validation loss has not improved for so many
     },
-    aliases={"min_child_samples": "min_data_in_leaf", "min_child_weight": "min_sum_hessian_in_leaf",
+    aliases={"early_stopping_round": "early_stopping_rounds", "early_stopping": "early_stopping_rounds",
+             "n_iter_no_change": "early_stopping_rounds", "min_child_samples": "min_data_in_leaf", "min_child_weight": "min_sum_hessian_in_leaf",
              "colsample_bytree": "feature_fraction", "subsample": "bagging_fraction",
              "subsample_freq": "bagging_freq", "reg_alpha": "lambda_l1", "reg_lambda": "lambda_l2",
              "min_split_gain": "min_gain_to_split", "boosting_type": "boosting"},
@@ -133,6 +135,7 @@ PYTORCH = FrameworkSpec(
         "batch_size": integer(1, 65_536, default=64),
         "weight_decay": number(0.0, 10.0, default=0.0),
         "num_threads": integer(1, 16, default=1),
+        "patience": integer(1, 10_000),  # early stopping: epochs without a better validation loss; keeps the best
     },
 )
 

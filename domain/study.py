@@ -36,6 +36,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.contract import DEFAULT_PROJECT
 from domain.copies import copy_sharing_values
 from domain.identity import check_name
+from domain.validation import stored
 from domain.vocabulary import STUDY_ENDED, TRIAL_UNFINISHED, Direction, StudyStatus, TrialState
 
 TRIAL_OUTCOMES: tuple[TrialState, ...] = tuple(s for s in TrialState if s not in TRIAL_UNFINISHED)
@@ -95,9 +96,10 @@ class Trial:
 class Study(Aggregate):
     class Created(Aggregate.Created):
         """v2 added the study's `project` (a study created before projects belongs to the default project); v3 its
-        trials' `code` and `resources` (None for a built-in framework's study)."""
+        trials' `code` and `resources` (None for a built-in framework's study); v4 its trials' `validation` (None:
+        the default holdout)."""
 
-        class_version = 3
+        class_version = 4
         name: str
         framework: str
         task: str
@@ -115,6 +117,7 @@ class Study(Aggregate):
         project: str = DEFAULT_PROJECT
         code: dict[str, Any] | None = None
         resources: dict[str, Any] | None = None
+        validation: dict[str, Any] | None = None
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -125,16 +128,20 @@ class Study(Aggregate):
             state.setdefault("code", None)
             state.setdefault("resources", None)
 
+        @staticmethod
+        def upcast_v3_v4(state: dict[str, Any]) -> None:
+            state.setdefault("validation", None)
+
     @classmethod
-    def create(cls, id: UUID, *, project: str, **fields: Any) -> Study:
+    def create(cls, id: UUID, *, project: str, validation: dict[str, Any] | None = None, **fields: Any) -> Study:
         """A new study in `project`: the objective needs a metric and a direction, at least one trial and one in
-        parallel."""
+        parallel; its trials' `validation` is checked (ValidationError naming the field)."""
         objective, n_trials, max_parallel = fields["objective"], fields["n_trials"], fields["max_parallel"]
         if objective.get("direction") not in tuple(Direction) or not objective.get("metric"):
             raise ValueError(f"objective needs a metric and a direction ({', '.join(Direction)}): {objective!r}")
         if n_trials < 1 or max_parallel < 1:
             raise ValueError(f"n_trials ({n_trials}) and max_parallel ({max_parallel}) must be at least 1")
-        return cls(id=id, project=check_name(project, "project"), **fields)
+        return cls(id=id, project=check_name(project, "project"), validation=stored(validation), **fields)
 
     @event(Created)
     def __init__(
@@ -157,10 +164,12 @@ class Study(Aggregate):
         project: str = DEFAULT_PROJECT,
         code: dict[str, Any] | None = None,
         resources: dict[str, Any] | None = None,
+        validation: dict[str, Any] | None = None,
     ) -> None:
         # Only assigns: the rules ran in `create`, and a stored event must load under any later rule.
         self.project = project  # its trials' jobs belong to it too
         self.code, self.resources = code, resources  # a code study's: every trial runs this bundle and entrypoint
+        self.validation = validation  # how every trial splits its rows (domain/validation.py); None: holdout
         self.name = name
         self.framework = framework
         self.task = task

@@ -15,6 +15,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.contract import DEFAULT_PROJECT
 from domain.identity import check_name
 from domain.resources import gpus_of
+from domain.validation import stored
 from domain.vocabulary import JobStatus, WorkKind
 from domain.work import (DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, FINISHED, CancelNotRequestedError, JobError,
                          JobFinishedError, LeasedWork, LeaseHeldError, StaleLeaseError)
@@ -57,6 +58,7 @@ class TrainingJob(LeasedWork):
         from_checkpoint: bool = False
         code: dict[str, Any] | None = None
         resources: dict[str, Any] | None = None
+        validation: dict[str, Any] | None = None
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -83,10 +85,16 @@ class TrainingJob(LeasedWork):
             state.setdefault("code", None)
             state.setdefault("resources", None)
 
+        @staticmethod
+        def upcast_v6_v7(state: dict[str, Any]) -> None:
+            state.setdefault("validation", None)
+
     @classmethod
-    def create(cls, id: UUID, *, project: str, **fields: Any) -> TrainingJob:
-        """A new job in `project` (a valid project name; the fields as `__init__` takes them)."""
-        return cls(id=id, project=check_name(project, "project"), **fields)
+    def create(cls, id: UUID, *, project: str, validation: dict[str, Any] | None = None,
+               **fields: Any) -> TrainingJob:
+        """A new job in `project` (a valid project name; the fields as `__init__` takes them). `validation` is checked
+        (ValidationError naming the field) and kept in its full form; the default holdout is kept as None."""
+        return cls(id=id, project=check_name(project, "project"), validation=stored(validation), **fields)
 
     @event(Submitted)
     def __init__(
@@ -109,6 +117,7 @@ class TrainingJob(LeasedWork):
         from_checkpoint: bool = False,
         code: dict[str, Any] | None = None,
         resources: dict[str, Any] | None = None,
+        validation: dict[str, Any] | None = None,
     ) -> None:
         self.project = project  # every read and command sees it only from within this project
         self.name = name
@@ -127,6 +136,7 @@ class TrainingJob(LeasedWork):
         self.from_checkpoint = from_checkpoint  # a retry that starts from its original's latest checkpoint
         self.code = code  # a code job's bundle (code_id, sha256), entrypoint and args; None: a built-in trainer
         self.resources = resources  # a code job's cpus, memory_mb, gpus
+        self.validation = validation  # how its rows are split (domain/validation.py); None: the default holdout
         self._init_work()
 
     @property
@@ -145,6 +155,8 @@ class TrainingJob(LeasedWork):
             spec.update(project=self.project, code=self.code, resources=self.resources)
         elif self.resources is not None:  # a built-in trainer that asked for a GPU
             spec["resources"] = self.resources
+        if self.validation is not None:
+            spec["validation"] = self.validation
         return spec
 
     def retry_fields(self, params: dict[str, Any], priority: str | None, from_checkpoint: bool) -> dict[str, Any]:
@@ -157,4 +169,5 @@ class TrainingJob(LeasedWork):
         return {"name": self.name, "framework": self.framework, "task": self.task, "dataset": dict(self.dataset),
                 "params": {**self.params, **params}, "priority": priority or self.priority, "tags": list(self.tags),
                 "timeout_s": self.timeout_s, "max_attempts": self.max_attempts, "retry_of": self.id,
-                "from_checkpoint": from_checkpoint, "code": self.code, "resources": self.resources}
+                "from_checkpoint": from_checkpoint, "code": self.code, "resources": self.resources,
+                "validation": self.validation}

@@ -118,14 +118,14 @@ class AbMetric(StrEnum):
 # Every metric Trainyard names, with whether a higher value is better.
 HIGHER_IS_BETTER: dict[str, bool] = {
     "auc": True, "accuracy": True, "f1_macro": True, "r2": True,
-    "logloss": False, "rmse": False, "mae": False,
+    "logloss": False, "rmse": False, "mae": False, "mape": False, "smape": False,
 }
 
 # The final metrics a job of each task reports, which are also the objectives a study may optimise.
 TASK_METRICS: dict[Task, tuple[str, ...]] = {
     Task.BINARY_CLASSIFICATION: ("auc", "accuracy", "logloss"),
     Task.MULTICLASS_CLASSIFICATION: ("accuracy", "logloss", "f1_macro"),
-    Task.REGRESSION: ("rmse", "mae", "r2"),
+    Task.REGRESSION: ("rmse", "mae", "r2", "mape", "smape"),
 }
 
 # The online metrics that make sense for a deployment of each task (classification: needs a label; regression: a value).

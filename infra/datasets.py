@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from domain.features import BOOLEAN, CATEGORY, NUMBER, FeatureRecipe, InputColumn
+from domain.validation import RowSplit, Validation, split_rows
 from domain.vocabulary import Task
 from infra.dataset_files import (
     MAX_CELLS, MAX_FEATURE_COLUMNS, DatasetError, read_columns, read_table, resolve_file_uri,
@@ -31,7 +32,7 @@ from infra.dataset_files import (
 TASKS: tuple[Task, ...] = tuple(Task)  # the vocabulary's, as a sequence for checks and test strategies
 
 __all__ = ["BUILTIN_TASK", "MAX_CELLS", "MAX_FEATURE_COLUMNS", "MIN_ROWS", "TASKS", "DatasetError", "Split",
-           "dataset_digest", "encode_frame", "learn_recipe", "load_dataset", "validate_dataset"]
+           "check_time_column", "dataset_digest", "encode_frame", "learn_recipe", "load_dataset", "validate_dataset"]
 
 BUILTIN_TASK = {
     "breast_cancer": "binary_classification",
@@ -42,17 +43,19 @@ BUILTIN_FEATURES = {"breast_cancer": 30, "wine": 13, "diabetes": 10}
 MAX_ONE_HOT_LEVELS = 32
 MAX_CLASSES = 256
 MIN_ROWS = 10
-VALID_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
 class Split:
-    """A train/validation split ready for training.
+    """A train/validation(/test) split ready for training (domain/validation.py says how rows are split).
 
     Features are float32 (NaN where a value is missing). Labels are int64 class indices 0..K-1 for
     classification (`class_labels[i]` is the original label of class i) and float32 for regression,
     where `n_classes` and `class_labels` are None. `recipe` says how the file's raw columns became the
-    features (domain/features.py): the model keeps it so callers can send raw rows.
+    features (domain/features.py): the model keeps it so callers can send raw rows. `train_rows`, `valid_rows` and
+    `test_rows` are the row numbers of the training, validation and test rows in the dataset (an evaluation report names
+    rows by them). kfold: `X_train` holds every row, `X_valid` none, and `folds` the (train, valid) positions in
+    `X_train` of each fold.
     """
 
     X_train: np.ndarray
@@ -63,6 +66,17 @@ class Split:
     n_classes: int | None
     class_labels: list[str] | None
     recipe: FeatureRecipe | None = None
+    X_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    train_rows: np.ndarray | None = None
+    valid_rows: np.ndarray | None = None
+    test_rows: np.ndarray | None = None
+    folds: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    validation: Validation = Validation()
+
+    @property
+    def has_test(self) -> bool:
+        return self.y_test is not None and len(self.y_test) > 0
 
 
 def validate_dataset(uri: str, target: str | None, task: str, roots: Sequence[Path]) -> int:
@@ -97,8 +111,19 @@ def validate_dataset(uri: str, target: str | None, task: str, roots: Sequence[Pa
     return len(columns) - 1
 
 
-def load_dataset(uri: str, target: str | None, task: str, seed: int = 0, roots: Sequence[Path] = ()) -> Split:
-    """Load `uri` and split it 80/20 (stratified for classification), deterministically by `seed`.
+def check_time_column(uri: str, column: str, roots: Sequence[Path]) -> None:
+    """DatasetError("validation.time_column") unless `uri` is a file whose header has `column` (cheap: the header)."""
+    if not uri.startswith("file://"):
+        raise DatasetError("validation.time_column", "a builtin dataset has no time column: leave it out to split in "
+                                                     "row order")
+    if column not in read_columns(resolve_file_uri(uri, roots), _display_name(uri)):
+        raise DatasetError("validation.time_column", f"column {column[:64]!r} not found in the dataset")
+
+
+def load_dataset(uri: str, target: str | None, task: str, seed: int = 0, roots: Sequence[Path] = (),
+                 validation: Validation | None = None) -> Split:
+    """Load `uri` and split it as `validation` says (default: 80/20, stratified for classification), deterministically
+    by `seed`. A time_series `time_column` orders the rows and is no feature.
 
     File datasets (only inside `roots`) follow these rules: rows whose target is missing are dropped;
     numeric and boolean columns are features as they are (missing values stay NaN); text/categorical
@@ -108,18 +133,26 @@ def load_dataset(uri: str, target: str | None, task: str, seed: int = 0, roots: 
     budget (MAX_CELLS, MAX_FEATURE_COLUMNS) are refused.
     """
     validate_dataset(uri, target, task, roots)
+    validation = validation or Validation()
+    time_column = validation.time_column if validation.strategy == "time_series" else None
     if uri.startswith("builtin://"):
+        if time_column:
+            raise DatasetError("validation.time_column", "a builtin dataset has no time column: leave it out to "
+                                                         "split in row order")
         X, y, names, labels = _load_builtin(uri.removeprefix("builtin://"))
         names, labels = list(names), None if labels is None else list(labels)  # the cached lists stay as they are
         recipe = FeatureRecipe(tuple(InputColumn(n, NUMBER) for n in names), ("target",))
+        row_ids, order = np.arange(len(y)), None
     else:
-        X, y, recipe, labels = _load_file(resolve_file_uri(uri, roots), _display_name(uri), target, task)
+        X, y, recipe, labels, row_ids, order = _load_file(resolve_file_uri(uri, roots), _display_name(uri), target,
+                                                          task, time_column)
         names = recipe.feature_names
     if len(y) < MIN_ROWS:
         raise DatasetError("dataset.uri", f"needs at least {MIN_ROWS} rows with a target, found {len(y)}")
     if labels is not None:
         _check_classes(task, labels)
-    return _split(X, y, names, labels, seed, recipe)
+    rows = split_rows(validation, len(y), y if labels is not None else None, seed, order)
+    return _split(X, y, names, labels, rows, row_ids, recipe, validation)
 
 
 def dataset_digest(uri: str, roots: Sequence[Path] = ()) -> str:
@@ -179,13 +212,14 @@ def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[st
     return X, y, names, labels
 
 
-def _load_file(path: Path, name: str, target: str, task: str):
-    """(X, y, feature recipe, class labels or None) of the table at `path`."""
+def _load_file(path: Path, name: str, target: str, task: str, time_column: str | None = None):
+    """(X, y, feature recipe, class labels or None, row numbers, time order or None) of the table at `path`."""
     import pandas as pd
 
     frame = read_table(path, name)
     frame = frame[frame[target].notna()]
-    recipe = learn_recipe(frame, target)
+    order = _time_order(frame, time_column) if time_column else None
+    recipe = learn_recipe(frame, target, exclude=time_column)
     features = encode_frame(frame, recipe)
     if features.shape[1] == 0:
         raise DatasetError("dataset.uri", "no usable feature columns (numeric, or text with few distinct values)")
@@ -197,20 +231,46 @@ def _load_file(path: Path, name: str, target: str, task: str):
     if task == "regression":
         if not pd.api.types.is_numeric_dtype(y_raw):
             raise DatasetError("dataset.target", f"regression needs a numeric target; {target[:64]!r} is {y_raw.dtype}")
-        return X, y_raw.to_numpy(dtype=np.float32), recipe, None
+        return X, y_raw.to_numpy(dtype=np.float32), recipe, None, _row_ids(frame), order
     values = y_raw.to_numpy() if pd.api.types.is_numeric_dtype(y_raw) else y_raw.astype(str).to_numpy()
     classes, codes = np.unique(values, return_inverse=True)
-    return X, codes.astype(np.int64), recipe, [str(c) for c in classes]
+    return X, codes.astype(np.int64), recipe, [str(c) for c in classes], _row_ids(frame), order
 
 
-def learn_recipe(frame, target: str | None = None) -> FeatureRecipe:
-    """How `frame`'s columns become features (load_dataset's rules); `target` and unusable columns are `ignored`."""
+def _row_ids(frame) -> np.ndarray:
+    """The data row numbers (0 = the first row under the header) of `frame`'s rows."""
+    index = frame.index.to_numpy()
+    return index.astype(np.int64) if np.issubdtype(index.dtype, np.integer) else np.arange(len(frame))
+
+
+def _time_order(frame, column: str) -> np.ndarray:
+    """Positions of `frame`'s rows, oldest first by `column` (numbers, or dates and times as text); stable for ties."""
+    import pandas as pd
+
+    if column not in frame.columns:
+        raise DatasetError("validation.time_column", f"column {column[:64]!r} not found")
+    values = frame[column]
+    if not pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_datetime64_any_dtype(values):
+        try:
+            values = pd.to_datetime(values, utc=True, format="mixed")
+        except (ValueError, TypeError, OverflowError):
+            raise DatasetError("validation.time_column", f"column {column[:64]!r} holds neither numbers nor "
+                                                         "dates") from None
+    if values.isna().any():
+        raise DatasetError("validation.time_column", f"column {column[:64]!r} has {int(values.isna().sum())} "
+                                                     "missing values: every row needs a time")
+    return np.argsort(values.to_numpy(), kind="stable")
+
+
+def learn_recipe(frame, target: str | None = None, exclude: str | None = None) -> FeatureRecipe:
+    """How `frame`'s columns become features (load_dataset's rules); `target`, `exclude` (a time column) and unusable
+    columns are `ignored`."""
     import pandas as pd
 
     columns, ignored = [], []
     for name in frame.columns:
         col = frame[name]
-        if name == target:
+        if name in (target, exclude):
             ignored.append(str(name))
         elif pd.api.types.is_bool_dtype(col):
             columns.append(InputColumn(str(name), BOOLEAN))
@@ -255,18 +315,10 @@ def _check_classes(task: str, labels: list[str]) -> None:
                            "is this a regression target?")
 
 
-def _split(X, y, names, labels, seed, recipe: FeatureRecipe | None = None) -> Split:
-    from sklearn.model_selection import train_test_split
-
-    stratify = None
-    if labels is not None:
-        counts = np.bincount(y, minlength=len(labels))
-        n_valid = int(np.ceil(len(y) * VALID_FRACTION))
-        # Stratifying needs 2+ rows per class and room for every class on both sides; otherwise a
-        # plain shuffled split.
-        if counts.min() >= 2 and min(n_valid, len(y) - n_valid) >= len(labels):
-            stratify = y
-    X_train, X_valid, y_train, y_valid = train_test_split(
-        X, y, test_size=VALID_FRACTION, random_state=seed % 2**32, stratify=stratify
-    )
-    return Split(X_train, y_train, X_valid, y_valid, names, len(labels) if labels else None, labels, recipe)
+def _split(X, y, names, labels, rows: RowSplit, row_ids: np.ndarray, recipe: FeatureRecipe | None,
+           validation: Validation) -> Split:
+    test = rows.test if len(rows.test) else None
+    return Split(X[rows.train], y[rows.train], X[rows.valid], y[rows.valid], names, len(labels) if labels else None,
+                 labels, recipe, X_test=None if test is None else X[test], y_test=None if test is None else y[test],
+                 train_rows=row_ids[rows.train], valid_rows=row_ids[rows.valid], test_rows=None if test is None else row_ids[test],
+                 folds=rows.folds, validation=validation)

@@ -17,7 +17,7 @@ _LIVE = "(SELECT l.{col} FROM job_leases l WHERE l.job_id = jobs.id AND l.lease_
 _COLUMNS = (
     "id, name, framework, task, dataset, params, priority, tags, timeout_s, max_attempts, status, attempt, "
     "lost_leases, hand_backs, requeue_reason, runner_id, cancel_requested, final_metrics, artifact, artifacts, error, created_by, correlation_id, "
-    "study_id, trial_number, retry_of, from_checkpoint, code, resources, resumed_from_step, "
+    "study_id, trial_number, retry_of, from_checkpoint, code, resources, validation, resumed_from_step, "
     "ARRAY(SELECT r.id FROM jobs r WHERE r.retry_of = jobs.id AND r.project = jobs.project "
     "ORDER BY r.created_at, r.id) AS retries, "
     "created_at, updated_at, started_at, finished_at, version, "

@@ -70,7 +70,7 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS timeout_s int NOT NULL DEFAULT 3600,
     ADD COLUMN IF NOT EXISTS project text NOT NULL DEFAULT 'default', ADD COLUMN IF NOT EXISTS retry_of uuid,
     ADD COLUMN IF NOT EXISTS from_checkpoint boolean NOT NULL DEFAULT false, ADD COLUMN IF NOT EXISTS code jsonb,
     ADD COLUMN IF NOT EXISTS resources jsonb, ADD COLUMN IF NOT EXISTS resumed_from_step bigint,
-    ADD COLUMN IF NOT EXISTS artifacts jsonb NOT NULL DEFAULT '[]';
+    ADD COLUMN IF NOT EXISTS artifacts jsonb NOT NULL DEFAULT '[]', ADD COLUMN IF NOT EXISTS validation jsonb;
 CREATE INDEX IF NOT EXISTS jobs_retry_of ON jobs (retry_of, created_at) WHERE retry_of IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_project_created ON jobs (project, created_at DESC);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_id, trial_number) WHERE study_id IS NOT NULL;
@@ -116,7 +116,7 @@ class JobsProjection(TrackedProjection[JobsView]):
             "status": "queued", "created_by": meta.get("actor") or "anonymous",
             "correlation_id": meta.get("correlation_id"), "study_id": e.study_id,
             "trial_number": e.trial_number, "retry_of": e.retry_of, "from_checkpoint": e.from_checkpoint,
-            "code": e.code, "resources": e.resources,
+            "code": e.code, "resources": e.resources, "validation": e.validation,
             "created_at": e.timestamp, "updated_at": e.timestamp,
             "version": e.originator_version,
         }

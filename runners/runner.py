@@ -38,6 +38,7 @@ import os
 import random
 import secrets
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -48,8 +49,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from domain.contract import (REPORT_SUBJECT, RUNNER_HELLO, WORK_READY, ReportReply, RunnerCapabilities,
-                             RunnerReport, WorkItem, event_subject, printable)
+from domain.contract import (EVALUATION_ARTIFACT, REPORT_SUBJECT, RUNNER_HELLO, WORK_READY, ReportReply,
+                             RunnerCapabilities, RunnerReport, WorkItem, event_subject, printable)
 from domain.resources import gpus_of
 from infra.datasets import dataset_digest
 from infra.consumer import Consumer, Poison
@@ -322,7 +323,8 @@ class Runner:
                                dataset_roots=self.dataset_roots, resume_from=resume.path if resume else None,
                                checkpoint=self._saver(lease, attempt, spec["framework"], metrics),
                                checkpoint_every_steps=self.checkpoint_every[0],
-                               checkpoint_every_s=self.checkpoint_every[1], gpus=self._devices(spec, physical=False))
+                               checkpoint_every_s=self.checkpoint_every[1], gpus=self._devices(spec, physical=False),
+                               validation=spec.get("validation"))
         try:
             # The trainer is looked up in the worker thread too: its first use imports the framework (PyTorch: seconds
             # on a busy machine), which on this loop would hold up the heartbeats past the lease's TTL.
@@ -341,10 +343,24 @@ class Runner:
             artifact["class_labels"] = list(result.class_labels)
         if result.feature_recipe is not None:
             artifact["feature_recipe"] = result.feature_recipe
+        if result.best_step is not None:
+            artifact["best_step"] = result.best_step
         with contextlib.suppress(Exception):  # lineage: which data it learned from (best effort)
             artifact["dataset_sha256"] = await asyncio.to_thread(dataset_digest, train_spec.dataset_uri,
                                                                  self.dataset_roots)
-        return {"type": "completed", "final_metrics": result.final_metrics, "artifact": artifact}
+        outcome = {"type": "completed", "final_metrics": result.final_metrics, "artifact": artifact}
+        if result.evaluation is not None:
+            report = await asyncio.to_thread(self._keep_json, lease.job_id, attempt, result.evaluation)
+            outcome["artifacts"] = [{"name": EVALUATION_ARTIFACT, **report}]
+        return outcome
+
+    def _keep_json(self, job_id: str, attempt: int, document: dict[str, Any]) -> dict[str, Any]:
+        """Store `document` as a JSON file beside the attempt's model: its uri, sha256 and size."""
+        with tempfile.NamedTemporaryFile("wb", suffix=".json") as handle:
+            handle.write(json.dumps(document, separators=(",", ":"), allow_nan=False).encode())
+            handle.flush()
+            art = self.artifacts.put_file(job_id, attempt, Path(handle.name))
+        return {"uri": art.uri, "sha256": art.sha256, "size_bytes": art.size_bytes}
 
     async def _run_code(self, lease: Lease, attempt: int, spec: dict[str, Any], reporter: JobReporter,
                         resume: Checkpoint | None, metrics: Shipper | None) -> dict[str, Any]:

@@ -210,6 +210,52 @@ def without_added_response_properties(after: dict[str, Any], before: dict[str, A
     return after
 
 
+def without_added_optional_request_fields(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """`after` less the request-body properties `before`'s lack (at the same place) that are optional: a client
+    written against `before` never sends them, so they change nothing for it (a new required one still shows)."""
+    after = json.loads(json.dumps(after))
+
+    def prune(new: Any, old: Any) -> None:
+        if not (isinstance(new, dict) and isinstance(old, dict)):
+            return
+        if isinstance(new.get("properties"), dict) and isinstance(old.get("properties"), dict):
+            for name in set(new["properties"]) - set(old["properties"]) - set(new.get("required") or ()):
+                del new["properties"][name]
+        for key in set(new) & set(old):
+            prune(new[key], old[key])
+
+    for path, methods in after.get("paths", {}).items():
+        for method, operation in methods.items():
+            old = before.get("paths", {}).get(path, {}).get(method, {})
+            if isinstance(operation, dict) and isinstance(old, dict):
+                prune(operation.get("requestBody"), old.get("requestBody"))
+    return after
+
+
+def without_schedules(after: dict[str, Any]) -> dict[str, Any]:
+    """`after` (resolved AsyncAPI) without what schedules (issue 20, a deliberate addition) publish: the
+    `schedule.*` channels, their operations and messages, and `schedule` among the envelope's aggregates."""
+    after = json.loads(json.dumps(after))
+    for section in (after, after.get("components") or {}):
+        for key in ("channels", "operations", "messages"):
+            for name in [n for n in section.get(key) or {} if n.startswith("schedule.") or n.startswith("schedule_")
+                         or n.lower().startswith("schedule:")]:
+                del section[key][name]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            if isinstance(node.get("enum"), list) and "training_job" in node["enum"]:
+                node["enum"] = [v for v in node["enum"] if v != "schedule"]
+            for value in node.values():
+                walk(value)
+
+    walk(after)
+    return after
+
+
 STUDY_METRIC_PATTERN = f"^({'|'.join(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))})$"
 
 
@@ -324,11 +370,13 @@ def without_packed_columns(node: Any) -> Any:
 def compare(before: dict[str, Any], after: dict[str, Any]) -> None:
     before, after = resolve(before, before), resolve(after, after)
     after = without_code_jobs(after)
+    after = without_schedules(after)
     after = without_duration_strings(after, before)
     after = without_packed_columns(after)
     after, before, wrong = without_access_control(after, before)
     assert not wrong, f"401/403 answers that are not problem+json: {wrong}"
     after = without_added_response_properties(after, before)
+    after = without_added_optional_request_fields(after, before)
     after, wrong = without_new_operations(after, before)
     assert not wrong, f"new operations without problem+json answers: {wrong}"
     after, wrong = without_added_400s(after, before)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
@@ -14,6 +14,7 @@ from api.schemas.datasets import DatasetIn
 from domain.contract import LogLevel, LogStream
 from domain.frameworks import MAX_LIGHTGBM_LEAVES, MAX_PARAMS, MAX_TORCH_PARAMETERS, describe_params
 from domain.training_job import DEFAULT_TIMEOUT_S
+from domain.validation import MAX_GAP, MAX_K
 from domain.resources import waiting_for
 from domain.vocabulary import Framework, JobStatus, Priority, Task
 
@@ -54,6 +55,32 @@ class ResourcesIn(BaseModel):
                                         "and when no runner seen lately has them the submit is a 422")
 
 
+class ValidationIn(BaseModel):
+    """How the job's rows are split to validate (and test) its model (domain/validation.py). Fields another strategy
+    uses are refused."""
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["holdout", "kfold", "time_series"] = Field(
+        default="holdout", description="holdout: a shuffled split (stratified by class where possible), the default; "
+        "kfold: k folds validate in turn, each fold's figures and their mean ± sd are reported and the final model "
+        "trains on every row; time_series: oldest rows train, then `gap` rows are skipped, then the validation rows, "
+        "then `gap` rows, then the test rows (no validation or test row is older than a training row)")
+    valid_fraction: float | None = Field(default=None, gt=0, le=0.5, allow_inf_nan=False,
+                                         description="holdout, time_series: share of rows that validate (0.2)")
+    test_fraction: float | None = Field(default=None, ge=0, le=0.5, allow_inf_nan=False,
+                                        description="holdout, time_series: share of rows held out as a test split "
+                                                    "only the final model sees (0: none); with valid_fraction at "
+                                                    "most 0.6")
+    k: StrictInt | None = Field(default=None, ge=2, le=MAX_K, description=f"kfold: folds, 2 to {MAX_K} (5)")
+    time_column: SafeText | None = Field(default=None, min_length=1, max_length=200,
+                                         description="time_series: the column that orders rows (numbers or dates; "
+                                                     "not a feature); none: the file's row order")
+    gap: StrictInt | None = Field(default=None, ge=0, le=MAX_GAP, description="time_series: rows left out between "
+                                                                              "train and validation, and validation "
+                                                                              "and test (0)")
+    seed: StrictInt | None = Field(default=None, ge=0, le=2**32 - 1, description="holdout, kfold: the shuffle's "
+                                                                                 "seed (the job's own by default)")
+
+
 class JobIn(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=True)  # commands get the plain strings
     name: SafeText = Field(min_length=1, max_length=200, description=f"1 to 200 characters, {NO_CONTROL}")
@@ -75,6 +102,8 @@ class JobIn(BaseModel):
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=f"at most {MAX_TAGS} tags")
     timeout_s: StrictInt = Field(default=DEFAULT_TIMEOUT_S, ge=1, le=MAX_TIMEOUT_S,
                                  description="wall-clock limit of the job in seconds, 1 to 604800 (7 days)")
+    validation: ValidationIn | None = Field(default=None, description="built-in frameworks: how rows are split to "
+                                            "validate and test the model (default: a stratified 80/20 holdout)")
 
 
 class RetryIn(BaseModel):
@@ -150,7 +179,13 @@ class JobPublic(BaseModel):
                                                                    "started from (null: it started from the beginning)")
     retried_by: UUID | None = Field(default=None, description="the latest retry of this job (null: never retried)")
     retries: list[UUID] = Field(default_factory=list, description="every retry of this job, oldest first")
-    final_metrics: dict[str, float]
+    validation: dict[str, Any] | None = Field(default=None, description="how its rows are split, every field filled "
+                                              "in (null: the default 80/20 holdout)")
+    best_step: int | None = Field(default=None, description="the step whose model was kept (early stopping keeps the "
+                                  "best one, not the last); null until it completes")
+    final_metrics: dict[str, float] = Field(description="on the validation split (kfold: the folds' mean), with "
+                                            "`test_<metric>` on a test split and `<metric>_sd` over folds; the full "
+                                            "report is GET /api/v1/training/jobs/{job_id}/evaluation")
     artifact: dict[str, Any] | None
     artifacts: list[JobArtifact] = Field(default_factory=list, description="files a code job kept with "
                                          "run.log_artifact (besides its model); download one at "
@@ -165,7 +200,35 @@ class JobPublic(BaseModel):
     @model_validator(mode="after")
     def _waiting(self) -> JobPublic:
         self.waiting_for = waiting_for(self.status, self.resources)
+        if self.best_step is None and self.artifact and isinstance(self.artifact.get("best_step"), int):
+            self.best_step = self.artifact["best_step"]
         return self
+
+
+class Evaluation(BaseModel):
+    """A completed job's evaluation report (runners/evaluation.py). `splits` has "validation" (k-fold: the
+    out-of-fold predictions of every row) and "test" where the job held one out; each: `rows`, `metrics`, and for
+    classification `log_loss`, `confusion_matrix` {labels, matrix (rows: true class, columns: predicted)},
+    `per_class` [{label, precision, recall, f1, support}], `roc` and `pr` (per class one-vs-rest; binary: the
+    positive class) with `auc` / `average_precision` and at most 101 points, `calibration` {mean_predicted,
+    fraction_positive, count, expected_calibration_error}, `worst_rows` (highest log loss); for regression
+    `metrics` with mape and smape, `mape_rows`, `residual_quantiles` and `worst_rows` (largest error). Rows are
+    named by their number in the dataset (0: the first data row)."""
+    job_id: UUID
+    name: str
+    status: JobStatus
+    task: Task
+    validation: dict[str, Any] | None = Field(description="how the rows were split (null: the default holdout)")
+    best_step: int | None = Field(default=None, description="the step whose model was kept")
+    final_metrics: dict[str, float]
+    splits: dict[str, dict[str, Any]]
+    folds: dict[str, Any] | None = Field(default=None, description="k-fold: `per_fold` metrics, their `mean` and "
+                                                                   "`sd`")
+    feature_importance: list[dict[str, Any]] | None = Field(default=None, description="[{feature, importance}], "
+                                                            "most important first")
+    feature_importance_kind: str | None = Field(default=None, description="gain (LightGBM's total gain) or "
+                                                "permutation (the drop in accuracy, or R², when a feature is "
+                                                "shuffled)")
 
 
 class JobList(BaseModel):

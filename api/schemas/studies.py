@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from api.limits import SafeText
 from api.schemas.common import FREE_JSON, MAX_TAGS, MAX_TIMEOUT_S, NO_CONTROL, Tag
 from api.schemas.datasets import DatasetIn
-from api.schemas.jobs import CODE_RESOURCES, CodeIn, ResourcesIn
+from api.schemas.jobs import CODE_RESOURCES, CodeIn, ResourcesIn, ValidationIn
 from domain.frameworks import MAX_PARAMS
 from domain.search_space import (MAX_PARALLEL, MAX_SPACE_PARAMS, MAX_TRIALS, PRUNER_OPTIONS, PRUNERS,
                                  SAMPLERS)
@@ -66,6 +66,9 @@ class StudyIn(BaseModel):
                                 "values, and its script's run.report(value, step) is the objective pruners see")
     resources: ResourcesIn | None = Field(default=None, description="framework python only: each trial's, default "
                                                                     f"{CODE_RESOURCES}")
+    validation: ValidationIn | None = Field(default=None, description="built-in frameworks: how every trial splits "
+                                            "its rows (kfold: the objective is the folds' mean); default a "
+                                            "stratified 80/20 holdout")
 
 
 class StudyAccepted(BaseModel):

@@ -6,6 +6,13 @@ A runner builds a `TrainSpec` from a job, picks `trainer_for(spec.framework)` an
 `TrainingCancelled` promptly once `reporter.should_stop()` is true, `ParamsError` /
 `infra.datasets.DatasetError` for bad input, and lets anything else propagate as a failure.
 
+Validation (domain/validation.py): `spec.validation` says how the dataset's rows are split. Holdout and time-series
+train on the training rows with per-step metrics on the validation rows; a test split is only predicted by the final
+model. K-fold trains the k fold models in lockstep, reporting each step's mean over the folds, then the final model on
+every row for as many steps as the folds' best (no checkpoints: a lost k-fold attempt starts over). Early stopping
+(LightGBM `early_stopping_rounds`, PyTorch `patience`) watches the validation loss and keeps the best step's model.
+Every trainer returns `evaluation` (runners/evaluation.py) and `best_step`.
+
 Checkpoints: with `spec.checkpoint` set, the trainer hands it `(step, bytes)` at the end of a step whenever
 `CheckpointClock` says one is due (every `checkpoint_every_steps` steps or `checkpoint_every_s` seconds, whichever
 comes first; never at the last step, whose result is the model). With `spec.resume_from` (a file one of its own
@@ -71,6 +78,7 @@ class TrainSpec:
     checkpoint_every_steps: int = 25
     checkpoint_every_s: float = 60.0
     gpus: tuple[int, ...] = ()  # CUDA device indices the runner gave this job (none: train on CPU)
+    validation: dict | None = None  # how rows are split (domain/validation.py); None: the default holdout
 
 
 class CheckpointClock:
@@ -93,12 +101,16 @@ class CheckpointClock:
 
 @dataclass(frozen=True)
 class TrainResult:
-    final_metrics: dict[str, float]  # on the validation split, see validation_metrics
+    # On the validation split (k-fold: the folds' mean), see validation_metrics; with the report's summary figures
+    # (test_<name> on a test split, <name>_sd over folds).
+    final_metrics: dict[str, float]
     model_bytes: bytes
     model_format: str  # FrameworkSpec.model_format: "lightgbm-text" | "torch-state-dict" (keys of MODEL_SUFFIX)
     feature_names: tuple[str, ...] = ()  # the model's input columns, in order
     class_labels: tuple[str, ...] | None = None  # classification: the original label of class index i
     feature_recipe: dict | None = None  # FeatureRecipe.to_json(): the raw columns and how they became the features
+    evaluation: dict | None = None  # runners/evaluation.py's report on the validation (and test) split
+    best_step: int | None = None  # the step whose model this is (early stopping keeps the best, not the last)
 
 
 class Trainer(Protocol):
@@ -125,14 +137,21 @@ def validation_metrics(task: str, y_true: np.ndarray, predicted: np.ndarray) -> 
 
     `predicted` is P(class 1) for binary, an (n, K) probability matrix for multiclass and values for
     regression. Binary: auc, accuracy, logloss; multiclass: accuracy, logloss, f1_macro; regression:
-    rmse, mae, r2. A metric undefined on this split (auc with one class present) is left out.
+    rmse, mae, r2, mape (over the rows whose target is not 0) and smape (a row whose target and prediction are both 0
+    counts 0). A metric undefined on this split (auc with one class present, mape with every target 0) is left out.
     """
     from sklearn import metrics as m
 
     if task == "regression":
-        mse = float(m.mean_squared_error(y_true, predicted))
-        return {"rmse": mse**0.5, "mae": float(m.mean_absolute_error(y_true, predicted)),
-                "r2": float(m.r2_score(y_true, predicted))}
+        y, p = np.asarray(y_true, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+        mse = float(m.mean_squared_error(y, p))
+        out = {"rmse": mse**0.5, "mae": float(m.mean_absolute_error(y, p)), "r2": float(m.r2_score(y, p))}
+        nonzero = y != 0
+        if nonzero.any():
+            out["mape"] = float(np.mean(np.abs((p[nonzero] - y[nonzero]) / y[nonzero])))
+        scale = np.abs(y) + np.abs(p)
+        out["smape"] = float(np.mean(np.divide(2 * np.abs(p - y), scale, out=np.zeros_like(y), where=scale > 0)))
+        return out
     if task == "binary_classification":
         out = {"accuracy": float(m.accuracy_score(y_true, predicted >= 0.5)),
                "logloss": float(m.log_loss(y_true, predicted, labels=[0, 1]))}

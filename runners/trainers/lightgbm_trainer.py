@@ -24,7 +24,9 @@ import lightgbm as lgb
 import numpy as np
 
 from domain.frameworks import LIGHTGBM
+from domain.validation import Validation
 from infra.datasets import Split, load_dataset
+from runners.trainers.evaluation import evaluation_report, gain_importance, summary
 from runners.trainers import (
     CheckpointClock, CheckpointMismatch, Reporter, TrainingCancelled, TrainResult, TrainSpec, check_budget,
     resolve_params, validation_metrics,
@@ -43,37 +45,84 @@ class LightGBMTrainer:
 
     def fit(self, spec: TrainSpec, report: Reporter) -> TrainResult:
         params = resolve_params("lightgbm", spec.task, spec.params)
-        split = load_dataset(spec.dataset_uri, spec.target, spec.task, seed=spec.seed, roots=spec.dataset_roots)
+        split = load_dataset(spec.dataset_uri, spec.target, spec.task, seed=spec.seed, roots=spec.dataset_roots,
+                             validation=Validation.parse(spec.validation))
         check_budget("lightgbm", params, len(split.feature_names), split.n_classes or 1)
-        rounds = params.pop("n_estimators")
+        rounds, patience = params.pop("n_estimators"), params.pop("early_stopping_rounds", None)
         if report.should_stop():
             raise TrainingCancelled()
         names = _safe_names(split)
-        train = lgb.Dataset(split.X_train, split.y_train, feature_name=names, free_raw_data=False)
-        valid = lgb.Dataset(split.X_valid, split.y_valid, reference=train, free_raw_data=False)
-        start = _resume(spec, names) if spec.resume_from is not None else None
-        done = start.current_iteration() if start is not None else 0
-        if start is not None and done >= rounds:  # resumed at or past its last round: nothing left to boost
-            booster = start
+        full = {**params, **_task_params(spec.task, split), **_fixed_params(spec.seed)}
+        if split.folds:
+            booster, folds, oof = _cross_validate(spec, full, split, names, rounds, patience, report)
+            evaluated = {"validation": (split.y_train, oof, split.train_rows)}
         else:
-            booster = lgb.train(
-                {**params, **_task_params(spec.task, split), **_fixed_params(spec.seed)},
-                train,
-                num_boost_round=rounds - done,
-                init_model=start,
-                valid_sets=[train, valid],
-                valid_names=["train", "valid"],
-                callbacks=[_report_each_round(spec.task, rounds, report, CheckpointClock(spec, done))],
-            )
-        predicted = np.asarray(booster.predict(split.X_valid, num_threads=params["num_threads"]))
+            booster, folds = _holdout(spec, full, split, names, rounds, patience, report), None
+            evaluated = {"validation": (split.y_valid, _predict(booster, split.X_valid, params), split.valid_rows)}
+        if split.has_test:
+            evaluated["test"] = (split.y_test, _predict(booster, split.X_test, params), split.test_rows)
+        best = booster.best_iteration or booster.current_iteration()
+        report_json = evaluation_report(spec.task, evaluated, split.class_labels, importance=gain_importance(
+            split.feature_names, booster.feature_importance("gain", iteration=best)), importance_kind="gain",
+            folds=folds, best_step=best)
+        metrics = (report_json["folds"]["mean"] if folds else report_json["splits"]["validation"]["metrics"])
         return TrainResult(
-            final_metrics=validation_metrics(spec.task, split.y_valid, predicted),
-            model_bytes=booster.model_to_string().encode(),
+            final_metrics={**{k: v for k, v in metrics.items() if v is not None}, **summary(report_json)},
+            model_bytes=booster.model_to_string(num_iteration=best).encode(),
             model_format=LIGHTGBM.model_format,
             feature_names=tuple(split.feature_names),
             class_labels=tuple(split.class_labels) if split.class_labels is not None else None,
             feature_recipe=split.recipe.to_json() if split.recipe else None,
+            evaluation=report_json, best_step=best,
         )
+
+
+def _holdout(spec: TrainSpec, params: dict[str, Any], split: Split, names: list[str], rounds: int,
+             patience: int | None, report: Reporter) -> lgb.Booster:
+    """Boost on the training rows, each round evaluated on the validation rows (resuming from a checkpoint)."""
+    train = lgb.Dataset(split.X_train, split.y_train, feature_name=names, free_raw_data=False)
+    valid = lgb.Dataset(split.X_valid, split.y_valid, reference=train, free_raw_data=False)
+    start = _resume(spec, names) if spec.resume_from is not None else None
+    done = start.current_iteration() if start is not None else 0
+    if start is not None and done >= rounds:  # resumed at or past its last round: nothing left to boost
+        return start
+    callbacks = [_report_each_round(spec.task, rounds, report, CheckpointClock(spec, done))]
+    if patience:
+        callbacks.append(lgb.early_stopping(patience, first_metric_only=True, verbose=False))
+    return lgb.train(params, train, num_boost_round=rounds - done, init_model=start, valid_sets=[train, valid],
+                     valid_names=["train", "valid"], callbacks=callbacks)
+
+
+def _cross_validate(spec: TrainSpec, params: dict[str, Any], split: Split, names: list[str], rounds: int,
+                    patience: int | None, report: Reporter) -> tuple[lgb.Booster, list[dict[str, float]], np.ndarray]:
+    """The k fold boosters in lockstep (LightGBM's cv: each round reports the folds' mean), then the final booster on
+    every row for the folds' best number of rounds. (final booster, each fold's metrics, out-of-fold predictions)."""
+    data = lgb.Dataset(split.X_train, split.y_train, feature_name=names, free_raw_data=False)
+    callbacks = [_report_each_round(spec.task, rounds, report, None)]
+    if patience:
+        callbacks.append(lgb.early_stopping(patience, first_metric_only=True, verbose=False))
+    result = lgb.cv(params, data, num_boost_round=rounds, folds=list(split.folds), callbacks=callbacks,
+                    eval_train_metric=True, return_cvbooster=True, stratified=False, shuffle=False)
+    cv = result["cvbooster"]
+    best = cv.best_iteration if patience and cv.best_iteration > 0 else rounds
+    oof_shape = (len(split.y_train), split.n_classes) if spec.task == "multiclass_classification" else len(
+        split.y_train)
+    oof, folds = np.zeros(oof_shape), []
+    for booster, (_, valid_rows) in zip(cv.boosters, split.folds):
+        predicted = np.asarray(booster.predict(split.X_train[valid_rows], num_iteration=best))
+        oof[valid_rows] = predicted
+        folds.append(validation_metrics(spec.task, split.y_train[valid_rows], predicted))
+
+    def cancel(env: lgb.callback.CallbackEnv) -> None:
+        if report.should_stop():
+            raise TrainingCancelled()
+
+    final = lgb.train(params, data, num_boost_round=best, callbacks=[cancel])
+    return final, folds, oof
+
+
+def _predict(booster: lgb.Booster, X: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    return np.asarray(booster.predict(X, num_threads=params["num_threads"]))
 
 
 def _task_params(task: str, split: Split) -> dict[str, Any]:
@@ -111,19 +160,26 @@ def _resume(spec: TrainSpec, names: list[str]) -> lgb.Booster:
     return booster
 
 
-def _report_each_round(task: str, rounds: int, report: Reporter, clock: CheckpointClock):
+def _report_each_round(task: str, rounds: int, report: Reporter, clock: CheckpointClock | None):
+    """A callback reporting each round's losses and task metric (lgb.cv's entries are the folds' means, named
+    "train <metric>" / "valid <metric>")."""
     loss, metric, step_name = _METRICS[task]
 
     def callback(env: lgb.callback.CallbackEnv) -> None:
         if report.should_stop():
             raise TrainingCancelled()
-        values = {(data, name): value for data, name, value, *_ in env.evaluation_result_list}
+        values = {}
+        for data, name, value, *_ in env.evaluation_result_list:
+            if data == "cv_agg":
+                data, name = name.split(" ", 1)
+            values[(data, name)] = value
         task_value = values[("valid", metric)]
         report.step(env.iteration + 1, rounds, {
             "train_loss": float(values[("train", loss)]),
             "valid_loss": float(values[("valid", loss)]),
             step_name: float(1.0 - task_value if metric == "multi_error" else task_value),
         })
-        clock.after(env.iteration + 1, rounds, lambda: env.model.model_to_string().encode())
+        if clock is not None:
+            clock.after(env.iteration + 1, rounds, lambda: env.model.model_to_string().encode())
 
     return callback
