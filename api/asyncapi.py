@@ -311,6 +311,68 @@ class ApiKeyRevoked(_Payload):
     reason: str | None
 
 
+# ---- schedules ---------------------------------------------------------------------------------------------
+class ScheduleCreated(_Payload):
+    """A schedule: its cron read in `timezone`, its run `kind` and the `template` each run submits (a job's or a
+    study's fields), its overlap and catch-up policies; `cursor`: the time its first scheduled time comes after."""
+    name: str
+    project: str
+    cron: str
+    timezone: str
+    kind: Literal["job", "study"]
+    template: dict[str, Any]
+    overlap: Literal["skip", "queue", "cancel_previous"]
+    catch_up: Literal["none", "latest", "all"]
+    enabled: bool
+    cursor: datetime
+
+
+class ScheduleFired(_Payload):
+    """A scheduled time ran: `run_id` is the job or study submitted (its id derives from the schedule and the time),
+    `cancelled` the previous run it stopped (overlap cancel_previous); `trigger` cron, catch_up or manual."""
+    scheduled_for: datetime
+    trigger: Literal["cron", "catch_up", "manual"]
+    run_id: str
+    run_kind: Literal["job", "study"]
+    reason: str
+    cancelled: str | None
+
+
+class ScheduleSkipped(_Payload):
+    """A scheduled time did not run, and why (the previous run still running under overlap skip; a template that
+    no longer makes a valid run)."""
+    scheduled_for: datetime
+    trigger: Literal["cron", "catch_up", "manual"]
+    reason: str
+
+
+class ScheduleMissed(_Payload):
+    """`count` scheduled times from `first` to `last` passed while no scheduler ran, and the catch-up policy did
+    not run them."""
+    first: datetime
+    last: datetime
+    count: int
+    reason: str
+
+
+class ScheduleChanged(_Payload):
+    """The fields that changed (name, cron, timezone, template, overlap, catch_up; `cursor` with a new cron)."""
+    changes: dict[str, Any]
+
+
+class SchedulePaused(_Payload):
+    reason: str
+
+
+class ScheduleResumed(_Payload):
+    """Active again; its next time is the first after `cursor`."""
+    cursor: datetime
+
+
+class ScheduleDeleted(_Payload):
+    reason: str
+
+
 class Envelope(BaseModel, Generic[P]):
     model_config = ConfigDict(extra="forbid")
     event_id: str
@@ -349,9 +411,13 @@ DEPLOYMENT_EVENTS: dict[str, type[BaseModel]] = {
     "created": DeploymentCreated, "revised": DeploymentRevised, "deactivated": DeploymentDeactivated,
     "policy_set": DeploymentPolicySet}
 API_KEY_EVENTS: dict[str, type[BaseModel]] = {"created": ApiKeyCreated, "revoked": ApiKeyRevoked}
+SCHEDULE_EVENTS: dict[str, type[BaseModel]] = {
+    "created": ScheduleCreated, "fired": ScheduleFired, "skipped": ScheduleSkipped, "missed": ScheduleMissed,
+    "changed": ScheduleChanged, "paused": SchedulePaused, "resumed": ScheduleResumed, "deleted": ScheduleDeleted}
 EVENTS: dict[str, dict[str, type[BaseModel]]] = {
     "training_job": TRAINING_JOB_EVENTS, "study": STUDY_EVENTS, "model": MODEL_EVENTS,
-    "model_export": MODEL_EXPORT_EVENTS, "deployment": DEPLOYMENT_EVENTS, "api_key": API_KEY_EVENTS}
+    "model_export": MODEL_EXPORT_EVENTS, "deployment": DEPLOYMENT_EVENTS, "api_key": API_KEY_EVENTS,
+    "schedule": SCHEDULE_EVENTS}
 
 
 def specification() -> AsyncAPI:

@@ -207,3 +207,28 @@ def test_any_command_sequence_replayed_from_its_stored_events_equals_the_live_sc
     assert rebuilt is not None and rebuilt.__dict__ == s.__dict__
     assert [e.originator_version for e in events] == list(range(1, len(events) + 1))
     assert isinstance(s.id, UUID)
+
+
+def test_every_schedule_event_validates_against_its_documented_schema() -> None:
+    from api.asyncapi import SCHEDULE_EVENTS, Envelope
+    from domain.contract import envelope, snake
+
+    start = datetime(2024, 6, 1, 12, 0, 30, tzinfo=timezone.utc)
+    s = new_schedule("* * * * *", "UTC", start, catch_up="none")
+    s.fire(datetime(2024, 6, 1, 12, 1, tzinfo=timezone.utc), Trigger.CRON, uuid4(), "due", cancelled=uuid4())
+    s.skip(datetime(2024, 6, 1, 12, 2, tzinfo=timezone.utc), Trigger.CRON, "the previous run is still running")
+    s.miss(s.plan(start + timedelta(hours=1), 60).missed, "missed while no scheduler ran")
+    s.change(start + timedelta(hours=1), cron="0 * * * *", template={**TEMPLATE, "params": {}})
+    s.pause("maintenance")
+    s.resume(start + timedelta(hours=2))
+    s.delete("not needed")
+    seen = set()
+    for e in s.collect_events():
+        subject, body = envelope(e)
+        assert subject.startswith("trainyard.v1.schedule.") and body["aggregate"] == "schedule"
+        name = subject.rsplit(".", 1)[1]
+        Envelope[SCHEDULE_EVENTS[name]].model_validate(body)
+        seen.add(name)
+    declared = {snake(n) for n, v in vars(Schedule).items()
+                if isinstance(v, type) and v.__qualname__ == f"Schedule.{n}" and n != "Event"}
+    assert seen == set(SCHEDULE_EVENTS) == declared  # a new event must be documented
