@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -111,6 +113,9 @@ def test_schedules_fire_every_minute_survive_a_serve_sigkill_and_catch_up_per_po
         r = stack.http.post(SCHEDULES, json={"name": "bad", "cron": "* * * * *", "job": {**JOB, "params": {"nope": 1}}})
         assert r.status_code == 422 and r.json()["field"].startswith("params"), r.text
         assert stack.http.post(f"{SCHEDULES}/{sid}/resume").json()["status"] == "active"
+        cli = subprocess.run([sys.executable, "-m", "entrypoints.cli", "schedule", "runs", sid, "--json"],
+                             env=stack.cli_env(), capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0 and '"missed"' in cli.stdout, cli.stderr
         assert stack.http.delete(f"{SCHEDULES}/{sid}").status_code == 204
         assert stack.http.get(f"{SCHEDULES}/{sid}").status_code == 404
         assert [s["id"] for s in stack.http.get(SCHEDULES).json()["items"]].count(sid) == 0
