@@ -256,30 +256,6 @@ def without_schedules(after: dict[str, Any]) -> dict[str, Any]:
     return after
 
 
-def without_schedules(after: dict[str, Any]) -> dict[str, Any]:
-    """`after` (resolved AsyncAPI) without what schedules (issue 20, a deliberate addition) publish: the
-    `schedule.*` channels, their operations and messages, and `schedule` among the envelope's aggregates."""
-    after = json.loads(json.dumps(after))
-    for section in (after, after.get("components") or {}):
-        for key in ("channels", "operations", "messages"):
-            for name in [n for n in section.get(key) or {} if n.startswith("schedule.") or n.startswith("schedule_")
-                         or n.lower().startswith("schedule:")]:
-                del section[key][name]
-
-    def walk(node: Any) -> None:
-        if isinstance(node, list):
-            for item in node:
-                walk(item)
-        elif isinstance(node, dict):
-            if isinstance(node.get("enum"), list) and "training_job" in node["enum"]:
-                node["enum"] = [v for v in node["enum"] if v != "schedule"]
-            for value in node.values():
-                walk(value)
-
-    walk(after)
-    return after
-
-
 STUDY_METRIC_PATTERN = f"^({'|'.join(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))})$"
 
 
@@ -394,7 +370,6 @@ def without_packed_columns(node: Any) -> Any:
 def compare(before: dict[str, Any], after: dict[str, Any]) -> None:
     before, after = resolve(before, before), resolve(after, after)
     after = without_code_jobs(after)
-    after = without_schedules(after)
     after = without_schedules(after)
     after = without_duration_strings(after, before)
     after = without_packed_columns(after)
