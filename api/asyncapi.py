@@ -51,6 +51,9 @@ class Submitted(_Payload):
                                                                   "code jobs)")
     resources: dict[str, Any] | None = Field(default=None, description="what it needs of a runner: `cpus`, "
                                              "`memory_mb`, `gpus` (a code job's, or a PyTorch job's that asked)")
+    validation: dict[str, Any] | None = Field(default=None, description="how its rows are split: `strategy` "
+                                              "(holdout, kfold, time_series) and every field it uses; null: the "
+                                              "default 80/20 holdout (and events stored before validation)")
 
 
 class Started(_Payload):
@@ -107,9 +110,10 @@ class Completed(_Payload):
     final_metrics: dict[str, float]
     artifact: dict[str, Any]
     total_steps: int | None = None
-    artifacts: list[KeptArtifact] | None = Field(default=None, description="the files a code job kept besides its "
-                                                 "model (run.log_artifact); null when none, and in events stored "
-                                                 "before artifacts")
+    artifacts: list[KeptArtifact] | None = Field(default=None, description="the files the job kept besides its "
+                                                 "model: a code job's (run.log_artifact), a built-in trainer's "
+                                                 "evaluation report (`evaluation.json`); null when none, and in "
+                                                 "events stored before artifacts")
 
 
 class Failed(_Payload):
@@ -150,6 +154,8 @@ class StudyCreated(_Payload):
                                         "entrypoint and args every trial runs; null for a built-in framework")
     resources: dict[str, Any] | None = Field(default=None, description="framework python: each trial's cpus, "
                                              "memory_mb, gpus")
+    validation: dict[str, Any] | None = Field(default=None, description="how every trial splits its rows (as a "
+                                              "job's `validation`); null: the default holdout")
 
 
 class TrialAsked(_Payload):

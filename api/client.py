@@ -387,6 +387,10 @@ class TrainyardClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("DELETE", _job_path(job_id))
 
+    def evaluation(self, job_id: str) -> dict[str, Any]:
+        """The completed job's evaluation report (GET /api/v1/training/jobs/{id}/evaluation)."""
+        return self._call("GET", f"{_job_path(job_id)}/evaluation")
+
     def metrics(self, job_id: str) -> dict[str, Any]:
         """{"names": [...], "latest": {name: {"step", "value"}}}"""
         return self._call("GET", f"{_job_path(job_id)}/metrics")

@@ -210,6 +210,14 @@ def _stored_artifact(s: Services, job: dict, name: str) -> tuple[FilePath, dict]
     return path, found
 
 
+def stored_evaluation(s: Services, job: dict) -> dict | None:
+    """The evaluation report `job` (a read-model row) kept; None if it kept none (Problem(404) if it is gone)."""
+    if not any(a.get("name") == EVALUATION_ARTIFACT for a in job.get("artifacts") or ()):
+        return None
+    path, _ = _stored_artifact(s, job, EVALUATION_ARTIFACT)
+    return json.loads(path.read_bytes())
+
+
 @router.get("/{job_id}/evaluation", dependencies=[allow("job.read")], response_model=Evaluation,
             responses=problems(404, 422))
 def get_evaluation(job_id: UUID, request: Request, s: ServicesDep) -> Evaluation:
@@ -217,11 +225,10 @@ def get_evaluation(job_id: UUID, request: Request, s: ServicesDep) -> Evaluation
     confusion matrix, per-class figures, ROC/PR/calibration curves or residuals, the worst rows; k-fold's folds;
     feature importance. 404 while it has none (not completed, or a code job)."""
     job = visible_job(s, job_id, request)
-    if not any(a.get("name") == EVALUATION_ARTIFACT for a in job.get("artifacts") or ()):
+    report = stored_evaluation(s, job)
+    if report is None:
         raise Problem(404, "Not found", f"job {job_id} has no evaluation report ({job['status']}; only a completed "
                                         "job of a built-in framework has one)", "job_id")
-    path, _ = _stored_artifact(s, job, EVALUATION_ARTIFACT)
-    report = json.loads(path.read_bytes())
     return Evaluation.model_validate({**report, "job_id": job_id, "name": job["name"], "status": job["status"],
                                       "validation": job.get("validation"), "final_metrics": job["final_metrics"]})
 

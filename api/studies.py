@@ -14,7 +14,7 @@ from api.code_jobs import check_code_job, is_code, refuse_code_fields
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.importances import ImportanceCache
-from api.jobs import check_job_dataset, check_validation
+from api.jobs import check_job_dataset, check_validation, stored_evaluation
 from api.limits import SafeText, check_params
 from api.problems import Problem
 from api.schemas.common import IdPrefix, Tag, problems
@@ -176,6 +176,25 @@ def compare(request: Request, s: ServicesDep,
             raise Problem(404, "Not found", f"no training job {job_id}", "job_ids")
         attempt, points = s.metrics.series_of(str(job_id), [metric], max_points=max_points).get(metric, (None, []))
         runs.append({"job_id": job_id, "name": row["name"], "status": row["status"], "attempt": attempt,
-                     "final_metrics": row["final_metrics"],
+                     "final_metrics": row["final_metrics"], "evaluation": _figures(stored_evaluation(s, row)),
                      "points": [{"step": st, "value": v, "ts": ts} for st, v, ts in points]})
     return Comparison(metric=metric, runs=runs)  # type: ignore[arg-type]
+
+
+def _figures(report: dict | None) -> dict | None:
+    """What a side-by-side view shows of an evaluation report: each split's metrics (and per-class F1 and ROC AUC),
+    the folds' mean and sd, the best step and the top features."""
+    if report is None:
+        return None
+    splits = {}
+    for name, section in report.get("splits", {}).items():
+        figures = {"rows": section.get("rows"), "metrics": section.get("metrics")}
+        if "per_class" in section:
+            auc = {c["label"]: c.get("auc") for c in section.get("roc", [])}
+            figures["per_class"] = [{"label": c["label"], "f1": c["f1"], "support": c["support"],
+                                     "roc_auc": auc.get(c["label"])} for c in section["per_class"][:20]]
+        splits[name] = figures
+    folds = report.get("folds")
+    return {"splits": splits, "folds": {"mean": folds["mean"], "sd": folds["sd"]} if folds else None,
+            "best_step": report.get("best_step"),
+            "top_features": [f["feature"] for f in (report.get("feature_importance") or [])[:5]]}

@@ -210,28 +210,6 @@ def without_added_response_properties(after: dict[str, Any], before: dict[str, A
     return after
 
 
-def without_added_optional_request_fields(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
-    """`after` less the request-body properties `before`'s lack (at the same place) that are optional: a client
-    written against `before` never sends them, so they change nothing for it (a new required one still shows)."""
-    after = json.loads(json.dumps(after))
-
-    def prune(new: Any, old: Any) -> None:
-        if not (isinstance(new, dict) and isinstance(old, dict)):
-            return
-        if isinstance(new.get("properties"), dict) and isinstance(old.get("properties"), dict):
-            for name in set(new["properties"]) - set(old["properties"]) - set(new.get("required") or ()):
-                del new["properties"][name]
-        for key in set(new) & set(old):
-            prune(new[key], old[key])
-
-    for path, methods in after.get("paths", {}).items():
-        for method, operation in methods.items():
-            old = before.get("paths", {}).get(path, {}).get(method, {})
-            if isinstance(operation, dict) and isinstance(old, dict):
-                prune(operation.get("requestBody"), old.get("requestBody"))
-    return after
-
-
 def without_schedules(after: dict[str, Any]) -> dict[str, Any]:
     """`after` (resolved AsyncAPI) without what schedules (issue 20, a deliberate addition) publish: the
     `schedule.*` channels, their operations and messages, and `schedule` among the envelope's aggregates."""
@@ -282,7 +260,7 @@ def without_code_jobs(after: dict[str, Any]) -> dict[str, Any]:
     for media in submit.get("requestBody", {}).get("content", {}).values():
         body = media.get("schema", {})
         props = body.get("properties", {})
-        for name in ("code", "resources"):
+        for name in ("code", "resources", "validation"):  # validation: an optional split of a job's rows
             props.pop(name, None)
         dataset = props.get("dataset", {})
         branches = [b for b in dataset.pop("anyOf", []) if b.get("type") != "null"]
@@ -293,7 +271,7 @@ def without_code_jobs(after: dict[str, Any]) -> dict[str, Any]:
     study = after.get("paths", {}).get("/api/v1/studies", {}).get("post", {})
     for media in study.get("requestBody", {}).get("content", {}).values():  # a study of code: its code, resources
         props = media.get("schema", {}).get("properties", {})  # and any metric the script finishes with
-        for name in ("code", "resources"):
+        for name in ("code", "resources", "validation"):
             props.pop(name, None)
         metric = props.get("objective", {}).get("properties", {}).get("metric", {})
         if metric and "pattern" not in metric:
@@ -376,7 +354,6 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> None:
     after, before, wrong = without_access_control(after, before)
     assert not wrong, f"401/403 answers that are not problem+json: {wrong}"
     after = without_added_response_properties(after, before)
-    after = without_added_optional_request_fields(after, before)
     after, wrong = without_new_operations(after, before)
     assert not wrong, f"new operations without problem+json answers: {wrong}"
     after, wrong = without_added_400s(after, before)

@@ -240,3 +240,43 @@ def test_the_openapi_document_describes_problem_responses(stack: Stack) -> None:
     assert "application/problem+json" in submit["422"]["content"]
     assert "field" in spec["components"]["schemas"]["ProblemPublic"]["properties"]
     assert stack.http.get("/docs").status_code == 200 and stack.http.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_kfold_job_with_early_stopping_keeps_its_best_round_and_reports_its_evaluation(
+        stack: Stack, cli_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support.cli import trainyard
+
+    job_id = stack.submit(framework="lightgbm", task="multiclass_classification", dataset={"uri": "builtin://wine"},
+                          params={"n_estimators": 300, "learning_rate": 0.5, "early_stopping_rounds": 5},
+                          validation={"strategy": "kfold", "k": 3})
+    job = stack.wait(job_id, lambda j: j["status"] in FINISHED)
+    assert job["status"] == "completed", job
+    assert job["validation"] == {"strategy": "kfold", "k": 3}
+    assert 5 < job["best_step"] < 300 and job["best_step"] == job["artifact"]["best_step"]
+    assert {"accuracy", "accuracy_sd", "logloss", "logloss_sd"} <= set(job["final_metrics"])
+    report = stack.http.get(f"{JOBS}/{job_id}/evaluation").json()
+    assert len(report["folds"]["per_fold"]) == 3 and report["splits"]["validation"]["rows"] == 178
+    assert report["folds"]["mean"]["accuracy"] == pytest.approx(job["final_metrics"]["accuracy"])
+    assert report["splits"]["validation"]["confusion_matrix"]["labels"] == ["class_0", "class_1", "class_2"]
+    compared = stack.http.get("/api/v1/experiments/compare", params={"job_ids": job_id}).json()["runs"][0]
+    assert compared["evaluation"]["best_step"] == job["best_step"] and compared["evaluation"]["folds"]["sd"]
+
+    monkeypatch.setenv("TRAINYARD_DATA_DIR", str(stack.data_dir))
+    code, output = trainyard("eval", job_id, "--api", stack.endpoints()["api"])
+    assert code == 0, output
+    assert "confusion matrix" in output and "mean ± sd" in output and "class_2" in output
+
+
+def test_a_validation_that_cannot_split_the_dataset_is_a_422_naming_the_field(stack: Stack) -> None:
+    base = {"name": "v", "framework": "lightgbm", "task": "regression", "dataset": {"uri": "builtin://diabetes"}}
+    for validation, field in [({"strategy": "kfold", "k": 1}, "validation.k"),
+                              ({"strategy": "kfold", "test_fraction": 0.2}, "validation.test_fraction"),
+                              ({"strategy": "time_series", "time_column": "day"}, "validation.time_column"),
+                              ({"strategy": "holdout", "valid_fraction": 0.5, "test_fraction": 0.3},
+                               "validation.test_fraction")]:
+        r = stack.http.post(JOBS, json={**base, "validation": validation})
+        assert r.status_code == 422 and r.json()["field"] == field, (validation, r.text)
+    held = stack.submit(**base, params={"n_estimators": 20}, validation={"strategy": "time_series",
+                                                                         "test_fraction": 0.2, "gap": 3})
+    job = stack.wait(held, lambda j: j["status"] in FINISHED)
+    assert job["status"] == "completed" and {"rmse", "test_rmse", "test_mape"} <= set(job["final_metrics"]), job

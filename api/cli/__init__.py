@@ -6,7 +6,7 @@ the model registry (`models`, `model register|show|alias`, `export`), deployment
 `output` how things are shown, `watching` the one polling loop of every live view. entrypoints/cli.py adds the
 process commands (`up`, `serve`, ...)."""
 # Each module registers its commands on import; this order is the order `trainyard --help` lists them in.
-from api.cli import jobs, status, studies, code, models, deployments, ab, keys, schedules, identity  # noqa: F401,I001
+from api.cli import jobs, evaluation, status, studies, code, models, deployments, ab, keys, schedules, identity  # noqa: F401,I001
 from api.cli.app import cli
 
 __all__ = ["cli"]

@@ -39,6 +39,9 @@ def submit(
                                                      "only runners with them take it")] = None,
     target: Annotated[Optional[str], typer.Option(help="target column (file:// datasets)")] = None,
     param: Annotated[list[str], typer.Option("--param", "-p", help="name=value (value parsed as JSON; repeat)")] = [],
+    validation: Annotated[Optional[str], typer.Option(help="STRATEGY[,name=value...]: holdout | kfold | "
+                                                           "time_series, e.g. kfold,k=5 or "
+                                                           "time_series,time_column=day,test_fraction=0.2")] = None,
     priority: Annotated[str, typer.Option(help=choices(Priority))] = Priority.MEDIUM.value,
     tag: Annotated[list[str], typer.Option("--tag")] = [],
     idempotency_key: Annotated[Optional[str], typer.Option()] = None,
@@ -49,6 +52,9 @@ def submit(
     params = parse_params(param)
     body: dict[str, Any] = {"name": name or f"{framework}-{task}", "framework": framework, "task": task,
                             "params": params, "priority": priority, "tags": tag}
+    if validation:
+        strategy, *fields = validation.split(",")
+        body["validation"] = {"strategy": strategy.strip(), **parse_params(fields)}
     if dataset:
         body["dataset"] = {"uri": dataset, **({"target": target} if target else {})}
     if code:  # a code job: the API says what is missing or wrong (field code.code_id, code.entrypoint, ...)

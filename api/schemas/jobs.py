@@ -206,7 +206,7 @@ class JobPublic(BaseModel):
 
 
 class Evaluation(BaseModel):
-    """A completed job's evaluation report (runners/evaluation.py). `splits` has "validation" (k-fold: the
+    """A completed job's evaluation report (runners/trainers/evaluation.py). `splits` has "validation" (k-fold: the
     out-of-fold predictions of every row) and "test" where the job held one out; each: `rows`, `metrics`, and for
     classification `log_loss`, `confusion_matrix` {labels, matrix (rows: true class, columns: predicted)},
     `per_class` [{label, precision, recall, f1, support}], `roc` and `pr` (per class one-vs-rest; binary: the
@@ -275,6 +275,10 @@ class ComparedRun(BaseModel):
     status: JobStatus
     attempt: int | None
     final_metrics: dict[str, float]
+    evaluation: dict[str, Any] | None = Field(default=None, description="its evaluation report's figures (null: "
+                                              "none yet): per split `rows`, `metrics` and, for classification, "
+                                              "`per_class` [{label, f1, support, roc_auc}]; k-fold `folds` {mean, "
+                                              "sd}; `best_step`; `top_features` (the 5 most important)")
     points: list[MetricPointPublic]
 
 

@@ -11,7 +11,7 @@ train on the training rows with per-step metrics on the validation rows; a test 
 model. K-fold trains the k fold models in lockstep, reporting each step's mean over the folds, then the final model on
 every row for as many steps as the folds' best (no checkpoints: a lost k-fold attempt starts over). Early stopping
 (LightGBM `early_stopping_rounds`, PyTorch `patience`) watches the validation loss and keeps the best step's model.
-Every trainer returns `evaluation` (runners/evaluation.py) and `best_step`.
+Every trainer returns `evaluation` (runners/trainers/evaluation.py) and `best_step`.
 
 Checkpoints: with `spec.checkpoint` set, the trainer hands it `(step, bytes)` at the end of a step whenever
 `CheckpointClock` says one is due (every `checkpoint_every_steps` steps or `checkpoint_every_s` seconds, whichever
@@ -109,7 +109,7 @@ class TrainResult:
     feature_names: tuple[str, ...] = ()  # the model's input columns, in order
     class_labels: tuple[str, ...] | None = None  # classification: the original label of class index i
     feature_recipe: dict | None = None  # FeatureRecipe.to_json(): the raw columns and how they became the features
-    evaluation: dict | None = None  # runners/evaluation.py's report on the validation (and test) split
+    evaluation: dict | None = None  # runners/trainers/evaluation.py: the report on the validation (and test) split
     best_step: int | None = None  # the step whose model this is (early stopping keeps the best, not the last)
 
 
