@@ -70,7 +70,8 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS timeout_s int NOT NULL DEFAULT 3600,
     ADD COLUMN IF NOT EXISTS project text NOT NULL DEFAULT 'default', ADD COLUMN IF NOT EXISTS retry_of uuid,
     ADD COLUMN IF NOT EXISTS from_checkpoint boolean NOT NULL DEFAULT false, ADD COLUMN IF NOT EXISTS code jsonb,
     ADD COLUMN IF NOT EXISTS resources jsonb, ADD COLUMN IF NOT EXISTS resumed_from_step bigint,
-    ADD COLUMN IF NOT EXISTS artifacts jsonb NOT NULL DEFAULT '[]', ADD COLUMN IF NOT EXISTS validation jsonb;
+    ADD COLUMN IF NOT EXISTS artifacts jsonb NOT NULL DEFAULT '[]', ADD COLUMN IF NOT EXISTS validation jsonb,
+    ADD COLUMN IF NOT EXISTS first_started_at timestamptz;
 CREATE INDEX IF NOT EXISTS jobs_retry_of ON jobs (retry_of, created_at) WHERE retry_of IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_project_created ON jobs (project, created_at DESC);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_id, trial_number) WHERE study_id IS NOT NULL;
@@ -127,7 +128,9 @@ class JobsProjection(TrackedProjection[JobsView]):
         self._update(e, tracking, status="running", attempt=e.attempt, runner_id=e.runner_id,
                      lease_id=e.lease_id, current_step=e.resumed_from_step or 0, total_steps=None,
                      resumed_from_step=e.resumed_from_step,
-                     started_at=e.timestamp, progress_at=e.timestamp)
+                     started_at=e.timestamp, progress_at=e.timestamp,
+                     # started_at is the latest attempt's; the queue wait (projections/stats.py) needs the first
+                     **({"first_started_at": e.timestamp} if e.attempt == 1 else {}))
 
     @apply.register
     def _(self, e: TrainingJob.ProgressReported, tracking: Tracking) -> None:
