@@ -422,6 +422,12 @@ class TrainyardClient:
         (no connection, 5xx) until `timeout`; raises TimeoutError when the job is still going then."""
         return _until_finished(lambda: self.job(job_id), f"job {job_id}", timeout, interval)
 
+    def stats(self, window: int | str | None = None) -> dict[str, Any]:
+        """The queue and its capacity (GET /api/v1/stats): {"jobs": {queued, running, by_status, by_priority},
+        "runners", "utilisation", "timings": [{framework, task, duration and queue wait mean/p95}]}. `window`: how
+        far back the timings look (seconds, or "1h", "7d"; default 7 days)."""
+        return self._call("GET", "/api/v1/stats", params={} if window is None else {"window": window})
+
     # ---- live streams --------------------------------------------------------------------------------
     def stream_job(self, job_id: str, from_: str | None = None, **follow: Any) -> Iterator[Stream]:
         """The job's live stream (GET …/stream) as (event, id, data): "status" (the job, as `job` shows it, on a
