@@ -27,9 +27,10 @@ from domain.access import authorize
 from domain.contract import EVALUATION_ARTIFACT
 from domain.frameworks import ParamsError, check_budget, resolve_params
 from domain.validation import ValidationError, stored
-from domain.vocabulary import Framework, JobStatus
+from domain.vocabulary import Framework, JobStatus, Task
 from infra.dataset_uploads import check_upload_owner
 from infra.datasets import DatasetError, check_time_column, validate_dataset
+from infra.forecasting import check_forecast_columns
 
 router = APIRouter(prefix="/api/v1/training/jobs", tags=["training jobs"])
 ANY_OF, ALL_OF = "repeatable: any of", "repeatable (20 at most): all of"
@@ -59,6 +60,26 @@ def check_validation(validation: ValidationIn | None, framework: str, dataset: D
     return kept
 
 
+def check_forecast(framework: str, task: str, dataset: DatasetIn | None, validation: ValidationIn | None,
+                   s: Services) -> None:
+    """A forecasting job trains LightGBM on a dataset with a `forecast` block whose columns are there; no other job
+    has one. Problem(422) naming the field."""
+    forecasting = task == Task.FORECASTING
+    if dataset is not None and dataset.forecast is not None and not forecasting:
+        raise Problem(422, "Invalid request", "dataset.forecast: only for task forecasting", "dataset.forecast")
+    if not forecasting:
+        return
+    if framework != Framework.LIGHTGBM:
+        raise Problem(422, "Invalid request", "framework: task forecasting is trained by lightgbm", "framework")
+    if validation is not None:
+        raise Problem(422, "Invalid request", "validation: a forecasting job validates on each series' last "
+                                              "2 x horizon steps (dataset.forecast.horizon)", "validation")
+    try:
+        check_forecast_columns(dataset.model_dump(exclude_none=True) if dataset else {}, s.settings.dataset_root_paths)
+    except DatasetError as e:
+        raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from e
+
+
 def check_job(body: JobIn, s: Services, access: Access) -> tuple[dict | None, dict | None]:
     """What pydantic cannot say about a job: the params' shape and values, the dataset, the compute budget; for a
     code job its bundle and entrypoint too (api/code_jobs.py). Raises Problem(422) naming the field at fault (403
@@ -76,6 +97,7 @@ def check_job(body: JobIn, s: Services, access: Access) -> tuple[dict | None, di
     if body.dataset is not None:
         check_job_dataset(body.framework, body.task, body.dataset.uri, body.dataset.target, body.params, s,
                           project=access.project)
+    check_forecast(body.framework, body.task, body.dataset, body.validation, s)
     check_runners_fit(resources, s)
     return code, resources
 

@@ -14,7 +14,7 @@ from api.code_jobs import check_code_job, is_code, refuse_code_fields
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.importances import ImportanceCache
-from api.jobs import check_job_dataset, check_validation, stored_evaluation
+from api.jobs import check_forecast, check_job_dataset, check_validation, stored_evaluation
 from api.limits import SafeText, check_params
 from api.problems import Problem
 from api.schemas.common import IdPrefix, Tag, problems
@@ -76,6 +76,7 @@ def create_study(body: StudyIn, request: Request, s: ServicesDep, ctx: CommandCo
     access = access_of(request)
     project = access.project
     objective, code, resources = check_study_in(body, s, access)
+    check_forecast(body.framework, body.task, body.dataset, body.validation, s)
     admit_study(s, project)
     cmd = CreateStudy(project=project, name=body.name, framework=body.framework, task=body.task,
                       dataset=body.dataset.model_dump(exclude_none=True), objective=objective,

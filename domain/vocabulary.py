@@ -20,10 +20,16 @@ class Task(StrEnum):
     BINARY_CLASSIFICATION = "binary_classification"
     MULTICLASS_CLASSIFICATION = "multiclass_classification"
     REGRESSION = "regression"
+    FORECASTING = "forecasting"  # a regression on a series' own past (lags, windows, calendar), forecast recursively
 
     @property
     def is_classification(self) -> bool:
-        return self is not Task.REGRESSION
+        return self.model_task is not Task.REGRESSION
+
+    @property
+    def model_task(self) -> Task:
+        """What the trained model itself does: a forecaster is a regression model of its features (ONNX, serving)."""
+        return Task.REGRESSION if self is Task.FORECASTING else self
 
 
 class Priority(StrEnum):
@@ -118,7 +124,7 @@ class AbMetric(StrEnum):
 # Every metric Trainyard names, with whether a higher value is better.
 HIGHER_IS_BETTER: dict[str, bool] = {
     "auc": True, "accuracy": True, "f1_macro": True, "r2": True,
-    "logloss": False, "rmse": False, "mae": False, "mape": False, "smape": False,
+    "logloss": False, "rmse": False, "mae": False, "mape": False, "smape": False, "skill_vs_seasonal_naive": True,
 }
 
 # The final metrics a job of each task reports, which are also the objectives a study may optimise.
@@ -126,6 +132,7 @@ TASK_METRICS: dict[Task, tuple[str, ...]] = {
     Task.BINARY_CLASSIFICATION: ("auc", "accuracy", "logloss"),
     Task.MULTICLASS_CLASSIFICATION: ("accuracy", "logloss", "f1_macro"),
     Task.REGRESSION: ("rmse", "mae", "r2", "mape", "smape"),
+    Task.FORECASTING: ("rmse", "mae", "r2", "mape", "smape", "skill_vs_seasonal_naive"),
 }
 
 # The online metrics that make sense for a deployment of each task (classification: needs a label; regression: a value).
@@ -133,6 +140,7 @@ TASK_AB_METRICS: dict[Task, tuple[AbMetric, ...]] = {
     Task.BINARY_CLASSIFICATION: (AbMetric.ACCURACY, AbMetric.LOGLOSS),
     Task.MULTICLASS_CLASSIFICATION: (AbMetric.ACCURACY, AbMetric.LOGLOSS),
     Task.REGRESSION: (AbMetric.RMSE, AbMetric.MAE),
+    Task.FORECASTING: (AbMetric.RMSE, AbMetric.MAE),
 }
 
 

@@ -3,7 +3,8 @@
 URIs:
   * `builtin://breast_cancer` (binary), `builtin://wine` (multiclass, 3 classes),
     `builtin://diabetes` (regression): scikit-learn's bundled copies, no download. Their target is
-    fixed; `target` may be omitted or given as "target".
+    fixed; `target` may be omitted or given as "target". `builtin://demand` (forecasting, target "demand"):
+    generated (infra/builtin_series.py) and loaded by infra/forecasting.py.
   * `file:///absolute/path.csv` or `.parquet`: a table with a header; `target` names the label column.
     Only files inside the dataset roots are read (`roots`, from Settings.dataset_root_paths; see
     infra/dataset_files.py); with no roots, file datasets are refused.
@@ -25,6 +26,7 @@ import numpy as np
 from domain.features import BOOLEAN, CATEGORY, NUMBER, FeatureRecipe, InputColumn
 from domain.validation import RowSplit, Validation, split_rows
 from domain.vocabulary import Task
+from infra.builtin_series import BUILTIN_FORECAST, demand_frame
 from infra.dataset_files import (
     MAX_CELLS, MAX_FEATURE_COLUMNS, DatasetError, read_columns, read_table, resolve_file_uri,
 )
@@ -38,8 +40,9 @@ BUILTIN_TASK = {
     "breast_cancer": "binary_classification",
     "wine": "multiclass_classification",
     "diabetes": "regression",
+    "demand": "forecasting",  # infra/builtin_series.py; loaded by infra/forecasting.py
 }
-BUILTIN_FEATURES = {"breast_cancer": 30, "wine": 13, "diabetes": 10}
+BUILTIN_FEATURES = {"breast_cancer": 30, "wine": 13, "diabetes": 10, "demand": 16}
 MAX_ONE_HOT_LEVELS = 32
 MAX_CLASSES = 256
 MIN_ROWS = 10
@@ -133,6 +136,8 @@ def load_dataset(uri: str, target: str | None, task: str, seed: int = 0, roots: 
     budget (MAX_CELLS, MAX_FEATURE_COLUMNS) are refused.
     """
     validate_dataset(uri, target, task, roots)
+    if task == Task.FORECASTING:
+        raise DatasetError("task", "a forecasting dataset is featurised by infra/forecasting.py (forecast_split)")
     validation = validation or Validation()
     time_column = validation.time_column if validation.strategy == "time_series" else None
     if uri.startswith("builtin://"):
@@ -181,14 +186,17 @@ def _check_builtin(name: str, target: str | None, task: str) -> None:
         raise DatasetError("dataset.uri", f"unknown builtin dataset {name!r}; known: {', '.join(BUILTIN_TASK)}")
     if BUILTIN_TASK[name] != task:
         raise DatasetError("task", f"builtin://{name} is a {BUILTIN_TASK[name]} dataset, not {task}")
-    if target not in (None, "", "target"):
-        raise DatasetError("dataset.target", f"builtin://{name} has a fixed target; omit it or use 'target'")
+    fixed = BUILTIN_FORECAST.get(name, {}).get("target", "target")
+    if target not in (None, "", fixed):
+        raise DatasetError("dataset.target", f"builtin://{name} has a fixed target; omit it or use {fixed!r}")
 
 
 @functools.cache
 def _builtin_digest(name: str) -> str:
     import hashlib
 
+    if name in BUILTIN_FORECAST:
+        return hashlib.sha256(demand_frame().to_csv(index=False).encode()).hexdigest()
     X, y, _, _ = _load_builtin(name)
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(X).tobytes())

@@ -16,9 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from domain.contract import printable
-from infra.datasets import load_dataset
+from domain.vocabulary import Task
+from infra.datasets import Split, load_dataset
+from infra.forecasting import forecast_split
 from runners.artifacts import ArtifactStore
 from runners.trainers import Reporter, TrainingCancelled
+
+
+def _validation_split(spec: dict[str, Any], dataset_roots: Sequence[Path]) -> Split | None:
+    """The split the model was trained with (a forecaster's: its featurised windows), None without a dataset."""
+    dataset = spec.get("dataset") or {}
+    if not dataset.get("uri"):
+        return None
+    if spec["task"] == Task.FORECASTING:
+        return forecast_split(dataset, dataset_roots).split
+    return load_dataset(dataset["uri"], dataset.get("target"), spec["task"], seed=0, roots=dataset_roots)
 
 
 def run_export(export_id: str, attempt: int, spec: dict[str, Any], artifacts: ArtifactStore,
@@ -32,8 +44,7 @@ def run_export(export_id: str, attempt: int, spec: dict[str, Any], artifacts: Ar
             return {"type": "failed", "error": f"the model artifact {source['uri']} no longer matches its sha256"}
         if reporter.should_stop():
             raise TrainingCancelled()
-        split = load_dataset(spec["dataset"]["uri"], spec["dataset"].get("target"), spec["task"], seed=0,
-                             roots=dataset_roots) if (spec.get("dataset") or {}).get("uri") else None
+        split = _validation_split(spec, dataset_roots)
         if reporter.should_stop():
             raise TrainingCancelled()
         if source.get("format") == "onnx":  # the user's own model (a code job): validate, do not convert

@@ -347,7 +347,9 @@ def export_onnx(framework: str, task: str, model_bytes: bytes, split: Split, tol
                 opset: int = DEFAULT_OPSET,
                 converter: Callable[[str, str, bytes, int, int], OnnxModel] = convert) -> ExportResult:
     """Convert with `converter` and check parity on the validation split. Raises ExportError if the model
-    cannot be converted, ParityError (report attached) if the ONNX model does not predict like the native one."""
+    cannot be converted, ParityError (report attached) if the ONNX model does not predict like the native one. A
+    forecaster is converted as the regression model of its features it is (`Task.model_task`)."""
+    task = Task(task).model_task
     onnx_model = converter(framework, task, model_bytes, split.X_valid.shape[1], opset)
     report = check_parity(framework, task, model_bytes, onnx_model, split.X_valid, split.y_valid, tolerance)
     if not report["passed"]:

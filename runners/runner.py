@@ -324,7 +324,7 @@ class Runner:
                                checkpoint=self._saver(lease, attempt, spec["framework"], metrics),
                                checkpoint_every_steps=self.checkpoint_every[0],
                                checkpoint_every_s=self.checkpoint_every[1], gpus=self._devices(spec, physical=False),
-                               validation=spec.get("validation"))
+                               validation=spec.get("validation"), dataset=spec["dataset"])
         try:
             # The trainer is looked up in the worker thread too: its first use imports the framework (PyTorch: seconds
             # on a busy machine), which on this loop would hold up the heartbeats past the lease's TTL.
@@ -486,7 +486,7 @@ async def _stop(*tasks: asyncio.Task, timeout_s: float = 5.0) -> None:
 
 
 def _fit(spec: TrainSpec, reporter: JobReporter) -> Any:
-    return trainer_for(spec.framework).fit(spec, reporter)
+    return trainer_for(spec.framework, spec.task).fit(spec, reporter)
 
 
 def _timed_out(timeout_s: float) -> dict[str, Any]:

@@ -280,3 +280,23 @@ def test_a_validation_that_cannot_split_the_dataset_is_a_422_naming_the_field(st
                                                                          "test_fraction": 0.2, "gap": 3})
     job = stack.wait(held, lambda j: j["status"] in FINISHED)
     assert job["status"] == "completed" and {"rmse", "test_rmse", "test_mape"} <= set(job["final_metrics"]), job
+
+
+def test_a_forecasting_job_beats_seasonal_naive_and_a_wrong_forecast_block_is_a_422(stack: Stack) -> None:
+    demand = {"uri": "builtin://demand", "forecast": {"horizon": 14, "lags": [1, 7, 14], "rolling": [7]}}
+    job_id = stack.submit(framework="lightgbm", task="forecasting", dataset=demand, params={"n_estimators": 150})
+    job = stack.wait(job_id, lambda j: j["status"] in FINISHED)
+    assert job["status"] == "completed", job
+    assert job["final_metrics"]["skill_vs_seasonal_naive"] > 0 and job["final_metrics"]["test_skill_vs_seasonal_naive"] > 0
+    assert job["dataset"]["forecast"]["horizon"] == 14  # the recipe is the model's lineage
+    report = stack.http.get(f"{JOBS}/{job_id}/evaluation").json()
+    assert report["baseline"]["kind"] == "seasonal_naive" and report["splits"]["test"]["rows"] == 4 * 14
+    for body, field in [({"framework": "pytorch", "task": "forecasting", "dataset": demand}, "framework"),
+                        ({"framework": "lightgbm", "task": "regression",
+                          "dataset": {"uri": "builtin://diabetes", "forecast": {"horizon": 3}}}, "dataset.forecast"),
+                        ({"framework": "lightgbm", "task": "forecasting", "dataset": demand,
+                          "validation": {"strategy": "kfold"}}, "validation"),
+                        ({"framework": "lightgbm", "task": "forecasting",
+                          "dataset": {**demand, "forecast": {"horizon": 0}}}, "dataset.forecast.horizon")]:
+        r = stack.http.post(JOBS, json={"name": "f", **body})
+        assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)

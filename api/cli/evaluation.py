@@ -39,6 +39,13 @@ def evaluate(job_id: JobIdArg, as_json: Annotated[bool, typer.Option("--json", h
             _regression(section)
         worst = ", ".join(str(r["row"]) for r in section.get("worst_rows", []))
         console.print(f"worst rows: {worst or '-'}", highlight=False)
+    if baseline := report.get("baseline"):
+        console.print(f"\n[bold]against seasonal naive[/bold] (season {baseline['season']}, horizon "
+                      f"{baseline['horizon']}, {baseline['series']} series; skill = 1 - MAE / its MAE)",
+                      highlight=False)
+        for name, figures in baseline["metrics"].items():
+            console.print(f"{name}: its mae {_number(figures['mae'])}, skill {_number(baseline['skill'].get(name))}",
+                          highlight=False)
     if folds := report.get("folds"):
         table = Table(title="folds", title_justify="left", box=None)
         names = sorted(folds["mean"])

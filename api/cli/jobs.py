@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Optional
@@ -39,6 +40,9 @@ def submit(
                                                      "only runners with them take it")] = None,
     target: Annotated[Optional[str], typer.Option(help="target column (file:// datasets)")] = None,
     param: Annotated[list[str], typer.Option("--param", "-p", help="name=value (value parsed as JSON; repeat)")] = [],
+    forecast: Annotated[Optional[str], typer.Option(help="task forecasting: name=value[,name=value...] of "
+                                                         "time_column, series_column, horizon, lags ([1,7]), "
+                                                         "rolling, season")] = None,
     validation: Annotated[Optional[str], typer.Option(help="STRATEGY[,name=value...]: holdout | kfold | "
                                                            "time_series, e.g. kfold,k=5 or "
                                                            "time_series,time_column=day,test_fraction=0.2")] = None,
@@ -57,6 +61,8 @@ def submit(
         body["validation"] = {"strategy": strategy.strip(), **parse_params(fields)}
     if dataset:
         body["dataset"] = {"uri": dataset, **({"target": target} if target else {})}
+        if forecast:  # lists hold commas: split only before a name=
+            body["dataset"]["forecast"] = parse_params(re.split(r",(?=[A-Za-z_]+=)", forecast))
     if code:  # a code job: the API says what is missing or wrong (field code.code_id, code.entrypoint, ...)
         body["code"] = {"code_id": code, "entrypoint": entry, "args": arg}
     limits = {k: v for k, v in (("cpus", cpus), ("memory_mb", memory_mb), ("gpus", gpus)) if v is not None}

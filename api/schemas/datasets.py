@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from api.limits import SafeText
 from api.schemas.common import NO_CONTROL
@@ -19,6 +20,26 @@ _SUFFIXES = "|".join("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.
 URI_PATTERN = f"^(builtin://({'|'.join(map(re.escape, BUILTIN_TASK))})|file:///{TEXT_CHAR}*({_SUFFIXES}))$"
 
 
+class ForecastIn(BaseModel):
+    """Task `forecasting`: how the table's series become features (infra/forecasting.py)."""
+    model_config = ConfigDict(extra="forbid")
+    time_column: SafeText | None = Field(default=None, min_length=1, max_length=256,
+                                         description="the column that orders time (numbers, or dates as text); "
+                                                     "required for a file (builtin://demand: `date`)")
+    series_column: SafeText | None = Field(default=None, min_length=1, max_length=256,
+                                           description="one series per distinct value (at most 10,000); none: one "
+                                                       "series (builtin://demand: `store`)")
+    horizon: StrictInt = Field(default=7, ge=1, le=366, description="steps forecast ahead, recursively; the last "
+                                                                   "horizon rows of each series test, the horizon "
+                                                                   "before them validate")
+    lags: list[Annotated[StrictInt, Field(ge=1, le=1000)]] = Field(
+        default=[1, 2, 3, 7, 14, 28], min_length=1, max_length=32, description="features y[t-k], 1 to 32 of them")
+    rolling: list[Annotated[StrictInt, Field(ge=2, le=1000)]] = Field(
+        default=[7, 28], max_length=8, description="features: the mean of the w values before t, at most 8")
+    season: StrictInt = Field(default=7, ge=1, le=1000, description="the seasonal-naive baseline's period "
+                                                                    "(builtin://demand: 7)")
+
+
 class DatasetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     uri: SafeText = Field(min_length=1, max_length=2048, json_schema_extra={"pattern": URI_PATTERN},
@@ -28,6 +49,9 @@ class DatasetIn(BaseModel):
     target: SafeText | None = Field(default=None, min_length=1, max_length=256,
                                     description="target column; required for file://; at most 256 characters, "
                                                 f"{NO_CONTROL}")
+    forecast: ForecastIn | None = Field(default=None, description="task forecasting only (and then required, but "
+                                        "for builtin://demand): the time and series columns, horizon, lags, "
+                                        "rolling windows and season")
 
 
 class DatasetUploaded(BaseModel):

@@ -224,6 +224,9 @@ class Evaluation(BaseModel):
     splits: dict[str, dict[str, Any]]
     folds: dict[str, Any] | None = Field(default=None, description="k-fold: `per_fold` metrics, their `mean` and "
                                                                    "`sd`")
+    baseline: dict[str, Any] | None = Field(default=None, description="forecasting: the seasonal-naive baseline "
+                                            "(`kind`, `season`, `horizon`, `series`), its `metrics` per window and "
+                                            "the model's `skill` (1 - MAE / the baseline's MAE; above 0 beats it)")
     feature_importance: list[dict[str, Any]] | None = Field(default=None, description="[{feature, importance}], "
                                                             "most important first")
     feature_importance_kind: str | None = Field(default=None, description="gain (LightGBM's total gain) or "

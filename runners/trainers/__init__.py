@@ -1,6 +1,6 @@
 """Trainers: the plug-in interface a runner trains through, and the vocabulary it shares.
 
-A runner builds a `TrainSpec` from a job, picks `trainer_for(spec.framework)` and calls
+A runner builds a `TrainSpec` from a job, picks `trainer_for(spec.framework, spec.task)` and calls
 `fit(spec, reporter)` on a worker thread. The trainer loads the dataset, trains, calls
 `reporter.step` once per boosting round or epoch, and returns a `TrainResult`; it raises
 `TrainingCancelled` promptly once `reporter.should_stop()` is true, `ParamsError` /
@@ -33,6 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from domain.frameworks import MODEL_SUFFIX, ParamsError, check_budget, resolve_params, validate_params
+from domain.vocabulary import Task
 
 __all__ = [
     "MODEL_SUFFIX", "CheckpointClock", "CheckpointMismatch", "ParamsError", "Reporter", "TrainResult", "TrainSpec",
@@ -66,7 +67,7 @@ class CheckpointMismatch(ValueError):
 @dataclass(frozen=True)
 class TrainSpec:
     framework: str  # "lightgbm" | "pytorch"
-    task: str  # "binary_classification" | "multiclass_classification" | "regression"
+    task: str  # "binary_classification" | "multiclass_classification" | "regression" | "image_classification" ...
     dataset_uri: str
     target: str | None
     params: dict
@@ -79,6 +80,7 @@ class TrainSpec:
     checkpoint_every_s: float = 60.0
     gpus: tuple[int, ...] = ()  # CUDA device indices the runner gave this job (none: train on CPU)
     validation: dict | None = None  # how rows are split (domain/validation.py); None: the default holdout
+    dataset: dict | None = None  # the job's whole dataset block (a forecasting job's `forecast` settings are in it)
 
 
 class CheckpointClock:
@@ -118,12 +120,21 @@ class Trainer(Protocol):
         """Train deterministically given `spec` (same spec, same final metrics and model)."""
 
 
-def trainer_for(framework: str) -> Trainer:
-    """The trainer of `framework`; ValueError for an unknown one. Imports the framework lazily."""
+def trainer_for(framework: str, task: str | None = None) -> Trainer:
+    """The trainer of `framework` (for `task`: a forecasting job's LightGBM trains on its series' features); ValueError
+    for an unknown one. Imports the framework lazily."""
+    if framework == "lightgbm" and task == "forecasting":
+        from runners.trainers.forecasting import ForecastTrainer
+
+        return ForecastTrainer()
     if framework == "lightgbm":
         from runners.trainers.lightgbm_trainer import LightGBMTrainer
 
         return LightGBMTrainer()
+    if framework == "pytorch" and task == "image_classification":
+        from runners.trainers.cnn_trainer import CNNTrainer
+
+        return CNNTrainer()
     if framework == "pytorch":
         from runners.trainers.pytorch_trainer import PyTorchMLPTrainer
 
@@ -142,7 +153,7 @@ def validation_metrics(task: str, y_true: np.ndarray, predicted: np.ndarray) -> 
     """
     from sklearn import metrics as m
 
-    if task == "regression":
+    if Task(task).model_task is Task.REGRESSION:  # a forecaster's too (it adds its skill against a baseline)
         y, p = np.asarray(y_true, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
         mse = float(m.mean_squared_error(y, p))
         out = {"rmse": mse**0.5, "mae": float(m.mean_absolute_error(y, p)), "r2": float(m.r2_score(y, p))}
@@ -167,7 +178,7 @@ def validation_metrics(task: str, y_true: np.ndarray, predicted: np.ndarray) -> 
 
 def step_metrics(task: str, train_loss: float, scores: dict[str, float]) -> dict[str, float]:
     """Per-step metrics (see Reporter.step) from a train loss and `validation_metrics` output."""
-    if task == "regression":
+    if Task(task).model_task is Task.REGRESSION:
         return {"train_loss": train_loss, "valid_loss": scores["rmse"] ** 2, "valid_rmse": scores["rmse"]}
     metrics = {"train_loss": train_loss, "valid_loss": scores["logloss"]}
     key = "auc" if task == "binary_classification" else "accuracy"

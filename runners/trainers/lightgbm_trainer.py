@@ -37,6 +37,7 @@ _METRICS = {
     "binary_classification": ("binary_logloss", "auc", "valid_auc"),
     "multiclass_classification": ("multi_logloss", "multi_error", "valid_accuracy"),
     "regression": ("l2", "rmse", "valid_rmse"),
+    "forecasting": ("l2", "rmse", "valid_rmse"),  # one step ahead on the validation window, teacher-forced
 }
 
 
@@ -51,13 +52,13 @@ class LightGBMTrainer:
         rounds, patience = params.pop("n_estimators"), params.pop("early_stopping_rounds", None)
         if report.should_stop():
             raise TrainingCancelled()
-        names = _safe_names(split)
-        full = {**params, **_task_params(spec.task, split), **_fixed_params(spec.seed)}
+        names = safe_names(split)
+        full = {**params, **task_params(spec.task, split), **fixed_params(spec.seed)}
         if split.folds:
             booster, folds, oof = _cross_validate(spec, full, split, names, rounds, patience, report)
             evaluated = {"validation": (split.y_train, oof, split.train_rows)}
         else:
-            booster, folds = _holdout(spec, full, split, names, rounds, patience, report), None
+            booster, folds = holdout(spec, full, split, names, rounds, patience, report), None
             evaluated = {"validation": (split.y_valid, _predict(booster, split.X_valid, params), split.valid_rows)}
         if split.has_test:
             evaluated["test"] = (split.y_test, _predict(booster, split.X_test, params), split.test_rows)
@@ -77,7 +78,7 @@ class LightGBMTrainer:
         )
 
 
-def _holdout(spec: TrainSpec, params: dict[str, Any], split: Split, names: list[str], rounds: int,
+def holdout(spec: TrainSpec, params: dict[str, Any], split: Split, names: list[str], rounds: int,
              patience: int | None, report: Reporter) -> lgb.Booster:
     """Boost on the training rows, each round evaluated on the validation rows (resuming from a checkpoint)."""
     train = lgb.Dataset(split.X_train, split.y_train, feature_name=names, free_raw_data=False)
@@ -125,23 +126,23 @@ def _predict(booster: lgb.Booster, X: np.ndarray, params: dict[str, Any]) -> np.
     return np.asarray(booster.predict(X, num_threads=params["num_threads"]))
 
 
-def _task_params(task: str, split: Split) -> dict[str, Any]:
+def task_params(task: str, split: Split) -> dict[str, Any]:
     loss, metric, _ = _METRICS[task]
     objective = {"binary_classification": "binary", "multiclass_classification": "multiclass",
-                 "regression": "regression"}[task]
+                 "regression": "regression", "forecasting": "regression"}[task]
     params: dict[str, Any] = {"objective": objective, "metric": [loss, metric]}
     if task == "multiclass_classification":
         params["num_class"] = split.n_classes
     return params
 
 
-def _fixed_params(seed: int) -> dict[str, Any]:
+def fixed_params(seed: int) -> dict[str, Any]:
     # verbosity 1: LightGBM's info and warnings (bins, data sizes, "no further splits") are the job's training logs
     # (the runner captures its output: runners/log_capture.py).
     return {"seed": seed % 2**31, "deterministic": True, "force_row_wise": True, "verbosity": 1}
 
 
-def _safe_names(split: Split) -> list[str]:
+def safe_names(split: Split) -> list[str]:
     # LightGBM refuses some JSON special characters in feature names; keep the rest readable.
     table = str.maketrans({c: "_" for c in '[]{}",:'})
     names = [name.translate(table) for name in split.feature_names]
