@@ -47,8 +47,13 @@ def world(module_database_url: str, clickhouse: Any, tmp_path_factory: pytest.Te
         assert key.status_code == 201, key.text
         code = client.post("/api/v1/code", files={"file": (f"{CANARY}.tar.gz", _bundle())}, headers=alpha)
         assert code.status_code in (200, 201), code.text
+        schedule = client.post("/api/v1/schedules", headers=alpha, json={
+            "name": f"{CANARY}-schedule", "cron": "0 3 * * *", "timezone": "UTC", "enabled": False,
+            "job": {"name": f"{CANARY}-nightly", **QUICK}})
+        assert schedule.status_code in (200, 201, 202), schedule.text
         objects = {"job_id": job.json()["job_id"], "study_id": study.json()["study_id"], "name": f"{CANARY}-model",
-                   "key_id": key.json()["id"], "code_id": code.json()["code_id"], "export_id": str(uuid.uuid4()), "version": "1", "alias": "production",
+                   "key_id": key.json()["id"], "code_id": code.json()["code_id"],
+                   "schedule_id": schedule.json()["id"], "export_id": str(uuid.uuid4()), "version": "1", "alias": "production",
                    "project": "alpha", "principal": "admin"}  # removing the owner from alpha harms no test user
         yield client, tenants, objects, client.app.openapi()
 
