@@ -1,4 +1,4 @@
-"""/api/v1/datasets: upload a CSV or Parquet file to train on, and list the uploads to find them again.
+"""/api/v1/datasets: upload a CSV or Parquet file, or an ImageFolder archive of images, to train on, and list the uploads.
 
 The multipart body is parsed by Starlette (files spool to disk past 1 MiB, never whole in memory) and the
 whole request is capped by api/limits.py's BodyLimit (`max_upload_bytes` plus the multipart framing); the file
@@ -32,7 +32,10 @@ def upload_dataset(
     s: ServicesDep,
     file: Annotated[UploadFile, File(description="a .csv (with a header) or .parquet table: at least 10 rows and "
                                                  "2 columns, at most 256 MiB (Settings.max_upload_bytes), "
-                                                 "10,000 feature columns and 200,000,000 cells")],
+                                                 "10,000 feature columns and 200,000,000 cells; or a .zip or "
+                                                 ".tar.gz ImageFolder archive (one folder per class of PNG/JPEG "
+                                                 "images: at most 50,000 images of 4096 x 4096 pixels, 512 MiB "
+                                                 "decoded)")],
     name: Annotated[SafeText | None, Form(min_length=1, max_length=100,
                                           description="name to store it under (default: the file's name); "
                                                       "reduced to letters, digits, '.', '_' and '-'")] = None,
@@ -52,7 +55,7 @@ def upload_dataset(
     except DatasetError as e:
         raise Problem(422, "Invalid request", f"{e.field}: {e.reason}", e.field) from None
     out = DatasetUploaded(uri=stored.uri, sha256=stored.sha256, size_bytes=stored.size_bytes, rows=stored.rows,
-                          columns=len(stored.column_names), column_names=stored.column_names)
+                          columns=len(stored.column_names), column_names=stored.column_names, classes=stored.classes)
     return JSONResponse(out.model_dump(), status_code=201)
 
 
@@ -62,6 +65,6 @@ def list_datasets(request: Request, s: ServicesDep) -> DatasetList:
     columns."""
     return DatasetList(items=[DatasetPublic(
         uri=d.uri, sha256=d.sha256, size_bytes=d.size_bytes, rows=d.rows, columns=len(d.column_names),
-        column_names=d.column_names, name=d.path.name,
+        column_names=d.column_names, classes=d.classes, name=d.path.name,
         uploaded_at=datetime.fromtimestamp(d.path.stat().st_mtime, timezone.utc))
         for d in list_uploads(s.settings.dataset_root_paths[0], project=access_of(request).project)])

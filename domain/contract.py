@@ -230,11 +230,22 @@ class RecipeColumn(TypedDict, total=False):
     levels: Annotated[list[Annotated[Text, Field(max_length=200)]], Field(max_length=256)]
 
 
+class ImageInputJson(TypedDict):
+    """An image model's input (domain/images.py `ImageInput.to_json`)."""
+    height: Annotated[int, Field(ge=1, le=4096)]
+    width: Annotated[int, Field(ge=1, le=4096)]
+    channels: Literal[1, 3]
+    pixel_max: Annotated[float, Field(gt=0, le=65535)]
+    layout: Literal["chw"]
+    resample: Literal["bilinear"]
+
+
 class FeatureRecipeJson(TypedDict, total=False):
     """A model's feature recipe as a runner reports it (domain/features.py `FeatureRecipe.to_json`)."""
     columns: Required[Annotated[list[RecipeColumn], Field(max_length=10_000)]]
     ignored: NameList
     unseen_category: Literal["zeros"]
+    image: ImageInputJson
 
 
 ArtifactValue = Annotated[Text, Field(max_length=4096)] | int | NameList | FeatureRecipeJson

@@ -10,7 +10,8 @@ Columns, in the file's order, each one of:
     value never seen in training, is all zeros, exactly what a missing value was in training. Numbers and booleans
     are compared by their text ("3", "True"), as the loader read a mixed column.
 `ignored` names the columns the loader did not use (the target, text with too many distinct values, dates): a row
-may carry them and they change nothing. Pure functions over plain values; no I/O.
+may carry them and they change nothing. An image model's recipe has no columns and an `image` (domain/images.py):
+its input is an image's pixels. Pure functions over plain values; no I/O.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.contract import FieldError
+from domain.images import ImageInput
 
 NUMBER, BOOLEAN, CATEGORY = "number", "boolean", "category"
 COLUMN_TYPES = (NUMBER, BOOLEAN, CATEGORY)
@@ -43,6 +45,7 @@ class InputColumn:
 class FeatureRecipe:
     columns: tuple[InputColumn, ...]
     ignored: tuple[str, ...] = ()
+    image: ImageInput | None = None  # an image model: how an image becomes its input row
 
     @property
     def feature_names(self) -> list[str]:
@@ -57,14 +60,16 @@ class FeatureRecipe:
     def to_json(self) -> dict[str, Any]:
         return {"columns": [{"name": c.name, "type": c.type, **({"levels": list(c.levels)} if c.type == CATEGORY
                                                                    else {})} for c in self.columns],
-                "ignored": list(self.ignored), "unseen_category": UNSEEN_CATEGORY}
+                "ignored": list(self.ignored), "unseen_category": UNSEEN_CATEGORY,
+                **({"image": self.image.to_json()} if self.image else {})}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FeatureRecipe:
         return cls(columns=tuple(InputColumn(str(c["name"]), str(c["type"]), tuple(str(x) for x in c.get("levels")
                                                                                    or ()))
                                  for c in data["columns"]),
-                   ignored=tuple(str(x) for x in data.get("ignored") or ()))
+                   ignored=tuple(str(x) for x in data.get("ignored") or ()),
+                   image=ImageInput.from_json(data["image"]) if data.get("image") else None)
 
     def encode(self, row: dict[str, Any]) -> list[float]:
         """The model's input vector of a raw row {column: value} (any order). Every column must be named (null for a

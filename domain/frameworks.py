@@ -136,8 +136,14 @@ PYTORCH = FrameworkSpec(
         "weight_decay": number(0.0, 10.0, default=0.0),
         "num_threads": integer(1, 16, default=1),
         "patience": integer(1, 10_000),  # early stopping: epochs without a better validation loss; keeps the best
+        # image_classification only (runners/trainers/cnn_trainer.py): the convolution blocks' widths (default 16,
+        # 32), hidden_sizes being the dense layers after them; augment: random shifts of the training images
+        "channels": int_list(4, 1, 256),
+        "augment": flag(),
     },
 )
+IMAGE_PARAMS = frozenset({"channels", "augment"})  # what only an image_classification job may set
+IMAGE_FRAMEWORKS = frozenset({"pytorch"})  # the frameworks that train image_classification (a CNN)
 
 
 def _no_budget(params: dict[str, Any], n_features: int, n_outputs: int) -> None:
@@ -182,6 +188,9 @@ def resolve_params(framework: str, task: str, params: dict[str, Any]) -> dict[st
         raise ParamsError("task", f"unknown task {str(task)[:40]!r}; expected one of {', '.join(Task)}")
     if not isinstance(params, dict):
         raise ParamsError("params", "must be an object of name: value")
+    if task == Task.IMAGE_CLASSIFICATION and framework not in IMAGE_FRAMEWORKS:
+        raise ParamsError("framework", f"task image_classification trains with {', '.join(IMAGE_FRAMEWORKS)} "
+                          f"(a CNN), not {framework}")
     if spec.code:
         return dict(params)
     out = spec.defaults()
@@ -193,6 +202,8 @@ def resolve_params(framework: str, task: str, params: dict[str, Any]) -> dict[st
         canonical = spec.aliases.get(name, name)
         if canonical not in spec.params:
             raise ParamsError(where, _unknown(spec, name))
+        if canonical in IMAGE_PARAMS and task != Task.IMAGE_CLASSIFICATION:
+            raise ParamsError(where, "applies to task image_classification only")
         if canonical in given:
             raise ParamsError(where, f"same parameter as {given[canonical]!r}; give only one of them")
         reason = spec.params[canonical].check(value)

@@ -50,6 +50,8 @@ _STEP_METRICS = {  # (task, objective metric) -> the per-step metric that tracks
     ("multiclass_classification", "accuracy"): "valid_accuracy",
     ("multiclass_classification", "logloss"): "valid_loss",
     ("regression", "rmse"): "valid_rmse",
+    ("image_classification", "accuracy"): "valid_accuracy",
+    ("image_classification", "logloss"): "valid_loss",
     ("forecasting", "rmse"): "valid_rmse",  # one step ahead; the objective itself is the recursive forecast's
 }
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")

@@ -20,6 +20,7 @@ class Task(StrEnum):
     BINARY_CLASSIFICATION = "binary_classification"
     MULTICLASS_CLASSIFICATION = "multiclass_classification"
     REGRESSION = "regression"
+    IMAGE_CLASSIFICATION = "image_classification"  # a CNN on images (infra/image_folders.py), K classes
     FORECASTING = "forecasting"  # a regression on a series' own past (lags, windows, calendar), forecast recursively
 
     @property
@@ -133,6 +134,7 @@ TASK_METRICS: dict[Task, tuple[str, ...]] = {
     Task.MULTICLASS_CLASSIFICATION: ("accuracy", "logloss", "f1_macro"),
     Task.REGRESSION: ("rmse", "mae", "r2", "mape", "smape"),
     Task.FORECASTING: ("rmse", "mae", "r2", "mape", "smape", "skill_vs_seasonal_naive"),
+    Task.IMAGE_CLASSIFICATION: ("accuracy", "logloss", "f1_macro"),
 }
 
 # The online metrics that make sense for a deployment of each task (classification: needs a label; regression: a value).
@@ -141,6 +143,7 @@ TASK_AB_METRICS: dict[Task, tuple[AbMetric, ...]] = {
     Task.MULTICLASS_CLASSIFICATION: (AbMetric.ACCURACY, AbMetric.LOGLOSS),
     Task.REGRESSION: (AbMetric.RMSE, AbMetric.MAE),
     Task.FORECASTING: (AbMetric.RMSE, AbMetric.MAE),
+    Task.IMAGE_CLASSIFICATION: (AbMetric.ACCURACY, AbMetric.LOGLOSS),
 }
 
 

@@ -54,6 +54,14 @@ def inspect_archive(path: Path, fmt: str, limits: BundleLimits) -> Contents:
     return walk.contents
 
 
+def walk_archive(path: Path, fmt: str, limits: BundleLimits, consume: Consume) -> Contents:
+    """Call `consume(name, mode, data, count)` for each file of the archive at `path` after the same checks as
+    `inspect_archive` (what `consume` reads it must `count`); links are checked but not handed over. BundleError."""
+    walk = _Members(limits)
+    walk.run(path, fmt, consume)
+    return walk.contents
+
+
 def extract_archive(path: Path, fmt: str, dest: Path, limits: BundleLimits) -> list[str]:
     """Unpack the bundle at `path` into `dest` (which must not exist: it is made here, and removed again when the
     bundle is refused); returns the files written (sorted). BundleError."""

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlparse
 from domain.contract import FieldError
 
 FILE_SUFFIXES = (".csv", ".parquet")
+IMAGE_ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")  # an ImageFolder archive (infra/image_folders.py)
 MAX_FEATURE_COLUMNS = 10_000
 MAX_CELLS = 200_000_000  # rows x columns of one table
 MAX_TABLE_BYTES = 1024**3  # a table decoded in memory, estimated before decoding
@@ -37,9 +38,9 @@ class DatasetError(FieldError):
     or "file" for an upload), `reason` says why in words a user can act on."""
 
 
-def resolve_file_uri(uri: str, roots: Sequence[Path]) -> Path:
-    """The real path (symlinks resolved) of a `file:///abs/path.csv|.parquet` URI that is a file inside one
-    of `roots`; DatasetError("dataset.uri") otherwise. No roots: file datasets are refused."""
+def resolve_file_uri(uri: str, roots: Sequence[Path], suffixes: tuple[str, ...] = FILE_SUFFIXES) -> Path:
+    """The real path (symlinks resolved) of a `file:///abs/path.csv|.parquet` URI (or another of `suffixes`) that is
+    a file inside one of `roots`; DatasetError("dataset.uri") otherwise. No roots: file datasets are refused."""
     try:
         parsed = urlparse(uri)
     except ValueError:
@@ -48,8 +49,8 @@ def resolve_file_uri(uri: str, roots: Sequence[Path]) -> Path:
     if parsed.netloc not in ("", "localhost") or not raw.startswith("/") or "\x00" in raw:
         raise DatasetError("dataset.uri", "file URIs need an absolute path: file:///abs/path.csv")
     path = Path(raw)
-    if path.suffix.lower() not in FILE_SUFFIXES:
-        raise DatasetError("dataset.uri", f"unsupported file type {path.suffix[:20]!r}; use .csv or .parquet")
+    if not path.name.lower().endswith(suffixes):
+        raise DatasetError("dataset.uri", f"unsupported file type {path.suffix[:20]!r}; use {' or '.join(suffixes)}")
     if not roots:
         raise DatasetError("dataset.uri", "file datasets are not enabled here (no dataset roots configured)")
     try:
@@ -66,8 +67,8 @@ def resolve_file_uri(uri: str, roots: Sequence[Path]) -> Path:
         is_file = False
     if not is_file or not any(real.is_relative_to(root) for root in real_roots(roots)):
         raise DatasetError("dataset.uri", f"no such file: {path}")
-    if real.suffix.lower() not in FILE_SUFFIXES:
-        raise DatasetError("dataset.uri", f"{path.name} is not a .csv or .parquet file")
+    if not real.name.lower().endswith(suffixes):
+        raise DatasetError("dataset.uri", f"{path.name} is not a {' or '.join(suffixes)} file")
     return real
 
 

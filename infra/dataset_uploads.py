@@ -13,6 +13,9 @@ usable .csv/.parquet table. What it learned (sha256, size, rows, columns) is kep
 `.<stored name>.json`, so `list_uploads(root, project=…)` finds a project's uploads again without reading or
 hashing them; an upload stored before that sidecar existed is read once and gets one. A job or study may use only
 its own project's uploads (`check_upload_owner`); files an operator put elsewhere under a dataset root are anyone's.
+An ImageFolder archive (.zip, .tar.gz: one folder per class of PNG/JPEG images, for task image_classification) is
+stored the same way once every image in it has been checked and decoded (infra/image_folders.py, within
+`image_limits`); its `rows` are its images and `classes` its class folders.
 """
 from __future__ import annotations
 
@@ -28,10 +31,13 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from domain.contract import DEFAULT_PROJECT, scoped
-from infra.dataset_files import FILE_SUFFIXES, DatasetError, scan_table
+from infra.bundle_members import BundleError
+from infra.dataset_files import FILE_SUFFIXES, IMAGE_ARCHIVE_SUFFIXES, DatasetError, scan_table
 from infra.datasets import MIN_ROWS
+from infra.image_folders import ImageLimits, read_image_folder
 
 CHUNK_BYTES = 1024 * 1024
+STORED_SUFFIXES = FILE_SUFFIXES + IMAGE_ARCHIVE_SUFFIXES
 MAX_NAME_CHARS = 100
 
 
@@ -48,6 +54,7 @@ class StoredDataset:
     size_bytes: int
     rows: int
     column_names: list[str]
+    classes: list[str] | None = None  # an image archive's class folders
 
     @property
     def uri(self) -> str:
@@ -90,18 +97,24 @@ def check_upload_owner(uri: str, project: str, roots: Sequence[Path]) -> None:
 
 
 def store_upload(source: BinaryIO, filename: str, name: str | None, root: Path, max_bytes: int, *,
-                 project: str) -> StoredDataset:
+                 project: str, image_limits: ImageLimits = ImageLimits()) -> StoredDataset:
     """Store `source` (uploaded as `filename`; `name` overrides the stored name) in `project`'s folder under
     `root`; see the module."""
-    suffix = PurePosixPath(filename.replace("\\", "/")).suffix.lower()
-    if suffix not in FILE_SUFFIXES:
-        raise DatasetError("file", "the file name must end with .csv or .parquet")
+    suffix = next((s for s in STORED_SUFFIXES if filename.lower().endswith(s)), "")
+    if not suffix:
+        raise DatasetError("file", "the file name must end with .csv or .parquet (a table), or .zip or .tar.gz (an "
+                                   "ImageFolder archive of images)")
     folder = upload_dir(root, project)
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=suffix)
     tmp = Path(tmp_name)
     try:
         digest, size = _copy(source, fd, max_bytes)
+        if suffix in IMAGE_ARCHIVE_SUFFIXES:
+            stored = _store_images(tmp, folder / f"{digest[:16]}-{_safe_name(name or filename, suffix)}", digest,
+                                   size, image_limits)
+            os.replace(tmp, stored.path)
+            return stored
         try:  # checked in bounded batches, never held whole (infra/dataset_files.py)
             shape = scan_table(tmp, _safe_name(name or filename, suffix), field="file")
         except DatasetError as e:
@@ -119,6 +132,20 @@ def store_upload(source: BinaryIO, filename: str, name: str | None, root: Path, 
     return stored
 
 
+def _store_images(tmp: Path, final: Path, digest: str, size: int, limits: ImageLimits) -> StoredDataset:
+    """The upload at `tmp` checked as an ImageFolder archive, its sidecar written for `final`."""
+    try:
+        folder = read_image_folder(tmp, limits, keep=False)
+    except BundleError as e:
+        raise DatasetError("file", e.reason) from None
+    if len(folder.classes) < 2 or len(folder.paths) < MIN_ROWS:
+        raise DatasetError("file", f"needs at least 2 class folders and {MIN_ROWS} images, found "
+                           f"{len(folder.classes)} and {len(folder.paths)}")
+    stored = StoredDataset(final, digest, size, len(folder.paths), [], folder.classes)
+    _write_sidecar(stored)
+    return stored
+
+
 def list_uploads(root: Path, *, project: str) -> list[StoredDataset]:
     """`project`'s uploads stored under `root`, newest first (by the file's modification time). Only the files
     of its own folder: the default project's folder holds the other projects' folders, never listed."""
@@ -126,7 +153,7 @@ def list_uploads(root: Path, *, project: str) -> list[StoredDataset]:
     if not folder.is_dir():
         return []
     files = [p for p in folder.iterdir()
-             if not p.name.startswith(".") and p.suffix.lower() in FILE_SUFFIXES and p.is_file()]
+             if not p.name.startswith(".") and p.name.lower().endswith(STORED_SUFFIXES) and p.is_file()]
     out = []
     for path in sorted(files, key=lambda p: (-p.stat().st_mtime, p.name)):
         stored = _read_sidecar(path) or _describe(path)
@@ -142,15 +169,18 @@ def _sidecar(path: Path) -> Path:
 def _write_sidecar(stored: StoredDataset) -> None:
     tmp = _sidecar(stored.path).with_suffix(".tmp")
     tmp.write_text(json.dumps({"sha256": stored.sha256, "size_bytes": stored.size_bytes, "rows": stored.rows,
-                               "column_names": stored.column_names}))
+                               "column_names": stored.column_names,
+                               **({"classes": stored.classes} if stored.classes is not None else {})}))
     os.replace(tmp, _sidecar(stored.path))
 
 
 def _read_sidecar(path: Path) -> StoredDataset | None:
     try:
         meta = json.loads(_sidecar(path).read_text())
+        classes = meta.get("classes")
         return StoredDataset(path, str(meta["sha256"]), int(meta["size_bytes"]), int(meta["rows"]),
-                             [str(c) for c in meta["column_names"]])
+                             [str(c) for c in meta["column_names"]],
+                             [str(c) for c in classes] if isinstance(classes, list) else None)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -192,7 +222,7 @@ def _copy(source: BinaryIO, fd: int, max_bytes: int) -> tuple[str, int]:
 def _safe_name(name: str, suffix: str) -> str:
     """`name`'s last path segment reduced to [A-Za-z0-9._-], without a leading dot, ending with `suffix`."""
     stem = PurePosixPath(name.replace("\\", "/")).name
-    if stem.lower().endswith(FILE_SUFFIXES):
-        stem = stem.rsplit(".", 1)[0]
+    known = next((s for s in STORED_SUFFIXES if stem.lower().endswith(s)), "")
+    stem = stem[:len(stem) - len(known)]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:MAX_NAME_CHARS] or "dataset"
     return f"{stem}{suffix}"

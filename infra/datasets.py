@@ -8,6 +8,8 @@ URIs:
   * `file:///absolute/path.csv` or `.parquet`: a table with a header; `target` names the label column.
     Only files inside the dataset roots are read (`roots`, from Settings.dataset_root_paths; see
     infra/dataset_files.py); with no roots, file datasets are refused.
+  * task image_classification: `builtin://digits` (scikit-learn's 8 x 8 digits) or `file:///….zip|.tar.gz`, an
+    ImageFolder archive (one folder per class; infra/image_folders.py); rows are pixels, labels the class folders.
 
 Errors are `DatasetError`s naming the request field at fault ("dataset.uri", "dataset.target",
 "task") and a reason a user can act on; the API maps them to 422. Budget: at most MAX_FEATURE_COLUMNS
@@ -28,7 +30,8 @@ from domain.validation import RowSplit, Validation, split_rows
 from domain.vocabulary import Task
 from infra.builtin_series import BUILTIN_FORECAST, demand_frame
 from infra.dataset_files import (
-    MAX_CELLS, MAX_FEATURE_COLUMNS, DatasetError, read_columns, read_table, resolve_file_uri,
+    FILE_SUFFIXES, IMAGE_ARCHIVE_SUFFIXES, MAX_CELLS, MAX_FEATURE_COLUMNS, DatasetError, read_columns, read_table,
+    resolve_file_uri,
 )
 
 TASKS: tuple[Task, ...] = tuple(Task)  # the vocabulary's, as a sequence for checks and test strategies
@@ -41,8 +44,9 @@ BUILTIN_TASK = {
     "wine": "multiclass_classification",
     "diabetes": "regression",
     "demand": "forecasting",  # infra/builtin_series.py; loaded by infra/forecasting.py
+    "digits": "image_classification",  # 8 x 8 images, loaded by infra/image_folders.py
 }
-BUILTIN_FEATURES = {"breast_cancer": 30, "wine": 13, "diabetes": 10, "demand": 16}
+BUILTIN_FEATURES = {"breast_cancer": 30, "wine": 13, "diabetes": 10, "demand": 16, "digits": 64}
 MAX_ONE_HOT_LEVELS = 32
 MAX_CLASSES = 256
 MIN_ROWS = 10
@@ -93,6 +97,11 @@ def validate_dataset(uri: str, target: str | None, task: str, roots: Sequence[Pa
         raise DatasetError("task", f"unknown task {str(task)[:40]!r}; expected one of {', '.join(TASKS)}")
     if not isinstance(uri, str):
         raise DatasetError("dataset.uri", "must be a string")
+    if task == Task.IMAGE_CLASSIFICATION and not uri.startswith("builtin://"):
+        if target:
+            raise DatasetError("dataset.target", "an image's label is its class folder: leave target out")
+        resolve_file_uri(uri, roots, IMAGE_ARCHIVE_SUFFIXES)
+        return 0  # the images' size is known once they are read
     if uri.startswith("builtin://"):
         name = uri.removeprefix("builtin://")
         _check_builtin(name, target, task)
@@ -140,6 +149,8 @@ def load_dataset(uri: str, target: str | None, task: str, seed: int = 0, roots: 
         raise DatasetError("task", "a forecasting dataset is featurised by infra/forecasting.py (forecast_split)")
     validation = validation or Validation()
     time_column = validation.time_column if validation.strategy == "time_series" else None
+    if task == Task.IMAGE_CLASSIFICATION:
+        return _load_images(uri, roots, seed, validation)
     if uri.startswith("builtin://"):
         if time_column:
             raise DatasetError("validation.time_column", "a builtin dataset has no time column: leave it out to "
@@ -171,7 +182,7 @@ def dataset_digest(uri: str, roots: Sequence[Path] = ()) -> str:
             raise DatasetError("dataset.uri", f"unknown builtin dataset {name!r}")
         return _builtin_digest(name)
     digest = hashlib.sha256()
-    with resolve_file_uri(uri, roots).open("rb") as handle:
+    with resolve_file_uri(uri, roots, FILE_SUFFIXES + IMAGE_ARCHIVE_SUFFIXES).open("rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -209,7 +220,8 @@ def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[st
     """(X, y, feature names, class labels or None); the arrays are shared and read-only (splits copy them)."""
     from sklearn import datasets as sk
 
-    bunch = {"breast_cancer": sk.load_breast_cancer, "wine": sk.load_wine, "diabetes": sk.load_diabetes}[name]()
+    bunch = {"breast_cancer": sk.load_breast_cancer, "wine": sk.load_wine, "diabetes": sk.load_diabetes,
+             "digits": sk.load_digits}[name]()
     X = bunch.data.astype(np.float32)
     names = [str(n) for n in bunch.feature_names]
     if BUILTIN_TASK[name] == "regression":
@@ -218,6 +230,22 @@ def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[st
         y, labels = bunch.target.astype(np.int64), [str(n) for n in bunch.target_names]
     X.flags.writeable = y.flags.writeable = False
     return X, y, names, labels
+
+
+def _load_images(uri: str, roots: Sequence[Path], seed: int, validation: Validation) -> Split:
+    """An image dataset (infra/image_folders.py) as a split of pixel rows; its recipe's `image` is their shape."""
+    from infra.image_folders import load_images
+
+    if validation.time_column:
+        raise DatasetError("validation.time_column", "an image dataset has no time column")
+    X, y, labels, shape = load_images(uri, roots)
+    if X.size > MAX_CELLS:
+        raise DatasetError("dataset.uri", f"{len(y):,} images of {shape.n_inputs:,} values; at most {MAX_CELLS:,}")
+    if len(y) < MIN_ROWS:
+        raise DatasetError("dataset.uri", f"needs at least {MIN_ROWS} images, found {len(y)}")
+    _check_classes(Task.IMAGE_CLASSIFICATION, labels)
+    rows = split_rows(validation, len(y), y, seed)
+    return _split(X, y, [], labels, rows, np.arange(len(y)), FeatureRecipe((), (), image=shape), validation)
 
 
 def _load_file(path: Path, name: str, target: str, task: str, time_column: str | None = None):

@@ -55,6 +55,8 @@ __all__ = [
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_OPSET = 15  # onnxmltools 1.16 converts LightGBM up to 15; torch's exporter supports it too
 INPUT_NAME = "input"
+# Tasks whose model outputs K class probabilities: an image model (the CNN, pixel rows in) predicts as a multiclass one
+_K_CLASSES = (Task.MULTICLASS_CLASSIFICATION, Task.IMAGE_CLASSIFICATION)
 _EXPORT_LOCK = threading.Lock()  # torch's TorchScript exporter keeps global state: one export at a time
 
 
@@ -165,11 +167,11 @@ def _lightgbm_header(text: str) -> dict[str, str]:
 def _convert_pytorch(task: str, model_bytes: bytes, n_features: int, opset: int) -> onnx.ModelProto:
     import torch
 
-    from runners.trainers.pytorch_trainer import load_model
+    from runners.trainers.cnn_trainer import load_network
 
     try:
         saved = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=True)
-        network = load_model(model_bytes)
+        network = load_network(model_bytes)
     except Exception as exc:  # noqa: BLE001 - unpickling and state-dict errors come in many types
         raise ExportError(f"not a Trainyard PyTorch model: {_short(exc)}") from exc
     if saved.get("task") != task:
@@ -179,7 +181,7 @@ def _convert_pytorch(task: str, model_bytes: bytes, n_features: int, opset: int)
         raise ExportError(f"the PyTorch model takes {architecture['n_features']} features, "
                           f"the dataset has {n_features}")
     n_outputs = architecture["n_outputs"]
-    if (n_outputs < 2) if task == Task.MULTICLASS_CLASSIFICATION else (n_outputs != 1):
+    if (n_outputs < 2) if task in _K_CLASSES else (n_outputs != 1):
         raise ExportError(f"a {task} model cannot have {n_outputs} outputs")
     width = 2 if task == Task.BINARY_CLASSIFICATION else n_outputs
     name = output_name(task)
@@ -212,7 +214,7 @@ def _serving_head(network, task: str):
             if task == Task.BINARY_CLASSIFICATION:
                 p = torch.sigmoid(out)
                 return torch.cat([1 - p, p], dim=1)
-            if task == Task.MULTICLASS_CLASSIFICATION:
+            if task in _K_CLASSES:
                 return torch.softmax(out, dim=1)
             return out
 
@@ -281,9 +283,11 @@ def native_predict(framework: str, task: str, model_bytes: bytes, X: np.ndarray)
     if framework == Framework.PYTORCH:
         import torch
 
-        from runners.trainers.pytorch_trainer import load_model, predict
+        from runners.trainers.cnn_trainer import load_network
+        from runners.trainers.pytorch_trainer import predict
 
-        return predict(load_model(model_bytes), torch.from_numpy(X), task)  # as the trainer measured it
+        shaped = Task.MULTICLASS_CLASSIFICATION if task in _K_CLASSES else task
+        return predict(load_network(model_bytes), torch.from_numpy(X), shaped)  # as the trainer measured it
     raise ExportError(f"cannot predict with framework {str(framework)[:40]!r}")
 
 
@@ -294,7 +298,7 @@ def onnx_predict(onnx_bytes_or_session: bytes | ort.InferenceSession, task: str,
     (out,) = session.run([output_name(task)], {INPUT_NAME: np.ascontiguousarray(X, dtype=np.float32)})
     if task == Task.BINARY_CLASSIFICATION:
         return out[:, 1]
-    if task == Task.MULTICLASS_CLASSIFICATION:
+    if task in _K_CLASSES:
         return out
     return out.reshape(-1)
 
@@ -321,7 +325,8 @@ def check_parity(framework: str, task: str, model_bytes: bytes, onnx_model: Onnx
     diff = np.abs(got.astype(np.float64) - native)
     max_abs_diff = float(diff[finite].max()) if finite.any() else 0.0
     scale = max(1.0, float(np.abs(native[np.isfinite(native)]).max(initial=0.0))) if task == Task.REGRESSION else 1.0
-    metric = {Task.REGRESSION: "rmse", Task.MULTICLASS_CLASSIFICATION: "accuracy"}.get(
+    metric = {Task.REGRESSION: "rmse", Task.MULTICLASS_CLASSIFICATION: "accuracy",
+              Task.IMAGE_CLASSIFICATION: "accuracy"}.get(
         task, "auc" if len(np.unique(y)) == 2 else "accuracy")
     non_finite = int((~finite).sum())
     allowed = tolerance * scale

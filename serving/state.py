@@ -28,7 +28,9 @@ import numpy as np
 from domain.api_key import allows
 from domain.contract import DEFAULT_PROJECT, PredictionBatch, scoped
 from domain.features import FeatureRecipe, RowError
+from domain.images import ImageInput
 from domain.routing import Router
+from serving.images import ImageRowError, image_rows
 
 log = logging.getLogger("trainyard.inference")
 MAX_INSTANCES = 1000  # rows per request
@@ -137,7 +139,7 @@ class ModelLoader:
         names = [str(n) for n in (artifact.get("feature_names") or [])]
         labels = artifact.get("class_labels")
         recipe = FeatureRecipe.from_json(artifact["feature_recipe"]) if artifact.get("feature_recipe") else None
-        if recipe is not None and (recipe.is_identity or recipe.feature_names != names):
+        if recipe is not None and recipe.image is None and (recipe.is_identity or recipe.feature_names != names):
             recipe = None  # nothing to translate, or not this model's inputs: encoded rows only
         return LoadedModel(model=model, version=int(version), sha256=sha, session=session,
                            input_name=str(artifact.get("input_name") or "input"),
@@ -365,11 +367,14 @@ def rows_of(instances: Any, model: LoadedModel) -> np.ndarray:
     """The request's instances as a float32 matrix for `model`: rows of numbers (null = missing) in the model's
     feature order, objects naming every feature (any order), or, for a model with a feature recipe, objects
     naming the training file's raw columns (any order; domain/features.py encodes them: an unseen or null category
-    is all zeros, a null number is missing). PredictError(422) naming the field otherwise."""
+    is all zeros, a null number is missing); for an image model, objects with an `image` or `pixels`
+    (serving/images.py). PredictError(422) naming the field otherwise."""
     if not isinstance(instances, list) or not instances:
         raise PredictError(422, "instances: a non-empty list of rows", "instances")
     if len(instances) > MAX_INSTANCES:
         raise PredictError(422, f"instances: at most {MAX_INSTANCES} rows per request", "instances")
+    if model.recipe is not None and model.recipe.image is not None and isinstance(instances[0], dict):
+        return _image_rows(instances, model.recipe.image)
     n = model.n_features
     X = np.empty((len(instances), n), dtype=np.float32)
     for i, row in enumerate(instances):
@@ -406,6 +411,14 @@ def rows_of(instances: Any, model: LoadedModel) -> np.ndarray:
     if not np.isfinite(X[~np.isnan(X)]).all():
         raise PredictError(422, "instances: values must be finite (null for a missing value)", "instances")
     return X
+
+
+def _image_rows(instances: list, image: ImageInput) -> np.ndarray:
+    """An image model's instances as objects: images or pixels (serving/images.py)."""
+    try:
+        return image_rows(instances, image)
+    except ImageRowError as e:
+        raise PredictError(422, f"{e.field}: {e.reason}", e.field) from None
 
 
 def _encoded(row: dict, model: LoadedModel) -> bool:

@@ -19,6 +19,7 @@ applies); the `X-Trainyard-Actor` header is gone (the actor is the authenticated
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,6 +29,7 @@ from api.app import create_app
 from api.asyncapi import document
 from api.schemas.common import duration_pattern
 from domain.vocabulary import TASK_METRICS
+from infra.dataset_files import IMAGE_ARCHIVE_SUFFIXES
 from infra.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -234,8 +236,9 @@ def without_schedules(after: dict[str, Any]) -> dict[str, Any]:
     return after
 
 
-NEW_TASKS = ("forecasting",)  # tasks added after the snapshot, each with its builtin datasets and dataset block
-NEW_BUILTINS = ("demand",)
+NEW_TASKS = ("forecasting", "image_classification")  # tasks added after the snapshot, with their builtin datasets,
+NEW_BUILTINS = ("demand", "digits")  # the file suffixes they read and their blocks in a dataset
+NEW_FILE_SUFFIXES = IMAGE_ARCHIVE_SUFFIXES  # ImageFolder archives (image_classification)
 NEW_DATASET_FIELDS = ("forecast",)
 
 
@@ -254,6 +257,9 @@ def without_new_tasks(after: dict[str, Any]) -> dict[str, Any]:
             if isinstance(node.get("pattern"), str) and "builtin://" in node["pattern"]:
                 for name in NEW_BUILTINS:
                     node["pattern"] = node["pattern"].replace(f"|{name}", "")
+                for suffix in NEW_FILE_SUFFIXES:  # written as the schema writes a suffix: any case, dots escaped
+                    node["pattern"] = node["pattern"].replace("|" + "".join(
+                        f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in suffix), "")
             props = node.get("properties")
             if isinstance(props, dict) and {"uri", "target"} <= set(props):
                 for name in NEW_DATASET_FIELDS:

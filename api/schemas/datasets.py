@@ -10,13 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from api.limits import SafeText
 from api.schemas.common import NO_CONTROL
 from domain.contract import TEXT_CHAR
-from infra.dataset_files import FILE_SUFFIXES
+from infra.dataset_files import FILE_SUFFIXES, IMAGE_ARCHIVE_SUFFIXES
 from infra.datasets import BUILTIN_TASK
 
 # The URIs infra/datasets.py reads: a builtin by name, or an absolute file:// path with a table's suffix (any case).
 # Whether the file is there, inside a dataset root and readable is only known when it is read.
 _SUFFIXES = "|".join("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in suffix)
-                     for suffix in FILE_SUFFIXES)
+                     for suffix in FILE_SUFFIXES + IMAGE_ARCHIVE_SUFFIXES)
 URI_PATTERN = f"^(builtin://({'|'.join(map(re.escape, BUILTIN_TASK))})|file:///{TEXT_CHAR}*({_SUFFIXES}))$"
 
 
@@ -44,10 +44,12 @@ class DatasetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     uri: SafeText = Field(min_length=1, max_length=2048, json_schema_extra={"pattern": URI_PATTERN},
                           description=" | ".join(f"builtin://{name} ({task})" for name, task in BUILTIN_TASK.items())
-                          + " | file:///abs/path.csv|.parquet inside a dataset root (see POST /api/v1/datasets); "
+                          + " | file:///abs/path.csv|.parquet inside a dataset root (see POST /api/v1/datasets) | "
+                          "file:///abs/path.zip|.tar.gz, an ImageFolder archive (task image_classification); "
                           f"at most 2048 characters, {NO_CONTROL}")
     target: SafeText | None = Field(default=None, min_length=1, max_length=256,
-                                    description="target column; required for file://; at most 256 characters, "
+                                    description="target column; required for file:// tables (images: none, the "
+                                                "class folder is the label); at most 256 characters, "
                                                 f"{NO_CONTROL}")
     forecast: ForecastIn | None = Field(default=None, description="task forecasting only (and then required, but "
                                         "for builtin://demand): the time and series columns, horizon, lags, "
@@ -58,9 +60,10 @@ class DatasetUploaded(BaseModel):
     uri: str = Field(description="file:// URI of the stored file, to use as a job's dataset.uri")
     sha256: str
     size_bytes: int
-    rows: int
+    rows: int = Field(description="a table's rows; an image archive's images")
     columns: int
     column_names: list[str]
+    classes: list[str] | None = Field(default=None, description="an image archive's class folders (null for a table)")
 
 
 class DatasetPublic(DatasetUploaded):
