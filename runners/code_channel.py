@@ -40,7 +40,8 @@ class CodeSink:
     def on_params(self, params: dict[str, Any]) -> None: ...
     def on_checkpoint(self, step: int, path: Path) -> None: ...
     def on_artifact(self, name: str, path: Path) -> None: ...
-    def on_model(self, path: Path, feature_names: list[str] | None, class_labels: list[Any] | None) -> None: ...
+    def on_model(self, path: Path, feature_names: list[str] | None, class_labels: list[Any] | None,
+                 validation: Path | None = None) -> None: ...
     def on_finish(self, metrics: dict[str, float]) -> None: ...
     def on_output_line(self, stream: str, text: str) -> None:
         """A line the script printed: `stream` is "stdout" or "stderr"; `text` is cut to a log line's bound."""
@@ -186,7 +187,10 @@ class ChannelReader(threading.Thread):
     def _on_model(self, message: dict[str, Any]) -> None:
         features = _labels(message.get("feature_names"), (str,))
         classes = _labels(message.get("class_labels"), (str, int))
-        self.sink.on_model(self._collect(message["path"], f"model-{self._take_file()}.onnx"), features, classes)
+        model = self._collect(message["path"], f"model-{self._take_file()}.onnx")
+        rows = message.get("validation")  # the SDK's CSV of the rows the model was validated on
+        validation = self._collect(rows, f"validation-{self._take_file()}.csv") if rows is not None else None
+        self.sink.on_model(model, features, classes, validation)
 
     def _take_file(self) -> int:
         if self._files >= MAX_FILES:

@@ -15,6 +15,7 @@ afterwards.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -22,12 +23,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from domain.contract import MAX_JOB_ARTIFACTS, printable
+from domain.contract import EVALUATION_ARTIFACT, MAX_JOB_ARTIFACTS, printable
 from domain.search_space import CODE_OBJECTIVE_SERIES
 from infra.code_bundles import BundleError, BundleLimits, get_bundle, unpack_bundle
 from infra.datasets import dataset_digest
 from runners.artifacts import ArtifactStore
 from runners.code_channel import CodeSink
+from runners.code_evaluation import code_model_report
 from runners.code_sandbox import CodeRun, Resources, run_code
 from runners.log_capture import JobLogs, level_of
 from runners.reporting import JobReporter
@@ -43,6 +45,7 @@ class JobSink(CodeSink):
                  checkpoint: Callable[[int, Path], None] | None = None) -> None:
         self.reporter, self.logs, self.checkpoint = reporter, logs, checkpoint
         self.model: tuple[Path, list[str] | None, list[Any] | None] | None = None
+        self.validation: Path | None = None  # the rows the script says its model was validated on (CSV)
         self.artifacts: dict[str, Path] = {}  # name -> the runner's copy; a name logged again replaces its file
         self._artifact_bytes: dict[str, int] = {}
 
@@ -67,8 +70,10 @@ class JobSink(CodeSink):
     def on_progress(self, step: int, total: int) -> None:
         self.reporter.progress(step, total)
 
-    def on_model(self, path: Path, feature_names: list[str] | None, class_labels: list[Any] | None) -> None:
+    def on_model(self, path: Path, feature_names: list[str] | None, class_labels: list[Any] | None,
+                 validation: Path | None = None) -> None:
         self.model = (path, feature_names, class_labels)  # the last one saved is the job's model
+        self.validation = validation
 
     def on_output_line(self, stream: str, text: str) -> None:
         self.logs.add(level_of(stream, text), stream, text)
@@ -121,10 +126,30 @@ def run_code_job(job_id: str, attempt: int, spec: dict[str, Any], reporter: JobR
         artifact = _model_artifact(job_id, attempt, sink, artifacts, spec, dataset_roots)
         kept = [{"name": name, "uri": a.uri, "sha256": a.sha256, "size_bytes": a.size_bytes}
                 for name, path in sink.artifacts.items() for a in [artifacts.put_file(job_id, attempt, path)]]
+        report = _evaluation(sink, spec, base, logs)
+        if report is not None:  # ours first: GET …/evaluation serves the first evaluation.json listed
+            a = artifacts.put_file(job_id, attempt, report)
+            kept.insert(0, {"name": EVALUATION_ARTIFACT, "uri": a.uri, "sha256": a.sha256, "size_bytes": a.size_bytes})
         return {"type": "completed", "final_metrics": outcome.final_metrics, "artifact": artifact,
                 "artifacts": kept}
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _evaluation(sink: JobSink, spec: dict[str, Any], base: Path, logs: JobLogs) -> Path | None:
+    """The evaluation report of the saved model on the rows the script declared (a JSON file), or None: no model,
+    no rows, or rows that cannot be evaluated (the log says why; the job still completes)."""
+    if sink.model is None or sink.validation is None:
+        return None
+    path, features, classes = sink.model
+    try:
+        report = code_model_report(path.read_bytes(), spec["task"], sink.validation, classes, features)
+    except Exception as e:  # noqa: BLE001 - the script's rows or graph: no report, the job stands
+        logs.note("warning", printable(f"no evaluation report: {type(e).__name__}: {e}", 500))
+        return None
+    out = base / "evaluation.json"
+    out.write_text(json.dumps(report, separators=(",", ":"), allow_nan=False))
+    return out
 
 
 def _model_artifact(job_id: str, attempt: int, sink: JobSink, artifacts: ArtifactStore, spec: dict[str, Any],

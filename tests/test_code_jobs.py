@@ -49,7 +49,8 @@ pipeline = make_pipeline(scaler, model)
 onnx = to_onnx(pipeline, X[:1], options={id(model): {"zipmap": False}})
 path = run.output_dir / "model.onnx"
 path.write_bytes(onnx.SerializeToString())
-run.save_model(path, feature_names=list(frame.columns), class_labels=[str(c) for c in model.classes_])
+run.save_model(path, feature_names=list(frame.columns), class_labels=[str(c) for c in model.classes_],
+               validation=(X[-100:], y[-100:]))
 run.finish(metrics={"accuracy": model.score(scaler.transform(X), y)})
 '''
 
@@ -115,6 +116,12 @@ def test_a_scikit_learn_code_job_trains_registers_exports_deploys_and_predicts(s
     assert job["final_metrics"]["accuracy"] > 0.9 and job["progress"]["current_step"] == 5
     assert job["artifact"]["format"] == "onnx" and job["artifact"]["class_labels"] == ["benign", "malignant"]
     assert len(job["artifact"]["feature_names"]) == 30
+    report = http.get(f"{JOBS}/{job_id}/evaluation").json()  # on the 100 rows the script declared
+    section = report["splits"]["validation"]
+    assert section["rows"] == 100 and section["confusion_matrix"]["labels"] == ["benign", "malignant"]
+    assert sum(map(sum, section["confusion_matrix"]["matrix"])) == 100 and section["metrics"]["accuracy"] > 0.8
+    assert report["feature_importance_kind"] == "permutation" and report["feature_importance"][0]["feature"] in (
+        job["artifact"]["feature_names"])
 
     points = stack.full_series(job_id, "train_accuracy", expected=5)
     assert [p["step"] for p in points] == [1, 2, 3, 4, 5]

@@ -59,6 +59,7 @@ MAX_FINAL_NAME, MAX_FINAL_NAMES = 100, 100
 MAX_BUFFERED = 200_000  # points waiting to be shipped
 MAX_PARAMS_BYTES = 64 * 1024  # of one log_params call, as JSON
 MAX_LABELS = 10_000  # feature names or class labels of a model
+MAX_VALIDATION_ROWS = 100_000  # rows a model's declared validation data may have
 FLUSH_S = 0.25
 FLUSH_POINTS = 5_000  # a batch this big is shipped at once rather than at the next tick
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -282,19 +283,45 @@ class Run:
         self._send({"t": "artifact", "name": _name(name or source.name), "path": str(source)})
 
     def save_model(self, path: str | os.PathLike, feature_names: list[str] | None = None,
-                   class_labels: list[Any] | None = None) -> None:
+                   class_labels: list[Any] | None = None, validation: tuple[Any, Any] | None = None) -> None:
         """Declares the ONNX file at `path` (inside output_dir) the job's model, with the names of its input
-        features in order and, for a classifier, its class labels in output order."""
+        features in order and, for a classifier, its class labels in output order. `validation`, `(X, y)` (rows of
+        numbers and their targets: class labels as in `class_labels`, or values; lists or arrays, at most
+        MAX_VALIDATION_ROWS): the rows the model was validated on; the job's evaluation report is computed on them,
+        as a built-in trainer's is, and the export checks the ONNX file on them."""
         source = Path(path).absolute()
         if not source.is_file():
             raise FileNotFoundError(f"no model file at {source}")
         for what, values in (("feature_names", feature_names), ("class_labels", class_labels)):
             if values is not None and (not isinstance(values, (list, tuple)) or len(values) > MAX_LABELS):
                 raise ValueError(f"{what} is a list of at most {MAX_LABELS} values")
-        self._send({"t": "model", "path": str(source),
-                    "feature_names": [_name(str(n)) for n in feature_names] if feature_names is not None else None,
-                    "class_labels": [c if isinstance(c, (int, str)) else str(c) for c in class_labels]
-                    if class_labels is not None else None})
+        message = {"t": "model", "path": str(source),
+                   "feature_names": [_name(str(n)) for n in feature_names] if feature_names is not None else None,
+                   "class_labels": [c if isinstance(c, (int, str)) else str(c) for c in class_labels]
+                   if class_labels is not None else None}
+        if validation is not None:
+            message["validation"] = str(self._validation_file(validation))
+        self._send(message)
+
+    def _validation_file(self, validation: tuple[Any, Any]) -> Path:
+        """(X, y) written as CSV in output_dir: a header of x0..xN-1 and `target`, one row per row."""
+        import csv
+
+        X, y = validation
+        rows, labels = list(X), list(y)
+        if len(rows) != len(labels) or not rows or len(rows) > MAX_VALIDATION_ROWS:
+            raise ValueError(f"validation is (X, y) of 1 to {MAX_VALIDATION_ROWS:,} rows and as many targets")
+        out = self.output_dir / f".trainyard-validation-{uuid.uuid4().hex[:8]}.csv"
+        with open(out, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            width = len(list(rows[0]))
+            writer.writerow([f"x{i}" for i in range(width)] + ["target"])
+            for row, label in zip(rows, labels):
+                values = [float(v) for v in row]
+                if len(values) != width:
+                    raise ValueError("validation rows must all have the same width")
+                writer.writerow([repr(v) for v in values] + [label.item() if hasattr(label, "item") else label])
+        return out
 
     def finish(self, metrics: dict[str, Any] | None = None) -> None:
         """The run's final metrics (at most 100); ships everything waiting. Later calls do nothing."""
