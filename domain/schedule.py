@@ -20,8 +20,9 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.contract import FieldError
 from domain.identity import check_name
-from domain.schedule_times import check_cron, check_timezone, times_between
+from domain.schedule_times import CronSpecError, check_cron, check_timezone, times_between
 
 MAX_DUE_PER_PLAN = 1000  # times one plan looks at; a longer backlog is handled over several plans
 
@@ -61,12 +62,8 @@ class ScheduleError(Exception):
     """A command the schedule's state does not allow; maps to HTTP 409."""
 
 
-class ScheduleSpecError(ValueError):
+class ScheduleSpecError(FieldError):
     """A schedule field that cannot be used; `field` names it (HTTP 422)."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
 
 
 @dataclass(frozen=True)
@@ -92,8 +89,8 @@ def check_spec(cron: str, tz: str, kind: str, overlap: str, catch_up: str) -> tu
             raise ScheduleSpecError(field, f"one of {', '.join(allowed)}, not {value!r}")
     try:
         return check_cron(cron), check_timezone(tz)
-    except ValueError as e:
-        raise ScheduleSpecError(getattr(e, "field", "cron"), getattr(e, "reason", str(e))) from None
+    except CronSpecError as e:
+        raise ScheduleSpecError(e.field, e.reason) from None
 
 
 class Schedule(Aggregate):

@@ -14,15 +14,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter
 
+from domain.contract import FieldError
+
 MAX_CRON_CHARS = 200
 
 
-class CronSpecError(ValueError):
+class CronSpecError(FieldError):
     """A cron expression or a timezone that cannot be used; `field` names the body field at fault."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
 
 
 def check_cron(expr: str) -> str:
