@@ -285,7 +285,7 @@ def test_messages_never_echo_long_user_text() -> None:
 @pytest.mark.parametrize("task", TASK_METRICS)
 def test_objective_metrics_are_the_trainers_final_metrics_and_step_metrics_track_them(task: str) -> None:
     y = np.array([0, 1, 1, 0, 1, 0])
-    if task == "multiclass_classification":
+    if task in ("multiclass_classification", "image_classification"):
         y = np.array([0, 1, 2, 0, 1, 2])
         predicted = np.full((6, 3), 0.1) + np.eye(3)[y] * 0.7
     elif task == "binary_classification":
@@ -299,7 +299,7 @@ def test_objective_metrics_are_the_trainers_final_metrics_and_step_metrics_track
     tracked = {m: step_metric_for(task, m) for m in TASK_METRICS[task]}
     assert {m for m, s in tracked.items() if s} == {
         "binary_classification": {"auc", "logloss"}, "multiclass_classification": {"accuracy", "logloss"},
-        "regression": {"rmse"}, "forecasting": {"rmse"}}[task]
+        "regression": {"rmse"}, "forecasting": {"rmse"}, "image_classification": {"accuracy", "logloss"}}[task]
     for metric, step_metric in tracked.items():
         if step_metric is None:
             continue
