@@ -54,6 +54,9 @@ class Submitted(_Payload):
     validation: dict[str, Any] | None = Field(default=None, description="how its rows are split: `strategy` "
                                               "(holdout, kfold, time_series) and every field it uses; null: the "
                                               "default 80/20 holdout (and events stored before validation)")
+    champion: dict[str, Any] | None = Field(default=None, description="a retrain's job: the deployed version's ONNX "
+                                            "artifact (`uri`, `sha256`, `feature_names`, …, `model`, `version`) it "
+                                            "also scores on its test split; null for any other job")
 
 
 class Started(_Payload):
@@ -379,6 +382,53 @@ class ScheduleDeleted(_Payload):
     reason: str
 
 
+# ---- retrains ----------------------------------------------------------------------------------------------
+class RetrainRequested(_Payload):
+    """A deployed variant's model retrained on new data: `job_id` was submitted with it, `champion` is the deployed
+    ONNX artifact scored on the same test split; `gate`, `register_as` and `challenger` say what a pass does."""
+    project: str
+    deployment: str
+    variant: str
+    model: str
+    version: int
+    job_id: str
+    gate: dict[str, Any] | None
+    register_as: str | None
+    challenger: dict[str, Any] | None
+    champion: dict[str, Any]
+
+
+class RetrainJobFailed(_Payload):
+    status: str
+    error: str | None
+
+
+class RetrainGateDecided(_Payload):
+    """The gate's verdict: `reason` holds the figures (candidate and champion on the test split, the regression and
+    what was allowed), `figures` the same as numbers."""
+    reason: str
+    figures: dict[str, Any]
+
+
+class RetrainVersionRegistered(_Payload):
+    model: str
+    version: int
+
+
+class RetrainExportRequested(_Payload):
+    export_id: str
+
+
+class RetrainChallengerAdded(_Payload):
+    variant: str
+    weight: int
+    revision: int
+
+
+class RetrainChallengerFailed(_Payload):
+    reason: str
+
+
 class Envelope(BaseModel, Generic[P]):
     model_config = ConfigDict(extra="forbid")
     event_id: str
@@ -420,10 +470,15 @@ API_KEY_EVENTS: dict[str, type[BaseModel]] = {"created": ApiKeyCreated, "revoked
 SCHEDULE_EVENTS: dict[str, type[BaseModel]] = {
     "created": ScheduleCreated, "fired": ScheduleFired, "skipped": ScheduleSkipped, "missed": ScheduleMissed,
     "changed": ScheduleChanged, "paused": SchedulePaused, "resumed": ScheduleResumed, "deleted": ScheduleDeleted}
+RETRAIN_EVENTS: dict[str, type[BaseModel]] = {
+    "requested": RetrainRequested, "job_failed": RetrainJobFailed, "gate_passed": RetrainGateDecided,
+    "gate_failed": RetrainGateDecided, "version_registered": RetrainVersionRegistered,
+    "export_requested": RetrainExportRequested, "challenger_added": RetrainChallengerAdded,
+    "challenger_failed": RetrainChallengerFailed}
 EVENTS: dict[str, dict[str, type[BaseModel]]] = {
     "training_job": TRAINING_JOB_EVENTS, "study": STUDY_EVENTS, "model": MODEL_EVENTS,
     "model_export": MODEL_EXPORT_EVENTS, "deployment": DEPLOYMENT_EVENTS, "api_key": API_KEY_EVENTS,
-    "schedule": SCHEDULE_EVENTS}
+    "schedule": SCHEDULE_EVENTS, "retrain": RETRAIN_EVENTS}
 
 
 def specification() -> AsyncAPI:

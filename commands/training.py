@@ -52,6 +52,7 @@ class SubmitJob:
     code: dict[str, Any] | None = None  # a code job's bundle (code_id, sha256), entrypoint, args
     resources: dict[str, Any] | None = None  # a code job's cpus, memory_mb, gpus
     validation: dict[str, Any] | None = None  # how its rows are split (domain/validation.py); None: holdout
+    champion: dict[str, Any] | None = None  # a retrain's deployed model to score on the same test split
 
     def fields(self) -> dict[str, Any]:
         """The fields, with their own copies of the containers (dataclasses.asdict would deep-copy everything, on

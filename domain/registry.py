@@ -18,6 +18,7 @@ from domain.deployment import Deployment
 from domain.identity import ApiToken, Project, ServiceAccount, Session, User
 from domain.models import ModelExport, RegisteredModel
 from domain.resources import gpus_of
+from domain.retrain import Retrain
 from domain.schedule import Schedule
 from domain.study import Study
 from domain.training_job import TrainingJob
@@ -41,6 +42,7 @@ AGGREGATES: tuple[AggregateType, ...] = (
     AggregateType(Deployment, "deployment"),
     AggregateType(ApiKey, "api_key"),
     AggregateType(Schedule, "schedule"),  # its runs are training jobs and studies: no work kind of its own
+    AggregateType(Retrain, "retrain"),  # its job is a training job: no work kind of its own
     # Identity stays off the bus: its events hold password and token hashes, and nothing outside needs them.
     AggregateType(User, "user", public=False),
     AggregateType(ServiceAccount, "service_account", public=False),

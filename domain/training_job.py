@@ -38,9 +38,10 @@ class TrainingJob(LeasedWork):
         `study_id`, `trial_number` and `report_metric`; v4 the job's `project`; v5 a retry's `retry_of` (the job it
         retries) and `from_checkpoint`; v6 a code job's `code` and `resources`. Each upcaster gives an older stored
         form the defaults (a job submitted before projects belongs to the default project; one submitted before
-        retries retries nothing; one submitted before code jobs runs a built-in trainer)."""
+        retries retries nothing; one submitted before code jobs runs a built-in trainer). v7 added `validation`; v8 a
+        retrain's `champion` (the deployed ONNX artifact it also scores on its test split: domain/retrain.py)."""
 
-        class_version = 6
+        class_version = 8
         name: str
         framework: str
         task: str
@@ -59,6 +60,7 @@ class TrainingJob(LeasedWork):
         code: dict[str, Any] | None = None
         resources: dict[str, Any] | None = None
         validation: dict[str, Any] | None = None
+        champion: dict[str, Any] | None = None
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -89,6 +91,10 @@ class TrainingJob(LeasedWork):
         def upcast_v6_v7(state: dict[str, Any]) -> None:
             state.setdefault("validation", None)
 
+        @staticmethod
+        def upcast_v7_v8(state: dict[str, Any]) -> None:
+            state.setdefault("champion", None)
+
     @classmethod
     def create(cls, id: UUID, *, project: str, validation: dict[str, Any] | None = None,
                **fields: Any) -> TrainingJob:
@@ -118,6 +124,7 @@ class TrainingJob(LeasedWork):
         code: dict[str, Any] | None = None,
         resources: dict[str, Any] | None = None,
         validation: dict[str, Any] | None = None,
+        champion: dict[str, Any] | None = None,
     ) -> None:
         self.project = project  # every read and command sees it only from within this project
         self.name = name
@@ -137,6 +144,7 @@ class TrainingJob(LeasedWork):
         self.code = code  # a code job's bundle (code_id, sha256), entrypoint and args; None: a built-in trainer
         self.resources = resources  # a code job's cpus, memory_mb, gpus
         self.validation = validation  # how its rows are split (domain/validation.py); None: the default holdout
+        self.champion = champion  # a retrain's deployed model, scored on the same test split; None: not a retrain
         self._init_work()
 
     @property
@@ -157,6 +165,8 @@ class TrainingJob(LeasedWork):
             spec["resources"] = self.resources
         if self.validation is not None:
             spec["validation"] = self.validation
+        if self.champion is not None:
+            spec["champion"] = self.champion
         return spec
 
     def retry_fields(self, params: dict[str, Any], priority: str | None, from_checkpoint: bool) -> dict[str, Any]:
