@@ -335,6 +335,11 @@ class Runner:
             log.warning("job %s attempt %d failed: %s", lease.job_id, attempt, printable(e, 300))
             lease.logs.logs.exception(e)
             return {"type": "failed", "error": printable(f"{type(e).__name__}: {e}"), "traceback": True}
+        if spec.get("champion"):  # a retrain: the deployed model scored on the same test rows (runners/champion.py)
+            from runners.champion import with_champion
+
+            result = await asyncio.to_thread(with_champion, train_spec, spec["champion"], result, self.artifacts,
+                                             self.dataset_roots)
         art = await asyncio.to_thread(self.artifacts.put, lease.job_id, attempt, result.model_bytes,
                                       MODEL_SUFFIX[result.model_format])
         artifact: dict[str, Any] = {"uri": art.uri, "sha256": art.sha256, "size_bytes": art.size_bytes,
