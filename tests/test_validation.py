@@ -22,6 +22,12 @@ def test_a_time_series_split_never_puts_a_validation_or_test_row_before_a_traini
     times = np.random.default_rng(seed).permutation(n)  # row i happened at times[i]
     order = np.argsort(times, kind="stable")
     v = Validation.parse({"strategy": "time_series", "valid_fraction": valid, "test_fraction": test, "gap": gap})
+    n_held = int(np.ceil(n * valid)) + (int(np.ceil(n * test)) if test else 0) + gap * (2 if test else 1)
+    if n_held >= n:  # nothing left to train on: refused, naming the field
+        with pytest.raises(ValidationError) as e:
+            split_rows(v, n, None, seed, order)
+        assert e.value.field in ("validation.gap", "validation.valid_fraction")
+        return
     rows = split_rows(v, n, None, seed, order)
     assert len(rows.train) and len(rows.valid) and len(rows.test) == (int(np.ceil(n * test)) if test else 0)
     assert times[rows.train].max() < times[rows.valid].min()
