@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from domain.contract import FieldError
 from domain.images import ImageInput, PixelsError
 from infra.bundle_members import BundleError
 from infra.image_folders import decode_image, to_pixels
@@ -22,12 +23,8 @@ MAX_IMAGES = 64  # instances per request
 MAX_PIXELS = 1024 * 1024  # width x height of one image
 
 
-class ImageRowError(ValueError):
+class ImageRowError(FieldError):
     """An instance that is not an image of the model's kind: `field` is where, `reason` why (the server's 422)."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(reason)
-        self.field, self.reason = field, reason
 
 
 def image_rows(instances: list[Any], shape: ImageInput) -> np.ndarray:
