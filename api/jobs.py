@@ -219,7 +219,7 @@ def _stored_artifact(s: Services, job: dict, name: str) -> tuple[FilePath, dict]
     """(path, listing) of the artifact `name` the job kept; Problem(404) if it kept none or it is gone."""
     found = next((a for a in job.get("artifacts") or () if a.get("name") == name), None)
     if found is None:
-        raise Problem(404, "Not found", f"name: job {job['id']} kept no artifact named {name[:200]!r}", "name")
+        raise Problem(404, "Not found", f"name: job {job['job_id']} kept no artifact named {name[:200]!r}", "name")
     from runners.artifacts import LocalArtifactStore
 
     try:
@@ -227,7 +227,7 @@ def _stored_artifact(s: Services, job: dict, name: str) -> tuple[FilePath, dict]
     except ValueError:
         path = None
     if path is None or not path.is_file():
-        raise Problem(404, "Not found", f"name: artifact {name[:200]!r} of job {job['id']} is no longer stored",
+        raise Problem(404, "Not found", f"name: artifact {name[:200]!r} of job {job['job_id']} is no longer stored",
                       "name")
     return path, found
 
