@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import (ab, auth, code, context, datasets, deployments, docs, edge, identity, jobs, logs, models, ops,
-                 problems, schedules, stats, streams, studies)
+                 problems, retrains, schedules, stats, streams, studies)
 from api.deps import Services
 from api.importances import ImportanceCache
 from api.limits import MULTIPART_SLACK_BYTES, BodyLimit
@@ -25,7 +25,7 @@ def create_app(services: Services, nats_client: Any = None) -> FastAPI:
     context.install(app)
     for router in (jobs.router, logs.router, studies.router, studies.experiments, datasets.router, code.router,
                    models.router, deployments.router, deployments.keys, ab.router, identity.router, streams.router,
-                   schedules.router, stats.router):
+                   schedules.router, stats.router, retrains.router):
         auth.document_access(router)
         context.document_commands(router)
         document_unparsable_bodies(router)

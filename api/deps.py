@@ -54,6 +54,8 @@ class Services:
     runners: Any = None  # infra.runner_registry.RunnerRegistry: the runners heard from and what they have
     schedules: Any = None  # projections.schedules.ScheduleQueries
     schedule_commands: Any = None  # commands.schedules.ScheduleCommands
+    retrains: Any = None  # projections.retrains.RetrainQueries
+    retrain_commands: Any = None  # commands.retrains.RetrainCommands
     health: Health = field(default_factory=Health)
     fanout: Fanout = field(default_factory=Fanout)  # wakes the live streams (api/streams.py)
 

@@ -22,6 +22,7 @@ from commands.identity import (BadCredentials, PrincipalNotFoundError, ProjectNo
                                TokenNotFoundError)
 from commands.deployments import ApiKeyNotFoundError, DeploymentNotFoundError
 from commands.models import ExportNotFoundError, ModelNotFoundError
+from commands.retrains import RetrainNotFoundError
 from commands.schedules import ScheduleNotFoundError
 from commands.studies import StudyNotFoundError
 from commands.training import IdempotencyConflictError, JobNotFoundError
@@ -31,6 +32,7 @@ from domain.identity import IdentityError, IdentitySpecError
 from domain.quotas import OverQuota, QuotaSpecError
 from domain.deployment_spec import DeploymentError, DeploymentSpecError
 from domain.models import ModelError, ModelSpecError, VersionNotFoundError
+from domain.retrain import RetrainError, RetrainSpecError
 from domain.schedule import ScheduleError, ScheduleSpecError
 from domain.study import StudyError
 from domain.training_job import JobError
@@ -101,6 +103,8 @@ DOMAIN_ERRORS: tuple[tuple[type[Exception], Callable[[Any], Problem]], ...] = (
     (ApiKeyNotFoundError, lambda e: Problem(404, "Not found", f"no API key {e}", "key_id")),
     (ScheduleNotFoundError, lambda e: Problem(404, "Not found", f"no schedule {e}", "schedule_id")),
     (ScheduleError, _conflict), (ScheduleSpecError, _invalid_field),
+    (RetrainNotFoundError, lambda e: Problem(404, "Not found", f"no retrain {e}", "retrain_id")),
+    (RetrainError, _conflict), (RetrainSpecError, _invalid_field),
     (IdempotencyConflictError, lambda e: Problem(409, "Conflict", str(e), "Idempotency-Key")),
     (JobError, _conflict), (StudyError, _conflict), (ModelError, _conflict), (DeploymentError, _conflict),
     (ApiKeyError, _conflict),

@@ -54,6 +54,7 @@ def build_services(settings: Settings) -> Services:
     from api.deps import Services
     from commands.deployments import DeploymentCommands
     from commands.models import ModelCommands
+    from commands.retrains import RetrainCommands
     from commands.schedules import ScheduleCommands
     from commands.studies import StudyCommands
     from commands.training import TrainingApplication
@@ -68,6 +69,7 @@ def build_services(settings: Settings) -> Services:
     from projections.models import ModelQueries
     from projections.read_models import READ_MODELS
     from projections.read_your_writes import AppliedPositions
+    from projections.retrains import RetrainQueries
     from projections.schedules import ScheduleQueries
     from projections.usage import UsageQueries
     from projections.studies import StudyQueries
@@ -99,10 +101,12 @@ def build_services(settings: Settings) -> Services:
     for read_model in ("jobs", "studies", "deployments"):  # the live streams wake when their read model commits
         applied.watch(read_model, lambda name=read_model: fanout.notify(f"read-model:{name}"))
     schedule_commands = ScheduleCommands(app, clock_from(settings.scheduler_clock), settings.scheduler_grace_s)
+    deployment_commands = DeploymentCommands(app)
     return Services(settings, app, pool, JobQueries(pool), ch, metrics, logs, leases, StudyQueries(pool),
                     StudyCommands(app), ModelQueries(pool), ModelCommands(app), predictions, DeploymentQueries(pool),
-                    DeploymentCommands(app), applied, identity, queries, auth, UsageQueries(pool), fanout=fanout,
-                    runners=RunnerRegistry(pool), schedules=ScheduleQueries(pool), schedule_commands=schedule_commands)
+                    deployment_commands, applied, identity, queries, auth, UsageQueries(pool), fanout=fanout,
+                    runners=RunnerRegistry(pool), schedules=ScheduleQueries(pool), schedule_commands=schedule_commands,
+                    retrains=RetrainQueries(pool), retrain_commands=RetrainCommands(app, deployment_commands))
 
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -176,6 +180,7 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
     from projections.deployments import PolicyEvaluations
     from commands.reconciler import Reconciler
     from commands.reports import ReportHandler
+    from commands.retrain_driver import RetrainDriver
     from commands.scheduler import Scheduler
     from commands.study_driver import StudyDriver
     from commands.training import TrainingApplication
@@ -215,6 +220,7 @@ def build_serve(settings: Settings, services: Services, js: Any) -> ServeParts:
                                PolicyEvaluations(services.pool), settings.policy_interval_s),
         "scheduler": Scheduler(services.schedule_commands, services.schedules, services.schedule_commands.clock,
                                stage("scheduler")),
+        "retrain-driver": RetrainDriver(services.retrain_commands, services.retrains, stage("retrain-driver")),
         "reconciler": Reconciler(services.app, services.leases, WorkQueries(services.pool), WorkStream(js),
                                  stage("reconciler", max(stuck, 5 * settings.reconcile_interval_s)),
                                  settings.reconcile_interval_s, settings.requeue_after_s),

@@ -20,8 +20,10 @@ from psycopg_pool import ConnectionPool
 
 from domain.api_key import ApiKey
 from domain.deployment import Deployment
+from domain.retrain import Retrain
 from infra.postgres import fetch_dicts
 from projections.id_prefix import id_range
+from projections.retrains import RETRAIN_TOPICS, RETRAINS_DDL, RetrainRows, apply_retrain
 from projections.tracking import TrackedProjection, TrackedView, topics_of
 
 DEPLOYMENTS_DDL = """
@@ -60,8 +62,8 @@ def _actor(e: Any) -> str:
     return (getattr(e, "metadata", None) or {}).get("actor") or "anonymous"
 
 
-class DeploymentsView(TrackedView):
-    DDL = DEPLOYMENTS_DDL
+class DeploymentsView(RetrainRows, TrackedView):
+    DDL = DEPLOYMENTS_DDL + RETRAINS_DDL
 
     def revise(self, e: Any, tracking: Tracking, change: str, active: bool, variants: Any, shadow: Any,
                rolled_back_to: int | None = None, figures: dict[str, Any] | None = None) -> None:
@@ -104,7 +106,7 @@ class DeploymentsProjection(TrackedProjection[DeploymentsView]):
     topics = topics_of(
         Deployment.Created, Deployment.Revised, Deployment.TrafficChanged, Deployment.Promoted, Deployment.Updated,
         Deployment.RolledBack, Deployment.PolicyStepped, Deployment.PolicyPromoted, Deployment.PolicyHalted,
-        Deployment.Deactivated, Deployment.PolicySet, ApiKey.Created, ApiKey.Revoked)
+        Deployment.Deactivated, Deployment.PolicySet, ApiKey.Created, ApiKey.Revoked) + RETRAIN_TOPICS
 
     @singledispatchmethod
     def apply(self, domain_event: Any, tracking: Tracking) -> None:
@@ -113,6 +115,10 @@ class DeploymentsProjection(TrackedProjection[DeploymentsView]):
     @apply.register
     def _(self, e: Deployment.Created, tracking: Tracking) -> None:
         self.view.create(e, tracking)
+
+    @apply.register
+    def _(self, e: Retrain.Event, tracking: Tracking) -> None:
+        apply_retrain(e, self.view, tracking)
 
     @apply.register
     def _(self, e: Deployment.Revision, tracking: Tracking) -> None:

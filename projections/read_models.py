@@ -8,6 +8,7 @@ from projections.identity import IDENTITY_DDL, IdentityProjection, IdentityView
 from projections.deployments import DEPLOYMENTS_DDL, DeploymentsProjection, DeploymentsView
 from projections.jobs import JOBS_DDL, JobsProjection, JobsView
 from projections.models import MODELS_DDL, ModelsProjection, ModelsView
+from projections.retrains import RETRAINS_DDL
 from projections.schedules import SCHEDULES_DDL, SchedulesProjection, SchedulesView
 from projections.studies import STUDIES_DDL, StudiesProjection, StudiesView
 
@@ -32,7 +33,7 @@ READ_MODELS: tuple[ReadModel, ...] = (
     ReadModel(JobsProjection, JobsView, JOBS_DDL),
     ReadModel(StudiesProjection, StudiesView, STUDIES_DDL),
     ReadModel(ModelsProjection, ModelsView, MODELS_DDL),
-    ReadModel(DeploymentsProjection, DeploymentsView, DEPLOYMENTS_DDL),
+    ReadModel(DeploymentsProjection, DeploymentsView, DEPLOYMENTS_DDL + RETRAINS_DDL),  # with its retrains
     ReadModel(IdentityProjection, IdentityView, IDENTITY_DDL),
     ReadModel(SchedulesProjection, SchedulesView, SCHEDULES_DDL),
 )

@@ -213,13 +213,15 @@ def without_added_response_properties(after: dict[str, Any], before: dict[str, A
 
 
 def without_schedules(after: dict[str, Any]) -> dict[str, Any]:
-    """`after` (resolved AsyncAPI) without what schedules (issue 20, a deliberate addition) publish: the
-    `schedule.*` channels, their operations and messages, and `schedule` among the envelope's aggregates."""
+    """`after` (resolved AsyncAPI) without what schedules and retrains (issue 20, deliberate additions) publish: the
+    `schedule.*` and `retrain.*` channels, their operations and messages, and both among the envelope's
+    aggregates."""
     after = json.loads(json.dumps(after))
     for section in (after, after.get("components") or {}):
         for key in ("channels", "operations", "messages"):
-            for name in [n for n in section.get(key) or {} if n.startswith("schedule.") or n.startswith("schedule_")
-                         or n.lower().startswith("schedule:")]:
+            for name in [n for n in section.get(key) or {} if any(
+                    n.startswith(f"{a}.") or n.startswith(f"{a}_") or n.lower().startswith(f"{a}:")
+                    for a in ("schedule", "retrain"))]:
                 del section[key][name]
 
     def walk(node: Any) -> None:
@@ -228,7 +230,7 @@ def without_schedules(after: dict[str, Any]) -> dict[str, Any]:
                 walk(item)
         elif isinstance(node, dict):
             if isinstance(node.get("enum"), list) and "training_job" in node["enum"]:
-                node["enum"] = [v for v in node["enum"] if v != "schedule"]
+                node["enum"] = [v for v in node["enum"] if v not in ("schedule", "retrain")]
             for value in node.values():
                 walk(value)
 

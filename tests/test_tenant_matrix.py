@@ -54,6 +54,7 @@ def world(module_database_url: str, clickhouse: Any, tmp_path_factory: pytest.Te
         objects = {"job_id": job.json()["job_id"], "study_id": study.json()["study_id"], "name": f"{CANARY}-model",
                    "key_id": key.json()["id"], "code_id": code.json()["code_id"],
                    "schedule_id": schedule.json()["id"], "export_id": str(uuid.uuid4()), "version": "1", "alias": "production",
+                   "retrain_id": str(uuid.uuid4()),
                    "project": "alpha", "principal": "admin"}  # removing the owner from alpha harms no test user
         yield client, tenants, objects, client.app.openapi()
 
