@@ -632,6 +632,17 @@ class TrainyardClient:
             body["reason"] = reason
         return self._call("POST", f"{_deployment_path(name)}/promote", json=body)
 
+    def retrain(self, name: str, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        """Retrain a variant of the deployment (POST …/retrain): the retrain as GET …/retrains/{id} shows it."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", f"{_deployment_path(name)}/retrain", json=body, headers=headers)
+
+    def retrains(self, name: str, retrain_id: str | None = None, **query: Any) -> dict[str, Any]:
+        """The deployment's retrains ({"items", "total", …}), or one of them."""
+        if retrain_id is not None:
+            return self._call("GET", f"{_deployment_path(name)}/retrains/{_seg(retrain_id)}")
+        return self._call("GET", f"{_deployment_path(name)}/retrains", params=query)
+
     def rollback(self, name: str, reason: str | None = None) -> dict[str, Any]:
         """A new revision equal to the one before the current."""
         return self._call("POST", f"{_deployment_path(name)}/rollback",
