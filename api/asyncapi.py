@@ -323,12 +323,13 @@ class ApiKeyRevoked(_Payload):
 # ---- schedules ---------------------------------------------------------------------------------------------
 class ScheduleCreated(_Payload):
     """A schedule: its cron read in `timezone`, its run `kind` and the `template` each run submits (a job's or a
-    study's fields), its overlap and catch-up policies; `cursor`: the time its first scheduled time comes after."""
+    study's fields; a retrain's `deployment` and request), its overlap and catch-up policies; `cursor`: the time its
+    first scheduled time comes after."""
     name: str
     project: str
     cron: str
     timezone: str
-    kind: Literal["job", "study"]
+    kind: Literal["job", "study", "retrain"]
     template: dict[str, Any]
     overlap: Literal["skip", "queue", "cancel_previous"]
     catch_up: Literal["none", "latest", "all"]
@@ -342,7 +343,7 @@ class ScheduleFired(_Payload):
     scheduled_for: datetime
     trigger: Literal["cron", "catch_up", "manual"]
     run_id: str
-    run_kind: Literal["job", "study"]
+    run_kind: Literal["job", "study", "retrain"]
     reason: str
     cancelled: str | None
 

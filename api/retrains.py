@@ -7,13 +7,14 @@ The job a retrain submits is checked exactly as a submit (params, dataset, valid
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from api.auth import access_of, allow
+from api.auth import Access, access_of, allow
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.jobs import check_job_dataset, check_params_shape, check_validation
@@ -23,12 +24,41 @@ from api.schemas.common import IdPrefix, problems
 from api.schemas.datasets import DatasetIn
 from api.schemas.deployments import DeploymentName
 from api.schemas.retrains import RetrainIn, RetrainList, RetrainPublic
+from commands.retrains import RetrainPlan
 from domain.access import authorize
 from domain.retrain import RetrainStatus
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["retrains"])
 NamePath = Annotated[DeploymentName, Path()]
 READ_MODEL = "deployments"  # the retrains table is the deployments read model's
+
+
+def check_retrain(name: str, body: RetrainIn, s: Services, access: Access) -> RetrainPlan:
+    """What retraining `name` as `body` asks submits, checked as a submit with the permissions it needs; Problem
+    (403, 404, 422 naming the field) otherwise."""
+    for wanted, action in ((True, "job.submit"), (body.register_as is not None, "model.write"),
+                           (body.challenger is not None, "model.export")):
+        if wanted:
+            authorize(access.principal, access.project, action)
+    if body.challenger is not None and body.register_as is None:
+        raise Problem(422, "Invalid request", "challenger: needs register_as (only a registered version can serve)",
+                      "challenger")
+    check_params_shape(body.params)
+    plan = s.retrain_commands.plan(name, project=access.project, variant=body.variant,
+                                   dataset=body.dataset.model_dump(exclude_none=True) if body.dataset else None,
+                                   params=body.params, priority=body.priority)
+    job = plan.job
+    check_params_shape(job.params)
+    check_job_dataset(job.framework, job.task, job.dataset["uri"], job.dataset.get("target"), job.params, s,
+                      project=access.project)
+    if body.validation is None:
+        return plan
+    validation = check_validation(body.validation, job.framework, DatasetIn(**job.dataset), s)
+    if not (validation or {}).get("test_fraction"):
+        raise Problem(422, "Invalid request", "validation.test_fraction: a retrain is judged on a test split "
+                                              "(holdout or time_series with test_fraction > 0)",
+                      "validation.test_fraction")
+    return replace(plan, job=replace(job, validation=validation))
 
 
 def _retrain(s: Services, name: str, retrain_id: UUID, project: str) -> RetrainPublic:
@@ -48,30 +78,7 @@ def retrain(name: NamePath, body: RetrainIn, request: Request, s: ServicesDep, c
     model's next version; with `challenger`, it is exported and added to the deployment at `weight` (202; 200 when
     the Idempotency-Key was seen before)."""
     access = access_of(request)
-    for wanted, action in ((True, "job.submit"), (body.register_as is not None, "model.write"),
-                           (body.challenger is not None, "model.export")):
-        if wanted:
-            authorize(access.principal, access.project, action)
-    if body.challenger is not None and body.register_as is None:
-        raise Problem(422, "Invalid request", "challenger: needs register_as (only a registered version can serve)",
-                      "challenger")
-    check_params_shape(body.params)
-    plan = s.retrain_commands.plan(name, project=access.project, variant=body.variant,
-                                   dataset=body.dataset.model_dump(exclude_none=True) if body.dataset else None,
-                                   params=body.params, priority=body.priority)
-    job = plan.job
-    check_params_shape(job.params)
-    check_job_dataset(job.framework, job.task, job.dataset["uri"], job.dataset.get("target"), job.params, s,
-                      project=access.project)
-    if body.validation is not None:
-        validation = check_validation(body.validation, job.framework, DatasetIn(**job.dataset), s)
-        if not (validation or {}).get("test_fraction"):
-            raise Problem(422, "Invalid request", "validation.test_fraction: a retrain is judged on a test split "
-                                                  "(holdout or time_series with test_fraction > 0)",
-                          "validation.test_fraction")
-        plan = s.retrain_commands.plan(name, project=access.project, variant=body.variant,
-                                       dataset=job.dataset, params=body.params, validation=validation,
-                                       priority=body.priority)
+    plan = check_retrain(name, body, s, access)
     admit_job(s, access.project)
     retrain, position = s.retrain_commands.request(
         plan, gate=body.gate.model_dump(exclude_none=True) if body.gate else None, register_as=body.register_as,

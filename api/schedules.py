@@ -16,13 +16,16 @@ from api.auth import Access, access_of, allow
 from api.context import IDEMPOTENT, CommandContextDep, idempotency_key, repeated
 from api.deps import READ_YOUR_WRITES_TIMEOUT_S, Services, ServicesDep
 from api.jobs import check_job
+from api.retrains import check_retrain
 from api.problems import Problem
 from api.schemas.common import IdPrefix, problems
 from api.schemas.schedules import (ScheduleIn, ScheduleList, SchedulePatch, SchedulePublic, ScheduleRunList,
                                    ScheduleRunPublic, Triggered)
 from api.schemas.jobs import JobIn
+from api.schemas.retrains import ScheduledRetrainIn
 from api.schemas.studies import StudyIn
 from api.studies import check_study_in
+from commands.deployments import DeploymentNotFoundError
 from commands.schedules import CreateSchedule, ScheduleNotFoundError
 from commands.studies import CreateStudy
 from commands.training import SubmitJob
@@ -45,8 +48,19 @@ def _schedule(s: Services, schedule_id: UUID, request: Request) -> SchedulePubli
     return SchedulePublic.model_validate(row)
 
 
-def _template(job: JobIn | None, study: StudyIn | None, s: Services, access: Access) -> tuple[str, dict[str, Any]]:
+def _template(job: JobIn | None, study: StudyIn | None, s: Services, access: Access,
+              retrain: ScheduledRetrainIn | None = None) -> tuple[str, dict[str, Any]]:
     """(kind, template): the body checked as its submit, kept as the fields that submit passes on."""
+    if retrain is not None:
+        try:
+            plan = check_retrain(retrain.deployment, retrain, s, access)
+        except DeploymentNotFoundError:
+            raise Problem(422, "Invalid request", f"retrain.deployment: no deployment {retrain.deployment!r}",
+                          "retrain.deployment") from None
+        template = retrain.model_dump(mode="json", exclude_none=True)
+        if plan.job.validation is not None and retrain.validation is not None:
+            template["validation"] = plan.job.validation
+        return RunKind.RETRAIN, template
     if job is not None:
         authorize(access.principal, access.project, "job.submit")
         code, resources = check_job(job, s, access)
@@ -71,7 +85,7 @@ def create_schedule(body: ScheduleIn, request: Request, s: ServicesDep, ctx: Com
     """Create a schedule (201; 200 when the Idempotency-Key was seen before). Its template is checked as its
     submit would be, with its submit's permission (`job.submit` or `study.create`)."""
     access = access_of(request)
-    kind, template = _template(body.job, body.study, s, access)
+    kind, template = _template(body.job, body.study, s, access, body.retrain)
     cmd = CreateSchedule(project=access.project, name=body.name, cron=body.cron, timezone=body.timezone, kind=kind,
                          template=template, overlap=body.overlap, catch_up=body.catch_up, enabled=body.enabled)
     saved = s.schedule_commands.create(cmd, idempotency_key(request), ctx)
@@ -108,10 +122,10 @@ def change_schedule(schedule_id: UUID, body: SchedulePatch, request: Request, s:
     access = access_of(request)
     current = _schedule(s, schedule_id, request)
     template = None
-    if body.job is not None or body.study is not None:
-        if body.job is not None and body.study is not None:
-            raise Problem(422, "Invalid request", "at most one of `job` and `study`", "job")
-        kind, template = _template(body.job, body.study, s, access)
+    if body.job is not None or body.study is not None or body.retrain is not None:
+        if sum(t is not None for t in (body.job, body.study, body.retrain)) > 1:
+            raise Problem(422, "Invalid request", "at most one of `job`, `study` and `retrain`", "job")
+        kind, template = _template(body.job, body.study, s, access, body.retrain)
         if kind != current.kind:
             raise Problem(422, "Invalid request", f"this schedule runs a {current.kind}, not a {kind}", kind)
     saved = s.schedule_commands.change(schedule_id, project=access.project, ctx=ctx, name=body.name, cron=body.cron,

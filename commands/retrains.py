@@ -80,17 +80,33 @@ class RetrainCommands:
                 ctx: CommandContext = ANONYMOUS) -> tuple[Retrain, int | None]:
         """Submit the planned job with its champion and record the retrain, in one transaction (position None: an
         Idempotency-Key replay of an earlier request)."""
-        cmd = replace(plan.job, champion=plan.champion)
-        job_id = job_id_for(idempotency_key, cmd.project)
-        retrain = Retrain.request(job_id=job_id, project=cmd.project, deployment=plan.deployment, variant=plan.variant,
-                                  model=plan.model, version=plan.version, gate=gate, register_as=register_as,
-                                  challenger=challenger, champion=plan.champion)
-        job = TrainingJob.create(id=job_id, **cmd.fields())
+        job, retrain = self.build(plan, job_id_for(idempotency_key, plan.job.project), gate=gate,
+                                  register_as=register_as, challenger=challenger)
         try:
             # the retrain last: its position is the one the retrains' read model (deployments) records
             return retrain, last_position(self.app.save_with(ctx, job, retrain))
         except RecordConflictError:  # the same key again: the retrain it made
-            return self.get(plan.deployment, retrain.id, project=cmd.project), None
+            return self.get(plan.deployment, retrain.id, project=plan.job.project), None
+
+    @staticmethod
+    def build(plan: RetrainPlan, job_id: UUID, *, gate: dict[str, Any] | None, register_as: str | None,
+              challenger: dict[str, Any] | None) -> tuple[TrainingJob, Retrain]:
+        """The planned job (with its champion) and its retrain, unsaved."""
+        cmd = replace(plan.job, champion=plan.champion)
+        retrain = Retrain.request(job_id=job_id, project=cmd.project, deployment=plan.deployment, variant=plan.variant,
+                                  model=plan.model, version=plan.version, gate=gate, register_as=register_as,
+                                  challenger=challenger, champion=plan.champion)
+        return TrainingJob.create(id=job_id, **cmd.fields()), retrain
+
+    def scheduled(self, project: str, template: dict[str, Any], job_id: UUID) -> tuple[TrainingJob, Retrain]:
+        """A schedule's retrain (its template: `deployment` and a retrain request's fields), planned against what
+        the deployment serves now; unsaved (the scheduler saves it with the schedule's Fired)."""
+        body = dict(template)
+        plan = self.plan(body.pop("deployment"), project=project, variant=body.get("variant"),
+                         dataset=body.get("dataset"), params=body.get("params"), validation=body.get("validation"),
+                         priority=body.get("priority") or "medium")
+        return self.build(plan, job_id, gate=body.get("gate"), register_as=body.get("register_as"),
+                          challenger=body.get("challenger"))
 
     def get(self, deployment: str, retrain_id: UUID, *, project: str) -> Retrain:
         retrain = self.app.load(retrain_id, RetrainNotFoundError)

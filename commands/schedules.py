@@ -67,8 +67,10 @@ def run_key(schedule_id: UUID, scheduled_for: datetime) -> str:
 
 
 class ScheduleCommands:
-    def __init__(self, app: TrainingApplication, clock: Clock, grace_s: float = DEFAULT_GRACE_S) -> None:
+    def __init__(self, app: TrainingApplication, clock: Clock, grace_s: float = DEFAULT_GRACE_S,
+                 retrains: Any = None) -> None:
         self.app, self.clock, self.grace_s = app, clock, grace_s
+        self.retrains = retrains  # commands.retrains.RetrainCommands: a retrain schedule's runs
 
     def create(self, cmd: CreateSchedule, idempotency_key: str | None = None,
                ctx: CommandContext = ANONYMOUS) -> Saved:
@@ -171,8 +173,8 @@ class ScheduleCommands:
             previous.request_cancel()
             companions, cancelled = [previous], previous.id
         try:
-            run = self._new_run(schedule, key)
-        except (ValueError, TypeError, KeyError) as e:  # a template that a later rule refuses: said, not retried
+            run, *with_run = self._new_run(schedule, key)
+        except (ValueError, TypeError, LookupError) as e:  # a template a later rule refuses (or a deployment gone)
             reason = f"the template makes no valid {schedule.kind}: {type(e).__name__}: {e}"[:500]
             schedule.skip(t, trigger, reason)
             return Handled(t, trigger, "skipped", None, reason, last_position(self.app.save_with(ctx, schedule)))
@@ -182,7 +184,7 @@ class ScheduleCommands:
             reason += f"; the previous run {previous.id} " + ("was cancelled" if cancelled else "is still "
                                                               f"{previous.status} (overlap queue)")
         schedule.fire(t, trigger, run.id, reason, cancelled)
-        recorded = self.app.save_with(ctx, schedule, run, *companions)
+        recorded = self.app.save_with(ctx, schedule, run, *with_run, *companions)
         return Handled(t, trigger, "fired", run.id, reason, last_position(recorded))
 
     def _run_id(self, schedule: Schedule, key: str) -> UUID:
@@ -190,12 +192,15 @@ class ScheduleCommands:
             return study_id_for(key, schedule.project)
         return job_id_for(key, schedule.project)
 
-    def _new_run(self, schedule: Schedule, key: str) -> Any:
+    def _new_run(self, schedule: Schedule, key: str) -> list[Any]:
+        """The run, then what is saved with it (a retrain's job, then the retrain)."""
         if schedule.kind == RunKind.STUDY:
-            return new_study(CreateStudy(project=schedule.project, **schedule.template),
-                             study_id_for(key, schedule.project))
-        return TrainingJob.create(id=job_id_for(key, schedule.project),
-                                  **SubmitJob(project=schedule.project, **schedule.template).fields())
+            return [new_study(CreateStudy(project=schedule.project, **schedule.template),
+                              study_id_for(key, schedule.project))]
+        if schedule.kind == RunKind.RETRAIN:
+            return list(self.retrains.scheduled(schedule.project, schedule.template, job_id_for(key, schedule.project)))
+        return [TrainingJob.create(id=job_id_for(key, schedule.project),
+                                   **SubmitJob(project=schedule.project, **schedule.template).fields())]
 
     def _load(self, run_id: UUID) -> Any:
         try:

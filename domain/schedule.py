@@ -30,6 +30,7 @@ MAX_DUE_PER_PLAN = 1000  # times one plan looks at; a longer backlog is handled 
 class RunKind(StrEnum):
     JOB = "job"
     STUDY = "study"
+    RETRAIN = "retrain"  # a deployment's retrain (domain/retrain.py): its run id is the retrain's job's
 
 
 class Overlap(StrEnum):

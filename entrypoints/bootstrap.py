@@ -100,13 +100,15 @@ def build_services(settings: Settings) -> Services:
     fanout = Fanout()
     for read_model in ("jobs", "studies", "deployments"):  # the live streams wake when their read model commits
         applied.watch(read_model, lambda name=read_model: fanout.notify(f"read-model:{name}"))
-    schedule_commands = ScheduleCommands(app, clock_from(settings.scheduler_clock), settings.scheduler_grace_s)
     deployment_commands = DeploymentCommands(app)
+    retrain_commands = RetrainCommands(app, deployment_commands)
+    schedule_commands = ScheduleCommands(app, clock_from(settings.scheduler_clock), settings.scheduler_grace_s,
+                                         retrains=retrain_commands)
     return Services(settings, app, pool, JobQueries(pool), ch, metrics, logs, leases, StudyQueries(pool),
                     StudyCommands(app), ModelQueries(pool), ModelCommands(app), predictions, DeploymentQueries(pool),
                     deployment_commands, applied, identity, queries, auth, UsageQueries(pool), fanout=fanout,
                     runners=RunnerRegistry(pool), schedules=ScheduleQueries(pool), schedule_commands=schedule_commands,
-                    retrains=RetrainQueries(pool), retrain_commands=RetrainCommands(app, deployment_commands))
+                    retrains=RetrainQueries(pool), retrain_commands=retrain_commands)
 
 
 ADMIN_TOKEN_FILE = "admin-token"

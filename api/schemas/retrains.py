@@ -8,6 +8,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from api.schemas.datasets import DatasetIn
+from api.schemas.deployments import DeploymentName
 from api.schemas.jobs import ValidationIn
 from api.schemas.models import ModelName
 from domain.deployment_spec import VARIANT_NAME_PATTERN
@@ -55,6 +56,12 @@ class RetrainIn(BaseModel):
                                           "next version (the model is created if needed)")
     challenger: ChallengerIn | None = Field(default=None, description="with register_as: export the new version and "
                                             "add it to the deployment at this weight (an A/B policy then ramps it)")
+
+
+class ScheduledRetrainIn(RetrainIn):
+    """A schedule's retrain: the deployment and what POST …/{deployment}/retrain takes; each run retrains what the
+    deployment serves then."""
+    deployment: DeploymentName
 
 
 class RetrainPublic(BaseModel):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from api.limits import SafeText
 from api.schemas.jobs import JobIn
+from api.schemas.retrains import ScheduledRetrainIn
 from api.schemas.studies import StudyIn
 from domain.identity import NAME_PATTERN
 from domain.schedule import CatchUp, Overlap, ScheduleStatus
@@ -28,6 +29,9 @@ class _Template(BaseModel):
                                                         "it; each run is a new job")
     study: StudyIn | None = Field(default=None, description="a study, exactly as POST /api/v1/studies takes it; each "
                                                             "run is a new study")
+    retrain: ScheduledRetrainIn | None = Field(default=None, description="a deployment's retrain: `deployment` and "
+                                               "what POST /api/v1/deployments/{name}/retrain takes; each run is a "
+                                               "new retrain of what the deployment serves then")
 
 
 class ScheduleIn(_Template):
@@ -41,8 +45,8 @@ class ScheduleIn(_Template):
 
     @model_validator(mode="after")
     def _one_template(self) -> ScheduleIn:
-        if (self.job is None) == (self.study is None):
-            raise ValueError("exactly one of `job` and `study`")
+        if sum(t is not None for t in (self.job, self.study, self.retrain)) != 1:
+            raise ValueError("exactly one of `job`, `study` and `retrain`")
         return self
 
 
@@ -61,7 +65,7 @@ class SchedulePublic(BaseModel):
     name: str
     cron: str
     timezone: str
-    kind: str = Field(description="job | study")
+    kind: str = Field(description="job | study | retrain")
     template: dict[str, Any] = Field(description="what each run submits")
     overlap: Overlap
     catch_up: CatchUp
