@@ -27,6 +27,7 @@ from api.schemas.retrains import RetrainIn, RetrainList, RetrainPublic
 from commands.retrains import RetrainPlan
 from domain.access import authorize
 from domain.retrain import RetrainStatus
+from domain.vocabulary import TASK_METRICS
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["retrains"])
 NamePath = Annotated[DeploymentName, Path()]
@@ -48,6 +49,9 @@ def check_retrain(name: str, body: RetrainIn, s: Services, access: Access) -> Re
                                    dataset=body.dataset.model_dump(exclude_none=True) if body.dataset else None,
                                    params=body.params, priority=body.priority)
     job = plan.job
+    if body.gate is not None and body.gate.metric not in TASK_METRICS.get(job.task, ()):
+        raise Problem(422, "Invalid request", f"gate.metric: a {job.task} model reports "
+                                              f"{', '.join(TASK_METRICS.get(job.task, ()))}", "gate.metric")
     check_params_shape(job.params)
     check_job_dataset(job.framework, job.task, job.dataset["uri"], job.dataset.get("target"), job.params, s,
                       project=access.project)

@@ -21,7 +21,7 @@ from commands.context import CommandContext
 from commands.deployments import DeploymentCommands, DeploymentNotFoundError
 from commands.models import JobNotCompletedError, lineage_of
 from commands.training import SubmitJob, TrainingApplication, job_id_for
-from domain.deployment_spec import control_name, shadow_json, variants_json
+from domain.deployment_spec import DeploymentError, DeploymentSpecError, control_name, shadow_json, variants_json
 from domain.models import DEFAULT_TOLERANCE, ModelExport, RegisteredModel, model_id
 from domain.retrain import Retrain, RetrainSpecError, RetrainStatus, retrain_validation
 from domain.training_job import TrainingJob
@@ -190,11 +190,14 @@ class RetrainCommands:
             retrain.challenger_failed(problem or "")
             return [retrain]
         donor["weight"] -= weight
-        added = self.deployments.resolve({"name": name, "model": retrain.register_as,
-                                          "version": retrain.registered_version, "weight": weight}, "challenger",
-                                         retrain.project)
-        d.update([*variants, added], shadow_json(d.shadow),
-                 f"retrain {retrain.id}: {retrain.reason}"[:500])
+        try:
+            added = self.deployments.resolve({"name": name, "model": retrain.register_as,
+                                              "version": retrain.registered_version, "weight": weight}, "challenger",
+                                             retrain.project)
+            d.update([*variants, added], shadow_json(d.shadow), f"retrain {retrain.id}: {retrain.reason}"[:500])
+        except (DeploymentError, DeploymentSpecError) as e:  # deactivated since, or a variant limit: said once, not retried every pass
+            retrain.challenger_failed(str(e)[:500])
+            return [retrain]
         retrain.challenger_added(name, weight, d.revision)
         return [retrain, d]
 

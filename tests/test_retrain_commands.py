@@ -140,6 +140,17 @@ def test_a_refusal_a_failed_job_and_a_short_weight_each_end_the_retrain(world: W
     assert failed.status == RetrainStatus.CHALLENGER_FAILED and "0% of the traffic, less than 10%" in failed.error
 
 
+def test_a_deployment_deactivated_meanwhile_gets_no_challenger_and_the_retrain_says_why(world: World) -> None:
+    retrain = world.retrain(register_as="bc", challenger={"weight": 10})
+    world.finished(world.app.get_job(retrain.job_id), {"test_auc": 0.95})
+    world.drive(retrain)
+    world.deployments.deactivate("bc", "maintenance", project="default")
+    world.export(2, world.app.repository.get(retrain.id).export_id)
+    assert world.drive(retrain) == 1 and world.drive(retrain) == 0
+    failed = world.app.repository.get(retrain.id)
+    assert failed.status == RetrainStatus.CHALLENGER_FAILED and "deactivated" in failed.error
+
+
 def test_a_schedule_fires_a_retrain_of_what_is_deployed_then(world: World) -> None:
     schedules = ScheduleCommands(world.app, Fixed(), retrains=world.retrains)
     saved = schedules.create(CreateSchedule(project="default", name="nightly", cron="0 3 * * *", timezone="UTC",
