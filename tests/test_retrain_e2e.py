@@ -51,6 +51,8 @@ def test_a_gated_retrain_registers_a_better_version_and_refuses_a_worse_one_with
     assert better.json()["status"] == "training" and better.json()["model_version"] == 1
     job = stack.wait(better.json()["job_id"], lambda j: j["status"] in FINISHED)
     assert job["status"] == "completed" and job["final_metrics"]["champion_test_auc"] > 0.5
+    report = stack.http.get(f"/api/v1/training/jobs/{job['job_id']}/evaluation").json()
+    assert report["champion"]["metrics"]["auc"] == job["final_metrics"]["champion_test_auc"]
     passed = _settled(stack, better.headers["Location"], ("challenger_added", "challenger_failed", "gate_failed"))
     assert passed["status"] == "challenger_added", passed
     assert passed["registered_version"] == 2 and passed["challenger_variant"] == "retrain-v2"
@@ -79,7 +81,7 @@ def test_a_gated_retrain_registers_a_better_version_and_refuses_a_worse_one_with
 def test_retrain_refusals_name_the_field(stack: Stack) -> None:
     missing = stack.http.post(f"{DEPLOYMENTS}/nope/retrain", json={})
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
-    for body, field in (({"gate": {"metric": "speed"}}, "gate.metric"),
+    for body, field in (({"gate": {"metric": "speed"}}, "gate.metric"), ({"gate": {"metric": "rmse"}}, "gate.metric"),
                         ({"challenger": {"weight": 10}}, "challenger"),
                         ({"variant": "zzz"}, "variant"),
                         ({"params": {"n_estimators": -1}}, "params.n_estimators"),
@@ -88,3 +90,24 @@ def test_retrain_refusals_name_the_field(stack: Stack) -> None:
         assert r.status_code == 422, (body, r.text)
         assert field in r.text, (field, r.text)
     assert stack.http.get(f"{DEPLOYMENTS}/bc/retrains/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_a_schedule_carries_the_same_retrain(stack: Stack) -> None:
+    r = stack.http.post("/api/v1/schedules", json={
+        "name": "nightly-retrain", "cron": "0 3 * * *", "timezone": "UTC",
+        "retrain": {"deployment": "bc", "params": {"n_estimators": 1, "num_leaves": 2}, "gate": GATE}})
+    assert r.status_code == 201, r.text
+    assert r.json()["kind"] == "retrain" and r.json()["template"]["deployment"] == "bc"
+    fired = stack.http.post(f"/api/v1/schedules/{r.json()['id']}/trigger")
+    assert fired.status_code in (200, 202), fired.text
+    job_id = fired.json()["run_id"]
+
+    def retrained() -> dict[str, Any] | None:
+        rows = [x for x in stack.http.get(f"{DEPLOYMENTS}/bc/retrains").json()["items"] if x["job_id"] == job_id]
+        return rows[0] if rows and rows[0]["status"] == "gate_failed" else None
+
+    refused = eventually(retrained, timeout=90, interval=0.2, message="the scheduled retrain never settled")
+    assert "over the allowed" in refused["reason"]
+    missing = stack.http.post("/api/v1/schedules", json={"name": "nope", "cron": "0 3 * * *",
+                                                         "retrain": {"deployment": "nope"}})
+    assert missing.status_code == 422 and "retrain.deployment" in missing.text

@@ -227,6 +227,9 @@ class Evaluation(BaseModel):
     baseline: dict[str, Any] | None = Field(default=None, description="forecasting: the seasonal-naive baseline "
                                             "(`kind`, `season`, `horizon`, `series`), its `metrics` per window and "
                                             "the model's `skill` (1 - MAE / the baseline's MAE; above 0 beats it)")
+    champion: dict[str, Any] | None = Field(default=None, description="a retrain's job: the deployed version "
+                                            "(`model`, `version`) scored on the same test rows: its `metrics`, or the "
+                                            "`error` that kept it from being compared")
     feature_importance: list[dict[str, Any]] | None = Field(default=None, description="[{feature, importance}], "
                                                             "most important first")
     feature_importance_kind: str | None = Field(default=None, description="gain (LightGBM's total gain) or "
