@@ -1,5 +1,6 @@
 """Retrain commands: a deployed variant's model trained again on new data (`plan`, then `request`), and each later
-step of the retrain decided on its aggregate (`advance`, which serve's retrain driver calls: commands/retrain_driver.py).
+step of the retrain decided on its aggregate (`advance`, which serve's retrain driver calls:
+commands/retrain_driver.py).
 
 `plan` reads the variant's model lineage (framework, task, dataset, params; its job's validation) and says what the
 retrain submits, so the API can check it exactly as a submit. `request` saves the job and the `Retrain` together.
@@ -195,7 +196,7 @@ class RetrainCommands:
                                               "version": retrain.registered_version, "weight": weight}, "challenger",
                                              retrain.project)
             d.update([*variants, added], shadow_json(d.shadow), f"retrain {retrain.id}: {retrain.reason}"[:500])
-        except (DeploymentError, DeploymentSpecError) as e:  # deactivated since, or a variant limit: said once, not retried every pass
+        except (DeploymentError, DeploymentSpecError) as e:  # deactivated since, a variant limit: said once
             retrain.challenger_failed(str(e)[:500])
             return [retrain]
         retrain.challenger_added(name, weight, d.revision)

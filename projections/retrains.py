@@ -1,7 +1,7 @@
 """The `retrains` read model: one row per retrain (its request, status, the gate's verdict and figures, the version,
 export and challenger it led to), written by the deployments projection with its tracking position
-(projections/deployments.py); and the queries the API and the retrain driver read. Updates are guarded by the retrain's version, so an event processed twice changes nothing and a replay from
-zero rebuilds the same table.
+(projections/deployments.py); and the queries the API and the retrain driver read. Updates are guarded by the
+retrain's version, so an event processed twice changes nothing and a replay from zero rebuilds the same table.
 """
 from __future__ import annotations
 
@@ -48,8 +48,9 @@ class RetrainRows:
         """`changes`, and `pending` set to `open_when`: an SQL condition over the row (one of OPEN_WHEN's)."""
         assert open_when in (*OPEN_WHEN.values(), "false")
         sets = ", ".join(f"{c} = %({c})s" for c in changes)
-        self.write(f"UPDATE retrains SET {sets}, pending = {open_when}, version = %(_version)s "  # type: ignore[attr-defined]
-                   "WHERE id = %(_id)s AND version < %(_version)s",
+        sql = (f"UPDATE retrains SET {sets}, pending = {open_when}, version = %(_version)s "
+               "WHERE id = %(_id)s AND version < %(_version)s")
+        self.write(sql,  # type: ignore[attr-defined]
                    {**changes, "_id": retrain_id, "_version": version}, tracking)
 
 

@@ -72,7 +72,8 @@ def champion_figures(spec: TrainSpec, champion: dict[str, Any], result: TrainRes
 
 def _difference(what: str, theirs: list[Any], ours: list[Any]) -> str:
     gone, new = [x for x in theirs if x not in ours], [x for x in ours if x not in theirs]
-    detail = "; ".join(part for part in (f"only the deployed version's: {', '.join(map(str, gone[:5]))}" if gone else "",
-                                         f"only the new data's: {', '.join(map(str, new[:5]))}" if new else "") if part)
+    parts = (f"only the deployed version's: {', '.join(map(str, gone[:5]))}" if gone else "",
+             f"only the new data's: {', '.join(map(str, new[:5]))}" if new else "")
+    detail = "; ".join(part for part in parts if part)
     return (f"the deployed version's {what} ({len(theirs)}) differ from the new data's ({len(ours)})"
             + (f": {detail}" if detail else ": the same names in another order"))

@@ -24,7 +24,8 @@ REFUSED = ("test auc 0.8500 against the deployed version's 0.9100 on the same ro
            "(over the allowed 0.0000)")
 
 
-def test_retrain_sends_the_gate_and_watches_until_the_refusal_with_its_figures(scripted_api, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_retrain_sends_the_gate_and_watches_until_the_refusal_with_its_figures(  # type: ignore[no-untyped-def]
+        scripted_api, monkeypatch) -> None:
     monkeypatch.setattr(api.cli.retrains.time, "sleep", lambda _s: None)
     body = {"params": {"n_estimators": 1}, "gate": {"metric": "auc", "max_regression": 0.0}, "register_as": "bc"}
     script = scripted_api(Step("POST", f"{DEP}/retrain", body=body, answer=retrain("training")),

@@ -16,8 +16,8 @@ GATE = {"metric": "auc", "max_regression": 0}
 
 
 def _deploy_a_weak_version(stack: Stack) -> None:
-    job_id = stack.submit(framework="lightgbm", task="binary_classification", dataset={"uri": "builtin://breast_cancer"},
-                          params={"n_estimators": 3, "num_leaves": 3})
+    job_id = stack.submit(framework="lightgbm", task="binary_classification",
+                          dataset={"uri": "builtin://breast_cancer"}, params={"n_estimators": 3, "num_leaves": 3})
     assert stack.wait(job_id, lambda j: j["status"] in FINISHED)["status"] == "completed"
     assert stack.http.post(f"{MODELS}/bc/versions", json={"job_id": job_id}).status_code == 201
     r = stack.http.post(f"{MODELS}/bc/versions/1/exports", json={"format": "onnx"})
