@@ -6,7 +6,7 @@ set, and stored as what that submit would pass on; the scheduler (commands/sched
 from __future__ import annotations
 
 from dataclasses import fields as dataclass_fields
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
@@ -50,7 +50,20 @@ def _schedule(s: Services, schedule_id: UUID, request: Request) -> SchedulePubli
 
 def _template(job: JobIn | None, study: StudyIn | None, s: Services, access: Access,
               retrain: ScheduledRetrainIn | None = None) -> tuple[str, dict[str, Any]]:
-    """(kind, template): the body checked as its submit, kept as the fields that submit passes on."""
+    """(kind, template): the body checked as its submit, kept as the fields that submit passes on. A problem found in
+    the template names its field within the schedule's body (`job.code`, not `code`)."""
+    kind = "retrain" if retrain is not None else "job" if job is not None else "study"
+    try:
+        return _checked_template(job, study, s, access, retrain)
+    except Problem as e:
+        if e.field and not e.field.startswith(f"{kind}."):
+            e.field = f"{kind}.{e.field}"
+            e.detail = f"{kind}.{e.detail}"
+        raise
+
+
+def _checked_template(job: JobIn | None, study: StudyIn | None, s: Services, access: Access,
+                      retrain: ScheduledRetrainIn | None) -> tuple[str, dict[str, Any]]:
     if retrain is not None:
         try:
             plan = check_retrain(retrain.deployment, retrain, s, access)
@@ -180,8 +193,8 @@ def delete_schedule(schedule_id: UUID, request: Request, s: ServicesDep, ctx: Co
 @router.get("/{schedule_id}/runs", dependencies=[allow("schedule.read")], response_model=ScheduleRunList,
             responses=problems(404, 422))
 def list_runs(schedule_id: UUID, request: Request, s: ServicesDep,
-              outcome: Annotated[list[str] | None, Query(max_length=3, description="any of fired, skipped, missed",
-                                                         pattern="^(fired|skipped|missed)$")] = None,
+              outcome: Annotated[list[Literal["fired", "skipped", "missed"]] | None,
+                                 Query(max_length=3, description="any of fired, skipped, missed")] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
               offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> ScheduleRunList:
     """Every time the schedule handled, newest first: fired (with its run), skipped or missed, each with why."""

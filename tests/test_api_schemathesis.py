@@ -53,6 +53,17 @@ BEYOND_SCHEMA: list[tuple[str, str, str]] = [
     # framework; those two, the sampler and the pruner are free-form objects described in words
     (r"POST /api/v1/studies", r"objective\.metric", r"must be one of the \w+ metrics|must be a metric name"),
     (r"POST /api/v1/studies", r"(search_space|fixed_params|sampler|pruner)(\..*)?", "."),
+    # a validation's fields depend on its strategy and on the dataset (rows left to train, a time column there)
+    (r"POST /api/v1/(training/jobs|studies)", r"validation(\..*)?", "."),
+    # a forecasting job's dataset block and framework, an image job's framework and params depend on the task
+    (r"POST /api/v1/(training/jobs|studies)", r"dataset\.forecast(\..*)?|framework|validation",
+     "only for task forecasting|trained by|forecasting|image"),
+    # a schedule's cron and timezone are read by croniter and the tz database; its template is checked as a submit
+    ("POST /api/v1/schedules", r"cron|timezone", "."),
+    (r"(POST|PATCH) /api/v1/schedules(/\{schedule_id\})?", r"(job|study|retrain)(\..*)?", "."),
+    # a retrain is checked as the job it submits (params by framework, validation, dataset), its gate's metric
+    # against the task, and a challenger only with register_as
+    (r"POST /api/v1/deployments/\{name\}/retrain", r"(params|validation|dataset|gate|variant|challenger)(\..*)?", "."),
     # an upload's file name (a multipart part's filename has no schema)
     ("POST /api/v1/datasets", "file", "file name must end with"),
     # a code bundle's content must be a .tar.gz or .zip archive (a multipart part's content has no schema)

@@ -25,17 +25,20 @@ CATCH_UP_HELP = ("the times that passed with no scheduler running (older than th
 
 
 class _Template(BaseModel):
-    job: JobIn | None = Field(default=None, description="a training job, exactly as POST /api/v1/training/jobs takes "
-                                                        "it; each run is a new job")
-    study: StudyIn | None = Field(default=None, description="a study, exactly as POST /api/v1/studies takes it; each "
-                                                            "run is a new study")
-    retrain: ScheduledRetrainIn | None = Field(default=None, description="a deployment's retrain: `deployment` and "
+    # Not `| None`: a template given is an object (null is refused); one left out stays None.
+    job: JobIn = Field(default=None, description="a training job, exactly as POST /api/v1/training/jobs takes "
+                                                 "it; each run is a new job")
+    study: StudyIn = Field(default=None, description="a study, exactly as POST /api/v1/studies takes it; each "
+                                                     "run is a new study")
+    retrain: ScheduledRetrainIn = Field(default=None, description="a deployment's retrain: `deployment` and "
                                                "what POST /api/v1/deployments/{name}/retrain takes; each run is a "
                                                "new retrain of what the deployment serves then")
 
 
 class ScheduleIn(_Template):
-    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+    # The schema says what the validator checks: exactly one template (each is an object, never null).
+    model_config = ConfigDict(extra="forbid", use_enum_values=True, json_schema_extra={
+        "oneOf": [{"required": [kind]} for kind in ("job", "study", "retrain")]})
     name: str = Field(pattern=NAME_PATTERN, description="lower-case letters, digits, '.', '_', '-'; 1 to 63")
     cron: SafeText = Field(min_length=9, max_length=MAX_CRON_CHARS, description=CRON_HELP)
     timezone: SafeText = Field(default="UTC", min_length=1, max_length=64, description="an IANA timezone name")
