@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from domain.retrain import Retrain, RetrainStatus
-from projections.id_prefix import id_range
+from projections.id_prefix import filtered_page
 from projections.tracking import topics_of
 
 RETRAINS_DDL = """
@@ -135,21 +135,10 @@ class RetrainQueries:
 
     def list(self, deployment: str, *, project: str, status: list[str] | None = None, limit: int = 50,
              offset: int = 0, id_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]:
-        where = ["project = %(project)s", "deployment = %(deployment)s"]
-        params: dict[str, Any] = {"project": project, "deployment": deployment, "limit": limit, "offset": offset}
-        if status:
-            where.append("status = ANY(%(status)s)")
-            params["status"] = list(status)
-        if id_prefix:
-            where.append("id BETWEEN %(id_low)s AND %(id_high)s")
-            params["id_low"], params["id_high"] = id_range(id_prefix)
-        cond = " AND ".join(where)
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(f"SELECT count(*) AS n FROM retrains WHERE {cond}", params)
-            total = cur.fetchone()["n"]  # type: ignore[index]
-            cur.execute(f"SELECT {_COLUMNS} FROM retrains WHERE {cond} ORDER BY created_at DESC, id "
-                        "LIMIT %(limit)s OFFSET %(offset)s", params)
-            return cur.fetchall(), total
+        return filtered_page(self.pool, "retrains", _COLUMNS,
+                             ["project = %(project)s", "deployment = %(deployment)s"],
+                             {"project": project, "deployment": deployment}, status=status, id_prefix=id_prefix,
+                             limit=limit, offset=offset)
 
     def open(self) -> list[UUID]:
         """Every retrain with a step left, every project: the retrain driver's candidates (it decides on the

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from domain.schedule import Schedule, ScheduleStatus
 from domain.schedule_times import next_time
-from projections.id_prefix import id_range
+from projections.id_prefix import filtered_page
 from projections.tracking import TrackedProjection, TrackedView, topics_of
 
 SCHEDULES_DDL = """
@@ -153,21 +153,10 @@ class ScheduleQueries:
 
     def list(self, *, project: str, status: list[str] | None = None, limit: int = 50, offset: int = 0,
              id_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]:
-        where, params = ["project = %(project)s", "status <> 'deleted'"], {"project": project, "limit": limit,
-                                                                           "offset": offset}
-        if status:
-            where.append("status = ANY(%(status)s)")
-            params["status"] = list(status)
-        if id_prefix:
-            where.append("id BETWEEN %(id_low)s AND %(id_high)s")
-            params["id_low"], params["id_high"] = id_range(id_prefix)
-        cond = " AND ".join(where)
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(f"SELECT count(*) AS n FROM schedules WHERE {cond}", params)
-            total = cur.fetchone()["n"]  # type: ignore[index]
-            cur.execute(f"SELECT {_COLUMNS} FROM schedules WHERE {cond} ORDER BY created_at DESC, id "
-                        "LIMIT %(limit)s OFFSET %(offset)s", params)
-            return [_public(r) for r in cur.fetchall()], total
+        rows, total = filtered_page(self.pool, "schedules", _COLUMNS,
+                                    ["project = %(project)s", "status <> 'deleted'"], {"project": project},
+                                    status=status, id_prefix=id_prefix, limit=limit, offset=offset)
+        return [_public(r) for r in rows], total
 
     def runs(self, schedule_id: UUID, *, outcome: list[str] | None = None, limit: int = 100,
              offset: int = 0) -> tuple[list[dict[str, Any]], int]:

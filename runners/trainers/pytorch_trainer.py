@@ -156,10 +156,11 @@ class _Best:
         self.epoch, self.loss, self.state = (saved["epoch"], saved["loss"], saved["state"]) if saved else (0, None,
                                                                                                            None)
 
-    def seen(self, epoch: int, loss: float, model: StandardizedMLP) -> None:
+    def seen(self, epoch: int, loss: float, model: StandardizedMLP | None) -> None:
+        """Epoch `epoch` had validation `loss`; `model` (None: nothing to restore later) is snapshotted if best."""
         if self.patience is None or self.loss is None or loss < self.loss:
             self.epoch, self.loss = epoch, loss
-            if self.patience is not None:
+            if self.patience is not None and model is not None:
                 self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def stop(self, epoch: int) -> bool:
@@ -224,7 +225,7 @@ def _cross_validate(spec: TrainSpec, params: dict, split: Split, n_outputs: int,
         report.step(epoch, epochs, mean)
         if best.loss is None or best.patience is None or mean["valid_loss"] < best.loss:
             best_predictions = predictions
-        best.seen(epoch, mean["valid_loss"], fits[0].model)
+        best.seen(epoch, mean["valid_loss"], None)  # the final model is trained anew for best.epoch epochs
         if best.stop(epoch):
             break
     oof_shape = (len(split.y_train), n_outputs) if spec.task == "multiclass_classification" else len(split.y_train)
